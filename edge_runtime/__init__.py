@@ -1,0 +1,1 @@
+"""pulsebms.edge_runtime."""

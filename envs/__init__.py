@@ -1,0 +1,1 @@
+"""PulseBMS environments: chemistries, packs, the fleet twin, scenarios and FleetEnv."""

@@ -1,0 +1,1 @@
+"""Seeded scenario generators: site demand, PV, price and ambient temperature."""

@@ -1,0 +1,1 @@
+"""Batched fleet simulators (PyBaMM physics and equivalent-circuit fidelities)."""

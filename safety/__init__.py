@@ -1,0 +1,1 @@
+"""Safety core (numpy only): limits, the constraint shield and violation accounting."""
