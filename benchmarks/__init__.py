@@ -1,1 +1,1 @@
-"""pulsebms.benchmarks."""
+"""Benchmarks that print figures (never timed tests): ``pulsebms-bench``."""
