@@ -50,8 +50,12 @@ format: install  ## Apply ruff's fixes and formatting.
 	$(BIN)/ruff check --fix .
 	$(BIN)/ruff format .
 
-type: install  ## mypy (strict for safety, export, edge_runtime).
-	$(BIN)/mypy
+PACKAGES := envs safety agents experiments configs export edge_runtime benchmarks
+type: install  ## mypy over pulsebms.* (strict for safety, export, edge_runtime).
+	@rm -rf build/typecheck && mkdir -p build/typecheck/pulsebms
+	@for d in $(PACKAGES); do ln -s ../../../$$d build/typecheck/pulsebms/$$d; done
+	@ln -s ../../../_pulsebms/__init__.py ../../../_pulsebms/py.typed build/typecheck/pulsebms/
+	cd build/typecheck && ../../$(BIN)/mypy --config-file ../../pyproject.toml -p pulsebms
 
 bench: install  ## Benchmarks, quick settings (prints figures; last line RESULT {json}).
 	$(BIN)/pulsebms-bench all --quick

@@ -46,7 +46,9 @@ class PackRatings:
         for name in ("series", "parallel", "cell_capacity_ah", "rated_power_w"):
             value = getattr(self, name)
             if np.shape(value) != (n,):
-                raise ValueError(f"PackRatings.{name} must have shape ({n},), got {np.shape(value)}")
+                raise ValueError(
+                    f"PackRatings.{name} must have shape ({n},), got {np.shape(value)}"
+                )
 
     @property
     def n_packs(self) -> int:

@@ -77,9 +77,7 @@ class FleetTwin(Protocol):
         """The current state of every pack (no simulation)."""
         ...
 
-    def step(
-        self, power_w: FloatArray, dt_s: float, ambient_c: float | FloatArray
-    ) -> PackStates:
+    def step(self, power_w: FloatArray, dt_s: float, ambient_c: float | FloatArray) -> PackStates:
         """Advance every pack by ``dt_s`` holding pack power ``power_w`` (+ = discharge)."""
         ...
 
