@@ -1,0 +1,191 @@
+"""What controllers need to know about a FleetEnv, read once from the (unwrapped) env.
+
+Rules and the MPC take plain arrays; this module is the single place that reads them from a
+:class:`pulsebms.envs.FleetEnv` (ratings, control interval, limits and the named
+observation layout), so controllers never depend on the env's attribute names.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from pulsebms.agents.observation import FleetObservation, ObservationReader
+from pulsebms.agents.type_aliases import FloatArray
+from pulsebms.safety.limits import PackLimits, fleet_limits, stack_limits
+from pulsebms.safety.state import FleetState, PackRatings
+
+__all__ = [
+    "NOMINAL_CELL_VOLTAGE_V",
+    "FleetInfo",
+    "SiteInfo",
+    "fleet_info",
+    "fleet_state",
+    "observation_reader",
+    "site_info",
+    "unwrap",
+]
+
+NOMINAL_CELL_VOLTAGE_V: dict[str, float] = {"LFP": 3.2, "NMC": 3.63, "LCO": 3.7}
+"""Nominal cell voltage per chemistry [V], used only to estimate pack energy [Wh]."""
+
+
+@dataclass(frozen=True)
+class FleetInfo:
+    """Static description of a fleet as controllers use it (arrays of shape ``(n_packs,)``).
+
+    Attributes:
+        reader: Reads the env's flat observation by its named layout.
+        chemistry: Chemistry name per pack.
+        rated_power_w: Rated power per pack [W].
+        capacity_ah: Nominal pack capacity at SoH 1 [A.h].
+        energy_wh: Nominal pack energy at SoH 1 [Wh].
+        dt_s: Control interval [s].
+        soc_min: Lower SoC limit per pack.
+        soc_max: Upper SoC limit per pack.
+        current_max_a: Pack current limit, the smaller of the two directions [A].
+        c_rate_max: |C-rate| limit per pack [1/h].
+        temperature_min_c: Lower temperature limit [°C].
+        temperature_max_c: Upper temperature limit [°C].
+        ratings: The env's ratings (what the shield is built from).
+        limits: The env's per-pack :class:`pulsebms.safety.PackLimits`.
+    """
+
+    reader: ObservationReader
+    chemistry: tuple[str, ...]
+    rated_power_w: FloatArray
+    capacity_ah: FloatArray
+    energy_wh: FloatArray
+    dt_s: float
+    soc_min: FloatArray
+    soc_max: FloatArray
+    current_max_a: FloatArray
+    c_rate_max: FloatArray
+    temperature_min_c: FloatArray
+    temperature_max_c: FloatArray
+    ratings: PackRatings | None = None
+    limits: tuple[PackLimits, ...] = ()
+
+    @property
+    def n_packs(self) -> int:
+        """Number of packs."""
+        return len(self.chemistry)
+
+
+def unwrap(env: Any) -> Any:
+    """The innermost env below every Gymnasium wrapper (``env.unwrapped`` when present)."""
+    return getattr(env, "unwrapped", env)
+
+
+def observation_reader(env: Any) -> ObservationReader:
+    """An :class:`ObservationReader` for the env's ``observation_layout``.
+
+    The layout gives every field's slice and the scale from stored to physical value.
+
+    Raises:
+        AttributeError: If the env has no named layout.
+    """
+    layout = getattr(unwrap(env), "observation_layout", None)
+    if layout is None:
+        raise AttributeError(f"{type(unwrap(env)).__name__} exposes no observation_layout")
+    slices: Mapping[str, slice] = layout.slices
+    scales: Mapping[str, float] = getattr(layout, "scales", {})
+    return ObservationReader(slices, scales=scales)
+
+
+@dataclass(frozen=True)
+class SiteInfo:
+    """Grid-connection data of the site in the present episode (contract data, not forecast).
+
+    Attributes:
+        grid_import_limit_w: Grid import limit [W].
+        grid_export_limit_w: Grid export limit [W].
+        feed_in_price_per_kwh: Price paid for exported energy [currency/kWh].
+    """
+
+    grid_import_limit_w: float = float("inf")
+    grid_export_limit_w: float = float("inf")
+    feed_in_price_per_kwh: float = 0.0
+
+
+def site_info(env: Any) -> SiteInfo:
+    """The present episode's :class:`SiteInfo` (defaults before the first reset)."""
+    try:
+        series = unwrap(env).series
+    except (AttributeError, RuntimeError):  # no series before the first reset
+        return SiteInfo()
+    return SiteInfo(
+        grid_import_limit_w=float(series.grid_import_limit_w),
+        grid_export_limit_w=float(series.grid_export_limit_w),
+        feed_in_price_per_kwh=float(series.feed_in_price_eur_per_kwh),
+    )
+
+
+def fleet_info(env: Any) -> FleetInfo:
+    """Read ratings, limits, control interval and observation layout from a FleetEnv.
+
+    Args:
+        env: A FleetEnv, possibly wrapped (the shield wrapper, ``TimeLimit``, ...).
+
+    Returns:
+        The fleet description.
+    """
+    base = unwrap(env)
+    ratings = base.ratings
+    n = ratings.n_packs
+    chemistry = tuple(str(c).upper() for c in ratings.chemistry)
+    capacity_ah = np.asarray(ratings.capacity_ah, dtype=np.float64)
+    energy_kwh = getattr(base, "pack_energy_kwh", None)
+    if energy_kwh is not None:
+        energy_wh = np.asarray(energy_kwh, dtype=np.float64) * 1000.0
+    else:
+        volts = np.array([NOMINAL_CELL_VOLTAGE_V.get(c, 3.6) for c in chemistry])
+        energy_wh = capacity_ah * np.asarray(ratings.series, dtype=np.float64) * volts
+    pack_limits = getattr(base, "pack_limits", None)
+    if pack_limits is None:
+        pack_limits = fleet_limits(ratings)
+    limits = stack_limits(pack_limits, n)
+    return FleetInfo(
+        reader=observation_reader(base),
+        chemistry=chemistry,
+        rated_power_w=np.asarray(ratings.rated_power_w, dtype=np.float64),
+        capacity_ah=capacity_ah,
+        energy_wh=energy_wh,
+        dt_s=float(base.dt_s),
+        soc_min=limits.soc_min,
+        soc_max=limits.soc_max,
+        current_max_a=np.minimum(limits.current_max_a, -limits.current_min_a),
+        c_rate_max=limits.c_rate_max,
+        temperature_min_c=limits.temperature_min_c,
+        temperature_max_c=limits.temperature_max_c,
+        ratings=ratings,
+        limits=tuple(pack_limits) if not isinstance(pack_limits, PackLimits) else (pack_limits,),
+    )
+
+
+def fleet_state(info: FleetInfo, fleet: FleetObservation) -> FleetState:
+    """The shield's :class:`~pulsebms.safety.state.FleetState` rebuilt from an observation.
+
+    Args:
+        info: The fleet description.
+        fleet: The observation's fields (voltage and current must be observed).
+
+    Returns:
+        The state (``demand_w`` = the observed site demand).
+
+    Raises:
+        ValueError: If the observation carries no cell voltage or current.
+    """
+    if fleet.cell_voltage_v.size != info.n_packs or fleet.current_c_rate.size != info.n_packs:
+        raise ValueError("the observation has no cell_voltage_v / current_c_rate per pack")
+    return FleetState(
+        soc=fleet.soc.copy(),
+        soh=fleet.soh.copy(),
+        temperature_c=fleet.temperature_c.copy(),
+        cell_voltage_v=fleet.cell_voltage_v.copy(),
+        current_a=fleet.current_c_rate * info.capacity_ah,
+        demand_w=float(fleet.demand_w),
+    )

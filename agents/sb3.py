@@ -1,0 +1,630 @@
+"""Safe actor-critic with stable-baselines3: PPO and SAC with the shield in the loop.
+
+The training environment is the FleetEnv behind :class:`pulsebms.safety.ShieldWrapper`
+(the agent only ever executes shielded actions), vectorised in one process
+(``DummyVecEnv``: deterministic, and cheap enough for the twin's batched step), behind
+``VecNormalize`` (running observation and reward statistics, frozen for evaluation).
+
+**Safe variant** (``cost_penalty``): a Lagrangian relaxation of the CMDP
+``max E[Σ r] s.t. E[Σ c] ≤ d`` where ``c = info["cost"]`` is the env's pre-shield violation
+cost. The reward seen by the learner is ``r − λ c``; after each rollout
+:class:`LagrangianCallback` takes a projected dual-ascent step
+``λ ← max(0, λ + η (mean episode cost − d))``. With ``lagrangian_lr = 0`` the penalty is a
+fixed ``λ`` (reward shaping). The shield still guarantees the physical limits; the penalty
+teaches the actor to stop relying on it.
+
+**Repeatability**: one ``seed`` seeds Python, numpy, torch, the action space and the env
+resets, and training runs single-process; so two runs with the same seed give identical
+weights and actions on CPU (tested).
+
+Example:
+    >>> from pulsebms.agents.sb3 import PPOConfig, train_agent
+    >>> from pulsebms.agents.env_factory import make_env_factory
+    >>> result = train_agent(  # doctest: +SKIP
+    ...     PPOConfig(), make_env_factory("PulseBMS/FleetSmall-v0", fidelity="ecm"),
+    ...     total_timesteps=20_000, seed=0, out_dir="runs/ppo",
+    ... )
+"""
+
+from __future__ import annotations
+
+import pickle
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import gymnasium as gym
+import numpy as np
+from stable_baselines3 import PPO, SAC
+from stable_baselines3.common.base_class import BaseAlgorithm
+from stable_baselines3.common.callbacks import (
+    BaseCallback,
+    CallbackList,
+    CheckpointCallback,
+    EvalCallback,
+)
+from stable_baselines3.common.logger import KVWriter, Logger, make_output_format
+from stable_baselines3.common.monitor import Monitor
+from stable_baselines3.common.vec_env import DummyVecEnv, VecEnv, VecNormalize
+
+from pulsebms.agents.env_factory import EnvFactory
+from pulsebms.agents.policy import SB3Policy
+
+__all__ = [
+    "ALGORITHMS",
+    "LagrangianCallback",
+    "LagrangianPenalty",
+    "PPOConfig",
+    "SACConfig",
+    "TrainResult",
+    "WandbWriter",
+    "build_model",
+    "load_agent",
+    "make_logger",
+    "make_vec_env",
+    "policy_from_run",
+    "save_agent",
+    "train_agent",
+]
+
+
+@dataclass(frozen=True)
+class PPOConfig:
+    """PPO hyperparameters (SB3 names; defaults tuned for the small fleet).
+
+    Attributes:
+        learning_rate: Adam step size.
+        n_steps: Steps collected per env per update; with one env, the rollout length. Use a
+            multiple of the episode length so updates see whole days.
+        batch_size: Minibatch size; must divide ``n_steps × n_envs``.
+        n_epochs: Passes over each rollout.
+        gamma: Discount factor (per control interval).
+        gae_lambda: GAE λ.
+        clip_range: PPO ratio clip.
+        ent_coef: Entropy bonus; keep 0 for continuous actions unless exploration stalls.
+        log_std_init: Initial log standard deviation of the Gaussian policy (−0.5 ≈ σ 0.6).
+        net_arch: Hidden layer widths of both actor and critic.
+        cost_penalty: Initial Lagrange multiplier λ on ``info["cost"]`` (0 disables the
+            safe variant unless ``lagrangian_lr`` > 0).
+        lagrangian_lr: Dual-ascent step size η on λ (0 keeps λ fixed).
+        cost_limit: Allowed mean episode cost d.
+    """
+
+    learning_rate: float = 3e-4
+    n_steps: int = 1024
+    batch_size: int = 128
+    n_epochs: int = 10
+    gamma: float = 0.99
+    gae_lambda: float = 0.95
+    clip_range: float = 0.2
+    ent_coef: float = 0.0
+    log_std_init: float = -0.5
+    net_arch: Sequence[int] = (64, 64)
+    cost_penalty: float = 0.0
+    lagrangian_lr: float = 0.0
+    cost_limit: float = 0.0
+
+
+@dataclass(frozen=True)
+class SACConfig:
+    """SAC hyperparameters (SB3 names).
+
+    Attributes:
+        learning_rate: Adam step size of actor, critics and temperature.
+        buffer_size: Replay buffer capacity [transitions].
+        batch_size: Minibatch size.
+        learning_starts: Random-action steps before the first update.
+        tau: Target-network Polyak coefficient.
+        gamma: Discount factor (per control interval).
+        train_freq: Env steps between updates.
+        gradient_steps: Gradient steps per update.
+        ent_coef: Entropy temperature, ``"auto"`` to learn it.
+        net_arch: Hidden layer widths of actor and critics.
+        cost_penalty: See :class:`PPOConfig`.
+        lagrangian_lr: See :class:`PPOConfig` (λ is updated every ``lagrangian_every`` steps).
+        cost_limit: See :class:`PPOConfig`.
+        lagrangian_every: Env steps between dual updates (SAC has no rollouts).
+    """
+
+    learning_rate: float = 3e-4
+    buffer_size: int = 100_000
+    batch_size: int = 256
+    learning_starts: int = 1_000
+    tau: float = 0.005
+    gamma: float = 0.99
+    train_freq: int = 1
+    gradient_steps: int = 1
+    ent_coef: str | float = "auto"
+    net_arch: Sequence[int] = (64, 64)
+    cost_penalty: float = 0.0
+    lagrangian_lr: float = 0.0
+    cost_limit: float = 0.0
+    lagrangian_every: int = 1_000
+
+
+AlgoConfig = PPOConfig | SACConfig
+ALGORITHMS: dict[str, type[BaseAlgorithm]] = {"ppo": PPO, "sac": SAC}
+
+
+class LagrangianPenalty(gym.Wrapper[Any, Any, Any, Any]):
+    """Subtract ``λ · info["cost"]`` from the reward (λ set from outside by a callback).
+
+    The unpenalised reward stays in ``info["reward_unpenalised"]`` and the episode's summed
+    cost in ``info["episode_cost"]`` at its end.
+
+    Args:
+        env: The (shielded) environment.
+        multiplier: Initial λ ≥ 0.
+        cost_keys: ``info`` keys tried in order for the step's cost; the first present is
+            used (the shield wrapper's pre-shield cost first, then the env's ``"cost"``).
+    """
+
+    def __init__(
+        self,
+        env: gym.Env[Any, Any],
+        multiplier: float = 0.0,
+        cost_keys: Sequence[str] = ("cost_pre_shield", "cost"),
+    ) -> None:
+        super().__init__(env)
+        if multiplier < 0:
+            raise ValueError(f"Lagrange multiplier must be >= 0, got {multiplier}")
+        self.multiplier = float(multiplier)
+        self.cost_keys = tuple(cost_keys)
+        self._episode_cost = 0.0
+
+    def reset(self, **kwargs: Any) -> tuple[Any, dict[str, Any]]:
+        """Reset the env and the episode's cost sum."""
+        self._episode_cost = 0.0
+        return self.env.reset(**kwargs)
+
+    def step(self, action: Any) -> tuple[Any, float, bool, bool, dict[str, Any]]:
+        """Step and penalise the reward by the violation cost."""
+        obs, reward, terminated, truncated, info = self.env.step(action)
+        cost = next((float(info[k]) for k in self.cost_keys if k in info), 0.0)
+        self._episode_cost += cost
+        info["reward_unpenalised"] = float(reward)
+        if terminated or truncated:
+            info["episode_cost"] = self._episode_cost
+        return obs, float(reward) - self.multiplier * cost, terminated, truncated, info
+
+
+class LagrangianCallback(BaseCallback):
+    """Projected dual ascent on λ of every :class:`LagrangianPenalty` in the VecEnv.
+
+    Args:
+        lr: Step size η.
+        cost_limit: Allowed mean episode cost d.
+        every_steps: For off-policy algorithms, update every this many calls to ``step``;
+            ``None`` updates at the end of each rollout (on-policy).
+    """
+
+    def __init__(self, lr: float, cost_limit: float, every_steps: int | None = None) -> None:
+        super().__init__(verbose=0)
+        self.lr = lr
+        self.cost_limit = cost_limit
+        self.every_steps = every_steps
+        self._costs: list[float] = []
+
+    def _on_step(self) -> bool:
+        for info in self.locals.get("infos", []):
+            if "episode_cost" in info:
+                self._costs.append(float(info["episode_cost"]))
+        if self.every_steps is not None and self.n_calls % self.every_steps == 0:
+            self._update()
+        return True
+
+    def _on_rollout_end(self) -> None:
+        if self.every_steps is None:
+            self._update()
+
+    def _update(self) -> None:
+        if not self._costs:
+            return
+        mean_cost = float(np.mean(self._costs))
+        self._costs.clear()
+        env = self.training_env
+        if env is None:
+            return
+        (lam,) = env.get_attr("multiplier", indices=[0])
+        lam = max(0.0, float(lam) + self.lr * (mean_cost - self.cost_limit))
+        env.set_attr("multiplier", lam)
+        self.logger.record("safe/lagrange_multiplier", lam)
+        self.logger.record("safe/episode_cost", mean_cost)
+
+
+def make_vec_env(
+    env_factory: EnvFactory,
+    *,
+    n_envs: int = 1,
+    seed: int = 0,
+    normalize_obs: bool = True,
+    normalize_reward: bool = True,
+    gamma: float = 0.99,
+    cost_penalty: float | None = None,
+    training: bool = True,
+) -> VecNormalize:
+    """Vectorise, monitor and normalise environments built by ``env_factory``.
+
+    Args:
+        env_factory: Builds one (shielded) env.
+        n_envs: Number of copies (in one process).
+        seed: Base seed; copy ``i`` is reset with ``seed + i``.
+        normalize_obs: Running mean/std observation normalisation.
+        normalize_reward: Scale rewards by the running std of the discounted return
+            (training only).
+        gamma: Discount used by reward normalisation (match the algorithm's).
+        cost_penalty: Wrap each env in :class:`LagrangianPenalty` with this λ
+            (``None``: no wrapper).
+        training: Update the statistics (False for evaluation envs).
+
+    Returns:
+        The normalised VecEnv.
+    """
+
+    def thunk() -> gym.Env[Any, Any]:
+        env = env_factory()
+        if cost_penalty is not None:
+            env = LagrangianPenalty(env, cost_penalty)
+        return Monitor(env, info_keywords=())
+
+    venv = DummyVecEnv([thunk for _ in range(n_envs)])
+    venv.seed(seed)
+    return VecNormalize(
+        venv,
+        training=training,
+        norm_obs=normalize_obs,
+        norm_reward=normalize_reward and training,
+        gamma=gamma,
+    )
+
+
+def build_model(
+    config: AlgoConfig,
+    env: VecEnv,
+    *,
+    seed: int = 0,
+    logger: Logger | None = None,
+    device: str = "cpu",
+) -> BaseAlgorithm:
+    """Instantiate PPO or SAC from a typed config.
+
+    Args:
+        config: :class:`PPOConfig` or :class:`SACConfig`.
+        env: The training VecEnv.
+        seed: Seeds Python, numpy, torch and the env (SB3's ``set_random_seed``).
+        logger: SB3 logger (stdout/CSV/TensorBoard/wandb writers); SB3's default if ``None``.
+        device: Torch device (CPU here; SB3 MLP policies are faster on CPU anyway).
+
+    Returns:
+        The untrained model.
+
+    Raises:
+        TypeError: If ``config`` is not a known algorithm config.
+    """
+    model: BaseAlgorithm
+    if isinstance(config, PPOConfig):
+        model = PPO(
+            "MlpPolicy",
+            env,
+            learning_rate=config.learning_rate,
+            n_steps=config.n_steps,
+            batch_size=config.batch_size,
+            n_epochs=config.n_epochs,
+            gamma=config.gamma,
+            gae_lambda=config.gae_lambda,
+            clip_range=config.clip_range,
+            ent_coef=config.ent_coef,
+            policy_kwargs={"net_arch": list(config.net_arch), "log_std_init": config.log_std_init},
+            seed=seed,
+            device=device,
+            verbose=0,
+        )
+    elif isinstance(config, SACConfig):
+        model = SAC(
+            "MlpPolicy",
+            env,
+            learning_rate=config.learning_rate,
+            buffer_size=config.buffer_size,
+            batch_size=config.batch_size,
+            learning_starts=config.learning_starts,
+            tau=config.tau,
+            gamma=config.gamma,
+            train_freq=config.train_freq,
+            gradient_steps=config.gradient_steps,
+            ent_coef=config.ent_coef,
+            policy_kwargs={"net_arch": list(config.net_arch)},
+            seed=seed,
+            device=device,
+            verbose=0,
+        )
+    else:
+        raise TypeError(f"unknown algorithm config {type(config).__name__}")
+    if logger is not None:
+        model.set_logger(logger)
+    return model
+
+
+class WandbWriter(KVWriter):
+    """Forward SB3 logger records to a wandb run (an SB3 ``KVWriter``).
+
+    Args:
+        run: An initialised ``wandb`` run (any mode: online, offline, disabled).
+    """
+
+    def __init__(self, run: Any) -> None:
+        self.run = run
+
+    def write(
+        self,
+        key_values: dict[str, Any],
+        key_excluded: dict[str, tuple[str, ...]],
+        step: int = 0,
+    ) -> None:
+        """Log the scalar values at ``step``."""
+        scalars = {k: v for k, v in key_values.items() if isinstance(v, int | float | np.floating)}
+        if scalars:
+            self.run.log(scalars, step=step)
+
+    def close(self) -> None:
+        """Nothing to release (the caller finishes the run)."""
+
+
+def make_logger(
+    folder: str | Path | None,
+    formats: Sequence[str] = ("csv",),
+    *,
+    wandb_run: Any | None = None,
+) -> Logger:
+    """An SB3 logger writing ``formats`` (``stdout``, ``csv``, ``tensorboard``, ``log``).
+
+    Args:
+        folder: Output folder of file formats.
+        formats: SB3 format names.
+        wandb_run: Also forward to this wandb run.
+
+    Returns:
+        The logger.
+    """
+    folder_s = str(folder) if folder is not None else None
+    writers: list[KVWriter] = []
+    for fmt in formats:
+        if folder_s is None and fmt != "stdout":
+            continue
+        writers.append(make_output_format(fmt, folder_s or ".", ""))
+    if wandb_run is not None:
+        writers.append(WandbWriter(wandb_run))
+    return Logger(folder_s, writers)
+
+
+def save_agent(model: BaseAlgorithm, out_dir: str | Path, *, stem: str = "model") -> Path:
+    """Save ``<stem>.zip`` and (if present) ``<stem>_vecnormalize.pkl`` into ``out_dir``.
+
+    Args:
+        model: The trained model; its VecNormalize (if any) is saved beside it.
+        out_dir: Target folder.
+        stem: File stem.
+
+    Returns:
+        Path of the model zip.
+    """
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    path = out / f"{stem}.zip"
+    model.save(path)
+    venv = model.get_vec_normalize_env()
+    if venv is not None:
+        venv.save(str(out / f"{stem}_vecnormalize.pkl"))
+    return path
+
+
+def load_agent(
+    model_path: str | Path, vec_normalize_path: str | Path | None = None
+) -> tuple[BaseAlgorithm, VecNormalize | None]:
+    """Load a model saved by :func:`save_agent` (and its frozen VecNormalize statistics).
+
+    Args:
+        model_path: The ``.zip``; PPO or SAC is read from the file.
+        vec_normalize_path: Its ``*_vecnormalize.pkl``; looked up beside the zip when ``None``.
+
+    Returns:
+        ``(model, vec_normalize)``; the latter with ``training=False`` or ``None``.
+
+    Raises:
+        FileNotFoundError: If the model file does not exist.
+        ValueError: If the file holds neither PPO nor SAC.
+    """
+    path = Path(model_path)
+    if not path.is_file():
+        raise FileNotFoundError(f"no model at {path}")
+    model: BaseAlgorithm | None = None
+    errors = []
+    for algo in (PPO, SAC):
+        try:
+            model = algo.load(path, device="cpu")
+            break
+        except (KeyError, ValueError, TypeError, AttributeError) as exc:
+            errors.append(f"{algo.__name__}: {exc}")
+    if model is None:
+        raise ValueError(f"{path} is neither a PPO nor a SAC model ({'; '.join(errors)})")
+    vn_path = (
+        Path(vec_normalize_path)
+        if vec_normalize_path is not None
+        else path.with_name(f"{path.stem}_vecnormalize.pkl")
+    )
+    vec_normalize: VecNormalize | None = None
+    if vn_path.is_file():
+        with vn_path.open("rb") as fh:
+            vec_normalize = pickle.load(fh)
+        vec_normalize.training = False
+        vec_normalize.norm_reward = False
+    return model, vec_normalize
+
+
+@dataclass
+class TrainResult:
+    """What :func:`train_agent` produced.
+
+    Attributes:
+        model: The trained model (last iterate).
+        policy: Deterministic :class:`~pulsebms.agents.policy.SB3Policy` of it.
+        model_path: Saved ``model.zip``.
+        out_dir: Run folder (checkpoints, eval logs, metrics).
+        timesteps: Environment steps trained.
+        extras: Anything else (final Lagrange multiplier, ...).
+    """
+
+    model: BaseAlgorithm
+    policy: SB3Policy
+    model_path: Path
+    out_dir: Path
+    timesteps: int
+    extras: dict[str, Any] = field(default_factory=dict)
+
+
+def train_agent(
+    config: AlgoConfig,
+    env_factory: EnvFactory,
+    *,
+    total_timesteps: int,
+    seed: int = 0,
+    out_dir: str | Path = "runs/agent",
+    n_envs: int = 1,
+    eval_env_factory: EnvFactory | None = None,
+    eval_freq: int = 0,
+    n_eval_episodes: int = 1,
+    checkpoint_freq: int = 0,
+    log_formats: Sequence[str] = ("csv",),
+    wandb_run: Any | None = None,
+    progress_bar: bool = False,
+    callbacks: Sequence[BaseCallback] = (),
+    extra_callback: Callable[[BaseAlgorithm], None] | None = None,
+) -> TrainResult:
+    """Train PPO or SAC behind the shield, VecNormalize and the optional Lagrangian penalty.
+
+    Args:
+        config: :class:`PPOConfig` or :class:`SACConfig`.
+        env_factory: Builds one shielded training env.
+        total_timesteps: Env steps to train.
+        seed: The single seed of the run.
+        out_dir: Output folder (``model.zip``, ``model_vecnormalize.pkl``,
+            ``checkpoints/``, ``eval/``, ``progress.csv``).
+        n_envs: Training env copies (one process).
+        eval_env_factory: Env for the evaluation callback (``env_factory`` when ``None``).
+        eval_freq: Evaluate every this many steps (0: never). The best model is saved to
+            ``out_dir/eval/best_model.zip``.
+        n_eval_episodes: Episodes per evaluation.
+        checkpoint_freq: Save a checkpoint every this many steps (0: never).
+        log_formats: SB3 logger formats (``stdout``, ``csv``, ``tensorboard``).
+        wandb_run: A wandb run to forward metrics to.
+        progress_bar: Show SB3's rich progress bar.
+        callbacks: Further SB3 callbacks.
+        extra_callback: Called with the model after training (e.g. to log to the caller).
+
+    Returns:
+        The trained model, its deterministic policy and the paths written.
+
+    Raises:
+        ValueError: If ``total_timesteps`` < 1.
+    """
+    if total_timesteps < 1:
+        raise ValueError(f"total_timesteps must be >= 1, got {total_timesteps}")
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    safe = config.cost_penalty > 0 or config.lagrangian_lr > 0
+    venv = make_vec_env(
+        env_factory,
+        n_envs=n_envs,
+        seed=seed,
+        gamma=config.gamma,
+        cost_penalty=config.cost_penalty if safe else None,
+    )
+    logger = make_logger(out, log_formats, wandb_run=wandb_run)
+    model = build_model(config, venv, seed=seed, logger=logger)
+    cbs: list[BaseCallback] = list(callbacks)
+    if safe and config.lagrangian_lr > 0:
+        every = config.lagrangian_every if isinstance(config, SACConfig) else None
+        cbs.append(LagrangianCallback(config.lagrangian_lr, config.cost_limit, every))
+    eval_venv: VecNormalize | None = None
+    if eval_freq > 0:
+        eval_venv = make_vec_env(
+            eval_env_factory or env_factory,
+            seed=seed + 10_000,
+            gamma=config.gamma,
+            training=False,
+        )
+        cbs.append(
+            EvalCallback(
+                eval_venv,
+                n_eval_episodes=n_eval_episodes,
+                eval_freq=max(eval_freq // n_envs, 1),
+                log_path=str(out / "eval"),
+                best_model_save_path=str(out / "eval"),
+                deterministic=True,
+                verbose=0,
+                warn=False,
+            )
+        )
+    if checkpoint_freq > 0:
+        cbs.append(
+            CheckpointCallback(
+                save_freq=max(checkpoint_freq // n_envs, 1),
+                save_path=str(out / "checkpoints"),
+                name_prefix="model",
+                save_vecnormalize=True,
+            )
+        )
+    try:
+        model.learn(
+            total_timesteps=total_timesteps,
+            callback=CallbackList(cbs) if cbs else None,
+            progress_bar=progress_bar,
+        )
+    finally:
+        logger.close()
+    model_path = save_agent(model, out)
+    extras: dict[str, Any] = {}
+    if safe:
+        (lam,) = venv.get_attr("multiplier", indices=[0])
+        extras["lagrange_multiplier"] = float(lam)
+    if extra_callback is not None:
+        extra_callback(model)
+    frozen = _frozen_copy(venv)
+    venv.close()
+    if eval_venv is not None:
+        eval_venv.close()
+    return TrainResult(
+        model=model,
+        policy=SB3Policy(model, frozen),
+        model_path=model_path,
+        out_dir=out,
+        timesteps=int(model.num_timesteps),
+        extras=extras,
+    )
+
+
+def _frozen_copy(venv: VecNormalize) -> VecNormalize:
+    """Observation statistics of ``venv`` detached from its envs (for acting only)."""
+    state = {k: v for k, v in venv.__getstate__().items() if k != "venv"}
+    frozen = VecNormalize.__new__(VecNormalize)
+    frozen.__setstate__(state)
+    frozen.training = False
+    frozen.norm_reward = False
+    return frozen
+
+
+def policy_from_run(out_dir: str | Path, *, best: bool = False) -> SB3Policy:
+    """Load the deterministic policy a :func:`train_agent` run saved.
+
+    Args:
+        out_dir: The run's output folder.
+        best: Use ``eval/best_model.zip`` (with the final VecNormalize statistics) instead of
+            the last iterate.
+
+    Returns:
+        The policy.
+    """
+    out = Path(out_dir)
+    model_path = out / "eval" / "best_model.zip" if best else out / "model.zip"
+    model, vec_normalize = load_agent(model_path, out / "model_vecnormalize.pkl")
+    return SB3Policy(model, vec_normalize)

@@ -1,0 +1,170 @@
+"""Shield decision latency: fast numpy shield vs the cvxpy reference, 1/10/100 packs.
+
+One decision is ``Shield.project(state, action)``: the admissible box from the state
+(cell-model look-ups, current/C-rate/SoC/voltage bounds, derating) plus the projection
+onto box ∩ fleet-total hyperplane. The cvxpy decision is the same box (numpy) plus the
+projection solved by the DPP-compiled cvxpy problem (Clarabel). A third column times a
+plain numpy **bisection** on the multiplier (box + sum only, 60 halvings) as a machine
+calibration. States and actions are random (seeded) inside the operating envelope;
+every case is timed alone with ``perf_counter_ns``. The agreement of the two shields on
+the timed cases is reported too.
+
+Reproduce::
+
+    pulsebms-bench shield            # full settings
+    python -m pulsebms.benchmarks.shield --quick
+
+The last line is ``RESULT {json}``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import time
+from collections.abc import Callable
+
+import numpy as np
+
+from pulsebms.safety import PackRatings, Shield
+from pulsebms.safety.checks import random_action, random_state
+from pulsebms.safety.reference import ReferenceShield
+
+__all__ = ["main"]
+
+SIZES = (1, 10, 100)
+_CAPACITY_AH = {"LFP": 2.30345, "NMC": 5.1532, "LCO": 0.87284}
+_SHAPE = {"LFP": (16, 8), "NMC": (14, 4), "LCO": (14, 20)}
+
+
+def _fleet(n: int, rng: np.random.Generator) -> PackRatings:
+    chem = tuple(("LFP", "NMC", "LCO")[i % 3] for i in range(n))
+    series = np.array([_SHAPE[c][0] for c in chem])
+    parallel = np.array([_SHAPE[c][1] for c in chem])
+    cap = np.array([_CAPACITY_AH[c] for c in chem])
+    rated = cap * series * parallel * 3.6 * rng.uniform(0.8, 1.2, n)
+    return PackRatings(chem, series, parallel, cap, rated)
+
+
+def _time_us(fn: Callable[[int], object], n_calls: int, n_warmup: int) -> np.ndarray:
+    for k in range(n_warmup):
+        fn(k)
+    out = np.empty(n_calls)
+    clock = time.perf_counter_ns
+    for k in range(n_calls):
+        start = clock()
+        fn(k)
+        out[k] = clock() - start
+    return out / 1000.0
+
+
+def _bisection(
+    request: np.ndarray, lower: np.ndarray, upper: np.ndarray, w: np.ndarray, target: float
+) -> np.ndarray:
+    lo, hi = -1e3, 1e3
+    for _ in range(60):
+        mid = 0.5 * (lo + hi)
+        if float(w @ np.minimum(np.maximum(request + mid * w, lower), upper)) < target:
+            lo = mid
+        else:
+            hi = mid
+    return np.minimum(np.maximum(request + 0.5 * (lo + hi) * w, lower), upper)
+
+
+def _stats(us: np.ndarray) -> dict[str, float]:
+    return {
+        "p50_us": round(float(np.percentile(us, 50)), 2),
+        "p99_us": round(float(np.percentile(us, 99)), 2),
+        "mean_us": round(float(us.mean()), 2),
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the benchmark and print a table and ``RESULT {json}``.
+
+    Args:
+        argv: Command-line arguments (``sys.argv[1:]`` when None).
+
+    Returns:
+        0 (1 if the fast shield disagrees with cvxpy beyond 1e-6).
+    """
+    parser = argparse.ArgumentParser(prog="python -m pulsebms.benchmarks.shield")
+    parser.add_argument("--quick", action="store_true", help="fewer calls (< 1 min)")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--dt-s", type=float, default=300.0, help="control interval [s]")
+    args = parser.parse_args(argv)
+    # ---- seeding: one generator for the whole run
+    rng = np.random.default_rng(args.seed)
+    n_fast, n_ref, n_cases = (3000, 150, 100) if args.quick else (30000, 1500, 500)
+    rows: dict[str, dict[str, object]] = {}
+    worst = 0.0
+    print(
+        f"shield decision latency, dt_s={args.dt_s}, {n_fast} fast / {n_ref} cvxpy calls "
+        f"per size, {platform.processor() or platform.machine()}"
+    )
+    print(
+        f"{'packs':>5} {'fast p50':>9} {'fast p99':>9} {'bisect p50':>11} {'cvxpy p50':>10} "
+        f"{'cvxpy p99':>10} {'ratio p50':>9} {'max rel err':>11}  [µs]"
+    )
+    for n in SIZES:
+        ratings = _fleet(n, rng)
+        shield = Shield(ratings, dt_s=args.dt_s)
+        reference = ReferenceShield(shield)
+        states = [random_state(shield, rng) for _ in range(n_cases)]
+        actions = [random_action(n, rng) for _ in range(n_cases)]
+        boxes = [shield.bounds(s) for s in states]
+        w = np.asarray(ratings.rated_power_w) / float(np.mean(ratings.rated_power_w))
+
+        def fast(k: int, shield: Shield = shield, states=states, actions=actions) -> object:  # type: ignore[no-untyped-def]
+            return shield.project(states[k % n_cases], actions[k % n_cases])
+
+        def ref(k: int, reference=reference, states=states, actions=actions) -> object:  # type: ignore[no-untyped-def]
+            return reference.project(states[k % n_cases], actions[k % n_cases])
+
+        def bis(k: int, boxes=boxes, actions=actions, w=w) -> object:  # type: ignore[no-untyped-def]
+            lo, up, _ = boxes[k % n_cases]
+            a = actions[k % n_cases]
+            return _bisection(a, lo, up, w, float(w @ a))
+
+        fast_us = _time_us(fast, n_fast, n_warmup=200)
+        bis_us = _time_us(bis, max(n_fast // 10, 200), n_warmup=20)
+        ref_us = _time_us(ref, n_ref, n_warmup=5)
+        err = 0.0
+        for k in range(min(n_cases, n_ref)):
+            a_fast = shield.project(states[k], actions[k]).action
+            a_ref = reference.project(states[k], actions[k])
+            err = max(
+                err, float(np.max(np.abs(a_fast - a_ref))) / max(1.0, float(np.max(np.abs(a_ref))))
+            )
+        worst = max(worst, err)
+        f, r, b = _stats(fast_us), _stats(ref_us), _stats(bis_us)
+        ratio = round(r["p50_us"] / f["p50_us"], 1)
+        rows[str(n)] = {
+            "fast": f,
+            "cvxpy": r,
+            "bisection": b,
+            "ratio_p50": ratio,
+            "max_rel_err": err,
+        }
+        print(
+            f"{n:>5} {f['p50_us']:>9.1f} {f['p99_us']:>9.1f} {b['p50_us']:>11.1f} "
+            f"{r['p50_us']:>10.1f} {r['p99_us']:>10.1f} {ratio:>9.1f} {err:>11.2e}"
+        )
+    target_ok = float(rows["100"]["fast"]["p99_us"]) <= 50.0  # type: ignore[index]
+    print(f"target p99 <= 50 µs at 100 packs: {'met' if target_ok else 'NOT met'}")
+    result = {
+        "dt_s": args.dt_s,
+        "quick": bool(args.quick),
+        "sizes": rows,
+        "fast_p99_us_100": rows["100"]["fast"]["p99_us"],  # type: ignore[index]
+        "target_p99_us_100": 50.0,
+        "target_met": target_ok,
+        "max_rel_err": worst,
+    }
+    print("RESULT " + json.dumps(result, sort_keys=True))
+    return 0 if worst <= 1e-6 else 1
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,487 @@
+"""The deployment manifest: what an exported policy observes, commands and must respect.
+
+``manifest.json`` is written by :mod:`pulsebms.export` next to ``policy.onnx`` and read here,
+on the device. It is plain JSON (no pickle, no code): the observation and action layouts with
+units, the pack ratings, limits per pack, the shield settings, the control interval, the
+source checkpoint and the sha256 of the model. :func:`load_manifest` validates it and
+:meth:`Manifest.read_verified_model` refuses a model whose sha256 differs from the recorded
+one, so a tampered or swapped ``policy.onnx`` never runs.
+
+Each observation field names the physical quantity it reads (``source``, one of
+:data:`PACK_SOURCES` or :data:`SITE_SOURCES`) and, like the environment's layout, the
+``scale`` such that stored value × ``scale`` = physical value; the stored value is then
+clipped to ``[low, high]`` (the observation space), as the environment does.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from pulsebms.safety.limits import PackLimits
+from pulsebms.safety.state import PackRatings
+
+__all__ = [
+    "PACK_SOURCES",
+    "SCHEMA_VERSION",
+    "SITE_SOURCES",
+    "ActionField",
+    "Manifest",
+    "ManifestError",
+    "ModelInfo",
+    "ModelIntegrityError",
+    "ObservationField",
+    "SourceInfo",
+    "load_manifest",
+    "ratings_from_dict",
+    "ratings_to_dict",
+    "sha256_bytes",
+    "sha256_file",
+]
+
+SCHEMA_VERSION = 1
+"""Version of the manifest format; a change of meaning of any field is a new version."""
+
+PACK_SOURCES: dict[str, str] = {
+    "soc": "1",
+    "soh": "1",
+    "temperature_c": "degC",
+    "cell_voltage_v": "V",
+    "current_a": "A",
+    "current_c_rate": "1/h",
+    "last_action": "1",
+}
+"""Per-pack physical quantities an observation field can read, with their units.
+
+``current_c_rate`` is the pack current over the nominal pack capacity (+ = discharge);
+``last_action`` the normalised set-point commanded on the previous tick.
+"""
+
+SITE_SOURCES: dict[str, str] = {
+    "demand_w": "W",
+    "demand_forecast_w": "W",
+    "price_per_kwh": "currency/kWh",
+    "price_forecast_per_kwh": "currency/kWh",
+    "ambient_c": "degC",
+    "time_of_day": "1",
+    "time_of_day_sin": "1",
+    "time_of_day_cos": "1",
+}
+"""Site-level quantities an observation field can read, with their units.
+
+Forecasts are read by persistence on the device (the present value repeated);
+``time_of_day`` is the fraction of the day in [0, 1) and ``time_of_day_sin``/``_cos`` are
+``sin``/``cos`` of 2π times it.
+"""
+
+
+class ManifestError(ValueError):
+    """The manifest is missing, unreadable or inconsistent."""
+
+
+class ModelIntegrityError(RuntimeError):
+    """The model file's sha256 differs from the one recorded in the manifest."""
+
+
+def sha256_bytes(data: bytes) -> str:
+    """Hex sha256 of ``data``."""
+    return hashlib.sha256(data).hexdigest()
+
+
+def sha256_file(path: str | Path) -> str:
+    """Hex sha256 of a file, read in chunks.
+
+    Args:
+        path: The file.
+
+    Returns:
+        The lower-case hex digest.
+    """
+    digest = hashlib.sha256()
+    with Path(path).open("rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+@dataclass(frozen=True)
+class ObservationField:
+    """One named slice of the flat observation vector.
+
+    Attributes:
+        name: Name in the environment's layout (``"soc"``, ``"demand_forecast_w"``).
+        start: First index of the slice.
+        stop: One past the last index.
+        source: Physical quantity it reads (a key of :data:`PACK_SOURCES` or
+            :data:`SITE_SOURCES`).
+        unit: Unit of the physical quantity.
+        scale: Stored value × ``scale`` = physical value (non-zero).
+        low: Lower bound of the stored value (the observation space).
+        high: Upper bound of the stored value.
+        pack: For a per-pack source, the single pack this field reads (width 1); ``None``
+            means one entry per pack, in pack order (width = number of packs).
+    """
+
+    name: str
+    start: int
+    stop: int
+    source: str
+    unit: str = ""
+    scale: float = 1.0
+    low: float = -math.inf
+    high: float = math.inf
+    pack: int | None = None
+
+    @property
+    def width(self) -> int:
+        """Number of observation entries in this field."""
+        return self.stop - self.start
+
+    @property
+    def per_pack(self) -> bool:
+        """Whether the field reads a per-pack quantity."""
+        return self.source in PACK_SOURCES
+
+
+@dataclass(frozen=True)
+class ActionField:
+    """One named slice of the flat action vector.
+
+    Attributes:
+        name: Name (``"power_setpoint"``).
+        start: First index.
+        stop: One past the last index (one entry per pack).
+        unit: Unit of the action entries.
+        description: What an entry means physically.
+        low: Lower bound of every entry.
+        high: Upper bound of every entry.
+    """
+
+    name: str
+    start: int
+    stop: int
+    unit: str = "1"
+    description: str = "pack power set-point / rated pack power, + = discharge"
+    low: float = -1.0
+    high: float = 1.0
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    """The ONNX model the manifest belongs to.
+
+    Attributes:
+        file: File name of the model, relative to the manifest.
+        sha256: Hex sha256 of the model bytes.
+        input_name: Name of the graph's observation input (``float32[batch, obs]``).
+        output_name: Name of the graph's action output (``float32[batch, act]``).
+        observation_size: Length of one observation.
+        action_size: Length of one action.
+        opset: ONNX opset of the graph.
+    """
+
+    file: str
+    sha256: str
+    input_name: str
+    output_name: str
+    observation_size: int
+    action_size: int
+    opset: int
+
+
+@dataclass(frozen=True)
+class SourceInfo:
+    """The checkpoint the model was exported from.
+
+    Attributes:
+        kind: Training library (``"sb3"``; ``"rllib"`` later).
+        algorithm: Algorithm class (``"PPO"``, ``"SAC"``).
+        path: Checkpoint path at export time.
+        sha256: Hex sha256 of the checkpoint file.
+        normalization_path: Observation-normalisation statistics file (VecNormalize), if any.
+        normalization_sha256: Its sha256, if any.
+    """
+
+    kind: str
+    algorithm: str
+    path: str
+    sha256: str
+    normalization_path: str | None = None
+    normalization_sha256: str | None = None
+
+
+def ratings_to_dict(ratings: PackRatings) -> dict[str, Any]:
+    """Plain-JSON form of :class:`~pulsebms.safety.state.PackRatings`."""
+    return {
+        "chemistry": list(ratings.chemistry),
+        "series": [int(v) for v in ratings.series],
+        "parallel": [int(v) for v in ratings.parallel],
+        "cell_capacity_ah": [float(v) for v in ratings.cell_capacity_ah],
+        "rated_power_w": [float(v) for v in ratings.rated_power_w],
+    }
+
+
+def ratings_from_dict(data: Mapping[str, Any]) -> PackRatings:
+    """Rebuild :class:`~pulsebms.safety.state.PackRatings` from :func:`ratings_to_dict`.
+
+    Raises:
+        ManifestError: If a key is missing or the arrays disagree in length.
+    """
+    try:
+        return PackRatings(
+            chemistry=tuple(str(c) for c in data["chemistry"]),
+            series=np.asarray(data["series"], dtype=np.int64),
+            parallel=np.asarray(data["parallel"], dtype=np.int64),
+            cell_capacity_ah=np.asarray(data["cell_capacity_ah"], dtype=np.float64),
+            rated_power_w=np.asarray(data["rated_power_w"], dtype=np.float64),
+        )
+    except (KeyError, TypeError, ValueError) as exc:
+        raise ManifestError(f"manifest 'ratings' is invalid: {exc}") from exc
+
+
+@dataclass(frozen=True)
+class Manifest:
+    """Everything the edge runtime needs to run an exported policy safely.
+
+    Attributes:
+        model: The ONNX model and its sha256.
+        source: The checkpoint it came from.
+        observation: Observation layout, ordered by ``start``, covering every entry.
+        action: Action layout (one entry per pack).
+        ratings: Pack ratings as plain data (see :func:`ratings_to_dict`).
+        limits: Safe operating limits, one mapping per pack (field name → value, units in
+            the names), as :mod:`pulsebms.safety` defines them.
+        shield: Shield settings: keyword arguments of :class:`pulsebms.safety.shield.Shield`
+            besides ratings and limits (``dt_s``, ``derating_band_c``, margins ...), plus
+            ``track_demand`` (aim the fleet total at the site demand, as the training
+            ``ShieldWrapper`` did).
+        dt_s: Control interval the policy was trained with [s].
+        versions: Package versions at export (``pulsebms``, ``torch``, ``onnx``, ...).
+        created_utc: ISO-8601 creation time (UTC).
+        parity: Parity-check figures (``n_observations``, ``max_abs_diff``, ``tolerance``).
+        path: Where the manifest was loaded from (not serialised).
+        schema_version: Manifest format version.
+    """
+
+    model: ModelInfo
+    source: SourceInfo
+    observation: tuple[ObservationField, ...]
+    action: tuple[ActionField, ...]
+    ratings: dict[str, Any]
+    limits: tuple[dict[str, float], ...]
+    shield: dict[str, Any]
+    dt_s: float
+    versions: dict[str, str]
+    created_utc: str
+    parity: dict[str, float] = field(default_factory=dict)
+    path: Path | None = field(default=None, compare=False)
+    schema_version: int = SCHEMA_VERSION
+
+    def __post_init__(self) -> None:
+        self.validate()
+
+    @property
+    def n_packs(self) -> int:
+        """Number of packs in the fleet."""
+        return len(self.ratings.get("chemistry", ()))
+
+    def pack_ratings(self) -> PackRatings:
+        """The ratings as :class:`~pulsebms.safety.state.PackRatings`."""
+        return ratings_from_dict(self.ratings)
+
+    def pack_limits(self) -> tuple[PackLimits, ...]:
+        """The limits as :class:`~pulsebms.safety.limits.PackLimits`, one per pack.
+
+        Raises:
+            ManifestError: If an entry names an unknown field or is not a valid limit set.
+        """
+        try:
+            return tuple(PackLimits(**lim) for lim in self.limits)
+        except (TypeError, ValueError) as exc:
+            raise ManifestError(f"manifest 'limits' is invalid: {exc}") from exc
+
+    def validate(self) -> None:
+        """Check internal consistency.
+
+        Raises:
+            ManifestError: On the first inconsistency, saying what to fix.
+        """
+        if self.schema_version != SCHEMA_VERSION:
+            raise ManifestError(
+                f"manifest schema_version {self.schema_version} is not supported "
+                f"(this runtime reads {SCHEMA_VERSION}); re-export the policy"
+            )
+        n = len(ratings_from_dict(self.ratings).chemistry)
+        if n == 0:
+            raise ManifestError("manifest describes a fleet of 0 packs")
+        if len(self.limits) != n:
+            raise ManifestError(f"manifest has {len(self.limits)} limit entries for {n} packs")
+        self.pack_limits()
+        if not (math.isfinite(self.dt_s) and self.dt_s > 0):
+            raise ManifestError(f"manifest dt_s must be > 0, got {self.dt_s}")
+        expected = 0
+        for obs in sorted(self.observation, key=lambda f: f.start):
+            if obs.start != expected or obs.stop <= obs.start:
+                raise ManifestError(
+                    f"observation field {obs.name!r} spans [{obs.start}, {obs.stop}); "
+                    f"expected it to start at {expected} with width >= 1"
+                )
+            if obs.source not in PACK_SOURCES and obs.source not in SITE_SOURCES:
+                known = sorted(PACK_SOURCES) + sorted(SITE_SOURCES)
+                raise ManifestError(
+                    f"observation field {obs.name!r} reads unknown source {obs.source!r}; "
+                    f"known: {known}"
+                )
+            if obs.scale == 0 or not math.isfinite(obs.scale) or not obs.low <= obs.high:
+                raise ManifestError(
+                    f"observation field {obs.name!r}: scale must be finite and non-zero and "
+                    f"low <= high, got scale={obs.scale}, low={obs.low}, high={obs.high}"
+                )
+            if obs.per_pack:
+                width = 1 if obs.pack is not None else n
+                if obs.width != width or (obs.pack is not None and not 0 <= obs.pack < n):
+                    raise ManifestError(
+                        f"per-pack observation field {obs.name!r} has width {obs.width} "
+                        f"(pack={obs.pack}); expected {width} for {n} packs"
+                    )
+            expected = obs.stop
+        if expected != self.model.observation_size:
+            raise ManifestError(
+                f"observation layout covers {expected} entries, model expects "
+                f"{self.model.observation_size}"
+            )
+        act_width = sum(a.stop - a.start for a in self.action)
+        if act_width != self.model.action_size or self.model.action_size != n:
+            raise ManifestError(
+                f"action layout covers {act_width} entries, model outputs "
+                f"{self.model.action_size}, fleet has {n} packs (one set-point per pack)"
+            )
+        if len(self.model.sha256) != 64:
+            raise ManifestError("manifest model.sha256 is not a hex sha256 digest")
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain-JSON form (``path`` excluded)."""
+        data = asdict(self)
+        data.pop("path")
+        data["limits"] = [dict(lim) for lim in self.limits]
+        for obs in data["observation"]:  # JSON has no infinity: an open bound is null
+            for key in ("low", "high"):
+                if not math.isfinite(obs[key]):
+                    obs[key] = None
+        return data
+
+    def to_json(self) -> str:
+        """Deterministic JSON text (sorted keys, two-space indent, trailing newline)."""
+        return json.dumps(self.to_dict(), indent=2, sort_keys=True, allow_nan=False) + "\n"
+
+    def save(self, path: str | Path) -> Path:
+        """Write :meth:`to_json` to ``path`` and return it."""
+        out = Path(path)
+        out.write_text(self.to_json(), encoding="utf-8")
+        return out
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any], *, path: Path | None = None) -> Manifest:
+        """Build and validate a manifest from its JSON form.
+
+        Raises:
+            ManifestError: If a key is missing, has the wrong type, or the content is
+                inconsistent.
+        """
+        try:
+            return cls(
+                model=ModelInfo(**data["model"]),
+                source=SourceInfo(**data["source"]),
+                observation=tuple(_observation_field(f) for f in data["observation"]),
+                action=tuple(ActionField(**f) for f in data["action"]),
+                ratings=dict(data["ratings"]),
+                limits=tuple({str(k): float(v) for k, v in lim.items()} for lim in data["limits"]),
+                shield=dict(data.get("shield", {})),
+                dt_s=float(data["dt_s"]),
+                versions={str(k): str(v) for k, v in data.get("versions", {}).items()},
+                created_utc=str(data["created_utc"]),
+                parity={str(k): float(v) for k, v in data.get("parity", {}).items()},
+                path=path,
+                schema_version=int(data.get("schema_version", -1)),
+            )
+        except ManifestError:
+            raise
+        except (KeyError, TypeError, ValueError, AttributeError) as exc:
+            where = f" {path}" if path else ""
+            raise ManifestError(
+                f"manifest{where} is malformed: {type(exc).__name__}: {exc}"
+            ) from exc
+
+    def model_path(self, model_path: str | Path | None = None) -> Path:
+        """The model file: ``model_path`` if given, else ``model.file`` beside the manifest."""
+        if model_path is not None:
+            return Path(model_path)
+        base = self.path.parent if self.path is not None else Path.cwd()
+        return base / self.model.file
+
+    def read_verified_model(self, model_path: str | Path | None = None) -> bytes:
+        """Read the model and check its sha256 against the manifest.
+
+        Args:
+            model_path: The model file; defaults to ``model.file`` beside the manifest.
+
+        Returns:
+            The model bytes, safe to hand to onnxruntime.
+
+        Raises:
+            ModelIntegrityError: If the sha256 differs (tampered, truncated or another model).
+            FileNotFoundError: If the model file does not exist.
+        """
+        path = self.model_path(model_path)
+        data = path.read_bytes()
+        digest = sha256_bytes(data)
+        if digest != self.model.sha256:
+            raise ModelIntegrityError(
+                f"model {path} has sha256 {digest}, the manifest expects {self.model.sha256}: "
+                "the model was modified or does not belong to this manifest; refusing to run it"
+            )
+        return data
+
+
+def _observation_field(data: Mapping[str, Any]) -> ObservationField:
+    entry = dict(data)
+    if entry.get("low") is None:
+        entry["low"] = -math.inf
+    if entry.get("high") is None:
+        entry["high"] = math.inf
+    return ObservationField(**entry)
+
+
+def load_manifest(path: str | Path) -> Manifest:
+    """Read and validate ``manifest.json``.
+
+    Args:
+        path: The manifest file.
+
+    Returns:
+        The validated manifest (its ``path`` set).
+
+    Raises:
+        ManifestError: If the file is missing, not JSON, or invalid.
+
+    Example:
+        >>> manifest = load_manifest("out/manifest.json")  # doctest: +SKIP
+        >>> model_bytes = manifest.read_verified_model()  # doctest: +SKIP
+    """
+    p = Path(path)
+    try:
+        data = json.loads(p.read_text(encoding="utf-8"))
+    except FileNotFoundError as exc:
+        raise ManifestError(f"manifest {p} does not exist") from exc
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ManifestError(f"manifest {p} is not readable JSON: {exc}") from exc
+    if not isinstance(data, dict):
+        raise ManifestError(f"manifest {p} must hold a JSON object")
+    return Manifest.from_dict(data, path=p)

@@ -1,0 +1,275 @@
+"""Turn a :class:`Scenario` into the seeded time series of one episode, and make forecasts."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+from numpy.typing import NDArray
+
+from pulsebms.envs.scenarios.csv_loader import CsvProfile, load_csv_profile
+from pulsebms.envs.scenarios.profiles import (
+    bdew_load_profile,
+    tmy3_ambient_profile,
+    tmy3_pv_profile,
+)
+from pulsebms.envs.scenarios.scenario import Scenario
+from pulsebms.envs.scenarios.synthetic import (
+    ar1,
+    synthetic_ambient_c,
+    synthetic_load_pu,
+    synthetic_pv_pu,
+    tou_price,
+)
+
+__all__ = ["ScenarioSeries", "build_series"]
+
+FloatArray = NDArray[np.float64]
+_DAY_S = 86400.0
+
+
+@dataclass(frozen=True)
+class ScenarioSeries:
+    """The exogenous signals of one episode, one value per control interval.
+
+    Sample ``k`` holds for the interval ``[k·dt_s, (k+1)·dt_s)`` after the episode start.
+    Arrays are longer than the horizon by the forecast length, so a forecast never runs
+    off the end.
+
+    Attributes:
+        dt_s: Control interval [s].
+        start_day: Day of year (0-based) of the episode start.
+        start_hour: Local hour of the episode start.
+        load_w: Site load [W], ≥ 0.
+        pv_w: PV generation [W], ≥ 0.
+        net_load_w: ``load_w − pv_w`` [W]; negative when PV exceeds the load.
+        price_eur_per_kwh: Grid import price [EUR/kWh].
+        feed_in_price_eur_per_kwh: Price paid for export [EUR/kWh].
+        ambient_c: Ambient temperature [°C].
+        hour_of_day: Local hour at the start of each interval, in [0, 24).
+        site_peak_load_w: The load scale of the site [W].
+        grid_import_limit_w: Grid import limit [W].
+        grid_export_limit_w: Grid export limit [W].
+        forecast: ``"perfect"`` or ``"noisy"``.
+        forecast_noise: Relative std of a one-step-ahead noisy forecast.
+    """
+
+    dt_s: float
+    start_day: int
+    start_hour: float
+    load_w: FloatArray
+    pv_w: FloatArray
+    net_load_w: FloatArray
+    price_eur_per_kwh: FloatArray
+    feed_in_price_eur_per_kwh: float
+    ambient_c: FloatArray
+    hour_of_day: FloatArray
+    site_peak_load_w: float
+    grid_import_limit_w: float
+    grid_export_limit_w: float
+    forecast: str
+    forecast_noise: float
+
+    @property
+    def n_samples(self) -> int:
+        """Number of samples (horizon plus forecast length)."""
+        return int(self.load_w.shape[0])
+
+    def forecast_at(
+        self, k: int, n_ahead: int, rng: np.random.Generator
+    ) -> tuple[FloatArray, FloatArray]:
+        """Forecast net load [W] and import price [EUR/kWh] for samples ``k+1 … k+n_ahead``.
+
+        Perfect forecasts are the true future values. Noisy ones add, at lead ``j``, a
+        Gaussian error of std ``forecast_noise·√j`` times the site peak load (net load) or
+        times the true price (price), drawn from ``rng``. Perfect forecasts draw nothing.
+
+        Args:
+            k: Index of the current sample.
+            n_ahead: Forecast length (0 gives empty arrays).
+            rng: The caller's seeded generator.
+
+        Returns:
+            ``(net_load_w, price_eur_per_kwh)``, each of shape ``(n_ahead,)``.
+        """
+        idx = np.minimum(np.arange(k + 1, k + 1 + n_ahead), self.n_samples - 1)
+        net = self.net_load_w[idx].copy()
+        price = self.price_eur_per_kwh[idx].copy()
+        if self.forecast == "noisy" and n_ahead:
+            spread = self.forecast_noise * np.sqrt(np.arange(1, n_ahead + 1))
+            noise = rng.standard_normal((2, n_ahead))
+            net += spread * self.site_peak_load_w * noise[0]
+            price *= 1.0 + spread * noise[1]
+        return net, price
+
+
+def build_series(
+    scenario: Scenario,
+    *,
+    n_samples: int,
+    dt_s: float,
+    fleet_rated_power_w: float,
+    rng: np.random.Generator,
+) -> ScenarioSeries:
+    """Generate one episode's signals from a scenario with a seeded generator.
+
+    Draws happen in a fixed order (start day, load, PV, price, ambient) whatever the
+    sources, so changing one source does not reshuffle the others' randomness.
+
+    Args:
+        scenario: What to generate.
+        n_samples: Number of control intervals (horizon + forecast length + 1).
+        dt_s: Control interval [s].
+        fleet_rated_power_w: Σ rated pack power [W], used for sizing (see
+            :mod:`pulsebms.envs.scenarios.scenario`).
+        rng: Seeded generator (the env's ``np_random``).
+
+    Returns:
+        The episode's series.
+
+    Raises:
+        ValueError: On non-positive ``n_samples``, ``dt_s`` or ``fleet_rated_power_w``.
+        pulsebms.envs.scenarios.CsvProfileError: On a bad user CSV.
+
+    Example:
+        >>> import numpy as np
+        >>> from pulsebms.envs.scenarios import make_scenario
+        >>> s = build_series(make_scenario("tou"), n_samples=4, dt_s=900.0,
+        ...                  fleet_rated_power_w=1e4, rng=np.random.default_rng(0))
+        >>> s.net_load_w.shape
+        (4,)
+    """
+    if n_samples < 1 or not dt_s > 0 or not fleet_rated_power_w > 0:
+        raise ValueError(
+            "build_series needs n_samples >= 1, dt_s > 0 and fleet_rated_power_w > 0, got "
+            f"{n_samples}, {dt_s}, {fleet_rated_power_w}"
+        )
+    csv: CsvProfile | None = None
+    if scenario.csv_path and "csv" in (
+        scenario.load,
+        scenario.pv,
+        scenario.price,
+        scenario.ambient,
+    ):
+        csv = load_csv_profile(scenario.csv_path)
+
+    # Start time: the CSV's own start when it has timestamps, else the scenario's.
+    drawn_day = int(rng.integers(0, 365))
+    start_day = scenario.start_day if scenario.start_day is not None else drawn_day
+    start_hour = scenario.start_hour
+    if csv is not None and csv.start_day is not None and csv.start_hour is not None:
+        start_day, start_hour = csv.start_day, csv.start_hour
+    elapsed_s = np.arange(n_samples) * dt_s
+    time_s = start_day * _DAY_S + start_hour * 3600.0 + elapsed_s
+    mid_s = time_s + 0.5 * dt_s  # interval means are taken at the interval's middle
+    hour_of_day = np.mod(time_s / 3600.0, 24.0)
+    mid_hour = mid_s / 3600.0
+    mid_day = np.mod(mid_s / _DAY_S, 365.0)
+
+    # Sizing.
+    peak_w = (
+        scenario.site_peak_load_w
+        if scenario.site_peak_load_w is not None
+        else scenario.peak_load_ratio * fleet_rated_power_w
+    )
+
+    # Load [p.u. of peak].
+    # One child generator per signal, seeded from ``rng`` (its state alone decides them).
+    load_rng, pv_rng, price_rng, ambient_rng = (
+        np.random.default_rng(int(seed)) for seed in rng.integers(0, 2**63 - 1, size=4)
+    )
+    if scenario.load == "synthetic":
+        load_pu = synthetic_load_pu(mid_hour, mid_day, load_rng, scenario.load_noise, dt_s)
+    elif scenario.load == "bdew":
+        load_pu = bdew_load_profile(scenario.bdew_profile).sample(mid_s)
+        if scenario.load_noise > 0:
+            fluct = ar1(load_rng, n_samples, dt_s, 1800.0)
+            load_pu = np.clip(load_pu * (1.0 + scenario.load_noise * fluct), 0.0, None)
+    elif scenario.load == "constant":
+        load_pu = np.full(n_samples, 0.5)
+    else:
+        if csv is None:  # pragma: no cover - guarded by Scenario validation
+            raise ValueError("Scenario.csv_path is required for load='csv'")
+        load_csv = csv.sample("load_w", elapsed_s + 0.5 * dt_s)
+        csv_peak = float(np.max(csv.signals["load_w"])) or 1.0
+        load_pu = load_csv / csv_peak
+        if scenario.site_peak_load_w is None:
+            peak_w = scenario.peak_load_ratio * fleet_rated_power_w
+    load_w = np.clip(load_pu, 0.0, None) * peak_w
+
+    # PV [W].
+    pv_peak_w = scenario.pv_peak_ratio * peak_w
+    if scenario.pv == "none":
+        pv_w = np.zeros(n_samples)
+    elif scenario.pv == "synthetic":
+        pv_w = synthetic_pv_pu(mid_hour, mid_day, pv_rng, dt_s) * pv_peak_w
+    elif scenario.pv == "pvlib":
+        profile = tmy3_pv_profile(scenario.tmy3_file, scenario.pv_tilt_deg, scenario.pv_azimuth_deg)
+        pv_w = profile.sample(mid_s) * pv_peak_w
+    else:
+        if csv is None:  # pragma: no cover - guarded by Scenario validation
+            raise ValueError("Scenario.csv_path is required for pv='csv'")
+        raw = csv.sample("pv_w", elapsed_s + 0.5 * dt_s)
+        if scenario.load == "csv":  # keep the file's PV/load ratio
+            pv_w = raw / (float(np.max(csv.signals["load_w"])) or 1.0) * peak_w
+        else:
+            pv_w = raw / (float(np.max(csv.signals["pv_w"])) or 1.0) * pv_peak_w
+    pv_w = np.clip(pv_w, 0.0, None)
+
+    # Price [EUR/kWh].
+    if scenario.price == "flat":
+        price = np.full(n_samples, scenario.flat_price_eur_per_kwh)
+    elif scenario.price == "tou":
+        price = tou_price(hour_of_day, scenario.tou_schedule)
+    elif scenario.price == "stochastic":
+        sigma = scenario.price_volatility
+        dev = np.exp(sigma * ar1(price_rng, n_samples, dt_s, 3.0 * 3600.0) - 0.5 * sigma**2)
+        p_spike = 1.0 - (1.0 - scenario.price_spike_probability) ** (dt_s / 3600.0)
+        starts = price_rng.random(n_samples) < p_spike
+        factors = price_rng.uniform(2.0, 4.0, n_samples)
+        spike = np.ones(n_samples)
+        span = max(1, round(3600.0 / dt_s))  # a spike lasts one hour
+        for i in np.flatnonzero(starts):
+            spike[i : i + span] = np.maximum(spike[i : i + span], factors[i])
+        price = tou_price(hour_of_day, scenario.tou_schedule) * dev * spike
+    else:
+        if csv is None:  # pragma: no cover - guarded by Scenario validation
+            raise ValueError("Scenario.csv_path is required for price='csv'")
+        price = csv.sample("price_eur_per_kwh", elapsed_s)
+
+    # Ambient [°C].
+    if scenario.ambient == "constant":
+        ambient = np.full(n_samples, scenario.ambient_c)
+    elif scenario.ambient == "synthetic":
+        ambient = synthetic_ambient_c(
+            mid_hour, scenario.ambient_c, scenario.ambient_amplitude_c, ambient_rng, dt_s
+        )
+    elif scenario.ambient == "tmy3":
+        ambient = tmy3_ambient_profile(scenario.tmy3_file).sample(mid_s)
+    else:
+        if csv is None:  # pragma: no cover - guarded by Scenario validation
+            raise ValueError("Scenario.csv_path is required for ambient='csv'")
+        ambient = csv.sample("ambient_c", elapsed_s + 0.5 * dt_s)
+
+    arrays = {
+        "load_w": load_w,
+        "pv_w": pv_w,
+        "net_load_w": load_w - pv_w,
+        "price_eur_per_kwh": np.asarray(price, dtype=np.float64),
+        "ambient_c": np.asarray(ambient, dtype=np.float64),
+        "hour_of_day": hour_of_day,
+    }
+    for arr in arrays.values():
+        arr.setflags(write=False)
+    return ScenarioSeries(
+        dt_s=float(dt_s),
+        start_day=int(start_day),
+        start_hour=float(start_hour),
+        feed_in_price_eur_per_kwh=scenario.feed_in_price_eur_per_kwh,
+        site_peak_load_w=float(peak_w),
+        grid_import_limit_w=float(scenario.grid_import_ratio * peak_w),
+        grid_export_limit_w=float(scenario.grid_export_ratio * peak_w),
+        forecast=scenario.forecast,
+        forecast_noise=scenario.forecast_noise,
+        **arrays,
+    )

@@ -1,0 +1,232 @@
+"""Shared machinery of the Hydra entry points: validation, seeding, env and policy building.
+
+This is the only layer that turns a composed ``DictConfig`` into library objects
+(``hydra.utils.instantiate`` with ``_convert_="object"``); everything below it takes plain
+typed arguments.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from hydra.core.hydra_config import HydraConfig
+from hydra.utils import instantiate
+from omegaconf import DictConfig, ListConfig, OmegaConf
+
+from pulsebms.agents.env_factory import EnvFactory, make_env, make_env_factory
+from pulsebms.agents.evaluation import PolicyFactory
+
+__all__ = [
+    "ConfigError",
+    "agent_factory",
+    "compose_agent",
+    "env_kwargs",
+    "init_wandb",
+    "run_dir",
+    "seed_everything",
+    "shield_kwargs",
+    "validate",
+]
+
+
+class ConfigError(ValueError):
+    """A config value that cannot work; the message names the field (``fleet.packs[1]...``)."""
+
+
+def plain(node: Any) -> Any:
+    """A resolved plain-Python copy (dicts, lists, scalars) of a config node."""
+    if isinstance(node, DictConfig | ListConfig):
+        return OmegaConf.to_container(node, resolve=True)
+    return node
+
+
+def plain_dict(node: Any) -> dict[str, Any]:
+    """:func:`plain` for a mapping node (``None`` → ``{}``)."""
+    value = plain(node)
+    return {str(k): v for k, v in dict(value or {}).items()}
+
+
+def seed_everything(seed: int, *, torch_threads: int = 1) -> None:
+    """The single seeding block of an entry point: Python, numpy's legacy state, torch.
+
+    Library code never touches global RNGs; SB3 seeds the same generators again from the
+    model's ``seed``, so this makes anything before the model repeatable too.
+
+    Args:
+        seed: The run's seed.
+        torch_threads: Intra-op threads of torch (1 keeps CPU runs bit-repeatable and fast
+            for small MLPs).
+    """
+    import torch
+    from stable_baselines3.common.utils import set_random_seed
+
+    random.seed(seed)
+    set_random_seed(seed)
+    torch.set_num_threads(max(1, int(torch_threads)))
+
+
+def run_dir() -> Path:
+    """The Hydra run (or multirun job) directory of the current job."""
+    return Path(HydraConfig.get().runtime.output_dir)
+
+
+def env_kwargs(cfg: DictConfig) -> dict[str, Any]:
+    """Constructor arguments of the env from the ``fleet``, ``scenario`` and ``env`` groups.
+
+    ``None`` values are left out so the env id's defaults apply.
+    """
+    kwargs = plain_dict(cfg.env.kwargs)
+    for name in ("dt_s", "horizon_steps", "fidelity"):
+        value = cfg.env.get(name)
+        if value is not None:
+            kwargs[name] = value
+    if cfg.fleet.packs is not None:
+        kwargs["fleet"] = [
+            {k: v for k, v in pack.items() if v is not None and v != ""}
+            for pack in plain(cfg.fleet.packs)
+        ]
+    kwargs["scenario"] = scenario_spec(cfg.scenario)
+    return kwargs
+
+
+def scenario_spec(scenario: DictConfig) -> str | dict[str, Any]:
+    """The env's ``scenario`` argument: the preset name, or ``{"base": name, **params}``."""
+    params = plain_dict(scenario.params)
+    if not params:
+        return str(scenario.name)
+    return {"base": str(scenario.name), **params}
+
+
+def shield_kwargs(cfg: DictConfig) -> dict[str, Any]:
+    """Keyword arguments of :class:`pulsebms.safety.ShieldWrapper` from the ``shield`` group."""
+    kwargs = plain_dict(cfg.shield.kwargs)
+    limits = plain_dict(cfg.shield.limits)
+    if limits:
+        kwargs["limits"] = limits
+    return kwargs
+
+
+def _validate_fleet(cfg: DictConfig) -> None:
+    from pulsebms.envs.chemistry import get_chemistry
+    from pulsebms.envs.pack import PackSpec
+
+    if cfg.fleet.packs is None:
+        return
+    for i, pack in enumerate(cfg.fleet.packs):
+        field = f"fleet.packs[{i}]"
+        try:
+            get_chemistry(str(pack.chemistry))
+        except ValueError as exc:
+            raise ConfigError(f"{field}.chemistry: {exc}") from None
+        values = {k: v for k, v in plain_dict(pack).items() if v is not None}
+        values.setdefault("name", "")
+        try:
+            PackSpec(**values)
+        except (ValueError, TypeError) as exc:
+            raise ConfigError(f"{field}: {exc}") from None
+
+
+def _validate_limits(cfg: DictConfig) -> None:
+    from pulsebms.safety.limits import CELL_VOLTAGE_WINDOWS_V, default_limits
+
+    limits = plain_dict(cfg.shield.limits)
+    if not limits:
+        return
+    if cfg.fleet.packs is not None:
+        chemistries = sorted({str(p.chemistry).upper() for p in cfg.fleet.packs})
+    else:
+        chemistries = sorted(CELL_VOLTAGE_WINDOWS_V)
+    for chemistry in chemistries:
+        try:
+            default_limits(chemistry, **limits)
+        except (ValueError, TypeError) as exc:
+            raise ConfigError(f"shield.limits ({chemistry}): {exc}") from None
+
+
+def validate(cfg: DictConfig) -> None:
+    """Check the composed config before any work starts.
+
+    Raises:
+        ConfigError: Naming the field: an unknown chemistry or impossible pack value, an
+            unknown scenario preset or field, an impossible limit, an unregistered env id,
+            a non-positive budget.
+    """
+    _validate_fleet(cfg)
+    try:
+        from pulsebms.envs.scenarios.scenario import make_scenario
+
+        make_scenario(scenario_spec(cfg.scenario))
+    except (ValueError, TypeError) as exc:
+        raise ConfigError(f"scenario: {exc}") from None
+    _validate_limits(cfg)
+    import gymnasium as gym
+
+    import pulsebms.envs  # noqa: F401  (registers the ids)
+
+    if cfg.env.id not in gym.registry:
+        known = sorted(k for k in gym.registry if k.startswith("PulseBMS/"))
+        raise ConfigError(f"env.id: {cfg.env.id!r} is not registered; known: {known}")
+    if cfg.train.total_timesteps < 1:
+        raise ConfigError(f"train.total_timesteps must be >= 1, got {cfg.train.total_timesteps}")
+    if cfg.evaluation.baseline not in [*cfg.evaluation.baselines, "agent"]:
+        raise ConfigError(
+            f"evaluation.baseline {cfg.evaluation.baseline!r} must be one of "
+            f"evaluation.baselines {list(cfg.evaluation.baselines)}"
+        )
+
+
+def make_cfg_env_factory(cfg: DictConfig) -> EnvFactory:
+    """A factory of the run's (shielded) env."""
+    return make_env_factory(
+        cfg.env.id,
+        shield=bool(cfg.shield.enabled),
+        shield_kwargs=shield_kwargs(cfg),
+        **env_kwargs(cfg),
+    )
+
+
+def make_cfg_env(cfg: DictConfig) -> Any:
+    """One instance of the run's (shielded) env."""
+    return make_env(
+        cfg.env.id,
+        shield=bool(cfg.shield.enabled),
+        shield_kwargs=shield_kwargs(cfg),
+        **env_kwargs(cfg),
+    )
+
+
+def compose_agent(name: str) -> DictConfig:
+    """The ``agent`` node of option ``name`` of the agent group (composed by Hydra)."""
+    from hydra import compose
+
+    node: DictConfig = compose(config_name="config", overrides=[f"agent={name}"]).agent
+    return node
+
+
+def agent_factory(node: DictConfig | Mapping[str, Any]) -> PolicyFactory:
+    """Instantiate a non-learning agent node (MPC, rule) into a factory ``env -> Policy``."""
+    factory = instantiate(node, _convert_="object")
+    if not callable(factory):
+        raise ConfigError(f"agent {node.get('_target_')!r} is not a policy factory")
+    return factory
+
+
+def init_wandb(cfg: DictConfig, directory: Path, run_name: str) -> Any | None:
+    """Start a wandb run (offline unless ``WANDB_MODE`` says otherwise) or return ``None``."""
+    if not cfg.logger.wandb:
+        return None
+    import wandb
+
+    mode = os.environ.get("WANDB_MODE", cfg.logger.wandb_mode)
+    return wandb.init(
+        project=cfg.logger.project,
+        name=run_name,
+        dir=str(directory),
+        mode=mode,
+        config=plain_dict(cfg),
+        reinit="finish_previous",
+    )

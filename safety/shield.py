@@ -1,0 +1,710 @@
+"""The constraint shield: closest admissible power set-points, in closed form (numpy only).
+
+An action is the per-pack power set-point normalised by the pack's rated power
+(``ratings.rated_power_w``), + = discharge, in ``[-1, 1]``. :meth:`Shield.project` works in
+two stages.
+
+**1. Admissible interval per pack** (:meth:`Shield.admissible`). With ``Q`` the present
+pack capacity (nominal × SoH) [A.h], ``k = dt_s / (3600·Q)`` the SoC change per ampere
+over one step, ``p``/``s`` the parallel/series counts, and ``R`` the cell model's
+effective resistance at the pack's SoC and temperature over a step (divided by SoH, as
+the twin scales a faded cell), the pack current ``I`` must satisfy
+
+* ``current_min_a ≤ I ≤ current_max_a`` (``"current_min_a"``/``"current_max_a"``);
+* ``|I| ≤ c_rate_max·Q`` (``"c_rate_max"``);
+* ``soc_min ≤ SoC − k·I ≤ soc_max`` (``"soc_min"``/``"soc_max"``);
+* ``V_min ≤ OCV(SoC − k·I) − R·I/p ≤ V_max`` (``"cell_voltage_min_v"``/``…max_v``). The
+  OCV moves during the step, so this is solved in closed form on nested ranges: for each
+  fraction ``φ`` of :data:`VOLTAGE_FRACTIONS`, within ``0 ≤ I ≤ φ·I₀`` (``I₀``: the bound
+  from the constraints above) the OCV is at least ``OCV(SoC − k·φ·I₀)`` (OCV increases
+  with SoC), which gives a linear bound; the largest of these valid bounds is kept.
+  Likewise on the charge side. A pack inside its limits always admits ``I = 0``.
+
+Each limit is applied with a small margin for the mismatch between this one-step model
+and the plant (``voltage_margin_v``, ``soc_margin``, ``current_margin``).
+
+The interval is then scaled by the **temperature derating**
+``clip(min(T_max − T, T − T_min) / derating_band_c, 0, 1)`` (``"temperature_max_c"`` /
+``"temperature_min_c"``), turned into power with a conservative voltage (the predicted
+end-of-step cell voltage at the discharge bound; the open-circuit voltage at the start
+when charging, below which the charging voltage never is) and normalised, and
+intersected with the action space ``[-1, 1]`` (``"action_space"``).
+
+A pack whose state is invalid (``state.valid`` False, a non-finite or non-positive
+quantity) or already outside its voltage, temperature or SoC window gets the **fallback**
+interval ``[0, 0]``: zero current, i.e. a controlled shutdown (status ``FALLBACK``,
+reason ``"fallback:<why>"``).
+
+**2. Projection** onto ``box ∩ {Σ rated_w·a = target}``, Euclidean in normalised units.
+The KKT conditions give ``a_i(λ) = clip(r_i + λ·w_i, l_i, u_i)``; the fleet total
+``S(λ)`` is piecewise linear and non-decreasing, so sorting its ``2n`` breakpoints and a
+cumulative sum locate ``λ`` exactly (O(n log n), vectorised). The default target is the
+requested action's own total: clipped power is redistributed to packs with headroom. A
+target outside ``[Σ w·l, Σ w·u]`` gives the nearest feasible allocation (every pack at
+the bound on that side) and the shortfall (status ``SHORTFALL``).
+
+Invalid requests never raise: a NaN entry is taken as 0 for its pack, ±inf and finite
+entries outside ``[-1, 1]`` as ±1 (status ``INVALID_ACTION``, reason
+``"action_not_finite"`` / ``"action_out_of_range"``); a non-finite ``target_power_w`` is
+ignored in favour of the default target (status ``INVALID_ACTION``). An action of the
+wrong shape is a programming error and raises ``ValueError``.
+
+Example:
+    >>> import numpy as np
+    >>> from pulsebms.safety import FleetState, PackRatings
+    >>> ratings = PackRatings(("NMC", "LFP"), np.array([14, 16]), np.array([4, 10]),
+    ...                       np.array([5.15, 2.3]), np.array([1000.0, 1200.0]))
+    >>> state = FleetState(soc=np.array([0.5, 0.06]), soh=np.ones(2),
+    ...                    temperature_c=np.array([25.0, 25.0]),
+    ...                    cell_voltage_v=np.array([3.7, 3.2]), current_a=np.zeros(2))
+    >>> result = Shield(ratings, dt_s=60.0).project(state, np.array([0.5, 0.5]))
+    >>> result.status.name, result.intervened.tolist()
+    ('PROJECTED', [True, True])
+    >>> bool(np.isclose(result.action @ ratings.rated_power_w, 0.5 * 2200.0))
+    True
+"""
+
+from __future__ import annotations
+
+import enum
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from functools import cached_property
+
+import numpy as np
+from numpy.typing import ArrayLike, NDArray
+
+from pulsebms.safety.cell_model import CellModel, FleetCellModel
+from pulsebms.safety.limits import PackLimits, fleet_limits, stack_limits
+from pulsebms.safety.state import FleetState, PackRatings
+
+__all__ = [
+    "VOLTAGE_FRACTIONS",
+    "AdmissibleSet",
+    "Shield",
+    "ShieldResult",
+    "ShieldStatus",
+    "project_box_hyperplane",
+]
+
+FloatArray = NDArray[np.float64]
+BoolArray = NDArray[np.bool_]
+
+VOLTAGE_FRACTIONS: tuple[float, ...] = (1.0, 0.5, 0.25, 0.125, 0.0625)
+"""Nested current ranges (fractions of the non-voltage bound) of the voltage constraint."""
+
+_UPPER_NAMES = ("current_max_a", "c_rate_max", "soc_min", "cell_voltage_min_v")
+_LOWER_NAMES = ("current_min_a", "c_rate_max", "soc_max", "cell_voltage_max_v")
+
+
+class ShieldStatus(enum.IntFlag):
+    """What the shield did, as flags (``OK`` is none of them).
+
+    ``status.name`` reads e.g. ``"PROJECTED|SHORTFALL"``; test with ``in`` or ``&``.
+    """
+
+    OK = 0
+    """The requested action was admissible and returned unchanged."""
+    PROJECTED = 1
+    """At least one pack's set-point was changed."""
+    SHORTFALL = 2
+    """The target fleet power is outside the admissible total (see ``shortfall_w``)."""
+    FALLBACK = 4
+    """At least one pack is in the controlled-shutdown fallback (zero current)."""
+    INVALID_ACTION = 8
+    """The request had NaN, infinite or out-of-range entries, or a non-finite target."""
+
+
+@dataclass(frozen=True)
+class AdmissibleSet:
+    """Admissible normalised set-points per pack, derived from one state.
+
+    Attributes:
+        lower: Lowest admissible action per pack (≤ 0).
+        upper: Highest admissible action per pack (≥ 0).
+        fallback: Packs in the controlled-shutdown fallback (``lower = upper = 0``).
+        lower_reason: Name of the limit that sets ``lower`` per pack.
+        upper_reason: Name of the limit that sets ``upper`` per pack.
+    """
+
+    lower: FloatArray
+    upper: FloatArray
+    fallback: BoolArray
+    lower_reason: tuple[str, ...]
+    upper_reason: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class ShieldResult:
+    """Outcome of :meth:`Shield.project`.
+
+    Attributes:
+        action: The admissible action, shape ``(n_packs,)``, in ``[lower, upper]``.
+        intervened: Per pack, True where ``action`` differs from the request (a NaN
+            request always counts as changed).
+        status: :class:`ShieldStatus` flags.
+        shortfall_w: Target minus planned fleet power [W] (0 when the target is met;
+            positive: less discharge than asked).
+        lower: Admissible lower bound per pack (normalised).
+        upper: Admissible upper bound per pack (normalised).
+        target_power_w: The fleet power the projection aimed at [W].
+        fallback: Packs in the controlled-shutdown fallback.
+    """
+
+    action: FloatArray
+    intervened: BoolArray
+    status: ShieldStatus
+    shortfall_w: float
+    lower: FloatArray
+    upper: FloatArray
+    target_power_w: float
+    fallback: BoolArray
+    explain: Callable[[], tuple[tuple[str, ...], ...]] = field(repr=False, compare=False)
+    """Builds :attr:`reasons` (called once, on first access)."""
+
+    @cached_property
+    def reasons(self) -> tuple[tuple[str, ...], ...]:
+        """Per pack, the names of the limits (or request problems) behind the change.
+
+        ``()`` for packs left alone. Limit names are :class:`PackLimits` field names
+        (``"soc_min"``, ``"cell_voltage_max_v"``, …; ``"temperature_max_c"`` for derating),
+        ``"action_space"`` for the ``[-1, 1]`` bound, ``"redistributed"`` for a pack moved
+        only to keep the fleet total, ``"action_not_finite"``/``"action_out_of_range"`` for
+        bad requests, and ``"fallback:<why>"``. Computed on first access, off the decision
+        path.
+        """
+        return self.explain()
+
+
+def project_box_hyperplane(
+    request: FloatArray,
+    lower: FloatArray,
+    upper: FloatArray,
+    weight: FloatArray,
+    target: float,
+) -> tuple[FloatArray, float]:
+    """Closest point to ``request`` in ``{lower ≤ a ≤ upper, weight·a = target}``.
+
+    Breakpoint search on the multiplier (see the module docstring). The target is first
+    clamped to ``[weight·lower, weight·upper]``; the clamped target is returned, so the
+    caller can tell the shortfall.
+
+    Args:
+        request: The point to project, finite, shape ``(n,)``.
+        lower: Lower bounds, finite, ``lower ≤ upper``.
+        upper: Upper bounds, finite.
+        weight: Positive weights of the total.
+        target: Desired ``weight·a``.
+
+    Returns:
+        ``(a, reached)``: the projection and the total it aims at (the clamped target).
+
+    Example:
+        >>> import numpy as np
+        >>> a, t = project_box_hyperplane(np.array([1.0, 0.0]), np.zeros(2), np.full(2, 0.6),
+        ...                               np.ones(2), 1.0)
+        >>> a.tolist(), t
+        ([0.6, 0.4], 1.0)
+    """
+    t_min = float(weight @ lower)
+    t_max = float(weight @ upper)
+    if target <= t_min:
+        return lower.copy(), t_min
+    if target >= t_max:
+        return upper.copy(), t_max
+    w2 = weight * weight
+    bp = np.concatenate(((lower - request) / weight, (upper - request) / weight))
+    order = np.argsort(bp)
+    bp_sorted = bp[order]
+    slope = np.concatenate((w2, -w2))[order].cumsum()
+    totals = np.empty_like(bp_sorted)
+    totals[0] = t_min
+    np.cumsum(slope[:-1] * np.diff(bp_sorted), out=totals[1:])
+    totals[1:] += t_min
+    k = int(np.searchsorted(totals, target, side="right")) - 1
+    k = min(max(k, 0), bp_sorted.size - 1)
+    s = float(slope[k])
+    lam = float(bp_sorted[k]) + ((target - float(totals[k])) / s if s > 0.0 else 0.0)
+    return np.minimum(np.maximum(request + lam * weight, lower), upper), target
+
+
+class _Bounds:
+    """Stage-1 output: the box, the fallback packs and what is needed to name the limits."""
+
+    __slots__ = ("derated", "fallback", "hot", "lo_cand", "lower", "up_cand", "upper", "why")
+
+    def __init__(
+        self,
+        lower: FloatArray,
+        upper: FloatArray,
+        fallback: BoolArray,
+        why: list[str] | None,
+        up_cand: tuple[FloatArray, ...],
+        lo_cand: tuple[FloatArray, ...],
+        derated: BoolArray,
+        hot: BoolArray,
+    ) -> None:
+        self.lower = lower
+        self.upper = upper
+        self.fallback = fallback
+        self.why = why
+        self.up_cand = up_cand
+        self.lo_cand = lo_cand
+        self.derated = derated
+        self.hot = hot
+
+    def names(self) -> tuple[tuple[str, ...], tuple[str, ...]]:
+        """Binding limit name of each pack's lower and upper bound."""
+        up_idx = np.argmin(np.stack(np.broadcast_arrays(*self.up_cand)), axis=0)
+        lo_idx = np.argmax(np.stack(np.broadcast_arrays(*self.lo_cand)), axis=0)
+        lows: list[str] = []
+        ups: list[str] = []
+        for i in range(self.lower.size):
+            if self.fallback[i]:
+                reason = f"fallback:{self.why[i] if self.why else ''}"
+                lows.append(reason)
+                ups.append(reason)
+                continue
+            temp_name = "temperature_max_c" if self.hot[i] else "temperature_min_c"
+            up = _UPPER_NAMES[int(up_idx[i])]
+            lo = _LOWER_NAMES[int(lo_idx[i])]
+            if self.derated[i]:
+                up = lo = temp_name
+            ups.append("action_space" if self.upper[i] >= 1.0 else up)
+            lows.append("action_space" if self.lower[i] <= -1.0 else lo)
+        return tuple(lows), tuple(ups)
+
+
+class Shield:
+    """Keeps per-pack power set-points inside the safe operating area.
+
+    Args:
+        ratings: The fleet's ratings (chemistry, counts, capacity, rated power).
+        limits: One :class:`PackLimits` per pack (or one for all); the chemistries'
+            defaults (:func:`pulsebms.safety.fleet_limits`) when None.
+        dt_s: Control interval [s]: how far ahead SoC and voltage are predicted.
+        cell_model: OCV/resistance tables; the shipped ones when None.
+        derating_band_c: Width of the band inside each temperature limit over which the
+            admissible power falls linearly to zero [°C] (> 0).
+        resistance_duration_s: Pulse duration the effective resistance is taken at [s];
+            None means ``max(dt_s, 1000)``: a pack may already carry the polarisation of
+            earlier steps at the same current, so the longest tabulated pulse is the safe
+            default (pitfall: ``dt_s`` alone under-predicts the drop of a sustained
+            current).
+        voltage_margin_v: Margin kept inside the cell voltage window [V] (≥ 0), for model
+            error; it must leave the window non-empty.
+        soc_margin: Margin kept inside the SoC window (fraction, ≥ 0): the pack the
+            shield plans for and the twin differ slightly in how much current a power
+            draws, and a bound that is exactly active would otherwise end a hair outside.
+        current_margin: Relative margin on the current and C-rate limits (≥ 0, < 1), for
+            the same reason.
+
+    Raises:
+        ValueError: On a non-positive ``dt_s`` or band, a negative margin, limits of the
+            wrong count, ratings with non-positive capacity/rated power/counts, or a
+            chemistry the cell model does not know.
+    """
+
+    def __init__(
+        self,
+        ratings: PackRatings,
+        limits: Sequence[PackLimits] | PackLimits | None = None,
+        dt_s: float = 10.0,
+        *,
+        cell_model: CellModel | None = None,
+        derating_band_c: float = 5.0,
+        resistance_duration_s: float | None = None,
+        voltage_margin_v: float = 0.005,
+        soc_margin: float = 1e-3,
+        current_margin: float = 1e-3,
+    ) -> None:
+        if not (math.isfinite(dt_s) and dt_s > 0):
+            raise ValueError(f"dt_s must be finite and > 0, got {dt_s}")
+        if not (math.isfinite(derating_band_c) and derating_band_c > 0):
+            raise ValueError(f"derating_band_c must be finite and > 0, got {derating_band_c}")
+        if not (math.isfinite(voltage_margin_v) and voltage_margin_v >= 0):
+            raise ValueError(f"voltage_margin_v must be finite and >= 0, got {voltage_margin_v}")
+        if not (math.isfinite(soc_margin) and soc_margin >= 0):
+            raise ValueError(f"soc_margin must be finite and >= 0, got {soc_margin}")
+        if not (math.isfinite(current_margin) and 0 <= current_margin < 1):
+            raise ValueError(f"current_margin must be in [0, 1), got {current_margin}")
+        n = ratings.n_packs
+        if n < 1:
+            raise ValueError("a shield needs at least one pack")
+        rated = np.asarray(ratings.rated_power_w, dtype=np.float64)
+        capacity = np.asarray(ratings.capacity_ah, dtype=np.float64)
+        series = np.asarray(ratings.series, dtype=np.float64)
+        parallel = np.asarray(ratings.parallel, dtype=np.float64)
+        for name, arr in (
+            ("rated_power_w", rated),
+            ("capacity_ah", capacity),
+            ("series", series),
+            ("parallel", parallel),
+        ):
+            if not np.all(np.isfinite(arr) & (arr > 0)):
+                raise ValueError(f"ratings.{name} must be finite and > 0, got {arr}")
+        self.ratings = ratings
+        self.dt_s = float(dt_s)
+        self.limits: tuple[PackLimits, ...] = (
+            fleet_limits(ratings)
+            if limits is None
+            else ((limits,) * n if isinstance(limits, PackLimits) else tuple(limits))
+        )
+        lim = stack_limits(self.limits, n)
+        self.derating_band_c = float(derating_band_c)
+        self.voltage_margin_v = float(voltage_margin_v)
+        self.soc_margin = float(soc_margin)
+        self.current_margin = float(current_margin)
+        self.resistance_duration_s = float(
+            max(self.dt_s, 1000.0) if resistance_duration_s is None else resistance_duration_s
+        )
+        self.cell_model = cell_model if cell_model is not None else CellModel.load()
+        self._fleet: FleetCellModel = self.cell_model.for_fleet(
+            ratings.chemistry, self.resistance_duration_s
+        )
+        v_min = lim.cell_voltage_min_v + self.voltage_margin_v
+        v_max = lim.cell_voltage_max_v - self.voltage_margin_v
+        if np.any(v_min >= v_max):
+            raise ValueError("voltage_margin_v leaves an empty cell voltage window")
+        if np.any(lim.soc_min + self.soc_margin >= lim.soc_max - self.soc_margin):
+            raise ValueError("soc_margin leaves an empty SoC window")
+        keep = 1.0 - self.current_margin
+        self._soc_lo = lim.soc_min + self.soc_margin
+        self._soc_hi = lim.soc_max - self.soc_margin
+        self._i_max = lim.current_max_a * keep
+        self._i_min = lim.current_min_a * keep
+        self._c_max_ah = lim.c_rate_max * keep * capacity  # |I| per unit SoH [A]
+        self.n_packs = n
+        self._lim = lim
+        # Fallback windows, rows: SoC, temperature, cell voltage, SoH.
+        self._win_lo = np.stack(
+            (lim.soc_min, lim.temperature_min_c, lim.cell_voltage_min_v, np.full(n, 1e-9))
+        )
+        self._win_hi = np.stack(
+            (lim.soc_max, lim.temperature_max_c, lim.cell_voltage_max_v, np.full(n, 1.5))
+        )
+        self._v_min = v_min
+        self._v_max = v_max
+        self._rated = rated
+        self._capacity = capacity
+        self._inv_parallel = 1.0 / parallel
+        self._power_scale = series / rated  # normalised action per (A·V of one cell)
+        self._k_soc_num = self.dt_s / 3600.0 / capacity  # SoC per A at SoH 1
+        self._w_scale = float(rated.mean())
+        self._weight = rated / self._w_scale
+        self._tol_w = 1e-9 * max(float(rated.sum()), 1.0)
+        frac = np.asarray(VOLTAGE_FRACTIONS, dtype=np.float64)
+        self._m = frac.size
+        # Rows: discharge ranges, charge ranges, and 0 (the OCV at the present SoC).
+        self._frac_up = np.concatenate((frac, np.zeros(frac.size + 1)))[:, None]
+        self._frac_lo = np.concatenate((np.zeros(frac.size), frac, [0.0]))[:, None]
+        # OCV bound per row: lower bound when discharging (and for the start), upper when
+        # charging.
+        self._ocv_side = np.concatenate((np.zeros(frac.size), np.ones(frac.size), [0])).astype(
+            np.intp
+        )[:, None]
+        self._no_reasons: tuple[tuple[str, ...], ...] = ((),) * n
+        self._neg_one = np.full(n, -1.0)
+        self._one = np.ones(n)
+
+    # ------------------------------------------------------------------ stage 1
+    def admissible(self, state: FleetState) -> AdmissibleSet:
+        """Admissible normalised set-point interval of every pack for ``state``.
+
+        Args:
+            state: The measured fleet state.
+
+        Returns:
+            The intervals, the fallback packs and the binding limit of each bound.
+
+        Raises:
+            ValueError: If the state has the wrong number of packs.
+        """
+        b = self._bounds(state)
+        lows, ups = b.names()
+        return AdmissibleSet(b.lower, b.upper, b.fallback, lows, ups)
+
+    def bounds(self, state: FleetState) -> tuple[FloatArray, FloatArray, BoolArray]:
+        """The admissible box only (no limit names): the fast part of :meth:`admissible`.
+
+        Args:
+            state: The measured fleet state.
+
+        Returns:
+            ``(lower, upper, fallback)`` per pack.
+        """
+        b = self._bounds(state)
+        return b.lower, b.upper, b.fallback
+
+    def _bounds(self, state: FleetState) -> _Bounds:
+        n = self.n_packs
+        if state.n_packs != n:
+            raise ValueError(f"state has {state.n_packs} packs, the shield {n}")
+        lim = self._lim
+        x = np.array(
+            (state.soc, state.temperature_c, state.cell_voltage_v, state.soh), dtype=np.float64
+        )
+        # ---- fallback: invalid or outside the windows (comparisons are False on NaN)
+        inside = ((x >= self._win_lo) & (x <= self._win_hi)).all(axis=0)
+        inside &= state.valid
+        why: list[str] | None = None
+        if not inside.all():
+            why = [self._fallback_reason(state, i) if not inside[i] else "" for i in range(n)]
+            x[:, ~inside] = np.array([[0.5], [25.0], [3.0], [1.0]])
+        soc, temp, _, soh = x
+        # ---- current bounds (pack current, + = discharge)
+        k_soc = self._k_soc_num / soh
+        c_max = self._c_max_ah * soh
+        # inside the margin band the SoC bound is 0, never the wrong sign
+        soc_up = np.maximum(soc - self._soc_lo, 0.0) / k_soc
+        soc_lo = np.minimum(soc - self._soc_hi, 0.0) / k_soc
+        i_up0 = np.minimum(np.minimum(self._i_max, c_max), soc_up)
+        i_lo0 = np.maximum(np.maximum(self._i_min, -c_max), soc_lo)
+        # ---- voltage: nested ranges, OCV bound at the far end of each (one look-up)
+        fleet = self._fleet
+        drop = fleet.resistance_bound_ohm(soc, temp) * self._inv_parallel / soh  # V per A
+        ends = self._frac_up * i_up0 + self._frac_lo * i_lo0
+        ocv = fleet.ocv_bound_v(soc - k_soc * ends, self._ocv_side)
+        m = self._m
+        v_up = np.maximum(np.minimum(ends[:m], (ocv[:m] - self._v_min) / drop).max(axis=0), 0.0)
+        v_lo = np.minimum(
+            np.maximum(ends[m : 2 * m], (ocv[m : 2 * m] - self._v_max) / drop).min(axis=0), 0.0
+        )
+        i_up = np.minimum(i_up0, v_up)
+        i_lo = np.maximum(i_lo0, v_lo)
+        # ---- temperature derating
+        head_hi = lim.temperature_max_c - temp
+        head_lo = temp - lim.temperature_min_c
+        derate = np.minimum(head_hi, head_lo) / self.derating_band_c
+        derated = derate < 1.0
+        if derated.any():
+            derate = np.minimum(np.maximum(derate, 0.0), 1.0)
+            i_up = i_up * derate
+            i_lo = i_lo * derate
+        # ---- to power, with voltages the step never goes below: when discharging, the
+        # lowest OCV of the range minus the drop (>= the voltage floor, which the bound
+        # guarantees); when charging, the OCV at the start.
+        v_dis = np.maximum(ocv[0] - drop * i_up, self._v_min)
+        upper = np.minimum(np.maximum(i_up * v_dis * self._power_scale, 0.0), 1.0)
+        lower = np.maximum(np.minimum(i_lo * ocv[-1] * self._power_scale, 0.0), -1.0)
+        if why is not None:
+            upper[~inside] = 0.0
+            lower[~inside] = 0.0
+        return _Bounds(
+            lower,
+            upper,
+            ~inside,
+            why,
+            (self._i_max, c_max, soc_up, v_up),
+            (self._i_min, -c_max, soc_lo, v_lo),
+            derated,
+            head_hi <= head_lo,
+        )
+
+    def _fallback_reason(self, state: FleetState, i: int) -> str:
+        """Why pack ``i`` is in the fallback (first failing check)."""
+        lim = self.limits[i]
+        if not bool(state.valid[i]):
+            return "invalid_state"
+        checks = (
+            ("soc", float(state.soc[i]), lim.soc_min, lim.soc_max),
+            (
+                "temperature",
+                float(state.temperature_c[i]),
+                lim.temperature_min_c,
+                lim.temperature_max_c,
+            ),
+            (
+                "cell_voltage",
+                float(state.cell_voltage_v[i]),
+                lim.cell_voltage_min_v,
+                lim.cell_voltage_max_v,
+            ),
+            ("soh", float(state.soh[i]), 1e-9, 1.5),
+        )
+        for quantity, value, lo, hi in checks:
+            if not math.isfinite(value):
+                return f"{quantity}_not_finite"
+            if value < lo:
+                return f"{quantity}_below_min"
+            if value > hi:
+                return f"{quantity}_above_max"
+        return "unknown"
+
+    # ------------------------------------------------------------------ prediction
+    def predict(self, state: FleetState, action: ArrayLike) -> FleetState:
+        """The cell model's prediction of the state after one step at ``action``.
+
+        The action is sanitised as in :meth:`project` (NaN → 0, clipped to ``[-1, 1]``);
+        the current is the one that delivers the power from a source ``OCV(SoC)`` behind
+        the effective resistance (``P_cell = I·(OCV − R·I)``; a power beyond the source's
+        maximum takes the current of the maximum), then SoC and cell voltage follow the
+        one-step model. Temperature is carried over. Used to report the violation cost
+        an unshielded action would have caused (``info["cost_pre_shield"]``).
+
+        Args:
+            state: The present state.
+            action: Normalised set-points.
+
+        Returns:
+            The predicted state (``current_a`` is the predicted pack current).
+        """
+        raw = np.asarray(action, dtype=np.float64)
+        if raw.shape != (self.n_packs,):
+            raise ValueError(f"action must have shape ({self.n_packs},), got {raw.shape}")
+        request = np.clip(np.nan_to_num(raw, nan=0.0, posinf=1.0, neginf=-1.0), -1.0, 1.0)
+        chem = self.ratings.chemistry
+        soc = np.asarray(state.soc, dtype=np.float64)
+        soh = np.asarray(state.soh, dtype=np.float64)
+        temp = np.asarray(state.temperature_c, dtype=np.float64)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            ocv = np.array(
+                [self.cell_model.ocv_v(c, s) for c, s in zip(chem, np.nan_to_num(soc), strict=True)]
+            )
+            r_cell = (
+                np.array(
+                    [
+                        self.cell_model.resistance_ohm(c, s, t, self.resistance_duration_s)
+                        for c, s, t in zip(
+                            chem, np.nan_to_num(soc), np.nan_to_num(temp), strict=True
+                        )
+                    ]
+                )
+                / soh
+            )
+            n_cells = np.asarray(self.ratings.series * self.ratings.parallel, dtype=np.float64)
+            p_cell = request * self._rated / n_cells
+            disc = np.maximum(ocv * ocv - 4.0 * r_cell * p_cell, 0.0)
+            i_cell = 2.0 * p_cell / (ocv + np.sqrt(disc))
+            current = i_cell * np.asarray(self.ratings.parallel, dtype=np.float64)
+            soc_end = soc - current * self._k_soc_num / soh
+            ocv_end = np.array(
+                [
+                    self.cell_model.ocv_v(c, s)
+                    for c, s in zip(chem, np.nan_to_num(soc_end), strict=True)
+                ]
+            )
+            v_end = ocv_end - r_cell * i_cell
+        return FleetState(
+            soc=soc_end,
+            soh=soh.copy(),
+            temperature_c=temp.copy(),
+            cell_voltage_v=v_end,
+            current_a=current,
+            demand_w=float(state.demand_w),
+            valid=np.asarray(state.valid, dtype=bool).copy(),
+        )
+
+    # ------------------------------------------------------------------ stage 2
+    def project(
+        self,
+        state: FleetState,
+        action: ArrayLike,
+        target_power_w: float | None = None,
+    ) -> ShieldResult:
+        """The closest admissible action to ``action`` that keeps the fleet target.
+
+        Args:
+            state: The measured fleet state.
+            action: Requested normalised set-points, shape ``(n_packs,)``.
+            target_power_w: Fleet power to deliver [W] (demand tracking); by default the
+                requested action's own total.
+
+        Returns:
+            The :class:`ShieldResult`.
+
+        Raises:
+            ValueError: If ``action`` or ``state`` has the wrong number of packs.
+        """
+        raw = np.asarray(action, dtype=np.float64)
+        n = self.n_packs
+        if raw.shape != (n,):
+            raise ValueError(f"action must have shape ({n},), got {np.shape(action)}")
+        b = self._bounds(state)
+        lower, upper = b.lower, b.upper
+        status = ShieldStatus.OK
+        request = raw
+        if not ((raw >= -1.0).all() and (raw <= 1.0).all()):  # False on NaN
+            status |= ShieldStatus.INVALID_ACTION
+            request = np.clip(np.nan_to_num(raw, nan=0.0, posinf=1.0, neginf=-1.0), -1.0, 1.0)
+        weight = self._weight
+        own = float(weight @ request)
+        if target_power_w is None:
+            target = own
+        elif math.isfinite(target_power_w):
+            target = float(target_power_w) / self._w_scale
+        else:
+            status |= ShieldStatus.INVALID_ACTION
+            target = own
+        if (
+            (request >= lower).all()
+            and (request <= upper).all()
+            and abs(own - target) * self._w_scale <= self._tol_w
+        ):
+            out = request.copy() if request is raw else request
+            reached = target
+        else:
+            out, reached = project_box_hyperplane(request, lower, upper, weight, target)
+        shortfall_w = (target - reached) * self._w_scale
+        if abs(shortfall_w) > self._tol_w:
+            status |= ShieldStatus.SHORTFALL
+        else:
+            shortfall_w = 0.0
+        intervened = out != raw
+        if b.why is not None:
+            status |= ShieldStatus.FALLBACK
+        explain: Callable[[], tuple[tuple[str, ...], ...]]
+        if intervened.any():
+            status |= ShieldStatus.PROJECTED
+
+            def explain() -> tuple[tuple[str, ...], ...]:
+                return self._reasons(raw, request, out, intervened, b)
+
+        else:
+            no_reasons = self._no_reasons
+
+            def explain() -> tuple[tuple[str, ...], ...]:
+                return no_reasons
+
+        return ShieldResult(
+            action=out,
+            intervened=intervened,
+            status=status,
+            shortfall_w=float(shortfall_w),
+            lower=lower,
+            upper=upper,
+            target_power_w=target * self._w_scale,
+            fallback=b.fallback,
+            explain=explain,
+        )
+
+    def _reasons(
+        self,
+        raw: FloatArray,
+        request: FloatArray,
+        out: FloatArray,
+        intervened: BoolArray,
+        b: _Bounds,
+    ) -> tuple[tuple[str, ...], ...]:
+        """Per-pack reason names for the packs that were changed."""
+        lows, ups = b.names()
+        result: list[tuple[str, ...]] = []
+        for i in range(self.n_packs):
+            if not intervened[i]:
+                result.append(())
+                continue
+            names: list[str] = []
+            value = float(raw[i])
+            if not math.isfinite(value):
+                names.append("action_not_finite")
+            elif not -1.0 <= value <= 1.0:
+                names.append("action_out_of_range")
+            if b.fallback[i] or (out[i] >= b.upper[i] and request[i] > b.upper[i]):
+                names.append(ups[i])
+            elif out[i] <= b.lower[i] and request[i] < b.lower[i]:
+                names.append(lows[i])
+            elif out[i] != request[i]:
+                names.append("redistributed")
+            result.append(tuple(names))
+        return tuple(result)

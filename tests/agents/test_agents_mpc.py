@@ -1,0 +1,80 @@
+"""MPC: DPP, built once, respects the limits on random states (no simulator needed)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from fleet_fixtures import make_info, make_obs
+
+from pulsebms.agents.envinfo import SiteInfo
+from pulsebms.agents.mpc import MPCConfig, MPCPolicy
+
+
+@pytest.fixture(scope="module")
+def mpc() -> MPCPolicy:
+    return MPCPolicy(
+        make_info(),
+        MPCConfig(horizon_steps=8),
+        site_fn=lambda: SiteInfo(2000.0, 2000.0, 0.07),
+    )
+
+
+def test_problem_is_dpp_and_built_once(mpc: MPCPolicy) -> None:
+    assert mpc.problem.is_dpp()
+    problem = mpc.problem
+    mpc.act(make_obs([0.5, 0.5, 0.5], 500.0))
+    mpc.act(make_obs([0.3, 0.6, 0.9], -500.0))
+    assert mpc.problem is problem
+
+
+def test_mpc_respects_limits_on_random_states(mpc: MPCPolicy) -> None:
+    """Guards the limit bounds and SoC window: any reachable state, any demand."""
+    rng = np.random.default_rng(0)
+    info = mpc.info
+    for _ in range(25):
+        soc = rng.uniform(0.0, 1.0, 3)
+        obs = make_obs(
+            soc,
+            float(rng.uniform(-4000, 4000)),
+            soh=list(rng.uniform(0.7, 1.0, 3)),
+            temperature_c=list(rng.uniform(-25.0, 65.0, 3)),
+            price=float(rng.uniform(0.05, 0.5)),
+            price_forecast=list(rng.uniform(0.05, 0.5, 4)),
+        )
+        action = mpc.act(obs)
+        fleet = info.reader.read(obs)
+        assert mpc.last_status in ("optimal", "optimal_inaccurate")
+        assert action.shape == (3,)
+        assert np.all(np.abs(action) <= 1.0)
+        # No discharge below the SoC floor or charge above the ceiling (one-step model).
+        energy_wh = info.energy_wh * fleet.soh
+        eta = mpc.config.efficiency
+        gain = np.where(action > 0, 1.0 / eta, eta)
+        next_soc = soc - gain * action * info.rated_power_w * info.dt_s / 3600.0 / energy_wh
+        assert np.all((next_soc >= info.soc_min - 1e-6) | (action <= 1e-6))
+        assert np.all((next_soc <= info.soc_max + 1e-6) | (action >= -1e-6))
+        # Current and C-rate limits at nominal voltage; no power outside the thermal window.
+        pack_v = info.energy_wh / info.capacity_ah
+        current_a = np.abs(action) * info.rated_power_w / pack_v
+        limit_a = np.minimum(info.current_max_a, info.c_rate_max * info.capacity_ah * fleet.soh)
+        assert np.all(current_a <= limit_a * (1 + 1e-6) + 1e-6)
+        outside = (fleet.temperature_c >= info.temperature_max_c) | (
+            fleet.temperature_c <= info.temperature_min_c
+        )
+        assert np.all(np.abs(action[outside]) <= 1e-6)
+
+
+def test_mpc_arbitrages_a_price_spread(mpc: MPCPolicy) -> None:
+    cheap_then_dear = make_obs([0.5, 0.5, 0.5], 0.0, price=0.1, price_forecast=[0.1, 0.5, 0.5, 0.5])
+    assert np.sum(mpc.act(cheap_then_dear)) < 0  # charges now
+    dear_then_cheap = make_obs(
+        [0.5, 0.5, 0.5], 1000.0, price=0.5, price_forecast=[0.1, 0.1, 0.1, 0.1]
+    )
+    assert np.sum(mpc.act(dear_then_cheap) * mpc.info.rated_power_w) > 500.0
+
+
+def test_mpc_config_rejects_bad_values() -> None:
+    with pytest.raises(ValueError, match="horizon_steps"):
+        MPCConfig(horizon_steps=0)
+    with pytest.raises(ValueError, match="efficiency"):
+        MPCConfig(efficiency=1.5)

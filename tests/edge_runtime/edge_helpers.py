@@ -1,0 +1,75 @@
+"""Helpers shared by the edge-runtime tests (imported as ``edge_helpers``)."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from pulsebms.edge_runtime.manifest import (
+    ActionField,
+    Manifest,
+    ModelInfo,
+    ObservationField,
+    SourceInfo,
+)
+from pulsebms.safety.limits import default_limits
+
+N_PACKS = 3
+
+
+class FakeClock:
+    """Settable monotonic clock [s]."""
+
+    def __init__(self) -> None:
+        self.now_s = 1000.0
+
+    def __call__(self) -> float:
+        return self.now_s
+
+
+def make_manifest(n_packs: int = N_PACKS, sha256: str = "0" * 64) -> Manifest:
+    """A small NMC fleet: observation = SoC, temperature / 50, demand / 1 kW, time sin."""
+    n = n_packs
+    return Manifest(
+        model=ModelInfo("policy.onnx", sha256, "observation", "action", 2 * n + 2, n, 18),
+        source=SourceInfo("sb3", "PPO", "/nowhere/model.zip", "1" * 64),
+        observation=(
+            ObservationField("soc", 0, n, "soc", "fraction", 1.0, 0.0, 1.0),
+            ObservationField("temperature_c", n, 2 * n, "temperature_c", "degC", 50.0, -2, 2),
+            ObservationField("demand_w", 2 * n, 2 * n + 1, "demand_w", "W", 1000.0, -20, 20),
+            ObservationField("time_of_day_sin", 2 * n + 1, 2 * n + 2, "time_of_day_sin"),
+        ),
+        action=(ActionField("power_setpoint", 0, n),),
+        ratings={
+            "chemistry": ["NMC"] * n,
+            "series": [14] * n,
+            "parallel": [4] * n,
+            "cell_capacity_ah": [5.0] * n,
+            "rated_power_w": [1000.0] * n,
+        },
+        limits=tuple(vars(default_limits("NMC")) for _ in range(n)),
+        shield={"dt_s": 60.0},
+        dt_s=60.0,
+        versions={"pulsebms": "test"},
+        created_utc="2026-01-01T00:00:00+00:00",
+    )
+
+
+class ConstantPolicy:
+    """Returns a fixed action and records the observations it saw."""
+
+    def __init__(self, action: list[float]) -> None:
+        self.action = np.asarray(action, dtype=np.float32)
+        self.seen: list[np.ndarray] = []
+
+    def act(self, observation: np.ndarray) -> np.ndarray:
+        self.seen.append(np.array(observation))
+        return self.action.copy()
+
+
+GOOD = {
+    "soc": 0.5,
+    "soh": 0.98,
+    "temperature_c": 25.0,
+    "cell_voltage_v": 3.7,
+    "current_a": 1.0,
+}
