@@ -26,14 +26,17 @@ import time
 from collections.abc import Callable
 
 import numpy as np
+from numpy.typing import NDArray
 
-from pulsebms.safety import PackRatings, Shield
+from pulsebms.safety import FleetState, PackRatings, Shield
 from pulsebms.safety.checks import random_action, random_state
 from pulsebms.safety.reference import ReferenceShield
 
 __all__ = ["main"]
 
 SIZES = (1, 10, 100)
+_Cases = tuple[list[FleetState], list[NDArray[np.float64]]]
+_Box = tuple[NDArray[np.float64], NDArray[np.float64], NDArray[np.bool_]]
 _CAPACITY_AH = {"LFP": 2.30345, "NMC": 5.1532, "LCO": 0.87284}
 _SHAPE = {"LFP": (16, 8), "NMC": (14, 4), "LCO": (14, 20)}
 
@@ -69,7 +72,7 @@ def _bisection(
             lo = mid
         else:
             hi = mid
-    return np.minimum(np.maximum(request + 0.5 * (lo + hi) * w, lower), upper)
+    return np.asarray(np.minimum(np.maximum(request + 0.5 * (lo + hi) * w, lower), upper))
 
 
 def _stats(us: np.ndarray) -> dict[str, float]:
@@ -93,10 +96,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quick", action="store_true", help="fewer calls (< 1 min)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--dt-s", type=float, default=300.0, help="control interval [s]")
+    parser.add_argument("--calls", type=int, default=None, help="fast-shield calls per size")
     args = parser.parse_args(argv)
     # ---- seeding: one generator for the whole run
     rng = np.random.default_rng(args.seed)
     n_fast, n_ref, n_cases = (3000, 150, 100) if args.quick else (30000, 1500, 500)
+    if args.calls is not None:
+        n_fast, n_ref = args.calls, max(args.calls // 20, 5)
     rows: dict[str, dict[str, object]] = {}
     worst = 0.0
     print(
@@ -116,15 +122,22 @@ def main(argv: list[str] | None = None) -> int:
         boxes = [shield.bounds(s) for s in states]
         w = np.asarray(ratings.rated_power_w) / float(np.mean(ratings.rated_power_w))
 
-        def fast(k: int, shield: Shield = shield, states=states, actions=actions) -> object:  # type: ignore[no-untyped-def]
-            return shield.project(states[k % n_cases], actions[k % n_cases])
+        def fast(k: int, shield: Shield = shield, cases: _Cases = (states, actions)) -> object:
+            return shield.project(cases[0][k % n_cases], cases[1][k % n_cases])
 
-        def ref(k: int, reference=reference, states=states, actions=actions) -> object:  # type: ignore[no-untyped-def]
-            return reference.project(states[k % n_cases], actions[k % n_cases])
+        def ref(
+            k: int, ref: ReferenceShield = reference, cases: _Cases = (states, actions)
+        ) -> object:
+            return ref.project(cases[0][k % n_cases], cases[1][k % n_cases])
 
-        def bis(k: int, boxes=boxes, actions=actions, w=w) -> object:  # type: ignore[no-untyped-def]
+        def bis(
+            k: int,
+            boxes: list[_Box] = boxes,
+            cases: _Cases = (states, actions),
+            w: NDArray[np.float64] = w,
+        ) -> object:
             lo, up, _ = boxes[k % n_cases]
-            a = actions[k % n_cases]
+            a = cases[1][k % n_cases]
             return _bisection(a, lo, up, w, float(w @ a))
 
         fast_us = _time_us(fast, n_fast, n_warmup=200)

@@ -203,7 +203,7 @@ def main(argv: list[str] | None = None) -> int:
     naive_max_packs = 10 if quick else 100
     ecm_steps = 300 if quick else 3000
     ecm_memory_steps = 20_000 if quick else 100_000
-    physics_memory_steps = 300 if quick else 3000
+    physics_memory_steps = 300 if quick else 100_000
     sizes = [int(s) for s in args.packs.split(",") if s.strip()]
 
     probe = make_twin([PackSpec(args.chemistry)], "physics")

@@ -141,6 +141,7 @@ class RuntimeMetrics:
         safe_pack_ticks: Sum over ticks of the number of packs in the safe state.
         counter_gaps: Telemetry frames whose rolling counter skipped (lost frames).
         send_errors: Frames the bus refused.
+        bus_errors: Failed reads from the bus.
         overruns: Ticks that started late because the previous one overran.
         tick_latency_s: Recent tick latencies [s] (telemetry snapshot → set-points sent).
     """
@@ -161,6 +162,7 @@ class RuntimeMetrics:
     safe_pack_ticks: int = 0
     counter_gaps: int = 0
     send_errors: int = 0
+    bus_errors: int = 0
     overruns: int = 0
     tick_latency_s: collections.deque[float] = field(
         default_factory=lambda: collections.deque(maxlen=100_000)
@@ -279,6 +281,13 @@ class EdgeRuntime:
         self.tick_s = float(manifest.dt_s if tick_s is None else tick_s)
         if not (math.isfinite(self.tick_s) and self.tick_s > 0):
             raise ValueError(f"tick_s must be > 0, got {tick_s}")
+        if not math.isclose(self.tick_s, manifest.dt_s):
+            logger.warning(
+                "ticking every %g s, the policy was trained with dt_s=%g s: its observations "
+                "(rates, forecasts) may not mean what it learned",
+                self.tick_s,
+                manifest.dt_s,
+            )
         self.recovery_hold_s = float(recovery_hold_s)
         self.clock = clock
         self.time_of_day = time_of_day
@@ -320,6 +329,7 @@ class EdgeRuntime:
         self._tx_counter = np.zeros(n, dtype=np.int64)  # rolling counter per pack
         self._tick = 0
         self._lock = threading.Lock()
+        self.bus_error_backoff_s = 0.05
 
     @classmethod
     def from_files(
@@ -481,6 +491,7 @@ class EdgeRuntime:
             try:
                 msg = self.bus.recv(timeout=remaining)
             except (can.CanError, OSError) as exc:
+                self.metrics.bus_errors += 1
                 self._event("bus_error", None, str(exc), now_s=self.clock())
                 break
             if msg is None:
@@ -609,6 +620,17 @@ class EdgeRuntime:
             self._safe[:] = True
 
     # ------------------------------------------------------------------ loop
+    def _wait_until(self, deadline_s: float, stop: threading.Event | None) -> None:
+        """Handle frames until ``deadline_s``; back off briefly after a bus error."""
+        while True:
+            remaining = deadline_s - self.clock()
+            if remaining <= 0.0 or (stop is not None and stop.is_set()):
+                return
+            errors = self.metrics.bus_errors
+            self.poll(remaining)
+            if self.metrics.bus_errors != errors:  # a failing bus must not spin the CPU
+                time.sleep(min(remaining, self.bus_error_backoff_s))
+
     def run(
         self,
         *,
@@ -636,7 +658,7 @@ class EdgeRuntime:
                 break
             if duration_s is not None and self.clock() - start >= duration_s:
                 break
-            self.poll(max(next_tick - self.clock(), 0.0))
+            self._wait_until(next_tick, stop)
             self.tick()
             ticks += 1
             next_tick += self.tick_s

@@ -19,10 +19,11 @@ which :mod:`pulsebms.safety.cell_model` reads with numpy only. Per chemistry it 
   (LFP's surface depletes at 1 C), so both ends are sampled. A pulse that reaches a
   voltage cut-off at ``t_c`` before ``t`` is extrapolated: ``R(t) = R(t_c)·t/t_c``
   (linear growth in time, faster than the √t of diffusion, a deliberately pessimistic
-  heuristic), which keeps the shield's currents well below the one that cut off. A pulse whose SoC would leave the default window ``SOC_WINDOW`` by ``t`` is
-  not used at ``t`` (the shield's SoC bound forbids that current anyway). The table is
-  made non-decreasing in duration; points no pulse covers take the largest value at that
-  duration and temperature.
+  heuristic), which keeps the shield's currents well below the one that cut off. A pulse
+  whose SoC would leave the default window ``SOC_WINDOW`` by ``t`` is not used at ``t``
+  (the shield's SoC bound forbids that current anyway). The table is made non-decreasing
+  in duration; points no pulse covers take the largest value at that duration and
+  temperature.
 
 The generator is deterministic; a test re-generates a subset and compares.
 """

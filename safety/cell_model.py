@@ -6,16 +6,17 @@ for how they are made. In short, per chemistry:
 
 * ``OCV(SoC)``: open-circuit voltage of one cell, ``U_p(y(SoC)) − U_n(x(SoC))`` over the
   parameter set's stoichiometry window, on a uniform SoC grid (piecewise linear here);
-* ``R(t, SoC, T)``: effective resistance **fitted from constant-current pulses on the
-  SPMe** of duration ``t`` from rest, i.e. the ohmic, kinetic and diffusion
-  overpotential a step of length ``t`` builds up, divided by the current. It is
-  interpolated linearly in ``log t`` (clamped to the duration grid), then bilinearly in
-  SoC and temperature (clamped to the grid: outside it the edge value is used).
+* ``R(t, SoC, T)``, one table per direction (discharge, charge): effective resistance
+  **fitted from constant-current pulses on the SPMe** of duration ``t`` from rest, i.e.
+  the ohmic, kinetic and diffusion overpotential a step of length ``t`` builds up,
+  divided by the current. It is interpolated linearly in ``log t`` (clamped to the
+  duration grid), then bilinearly in SoC and temperature (clamped to the grid: outside
+  it the edge value is used).
 
 The model of one step of length ``dt_s`` at constant cell current ``I`` (+ = discharge) is::
 
     SoC_end = SoC − I·dt_s / (3600·Q)        (Q: present cell capacity [A.h])
-    V_end   = OCV(SoC_end) − R(dt_s, SoC, T)·I
+    V_end   = OCV(SoC_end) − R(dt_s, SoC, T)·I     (R of the current's direction)
 
 Example:
     >>> model = CellModel.load()
@@ -35,9 +36,12 @@ from typing import Any
 import numpy as np
 from numpy.typing import ArrayLike, NDArray
 
-__all__ = ["CellModel", "FleetCellModel", "UniformGrid", "default_tables_path"]
+__all__ = ["DIRECTIONS", "CellModel", "FleetCellModel", "UniformGrid", "default_tables_path"]
 
 FloatArray = NDArray[np.float64]
+
+DIRECTIONS: tuple[str, str] = ("discharge", "charge")
+"""Current directions with their own resistance table."""
 
 
 def default_tables_path() -> Path:
@@ -132,14 +136,16 @@ class CellModel:
             self.duration_grid_s = np.asarray(tables["duration_grid_s"], dtype=np.float64)
             chems = tables["chemistries"]
             self._ocv: dict[str, FloatArray] = {}
-            self._resistance: dict[str, FloatArray] = {}
+            self._resistance: dict[tuple[str, str], FloatArray] = {}
             self._capacity_ah: dict[str, float] = {}
             for name, entry in chems.items():
-                ocv = np.asarray(entry["ocv_v"], dtype=np.float64)
-                res = np.asarray(entry["resistance_ohm"], dtype=np.float64)
-                self._ocv[str(name).upper()] = ocv
-                self._resistance[str(name).upper()] = res
-                self._capacity_ah[str(name).upper()] = float(entry["capacity_ah"])
+                key = str(name).upper()
+                self._ocv[key] = np.asarray(entry["ocv_v"], dtype=np.float64)
+                for direction in DIRECTIONS:
+                    self._resistance[key, direction] = np.asarray(
+                        entry[f"resistance_{direction}_ohm"], dtype=np.float64
+                    )
+                self._capacity_ah[key] = float(entry["capacity_ah"])
         except (KeyError, TypeError) as exc:
             raise ValueError(f"malformed cell tables: missing or bad entry {exc}") from None
         if self.duration_grid_s.ndim != 1 or self.duration_grid_s.size < 2:
@@ -149,13 +155,16 @@ class CellModel:
         shape = (self.duration_grid_s.size, self.soc_grid.size, self.temperature_grid.size)
         for name in self._ocv:
             ocv = self._ocv[name]
-            res = self._resistance[name]
             if ocv.shape != (self.ocv_grid.size,) or not np.all(np.isfinite(ocv)):
                 raise ValueError(f"{name}: ocv_v must be {self.ocv_grid.size} finite values")
             if not np.all(np.diff(ocv) > 0):
                 raise ValueError(f"{name}: ocv_v must increase with SoC")
-            if res.shape != shape or not np.all(np.isfinite(res)) or not np.all(res > 0):
-                raise ValueError(f"{name}: resistance_ohm must be {shape} positive finite values")
+            for direction in DIRECTIONS:
+                res = self._resistance[name, direction]
+                if res.shape != shape or not np.all(np.isfinite(res)) or not np.all(res > 0):
+                    raise ValueError(
+                        f"{name}: resistance_{direction}_ohm must be {shape} positive finite values"
+                    )
             if not self._capacity_ah[name] > 0:
                 raise ValueError(f"{name}: capacity_ah must be > 0")
 
@@ -203,22 +212,28 @@ class CellModel:
         k, f = self.ocv_grid.locate(np.asarray(soc, dtype=np.float64))
         return np.asarray(table[k] * (1.0 - f) + table[k + 1] * f, dtype=np.float64)
 
-    def resistance_table_ohm(self, chemistry: str, duration_s: float) -> FloatArray:
+    def resistance_table_ohm(
+        self, chemistry: str, duration_s: float, direction: str = "discharge"
+    ) -> FloatArray:
         """The resistance table at one step length, shape ``(n_soc, n_temperature)`` [Ω].
 
         Args:
             chemistry: Chemistry name.
             duration_s: Step length [s] (> 0); interpolated in log duration, clamped.
+            direction: ``"discharge"`` or ``"charge"``.
 
         Returns:
             The table on :attr:`soc_grid` × :attr:`temperature_grid`.
 
         Raises:
-            ValueError: If ``duration_s`` is not finite and positive.
+            ValueError: If ``duration_s`` is not finite and positive, or on an unknown
+                direction.
         """
         if not (math.isfinite(duration_s) and duration_s > 0):
             raise ValueError(f"duration_s must be finite and > 0, got {duration_s}")
-        res = self._resistance[self._key(chemistry)]
+        if direction not in DIRECTIONS:
+            raise ValueError(f"direction must be one of {DIRECTIONS}, got {direction!r}")
+        res = self._resistance[self._key(chemistry), direction]
         k, w = _log_duration_weights(self.duration_grid_s, duration_s)
         return np.asarray(res[k] * (1.0 - w) + res[k + 1] * w, dtype=np.float64)
 
@@ -228,6 +243,7 @@ class CellModel:
         soc: ArrayLike,
         temperature_c: ArrayLike,
         duration_s: float = 10.0,
+        direction: str = "discharge",
     ) -> FloatArray:
         """Effective resistance of one cell over a step of ``duration_s`` [Ω].
 
@@ -236,11 +252,12 @@ class CellModel:
             soc: State of charge at the start of the step, fraction.
             temperature_c: Cell temperature [°C].
             duration_s: Step length [s].
+            direction: ``"discharge"`` or ``"charge"``.
 
         Returns:
             Resistance, broadcast shape of ``soc`` and ``temperature_c``.
         """
-        table = self.resistance_table_ohm(chemistry, duration_s)
+        table = self.resistance_table_ohm(chemistry, duration_s, direction)
         s, t = np.broadcast_arrays(
             np.asarray(soc, dtype=np.float64), np.asarray(temperature_c, dtype=np.float64)
         )
@@ -272,7 +289,9 @@ class CellModel:
         i = np.asarray(cell_current_a, dtype=np.float64)
         soc0 = np.asarray(soc, dtype=np.float64)
         soc_end = soc0 - i * duration_s / 3600.0 / q
-        r = self.resistance_ohm(chemistry, soc0, temperature_c, duration_s)
+        r_dis = self.resistance_ohm(chemistry, soc0, temperature_c, duration_s, "discharge")
+        r_chg = self.resistance_ohm(chemistry, soc0, temperature_c, duration_s, "charge")
+        r = np.where(i >= 0, r_dis, r_chg)
         return np.asarray(self.ocv_v(chemistry, soc_end) - r * i, dtype=np.float64)
 
     def current_for_voltage_a(
@@ -299,9 +318,11 @@ class CellModel:
         Returns:
             Current [A], + = discharge (a voltage above OCV gives a charge current).
         """
-        r = self.resistance_ohm(chemistry, soc, temperature_c, duration_s)
         ocv = self.ocv_v(chemistry, soc)
-        return np.asarray((ocv - np.asarray(voltage_v, dtype=np.float64)) / r, dtype=np.float64)
+        gap = ocv - np.asarray(voltage_v, dtype=np.float64)
+        r_dis = self.resistance_ohm(chemistry, soc, temperature_c, duration_s, "discharge")
+        r_chg = self.resistance_ohm(chemistry, soc, temperature_c, duration_s, "charge")
+        return np.asarray(gap / np.where(gap >= 0, r_dis, r_chg), dtype=np.float64)
 
     def for_fleet(
         self,
@@ -409,12 +430,13 @@ class FleetCellModel:
         temp_f = tg.start + tg.step * np.arange((tg.size - 1) * nt + 1) / nt
         grid_s, grid_t = np.meshgrid(soc_f, temp_f, indexing="ij")
         res_rows = []
-        for c in chems:
-            r = model.resistance_ohm(c, grid_s, grid_t, duration_s)
-            cell_max = np.maximum(
-                np.maximum(r[:-1, :-1], r[1:, :-1]), np.maximum(r[:-1, 1:], r[1:, 1:])
-            )
-            res_rows.append(cell_max.ravel())
+        for direction in DIRECTIONS:  # all discharge rows, then all charge rows
+            for c in chems:
+                r = model.resistance_ohm(c, grid_s, grid_t, duration_s, direction)
+                cell_max = np.maximum(
+                    np.maximum(r[:-1, :-1], r[1:, :-1]), np.maximum(r[:-1, 1:], r[1:, 1:])
+                )
+                res_rows.append(cell_max.ravel())
         self._res = np.concatenate(res_rows)
         self._res_ns = soc_f.size - 1
         self._res_nt = temp_f.size - 1
@@ -423,6 +445,8 @@ class FleetCellModel:
         self._res_t0 = float(temp_f[0])
         self._res_t_inv = 1.0 / (tg.step / nt)
         self._res_base = pack_chem * (self._res_ns * self._res_nt)
+        self._res_charge_offset = len(chems) * self._res_ns * self._res_nt
+        self._res_rows = np.stack((self._res_base, self._res_base + self._res_charge_offset))
         self.n_packs = len(chemistry)
 
     def ocv_bound_v(self, soc: FloatArray, upper: NDArray[np.intp] | int = 0) -> FloatArray:
@@ -444,15 +468,44 @@ class FleetCellModel:
             idx += upper * cells
         return np.asarray(self._ocv[idx], dtype=np.float64)
 
-    def resistance_bound_ohm(self, soc: FloatArray, temperature_c: FloatArray) -> FloatArray:
-        """Upper bound of each pack's effective cell resistance [Ω] (clamped to the grid).
+    def ocv_offsets(self, upper: NDArray[np.intp]) -> NDArray[np.intp]:
+        """Precomputed table offsets for :meth:`ocv_bound_at` (one per element).
+
+        Args:
+            upper: 0 (lower bound) or 1 (upper bound) per row, shape ``(k, 1)``.
+
+        Returns:
+            Offsets of shape ``(k, n_packs)``.
+        """
+        return np.asarray(self._ocv_base + upper * self._ocv_cells, dtype=np.intp)
+
+    def ocv_bound_at(self, soc: FloatArray, offsets: NDArray[np.intp]) -> FloatArray:
+        """:meth:`ocv_bound_v` with precomputed :meth:`ocv_offsets` (the fast path).
+
+        Args:
+            soc: SoC, shape of ``offsets``.
+            offsets: From :meth:`ocv_offsets`.
+
+        Returns:
+            The bounds.
+        """
+        u = np.minimum(np.maximum(soc * self._ocv_inv_step, 0.0), self._ocv_cells - 1.0)
+        idx = u.astype(np.intp)
+        idx += offsets
+        out: FloatArray = self._ocv[idx]
+        return out
+
+    def resistance_bound_ohm(
+        self, soc: FloatArray, temperature_c: FloatArray
+    ) -> tuple[FloatArray, FloatArray]:
+        """Upper bounds of each pack's effective cell resistance [Ω] (clamped to the grid).
 
         Args:
             soc: SoC per pack.
             temperature_c: Temperature per pack [°C].
 
         Returns:
-            The bound per pack.
+            ``(discharge, charge)`` bounds per pack.
         """
         i = np.minimum(
             np.maximum((soc - self._res_s0) * self._res_s_inv, 0.0), self._res_ns - 0.5
@@ -464,7 +517,29 @@ class FleetCellModel:
         i *= self._res_nt
         i += j
         i += self._res_base
-        return np.asarray(self._res[i], dtype=np.float64)
+        return self._res[i], self._res[i + self._res_charge_offset]
+
+    def resistance_bounds_stacked(self, soc: FloatArray, temperature_c: FloatArray) -> FloatArray:
+        """:meth:`resistance_bound_ohm` as one ``(2, n_packs)`` array (discharge, charge).
+
+        Args:
+            soc: SoC per pack.
+            temperature_c: Temperature per pack [°C].
+
+        Returns:
+            Row 0 the discharge bounds, row 1 the charge bounds [Ω].
+        """
+        i = np.minimum(
+            np.maximum((soc - self._res_s0) * self._res_s_inv, 0.0), self._res_ns - 0.5
+        ).astype(np.intp)
+        j = np.minimum(
+            np.maximum((temperature_c - self._res_t0) * self._res_t_inv, 0.0),
+            self._res_nt - 0.5,
+        ).astype(np.intp)
+        i *= self._res_nt
+        i += j
+        out: FloatArray = self._res[i + self._res_rows]
+        return out
 
 
 def _subdivisions(coarse: float, fine: float, name: str) -> int:

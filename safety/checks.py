@@ -259,7 +259,8 @@ def constraint_failures(shield: Shield, state: FleetState, action: FloatArray) -
         power_w = float(action[i] * ratings.rated_power_w[i])
         n_cells = float(ratings.series[i] * ratings.parallel[i])
         ocv = model.ocv_v(chem, soc)
-        r = model.resistance_ohm(chem, soc, temp, shield.resistance_duration_s) / soh
+        direction = "discharge" if action[i] >= 0 else "charge"
+        r = model.resistance_ohm(chem, soc, temp, shield.resistance_duration_s, direction) / soh
         i_cell = float(_cell_current_a(np.asarray(power_w / n_cells), ocv, r))
         current = i_cell * float(ratings.parallel[i])
         q_ah = float(ratings.capacity_ah[i]) * soh

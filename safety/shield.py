@@ -25,10 +25,13 @@ and the plant (``voltage_margin_v``, ``soc_margin``, ``current_margin``).
 
 The interval is then scaled by the **temperature derating**
 ``clip(min(T_max − T, T − T_min) / derating_band_c, 0, 1)`` (``"temperature_max_c"`` /
-``"temperature_min_c"``), turned into power with a conservative voltage (the predicted
-end-of-step cell voltage at the discharge bound; the open-circuit voltage at the start
-when charging, below which the charging voltage never is) and normalised, and
-intersected with the action space ``[-1, 1]`` (``"action_space"``).
+``"temperature_min_c"``), turned into power with a conservative voltage, and normalised,
+and intersected with the action space ``[-1, 1]`` (``"action_space"``). The conversion
+voltage is the lower of the model's (end-of-step voltage at the discharge bound; OCV at
+the start when charging) and the measurement's: the plant turns a power set-point into
+a current with its own source voltage, which is at least the measured cell voltage
+(less the drop of a previous charge current), and a polarised pack draws more current
+for the same power than its OCV suggests.
 
 A pack whose state is invalid (``state.valid`` False, a non-finite or non-positive
 quantity) or already outside its voltage, temperature or SoC window gets the **fallback**
@@ -294,11 +297,13 @@ class Shield:
             current).
         voltage_margin_v: Margin kept inside the cell voltage window [V] (≥ 0), for model
             error; it must leave the window non-empty.
-        soc_margin: Margin kept inside the SoC window (fraction, ≥ 0): the pack the
-            shield plans for and the twin differ slightly in how much current a power
-            draws, and a bound that is exactly active would otherwise end a hair outside.
+        soc_margin: Margin kept inside the SoC window (fraction, ≥ 0). The plant turns
+            the power set-point into a current with its own model, which can draw a few
+            per cent more current than planned; over a long step that moves the SoC past
+            an exactly active bound. The default covers 3 % at 1 C over 300 s.
         current_margin: Relative margin on the current and C-rate limits (≥ 0, < 1), for
-            the same reason.
+            the same reason (measured: the PulseBMS physics twin's power model, which
+            ignores temperature, draws up to 2 % more current than planned at 40 °C).
 
     Raises:
         ValueError: On a non-positive ``dt_s`` or band, a negative margin, limits of the
@@ -316,8 +321,8 @@ class Shield:
         derating_band_c: float = 5.0,
         resistance_duration_s: float | None = None,
         voltage_margin_v: float = 0.005,
-        soc_margin: float = 1e-3,
-        current_margin: float = 1e-3,
+        soc_margin: float = 5e-3,
+        current_margin: float = 0.03,
     ) -> None:
         if not (math.isfinite(dt_s) and dt_s > 0):
             raise ValueError(f"dt_s must be finite and > 0, got {dt_s}")
@@ -379,10 +384,22 @@ class Shield:
         self._lim = lim
         # Fallback windows, rows: SoC, temperature, cell voltage, SoH.
         self._win_lo = np.stack(
-            (lim.soc_min, lim.temperature_min_c, lim.cell_voltage_min_v, np.full(n, 1e-9))
+            (
+                lim.soc_min,
+                lim.temperature_min_c,
+                lim.cell_voltage_min_v,
+                np.full(n, 1e-9),
+                np.full(n, -np.inf),
+            )
         )
         self._win_hi = np.stack(
-            (lim.soc_max, lim.temperature_max_c, lim.cell_voltage_max_v, np.full(n, 1.5))
+            (
+                lim.soc_max,
+                lim.temperature_max_c,
+                lim.cell_voltage_max_v,
+                np.full(n, 1.5),
+                np.full(n, np.inf),
+            )
         )
         self._v_min = v_min
         self._v_max = v_max
@@ -404,6 +421,7 @@ class Shield:
         self._ocv_side = np.concatenate((np.zeros(frac.size), np.ones(frac.size), [0])).astype(
             np.intp
         )[:, None]
+        self._ocv_offsets = self._fleet.ocv_offsets(self._ocv_side)
         self._no_reasons: tuple[tuple[str, ...], ...] = ((),) * n
         self._neg_one = np.full(n, -1.0)
         self._one = np.ones(n)
@@ -443,7 +461,8 @@ class Shield:
             raise ValueError(f"state has {state.n_packs} packs, the shield {n}")
         lim = self._lim
         x = np.array(
-            (state.soc, state.temperature_c, state.cell_voltage_v, state.soh), dtype=np.float64
+            (state.soc, state.temperature_c, state.cell_voltage_v, state.soh, state.current_a),
+            dtype=np.float64,
         )
         # ---- fallback: invalid or outside the windows (comparisons are False on NaN)
         inside = ((x >= self._win_lo) & (x <= self._win_hi)).all(axis=0)
@@ -451,56 +470,43 @@ class Shield:
         why: list[str] | None = None
         if not inside.all():
             why = [self._fallback_reason(state, i) if not inside[i] else "" for i in range(n)]
-            x[:, ~inside] = np.array([[0.5], [25.0], [3.0], [1.0]])
-        soc, temp, _, soh = x
-        # ---- current bounds (pack current, + = discharge)
-        k_soc = self._k_soc_num / soh
-        c_max = self._c_max_ah * soh
-        # inside the margin band the SoC bound is 0, never the wrong sign
-        soc_up = np.maximum(soc - self._soc_lo, 0.0) / k_soc
-        soc_lo = np.minimum(soc - self._soc_hi, 0.0) / k_soc
-        i_up0 = np.minimum(np.minimum(self._i_max, c_max), soc_up)
-        i_lo0 = np.maximum(np.maximum(self._i_min, -c_max), soc_lo)
+            x[:, ~inside] = np.array([[0.5], [25.0], [3.0], [1.0], [0.0]])
+        soc, temp, volt, soh, i_last = x
+        # Both sides at once, as magnitudes J >= 0 of the current: row 0 discharge
+        # (J = I), row 1 charge (J = -I); sgn = (+1, -1) per row.
+        k_soc = self._k_soc_num / soh  # SoC per pack ampere over the step
+        # SoC, kept inside the margin band (never the wrong sign)
+        j_soc = np.maximum(self._sgn * soc - self._sgn_soc_edge, 0.0) / k_soc
+        j_rate = self._c_max_ah * soh
+        j0 = np.minimum(np.minimum(self._j_lim, j_rate), j_soc)
         # ---- voltage: nested ranges, OCV bound at the far end of each (one look-up)
         fleet = self._fleet
-        drop = fleet.resistance_bound_ohm(soc, temp) * self._inv_parallel / soh  # V per A
-        ends = self._frac_up * i_up0 + self._frac_lo * i_lo0
-        ocv = fleet.ocv_bound_v(soc - k_soc * ends, self._ocv_side)
-        m = self._m
-        v_up = np.maximum(np.minimum(ends[:m], (ocv[:m] - self._v_min) / drop).max(axis=0), 0.0)
-        v_lo = np.minimum(
-            np.maximum(ends[m : 2 * m], (ocv[m : 2 * m] - self._v_max) / drop).min(axis=0), 0.0
-        )
-        i_up = np.minimum(i_up0, v_up)
-        i_lo = np.maximum(i_lo0, v_lo)
+        # cell voltage drop (discharge) / rise (charge) per pack ampere [V/A]
+        r2 = fleet.resistance_bounds_stacked(soc, temp) * (self._inv_parallel / soh)
+        ends = self._frac3 * j0[:, None, :]  # (2, m + 1, n), last range of length 0
+        ocv = fleet.ocv_bound_at(soc - (self._sgn3 * k_soc) * ends, self._ocv_offsets)
+        cand = np.minimum(ends, (self._sgn3 * ocv - self._sgn_v_lim) / r2[:, None, :])
+        j_v = np.maximum(cand.max(axis=1), 0.0)
+        j = np.minimum(j0, j_v)
         # ---- temperature derating
-        head_hi = lim.temperature_max_c - temp
-        head_lo = temp - lim.temperature_min_c
-        derate = np.minimum(head_hi, head_lo) / self.derating_band_c
-        derated = derate < 1.0
-        if derated.any():
-            derate = np.minimum(np.maximum(derate, 0.0), 1.0)
-            i_up = i_up * derate
-            i_lo = i_lo * derate
+        derate = np.minimum(self._t_max - temp, temp - self._t_min) * self._inv_band
+        j *= np.minimum(np.maximum(derate, 0.0), 1.0)
         # ---- to power, with voltages the step never goes below: when discharging, the
-        # lowest OCV of the range minus the drop (>= the voltage floor, which the bound
-        # guarantees); when charging, the OCV at the start.
-        v_dis = np.maximum(ocv[0] - drop * i_up, self._v_min)
-        upper = np.minimum(np.maximum(i_up * v_dis * self._power_scale, 0.0), 1.0)
-        lower = np.maximum(np.minimum(i_lo * ocv[-1] * self._power_scale, 0.0), -1.0)
+        # lowest OCV of the range minus the drop; when charging, the OCV at the start.
+        # The plant turns power into current with its own source voltage; it is at least
+        # the measured voltage, less the drop of a previous charge current (e_low). So the
+        # conversion voltage is the lower of the model's and the measurement's.
+        drop = r2[0]
+        j_dis = j[0]
+        e_low = volt + r2[1] * np.minimum(i_last, 0.0)
+        v_dis = np.minimum(np.maximum(ocv[0, 0] - drop * j_dis, self._v_min), e_low - drop * j_dis)
+        v_chg = np.minimum(ocv[0, -1], e_low)
+        upper = np.minimum(np.maximum(j_dis * v_dis * self._power_scale, 0.0), 1.0)
+        lower = -np.minimum(np.maximum(j[1] * v_chg * self._power_scale, 0.0), 1.0)
         if why is not None:
             upper[~inside] = 0.0
             lower[~inside] = 0.0
-        return _Bounds(
-            lower,
-            upper,
-            ~inside,
-            why,
-            (self._i_max, c_max, soc_up, v_up),
-            (self._i_min, -c_max, soc_lo, v_lo),
-            derated,
-            head_hi <= head_lo,
-        )
+        return _Bounds(lower, upper, ~inside, why, (j_rate, j_soc, j_v), derate, temp)
 
     def _fallback_reason(self, state: FleetState, i: int) -> str:
         """Why pack ``i`` is in the fallback (first failing check)."""
@@ -565,9 +571,11 @@ class Shield:
             r_cell = (
                 np.array(
                     [
-                        self.cell_model.resistance_ohm(c, s, t, self.resistance_duration_s)
-                        for c, s, t in zip(
-                            chem, np.nan_to_num(soc), np.nan_to_num(temp), strict=True
+                        self.cell_model.resistance_ohm(
+                            c, s, t, self.resistance_duration_s, "discharge" if a >= 0 else "charge"
+                        )
+                        for c, s, t, a in zip(
+                            chem, np.nan_to_num(soc), np.nan_to_num(temp), request, strict=True
                         )
                     ]
                 )
@@ -625,7 +633,7 @@ class Shield:
         lower, upper = b.lower, b.upper
         status = ShieldStatus.OK
         request = raw
-        if not ((raw >= -1.0).all() and (raw <= 1.0).all()):  # False on NaN
+        if not np.abs(raw).max() <= 1.0:  # also True on NaN
             status |= ShieldStatus.INVALID_ACTION
             request = np.clip(np.nan_to_num(raw, nan=0.0, posinf=1.0, neginf=-1.0), -1.0, 1.0)
         weight = self._weight

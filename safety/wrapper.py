@@ -110,8 +110,8 @@ class ShieldWrapper(
         derating_band_c: float = 5.0,
         resistance_duration_s: float | None = None,
         voltage_margin_v: float = 0.005,
-        soc_margin: float = 1e-3,
-        current_margin: float = 1e-3,
+        soc_margin: float = 5e-3,
+        current_margin: float = 0.03,
         cell_model: CellModel | None = None,
     ) -> None:
         gym.utils.RecordConstructorArgs.__init__(

@@ -31,6 +31,7 @@ from typing import Any
 
 import numpy as np
 
+from pulsebms.envs.chemistry import get_chemistry
 from pulsebms.envs.pack import PackSpec
 from pulsebms.envs.twin.common import (
     BatchedTwin,
@@ -87,6 +88,33 @@ class EcmTables:
             soc, self.fit_soc, self.r1_ohm
         )
 
+    def circuit(self, soc: FloatArray) -> tuple[FloatArray, FloatArray, FloatArray]:
+        """R0 [Ω], R1 [Ω] and τ [s] at ``soc`` (linear interpolation, clamped)."""
+        return (
+            np.interp(soc, self.fit_soc, self.r0_ohm),
+            np.interp(soc, self.fit_soc, self.r1_ohm),
+            np.interp(soc, self.fit_soc, self.tau_s),
+        )
+
+    def ocv_slope(self, soc: FloatArray) -> FloatArray:
+        """dOCV/dSoC at ``soc`` [V]."""
+        return np.interp(soc, self.soc_grid, np.gradient(self.ocv_v, self.soc_grid))
+
+    def step_resistance_ohm(self, soc: FloatArray, dt_s: float) -> FloatArray:
+        """Resistance of the mean voltage over a step of ``dt_s`` from rest [Ω].
+
+        R0, plus R1 times the mean RC build-up over the step, plus half the OCV drift the
+        step's charge causes (per ampere).
+        """
+        tau = np.interp(soc, self.fit_soc, self.tau_s)
+        frac = tau / dt_s * (1.0 - np.exp(-dt_s / tau))
+        slope = np.interp(soc, self.soc_grid, np.gradient(self.ocv_v, self.soc_grid))
+        return (
+            np.interp(soc, self.fit_soc, self.r0_ohm)
+            + np.interp(soc, self.fit_soc, self.r1_ohm) * (1.0 - frac)
+            + 0.5 * slope * dt_s / 3600.0 / cell_facts(self.chemistry).capacity_ah
+        )
+
 
 def _shield_ocv(chemistry: str, capacity_ah: float) -> tuple[FloatArray, FloatArray] | None:
     """The shield's OCV table for ``chemistry`` if it is shipped and on the same SoC reference."""
@@ -118,7 +146,7 @@ def ecm_tables(chemistry: str) -> EcmTables:
 
     Example:
         >>> tab = ecm_tables("LFP")
-        >>> 3.2 < tab.nominal_voltage_v < 3.4
+        >>> 3.1 < tab.nominal_voltage_v < 3.3
         True
     """
     from pulsebms.envs.twin.physics import INPUT_NAMES, compiled_cell, static_inputs
@@ -215,7 +243,7 @@ class EcmTwin(BatchedTwin):
     """
 
     def __init__(self, packs: Sequence[PackSpec], **kwargs: Any) -> None:
-        chems = sorted({p.chemistry.upper() for p in packs})
+        chems = sorted({get_chemistry(p.chemistry).name for p in packs})
         tables = {c: ecm_tables(c) for c in chems}
         super().__init__(
             packs, nominal_voltage_v={c: t.nominal_voltage_v for c, t in tables.items()}, **kwargs
@@ -237,6 +265,7 @@ class EcmTwin(BatchedTwin):
             ]
         )
         self._circuit = np.stack([self._r0, self._r1, self._tau])
+        self._ocv_slope = np.gradient(self._ocv, self._soc_grid, axis=1)
         self._all_ok = np.ones(n, dtype=bool)
         self._rows = np.arange(n)
         self._v_rc = np.zeros(n)
@@ -262,10 +291,14 @@ class EcmTwin(BatchedTwin):
         ocv = self._lookup(self._ocv, self._weights(self._soc_grid, soc))
         return np.where(mask, ocv, self._voltage_v)
 
-    def _power_model(self) -> tuple[FloatArray, FloatArray]:
-        e = self._lookup(self._ocv, self._weights(self._soc_grid, self._soc)) - self._v_rc
-        r0 = self._lookup(self._r0, self._weights(self._fit_soc, self._soc))
-        return e, r0
+    def _power_model(self, dt_s: float) -> tuple[FloatArray, FloatArray]:
+        r0, r1, tau = self._lookup(self._circuit, self._weights(self._fit_soc, self._soc))
+        # Mean over the step of the RC build-up/decay, and of the OCV drift with SoC.
+        frac = tau / dt_s * (1.0 - np.exp(-dt_s / tau))
+        slope_v = self._lookup(self._ocv_slope, self._weights(self._soc_grid, self._soc))
+        e = self._lookup(self._ocv, self._weights(self._soc_grid, self._soc)) - self._v_rc * frac
+        r = r0 + r1 * (1.0 - frac) + 0.5 * slope_v * dt_s / 3600.0 / self._capacity_ah
+        return e, r
 
     def _propose(self, model_current_a: FloatArray, dt_s: float, ambient_c: FloatArray) -> Proposal:
         i = model_current_a
@@ -275,12 +308,17 @@ class EcmTwin(BatchedTwin):
         v_rc = self._v_rc * decay + i * r1 * (1.0 - decay)
         ocv_end = self._lookup(self._ocv, self._weights(self._soc_grid, soc_end))
         voltage = ocv_end - v_rc - r0 * i
+        # Mean terminal voltage: RC relaxes exponentially, OCV taken linear over the step.
+        frac = tau / dt_s * (1.0 - decay)
+        v_rc_mean = i * r1 + (self._v_rc - i * r1) * frac
+        ocv_start = self._lookup(self._ocv, self._weights(self._soc_grid, self._soc))
+        mean_voltage = 0.5 * (ocv_start + ocv_end) - v_rc_mean - r0 * i
         heat_w = i * (r0 * i + 0.5 * (self._v_rc + v_rc))
         cool = np.exp(-self._h_a * dt_s / self._heat_capacity)
         temperature = (
             ambient_c + (self._temperature_c - ambient_c) * cool + heat_w / self._h_a * (1.0 - cool)
         )
-        return Proposal(voltage, temperature, self._all_ok, [], v_rc)
+        return Proposal(voltage, temperature, self._all_ok, [], v_rc, mean_voltage)
 
     def _commit(self, accept: BoolArray, payload: Any) -> None:
         self._v_rc = np.where(accept, payload, self._v_rc)

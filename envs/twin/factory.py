@@ -22,7 +22,7 @@ def make_twin(
     ambient_c: float = 25.0,
     model_name: str = "SPM",
     solver: str = "extrapolation",
-    n_threads: int | None = None,
+    n_threads: int = 1,
     jit: bool | None = None,
     rtol: float = 1e-6,
     atol: float = 1e-6,
@@ -45,10 +45,12 @@ def make_twin(
         solver: Physics only: ``"extrapolation"`` (default; fixed-cost extrapolated
             linearly-implicit Euler, CVODES where its error estimate is too large) or
             ``"cvodes"`` (adaptive CVODES on every step).
-        n_threads: Physics only: threads of the batched call (default: one for groups
-            under 32 packs, else the CPU count).
-        jit: Physics only: compile the stepper with the system C compiler (cached per
-            machine; default: when a compiler is found). Results are identical either way.
+        n_threads: Physics only: threads of the batched call (default 1; see
+            :class:`~pulsebms.envs.twin.physics.PhysicsTwin`).
+        jit: Physics only: compile the stepper with the system C compiler (default: when a
+            compiler is found). The first build on a machine compiles (~1 s per chemistry for
+            SPM, ~25 s for SPMe), later ones load the cached library. Results are identical
+            either way.
         rtol: Physics only: CVODES relative tolerance.
         atol: Physics only: CVODES absolute tolerance.
 

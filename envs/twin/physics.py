@@ -50,7 +50,9 @@ from typing import Any
 import numpy as np
 from numpy.typing import NDArray
 
+from pulsebms.envs.chemistry import get_chemistry
 from pulsebms.envs.pack import PackSpec
+from pulsebms.envs.twin.base import PackStates
 from pulsebms.envs.twin.common import BatchedTwin, BoolArray, FloatArray, Proposal
 from pulsebms.envs.twin.parameters import cell_facts, parameter_values
 from pulsebms.envs.twin.stepper import extrapolated_lie_step
@@ -91,9 +93,6 @@ STEPPER_TOLERANCE = 1e-4
 The estimate bounds the error of the tableau's order-2 entry; the order-3 result is far
 more accurate (measured ≤ 0.06 mV against CVODES at 1e-10 over random ±1 C steps of 10 s).
 A pack whose estimate exceeds 1 is redone by CVODES at the twin's ``rtol``/``atol``."""
-
-THREADED_GROUP_MIN = 1_000_000
-"""Smallest chemistry group the default ``n_threads`` spreads over threads."""
 
 MAX_SUBSTEP_S = 10.0
 """Longest step the extrapolation stepper takes; longer ``dt_s`` are split evenly."""
@@ -364,9 +363,9 @@ class _BufferedCall:
         self.args = [np.zeros((n, rows)) for rows in args]
         self.results = [np.zeros((n, rows)) for rows in results]
         for k, array in enumerate(self.args):
-            self._buffer.set_arg(k, memoryview(array))
+            self._buffer.set_arg(k, array.data)
         for k, array in enumerate(self.results):
-            self._buffer.set_res(k, memoryview(array))
+            self._buffer.set_res(k, array.data)
 
     def __call__(self) -> None:
         self._evaluate()
@@ -393,9 +392,9 @@ class PhysicsTwin(BatchedTwin):
             error estimate is too large) or ``"cvodes"`` (adaptive CVODES for every step).
         rtol: CVODES relative tolerance.
         atol: CVODES absolute tolerance.
-        n_threads: Threads of the batched call. Default: one thread for chemistry groups
-            under :data:`THREADED_GROUP_MIN` packs (thread start-up costs more than it
-            saves), else the CPU count.
+        n_threads: Threads of the batched call (CasADi's threaded map). Default 1: on the
+            shared 2-core machine this was measured on, threads slowed the call down, and
+            vectorised environments already run one twin per process.
         jit: Compile the stepper to machine code (see :func:`compiled_cell`); default: when
             a C compiler is found. Results are bit-identical either way.
         **kwargs: Passed to :class:`~pulsebms.envs.twin.common.BatchedTwin`.
@@ -409,7 +408,7 @@ class PhysicsTwin(BatchedTwin):
         solver: str = "extrapolation",
         rtol: float = 1e-6,
         atol: float = 1e-6,
-        n_threads: int | None = None,
+        n_threads: int = 1,
         jit: bool | None = None,
         **kwargs: Any,
     ) -> None:
@@ -418,7 +417,7 @@ class PhysicsTwin(BatchedTwin):
         if solver not in SOLVERS:
             raise ValueError(f"solver must be one of {SOLVERS}, got {solver!r}")
 
-        chems = sorted({p.chemistry.upper() for p in packs})
+        chems = sorted({get_chemistry(p.chemistry).name for p in packs})
         tables = {c: ecm_tables(c) for c in chems}
         super().__init__(
             packs, nominal_voltage_v={c: t.nominal_voltage_v for c, t in tables.items()}, **kwargs
@@ -428,7 +427,9 @@ class PhysicsTwin(BatchedTwin):
         self.fallback_steps = 0
         """Pack-steps redone by CVODES since construction (diagnostic)."""
         self._tables = tables
-        self._n_threads_option = n_threads
+        if n_threads < 1:
+            raise ValueError(f"n_threads must be >= 1, got {n_threads}")
+        self._n_threads = int(n_threads)
         use_jit = c_compiler() is not None if jit is None else bool(jit)
         self._groups: list[_Group] = []
         h = np.array([p.heat_transfer_coefficient_w_m2k for p in self.packs])
@@ -452,10 +453,13 @@ class PhysicsTwin(BatchedTwin):
         """Whether every group's stepper runs as compiled machine code."""
         self._full_reinit = True
         self._last_model_current_a = np.zeros(len(self.packs))
+        self._shadow_v_rc = np.zeros(len(self.packs))
+        self._proposed_shadow_v_rc = np.zeros(len(self.packs))
         self.reset()
 
     # ------------------------------------------------------------------ hooks
-    def reset(self) -> Any:  # noqa: D102 - documented on the base class
+    def reset(self) -> PackStates:
+        """Return every pack to its spec's initial state (SEI too), clear faults, report it."""
         self._full_reinit = True
         try:
             return super().reset()
@@ -490,18 +494,34 @@ class PhysicsTwin(BatchedTwin):
             g.sei_ah[sel] = out[2, sel]
             voltage[g.index[sel]] = out[0, sel]
         self._last_model_current_a[mask] = 0.0
+        self._shadow_v_rc[mask] = 0.0
         return voltage
 
     def _reinitialise_soh(self) -> None:
         for g in self._groups:
             g.sei_baseline_ah = g.sei_ah.copy()
 
-    def _power_model(self) -> tuple[FloatArray, FloatArray]:
-        r = np.zeros(self.n_packs)
-        for chem, tab in self._tables.items():
-            sel = np.array([c == chem for c in self._chemistry])
-            r[sel] = tab.effective_resistance_ohm(self._soc[sel])
-        e = self._voltage_v + r * self._last_model_current_a
+    def _shadow_circuit(
+        self, soc: FloatArray
+    ) -> tuple[FloatArray, FloatArray, FloatArray, FloatArray, FloatArray]:
+        """OCV, dOCV/dSoC, R0, R1, τ of the circuit fitted to this model, per pack."""
+        ocv, slope, r0, r1, tau = (np.zeros(self.n_packs) for _ in range(5))
+        for g in self._groups:
+            tab, sel = self._tables[g.chemistry], soc[g.index]
+            ocv[g.index] = tab.ocv(sel)
+            slope[g.index] = tab.ocv_slope(sel)
+            r0[g.index], r1[g.index], tau[g.index] = tab.circuit(sel)
+        return ocv, slope, r0, r1, tau
+
+    def _power_model(self, dt_s: float) -> tuple[FloatArray, FloatArray]:
+        # A shadow of the circuit fitted to this model (ecm_tables), driven by the same
+        # currents, predicts the mean voltage over the step; its present offset from the
+        # physics voltage is carried over as a bias.
+        ocv, slope, r0, r1, tau = self._shadow_circuit(self._soc)
+        frac = tau / dt_s * (1.0 - np.exp(-dt_s / tau))
+        bias = self._voltage_v - (ocv - self._shadow_v_rc - r0 * self._last_model_current_a)
+        e = ocv - self._shadow_v_rc * frac + bias
+        r = r0 + r1 * (1.0 - frac) + 0.5 * slope * dt_s / 3600.0 / self._capacity_ah
         return e, r
 
     def _sei_loss_fraction(self) -> FloatArray:
@@ -537,12 +557,20 @@ class PhysicsTwin(BatchedTwin):
                 ok[g.index[j]] = False
                 reasons[g.index[j]] = message
             payload.append((states, inputs, out[2]))
-        return Proposal(voltage, temperature, ok, reasons, payload)
-
-    def _threads_for(self, g: _Group) -> int:
-        if self._n_threads_option:
-            return int(self._n_threads_option)
-        return (os.cpu_count() or 1) if g.index.size >= THREADED_GROUP_MIN else 1
+        # Mean voltage over the step: the end voltage plus the shadow circuit's mean − end.
+        ocv, _, _, r1, tau = self._shadow_circuit(self._soc)
+        i = model_current_a
+        decay = np.exp(-dt_s / tau)
+        frac = tau / dt_s * (1.0 - decay)
+        v_rc_end = self._shadow_v_rc * decay + i * r1 * (1.0 - decay)
+        v_rc_mean = i * r1 + (self._shadow_v_rc - i * r1) * frac
+        soc_end = self._soc - i * dt_s / 3600.0 / self._capacity_ah
+        ocv_end = np.zeros(n)
+        for g in self._groups:
+            ocv_end[g.index] = self._tables[g.chemistry].ocv(soc_end[g.index])
+        mean_voltage = voltage + (0.5 * (ocv - ocv_end) + v_rc_end - v_rc_mean)
+        self._proposed_shadow_v_rc = v_rc_end
+        return Proposal(voltage, temperature, ok, reasons, payload, mean_voltage)
 
     def _extrapolate(
         self, g: _Group, inputs: FloatArray, dt_s: float
@@ -551,7 +579,7 @@ class PhysicsTwin(BatchedTwin):
         n_sub = max(1, int(np.ceil(dt_s / MAX_SUBSTEP_S - 1e-9)))
         if g.call is None:
             g.call = _BufferedCall(
-                g.cell.mapped("stepper", g.index.size, self._threads_for(g)),
+                g.cell.mapped("stepper", g.index.size, self._n_threads),
                 g.index.size,
                 args=(g.cell.n_states, len(INPUT_NAMES) + 1),
                 results=(g.cell.n_states, len(OUTPUT_NAMES), 1),
@@ -591,13 +619,9 @@ class PhysicsTwin(BatchedTwin):
         with quiet_native_output():
             if np.all(redo):
                 try:
-                    res = g.cell.mapped("integrator", n, self._threads_for(g))(
-                        x0=g.states, p=params
-                    )
+                    res = g.cell.mapped("integrator", n, self._n_threads)(x0=g.states, p=params)
                     states[:] = res["xf"].full()
-                    out[:] = g.cell.mapped("outputs", n, self._threads_for(g))(
-                        states, inputs
-                    ).full()
+                    out[:] = g.cell.mapped("outputs", n, self._n_threads)(states, inputs).full()
                     return failed
                 except RuntimeError:
                     pass
@@ -620,3 +644,4 @@ class PhysicsTwin(BatchedTwin):
             g.sei_ah[sel] = sei_ah[sel]
             self._last_model_current_a[g.index[sel]] = inputs[0, sel]
             self._last_model_current_a[g.index[~sel]] = 0.0
+        self._shadow_v_rc = np.where(accept, self._proposed_shadow_v_rc, 0.0)

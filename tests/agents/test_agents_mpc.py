@@ -78,3 +78,30 @@ def test_mpc_config_rejects_bad_values() -> None:
         MPCConfig(horizon_steps=0)
     with pytest.raises(ValueError, match="efficiency"):
         MPCConfig(efficiency=1.5)
+
+
+def test_mpc_actions_are_admissible_for_the_shield_on_random_env_states() -> None:
+    """The MPC uses the shield's own limits: on random reachable states it needs no fix."""
+    from pulsebms.agents.env_factory import make_env
+    from pulsebms.agents.mpc import make_mpc, make_oracle_mpc
+
+    env = make_env("PulseBMS/FleetSmall-v0", shield=False, dt_s=900.0, horizon_steps=8)
+    rng = np.random.default_rng(1)
+    policies = [make_mpc(env, horizon_steps=6), make_oracle_mpc(env, horizon_steps=6)]
+    for policy in policies:
+        assert policy.shield is not None
+    for _ in range(8):
+        obs, _ = env.reset(
+            seed=int(rng.integers(1000)),
+            options={
+                "soc": rng.uniform(0.06, 0.94, 3),
+                "temperature_c": rng.uniform(-10.0, 55.0, 3),
+            },
+        )
+        state = env.unwrapped.fleet_state()
+        for policy in policies:
+            action = policy.act(obs).astype(np.float64)
+            admissible = policy.shield.admissible(state)
+            assert np.all(action >= admissible.lower - 1e-6)
+            assert np.all(action <= admissible.upper + 1e-6)
+    env.close()

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 from fleet_fixtures import make_info, make_obs
@@ -94,3 +96,31 @@ def test_constant_and_function_policies() -> None:
     fn = FunctionPolicy(lambda obs: obs[:2] * 0.5)
     np.testing.assert_allclose(fn.act(np.array([1.0, 2.0, 3.0])), [0.5, 1.0])
     reset_policy(fn)  # no reset(): a no-op
+
+
+def test_onnx_policy_runs_an_exported_graph(tmp_path: Path) -> None:
+    onnx = pytest.importorskip("onnx")
+    pytest.importorskip("onnxruntime")
+    from onnx import TensorProto, helper, numpy_helper
+
+    from pulsebms.agents.policy import OnnxPolicy
+
+    weight = np.array([[0.5, -1.0], [0.0, 2.0], [1.0, 0.0]], dtype=np.float32)
+    graph = helper.make_graph(
+        [
+            helper.make_node("MatMul", ["obs", "w"], ["z"]),
+            helper.make_node("Tanh", ["z"], ["action"]),
+        ],
+        "policy",
+        [helper.make_tensor_value_info("obs", TensorProto.FLOAT, [1, 3])],
+        [helper.make_tensor_value_info("action", TensorProto.FLOAT, [1, 2])],
+        initializer=[numpy_helper.from_array(weight, "w")],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 9
+    path = tmp_path / "policy.onnx"
+    onnx.save(model, str(path))
+    obs = np.array([1.0, 0.5, -1.0], dtype=np.float32)
+    action = OnnxPolicy(path).act(obs)
+    np.testing.assert_allclose(action, np.tanh(obs @ weight), rtol=1e-6)
+    assert isinstance(OnnxPolicy(path), Policy)

@@ -73,3 +73,32 @@ GOOD = {
     "cell_voltage_v": 3.7,
     "current_a": 1.0,
 }
+
+
+def constant_onnx(observation_size: int, action_size: int, value: float) -> bytes:
+    """An ONNX graph with the exporter's I/O names that always outputs ``value``."""
+    from onnx import TensorProto, helper
+
+    def const(name: str, dtype: int, dims: list[int], vals: list[float]) -> object:
+        return helper.make_tensor(name, dtype, dims, vals)
+
+    graph = helper.make_graph(
+        [
+            helper.make_node("Slice", ["observation", "start", "stop", "axis"], ["head"]),
+            helper.make_node("Mul", ["head", "zero"], ["zeros"]),
+            helper.make_node("Add", ["zeros", "value"], ["action"]),
+        ],
+        "constant_policy",
+        [helper.make_tensor_value_info("observation", TensorProto.FLOAT, ["b", observation_size])],
+        [helper.make_tensor_value_info("action", TensorProto.FLOAT, ["b", action_size])],
+        [
+            const("start", TensorProto.INT64, [1], [0]),
+            const("stop", TensorProto.INT64, [1], [action_size]),
+            const("axis", TensorProto.INT64, [1], [1]),
+            const("zero", TensorProto.FLOAT, [], [0.0]),
+            const("value", TensorProto.FLOAT, [], [value]),
+        ],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
+    model.ir_version = 10
+    return bytes(model.SerializeToString())

@@ -17,6 +17,7 @@ from pulsebms.edge_runtime.codec import (
     SignalRef,
     SiteFrame,
     TelemetryFrame,
+    default_dbc_path,
 )
 
 VALUES = {
@@ -177,3 +178,12 @@ def test_bad_signal_map_is_rejected(tmp_path: Path) -> None:
     )
     with pytest.raises(ValueError, match="no message 'Nope'"):
         CanCodec(2, signal_map=smap)
+
+
+def test_project_dbc_ships_and_addresses_up_to_512_packs() -> None:
+    assert default_dbc_path().is_file()
+    codec = CanCodec(512)
+    assert codec.frame_id("telemetry", 511) == 0x2FF
+    assert codec.frame_id("setpoint", 511) == 0x4FF
+    with pytest.raises(ValueError, match="collides"):
+        CanCodec(513)

@@ -9,9 +9,12 @@ import socket
 from pathlib import Path
 
 import pytest
+from edge_helpers import constant_onnx
 
 from pulsebms.edge_runtime.cli import main as edge_main
+from pulsebms.edge_runtime.codec import SignalMap, default_dbc_path
 from pulsebms.edge_runtime.hil import HilFaults, run_hil
+from pulsebms.edge_runtime.manifest import sha256_bytes
 
 
 def test_hil_on_virtual_bus(exported: Path) -> None:
@@ -74,12 +77,44 @@ def test_hil_on_udp_multicast(exported: Path) -> None:
 
 def test_edge_cli_runs_on_virtual_bus(exported: Path, tmp_path: Path, capsys) -> None:  # type: ignore[no-untyped-def]
     out = tmp_path / "metrics.json"
+    smap = tmp_path / "map.json"
+    smap.write_text(json.dumps(SignalMap.default().to_dict()))
     argv = [
         "--manifest", str(exported), "--interface", "virtual", "--channel", f"cli-{os.getpid()}",
         "--tick-s", "0.005", "--n-ticks", "10", "--metrics-json", str(out),
+        "--dbc", str(default_dbc_path()), "--signal-map", str(smap),
     ]  # fmt: skip
     assert edge_main(argv) == 0
     printed = json.loads(capsys.readouterr().out)
     assert printed["ticks"] == 10.0
     assert printed == json.loads(out.read_text())
     assert printed["safe_pack_ticks"] == 30.0  # nobody sent telemetry: everything held safe
+
+
+def test_edge_cli_reports_bad_inputs(exported: Path, tmp_path: Path, capsys) -> None:  # type: ignore[no-untyped-def]
+    bad_map = tmp_path / "map.json"
+    bad_map.write_text(json.dumps({"telemetry": {}}))
+    base = ["--manifest", str(exported), "--interface", "virtual", "--n-ticks", "1"]
+    assert edge_main([*base, "--signal-map", str(bad_map)]) == 1
+    assert "refusing to start" in capsys.readouterr().err
+    assert edge_main([*base[:1], str(tmp_path / "missing.json"), *base[2:]]) == 1
+    assert "does not exist" in capsys.readouterr().err
+    assert edge_main([*base[:2], "--interface", "no-such-interface", "--n-ticks", "1"]) == 1
+    assert "cannot open the bus" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("value", [1.0, -1.0], ids=["max-discharge", "max-charge"])
+def test_hil_shield_keeps_an_aggressive_policy_inside_the_limits(
+    exported: Path, tmp_path: Path, value: float
+) -> None:
+    manifest = json.loads(exported.read_text())
+    model = constant_onnx(
+        manifest["model"]["observation_size"], manifest["model"]["action_size"], value
+    )
+    manifest["model"]["sha256"] = sha256_bytes(model)
+    (tmp_path / "policy.onnx").write_bytes(model)
+    (tmp_path / "manifest.json").write_text(json.dumps(manifest))
+    report = run_hil(tmp_path / "manifest.json", n_ticks=120, channel=f"hil-aggr-{value}")
+    assert report.interventions == 120  # the shield acts on every tick ...
+    assert report.twin_violations == 0  # ... and the twin never leaves its limits
+    assert report.telemetry_violations == 0

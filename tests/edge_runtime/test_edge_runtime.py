@@ -259,3 +259,28 @@ def test_invalid_shield_settings_are_a_manifest_error(buses, clock) -> None:  # 
     manifest = dataclasses.replace(make_manifest(), shield={"dt_s": 60.0, "bogus": 1})
     with pytest.raises(ManifestError, match="cannot build the shield"):
         EdgeRuntime(manifest, ConstantPolicy([0.0] * 3), buses[0], clock=clock)
+
+
+class _BrokenBus(can.BusABC):
+    """Every read fails (bus off); writes succeed."""
+
+    def __init__(self) -> None:
+        super().__init__(channel="broken")
+        self.sent = 0
+
+    def send(self, msg: can.Message, timeout: float | None = None) -> None:
+        self.sent += 1
+
+    def _recv_internal(self, timeout: float | None) -> tuple[can.Message | None, bool]:
+        raise can.CanOperationError("bus off")
+
+
+def test_failing_bus_reads_do_not_spin_or_crash() -> None:
+    bus = _BrokenBus()
+    rt = EdgeRuntime(make_manifest(), ConstantPolicy([0.1] * 3), bus, tick_s=0.02)
+    rt.bus_error_backoff_s = 0.01
+    metrics = rt.run(n_ticks=4)
+    assert metrics.ticks == 4
+    assert 1 <= metrics.bus_errors < 40  # backed off instead of spinning
+    assert bus.sent == 12  # every tick still commanded every pack (safe: no telemetry)
+    bus.shutdown()

@@ -43,9 +43,7 @@ def ratings(draw: st.DrawFn, min_packs: int = 1, max_packs: int = 8) -> PackRati
     n = draw(st.integers(min_packs, max_packs))
     chem = tuple(draw(st.lists(st.sampled_from(CHEMISTRIES), min_size=n, max_size=n)))
     series = np.array(draw(st.lists(st.integers(1, 24), min_size=n, max_size=n)), dtype=np.int64)
-    parallel = np.array(
-        draw(st.lists(st.integers(1, 40), min_size=n, max_size=n)), dtype=np.int64
-    )
+    parallel = np.array(draw(st.lists(st.integers(1, 40), min_size=n, max_size=n)), dtype=np.int64)
     capacity = np.array([CELL_CAPACITY_AH[c] for c in chem])
     # Rated power from 0.2 C to 3 C at 3.5 V per cell: some packs are power-limited by
     # the action space, others by the cells.
@@ -77,8 +75,9 @@ def states(draw: st.DrawFn, shield: Shield, inside: bool = True) -> FleetState:
         s = _edge_or(draw, lim.soc_min, lim.soc_max)
         t = _edge_or(draw, lim.temperature_min_c, lim.temperature_max_c)
         ocv = float(shield.cell_model.ocv_v(shield.ratings.chemistry[i], s))
-        v = min(max(ocv + draw(st.floats(-0.05, 0.05)), lim.cell_voltage_min_v),
-                lim.cell_voltage_max_v)
+        v = min(
+            max(ocv + draw(st.floats(-0.05, 0.05)), lim.cell_voltage_min_v), lim.cell_voltage_max_v
+        )
         h = draw(st.floats(0.5, 1.0))
         if not inside and draw(st.booleans()):
             kind = draw(st.integers(0, 6))

@@ -32,11 +32,14 @@ def test_tables_cover_every_chemistry_with_its_window() -> None:
 def test_resistance_is_positive_and_grows_with_duration_and_cold() -> None:
     model = cell_model()
     for chem in model.chemistries:
-        short = model.resistance_ohm(chem, 0.5, 25.0, 1.0)
-        long = model.resistance_ohm(chem, 0.5, 25.0, 1000.0)
-        cold = model.resistance_ohm(chem, 0.5, -10.0, 1.0)
-        assert 0.0 < short <= long
-        assert cold > short
+        for direction in ("discharge", "charge"):
+            short = model.resistance_ohm(chem, 0.5, 25.0, 1.0, direction)
+            long = model.resistance_ohm(chem, 0.5, 25.0, 1000.0, direction)
+            cold = model.resistance_ohm(chem, 0.5, -10.0, 1.0, direction)
+            assert 0.0 < short <= long
+            assert cold > short
+    with pytest.raises(ValueError, match="direction"):
+        model.resistance_ohm("NMC", 0.5, 25.0, 10.0, "sideways")
 
 
 def test_one_step_prediction_and_closed_form_inverse_agree() -> None:
@@ -45,9 +48,7 @@ def test_one_step_prediction_and_closed_form_inverse_agree() -> None:
     i = model.current_for_voltage_a("NMC", 0.5, 25.0, v, duration_s=10.0)
     # The inverse uses the OCV at the start; over 10 s at 2 A the SoC moves 0.1 %.
     assert float(i) == pytest.approx(2.0, rel=0.05)
-    assert model.terminal_voltage_v("NMC", 0.5, 25.0, 0.0) == pytest.approx(
-        model.ocv_v("NMC", 0.5)
-    )
+    assert model.terminal_voltage_v("NMC", 0.5, 25.0, 0.0) == pytest.approx(model.ocv_v("NMC", 0.5))
 
 
 @settings(max_examples=100, deadline=None)
@@ -67,10 +68,11 @@ def test_fleet_lookups_bound_the_interpolated_model(
     assert fleet.ocv_bound_v(s, 0)[0] <= ocv[0] + 1e-12
     assert fleet.ocv_bound_v(s, 1)[0] >= ocv[0] - 1e-12
     assert fleet.ocv_bound_v(s, 1)[0] - fleet.ocv_bound_v(s, 0)[0] <= 0.05
-    r = model.resistance_ohm(chem, soc, temp, duration_s)
-    bound = fleet.resistance_bound_ohm(s, np.array([temp]))[0]
-    assert r <= bound + 1e-12
-    assert bound <= 1.3 * r
+    bounds = fleet.resistance_bound_ohm(s, np.array([temp]))
+    for direction, bound in zip(("discharge", "charge"), bounds, strict=True):
+        r = model.resistance_ohm(chem, soc, temp, duration_s, direction)
+        assert r <= bound[0] + 1e-12
+        assert bound[0] <= model.resistance_table_ohm(chem, duration_s, direction).max()
 
 
 @pytest.mark.parametrize(
@@ -80,7 +82,7 @@ def test_fleet_lookups_bound_the_interpolated_model(
         (lambda d: d.__setitem__("temperature_grid_c", [0.0, 1.0, 5.0]), "uniformly"),
         (lambda d: d["chemistries"]["NMC"].__setitem__("ocv_v", [1.0] * 101), "increase"),
         (
-            lambda d: d["chemistries"]["LFP"]["resistance_ohm"][0][0].__setitem__(0, -1.0),
+            lambda d: d["chemistries"]["LFP"]["resistance_charge_ohm"][0][0].__setitem__(0, -1.0),
             "positive",
         ),
     ],
@@ -108,8 +110,9 @@ def test_committed_tables_match_a_pybamm_regeneration() -> None:
     # A subset of the resistance grid: one SoC and two temperatures, every duration.
     socs = doc["resistance_soc_grid"]
     temps = doc["temperature_grid_c"]
-    table = np.array(doc["chemistries"]["NMC"]["resistance_ohm"])
-    sub = cell_tables.resistance_table("NMC", [socs[4]], [temps[2], temps[4]])
-    # The committed table fills gaps across SoC; at an interior SoC both pulses exist.
-    assert np.allclose(sub[:, 0, :], table[:, 4, [2, 4]], rtol=1e-6)
+    for direction in ("discharge", "charge"):
+        table = np.array(doc["chemistries"]["NMC"][f"resistance_{direction}_ohm"])
+        sub = cell_tables.resistance_table("NMC", direction, [socs[4]], [temps[2], temps[4]])
+        # Mid-SoC every pulse stays in the window, so no cross-SoC filling is involved.
+        assert np.allclose(sub[:, 0, :], table[:, 4, [2, 4]], rtol=1e-6)
     assert doc["duration_grid_s"] == list(cell_tables.DURATION_GRID_S)

@@ -31,7 +31,10 @@ def _shield(dt_s: float = 60.0) -> Shield:
 def test_check_shield_passes_with_reference(dt_s: float) -> None:
     shield = _shield(dt_s)
     report = check_shield(
-        shield, n_cases=40, seed=1, reference=ReferenceShield(shield).project,
+        shield,
+        n_cases=40,
+        seed=1,
+        reference=ReferenceShield(shield).project,
         raise_on_failure=True,
     )
     assert report.passed, str(report)
@@ -64,6 +67,8 @@ def test_check_shield_fails_on_a_broken_shield() -> None:
     report = check_shield(broken, n_cases=30, seed=2)
     assert not report.passed
     text = str(report)
-    assert "[constraints]" in text and "[box]" in text and "FAILED" in text
+    assert "[constraints]" in text
+    assert "[box]" in text
+    assert "FAILED" in text
     with pytest.raises(ShieldCheckError, match="FAILED"):
         check_shield(broken, n_cases=30, seed=2, raise_on_failure=True)

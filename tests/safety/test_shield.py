@@ -27,9 +27,7 @@ from pulsebms.safety.checks import constraint_failures, kkt_residual
 from pulsebms.safety.shield import project_box_hyperplane
 from tests.safety import strategies as sst
 
-PROPERTY = settings(
-    max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow]
-)
+PROPERTY = settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
 
 def _sanitised(action: np.ndarray) -> np.ndarray:
@@ -51,7 +49,8 @@ def test_output_in_action_space_and_box(case: sst.Case) -> None:
     assert np.all(np.abs(result.action) <= 1.0)
     assert np.all(result.lower <= result.action)
     assert np.all(result.action <= result.upper)
-    assert np.all(result.lower <= 0.0) and np.all(result.upper >= 0.0)
+    assert np.all(result.lower <= 0.0)
+    assert np.all(result.upper >= 0.0)
 
 
 @PROPERTY
@@ -83,9 +82,7 @@ def test_no_admissible_action_is_closer(case: sst.Case) -> None:
 def test_identity_on_admissible_actions(case: sst.Case, data: st.DataObject) -> None:
     box = case.shield.project(case.state, case.action)
     frac = np.array(
-        data.draw(
-            st.lists(st.floats(0.0, 1.0), min_size=box.lower.size, max_size=box.lower.size)
-        )
+        data.draw(st.lists(st.floats(0.0, 1.0), min_size=box.lower.size, max_size=box.lower.size))
     )
     safe = box.lower + frac * (box.upper - box.lower)
     safe = np.minimum(np.maximum(safe, box.lower), box.upper)
@@ -157,7 +154,8 @@ def test_projection_matches_bisection(
     target = float(frac * np.sum(w))
     out, reached = project_box_hyperplane(r, lo, up, w, target)
     assert reached == pytest.approx(min(max(target, w @ lo), w @ up))
-    assert np.all(lo <= out) and np.all(out <= up)
+    assert np.all(lo <= out)
+    assert np.all(out <= up)
     # Independent check: bisection on the multiplier.
     a, b = -1e6, 1e6
     for _ in range(200):
@@ -208,7 +206,8 @@ def test_temperature_derating_is_linear_to_zero() -> None:
     for temp in (50.0, 55.0, 57.5, 60.0):
         shield, state = _one_pack(temperature_c=temp)
         uppers.append(shield.admissible(state).upper[0])
-    assert uppers[0] > 0.0 and uppers[1] > 0.0
+    assert uppers[0] > 0.0
+    assert uppers[1] > 0.0
     assert uppers[2] == pytest.approx(0.5 * uppers[1], rel=0.05)
     assert uppers[3] == 0.0
     shield, hot = _one_pack(temperature_c=57.5)
@@ -238,13 +237,19 @@ def test_state_outside_limits_is_controlled_shutdown() -> None:
 
 def test_clipped_power_is_redistributed_and_demand_mode_reports_shortfall() -> None:
     ratings = PackRatings(
-        ("NMC", "NMC"), np.array([14, 14]), np.array([10, 10]), np.array([5.15, 5.15]),
+        ("NMC", "NMC"),
+        np.array([14, 14]),
+        np.array([10, 10]),
+        np.array([5.15, 5.15]),
         np.array([2000.0, 2000.0]),
     )
     shield = Shield(ratings, dt_s=60.0, cell_model=sst.cell_model())
     state = FleetState(
-        soc=np.array([0.052, 0.6]), soh=np.ones(2), temperature_c=np.full(2, 25.0),
-        cell_voltage_v=np.array([3.3, 3.8]), current_a=np.zeros(2),
+        soc=np.array([0.052, 0.6]),
+        soh=np.ones(2),
+        temperature_c=np.full(2, 25.0),
+        cell_voltage_v=np.array([3.3, 3.8]),
+        current_a=np.zeros(2),
     )
     result = shield.project(state, np.array([0.5, 0.1]))
     assert result.action @ ratings.rated_power_w == pytest.approx(1200.0)
@@ -260,7 +265,7 @@ def test_clipped_power_is_redistributed_and_demand_mode_reports_shortfall() -> N
 
 
 def test_lfp_window_is_its_own() -> None:
-    shield, state = _one_pack("LFP", soc=0.5, cell_voltage_v=3.3)
+    shield, _ = _one_pack("LFP", soc=0.5, cell_voltage_v=3.3)
     assert shield.limits[0] == default_limits("LFP")
 
 

@@ -159,8 +159,15 @@ def test_power_set_point_is_delivered(twin: FleetTwin) -> None:
     before = twin.state()
     after = twin.step(power, 10.0, 25.0)
     delivered = after.current_a * 0.5 * (before.pack_voltage_v + after.pack_voltage_v)
-    np.testing.assert_allclose(delivered, power, rtol=0.02)
-    np.testing.assert_array_equal(after.power_w, power)
+    np.testing.assert_allclose(delivered, power, rtol=0.015)  # trapezoid of the voltages
+    np.testing.assert_allclose(after.power_w, power, rtol=0.005)  # the fidelity's mean
+    # Abrupt reversals at up to the rated power stay within 2 % of the set-point.
+    rng = np.random.default_rng(0)
+    for _ in range(20):
+        power = rng.uniform(-1.0, 1.0, 4) * twin.ratings.rated_power_w
+        states = twin.step(power, 10.0, 25.0)
+        ok = ~states.faulted
+        np.testing.assert_allclose(states.power_w[ok], power[ok], rtol=0.02)
 
 
 # ---------------------------------------------------------------- faults
@@ -367,7 +374,10 @@ def test_physics_memory_flat_over_bounded_run() -> None:
 def test_physics_one_hour_random_profile_and_spme(chem: str) -> None:
     """Golden, longer: one hour of random set-points for SPM, ten minutes for SPMe."""
     for model_name, n_steps in (("SPM", 360), ("SPMe", 60)):
-        twin = make_twin([PackSpec(chem, series=1, parallel=1)], "physics", model_name=model_name)
+        # jit=False keeps a cold CI run bounded (SPMe compiles in ~25 s; results are identical).
+        twin = make_twin(
+            [PackSpec(chem, series=1, parallel=1)], "physics", model_name=model_name, jit=False
+        )
         ref = ReferenceCell(chem, 0.5, model_name=model_name, rtol=1e-8, atol=1e-8)
         currents = _profile(twin, n_steps, seed=5, c_rate=1.0)[:, 0]
         worst_v, worst_soc = 0.0, 0.0
@@ -378,3 +388,31 @@ def test_physics_one_hour_random_profile_and_spme(chem: str) -> None:
             worst_soc = max(worst_soc, abs(r["soc"] - s.soc[0]))
         assert worst_v * 1e3 <= 1.0, (model_name, worst_v)
         assert worst_soc * 100 <= 0.1
+
+
+def test_compiled_and_interpreted_steppers_are_bit_identical() -> None:
+    packs = [PackSpec("nmc", initial_soc=0.3), PackSpec(" NMC ", initial_soc=0.7)]
+    compiled = make_twin(packs, "physics", jit=True)
+    interpreted = make_twin(packs, "physics", jit=False)
+    assert not interpreted.jit
+    for current in _profile(compiled, 10, seed=4):
+        a = compiled.step_current(current, 10.0, 25.0)
+        b = interpreted.step_current(current, 10.0, 25.0)
+    np.testing.assert_array_equal(a.cell_voltage_v, b.cell_voltage_v)
+    np.testing.assert_array_equal(a.temperature_c, b.temperature_c)
+
+
+def test_degradation_sources_are_selectable() -> None:
+    packs = [PackSpec("NMC")]
+    soh = {}
+    for mode in ("none", "sei", "empirical", "sei+empirical"):
+        twin = make_twin(packs, "physics", degradation=mode, degradation_acceleration=1e3)
+        for k in range(20):
+            s = twin.step_current(np.array([10.0 if k < 10 else -10.0]), 30.0, 40.0)
+        soh[mode] = s.soh[0]
+    assert soh["none"] == 1.0
+    assert soh["sei"] < 1.0
+    assert soh["empirical"] < 1.0
+    assert soh["sei+empirical"] == pytest.approx(soh["sei"] + soh["empirical"] - 1.0, abs=1e-12)
+    with pytest.raises(ValueError, match="degradation"):
+        make_twin(packs, "ecm", degradation="magic")
