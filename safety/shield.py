@@ -233,9 +233,13 @@ def project_box_hyperplane(
 
 
 class _Bounds:
-    """Stage-1 output: the box, the fallback packs and what is needed to name the limits."""
+    """Stage-1 output: the box, the fallback packs and what is needed to name the limits.
 
-    __slots__ = ("derated", "fallback", "hot", "lo_cand", "lower", "up_cand", "upper", "why")
+    Candidate bounds are current magnitudes ``J ≥ 0`` per side (row 0 discharge, row 1
+    charge); ``static`` holds the shield's ``(j_lim, t_max, t_min)``.
+    """
+
+    __slots__ = ("cand", "derate", "fallback", "lower", "static", "temp", "upper", "why")
 
     def __init__(
         self,
@@ -243,36 +247,43 @@ class _Bounds:
         upper: FloatArray,
         fallback: BoolArray,
         why: list[str] | None,
-        up_cand: tuple[FloatArray, ...],
-        lo_cand: tuple[FloatArray, ...],
-        derated: BoolArray,
-        hot: BoolArray,
+        cand: tuple[FloatArray, FloatArray, FloatArray],
+        derate: FloatArray,
+        temp: FloatArray,
+        static: tuple[FloatArray, FloatArray, FloatArray],
     ) -> None:
         self.lower = lower
         self.upper = upper
         self.fallback = fallback
         self.why = why
-        self.up_cand = up_cand
-        self.lo_cand = lo_cand
-        self.derated = derated
-        self.hot = hot
+        self.cand = cand
+        self.derate = derate
+        self.temp = temp.copy()
+        self.static = static
 
     def names(self) -> tuple[tuple[str, ...], tuple[str, ...]]:
         """Binding limit name of each pack's lower and upper bound."""
-        up_idx = np.argmin(np.stack(np.broadcast_arrays(*self.up_cand)), axis=0)
-        lo_idx = np.argmax(np.stack(np.broadcast_arrays(*self.lo_cand)), axis=0)
+        j_lim, t_max, t_min = self.static
+        j_rate, j_soc, j_v = self.cand
+        n = self.lower.size
+        rows = [
+            np.stack((j_lim[side], j_rate, j_soc[side], j_v[side])).argmin(axis=0)
+            for side in (0, 1)
+        ]
+        derated = self.derate < 1.0
+        hot = (t_max - self.temp) <= (self.temp - t_min)
         lows: list[str] = []
         ups: list[str] = []
-        for i in range(self.lower.size):
+        for i in range(n):
             if self.fallback[i]:
                 reason = f"fallback:{self.why[i] if self.why else ''}"
                 lows.append(reason)
                 ups.append(reason)
                 continue
-            temp_name = "temperature_max_c" if self.hot[i] else "temperature_min_c"
-            up = _UPPER_NAMES[int(up_idx[i])]
-            lo = _LOWER_NAMES[int(lo_idx[i])]
-            if self.derated[i]:
+            temp_name = "temperature_max_c" if hot[i] else "temperature_min_c"
+            up = _UPPER_NAMES[int(rows[0][i])]
+            lo = _LOWER_NAMES[int(rows[1][i])]
+            if derated[i]:
                 up = lo = temp_name
             ups.append("action_space" if self.upper[i] >= 1.0 else up)
             lows.append("action_space" if self.lower[i] <= -1.0 else lo)
@@ -375,11 +386,18 @@ class Shield:
         if np.any(lim.soc_min + self.soc_margin >= lim.soc_max - self.soc_margin):
             raise ValueError("soc_margin leaves an empty SoC window")
         keep = 1.0 - self.current_margin
-        self._soc_lo = lim.soc_min + self.soc_margin
-        self._soc_hi = lim.soc_max - self.soc_margin
-        self._i_max = lim.current_max_a * keep
-        self._i_min = lim.current_min_a * keep
+        # Per side (row 0 discharge, row 1 charge), as magnitudes of the current.
+        self._sgn = np.array([[1.0], [-1.0]])
+        self._sgn3 = self._sgn[:, :, None]
+        self._sgn_soc_edge = np.stack(
+            (lim.soc_min + self.soc_margin, -(lim.soc_max - self.soc_margin))
+        )
+        self._j_lim = np.stack((lim.current_max_a * keep, -lim.current_min_a * keep))
         self._c_max_ah = lim.c_rate_max * keep * capacity  # |I| per unit SoH [A]
+        self._sgn_v_lim = np.stack((v_min, -v_max))[:, None, :]
+        self._t_max = lim.temperature_max_c
+        self._t_min = lim.temperature_min_c
+        self._inv_band = 1.0 / self.derating_band_c
         self.n_packs = n
         self._lim = lim
         # Fallback windows, rows: SoC, temperature, cell voltage, SoH.
@@ -412,19 +430,15 @@ class Shield:
         self._weight = rated / self._w_scale
         self._tol_w = 1e-9 * max(float(rated.sum()), 1.0)
         frac = np.asarray(VOLTAGE_FRACTIONS, dtype=np.float64)
-        self._m = frac.size
-        # Rows: discharge ranges, charge ranges, and 0 (the OCV at the present SoC).
-        self._frac_up = np.concatenate((frac, np.zeros(frac.size + 1)))[:, None]
-        self._frac_lo = np.concatenate((np.zeros(frac.size), frac, [0.0]))[:, None]
-        # OCV bound per row: lower bound when discharging (and for the start), upper when
-        # charging.
-        self._ocv_side = np.concatenate((np.zeros(frac.size), np.ones(frac.size), [0])).astype(
-            np.intp
-        )[:, None]
-        self._ocv_offsets = self._fleet.ocv_offsets(self._ocv_side)
+        # Nested ranges plus one of length 0 (its OCV is the one at the present SoC).
+        self._frac3 = np.concatenate((frac, [0.0]))[None, :, None]
+        # OCV bound per side: lower bound when discharging, upper when charging.
+        side = np.array([[0], [1]], dtype=np.intp)[:, :, None]
+        self._ocv_offsets = np.broadcast_to(
+            self._fleet.ocv_offsets(side.reshape(2, 1))[:, None, :], (2, frac.size + 1, n)
+        ).copy()
+        self._static = (self._j_lim, self._t_max, self._t_min)
         self._no_reasons: tuple[tuple[str, ...], ...] = ((),) * n
-        self._neg_one = np.full(n, -1.0)
-        self._one = np.ones(n)
 
     # ------------------------------------------------------------------ stage 1
     def admissible(self, state: FleetState) -> AdmissibleSet:
@@ -459,7 +473,6 @@ class Shield:
         n = self.n_packs
         if state.n_packs != n:
             raise ValueError(f"state has {state.n_packs} packs, the shield {n}")
-        lim = self._lim
         x = np.array(
             (state.soc, state.temperature_c, state.cell_voltage_v, state.soh, state.current_a),
             dtype=np.float64,
@@ -498,7 +511,7 @@ class Shield:
         # conversion voltage is the lower of the model's and the measurement's.
         drop = r2[0]
         j_dis = j[0]
-        e_low = volt + r2[1] * np.minimum(i_last, 0.0)
+        e_low = volt + np.maximum(drop, r2[1]) * np.minimum(i_last, 0.0)
         v_dis = np.minimum(np.maximum(ocv[0, 0] - drop * j_dis, self._v_min), e_low - drop * j_dis)
         v_chg = np.minimum(ocv[0, -1], e_low)
         upper = np.minimum(np.maximum(j_dis * v_dis * self._power_scale, 0.0), 1.0)
@@ -506,7 +519,7 @@ class Shield:
         if why is not None:
             upper[~inside] = 0.0
             lower[~inside] = 0.0
-        return _Bounds(lower, upper, ~inside, why, (j_rate, j_soc, j_v), derate, temp)
+        return _Bounds(lower, upper, ~inside, why, (j_rate, j_soc, j_v), derate, temp, self._static)
 
     def _fallback_reason(self, state: FleetState, i: int) -> str:
         """Why pack ``i`` is in the fallback (first failing check)."""

@@ -150,3 +150,18 @@ def test_help_lists_the_groups(tmp_path: Path) -> None:
         assert group in out
     assert "quick" in out
     assert "mpc_oracle" in out
+
+
+@pytest.mark.usefixtures("hydra_ctx")
+def test_eval_finds_the_newest_training_run(tmp_path: Path) -> None:
+    from pulsebms.experiments.evaluate import latest_checkpoint
+
+    cfg = _compose("experiment=quick")
+    assert latest_checkpoint(cfg, tmp_path) is None
+    for stamp in ("2026-01-01_10-00-00", "2026-01-02_09-00-00"):
+        run = tmp_path / "small" / "quick" / f"ppo_seed0_{stamp}"
+        run.mkdir(parents=True)
+        (run / "model.zip").write_bytes(b"")
+    found = latest_checkpoint(cfg, tmp_path)
+    assert found is not None
+    assert found.parent.name.endswith("2026-01-02_09-00-00")
