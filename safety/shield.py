@@ -7,8 +7,9 @@ two stages.
 **1. Admissible interval per pack** (:meth:`Shield.admissible`). With ``Q`` the present
 pack capacity (nominal × SoH) [A.h], ``k = dt_s / (3600·Q)`` the SoC change per ampere
 over one step, ``p``/``s`` the parallel/series counts, and ``R`` the cell model's
-effective resistance at the pack's SoC and temperature over a step (divided by SoH, as
-the twin scales a faded cell), the pack current ``I`` must satisfy
+effective resistance at the pack's SoC and temperature over a step (the discharge table
+when discharging, the charge table when charging; divided by SoH, as the twin scales a
+faded cell), the pack current ``I`` must satisfy
 
 * ``current_min_a ≤ I ≤ current_max_a`` (``"current_min_a"``/``"current_max_a"``);
 * ``|I| ≤ c_rate_max·Q`` (``"c_rate_max"``);

@@ -293,10 +293,11 @@ class BatchedTwin:
         Raises:
             ValueError: On a wrong shape or a non-positive ``dt_s`` (programming errors).
         """
+        dt_s = self._checked_dt(dt_s)
         p = self._as_pack_array(power_w, "power_w")
         n_cells = (self._series * self._parallel).astype(np.float64)
         p_cell = p / n_cells
-        e_v, r_ohm = self._power_model(float(dt_s))
+        e_v, r_ohm = self._power_model(dt_s)
         # The model cell carries current / soh (see the module docstring).
         scale = self._soh_ref
         r_cell = r_ohm / scale
@@ -332,6 +333,12 @@ class BatchedTwin:
         )
 
     # ------------------------------------------------------------------ internals
+    @staticmethod
+    def _checked_dt(dt_s: float) -> float:
+        if not (np.isfinite(dt_s) and dt_s > 0):
+            raise ValueError(f"dt_s must be finite and > 0, got {dt_s}")
+        return float(dt_s)
+
     def _as_pack_array(self, value: Any, name: str) -> FloatArray:
         arr = np.asarray(value, dtype=np.float64)
         if arr.ndim == 0:
@@ -349,9 +356,7 @@ class BatchedTwin:
         pre_reason: str,
         requested_power_w: FloatArray | None,
     ) -> PackStates:
-        if not (np.isfinite(dt_s) and dt_s > 0):
-            raise ValueError(f"dt_s must be finite and > 0, got {dt_s}")
-        dt_s = float(dt_s)
+        dt_s = self._checked_dt(dt_s)
         amb = self._as_pack_array(ambient_c, "ambient_c")
         active = ~self._faulted & pre_ok & np.isfinite(amb)
         i_cell = np.where(active, i_cell, 0.0)
