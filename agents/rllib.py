@@ -58,7 +58,7 @@ import numpy as np
 import ray
 import torch
 from numpy.typing import NDArray
-from ray.rllib.algorithms import Algorithm, AlgorithmConfig
+from ray.rllib.algorithms import Algorithm
 from ray.rllib.algorithms.ppo import PPOConfig
 from ray.rllib.callbacks.callbacks import RLlibCallback
 from ray.rllib.connectors.connector_v2 import ConnectorV2
@@ -110,7 +110,7 @@ __all__ = [
     "train_rllib",
 ]
 
-ALGORITHMS: dict[str, type[AlgorithmConfig]] = {"PPO": PPOConfig}
+ALGORITHMS: dict[str, type[PPOConfig]] = {"PPO": PPOConfig}
 """RLlib algorithms :func:`build_rllib_algorithm` knows (on-policy, continuous ``Box`` actions)."""
 
 RLLIB_ENV_NAME = "pulsebms-fleet"
@@ -348,6 +348,7 @@ def build_rllib_algorithm(
     }
     config = (
         ALGORITHMS[algorithm]()
+        .api_stack(enable_rl_module_and_learner=True, enable_env_runner_and_connector_v2=True)
         .framework("torch")
         .environment(RLLIB_ENV_NAME, env_config=env_config)
         .env_runners(
@@ -496,7 +497,8 @@ def train_rllib(
     """
     if iterations < 1:
         raise ValueError(f"iterations must be ≥ 1, got {iterations}")
-    metrics = tuple(RllibIterationMetrics.from_result(algo.train()) for _ in range(iterations))
+    results = [algo.train() for _ in range(iterations)]  # type: ignore[no-untyped-call]  # RLlib API is untyped
+    metrics = tuple(RllibIterationMetrics.from_result(result) for result in results)
     path = Path(checkpoint_dir).resolve()
     path.mkdir(parents=True, exist_ok=True)
     saved = algo.save_to_path(path.as_posix())
@@ -603,15 +605,20 @@ class RLlibPolicy:
         mean_std = _single_piece(env_to_module, MeanStdFilter)
         observation_filter = None
         if mean_std is not None:
-            (state,) = mean_std.get_state().values()
-            observation_filter = ObservationFilter(
+            states = list(mean_std.get_state().values())
+            if len(states) != 1 or len(states[0]["running_stats"]) != 1:
+                raise NotImplementedError(
+                    "only a single-agent MeanStdFilter over a flat Box observation is supported"
+                )
+            (state,) = states
+            observation_filter = ObservationFilter(  # type: ignore[no-untyped-call]  # RLlib API is untyped
                 state["shape"],
                 demean=state["de_mean_to_zero"],
                 destd=state["de_std_to_one"],
                 clip=state["clip_by_value"],
             )
             (stats,) = state["running_stats"]
-            observation_filter.running_stats = RunningStat.from_state(stats)
+            observation_filter.running_stats = RunningStat.from_state(stats)  # type: ignore[no-untyped-call]  # RLlib API is untyped
         actions = _single_piece(module_to_env, NormalizeAndClipActions)
         return cls(
             module,
@@ -638,25 +645,26 @@ class RLlibPolicy:
 
         Returns:
             ``[batch, act]`` float32 actions inside the action space.
+
+        Raises:
+            ValueError: If ``observations`` is not two-dimensional.
         """
         obs = np.asarray(observations, dtype=np.float32)
         if obs.ndim != 2:
             raise ValueError(f"expected observations of shape [batch, obs], got {obs.shape}")
         if self.observation_filter is not None:
-            obs = np.stack([self.observation_filter(row, update=False) for row in obs])
+            obs = np.asarray(self.observation_filter(obs, update=False), dtype=np.float32)
         with torch.no_grad():
             out = self.module.forward_inference({Columns.OBS: torch.from_numpy(obs)})
             dist_cls = self.module.get_inference_action_dist_cls()
             dist = dist_cls.from_logits(out[Columns.ACTION_DIST_INPUTS])
-            mean = dist.to_deterministic().sample().cpu().numpy()
-        actions = []
-        for row in mean:
-            if self.normalize_actions:
-                row = unsquash_action(row, self.action_space)
-            elif self.clip_actions:
-                row = clip_action(row, self.action_space)
-            actions.append(np.asarray(row, dtype=np.float32))
-        return np.stack(actions)
+            mean: NDArray[Any] = np.asarray(dist.to_deterministic().sample(), dtype=np.float32)
+        if self.normalize_actions:
+            mean = unsquash_action(mean, self.action_space)  # type: ignore[no-untyped-call]  # RLlib API is untyped
+        elif self.clip_actions:
+            mean = clip_action(mean, self.action_space)  # type: ignore[no-untyped-call]  # RLlib API is untyped
+        actions: NDArray[np.float32] = np.asarray(mean, dtype=np.float32)
+        return actions
 
     def act(self, observation: ObsArray) -> ActArray:
         """Deterministic action for one raw observation (mean action, within the space).
@@ -668,7 +676,8 @@ class RLlibPolicy:
             The action, float32, shape ``action_space.shape``.
         """
         obs = np.asarray(observation, dtype=np.float32).reshape(1, -1)
-        return self.predict(obs)[0]
+        action: ActArray = self.predict(obs).reshape(-1)
+        return action
 
     def torch_policy(self) -> DeployedRLlibPolicy:
         """This policy as one torch module (see :class:`DeployedRLlibPolicy`)."""
@@ -710,6 +719,11 @@ class DeployedRLlibPolicy(torch.nn.Module):
         NotImplementedError: If the module's inference distribution is not a
             ``TorchDiagGaussian``.
     """
+
+    obs_mean: torch.Tensor
+    obs_scale: torch.Tensor
+    action_low: torch.Tensor
+    action_high: torch.Tensor
 
     def __init__(
         self,

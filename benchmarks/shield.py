@@ -78,8 +78,11 @@ def _bisection(
 def _stats(us: np.ndarray) -> dict[str, float]:
     return {
         "p50_us": round(float(np.percentile(us, 50)), 2),
+        "p90_us": round(float(np.percentile(us, 90)), 2),
         "p99_us": round(float(np.percentile(us, 99)), 2),
         "mean_us": round(float(us.mean()), 2),
+        # calls the OS scheduler visibly interrupted (a time slice is ~4 ms)
+        "share_over_1ms": round(float(np.mean(us > 1000.0)), 4),
     }
 
 
@@ -110,8 +113,8 @@ def main(argv: list[str] | None = None) -> int:
         f"per size, {platform.processor() or platform.machine()}"
     )
     print(
-        f"{'packs':>5} {'fast p50':>9} {'fast p99':>9} {'bisect p50':>11} {'cvxpy p50':>10} "
-        f"{'cvxpy p99':>10} {'ratio p50':>9} {'max rel err':>11}  [µs]"
+        f"{'packs':>5} {'fast p50':>9} {'fast p90':>9} {'fast p99':>9} {'bisect p50':>11} "
+        f"{'cvxpy p50':>10} {'cvxpy p99':>10} {'ratio p50':>9} {'max rel err':>11}  [µs]"
     )
     for n in SIZES:
         ratings = _fleet(n, rng)
@@ -161,11 +164,16 @@ def main(argv: list[str] | None = None) -> int:
             "max_rel_err": err,
         }
         print(
-            f"{n:>5} {f['p50_us']:>9.1f} {f['p99_us']:>9.1f} {b['p50_us']:>11.1f} "
-            f"{r['p50_us']:>10.1f} {r['p99_us']:>10.1f} {ratio:>9.1f} {err:>11.2e}"
+            f"{n:>5} {f['p50_us']:>9.1f} {f['p90_us']:>9.1f} {f['p99_us']:>9.1f} "
+            f"{b['p50_us']:>11.1f} {r['p50_us']:>10.1f} {r['p99_us']:>10.1f} {ratio:>9.1f} "
+            f"{err:>11.2e}"
         )
     target_ok = float(rows["100"]["fast"]["p99_us"]) <= 50.0  # type: ignore[index]
-    print(f"target p99 <= 50 µs at 100 packs: {'met' if target_ok else 'NOT met'}")
+    over = float(rows["100"]["fast"]["share_over_1ms"])  # type: ignore[index]
+    print(
+        f"target p99 <= 50 µs at 100 packs: {'met' if target_ok else 'NOT met'} "
+        f"({100 * over:.2f} % of calls > 1 ms: preempted by the OS scheduler)"
+    )
     result = {
         "dt_s": args.dt_s,
         "quick": bool(args.quick),

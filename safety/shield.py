@@ -187,6 +187,7 @@ def project_box_hyperplane(
     upper: FloatArray,
     weight: FloatArray,
     target: float,
+    pre: tuple[FloatArray, FloatArray] | None = None,
 ) -> tuple[FloatArray, float]:
     """Closest point to ``request`` in ``{lower ≤ a ≤ upper, weight·a = target}``.
 
@@ -200,6 +201,7 @@ def project_box_hyperplane(
         upper: Upper bounds, finite.
         weight: Positive weights of the total.
         target: Desired ``weight·a``.
+        pre: ``(concat(1/w, 1/w), concat(w², -w²))`` precomputed for fixed weights.
 
     Returns:
         ``(a, reached)``: the projection and the total it aims at (the clamped target).
@@ -217,19 +219,22 @@ def project_box_hyperplane(
         return lower.copy(), t_min
     if target >= t_max:
         return upper.copy(), t_max
-    w2 = weight * weight
-    bp = np.concatenate(((lower - request) / weight, (upper - request) / weight))
-    order = np.argsort(bp)
+    if pre is None:
+        inv = 1.0 / weight
+        pre = (np.concatenate((inv, inv)), np.concatenate((weight * weight, -weight * weight)))
+    inv2, w2pm = pre
+    # Breakpoints where each coordinate leaves its lower / reaches its upper bound.
+    bp = (np.concatenate((lower, upper)) - np.concatenate((request, request))) * inv2
+    order = bp.argsort()
     bp_sorted = bp[order]
-    slope = np.concatenate((w2, -w2))[order].cumsum()
-    totals = np.empty_like(bp_sorted)
-    totals[0] = t_min
-    np.cumsum(slope[:-1] * np.diff(bp_sorted), out=totals[1:])
-    totals[1:] += t_min
-    k = int(np.searchsorted(totals, target, side="right")) - 1
-    k = min(max(k, 0), bp_sorted.size - 1)
+    slope = w2pm[order].cumsum()  # dS/dλ after each breakpoint
+    # S(bp_k) - t_min for k >= 1 (it is 0 at the first breakpoint)
+    totals = (slope[:-1] * (bp_sorted[1:] - bp_sorted[:-1])).cumsum()
+    x = target - t_min
+    k = int(totals.searchsorted(x, side="right"))
+    base = float(totals[k - 1]) if k > 0 else 0.0
     s = float(slope[k])
-    lam = float(bp_sorted[k]) + ((target - float(totals[k])) / s if s > 0.0 else 0.0)
+    lam = float(bp_sorted[k]) + ((x - base) / s if s > 0.0 else 0.0)
     return np.minimum(np.maximum(request + lam * weight, lower), upper), target
 
 
@@ -429,6 +434,11 @@ class Shield:
         self._k_soc_num = self.dt_s / 3600.0 / capacity  # SoC per A at SoH 1
         self._w_scale = float(rated.mean())
         self._weight = rated / self._w_scale
+        inv_w = 1.0 / self._weight
+        self._proj_pre = (
+            np.concatenate((inv_w, inv_w)),
+            np.concatenate((self._weight**2, -(self._weight**2))),
+        )
         self._tol_w = 1e-9 * max(float(rated.sum()), 1.0)
         frac = np.asarray(VOLTAGE_FRACTIONS, dtype=np.float64)
         # Nested ranges plus one of length 0 (its OCV is the one at the present SoC).
@@ -667,7 +677,9 @@ class Shield:
             out = request.copy() if request is raw else request
             reached = target
         else:
-            out, reached = project_box_hyperplane(request, lower, upper, weight, target)
+            out, reached = project_box_hyperplane(
+                request, lower, upper, weight, target, self._proj_pre
+            )
         shortfall_w = (target - reached) * self._w_scale
         if abs(shortfall_w) > self._tol_w:
             status |= ShieldStatus.SHORTFALL

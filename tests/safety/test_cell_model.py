@@ -9,10 +9,10 @@ import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from safety_strategies import cell_model
 
 from pulsebms.safety import CELL_VOLTAGE_WINDOWS_V, CellModel
 from pulsebms.safety.cell_model import default_tables_path
-from tests.safety.strategies import cell_model
 
 
 def _doc() -> dict:

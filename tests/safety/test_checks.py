@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from safety_strategies import cell_model
 
 from pulsebms.safety import (
     PackRatings,
@@ -13,7 +14,6 @@ from pulsebms.safety import (
     check_shield,
 )
 from pulsebms.safety.reference import ReferenceShield
-from tests.safety.strategies import cell_model
 
 
 def _shield(dt_s: float = 60.0) -> Shield:

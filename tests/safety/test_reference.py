@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import numpy as np
+import safety_strategies as sst
 from hypothesis import HealthCheck, given, settings
 
 from pulsebms.safety.reference import ReferenceProjection, ReferenceShield
-from tests.safety import strategies as sst
 
 
 def test_problem_is_dpp_and_reused() -> None:

@@ -13,6 +13,7 @@ import math
 
 import numpy as np
 import pytest
+import safety_strategies as sst
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -25,7 +26,6 @@ from pulsebms.safety import (
 )
 from pulsebms.safety.checks import constraint_failures, kkt_residual
 from pulsebms.safety.shield import project_box_hyperplane
-from tests.safety import strategies as sst
 
 PROPERTY = settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
