@@ -4,6 +4,10 @@ Usage::
 
     pulsebms-export runs/ppo/model.zip --out deploy/ --env-id PulseBMS/FleetSmall-v0
     pulsebms-export model.zip --out deploy/ --fleet fleet.json --tolerance 1e-6
+    pulsebms-export runs/rllib/ckpt --out deploy/ --env-id PulseBMS/FleetSmall-v0
+
+The checkpoint is an SB3 ``.zip`` or an RLlib algorithm checkpoint directory (detected by
+its ``rllib_checkpoint.json``; ``--kind`` overrides the detection).
 
 Exit status: 0 written; 1 refused (parity failed, layout mismatch, existing output: the
 message says which; nothing written); 2 bad arguments or unreadable inputs.
@@ -39,13 +43,16 @@ def build_parser() -> argparse.ArgumentParser:
         description="Export a trained policy to policy.onnx + manifest.json for pulsebms-edge, "
         "refusing any model whose onnxruntime actions differ from the source policy.",
     )
-    p.add_argument("checkpoint", help="SB3 .zip (RLlib checkpoint directories: not yet)")
+    p.add_argument("checkpoint", help="SB3 .zip file or RLlib algorithm checkpoint directory")
     p.add_argument("--out", required=True, help="output directory")
     fleet = p.add_mutually_exclusive_group(required=True)
     fleet.add_argument("--env-id", help="Gymnasium id of the training env (reads layout, ...)")
     fleet.add_argument("--fleet", help="fleet spec JSON (observation, ratings, limits, dt_s)")
     p.add_argument("--env-kwargs", type=_json_object, default={}, help="JSON kwargs of make")
-    p.add_argument("--vecnormalize", help="VecNormalize pickle (default: beside the zip)")
+    p.add_argument(
+        "--vecnormalize",
+        help="SB3 VecNormalize pickle (default: beside the zip; RLlib: from the checkpoint)",
+    )
     p.add_argument("--kind", default="auto", choices=("auto", "sb3", "rllib"))
     p.add_argument("--shield", type=_json_object, default={}, help="JSON shield settings")
     p.add_argument("--n-parity", type=int, default=1000, help="sampled parity observations")
@@ -83,7 +90,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ExportError as exc:
         print(f"pulsebms-export: refused: {exc}", file=sys.stderr)
         return 1
-    except (FileNotFoundError, ValueError, NotImplementedError, OSError) as exc:
+    except (FileNotFoundError, ValueError, NotImplementedError, OSError, ImportError) as exc:
         print(f"pulsebms-export: error: {exc}", file=sys.stderr)
         return 2
     print(

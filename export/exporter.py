@@ -35,7 +35,7 @@ from pulsebms.export.errors import ExportError, ParityError
 from pulsebms.export.fleet import FleetSpec, fleet_spec_from_env
 from pulsebms.export.graph import DEFAULT_OPSET, INPUT_NAME, OUTPUT_NAME, to_onnx
 from pulsebms.export.parity import ParityReport, check_parity, parity_observations
-from pulsebms.export.source import PolicySource, load_source
+from pulsebms.export.source import PolicySource, checkpoint_sha256, load_source
 
 __all__ = [
     "MANIFEST_FILE",
@@ -84,6 +84,7 @@ def versions(opset: int) -> dict[str, str]:
         "onnx": onnx.__version__,
         "onnxruntime": _version("onnxruntime"),
         "stable_baselines3": _version("stable-baselines3"),
+        "ray": _version("ray"),
         "numpy": np.__version__,
         "python": platform.python_version(),
         "opset": str(opset),
@@ -196,7 +197,7 @@ def export_policy(
             kind=source.kind,
             algorithm=source.algorithm,
             path=str(source.checkpoint_path.resolve()),
-            sha256=sha256_file(source.checkpoint_path),
+            sha256=checkpoint_sha256(source.checkpoint_path),
             normalization_path=None if norm is None else str(norm.resolve()),
             normalization_sha256=None if norm is None else sha256_file(norm),
         ),
@@ -239,12 +240,15 @@ def export_checkpoint(
     short rollout of the policy for the parity check).
 
     Args:
-        checkpoint: SB3 ``.zip`` (RLlib later).
+        checkpoint: SB3 ``.zip``, or an RLlib algorithm checkpoint directory (its manifest
+            ``source.sha256`` is :func:`~pulsebms.export.source.checkpoint_sha256` over
+            the directory's files).
         out_dir: Output directory.
         fleet: The fleet spec; or give ``env_id``.
         env_id: Gymnasium id of the training env (e.g. ``PulseBMS/FleetSmall-v0``).
         env_kwargs: Keyword arguments of ``gymnasium.make``.
-        normalization: ``VecNormalize`` pickle (looked up beside the zip when ``None``).
+        normalization: ``VecNormalize`` pickle (looked up beside the zip when ``None``);
+            SB3 only (an RLlib checkpoint holds its ``MeanStdFilter`` statistics).
         kind: Checkpoint kind (``auto``, ``sb3``, ``rllib``).
         shield: Shield settings to record (with an env).
         **kwargs: Passed to :func:`export_policy`.

@@ -3,12 +3,19 @@
 A source loads one checkpoint and offers two things: a torch module computing the whole
 deployed function (raw observation → normalised → deterministic action → clipped) for the
 ONNX graph, and a *reference* prediction through the training library's own API, which the
-parity check compares the ONNX model against. stable-baselines3 is implemented
-(:mod:`pulsebms.export.sb3`); RLlib plugs in here by adding a loader to :data:`LOADERS`.
+parity check compares the ONNX model against. Two loaders are registered in
+:data:`LOADERS`: stable-baselines3 ``.zip`` files (:mod:`pulsebms.export.sb3`) and RLlib
+new-API-stack algorithm checkpoint directories (:mod:`pulsebms.export.rllib`; Ray and RLlib
+are imported only when such a checkpoint is loaded).
+
+A checkpoint's identity in the manifest is :func:`checkpoint_sha256`: the sha256 of the
+file, or for a directory a sha256 over every regular file in it (see there).
 """
 
 from __future__ import annotations
 
+import hashlib
+import os
 from collections.abc import Callable
 from pathlib import Path
 from typing import Protocol, runtime_checkable
@@ -17,7 +24,14 @@ import numpy as np
 import torch
 from numpy.typing import NDArray
 
-__all__ = ["LOADERS", "PolicySource", "detect_kind", "load_source"]
+__all__ = [
+    "LOADERS",
+    "RLLIB_MARKERS",
+    "PolicySource",
+    "checkpoint_sha256",
+    "detect_kind",
+    "load_source",
+]
 
 
 @runtime_checkable
@@ -25,11 +39,11 @@ class PolicySource(Protocol):
     """A loaded checkpoint the exporter can turn into ONNX."""
 
     kind: str
-    """Training library (``"sb3"``)."""
+    """Training library (``"sb3"``, ``"rllib"``)."""
     algorithm: str
     """Algorithm class name (``"PPO"``)."""
     checkpoint_path: Path
-    """The checkpoint file."""
+    """The checkpoint (a file, or an RLlib checkpoint directory)."""
     normalization_path: Path | None
     """Observation-normalisation statistics file, if any."""
     observation_low: NDArray[np.float32]
@@ -62,12 +76,15 @@ def _load_sb3(checkpoint: Path, normalization: Path | None) -> PolicySource:
 
 
 def _load_rllib(checkpoint: Path, normalization: Path | None) -> PolicySource:
-    raise NotImplementedError(
-        "RLlib checkpoints are not exported yet: implement a PolicySource for an RLModule "
-        "(torch_policy: the module's deterministic forward_inference plus its connectors' "
-        "observation filter and action clipping; predict: Algorithm.compute_single_action "
-        f"with explore=False) and register it in pulsebms.export.source.LOADERS ({checkpoint})"
-    )
+    if normalization is not None:
+        raise ValueError(
+            "an RLlib checkpoint carries its own observation statistics (MeanStdFilter); "
+            f"a separate normalisation file ({normalization}) is only for SB3"
+        )
+    from pulsebms.export.rllib import RLlibSource  # imports ray: only for RLlib checkpoints
+
+    source: PolicySource = RLlibSource.load(checkpoint)
+    return source
 
 
 LOADERS: dict[str, Callable[[Path, Path | None], PolicySource]] = {
@@ -77,21 +94,74 @@ LOADERS: dict[str, Callable[[Path, Path | None], PolicySource]] = {
 """Checkpoint kind → loader ``(checkpoint, normalization_stats) -> PolicySource``."""
 
 
+RLLIB_MARKERS = ("rllib_checkpoint.json", "algorithm_state.pkl")
+"""Files of which at least one sits at the top of an RLlib algorithm checkpoint directory."""
+
+
 def detect_kind(checkpoint: Path) -> str:
     """Guess the checkpoint kind: an SB3 ``.zip``, or an RLlib checkpoint directory.
+
+    A directory holding any of :data:`RLLIB_MARKERS` is ``"rllib"``.
 
     Raises:
         ValueError: If the path is neither.
     """
     if checkpoint.is_file() and checkpoint.suffix == ".zip":
         return "sb3"
-    markers = ("rllib_checkpoint.json", "algorithm_state.pkl")
-    if checkpoint.is_dir() and any((checkpoint / m).exists() for m in markers):
+    if checkpoint.is_dir() and any((checkpoint / m).is_file() for m in RLLIB_MARKERS):
         return "rllib"
     raise ValueError(
         f"cannot tell the kind of checkpoint {checkpoint}: expected an SB3 .zip file or an "
-        "RLlib checkpoint directory (pass kind= explicitly)"
+        "RLlib algorithm checkpoint directory (holding rllib_checkpoint.json; pass kind= "
+        "explicitly)"
     )
+
+
+def _sha256_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def checkpoint_sha256(path: str | Path) -> str:
+    r"""Hex sha256 identifying a checkpoint file or directory (recorded in the manifest).
+
+    For a file: the sha256 of its bytes (``sha256sum FILE``). For a directory: the sha256 of
+    a listing with one line per regular file below it (symlinks are not followed, empty
+    directories do not count), sorted by path::
+
+        <sha256 of the file, hex>  <path relative to the directory, '/'-separated>\n
+
+    which is the output of ``cd DIR && find . -type f -printf '%P\0' | LC_ALL=C sort -z |
+    xargs -0 sha256sum | sha256sum`` (for paths without newlines or backslashes). The hash
+    so covers every file's content and name, not timestamps or permissions.
+
+    Args:
+        path: The checkpoint.
+
+    Returns:
+        The hex digest.
+
+    Raises:
+        FileNotFoundError: If ``path`` does not exist.
+    """
+    root = Path(path)
+    if not root.is_dir():
+        return _sha256_file(root)
+    files: list[tuple[bytes, Path]] = []
+    for dirpath, dirnames, filenames in os.walk(root, followlinks=False):
+        dirnames.sort()
+        for name in filenames:
+            full = Path(dirpath) / name
+            if full.is_file() and not full.is_symlink():
+                rel = full.relative_to(root).as_posix().encode("utf-8", "surrogateescape")
+                files.append((rel, full))
+    listing = hashlib.sha256()
+    for rel, full in sorted(files):
+        listing.update(_sha256_file(full).encode("ascii") + b"  " + rel + b"\n")
+    return listing.hexdigest()
 
 
 def load_source(
@@ -103,19 +173,24 @@ def load_source(
     """Load a checkpoint as a :class:`PolicySource`.
 
     Args:
-        checkpoint: SB3 ``.zip`` (or, later, an RLlib checkpoint directory).
+        checkpoint: SB3 ``.zip``, or an RLlib algorithm checkpoint directory
+            (``Algorithm.save_to_path``, e.g. from :func:`pulsebms.agents.rllib.train_rllib`).
         normalization: Observation-normalisation statistics (SB3 ``VecNormalize`` pickle);
             for SB3, looked up beside the zip (``<stem>_vecnormalize.pkl``,
-            ``vecnormalize.pkl``) when ``None``.
+            ``vecnormalize.pkl``) when ``None``. Must be ``None`` for RLlib (the
+            ``MeanStdFilter`` statistics are read from the checkpoint).
         kind: ``"auto"``, ``"sb3"`` or ``"rllib"``.
 
     Returns:
         The loaded source.
 
     Raises:
-        FileNotFoundError: If the checkpoint does not exist.
-        ValueError: If the kind is unknown or cannot be detected.
-        NotImplementedError: For RLlib checkpoints (not yet supported).
+        FileNotFoundError: If the checkpoint does not exist, or a directory given as RLlib
+            is not an RLlib (new API stack) algorithm checkpoint.
+        ValueError: If the kind is unknown or cannot be detected, the spaces are not flat
+            ``Box`` spaces, or ``normalization`` is given for an RLlib checkpoint.
+        NotImplementedError: For RLlib policies the deployed module cannot express (a
+            non-Gaussian action distribution, a multi-agent observation filter).
     """
     path = Path(checkpoint)
     if not path.exists():

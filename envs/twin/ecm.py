@@ -9,10 +9,11 @@ per process, ~1 s):
   they are shipped and on the same SoC reference, so that twin and shield agree; otherwise
   it is derived here as the rest voltage of the physics model on a 101-point grid (the two
   agree to 1 nV).
-* **R0, R1, τ(SoC)** are fitted, at 9 SoC points (10 … 90 %), to the physics model's
-  voltage response to ±C/2 pulses of 60 s from rest:
+* **R0, R1, τ(T, SoC)** are fitted, at 9 SoC points (10 … 90 %) and 8 temperatures
+  (−10 … 60 °C), to the physics model's voltage response to ±C/2 pulses of 60 s from rest:
   ``(OCV − V)/I = R0 + R1 (1 − exp(−t/τ))``, least squares over a grid of τ, discharge and
-  charge averaged.
+  charge averaged; the twin interpolates them bilinearly at each pack's temperature
+  (clamped outside the grid).
 * **Thermal mass** is read from the physics model's cooling transient (zero current, 10 K
   above ambient), the cooling area from the parameter set.
 
@@ -42,11 +43,12 @@ from pulsebms.envs.twin.common import (
 )
 from pulsebms.envs.twin.parameters import cell_facts
 
-__all__ = ["EcmTables", "EcmTwin", "ecm_tables"]
+__all__ = ["EcmTables", "EcmTwin", "circuit_at", "ecm_tables"]
 
 _FIT_SOC = np.linspace(0.1, 0.9, 9)
 _FIT_TIMES_S = np.arange(1.0, 61.0)
 _FIT_C_RATE = 0.5
+_FIT_TEMPERATURE_C = np.arange(-10.0, 61.0, 10.0)
 _TAU_GRID_S = np.geomspace(1.0, 600.0, 80)
 
 
@@ -59,9 +61,12 @@ class EcmTables:
         soc_grid: SoC grid of the OCV table.
         ocv_v: Open-circuit voltage on ``soc_grid`` at 25 °C [V].
         fit_soc: SoC points of the resistance fit.
-        r0_ohm: Series resistance at ``fit_soc`` [Ω].
-        r1_ohm: RC resistance at ``fit_soc`` [Ω].
-        tau_s: RC time constant at ``fit_soc`` [s].
+        r0_ohm: Series resistance at ``fit_soc``, 25 °C [Ω].
+        r1_ohm: RC resistance at ``fit_soc``, 25 °C [Ω].
+        tau_s: RC time constant at ``fit_soc``, 25 °C [s].
+        fit_temperature_c: Temperatures of the fit [°C] (uniform grid).
+        circuit_by_temperature: R0 [Ω], R1 [Ω], τ [s] on (``fit_temperature_c``,
+            ``fit_soc``), shape ``(3, n_temperatures, n_soc)``.
         heat_capacity_j_k: Cell heat capacity [J/K].
         cooling_area_m2: Cell cooling area [m²].
         nominal_voltage_v: Mean OCV over SoC 0…1 [V].
@@ -74,6 +79,8 @@ class EcmTables:
     r0_ohm: FloatArray
     r1_ohm: FloatArray
     tau_s: FloatArray
+    fit_temperature_c: FloatArray
+    circuit_by_temperature: FloatArray
     heat_capacity_j_k: float
     cooling_area_m2: float
     nominal_voltage_v: float
@@ -116,6 +123,34 @@ class EcmTables:
         )
 
 
+def _fit_one_rc(resistance: FloatArray) -> FloatArray:
+    """Least-squares ``R0 + R1 (1 − exp(−t/τ))`` to a pulse's ``(OCV − V)/I`` (τ on a grid)."""
+    best = (np.inf, 0.0, 0.0, 1.0)
+    for tau_try in _TAU_GRID_S:
+        basis = np.column_stack([np.ones_like(_FIT_TIMES_S), 1 - np.exp(-_FIT_TIMES_S / tau_try)])
+        coef, *_ = np.linalg.lstsq(basis, resistance, rcond=None)
+        coef = np.maximum(coef, 0.0)
+        err = float(np.sum((basis @ coef - resistance) ** 2))
+        if err < best[0]:
+            best = (err, float(coef[0]), float(coef[1]), float(tau_try))
+    return np.array(best[1:])
+
+
+def _fill_from_nearest_temperature(circuit: FloatArray) -> FloatArray:
+    """Replace failed fits (NaN) by the fit at the nearest temperature with one."""
+    filled = circuit.copy()
+    n_temp = circuit.shape[1]
+    for j in range(circuit.shape[2]):
+        valid = [t for t in range(n_temp) if np.all(np.isfinite(circuit[:, t, j]))]
+        if not valid:
+            raise RuntimeError(f"no resistance fit succeeded at SoC index {j}")
+        for t in range(n_temp):
+            if t not in valid:
+                nearest = min(valid, key=lambda v: abs(v - t))
+                filled[:, t, j] = circuit[:, nearest, j]
+    return filled
+
+
 def _shield_ocv(chemistry: str, capacity_ah: float) -> tuple[FloatArray, FloatArray] | None:
     """The shield's OCV table for ``chemistry`` if it is shipped and on the same SoC reference."""
     try:
@@ -149,7 +184,12 @@ def ecm_tables(chemistry: str) -> EcmTables:
         >>> 3.1 < tab.nominal_voltage_v < 3.3
         True
     """
-    from pulsebms.envs.twin.physics import INPUT_NAMES, compiled_cell, static_inputs
+    from pulsebms.envs.twin.physics import (
+        INPUT_NAMES,
+        compiled_cell,
+        quiet_native_output,
+        static_inputs,
+    )
 
     facts = cell_facts(chemistry)
     cell = compiled_cell(facts.chemistry, "SPM")
@@ -171,51 +211,50 @@ def ecm_tables(chemistry: str) -> EcmTables:
         y_grid, p_grid = rest(soc_grid)
         ocv = cell.mapped("outputs", soc_grid.size, 1)(y_grid, p_grid).full()[0]
 
-    # ±C/2 pulses at each fit SoC, plus one cooling transient at rest (last column).
-    soc_pulse = np.concatenate([_FIT_SOC, _FIT_SOC, [0.5]])
-    y, p = rest(soc_pulse)
-    current = np.concatenate(
-        [
-            np.full(_FIT_SOC.size, _FIT_C_RATE * facts.capacity_ah),
-            np.full(_FIT_SOC.size, -_FIT_C_RATE * facts.capacity_ah),
-            [0.0],
-        ]
-    )
+    # ±C/2 pulses at each fit SoC and temperature (cell and ambient at that temperature),
+    # plus one cooling transient at rest, 10 K above a 25 °C ambient (last column).
+    n_soc, n_temp = _FIT_SOC.size, _FIT_TEMPERATURE_C.size
+    soc_pulse = np.concatenate([np.tile(np.concatenate([_FIT_SOC, _FIT_SOC]), n_temp), [0.5]])
+    temp_pulse = np.concatenate([np.repeat(_FIT_TEMPERATURE_C, 2 * n_soc), [35.0]])
+    amp = _FIT_C_RATE * facts.capacity_ah
+    one_temp = np.concatenate([np.full(n_soc, amp), np.full(n_soc, -amp)])
+    current = np.concatenate([np.tile(one_temp, n_temp), [0.0]])
+    p = np.zeros((n_inputs, soc_pulse.size))
     p[0] = current
-    y_hot, p_hot = rest(np.array([0.5]), temperature_c=35.0)
-    y[:, -1] = y_hot[:, 0]
-    p[3:6, -1] = p_hot[3:6, 0]
+    p[1] = np.concatenate([temp_pulse[:-1], [25.0]]) + 273.15
+    p[2] = 10.0
+    p[3:6] = static_inputs(facts.chemistry, soc_pulse, temp_pulse)
+    y = cell.mapped("initial_state", soc_pulse.size, 1)(p).full()
     step = cell.mapped("integrator", soc_pulse.size, 1)
     out = cell.mapped("outputs", soc_pulse.size, 1)
     params = np.vstack([p, np.ones((1, soc_pulse.size))])
     voltages = np.zeros((_FIT_TIMES_S.size, soc_pulse.size))
     temp_k = 0.0
-    for k in range(_FIT_TIMES_S.size):
-        y = np.array(step(x0=y, p=params)["xf"], dtype=np.float64)
-        o = np.array(out(y, p), dtype=np.float64)
-        voltages[k] = o[0]
-        temp_k = float(o[1, -1])
+    with quiet_native_output():
+        for k in range(_FIT_TIMES_S.size):
+            y = step(x0=y, p=params)["xf"].full()
+            o = out(y, p).full()
+            voltages[k] = o[0]
+            temp_k = float(o[1, -1])
     soc_t = (
         soc_pulse[:, None] - current[:, None] * _FIT_TIMES_S[None, :] / 3600.0 / facts.capacity_ah
     )
     ocv_t = np.interp(soc_t, soc_grid, ocv)
     drop = (ocv_t - voltages.T) / np.where(current == 0, 1.0, current)[:, None]
-    n = _FIT_SOC.size
-    resistance = 0.5 * (drop[:n] + drop[n : 2 * n])
-    r0 = np.zeros(n)
-    r1 = np.zeros(n)
-    tau = np.zeros(n)
-    for j in range(n):
-        best = np.inf
-        for tau_try in _TAU_GRID_S:
-            basis = np.column_stack(
-                [np.ones_like(_FIT_TIMES_S), 1 - np.exp(-_FIT_TIMES_S / tau_try)]
-            )
-            coef, *_ = np.linalg.lstsq(basis, resistance[j], rcond=None)
-            coef = np.maximum(coef, 0.0)
-            err = float(np.sum((basis @ coef - resistance[j]) ** 2))
-            if err < best:
-                best, r0[j], r1[j], tau[j] = err, coef[0], coef[1], tau_try
+    circuit = np.full((3, n_temp, n_soc), np.nan)
+    for t in range(n_temp):
+        block = drop[2 * n_soc * t : 2 * n_soc * (t + 1)]
+        resistance = 0.5 * (block[:n_soc] + block[n_soc:])
+        for j in range(n_soc):
+            if np.all(np.isfinite(resistance[j])):
+                circuit[:, t, j] = _fit_one_rc(resistance[j])
+    circuit = _fill_from_nearest_temperature(circuit)
+    at_25 = np.array(
+        [
+            [np.interp(25.0, _FIT_TEMPERATURE_C, circuit[k, :, j]) for j in range(n_soc)]
+            for k in range(3)
+        ]
+    )
     h_a = 10.0 * facts.cooling_area_m2
     heat_capacity = h_a * _FIT_TIMES_S[-1] / np.log(10.0 / (temp_k - 298.15))
     return EcmTables(
@@ -223,13 +262,52 @@ def ecm_tables(chemistry: str) -> EcmTables:
         soc_grid=soc_grid,
         ocv_v=ocv,
         fit_soc=_FIT_SOC.copy(),
-        r0_ohm=r0,
-        r1_ohm=r1,
-        tau_s=tau,
+        r0_ohm=at_25[0],
+        r1_ohm=at_25[1],
+        tau_s=at_25[2],
+        fit_temperature_c=_FIT_TEMPERATURE_C.copy(),
+        circuit_by_temperature=circuit,
         heat_capacity_j_k=float(heat_capacity),
         cooling_area_m2=facts.cooling_area_m2,
         nominal_voltage_v=nominal_cell_voltage_v(soc_grid, ocv),
     )
+
+
+def _uniform_weights(grid: FloatArray, x: FloatArray) -> tuple[Any, FloatArray]:
+    """Cell index and linear weight of ``x`` on a uniform ``grid`` (clamped to its ends)."""
+    step = grid[1] - grid[0]
+    u = np.minimum(np.maximum((x - grid[0]) / step, 0.0), grid.size - 1.0)
+    j = np.minimum(u.astype(np.int64), grid.size - 2)
+    return j, u - j
+
+
+def circuit_at(
+    table: FloatArray,
+    temperature_grid_c: FloatArray,
+    soc_grid: FloatArray,
+    soc: FloatArray,
+    temperature_c: FloatArray,
+) -> tuple[FloatArray, FloatArray, FloatArray]:
+    """R0 [Ω], R1 [Ω], τ [s] per pack, bilinear in (temperature, SoC), clamped to the grids.
+
+    Args:
+        table: Per-pack circuit tables, shape ``(3, n_packs, n_temperatures, n_soc)``
+            (:attr:`EcmTables.circuit_by_temperature` stacked on axis 1).
+        temperature_grid_c: Uniform temperature grid [°C].
+        soc_grid: Uniform SoC grid.
+        soc: SoC per pack.
+        temperature_c: Temperature per pack [°C].
+
+    Returns:
+        R0, R1 and τ per pack.
+    """
+    rows = np.arange(table.shape[1])
+    js, ws = _uniform_weights(soc_grid, soc)
+    jt, wt = _uniform_weights(temperature_grid_c, temperature_c)
+    low = table[:, rows, jt, js] * (1.0 - ws) + table[:, rows, jt, js + 1] * ws
+    high = table[:, rows, jt + 1, js] * (1.0 - ws) + table[:, rows, jt + 1, js + 1] * ws
+    r0, r1, tau = low * (1.0 - wt) + high * wt
+    return r0, r1, tau
 
 
 class EcmTwin(BatchedTwin):
@@ -254,9 +332,6 @@ class EcmTwin(BatchedTwin):
         self._fit_soc = tables[chems[0]].fit_soc
         rows = [tables[c] for c in self._chemistry]
         self._ocv = np.array([t.ocv_v for t in rows])
-        self._r0 = np.array([t.r0_ohm for t in rows])
-        self._r1 = np.array([t.r1_ohm for t in rows])
-        self._tau = np.array([t.tau_s for t in rows])
         self._heat_capacity = np.array([t.heat_capacity_j_k for t in rows])
         self._h_a = np.array(
             [
@@ -264,7 +339,9 @@ class EcmTwin(BatchedTwin):
                 for p, t in zip(self.packs, rows, strict=True)
             ]
         )
-        self._circuit = np.stack([self._r0, self._r1, self._tau])
+        self._fit_temperature_c = tables[chems[0]].fit_temperature_c
+        # (3, n_packs, n_temperatures, n_soc): R0, R1, τ per pack on (temperature, SoC).
+        self._circuit = np.stack([t.circuit_by_temperature for t in rows], axis=1)
         self._ocv_slope = np.gradient(self._ocv, self._soc_grid, axis=1)
         self._all_ok = np.ones(n, dtype=bool)
         self._rows = np.arange(n)
@@ -274,10 +351,13 @@ class EcmTwin(BatchedTwin):
     @staticmethod
     def _weights(grid: FloatArray, soc: FloatArray) -> tuple[Any, FloatArray]:
         """Cell index and linear weight of ``soc`` on a uniform ``grid`` (clamped to its ends)."""
-        step = grid[1] - grid[0]
-        x = np.minimum(np.maximum((soc - grid[0]) / step, 0.0), grid.size - 1.0)
-        j = np.minimum(x.astype(np.int64), grid.size - 2)
-        return j, x - j
+        return _uniform_weights(grid, soc)
+
+    def _circuit_at(
+        self, soc: FloatArray, temperature_c: FloatArray
+    ) -> tuple[FloatArray, FloatArray, FloatArray]:
+        """R0 [Ω], R1 [Ω], τ [s] per pack, bilinear in (temperature, SoC), clamped."""
+        return circuit_at(self._circuit, self._fit_temperature_c, self._fit_soc, soc, temperature_c)
 
     def _lookup(self, table: FloatArray, where: tuple[Any, FloatArray]) -> FloatArray:
         """Row-wise linear interpolation of ``table`` (..., n, m) at ``where``."""
@@ -292,7 +372,7 @@ class EcmTwin(BatchedTwin):
         return np.where(mask, ocv, self._voltage_v)
 
     def _power_model(self, dt_s: float) -> tuple[FloatArray, FloatArray]:
-        r0, r1, tau = self._lookup(self._circuit, self._weights(self._fit_soc, self._soc))
+        r0, r1, tau = self._circuit_at(self._soc, self._temperature_c)
         # Mean over the step of the RC build-up/decay, and of the OCV drift with SoC.
         frac = tau / dt_s * (1.0 - np.exp(-dt_s / tau))
         slope_v = self._lookup(self._ocv_slope, self._weights(self._soc_grid, self._soc))
@@ -303,7 +383,7 @@ class EcmTwin(BatchedTwin):
     def _propose(self, model_current_a: FloatArray, dt_s: float, ambient_c: FloatArray) -> Proposal:
         i = model_current_a
         soc_end = self._soc - i * dt_s / 3600.0 / self._capacity_ah
-        r0, r1, tau = self._lookup(self._circuit, self._weights(self._fit_soc, self._soc))
+        r0, r1, tau = self._circuit_at(self._soc, self._temperature_c)
         decay = np.exp(-dt_s / tau)
         v_rc = self._v_rc * decay + i * r1 * (1.0 - decay)
         ocv_end = self._lookup(self._ocv, self._weights(self._soc_grid, soc_end))

@@ -427,6 +427,13 @@ class PhysicsTwin(BatchedTwin):
         self.fallback_steps = 0
         """Pack-steps redone by CVODES since construction (diagnostic)."""
         self._tables = tables
+        first = tables[chems[0]] if chems else None
+        if first is not None:
+            self._shadow_table = np.stack(
+                [tables[c].circuit_by_temperature for c in self._chemistry], axis=1
+            )
+            self._shadow_temperature_grid = first.fit_temperature_c
+            self._shadow_soc_grid = first.fit_soc
         if n_threads < 1:
             raise ValueError(f"n_threads must be >= 1, got {n_threads}")
         self._n_threads = int(n_threads)
@@ -505,12 +512,20 @@ class PhysicsTwin(BatchedTwin):
         self, soc: FloatArray
     ) -> tuple[FloatArray, FloatArray, FloatArray, FloatArray, FloatArray]:
         """OCV, dOCV/dSoC, R0, R1, τ of the circuit fitted to this model, per pack."""
-        ocv, slope, r0, r1, tau = (np.zeros(self.n_packs) for _ in range(5))
+        from pulsebms.envs.twin.ecm import circuit_at
+
+        ocv, slope = np.zeros(self.n_packs), np.zeros(self.n_packs)
         for g in self._groups:
             tab, sel = self._tables[g.chemistry], soc[g.index]
             ocv[g.index] = tab.ocv(sel)
             slope[g.index] = tab.ocv_slope(sel)
-            r0[g.index], r1[g.index], tau[g.index] = tab.circuit(sel)
+        r0, r1, tau = circuit_at(
+            self._shadow_table,
+            self._shadow_temperature_grid,
+            self._shadow_soc_grid,
+            soc,
+            self._temperature_c,
+        )
         return ocv, slope, r0, r1, tau
 
     def _power_model(self, dt_s: float) -> tuple[FloatArray, FloatArray]:

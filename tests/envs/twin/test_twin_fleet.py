@@ -140,17 +140,19 @@ def test_ecm_ocv_is_the_shields_and_the_physics_rest_voltage(chem: str) -> None:
 
 
 @pytest.mark.parametrize("chem", CHEMS)
-def test_ecm_tracks_physics_loosely(chem: str) -> None:
-    packs = [PackSpec(chem, initial_soc=0.5)]
+@pytest.mark.parametrize("temperature_c", [0.0, 25.0])
+def test_ecm_tracks_physics_loosely(chem: str, temperature_c: float) -> None:
+    """The circuit fitted to the physics model follows it (15 min of random ±C/2)."""
+    packs = [PackSpec(chem, initial_soc=0.5, initial_temperature_c=temperature_c)]
     physics, ecm = make_twin(packs, "physics"), make_twin(packs, "ecm")
-    currents = _profile(physics, 90, seed=3, c_rate=0.5)
     worst = 0.0
-    for current in currents:
-        a = physics.step_current(current, 10.0, 25.0)
-        b = ecm.step_current(current, 10.0, 25.0)
+    for current in _profile(physics, 90, seed=3, c_rate=0.5):
+        a = physics.step_current(current, 10.0, temperature_c)
+        b = ecm.step_current(current, 10.0, temperature_c)
         worst = max(worst, abs(a.cell_voltage_v[0] - b.cell_voltage_v[0]))
-    assert worst < 0.06, f"ECM vs physics {worst * 1e3:.1f} mV"
+    assert worst < 0.04, f"ECM vs physics {worst * 1e3:.1f} mV"
     np.testing.assert_allclose(a.soc, b.soc, atol=1e-12)
+    np.testing.assert_allclose(a.temperature_c, b.temperature_c, atol=0.3)
 
 
 def test_power_set_point_is_delivered(twin: FleetTwin) -> None:
