@@ -25,7 +25,7 @@ from numpy.typing import NDArray
 from pulsebms.agents.rllib import RLlibPolicy, rllib_torch_policy
 from pulsebms.export.source import PolicySource
 
-__all__ = ["ClippedPolicy", "RLlibSource"]
+__all__ = ["ClippedPolicy", "RLlibSource", "detect_algorithm"]
 
 
 class ClippedPolicy(torch.nn.Module):

@@ -24,6 +24,8 @@ import numpy as np
 import torch
 from numpy.typing import NDArray
 
+from pulsebms.edge_runtime.manifest import sha256_file
+
 __all__ = [
     "LOADERS",
     "RLLIB_MARKERS",
@@ -117,14 +119,6 @@ def detect_kind(checkpoint: Path) -> str:
     )
 
 
-def _sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
 def checkpoint_sha256(path: str | Path) -> str:
     r"""Hex sha256 identifying a checkpoint file or directory (recorded in the manifest).
 
@@ -149,7 +143,7 @@ def checkpoint_sha256(path: str | Path) -> str:
     """
     root = Path(path)
     if not root.is_dir():
-        return _sha256_file(root)
+        return sha256_file(root)
     files: list[tuple[bytes, Path]] = []
     for dirpath, dirnames, filenames in os.walk(root, followlinks=False):
         dirnames.sort()
@@ -160,7 +154,7 @@ def checkpoint_sha256(path: str | Path) -> str:
                 files.append((rel, full))
     listing = hashlib.sha256()
     for rel, full in sorted(files):
-        listing.update(_sha256_file(full).encode("ascii") + b"  " + rel + b"\n")
+        listing.update(sha256_file(full).encode("ascii") + b"  " + rel + b"\n")
     return listing.hexdigest()
 
 

@@ -70,6 +70,7 @@ class EcmTables:
         heat_capacity_j_k: Cell heat capacity [J/K].
         cooling_area_m2: Cell cooling area [m²].
         nominal_voltage_v: Mean OCV over SoC 0…1 [V].
+        ocv_slope_v: dOCV/dSoC on ``soc_grid`` [V].
     """
 
     chemistry: str
@@ -84,6 +85,7 @@ class EcmTables:
     heat_capacity_j_k: float
     cooling_area_m2: float
     nominal_voltage_v: float
+    ocv_slope_v: FloatArray
 
     def ocv(self, soc: FloatArray) -> FloatArray:
         """Open-circuit voltage at ``soc`` [V] (clamped to the table's ends)."""
@@ -105,7 +107,7 @@ class EcmTables:
 
     def ocv_slope(self, soc: FloatArray) -> FloatArray:
         """dOCV/dSoC at ``soc`` [V]."""
-        return np.interp(soc, self.soc_grid, np.gradient(self.ocv_v, self.soc_grid))
+        return np.interp(soc, self.soc_grid, self.ocv_slope_v)
 
     def step_resistance_ohm(self, soc: FloatArray, dt_s: float) -> FloatArray:
         """Resistance of the mean voltage over a step of ``dt_s`` from rest [Ω].
@@ -115,7 +117,7 @@ class EcmTables:
         """
         tau = np.interp(soc, self.fit_soc, self.tau_s)
         frac = tau / dt_s * (1.0 - np.exp(-dt_s / tau))
-        slope = np.interp(soc, self.soc_grid, np.gradient(self.ocv_v, self.soc_grid))
+        slope = self.ocv_slope(soc)
         return (
             np.interp(soc, self.fit_soc, self.r0_ohm)
             + np.interp(soc, self.fit_soc, self.r1_ohm) * (1.0 - frac)
@@ -270,6 +272,7 @@ def ecm_tables(chemistry: str) -> EcmTables:
         heat_capacity_j_k=float(heat_capacity),
         cooling_area_m2=facts.cooling_area_m2,
         nominal_voltage_v=nominal_cell_voltage_v(soc_grid, ocv),
+        ocv_slope_v=np.gradient(ocv, soc_grid),
     )
 
 
@@ -342,7 +345,7 @@ class EcmTwin(BatchedTwin):
         self._fit_temperature_c = tables[chems[0]].fit_temperature_c
         # (3, n_packs, n_temperatures, n_soc): R0, R1, τ per pack on (temperature, SoC).
         self._circuit = np.stack([t.circuit_by_temperature for t in rows], axis=1)
-        self._ocv_slope = np.gradient(self._ocv, self._soc_grid, axis=1)
+        self._ocv_slope = np.array([t.ocv_slope_v for t in rows])
         self._all_ok = np.ones(n, dtype=bool)
         self._rows = np.arange(n)
         self._v_rc = np.zeros(n)

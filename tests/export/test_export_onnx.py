@@ -168,14 +168,6 @@ def test_layout_mismatch_is_refused(ppo_checkpoint: Path, tmp_path: Path) -> Non
     assert list(tmp_path.iterdir()) == []
 
 
-def test_rllib_seam_is_explicit(tmp_path: Path) -> None:
-    ckpt = tmp_path / "rllib"
-    ckpt.mkdir()
-    (ckpt / "rllib_checkpoint.json").write_text("{}")
-    with pytest.raises(NotImplementedError, match="RLlib"):
-        load_source(ckpt)
-
-
 def test_cli_exports_and_reports_errors(
     ppo_checkpoint: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str], fleet_spec
 ) -> None:  # type: ignore[no-untyped-def]
