@@ -108,9 +108,9 @@ NOMINAL_CELL_VOLTAGE_V: dict[str, float] = {"LFP": 3.2, "NMC": 3.63, "LCO": 3.7}
 """Nominal cell voltage per chemistry [V], used only to price degradation per kWh."""
 
 DEFAULT_FLEET: tuple[PackSpec, ...] = (
-    PackSpec("LFP", series=16, parallel=8, initial_soc=0.6, name="lfp-0"),
+    PackSpec("LFP", series=16, parallel=8, initial_soc=0.6, initial_soh=0.97, name="lfp-0"),
     PackSpec("NMC", series=14, parallel=4, initial_soc=0.5, initial_soh=0.95, name="nmc-1"),
-    PackSpec("LCO", series=14, parallel=20, initial_soc=0.5, name="lco-2"),
+    PackSpec("LCO", series=14, parallel=20, initial_soc=0.5, initial_soh=0.96, name="lco-2"),
 )
 """The default mixed fleet (LFP, NMC, LCO), each pack about 1 kWh."""
 

@@ -63,7 +63,7 @@ def mixed_fleet(n_packs: int) -> list[dict[str, Any]]:
                 "series": series,
                 "parallel": parallel,
                 "initial_soc": round(0.35 + 0.3 * ((i * 7) % 11) / 10.0, 3),
-                "initial_soh": round(1.0 - 0.06 * ((i * 5) % 7) / 6.0, 4),
+                "initial_soh": round(0.98 - 0.06 * ((i * 5) % 7) / 6.0, 4),
                 "name": f"{chem.lower()}-{i}",
             }
         )

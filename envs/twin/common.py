@@ -189,7 +189,7 @@ class BatchedTwin:
         self._reasons = [""] * n
         self._soh_ref = np.array([p.initial_soh for p in self.packs], dtype=np.float64)
         self._soh = self._soh_ref.copy()
-        self._ageing.reset()
+        self._ageing.reset(prior_loss=1.0 - self._soh_ref)
         all_packs = np.ones(n, dtype=bool)
         self._soc = soc
         self._temperature_c = temp
@@ -229,7 +229,7 @@ class BatchedTwin:
                 raise ValueError(f"soh must be in (0, 1], got {soh_arr}")
             self._soh_ref = soh_arr.copy()
             self._soh = soh_arr.copy()
-            self._ageing.reset()
+            self._ageing.reset(prior_loss=1.0 - self._soh_ref)
         if soc is None and temperature_c is None:
             if soh is not None:
                 self._reinitialise_soh()

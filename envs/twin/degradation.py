@@ -76,19 +76,35 @@ class EmpiricalAgeing:
         """Calendar loss per pack, fraction of capacity (not accelerated)."""
         self.cycle_loss = np.zeros(n)
         """Cycle loss per pack, fraction of capacity (not accelerated)."""
+        self._prior_loss = np.zeros(n)
         self._soc_at_reversal = np.full(n, np.nan)
         self._last_sign = np.zeros(n)
 
     @property
     def loss_fraction(self) -> FloatArray:
-        """Total loss per pack, fraction of capacity (calendar + cycle, not accelerated)."""
-        return self.calendar_loss + self.cycle_loss
+        """Loss per pack since the last reset, fraction of capacity (not accelerated)."""
+        return self.calendar_loss + self.cycle_loss - self._prior_loss
 
-    def reset(self, mask: NDArray[np.bool_] | None = None) -> None:
-        """Forget accumulated loss (all packs, or those where ``mask`` is true)."""
+    def reset(
+        self, mask: NDArray[np.bool_] | None = None, prior_loss: FloatArray | None = None
+    ) -> None:
+        """Restart the laws (all packs, or those where ``mask`` is true).
+
+        Args:
+            mask: Packs to restart; all when None.
+            prior_loss: Capacity already lost per pack (fraction, ``1 − SoH``), split equally
+                between calendar and cycle ageing (an assumption: a pack's history is
+                unknown). The laws then continue from that point of their curves, so an
+                aged pack fades at the slower rate of an aged cell instead of restarting
+                at the steep start of a fresh cell's √t / √Q curve. :attr:`loss_fraction`
+                counts only the loss *since* the restart.
+        """
         sel = np.ones(self.calendar_loss.shape, dtype=bool) if mask is None else mask
-        self.calendar_loss[sel] = 0.0
-        self.cycle_loss[sel] = 0.0
+        prior = np.zeros(self.calendar_loss.shape) if prior_loss is None else prior_loss
+        prior = np.clip(np.asarray(prior, dtype=np.float64), 0.0, 1.0)
+        self._prior_loss = np.where(sel, prior, self._prior_loss)
+        self.calendar_loss[sel] = 0.5 * prior[sel]
+        self.cycle_loss[sel] = 0.5 * prior[sel]
         self._soc_at_reversal[sel] = np.nan
         self._last_sign[sel] = 0.0
 

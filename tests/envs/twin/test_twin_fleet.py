@@ -418,3 +418,29 @@ def test_degradation_sources_are_selectable() -> None:
     assert soh["sei+empirical"] == pytest.approx(soh["sei"] + soh["empirical"] - 1.0, abs=1e-12)
     with pytest.raises(ValueError, match="degradation"):
         make_twin(packs, "ecm", degradation="magic")
+
+
+def test_aged_pack_fades_slower_than_a_fresh_one() -> None:
+    """The fade laws continue from the loss matching the initial SoH (equivalent-time rule).
+
+    Guards a known bug shape: restarting every law at zero loss made an aged pack fade at a
+    fresh cell's steep initial rate, pricing a cycle tens of times too high.
+    """
+    from pulsebms.envs.pack import PackSpec
+    from pulsebms.envs.twin import make_twin
+
+    packs = [
+        PackSpec("NMC", series=1, parallel=1, initial_soc=0.5, initial_soh=1.0),
+        PackSpec("NMC", series=1, parallel=1, initial_soc=0.5, initial_soh=0.9),
+    ]
+    twin = make_twin(packs, fidelity="ecm")
+    twin.reset()
+    capacity_ah = float(twin.ratings.cell_capacity_ah[0])
+    for k in range(40):
+        sign = 1.0 if (k // 10) % 2 == 0 else -1.0
+        states = twin.step_current(np.full(2, sign * capacity_ah), 60.0, 25.0)
+    loss_fresh = 1.0 - states.soh[0]
+    loss_aged = 0.9 - states.soh[1]
+    assert loss_fresh > 0
+    assert loss_aged > 0
+    assert loss_aged < 0.5 * loss_fresh
