@@ -100,7 +100,7 @@ def run_demo(
     trained: dict[str, Any] = {}
 
     def env_stage() -> dict[str, Any]:
-        env = gym.make(ENV_ID)
+        env: Any = gym.make(ENV_ID)
         pulsebms.envs.check_fleet_env(env, seed=seed)
         unwrapped = env.unwrapped
         figures = {

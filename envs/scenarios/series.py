@@ -159,12 +159,12 @@ def build_series(
     start_hour = scenario.start_hour
     if csv is not None and csv.start_day is not None and csv.start_hour is not None:
         start_day, start_hour = csv.start_day, csv.start_hour
-    elapsed_s = np.arange(n_samples) * dt_s
+    elapsed_s = np.arange(n_samples, dtype=np.float64) * dt_s
     time_s = start_day * _DAY_S + start_hour * 3600.0 + elapsed_s
-    mid_s = time_s + 0.5 * dt_s  # interval means are taken at the interval's middle
+    mid_s: FloatArray = np.asarray(time_s + 0.5 * dt_s, dtype=np.float64)  # interval means are taken at the interval's middle
     hour_of_day = np.mod(time_s / 3600.0, 24.0)
-    mid_hour = mid_s / 3600.0
-    mid_day = np.mod(mid_s / _DAY_S, 365.0)
+    mid_hour: FloatArray = mid_s / 3600.0
+    mid_day: FloatArray = np.mod(mid_s / _DAY_S, 365.0)
 
     # Sizing.
     peak_w = (
