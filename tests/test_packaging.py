@@ -84,6 +84,11 @@ def test_wheel_installs_one_top_level_name(wheel_install: tuple[Path, Path]) -> 
     assert {t for t in tops if not t.endswith(".dist-info")} == {"pulsebms"}
     assert "pulsebms/py.typed" in names
     assert "pulsebms/safety/state.py" in names
+    # Package data every user path needs: Hydra configs, cell tables, the project DBC.
+    assert "pulsebms/configs/config.yaml" in names
+    assert any(n.startswith("pulsebms/configs/experiment/") for n in names)
+    assert "pulsebms/safety/data/cell_tables.json" in names
+    assert "pulsebms/edge_runtime/data/pulsebms.dbc" in names
 
 
 def test_regular_install_imports_every_subpackage(wheel_install: tuple[Path, Path]) -> None:
