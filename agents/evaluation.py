@@ -6,10 +6,10 @@ ratings and limits; the oracle MPC reads its scenario), rolled out for one episo
 rule-based baseline's value (CityLearn style: < 1 is better than the baseline for costs).
 
 Example:
-    >>> from pulsebms.agents import evaluate_policies, rule_factory
+    >>> from pulsebms.agents import baseline_factories, evaluate_policies
     >>> table = evaluate_policies(  # doctest: +SKIP
-    ...     {"rule_soc": rule_factory("soc"), "rule_equal": rule_factory("equal")},
-    ...     env_id="PulseBMS/FleetSmall-v0", scenarios=["default"], seeds=[0],
+    ...     baseline_factories(["rule_soc", "rule_equal", "mpc"]),
+    ...     env_id="PulseBMS/FleetSmall-v0", scenarios=["default", "tou"], seeds=[0, 1],
     ... )
     >>> print(table.to_markdown())  # doctest: +SKIP
 """

@@ -69,8 +69,9 @@ def allocate_power(
     target = abs(float(demand_w))
     if target == 0.0 or not np.any(w > 0):
         return np.zeros_like(w)
+    sign = 1.0 if demand_w > 0 else -1.0
     if cap.sum() <= target:
-        return np.sign(demand_w) * cap
+        return sign * cap
     lo, hi = 0.0, float(np.max(np.divide(cap, w, out=np.zeros_like(w), where=w > 0)))
     for _ in range(iterations):
         mid = 0.5 * (lo + hi)
@@ -78,7 +79,8 @@ def allocate_power(
             lo = mid
         else:
             hi = mid
-    return float(np.sign(demand_w)) * np.minimum(hi * w, cap)
+    out: FloatArray = sign * np.minimum(hi * w, cap)
+    return out
 
 
 class RulePolicy:
@@ -202,8 +204,9 @@ class HealthAwarePolicy(SocProportionalPolicy):
         """Usable charge × SoH^k × cycle-life factor × thermal derating."""
         hot = np.clip((self.temperature_max_c - fleet.temperature_c) / self.derate_margin_c, 0, 1)
         cold = np.clip((fleet.temperature_c - self.temperature_min_c) / self.derate_margin_c, 0, 1)
-        soh = np.clip(fleet.soh, 0.0, 1.0) ** self.soh_exponent
-        return self._headroom(fleet, discharge) * soh * self.chemistry_factor * hot * cold
+        soh = np.power(np.clip(fleet.soh, 0.0, 1.0), self.soh_exponent)
+        weight = self._headroom(fleet, discharge) * soh * self.chemistry_factor * hot * cold
+        return np.asarray(weight, dtype=np.float64)
 
 
 _RULES: dict[str, type[RulePolicy]] = {

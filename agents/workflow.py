@@ -149,7 +149,7 @@ def compare_with_baselines(
     """
     policies: dict[str, PolicyFactory] = {}
     for name, agent in agents.items():
-        if callable(getattr(agent, "act", None)):
+        if isinstance(agent, Policy):
             policies[name] = partial(_fixed, agent)
         else:
             policies[name] = agent

@@ -11,7 +11,7 @@ import os
 import random
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 from hydra.core.hydra_config import HydraConfig
 from hydra.utils import instantiate
@@ -212,7 +212,7 @@ def agent_factory(node: DictConfig | Mapping[str, Any]) -> PolicyFactory:
     factory = instantiate(node, _convert_="object")
     if not callable(factory):
         raise ConfigError(f"agent {node.get('_target_')!r} is not a policy factory")
-    return factory
+    return cast(PolicyFactory, factory)
 
 
 def init_wandb(cfg: DictConfig, directory: Path, run_name: str) -> Any | None:

@@ -40,6 +40,9 @@ __all__ = ["DIRECTIONS", "CellModel", "FleetCellModel", "UniformGrid", "default_
 
 FloatArray = NDArray[np.float64]
 
+_OCV_PAD = 2
+"""Cells appended to each signed OCV block (see :meth:`FleetCellModel.signed_ocv_bound`)."""
+
 DIRECTIONS: tuple[str, str] = ("discharge", "charge")
 """Current directions with their own resistance table."""
 
@@ -422,6 +425,18 @@ class FleetCellModel:
         self._ocv_cells = n_ocv
         self._ocv_inv_step = float(n_ocv)
         self._ocv_base = pack_chem * (2 * n_ocv)
+        # The same bounds signed per side and padded for index arithmetic without clamps
+        # (see signed_ocv_bound): per chemistry, [+lower bounds, −upper bounds], each block
+        # extended by _OCV_PAD copies of its last cell (the value a clamp to it would give).
+        signed_rows = []
+        for c in chems:
+            v = model.ocv_v(c, s)
+            pad = np.ones(_OCV_PAD)
+            signed_rows.append(np.concatenate((v[:-1], v[-2] * pad, -v[1:], -v[-1] * pad)))
+        self._signed_ocv = np.concatenate(signed_rows)
+        block = n_ocv + _OCV_PAD
+        self._signed_ocv_base = pack_chem * (2 * block)
+        self._signed_ocv_block = block
         # Resistance bounds on a fine grid aligned with the table's.
         sg, tg = model.soc_grid, model.temperature_grid
         ns = _subdivisions(sg.step, resistance_soc_step, "resistance_soc_step")
@@ -447,6 +462,10 @@ class FleetCellModel:
         self._res_base = pack_chem * (self._res_ns * self._res_nt)
         self._res_charge_offset = len(chems) * self._res_ns * self._res_nt
         self._res_rows = np.stack((self._res_base, self._res_base + self._res_charge_offset))
+        self._res_origin = np.array([[self._res_s0], [self._res_t0]])
+        self._res_inv_step = np.array([[self._res_s_inv], [self._res_t_inv]])
+        self._res_top = np.array([[self._res_ns - 0.5], [self._res_nt - 0.5]])
+        self._res_strides = np.array([self._res_nt, 1], dtype=np.intp)
         self.n_packs = len(chemistry)
 
     def ocv_bound_v(self, soc: FloatArray, upper: NDArray[np.intp] | int = 0) -> FloatArray:
@@ -468,31 +487,35 @@ class FleetCellModel:
             idx += upper * cells
         return np.asarray(self._ocv[idx], dtype=np.float64)
 
-    def ocv_offsets(self, upper: NDArray[np.intp]) -> NDArray[np.intp]:
-        """Precomputed table offsets for :meth:`ocv_bound_at` (one per element).
-
-        Args:
-            upper: 0 (lower bound) or 1 (upper bound) per row, shape ``(k, 1)``.
+    def signed_ocv_offsets(self) -> NDArray[np.intp]:
+        """Table offsets of :meth:`signed_ocv_bound`, shape ``(2, n_packs)``.
 
         Returns:
-            Offsets of shape ``(k, n_packs)``.
+            Row 0 selects the **negated upper** bound (the charge side), row 1 the lower
+            bound (the discharge side).
         """
-        return np.asarray(self._ocv_base + upper * self._ocv_cells, dtype=np.intp)
+        base = self._signed_ocv_base
+        return np.stack((base + self._signed_ocv_block, base))
 
-    def ocv_bound_at(self, soc: FloatArray, offsets: NDArray[np.intp]) -> FloatArray:
-        """:meth:`ocv_bound_v` with precomputed :meth:`ocv_offsets` (the fast path).
+    def signed_ocv_bound(self, soc: FloatArray, offsets: NDArray[np.intp]) -> FloatArray:
+        """OCV bounds signed per side, in one gather: ``−upper`` or ``+lower`` [V].
+
+        :meth:`ocv_bound_v` without its clamp (the shield's fast path): the blocks are
+        padded beyond SoC 1 with the clamped value, and a truncation toward zero maps
+        ``−1/cells < soc < 0`` to cell 0 as the clamp does, so the result is the same for
+        every ``soc`` in ``(−ocv_step, 1 + 2·ocv_step)``. Outside that range it is wrong:
+        the caller guarantees it (a shield's SoC stays within ``[0, 1]``).
 
         Args:
-            soc: SoC, shape of ``offsets``.
-            offsets: From :meth:`ocv_offsets`.
+            soc: SoC, any shape that broadcasts with ``offsets``.
+            offsets: From :meth:`signed_ocv_offsets` (broadcastable to ``soc``).
 
         Returns:
-            The bounds.
+            The signed bounds, shape of ``soc``.
         """
-        u = np.minimum(np.maximum(soc * self._ocv_inv_step, 0.0), self._ocv_cells - 1.0)
-        idx = u.astype(np.intp)
+        idx = (soc * self._ocv_inv_step).astype(np.intp)  # truncation toward zero
         idx += offsets
-        out: FloatArray = self._ocv[idx]
+        out: FloatArray = self._signed_ocv[idx]
         return out
 
     def resistance_bound_ohm(
@@ -519,26 +542,27 @@ class FleetCellModel:
         i += self._res_base
         return self._res[i], self._res[i + self._res_charge_offset]
 
-    def resistance_bounds_stacked(self, soc: FloatArray, temperature_c: FloatArray) -> FloatArray:
-        """:meth:`resistance_bound_ohm` as one ``(2, n_packs)`` array (discharge, charge).
+    @property
+    def resistance_origin(self) -> tuple[float, float]:
+        """``(SoC, temperature)`` of the resistance bound grid's first cell corner."""
+        return self._res_s0, self._res_t0
+
+    def resistance_bounds_at(self, offset: FloatArray) -> FloatArray:
+        """:meth:`resistance_bound_ohm` from the distances to :attr:`resistance_origin`.
 
         Args:
-            soc: SoC per pack.
-            temperature_c: Temperature per pack [°C].
+            offset: Shape ``(2, n_packs)``: row 0 ``soc − origin_soc``, row 1
+                ``temperature_c − origin_temperature`` (the caller computes them with other
+                differences in one operation).
 
         Returns:
-            Row 0 the discharge bounds, row 1 the charge bounds [Ω].
+            Shape ``(2, n_packs)``: row 0 the discharge bounds, row 1 the charge bounds [Ω].
         """
-        i = np.minimum(
-            np.maximum((soc - self._res_s0) * self._res_s_inv, 0.0), self._res_ns - 0.5
-        ).astype(np.intp)
-        j = np.minimum(
-            np.maximum((temperature_c - self._res_t0) * self._res_t_inv, 0.0),
-            self._res_nt - 0.5,
-        ).astype(np.intp)
-        i *= self._res_nt
-        i += j
-        out: FloatArray = self._res[i + self._res_rows]
+        u = offset * self._res_inv_step
+        np.maximum(u, 0.0, out=u)
+        np.minimum(u, self._res_top, out=u)  # clamped to the grid, as resistance_bound_ohm
+        cell = self._res_strides @ u.astype(np.intp)  # soc index · n_t + temperature index
+        out: FloatArray = self._res[cell + self._res_rows]
         return out
 
 

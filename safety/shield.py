@@ -75,6 +75,7 @@ import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from functools import cached_property
+from typing import NamedTuple
 
 import numpy as np
 from numpy.typing import ArrayLike, NDArray
@@ -118,6 +119,19 @@ class ShieldStatus(enum.IntFlag):
     """At least one pack is in the controlled-shutdown fallback (zero current)."""
     INVALID_ACTION = 8
     """The request had NaN, infinite or out-of-range entries, or a non-finite target."""
+
+
+# The decision path builds the status as an int (enum arithmetic costs microseconds).
+_PROJECTED, _SHORTFALL, _FALLBACK, _INVALID_ACTION = (
+    int(f)
+    for f in (
+        ShieldStatus.PROJECTED,
+        ShieldStatus.SHORTFALL,
+        ShieldStatus.FALLBACK,
+        ShieldStatus.INVALID_ACTION,
+    )
+)
+_STATUSES = tuple(ShieldStatus(i) for i in range(16))
 
 
 @dataclass(frozen=True)
@@ -181,6 +195,34 @@ class ShieldResult:
         return self.explain()
 
 
+def _multiplier(breakpoints: FloatArray, slope_steps: FloatArray, excess: float) -> float:
+    """The multiplier ``λ`` at which the piecewise-linear fleet total reaches its target.
+
+    ``S(λ) − S(−∞)`` is 0 up to the first breakpoint and its slope changes by
+    ``slope_steps[i]`` at ``breakpoints[i]`` (``+w²`` where a coordinate leaves its lower
+    bound, ``−w²`` where it reaches its upper one). Sorting the breakpoints and two
+    cumulative sums give ``S`` at every breakpoint; ``λ`` is interpolated inside the
+    segment where ``S`` crosses ``excess`` (exact, no iteration).
+
+    Args:
+        breakpoints: ``2n`` breakpoints, any order.
+        slope_steps: The slope change at each breakpoint.
+        excess: Target minus ``S(−∞)``, in ``(0, S(∞) − S(−∞))``.
+
+    Returns:
+        ``λ``.
+    """
+    order = breakpoints.argsort()
+    bp_sorted = breakpoints[order]
+    slope = slope_steps[order].cumsum()  # dS/dλ after each breakpoint
+    # S(bp_k) - S(-inf) for k >= 1 (it is 0 at the first breakpoint)
+    totals = (slope[:-1] * (bp_sorted[1:] - bp_sorted[:-1])).cumsum()
+    k = int(totals.searchsorted(excess, side="right"))
+    base = float(totals[k - 1]) if k > 0 else 0.0
+    s = float(slope[k])
+    return float(bp_sorted[k]) + ((excess - base) / s if s > 0.0 else 0.0)
+
+
 def project_box_hyperplane(
     request: FloatArray,
     lower: FloatArray,
@@ -225,75 +267,27 @@ def project_box_hyperplane(
     inv2, w2pm = pre
     # Breakpoints where each coordinate leaves its lower / reaches its upper bound.
     bp = (np.concatenate((lower, upper)) - np.concatenate((request, request))) * inv2
-    order = bp.argsort()
-    bp_sorted = bp[order]
-    slope = w2pm[order].cumsum()  # dS/dλ after each breakpoint
-    # S(bp_k) - t_min for k >= 1 (it is 0 at the first breakpoint)
-    totals = (slope[:-1] * (bp_sorted[1:] - bp_sorted[:-1])).cumsum()
-    x = target - t_min
-    k = int(totals.searchsorted(x, side="right"))
-    base = float(totals[k - 1]) if k > 0 else 0.0
-    s = float(slope[k])
-    lam = float(bp_sorted[k]) + ((x - base) / s if s > 0.0 else 0.0)
+    lam = _multiplier(bp, w2pm, target - t_min)
     return np.minimum(np.maximum(request + lam * weight, lower), upper), target
 
 
-class _Bounds:
-    """Stage-1 output: the box, the fallback packs and what is needed to name the limits.
+class _Stage1(NamedTuple):
+    """Stage-1 output: the box and what :meth:`Shield._limit_names` needs to name it.
 
-    Candidate bounds are current magnitudes ``J ≥ 0`` per side (row 0 discharge, row 1
-    charge); ``static`` holds the shield's ``(j_lim, t_max, t_min)``.
+    Per-side arrays have row 0 for the charge side (the lower bound), row 1 for the
+    discharge side (the upper bound); candidates are current magnitudes ``J ≥ 0``.
     """
 
-    __slots__ = ("cand", "derate", "fallback", "lower", "static", "temp", "upper", "why")
-
-    def __init__(
-        self,
-        lower: FloatArray,
-        upper: FloatArray,
-        fallback: BoolArray,
-        why: list[str] | None,
-        cand: tuple[FloatArray, FloatArray, FloatArray],
-        derate: FloatArray,
-        temp: FloatArray,
-        static: tuple[FloatArray, FloatArray, FloatArray],
-    ) -> None:
-        self.lower = lower
-        self.upper = upper
-        self.fallback = fallback
-        self.why = why
-        self.cand = cand
-        self.derate = derate
-        self.temp = temp.copy()
-        self.static = static
-
-    def names(self) -> tuple[tuple[str, ...], tuple[str, ...]]:
-        """Binding limit name of each pack's lower and upper bound."""
-        j_lim, t_max, t_min = self.static
-        j_rate, j_soc, j_v = self.cand
-        n = self.lower.size
-        rows = [
-            np.stack((j_lim[side], j_rate, j_soc[side], j_v[side])).argmin(axis=0)
-            for side in (0, 1)
-        ]
-        derated = self.derate < 1.0
-        hot = (t_max - self.temp) <= (self.temp - t_min)
-        lows: list[str] = []
-        ups: list[str] = []
-        for i in range(n):
-            if self.fallback[i]:
-                reason = f"fallback:{self.why[i] if self.why else ''}"
-                lows.append(reason)
-                ups.append(reason)
-                continue
-            temp_name = "temperature_max_c" if hot[i] else "temperature_min_c"
-            up = _UPPER_NAMES[int(rows[0][i])]
-            lo = _LOWER_NAMES[int(rows[1][i])]
-            if derated[i]:
-                up = lo = temp_name
-            ups.append("action_space" if self.upper[i] >= 1.0 else up)
-            lows.append("action_space" if self.lower[i] <= -1.0 else lo)
-        return tuple(lows), tuple(ups)
+    box: FloatArray
+    """``(2, n)``: row 0 ``lower``, row 1 ``upper`` (normalised set-points)."""
+    fallback: BoolArray
+    why: list[str] | None
+    """Fallback reason per pack (``""`` for the others); None when no pack falls back."""
+    j_rate: FloatArray
+    j_soc: FloatArray
+    j_v: FloatArray
+    derate: FloatArray
+    temp: FloatArray
 
 
 class Shield:
@@ -392,63 +386,85 @@ class Shield:
         if np.any(lim.soc_min + self.soc_margin >= lim.soc_max - self.soc_margin):
             raise ValueError("soc_margin leaves an empty SoC window")
         keep = 1.0 - self.current_margin
-        # Per side (row 0 discharge, row 1 charge), as magnitudes of the current.
-        self._sgn = np.array([[1.0], [-1.0]])
-        self._sgn3 = self._sgn[:, :, None]
-        self._sgn_soc_edge = np.stack(
-            (lim.soc_min + self.soc_margin, -(lim.soc_max - self.soc_margin))
-        )
-        self._j_lim = np.stack((lim.current_max_a * keep, -lim.current_min_a * keep))
-        self._c_max_ah = lim.c_rate_max * keep * capacity  # |I| per unit SoH [A]
-        self._sgn_v_lim = np.stack((v_min, -v_max))[:, None, :]
-        self._t_max = lim.temperature_max_c
-        self._t_min = lim.temperature_min_c
-        self._inv_band = 1.0 / self.derating_band_c
         self.n_packs = n
         self._lim = lim
-        # Fallback windows, rows: SoC, temperature, cell voltage, SoH.
-        self._win_lo = np.stack(
+        fleet = self._fleet
+        k_soc = self.dt_s / 3600.0 / capacity  # SoC per pack ampere at SoH 1
+        soc_lo_edge = lim.soc_min + self.soc_margin  # SoC window kept after the step
+        soc_hi_edge = lim.soc_max - self.soc_margin
+        res_soc0, res_temp0 = fleet.resistance_origin
+        nan, inf, ones = np.full(n, np.nan), np.full(n, np.inf), np.ones(n)
+        # ---- the state matrix of _stage1, one row per quantity (_X_ROWS), and the bounds
+        # it is differenced with in one operation each: x − lo and hi − x. The first six
+        # rows are the fallback windows; the rest reuse the same two operations for the
+        # SoC headroom (hi − x) and the resistance grid position (x − lo). NaN marks an
+        # unused difference (NaN arithmetic raises no floating-point warning).
+        self._x_lo = np.stack(
             (
                 lim.soc_min,
                 lim.temperature_min_c,
                 lim.cell_voltage_min_v,
-                np.full(n, 1e-9),
-                np.full(n, -np.inf),
+                np.full(n, 1e-9),  # SoH
+                nan,  # current (row holds min(I, 0); only NaN fails)
+                ones,  # valid
+                nan,
+                nan,
+                np.full(n, res_soc0),
+                np.full(n, res_temp0),
             )
         )
-        self._win_hi = np.stack(
+        self._x_hi = np.stack(
             (
                 lim.soc_max,
                 lim.temperature_max_c,
                 lim.cell_voltage_max_v,
                 np.full(n, 1.5),
-                np.full(n, np.inf),
+                inf,
+                ones,
+                soc_hi_edge,  # hi − soc: charge headroom
+                soc_lo_edge,  # soc_lo_edge − soc = −(discharge headroom)
+                nan,
+                nan,
             )
         )
-        self._v_min = v_min
-        self._v_max = v_max
+        # A fallback pack's column is replaced by a harmless state (its box is zeroed).
+        self._x_fallback = np.array(
+            [[0.5], [25.0], [3.0], [1.0], [0.0], [1.0], [0.5], [0.5], [0.5], [25.0]]
+        )
+        # ---- per side, as magnitudes J >= 0 of the current: row 0 charge (J = -I, the
+        # lower bound), row 1 discharge (J = I, the upper bound).
+        # Divided by SoH in one operation: signed SoC per ampere (soc_end = soc - k·J),
+        # the divisors of the SoC headroom rows, and the resistance scale 1/parallel.
+        self._per_soh = np.stack((-k_soc, k_soc, k_soc, -k_soc, 1.0 / parallel))
+        self._j_lim = np.stack((-lim.current_min_a * keep, lim.current_max_a * keep))
+        self._c_max_ah = lim.c_rate_max * keep * capacity  # |I| per unit SoH [A]
+        # Nested ranges plus one of length 0 (its OCV is the one at the present SoC),
+        # shape (m + 1, 1, 1) against (2, n) per-side arrays.
+        self._frac = np.array((*VOLTAGE_FRACTIONS, 0.0))[:, None, None]
+        # OCV bound per side, signed: -upper bound when charging, lower when discharging.
+        self._ocv_offsets = fleet.signed_ocv_offsets()
+        self._v_lim = np.stack((-v_max, v_min))  # signed like the OCV bound
+        self._inv_band = 1.0 / self.derating_band_c
+        self._t_max = lim.temperature_max_c
+        self._t_min = lim.temperature_min_c
+        # ---- to power (see _stage1): the drop term only on the discharge side, the
+        # conversion voltage's floor, signed power scale and the box limits per side.
+        self._discharge_only = np.array([[0.0], [1.0]])
+        self._v_floor = np.stack((np.full(n, -np.inf), v_min))
+        power_scale = series / rated  # normalised action per (A·V of one cell)
+        self._power_scale = np.stack((-power_scale, power_scale))
+        self._box_lo = np.array([[-1.0], [0.0]])
+        self._box_hi = np.array([[0.0], [1.0]])
+        # ---- projection, Euclidean in normalised units, weights rated/mean(rated)
         self._rated = rated
-        self._capacity = capacity
-        self._inv_parallel = 1.0 / parallel
-        self._power_scale = series / rated  # normalised action per (A·V of one cell)
-        self._k_soc_num = self.dt_s / 3600.0 / capacity  # SoC per A at SoH 1
         self._w_scale = float(rated.mean())
         self._weight = rated / self._w_scale
-        inv_w = 1.0 / self._weight
-        self._proj_pre = (
-            np.concatenate((inv_w, inv_w)),
-            np.concatenate((self._weight**2, -(self._weight**2))),
-        )
+        self._inv_weight = 1.0 / self._weight
+        # slope change of the fleet total at each breakpoint: [lower ones, upper ones]
+        self._slope_steps = np.concatenate((self._weight**2, -(self._weight**2)))
+        self._in_box_sign = np.array([[1.0], [-1.0]])  # (lower - a, a - upper) <= 0
         self._tol_w = 1e-9 * max(float(rated.sum()), 1.0)
-        frac = np.asarray(VOLTAGE_FRACTIONS, dtype=np.float64)
-        # Nested ranges plus one of length 0 (its OCV is the one at the present SoC).
-        self._frac3 = np.concatenate((frac, [0.0]))[None, :, None]
-        # OCV bound per side: lower bound when discharging, upper when charging.
-        side = np.array([[0], [1]], dtype=np.intp)[:, :, None]
-        self._ocv_offsets = np.broadcast_to(
-            self._fleet.ocv_offsets(side.reshape(2, 1))[:, None, :], (2, frac.size + 1, n)
-        ).copy()
-        self._static = (self._j_lim, self._t_max, self._t_min)
+        self._k_soc_num = k_soc  # used by predict
         self._no_reasons: tuple[tuple[str, ...], ...] = ((),) * n
 
     # ------------------------------------------------------------------ stage 1
@@ -464,9 +480,9 @@ class Shield:
         Raises:
             ValueError: If the state has the wrong number of packs.
         """
-        b = self._bounds(state)
-        lows, ups = b.names()
-        return AdmissibleSet(b.lower, b.upper, b.fallback, lows, ups)
+        stage = self._stage1(state)
+        lows, ups = self._limit_names(stage)
+        return AdmissibleSet(stage.box[0], stage.box[1], stage.fallback, lows, ups)
 
     def bounds(self, state: FleetState) -> tuple[FloatArray, FloatArray, BoolArray]:
         """The admissible box only (no limit names): the fast part of :meth:`admissible`.
@@ -477,60 +493,122 @@ class Shield:
         Returns:
             ``(lower, upper, fallback)`` per pack.
         """
-        b = self._bounds(state)
-        return b.lower, b.upper, b.fallback
+        stage = self._stage1(state)
+        return stage.box[0], stage.box[1], stage.fallback
 
-    def _bounds(self, state: FleetState) -> _Bounds:
+    def _stage1(self, state: FleetState) -> _Stage1:
+        """The admissible box of every pack (the module docstring's stage 1).
+
+        Written for few numpy calls on small arrays (their fixed cost dominates): one
+        state matrix, both sides of every pack as one ``(2, n)`` array (row 0 charge, row 1
+        discharge) and all voltage ranges as one ``(m + 1, 2, n)`` array. Every quantity
+        is computed with the same floating-point operations as the plain formulas, so the
+        box does not depend on this layout.
+        """
         n = self.n_packs
         if state.n_packs != n:
             raise ValueError(f"state has {state.n_packs} packs, the shield {n}")
+        soc_in, temp_in = state.soc, state.temperature_c
         x = np.array(
-            (state.soc, state.temperature_c, state.cell_voltage_v, state.soh, state.current_a),
+            (
+                soc_in,
+                temp_in,
+                state.cell_voltage_v,
+                state.soh,
+                state.current_a,
+                state.valid,
+                soc_in,
+                soc_in,
+                soc_in,
+                temp_in,
+            ),
             dtype=np.float64,
         )
-        # ---- fallback: invalid or outside the windows (comparisons are False on NaN)
-        inside = ((x >= self._win_lo) & (x <= self._win_hi)).all(axis=0)
-        inside &= state.valid
+        # Only a charge current's drop is used (e_low below): keep min(I, 0) (NaN stays).
+        np.minimum(x[4], 0.0, out=x[4])
+        below, above, slack = self._differences(x)
+        # ---- fallback: invalid or outside a window (slack < 0, or NaN)
         why: list[str] | None = None
-        if not inside.all():
-            why = [self._fallback_reason(state, i) if not inside[i] else "" for i in range(n)]
-            x[:, ~inside] = np.array([[0.5], [25.0], [3.0], [1.0], [0.0]])
-        soc, temp, volt, soh, i_last = x
-        # Both sides at once, as magnitudes J >= 0 of the current: row 0 discharge
-        # (J = I), row 1 charge (J = -I); sgn = (+1, -1) per row.
-        k_soc = self._k_soc_num / soh  # SoC per pack ampere over the step
-        # SoC, kept inside the margin band (never the wrong sign)
-        j_soc = np.maximum(self._sgn * soc - self._sgn_soc_edge, 0.0) / k_soc
+        if slack.min() >= 0.0:
+            fallback = np.zeros(n, dtype=bool)
+        else:
+            fallback = ~(slack.min(axis=0) >= 0.0)
+            why = [self._fallback_reason(state, i) if fallback[i] else "" for i in range(n)]
+            x[:, fallback] = self._x_fallback
+            below, above, slack = self._differences(x)
+        soc, temp, volt, soh, charge_i = x[0], x[1], x[2], x[3], x[4]
+        fleet = self._fleet
+        per_soh = self._per_soh / soh
+        k_signed = per_soh[0:2]  # SoC change per ampere of J over the step, signed
+        # ---- current, C-rate and SoC bounds (SoC kept inside the margin band; never < 0)
+        j_soc = np.maximum(above[6:8] / per_soh[2:4], 0.0)
         j_rate = self._c_max_ah * soh
         j0 = np.minimum(np.minimum(self._j_lim, j_rate), j_soc)
         # ---- voltage: nested ranges, OCV bound at the far end of each (one look-up)
-        fleet = self._fleet
-        # cell voltage drop (discharge) / rise (charge) per pack ampere [V/A]
-        r2 = fleet.resistance_bounds_stacked(soc, temp) * (self._inv_parallel / soh)
-        ends = self._frac3 * j0[:, None, :]  # (2, m + 1, n), last range of length 0
-        ocv = fleet.ocv_bound_at(soc - (self._sgn3 * k_soc) * ends, self._ocv_offsets)
-        cand = np.minimum(ends, (self._sgn3 * ocv - self._sgn_v_lim) / r2[:, None, :])
-        j_v = np.maximum(cand.max(axis=1), 0.0)
+        ends = self._frac * j0  # (m + 1, 2, n), last range of length 0
+        ocv = fleet.signed_ocv_bound(soc - k_signed * ends, self._ocv_offsets)
+        # cell voltage rise (charge) / drop (discharge) per pack ampere [V/A]
+        r2 = fleet.resistance_bounds_at(below[8:10])[::-1] * per_soh[4]
+        cand = np.minimum(ends, (ocv - self._v_lim) / r2)
+        j_v = np.maximum(cand.max(axis=0), 0.0)
         j = np.minimum(j0, j_v)
-        # ---- temperature derating
-        derate = np.minimum(self._t_max - temp, temp - self._t_min) * self._inv_band
-        j *= np.minimum(np.maximum(derate, 0.0), 1.0)
+        # ---- temperature derating (slack[1] = min(T - T_min, T_max - T) >= 0 here;
+        # a fallback pack's negative value is harmless: its box is zeroed below)
+        derate = slack[1] * self._inv_band
+        j *= np.minimum(derate, 1.0)
         # ---- to power, with voltages the step never goes below: when discharging, the
         # lowest OCV of the range minus the drop; when charging, the OCV at the start.
         # The plant turns power into current with its own source voltage; it is at least
         # the measured voltage, less the drop of a previous charge current (e_low). So the
-        # conversion voltage is the lower of the model's and the measurement's.
-        drop = r2[0]
-        j_dis = j[0]
-        e_low = volt + np.maximum(drop, r2[1]) * np.minimum(i_last, 0.0)
-        v_dis = np.minimum(np.maximum(ocv[0, 0] - drop * j_dis, self._v_min), e_low - drop * j_dis)
-        v_chg = np.minimum(ocv[0, -1], e_low)
-        upper = np.minimum(np.maximum(j_dis * v_dis * self._power_scale, 0.0), 1.0)
-        lower = -np.minimum(np.maximum(j[1] * v_chg * self._power_scale, 0.0), 1.0)
+        # conversion voltage is the lower of the model's and the measurement's. Per side,
+        # v = min(max(ocv - drop, floor), e_low - drop), with drop = 0 and floor = -inf
+        # when charging, i.e. min(ocv_start, e_low).
+        e_low = volt + np.maximum(r2[0], r2[1]) * charge_i
+        drop = (r2 * j) * self._discharge_only
+        ocv_used = ocv[5::-5, 1]  # discharge-side OCV bound at the start / the far end
+        v = np.minimum(np.maximum(ocv_used - drop, self._v_floor), e_low - drop)
+        box = np.minimum(np.maximum((j * v) * self._power_scale, self._box_lo), self._box_hi)
         if why is not None:
-            upper[~inside] = 0.0
-            lower[~inside] = 0.0
-        return _Bounds(lower, upper, ~inside, why, (j_rate, j_soc, j_v), derate, temp, self._static)
+            box[:, fallback] = 0.0
+        return _Stage1(box, fallback, why, j_rate, j_soc, j_v, derate, temp)
+
+    def _differences(self, x: FloatArray) -> tuple[FloatArray, FloatArray, FloatArray]:
+        """``x − lo``, ``hi − x`` and the slack inside the fallback windows (NaN if unknown).
+
+        ``fmin`` ignores one NaN: the current row has no lower bound (NaN) and an infinite
+        upper one, so only a NaN current gives NaN slack.
+        """
+        below = x - self._x_lo
+        above = self._x_hi - x
+        return below, above, np.fmin(below[:6], above[:6])
+
+    def _limit_names(self, stage: _Stage1) -> tuple[tuple[str, ...], tuple[str, ...]]:
+        """Binding limit name of each pack's lower and upper bound."""
+        j_rate, j_soc, j_v, temp = stage.j_rate, stage.j_soc, stage.j_v, stage.temp
+        lower, upper = stage.box
+        # argmin over (current, C-rate, SoC, voltage) per side: 0 charge, 1 discharge
+        rows = [
+            np.stack((self._j_lim[side], j_rate, j_soc[side], j_v[side])).argmin(axis=0)
+            for side in (0, 1)
+        ]
+        derated = stage.derate < 1.0
+        hot = (self._t_max - temp) <= (temp - self._t_min)
+        lows: list[str] = []
+        ups: list[str] = []
+        for i in range(self.n_packs):
+            if stage.fallback[i]:
+                reason = f"fallback:{stage.why[i] if stage.why else ''}"
+                lows.append(reason)
+                ups.append(reason)
+                continue
+            temp_name = "temperature_max_c" if hot[i] else "temperature_min_c"
+            lo = _LOWER_NAMES[int(rows[0][i])]
+            up = _UPPER_NAMES[int(rows[1][i])]
+            if derated[i]:
+                up = lo = temp_name
+            ups.append("action_space" if upper[i] >= 1.0 else up)
+            lows.append("action_space" if lower[i] <= -1.0 else lo)
+        return tuple(lows), tuple(ups)
 
     def _fallback_reason(self, state: FleetState, i: int) -> str:
         """Why pack ``i`` is in the fallback (first failing check)."""
@@ -653,47 +731,52 @@ class Shield:
         n = self.n_packs
         if raw.shape != (n,):
             raise ValueError(f"action must have shape ({n},), got {np.shape(action)}")
-        b = self._bounds(state)
-        lower, upper = b.lower, b.upper
-        status = ShieldStatus.OK
+        stage = self._stage1(state)
+        box = stage.box
+        flags = 0 if stage.why is None else _FALLBACK
+        # gap = (lower - a, upper - a); a is in the box iff max(lower - a, a - upper) <= 0
+        # (False on NaN), which also proves it finite and inside [-1, 1].
+        gap = box - raw
+        in_box = (gap * self._in_box_sign).max() <= 0.0
         request = raw
-        if not np.abs(raw).max() <= 1.0:  # also True on NaN
-            status |= ShieldStatus.INVALID_ACTION
+        if not in_box and not np.abs(raw).max() <= 1.0:  # also True on NaN
+            flags |= _INVALID_ACTION
             request = np.clip(np.nan_to_num(raw, nan=0.0, posinf=1.0, neginf=-1.0), -1.0, 1.0)
-        weight = self._weight
-        own = float(weight @ request)
+            gap = box - request
+            in_box = (gap * self._in_box_sign).max() <= 0.0
+        own = float(self._weight @ request)
         if target_power_w is None:
             target = own
         elif math.isfinite(target_power_w):
             target = float(target_power_w) / self._w_scale
         else:
-            status |= ShieldStatus.INVALID_ACTION
+            flags |= _INVALID_ACTION
             target = own
-        if (
-            (request >= lower).all()
-            and (request <= upper).all()
-            and abs(own - target) * self._w_scale <= self._tol_w
-        ):
-            out = request.copy() if request is raw else request
+        if in_box and abs(own - target) * self._w_scale <= self._tol_w:
+            # Already admissible with the asked total: the identity (no projection).
+            if request is raw:
+                out = raw.copy()
+                intervened = np.zeros(n, dtype=bool)
+            else:
+                out = request
+                intervened = out != raw
             reached = target
         else:
-            out, reached = project_box_hyperplane(
-                request, lower, upper, weight, target, self._proj_pre
-            )
+            out, reached = self._project_box(request, box, gap, target)
+            intervened = out != raw
+        # A request outside the box or sanitised always changes; else look.
+        if request is not raw or not in_box or intervened.any():
+            flags |= _PROJECTED
         shortfall_w = (target - reached) * self._w_scale
         if abs(shortfall_w) > self._tol_w:
-            status |= ShieldStatus.SHORTFALL
+            flags |= _SHORTFALL
         else:
             shortfall_w = 0.0
-        intervened = out != raw
-        if b.why is not None:
-            status |= ShieldStatus.FALLBACK
         explain: Callable[[], tuple[tuple[str, ...], ...]]
-        if intervened.any():
-            status |= ShieldStatus.PROJECTED
+        if flags & _PROJECTED:
 
             def explain() -> tuple[tuple[str, ...], ...]:
-                return self._reasons(raw, request, out, intervened, b)
+                return self._reasons(raw, request, out, intervened, stage)
 
         else:
             no_reasons = self._no_reasons
@@ -704,14 +787,31 @@ class Shield:
         return ShieldResult(
             action=out,
             intervened=intervened,
-            status=status,
+            status=_STATUSES[flags],
             shortfall_w=float(shortfall_w),
-            lower=lower,
-            upper=upper,
+            lower=box[0],
+            upper=box[1],
             target_power_w=target * self._w_scale,
-            fallback=b.fallback,
+            fallback=stage.fallback,
             explain=explain,
         )
+
+    def _project_box(
+        self, request: FloatArray, box: FloatArray, gap: FloatArray, target: float
+    ) -> tuple[FloatArray, float]:
+        """:func:`project_box_hyperplane` on the shield's box, with ``gap = box − request``."""
+        weight = self._weight
+        lower, upper = box
+        t_min = float(weight @ lower)
+        t_max = float(weight @ upper)
+        if target <= t_min:
+            return lower.copy(), t_min
+        if target >= t_max:
+            return upper.copy(), t_max
+        # Breakpoints where each coordinate leaves its lower / reaches its upper bound.
+        breakpoints = (gap * self._inv_weight).ravel()
+        lam = _multiplier(breakpoints, self._slope_steps, target - t_min)
+        return np.minimum(np.maximum(request + lam * weight, lower), upper), target
 
     def _reasons(
         self,
@@ -719,10 +819,11 @@ class Shield:
         request: FloatArray,
         out: FloatArray,
         intervened: BoolArray,
-        b: _Bounds,
+        stage: _Stage1,
     ) -> tuple[tuple[str, ...], ...]:
         """Per-pack reason names for the packs that were changed."""
-        lows, ups = b.names()
+        lows, ups = self._limit_names(stage)
+        lower, upper = stage.box
         result: list[tuple[str, ...]] = []
         for i in range(self.n_packs):
             if not intervened[i]:
@@ -734,9 +835,9 @@ class Shield:
                 names.append("action_not_finite")
             elif not -1.0 <= value <= 1.0:
                 names.append("action_out_of_range")
-            if b.fallback[i] or (out[i] >= b.upper[i] and request[i] > b.upper[i]):
+            if stage.fallback[i] or (out[i] >= upper[i] and request[i] > upper[i]):
                 names.append(ups[i])
-            elif out[i] <= b.lower[i] and request[i] < b.lower[i]:
+            elif out[i] <= lower[i] and request[i] < lower[i]:
                 names.append(lows[i])
             elif out[i] != request[i]:
                 names.append("redistributed")
