@@ -19,7 +19,6 @@ from pulsebms.safety.limits import PackLimits, fleet_limits, stack_limits
 from pulsebms.safety.state import FleetState, PackRatings
 
 __all__ = [
-    "NOMINAL_CELL_VOLTAGE_V",
     "FleetInfo",
     "SiteInfo",
     "fleet_info",
@@ -28,9 +27,6 @@ __all__ = [
     "site_info",
     "unwrap",
 ]
-
-NOMINAL_CELL_VOLTAGE_V: dict[str, float] = {"LFP": 3.2, "NMC": 3.63, "LCO": 3.7}
-"""Nominal cell voltage per chemistry [V], used only to estimate pack energy [Wh]."""
 
 
 @dataclass(frozen=True)
@@ -138,12 +134,7 @@ def fleet_info(env: Any) -> FleetInfo:
     n = ratings.n_packs
     chemistry = tuple(str(c).upper() for c in ratings.chemistry)
     capacity_ah = np.asarray(ratings.capacity_ah, dtype=np.float64)
-    energy_kwh = getattr(base, "pack_energy_kwh", None)
-    if energy_kwh is not None:
-        energy_wh = np.asarray(energy_kwh, dtype=np.float64) * 1000.0
-    else:
-        volts = np.array([NOMINAL_CELL_VOLTAGE_V.get(c, 3.6) for c in chemistry])
-        energy_wh = capacity_ah * np.asarray(ratings.series, dtype=np.float64) * volts
+    energy_wh = np.asarray(base.pack_energy_kwh, dtype=np.float64) * 1000.0
     pack_limits = getattr(base, "pack_limits", None)
     if pack_limits is None:
         pack_limits = fleet_limits(ratings)

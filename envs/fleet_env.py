@@ -87,7 +87,6 @@ from pulsebms.safety.state import FleetState, PackRatings
 __all__ = [
     "DEFAULT_FLEET",
     "FIDELITIES",
-    "NOMINAL_CELL_VOLTAGE_V",
     "CostModel",
     "FleetEnv",
     "ObsField",
@@ -103,9 +102,6 @@ TwinFactory = Callable[..., Any]
 FIDELITIES = ("physics", "ecm")
 """Twin fidelities: ``"physics"`` (PyBaMM SPMe + lumped thermal + SEI) and ``"ecm"``
 (equivalent-circuit model built from PyBaMM)."""
-
-NOMINAL_CELL_VOLTAGE_V: dict[str, float] = {"LFP": 3.2, "NMC": 3.63, "LCO": 3.7}
-"""Nominal cell voltage per chemistry [V], used only to price degradation per kWh."""
 
 DEFAULT_FLEET: tuple[PackSpec, ...] = (
     PackSpec("LFP", series=16, parallel=8, initial_soc=0.6, initial_soh=0.97, name="lfp-0"),
@@ -520,7 +516,7 @@ class FleetEnv(gym.Env[ObsType, ActType]):
         self._rated_w = np.asarray(self.ratings.rated_power_w, dtype=np.float64)
         self.fleet_rated_power_w: float = float(self._rated_w.sum())
         self._capacity_ah = np.asarray(self.ratings.capacity_ah, dtype=np.float64)
-        volts = np.array([NOMINAL_CELL_VOLTAGE_V.get(c, 3.6) for c in self.ratings.chemistry])
+        volts = np.asarray(self.twin.nominal_cell_voltage_v, dtype=np.float64)
         self.pack_energy_kwh: FloatArray = (
             self._capacity_ah * np.asarray(self.ratings.series, dtype=np.float64) * volts / 1000.0
         )

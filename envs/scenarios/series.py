@@ -161,7 +161,8 @@ def build_series(
         start_day, start_hour = csv.start_day, csv.start_hour
     elapsed_s = np.arange(n_samples, dtype=np.float64) * dt_s
     time_s = start_day * _DAY_S + start_hour * 3600.0 + elapsed_s
-    mid_s: FloatArray = np.asarray(time_s + 0.5 * dt_s, dtype=np.float64)  # interval means are taken at the interval's middle
+    # Interval means are taken at the interval's middle.
+    mid_s: FloatArray = np.asarray(time_s + 0.5 * dt_s, dtype=np.float64)
     hour_of_day = np.mod(time_s / 3600.0, 24.0)
     mid_hour: FloatArray = mid_s / 3600.0
     mid_day: FloatArray = np.mod(mid_s / _DAY_S, 365.0)

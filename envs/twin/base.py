@@ -58,6 +58,8 @@ class FleetTwin(Protocol):
     """The packs, in the order of every array."""
     ratings: PackRatings
     """Static ratings (chemistry, counts, cell capacity, rated power) in the same order."""
+    nominal_cell_voltage_v: FloatArray
+    """Nominal cell voltage per pack [V] (mean open-circuit voltage over SoC 0…1)."""
 
     def reset(self) -> PackStates:
         """Return every pack to its spec's initial state and report it."""

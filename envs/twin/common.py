@@ -117,6 +117,8 @@ class BatchedTwin:
             else float(nominal_voltage_v[c] * p.series * p.parallel * f.capacity_ah)
             for p, c, f in zip(self.packs, self._chemistry, facts, strict=True)
         ]
+        self.nominal_cell_voltage_v = np.array([nominal_voltage_v[c] for c in self._chemistry])
+        """Nominal cell voltage per pack [V]: mean open-circuit voltage over SoC 0…1."""
         self.ratings = PackRatings(
             chemistry=self._chemistry,
             series=self._series.copy(),

@@ -55,6 +55,7 @@ class StubTwin:
             ]
         )
         self.ratings = PackRatings(chem, series, parallel, cell_ah, rated)
+        self.nominal_cell_voltage_v = v_nom
         self._ocv = np.array([[_WINDOW_V[c][2], _WINDOW_V[c][3]] for c in chem])
         self._vmin = np.array([_WINDOW_V[c][0] for c in chem])
         self._vmax = np.array([_WINDOW_V[c][1] for c in chem])
