@@ -31,12 +31,19 @@ import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 from numpy.typing import ArrayLike, NDArray
 
-__all__ = ["DIRECTIONS", "CellModel", "FleetCellModel", "UniformGrid", "default_tables_path"]
+__all__ = [
+    "DIRECTIONS",
+    "CellModel",
+    "FleetCellModel",
+    "ResistanceRows",
+    "UniformGrid",
+    "default_tables_path",
+]
 
 FloatArray = NDArray[np.float64]
 
@@ -389,6 +396,10 @@ class FleetCellModel:
       interpolant, i.e. of its four corners (the fine grid is aligned with the tables'
       grid, so the bilinear interpolant is bilinear on each fine cell).
 
+    The shield's decision path uses two variants that give the same numbers in fewer
+    numpy calls: :meth:`signed_ocv_bound` (both sides signed in one padded table, no
+    clamp) and :meth:`resistance_bounds_at` (several tables per pack in one gather).
+
     Args:
         model: The tables.
         chemistry: Chemistry per pack.
@@ -452,6 +463,11 @@ class FleetCellModel:
                     np.maximum(r[:-1, :-1], r[1:, :-1]), np.maximum(r[:-1, 1:], r[1:, 1:])
                 )
                 res_rows.append(cell_max.ravel())
+        # then the larger of the two directions, cell by cell ("max", see resistance_rows)
+        res_rows.extend(
+            np.maximum(d, c)
+            for d, c in zip(res_rows[: len(chems)], res_rows[len(chems) :], strict=True)
+        )
         self._res = np.concatenate(res_rows)
         self._res_ns = soc_f.size - 1
         self._res_nt = temp_f.size - 1
@@ -461,11 +477,11 @@ class FleetCellModel:
         self._res_t_inv = 1.0 / (tg.step / nt)
         self._res_base = pack_chem * (self._res_ns * self._res_nt)
         self._res_charge_offset = len(chems) * self._res_ns * self._res_nt
-        self._res_rows = np.stack((self._res_base, self._res_base + self._res_charge_offset))
-        self._res_origin = np.array([[self._res_s0], [self._res_t0]])
-        self._res_inv_step = np.array([[self._res_s_inv], [self._res_t_inv]])
-        self._res_top = np.array([[self._res_ns - 0.5], [self._res_nt - 0.5]])
-        self._res_strides = np.array([self._res_nt, 1], dtype=np.intp)
+        # resistance_bounds_at: constants in the full (2, n_packs) shape of its arrays
+        n = len(chemistry)
+        self._res_inv_step = np.repeat([[self._res_s_inv], [self._res_t_inv]], n, axis=1)
+        self._res_top = np.repeat([[self._res_ns - 0.5], [self._res_nt - 0.5]], n, axis=1)
+        self._res_zero = np.zeros((2, n))
         self.n_packs = len(chemistry)
 
     def ocv_bound_v(self, soc: FloatArray, upper: NDArray[np.intp] | int = 0) -> FloatArray:
@@ -497,23 +513,29 @@ class FleetCellModel:
         base = self._signed_ocv_base
         return np.stack((base + self._signed_ocv_block, base))
 
-    def signed_ocv_bound(self, soc: FloatArray, offsets: NDArray[np.intp]) -> FloatArray:
+    @property
+    def ocv_cells_per_soc(self) -> float:
+        """OCV bound cells per unit SoC (``1 / ocv_step``): SoC to cell position."""
+        return self._ocv_inv_step
+
+    def signed_ocv_bound(self, position: FloatArray, offsets: NDArray[np.intp]) -> FloatArray:
         """OCV bounds signed per side, in one gather: ``−upper`` or ``+lower`` [V].
 
-        :meth:`ocv_bound_v` without its clamp (the shield's fast path): the blocks are
-        padded beyond SoC 1 with the clamped value, and a truncation toward zero maps
-        ``−1/cells < soc < 0`` to cell 0 as the clamp does, so the result is the same for
-        every ``soc`` in ``(−ocv_step, 1 + 2·ocv_step)``. Outside that range it is wrong:
-        the caller guarantees it (a shield's SoC stays within ``[0, 1]``).
+        :meth:`ocv_bound_v` without its clamp (the shield's fast path). ``position`` is
+        ``soc · ocv_cells_per_soc``, computed by the caller with its other operations.
+        The blocks are padded beyond SoC 1 with the clamped value, and a truncation toward
+        zero maps a position in ``(−1, 0)`` to cell 0 as the clamp does, so the result is
+        the same for every SoC in ``(−ocv_step, 1 + 2·ocv_step)``. Outside that range it is
+        wrong: the caller guarantees it (a shield's SoC stays within ``[0, 1]``).
 
         Args:
-            soc: SoC, any shape that broadcasts with ``offsets``.
-            offsets: From :meth:`signed_ocv_offsets` (broadcastable to ``soc``).
+            position: ``soc · ocv_cells_per_soc``, any shape.
+            offsets: From :meth:`signed_ocv_offsets`, broadcast to ``position``'s shape.
 
         Returns:
-            The signed bounds, shape of ``soc``.
+            The signed bounds, shape of ``position``.
         """
-        idx = (soc * self._ocv_inv_step).astype(np.intp)  # truncation toward zero
+        idx = position.astype(np.intp)  # truncation toward zero
         idx += offsets
         out: FloatArray = self._signed_ocv[idx]
         return out
@@ -547,23 +569,57 @@ class FleetCellModel:
         """``(SoC, temperature)`` of the resistance bound grid's first cell corner."""
         return self._res_s0, self._res_t0
 
-    def resistance_bounds_at(self, offset: FloatArray) -> FloatArray:
+    def resistance_rows(self, tables: Sequence[str]) -> ResistanceRows:
+        """Which bound tables :meth:`resistance_bounds_at` reads, in which order.
+
+        Args:
+            tables: Per output row ``"discharge"``, ``"charge"`` or ``"max"`` (the larger
+                of the two, cell by cell).
+
+        Returns:
+            The precomputed table offsets.
+
+        Raises:
+            ValueError: On an unknown table name.
+        """
+        known = {"discharge": 0, "charge": 1, "max": 2}
+        if unknown := set(tables) - set(known):
+            raise ValueError(f"unknown resistance tables {sorted(unknown)}; known: {sorted(known)}")
+        offsets = np.stack([self._res_base + known[t] * self._res_charge_offset for t in tables])
+        strides = np.tile(np.array([self._res_nt, 1.0]), (len(tables), 1))
+        return ResistanceRows(offsets.astype(np.float64), strides)
+
+    def resistance_bounds_at(self, offset: FloatArray, rows: ResistanceRows) -> FloatArray:
         """:meth:`resistance_bound_ohm` from the distances to :attr:`resistance_origin`.
 
         Args:
             offset: Shape ``(2, n_packs)``: row 0 ``soc − origin_soc``, row 1
                 ``temperature_c − origin_temperature`` (the caller computes them with other
                 differences in one operation).
+            rows: From :meth:`resistance_rows`: the tables to read.
 
         Returns:
-            Shape ``(2, n_packs)``: row 0 the discharge bounds, row 1 the charge bounds [Ω].
+            Shape ``(len(rows), n_packs)``: the bounds of each table [Ω].
         """
         u = offset * self._res_inv_step
-        np.maximum(u, 0.0, out=u)
+        np.maximum(u, self._res_zero, out=u)
         np.minimum(u, self._res_top, out=u)  # clamped to the grid, as resistance_bound_ohm
-        cell = self._res_strides @ u.astype(np.intp)  # soc index · n_t + temperature index
-        out: FloatArray = self._res[cell + self._res_rows]
+        np.trunc(u, out=u)  # cell indices (u >= 0), as floats
+        # Every row: soc index · n_t + temperature index + the table's offset. Integers
+        # far below 2**53: exact in floating point, and a float matmul is the fastest.
+        cell = rows.strides @ u
+        cell += rows.offsets
+        out: FloatArray = self._res[cell.astype(np.intp)]
         return out
+
+
+class ResistanceRows(NamedTuple):
+    """Table offsets for :meth:`FleetCellModel.resistance_bounds_at`."""
+
+    offsets: FloatArray
+    """``(k, n_packs)``: start of each pack's table per output row (whole numbers)."""
+    strides: FloatArray
+    """``(k, 2)``: index steps per SoC and temperature cell (whole numbers)."""
 
 
 def _subdivisions(coarse: float, fine: float, name: str) -> int:

@@ -133,6 +133,21 @@ _PROJECTED, _SHORTFALL, _FALLBACK, _INVALID_ACTION = (
 )
 _STATUSES = tuple(ShieldStatus(i) for i in range(16))
 
+# Rows of the state matrix x of Shield._stage1 (one entry per row, named by the state
+# quantity it holds; "i" is min(current, 0)), and the row groups each step reads.
+_X_ROWS = (
+    *("soc", "temp", "temp", "volt", "volt", "soh", "valid", "i", "i"),  # fallback windows
+    *("soc", "soc"),  # SoC headroom per side (hi - x)
+    *("soc", "temp"),  # position on the resistance grid (x - lo)
+)
+_WINDOWS = slice(0, 9)
+_TEMP2 = slice(1, 3)  # temperature per side (derating)
+_VOLT2 = slice(3, 5)  # cell voltage per side (e_low)
+_SOH = 5
+_CURRENT2 = slice(7, 9)  # min(I, 0) per side (e_low)
+_SOC_HEADROOM = slice(9, 11)
+_RES_OFFSET = slice(11, 13)
+
 
 @dataclass(frozen=True)
 class AdmissibleSet:
@@ -214,9 +229,10 @@ def _multiplier(breakpoints: FloatArray, slope_steps: FloatArray, excess: float)
     """
     order = breakpoints.argsort()
     bp_sorted = breakpoints[order]
-    slope = slope_steps[order].cumsum()  # dS/dλ after each breakpoint
+    cumsum = np.add.accumulate  # the ufunc method: less overhead than ndarray.cumsum
+    slope = cumsum(slope_steps[order])  # dS/dλ after each breakpoint
     # S(bp_k) - S(-inf) for k >= 1 (it is 0 at the first breakpoint)
-    totals = (slope[:-1] * (bp_sorted[1:] - bp_sorted[:-1])).cumsum()
+    totals = cumsum(slope[:-1] * (bp_sorted[1:] - bp_sorted[:-1]))
     k = int(totals.searchsorted(excess, side="right"))
     base = float(totals[k - 1]) if k > 0 else 0.0
     s = float(slope[k])
@@ -390,79 +406,101 @@ class Shield:
         self._lim = lim
         fleet = self._fleet
         k_soc = self.dt_s / 3600.0 / capacity  # SoC per pack ampere at SoH 1
-        soc_lo_edge = lim.soc_min + self.soc_margin  # SoC window kept after the step
-        soc_hi_edge = lim.soc_max - self.soc_margin
         res_soc0, res_temp0 = fleet.resistance_origin
-        nan, inf, ones = np.full(n, np.nan), np.full(n, np.inf), np.ones(n)
-        # ---- the state matrix of _stage1, one row per quantity (_X_ROWS), and the bounds
-        # it is differenced with in one operation each: x − lo and hi − x. The first six
-        # rows are the fallback windows; the rest reuse the same two operations for the
-        # SoC headroom (hi − x) and the resistance grid position (x − lo). NaN marks an
-        # unused difference (NaN arithmetic raises no floating-point warning).
-        self._x_lo = np.stack(
-            (
-                lim.soc_min,
-                lim.temperature_min_c,
-                lim.cell_voltage_min_v,
-                np.full(n, 1e-9),  # SoH
-                nan,  # current (row holds min(I, 0); only NaN fails)
-                ones,  # valid
-                nan,
-                nan,
-                np.full(n, res_soc0),
-                np.full(n, res_temp0),
+        m = len(VOLTAGE_FRACTIONS) + 1  # nested ranges plus one of length 0
+
+        def rows(*values: FloatArray | float) -> FloatArray:
+            """Per-pack rows, shape ``(len(values), n)`` (scalars are broadcast)."""
+            return np.stack(
+                [np.broadcast_to(np.asarray(v, dtype=np.float64), (n,)) for v in values]
             )
+
+        def full(values: FloatArray) -> FloatArray:
+            """Per side ``(2, n)`` values repeated over the voltage ranges, ``(m, 2, n)``."""
+            return np.broadcast_to(values, (m, 2, n)).copy()
+
+        nan, inf = np.nan, np.inf
+        # ---- the state matrix of _stage1 (layout in _X_ROWS) and the bounds it is
+        # differenced with, one operation each: x - lo and hi - x. The first rows are the
+        # fallback windows; other rows reuse the same two operations for the SoC headroom
+        # (hi - x) and the position on the resistance grid (x - lo). NaN marks a
+        # difference that is not used (NaN arithmetic raises no floating-point warning).
+        self._x_lo = rows(
+            lim.soc_min,
+            lim.temperature_min_c,
+            lim.temperature_min_c,
+            lim.cell_voltage_min_v,
+            lim.cell_voltage_min_v,
+            1e-9,  # SoH
+            1.0,  # valid
+            nan,  # min(I, 0): no lower bound (only NaN fails, see _differences)
+            nan,
+            nan,
+            nan,
+            res_soc0,
+            res_temp0,
         )
-        self._x_hi = np.stack(
-            (
-                lim.soc_max,
-                lim.temperature_max_c,
-                lim.cell_voltage_max_v,
-                np.full(n, 1.5),
-                inf,
-                ones,
-                soc_hi_edge,  # hi − soc: charge headroom
-                soc_lo_edge,  # soc_lo_edge − soc = −(discharge headroom)
-                nan,
-                nan,
-            )
+        self._x_hi = rows(
+            lim.soc_max,
+            lim.temperature_max_c,
+            lim.temperature_max_c,
+            lim.cell_voltage_max_v,
+            lim.cell_voltage_max_v,
+            1.5,
+            1.0,
+            inf,
+            inf,
+            lim.soc_max - self.soc_margin,  # hi - soc: charge headroom
+            lim.soc_min + self.soc_margin,  # lo - soc: minus the discharge headroom
         )
         # A fallback pack's column is replaced by a harmless state (its box is zeroed).
-        self._x_fallback = np.array(
-            [[0.5], [25.0], [3.0], [1.0], [0.0], [1.0], [0.5], [0.5], [0.5], [25.0]]
-        )
+        harmless = {"soc": 0.5, "temp": 25.0, "volt": 3.0, "soh": 1.0, "valid": 1.0, "i": 0.0}
+        self._x_fallback = np.array([[harmless[name]] for name in _X_ROWS])
         # ---- per side, as magnitudes J >= 0 of the current: row 0 charge (J = -I, the
-        # lower bound), row 1 discharge (J = I, the upper bound).
-        # Divided by SoH in one operation: signed SoC per ampere (soc_end = soc - k·J),
-        # the divisors of the SoC headroom rows, and the resistance scale 1/parallel.
-        self._per_soh = np.stack((-k_soc, k_soc, k_soc, -k_soc, 1.0 / parallel))
-        self._j_lim = np.stack((-lim.current_min_a * keep, lim.current_max_a * keep))
-        self._c_max_ah = lim.c_rate_max * keep * capacity  # |I| per unit SoH [A]
-        # Nested ranges plus one of length 0 (its OCV is the one at the present SoC),
-        # shape (m + 1, 1, 1) against (2, n) per-side arrays.
-        self._frac = np.array((*VOLTAGE_FRACTIONS, 0.0))[:, None, None]
+        # lower bound), row 1 discharge (J = I, the upper bound). Constants are stored in
+        # the shape of the arrays they meet: at these sizes numpy is markedly slower on
+        # broadcasts and Python scalars than on equal shapes.
+        # Divided by SoH in one operation: the signed SoC change per ampere of J
+        # (soc_end = soc - k·J), the divisors of the SoC headroom rows, and the scale of
+        # the resistance rows read per pack: (charge, discharge) for the voltage bound,
+        # (0, discharge) for the drop in the conversion (a zero scale), the larger of the
+        # two per side for e_low.
+        inv_p = 1.0 / parallel
+        self._per_soh = rows(-k_soc, k_soc, k_soc, -k_soc, inv_p, inv_p, 0.0, inv_p, inv_p, inv_p)
+        self._res_rows = fleet.resistance_rows(
+            ("charge", "discharge", "discharge", "discharge", "max", "max")
+        )
+        self._j_lim = rows(-lim.current_min_a * keep, lim.current_max_a * keep)
+        self._c_max_ah = rows(*(lim.c_rate_max * keep * capacity,) * 2)  # |I| per SoH [A]
+        # Nested ranges, shape (m, 2, n) (the last of length 0: the OCV at the start)
+        self._frac = full(np.array((*VOLTAGE_FRACTIONS, 0.0))[:, None, None])
+        self._ocv_cells_per_soc = full(np.array(fleet.ocv_cells_per_soc))
         # OCV bound per side, signed: -upper bound when charging, lower when discharging.
-        self._ocv_offsets = fleet.signed_ocv_offsets()
-        self._v_lim = np.stack((-v_max, v_min))  # signed like the OCV bound
-        self._inv_band = 1.0 / self.derating_band_c
+        self._ocv_offsets = np.broadcast_to(fleet.signed_ocv_offsets(), (m, 2, n)).copy()
+        # The voltage limit, signed likewise; NaN in the range of length 0, whose
+        # candidate (min(0, ·) <= 0) never raises the maximum: fmin then gives 0.
+        self._v_lim = full(rows(-v_max, v_min))
+        self._v_lim[-1] = np.nan
+        self._inv_band = rows(*(1.0 / self.derating_band_c,) * 2)
         self._t_max = lim.temperature_max_c
         self._t_min = lim.temperature_min_c
-        # ---- to power (see _stage1): the drop term only on the discharge side, the
-        # conversion voltage's floor, signed power scale and the box limits per side.
-        self._discharge_only = np.array([[0.0], [1.0]])
-        self._v_floor = np.stack((np.full(n, -np.inf), v_min))
+        self._zero = np.zeros((2, n))
+        self._one = np.ones((2, n))
+        # ---- to power (see _stage1): the conversion voltage's floor, signed power scale
+        # and the box limits per side.
+        self._v_floor = rows(-np.inf, v_min)
         power_scale = series / rated  # normalised action per (A·V of one cell)
-        self._power_scale = np.stack((-power_scale, power_scale))
-        self._box_lo = np.array([[-1.0], [0.0]])
-        self._box_hi = np.array([[0.0], [1.0]])
+        self._power_scale = rows(-power_scale, power_scale)
+        self._box_lo = rows(-1.0, 0.0)
+        self._box_hi = rows(0.0, 1.0)
         # ---- projection, Euclidean in normalised units, weights rated/mean(rated)
         self._rated = rated
         self._w_scale = float(rated.mean())
         self._weight = rated / self._w_scale
-        self._inv_weight = 1.0 / self._weight
+        self._inv_weight = rows(*(1.0 / self._weight,) * 2)
         # slope change of the fleet total at each breakpoint: [lower ones, upper ones]
         self._slope_steps = np.concatenate((self._weight**2, -(self._weight**2)))
-        self._in_box_sign = np.array([[1.0], [-1.0]])  # (lower - a, a - upper) <= 0
+        self._in_box_sign = rows(1.0, -1.0)  # (lower - a, a - upper) <= 0
         self._tol_w = 1e-9 * max(float(rated.sum()), 1.0)
         self._k_soc_num = k_soc  # used by predict
         self._no_reasons: tuple[tuple[str, ...], ...] = ((),) * n
@@ -499,33 +537,27 @@ class Shield:
     def _stage1(self, state: FleetState) -> _Stage1:
         """The admissible box of every pack (the module docstring's stage 1).
 
-        Written for few numpy calls on small arrays (their fixed cost dominates): one
-        state matrix, both sides of every pack as one ``(2, n)`` array (row 0 charge, row 1
-        discharge) and all voltage ranges as one ``(m + 1, 2, n)`` array. Every quantity
-        is computed with the same floating-point operations as the plain formulas, so the
-        box does not depend on this layout.
+        Written for few numpy calls (at these sizes their fixed cost dominates): one
+        state matrix ``x`` with the rows the steps need (:data:`_X_ROWS`), both sides of
+        every pack as one ``(2, n)`` array (row 0 charge, row 1 discharge) and all voltage
+        ranges as one ``(m, 2, n)`` array. Every quantity is computed with the same
+        floating-point operations as the plain formulas, so the box does not depend on
+        this layout.
         """
         n = self.n_packs
         if state.n_packs != n:
             raise ValueError(f"state has {state.n_packs} packs, the shield {n}")
-        soc_in, temp_in = state.soc, state.temperature_c
-        x = np.array(
-            (
-                soc_in,
-                temp_in,
-                state.cell_voltage_v,
-                state.soh,
-                state.current_a,
-                state.valid,
-                soc_in,
-                soc_in,
-                soc_in,
-                temp_in,
-            ),
-            dtype=np.float64,
+        soc, temp, volt, current = (
+            state.soc,
+            state.temperature_c,
+            state.cell_voltage_v,
+            state.current_a,
         )
+        rows = (soc, temp, temp, volt, volt, state.soh, state.valid, current, current)
+        x = np.concatenate((*rows, soc, soc, soc, temp), dtype=np.float64).reshape(-1, n)
         # Only a charge current's drop is used (e_low below): keep min(I, 0) (NaN stays).
-        np.minimum(x[4], 0.0, out=x[4])
+        charge_i = x[_CURRENT2]
+        np.minimum(charge_i, self._zero, out=charge_i)
         below, above, slack = self._differences(x)
         # ---- fallback: invalid or outside a window (slack < 0, or NaN)
         why: list[str] | None = None
@@ -536,26 +568,34 @@ class Shield:
             why = [self._fallback_reason(state, i) if fallback[i] else "" for i in range(n)]
             x[:, fallback] = self._x_fallback
             below, above, slack = self._differences(x)
-        soc, temp, volt, soh, charge_i = x[0], x[1], x[2], x[3], x[4]
+        soc, temp, soh = x[0], x[1], x[_SOH]
         fleet = self._fleet
         per_soh = self._per_soh / soh
         k_signed = per_soh[0:2]  # SoC change per ampere of J over the step, signed
         # ---- current, C-rate and SoC bounds (SoC kept inside the margin band; never < 0)
-        j_soc = np.maximum(above[6:8] / per_soh[2:4], 0.0)
+        j_soc = np.maximum(above[_SOC_HEADROOM] / per_soh[2:4], self._zero)
         j_rate = self._c_max_ah * soh
         j0 = np.minimum(np.minimum(self._j_lim, j_rate), j_soc)
         # ---- voltage: nested ranges, OCV bound at the far end of each (one look-up)
-        ends = self._frac * j0  # (m + 1, 2, n), last range of length 0
-        ocv = fleet.signed_ocv_bound(soc - k_signed * ends, self._ocv_offsets)
-        # cell voltage rise (charge) / drop (discharge) per pack ampere [V/A]
-        r2 = fleet.resistance_bounds_at(below[8:10])[::-1] * per_soh[4]
-        cand = np.minimum(ends, (ocv - self._v_lim) / r2)
-        j_v = np.maximum(cand.max(axis=0), 0.0)
-        j = np.minimum(j0, j_v)
-        # ---- temperature derating (slack[1] = min(T - T_min, T_max - T) >= 0 here;
-        # a fallback pack's negative value is harmless: its box is zeroed below)
-        derate = slack[1] * self._inv_band
-        j *= np.minimum(derate, 1.0)
+        ends = self._frac * j0  # (m, 2, n), last range of length 0
+        position = ends * k_signed
+        np.subtract(soc, position, out=position)  # SoC at the end of each range
+        position *= self._ocv_cells_per_soc
+        ocv = fleet.signed_ocv_bound(position, self._ocv_offsets)
+        # cell voltage rise (charge) / drop (discharge) per pack ampere [V/A]; rows in
+        # __init__ (_per_soh)
+        res = fleet.resistance_bounds_at(below[_RES_OFFSET], self._res_rows)
+        res *= per_soh[4:10]
+        r2 = res[0:2]
+        # Largest valid bound over the ranges (>= 0: the empty range gives 0, see _v_lim);
+        # it never exceeds j0, as each candidate is at most its range's end.
+        cand = ocv - self._v_lim
+        cand /= r2
+        j_v = np.fmin(cand, ends, out=cand).max(axis=0)
+        # ---- temperature derating (slack = min(T - T_min, T_max - T) >= 0 here; a
+        # fallback pack's negative value is harmless: its box is zeroed below)
+        derate = slack[_TEMP2] * self._inv_band
+        j = j_v * np.minimum(derate, self._one)
         # ---- to power, with voltages the step never goes below: when discharging, the
         # lowest OCV of the range minus the drop; when charging, the OCV at the start.
         # The plant turns power into current with its own source voltage; it is at least
@@ -563,14 +603,19 @@ class Shield:
         # conversion voltage is the lower of the model's and the measurement's. Per side,
         # v = min(max(ocv - drop, floor), e_low - drop), with drop = 0 and floor = -inf
         # when charging, i.e. min(ocv_start, e_low).
-        e_low = volt + np.maximum(r2[0], r2[1]) * charge_i
-        drop = (r2 * j) * self._discharge_only
-        ocv_used = ocv[5::-5, 1]  # discharge-side OCV bound at the start / the far end
-        v = np.minimum(np.maximum(ocv_used - drop, self._v_floor), e_low - drop)
-        box = np.minimum(np.maximum((j * v) * self._power_scale, self._box_lo), self._box_hi)
+        e_low = res[4:6] * charge_i
+        e_low += x[_VOLT2]
+        drop = res[2:4] * j
+        v = ocv[-1::-5, 1] - drop  # discharge-side OCV bound at the start / the far end
+        np.maximum(v, self._v_floor, out=v)
+        np.minimum(v, e_low - drop, out=v)
+        box = j * v
+        box *= self._power_scale
+        np.maximum(box, self._box_lo, out=box)
+        np.minimum(box, self._box_hi, out=box)
         if why is not None:
             box[:, fallback] = 0.0
-        return _Stage1(box, fallback, why, j_rate, j_soc, j_v, derate, temp)
+        return _Stage1(box, fallback, why, j_rate[0], j_soc, j_v, derate[0], temp)
 
     def _differences(self, x: FloatArray) -> tuple[FloatArray, FloatArray, FloatArray]:
         """``x − lo``, ``hi − x`` and the slack inside the fallback windows (NaN if unknown).
@@ -578,9 +623,10 @@ class Shield:
         ``fmin`` ignores one NaN: the current row has no lower bound (NaN) and an infinite
         upper one, so only a NaN current gives NaN slack.
         """
-        below = x - self._x_lo
-        above = self._x_hi - x
-        return below, above, np.fmin(below[:6], above[:6])
+        lo, hi = self._x_lo, self._x_hi
+        below = x[: lo.shape[0]] - lo
+        above = hi - x[: hi.shape[0]]
+        return below, above, np.fmin(below[_WINDOWS], above[_WINDOWS])
 
     def _limit_names(self, stage: _Stage1) -> tuple[tuple[str, ...], tuple[str, ...]]:
         """Binding limit name of each pack's lower and upper bound."""
@@ -801,7 +847,7 @@ class Shield:
     ) -> tuple[FloatArray, float]:
         """:func:`project_box_hyperplane` on the shield's box, with ``gap = box − request``."""
         weight = self._weight
-        lower, upper = box
+        lower, upper = box[0], box[1]
         t_min = float(weight @ lower)
         t_max = float(weight @ upper)
         if target <= t_min:
@@ -811,7 +857,11 @@ class Shield:
         # Breakpoints where each coordinate leaves its lower / reaches its upper bound.
         breakpoints = (gap * self._inv_weight).ravel()
         lam = _multiplier(breakpoints, self._slope_steps, target - t_min)
-        return np.minimum(np.maximum(request + lam * weight, lower), upper), target
+        out = lam * weight
+        out += request
+        np.maximum(out, lower, out=out)
+        np.minimum(out, upper, out=out)
+        return out, target
 
     def _reasons(
         self,

@@ -75,6 +75,36 @@ def test_fleet_lookups_bound_the_interpolated_model(
         assert bound[0] <= model.resistance_table_ohm(chem, duration_s, direction).max()
 
 
+def test_fleet_fast_lookups_equal_the_clamped_ones() -> None:
+    """The shield's fast look-ups return exactly what the plain clamped ones return.
+
+    (Clamp-free OCV look-up on padded tables; row-wise resistance look-up with float
+    index arithmetic.)
+    """
+    model = cell_model()
+    chems = ["NMC", "LFP", "LCO", "LFP"]
+    fleet = model.for_fleet(chems, 300.0)
+    rng = np.random.default_rng(3)
+    # SoC over [0, 1], with grid points and both ends (where truncation and clamps meet)
+    soc = np.concatenate((rng.uniform(0, 1, 400), np.linspace(0, 1, 101), [0.0, 1.0, 1e-17]))
+    soc = soc[: soc.size // 4 * 4].reshape(-1, 4)
+    offsets = fleet.signed_ocv_offsets()
+    for row in soc:
+        position = np.stack((row, row)) * fleet.ocv_cells_per_soc
+        signed = fleet.signed_ocv_bound(position, offsets)
+        assert np.array_equal(signed[0], -fleet.ocv_bound_v(row, 1))
+        assert np.array_equal(signed[1], fleet.ocv_bound_v(row, 0))
+    s0, t0 = fleet.resistance_origin
+    rows = fleet.resistance_rows(("charge", "discharge", "max"))
+    for row in soc:
+        temp = rng.uniform(-40.0, 80.0, 4).round(rng.integers(0, 3))  # on and off the grid
+        dis, chg = fleet.resistance_bound_ohm(row, temp)
+        fast = fleet.resistance_bounds_at(np.stack((row - s0, temp - t0)), rows)
+        assert np.array_equal(fast, np.stack((chg, dis, np.maximum(dis, chg))))
+    with pytest.raises(ValueError, match="unknown resistance tables"):
+        fleet.resistance_rows(("sideways",))
+
+
 @pytest.mark.parametrize(
     ("mutate", "match"),
     [
