@@ -12,11 +12,18 @@ rules instantiate (``_partial_``) to a factory ``env -> Policy``.
 
 from __future__ import annotations
 
+import dataclasses
+import types
+import typing
+from collections.abc import Sequence
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any
 
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING
+
+from pulsebms.agents.sb3 import PPOConfig, SACConfig
 
 __all__ = [
     "EnvConf",
@@ -88,45 +95,32 @@ class ShieldConf:
     kwargs: dict[str, Any] = field(default_factory=dict)
 
 
-@dataclass
-class PPOAgentConf:
-    """Schema of :class:`pulsebms.agents.sb3.PPOConfig` (see it for each field)."""
+def _agent_schema(name: str, config_cls: type, target: str) -> type:
+    """Derive the schema of an SB3 hyperparameter dataclass: its fields plus ``_target_``.
 
-    _target_: str = "pulsebms.agents.sb3.PPOConfig"
-    learning_rate: float = 3e-4
-    n_steps: int = 1024
-    batch_size: int = 128
-    n_epochs: int = 10
-    gamma: float = 0.99
-    gae_lambda: float = 0.95
-    clip_range: float = 0.2
-    ent_coef: float = 0.0
-    log_std_init: float = -0.5
-    net_arch: list[int] = field(default_factory=lambda: [64, 64])
-    cost_penalty: float = 0.0
-    lagrangian_lr: float = 0.0
-    cost_limit: float = 0.0
+    The library dataclass stays the one place that names, types and defaults each
+    hyperparameter; this only maps its annotations onto what OmegaConf can type
+    (sequences become lists, unions become ``Any``).
+    """
+    hints = typing.get_type_hints(config_cls)
+    specs: list[tuple[str, Any, Any]] = [("_target_", str, field(default=target))]
+    for f in dataclasses.fields(config_cls):
+        hint = hints[f.name]
+        origin = typing.get_origin(hint)
+        if origin is Sequence:
+            default: tuple[int, ...] = tuple(typing.cast("Sequence[int]", f.default))
+            specs.append((f.name, list[int], field(default_factory=partial(list, default))))
+        elif origin in (types.UnionType, typing.Union):
+            specs.append((f.name, Any, field(default=f.default)))
+        else:
+            specs.append((f.name, hint, field(default=f.default)))
+    schema = dataclasses.make_dataclass(name, specs)
+    schema.__doc__ = f"Schema of :class:`{target}` (see it for each field)."
+    return schema
 
 
-@dataclass
-class SACAgentConf:
-    """Schema of :class:`pulsebms.agents.sb3.SACConfig` (see it for each field)."""
-
-    _target_: str = "pulsebms.agents.sb3.SACConfig"
-    learning_rate: float = 3e-4
-    buffer_size: int = 100_000
-    batch_size: int = 256
-    learning_starts: int = 1_000
-    tau: float = 0.005
-    gamma: float = 0.99
-    train_freq: int = 1
-    gradient_steps: int = 1
-    ent_coef: Any = "auto"
-    net_arch: list[int] = field(default_factory=lambda: [64, 64])
-    cost_penalty: float = 0.0
-    lagrangian_lr: float = 0.0
-    cost_limit: float = 0.0
-    lagrangian_every: int = 1_000
+PPOAgentConf = _agent_schema("PPOAgentConf", PPOConfig, "pulsebms.agents.sb3.PPOConfig")
+SACAgentConf = _agent_schema("SACAgentConf", SACConfig, "pulsebms.agents.sb3.SACConfig")
 
 
 @dataclass
