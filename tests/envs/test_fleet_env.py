@@ -63,7 +63,8 @@ def test_spaces_layout_and_shield_facing_attributes() -> None:
 
 
 def test_agents_observation_reader_reads_the_layout() -> None:
-    reader_mod = pytest.importorskip("pulsebms.agents.observation")
+    import pulsebms.agents.observation as reader_mod
+
     env = _stub_env()
     obs, _ = env.reset(seed=0)
     reader = reader_mod.ObservationReader(

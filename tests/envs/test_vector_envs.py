@@ -44,7 +44,7 @@ def test_gymnasium_vector_envs(mode: str) -> None:
 
 
 def test_sb3_vec_env_and_checker() -> None:
-    sb3 = pytest.importorskip("stable_baselines3")
+    import stable_baselines3 as sb3
     from stable_baselines3.common.env_checker import check_env
     from stable_baselines3.common.vec_env import DummyVecEnv
 
@@ -66,7 +66,7 @@ def test_sb3_vec_env_and_checker() -> None:
 
 
 def test_sb3_subproc_vec_env() -> None:
-    pytest.importorskip("stable_baselines3")
+    import stable_baselines3  # noqa: F401
     from stable_baselines3.common.vec_env import SubprocVecEnv
 
     venv = SubprocVecEnv(
@@ -87,7 +87,8 @@ def test_sb3_subproc_vec_env() -> None:
 
 
 def test_real_twin_memory_flat() -> None:
-    psutil = pytest.importorskip("psutil")
+    import psutil
+
     env = gym.make("PulseBMS/FleetSmall-v0", horizon_steps=100_000)
     env.reset(seed=0)
     small = np.array([0.05, -0.05, 0.0], dtype=np.float32)
@@ -105,7 +106,8 @@ def test_real_twin_memory_flat() -> None:
 
 @pytest.mark.slow
 def test_physics_memory_flat_long_run() -> None:
-    psutil = pytest.importorskip("psutil")
+    import psutil
+
     env = gym.make("PulseBMS/FleetSmall-v0", fidelity="physics", horizon_steps=100_000, dt_s=60.0)
     env.reset(seed=0)
     small = np.array([0.05, -0.05, 0.0], dtype=np.float32)

@@ -169,7 +169,8 @@ def test_wrong_number_of_limits_raises() -> None:
 
 
 def test_voltage_windows_equal_pybamm_parameter_sets() -> None:
-    pybamm = pytest.importorskip("pybamm")
+    import pybamm
+
     from pulsebms.envs.chemistry import CHEMISTRIES
 
     assert set(CELL_VOLTAGE_WINDOWS_V) == set(CHEMISTRIES)

@@ -15,12 +15,11 @@ from typing import Any
 
 import gymnasium as gym
 import numpy as np
+import pybamm  # noqa: F401
 import pytest
 
-pytest.importorskip("pybamm")
-envs = pytest.importorskip("pulsebms.envs")
-
-from pulsebms.safety import ShieldWrapper  # noqa: E402  (after the skips)
+import pulsebms.envs as envs
+from pulsebms.safety import ShieldWrapper
 
 Policy = Callable[[int, int, np.random.Generator], np.ndarray]
 

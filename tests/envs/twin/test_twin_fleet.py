@@ -338,7 +338,8 @@ def _traced_growth_bytes(step: Callable[[int], object], warm: int, n: int) -> in
 
 
 def test_ecm_memory_flat_over_many_steps() -> None:
-    psutil = pytest.importorskip("psutil")
+    import psutil
+
     twin = make_twin([PackSpec(c) for c in CHEMS * 4], "ecm")
     power = 0.3 * twin.ratings.rated_power_w
 
@@ -356,7 +357,8 @@ def test_ecm_memory_flat_over_many_steps() -> None:
 
 
 def test_physics_memory_flat_over_bounded_run() -> None:
-    psutil = pytest.importorskip("psutil")
+    import psutil
+
     twin = make_twin([PackSpec(c) for c in CHEMS], "physics")
     current = 0.3 * twin.ratings.capacity_ah
 
