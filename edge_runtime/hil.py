@@ -36,7 +36,7 @@ import numpy as np
 
 import pulsebms.envs  # noqa: F401 - registers the PulseBMS ids
 from pulsebms.edge_runtime.codec import CanCodec, SetpointFrame
-from pulsebms.edge_runtime.manifest import load_manifest
+from pulsebms.edge_runtime.manifest import ManifestError, ModelIntegrityError, load_manifest
 from pulsebms.edge_runtime.runtime import EdgeRuntime, TickReport
 
 __all__ = ["HilFaults", "HilReport", "HilSimulator", "SimClock", "run_hil"]
@@ -391,18 +391,22 @@ def main(argv: Sequence[str] | None = None) -> int:
         silent_packs={pack: args.n_ticks // 2 for pack in args.silent_pack},
         malformed_every=args.malformed_every,
     )
-    report = run_hil(
-        args.manifest,
-        args.model,
-        n_ticks=args.n_ticks,
-        interface=args.interface,
-        channel=args.channel,
-        env_id=args.env_id,
-        env_kwargs=args.env_kwargs,
-        seed=args.seed,
-        tick_s=args.tick_s,
-        faults=faults,
-    )
+    try:
+        report = run_hil(
+            args.manifest,
+            args.model,
+            n_ticks=args.n_ticks,
+            interface=args.interface,
+            channel=args.channel,
+            env_id=args.env_id,
+            env_kwargs=args.env_kwargs,
+            seed=args.seed,
+            tick_s=args.tick_s,
+            faults=faults,
+        )
+    except (ManifestError, ModelIntegrityError, FileNotFoundError) as exc:
+        print(f"{p.prog}: refusing to start: {exc}", file=sys.stderr)
+        return 1
     print(json.dumps(report.to_dict(), indent=2, sort_keys=True))
     return 0
 

@@ -118,3 +118,12 @@ def test_hil_shield_keeps_an_aggressive_policy_inside_the_limits(
     assert report.interventions == 120  # the shield acts on every tick ...
     assert report.twin_violations == 0  # ... and the twin never leaves its limits
     assert report.telemetry_violations == 0
+
+
+def test_hil_cli_refuses_a_missing_manifest_cleanly(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from pulsebms.edge_runtime.hil import main as hil_main
+
+    assert hil_main(["--manifest", str(tmp_path / "missing.json"), "--n-ticks", "1"]) == 1
+    assert "refusing to start" in capsys.readouterr().err
