@@ -150,10 +150,9 @@ def _group_table(
     Cached: shields of the same fleet (one per environment, per test) share the tables.
     """
     chem = group.chemistry
-    soc_step = 1.0 / (soc_cells - 1)
-    soc_lo = np.arange(soc_cells)[:, None] * soc_step  # (n_s, 1): lower edges
-    soc_hi = soc_lo + soc_step
-    corners_s = np.arange(soc_cells + 1) * soc_step
+    corners_s = np.arange(soc_cells + 1) / (soc_cells - 1)  # a / cells_per_soc, rounded once
+    soc_lo = corners_s[:-1, None]  # (n_s, 1): lower edges
+    soc_hi = corners_s[1:, None]
     corners_t = temperature_origin_c + np.arange(temperature_cells + 1) * temperature_step_c
     grid_s, grid_t = np.meshgrid(corners_s, corners_t, indexing="ij")
 
