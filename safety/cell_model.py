@@ -30,6 +30,7 @@ import json
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from functools import cache
 from pathlib import Path
 from typing import Any
 
@@ -186,6 +187,17 @@ class CellModel:
         file = Path(path) if path is not None else default_tables_path()
         return cls(json.loads(file.read_text(encoding="utf-8")))
 
+    @classmethod
+    def shipped(cls) -> CellModel:
+        """The shipped tables, loaded once per process and shared (do not modify).
+
+        Sharing one instance lets shields reuse the envelope tables cached per model.
+
+        Returns:
+            The model.
+        """
+        return _shipped_model()
+
     @property
     def chemistries(self) -> tuple[str, ...]:
         """Chemistries in the tables."""
@@ -328,6 +340,11 @@ class CellModel:
         r_dis = self.resistance_ohm(chemistry, soc, temperature_c, duration_s, "discharge")
         r_chg = self.resistance_ohm(chemistry, soc, temperature_c, duration_s, "charge")
         return np.asarray(gap / np.where(gap >= 0, r_dis, r_chg), dtype=np.float64)
+
+
+@cache
+def _shipped_model() -> CellModel:
+    return CellModel.load()
 
 
 def _bilinear(

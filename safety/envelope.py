@@ -189,6 +189,28 @@ def _group_table(
     return table
 
 
+@lru_cache(maxsize=8)
+def _fleet_table(
+    model: CellModel,
+    groups: tuple[EnvelopeGroup, ...],
+    dt_s: float,
+    duration_s: float,
+    soc_cells: int,
+    temperature_origin_c: float,
+    temperature_step_c: float,
+    temperature_cells: int,
+) -> FloatArray:
+    """All groups' tables in one read-only ``(rows, len(COLUMNS))`` array.
+
+    Cached too, so that shields of the same fleet hold one copy, not one each.
+    """
+    grid = (soc_cells, temperature_origin_c, temperature_step_c, temperature_cells)
+    blocks = [_group_table(model, g, dt_s, duration_s, *grid) for g in groups]
+    table = np.concatenate(blocks).reshape(-1, len(COLUMNS))
+    table.setflags(write=False)
+    return table
+
+
 class CurrentEnvelope:
     """Per-SoH cell current limits and conversion values on a (SoC, temperature) grid.
 
@@ -261,21 +283,16 @@ class CurrentEnvelope:
         self.temperature_origin_c = float(origin)
         self.temperature_step_c = float(temperature_step_c)
         self.temperature_cells = math.floor((t_high - origin) / temperature_step_c) + 2
-        blocks = [
-            _group_table(
-                model,
-                g,
-                self.dt_s,
-                self.duration_s,
-                self.soc_cells,
-                self.temperature_origin_c,
-                self.temperature_step_c,
-                self.temperature_cells,
-            )
-            for g in self.groups
-        ]
-        table = np.concatenate(blocks).reshape(-1, len(COLUMNS))
-        table.setflags(write=False)
+        table = _fleet_table(
+            model,
+            self.groups,
+            self.dt_s,
+            self.duration_s,
+            self.soc_cells,
+            self.temperature_origin_c,
+            self.temperature_step_c,
+            self.temperature_cells,
+        )
         self.table: FloatArray = table
         """All groups' rows, shape ``(groups·soc_cells·temperature_cells, len(COLUMNS))``;
         the row of group ``g`` at grid cell ``(a, b)`` is

@@ -147,7 +147,7 @@ _SOH_MIN, _SOH_MAX = 1e-9, 1.5
 
 # The state matrix x of Shield._stage1 has one row per measured quantity (valid as 0/1):
 _X_ROWS = ("soc", "temp", "volt", "soh", "valid", "current")
-_X_SOC, _X_TEMP, _X_VOLT, _X_SOH = 0, 1, 2, 3
+_X_VOLT, _X_SOH = _X_ROWS.index("volt"), _X_ROWS.index("soh")
 # and y = x[select]·scale + offset one row per derived quantity, in one pass: (name, source).
 # The window rows are >= 0 exactly when the pack is inside that window (NaN when unknown);
 # the temperature ones are scaled by 1/derating_band_c, so they are also the derating.
@@ -172,8 +172,7 @@ _Y_ROWS = (
 _WINDOWS = slice(0, 10)
 _DERATE_LO, _DERATE_HI = 2, 3
 _HEADROOM = slice(10, 12)
-_GRID = slice(12, 14)
-_GRID1 = slice(12, 16)  # the grid coordinates and the constant 1
+_GRID = slice(12, 16)  # the grid coordinates, the cell current (coefficient 0) and 1
 _CELL_CURRENT = 14
 
 
@@ -348,7 +347,8 @@ class Shield:
         limits: One :class:`PackLimits` per pack (or one for all); the chemistries'
             defaults (:func:`pulsebms.safety.fleet_limits`) when None.
         dt_s: Control interval [s]: how far ahead SoC and voltage are predicted.
-        cell_model: OCV/resistance tables; the shipped ones when None.
+        cell_model: OCV/resistance tables; the shipped ones when None
+            (:meth:`CellModel.shipped`, shared).
         derating_band_c: Width of the band inside each temperature limit over which the
             admissible power falls linearly to zero [°C] (> 0).
         resistance_duration_s: Pulse duration the effective resistance is taken at [s];
@@ -430,7 +430,7 @@ class Shield:
         self.resistance_duration_s = float(
             max(self.dt_s, 1000.0) if resistance_duration_s is None else resistance_duration_s
         )
-        self.cell_model = cell_model if cell_model is not None else CellModel.load()
+        self.cell_model = cell_model if cell_model is not None else CellModel.shipped()
         v_min = lim.cell_voltage_min_v + self.voltage_margin_v
         v_max = lim.cell_voltage_max_v - self.voltage_margin_v
         if np.any(v_min >= v_max):
@@ -439,7 +439,6 @@ class Shield:
             raise ValueError("soc_margin leaves an empty SoC window")
         keep = 1.0 - self.current_margin
         self.n_packs = n
-        self._lim = lim
         # ---- the current envelope: one table per group of packs sharing cell and limits
         cell_cap = np.asarray(ratings.cell_capacity_ah, dtype=np.float64)
         keys = [
@@ -611,7 +610,7 @@ class Shield:
             y *= self._y_scale
             y += self._y_offset
         # ---- envelope rows: one gather at each pack's (group, SoC, temperature) cell
-        index = self._cell_index @ np.floor(y[_GRID1])
+        index = self._cell_index @ np.floor(y[_GRID])
         env = self._table.take(index.astype(np.intp))
         # ---- per-SoH cell current per side: voltage and C-rate (envelope), SoC headroom,
         # current limit (never < 0: a pack in the SoC margin band gets 0)
