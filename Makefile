@@ -50,7 +50,7 @@ format: install  ## Apply ruff's fixes and formatting.
 	$(BIN)/ruff check --fix .
 	$(BIN)/ruff format .
 
-PACKAGES := envs safety agents experiments configs export edge_runtime benchmarks
+PACKAGES := core envs safety agents experiments configs export edge_runtime benchmarks
 type: install  ## mypy over pulsebms.* (strict for safety, export, edge_runtime).
 	@rm -rf build/typecheck && mkdir -p build/typecheck/pulsebms
 	@for d in $(PACKAGES); do ln -s ../../../$$d build/typecheck/pulsebms/$$d; done

@@ -1,0 +1,72 @@
+"""Shared array aliases and protocols (numpy only).
+
+Every module that names an array type imports it from here, so there is one meaning of
+``FloatArray`` in the whole package (the habit of SB3's ``type_aliases.py``).
+The :class:`FleetEnvLike` protocol is what library code reads from an environment (the
+shield wrapper, the agents, the exporter): a :class:`pulsebms.envs.FleetEnv` satisfies it,
+and so does any stand-in that exposes the same attributes.
+
+Example:
+    >>> import numpy as np
+    >>> from pulsebms.core.types import FloatArray
+    >>> x: FloatArray = np.zeros(3)
+    >>> x.dtype
+    dtype('float64')
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
+
+import numpy as np
+from numpy.typing import NDArray
+
+if TYPE_CHECKING:  # annotations only: pulsebms.core imports nothing of the package at run time
+    from pulsebms.core.observation import ObservationLayout
+    from pulsebms.safety.limits import PackLimits
+    from pulsebms.safety.state import FleetState, PackRatings
+
+__all__ = [
+    "ActArray",
+    "AnyArray",
+    "BoolArray",
+    "FleetEnvLike",
+    "FloatArray",
+    "IntArray",
+    "ObsArray",
+]
+
+FloatArray = NDArray[np.float64]
+"""A float64 array: physical quantities (units in the variable's name)."""
+IntArray = NDArray[np.int64]
+"""An int64 array: counts and indices."""
+BoolArray = NDArray[np.bool_]
+"""A boolean mask, one entry per pack unless said."""
+ObsArray = NDArray[np.float32]
+"""A flat observation (float32, the layout of :class:`~pulsebms.core.observation.ObservationLayout`)."""
+ActArray = NDArray[np.float32]
+"""A flat action: per-pack power set-point / rated pack power, + = discharge."""
+AnyArray = NDArray[Any]
+"""An array of any dtype (inputs that are converted on entry)."""
+
+
+@runtime_checkable
+class FleetEnvLike(Protocol):
+    """What library code reads from a fleet environment (unwrapped).
+
+    Attributes:
+        ratings: Static pack ratings, in fleet order.
+        dt_s: Control interval [s].
+        pack_limits: Safety limits per pack, in fleet order.
+        observation_layout: The named layout of the flat observation.
+    """
+
+    ratings: PackRatings
+    dt_s: float
+    pack_limits: Sequence[PackLimits]
+    observation_layout: ObservationLayout
+
+    def fleet_state(self) -> FleetState:
+        """The fleet's present state as the shield sees it."""
+        ...
