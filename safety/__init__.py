@@ -34,6 +34,7 @@ from pulsebms.safety.limits import (
     stack_limits,
     violation_cost,
 )
+from pulsebms.safety.settings import ShieldSettings
 from pulsebms.safety.shield import AdmissibleSet, Shield, ShieldResult, ShieldStatus
 from pulsebms.safety.state import FleetState, PackRatings
 
@@ -52,6 +53,7 @@ __all__ = [
     "ShieldCheckError",
     "ShieldCheckReport",
     "ShieldResult",
+    "ShieldSettings",
     "ShieldStatus",
     "ShieldWrapper",
     "Violation",

@@ -77,7 +77,7 @@ import enum
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import NamedTuple
+from typing import NamedTuple, Unpack
 
 import numpy as np
 from numpy.typing import ArrayLike, NDArray
@@ -95,6 +95,7 @@ from pulsebms.safety.envelope import (
     EnvelopeGroup,
 )
 from pulsebms.safety.limits import PackLimits, fleet_limits, stack_limits
+from pulsebms.safety.settings import ShieldSettings, ShieldSettingsOverrides, merge_settings
 from pulsebms.safety.state import FleetState, PackRatings
 
 __all__ = [
@@ -347,24 +348,20 @@ class Shield:
         limits: One :class:`PackLimits` per pack (or one for all); the chemistries'
             defaults (:func:`pulsebms.safety.fleet_limits`) when None.
         dt_s: Control interval [s]: how far ahead SoC and voltage are predicted.
+        settings: Margins, derating band and resistance pulse duration
+            (:class:`~pulsebms.safety.settings.ShieldSettings`, where each default and
+            its reason is documented); the defaults when None.
         cell_model: OCV/resistance tables; the shipped ones when None
             (:meth:`CellModel.shipped`, shared).
-        derating_band_c: Width of the band inside each temperature limit over which the
-            admissible power falls linearly to zero [°C] (> 0).
-        resistance_duration_s: Pulse duration the effective resistance is taken at [s];
-            None means ``max(dt_s, 1000)``: a pack may already carry the polarisation of
-            earlier steps at the same current, so the longest tabulated pulse is the safe
-            default (pitfall: ``dt_s`` alone under-predicts the drop of a sustained
-            current).
-        voltage_margin_v: Margin kept inside the cell voltage window [V] (≥ 0), for model
-            error; it must leave the window non-empty.
-        soc_margin: Margin kept inside the SoC window (fraction, ≥ 0). The plant turns
-            the power set-point into a current with its own model, which can draw a few
-            per cent more current than planned; over a long step that moves the SoC past
-            an exactly active bound. The default covers 3 % at 1 C over 300 s.
-        current_margin: Relative margin on the current and C-rate limits (≥ 0, < 1), for
-            the same reason (measured: the PulseBMS physics twin's power model, which
-            ignores temperature, draws up to 2 % more current than planned at 40 °C).
+        **overrides: :class:`~pulsebms.safety.settings.ShieldSettings` fields given as
+            keywords (``derating_band_c``, ``resistance_duration_s``,
+            ``voltage_margin_v``, ``soc_margin``, ``current_margin``, ``track_demand``);
+            they override the matching fields of ``settings``.
+
+    Attributes:
+        settings: The resolved :class:`~pulsebms.safety.settings.ShieldSettings`.
+        resistance_duration_s: The pulse duration the resistance is read at [s]
+            (``settings.resistance_duration_s`` resolved: ``max(dt_s, 1000)`` for None).
 
     Building a shield solves the current envelope (:attr:`envelope`): one table per group
     of packs that share chemistry, cell capacity, voltage window and C-rate limit, about
@@ -372,9 +369,10 @@ class Shield:
     A fleet whose packs all have different voltage windows pays this per pack.
 
     Raises:
-        ValueError: On a non-positive ``dt_s`` or band, a negative margin, limits of the
-            wrong count, ratings with non-positive capacity/rated power/counts, or a
-            chemistry the cell model does not know.
+        ValueError: On a non-positive ``dt_s``, invalid settings, margins that leave a
+            window empty, limits of the wrong count, ratings with non-positive
+            capacity/rated power/counts, or a chemistry the cell model does not know.
+        TypeError: On a keyword that is not a setting.
     """
 
     def __init__(
@@ -383,23 +381,14 @@ class Shield:
         limits: Sequence[PackLimits] | PackLimits | None = None,
         dt_s: float = 10.0,
         *,
+        settings: ShieldSettings | None = None,
         cell_model: CellModel | None = None,
-        derating_band_c: float = 5.0,
-        resistance_duration_s: float | None = None,
-        voltage_margin_v: float = 0.005,
-        soc_margin: float = 5e-3,
-        current_margin: float = 0.03,
+        **overrides: Unpack[ShieldSettingsOverrides],
     ) -> None:
         if not (math.isfinite(dt_s) and dt_s > 0):
             raise ValueError(f"dt_s must be finite and > 0, got {dt_s}")
-        if not (math.isfinite(derating_band_c) and derating_band_c > 0):
-            raise ValueError(f"derating_band_c must be finite and > 0, got {derating_band_c}")
-        if not (math.isfinite(voltage_margin_v) and voltage_margin_v >= 0):
-            raise ValueError(f"voltage_margin_v must be finite and >= 0, got {voltage_margin_v}")
-        if not (math.isfinite(soc_margin) and soc_margin >= 0):
-            raise ValueError(f"soc_margin must be finite and >= 0, got {soc_margin}")
-        if not (math.isfinite(current_margin) and 0 <= current_margin < 1):
-            raise ValueError(f"current_margin must be in [0, 1), got {current_margin}")
+        self.settings = merge_settings(settings, overrides, caller="Shield")
+        config = self.settings
         n = ratings.n_packs
         if n < 1:
             raise ValueError("a shield needs at least one pack")
@@ -423,13 +412,12 @@ class Shield:
             else ((limits,) * n if isinstance(limits, PackLimits) else tuple(limits))
         )
         lim = stack_limits(self.limits, n)
-        self.derating_band_c = float(derating_band_c)
-        self.voltage_margin_v = float(voltage_margin_v)
-        self.soc_margin = float(soc_margin)
-        self.current_margin = float(current_margin)
-        self.resistance_duration_s = float(
-            max(self.dt_s, 1000.0) if resistance_duration_s is None else resistance_duration_s
-        )
+        self.derating_band_c = config.derating_band_c
+        self.voltage_margin_v = config.voltage_margin_v
+        self.soc_margin = config.soc_margin
+        self.current_margin = config.current_margin
+        duration = config.resistance_duration_s
+        self.resistance_duration_s = float(max(self.dt_s, 1000.0) if duration is None else duration)
         self.cell_model = cell_model if cell_model is not None else CellModel.shipped()
         v_min = lim.cell_voltage_min_v + self.voltage_margin_v
         v_max = lim.cell_voltage_max_v - self.voltage_margin_v

@@ -43,23 +43,22 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Mapping, Sequence
-from typing import Any, SupportsFloat
+from typing import Any, SupportsFloat, Unpack
 
 import gymnasium as gym
 import numpy as np
-from numpy.typing import NDArray
 
+from pulsebms.core.types import AnyArray, FleetEnvLike, FloatArray
 from pulsebms.safety.cell_model import CellModel
 from pulsebms.safety.limits import PackLimits, check_violations, violation_cost
+from pulsebms.safety.settings import ShieldSettings, ShieldSettingsOverrides, merge_settings
 from pulsebms.safety.shield import Shield, ShieldResult
 from pulsebms.safety.state import FleetState, PackRatings
 
 __all__ = ["ShieldWrapper", "cast_toward_zero"]
 
-FloatArray = NDArray[np.float64]
 
-
-def cast_toward_zero(values: FloatArray, dtype: np.dtype[Any]) -> NDArray[Any]:
+def cast_toward_zero(values: FloatArray, dtype: np.dtype[Any]) -> AnyArray:
     """Cast to ``dtype`` rounding toward zero (the magnitude never grows).
 
     Args:
@@ -76,59 +75,56 @@ def cast_toward_zero(values: FloatArray, dtype: np.dtype[Any]) -> NDArray[Any]:
     return cast
 
 
-class ShieldWrapper(
-    gym.ActionWrapper[Any, NDArray[Any], NDArray[Any]], gym.utils.RecordConstructorArgs
-):
+class ShieldWrapper(gym.ActionWrapper[Any, AnyArray, AnyArray], gym.utils.RecordConstructorArgs):
     """Projects every action onto the safe set before the environment steps.
 
     Args:
-        env: A fleet environment whose ``unwrapped`` provides ``ratings``, ``dt_s``,
-            ``pack_limits`` and ``fleet_state()``.
+        env: A fleet environment whose ``unwrapped`` is a
+            :class:`~pulsebms.core.types.FleetEnvLike` (``ratings``, ``dt_s``,
+            ``pack_limits``, ``fleet_state()``).
         limits: ``None``: the env's ``pack_limits``; a mapping: overrides of
             :class:`PackLimits` fields applied to every pack's env limits (e.g.
             ``{"soc_max": 0.9}``); a sequence: one :class:`PackLimits` per pack.
-        track_demand: Aim at the fleet request ``fleet_state().demand_w`` instead of the
-            policy's own total (demand-tracking mode).
-        derating_band_c: See :class:`~pulsebms.safety.shield.Shield`.
-        resistance_duration_s: See :class:`~pulsebms.safety.shield.Shield`.
-        voltage_margin_v: See :class:`~pulsebms.safety.shield.Shield`.
-        soc_margin: See :class:`~pulsebms.safety.shield.Shield`.
-        current_margin: See :class:`~pulsebms.safety.shield.Shield`.
+        settings: The shield's :class:`~pulsebms.safety.settings.ShieldSettings`, or a
+            mapping of them (plain data from a config: unknown keys raise ValueError);
+            the defaults when None. ``settings.track_demand`` makes the wrapper aim at
+            the fleet request ``fleet_state().demand_w`` instead of the policy's own
+            total (demand-tracking mode).
         cell_model: See :class:`~pulsebms.safety.shield.Shield`.
+        **overrides: :class:`~pulsebms.safety.settings.ShieldSettings` fields as keywords
+            (``track_demand``, ``derating_band_c``, ``resistance_duration_s``,
+            ``voltage_margin_v``, ``soc_margin``, ``current_margin``); they override
+            the matching fields of ``settings``.
 
     Raises:
-        AttributeError: If ``env.unwrapped`` lacks one of the attributes above.
-        ValueError: If the action space is not a 1-D ``Box`` with one entry per pack.
+        TypeError: If ``env.unwrapped`` is not a :class:`~pulsebms.core.types.FleetEnvLike`,
+            or on a keyword that is not a setting.
+        ValueError: If the action space is not a 1-D ``Box`` with one entry per pack, or
+            on invalid settings.
     """
 
     def __init__(
         self,
-        env: gym.Env[Any, NDArray[Any]],
+        env: gym.Env[Any, AnyArray],
         *,
         limits: Mapping[str, float] | Sequence[PackLimits] | None = None,
-        track_demand: bool = False,
-        derating_band_c: float = 5.0,
-        resistance_duration_s: float | None = None,
-        voltage_margin_v: float = 0.005,
-        soc_margin: float = 5e-3,
-        current_margin: float = 0.03,
+        settings: ShieldSettings | Mapping[str, Any] | None = None,
         cell_model: CellModel | None = None,
+        **overrides: Unpack[ShieldSettingsOverrides],
     ) -> None:
-        gym.utils.RecordConstructorArgs.__init__(
-            self,
-            limits=limits,
-            track_demand=track_demand,
-            derating_band_c=derating_band_c,
-            resistance_duration_s=resistance_duration_s,
-            voltage_margin_v=voltage_margin_v,
-            soc_margin=soc_margin,
-            current_margin=current_margin,
-        )
+        resolved = merge_settings(settings, overrides, caller="ShieldWrapper")
+        gym.utils.RecordConstructorArgs.__init__(self, limits=limits, settings=resolved.to_dict())
         gym.ActionWrapper.__init__(self, env)
         base = env.unwrapped
-        ratings: PackRatings = base.ratings  # type: ignore[attr-defined]  # FleetEnv contract
-        dt_s = float(base.dt_s)  # type: ignore[attr-defined]  # FleetEnv contract
-        env_limits: tuple[PackLimits, ...] = tuple(base.pack_limits)  # type: ignore[attr-defined]  # FleetEnv contract
+        if not isinstance(base, FleetEnvLike):
+            raise TypeError(
+                f"ShieldWrapper needs an env whose unwrapped is a FleetEnvLike (ratings, dt_s, "
+                f"pack_limits, observation_layout, fleet_state()), got {type(base).__name__}"
+            )
+        self._fleet: FleetEnvLike = base
+        ratings: PackRatings = base.ratings
+        dt_s = float(base.dt_s)
+        env_limits: tuple[PackLimits, ...] = tuple(base.pack_limits)
         if limits is None:
             pack_limits = env_limits
         elif isinstance(limits, Mapping):
@@ -141,24 +137,16 @@ class ShieldWrapper(
                 f"ShieldWrapper needs a Box action space of shape ({ratings.n_packs},), got {space}"
             )
         self._dtype: np.dtype[Any] = np.dtype(space.dtype)
-        self.shield = Shield(
-            ratings,
-            pack_limits,
-            dt_s,
-            cell_model=cell_model,
-            derating_band_c=derating_band_c,
-            resistance_duration_s=resistance_duration_s,
-            voltage_margin_v=voltage_margin_v,
-            soc_margin=soc_margin,
-            current_margin=current_margin,
-        )
-        self.track_demand = bool(track_demand)
+        self.shield = Shield(ratings, pack_limits, dt_s, settings=resolved, cell_model=cell_model)
+        self.settings = resolved
+        """The shield's settings (``track_demand`` included)."""
+        self.track_demand = resolved.track_demand
         self.last_result: ShieldResult | None = None
         """The shield's result for the last action (None before the first step)."""
         self._last_state: FleetState | None = None
         self._last_request: FloatArray | None = None
 
-    def action(self, action: NDArray[Any]) -> NDArray[Any]:
+    def action(self, action: AnyArray) -> AnyArray:
         """Project ``action`` for the environment's present state.
 
         Args:
@@ -167,7 +155,7 @@ class ShieldWrapper(
         Returns:
             The admissible action, in the action space's dtype.
         """
-        state: FleetState = self.env.unwrapped.fleet_state()  # type: ignore[attr-defined]  # FleetEnv contract
+        state = self._fleet.fleet_state()
         request = np.asarray(action, dtype=np.float64).reshape(-1)
         target = float(state.demand_w) if self.track_demand else None
         result = self.shield.project(state, request, target)
@@ -176,7 +164,7 @@ class ShieldWrapper(
         self._last_request = request
         return cast_toward_zero(result.action, self._dtype)
 
-    def step(self, action: NDArray[Any]) -> tuple[Any, SupportsFloat, bool, bool, dict[str, Any]]:
+    def step(self, action: AnyArray) -> tuple[Any, SupportsFloat, bool, bool, dict[str, Any]]:
         """Shield the action, step the environment and report the intervention in ``info``.
 
         Args:
@@ -192,7 +180,7 @@ class ShieldWrapper(
         info.update(self._report(applied))
         return obs, reward, terminated, truncated, info
 
-    def _report(self, applied: NDArray[Any]) -> dict[str, Any]:
+    def _report(self, applied: AnyArray) -> dict[str, Any]:
         result, state, request = self.last_result, self._last_state, self._last_request
         if result is None or state is None or request is None:  # pragma: no cover - set by action()
             return {}

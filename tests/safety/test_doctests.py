@@ -11,6 +11,7 @@ MODULES = [
     "pulsebms.safety",
     "pulsebms.safety.limits",
     "pulsebms.safety.cell_model",
+    "pulsebms.safety.settings",
     "pulsebms.safety.shield",
     "pulsebms.safety.checks",
     "pulsebms.safety.reference",

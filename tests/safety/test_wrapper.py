@@ -26,6 +26,7 @@ class RecordingFleetEnv(gym.Env[np.ndarray, np.ndarray]):
         )
         self.dt_s = 60.0
         self.pack_limits = fleet_limits(self.ratings)
+        self.observation_layout: Any = None  # FleetEnvLike (the wrapper does not read it)
         self.action_space = gym.spaces.Box(-1.0, 1.0, shape=(2,), dtype=np.float32)
         self.observation_space = gym.spaces.Box(-np.inf, np.inf, shape=(1,), dtype=np.float32)
         self.received: list[np.ndarray] = []
@@ -127,3 +128,22 @@ def test_cast_toward_zero_never_grows() -> None:
     assert cast.dtype == np.float32
     assert np.all(np.abs(cast.astype(np.float64)) <= np.abs(values))
     assert np.allclose(cast, values, atol=1e-7)
+
+
+def test_settings_reach_the_shield() -> None:
+    from pulsebms.safety import ShieldSettings
+
+    wrapped, _ = _wrapped(settings={"soc_margin": 0.01, "track_demand": True})
+    assert wrapped.shield.settings == ShieldSettings(soc_margin=0.01, track_demand=True)
+    assert wrapped.track_demand
+    legacy, _ = _wrapped(soc_margin=0.01, track_demand=True)
+    assert legacy.settings == wrapped.settings
+    with pytest.raises(ValueError, match="known"):
+        _wrapped(settings={"soc_marign": 0.01})
+
+
+def test_rejects_an_env_that_is_not_fleet_like() -> None:
+    env = RecordingFleetEnv()
+    del env.pack_limits
+    with pytest.raises(TypeError, match="FleetEnvLike"):
+        ShieldWrapper(env)
