@@ -37,6 +37,8 @@ from typing import Any
 import numpy as np
 from numpy.typing import ArrayLike, NDArray
 
+from pulsebms.core.types import FloatArray
+
 __all__ = [
     "DIRECTIONS",
     "CellModel",
@@ -44,7 +46,6 @@ __all__ = [
     "default_tables_path",
 ]
 
-FloatArray = NDArray[np.float64]
 
 DIRECTIONS: tuple[str, str] = ("discharge", "charge")
 """Current directions with their own resistance table."""

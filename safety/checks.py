@@ -34,8 +34,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import numpy as np
-from numpy.typing import NDArray
 
+from pulsebms.core.types import FloatArray
 from pulsebms.safety.shield import Shield, ShieldStatus
 from pulsebms.safety.state import FleetState
 
@@ -49,7 +49,6 @@ __all__ = [
     "random_state",
 ]
 
-FloatArray = NDArray[np.float64]
 
 _TOL = 1e-9
 

@@ -49,8 +49,8 @@ from dataclasses import dataclass
 from functools import lru_cache
 
 import numpy as np
-from numpy.typing import NDArray
 
+from pulsebms.core.types import FloatArray
 from pulsebms.safety.cell_model import CellModel
 
 __all__ = [
@@ -66,7 +66,6 @@ __all__ = [
     "EnvelopeGroup",
 ]
 
-FloatArray = NDArray[np.float64]
 
 COLUMNS: tuple[str, ...] = (
     "x_charge",

@@ -21,8 +21,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass, fields, replace
 
 import numpy as np
-from numpy.typing import NDArray
 
+from pulsebms.core.types import FloatArray
 from pulsebms.safety.state import FleetState, PackRatings
 
 __all__ = [
@@ -37,7 +37,6 @@ __all__ = [
     "violation_cost",
 ]
 
-FloatArray = NDArray[np.float64]
 
 CELL_VOLTAGE_WINDOWS_V: dict[str, tuple[float, float]] = {
     # chemistry: (lower, upper) voltage cut-off [V] of its PyBaMM parameter set

@@ -28,14 +28,14 @@ import math
 import cvxpy as cp
 import numpy as np
 from cvxpy.atoms.sum_squares import sum_squares
-from numpy.typing import ArrayLike, NDArray
+from numpy.typing import ArrayLike
 
+from pulsebms.core.types import FloatArray
 from pulsebms.safety.shield import Shield
 from pulsebms.safety.state import FleetState
 
 __all__ = ["ReferenceProjection", "ReferenceShield"]
 
-FloatArray = NDArray[np.float64]
 
 _SOLVER_OPTIONS: dict[str, float | int] = {
     "tol_gap_abs": 1e-12,

@@ -42,10 +42,10 @@ A pack whose state is invalid (``state.valid`` False, a non-finite quantity, a S
 interval ``[0, 0]``: zero current, i.e. a controlled shutdown (status ``FALLBACK``,
 reason ``"fallback:<why>"``).
 
-**2. Projection** onto ``box ∩ {Σ rated_w·a = target}``, Euclidean in normalised units.
-The KKT conditions give ``a_i(λ) = clip(r_i + λ·w_i, l_i, u_i)``; the fleet total
-``S(λ)`` is piecewise linear and non-decreasing, so sorting its ``2n`` breakpoints and a
-cumulative sum locate ``λ`` exactly (O(n log n), vectorised). The default target is the
+**2. Projection** onto ``box ∩ {Σ rated_w·a = target}``, Euclidean in normalised units,
+in closed form (:mod:`pulsebms.safety.projection`: the KKT conditions give
+``a_i(λ) = clip(r_i + λ·w_i, l_i, u_i)`` and a sort of the ``2n`` breakpoints of the
+piecewise-linear fleet total locates ``λ`` exactly). The default target is the
 requested action's own total: clipped power is redistributed to packs with headroom. A
 target outside ``[Σ w·l, Σ w·u]`` gives the nearest feasible allocation (every pack at
 the bound on that side) and the shortfall (status ``SHORTFALL``).
@@ -55,6 +55,10 @@ entries outside ``[-1, 1]`` as ±1 (status ``INVALID_ACTION``, reason
 ``"action_not_finite"`` / ``"action_out_of_range"``); a non-finite ``target_power_w`` is
 ignored in favour of the default target (status ``INVALID_ACTION``). An action of the
 wrong shape is a programming error and raises ``ValueError``.
+
+The result types (:class:`ShieldStatus`, :class:`AdmissibleSet`, :class:`ShieldResult`)
+live in :mod:`pulsebms.safety.results`, the settings in :mod:`pulsebms.safety.settings`;
+this module re-exports the former and :func:`project_box_hyperplane`.
 
 Example:
     >>> import numpy as np
@@ -73,15 +77,14 @@ Example:
 
 from __future__ import annotations
 
-import enum
 import math
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
 from typing import NamedTuple, Unpack
 
 import numpy as np
-from numpy.typing import ArrayLike, NDArray
+from numpy.typing import ArrayLike
 
+from pulsebms.core.types import BoolArray, FloatArray
 from pulsebms.safety.cell_model import CellModel
 from pulsebms.safety.envelope import (
     COLUMNS,
@@ -95,6 +98,8 @@ from pulsebms.safety.envelope import (
     EnvelopeGroup,
 )
 from pulsebms.safety.limits import PackLimits, fleet_limits, stack_limits
+from pulsebms.safety.projection import breakpoint_multiplier, project_box_hyperplane
+from pulsebms.safety.results import AdmissibleSet, ShieldResult, ShieldStatus
 from pulsebms.safety.settings import ShieldSettings, ShieldSettingsOverrides, merge_settings
 from pulsebms.safety.state import FleetState, PackRatings
 
@@ -106,30 +111,8 @@ __all__ = [
     "project_box_hyperplane",
 ]
 
-FloatArray = NDArray[np.float64]
-BoolArray = NDArray[np.bool_]
-
 _UPPER_NAMES = ("current_max_a", "c_rate_max", "soc_min", "cell_voltage_min_v")
 _LOWER_NAMES = ("current_min_a", "c_rate_max", "soc_max", "cell_voltage_max_v")
-
-
-class ShieldStatus(enum.IntFlag):
-    """What the shield did, as flags (``OK`` is none of them).
-
-    ``status.name`` reads e.g. ``"PROJECTED|SHORTFALL"``; test with ``in`` or ``&``.
-    """
-
-    OK = 0
-    """The requested action was admissible and returned unchanged."""
-    PROJECTED = 1
-    """At least one pack's set-point was changed."""
-    SHORTFALL = 2
-    """The target fleet power is outside the admissible total (see ``shortfall_w``)."""
-    FALLBACK = 4
-    """At least one pack is in the controlled-shutdown fallback (zero current)."""
-    INVALID_ACTION = 8
-    """The request had NaN, infinite or out-of-range entries, or a non-finite target."""
-
 
 # The decision path builds the status as an int (enum arithmetic costs microseconds).
 _PROJECTED, _SHORTFALL, _FALLBACK, _INVALID_ACTION = (
@@ -175,150 +158,6 @@ _DERATE_LO, _DERATE_HI = 2, 3
 _HEADROOM = slice(10, 12)
 _GRID = slice(12, 16)  # the grid coordinates, the cell current (coefficient 0) and 1
 _CELL_CURRENT = 14
-
-
-@dataclass(frozen=True)
-class AdmissibleSet:
-    """Admissible normalised set-points per pack, derived from one state.
-
-    Attributes:
-        lower: Lowest admissible action per pack (≤ 0).
-        upper: Highest admissible action per pack (≥ 0).
-        fallback: Packs in the controlled-shutdown fallback (``lower = upper = 0``).
-        lower_reason: Name of the limit that sets ``lower`` per pack.
-        upper_reason: Name of the limit that sets ``upper`` per pack.
-    """
-
-    lower: FloatArray
-    upper: FloatArray
-    fallback: BoolArray
-    lower_reason: tuple[str, ...]
-    upper_reason: tuple[str, ...]
-
-
-@dataclass(slots=True, eq=False)
-class ShieldResult:
-    """Outcome of :meth:`Shield.project` (read-only by convention).
-
-    A slotted, non-frozen dataclass: a frozen one costs microseconds per decision to
-    build. Treat it as read-only; the shield keeps no reference to it.
-
-    Attributes:
-        action: The admissible action, shape ``(n_packs,)``, in ``[lower, upper]``.
-        intervened: Per pack, True where ``action`` differs from the request (a NaN
-            request always counts as changed).
-        status: :class:`ShieldStatus` flags.
-        shortfall_w: Target minus planned fleet power [W] (0 when the target is met;
-            positive: less discharge than asked).
-        lower: Admissible lower bound per pack (normalised).
-        upper: Admissible upper bound per pack (normalised).
-        target_power_w: The fleet power the projection aimed at [W].
-        fallback: Packs in the controlled-shutdown fallback.
-    """
-
-    action: FloatArray
-    intervened: BoolArray
-    status: ShieldStatus
-    shortfall_w: float
-    lower: FloatArray
-    upper: FloatArray
-    target_power_w: float
-    fallback: BoolArray
-    explain: Callable[[], tuple[tuple[str, ...], ...]] = field(repr=False)
-    """Builds :attr:`reasons` (called once, on first access)."""
-    _reasons: tuple[tuple[str, ...], ...] | None = field(default=None, init=False, repr=False)
-
-    @property
-    def reasons(self) -> tuple[tuple[str, ...], ...]:
-        """Per pack, the names of the limits (or request problems) behind the change.
-
-        ``()`` for packs left alone. Limit names are :class:`PackLimits` field names
-        (``"soc_min"``, ``"cell_voltage_max_v"``, …; ``"temperature_max_c"`` for derating),
-        ``"action_space"`` for the ``[-1, 1]`` bound, ``"redistributed"`` for a pack moved
-        only to keep the fleet total, ``"action_not_finite"``/``"action_out_of_range"`` for
-        bad requests, and ``"fallback:<why>"``. Computed on first access, off the decision
-        path.
-        """
-        if self._reasons is None:
-            self._reasons = self.explain()
-        return self._reasons
-
-
-def _multiplier(breakpoints: FloatArray, slope_steps: FloatArray, excess: float) -> float:
-    """The multiplier ``λ`` at which the piecewise-linear fleet total reaches its target.
-
-    ``S(λ) − S(−∞)`` is 0 up to the first breakpoint and its slope changes by
-    ``slope_steps[i]`` at ``breakpoints[i]`` (``+w²`` where a coordinate leaves its lower
-    bound, ``−w²`` where it reaches its upper one). Sorting the breakpoints and two
-    cumulative sums give ``S`` at every breakpoint; ``λ`` is interpolated inside the
-    segment where ``S`` crosses ``excess`` (exact, no iteration).
-
-    Args:
-        breakpoints: ``2n`` breakpoints, any order.
-        slope_steps: The slope change at each breakpoint.
-        excess: Target minus ``S(−∞)``, in ``(0, S(∞) − S(−∞))``.
-
-    Returns:
-        ``λ``.
-    """
-    order = breakpoints.argsort()
-    bp_sorted = breakpoints[order]
-    cumsum = np.add.accumulate  # the ufunc method: less overhead than ndarray.cumsum
-    slope = cumsum(slope_steps[order])  # dS/dλ after each breakpoint
-    # S(bp_k) - S(-inf) for k >= 1 (it is 0 at the first breakpoint)
-    totals = cumsum(slope[:-1] * (bp_sorted[1:] - bp_sorted[:-1]))
-    k = int(totals.searchsorted(excess, side="right"))
-    base = float(totals[k - 1]) if k > 0 else 0.0
-    s = float(slope[k])
-    return float(bp_sorted[k]) + ((excess - base) / s if s > 0.0 else 0.0)
-
-
-def project_box_hyperplane(
-    request: FloatArray,
-    lower: FloatArray,
-    upper: FloatArray,
-    weight: FloatArray,
-    target: float,
-    pre: tuple[FloatArray, FloatArray] | None = None,
-) -> tuple[FloatArray, float]:
-    """Closest point to ``request`` in ``{lower ≤ a ≤ upper, weight·a = target}``.
-
-    Breakpoint search on the multiplier (see the module docstring). The target is first
-    clamped to ``[weight·lower, weight·upper]``; the clamped target is returned, so the
-    caller can tell the shortfall.
-
-    Args:
-        request: The point to project, finite, shape ``(n,)``.
-        lower: Lower bounds, finite, ``lower ≤ upper``.
-        upper: Upper bounds, finite.
-        weight: Positive weights of the total.
-        target: Desired ``weight·a``.
-        pre: ``(concat(1/w, 1/w), concat(w², -w²))`` precomputed for fixed weights.
-
-    Returns:
-        ``(a, reached)``: the projection and the total it aims at (the clamped target).
-
-    Example:
-        >>> import numpy as np
-        >>> a, t = project_box_hyperplane(np.array([1.0, 0.0]), np.zeros(2), np.full(2, 0.6),
-        ...                               np.ones(2), 1.0)
-        >>> a.tolist(), t
-        ([0.6, 0.4], 1.0)
-    """
-    t_min = float(weight @ lower)
-    t_max = float(weight @ upper)
-    if target <= t_min:
-        return lower.copy(), t_min
-    if target >= t_max:
-        return upper.copy(), t_max
-    if pre is None:
-        inv = 1.0 / weight
-        pre = (np.concatenate((inv, inv)), np.concatenate((weight * weight, -weight * weight)))
-    inv2, w2pm = pre
-    # Breakpoints where each coordinate leaves its lower / reaches its upper bound.
-    bp = (np.concatenate((lower, upper)) - np.concatenate((request, request))) * inv2
-    lam = _multiplier(bp, w2pm, target - t_min)
-    return np.minimum(np.maximum(request + lam * weight, lower), upper), target
 
 
 class _Stage1(NamedTuple):
@@ -864,7 +703,7 @@ class Shield:
             return upper.copy(), t_max
         # Breakpoints where each coordinate leaves its lower / reaches its upper bound.
         breakpoints = (gap * self._inv_weight).ravel()
-        lam = _multiplier(breakpoints, self._slope_steps, target - t_min)
+        lam = breakpoint_multiplier(breakpoints, self._slope_steps, target - t_min)
         out = lam * weight
         out += request
         np.maximum(out, lower, out=out)

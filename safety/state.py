@@ -13,12 +13,10 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 import numpy as np
-from numpy.typing import NDArray
+
+from pulsebms.core.types import BoolArray, FloatArray, IntArray
 
 __all__ = ["FleetState", "PackRatings"]
-
-FloatArray = NDArray[np.float64]
-IntArray = NDArray[np.int64]
 
 
 @dataclass(frozen=True)
@@ -81,7 +79,7 @@ class FleetState:
     cell_voltage_v: FloatArray
     current_a: FloatArray
     demand_w: float = 0.0
-    valid: NDArray[np.bool_] = field(default_factory=lambda: np.ones(0, dtype=bool))
+    valid: BoolArray = field(default_factory=lambda: np.ones(0, dtype=bool))
 
     def __post_init__(self) -> None:
         n = np.shape(self.soc)[0] if np.ndim(self.soc) == 1 else -1

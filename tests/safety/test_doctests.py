@@ -13,6 +13,8 @@ MODULES = [
     "pulsebms.safety.cell_model",
     "pulsebms.safety.settings",
     "pulsebms.safety.shield",
+    "pulsebms.safety.projection",
+    "pulsebms.safety.results",
     "pulsebms.safety.checks",
     "pulsebms.safety.reference",
 ]

@@ -117,7 +117,7 @@ def test_limit_overrides_apply_on_env_limits() -> None:
 
 def test_rejects_a_non_box_action_space() -> None:
     env = RecordingFleetEnv()
-    env.action_space = gym.spaces.Discrete(3)  # type: ignore[assignment]
+    env.action_space = gym.spaces.Discrete(3)
     with pytest.raises(ValueError, match="Box"):
         ShieldWrapper(env)
 
