@@ -36,8 +36,8 @@ import time
 from collections.abc import Callable
 
 import numpy as np
-from numpy.typing import NDArray
 
+from pulsebms.core.types import BoolArray, FloatArray
 from pulsebms.safety import FleetState, PackRatings, Shield
 from pulsebms.safety.checks import random_action, random_state
 from pulsebms.safety.reference import ReferenceShield
@@ -51,8 +51,8 @@ REFERENCE_BISECTION_P50_US = 140.0
 """The calibration baseline's p50 at 100 packs where the target was set."""
 CALIBRATION_EVERY = 10
 """One bisection call per this many fast-shield calls."""
-_Cases = tuple[list[FleetState], list[NDArray[np.float64]]]
-_Box = tuple[NDArray[np.float64], NDArray[np.float64], NDArray[np.bool_]]
+_Cases = tuple[list[FleetState], list[FloatArray]]
+_Box = tuple[FloatArray, FloatArray, BoolArray]
 _CAPACITY_AH = {"LFP": 2.30345, "NMC": 5.1532, "LCO": 0.87284}
 _SHAPE = {"LFP": (16, 8), "NMC": (14, 4), "LCO": (14, 20)}
 
@@ -182,7 +182,7 @@ def main(argv: list[str] | None = None) -> int:
             k: int,
             boxes: list[_Box] = boxes,
             cases: _Cases = (states, actions),
-            w: NDArray[np.float64] = w,
+            w: FloatArray = w,
         ) -> object:
             lo, up, _ = boxes[k % n_cases]
             a = cases[1][k % n_cases]

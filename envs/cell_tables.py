@@ -38,7 +38,8 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from numpy.typing import NDArray
+
+from pulsebms.core.types import FloatArray
 
 __all__ = [
     "DURATION_GRID_S",
@@ -54,7 +55,6 @@ __all__ = [
     "resistance_table",
 ]
 
-FloatArray = NDArray[np.float64]
 
 OCV_SOC_GRID: FloatArray = np.linspace(0.0, 1.0, 101)
 """SoC grid of the OCV table (uniform, step 0.01)."""

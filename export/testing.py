@@ -1,9 +1,12 @@
 """Tiny checkpoints for tests and smoke runs (seconds to train, not meant to be good).
 
 Example:
-    >>> ckpt = tiny_sb3_checkpoint("/tmp/tiny")  # doctest: +SKIP
-    >>> ckpt.name
-    'model.zip'
+    >>> import tempfile
+    >>> one_pack = {"fleet": [{"chemistry": "LFP"}]}
+    >>> with tempfile.TemporaryDirectory() as out:
+    ...     ckpt = tiny_sb3_checkpoint(out, env_kwargs=one_pack, total_timesteps=64)
+    ...     print(ckpt.name, sorted(p.name for p in ckpt.parent.iterdir()))
+    model.zip ['model.zip', 'model_vecnormalize.pkl']
 """
 
 from __future__ import annotations

@@ -10,21 +10,35 @@ import os
 import re
 import subprocess
 import sys
+import tomllib
 import zipfile
 from pathlib import Path
+from typing import Any
 
 import pytest
 
-SUBPACKAGES = [
-    "envs",
-    "safety",
-    "agents",
-    "experiments",
-    "configs",
-    "export",
-    "edge_runtime",
-]
+ROOT = Path(__file__).resolve().parents[1]
+PYPROJECT: dict[str, Any] = tomllib.loads((ROOT / "pyproject.toml").read_text(encoding="utf-8"))
+PACKAGE_DIR: dict[str, str] = PYPROJECT["tool"]["setuptools"]["package-dir"]
+SUBPACKAGES = sorted(name.removeprefix("pulsebms.") for name in PACKAGE_DIR if name != "pulsebms")
+"""Every subpackage the distribution maps (``envs``, ``envs.twin``, ...), from pyproject.toml."""
+REQUIRED = {"core", "envs", "safety", "agents", "experiments", "configs", "export", "edge_runtime"}
 HEAVY = ("torch", "pybamm", "ray", "gymnasium", "hydra", "stable_baselines3", "casadi", "cvxpy")
+
+
+def test_package_list_matches_package_dir() -> None:
+    assert set(PYPROJECT["tool"]["setuptools"]["packages"]) == set(PACKAGE_DIR)
+    assert set(SUBPACKAGES) >= REQUIRED
+    for name, folder in PACKAGE_DIR.items():
+        assert (ROOT / folder / "__init__.py").is_file(), name
+
+
+def test_typecheck_covers_every_top_level_subpackage() -> None:
+    """``make type`` (and the pre-commit hook) links these folders: none may be missing."""
+    makefile = (ROOT / "Makefile").read_text(encoding="utf-8")
+    (line,) = re.findall(r"^PACKAGES := (.*)$", makefile, flags=re.M)
+    tops = {folder for name, folder in PACKAGE_DIR.items() if name.count(".") == 1}
+    assert set(line.split()) == tops
 
 
 @pytest.mark.parametrize("name", SUBPACKAGES)
@@ -129,10 +143,46 @@ def test_edge_extra_pulls_no_heavy_dependency() -> None:
     assert not names & {"torch", "pybamm", "ray", "gymnasium", "hydra-core"}
 
 
-def test_safety_core_is_numpy_only() -> None:
-    code = "import json, sys\nimport pulsebms.safety\nprint(json.dumps(sorted(sys.modules)))\n"
+def _imports_of(code: str) -> tuple[set[str], set[str]]:
+    """Third-party top-level names and ``pulsebms`` modules that ``code`` loads (fresh process)."""
+    probe = (
+        "import json, sys\n"
+        "before = set(sys.modules)\n"
+        f"{code}\n"
+        "print(json.dumps(sorted(set(sys.modules) - before)))\n"
+    )
     out = subprocess.run(
-        [sys.executable, "-c", code], check=True, capture_output=True, text=True, timeout=120
+        [sys.executable, "-c", probe], check=True, capture_output=True, text=True, timeout=120
     ).stdout
     loaded = set(json.loads(out.strip().splitlines()[-1]))
-    assert not {m.split(".")[0] for m in loaded} & set(HEAVY)
+    tops = {m.split(".")[0] for m in loaded}
+    third_party = {t for t in tops if t not in sys.stdlib_module_names and t != "pulsebms"}
+    return third_party, {m for m in loaded if m.split(".")[0] == "pulsebms"}
+
+
+def _within(modules: set[str], *packages: str) -> set[str]:
+    """The modules of ``modules`` outside ``pulsebms`` itself and ``packages``."""
+    return {
+        m
+        for m in modules
+        if m != "pulsebms" and not any(m == p or m.startswith(p + ".") for p in packages)
+    }
+
+
+def test_safety_imports_numpy_and_core_only() -> None:
+    third_party, ours = _imports_of("import pulsebms.safety")
+    assert third_party <= {"numpy"}, third_party
+    assert not _within(ours, "pulsebms.safety", "pulsebms.core")
+    assert not third_party & set(HEAVY)
+
+
+def test_core_imports_numpy_only() -> None:
+    code = (
+        "import pkgutil, importlib, pulsebms.core\n"
+        "for m in pkgutil.walk_packages(pulsebms.core.__path__, 'pulsebms.core.'):\n"
+        "    importlib.import_module(m.name)"
+    )
+    third_party, ours = _imports_of(code)
+    assert third_party <= {"numpy"}, third_party
+    assert not _within(ours, "pulsebms.core")
+    assert "pulsebms.core.types" in ours

@@ -28,11 +28,11 @@ import os
 from dataclasses import dataclass
 
 import numpy as np
-from numpy.typing import NDArray
+
+from pulsebms.core.types import FloatArray
 
 __all__ = ["CSV_COLUMNS", "CsvProfile", "CsvProfileError", "load_csv_profile"]
 
-FloatArray = NDArray[np.float64]
 
 CSV_COLUMNS: dict[str, dict[str, tuple[float, float]]] = {
     "load_w": {"load_w": (1.0, 0.0), "load_kw": (1e3, 0.0), "load_mw": (1e6, 0.0)},

@@ -23,11 +23,11 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-from numpy.typing import NDArray
+
+from pulsebms.core.types import FloatArray
 
 __all__ = ["AnnualProfile", "bdew_load_profile", "tmy3_ambient_profile", "tmy3_pv_profile"]
 
-FloatArray = NDArray[np.float64]
 
 _REFERENCE_YEAR = 2023  # a non-leap year starting on a Sunday; only weekdays depend on it
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
-from numpy.typing import NDArray
 
+from pulsebms.core.types import FloatArray
 from pulsebms.envs.scenarios.csv_loader import CsvProfile, load_csv_profile
 from pulsebms.envs.scenarios.profiles import (
     bdew_load_profile,
@@ -24,7 +24,6 @@ from pulsebms.envs.scenarios.synthetic import (
 
 __all__ = ["ScenarioSeries", "build_series"]
 
-FloatArray = NDArray[np.float64]
 _DAY_S = 86400.0
 
 

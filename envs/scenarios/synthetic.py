@@ -9,11 +9,10 @@ generator gives bit-identical series. Slow fluctuations are first-order autoregr
 from __future__ import annotations
 
 import numpy as np
-from numpy.typing import NDArray
+
+from pulsebms.core.types import FloatArray
 
 __all__ = ["ar1", "synthetic_ambient_c", "synthetic_load_pu", "synthetic_pv_pu", "tou_price"]
-
-FloatArray = NDArray[np.float64]
 
 
 def ar1(rng: np.random.Generator, n: int, dt_s: float, tau_s: float) -> FloatArray:

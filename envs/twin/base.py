@@ -11,15 +11,11 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Protocol, runtime_checkable
 
-import numpy as np
-from numpy.typing import NDArray
-
+from pulsebms.core.types import BoolArray, FloatArray
 from pulsebms.envs.pack import PackSpec
 from pulsebms.safety.state import PackRatings
 
 __all__ = ["FleetTwin", "PackStates"]
-
-FloatArray = NDArray[np.float64]
 
 
 @dataclass(frozen=True)
@@ -46,7 +42,7 @@ class PackStates:
     current_a: FloatArray
     power_w: FloatArray
     temperature_c: FloatArray
-    faulted: NDArray[np.bool_]
+    faulted: BoolArray
     fault_reason: tuple[str, ...]
 
 

@@ -20,8 +20,8 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-from numpy.typing import NDArray
 
+from pulsebms.core.types import BoolArray, FloatArray
 from pulsebms.envs.chemistry import get_chemistry
 from pulsebms.envs.pack import PackSpec
 from pulsebms.envs.twin.base import PackStates
@@ -31,8 +31,6 @@ from pulsebms.safety.state import PackRatings
 
 __all__ = ["DEGRADATION_MODELS", "BatchedTwin", "Proposal", "nominal_cell_voltage_v"]
 
-FloatArray = NDArray[np.float64]
-BoolArray = NDArray[np.bool_]
 
 DEGRADATION_MODELS = ("empirical", "sei", "sei+empirical", "none")
 """Accepted ``degradation`` settings: which capacity-fade sources reach SoH."""

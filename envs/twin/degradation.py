@@ -33,11 +33,11 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import numpy as np
-from numpy.typing import NDArray
+
+from pulsebms.core.types import BoolArray, FloatArray
 
 __all__ = ["EmpiricalAgeing"]
 
-FloatArray = NDArray[np.float64]
 
 _GAS_CONSTANT_J_MOL_K = 8.314462618
 _SECONDS_PER_DAY = 86400.0
@@ -85,9 +85,7 @@ class EmpiricalAgeing:
         """Loss per pack since the last reset, fraction of capacity (not accelerated)."""
         return self.calendar_loss + self.cycle_loss - self._prior_loss
 
-    def reset(
-        self, mask: NDArray[np.bool_] | None = None, prior_loss: FloatArray | None = None
-    ) -> None:
+    def reset(self, mask: BoolArray | None = None, prior_loss: FloatArray | None = None) -> None:
         """Restart the laws (all packs, or those where ``mask`` is true).
 
         Args:
@@ -115,7 +113,7 @@ class EmpiricalAgeing:
         temperature_c: FloatArray,
         cell_voltage_v: FloatArray,
         soc: FloatArray,
-        active: NDArray[np.bool_] | None = None,
+        active: BoolArray | None = None,
     ) -> None:
         """Advance the losses over one step of constant stress.
 

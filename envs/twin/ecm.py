@@ -32,15 +32,10 @@ from typing import Any
 
 import numpy as np
 
+from pulsebms.core.types import BoolArray, FloatArray
 from pulsebms.envs.chemistry import get_chemistry
 from pulsebms.envs.pack import PackSpec
-from pulsebms.envs.twin.common import (
-    BatchedTwin,
-    BoolArray,
-    FloatArray,
-    Proposal,
-    nominal_cell_voltage_v,
-)
+from pulsebms.envs.twin.common import BatchedTwin, Proposal, nominal_cell_voltage_v
 from pulsebms.envs.twin.parameters import cell_facts
 
 __all__ = ["EcmTables", "EcmTwin", "circuit_at", "ecm_tables"]
@@ -186,7 +181,7 @@ def ecm_tables(chemistry: str) -> EcmTables:
         >>> 3.1 < tab.nominal_voltage_v < 3.3
         True
     """
-    from pulsebms.envs.twin.physics import (
+    from pulsebms.envs.twin.compile import (
         INPUT_NAMES,
         compiled_cell,
         quiet_native_output,

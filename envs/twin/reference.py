@@ -16,8 +16,8 @@ from typing import Any
 
 import numpy as np
 
+from pulsebms.envs.twin.compile import MODEL_OPTIONS, static_inputs
 from pulsebms.envs.twin.parameters import cell_facts, parameter_values
-from pulsebms.envs.twin.physics import MODEL_OPTIONS, static_inputs
 
 __all__ = ["ReferenceCell", "ReferenceStall"]
 
