@@ -7,20 +7,23 @@ observation layout), so controllers never depend on the env's attribute names.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 import numpy as np
 
 from pulsebms.agents.observation import FleetObservation, ObservationReader
-from pulsebms.agents.type_aliases import FloatArray
+from pulsebms.core.types import FleetEnvLike, FloatArray
 from pulsebms.safety.limits import PackLimits, fleet_limits, stack_limits
 from pulsebms.safety.state import FleetState, PackRatings
+
+if TYPE_CHECKING:
+    from pulsebms.envs.scenarios import ScenarioSeries
 
 __all__ = [
     "FleetInfo",
     "SiteInfo",
+    "fleet_env",
     "fleet_info",
     "fleet_state",
     "observation_reader",
@@ -71,25 +74,67 @@ class FleetInfo:
         return len(self.chemistry)
 
 
-def unwrap(env: Any) -> Any:
-    """The innermost env below every Gymnasium wrapper (``env.unwrapped`` when present)."""
-    return getattr(env, "unwrapped", env)
+@runtime_checkable
+class _Wrapped(Protocol):
+    """A Gymnasium wrapper (or env): ``unwrapped`` is the innermost env."""
+
+    @property
+    def unwrapped(self) -> object:
+        """The innermost environment."""
+        ...
 
 
-def observation_reader(env: Any) -> ObservationReader:
+@runtime_checkable
+class _FleetEnvWithEnergy(FleetEnvLike, Protocol):
+    """A fleet env that also states its packs' nominal energy."""
+
+    pack_energy_kwh: FloatArray
+
+
+@runtime_checkable
+class _SiteEnv(Protocol):
+    """An env with a scenario series (after its first reset)."""
+
+    @property
+    def series(self) -> ScenarioSeries:
+        """The present episode's scenario series."""
+        ...
+
+
+def unwrap(env: object) -> Any:
+    """The innermost env below every Gymnasium wrapper (``env.unwrapped`` when present).
+
+    Untyped on purpose (callers read env-specific attributes); prefer :func:`fleet_env`,
+    which checks and types what library code reads.
+    """
+    return env.unwrapped if isinstance(env, _Wrapped) else env
+
+
+def fleet_env(env: object) -> FleetEnvLike:
+    """The innermost env, checked to be a :class:`~pulsebms.core.types.FleetEnvLike`.
+
+    Raises:
+        TypeError: If it lacks ratings, dt_s, pack_limits, observation_layout or
+            fleet_state().
+    """
+    base = unwrap(env)
+    if not isinstance(base, FleetEnvLike):
+        raise TypeError(
+            f"{type(base).__name__} is not a fleet environment: it needs ratings, dt_s, "
+            "pack_limits, observation_layout and fleet_state() (pulsebms.core.types.FleetEnvLike)"
+        )
+    return base
+
+
+def observation_reader(env: object) -> ObservationReader:
     """An :class:`ObservationReader` for the env's ``observation_layout``.
 
     The layout gives every field's slice and the scale from stored to physical value.
 
     Raises:
-        AttributeError: If the env has no named layout.
+        TypeError: If the env is not a fleet environment (no named layout).
     """
-    layout = getattr(unwrap(env), "observation_layout", None)
-    if layout is None:
-        raise AttributeError(f"{type(unwrap(env)).__name__} exposes no observation_layout")
-    slices: Mapping[str, slice] = layout.slices
-    scales: Mapping[str, float] = getattr(layout, "scales", {})
-    return ObservationReader(slices, scales=scales)
+    return ObservationReader(fleet_env(env).observation_layout)
 
 
 @dataclass(frozen=True)
@@ -107,11 +152,14 @@ class SiteInfo:
     feed_in_price_per_kwh: float = 0.0
 
 
-def site_info(env: Any) -> SiteInfo:
+def site_info(env: object) -> SiteInfo:
     """The present episode's :class:`SiteInfo` (defaults before the first reset)."""
+    base = unwrap(env)
     try:
-        series = unwrap(env).series
-    except (AttributeError, RuntimeError):  # no series before the first reset
+        if not isinstance(base, _SiteEnv):
+            return SiteInfo()
+        series = base.series
+    except RuntimeError:  # no series before the first reset
         return SiteInfo()
     return SiteInfo(
         grid_import_limit_w=float(series.grid_import_limit_w),
@@ -120,27 +168,31 @@ def site_info(env: Any) -> SiteInfo:
     )
 
 
-def fleet_info(env: Any) -> FleetInfo:
+def fleet_info(env: object) -> FleetInfo:
     """Read ratings, limits, control interval and observation layout from a FleetEnv.
 
     Args:
-        env: A FleetEnv, possibly wrapped (the shield wrapper, ``TimeLimit``, ...).
+        env: A FleetEnv, possibly wrapped (the shield wrapper, ``TimeLimit``, ...); once
+            unwrapped a :class:`~pulsebms.core.types.FleetEnvLike` with ``pack_energy_kwh``.
 
     Returns:
         The fleet description.
+
+    Raises:
+        TypeError: If the env is not a fleet environment or states no pack energy.
     """
-    base = unwrap(env)
+    base = fleet_env(env)
+    if not isinstance(base, _FleetEnvWithEnergy):
+        raise TypeError(f"{type(base).__name__} exposes no pack_energy_kwh")
     ratings = base.ratings
     n = ratings.n_packs
     chemistry = tuple(str(c).upper() for c in ratings.chemistry)
     capacity_ah = np.asarray(ratings.capacity_ah, dtype=np.float64)
     energy_wh = np.asarray(base.pack_energy_kwh, dtype=np.float64) * 1000.0
-    pack_limits = getattr(base, "pack_limits", None)
-    if pack_limits is None:
-        pack_limits = fleet_limits(ratings)
+    pack_limits = tuple(base.pack_limits) or fleet_limits(ratings)
     limits = stack_limits(pack_limits, n)
     return FleetInfo(
-        reader=observation_reader(base),
+        reader=ObservationReader(base.observation_layout),
         chemistry=chemistry,
         rated_power_w=np.asarray(ratings.rated_power_w, dtype=np.float64),
         capacity_ah=capacity_ah,
@@ -153,7 +205,7 @@ def fleet_info(env: Any) -> FleetInfo:
         temperature_min_c=limits.temperature_min_c,
         temperature_max_c=limits.temperature_max_c,
         ratings=ratings,
-        limits=tuple(pack_limits) if not isinstance(pack_limits, PackLimits) else (pack_limits,),
+        limits=tuple(pack_limits),
     )
 
 

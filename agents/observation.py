@@ -1,19 +1,22 @@
 """Read a flat FleetEnv observation by its named layout.
 
 Rule baselines and the MPC never index the observation vector with magic numbers: they ask
-an :class:`ObservationReader`, built from the environment's named layout, for the fields they
-need (per-pack SoC, SoH, temperature; site demand now and forecast; price).
+an :class:`ObservationReader`, built from the environment's named layout (the core
+:class:`~pulsebms.core.observation.ObservationLayout`), for the fields they need (per-pack
+SoC, SoH, temperature; site demand now and forecast; price). The reader turns stored values
+into physical ones with :meth:`ObservationLayout.unpack
+<pulsebms.core.observation.ObservationLayout.unpack>`.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any
 
 import numpy as np
 
-from pulsebms.agents.type_aliases import FloatArray, ObsArray
+from pulsebms.core.observation import ObservationLayout, ObsField
+from pulsebms.core.types import AnyArray, FloatArray
 
 __all__ = ["FleetObservation", "ObservationReader"]
 
@@ -46,9 +49,24 @@ class FleetObservation:
     current_c_rate: FloatArray
 
 
-def _slice_of(entry: Any) -> slice:
+_CANONICAL = (
+    "soc",
+    "soh",
+    "temperature_c",
+    "demand_w",
+    "demand_forecast_w",
+    "price_per_kwh",
+    "price_forecast_per_kwh",
+    "cell_voltage_v",
+    "current_c_rate",
+)
+
+
+def _slice_of(entry: slice | tuple[int, int] | list[int]) -> slice:
     if isinstance(entry, slice):
-        return entry
+        if isinstance(entry.stop, int) and entry.step in (None, 1):
+            return slice(int(entry.start or 0), entry.stop)
+        raise TypeError(f"layout slice must have an integer stop and step 1, got {entry!r}")
     if isinstance(entry, tuple | list) and len(entry) == 2:
         return slice(int(entry[0]), int(entry[1]))
     raise TypeError(f"layout entry must be a slice or a (start, stop) pair, got {entry!r}")
@@ -58,11 +76,13 @@ class ObservationReader:
     """Extract named fields from a flat observation.
 
     Args:
-        layout: Field name → slice (or ``(start, stop)``) of the flat observation. Per-pack
-            fields have one entry per pack.
+        layout: The env's :class:`~pulsebms.core.observation.ObservationLayout` (slices and
+            scales come from it), or field name → slice (or ``(start, stop)``) of the flat
+            observation. Per-pack fields have one entry per pack.
         scales: Field name → factor that turns the stored value into the physical unit of
-            :class:`FleetObservation` (``1.0`` when absent). Use it where the env stores a
-            normalised quantity (e.g. demand divided by the fleet's rated power).
+            :class:`FleetObservation` (default: the layout's scales, ``1.0`` for a plain
+            mapping). Use it where the env stores a normalised quantity (e.g. demand divided
+            by the fleet's rated power).
         fields: Canonical field (``soc``, ``soh``, ``temperature_c``, ``demand_w``,
             ``demand_forecast_w``, ``price_per_kwh``, ``price_forecast_per_kwh``) → layout
             name, where the env names a field differently. Missing optional fields
@@ -81,46 +101,38 @@ class ObservationReader:
 
     def __init__(
         self,
-        layout: Mapping[str, Any],
+        layout: ObservationLayout | Mapping[str, slice | tuple[int, int] | list[int]],
         *,
         scales: Mapping[str, float] | None = None,
         fields: Mapping[str, str] | None = None,
     ) -> None:
         names = dict(fields or {})
-        self._slices: dict[str, slice] = {}
-        self._scales: dict[str, float] = {}
-        for canonical in (
-            "soc",
-            "soh",
-            "temperature_c",
-            "demand_w",
-            "demand_forecast_w",
-            "price_per_kwh",
-            "price_forecast_per_kwh",
-            "cell_voltage_v",
-            "current_c_rate",
-        ):
+        if isinstance(layout, ObservationLayout):
+            slices = layout.slices
+            factors = dict(layout.scales if scales is None else scales)
+        else:
+            slices = {name: _slice_of(entry) for name, entry in layout.items()}
+            factors = dict(scales or {})
+        picked: list[ObsField] = []
+        for canonical in _CANONICAL:
             name = names.get(canonical, canonical)
-            if name in layout:
-                self._slices[canonical] = _slice_of(layout[name])
-                self._scales[canonical] = float((scales or {}).get(name, 1.0))
-        missing = [f for f in self.REQUIRED if f not in self._slices]
+            if name in slices:
+                sl = slices[name]
+                scale = float(factors.get(name, 1.0))
+                picked.append(ObsField(canonical, sl.start, sl.stop, scale=scale))
+        self.layout = ObservationLayout(tuple(picked))
+        """The canonical fields this reader reads (named as :class:`FleetObservation`'s)."""
+        missing = [f for f in self.REQUIRED if f not in self.layout.slices]
         if missing:
             raise KeyError(
-                f"observation layout lacks required field(s) {missing}; layout has {sorted(layout)}"
+                f"observation layout lacks required field(s) {missing}; layout has {sorted(slices)}"
             )
 
     def has(self, field: str) -> bool:
         """Whether the layout provides ``field`` (canonical name)."""
-        return field in self._slices
+        return field in self.layout.slices
 
-    def _get(self, obs: ObsArray, field: str) -> FloatArray:
-        sl = self._slices.get(field)
-        if sl is None:
-            return np.zeros(0)
-        return np.asarray(obs[sl], dtype=np.float64) * self._scales[field]
-
-    def read(self, observation: ObsArray) -> FleetObservation:
+    def read(self, observation: AnyArray) -> FleetObservation:
         """Read one flat observation.
 
         Args:
@@ -129,20 +141,21 @@ class ObservationReader:
         Returns:
             The named fields in physical units.
         """
-        obs = np.asarray(observation, dtype=np.float64).reshape(-1)
-        soc = self._get(obs, "soc")
+        values = self.layout.unpack(observation)
+        empty = np.zeros(0)
+        soc = values["soc"]
         n = soc.shape[0]
-        soh = self._get(obs, "soh") if self.has("soh") else np.ones(n)
-        temp = self._get(obs, "temperature_c") if self.has("temperature_c") else np.full(n, 25.0)
-        price = self._get(obs, "price_per_kwh")
+        price = values.get("price_per_kwh", empty)
         return FleetObservation(
             soc=soc,
-            soh=soh,
-            temperature_c=temp,
-            demand_w=float(self._get(obs, "demand_w")[0]),
-            demand_forecast_w=self._get(obs, "demand_forecast_w"),
+            soh=values["soh"] if "soh" in values else np.ones(n),
+            temperature_c=values["temperature_c"]
+            if "temperature_c" in values
+            else np.full(n, 25.0),
+            demand_w=float(values["demand_w"][0]),
+            demand_forecast_w=values.get("demand_forecast_w", empty),
             price_per_kwh=float(price[0]) if price.size else 0.0,
-            price_forecast_per_kwh=self._get(obs, "price_forecast_per_kwh"),
-            cell_voltage_v=self._get(obs, "cell_voltage_v"),
-            current_c_rate=self._get(obs, "current_c_rate"),
+            price_forecast_per_kwh=values.get("price_forecast_per_kwh", empty),
+            cell_voltage_v=values.get("cell_voltage_v", empty),
+            current_c_rate=values.get("current_c_rate", empty),
         )

@@ -7,10 +7,14 @@ source checkpoint and the sha256 of the model. :func:`load_manifest` validates i
 :meth:`Manifest.read_verified_model` refuses a model whose sha256 differs from the recorded
 one, so a tampered or swapped ``policy.onnx`` never runs.
 
-Each observation field names the physical quantity it reads (``source``, one of
-:data:`PACK_SOURCES` or :data:`SITE_SOURCES`) and, like the environment's layout, the
-``scale`` such that stored value × ``scale`` = physical value; the stored value is then
-clipped to ``[low, high]`` (the observation space), as the environment does.
+The observation layout is the environment's own
+:class:`~pulsebms.core.observation.ObservationLayout`: each
+:class:`~pulsebms.core.observation.ObsField` names the physical quantity it reads
+(``source``, one of :data:`PACK_SOURCES` or :data:`SITE_SOURCES`) and the ``scale`` such
+that stored value × ``scale`` = physical value; the stored value is then clipped to
+``[low, high]`` (the observation space). In JSON it is the list of fields
+(``"observation"``) and the pack labels (``"pack_names"``, optional: manifests written
+before it was recorded read unchanged).
 """
 
 from __future__ import annotations
@@ -25,6 +29,7 @@ from typing import Any
 
 import numpy as np
 
+from pulsebms.core.observation import PACK_SOURCES, SITE_SOURCES, ObservationLayout, ObsField
 from pulsebms.safety.limits import PackLimits
 from pulsebms.safety.state import PackRatings
 
@@ -37,7 +42,9 @@ __all__ = [
     "ManifestError",
     "ModelInfo",
     "ModelIntegrityError",
+    "ObsField",
     "ObservationField",
+    "ObservationLayout",
     "SourceInfo",
     "load_manifest",
     "ratings_from_dict",
@@ -49,36 +56,11 @@ __all__ = [
 SCHEMA_VERSION = 1
 """Version of the manifest format; a change of meaning of any field is a new version."""
 
-PACK_SOURCES: dict[str, str] = {
-    "soc": "1",
-    "soh": "1",
-    "temperature_c": "degC",
-    "cell_voltage_v": "V",
-    "current_a": "A",
-    "current_c_rate": "1/h",
-    "last_action": "1",
-}
-"""Per-pack physical quantities an observation field can read, with their units.
+ObservationField = ObsField
+"""Former name of :class:`~pulsebms.core.observation.ObsField` (kept for compatibility).
 
-``current_c_rate`` is the pack current over the nominal pack capacity (+ = discharge);
-``last_action`` the normalised set-point commanded on the previous tick.
-"""
-
-SITE_SOURCES: dict[str, str] = {
-    "demand_w": "W",
-    "demand_forecast_w": "W",
-    "price_per_kwh": "currency/kWh",
-    "price_forecast_per_kwh": "currency/kWh",
-    "ambient_c": "degC",
-    "time_of_day": "1",
-    "time_of_day_sin": "1",
-    "time_of_day_cos": "1",
-}
-"""Site-level quantities an observation field can read, with their units.
-
-Forecasts are read by persistence on the device (the present value repeated);
-``time_of_day`` is the fraction of the day in [0, 1) and ``time_of_day_sin``/``_cos`` are
-``sin``/``cos`` of 2π times it.
+The positional order is the core type's (``name, start, stop, unit, scale, low, high,
+description, source, pack``); pass ``source``/``pack`` by keyword.
 """
 
 
@@ -109,45 +91,6 @@ def sha256_file(path: str | Path) -> str:
         for chunk in iter(lambda: fh.read(1 << 20), b""):
             digest.update(chunk)
     return digest.hexdigest()
-
-
-@dataclass(frozen=True)
-class ObservationField:
-    """One named slice of the flat observation vector.
-
-    Attributes:
-        name: Name in the environment's layout (``"soc"``, ``"demand_forecast_w"``).
-        start: First index of the slice.
-        stop: One past the last index.
-        source: Physical quantity it reads (a key of :data:`PACK_SOURCES` or
-            :data:`SITE_SOURCES`).
-        unit: Unit of the physical quantity.
-        scale: Stored value × ``scale`` = physical value (non-zero).
-        low: Lower bound of the stored value (the observation space).
-        high: Upper bound of the stored value.
-        pack: For a per-pack source, the single pack this field reads (width 1); ``None``
-            means one entry per pack, in pack order (width = number of packs).
-    """
-
-    name: str
-    start: int
-    stop: int
-    source: str
-    unit: str = ""
-    scale: float = 1.0
-    low: float = -math.inf
-    high: float = math.inf
-    pack: int | None = None
-
-    @property
-    def width(self) -> int:
-        """Number of observation entries in this field."""
-        return self.stop - self.start
-
-    @property
-    def per_pack(self) -> bool:
-        """Whether the field reads a per-pack quantity."""
-        return self.source in PACK_SOURCES
 
 
 @dataclass(frozen=True)
@@ -253,7 +196,8 @@ class Manifest:
     Attributes:
         model: The ONNX model and its sha256.
         source: The checkpoint it came from.
-        observation: Observation layout, ordered by ``start``, covering every entry.
+        observation: Observation layout, ordered by ``start``, covering every entry (a
+            sequence of fields is accepted and turned into a layout).
         action: Action layout (one entry per pack).
         ratings: Pack ratings as plain data (see :func:`ratings_to_dict`).
         limits: Safe operating limits, one mapping per pack (field name → value, units in
@@ -272,7 +216,7 @@ class Manifest:
 
     model: ModelInfo
     source: SourceInfo
-    observation: tuple[ObservationField, ...]
+    observation: ObservationLayout
     action: tuple[ActionField, ...]
     ratings: dict[str, Any]
     limits: tuple[dict[str, float], ...]
@@ -285,6 +229,10 @@ class Manifest:
     schema_version: int = SCHEMA_VERSION
 
     def __post_init__(self) -> None:
+        layout = self.observation
+        if not isinstance(layout, ObservationLayout):  # a plain sequence of fields
+            fields = tuple(sorted(layout, key=lambda f: f.start))
+            object.__setattr__(self, "observation", ObservationLayout(fields))
         self.validate()
 
     @property
@@ -326,8 +274,11 @@ class Manifest:
         self.pack_limits()
         if not (math.isfinite(self.dt_s) and self.dt_s > 0):
             raise ManifestError(f"manifest dt_s must be > 0, got {self.dt_s}")
+        pack_names = self.observation.pack_names
+        if pack_names and len(pack_names) != n:
+            raise ManifestError(f"manifest names {len(pack_names)} packs ({pack_names}) for {n}")
         expected = 0
-        for obs in sorted(self.observation, key=lambda f: f.start):
+        for obs in sorted(self.observation.fields, key=lambda f: f.start):
             if obs.start != expected or obs.stop <= obs.start:
                 raise ManifestError(
                     f"observation field {obs.name!r} spans [{obs.start}, {obs.stop}); "
@@ -371,10 +322,9 @@ class Manifest:
         data = asdict(self)
         data.pop("path")
         data["limits"] = [dict(lim) for lim in self.limits]
-        for obs in data["observation"]:  # JSON has no infinity: an open bound is null
-            for key in ("low", "high"):
-                if not math.isfinite(obs[key]):
-                    obs[key] = None
+        # JSON has no infinity: an open bound is null (ObsField.to_dict)
+        data["observation"] = [f.to_dict() for f in self.observation.fields]
+        data["pack_names"] = list(self.observation.pack_names)
         return data
 
     def to_json(self) -> str:
@@ -399,7 +349,10 @@ class Manifest:
             return cls(
                 model=ModelInfo(**data["model"]),
                 source=SourceInfo(**data["source"]),
-                observation=tuple(_observation_field(f) for f in data["observation"]),
+                observation=ObservationLayout(
+                    tuple(ObsField.from_dict(f) for f in data["observation"]),
+                    tuple(str(p) for p in data.get("pack_names", ())),
+                ),
                 action=tuple(ActionField(**f) for f in data["action"]),
                 ratings=dict(data["ratings"]),
                 limits=tuple({str(k): float(v) for k, v in lim.items()} for lim in data["limits"]),
@@ -448,15 +401,6 @@ class Manifest:
                 "the model was modified or does not belong to this manifest; refusing to run it"
             )
         return data
-
-
-def _observation_field(data: Mapping[str, Any]) -> ObservationField:
-    entry = dict(data)
-    if entry.get("low") is None:
-        entry["low"] = -math.inf
-    if entry.get("high") is None:
-        entry["high"] = math.inf
-    return ObservationField(**entry)
 
 
 def load_manifest(path: str | Path) -> Manifest:

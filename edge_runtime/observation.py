@@ -1,25 +1,29 @@
-"""The policy's observation, built from telemetry by the manifest's named layout.
+"""The policy's observation on the device: telemetry → the training observation.
 
-Each field reads its ``source`` quantity, divides it by the field's ``scale`` (the layout
-stores physical / scale) and is clipped to ``[low, high]``; NaN (a pack that never reported)
-reads as 0, as the environment does. Forecasts are not on the bus: they are filled by
-persistence (the present value repeated).
+:class:`ObservationBuilder` is a thin adapter: it turns the latest telemetry (a
+:class:`~pulsebms.safety.state.FleetState` and a
+:class:`~pulsebms.edge_runtime.telemetry.SiteSnapshot`), the last commanded action and the
+time of day into
+:class:`~pulsebms.core.observation.ObservationInputs` and calls the same
+:func:`~pulsebms.core.observation.build_observation` as the environment, with the manifest's
+layout. Forecasts are not on the bus: they are filled by persistence (the present value
+repeated). NaN (a pack that never reported) reads as 0, as in training.
 """
 
 from __future__ import annotations
 
-import math
-
 import numpy as np
-from numpy.typing import NDArray
 
-from pulsebms.edge_runtime.manifest import Manifest, ObservationField
+from pulsebms.core.observation import ObservationInputs, ObsField, build_observation
+from pulsebms.core.types import FloatArray, ObsArray
+from pulsebms.edge_runtime.manifest import Manifest
 from pulsebms.edge_runtime.telemetry import SiteSnapshot
 from pulsebms.safety.state import FleetState
 
 __all__ = ["ObservationBuilder"]
 
-FloatArray = NDArray[np.float64]
+_DAY_S = 86400.0
+_HOUR_S = 3600.0
 
 
 class ObservationBuilder:
@@ -28,43 +32,45 @@ class ObservationBuilder:
     Args:
         manifest: The deployment manifest (layout, ratings).
 
+    Attributes:
+        fields: The manifest's observation fields, ordered by ``start``.
+        size: Length of the observation.
+        n_packs: Number of packs.
+
     Example:
         >>> builder = ObservationBuilder(manifest)  # doctest: +SKIP
         >>> obs = builder.build(state, site, last_action, time_of_day_s=43200.0)  # doctest: +SKIP
     """
 
     def __init__(self, manifest: Manifest) -> None:
-        self.fields: tuple[ObservationField, ...] = tuple(
-            sorted(manifest.observation, key=lambda f: f.start)
-        )
+        self.layout = manifest.observation
+        self.fields: tuple[ObsField, ...] = tuple(sorted(self.layout.fields, key=lambda f: f.start))
         self.size = manifest.model.observation_size
         self.n_packs = manifest.n_packs
         self._capacity_ah = np.asarray(manifest.pack_ratings().capacity_ah, dtype=np.float64)
-        self._low = np.concatenate([np.full(f.width, f.low) for f in self.fields])
-        self._high = np.concatenate([np.full(f.width, f.high) for f in self.fields])
 
-    def _pack_quantity(self, source: str, state: FleetState, last_action: FloatArray) -> FloatArray:
-        if source == "current_c_rate":
-            with np.errstate(divide="ignore", invalid="ignore"):
-                return np.asarray(state.current_a / self._capacity_ah, dtype=np.float64)
-        if source == "last_action":
-            return np.asarray(last_action, dtype=np.float64)
-        return np.asarray(getattr(state, source), dtype=np.float64)
-
-    @staticmethod
-    def _site_quantity(source: str, site: SiteSnapshot, time_of_day_s: float) -> float:
-        fraction = (time_of_day_s % 86400.0) / 86400.0
-        values = {
-            "demand_w": site.demand_w,
-            "demand_forecast_w": site.demand_w,
-            "price_per_kwh": site.price_per_kwh,
-            "price_forecast_per_kwh": site.price_per_kwh,
-            "ambient_c": site.ambient_c,
-            "time_of_day": fraction,
-            "time_of_day_sin": math.sin(2.0 * math.pi * fraction),
-            "time_of_day_cos": math.cos(2.0 * math.pi * fraction),
-        }
-        return float(values[source])
+    def inputs(
+        self,
+        state: FleetState,
+        site: SiteSnapshot,
+        last_action: FloatArray,
+        *,
+        time_of_day_s: float,
+    ) -> ObservationInputs:
+        """The core's inputs for one observation (forecasts left to persistence)."""
+        return ObservationInputs(
+            soc=np.asarray(state.soc, dtype=np.float64),
+            soh=np.asarray(state.soh, dtype=np.float64),
+            temperature_c=np.asarray(state.temperature_c, dtype=np.float64),
+            cell_voltage_v=np.asarray(state.cell_voltage_v, dtype=np.float64),
+            current_a=np.asarray(state.current_a, dtype=np.float64),
+            capacity_ah=self._capacity_ah,
+            demand_w=float(site.demand_w),
+            price_per_kwh=float(site.price_per_kwh),
+            ambient_c=float(site.ambient_c),
+            hour_of_day=(float(time_of_day_s) % _DAY_S) / _HOUR_S,
+            last_action=np.asarray(last_action, dtype=np.float64),
+        )
 
     def build(
         self,
@@ -73,7 +79,7 @@ class ObservationBuilder:
         last_action: FloatArray,
         *,
         time_of_day_s: float,
-    ) -> NDArray[np.float32]:
+    ) -> ObsArray:
         """Assemble one observation.
 
         Args:
@@ -85,14 +91,5 @@ class ObservationBuilder:
         Returns:
             The float32 observation of length ``observation_size``.
         """
-        out = np.zeros(self.size, dtype=np.float64)
-        for f in self.fields:
-            if f.per_pack:
-                values = self._pack_quantity(f.source, state, last_action)
-                out[f.start : f.stop] = values if f.pack is None else values[f.pack]
-            else:
-                out[f.start : f.stop] = self._site_quantity(f.source, site, time_of_day_s)
-            out[f.start : f.stop] /= f.scale
-        out = np.nan_to_num(out, nan=0.0, posinf=np.inf, neginf=-np.inf)
-        obs: NDArray[np.float32] = np.clip(out, self._low, self._high).astype(np.float32)
-        return obs
+        inputs = self.inputs(state, site, last_action, time_of_day_s=time_of_day_s)
+        return build_observation(self.layout, inputs)

@@ -37,8 +37,8 @@ from typing import Any, Protocol
 
 import can
 import numpy as np
-from numpy.typing import NDArray
 
+from pulsebms.core.types import ActArray, BoolArray, FloatArray, IntArray, ObsArray
 from pulsebms.edge_runtime.codec import (
     CanCodec,
     IgnoredFrame,
@@ -67,8 +67,6 @@ __all__ = [
 
 logger = logging.getLogger("pulsebms.edge_runtime")
 
-FloatArray = NDArray[np.float64]
-
 
 class SafeReason(enum.IntFlag):
     """Why a pack's set-point is not the policy's (bit field; ``NONE`` is none)."""
@@ -96,7 +94,7 @@ _LATCHING = SafeReason.VIOLATION | SafeReason.MALFORMED | SafeReason.BMS_FAULT
 class ActingPolicy(Protocol):
     """Anything with ``act(observation) -> action`` (the ONNX policy, a test stub)."""
 
-    def act(self, observation: NDArray[np.float32]) -> NDArray[np.float32]:
+    def act(self, observation: ObsArray) -> ActArray:
         """Return the normalised action for one observation."""
         ...
 
@@ -205,14 +203,14 @@ class TickReport:
 
     tick: int
     time_s: float
-    observation: NDArray[np.float32]
-    policy_action: NDArray[np.float32]
+    observation: ObsArray
+    policy_action: ActArray
     action: FloatArray
     setpoint_w: FloatArray
-    safe: NDArray[np.bool_]
-    reasons: NDArray[np.int64]
+    safe: BoolArray
+    reasons: IntArray
     shield_status: str
-    intervened: NDArray[np.bool_]
+    intervened: BoolArray
     latency_s: float
 
 
@@ -376,7 +374,7 @@ class EdgeRuntime:
         logger.log(level, "%s pack=%s %s", kind, pack, detail)
 
     @property
-    def safe(self) -> NDArray[np.bool_]:
+    def safe(self) -> BoolArray:
         """Per pack, whether it was held in the safe state on the last tick (or since)."""
         return self._safe.copy()
 
@@ -506,9 +504,7 @@ class EdgeRuntime:
         with self._lock:
             return self._tick_locked()
 
-    def _safe_mask(
-        self, now: float, state: FleetState
-    ) -> tuple[NDArray[np.bool_], NDArray[np.int64]]:
+    def _safe_mask(self, now: float, state: FleetState) -> tuple[BoolArray, IntArray]:
         n = self.n_packs
         reasons = np.zeros(n, dtype=np.int64)
         stale = ~np.asarray(state.valid, dtype=bool)

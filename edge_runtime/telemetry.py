@@ -14,14 +14,12 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 
 import numpy as np
-from numpy.typing import NDArray
 
+from pulsebms.core.types import BoolArray, FloatArray
 from pulsebms.edge_runtime.codec import PACK_TELEMETRY_FIELDS
 from pulsebms.safety.state import FleetState
 
 __all__ = ["SiteSnapshot", "TelemetryStore"]
-
-FloatArray = NDArray[np.float64]
 
 
 @dataclass(frozen=True)
@@ -119,7 +117,7 @@ class TelemetryStore:
         oldest = np.min(np.stack(list(self.updated_s.values())), axis=0)
         return np.asarray(now_s - oldest, dtype=np.float64)
 
-    def stale(self, now_s: float) -> NDArray[np.bool_]:
+    def stale(self, now_s: float) -> BoolArray:
         """Per pack, whether the watchdog has expired."""
         return np.asarray(self.age_s(now_s) > self.stale_after_s)
 

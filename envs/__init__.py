@@ -21,14 +21,10 @@ from pulsebms.envs.registration import ENV_IDS, mixed_fleet, register_envs
 from pulsebms.envs.scenarios import SCENARIOS, Scenario, build_series, make_scenario
 
 if TYPE_CHECKING:
+    from pulsebms.core.observation import ObservationLayout, ObsField
     from pulsebms.envs.checker import FleetEnvCheckError, check_fleet_env
-    from pulsebms.envs.fleet_env import (
-        DEFAULT_FLEET,
-        CostModel,
-        FleetEnv,
-        ObservationLayout,
-        ObsField,
-    )
+    from pulsebms.envs.costs import CostModel
+    from pulsebms.envs.fleet_env import DEFAULT_FLEET, FleetEnv
 
 __all__ = [
     "CHEMISTRIES",
@@ -53,10 +49,10 @@ __all__ = [
 
 _LAZY = {
     "FleetEnv": "pulsebms.envs.fleet_env",
-    "CostModel": "pulsebms.envs.fleet_env",
+    "CostModel": "pulsebms.envs.costs",
     "DEFAULT_FLEET": "pulsebms.envs.fleet_env",
-    "ObservationLayout": "pulsebms.envs.fleet_env",
-    "ObsField": "pulsebms.envs.fleet_env",
+    "ObservationLayout": "pulsebms.core.observation",
+    "ObsField": "pulsebms.core.observation",
     "check_fleet_env": "pulsebms.envs.checker",
     "FleetEnvCheckError": "pulsebms.envs.checker",
 }

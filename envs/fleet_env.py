@@ -34,6 +34,11 @@ site without power for the rest of the episode (at least one hour), so ending an
 early never pays. Degradation is priced on the *real* fade: the accelerated fade of
 research runs is divided by the acceleration factor.
 
+The cost weights (:class:`~pulsebms.envs.costs.CostModel`) and these formulas live in
+:mod:`pulsebms.envs.costs`; the observation is built by
+:func:`pulsebms.core.observation.build_observation` from the layout
+:func:`~pulsebms.core.observation.fleet_observation_layout`.
+
 Constraint cost (CMDP): ``info["cost"] = violation_cost(violations) + fault_cost · n_faulted``
 where the violations are the twin's state after the step checked against
 :attr:`FleetEnv.pack_limits` by :func:`pulsebms.safety.check_violations`.
@@ -70,15 +75,28 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
 from typing import Any, SupportsFloat
 
 import gymnasium as gym
 import numpy as np
 from gymnasium import spaces
-from numpy.typing import NDArray
 
+from pulsebms.core.observation import (
+    ObservationInputs,
+    ObservationLayout,
+    ObsField,
+    build_observation,
+    fleet_observation_layout,
+)
+from pulsebms.core.types import ActArray, FloatArray, ObsArray
 from pulsebms.envs.chemistry import get_chemistry
+from pulsebms.envs.costs import (
+    CostModel,
+    constraint_cost,
+    energy_cost_eur,
+    grid_exchange,
+    make_costs,
+)
 from pulsebms.envs.pack import PackSpec
 from pulsebms.envs.scenarios import Scenario, ScenarioSeries, build_series, make_scenario
 from pulsebms.envs.twin.base import PackStates
@@ -94,9 +112,6 @@ __all__ = [
     "make_pack_specs",
 ]
 
-FloatArray = NDArray[np.float64]
-ObsType = NDArray[np.float32]
-ActType = NDArray[np.float32]
 TwinFactory = Callable[..., Any]
 
 FIDELITIES = ("physics", "ecm")
@@ -111,174 +126,6 @@ DEFAULT_FLEET: tuple[PackSpec, ...] = (
 """The default mixed fleet (LFP, NMC, LCO), each pack about 1 kWh."""
 
 _PACK_FIELDS = frozenset(f.name for f in dataclasses.fields(PackSpec))
-
-
-@dataclass(frozen=True)
-class CostModel:
-    """Prices that turn the site's physics into the reward (EUR).
-
-    Attributes:
-        replacement_cost_eur_per_kwh: Cost of a new pack per kWh of nominal energy.
-        soh_end_of_life: SoH at which a pack is replaced (its whole value is spent by then).
-        value_of_lost_load_eur_per_kwh: Penalty per kWh of unserved load (VoLL); also prices
-            a fault (see the module docstring).
-        fault_cost: Constraint cost added to ``info["cost"]`` per faulted pack.
-    """
-
-    replacement_cost_eur_per_kwh: float = 150.0
-    soh_end_of_life: float = 0.8
-    value_of_lost_load_eur_per_kwh: float = 5.0
-    fault_cost: float = 1.0
-
-    def __post_init__(self) -> None:
-        if not 0.0 <= self.soh_end_of_life < 1.0:
-            raise ValueError(
-                f"CostModel.soh_end_of_life must be in [0, 1), got {self.soh_end_of_life}"
-            )
-        for name in (
-            "replacement_cost_eur_per_kwh",
-            "value_of_lost_load_eur_per_kwh",
-            "fault_cost",
-        ):
-            if not getattr(self, name) >= 0.0:
-                raise ValueError(f"CostModel.{name} must be >= 0, got {getattr(self, name)}")
-
-
-@dataclass(frozen=True)
-class ObsField:
-    """One named block of the flat observation.
-
-    Attributes:
-        name: Field name; the physical quantity's unit is in it (``temperature_c``).
-        start: First index in the flat observation.
-        stop: One past the last index.
-        unit: Unit of the physical quantity.
-        scale: Stored value × ``scale`` = physical value (normalisation is a pure scale).
-        low: Lower bound of the stored value.
-        high: Upper bound of the stored value.
-        description: What the field is.
-    """
-
-    name: str
-    start: int
-    stop: int
-    unit: str
-    scale: float
-    low: float
-    high: float
-    description: str
-
-    @property
-    def slice(self) -> slice:
-        """The field's slice of the flat observation."""
-        return slice(self.start, self.stop)
-
-
-@dataclass(frozen=True)
-class ObservationLayout:
-    """The named layout of :class:`FleetEnv`'s flat observation.
-
-    Attributes:
-        fields: The blocks, in order, covering the observation without gaps.
-        pack_names: Pack labels, the order of every per-pack block.
-    """
-
-    fields: tuple[ObsField, ...]
-    pack_names: tuple[str, ...]
-
-    @property
-    def size(self) -> int:
-        """Length of the flat observation."""
-        return self.fields[-1].stop if self.fields else 0
-
-    @property
-    def slices(self) -> dict[str, slice]:
-        """Field name → slice."""
-        return {f.name: f.slice for f in self.fields}
-
-    @property
-    def scales(self) -> dict[str, float]:
-        """Field name → factor from stored to physical value."""
-        return {f.name: f.scale for f in self.fields}
-
-    @property
-    def units(self) -> dict[str, str]:
-        """Field name → physical unit."""
-        return {f.name: f.unit for f in self.fields}
-
-    @property
-    def names(self) -> tuple[str, ...]:
-        """One name per element: ``"soc[lfp-0]"``, ``"demand_forecast_w[+2]"``, ``"ambient_c"``."""
-        out: list[str] = []
-        for f in self.fields:
-            n = f.stop - f.start
-            if n == len(self.pack_names) and f.name in _PER_PACK:
-                out.extend(f"{f.name}[{p}]" for p in self.pack_names)
-            elif n == 1:
-                out.append(f.name)
-            else:
-                out.extend(f"{f.name}[+{j + 1}]" for j in range(n))
-        return tuple(out)
-
-    def field(self, name: str) -> ObsField:
-        """The field called ``name``.
-
-        Raises:
-            KeyError: If there is no such field.
-        """
-        for f in self.fields:
-            if f.name == name:
-                return f
-        raise KeyError(f"no observation field {name!r}; fields: {[f.name for f in self.fields]}")
-
-    def to_dict(self) -> dict[str, Any]:
-        """JSON-ready description (for an export manifest): fields with units and scales."""
-        return {
-            "size": self.size,
-            "pack_names": list(self.pack_names),
-            "fields": [dataclasses.asdict(f) for f in self.fields],
-            "names": list(self.names),
-        }
-
-    def unpack(self, observation: NDArray[Any]) -> dict[str, FloatArray]:
-        """Split a flat observation into physical values per field (stored × scale)."""
-        obs = np.asarray(observation, dtype=np.float64).reshape(-1)
-        return {f.name: obs[f.slice] * f.scale for f in self.fields}
-
-
-_PER_PACK = ("soc", "soh", "temperature_c", "cell_voltage_v", "current_c_rate")
-_TEMPERATURE_SCALE_C = 50.0
-_VOLTAGE_SCALE_V = 4.0
-
-
-def _build_layout(
-    pack_names: tuple[str, ...], forecast_steps: int, fleet_rated_w: float
-) -> ObservationLayout:
-    n = len(pack_names)
-    spec: list[tuple[str, int, str, float, float, float, str]] = [
-        ("soc", n, "fraction", 1.0, 0.0, 1.0, "state of charge per pack"),
-        ("soh", n, "fraction", 1.0, 0.0, 1.0, "state of health per pack (capacity / nominal)"),
-        ("temperature_c", n, "degC", _TEMPERATURE_SCALE_C, -2.0, 2.0, "pack temperature / 50 °C"),
-        ("cell_voltage_v", n, "V", _VOLTAGE_SCALE_V, 0.0, 1.5, "cell terminal voltage / 4 V"),
-        ("current_c_rate", n, "1/h", 1.0, -10.0, 10.0,
-         "last pack current / nominal pack capacity (C-rate), + = discharge"),
-        ("demand_w", 1, "W", fleet_rated_w, -20.0, 20.0,
-         "site net load (load − PV) now / Σ rated pack power"),
-        ("demand_forecast_w", forecast_steps, "W", fleet_rated_w, -20.0, 20.0,
-         "forecast net load for the next steps / Σ rated pack power"),
-        ("price_per_kwh", 1, "EUR/kWh", 1.0, -10.0, 10.0, "grid import price now"),
-        ("price_forecast_per_kwh", forecast_steps, "EUR/kWh", 1.0, -10.0, 10.0,
-         "forecast import price for the next steps"),
-        ("ambient_c", 1, "degC", _TEMPERATURE_SCALE_C, -2.0, 2.0, "ambient temperature / 50 °C"),
-        ("time_of_day_sin", 1, "1", 1.0, -1.0, 1.0, "sin(2π · hour / 24)"),
-        ("time_of_day_cos", 1, "1", 1.0, -1.0, 1.0, "cos(2π · hour / 24)"),
-    ]  # fmt: skip
-    fields: list[ObsField] = []
-    start = 0
-    for name, size, unit, scale, low, high, text in spec:
-        fields.append(ObsField(name, start, start + size, unit, scale, low, high, text))
-        start += size
-    return ObservationLayout(tuple(fields), pack_names)
 
 
 def make_pack_specs(fleet: Sequence[PackSpec | Mapping[str, Any]]) -> tuple[PackSpec, ...]:
@@ -336,19 +183,7 @@ def make_pack_specs(fleet: Sequence[PackSpec | Mapping[str, Any]]) -> tuple[Pack
     return tuple(specs)
 
 
-def _make_costs(costs: CostModel | Mapping[str, float] | None) -> CostModel:
-    if costs is None:
-        return CostModel()
-    if isinstance(costs, CostModel):
-        return costs
-    known = {f.name for f in dataclasses.fields(CostModel)}
-    unknown = sorted(set(costs) - known)
-    if unknown:
-        raise ValueError(f"unknown cost weight(s) {unknown}; known: {sorted(known)}")
-    return CostModel(**{k: float(v) for k, v in costs.items()})
-
-
-class FleetEnv(gym.Env[ObsType, ActType]):
+class FleetEnv(gym.Env[ObsArray, ActArray]):
     """A battery fleet serving a site's net load behind a limited grid connection.
 
     Observation (flat ``Box``, float32; :attr:`observation_layout` names every block, its
@@ -488,7 +323,7 @@ class FleetEnv(gym.Env[ObsType, ActType]):
         self.horizon_steps: int = int(horizon_steps)
         self.fidelity: str = fidelity
         self.forecast_steps: int = int(forecast_steps)
-        self.costs: CostModel = _make_costs(costs)
+        self.costs: CostModel = make_costs(costs)
         self.degradation_acceleration: float = float(degradation_acceleration)
         self.fleet_request: str = fleet_request
         self.randomize_initial_state: bool = bool(randomize_initial_state)
@@ -521,17 +356,12 @@ class FleetEnv(gym.Env[ObsType, ActType]):
             self._capacity_ah * np.asarray(self.ratings.series, dtype=np.float64) * volts / 1000.0
         )
         self.pack_names: tuple[str, ...] = tuple(p.name for p in self.packs)
-        self.observation_layout: ObservationLayout = _build_layout(
+        self.observation_layout: ObservationLayout = fleet_observation_layout(
             self.pack_names, self.forecast_steps, self.fleet_rated_power_w
         )
+        """The named layout of the flat observation (:mod:`pulsebms.core.observation`)."""
         self.observation_names: tuple[str, ...] = self.observation_layout.names
-        low = np.concatenate(
-            [np.full(f.stop - f.start, f.low) for f in self.observation_layout.fields]
-        )
-        high = np.concatenate(
-            [np.full(f.stop - f.start, f.high) for f in self.observation_layout.fields]
-        )
-        self._obs_low, self._obs_high = low, high
+        low, high = self.observation_layout.low, self.observation_layout.high
         self.observation_space = spaces.Box(
             low.astype(np.float32), high.astype(np.float32), dtype=np.float32
         )
@@ -579,7 +409,7 @@ class FleetEnv(gym.Env[ObsType, ActType]):
 
     def reset(
         self, *, seed: int | None = None, options: dict[str, Any] | None = None
-    ) -> tuple[ObsType, dict[str, Any]]:
+    ) -> tuple[ObsArray, dict[str, Any]]:
         """Start an episode: new scenario series, packs back to their specs' state.
 
         Args:
@@ -647,7 +477,7 @@ class FleetEnv(gym.Env[ObsType, ActType]):
         self._last_info = info
         return self._observation(), info
 
-    def step(self, action: ActType) -> tuple[ObsType, SupportsFloat, bool, bool, dict[str, Any]]:
+    def step(self, action: ActArray) -> tuple[ObsArray, SupportsFloat, bool, bool, dict[str, Any]]:
         """Apply per-pack power set-points for one control interval.
 
         Args:
@@ -675,30 +505,18 @@ class FleetEnv(gym.Env[ObsType, ActType]):
         power_w = np.where(faulted, 0.0, np.asarray(states.power_w, dtype=np.float64))
         fleet_w = float(power_w.sum())
         net_w = float(series.net_load_w[k])
-        grid_w = net_w - fleet_w
         g_imp, g_exp = series.grid_import_limit_w, series.grid_export_limit_w
-        import_w = min(max(grid_w, 0.0), g_imp)
-        unserved_w = max(grid_w - g_imp, 0.0)
-        export_w = min(max(-grid_w, 0.0), g_exp)
-        curtailed_w = max(-grid_w - g_exp, 0.0)
+        grid = grid_exchange(net_w, fleet_w, g_imp, g_exp)
         dt_h = self.dt_s / 3600.0
         price = float(series.price_eur_per_kwh[k])
         feed_in = float(series.feed_in_price_eur_per_kwh)
-        energy_cost = (price * import_w - feed_in * export_w) / 1000.0 * dt_h
-        unserved_penalty = self.costs.value_of_lost_load_eur_per_kwh * unserved_w / 1000.0 * dt_h
-        soh_loss = np.clip(
-            np.asarray(before.soh, dtype=np.float64) - np.asarray(states.soh, dtype=np.float64),
-            0.0,
-            None,
-        )
-        real_loss = soh_loss / self.degradation_acceleration
-        degradation_cost = float(
-            np.sum(
-                real_loss
-                / (1.0 - self.costs.soh_end_of_life)
-                * self.pack_energy_kwh
-                * self.costs.replacement_cost_eur_per_kwh
-            )
+        energy_cost = energy_cost_eur(price, feed_in, grid.import_w, grid.export_w, dt_h)
+        unserved_penalty = self.costs.unserved_penalty_eur(grid.unserved_w, dt_h)
+        degradation_cost, soh_loss = self.costs.degradation_cost_eur(
+            np.asarray(before.soh, dtype=np.float64),
+            np.asarray(states.soh, dtype=np.float64),
+            self.pack_energy_kwh,
+            self.degradation_acceleration,
         )
         n_faulted = int(faulted.sum())
         self._k = k + 1
@@ -707,12 +525,7 @@ class FleetEnv(gym.Env[ObsType, ActType]):
         if n_faulted:
             self._terminated = True
             remaining_h = max((self.horizon_steps - self._k) * dt_h, 1.0)
-            fault_penalty = (
-                self.costs.value_of_lost_load_eur_per_kwh
-                * series.site_peak_load_w
-                / 1000.0
-                * remaining_h
-            )
+            fault_penalty = self.costs.fault_penalty_eur(series.site_peak_load_w, remaining_h)
             fault_reason = "; ".join(
                 f"{self.pack_names[i]}: {states.fault_reason[i] or 'fault'}"
                 for i in np.flatnonzero(faulted)
@@ -722,7 +535,7 @@ class FleetEnv(gym.Env[ObsType, ActType]):
 
         self._request_w = self._fleet_request_w(min(self._k, series.n_samples - 1))
         violations = self._violations()
-        cost = _violation_cost(violations) + self.costs.fault_cost * n_faulted
+        cost = constraint_cost(violations, n_faulted, self.costs)
         terminated = bool(n_faulted)
         truncated = (not terminated) and self._k >= self.horizon_steps
 
@@ -740,10 +553,10 @@ class FleetEnv(gym.Env[ObsType, ActType]):
             "fleet_power_w": fleet_w,
             "pack_power_w": power_w,
             "pack_current_a": np.asarray(states.current_a, dtype=np.float64).copy(),
-            "grid_import_w": import_w,
-            "grid_export_w": export_w,
-            "unserved_w": unserved_w,
-            "curtailed_w": curtailed_w,
+            "grid_import_w": grid.import_w,
+            "grid_export_w": grid.export_w,
+            "unserved_w": grid.unserved_w,
+            "curtailed_w": grid.curtailed_w,
             "grid_import_limit_w": g_imp,
             "demand_w": self._request_w,
             "energy_cost_eur": energy_cost,
@@ -872,32 +685,26 @@ class FleetEnv(gym.Env[ObsType, ActType]):
 
         return list(check_violations(self.fleet_state(), self.ratings, self.pack_limits))
 
-    def _observation(self) -> ObsType:
+    def _observation(self) -> ObsArray:
         s = self._require_states()
         series = self.series
         k = min(self._k, series.n_samples - 1)
         fc_net, fc_price = series.forecast_at(k, self.forecast_steps, self.np_random)
-        hour = float(series.hour_of_day[k])
-        angle = 2.0 * np.pi * hour / 24.0
-        rated = self.fleet_rated_power_w
-        obs = np.concatenate(
-            [
-                np.asarray(s.soc, dtype=np.float64),
-                np.asarray(s.soh, dtype=np.float64),
-                np.asarray(s.temperature_c, dtype=np.float64) / _TEMPERATURE_SCALE_C,
-                np.asarray(s.cell_voltage_v, dtype=np.float64) / _VOLTAGE_SCALE_V,
-                np.asarray(s.current_a, dtype=np.float64) / self._capacity_ah,
-                [series.net_load_w[k] / rated],
-                fc_net / rated,
-                [series.price_eur_per_kwh[k]],
-                fc_price,
-                [series.ambient_c[k] / _TEMPERATURE_SCALE_C],
-                [np.sin(angle), np.cos(angle)],
-            ]
+        inputs = ObservationInputs(
+            soc=np.asarray(s.soc, dtype=np.float64),
+            soh=np.asarray(s.soh, dtype=np.float64),
+            temperature_c=np.asarray(s.temperature_c, dtype=np.float64),
+            cell_voltage_v=np.asarray(s.cell_voltage_v, dtype=np.float64),
+            current_a=np.asarray(s.current_a, dtype=np.float64),
+            capacity_ah=self._capacity_ah,
+            demand_w=float(series.net_load_w[k]),
+            price_per_kwh=float(series.price_eur_per_kwh[k]),
+            ambient_c=float(series.ambient_c[k]),
+            hour_of_day=float(series.hour_of_day[k]),
+            demand_forecast_w=fc_net,
+            price_forecast_per_kwh=fc_price,
         )
-        obs = np.nan_to_num(obs, nan=0.0)
-        clipped: ObsType = np.clip(obs, self._obs_low, self._obs_high).astype(np.float32)
-        return clipped
+        return build_observation(self.observation_layout, inputs)
 
 
 def _build_limits(chemistry: Sequence[str], limits: Mapping[str, Any] | None) -> tuple[Any, ...]:
@@ -921,9 +728,3 @@ def _build_limits(chemistry: Sequence[str], limits: Mapping[str, Any] | None) ->
         except (TypeError, ValueError) as exc:
             raise ValueError(f"limits ({chem}): {exc}") from exc
     return tuple(out)
-
-
-def _violation_cost(violations: Sequence[Any]) -> float:
-    from pulsebms.safety import violation_cost
-
-    return float(violation_cost(list(violations))) if violations else 0.0

@@ -4,10 +4,13 @@ A checkpoint knows its network, not the fleet it was trained on. :class:`FleetSp
 the rest as plain data, from a live environment (:func:`fleet_spec_from_env`) or from a
 JSON file (:func:`load_fleet_spec`), so the exporter never depends on how an env stores it.
 
-The observation layout is accepted in three plain forms (see :func:`observation_fields`):
-an object with ``fields`` (``pulsebms.envs.ObservationLayout``), a mapping of field name →
+The observation layout is the core's :class:`~pulsebms.core.observation.ObservationLayout`:
+an environment's ``observation_layout`` goes into the manifest as it is. For layouts written
+by hand, :func:`observation_layout` also accepts plain data: a mapping of field name →
 ``slice`` / ``(start, stop)`` / dict with ``start``, ``stop`` and optional ``unit``,
-``scale``, ``low``, ``high``, ``source``, ``pack``, or a list of such dicts with ``name``.
+``scale``, ``low``, ``high``, ``description``, ``source``, ``pack``, or a list of such dicts
+with ``name``; a plain name that is not itself a source is resolved by
+:data:`SOURCE_ALIASES`.
 """
 
 from __future__ import annotations
@@ -18,18 +21,13 @@ import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 
-from pulsebms.edge_runtime.manifest import (
-    PACK_SOURCES,
-    SITE_SOURCES,
-    ActionField,
-    ObservationField,
-    ratings_from_dict,
-    ratings_to_dict,
-)
+from pulsebms.core.observation import PACK_SOURCES, SITE_SOURCES, ObservationLayout, ObsField
+from pulsebms.core.types import FleetEnvLike
+from pulsebms.edge_runtime.manifest import ActionField, ratings_from_dict, ratings_to_dict
 from pulsebms.safety.limits import PackLimits, fleet_limits
 from pulsebms.safety.state import PackRatings
 
@@ -41,6 +39,7 @@ __all__ = [
     "fleet_spec_from_env",
     "load_fleet_spec",
     "observation_fields",
+    "observation_layout",
 ]
 
 SOURCE_ALIASES: dict[str, str] = {
@@ -61,7 +60,7 @@ SOURCE_ALIASES: dict[str, str] = {
     "hour_sin": "time_of_day_sin",
     "hour_cos": "time_of_day_cos",
 }
-"""Layout names that are not themselves a runtime source, → the source they read."""
+"""Plain-layout names that are not themselves a runtime source, → the source they read."""
 
 
 @dataclass(frozen=True)
@@ -69,7 +68,8 @@ class FleetSpec:
     """The fleet side of a manifest, as plain data.
 
     Attributes:
-        observation: Observation layout (covering every entry, ordered).
+        observation: Observation layout (covering every entry, ordered); a sequence of
+            fields is accepted and turned into a layout.
         ratings: Pack ratings.
         limits: One :class:`~pulsebms.safety.limits.PackLimits` per pack.
         dt_s: Control interval the policy was trained with [s].
@@ -78,7 +78,7 @@ class FleetSpec:
         action: Action layout; one ``power_setpoint`` field over every pack by default.
     """
 
-    observation: tuple[ObservationField, ...]
+    observation: ObservationLayout
     ratings: PackRatings
     limits: tuple[PackLimits, ...]
     dt_s: float
@@ -86,6 +86,8 @@ class FleetSpec:
     action: tuple[ActionField, ...] = ()
 
     def __post_init__(self) -> None:
+        if not isinstance(self.observation, ObservationLayout):  # a sequence of fields
+            object.__setattr__(self, "observation", ObservationLayout(tuple(self.observation)))
         if not self.action:
             object.__setattr__(self, "action", action_fields(self.ratings.n_packs))
         if len(self.limits) != self.ratings.n_packs:
@@ -98,7 +100,7 @@ class FleetSpec:
     @property
     def observation_size(self) -> int:
         """Length of the flat observation."""
-        return max((f.stop for f in self.observation), default=0)
+        return self.observation.size
 
     def shield_settings(self) -> dict[str, Any]:
         """Shield keyword arguments, ``dt_s`` included."""
@@ -107,10 +109,8 @@ class FleetSpec:
     def to_dict(self) -> dict[str, Any]:
         """Plain-JSON form (read back by :func:`load_fleet_spec`)."""
         return {
-            "observation": [
-                {k: (None if isinstance(v, float) and math.isinf(v) else v) for k, v in d.items()}
-                for d in (dataclasses.asdict(f) for f in self.observation)
-            ],
+            "observation": [f.to_dict() for f in self.observation.fields],
+            "pack_names": list(self.observation.pack_names),
             "action": [dataclasses.asdict(a) for a in self.action],
             "ratings": ratings_to_dict(self.ratings),
             "limits": [dataclasses.asdict(lim) for lim in self.limits],
@@ -119,43 +119,58 @@ class FleetSpec:
         }
 
 
-def _resolve_source(name: str, explicit: str | None) -> str:
-    source = explicit or SOURCE_ALIASES.get(name, name)
+def _check_source(name: str, source: str) -> None:
     if source not in PACK_SOURCES and source not in SITE_SOURCES:
         known = sorted(PACK_SOURCES) + sorted(SITE_SOURCES)
         raise ValueError(
             f"observation field {name!r} has no runtime source; give it a 'source' among {known}"
         )
+
+
+def _resolve_source(name: str, explicit: str | None) -> str:
+    source = explicit or SOURCE_ALIASES.get(name, name)
+    _check_source(name, source)
     return source
 
 
-def _entry(name: str, value: Any) -> dict[str, Any]:
+def _entry(name: str, value: object) -> dict[str, Any]:
+    if isinstance(value, ObsField):
+        return value.to_dict()
     if isinstance(value, slice):
         return {"start": value.start, "stop": value.stop}
     if isinstance(value, tuple | list) and len(value) == 2:
         return {"start": value[0], "stop": value[1]}
     if isinstance(value, Mapping):
         return dict(value)
-    attrs = ("start", "stop", "unit", "scale", "low", "high", "source", "pack")
-    if hasattr(value, "start") and hasattr(value, "stop"):
-        return {a: getattr(value, a) for a in attrs if hasattr(value, a)}
     raise TypeError(f"observation layout entry {name!r} is not a slice, pair or mapping: {value!r}")
 
 
+def _check_coverage(fields: Sequence[ObsField]) -> None:
+    expected = 0
+    for f in sorted(fields, key=lambda f: f.start):
+        if f.start != expected:
+            raise ValueError(
+                f"observation layout has a gap or overlap at index {expected} (field {f.name!r} "
+                f"starts at {f.start})"
+            )
+        expected = f.stop
+
+
 def observation_fields(
-    layout: Any,
+    layout: ObservationLayout | Mapping[str, Any] | Sequence[Mapping[str, Any]],
     *,
     n_packs: int,
     observation_low: Sequence[float] | None = None,
     observation_high: Sequence[float] | None = None,
-) -> tuple[ObservationField, ...]:
-    """Turn an environment's observation layout (plain data) into manifest fields.
+) -> tuple[ObsField, ...]:
+    """The fields of an observation layout, given as the core type or as plain data.
 
     Args:
-        layout: ``ObservationLayout``-like object (``.fields``), mapping name → entry, or a
-            sequence of dicts with ``name`` (see the module docstring).
-        n_packs: Number of packs (per-pack fields have this width).
-        observation_low: Observation-space lower bounds, used where an entry gives none.
+        layout: An :class:`~pulsebms.core.observation.ObservationLayout` (its fields are
+            returned as they are, after checking their sources), a mapping name → entry, or
+            a sequence of dicts with ``name`` (see the module docstring).
+        n_packs: Number of packs (per-pack fields have this width; checked by the manifest).
+        observation_low: Observation-space lower bounds, used where a plain entry gives none.
         observation_high: Observation-space upper bounds, likewise.
 
     Returns:
@@ -169,13 +184,18 @@ def observation_fields(
         >>> [f.source for f in observation_fields({"soc": (0, 2), "demand": (2, 3)}, n_packs=2)]
         ['soc', 'demand_w']
     """
-    if hasattr(layout, "fields") and not isinstance(layout, Mapping):
-        items = [(f.name, _entry(f.name, f)) for f in layout.fields]
-    elif isinstance(layout, Mapping):
+    del n_packs  # widths are checked against the fleet by the manifest
+    if isinstance(layout, ObservationLayout):
+        for f in layout.fields:
+            _check_source(f.name, f.source)
+        out = sorted(layout.fields, key=lambda f: f.start)
+        _check_coverage(out)
+        return tuple(out)
+    if isinstance(layout, Mapping):
         items = [(str(k), _entry(str(k), v)) for k, v in layout.items()]
     else:
         items = [(str(d["name"]), _entry(str(d["name"]), d)) for d in layout]
-    out = []
+    fields = []
     for name, entry in items:
         start, stop = int(entry["start"]), int(entry["stop"])
         low = entry.get("low")
@@ -185,30 +205,63 @@ def observation_fields(
         if high is None and observation_high is not None:
             high = float(np.max(np.asarray(observation_high)[start:stop]))
         pack = entry.get("pack")
-        out.append(
-            ObservationField(
+        fields.append(
+            ObsField(
                 name=name,
                 start=start,
                 stop=stop,
-                source=_resolve_source(name, entry.get("source")),
                 unit=str(entry.get("unit", "")),
                 scale=float(entry.get("scale", 1.0)),
                 low=-math.inf if low is None else float(low),
                 high=math.inf if high is None else float(high),
+                description=str(entry.get("description", "")),
+                source=_resolve_source(name, entry.get("source")),
                 pack=None if pack is None else int(pack),
             )
         )
-    out.sort(key=lambda f: f.start)
-    expected = 0
-    for f in out:
-        if f.start != expected:
-            raise ValueError(
-                f"observation layout has a gap or overlap at index {expected} (field {f.name!r} "
-                f"starts at {f.start})"
-            )
-        expected = f.stop
-    del n_packs  # widths are checked against the fleet by the manifest
-    return tuple(out)
+    fields.sort(key=lambda f: f.start)
+    _check_coverage(fields)
+    return tuple(fields)
+
+
+def observation_layout(
+    layout: ObservationLayout | Mapping[str, Any] | Sequence[Mapping[str, Any]],
+    *,
+    n_packs: int,
+    pack_names: Sequence[str] = (),
+    observation_low: Sequence[float] | None = None,
+    observation_high: Sequence[float] | None = None,
+) -> ObservationLayout:
+    """An :class:`~pulsebms.core.observation.ObservationLayout` from the core type or plain data.
+
+    Args:
+        layout: See :func:`observation_fields`; a core layout is returned unchanged (after
+            checking its sources and coverage).
+        n_packs: Number of packs.
+        pack_names: Pack labels of a plain layout.
+        observation_low: See :func:`observation_fields`.
+        observation_high: See :func:`observation_fields`.
+
+    Returns:
+        The layout.
+
+    Raises:
+        ValueError: If a field has no runtime source or the layout leaves gaps.
+        TypeError: If an entry has an unsupported form.
+
+    Example:
+        >>> observation_layout({"soc": (0, 2), "demand": (2, 3)}, n_packs=2).names
+        ('soc[0]', 'soc[1]', 'demand')
+    """
+    fields = observation_fields(
+        layout,
+        n_packs=n_packs,
+        observation_low=observation_low,
+        observation_high=observation_high,
+    )
+    if isinstance(layout, ObservationLayout):
+        return layout
+    return ObservationLayout(fields, tuple(pack_names))
 
 
 def action_fields(n_packs: int) -> tuple[ActionField, ...]:
@@ -216,36 +269,50 @@ def action_fields(n_packs: int) -> tuple[ActionField, ...]:
     return (ActionField(name="power_setpoint", start=0, stop=n_packs),)
 
 
-def _unwrap(env: Any) -> Any:
-    return getattr(env, "unwrapped", env)
+@runtime_checkable
+class _Wrapped(Protocol):
+    """A Gymnasium wrapper (or env): ``unwrapped`` is the innermost env."""
+
+    @property
+    def unwrapped(self) -> object:
+        """The innermost environment."""
+        ...
 
 
-def fleet_spec_from_env(env: Any, *, shield: Mapping[str, Any] | None = None) -> FleetSpec:
+def _fleet_env(env: object) -> FleetEnvLike:
+    base = env.unwrapped if isinstance(env, _Wrapped) else env
+    if not isinstance(base, FleetEnvLike):
+        raise TypeError(
+            f"{type(base).__name__} is not a fleet environment: it needs ratings, dt_s, "
+            "pack_limits, observation_layout and fleet_state() (pulsebms.core.types.FleetEnvLike)"
+        )
+    return base
+
+
+def fleet_spec_from_env(env: object, *, shield: Mapping[str, Any] | None = None) -> FleetSpec:
     """Read the fleet side of a manifest from a FleetEnv (possibly wrapped).
 
+    The manifest's observation layout is the env's ``observation_layout`` itself.
+
     Args:
-        env: The environment; reads ``observation_layout``, ``ratings``, ``pack_limits``
-            (defaults by chemistry when absent), ``dt_s`` and ``observation_space``.
+        env: The environment (:class:`~pulsebms.core.types.FleetEnvLike` once unwrapped);
+            reads ``observation_layout``, ``ratings``, ``pack_limits`` (defaults by
+            chemistry when empty) and ``dt_s``.
         shield: Shield settings to record (``dt_s`` is added).
 
     Returns:
         The spec.
 
     Raises:
-        AttributeError: If the env exposes no ``observation_layout`` or ``ratings``.
+        TypeError: If the (unwrapped) env is not a fleet environment.
+        ValueError: If a field of its layout reads no runtime source.
     """
-    base = _unwrap(env)
-    ratings: PackRatings = base.ratings
-    limits = tuple(getattr(base, "pack_limits", ()) or fleet_limits(ratings))
-    space = getattr(base, "observation_space", None)
-    fields = observation_fields(
-        base.observation_layout,
-        n_packs=ratings.n_packs,
-        observation_low=None if space is None else space.low,
-        observation_high=None if space is None else space.high,
-    )
+    base = _fleet_env(env)
+    ratings = base.ratings
+    limits = tuple(base.pack_limits) or fleet_limits(ratings)
+    layout = observation_layout(base.observation_layout, n_packs=ratings.n_packs)
     return FleetSpec(
-        observation=fields,
+        observation=layout,
         ratings=ratings,
         limits=limits,
         dt_s=float(base.dt_s),
@@ -270,10 +337,14 @@ def fleet_spec_from_dict(data: Mapping[str, Any]) -> FleetSpec:
             limits = fleet_limits(ratings, **raw_limits)
         else:
             limits = tuple(PackLimits(**lim) for lim in raw_limits)
-        layout = data["observation"]
+        layout = observation_layout(
+            data["observation"],
+            n_packs=ratings.n_packs,
+            pack_names=tuple(str(p) for p in data.get("pack_names", ())),
+        )
         action = tuple(ActionField(**a) for a in data.get("action", ()))
         return FleetSpec(
-            observation=observation_fields(layout, n_packs=ratings.n_packs),
+            observation=layout,
             ratings=ratings,
             limits=limits,
             dt_s=float(data["dt_s"]),

@@ -8,7 +8,7 @@ from pulsebms.edge_runtime.manifest import (
     ActionField,
     Manifest,
     ModelInfo,
-    ObservationField,
+    ObsField,
     SourceInfo,
 )
 from pulsebms.safety.limits import default_limits
@@ -33,10 +33,10 @@ def make_manifest(n_packs: int = N_PACKS, sha256: str = "0" * 64) -> Manifest:
         model=ModelInfo("policy.onnx", sha256, "observation", "action", 2 * n + 2, n, 18),
         source=SourceInfo("sb3", "PPO", "/nowhere/model.zip", "1" * 64),
         observation=(
-            ObservationField("soc", 0, n, "soc", "fraction", 1.0, 0.0, 1.0),
-            ObservationField("temperature_c", n, 2 * n, "temperature_c", "degC", 50.0, -2, 2),
-            ObservationField("demand_w", 2 * n, 2 * n + 1, "demand_w", "W", 1000.0, -20, 20),
-            ObservationField("time_of_day_sin", 2 * n + 1, 2 * n + 2, "time_of_day_sin"),
+            ObsField("soc", 0, n, "fraction", 1.0, 0.0, 1.0),
+            ObsField("temperature_c", n, 2 * n, "degC", 50.0, -2, 2),
+            ObsField("demand_w", 2 * n, 2 * n + 1, "W", 1000.0, -20, 20),
+            ObsField("time_of_day_sin", 2 * n + 1, 2 * n + 2),
         ),
         action=(ActionField("power_setpoint", 0, n),),
         ratings={

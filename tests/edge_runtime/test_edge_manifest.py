@@ -29,6 +29,18 @@ def test_round_trip_and_verified_model(tmp_path: Path) -> None:
     assert manifest.pack_ratings().n_packs == 3
 
 
+def test_manifest_written_before_the_core_layout_reads(tmp_path: Path) -> None:
+    path = _write(tmp_path)
+    data = json.loads(path.read_text())
+    data.pop("pack_names")
+    for f in data["observation"]:
+        f.pop("description")  # the former ObservationField had none
+    path.write_text(json.dumps(data))
+    manifest = load_manifest(path)
+    assert manifest.observation.fields == make_manifest().observation.fields
+    assert manifest.observation.pack_names == ()
+
+
 def test_tampered_model_is_refused(tmp_path: Path) -> None:
     path = _write(tmp_path)
     (tmp_path / "policy.onnx").write_bytes(b"onnx bytez")

@@ -8,7 +8,7 @@ import math
 import numpy as np
 from edge_helpers import make_manifest
 
-from pulsebms.edge_runtime.manifest import ModelInfo, ObservationField
+from pulsebms.edge_runtime.manifest import ModelInfo, ObsField
 from pulsebms.edge_runtime.observation import ObservationBuilder
 from pulsebms.edge_runtime.telemetry import SiteSnapshot
 from pulsebms.safety.state import FleetState
@@ -16,15 +16,15 @@ from pulsebms.safety.state import FleetState
 
 def test_every_source_and_pack_indexed_fields() -> None:
     fields = (
-        ObservationField("soc[1]", 0, 1, "soc", pack=1),
-        ObservationField("current_c_rate", 1, 4, "current_c_rate"),
-        ObservationField("demand_forecast_w", 4, 6, "demand_forecast_w", scale=1000.0),
-        ObservationField("price_forecast", 6, 7, "price_forecast_per_kwh"),
-        ObservationField("ambient_c", 7, 8, "ambient_c", scale=50.0),
-        ObservationField("time_of_day", 8, 9, "time_of_day"),
-        ObservationField("time_of_day_cos", 9, 10, "time_of_day_cos"),
-        ObservationField("last_action", 10, 13, "last_action"),
-        ObservationField("cell_voltage_v", 13, 16, "cell_voltage_v", scale=4.0, low=0, high=1),
+        ObsField("soc[1]", 0, 1, pack=1),
+        ObsField("current_c_rate", 1, 4),
+        ObsField("demand_forecast_w", 4, 6, scale=1000.0),
+        ObsField("price_forecast", 6, 7, source="price_forecast_per_kwh"),
+        ObsField("ambient_c", 7, 8, scale=50.0),
+        ObsField("time_of_day", 8, 9),
+        ObsField("time_of_day_cos", 9, 10),
+        ObsField("last_action", 10, 13),
+        ObsField("cell_voltage_v", 13, 16, scale=4.0, low=0, high=1),
     )
     base = make_manifest()
     manifest = dataclasses.replace(

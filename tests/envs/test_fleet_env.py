@@ -73,6 +73,9 @@ def test_agents_observation_reader_reads_the_layout() -> None:
     read = reader.read(obs)
     np.testing.assert_allclose(read.soc, env.fleet_state().soc, atol=1e-6)
     assert read.demand_w == pytest.approx(env.series.net_load_w[0], rel=1e-5)
+    typed = reader_mod.ObservationReader(env.observation_layout).read(obs)  # the core type
+    for name, value in vars(read).items():
+        np.testing.assert_array_equal(getattr(typed, name), value)
 
 
 def test_reward_is_minus_the_sum_of_documented_terms() -> None:

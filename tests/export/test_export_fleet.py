@@ -42,6 +42,21 @@ def test_layout_forms_and_aliases() -> None:
     assert math.isinf(as_list[0].low)
 
 
+def test_core_layout_passes_unchanged() -> None:
+    from pulsebms.core.observation import fleet_observation_layout
+    from pulsebms.export.fleet import observation_layout
+
+    layout = fleet_observation_layout(("a", "b"), 2, 1900.0)
+    assert observation_layout(layout, n_packs=2) is layout
+    assert observation_fields(layout, n_packs=2) == layout.fields
+    spec = fleet_spec_from_dict(
+        {"observation": [f.to_dict() for f in layout.fields], "pack_names": ["a", "b"],
+         "ratings": RATINGS, "dt_s": 60.0}
+    )  # fmt: skip
+    assert spec.observation == layout
+    assert fleet_spec_from_dict(json.loads(json.dumps(spec.to_dict()))).observation == layout
+
+
 def test_layout_errors_say_what_to_do() -> None:
     with pytest.raises(ValueError, match="give it a 'source'"):
         observation_fields({"wind_speed": (0, 1)}, n_packs=1)
