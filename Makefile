@@ -50,8 +50,8 @@ format: install  ## Apply ruff's fixes and formatting.
 	$(BIN)/ruff check --fix .
 	$(BIN)/ruff format .
 
-PACKAGES := core envs safety agents experiments configs export edge_runtime benchmarks
-type: install  ## mypy over pulsebms.* (strict for safety, export, edge_runtime).
+PACKAGES := core envs safety agents experiments configs export edge_runtime hil benchmarks
+type: install  ## mypy over pulsebms.* (strict for safety, export, edge_runtime, hil).
 	@rm -rf build/typecheck && mkdir -p build/typecheck/pulsebms
 	@for d in $(PACKAGES); do ln -s ../../../$$d build/typecheck/pulsebms/$$d; done
 	@ln -s ../../../_pulsebms/__init__.py ../../../_pulsebms/py.typed build/typecheck/pulsebms/

@@ -5,8 +5,9 @@ Adapters:
 * :class:`SB3Policy`: a stable-baselines3 model (+ its ``VecNormalize`` statistics), acting
   deterministically.
 * :class:`OnnxPolicy`: an exported ``policy.onnx`` run by onnxruntime. The exporter puts
-  observation normalisation and action clipping inside the graph, so this adapter only feeds
-  the raw observation and reads the action (the seam for :mod:`pulsebms.export`).
+  observation normalisation and action clipping inside the graph, so it only feeds the raw
+  observation and reads the action. It is :class:`pulsebms.edge_runtime.policy.OnnxPolicy`
+  itself (re-exported), so evaluation runs the session the edge runs.
 * :class:`ConstantPolicy`: a fixed action (idle fleet, adversarial max charge / discharge).
 
 :func:`reset_policy` calls ``reset()`` where a policy has one.
@@ -21,6 +22,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from pulsebms.agents.type_aliases import ActArray, ObsArray, Policy, ResettablePolicy
+from pulsebms.edge_runtime.policy import OnnxPolicy
 
 if TYPE_CHECKING:
     from stable_baselines3.common.base_class import BaseAlgorithm
@@ -143,39 +145,3 @@ class SB3Policy:
 
         model, vec_normalize = load_agent(model_path, vec_normalize_path)
         return cls(model, vec_normalize)
-
-
-class OnnxPolicy:
-    """An exported ``policy.onnx`` as a :class:`Policy` (onnxruntime, CPU).
-
-    The graph written by :mod:`pulsebms.export` already contains observation normalisation,
-    the deterministic action head and clipping; this adapter adds nothing.
-
-    Args:
-        model_path: Path of the ONNX file.
-        input_name: Graph input to feed; the first input when ``None``.
-        output_name: Graph output holding the action; the first output when ``None``.
-    """
-
-    def __init__(
-        self,
-        model_path: str | Path,
-        *,
-        input_name: str | None = None,
-        output_name: str | None = None,
-    ) -> None:
-        import onnxruntime as ort
-
-        options = ort.SessionOptions()
-        options.intra_op_num_threads = 1
-        self._session = ort.InferenceSession(
-            str(model_path), sess_options=options, providers=["CPUExecutionProvider"]
-        )
-        self._input = input_name or self._session.get_inputs()[0].name
-        self._output = output_name or self._session.get_outputs()[0].name
-
-    def act(self, observation: ObsArray) -> ActArray:
-        """Run the graph on one observation (batched to size one and back)."""
-        obs = np.asarray(observation, dtype=np.float32).reshape(1, -1)
-        (action,) = self._session.run([self._output], {self._input: obs})
-        return _as_action(action)

@@ -1,8 +1,11 @@
 """Edge runtime: ONNX policy + safety shield + CAN I/O + watchdog, for a device.
 
 Imports only numpy, onnxruntime, python-can, cantools, the standard library and
-:mod:`pulsebms.safety`. The hardware-in-the-loop simulator, :mod:`pulsebms.edge_runtime.hil`,
-imports the simulation stack and is not imported here.
+:mod:`pulsebms.safety`. The hardware-in-the-loop simulator lives apart, in
+:mod:`pulsebms.hil` (it imports the simulation stack); nothing here imports it.
+
+The names below load on first use, so that importing one module (say
+:mod:`pulsebms.edge_runtime.policy`, which evaluation shares) does not import the CAN stack.
 
 Example:
     >>> import can
@@ -14,22 +17,26 @@ Example:
 
 from __future__ import annotations
 
-from pulsebms.edge_runtime.codec import CanCodec, SignalMap, SignalRef, default_dbc_path
-from pulsebms.edge_runtime.manifest import (
-    Manifest,
-    ManifestError,
-    ModelIntegrityError,
-    load_manifest,
-)
-from pulsebms.edge_runtime.policy import OnnxPolicy
-from pulsebms.edge_runtime.runtime import (
-    EdgeRuntime,
-    RuntimeEvent,
-    RuntimeMetrics,
-    SafeReason,
-    TickReport,
-)
-from pulsebms.edge_runtime.telemetry import TelemetryStore
+import importlib
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from pulsebms.edge_runtime.codec import CanCodec, SignalMap, SignalRef, default_dbc_path
+    from pulsebms.edge_runtime.manifest import (
+        Manifest,
+        ManifestError,
+        ModelIntegrityError,
+        load_manifest,
+    )
+    from pulsebms.edge_runtime.policy import OnnxPolicy
+    from pulsebms.edge_runtime.runtime import (
+        EdgeRuntime,
+        RuntimeEvent,
+        RuntimeMetrics,
+        SafeReason,
+        TickReport,
+    )
+    from pulsebms.edge_runtime.telemetry import TelemetryStore
 
 __all__ = [
     "CanCodec",
@@ -48,3 +55,32 @@ __all__ = [
     "default_dbc_path",
     "load_manifest",
 ]
+
+_LAZY = {
+    "CanCodec": "codec",
+    "SignalMap": "codec",
+    "SignalRef": "codec",
+    "default_dbc_path": "codec",
+    "Manifest": "manifest",
+    "ManifestError": "manifest",
+    "ModelIntegrityError": "manifest",
+    "load_manifest": "manifest",
+    "OnnxPolicy": "policy",
+    "EdgeRuntime": "runtime",
+    "RuntimeEvent": "runtime",
+    "RuntimeMetrics": "runtime",
+    "SafeReason": "runtime",
+    "TickReport": "runtime",
+    "TelemetryStore": "telemetry",
+}
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        module = importlib.import_module(f"pulsebms.edge_runtime.{_LAZY[name]}")
+        return getattr(module, name)
+    raise AttributeError(f"module 'pulsebms.edge_runtime' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted([*globals(), *__all__])

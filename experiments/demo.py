@@ -91,8 +91,8 @@ def run_demo(
 
     import pulsebms.envs
     from pulsebms.agents.workflow import compare_with_baselines, train_shielded_agent
-    from pulsebms.edge_runtime.hil import run_hil
     from pulsebms.export import export_checkpoint
+    from pulsebms.hil import run_hil
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)

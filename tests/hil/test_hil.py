@@ -1,0 +1,211 @@
+"""End to end: exported policy + runtime + the FleetSmall twin on a python-can bus."""
+
+from __future__ import annotations
+
+import json
+import math
+import socket
+import subprocess
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+from edge_helpers import constant_onnx
+
+from pulsebms.hil import HilFaults, run_hil
+from pulsebms.hil.cli import EXIT_PARITY_FAILED, EXIT_REFUSED
+from pulsebms.hil.cli import main as hil_main
+
+
+def test_hil_on_virtual_bus(exported: Path) -> None:
+    report = run_hil(exported, n_ticks=40, channel="hil-nominal", seed=1)
+    assert report.ticks == 40
+    assert report.frames_to_runtime == 40 * 4  # 3 packs + site per tick
+    assert report.frames_from_runtime == 40 * 3
+    assert report.runtime["malformed_frames"] == 0
+    assert report.runtime["send_errors"] == 0
+    assert report.telemetry_violations == 0
+    assert report.twin_violations == 0
+    assert report.safe_pack_ticks == 0
+    assert math.isfinite(report.latency_p50_ms)
+    assert report.latency_p99_ms < 250.0
+    # Every tick compared, and the bus reproduces the env's observation up to CAN
+    # quantisation (0.5 °C / 50 K ...).
+    assert report.parity_ok, report.parity
+    assert (report.obs_compared_ticks, report.obs_mismatch_ticks, report.obs_safe_ticks) == (
+        40,
+        0,
+        0,
+    )
+    assert 0.0 < report.observation_max_abs_diff < report.obs_tolerance
+    assert report.parity.startswith("ok: 40 ticks compared")
+    json.dumps(report.to_dict())  # plain data
+
+
+def test_hil_injected_faults_are_contained(exported: Path) -> None:
+    faults = HilFaults(silent_packs={2: 10}, malformed_every=7, overheat_packs={1: 20})
+    report = run_hil(exported, n_ticks=30, channel="hil-faults", faults=faults)
+    assert report.ticks == 30  # the loop survived all of it
+    assert report.events.get("stale", 0) >= 1
+    assert report.events.get("malformed", 0) >= 1
+    assert report.events.get("violation", 0) >= 1
+    assert report.runtime["ignored_frames"] >= 4  # unknown-id frames
+    assert report.safe_pack_ticks > 0
+    assert report.twin_violations == 0  # the real packs never left their limits
+    # Ticks with a pack in the safe state are counted apart, not compared, not hidden.
+    assert report.obs_safe_ticks > 0
+    assert report.obs_compared_ticks + report.obs_safe_ticks == 30
+    assert report.parity_ok, report.parity
+    assert "not comparable" in report.parity
+
+
+def _swap_fields(a: str, b: str) -> Callable[[dict[str, Any]], None]:
+    def edit(manifest: dict[str, Any]) -> None:
+        fields = {f["name"]: f for f in manifest["observation"]}
+        fa, fb = fields[a], fields[b]
+        assert fa["stop"] - fa["start"] == fb["stop"] - fb["start"]
+        (fa["start"], fa["stop"]), (fb["start"], fb["stop"]) = (
+            (fb["start"], fb["stop"]),
+            (fa["start"], fa["stop"]),
+        )
+
+    return edit
+
+
+@pytest.mark.parametrize(
+    ("a", "b"),
+    [("soc", "soh"), ("time_of_day_sin", "time_of_day_cos")],
+    ids=["pack-fields", "site-fields"],
+)
+def test_hil_parity_fails_on_a_permuted_layout(
+    variant: Callable[..., Path], a: str, b: str
+) -> None:
+    """A manifest whose layout is not the env's: same size, entries in other places."""
+    report = run_hil(variant(_swap_fields(a, b)), n_ticks=12, channel=f"hil-perm-{a}")
+    assert not report.parity_ok
+    assert report.obs_compared_ticks == 12
+    assert report.obs_mismatch_ticks > 0
+    assert report.observation_max_abs_diff > report.obs_tolerance
+    assert report.parity.startswith("FAIL")
+    assert f"({a})" in report.parity or f"({b})" in report.parity
+
+
+def test_hil_parity_fails_when_the_model_sees_another_observation_size(
+    exported: Path, variant: Callable[..., Path]
+) -> None:
+    """One more observation entry than the env has: a shape mismatch is a mismatch."""
+    size = json.loads(exported.read_text())["model"]["observation_size"]
+
+    def widen(manifest: dict[str, Any]) -> None:
+        manifest["model"]["observation_size"] = size + 1
+        manifest["observation"].append(
+            {
+                "name": "soc_pack0",
+                "start": size,
+                "stop": size + 1,
+                "source": "soc",
+                "unit": "fraction",
+                "scale": 1.0,
+                "low": 0.0,
+                "high": 1.0,
+                "pack": 0,
+            }
+        )
+
+    path = variant(widen, model=constant_onnx(size + 1, 3, 0.0))
+    report = run_hil(path, n_ticks=6, channel="hil-wide")
+    assert not report.parity_ok
+    assert (report.obs_compared_ticks, report.obs_mismatch_ticks) == (6, 6)
+    assert report.observation_max_abs_diff == 0.0  # nothing of equal shape to measure
+    assert f"shape ({size + 1},), the twin's ({size},)" in report.parity
+
+
+def test_hil_parity_fails_when_no_tick_is_comparable(exported: Path) -> None:
+    faults = HilFaults(silent_packs={0: 0, 1: 0, 2: 0})
+    report = run_hil(exported, n_ticks=5, channel="hil-none", faults=faults)
+    assert (report.obs_compared_ticks, report.obs_safe_ticks) == (0, 5)
+    assert not report.parity_ok
+    assert report.parity.startswith("FAIL: no tick compared")
+
+
+def _free_udp_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def test_hil_on_udp_multicast(exported: Path) -> None:
+    from can.interfaces.udp_multicast import UdpMulticastBus
+
+    port = _free_udp_port()
+    try:
+        report = run_hil(
+            exported,
+            n_ticks=8,
+            interface="udp_multicast",
+            channel=UdpMulticastBus.DEFAULT_GROUP_IPv4,
+            bus_kwargs={"port": port},
+            settle_s=0.05,
+        )
+    except OSError as exc:  # no multicast route in this sandbox
+        pytest.skip(f"udp_multicast unavailable: {exc}")
+    if report.runtime["frames_received"] == 0:
+        pytest.skip("udp_multicast opened but loopback delivers nothing here")
+    assert report.ticks == 8
+    assert report.frames_from_runtime == 8 * 3
+    assert report.runtime["telemetry_frames"] == 8 * 3
+    assert report.runtime["echo_frames"] >= 1  # multicast loops our own frames back
+
+
+@pytest.mark.parametrize("value", [1.0, -1.0], ids=["max-discharge", "max-charge"])
+def test_hil_shield_keeps_an_aggressive_policy_inside_the_limits(
+    exported: Path, variant: Callable[..., Path], value: float
+) -> None:
+    manifest = json.loads(exported.read_text())
+    model = constant_onnx(
+        manifest["model"]["observation_size"], manifest["model"]["action_size"], value
+    )
+    report = run_hil(variant(lambda m: None, model=model), n_ticks=120, channel=f"aggr-{value}")
+    assert report.interventions == 120  # the shield acts on every tick ...
+    assert report.twin_violations == 0  # ... and the twin never leaves its limits
+    assert report.telemetry_violations == 0
+    assert report.parity_ok, report.parity
+
+
+def test_hil_cli_exit_status_follows_the_parity(
+    exported: Path, variant: Callable[..., Path], capsys: pytest.CaptureFixture[str]
+) -> None:
+    base = ["--n-ticks", "4", "--channel", "hil-cli"]
+    assert hil_main(["--manifest", str(exported), *base]) == 0
+    printed = json.loads(capsys.readouterr().out)
+    assert printed["parity_ok"] is True
+    assert printed["obs_compared_ticks"] == 4
+
+    swapped = variant(_swap_fields("soc", "soh"))
+    assert hil_main(["--manifest", str(swapped), *base]) == EXIT_PARITY_FAILED
+    captured = capsys.readouterr()
+    assert json.loads(captured.out)["parity_ok"] is False  # the KPIs are still printed
+    assert "observation parity failed" in captured.err
+
+
+def test_hil_cli_refuses_a_missing_manifest_cleanly(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert hil_main(["--manifest", str(tmp_path / "missing.json"), "--n-ticks", "1"]) == (
+        EXIT_REFUSED
+    )
+    assert "refusing to start" in capsys.readouterr().err
+
+
+def test_python_dash_m_pulsebms_hil(tmp_path: Path) -> None:
+    out = subprocess.run(
+        [sys.executable, "-m", "pulsebms.hil", "--manifest", str(tmp_path / "missing.json")],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+    assert out.returncode == EXIT_REFUSED, out.stderr
+    assert "pulsebms-hil: refusing to start" in out.stderr
