@@ -3,7 +3,11 @@
 * :mod:`pulsebms.agents.policy`: the protocol and adapters (SB3, ONNX, constant).
 * :mod:`pulsebms.agents.rules`: rule baselines (equal split, SoC-proportional, health-aware).
 * :mod:`pulsebms.agents.mpc`: MPC in cvxpy and its oracle variant.
-* :mod:`pulsebms.agents.sb3`: shielded PPO / SAC (+ Lagrangian safe variant) builders.
+* :mod:`pulsebms.agents.sb3`: shielded PPO / SAC builders, training, save / load.
+* :mod:`pulsebms.agents.lagrangian`: the Lagrangian safe variant (penalty wrapper, dual ascent).
+* :mod:`pulsebms.agents.sb3_logging`: SB3 logger and wandb writer.
+* :mod:`pulsebms.agents.rllib`: shielded PPO on Ray RLlib (training).
+* :mod:`pulsebms.agents.rllib_policy`: an RLlib checkpoint as a policy / torch module (export).
 * :mod:`pulsebms.agents.evaluation`: the KPI harness and plots.
 * :mod:`pulsebms.agents.workflow`: plain-Python train / compare functions.
 

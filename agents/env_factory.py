@@ -7,7 +7,9 @@ from typing import Any
 
 import gymnasium as gym
 
-__all__ = ["EnvFactory", "make_env", "make_env_factory"]
+from pulsebms.core.types import FleetEnvLike
+
+__all__ = ["EnvFactory", "fleet_env", "make_env", "make_env_factory"]
 
 EnvFactory = Callable[[], gym.Env[Any, Any]]
 """A zero-argument callable returning a fresh environment (what SB3's VecEnvs take)."""
@@ -69,3 +71,31 @@ def make_env_factory(
         return make_env(env_id, shield=shield, shield_kwargs=shield_kwargs, **env_kwargs)
 
     return factory
+
+
+def fleet_env(env: gym.Env[Any, Any]) -> FleetEnvLike:
+    """The fleet env below every wrapper, typed as what library code reads from it.
+
+    Args:
+        env: A FleetEnv, possibly wrapped (the shield wrapper, ``TimeLimit``, ...).
+
+    Returns:
+        ``env.unwrapped``, checked to satisfy :class:`pulsebms.core.types.FleetEnvLike`.
+
+    Raises:
+        TypeError: If the unwrapped env lacks ``ratings``, ``dt_s``, ``pack_limits``,
+            ``observation_layout`` or ``fleet_state()``.
+
+    Example:
+        >>> env = make_env("PulseBMS/FleetSmall-v0", horizon_steps=4)
+        >>> fleet_env(env).dt_s
+        300.0
+        >>> env.close()
+    """
+    base = env.unwrapped
+    if not isinstance(base, FleetEnvLike):
+        raise TypeError(
+            f"{type(base).__name__} is not a fleet env: it lacks ratings, dt_s, pack_limits, "
+            "observation_layout or fleet_state() (pulsebms.core.types.FleetEnvLike)"
+        )
+    return base

@@ -23,12 +23,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import gymnasium as gym
 import numpy as np
 
-from pulsebms.agents.env_factory import make_env
-from pulsebms.agents.envinfo import unwrap
+from pulsebms.agents.env_factory import fleet_env, make_env
 from pulsebms.agents.policy import reset_policy
-from pulsebms.agents.type_aliases import FloatArray, Policy
+from pulsebms.agents.type_aliases import Policy
+from pulsebms.core.types import FleetEnvLike, FloatArray
 
 __all__ = [
     "KPIS",
@@ -41,7 +42,7 @@ __all__ = [
     "rollout",
 ]
 
-PolicyFactory = Callable[[Any], Policy]
+PolicyFactory = Callable[[gym.Env[Any, Any]], Policy]
 """Builds a policy for one environment instance (``lambda env: policy`` for fixed ones)."""
 
 KPIS: dict[str, str] = {
@@ -130,8 +131,10 @@ class EpisodeTrace:
     kpis: dict[str, float] = field(default_factory=dict)
 
 
-def _state_arrays(env: Any) -> tuple[FloatArray, FloatArray, FloatArray, FloatArray, float]:
-    state = unwrap(env).fleet_state()
+def _state_arrays(
+    base: FleetEnvLike,
+) -> tuple[FloatArray, FloatArray, FloatArray, FloatArray, float]:
+    state = base.fleet_state()
     return (
         np.asarray(state.soc, dtype=np.float64),
         np.asarray(state.soh, dtype=np.float64),
@@ -141,7 +144,9 @@ def _state_arrays(env: Any) -> tuple[FloatArray, FloatArray, FloatArray, FloatAr
     )
 
 
-def rollout(env: Any, policy: Policy, *, seed: int, max_steps: int | None = None) -> EpisodeTrace:
+def rollout(
+    env: gym.Env[Any, Any], policy: Policy, *, seed: int, max_steps: int | None = None
+) -> EpisodeTrace:
     """Run one episode of ``policy`` in ``env`` and score it.
 
     Args:
@@ -152,22 +157,27 @@ def rollout(env: Any, policy: Policy, *, seed: int, max_steps: int | None = None
 
     Returns:
         The trace with its KPIs.
+
+    Raises:
+        TypeError: If the unwrapped env is not a fleet env
+            (:class:`pulsebms.core.types.FleetEnvLike`).
     """
+    base = fleet_env(env)
     obs, _ = env.reset(seed=seed)
     reset_policy(policy)
-    soc, soh, temp, cur, _demand = _state_arrays(env)
+    soc, soh, temp, cur, _demand = _state_arrays(base)
     soh0 = soh.copy()
     rows: dict[str, list[Any]] = {
         k: [] for k in ("soc", "soh", "temp", "act", "cur", "power", "demand")
     }
     totals = dict.fromkeys(KPIS, 0.0)
-    dt_h = float(getattr(unwrap(env), "dt_s", 3600.0)) / 3600.0
+    dt_h = float(base.dt_s) / 3600.0
     steps = 0
     while True:
         action = np.asarray(policy.act(obs), dtype=np.float32)
         obs, reward, terminated, truncated, info = env.step(action)
         steps += 1
-        soc, soh, temp, cur, demand = _state_arrays(env)
+        soc, soh, temp, cur, demand = _state_arrays(base)
         for key, value in (
             ("soc", soc),
             ("soh", soh),
@@ -203,7 +213,7 @@ def rollout(env: Any, policy: Policy, *, seed: int, max_steps: int | None = None
         current_a=np.asarray(rows["cur"]),
         power_w=np.asarray(rows["power"]),
         demand_w=np.asarray(rows["demand"]),
-        pack_names=tuple(getattr(unwrap(env), "pack_names", ())),
+        pack_names=tuple(base.observation_layout.pack_names),
         dt_s=dt_h * 3600.0,
         kpis=totals,
     )
@@ -312,7 +322,7 @@ def evaluate_policies(
     max_steps: int | None = None,
     plot_dir: str | Path | None = None,
     progress: bool = True,
-    env_fn: Callable[..., Any] | None = None,
+    env_fn: Callable[..., gym.Env[Any, Any]] | None = None,
 ) -> KPITable:
     """Evaluate every policy on every (scenario, seed) and return one KPI table.
 
@@ -361,7 +371,7 @@ def evaluate_policies(
             policy = policies[name](env)
             trace = rollout(env, policy, seed=int(seed), max_steps=max_steps)
         finally:
-            env.close()
+            env.close()  # type: ignore[no-untyped-call]  # gymnasium leaves Env.close unannotated
         first_trace.setdefault(name, trace)
         label = scenario if isinstance(scenario, str) else str(scenario)
         rows.append({"policy": name, "scenario": label, "seed": int(seed), **trace.kpis})

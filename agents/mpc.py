@@ -32,7 +32,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 from functools import partial
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol, cast
 
 import cvxpy as cp
 import numpy as np
@@ -46,13 +46,17 @@ from pulsebms.agents.envinfo import (
     fleet_info,
     fleet_state,
     site_info,
-    unwrap,
 )
 from pulsebms.agents.observation import FleetObservation
 from pulsebms.agents.rules import CYCLE_LIFE_FACTOR
-from pulsebms.agents.type_aliases import ActArray, FloatArray, ObsArray
+from pulsebms.core.types import ActArray, FloatArray, ObsArray
 from pulsebms.safety.shield import Shield
 from pulsebms.safety.state import FleetState
+
+if TYPE_CHECKING:  # annotations only
+    import gymnasium as gym
+
+    from pulsebms.envs.scenarios import ScenarioSeries
 
 __all__ = [
     "ForecastProvider",
@@ -82,6 +86,20 @@ def _extend(now: float, forecast: FloatArray, horizon_steps: int) -> FloatArray:
     return np.concatenate([values, np.full(horizon_steps - values.shape[0], values[-1])])
 
 
+class _ScenarioEnv(Protocol):
+    """What :class:`OracleForecast` reads from the unwrapped FleetEnv: its episode's future."""
+
+    @property
+    def series(self) -> ScenarioSeries:
+        """The present episode's scenario series (net load, price, ...)."""
+        ...
+
+    @property
+    def step_index(self) -> int:
+        """Control steps taken in the present episode."""
+        ...
+
+
 class ObservationForecast:
     """Forecast from the observation itself: now + the env's forecast, then persistence."""
 
@@ -102,11 +120,13 @@ class OracleForecast:
             ``series`` (net load, price) and ``step_index`` are read at every call.
     """
 
-    def __init__(self, env: Any) -> None:
-        self._base = unwrap(env)
-        cls = type(self._base)
+    def __init__(self, env: gym.Env[Any, Any]) -> None:
+        base = env.unwrapped
+        cls = type(base)
+        # Checked on the class: the properties raise before the first reset.
         if not hasattr(cls, "series") or not hasattr(cls, "step_index"):
-            raise TypeError(f"{type(self._base).__name__} exposes no scenario series; no oracle")
+            raise TypeError(f"{type(base).__name__} exposes no scenario series; no oracle")
+        self._base = cast(_ScenarioEnv, base)
 
     def __call__(
         self, fleet: FleetObservation, horizon_steps: int
@@ -159,6 +179,10 @@ class MPCConfig:
         for name in ("degradation_cost_per_kwh", "unserved_penalty_per_kwh", "smoothing"):
             if not getattr(self, name) >= 0.0:
                 raise ValueError(f"MPCConfig.{name} must be >= 0, got {getattr(self, name)}")
+
+
+_DEFAULTS = MPCConfig()
+"""The defaults of :func:`make_mpc`'s hyperparameters (one source: :class:`MPCConfig`)."""
 
 
 class MPCPolicy:
@@ -329,20 +353,24 @@ class MPCPolicy:
 
 
 def make_mpc(
-    env: Any,
+    env: gym.Env[Any, Any],
     *,
-    horizon_steps: int = 24,
-    efficiency: float = 0.97,
-    degradation_cost_per_kwh: float = 0.3,
-    unserved_penalty_per_kwh: float = 5.0,
-    smoothing: float = 1e-4,
-    terminal_value_per_kwh: float | None = None,
-    solver: str = "CLARABEL",
+    horizon_steps: int = _DEFAULTS.horizon_steps,
+    efficiency: float = _DEFAULTS.efficiency,
+    degradation_cost_per_kwh: float = _DEFAULTS.degradation_cost_per_kwh,
+    unserved_penalty_per_kwh: float = _DEFAULTS.unserved_penalty_per_kwh,
+    smoothing: float = _DEFAULTS.smoothing,
+    soc_slack_penalty: float = _DEFAULTS.soc_slack_penalty,
+    terminal_value_per_kwh: float | None = _DEFAULTS.terminal_value_per_kwh,
+    solver: str = _DEFAULTS.solver,
     oracle: bool = False,
     use_shield: bool = True,
     name: str | None = None,
 ) -> MPCPolicy:
     """Build an MPC for an environment (see :class:`MPCConfig` for each hyperparameter).
+
+    The hyperparameters' defaults are :class:`MPCConfig`'s (the Hydra schema
+    ``MPCAgentConf`` is derived from both).
 
     Args:
         env: The FleetEnv (wrapped or not).
@@ -351,6 +379,7 @@ def make_mpc(
         degradation_cost_per_kwh: See :class:`MPCConfig`.
         unserved_penalty_per_kwh: See :class:`MPCConfig`.
         smoothing: See :class:`MPCConfig`.
+        soc_slack_penalty: See :class:`MPCConfig`.
         terminal_value_per_kwh: See :class:`MPCConfig`.
         solver: See :class:`MPCConfig`.
         oracle: Plan with the scenario's true future (:class:`OracleForecast`).
@@ -368,6 +397,7 @@ def make_mpc(
         degradation_cost_per_kwh=degradation_cost_per_kwh,
         unserved_penalty_per_kwh=unserved_penalty_per_kwh,
         smoothing=smoothing,
+        soc_slack_penalty=soc_slack_penalty,
         terminal_value_per_kwh=terminal_value_per_kwh,
         solver=solver,
     )
@@ -386,6 +416,6 @@ def make_mpc(
     )
 
 
-def make_oracle_mpc(env: Any, **kwargs: Any) -> MPCPolicy:
+def make_oracle_mpc(env: gym.Env[Any, Any], **kwargs: Any) -> MPCPolicy:
     """:func:`make_mpc` with ``oracle=True``: the MPC given the scenario's true future."""
     return make_mpc(env, oracle=True, **kwargs)

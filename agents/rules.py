@@ -16,12 +16,15 @@ discharge). The shield still projects their actions in the loop.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from pulsebms.agents.observation import FleetObservation, ObservationReader
-from pulsebms.agents.type_aliases import ActArray, FloatArray, ObsArray
+from pulsebms.core.types import ActArray, FloatArray, ObsArray
+
+if TYPE_CHECKING:  # annotations only: the rules are numpy-only
+    import gymnasium as gym
 
 __all__ = [
     "CYCLE_LIFE_FACTOR",
@@ -216,7 +219,7 @@ _RULES: dict[str, type[RulePolicy]] = {
 }
 
 
-def make_rule_policy(env: Any, kind: str = "soc", **kwargs: Any) -> RulePolicy:
+def make_rule_policy(env: gym.Env[Any, Any], kind: str = "soc", **kwargs: Any) -> RulePolicy:
     """Build a rule baseline for an environment.
 
     Args:

@@ -5,17 +5,15 @@ The training environment is the FleetEnv behind :class:`pulsebms.safety.ShieldWr
 (``DummyVecEnv``: deterministic, and cheap enough for the twin's batched step), behind
 ``VecNormalize`` (running observation and reward statistics, frozen for evaluation).
 
-**Safe variant** (``cost_penalty``): a Lagrangian relaxation of the CMDP
-``max E[Σ r] s.t. E[Σ c] ≤ d``, where ``c`` is ``info["cost_pre_shield"]``: the violation
-cost the shield wrapper predicts the *unshielded* action would have caused (the env's
-measured ``info["cost"]`` when no wrapper reports it; behind the shield that one is ~0).
-The learner sees ``r − λ c``; after each rollout :class:`LagrangianCallback` takes a
-projected dual-ascent step ``λ ← max(0, λ + η (mean episode cost − d))``. With
-``lagrangian_lr = 0`` the penalty is a fixed ``λ`` (reward shaping). The shield still
-guarantees the physical limits; the penalty teaches the actor to stop relying on it (on
-the quick preset a fixed λ = 1 cuts shield interventions from ~90 to ~10 per 96-step
-episode).
+**Safe variant** (``cost_penalty``, ``lagrangian_lr``, ``cost_limit``): the Lagrangian
+method of :mod:`pulsebms.agents.lagrangian`; each env is wrapped in
+:class:`~pulsebms.agents.lagrangian.LagrangianPenalty` (the learner sees ``r − λ c``, ``c``
+the shield's predicted pre-shield violation cost) and
+:class:`~pulsebms.agents.lagrangian.LagrangianCallback` updates λ by dual ascent. With
+``lagrangian_lr = 0`` the penalty is a fixed ``λ`` (on the quick preset a fixed λ = 1 cuts
+shield interventions from ~90 to ~10 per 96-step episode).
 
+Logging goes through :func:`pulsebms.agents.sb3_logging.make_logger` (SB3 writers + wandb).
 **Repeatability**: one ``seed`` seeds Python, numpy, torch, the action space and the env
 resets, and training runs single-process; so two runs with the same seed give identical
 weights and actions on CPU (tested).
@@ -38,7 +36,6 @@ from pathlib import Path
 from typing import Any
 
 import gymnasium as gym
-import numpy as np
 from stable_baselines3 import PPO, SAC
 from stable_baselines3.common.base_class import BaseAlgorithm
 from stable_baselines3.common.callbacks import (
@@ -47,15 +44,20 @@ from stable_baselines3.common.callbacks import (
     CheckpointCallback,
     EvalCallback,
 )
-from stable_baselines3.common.logger import KVWriter, Logger, make_output_format
+from stable_baselines3.common.logger import Logger
 from stable_baselines3.common.monitor import Monitor
 from stable_baselines3.common.vec_env import DummyVecEnv, VecEnv, VecNormalize
 
 from pulsebms.agents.env_factory import EnvFactory
+from pulsebms.agents.lagrangian import LagrangianCallback, LagrangianPenalty
 from pulsebms.agents.policy import SB3Policy
+from pulsebms.agents.sb3_logging import WandbWriter, make_logger
 
+# LagrangianCallback, LagrangianPenalty, WandbWriter and make_logger live in
+# pulsebms.agents.lagrangian / pulsebms.agents.sb3_logging; re-exported here (old paths).
 __all__ = [
     "ALGORITHMS",
+    "AlgoConfig",
     "LagrangianCallback",
     "LagrangianPenalty",
     "PPOConfig",
@@ -148,92 +150,6 @@ class SACConfig:
 
 AlgoConfig = PPOConfig | SACConfig
 ALGORITHMS: dict[str, type[BaseAlgorithm]] = {"ppo": PPO, "sac": SAC}
-
-
-class LagrangianPenalty(gym.Wrapper[Any, Any, Any, Any]):
-    """Subtract ``λ · info["cost"]`` from the reward (λ set from outside by a callback).
-
-    The unpenalised reward stays in ``info["reward_unpenalised"]`` and the episode's summed
-    cost in ``info["episode_cost"]`` at its end.
-
-    Args:
-        env: The (shielded) environment.
-        multiplier: Initial λ ≥ 0.
-        cost_keys: ``info`` keys tried in order for the step's cost; the first present is
-            used (the shield wrapper's pre-shield cost first, then the env's ``"cost"``).
-    """
-
-    def __init__(
-        self,
-        env: gym.Env[Any, Any],
-        multiplier: float = 0.0,
-        cost_keys: Sequence[str] = ("cost_pre_shield", "cost"),
-    ) -> None:
-        super().__init__(env)
-        if multiplier < 0:
-            raise ValueError(f"Lagrange multiplier must be >= 0, got {multiplier}")
-        self.multiplier = float(multiplier)
-        self.cost_keys = tuple(cost_keys)
-        self._episode_cost = 0.0
-
-    def reset(self, **kwargs: Any) -> tuple[Any, dict[str, Any]]:
-        """Reset the env and the episode's cost sum."""
-        self._episode_cost = 0.0
-        return self.env.reset(**kwargs)
-
-    def step(self, action: Any) -> tuple[Any, float, bool, bool, dict[str, Any]]:
-        """Step and penalise the reward by the violation cost."""
-        obs, reward, terminated, truncated, info = self.env.step(action)
-        cost = next((float(info[k]) for k in self.cost_keys if k in info), 0.0)
-        self._episode_cost += cost
-        info["reward_unpenalised"] = float(reward)
-        if terminated or truncated:
-            info["episode_cost"] = self._episode_cost
-        return obs, float(reward) - self.multiplier * cost, terminated, truncated, info
-
-
-class LagrangianCallback(BaseCallback):
-    """Projected dual ascent on λ of every :class:`LagrangianPenalty` in the VecEnv.
-
-    Args:
-        lr: Step size η.
-        cost_limit: Allowed mean episode cost d.
-        every_steps: For off-policy algorithms, update every this many calls to ``step``;
-            ``None`` updates at the end of each rollout (on-policy).
-    """
-
-    def __init__(self, lr: float, cost_limit: float, every_steps: int | None = None) -> None:
-        super().__init__(verbose=0)
-        self.lr = lr
-        self.cost_limit = cost_limit
-        self.every_steps = every_steps
-        self._costs: list[float] = []
-
-    def _on_step(self) -> bool:
-        for info in self.locals.get("infos", []):
-            if "episode_cost" in info:
-                self._costs.append(float(info["episode_cost"]))
-        if self.every_steps is not None and self.n_calls % self.every_steps == 0:
-            self._update()
-        return True
-
-    def _on_rollout_end(self) -> None:
-        if self.every_steps is None:
-            self._update()
-
-    def _update(self) -> None:
-        if not self._costs:
-            return
-        mean_cost = float(np.mean(self._costs))
-        self._costs.clear()
-        env = self.training_env
-        if env is None:
-            return
-        (lam,) = env.get_attr("multiplier", indices=[0])
-        lam = max(0.0, float(lam) + self.lr * (mean_cost - self.cost_limit))
-        env.set_attr("multiplier", lam)
-        self.logger.record("safe/lagrange_multiplier", lam)
-        self.logger.record("safe/episode_cost", mean_cost)
 
 
 def make_vec_env(
@@ -346,58 +262,6 @@ def build_model(
     if logger is not None:
         model.set_logger(logger)
     return model
-
-
-class WandbWriter(KVWriter):
-    """Forward SB3 logger records to a wandb run (an SB3 ``KVWriter``).
-
-    Args:
-        run: An initialised ``wandb`` run (any mode: online, offline, disabled).
-    """
-
-    def __init__(self, run: Any) -> None:
-        self.run = run
-
-    def write(
-        self,
-        key_values: dict[str, Any],
-        key_excluded: dict[str, tuple[str, ...]],
-        step: int = 0,
-    ) -> None:
-        """Log the scalar values at ``step``."""
-        scalars = {k: v for k, v in key_values.items() if isinstance(v, int | float | np.floating)}
-        if scalars:
-            self.run.log(scalars, step=step)
-
-    def close(self) -> None:
-        """Nothing to release (the caller finishes the run)."""
-
-
-def make_logger(
-    folder: str | Path | None,
-    formats: Sequence[str] = ("csv",),
-    *,
-    wandb_run: Any | None = None,
-) -> Logger:
-    """An SB3 logger writing ``formats`` (``stdout``, ``csv``, ``tensorboard``, ``log``).
-
-    Args:
-        folder: Output folder of file formats.
-        formats: SB3 format names.
-        wandb_run: Also forward to this wandb run.
-
-    Returns:
-        The logger.
-    """
-    folder_s = str(folder) if folder is not None else None
-    writers: list[KVWriter] = []
-    for fmt in formats:
-        if folder_s is None and fmt != "stdout":
-            continue
-        writers.append(make_output_format(fmt, folder_s or ".", ""))
-    if wandb_run is not None:
-        writers.append(WandbWriter(wandb_run))
-    return Logger(folder_s, writers)
 
 
 def save_agent(model: BaseAlgorithm, out_dir: str | Path, *, stem: str = "model") -> Path:

@@ -1,30 +1,28 @@
 """Shared type aliases, containers and protocols of :mod:`pulsebms.agents`.
 
+The array aliases are those of :mod:`pulsebms.core.types` (re-exported here, one meaning in
+the whole package); the protocols are the agents' own.
+
 Everything that acts on a fleet (an SB3 model, an ONNX session, the MPC, a rule) satisfies
 :class:`Policy`; the evaluation harness only ever sees that protocol.
 """
 
 from __future__ import annotations
 
-from typing import Any, Protocol, runtime_checkable
+from typing import Protocol, runtime_checkable
 
-import numpy as np
-from numpy.typing import NDArray
+from pulsebms.core.types import ActArray, AnyArray, BoolArray, FloatArray, IntArray, ObsArray
 
 __all__ = [
     "ActArray",
+    "AnyArray",
+    "BoolArray",
     "FloatArray",
+    "IntArray",
     "ObsArray",
     "Policy",
     "ResettablePolicy",
 ]
-
-ObsArray = NDArray[np.floating[Any]]
-"""A flat observation of :class:`pulsebms.envs.FleetEnv` (one row, not batched)."""
-ActArray = NDArray[np.float32]
-"""A flat action: per-pack power set-point normalised by rated power, + = discharge."""
-FloatArray = NDArray[np.float64]
-"""A float64 array (physical quantities, units in the variable name)."""
 
 
 @runtime_checkable

@@ -19,11 +19,16 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from functools import partial
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from pulsebms.agents.env_factory import make_env_factory
 from pulsebms.agents.evaluation import KPITable, PolicyFactory, evaluate_policies
 from pulsebms.agents.type_aliases import Policy
+
+if TYPE_CHECKING:  # annotations only: importing SB3 is slow
+    import gymnasium as gym
+
+    from pulsebms.agents.sb3 import TrainResult
 
 __all__ = [
     "BASELINES",
@@ -79,7 +84,7 @@ def train_shielded_agent(
     checkpoint_freq: int = 0,
     progress_bar: bool = False,
     **hyperparameters: Any,
-) -> Any:
+) -> TrainResult:
     """Train PPO or SAC with the shield in the loop (see :func:`pulsebms.agents.sb3.train_agent`).
 
     Args:
@@ -169,5 +174,5 @@ def compare_with_baselines(
     return table
 
 
-def _fixed(policy: Policy, env: Any) -> Policy:
+def _fixed(policy: Policy, env: gym.Env[Any, Any]) -> Policy:
     return policy

@@ -102,8 +102,15 @@ def scenario_spec(scenario: DictConfig) -> str | dict[str, Any]:
 
 
 def shield_kwargs(cfg: DictConfig) -> dict[str, Any]:
-    """Keyword arguments of :class:`pulsebms.safety.ShieldWrapper` from the ``shield`` group."""
+    """Keyword arguments of :class:`pulsebms.safety.ShieldWrapper` from the ``shield`` group.
+
+    ``settings`` is the group's :class:`pulsebms.safety.settings.ShieldSettings` fields as
+    plain data (the wrapper validates them); legacy setting keywords in ``kwargs`` win.
+    """
     kwargs = plain_dict(cfg.shield.kwargs)
+    settings = plain_dict(cfg.shield.get("settings"))
+    if settings:
+        kwargs.setdefault("settings", settings)
     limits = plain_dict(cfg.shield.limits)
     if limits:
         kwargs["limits"] = limits
@@ -130,6 +137,15 @@ def _validate_fleet(cfg: DictConfig) -> None:
             raise ConfigError(f"{field}: {exc}") from None
 
 
+def _validate_shield_settings(cfg: DictConfig) -> None:
+    from pulsebms.safety.settings import ShieldSettings
+
+    try:
+        ShieldSettings.from_mapping(plain_dict(cfg.shield.get("settings")))
+    except (ValueError, TypeError) as exc:
+        raise ConfigError(f"shield.settings: {exc}") from None
+
+
 def _validate_limits(cfg: DictConfig) -> None:
     from pulsebms.safety.limits import CELL_VOLTAGE_WINDOWS_V, default_limits
 
@@ -152,7 +168,8 @@ def validate(cfg: DictConfig) -> None:
 
     Raises:
         ConfigError: Naming the field: an unknown chemistry or impossible pack value, an
-            unknown scenario preset or field, an impossible limit, an unregistered env id,
+            unknown scenario preset or field, an impossible shield setting or limit, an
+            unregistered env id,
             a non-positive budget.
     """
     _validate_fleet(cfg)
@@ -162,6 +179,7 @@ def validate(cfg: DictConfig) -> None:
         make_scenario(scenario_spec(cfg.scenario))
     except (ValueError, TypeError) as exc:
         raise ConfigError(f"scenario: {exc}") from None
+    _validate_shield_settings(cfg)
     _validate_limits(cfg)
     import gymnasium as gym
 

@@ -8,22 +8,40 @@ Each YAML option of a group starts its defaults list with the matching ``base_*`
 (``defaults: [base_ppo, _self_]``). The agent group's nodes carry ``_target_``:
 SB3 agents instantiate to :class:`pulsebms.agents.sb3.PPOConfig` / ``SACConfig``; the MPC and
 rules instantiate (``_partial_``) to a factory ``env -> Policy``.
+
+**Defaults once.** Where a library dataclass already names, types and defaults a setting,
+the schema is derived from it (:func:`_dataclass_specs`), never written again by hand:
+``PackConf`` from :class:`pulsebms.envs.pack.PackSpec`, ``ShieldConf.settings`` from
+:class:`pulsebms.safety.settings.ShieldSettings`, ``PPOAgentConf`` / ``SACAgentConf``
+from the SB3 configs, ``MPCAgentConf`` from :class:`pulsebms.agents.mpc.MPCConfig` plus the
+further keyword arguments of :func:`pulsebms.agents.mpc.make_mpc`.
+
+Example:
+    >>> from pulsebms.envs.pack import PackSpec
+    >>> PackConf().initial_soc == PackSpec("LFP").initial_soc
+    True
+    >>> MPCAgentConf().horizon_steps, MPCAgentConf()._target_
+    (24, 'pulsebms.agents.mpc.make_mpc')
 """
 
 from __future__ import annotations
 
 import dataclasses
+import inspect
 import types
 import typing
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from functools import partial
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING
 
+from pulsebms.agents.mpc import MPCConfig, make_mpc
 from pulsebms.agents.sb3 import PPOConfig, SACConfig
+from pulsebms.envs.pack import PackSpec
+from pulsebms.safety.settings import ShieldSettings
 
 __all__ = [
     "EnvConf",
@@ -38,24 +56,147 @@ __all__ = [
     "SACAgentConf",
     "ScenarioConf",
     "ShieldConf",
+    "ShieldSettingsConf",
     "TrainLoopConf",
     "register_configs",
 ]
 
 
-@dataclass
-class PackConf:
-    """One pack (mirrors :class:`pulsebms.envs.pack.PackSpec`; validated against it)."""
+_PRIMITIVES = (int, float, str, bool)
+_Spec = tuple[str, Any, Any]
 
-    chemistry: str = MISSING
-    series: int = 14
-    parallel: int = 4
-    initial_soc: float = 0.5
-    initial_soh: float = 1.0
-    rated_power_w: float | None = None
-    initial_temperature_c: float | None = None
-    heat_transfer_coefficient_w_m2k: float = 10.0
-    name: str = ""
+
+def _omegaconf_type(hint: Any) -> Any:
+    """The annotation OmegaConf can type for a library annotation.
+
+    Sequences become lists, ``X | None`` of a primitive ``X`` stays, other unions become
+    ``Any`` (OmegaConf types no general unions; the library validates those values).
+    """
+    origin = typing.get_origin(hint)
+    if origin is Sequence:
+        return list[typing.get_args(hint)[0]]  # type: ignore[misc]  # a runtime-built alias
+    if origin in (types.UnionType, typing.Union):
+        args = [a for a in typing.get_args(hint) if a is not type(None)]
+        if len(args) == 1 and len(typing.get_args(hint)) == 2 and args[0] in _PRIMITIVES:
+            return hint
+        return Any
+    return hint
+
+
+def _spec(name: str, hint: Any, default: Any) -> _Spec:
+    """One ``make_dataclass`` field: list defaults are copied per instance."""
+    typed = _omegaconf_type(hint)
+    if typing.get_origin(typed) is list:
+        return (name, typed, field(default_factory=partial(list, default)))
+    return (name, typed, field(default=default))
+
+
+def _dataclass_specs(config_cls: type) -> list[_Spec]:
+    """The fields of a library dataclass as schema fields, defaults and types kept.
+
+    A field without a default becomes OmegaConf's ``MISSING`` (required in the YAML).
+    """
+    hints = typing.get_type_hints(config_cls)
+    specs: list[_Spec] = []
+    for f in dataclasses.fields(config_cls):
+        if f.default is not dataclasses.MISSING:
+            default = f.default
+        elif f.default_factory is not dataclasses.MISSING:
+            default = f.default_factory()
+        else:
+            default = MISSING
+        specs.append(_spec(f.name, hints[f.name], default))
+    return specs
+
+
+def _keyword_specs(fn: Callable[..., Any], names: Sequence[str]) -> list[_Spec]:
+    """Schema fields of keyword arguments ``names`` of ``fn`` (defaults from its signature)."""
+    params = inspect.signature(fn).parameters
+    specs: list[_Spec] = []
+    for name in names:
+        default = params[name].default
+        if type(default) not in _PRIMITIVES:
+            raise TypeError(f"{fn.__name__}({name}=...) has no plain default: {default!r}")
+        specs.append(_spec(name, type(default), default))
+    return specs
+
+
+def _schema(name: str, specs: list[_Spec], *, target: str | None, doc: str) -> type:
+    """A schema dataclass: ``_target_`` (and ``_partial_`` for factories) then ``specs``."""
+    head: list[_Spec] = []
+    if target is not None:
+        head.append(("_target_", str, field(default=target)))
+    schema = dataclasses.make_dataclass(name, [*head, *specs])
+    schema.__module__ = __name__
+    schema.__doc__ = doc
+    return schema
+
+
+def _agent_schema(name: str, config_cls: type, target: str) -> type:
+    """Derive the schema of an SB3 hyperparameter dataclass: its fields plus ``_target_``.
+
+    The library dataclass stays the one place that names, types and defaults each
+    hyperparameter; this only maps its annotations onto what OmegaConf can type.
+    """
+    return _schema(
+        name,
+        _dataclass_specs(config_cls),
+        target=target,
+        doc=f"Schema of :class:`{target}` (see it for each field).",
+    )
+
+
+PPOAgentConf = _agent_schema("PPOAgentConf", PPOConfig, "pulsebms.agents.sb3.PPOConfig")
+SACAgentConf = _agent_schema("SACAgentConf", SACConfig, "pulsebms.agents.sb3.SACConfig")
+MPCAgentConf = _schema(
+    "MPCAgentConf",
+    [
+        ("_partial_", bool, field(default=True)),
+        *_dataclass_specs(MPCConfig),
+        *_keyword_specs(make_mpc, ("oracle", "use_shield")),
+    ],
+    target="pulsebms.agents.mpc.make_mpc",
+    doc=(
+        "Schema of :func:`pulsebms.agents.mpc.make_mpc` (a factory ``env -> MPCPolicy``): "
+        "the fields of :class:`pulsebms.agents.mpc.MPCConfig`, ``oracle`` and ``use_shield``."
+    ),
+)
+
+if TYPE_CHECKING:  # the static view: the schemas have exactly the library's fields
+    PackConf = PackSpec
+    ShieldSettingsConf = ShieldSettings
+else:
+    ShieldSettingsConf = _schema(
+        "ShieldSettingsConf",
+        _dataclass_specs(ShieldSettings),
+        target=None,
+        doc="The shield's settings: the fields of :class:`pulsebms.safety.ShieldSettings`.",
+    )
+    PackConf = _schema(
+        "PackConf",
+        _dataclass_specs(PackSpec),
+        target=None,
+        doc="One pack: the fields of :class:`pulsebms.envs.pack.PackSpec` (validated against it).",
+    )
+
+
+@dataclass
+class ShieldConf:
+    """The constraint shield in the loop, its settings and limit overrides.
+
+    Attributes:
+        enabled: Put :class:`pulsebms.safety.ShieldWrapper` in front of the env.
+        settings: :class:`pulsebms.safety.settings.ShieldSettings` fields (margins, derating
+            band, ...); the schema and its defaults are derived from that class.
+        limits: Overrides of :func:`pulsebms.safety.limits.default_limits` per chemistry.
+        kwargs: Further keyword arguments of the wrapper (legacy setting keywords win over
+            ``settings``).
+    """
+
+    enabled: bool = True
+    settings: ShieldSettingsConf = field(default_factory=ShieldSettingsConf)
+    limits: dict[str, Any] = field(default_factory=dict)
+    kwargs: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass
@@ -84,60 +225,6 @@ class EnvConf:
     horizon_steps: int | None = None
     fidelity: str | None = "ecm"
     kwargs: dict[str, Any] = field(default_factory=dict)
-
-
-@dataclass
-class ShieldConf:
-    """The constraint shield in the loop and limit overrides (``pulsebms.safety`` names)."""
-
-    enabled: bool = True
-    limits: dict[str, Any] = field(default_factory=dict)
-    kwargs: dict[str, Any] = field(default_factory=dict)
-
-
-def _agent_schema(name: str, config_cls: type, target: str) -> type:
-    """Derive the schema of an SB3 hyperparameter dataclass: its fields plus ``_target_``.
-
-    The library dataclass stays the one place that names, types and defaults each
-    hyperparameter; this only maps its annotations onto what OmegaConf can type
-    (sequences become lists, unions become ``Any``).
-    """
-    hints = typing.get_type_hints(config_cls)
-    specs: list[tuple[str, Any, Any]] = [("_target_", str, field(default=target))]
-    for f in dataclasses.fields(config_cls):
-        hint = hints[f.name]
-        origin = typing.get_origin(hint)
-        if origin is Sequence:
-            default: tuple[int, ...] = tuple(typing.cast("Sequence[int]", f.default))
-            specs.append((f.name, list[int], field(default_factory=partial(list, default))))
-        elif origin in (types.UnionType, typing.Union):
-            specs.append((f.name, Any, field(default=f.default)))
-        else:
-            specs.append((f.name, hint, field(default=f.default)))
-    schema = dataclasses.make_dataclass(name, specs)
-    schema.__doc__ = f"Schema of :class:`{target}` (see it for each field)."
-    return schema
-
-
-PPOAgentConf = _agent_schema("PPOAgentConf", PPOConfig, "pulsebms.agents.sb3.PPOConfig")
-SACAgentConf = _agent_schema("SACAgentConf", SACConfig, "pulsebms.agents.sb3.SACConfig")
-
-
-@dataclass
-class MPCAgentConf:
-    """Schema of :func:`pulsebms.agents.mpc.make_mpc` (a factory ``env -> MPCPolicy``)."""
-
-    _target_: str = "pulsebms.agents.mpc.make_mpc"
-    _partial_: bool = True
-    horizon_steps: int = 24
-    efficiency: float = 0.97
-    degradation_cost_per_kwh: float = 0.3
-    unserved_penalty_per_kwh: float = 5.0
-    smoothing: float = 1e-4
-    terminal_value_per_kwh: float | None = None
-    solver: str = "CLARABEL"
-    oracle: bool = False
-    use_shield: bool = True
 
 
 @dataclass

@@ -134,6 +134,14 @@ def test_loading_a_non_checkpoint_names_what_is_missing(tmp_path: Path) -> None:
         RLlibPolicy.from_checkpoint(tmp_path)
 
 
+@pytest.mark.parametrize("name", ["RLlibPolicy", "DeployedRLlibPolicy", "rllib_torch_policy"])
+def test_policy_loading_keeps_its_old_import_path(name: str) -> None:
+    from pulsebms.agents import rllib, rllib_policy
+
+    assert name in rllib.__all__
+    assert getattr(rllib, name) is getattr(rllib_policy, name)
+
+
 def test_train_rejects_zero_iterations(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="iterations"):
         train_rllib(None, iterations=0, checkpoint_dir=tmp_path)  # type: ignore[arg-type]

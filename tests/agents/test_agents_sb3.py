@@ -1,25 +1,16 @@
-"""Shielded SB3 agents: bit-repeatable per seed, save/load round trip, Lagrangian variant."""
+"""Shielded SB3 agents: bit-repeatable per seed, save/load round trip, old import paths."""
 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
 
-import gymnasium as gym
 import numpy as np
 import pytest
 
+from pulsebms.agents import lagrangian, sb3, sb3_logging
 from pulsebms.agents.env_factory import make_env, make_env_factory
 from pulsebms.agents.policy import SB3Policy
-from pulsebms.agents.sb3 import (
-    LagrangianCallback,
-    LagrangianPenalty,
-    PPOConfig,
-    SACConfig,
-    TrainResult,
-    make_vec_env,
-    train_agent,
-)
+from pulsebms.agents.sb3 import PPOConfig, SACConfig, TrainResult, train_agent
 
 ENV_KWARGS = {"horizon_steps": 16, "dt_s": 900.0}
 CONFIGS = {
@@ -68,43 +59,33 @@ def test_same_seed_gives_identical_actions_and_round_trips(algo: str, tmp_path: 
     assert np.all(np.abs(acts_a) <= 1.0)
 
 
-class _CostStub(gym.Env[np.ndarray, np.ndarray]):
-    """Records what it receives; reward 1 and cost 0.5 per step, episodes of 4 steps."""
-
-    observation_space = gym.spaces.Box(-1.0, 1.0, (2,), dtype=np.float32)
-    action_space = gym.spaces.Box(-1.0, 1.0, (1,), dtype=np.float32)
-
-    def __init__(self) -> None:
-        self.t = 0
-        self.actions: list[np.ndarray] = []
-
-    def reset(self, *, seed: int | None = None, options: Any = None) -> tuple[np.ndarray, dict]:
-        super().reset(seed=seed)
-        self.t = 0
-        return np.zeros(2, dtype=np.float32), {}
-
-    def step(self, action: np.ndarray) -> tuple[np.ndarray, float, bool, bool, dict]:
-        self.actions.append(np.asarray(action))
-        self.t += 1
-        return np.zeros(2, dtype=np.float32), 1.0, False, self.t >= 4, {"cost": 0.5}
+@pytest.mark.parametrize(
+    ("name", "home"),
+    [
+        ("LagrangianPenalty", lagrangian),
+        ("LagrangianCallback", lagrangian),
+        ("WandbWriter", sb3_logging),
+        ("make_logger", sb3_logging),
+    ],
+)
+def test_moved_names_keep_their_old_import_path(name: str, home: object) -> None:
+    assert name in sb3.__all__
+    assert getattr(sb3, name) is getattr(home, name)
 
 
-def test_lagrangian_penalty_subtracts_multiplier_times_cost() -> None:
-    env = LagrangianPenalty(_CostStub(), multiplier=2.0)
-    env.reset(seed=0)
-    _, reward, *_, info = env.step(np.zeros(1, dtype=np.float32))
-    assert reward == pytest.approx(1.0 - 2.0 * 0.5)
-    assert info["reward_unpenalised"] == 1.0
-    with pytest.raises(ValueError, match="multiplier"):
-        LagrangianPenalty(_CostStub(), multiplier=-1.0)
+def test_logger_writes_csv_and_forwards_scalars_to_wandb(tmp_path: Path) -> None:
+    class Run:
+        def __init__(self) -> None:
+            self.logged: list[tuple[dict[str, float], int]] = []
 
+        def log(self, values: dict[str, float], step: int) -> None:
+            self.logged.append((values, step))
 
-def test_lagrangian_callback_raises_multiplier_when_cost_exceeds_limit(tmp_path: Path) -> None:
-    from stable_baselines3 import PPO
-
-    venv = make_vec_env(_CostStub, seed=0, cost_penalty=0.0)
-    model = PPO("MlpPolicy", venv, n_steps=16, batch_size=16, n_epochs=1, seed=0, device="cpu")
-    model.learn(32, callback=LagrangianCallback(lr=0.1, cost_limit=1.0))
-    (lam,) = venv.get_attr("multiplier")
-    # Episode cost 4 × 0.5 = 2 > limit 1: λ grows by 0.1 × (2 − 1) per rollout.
-    assert lam == pytest.approx(0.2)
+    run = Run()
+    logger = sb3_logging.make_logger(tmp_path, ("csv",), wandb_run=run)
+    logger.record("train/loss", 0.5)
+    logger.record("train/name", "text")  # not a scalar: not forwarded
+    logger.dump(step=7)
+    logger.close()
+    assert run.logged == [({"train/loss": 0.5}, 7)]
+    assert "train/loss" in (tmp_path / "progress.csv").read_text()

@@ -165,3 +165,100 @@ def test_eval_finds_the_newest_training_run(tmp_path: Path) -> None:
     found = latest_checkpoint(cfg, tmp_path)
     assert found is not None
     assert found.parent.name.endswith("2026-01-02_09-00-00")
+
+
+@pytest.mark.usefixtures("hydra_ctx")
+def test_fleet_default_is_the_registered_default_fleet() -> None:
+    from pulsebms.envs import DEFAULT_FLEET
+
+    cfg = _shrink(_compose("fleet=default"))
+    assert "fleet" not in env_kwargs(cfg)
+    env = make_cfg_env(cfg)
+    try:
+        assert tuple(env.unwrapped.packs) == DEFAULT_FLEET  # type: ignore[attr-defined]
+    finally:
+        env.close()
+
+
+@pytest.mark.usefixtures("hydra_ctx")
+def test_small_spread_is_the_default_fleet_with_another_initial_state() -> None:
+    from pulsebms.envs import DEFAULT_FLEET
+    from pulsebms.envs.pack import PackSpec
+
+    packs = [PackSpec(**p) for p in env_kwargs(_compose("fleet=small_spread"))["fleet"]]
+    geometry = ("chemistry", "series", "parallel", "name", "rated_power_w")
+    for pack, default in zip(packs, DEFAULT_FLEET, strict=True):
+        assert [getattr(pack, k) for k in geometry] == [getattr(default, k) for k in geometry]
+    state = [(p.initial_soc, p.initial_soh) for p in packs]
+    assert state != [(p.initial_soc, p.initial_soh) for p in DEFAULT_FLEET]
+
+
+def test_schemas_take_their_defaults_from_the_library() -> None:
+    import dataclasses
+    import inspect
+
+    from pulsebms.agents.mpc import MPCConfig, make_mpc
+    from pulsebms.envs.pack import PackSpec
+    from pulsebms.experiments.schemas import (
+        MPCAgentConf,
+        PackConf,
+        PPOAgentConf,
+        ShieldSettingsConf,
+    )
+    from pulsebms.safety.settings import ShieldSettings
+
+    def defaults(cls: type) -> dict[str, object]:
+        return {
+            f.name: f.default if f.default is not dataclasses.MISSING else f.default_factory()
+            for f in dataclasses.fields(cls)
+            if f.default is not dataclasses.MISSING or f.default_factory is not dataclasses.MISSING
+        }
+
+    pack = defaults(PackConf)
+    assert pack.pop("chemistry") == "???"  # required, like PackSpec's
+    assert pack == {k: v for k, v in defaults(PackSpec).items()}
+    mpc = defaults(MPCAgentConf)
+    assert (mpc.pop("_target_"), mpc.pop("_partial_")) == ("pulsebms.agents.mpc.make_mpc", True)
+    signature = inspect.signature(make_mpc).parameters
+    assert mpc == {
+        **dataclasses.asdict(MPCConfig()),
+        "oracle": signature["oracle"].default,
+        "use_shield": signature["use_shield"].default,
+    }
+    for name, value in dataclasses.asdict(MPCConfig()).items():
+        assert signature[name].default == value  # make_mpc's defaults are MPCConfig's
+    settings = defaults(ShieldSettingsConf)
+    assert settings == ShieldSettings().to_dict()
+    ppo = defaults(PPOAgentConf)
+    assert ppo.pop("_target_") == "pulsebms.agents.sb3.PPOConfig"
+    assert ppo == {k: list(v) if k == "net_arch" else v for k, v in defaults(PPOConfig).items()}
+
+
+@pytest.mark.usefixtures("hydra_ctx")
+def test_mpc_option_builds_the_library_default_mpc() -> None:
+    from pulsebms.agents.mpc import MPCConfig
+
+    cfg = _shrink(_compose("agent=mpc"))
+    env = make_cfg_env(cfg)
+    try:
+        policy = instantiate(cfg.agent, _convert_="object")(env)
+        assert policy.config == MPCConfig()
+        assert policy.shield is not None
+    finally:
+        env.close()
+
+
+@pytest.mark.usefixtures("hydra_ctx")
+def test_shield_settings_reach_the_wrapper_and_are_validated() -> None:
+    cfg = _shrink(_compose("shield.settings.soc_margin=0.01"))
+    validate(cfg)
+    env = make_cfg_env(cfg)
+    try:
+        assert env.settings.soc_margin == 0.01  # type: ignore[attr-defined]
+        assert env.settings.current_margin == 0.03  # type: ignore[attr-defined]
+    finally:
+        env.close()
+    with pytest.raises(ConfigError, match=r"shield\.settings.*soc_margin"):
+        validate(_compose("shield.settings.soc_margin=-1.0"))
+    with pytest.raises(ConfigCompositionException, match="soc_marign"):
+        _compose("shield.settings.soc_marign=0.01")
