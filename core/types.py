@@ -44,7 +44,8 @@ IntArray = NDArray[np.int64]
 BoolArray = NDArray[np.bool_]
 """A boolean mask, one entry per pack unless said."""
 ObsArray = NDArray[np.float32]
-"""A flat observation (float32, the layout of :class:`~pulsebms.core.observation.ObservationLayout`)."""
+"""A flat observation, float32, in the layout of
+:class:`~pulsebms.core.observation.ObservationLayout`."""
 ActArray = NDArray[np.float32]
 """A flat action: per-pack power set-point / rated pack power, + = discharge."""
 AnyArray = NDArray[Any]

@@ -52,6 +52,7 @@ from pulsebms.edge_runtime.observation import ObservationBuilder
 from pulsebms.edge_runtime.policy import OnnxPolicy
 from pulsebms.edge_runtime.telemetry import TelemetryStore
 from pulsebms.safety.limits import PackLimits, check_violations
+from pulsebms.safety.settings import ShieldSettings
 from pulsebms.safety.shield import Shield
 from pulsebms.safety.state import FleetState, PackRatings
 
@@ -235,9 +236,10 @@ class EdgeRuntime:
             default.
         recovery_hold_s: How long a pack's telemetry must stay clean before it leaves the
             safe state [s].
-        shield_settings: Shield keyword arguments; the manifest's by default. The key
-            ``track_demand`` (as in :class:`pulsebms.safety.ShieldWrapper`) is the runtime's:
-            when true, the shield aims the fleet total at the site demand.
+        shield_settings: :class:`~pulsebms.safety.settings.ShieldSettings` fields plus
+            ``dt_s`` (the shield's prediction step, the manifest's ``dt_s`` when absent);
+            the manifest's by default. ``track_demand`` true aims the fleet total at the
+            site demand.
         clock: Monotonic clock [s] (injected in tests and the HIL simulator).
         time_of_day: Fallback source of the time of day [s since midnight] when the site
             frame carries none.
@@ -292,11 +294,13 @@ class EdgeRuntime:
         self.ratings: PackRatings = manifest.pack_ratings()
         self.limits: tuple[PackLimits, ...] = manifest.pack_limits()
         settings = dict(manifest.shield if shield_settings is None else shield_settings)
-        self.track_demand = bool(settings.pop("track_demand", False))
         try:
-            self.shield = Shield(self.ratings, self.limits, **settings)
+            dt_s = float(settings.pop("dt_s", manifest.dt_s))
+            self.shield_settings: ShieldSettings = ShieldSettings.from_mapping(settings)
+            self.shield = Shield(self.ratings, self.limits, dt_s, settings=self.shield_settings)
         except (TypeError, ValueError) as exc:
             raise ManifestError(f"cannot build the shield with settings {settings}: {exc}") from exc
+        self.track_demand = self.shield_settings.track_demand
         self.store = TelemetryStore(
             n, stale_after_s=stale_after_s, site_stale_after_s=site_stale_after_s
         )

@@ -168,6 +168,8 @@ def run_demo(
             "shield_interventions": hil.interventions,
             "latency_p50_ms": round(hil.latency_p50_ms, 3),
             "latency_p99_ms": round(hil.latency_p99_ms, 3),
+            "parity_ok": hil.parity_ok,
+            "parity": hil.parity,
         }
 
     for name, fn in (
@@ -209,6 +211,10 @@ def main(argv: list[str] | None = None) -> int:
     report = run_demo(out, total_timesteps=args.timesteps, seed=args.seed, hil_ticks=args.hil_ticks)
     total = sum(report.stages_s.values())
     print(f"\nDemo finished in {total:.0f} s; artefacts and summary.json in {report.out_dir}")
+    edge = report.figures.get("edge", {})
+    if not edge.get("parity_ok", False):
+        print(f"HIL observation parity FAILED: {edge.get('parity')}")
+        return 1
     return 0
 
 

@@ -29,6 +29,7 @@ from pulsebms.core.observation import PACK_SOURCES, SITE_SOURCES, ObservationLay
 from pulsebms.core.types import FleetEnvLike
 from pulsebms.edge_runtime.manifest import ActionField, ratings_from_dict, ratings_to_dict
 from pulsebms.safety.limits import PackLimits, fleet_limits
+from pulsebms.safety.settings import ShieldSettings
 from pulsebms.safety.state import PackRatings
 
 __all__ = [
@@ -103,8 +104,17 @@ class FleetSpec:
         return self.observation.size
 
     def shield_settings(self) -> dict[str, Any]:
-        """Shield keyword arguments, ``dt_s`` included."""
-        return {"dt_s": self.dt_s, **self.shield}
+        """Every shield setting, defaults filled in, plus ``dt_s`` (the manifest's form).
+
+        The manifest records the complete :class:`~pulsebms.safety.settings.ShieldSettings`
+        (not only the overrides), so a deployed shield never depends on the defaults of the
+        library version on the device.
+
+        Raises:
+            ValueError: On an unknown or invalid shield setting.
+        """
+        extra = {k: v for k, v in self.shield.items() if k != "dt_s"}
+        return {"dt_s": self.dt_s, **ShieldSettings.from_mapping(extra).to_dict()}
 
     def to_dict(self) -> dict[str, Any]:
         """Plain-JSON form (read back by :func:`load_fleet_spec`)."""

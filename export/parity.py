@@ -14,6 +14,7 @@ import numpy as np
 import onnxruntime as ort
 from numpy.typing import NDArray
 
+from pulsebms.edge_runtime.policy import session_options
 from pulsebms.export.graph import INPUT_NAME, OUTPUT_NAME
 from pulsebms.export.source import PolicySource
 
@@ -80,10 +81,15 @@ def parity_observations(
 
 
 def onnx_actions(model: bytes, observations: NDArray[np.float32]) -> NDArray[np.float32]:
-    """Run the ONNX model on a batch of observations with onnxruntime (CPU)."""
-    options = ort.SessionOptions()
-    options.log_severity_level = 3
-    session = ort.InferenceSession(model, sess_options=options, providers=["CPUExecutionProvider"])
+    """Run the ONNX model on a batch of observations with onnxruntime (CPU).
+
+    The session has the edge runtime's options
+    (:func:`pulsebms.edge_runtime.policy.session_options`), so the parity gate checks the
+    numbers the device will compute.
+    """
+    session = ort.InferenceSession(
+        model, sess_options=session_options(), providers=["CPUExecutionProvider"]
+    )
     (out,) = session.run([OUTPUT_NAME], {INPUT_NAME: np.asarray(observations, dtype=np.float32)})
     return np.asarray(out, dtype=np.float32)
 

@@ -16,6 +16,8 @@ from __future__ import annotations
 
 import os
 
+import pytest
+
 # Set before any test module imports the libraries that read them.
 os.environ["WANDB_MODE"] = "disabled"  # tests never log to wandb, not even offline
 os.environ["WANDB_SILENT"] = "true"
@@ -57,3 +59,15 @@ def pytest_report_header() -> list[str]:
     except ImportError:
         return []
     return [f"hypothesis profile: {settings.get_current_profile_name()}"]
+
+
+_FOLDER_MARKERS = {"integration": "integration", "benchmarks": "benchmark"}
+"""Test folder → marker given to every test in it (markers assigned from the folder)."""
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Mark the tests of ``tests/integration`` and ``tests/benchmarks`` by their folder."""
+    for item in items:
+        for folder, marker in _FOLDER_MARKERS.items():
+            if folder in item.path.parts:
+                item.add_marker(getattr(pytest.mark, marker))

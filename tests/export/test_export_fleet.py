@@ -16,6 +16,7 @@ from pulsebms.export.fleet import (
     observation_fields,
 )
 from pulsebms.export.parity import parity_observations
+from pulsebms.safety.settings import ShieldSettings
 
 RATINGS = {
     "chemistry": ["LFP", "NMC"],
@@ -76,7 +77,13 @@ def test_fleet_spec_json_round_trip(tmp_path: Path) -> None:
     )
     assert [lim.soc_max for lim in spec.limits] == [0.9, 0.9]
     assert spec.limits[0].cell_voltage_max_v == 3.6  # LFP window kept
-    assert spec.shield_settings() == {"dt_s": 60.0, "track_demand": True}
+    # The manifest records every shield setting, the defaults filled in.
+    assert spec.shield_settings() == {
+        "dt_s": 60.0,
+        **ShieldSettings(track_demand=True).to_dict(),
+    }
+    with pytest.raises(ValueError, match="unknown shield setting"):
+        fleet_spec_from_dict({**spec.to_dict(), "shield": {"soc_margn": 0.01}}).shield_settings()
     path = tmp_path / "fleet.json"
     path.write_text(json.dumps(spec.to_dict()))
     again = load_fleet_spec(path)

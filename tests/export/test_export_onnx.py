@@ -25,6 +25,7 @@ from pulsebms.export import (
 from pulsebms.export.cli import main as export_main
 from pulsebms.export.parity import onnx_actions
 from pulsebms.export.sb3 import SB3Source
+from pulsebms.safety.settings import ShieldSettings
 
 ENV_ID = "PulseBMS/FleetSmall-v0"
 
@@ -130,7 +131,11 @@ def test_manifest_fields(ppo_checkpoint: Path, tmp_path: Path) -> None:
     assert data["source"]["sha256"] == hashlib.sha256(ppo_checkpoint.read_bytes()).hexdigest()
     assert data["source"]["normalization_sha256"]
     assert data["dt_s"] == 300.0
-    assert data["shield"] == {"dt_s": 300.0, "derating_band_c": 4.0}
+    # Every shield setting is recorded, the override and the defaults alike.
+    assert data["shield"] == {
+        "dt_s": 300.0,
+        **ShieldSettings(derating_band_c=4.0).to_dict(),
+    }
     assert {"pulsebms", "torch", "onnx", "opset"} <= set(data["versions"])
     assert data["created_utc"].endswith("+00:00")
     assert data["parity"]["max_abs_diff"] <= 1e-5
