@@ -79,7 +79,7 @@ def test_nothing_runs_before_telemetry(buses, clock, codec) -> None:  # type: ig
 
 def test_out_of_limit_telemetry_puts_that_pack_safe_at_once(
     buses, clock, telemetry_sender, codec
-) -> None:  # type: ignore[no-untyped-def]
+) -> None:
     rt = _runtime(buses, clock)
     _feed(rt, telemetry_sender, codec)
     rt.tick()
@@ -246,7 +246,7 @@ def test_run_loop_on_a_virtual_bus(buses, telemetry_sender, codec) -> None:  # t
 
 def test_track_demand_aims_the_fleet_at_the_site_demand(
     buses, clock, telemetry_sender, codec
-) -> None:  # type: ignore[no-untyped-def]
+) -> None:
     manifest = dataclasses.replace(make_manifest(), shield={"dt_s": 60.0, "track_demand": True})
     rt = EdgeRuntime(manifest, ConstantPolicy([0.0, 0.0, 0.0]), buses[0], tick_s=1.0, clock=clock)
     _feed(rt, telemetry_sender, codec)  # site demand 600 W

@@ -175,7 +175,7 @@ def test_fleet_default_is_the_registered_default_fleet() -> None:
     assert "fleet" not in env_kwargs(cfg)
     env = make_cfg_env(cfg)
     try:
-        assert tuple(env.unwrapped.packs) == DEFAULT_FLEET  # type: ignore[attr-defined]
+        assert tuple(env.unwrapped.packs) == DEFAULT_FLEET
     finally:
         env.close()
 
@@ -254,8 +254,8 @@ def test_shield_settings_reach_the_wrapper_and_are_validated() -> None:
     validate(cfg)
     env = make_cfg_env(cfg)
     try:
-        assert env.settings.soc_margin == 0.01  # type: ignore[attr-defined]
-        assert env.settings.current_margin == 0.03  # type: ignore[attr-defined]
+        assert env.settings.soc_margin == 0.01
+        assert env.settings.current_margin == 0.03
     finally:
         env.close()
     with pytest.raises(ConfigError, match=r"shield\.settings.*soc_margin"):

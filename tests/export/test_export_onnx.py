@@ -100,7 +100,7 @@ class _TamperedSource:
 
 def test_parity_failure_refuses_and_writes_nothing(
     ppo_checkpoint: Path, tmp_path: Path, fleet_spec
-) -> None:  # type: ignore[no-untyped-def]
+) -> None:
     source = load_source(ppo_checkpoint)
     assert isinstance(source, SB3Source)
     out = tmp_path / "deploy"
@@ -175,7 +175,7 @@ def test_layout_mismatch_is_refused(ppo_checkpoint: Path, tmp_path: Path) -> Non
 
 def test_cli_exports_and_reports_errors(
     ppo_checkpoint: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str], fleet_spec
-) -> None:  # type: ignore[no-untyped-def]
+) -> None:
     fleet_json = tmp_path / "fleet.json"
     fleet_json.write_text(json.dumps(fleet_spec.to_dict()))
     out = tmp_path / "deploy"

@@ -173,7 +173,7 @@ def test_onnx_matches_rllib_predict(rllib_checkpoint: Path, reference, tmp_path:
 @pytest.mark.slow
 def test_graph_holds_filter_deterministic_action_and_clipping(
     rllib_checkpoint: Path, reference, tmp_path: Path
-) -> None:  # type: ignore[no-untyped-def]
+) -> None:
     result = export_checkpoint(
         rllib_checkpoint, tmp_path, env_id=ENV_ID, env_kwargs=ENV_KWARGS, n_parity=50
     )
