@@ -40,7 +40,7 @@ from typing import Any
 
 import numpy as np
 
-from pulsebms.core.types import AnyArray, FloatArray, ObsArray
+from pulsebms.core.types import AnyArray, FloatArray, ObsArray, PackReadings
 
 __all__ = [
     "PACK_SOURCES",
@@ -399,6 +399,65 @@ class ObservationInputs:
     demand_forecast_w: FloatArray | None = None
     price_forecast_per_kwh: FloatArray | None = None
     last_action: FloatArray | None = None
+
+    @classmethod
+    def from_readings(
+        cls,
+        readings: PackReadings,
+        *,
+        capacity_ah: FloatArray,
+        demand_w: float,
+        price_per_kwh: float,
+        ambient_c: float,
+        hour_of_day: float,
+        demand_forecast_w: FloatArray | None = None,
+        price_forecast_per_kwh: FloatArray | None = None,
+        last_action: FloatArray | None = None,
+    ) -> ObservationInputs:
+        """Inputs from per-pack readings (the twin's states or a telemetry ``FleetState``).
+
+        The one place where the environment and the edge runtime turn what the packs report
+        into observation inputs; the site values are given as they are known there.
+
+        Args:
+            readings: Per-pack SoC, SoH, temperature, cell voltage and current.
+            capacity_ah: Nominal pack capacity per pack [A.h].
+            demand_w: Site demand on the fleet now [W].
+            price_per_kwh: Energy price now [currency/kWh].
+            ambient_c: Ambient temperature [°C].
+            hour_of_day: Local time of day [h].
+            demand_forecast_w: Demand for the next steps [W]; ``None``: persistence.
+            price_forecast_per_kwh: Price for the next steps; ``None``: persistence.
+            last_action: Normalised set-points of the previous step; ``None``: zeros.
+
+        Returns:
+            The inputs (float64 copies-on-need of the readings).
+
+        Example:
+            >>> import numpy as np
+            >>> from types import SimpleNamespace
+            >>> packs = SimpleNamespace(soc=[0.5], soh=[1.0], temperature_c=[25.0],
+            ...                         cell_voltage_v=[3.7], current_a=[2.0])
+            >>> x = ObservationInputs.from_readings(packs, capacity_ah=np.array([4.0]),
+            ...     demand_w=0.0, price_per_kwh=0.2, ambient_c=20.0, hour_of_day=12.0)
+            >>> float(x.pack_quantity("current_c_rate")[0])
+            0.5
+        """
+        return cls(
+            soc=np.asarray(readings.soc, dtype=np.float64),
+            soh=np.asarray(readings.soh, dtype=np.float64),
+            temperature_c=np.asarray(readings.temperature_c, dtype=np.float64),
+            cell_voltage_v=np.asarray(readings.cell_voltage_v, dtype=np.float64),
+            current_a=np.asarray(readings.current_a, dtype=np.float64),
+            capacity_ah=capacity_ah,
+            demand_w=float(demand_w),
+            price_per_kwh=float(price_per_kwh),
+            ambient_c=float(ambient_c),
+            hour_of_day=float(hour_of_day),
+            demand_forecast_w=demand_forecast_w,
+            price_forecast_per_kwh=price_forecast_per_kwh,
+            last_action=last_action,
+        )
 
     def pack_quantity(self, source: str) -> FloatArray:
         """The per-pack quantity ``source`` (a key of :data:`PACK_SOURCES`).

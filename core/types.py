@@ -35,6 +35,7 @@ __all__ = [
     "FloatArray",
     "IntArray",
     "ObsArray",
+    "PackReadings",
 ]
 
 FloatArray = NDArray[np.float64]
@@ -50,6 +51,40 @@ ActArray = NDArray[np.float32]
 """A flat action: per-pack power set-point / rated pack power, + = discharge."""
 AnyArray = NDArray[Any]
 """An array of any dtype (inputs that are converted on entry)."""
+
+
+class PackReadings(Protocol):
+    """Per-pack measurements, one entry per pack in fleet order (arrays or sequences).
+
+    The twin's ``PackStates`` and the shield's ``FleetState`` both satisfy it; it is what an
+    observation reads of the packs.
+
+    """
+
+    @property
+    def soc(self) -> AnyArray:
+        """State of charge, fraction."""
+        ...
+
+    @property
+    def soh(self) -> AnyArray:
+        """State of health, fraction."""
+        ...
+
+    @property
+    def temperature_c(self) -> AnyArray:
+        """Pack temperature [°C]."""
+        ...
+
+    @property
+    def cell_voltage_v(self) -> AnyArray:
+        """Cell terminal voltage [V]."""
+        ...
+
+    @property
+    def current_a(self) -> AnyArray:
+        """Pack current [A], + = discharge."""
+        ...
 
 
 @runtime_checkable

@@ -58,16 +58,12 @@ class ObservationBuilder:
         time_of_day_s: float,
     ) -> ObservationInputs:
         """The core's inputs for one observation (forecasts left to persistence)."""
-        return ObservationInputs(
-            soc=np.asarray(state.soc, dtype=np.float64),
-            soh=np.asarray(state.soh, dtype=np.float64),
-            temperature_c=np.asarray(state.temperature_c, dtype=np.float64),
-            cell_voltage_v=np.asarray(state.cell_voltage_v, dtype=np.float64),
-            current_a=np.asarray(state.current_a, dtype=np.float64),
+        return ObservationInputs.from_readings(
+            state,
             capacity_ah=self._capacity_ah,
-            demand_w=float(site.demand_w),
-            price_per_kwh=float(site.price_per_kwh),
-            ambient_c=float(site.ambient_c),
+            demand_w=site.demand_w,
+            price_per_kwh=site.price_per_kwh,
+            ambient_c=site.ambient_c,
             hour_of_day=(float(time_of_day_s) % _DAY_S) / _HOUR_S,
             last_action=np.asarray(last_action, dtype=np.float64),
         )

@@ -690,12 +690,8 @@ class FleetEnv(gym.Env[ObsArray, ActArray]):
         series = self.series
         k = min(self._k, series.n_samples - 1)
         fc_net, fc_price = series.forecast_at(k, self.forecast_steps, self.np_random)
-        inputs = ObservationInputs(
-            soc=np.asarray(s.soc, dtype=np.float64),
-            soh=np.asarray(s.soh, dtype=np.float64),
-            temperature_c=np.asarray(s.temperature_c, dtype=np.float64),
-            cell_voltage_v=np.asarray(s.cell_voltage_v, dtype=np.float64),
-            current_a=np.asarray(s.current_a, dtype=np.float64),
+        inputs = ObservationInputs.from_readings(
+            s,
             capacity_ah=self._capacity_ah,
             demand_w=float(series.net_load_w[k]),
             price_per_kwh=float(series.price_eur_per_kwh[k]),
