@@ -32,7 +32,7 @@ def test_quick_preset_beats_best_rule_with_zero_violations(tmp_path: Path) -> No
         text=True,
         cwd=tmp_path,
         env={**os.environ, "WANDB_MODE": "disabled"},
-        timeout=600,
+        timeout=1800,  # a hang guard only (no wall-clock assert): CI machines vary ~3x in speed
     )
     assert proc.returncode == 0, proc.stderr[-4000:]
     metrics = json.loads((run / "metrics.json").read_text())
