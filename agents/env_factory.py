@@ -7,7 +7,7 @@ from typing import Any
 
 import gymnasium as gym
 
-from pulsebms.core.types import FleetEnvLike
+from pulsebms.core.types import FleetEnvLike, as_fleet_env
 
 __all__ = ["EnvFactory", "fleet_env", "make_env", "make_env_factory"]
 
@@ -74,7 +74,7 @@ def make_env_factory(
 
 
 def fleet_env(env: gym.Env[Any, Any]) -> FleetEnvLike:
-    """The fleet env below every wrapper, typed as what library code reads from it.
+    """The fleet env below every wrapper (:func:`pulsebms.core.types.as_fleet_env`).
 
     Args:
         env: A FleetEnv, possibly wrapped (the shield wrapper, ``TimeLimit``, ...).
@@ -92,10 +92,4 @@ def fleet_env(env: gym.Env[Any, Any]) -> FleetEnvLike:
         300.0
         >>> env.close()
     """
-    base = env.unwrapped
-    if not isinstance(base, FleetEnvLike):
-        raise TypeError(
-            f"{type(base).__name__} is not a fleet env: it lacks ratings, dt_s, pack_limits, "
-            "observation_layout or fleet_state() (pulsebms.core.types.FleetEnvLike)"
-        )
-    return base
+    return as_fleet_env(env)

@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 import numpy as np
 
 from pulsebms.agents.observation import FleetObservation, ObservationReader
-from pulsebms.core.types import FleetEnvLike, FloatArray
+from pulsebms.core.types import FleetEnvLike, FloatArray, as_fleet_env
 from pulsebms.safety.limits import PackLimits, fleet_limits, stack_limits
 from pulsebms.safety.state import FleetState, PackRatings
 
@@ -113,17 +113,13 @@ def unwrap(env: object) -> Any:
 def fleet_env(env: object) -> FleetEnvLike:
     """The innermost env, checked to be a :class:`~pulsebms.core.types.FleetEnvLike`.
 
+    Same as :func:`pulsebms.core.types.as_fleet_env`.
+
     Raises:
         TypeError: If it lacks ratings, dt_s, pack_limits, observation_layout or
             fleet_state().
     """
-    base = unwrap(env)
-    if not isinstance(base, FleetEnvLike):
-        raise TypeError(
-            f"{type(base).__name__} is not a fleet environment: it needs ratings, dt_s, "
-            "pack_limits, observation_layout and fleet_state() (pulsebms.core.types.FleetEnvLike)"
-        )
-    return base
+    return as_fleet_env(env)
 
 
 def observation_reader(env: object) -> ObservationReader:

@@ -36,6 +36,7 @@ __all__ = [
     "IntArray",
     "ObsArray",
     "PackReadings",
+    "as_fleet_env",
 ]
 
 FloatArray = NDArray[np.float64]
@@ -106,3 +107,43 @@ class FleetEnvLike(Protocol):
     def fleet_state(self) -> FleetState:
         """The fleet's present state as the shield sees it."""
         ...
+
+
+@runtime_checkable
+class _Wrapped(Protocol):
+    """A Gymnasium wrapper (or env): ``unwrapped`` is the innermost env."""
+
+    @property
+    def unwrapped(self) -> object:
+        """The innermost environment."""
+        ...
+
+
+def as_fleet_env(env: object) -> FleetEnvLike:
+    """The env below every wrapper, checked to be a :class:`FleetEnvLike`.
+
+    The one typed way library code reads an environment (no ``Any``/``getattr`` reads).
+
+    Args:
+        env: A fleet env, possibly wrapped (``env.unwrapped`` is used when present).
+
+    Returns:
+        The innermost env, typed as :class:`FleetEnvLike`.
+
+    Raises:
+        TypeError: If it lacks ``ratings``, ``dt_s``, ``pack_limits``,
+            ``observation_layout`` or ``fleet_state()``.
+
+    Example:
+        >>> as_fleet_env(object())  # doctest: +ELLIPSIS
+        Traceback (most recent call last):
+        ...
+        TypeError: object is not a fleet environment: ...
+    """
+    base = env.unwrapped if isinstance(env, _Wrapped) else env
+    if not isinstance(base, FleetEnvLike):
+        raise TypeError(
+            f"{type(base).__name__} is not a fleet environment: it needs ratings, dt_s, "
+            "pack_limits, observation_layout and fleet_state() (pulsebms.core.types.FleetEnvLike)"
+        )
+    return base

@@ -21,12 +21,12 @@ import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol, runtime_checkable
+from typing import Any
 
 import numpy as np
 
 from pulsebms.core.observation import PACK_SOURCES, SITE_SOURCES, ObservationLayout, ObsField
-from pulsebms.core.types import FleetEnvLike
+from pulsebms.core.types import as_fleet_env
 from pulsebms.edge_runtime.manifest import ActionField, ratings_from_dict, ratings_to_dict
 from pulsebms.safety.limits import PackLimits, fleet_limits
 from pulsebms.safety.settings import ShieldSettings
@@ -279,26 +279,6 @@ def action_fields(n_packs: int) -> tuple[ActionField, ...]:
     return (ActionField(name="power_setpoint", start=0, stop=n_packs),)
 
 
-@runtime_checkable
-class _Wrapped(Protocol):
-    """A Gymnasium wrapper (or env): ``unwrapped`` is the innermost env."""
-
-    @property
-    def unwrapped(self) -> object:
-        """The innermost environment."""
-        ...
-
-
-def _fleet_env(env: object) -> FleetEnvLike:
-    base = env.unwrapped if isinstance(env, _Wrapped) else env
-    if not isinstance(base, FleetEnvLike):
-        raise TypeError(
-            f"{type(base).__name__} is not a fleet environment: it needs ratings, dt_s, "
-            "pack_limits, observation_layout and fleet_state() (pulsebms.core.types.FleetEnvLike)"
-        )
-    return base
-
-
 def fleet_spec_from_env(env: object, *, shield: Mapping[str, Any] | None = None) -> FleetSpec:
     """Read the fleet side of a manifest from a FleetEnv (possibly wrapped).
 
@@ -317,7 +297,7 @@ def fleet_spec_from_env(env: object, *, shield: Mapping[str, Any] | None = None)
         TypeError: If the (unwrapped) env is not a fleet environment.
         ValueError: If a field of its layout reads no runtime source.
     """
-    base = _fleet_env(env)
+    base = as_fleet_env(env)
     ratings = base.ratings
     limits = tuple(base.pack_limits) or fleet_limits(ratings)
     layout = observation_layout(base.observation_layout, n_packs=ratings.n_packs)
