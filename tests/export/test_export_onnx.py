@@ -12,7 +12,13 @@ import onnx
 import pytest
 import torch
 
-from pulsebms.edge_runtime.manifest import load_manifest
+from pulsebms.edge_runtime.manifest import (
+    MANIFEST_HASH_KEY,
+    SCHEMA_VERSION,
+    ManifestIntegrityError,
+    load_manifest,
+    manifest_sha256,
+)
 from pulsebms.export import (
     ExportError,
     ParityError,
@@ -74,11 +80,19 @@ def test_graph_holds_normalisation_and_clipping(ppo_checkpoint: Path, tmp_path: 
 
 
 def test_export_is_deterministic(ppo_checkpoint: Path, tmp_path: Path) -> None:
-    digests = []
+    digests, manifests = [], []
     for name in ("a", "b"):
-        result = export_checkpoint(ppo_checkpoint, tmp_path / name, env_id=ENV_ID, n_parity=20)
+        result = export_checkpoint(
+            ppo_checkpoint,
+            tmp_path / name,
+            env_id=ENV_ID,
+            n_parity=20,
+            created_utc="2026-12-02T00:00:00+00:00",
+        )
         digests.append(hashlib.sha256(result.model_path.read_bytes()).hexdigest())
+        manifests.append(json.loads(result.manifest_path.read_text())[MANIFEST_HASH_KEY])
     assert digests[0] == digests[1]
+    assert manifests[0] == manifests[1]  # same inputs, same manifest content hash
 
 
 class _TamperedSource:
@@ -152,6 +166,14 @@ def test_manifest_fields(ppo_checkpoint: Path, tmp_path: Path) -> None:
     assert data["limits"][0]["cell_voltage_max_v"] == 3.6  # LFP window, not NMC's
     manifest = load_manifest(result.manifest_path)  # the runtime reads what we wrote
     assert manifest.read_verified_model() == result.model_path.read_bytes()
+    # the whole content is covered by the recorded hash, and the runtime checks it
+    assert data["schema_version"] == SCHEMA_VERSION
+    assert data[MANIFEST_HASH_KEY] == manifest_sha256(data) == manifest.content_sha256()
+    assert result.manifest.content_sha256() == data[MANIFEST_HASH_KEY]
+    data["limits"][0]["temperature_max_c"] = 600
+    result.manifest_path.write_text(json.dumps(data, indent=2, sort_keys=True))
+    with pytest.raises(ManifestIntegrityError, match="modified after export"):
+        load_manifest(result.manifest_path)
 
 
 def test_existing_export_is_not_overwritten(ppo_checkpoint: Path, tmp_path: Path) -> None:
