@@ -293,7 +293,7 @@ _Field = TypeVar("_Field", ObsField, ActionField)
 
 def _typed(item: _Field, *, ints: tuple[str, ...], floats: tuple[str, ...]) -> _Field:
     """``item`` with the named attributes as exact ``int`` / ``float`` (itself if they are)."""
-    changes: dict[str, int | float] = {}
+    changes: dict[str, Any] = {}
     for name in ints:
         value = getattr(item, name)
         if type(value) is not int:

@@ -21,6 +21,7 @@ import sys
 from collections.abc import Sequence
 from typing import Any
 
+from pulsebms.core.console_scripts import missing_extra_message
 from pulsebms.export.errors import ExportError
 
 __all__ = ["build_parser", "main"]
@@ -90,6 +91,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ExportError as exc:
         print(f"pulsebms-export: refused: {exc}", file=sys.stderr)
         return 1
+    except ModuleNotFoundError as exc:  # e.g. --env-id without the sim extra
+        message = missing_extra_message("pulsebms-export", exc)
+        print(message or f"pulsebms-export: error: {exc}", file=sys.stderr)
+        return 2
     except (FileNotFoundError, ValueError, NotImplementedError, OSError, ImportError) as exc:
         print(f"pulsebms-export: error: {exc}", file=sys.stderr)
         return 2
