@@ -104,6 +104,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 "model": str(result.model_path),
                 "manifest": str(result.manifest_path),
                 "sha256": result.manifest.model.sha256,
+                "manifest_sha256": result.manifest.content_sha256(),
                 "parity_max_abs_diff": result.parity.max_abs_diff,
                 "parity_n_observations": result.parity.n_observations,
             },

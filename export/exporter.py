@@ -2,7 +2,9 @@
 
 Order of work: build the deployed torch module, export it to ONNX bytes in memory, run the
 parity check, and only then write both files (to temporary names, renamed into place), so a
-failed export leaves no file behind.
+failed export leaves no file behind. The manifest records the model's sha256 and, through
+:meth:`~pulsebms.edge_runtime.manifest.Manifest.to_json`, the sha256 of its own content
+(``manifest_sha256``), both checked by the edge runtime at load.
 """
 
 from __future__ import annotations

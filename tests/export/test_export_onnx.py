@@ -205,6 +205,8 @@ def test_cli_exports_and_reports_errors(
     assert export_main(argv) == 0
     printed = json.loads(capsys.readouterr().out)
     assert printed["parity_max_abs_diff"] <= 1e-5
+    written = json.loads((out / "manifest.json").read_text())
+    assert printed["manifest_sha256"] == written[MANIFEST_HASH_KEY] == manifest_sha256(written)
     assert (out / "policy.onnx").is_file()
     assert (out / "manifest.json").is_file()
     assert export_main(argv) == 1  # exists: refused
