@@ -6,5 +6,7 @@ run time), so the simulation stack, the exporter and the edge runtime can all de
 * :mod:`pulsebms.core.types`: array aliases and the ``FleetEnvLike`` protocol (what the
   shield, the agents and the exporter read from an environment);
 * :mod:`pulsebms.core.observation`: the named observation layout and the one
-  ``build_observation`` used by the environment, the exporter and the edge runtime.
+  ``build_observation`` used by the environment, the exporter and the edge runtime;
+* :mod:`pulsebms.core.console_scripts`: the console-script entry points (standard library
+  only), which name the extra to install when a command's dependencies are missing.
 """

@@ -25,6 +25,7 @@ if TYPE_CHECKING:
     from pulsebms.edge_runtime.manifest import (
         Manifest,
         ManifestError,
+        ManifestIntegrityError,
         ModelIntegrityError,
         load_manifest,
     )
@@ -43,6 +44,7 @@ __all__ = [
     "EdgeRuntime",
     "Manifest",
     "ManifestError",
+    "ManifestIntegrityError",
     "ModelIntegrityError",
     "OnnxPolicy",
     "RuntimeEvent",
@@ -63,6 +65,7 @@ _LAZY = {
     "default_dbc_path": "codec",
     "Manifest": "manifest",
     "ManifestError": "manifest",
+    "ManifestIntegrityError": "manifest",
     "ModelIntegrityError": "manifest",
     "load_manifest": "manifest",
     "OnnxPolicy": "policy",

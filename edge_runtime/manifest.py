@@ -7,6 +7,15 @@ source checkpoint and the sha256 of the model. :func:`load_manifest` validates i
 :meth:`Manifest.read_verified_model` refuses a model whose sha256 differs from the recorded
 one, so a tampered or swapped ``policy.onnx`` never runs.
 
+The manifest's own content is covered too: ``manifest_sha256`` is the sha256 of the
+canonical JSON of every other key (limits, shield settings, layouts, ratings, model and
+source info, versions, parity: see :func:`canonical_json`), written by :meth:`Manifest.save`
+(so by the exporter) and checked by :func:`load_manifest` before anything else is read. An
+edited manifest (a limit raised by hand, ``"temperature_max_c": 600``) is refused with
+:class:`ManifestIntegrityError`; a manifest written before the hash existed
+(``schema_version`` 1) is refused with a message to re-export it. The hash detects edits
+and corruption; it is not a signature (whoever can write the file can recompute it).
+
 The observation layout is the environment's own
 :class:`~pulsebms.core.observation.ObservationLayout`: each
 :class:`~pulsebms.core.observation.ObsField` names the physical quantity it reads
@@ -23,9 +32,9 @@ import hashlib
 import json
 import math
 from collections.abc import Mapping
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 
@@ -34,27 +43,37 @@ from pulsebms.safety.limits import PackLimits
 from pulsebms.safety.state import PackRatings
 
 __all__ = [
+    "MANIFEST_HASH_KEY",
     "PACK_SOURCES",
     "SCHEMA_VERSION",
     "SITE_SOURCES",
     "ActionField",
     "Manifest",
     "ManifestError",
+    "ManifestIntegrityError",
     "ModelInfo",
     "ModelIntegrityError",
     "ObsField",
     "ObservationField",
     "ObservationLayout",
     "SourceInfo",
+    "canonical_json",
     "load_manifest",
+    "manifest_sha256",
     "ratings_from_dict",
     "ratings_to_dict",
     "sha256_bytes",
     "sha256_file",
 ]
 
-SCHEMA_VERSION = 1
-"""Version of the manifest format; a change of meaning of any field is a new version."""
+SCHEMA_VERSION = 2
+"""Version of the manifest format; a change of meaning of any field is a new version.
+
+2: ``manifest_sha256`` covers the whole content (1 had no content hash and is refused).
+"""
+
+MANIFEST_HASH_KEY = "manifest_sha256"
+"""The JSON key holding the content sha256 (the one key the hash does not cover)."""
 
 ObservationField = ObsField
 """Former name of :class:`~pulsebms.core.observation.ObsField` (kept for compatibility).
@@ -70,6 +89,84 @@ class ManifestError(ValueError):
 
 class ModelIntegrityError(RuntimeError):
     """The model file's sha256 differs from the one recorded in the manifest."""
+
+
+class ManifestIntegrityError(ManifestError, ModelIntegrityError):
+    """The manifest's content differs from what its ``manifest_sha256`` records, or it has none.
+
+    Both a :class:`ManifestError` (the manifest is unusable) and a
+    :class:`ModelIntegrityError` (the deployed pair was modified), so a caller that catches
+    either refuses it.
+    """
+
+
+def canonical_json(data: Mapping[str, Any]) -> str:
+    r"""The canonical JSON text the content hash is computed over.
+
+    Every key but :data:`MANIFEST_HASH_KEY`, sorted at every level, no whitespace
+    (separators ``","`` and ``":"``), ASCII only (other characters as ``\uXXXX``), floats
+    as Python's shortest round-trip ``repr`` (``60.0``, ``1e-05``), no NaN or infinity.
+
+    Args:
+        data: The manifest's JSON object (as written, or as :func:`json.loads` read it).
+
+    Returns:
+        The canonical text.
+
+    Raises:
+        ManifestError: If the content holds NaN, infinity or a value JSON cannot hold.
+
+    Example:
+        >>> canonical_json({"b": [1, 2.5], "a": "x", "manifest_sha256": "ignored"})
+        '{"a":"x","b":[1,2.5]}'
+    """
+    content = {k: v for k, v in data.items() if k != MANIFEST_HASH_KEY}
+    try:
+        return json.dumps(
+            content, sort_keys=True, separators=(",", ":"), ensure_ascii=True, allow_nan=False
+        )
+    except (TypeError, ValueError) as exc:
+        raise ManifestError(f"manifest content is not plain JSON: {exc}") from exc
+
+
+def manifest_sha256(data: Mapping[str, Any]) -> str:
+    """Hex sha256 of :func:`canonical_json` of ``data`` (UTF-8): what ``manifest_sha256`` holds.
+
+    Args:
+        data: The manifest's JSON object; its own ``manifest_sha256`` key is ignored.
+
+    Returns:
+        The lower-case hex digest.
+
+    Raises:
+        ManifestError: If the content is not plain JSON (see :func:`canonical_json`).
+    """
+    return sha256_bytes(canonical_json(data).encode("utf-8"))
+
+
+def _check_content_hash(data: Mapping[str, Any], where: str) -> None:
+    """Refuse a manifest without a content hash, of another schema, or edited since written."""
+    recorded = data.get(MANIFEST_HASH_KEY)
+    version = data.get("schema_version")
+    if recorded is None:
+        raise ManifestIntegrityError(
+            f"manifest{where} has no {MANIFEST_HASH_KEY} (schema_version {version}; written "
+            "by an older pulsebms-export), so its limits and settings cannot be verified; "
+            "re-export the policy with pulsebms-export"
+        )
+    if version != SCHEMA_VERSION:
+        raise ManifestError(
+            f"manifest{where} schema_version {version} is not supported "
+            f"(this runtime reads {SCHEMA_VERSION}); re-export the policy"
+        )
+    actual = manifest_sha256(data)
+    if recorded != actual:
+        raise ManifestIntegrityError(
+            f"manifest{where} was modified after export: its content has sha256 {actual}, "
+            f"{MANIFEST_HASH_KEY} records {recorded}; refusing to run it (limits, shield "
+            "settings, layouts and ratings are covered: re-export the policy instead of "
+            "editing the manifest)"
+        )
 
 
 def sha256_bytes(data: bytes) -> str:
@@ -189,6 +286,25 @@ def ratings_from_dict(data: Mapping[str, Any]) -> PackRatings:
         raise ManifestError(f"manifest 'ratings' is invalid: {exc}") from exc
 
 
+_OBS_FLOATS = ("scale", "low", "high")
+
+_Field = TypeVar("_Field", ObsField, ActionField)
+
+
+def _typed(item: _Field, *, ints: tuple[str, ...], floats: tuple[str, ...]) -> _Field:
+    """``item`` with the named attributes as exact ``int`` / ``float`` (itself if they are)."""
+    changes: dict[str, Any] = {}
+    for name in ints:
+        value = getattr(item, name)
+        if type(value) is not int:
+            changes[name] = int(value)
+    for name in floats:
+        value = getattr(item, name)
+        if type(value) is not float:
+            changes[name] = float(value)
+    return replace(item, **changes) if changes else item
+
+
 @dataclass(frozen=True)
 class Manifest:
     """Everything the edge runtime needs to run an exported policy safely.
@@ -231,8 +347,28 @@ class Manifest:
     def __post_init__(self) -> None:
         layout = self.observation
         if not isinstance(layout, ObservationLayout):  # a plain sequence of fields
-            fields = tuple(sorted(layout, key=lambda f: f.start))
-            object.__setattr__(self, "observation", ObservationLayout(fields))
+            layout = ObservationLayout(tuple(sorted(layout, key=lambda f: f.start)))
+        # Numbers in the types JSON reads them back as (``-2`` → ``-2.0``), so that
+        # ``from_dict(to_dict())`` equals the manifest and its content hash is stable.
+        try:
+            fields = tuple(
+                _typed(f, ints=("start", "stop"), floats=_OBS_FLOATS) for f in layout.fields
+            )
+            if any(new is not old for new, old in zip(fields, layout.fields, strict=True)):
+                layout = ObservationLayout(fields, tuple(layout.pack_names))
+            normalized = {
+                "observation": layout,  # the caller's own object when already typed
+                "action": tuple(
+                    _typed(a, ints=("start", "stop"), floats=("low", "high")) for a in self.action
+                ),
+                "limits": tuple({str(k): float(v) for k, v in lim.items()} for lim in self.limits),
+                "parity": {str(k): float(v) for k, v in self.parity.items()},
+                "dt_s": float(self.dt_s),
+            }
+        except (TypeError, ValueError, AttributeError) as exc:
+            raise ManifestError(f"manifest holds a value of the wrong type: {exc}") from exc
+        for name, value in normalized.items():
+            object.__setattr__(self, name, value)
         self.validate()
 
     @property
@@ -317,34 +453,71 @@ class Manifest:
         if len(self.model.sha256) != 64:
             raise ManifestError("manifest model.sha256 is not a hex sha256 digest")
 
-    def to_dict(self) -> dict[str, Any]:
-        """Plain-JSON form (``path`` excluded)."""
+    def _content(self) -> dict[str, Any]:
+        """Every serialised key but the hash, as plain JSON values (lists, not tuples)."""
         data = asdict(self)
         data.pop("path")
         data["limits"] = [dict(lim) for lim in self.limits]
         # JSON has no infinity: an open bound is null (ObsField.to_dict)
         data["observation"] = [f.to_dict() for f in self.observation.fields]
         data["pack_names"] = list(self.observation.pack_names)
+        try:  # what json.loads will read back, so the hash written is the hash checked
+            plain: dict[str, Any] = json.loads(json.dumps(data, allow_nan=False))
+        except (TypeError, ValueError) as exc:
+            raise ManifestError(f"manifest content is not plain JSON: {exc}") from exc
+        return plain
+
+    def content_sha256(self) -> str:
+        """The sha256 of the canonical content: the ``manifest_sha256`` that :meth:`save` writes."""
+        return manifest_sha256(self._content())
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain-JSON form (``path`` excluded), ``manifest_sha256`` included."""
+        data = self._content()
+        data[MANIFEST_HASH_KEY] = manifest_sha256(data)
         return data
 
     def to_json(self) -> str:
-        """Deterministic JSON text (sorted keys, two-space indent, trailing newline)."""
+        """Deterministic JSON text (sorted keys, two-space indent, trailing newline).
+
+        It carries ``manifest_sha256``: this is the one way a manifest is written (the
+        exporter, tests and tools all go through it), so what is written always loads.
+        """
         return json.dumps(self.to_dict(), indent=2, sort_keys=True, allow_nan=False) + "\n"
 
     def save(self, path: str | Path) -> Path:
-        """Write :meth:`to_json` to ``path`` and return it."""
+        """Write :meth:`to_json` (content hash included) to ``path`` and return it.
+
+        Example:
+            >>> manifest.save("deploy/manifest.json")  # doctest: +SKIP
+            >>> load_manifest("deploy/manifest.json") == manifest  # doctest: +SKIP
+            True
+        """
         out = Path(path)
         out.write_text(self.to_json(), encoding="utf-8")
         return out
 
     @classmethod
-    def from_dict(cls, data: Mapping[str, Any], *, path: Path | None = None) -> Manifest:
+    def from_dict(
+        cls, data: Mapping[str, Any], *, path: Path | None = None, verify: bool = True
+    ) -> Manifest:
         """Build and validate a manifest from its JSON form.
 
+        Args:
+            data: The JSON object (:meth:`to_dict`).
+            path: Where it was read from (kept on the manifest, named in errors).
+            verify: Check ``manifest_sha256`` against the content first (the default, and
+                what :func:`load_manifest` does). ``False`` builds a manifest from content
+                that was edited on purpose, e.g. by a tool or a test that then writes it
+                with :meth:`save` (which records the new hash); never on a device.
+
         Raises:
+            ManifestIntegrityError: If ``verify`` and the hash is missing or differs.
             ManifestError: If a key is missing, has the wrong type, or the content is
                 inconsistent.
         """
+        if verify:
+            _check_content_hash(data, f" {path}" if path else "")
         try:
             return cls(
                 model=ModelInfo(**data["model"]),
@@ -403,6 +576,16 @@ class Manifest:
         return data
 
 
+def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    """``json.loads`` object hook refusing duplicate keys (a second value would hide an edit)."""
+    out: dict[str, Any] = {}
+    for key, value in pairs:
+        if key in out:
+            raise ManifestError(f"the key {key!r} appears twice in one object")
+        out[key] = value
+    return out
+
+
 def load_manifest(path: str | Path) -> Manifest:
     """Read and validate ``manifest.json``.
 
@@ -413,6 +596,8 @@ def load_manifest(path: str | Path) -> Manifest:
         The validated manifest (its ``path`` set).
 
     Raises:
+        ManifestIntegrityError: If the content differs from its ``manifest_sha256`` (edited
+            after export) or has none (written before the hash existed: re-export).
         ManifestError: If the file is missing, not JSON, or invalid.
 
     Example:
@@ -421,11 +606,13 @@ def load_manifest(path: str | Path) -> Manifest:
     """
     p = Path(path)
     try:
-        data = json.loads(p.read_text(encoding="utf-8"))
+        data = json.loads(p.read_text(encoding="utf-8"), object_pairs_hook=_unique_keys)
     except FileNotFoundError as exc:
         raise ManifestError(f"manifest {p} does not exist") from exc
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise ManifestError(f"manifest {p} is not readable JSON: {exc}") from exc
+    except ManifestError as exc:  # a duplicate key
+        raise ManifestError(f"manifest {p} is not canonical: {exc}") from exc
     if not isinstance(data, dict):
         raise ManifestError(f"manifest {p} must hold a JSON object")
     return Manifest.from_dict(data, path=p)

@@ -17,10 +17,12 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import sys
 from collections.abc import Sequence
 from typing import Any
 
+from pulsebms.core.console_scripts import missing_extra_message
 from pulsebms.export.errors import ExportError
 
 __all__ = ["build_parser", "main"]
@@ -33,6 +35,26 @@ def _json_object(text: str) -> dict[str, Any]:
         raise argparse.ArgumentTypeError(f"not valid JSON: {exc}") from exc
     if not isinstance(value, dict):
         raise argparse.ArgumentTypeError("must be a JSON object")
+    return value
+
+
+def _count(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from exc
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be >= 0, got {value}")
+    return value
+
+
+def _tolerance(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from exc
+    if not (math.isfinite(value) and value >= 0):
+        raise argparse.ArgumentTypeError(f"must be finite and >= 0, got {text}")
     return value
 
 
@@ -55,8 +77,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--kind", default="auto", choices=("auto", "sb3", "rllib"))
     p.add_argument("--shield", type=_json_object, default={}, help="JSON shield settings")
-    p.add_argument("--n-parity", type=int, default=1000, help="sampled parity observations")
-    p.add_argument("--tolerance", type=float, default=1e-5, help="max |onnx - source|")
+    p.add_argument("--n-parity", type=_count, default=1000, help="sampled parity observations")
+    p.add_argument("--tolerance", type=_tolerance, default=1e-5, help="max |onnx - source|")
     p.add_argument("--seed", type=int, default=0, help="seed of the parity sampler")
     p.add_argument("--opset", type=int, default=18)
     p.add_argument("--overwrite", action="store_true", help="replace an existing export")
@@ -90,6 +112,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ExportError as exc:
         print(f"pulsebms-export: refused: {exc}", file=sys.stderr)
         return 1
+    except ModuleNotFoundError as exc:  # e.g. --env-id without the sim extra
+        message = missing_extra_message("pulsebms-export", exc)
+        print(message or f"pulsebms-export: error: {exc}", file=sys.stderr)
+        return 2
     except (FileNotFoundError, ValueError, NotImplementedError, OSError, ImportError) as exc:
         print(f"pulsebms-export: error: {exc}", file=sys.stderr)
         return 2
@@ -99,6 +125,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 "model": str(result.model_path),
                 "manifest": str(result.manifest_path),
                 "sha256": result.manifest.model.sha256,
+                "manifest_sha256": result.manifest.content_sha256(),
                 "parity_max_abs_diff": result.parity.max_abs_diff,
                 "parity_n_observations": result.parity.n_observations,
             },

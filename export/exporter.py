@@ -2,7 +2,9 @@
 
 Order of work: build the deployed torch module, export it to ONNX bytes in memory, run the
 parity check, and only then write both files (to temporary names, renamed into place), so a
-failed export leaves no file behind.
+failed export leaves no file behind. The manifest records the model's sha256 and, through
+:meth:`~pulsebms.edge_runtime.manifest.Manifest.to_json`, the sha256 of its own content
+(``manifest_sha256``), both checked by the edge runtime at load.
 """
 
 from __future__ import annotations
@@ -10,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import datetime as dt
 import importlib.metadata
+import math
 import os
 import platform
 import tempfile
@@ -144,8 +147,10 @@ def export_policy(
         The paths, the manifest and the parity report.
 
     Raises:
-        ExportError: If the layout does not fit the policy or the output exists.
+        ExportError: If the layout does not fit the policy, the output exists, or the
+            parity check would compare no observation (``n_parity=0`` and none given).
         ParityError: If the parity check fails; nothing is written.
+        ValueError: If ``n_parity`` is negative or ``tolerance`` is not finite and >= 0.
 
     Example:
         >>> source = load_source("runs/ppo/model.zip")  # doctest: +SKIP
@@ -153,6 +158,10 @@ def export_policy(
         >>> result.parity.max_abs_diff < 1e-5  # doctest: +SKIP
         True
     """
+    if n_parity < 0:
+        raise ValueError(f"n_parity must be >= 0, got {n_parity}")
+    if not (math.isfinite(tolerance) and tolerance >= 0):
+        raise ValueError(f"the parity tolerance must be finite and >= 0, got {tolerance}")
     out = Path(out_dir)
     model_path, manifest_path = out / MODEL_FILE, out / MANIFEST_FILE
     if not overwrite and (model_path.exists() or manifest_path.exists()):
@@ -173,6 +182,11 @@ def export_policy(
     except Exception as exc:
         raise ExportError(f"torch could not export the policy to ONNX: {exc}") from exc
     batch = parity_observations(source, n_parity, seed=seed, given=observations)
+    if batch.shape[0] == 0:  # an empty comparison would pass whatever the model does
+        raise ExportError(
+            "the parity check needs at least one observation: n_parity is 0 and none were "
+            "given; nothing was written"
+        )
     report = check_parity(model, source, batch, tolerance=tolerance)
     if not report.passed:
         raise ParityError(

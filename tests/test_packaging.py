@@ -186,3 +186,159 @@ def test_core_imports_numpy_only() -> None:
     assert third_party <= {"numpy"}, third_party
     assert not _within(ours, "pulsebms.core")
     assert "pulsebms.core.types" in ours
+
+
+# ---------------------------------------------------------------- console scripts
+
+SCRIPTS_DECLARED: dict[str, str] = PYPROJECT["project"]["scripts"]
+EDGE_ONLY_ABSENT = (
+    *HEAVY,
+    "omegaconf",
+    "scipy",
+    "pandas",
+    "onnx",
+    "onnxscript",
+    "matplotlib",
+    "demandlib",
+    "pvlib",
+    "tqdm",
+    "rich",
+    "wandb",
+    "tensorboard",
+)
+"""What a ``pip install 'pulsebms[edge]'`` lacks: imports of these fail in the probe."""
+
+_EDGE_ONLY = """\
+import importlib, importlib.abc, sys
+ABSENT = set({absent!r})
+class Absent(importlib.abc.MetaPathFinder):
+    def find_spec(self, name, path=None, target=None):
+        if name.partition(".")[0] in ABSENT:
+            raise ModuleNotFoundError(f"No module named {{name!r}}", name=name)
+        return None
+sys.meta_path.insert(0, Absent())
+module, _, function = {target!r}.partition(":")
+sys.argv = [{script!r}, *{argv!r}]
+sys.exit(getattr(importlib.import_module(module), function)())
+"""
+
+
+def _run_edge_only(script: str, argv: list[str], cwd: Path) -> subprocess.CompletedProcess[str]:
+    """Run a console script's declared target as its wrapper would, in an edge-only shape."""
+    code = _EDGE_ONLY.format(
+        absent=EDGE_ONLY_ABSENT, target=SCRIPTS_DECLARED[script], script=script, argv=argv
+    )
+    return subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=120, cwd=cwd
+    )
+
+
+def _normalize(dist: str) -> str:
+    return re.sub(r"[-_.]+", "-", re.split(r"[\s\[<>=!~;]", dist.strip(), maxsplit=1)[0]).lower()
+
+
+def _declared_extra(extra: str) -> set[str]:
+    """Distributions an extra of pyproject.toml installs, nested ``pulsebms[...]`` expanded."""
+    out: set[str] = set()
+    for req in PYPROJECT["project"]["optional-dependencies"][extra]:
+        nested = re.fullmatch(r"pulsebms\[([\w,]+)\]", req.strip())
+        if nested:
+            for inner in nested.group(1).split(","):
+                out |= _declared_extra(inner)
+        else:
+            out.add(_normalize(req))
+    return out
+
+
+def test_every_console_script_goes_through_the_guard() -> None:
+    from pulsebms.core import console_scripts
+
+    assert set(console_scripts.SCRIPTS) == set(SCRIPTS_DECLARED)
+    for name, target in SCRIPTS_DECLARED.items():
+        module, _, function = target.partition(":")
+        assert module == "pulsebms.core.console_scripts", name
+        assert callable(getattr(console_scripts, function))
+        script = console_scripts.SCRIPTS[name]
+        assert set(script.extras) <= set(console_scripts.EXTRAS)
+        real_module, _, real_function = script.target.partition(":")
+        assert callable(getattr(importlib.import_module(real_module), real_function)), name
+
+
+def test_extras_table_matches_pyproject() -> None:
+    from pulsebms.core.console_scripts import EXTRAS, IMPORT_NAMES
+
+    for extra, dists in EXTRAS.items():
+        assert dists == _declared_extra(extra), extra
+    every = set().union(*EXTRAS.values())
+    assert set(IMPORT_NAMES.values()) <= every
+    assert {"torch", "hydra", "pybamm", "gymnasium", "ray", "onnx"} <= set(IMPORT_NAMES)
+
+
+def test_missing_extra_message_names_the_extra_that_installs_the_module() -> None:
+    from pulsebms.core.console_scripts import missing_extra_message
+
+    def message(script: str, name: str | None) -> str | None:
+        return missing_extra_message(
+            script, ModuleNotFoundError(f"No module named {name}", name=name)
+        )
+
+    assert message("pulsebms-train", "hydra.utils") == (
+        "pulsebms-train needs the 'train' extra: pip install 'pulsebms[train]' "
+        "(missing module 'hydra')"
+    )
+    assert "'rllib' extra" in str(message("pulsebms-train", "ray.rllib"))
+    assert "'sim' extra" in str(message("pulsebms-export", "gymnasium"))
+    assert "'train' extra" in str(message("pulsebms-export", "stable_baselines3"))
+    assert "'edge' extra" in str(message("pulsebms-bench", "cantools"))
+    assert "'train' extra" in str(message("pulsebms-eval", "yaml"))  # a dependency's dependency
+    # Not an extra's business: our own modules, the standard library, an unnamed error.
+    assert message("pulsebms-edge", "pulsebms.edge_runtime.nope") is None
+    assert message("pulsebms-edge", "sqlite3") is None
+    assert message("pulsebms-edge", None) is None
+
+
+@pytest.mark.parametrize(
+    ("script", "argv", "extra"),
+    [
+        ("pulsebms-demo", ["--timesteps", "1", "--out", "demo"], "train"),
+        ("pulsebms-train", ["experiment=quick"], "train"),
+        ("pulsebms-eval", [], "train"),
+        ("pulsebms-export", ["model.zip", "--out", "deploy", "--env-id", "X"], "export"),
+        ("pulsebms-hil", ["--manifest", "manifest.json"], "sim"),
+        ("pulsebms-bench", ["twin", "--quick"], "sim"),
+    ],
+)
+def test_edge_only_install_names_the_extra(
+    script: str, argv: list[str], extra: str, tmp_path: Path
+) -> None:
+    """Without the heavy stack every other command says what to install: one line, exit 2."""
+    done = _run_edge_only(script, argv, tmp_path)
+    assert done.returncode == 2, done.stderr
+    assert "Traceback" not in done.stderr + done.stdout
+    (line,) = done.stderr.splitlines()
+    assert re.fullmatch(
+        rf"{script} needs the '{extra}' extra: pip install 'pulsebms\[{extra}\]' "
+        r"\(missing module '\w+'\)",
+        line,
+    ), line
+    assert not any(tmp_path.iterdir())  # nothing started
+
+
+def test_edge_only_install_runs_the_edge(tmp_path: Path) -> None:
+    """``pulsebms-edge`` needs nothing beyond the edge extra: it runs a policy on a bus."""
+    sys.path.insert(0, str(ROOT / "tests" / "edge_runtime"))
+    try:
+        from edge_helpers import constant_onnx, make_manifest
+    finally:
+        sys.path.remove(str(ROOT / "tests" / "edge_runtime"))
+
+    from pulsebms.edge_runtime.manifest import sha256_bytes
+
+    model = constant_onnx(8, 3, 0.25)
+    (tmp_path / "policy.onnx").write_bytes(model)
+    make_manifest(sha256=sha256_bytes(model)).save(tmp_path / "manifest.json")
+    assert _run_edge_only("pulsebms-edge", ["--help"], tmp_path).returncode == 0
+    argv = ["--manifest", "manifest.json", "--interface", "virtual", "--channel", "edge-only"]
+    done = _run_edge_only("pulsebms-edge", [*argv, "--tick-s", "0.005", "--n-ticks", "3"], tmp_path)
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout)["ticks"] == 3.0

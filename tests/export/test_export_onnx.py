@@ -12,7 +12,13 @@ import onnx
 import pytest
 import torch
 
-from pulsebms.edge_runtime.manifest import load_manifest
+from pulsebms.edge_runtime.manifest import (
+    MANIFEST_HASH_KEY,
+    SCHEMA_VERSION,
+    ManifestIntegrityError,
+    load_manifest,
+    manifest_sha256,
+)
 from pulsebms.export import (
     ExportError,
     ParityError,
@@ -74,11 +80,19 @@ def test_graph_holds_normalisation_and_clipping(ppo_checkpoint: Path, tmp_path: 
 
 
 def test_export_is_deterministic(ppo_checkpoint: Path, tmp_path: Path) -> None:
-    digests = []
+    digests, manifests = [], []
     for name in ("a", "b"):
-        result = export_checkpoint(ppo_checkpoint, tmp_path / name, env_id=ENV_ID, n_parity=20)
+        result = export_checkpoint(
+            ppo_checkpoint,
+            tmp_path / name,
+            env_id=ENV_ID,
+            n_parity=20,
+            created_utc="2026-12-02T00:00:00+00:00",
+        )
         digests.append(hashlib.sha256(result.model_path.read_bytes()).hexdigest())
+        manifests.append(json.loads(result.manifest_path.read_text())[MANIFEST_HASH_KEY])
     assert digests[0] == digests[1]
+    assert manifests[0] == manifests[1]  # same inputs, same manifest content hash
 
 
 class _TamperedSource:
@@ -111,8 +125,9 @@ def test_parity_failure_refuses_and_writes_nothing(
 
 
 def test_tight_tolerance_refuses(ppo_checkpoint: Path, tmp_path: Path) -> None:
+    # float32 torch and onnxruntime differ in the last bits (≈6e-9 here): exactness refuses
     with pytest.raises(ParityError):
-        export_checkpoint(ppo_checkpoint, tmp_path, env_id=ENV_ID, n_parity=50, tolerance=-1.0)
+        export_checkpoint(ppo_checkpoint, tmp_path, env_id=ENV_ID, n_parity=50, tolerance=0.0)
     assert list(tmp_path.iterdir()) == []
 
 
@@ -152,6 +167,39 @@ def test_manifest_fields(ppo_checkpoint: Path, tmp_path: Path) -> None:
     assert data["limits"][0]["cell_voltage_max_v"] == 3.6  # LFP window, not NMC's
     manifest = load_manifest(result.manifest_path)  # the runtime reads what we wrote
     assert manifest.read_verified_model() == result.model_path.read_bytes()
+    # the whole content is covered by the recorded hash, and the runtime checks it
+    assert data["schema_version"] == SCHEMA_VERSION
+    assert data[MANIFEST_HASH_KEY] == manifest_sha256(data) == manifest.content_sha256()
+    assert result.manifest.content_sha256() == data[MANIFEST_HASH_KEY]
+    data["limits"][0]["temperature_max_c"] = 600
+    result.manifest_path.write_text(json.dumps(data, indent=2, sort_keys=True))
+    with pytest.raises(ManifestIntegrityError, match="modified after export"):
+        load_manifest(result.manifest_path)
+
+
+def test_parity_on_no_observation_is_refused(
+    ppo_checkpoint: Path, tmp_path: Path, fleet_spec
+) -> None:
+    """With a fleet spec nothing is recorded from an env: n_parity=0 would compare nothing."""
+    with pytest.raises(ExportError, match="at least one observation"):
+        export_checkpoint(ppo_checkpoint, tmp_path, fleet=fleet_spec, n_parity=0)
+    with pytest.raises(ValueError, match="tolerance"):
+        export_checkpoint(ppo_checkpoint, tmp_path, fleet=fleet_spec, tolerance=float("inf"))
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize(
+    "bad",
+    [["--n-parity", "-1"], ["--n-parity", "x"], ["--tolerance", "nan"], ["--tolerance", "-1"]],
+)
+def test_cli_bad_numbers_are_usage_errors(
+    bad: list[str], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with pytest.raises(SystemExit) as exc:
+        export_main(["model.zip", "--out", str(tmp_path), "--env-id", ENV_ID, *bad])
+    assert exc.value.code == 2
+    assert f"argument {bad[0]}:" in capsys.readouterr().err
+    assert list(tmp_path.iterdir()) == []
 
 
 def test_existing_export_is_not_overwritten(ppo_checkpoint: Path, tmp_path: Path) -> None:
@@ -183,6 +231,8 @@ def test_cli_exports_and_reports_errors(
     assert export_main(argv) == 0
     printed = json.loads(capsys.readouterr().out)
     assert printed["parity_max_abs_diff"] <= 1e-5
+    written = json.loads((out / "manifest.json").read_text())
+    assert printed["manifest_sha256"] == written[MANIFEST_HASH_KEY] == manifest_sha256(written)
     assert (out / "policy.onnx").is_file()
     assert (out / "manifest.json").is_file()
     assert export_main(argv) == 1  # exists: refused

@@ -35,9 +35,10 @@ def variant(exported: Path, tmp_path: Path) -> Callable[..., Path]:
     """Write a changed copy of the export: ``variant(edit, model=None) -> manifest path``.
 
     ``edit`` changes the manifest's JSON in place; ``model`` replaces the ONNX bytes (the
-    manifest's sha256 follows, so the runtime accepts the pair).
+    manifest's sha256 follows, and :meth:`Manifest.save` records the new content hash, so
+    the runtime accepts the pair).
     """
-    from pulsebms.edge_runtime.manifest import sha256_bytes
+    from pulsebms.edge_runtime.manifest import Manifest, sha256_bytes
 
     def make(edit: Callable[[dict[str, Any]], None], model: bytes | None = None) -> Path:
         manifest = json.loads(exported.read_text())
@@ -45,8 +46,6 @@ def variant(exported: Path, tmp_path: Path) -> Callable[..., Path]:
         data = model if model is not None else (exported.parent / "policy.onnx").read_bytes()
         manifest["model"]["sha256"] = sha256_bytes(data)
         (tmp_path / "policy.onnx").write_bytes(data)
-        path = tmp_path / "manifest.json"
-        path.write_text(json.dumps(manifest))
-        return path
+        return Manifest.from_dict(manifest, verify=False).save(tmp_path / "manifest.json")
 
     return make
