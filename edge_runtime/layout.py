@@ -44,8 +44,9 @@ from __future__ import annotations
 
 import math
 import struct
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from typing import Any
 
 import cantools.database
 from cantools.database import DecodeError, EncodeError
@@ -124,14 +125,90 @@ class SignalLayout:
 _Field = tuple[str, bool, int, int, int, int, struct.Struct | None, int, float, float, int, int]
 
 
+_DecodeFn = Callable[[int, int], dict[str, float]]
+_EncodeFn = Callable[[Mapping[str, float], int, int], tuple[int, int]]
+
+
 @dataclass(frozen=True)
 class _Node:
-    """A level of the multiplexing tree: its signals, then each selector's branches."""
+    """A level of the multiplexing tree: its signals, then each selector's branches.
+
+    ``decode_fn(little, big)`` and ``encode_fn(values, little, big)`` are the fields'
+    straight-line code (see :func:`_compile_fields`); ``fields`` drives the reference
+    encoder that reports errors.
+    """
 
     fields: tuple[_Field, ...]
-    has_little: bool
-    has_big: bool
     muxes: tuple[tuple[str, dict[int, _Node]], ...]
+    decode_fn: _DecodeFn
+    encode_fn: _EncodeFn
+
+
+def _linear_int_to_raw(value: float, offset: int, scale: int) -> int:
+    """The inverse of cantools' integer conversion (exact when the quotient is whole)."""
+    shifted = value - offset
+    quotient, remainder = divmod(shifted, scale)
+    return round(quotient if remainder == 0 else shifted / scale)
+
+
+def _float_bits(fmt: struct.Struct) -> Callable[[float], int]:
+    """IEEE bit pattern of a value, saturating to ±inf like bitstruct's C cast."""
+
+    def bits(raw: float) -> int:
+        try:
+            packed = fmt.pack(raw)
+        except OverflowError:
+            packed = fmt.pack(math.copysign(math.inf, float(raw)))
+        return int.from_bytes(packed, "big")
+
+    return bits
+
+
+def _compile_fields(fields: tuple[_Field, ...], label: str) -> tuple[_DecodeFn, _EncodeFn]:
+    """Generate straight-line decode and encode functions for one node's fields.
+
+    The generated source holds only generated identifiers and integer literals (shifts,
+    masks, bounds); signal names, scales, offsets and helpers are bound through the
+    function's namespace, so nothing from the DBC is ever parsed as code. The arithmetic is
+    cantools' own: ``raw * scale + offset`` and its inverse, ``round`` for integers.
+    """
+    ns: dict[str, Any] = {"_linear_int": _linear_int_to_raw}
+    items: list[str] = []
+    lines: list[str] = []
+    for i, field in enumerate(fields):
+        name, is_big, shift, mask, sign, _, fmt, kind, scale, offset, lo, hi = field
+        word = "big" if is_big else "little"
+        ns[f"_n{i}"], ns[f"_s{i}"], ns[f"_o{i}"] = name, scale, offset
+        bits = f"(({word} >> {shift}) & {mask})"
+        if fmt is not None:
+            ns[f"_unpack{i}"], ns[f"_pack{i}"] = fmt.unpack, _float_bits(fmt)
+            raw = f"_unpack{i}({bits}.to_bytes({fmt.size}, 'big'))[0]"
+        elif sign:
+            raw = f"(({bits} ^ {sign}) - {sign})"
+        else:
+            raw = bits
+        items.append(f"_n{i}: {raw}" if kind == _IDENTITY else f"_n{i}: {raw} * _s{i} + _o{i}")
+        lines.append(f"    v = values[_n{i}]")
+        if fmt is not None:
+            physical = "v" if kind == _IDENTITY else f"(v - _o{i}) / _s{i}"
+            lines.append(f"    {word} |= _pack{i}({physical}) << {shift}")
+            continue
+        if kind == _IDENTITY:
+            lines.append("    r = round(v)")
+        elif kind == _LINEAR_INT:
+            lines.append(f"    r = _linear_int(v, _o{i}, _s{i})")
+        else:
+            lines.append(f"    r = round((v - _o{i}) / _s{i})")
+        lines.append(f"    if r < {lo} or r > {hi}:\n        raise OverflowError")
+        lines.append(
+            f"    {word} |= (r & {mask}) << {shift}" if sign else f"    {word} |= r << {shift}"
+        )
+    source = (
+        "def decode(little, big):\n    return {" + ", ".join(items) + "}\n\n"
+        "def encode(values, little, big):\n" + "\n".join([*lines, "    return little, big"]) + "\n"
+    )
+    exec(compile(source, f"<layout {label}>", "exec"), ns)  # generated source: see the docstring
+    return ns["decode"], ns["encode"]
 
 
 def _is_integer(value: float) -> bool:
@@ -228,6 +305,8 @@ class MessageLayout:
         for s in signals:
             by_parent.setdefault(s.multiplexer_signal, []).append(s)
         self._root = self._node(by_parent, None, None)
+        self._little = any(not spec.big_endian for spec in self._signals.values())
+        self._big = any(spec.big_endian for spec in self._signals.values())
         self.is_multiplexed: bool = bool(self._root.muxes)
 
     # ------------------------------------------------------------------ compile
@@ -255,12 +334,8 @@ class MessageLayout:
                         (s.name, {k: self._node(by_parent, s.name, k) for k in sorted(children)})
                     )
             fields.append(_field(self._signals[s.name], s))
-        return _Node(
-            fields=tuple(fields),
-            has_little=any(not f[1] for f in fields),
-            has_big=any(f[1] for f in fields),
-            muxes=tuple(muxes),
-        )
+        decode_fn, encode_fn = _compile_fields(tuple(fields), self.name)
+        return _Node(tuple(fields), tuple(muxes), decode_fn, encode_fn)
 
     # ------------------------------------------------------------------ helpers
     def signal(self, name: str) -> SignalLayout:
@@ -323,30 +398,25 @@ class MessageLayout:
             if len(data) < n:
                 raise DecodeError(f"Wrong data size: {len(data)} instead of {n} bytes")
             data = data[:n]
-        out: dict[str, float] = {}
-        self._decode_node(self._root, bytes(data), out)
+        little = int.from_bytes(data, "little") if self._little else 0
+        big = int.from_bytes(data, "big") if self._big else 0
+        root = self._root
+        out = root.decode_fn(little, big)
+        if root.muxes:
+            self._decode_branches(root, little, big, out)
         return out
 
-    def _decode_node(self, node: _Node, data: bytes, out: dict[str, float]) -> None:
-        little = int.from_bytes(data, "little") if node.has_little else 0
-        big = int.from_bytes(data, "big") if node.has_big else 0
-        for name, is_big, shift, mask, sign, modulus, fmt, kind, scale, offset, _, _ in node.fields:
-            bits = ((big if is_big else little) >> shift) & mask
-            value: float
-            if fmt is not None:
-                value = fmt.unpack(bits.to_bytes(fmt.size, "big"))[0]
-            elif sign and bits & sign:
-                value = bits - modulus
-            else:
-                value = bits
-            out[name] = value if kind == _IDENTITY else value * scale + offset
+    @staticmethod
+    def _decode_branches(node: _Node, little: int, big: int, out: dict[str, float]) -> None:
         for mux_name, branches in node.muxes:
             selector = int(out[mux_name])
             branch = branches.get(selector)
             if branch is None:
                 ids = " or ".join(str(k) for k in sorted(branches))
                 raise DecodeError(f"expected multiplexer id {ids}, but got {selector}")
-            self._decode_node(branch, data, out)
+            out.update(branch.decode_fn(little, big))
+            if branch.muxes:
+                MessageLayout._decode_branches(branch, little, big, out)
 
     # ------------------------------------------------------------------ encode
     def encode(self, values: Mapping[str, float]) -> bytes:
@@ -370,13 +440,32 @@ class MessageLayout:
             ValueError: If an integer signal's value is NaN (as ``round`` raises).
             OverflowError: If an integer signal's value is infinite (as ``round`` raises).
         """
-        acc = [0, 0]  # little, big
-        self._encode_node(self._root, values, acc)
+        root = self._root
+        try:
+            little, big = root.encode_fn(values, 0, 0)
+            if root.muxes:
+                little, big = self._encode_branches(root, values, little, big)
+        except Exception:  # the reference encoder says what is wrong (or encodes it)
+            acc = [0, 0]
+            self._encode_node(root, values, acc)
+            little, big = acc
         n = self.length
-        little, big = acc
-        if little:
-            big |= int.from_bytes(little.to_bytes(n, "little"), "big")
-        return big.to_bytes(n, "big")
+        if not little:
+            return big.to_bytes(n, "big")
+        if not big:
+            return little.to_bytes(n, "little")
+        return (big | int.from_bytes(little.to_bytes(n, "little"), "big")).to_bytes(n, "big")
+
+    @staticmethod
+    def _encode_branches(
+        node: _Node, values: Mapping[str, float], little: int, big: int
+    ) -> tuple[int, int]:
+        for mux_name, branches in node.muxes:
+            branch = branches[int(values[mux_name])]
+            little, big = branch.encode_fn(values, little, big)
+            if branch.muxes:
+                little, big = MessageLayout._encode_branches(branch, values, little, big)
+        return little, big
 
     def _encode_node(self, node: _Node, values: Mapping[str, float], acc: list[int]) -> None:
         little, big = acc
