@@ -25,8 +25,11 @@ by Python's last-resort handler, made before the safe frame is sent.
 Backends: ``cantools`` (the codec decodes and encodes with cantools per frame) and
 ``compiled`` (the codec uses :mod:`pulsebms.edge_runtime.layout`), when the codec offers
 ``CanCodec(..., backend=...)``; the ratio ``cantools / compiled`` is taken in the same run.
-The codec-level figures (``layout``: one frame decoded or encoded by cantools and by the
-compiled layout, interleaved) are reported in every case.
+The codec-level figures are reported in every case: ``codec`` is one frame's payload
+decoded or encoded by cantools and by the compiled layout (interleaved); ``codec path``
+is the codec's whole per-frame path (:meth:`CanCodec.decode` of a telemetry frame,
+:meth:`CanCodec.encode_setpoint`) per backend beside the layout's floor (its decode; its
+encode plus building the ``can.Message``).
 
 **Profile**: the 100-pack tick (frames + tick) runs under :mod:`cProfile`, and the time
 spent in what the runtime calls directly is grouped (codec decode, store, limit check,
@@ -77,7 +80,8 @@ __all__ = ["main"]
 
 SIZES = (3, 100)
 TARGET_TICK_P50_MS = 1.0
-"""Target: full tick p50 at 100 packs [ms]."""
+"""Target: full tick p50 at :data:`TARGET_PACKS` packs [ms]."""
+TARGET_PACKS = 100
 TARGET_SAFE_FRAME_P99_US = 250.0
 """Target: frame → safe frame p99 [µs]."""
 HIDDEN = 64
@@ -441,6 +445,47 @@ def _layout_vs_cantools(n_calls: int) -> dict[str, dict[str, float]]:
     return rows
 
 
+def _codec_paths(backends: Sequence[str], n_calls: int) -> dict[str, dict[str, float]]:
+    """Per frame, the codec's whole path against the message layout's floor [µs, p50].
+
+    ``decode``: :meth:`CanCodec.decode` of a telemetry frame (routing, checks, units) per
+    backend, and the compiled layout's decode of the same bytes. ``encode``:
+    :meth:`CanCodec.encode_setpoint` per backend, and the layout's encode plus building the
+    ``can.Message`` (what any set-point frame costs at least).
+    """
+    codecs = {b: _codec(1, b) for b in backends}
+    frame = codecs[backends[0]].encode_telemetry(0, _CLEAN)[0]
+    data = bytes(frame.data)
+    telemetry = compile_message(codecs[backends[0]].db.get_message_by_name("PackTelemetry"))
+    setpoint = compile_message(codecs[backends[0]].db.get_message_by_name("PackSetpoint"))
+    values = {"PowerSetpoint": 1234.0, "Mode": 1, "Enable": 1, "Reason": 0, "Counter": 5}
+    frame_id = setpoint.frame_id
+
+    def floor_encode() -> object:
+        return can.Message(arbitration_id=frame_id, data=setpoint.encode(values), dlc=8)
+
+    calls: dict[str, dict[str, Callable[[], object]]] = {"decode": {}, "encode": {}}
+    for b, codec in codecs.items():
+        calls["decode"][b] = lambda codec=codec: codec.decode(frame)
+        calls["encode"][b] = lambda codec=codec: codec.encode_setpoint(0, 1234.0, counter=5)
+    calls["decode"]["layout floor"] = lambda: telemetry.decode(data)
+    calls["encode"]["layout floor"] = floor_encode
+    clock = time.perf_counter_ns
+    rows: dict[str, dict[str, float]] = {}
+    for direction, named in calls.items():
+        times = np.empty((len(named), n_calls))
+        for k in range(n_calls):  # interleaved
+            for j, call in enumerate(named.values()):
+                start = clock()
+                call()
+                times[j, k] = clock() - start
+        rows[direction] = {
+            f"{name}_p50_us": round(float(np.percentile(t, 50)) / 1000.0, 2)
+            for name, t in zip(named, times, strict=True)
+        }
+    return rows
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run the benchmark and print a table and ``RESULT {json}``.
 
@@ -492,6 +537,10 @@ def _run(args: argparse.Namespace) -> int:
             f"codec {key:<22} cantools p50 {row['cantools_p50_us']:6.2f} µs  compiled p50 "
             f"{row['compiled_p50_us']:6.2f} µs  ratio {row['ratio_p50']:.2f}"
         )
+    path_rows = _codec_paths(backends, n_codec)
+    for direction, row in path_rows.items():
+        cells = ", ".join(f"{k.removesuffix('_p50_us')} {v:.2f}" for k, v in row.items())
+        print(f"codec path {direction} p50 [µs]: {cells}")
     print(
         f"{'packs':>5} {'backend':>9} {'tick p50':>9} {'tick p99':>9} {'(tick':>8} {'rx)':>7} "
         f"{'safe p50':>9} {'safe p99':>9} {'bus p50':>8} {'bus p99':>8} {'send n':>7}  [µs]"
@@ -557,13 +606,16 @@ def _run(args: argparse.Namespace) -> int:
     big = rows[str(max(sizes))][backends[-1]]
     tick_p50_ms = big["full_tick"]["p50_us"] / 1000.0
     safe_p99 = max(r[backends[-1]]["safe_frame"]["p99_us"] for r in rows.values())
-    tick_ok = tick_p50_ms <= TARGET_TICK_P50_MS
+    judged = TARGET_PACKS in sizes  # the tick target is set at 100 packs
+    tick_ok = judged and tick_p50_ms <= TARGET_TICK_P50_MS
     safe_ok = safe_p99 <= TARGET_SAFE_FRAME_P99_US
     own_ms = big["full_tick_minus_send_p50_us"] / 1000.0
+    verdict = ("met" if tick_ok else "NOT met") if judged else f"not judged (no {TARGET_PACKS})"
     print(f"{max(sizes)}-pack full tick p50 without the virtual bus's send floor: {own_ms:.3f} ms")
     print(
         f"targets ({backends[-1]}): {max(sizes)}-pack full tick p50 {tick_p50_ms:.3f} ms "
-        f"<= {TARGET_TICK_P50_MS:g} ms {'met' if tick_ok else 'NOT met'}; "
+        f"<= {TARGET_TICK_P50_MS:g} ms "
+        f"{verdict}; "
         f"frame → safe frame p99 {safe_p99:.1f} µs <= {TARGET_SAFE_FRAME_P99_US:g} µs "
         f"{'met' if safe_ok else 'NOT met'}"
     )
@@ -573,13 +625,14 @@ def _run(args: argparse.Namespace) -> int:
         "policy": policy_name,
         "sizes": rows,
         "codec": codec_rows,
+        "codec_path": path_rows,
         "profile_share": {k: round(v, 4) for k, v in profile.items()},
         "full_tick_p50_ms_max_size": round(tick_p50_ms, 4),
         "full_tick_minus_send_p50_ms_max_size": round(own_ms, 4),
         "safe_frame_p99_us": safe_p99,
         "target_tick_p50_ms": TARGET_TICK_P50_MS,
         "target_safe_frame_p99_us": TARGET_SAFE_FRAME_P99_US,
-        "targets_met": bool(tick_ok and safe_ok),
+        "targets_met": bool(tick_ok and safe_ok) if judged else None,
         "load_average_1m": round(load[0], 2),
     }
     print("RESULT " + json.dumps(result, sort_keys=True))
