@@ -421,3 +421,42 @@ def test_container_message_is_refused() -> None:
     assert container.is_container
     with pytest.raises(ValueError, match="container"):
         MessageLayout(container)
+
+
+def test_no_cantools_call_per_frame(monkeypatch: pytest.MonkeyPatch) -> None:
+    """After compiling, decode and encode never go back to cantools (nor bitstruct)."""
+    db = cantools.database.load_file(str(default_dbc_path()))
+    assert isinstance(db, cantools.database.Database)
+    message = db.get_message_by_name("PackTelemetry")
+    payload = bytes(range(8))
+    expected = _cantools_decode(message, payload)
+    layout = compile_message(message)
+
+    def boom(*args: object, **kwargs: object) -> None:
+        raise AssertionError("cantools called per frame")
+
+    monkeypatch.setattr(message, "decode", boom)
+    monkeypatch.setattr(message, "encode", boom)
+    monkeypatch.setattr(cantools.database.utils, "decode_data", boom)
+    monkeypatch.setattr(cantools.database.utils, "encode_data", boom)
+    assert_same_decoded(layout.decode(payload), expected)
+    assert layout.decode(layout.encode(expected)) == layout.decode(payload)
+
+
+def test_signal_names_are_data_not_code() -> None:
+    """Names reach the generated functions as values: odd ones cannot break or inject."""
+    odd = "x'] ; __import__('os').system('false') ; ['\n\"{}"
+    message = Message(
+        0x7,
+        "Odd'\nName",
+        2,
+        [
+            Signal(odd, 0, 8, conversion=BaseConversion.factory(0.5, -1)),
+            Signal("plain", 15, 8, "big_endian", is_signed=True),
+        ],
+    )
+    layout = compile_message(message)
+    values = {odd: 20.5, "plain": -3}
+    data = layout.encode(values)
+    assert data == message.encode(values, strict=False)
+    assert_same_decoded(layout.decode(data), _cantools_decode(message, data))
