@@ -37,8 +37,8 @@ encode plus building the ``can.Message``).
 **Profile**: the 100-pack tick (frames + tick) runs under :mod:`cProfile`, and the time
 spent in what the runtime calls directly is grouped (codec decode, store, limit check,
 observation, policy, shield, codec encode, bus send, runtime's own code and numpy glue).
-The shares are printed beside the share-scaled unprofiled p50 (cProfile slows Python
-calls more than C ones: read the shares as a guide).
+The shares are printed beside the share-scaled unprofiled CPU p50 (cProfile slows
+Python calls more than C ones: read the shares as a guide).
 
 Targets: 100-pack full tick p50 ≤ 1 ms; frame → safe frame p99 ≤ 250 µs.
 
@@ -620,10 +620,10 @@ def _run(args: argparse.Namespace) -> int:
             ratio = rows[str(n)]["ratio_cantools_over_compiled"]
             print(f"{n:>5} ratio cantools/compiled p50: {ratio}")
     if profile:
-        best = rows[str(max(sizes))][backends[-1]]["full_tick"]["p50_us"]
+        best = rows[str(max(sizes))][backends[-1]]["full_tick_cpu"]["p50_us"]
         print(f"profile of the {max(sizes)}-pack frames + tick ({backends[-1]}, {policy_name}):")
         for label, share in profile.items():
-            print(f"  {label:<36} {100 * share:5.1f} %  ~{share * best:7.1f} µs of the p50")
+            print(f"  {label:<36} {100 * share:5.1f} %  ~{share * best:7.1f} µs of the CPU p50")
     big = rows[str(max(sizes))][backends[-1]]
     tick_p50_ms = big["full_tick"]["p50_us"] / 1000.0
     safe_p99 = max(r[backends[-1]]["safe_frame"]["p99_us"] for r in rows.values())
