@@ -56,6 +56,7 @@ from __future__ import annotations
 
 import argparse
 import cProfile
+import functools
 import inspect
 import itertools
 import json
@@ -482,8 +483,8 @@ def _codec_paths(backends: Sequence[str], n_calls: int) -> dict[str, dict[str, f
 
     calls: dict[str, dict[str, Callable[[], object]]] = {"decode": {}, "encode": {}}
     for b, codec in codecs.items():
-        calls["decode"][b] = lambda codec=codec: codec.decode(frame)
-        calls["encode"][b] = lambda codec=codec: codec.encode_setpoint(0, 1234.0, counter=5)
+        calls["decode"][b] = functools.partial(codec.decode, frame)
+        calls["encode"][b] = functools.partial(codec.encode_setpoint, 0, 1234.0, counter=5)
     calls["decode"]["layout floor"] = lambda: telemetry.decode(data)
     calls["encode"]["layout floor"] = floor_encode
     clock = time.perf_counter_ns
