@@ -214,7 +214,7 @@ class _Harness:
             self.policy,
             self.rt_bus,
             codec=self.codec,
-            tick_s=1.0,
+            tick_s=manifest.dt_s,
             stale_after_s=3600.0,
             recovery_hold_s=1.0,
             clock=self.clock,
