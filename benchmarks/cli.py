@@ -7,6 +7,7 @@ combined ``RESULT {json}`` line.
 
 Example:
     $ pulsebms-bench shield --quick
+    $ pulsebms-bench edge --quick
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ __all__ = ["BENCHMARKS", "main"]
 BENCHMARKS: dict[str, str] = {
     "twin": "pulsebms.benchmarks.twin",
     "shield": "pulsebms.benchmarks.shield",
+    "edge": "pulsebms.benchmarks.edge",
 }
 
 
