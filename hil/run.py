@@ -16,22 +16,42 @@ Example:
 from __future__ import annotations
 
 import collections
-from collections.abc import Mapping
+import inspect
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, cast
 
 import can
 import gymnasium as gym
+import numpy as np
 
 import pulsebms.envs  # noqa: F401 - registers the PulseBMS ids
-from pulsebms.edge_runtime.codec import CanCodec
+from pulsebms.edge_runtime.codec import CanCodec, SignalMap
 from pulsebms.edge_runtime.manifest import load_manifest
 from pulsebms.edge_runtime.runtime import EdgeRuntime
 from pulsebms.hil.parity import DEFAULT_OBS_TOLERANCE, ObservationParity
 from pulsebms.hil.simulator import HilFaults, HilSimulator, SimClock
 
-__all__ = ["HilReport", "run_hil"]
+__all__ = ["HilReport", "TwinSite", "run_hil"]
+
+
+class TwinSite:
+    """Site values straight from the twin, for signal maps without a site frame on CAN.
+
+    A :class:`~pulsebms.edge_runtime.site.SiteSource` (``poll(now_s)``): the runtime asks
+    it every tick, as it would ask a site meter or a CSV schedule.
+
+    Args:
+        sim: The simulator whose site values to give; ``None`` until it exists.
+    """
+
+    def __init__(self, sim: HilSimulator | None = None) -> None:
+        self.sim = sim
+
+    def poll(self, now_s: float) -> Mapping[str, float] | None:
+        """The twin's site values now, or ``None`` before the simulator exists."""
+        return None if self.sim is None else self.sim.site_values()
 
 
 @dataclass(frozen=True)
@@ -110,6 +130,9 @@ def run_hil(
     bus_kwargs: Mapping[str, Any] | None = None,
     runtime_kwargs: Mapping[str, Any] | None = None,
     obs_tolerance: float = DEFAULT_OBS_TOLERANCE,
+    dbc_path: str | Path | Sequence[str | Path] | None = None,
+    signal_map: SignalMap | str | Path | None = None,
+    codec_backend: str = "compiled",
 ) -> HilReport:
     """Run the edge runtime against the twin on a python-can bus, in one process.
 
@@ -135,14 +158,21 @@ def run_hil(
         runtime_kwargs: Extra keyword arguments of :class:`EdgeRuntime`.
         obs_tolerance: Largest per-entry |runtime − twin| observation difference counted
             as equal (see :data:`pulsebms.hil.parity.DEFAULT_OBS_TOLERANCE`).
+        dbc_path: DBC file(s) both sides speak; the project DBC by default.
+        signal_map: Signal map (or its file) of that DBC; the default map by default.
+            Without a site frame in the map the runtime gets the site values from the
+            twin (:class:`TwinSite`) instead of the bus.
+        codec_backend: Layout backend of both codecs (``compiled`` or ``cantools``).
 
     Returns:
         The KPIs, with the parity verdict (a failed parity is reported, not raised).
 
     Raises:
-        ValueError: If the env's fleet does not match the manifest.
+        ValueError: If the env's fleet does not match the manifest, or the signal map does
+            not fit the DBC.
         TypeError: If ``env_id`` is not a FleetEnv.
     """
+    smap = SignalMap.load(signal_map) if isinstance(signal_map, (str, Path)) else signal_map
     clock = SimClock()
     settle = (0.0 if interface == "virtual" else 0.05) if settle_s is None else settle_s
     kwargs = dict(bus_kwargs or {})
@@ -156,13 +186,28 @@ def run_hil(
             "recovery_hold_s": 2.0 * step_s,
             **dict(runtime_kwargs or {}),
         }
+        n = load_manifest(manifest_path).n_packs
+
+        def codec() -> CanCodec:
+            return CanCodec(n, dbc_path=dbc_path, signal_map=smap, backend=codec_backend)
+
+        rt_codec = codec()
+        options.setdefault("codec", rt_codec)
+        twin_site = TwinSite()
+        site_bridge = False  # a runtime without site sources: the loop feeds its store
+        if not rt_codec.has_site:
+            if "site_source" in inspect.signature(EdgeRuntime).parameters:
+                options.setdefault("site_source", twin_site)
+            else:
+                site_bridge = True
         runtime = EdgeRuntime.from_files(
             manifest_path, model_path, bus=rt_bus, tick_s=step_s, clock=clock, **options
         )
-        n = runtime.n_packs
-        sim = HilSimulator(env, sim_bus, CanCodec(n), faults=faults)
+        sim = HilSimulator(env, sim_bus, codec(), faults=faults)
+        twin_site.sim = sim
         if sim.n_packs != n:
             raise ValueError(f"{env_id} has {sim.n_packs} packs, the manifest {n}")
+        series = np.asarray(runtime.ratings.series, dtype=np.float64)
         parity = ObservationParity(runtime.builder.fields, tolerance=obs_tolerance)
         sim.reset(seed=seed)
         episodes = 1
@@ -173,6 +218,9 @@ def run_hil(
             twin_obs = sim.observation
             sim.send_telemetry(tick)
             runtime.poll(settle)
+            if site_bridge:
+                runtime.store.update_site(sim.site_values(), now_s=clock())
+            _pack_voltage_bridge(runtime, rt_codec, series)
             report = runtime.tick()
             sim.receive_setpoints(settle)
             parity.update(tick, report.observation, twin_obs, report.safe)
@@ -214,3 +262,15 @@ def run_hil(
         for bus in (rt_bus, sim_bus):
             bus.shutdown()
         cast(Any, env).close()  # gymnasium's Env.close is unannotated
+
+
+def _pack_voltage_bridge(runtime: EdgeRuntime, codec: CanCodec, series: np.ndarray[Any, Any]) -> None:
+    """Give the codec the runtime's pack voltages (for current-limit commands).
+
+    A runtime that calls ``codec.encode_command(..., pack_voltage_v=...)`` does not need
+    this; one that calls ``encode_setpoint`` without a voltage gets it from here.
+    """
+    values = getattr(runtime.store, "values", None)
+    if isinstance(values, Mapping) and "cell_voltage_v" in values:
+        volts = np.asarray(values["cell_voltage_v"], dtype=np.float64) * series
+        codec.pack_voltage_v[:] = np.where(np.isfinite(volts), volts, codec.pack_voltage_v)

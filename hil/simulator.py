@@ -1,8 +1,9 @@
 """The fleet twin on a CAN bus: pack telemetry out, set-points in, twin stepped.
 
 :class:`HilSimulator` owns a :class:`pulsebms.envs.FleetEnv` and a python-can bus. Each
-tick it sends every pack's telemetry and the site frame, collects the set-points the
-runtime sent, and steps the twin with them (a pack that received no set-point idles at
+tick it sends every pack's telemetry and the site frame (when the signal map has one),
+collects the commands the runtime sent (set-points or state requests, whatever the codec's
+signal map says), and steps the twin with them (a pack that received no set-point idles at
 zero power, as a BMS without a command does). :class:`HilFaults` makes it lie on purpose
 (silent packs, malformed frames, an overheating pack); :class:`SimClock` is the simulated
 clock the runtime and the simulator share.
@@ -102,6 +103,7 @@ class HilSimulator:
         self.faults = faults or HilFaults()
         self.n_packs = int(base.n_packs)
         self.rated_w: FloatArray = np.asarray(base.ratings.rated_power_w, dtype=np.float64)
+        self.series: FloatArray = np.asarray(base.ratings.series, dtype=np.float64)
         self.frames_sent = 0
         self.frames_received = 0
         self.observation: FloatArray = np.zeros(0)
@@ -129,8 +131,6 @@ class HilSimulator:
             tick: Control tick (from 0), for the faults' schedules.
         """
         state = self.base.fleet_state()
-        series = self.base.series
-        k = min(int(self.base.step_index), series.n_samples - 1)
         for i in range(self.n_packs):
             start = self.faults.silent_packs.get(i)
             if start is not None and tick >= start:
@@ -151,22 +151,40 @@ class HilSimulator:
             ):
                 self._send(msg)
             self._counters[i] += 1
-        self._send(
-            self.codec.encode_site(
-                float(series.net_load_w[k]),
-                price_per_kwh=float(series.price_eur_per_kwh[k]),
-                time_of_day_s=float(series.hour_of_day[k]) * 3600.0,
-                ambient_c=float(series.ambient_c[k]),
-                counter=self._site_counter,
+        if self.codec.has_site:  # else the runtime takes site_values() from another source
+            site = self.site_values()
+            self._send(
+                self.codec.encode_site(
+                    site["demand_w"],
+                    price_per_kwh=site["price_per_kwh"],
+                    time_of_day_s=site["time_of_day_s"],
+                    ambient_c=site["ambient_c"],
+                    counter=self._site_counter,
+                )
             )
-        )
-        self._site_counter += 1
+            self._site_counter += 1
         every = self.faults.malformed_every
         if every and tick % every == every - 1:
             tel_id = self.codec.frame_id("telemetry", 0)
             self._send(can.Message(arbitration_id=tel_id, is_extended_id=False, data=b"\x01\x02"))
             self._send(can.Message(arbitration_id=0x7F0, is_extended_id=False, data=bytes(8)))
             self._send(can.Message(arbitration_id=0, is_error_frame=True))
+
+    def site_values(self) -> dict[str, float]:
+        """The site's present values (demand [W], price, time of day [s], ambient [°C])."""
+        series = self.base.series
+        k = min(int(self.base.step_index), series.n_samples - 1)
+        return {
+            "demand_w": float(series.net_load_w[k]),
+            "price_per_kwh": float(series.price_eur_per_kwh[k]),
+            "time_of_day_s": float(series.hour_of_day[k]) * 3600.0,
+            "ambient_c": float(series.ambient_c[k]),
+        }
+
+    def pack_voltage_v(self) -> FloatArray:
+        """Each pack's voltage now [V]: cell voltage × cells in series."""
+        cell_v = np.asarray(self.base.fleet_state().cell_voltage_v, dtype=np.float64)
+        return cell_v * self.series
 
     def receive_setpoints(self, timeout_s: float = 0.0) -> int:
         """Collect set-point frames until none arrives within ``timeout_s``.
@@ -189,15 +207,20 @@ class HilSimulator:
                 got += 1
 
     def step(self) -> tuple[float, bool, dict[str, Any]]:
-        """Step the twin with the latest set-points (none received: zero).
+        """Step the twin with the latest commands (none received: zero).
+
+        A set-point gives its power; a state request its limit in the requested direction
+        (current limits × the pack's voltage); standby, safe or disabled gives zero.
 
         Returns:
             ``(reward, episode_done, info)``.
         """
         action = np.zeros(self.n_packs, dtype=np.float64)
+        volts = self.pack_voltage_v()  # a state request's current limits run at this voltage
         for pack, sp in self._setpoints.items():
-            enabled = sp.enable is not False and sp.mode != self.codec.signal_map.mode_safe
-            action[pack] = sp.power_w / self.rated_w[pack] if enabled else 0.0
+            enabled = sp.enabled and sp.mode != self.codec.signal_map.mode_safe
+            power_w = sp.power_w_at(float(volts[pack]))
+            action[pack] = power_w / self.rated_w[pack] if enabled else 0.0
         self._setpoints.clear()
         obs, reward, terminated, truncated, info = self.env.step(action.astype(np.float32))
         self.observation = np.asarray(obs, dtype=np.float64)

@@ -210,3 +210,37 @@ def test_python_dash_m_pulsebms_hil(tmp_path: Path) -> None:
     )
     assert out.returncode == EXIT_REFUSED, out.stderr
     assert "pulsebms-hil: refusing to start" in out.stderr
+
+
+def test_hil_speaks_the_foreign_dbc_by_configuration_only(
+    exported: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """AX-BMS (Motorola, 0.1 % SoC, state requests with current limits, no site frame)."""
+    from pulsebms.edge_runtime.codec import FOREIGN_DBC, FOREIGN_SIGNAL_MAP
+    from pulsebms.edge_runtime.signal_map import data_path
+
+    dbc, smap = data_path(FOREIGN_DBC), data_path(FOREIGN_SIGNAL_MAP)
+    report = run_hil(exported, n_ticks=30, channel="hil-foreign", dbc_path=dbc, signal_map=smap)
+    assert report.ticks == 30
+    # 3 packs × (status, voltages, temperatures, 52 cell blocks); no site frame on CAN
+    assert report.frames_to_runtime == 30 * 3 * 55
+    assert report.frames_from_runtime == 30 * 3
+    assert report.runtime["malformed_frames"] == 0
+    assert report.safe_pack_ticks == 0
+    assert report.twin_violations == 0
+    assert report.parity_ok, report.parity
+    assert report.obs_compared_ticks == 30
+    # the same run from the command line
+    argv = ["--manifest", str(exported), "--n-ticks", "5", "--channel", "hil-foreign-cli"]
+    assert hil_main([*argv, "--dbc", str(dbc), "--signal-map", str(smap)]) == 0
+    assert json.loads(capsys.readouterr().out)["parity_ok"] is True
+
+
+def test_hil_cli_refuses_a_bad_signal_map(
+    exported: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    bad = tmp_path / "map.json"
+    bad.write_text('{"version": 2, "telemetry": [], "command": {}}')
+    argv = ["--manifest", str(exported), "--n-ticks", "1", "--signal-map", str(bad)]
+    assert hil_main(argv) == EXIT_REFUSED
+    assert "signal map" in capsys.readouterr().err
