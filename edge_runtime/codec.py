@@ -2,10 +2,11 @@
 
 The project's own protocol is ``data/pulsebms.dbc`` (see its comments): pack ``i`` sends
 telemetry on ``0x100 + i`` and receives set-points on ``0x300 + i``; the site frame has one
-id. Another BMS is wired by configuration only: a :class:`~pulsebms.edge_runtime.signal_map.SignalMap`
-(v2, see ``docs/signal_map.md``) says which signal of which message carries which quantity,
-each pack's frame ids, which bus each pack is on, the command form (power set-point or state
-request with limits), and which counters and checksums to check. ``data/foreign_bms.dbc``
+id. Another BMS is wired by configuration only: a
+:class:`~pulsebms.edge_runtime.signal_map.SignalMap` (v2, see ``docs/signal_map.md``)
+says which signal of which message carries which quantity, each pack's frame ids, which bus
+each pack is on, the command form (power set-point or state request with limits), and which
+counters and checksums to check. ``data/foreign_bms.dbc``
 with ``data/foreign_bms.json`` is a worked example.
 
 **Quantity contract** (what :meth:`CanCodec.decode` gives the runtime):
@@ -25,6 +26,7 @@ bits.
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import logging
 import math
@@ -404,10 +406,8 @@ class CanCodec:
     def _message(self, name: str) -> tuple[cantools.database.Message, Path]:
         found = []
         for db, path in zip(self.dbs, self.dbc_paths, strict=True):
-            try:
+            with contextlib.suppress(KeyError):
                 found.append((db.get_message_by_name(name), path))
-            except KeyError:
-                pass
         if not found:
             files = ", ".join(str(p) for p in self.dbc_paths)
             raise ValueError(f"DBC {files} has no message {name!r}")

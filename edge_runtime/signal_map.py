@@ -103,7 +103,7 @@ def _crc8_sae_j1850(data: bytes) -> int:
 
 
 def checksum(algorithm: str, data: bytes) -> int:
-    """The 8-bit checksum of ``data`` (the payload without its checksum byte).
+    r"""The 8-bit checksum of ``data`` (the payload without its checksum byte).
 
     Args:
         algorithm: One of :data:`CHECKSUM_ALGORITHMS`: ``crc8_sae_j1850`` (poly 0x1D,
@@ -118,7 +118,7 @@ def checksum(algorithm: str, data: bytes) -> int:
         ValueError: If the algorithm is unknown.
 
     Example:
-        >>> checksum("crc8_sae_j1850", b"123456789"), checksum("sum8", b"\\x01\\xff")
+        >>> checksum("crc8_sae_j1850", b"123456789"), checksum("sum8", bytes([1, 255]))
         (75, 0)
     """
     if algorithm == "crc8_sae_j1850":
@@ -333,9 +333,7 @@ def _coverage_errors(telemetry: Sequence[MessageMap]) -> list[str]:
     cells = any(m.cells is not None for m in telemetry)
     errors = [f"'{k}'" for k in ("soc", "soh", "current_a") if k not in keys]
     if not (
-        "cell_voltage_v" in keys
-        or {"cell_voltage_min_v", "cell_voltage_max_v"} <= keys
-        or cells
+        "cell_voltage_v" in keys or {"cell_voltage_min_v", "cell_voltage_max_v"} <= keys or cells
     ):
         errors.append("'cell_voltage_v' or 'cell_voltage_min_v'+'cell_voltage_max_v' or cells")
     if not ("temperature_c" in keys or {"temperature_min_c", "temperature_max_c"} <= keys):
@@ -656,7 +654,9 @@ def _int_id(value: Any) -> int:
 def _scaled_from(value: Any) -> ScaledSignal:
     if isinstance(value, str):
         return ScaledSignal(value)
-    return ScaledSignal(str(value["signal"]), float(value.get("scale", 1.0)), float(value.get("offset", 0.0)))
+    return ScaledSignal(
+        str(value["signal"]), float(value.get("scale", 1.0)), float(value.get("offset", 0.0))
+    )
 
 
 def _check_from(value: Any) -> IntegrityCheck | None:
@@ -666,11 +666,15 @@ def _check_from(value: Any) -> IntegrityCheck | None:
         return IntegrityCheck(value)
     errors = value.get("max_errors")
     return IntegrityCheck(
-        str(value["signal"]), None if errors is None else int(errors), str(value.get("algorithm", ""))
+        str(value["signal"]),
+        None if errors is None else int(errors),
+        str(value.get("algorithm", "")),
     )
 
 
-def _message_from_dict(data: Mapping[str, Any], allowed: Sequence[str] = _MESSAGE_KEYS) -> MessageMap:
+def _message_from_dict(
+    data: Mapping[str, Any], allowed: Sequence[str] = _MESSAGE_KEYS
+) -> MessageMap:
     name = str(data["message"])
     _no_unknown(data, f"message {name}", allowed)
     ids = data.get("frame_ids")

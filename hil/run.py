@@ -264,7 +264,9 @@ def run_hil(
         cast(Any, env).close()  # gymnasium's Env.close is unannotated
 
 
-def _pack_voltage_bridge(runtime: EdgeRuntime, codec: CanCodec, series: np.ndarray[Any, Any]) -> None:
+def _pack_voltage_bridge(
+    runtime: EdgeRuntime, codec: CanCodec, series: np.ndarray[Any, Any]
+) -> None:
     """Give the codec the runtime's pack voltages (for current-limit commands).
 
     A runtime that calls ``codec.encode_command(..., pack_voltage_v=...)`` does not need

@@ -18,11 +18,24 @@ def _bit(p: int) -> int:
     return (p // 8) * 8 + 7 - (p % 8)
 
 
-def _sg(name: str, p: int, length: int, signed: bool, factor: str, offset: str, lo: str, hi: str,
-        unit: str, rx: str, mux: str = "") -> str:
+def _sg(
+    name: str,
+    p: int,
+    length: int,
+    signed: bool,
+    factor: str,
+    offset: str,
+    lo: str,
+    hi: str,
+    unit: str,
+    rx: str,
+    mux: str = "",
+) -> str:
     sign = "-" if signed else "+"
-    return (f' SG_ {name} {mux}: {_bit(p)}|{length}@0{sign} ({factor},{offset}) [{lo}|{hi}] '
-            f'"{unit}" {rx}')
+    return (
+        f" SG_ {name} {mux}: {_bit(p)}|{length}@0{sign} ({factor},{offset}) [{lo}|{hi}] "
+        f'"{unit}" {rx}'
+    )
 
 
 def render() -> str:
@@ -66,10 +79,36 @@ def render() -> str:
         for j in range(4):
             cell = 4 * block + j
             mux = f"m{block} "
-            out.append(_sg(f"Cell{cell:03d}_Invalid", 8 + 14 * j, 1, False, "1", "0", "0", "1",
-                           "", "EMS", mux))
-            out.append(_sg(f"Cell{cell:03d}_Voltage", 9 + 14 * j, 13, False, "1", "0", "0",
-                           "8191", "mV", "EMS", mux))
+            out.append(
+                _sg(
+                    f"Cell{cell:03d}_Invalid",
+                    8 + 14 * j,
+                    1,
+                    False,
+                    "1",
+                    "0",
+                    "0",
+                    "1",
+                    "",
+                    "EMS",
+                    mux,
+                )
+            )
+            out.append(
+                _sg(
+                    f"Cell{cell:03d}_Voltage",
+                    9 + 14 * j,
+                    13,
+                    False,
+                    "1",
+                    "0",
+                    "0",
+                    "8191",
+                    "mV",
+                    "EMS",
+                    mux,
+                )
+            )
     out += [
         "",
         "BO_ 256 BMS_Info: 8 AXBMS",

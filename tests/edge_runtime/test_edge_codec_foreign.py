@@ -40,8 +40,8 @@ def foreign_map() -> SignalMap:
     return SignalMap.load(data_path(FOREIGN_SIGNAL_MAP))
 
 
-def codec(n_packs: int = 3, smap: SignalMap | None = None, **kwargs: object) -> CanCodec:
-    return CanCodec(n_packs, dbc_path=DBC, signal_map=smap or foreign_map(), **kwargs)  # type: ignore[arg-type]
+def codec(n_packs: int = 3, smap: SignalMap | None = None, backend: str = "compiled") -> CanCodec:
+    return CanCodec(n_packs, dbc_path=DBC, signal_map=smap or foreign_map(), backend=backend)
 
 
 def by_message(frames: list[can.Message], c: CanCodec) -> dict[str, list[TelemetryFrame]]:
@@ -65,7 +65,8 @@ def test_foreign_telemetry_decodes_to_our_quantities() -> None:
     assert len(frames) == 3 + 52  # status, voltages, temperatures, 52 cell blocks
     # explicit per-pack ids from the map (not DBC id + stride), on pack 2's bus
     assert {m.arbitration_id for m in frames[:3]} == {0x328, 0x329, 0x32A}
-    assert c.bus_of(2) == "bms_b" and c.bus_names == ("bms_a", "bms_b")
+    assert c.bus_of(2) == "bms_b"
+    assert c.bus_names == ("bms_a", "bms_b")
     status = frames[0]
     # Motorola byte order, 0.1 % steps: SOC 555 = 0x022B in bytes 0-1, SOH 981 = 0x03D5
     assert status.data[:4] == bytes([0x02, 0x2B, 0x03, 0xD5])
@@ -74,7 +75,13 @@ def test_foreign_telemetry_decodes_to_our_quantities() -> None:
     decoded = by_message(frames, c)
     (st,) = decoded["BMS_Status"]
     assert st.values == pytest.approx({"soc": 0.555, "soh": 0.981, "current_a": 12.3})
-    assert (st.bms_state, st.counter, st.checksum_ok, st.status, st.bus) == (1, 5, True, None, "bms_b")
+    assert (st.bms_state, st.counter, st.checksum_ok, st.status, st.bus) == (
+        1,
+        5,
+        True,
+        None,
+        "bms_b",
+    )
     (volts,) = decoded["BMS_Voltages"]
     (temps,) = decoded["BMS_Temperatures"]
     merged = {**volts.values, **temps.values}
@@ -127,7 +134,9 @@ def test_state_request_command(
     power_w: float, safe: bool, state: str, charge_a: float, discharge_a: float
 ) -> None:
     c = codec()
-    ((bus, msg),) = c.encode_command(1, power_w, safe=safe, reason=6, counter=3, pack_voltage_v=50.0)
+    ((bus, msg),) = c.encode_command(
+        1, power_w, safe=safe, reason=6, counter=3, pack_voltage_v=50.0
+    )
     assert (bus, msg.arbitration_id) == ("bms_a", 0x088)
     frame = c.decode(msg)
     assert isinstance(frame, SetpointFrame)
@@ -192,10 +201,12 @@ def test_counter_errors_are_tolerated_then_malformed_per_pack() -> None:
     assert frames[3].values  # a lost/repeated counter does not make the values untrusted
     # pack 0 has its own history
     ok = c.decode(c.encode_telemetry(0, VALUES, counter=9)[0])
-    assert isinstance(ok, TelemetryFrame) and ok.integrity_errors == 0
+    assert isinstance(ok, TelemetryFrame)
+    assert ok.integrity_errors == 0
     c.reset_integrity()
     again = c.decode(c.encode_telemetry(1, VALUES, counter=2)[0])
-    assert isinstance(again, TelemetryFrame) and again.integrity_errors == 0
+    assert isinstance(again, TelemetryFrame)
+    assert again.integrity_errors == 0
 
 
 def test_ids_that_collide_with_ours_need_their_own_dbc() -> None:
@@ -236,11 +247,14 @@ def test_same_ids_on_separate_buses() -> None:
     msg = c.encode_telemetry(1, VALUES)[0]
     assert msg.arbitration_id == 0x300
     frame = c.decode(msg, bus="right")
-    assert isinstance(frame, TelemetryFrame) and frame.pack == 1
+    assert isinstance(frame, TelemetryFrame)
+    assert frame.pack == 1
     left = c.decode(c.encode_telemetry(0, VALUES)[0], bus="left")
-    assert isinstance(left, TelemetryFrame) and left.pack == 0
+    assert isinstance(left, TelemetryFrame)
+    assert left.pack == 0
     ambiguous = c.decode(msg)  # which bus? the codec does not guess
-    assert isinstance(ambiguous, IgnoredFrame) and "several buses" in ambiguous.reason
+    assert isinstance(ambiguous, IgnoredFrame)
+    assert "several buses" in ambiguous.reason
     assert isinstance(c.decode(msg, bus="nowhere"), IgnoredFrame)
     with pytest.raises(ValueError, match=r"packs \[2\] are on no bus"):
         codec(3, same)
