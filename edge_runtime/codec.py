@@ -375,10 +375,10 @@ class CanCodec:
             if missing:
                 raise ValueError(f"packs {missing} are on no bus of the signal map")
             self._bus_of = [where[p] for p in range(n_packs)]
-        self.bus_names: tuple[str, ...] = sm.bus_names
-        self.site_bus: str = sm.site_bus or self.bus_names[0]
+        self._bus_names: tuple[str, ...] = sm.bus_names
+        self.site_bus: str = sm.site_bus or self._bus_names[0]
         # plans and routes
-        self._routes: dict[str, dict[tuple[int, bool], _Route]] = {b: {} for b in self.bus_names}
+        self._routes: dict[str, dict[tuple[int, bool], _Route]] = {b: {} for b in self._bus_names}
         self._tel_plans = [self._plan("telemetry", m) for m in sm.telemetry]
         self._cmd_plan = self._plan("command", sm.command.message)
         self._site_plan = None if sm.site is None else self._plan("site", sm.site)
@@ -528,6 +528,11 @@ class CanCodec:
                         )
 
     # ------------------------------------------------------------------ addressing
+    @property
+    def bus_names(self) -> tuple[str, ...]:
+        """Names of the buses of the signal map (``("default",)`` without ``buses``)."""
+        return self._bus_names
+
     def bus_of(self, pack: int) -> str:
         """Name of the bus ``pack`` is on."""
         return self._bus_of[pack]
@@ -883,6 +888,18 @@ class CanCodec:
         Returns:
             ``[(bus name, frame)]``.
         """
+        frames = self._command_frames(pack, power_w, safe, reason, counter, pack_voltage_v)
+        return [(self._bus_of[pack], m) for m in frames]
+
+    def _command_frames(
+        self,
+        pack: int,
+        power_w: float,
+        safe: bool,
+        reason: int,
+        counter: int,
+        pack_voltage_v: float | None,
+    ) -> list[can.Message]:
         command = self.signal_map.command
         plan = self._cmd_plan
         p = float(power_w)
@@ -913,8 +930,7 @@ class CanCodec:
                 f"discharge_{suffix}": limit if state == "discharge" else 0.0,
                 "reason": float(reason & 0xFF),
             }
-        frames = self._encode_plan(plan, values, pack, counter)
-        return [(self._bus_of[pack], m) for m in frames]
+        return self._encode_plan(plan, values, pack, counter)
 
     def encode_setpoint(
         self,
@@ -927,9 +943,7 @@ class CanCodec:
         pack_voltage_v: float | None = None,
     ) -> can.Message:
         """The frame of :meth:`encode_command` (one per pack), without its bus name."""
-        return self.encode_command(
-            pack, power_w, safe=safe, reason=reason, counter=counter, pack_voltage_v=pack_voltage_v
-        )[0][1]
+        return self._command_frames(pack, power_w, safe, reason, counter, pack_voltage_v)[0]
 
     def encode_telemetry(
         self,
