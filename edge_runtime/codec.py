@@ -639,13 +639,14 @@ class CanCodec:
             )
         values: dict[str, float] = {}
         for s in plan.sigs:
-            if s.signal not in raw:
+            got = raw.get(s.signal)
+            if got is None:
                 continue  # a multiplexed signal not in this frame
-            value = float(raw[s.signal])
-            bad = self._out_of_range(message.name, s.signal, value, s.lo, s.hi, s.tol)
-            if bad:
+            value = float(got)
+            if not (math.isfinite(value) and s.lo - s.tol <= value <= s.hi + s.tol):
+                bad = self._out_of_range(message.name, s.signal, value, s.lo, s.hi, s.tol)
                 return MalformedFrame(msg.arbitration_id, bad, route.pack)
-            values[s.key] = s.conv.to_ours(value)
+            values[s.key] = value * s.conv.scale + s.conv.offset
         # integrity: checksum, then counter
         ident = (message.name, route.pack)
         entry = plan.entry

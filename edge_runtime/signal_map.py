@@ -93,12 +93,23 @@ def data_path(name: str) -> Path:
     return Path(str(resources.files("pulsebms.edge_runtime").joinpath("data", name)))
 
 
+def _crc8_table() -> tuple[int, ...]:
+    table = []
+    for byte in range(256):
+        crc = byte
+        for _ in range(8):
+            crc = ((crc << 1) ^ 0x1D) & 0xFF if crc & 0x80 else (crc << 1) & 0xFF
+        table.append(crc)
+    return tuple(table)
+
+
+_CRC8_J1850 = _crc8_table()
+
+
 def _crc8_sae_j1850(data: bytes) -> int:
     crc = 0xFF
     for byte in data:
-        crc ^= byte
-        for _ in range(8):
-            crc = ((crc << 1) ^ 0x1D) & 0xFF if crc & 0x80 else (crc << 1) & 0xFF
+        crc = _CRC8_J1850[crc ^ byte]
     return crc ^ 0xFF
 
 
