@@ -637,17 +637,7 @@ class CanCodec:
             return MalformedFrame(
                 msg.arbitration_id, f"{message.name}: cannot decode: {exc}", route.pack
             )
-        values: dict[str, float] = {}
-        for s in plan.sigs:
-            got = raw.get(s.signal)
-            if got is None:
-                continue  # a multiplexed signal not in this frame
-            value = float(got)
-            if not (math.isfinite(value) and s.lo - s.tol <= value <= s.hi + s.tol):
-                bad = self._out_of_range(message.name, s.signal, value, s.lo, s.hi, s.tol)
-                return MalformedFrame(msg.arbitration_id, bad, route.pack)
-            values[s.key] = value * s.conv.scale + s.conv.offset
-        # integrity: checksum, then counter
+        # integrity first: a frame with a wrong checksum carries nothing to range-check
         ident = (message.name, route.pack)
         entry = plan.entry
         checksum_ok: bool | None = None
@@ -656,19 +646,32 @@ class CanCodec:
             b = plan.checksum_byte
             expected = checksum(entry.checksum.algorithm, data[:b] + data[b + 1 :])
             checksum_ok = data[b] == expected
-            if not checksum_ok and entry.checksum.max_errors is not None:
-                errors_now += 1
+            if not checksum_ok:
+                self._last_counter.pop(ident, None)  # resynchronise on the next good frame
+                if entry.checksum.max_errors is not None:
+                    errors_now += 1
+        values: dict[str, float] = {}
         counter: int | None = None
-        if entry.counter is not None and entry.counter.signal in raw:
-            counter = round(float(raw[entry.counter.signal]))
-            last = self._last_counter.get(ident)
-            self._last_counter[ident] = counter
-            if (
-                entry.counter.max_errors is not None
-                and last is not None
-                and counter != (last + 1) % plan.counter_mod
-            ):
-                errors_now += 1
+        if checksum_ok is not False:
+            for s in plan.sigs:
+                got = raw.get(s.signal)
+                if got is None:
+                    continue  # a multiplexed signal not in this frame
+                value = float(got)
+                if not (math.isfinite(value) and s.lo - s.tol <= value <= s.hi + s.tol):
+                    bad = self._out_of_range(message.name, s.signal, value, s.lo, s.hi, s.tol)
+                    return MalformedFrame(msg.arbitration_id, bad, route.pack)
+                values[s.key] = value * s.conv.scale + s.conv.offset
+            if entry.counter is not None and entry.counter.signal in raw:
+                counter = round(float(raw[entry.counter.signal]))
+                last = self._last_counter.get(ident)
+                self._last_counter[ident] = counter
+                if (
+                    entry.counter.max_errors is not None
+                    and last is not None
+                    and counter != (last + 1) % plan.counter_mod
+                ):
+                    errors_now += 1
         if errors_now:
             run = self._errors.get(ident, 0) + 1
             self._errors[ident] = run

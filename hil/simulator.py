@@ -62,11 +62,14 @@ class HilFaults:
         malformed_every: Every this many ticks (0: never), send a wrong-length telemetry
             frame for pack 0, a frame with an unknown id and a CAN error frame.
         overheat_packs: Pack → first tick from which its reported temperature is 75 °C.
+        corrupt_packs: Pack → first tick from which byte 0 of its first telemetry frame is
+            flipped on the wire (a checksum, where the map has one, catches it).
     """
 
     silent_packs: Mapping[int, int] = field(default_factory=dict)
     malformed_every: int = 0
     overheat_packs: Mapping[int, int] = field(default_factory=dict)
+    corrupt_packs: Mapping[int, int] = field(default_factory=dict)
 
 
 class HilSimulator:
@@ -146,9 +149,19 @@ class HilSimulator:
                 "current_a": float(state.current_a[i]),
             }
             status = 0 if bool(state.valid[i]) else 2
-            for msg in self.codec.encode_telemetry(
+            frames = self.codec.encode_telemetry(
                 i, values, status=status, counter=int(self._counters[i])
-            ):
+            )
+            corrupt = self.faults.corrupt_packs.get(i)
+            if corrupt is not None and tick >= corrupt:
+                first = frames[0]
+                data = bytes([first.data[0] ^ 0xFF, *first.data[1:]])
+                frames[0] = can.Message(
+                    arbitration_id=first.arbitration_id,
+                    is_extended_id=first.is_extended_id,
+                    data=data,
+                )
+            for msg in frames:
                 self._send(msg)
             self._counters[i] += 1
         if self.codec.has_site:  # else the runtime takes site_values() from another source

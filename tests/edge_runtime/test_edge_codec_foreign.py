@@ -185,10 +185,22 @@ def test_checksum_errors_are_tolerated_then_malformed() -> None:
     assert isinstance(third, MalformedFrame)
     assert third.pack == 0
     assert "3 counter/checksum errors in a row (tolerance 2)" in third.reason
+    # after the lost frames the counter resynchronises: the next good frame is clean
     good = c.decode(c.encode_telemetry(0, VALUES, counter=6)[0])
     assert isinstance(good, TelemetryFrame)
     assert (good.checksum_ok, good.integrity_errors) == (True, 0)
     assert good.values["soc"] == pytest.approx(0.555)
+
+
+def test_a_bit_error_is_a_checksum_error_not_a_range_error() -> None:
+    c = codec()
+    msg = c.encode_telemetry(0, VALUES)[0]
+    flipped = bytes([msg.data[0] ^ 0xFF, *msg.data[1:]])  # SOC would read 6527 %
+    frame = c.decode(
+        can.Message(arbitration_id=msg.arbitration_id, is_extended_id=False, data=flipped)
+    )
+    assert isinstance(frame, TelemetryFrame)
+    assert (frame.checksum_ok, frame.values, frame.integrity_errors) == (False, {}, 1)
 
 
 def test_counter_errors_are_tolerated_then_malformed_per_pack() -> None:

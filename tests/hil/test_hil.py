@@ -244,3 +244,25 @@ def test_hil_cli_refuses_a_bad_signal_map(
     argv = ["--manifest", str(exported), "--n-ticks", "1", "--signal-map", str(bad)]
     assert hil_main(argv) == EXIT_REFUSED
     assert "signal map" in capsys.readouterr().err
+
+
+def test_hil_foreign_checksum_errors_are_tolerated_then_safe(exported: Path) -> None:
+    """Bit errors on pack 1's status frame: two tolerated (held values), then the safe state."""
+    from pulsebms.edge_runtime.codec import FOREIGN_DBC, FOREIGN_SIGNAL_MAP
+    from pulsebms.edge_runtime.signal_map import data_path
+
+    report = run_hil(
+        exported,
+        n_ticks=12,
+        channel="hil-foreign-crc",
+        dbc_path=data_path(FOREIGN_DBC),
+        signal_map=data_path(FOREIGN_SIGNAL_MAP),
+        faults=HilFaults(corrupt_packs={1: 4}),
+    )
+    assert report.ticks == 12
+    assert report.runtime["malformed_frames"] >= 1  # the third bad frame in a row, and on
+    assert report.events.get("malformed", 0) >= 1
+    assert report.safe_pack_ticks > 0
+    assert report.twin_violations == 0
+    # ticks 0..5 compared (two corrupt frames tolerated: pack 1 runs on held values)
+    assert report.obs_compared_ticks >= 6
