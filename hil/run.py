@@ -133,6 +133,7 @@ def run_hil(
     dbc_path: str | Path | Sequence[str | Path] | None = None,
     signal_map: SignalMap | str | Path | None = None,
     codec_backend: str = "compiled",
+    separate_buses: bool = False,
 ) -> HilReport:
     """Run the edge runtime against the twin on a python-can bus, in one process.
 
@@ -163,6 +164,8 @@ def run_hil(
             Without a site frame in the map the runtime gets the site values from the
             twin (:class:`TwinSite`) instead of the bus.
         codec_backend: Layout backend of both codecs (``compiled`` or ``cantools``).
+        separate_buses: One channel (``{channel}-{name}``) per bus name of the signal map
+            instead of one for all; needs a runtime that takes one bus per name.
 
     Returns:
         The KPIs, with the parity verdict (a failed parity is reported, not raised).
@@ -176,9 +179,19 @@ def run_hil(
     clock = SimClock()
     settle = (0.0 if interface == "virtual" else 0.05) if settle_s is None else settle_s
     kwargs = dict(bus_kwargs or {})
+    n = load_manifest(manifest_path).n_packs
+
+    def codec() -> CanCodec:
+        return CanCodec(n, dbc_path=dbc_path, signal_map=smap, backend=codec_backend)
+
+    rt_codec = codec()  # a bad map or DBC is refused before anything is opened
     env = gym.make(env_id, **dict(env_kwargs or {}))
-    rt_bus = can.Bus(interface=interface, channel=channel, **kwargs)
-    sim_bus = can.Bus(interface=interface, channel=channel, **kwargs)
+    names = rt_codec.bus_names if separate_buses else ("",)
+    channels = {name: f"{channel}-{name}" if name else channel for name in names}
+    rt_buses = {k: can.Bus(interface=interface, channel=c, **kwargs) for k, c in channels.items()}
+    sim_buses = {k: can.Bus(interface=interface, channel=c, **kwargs) for k, c in channels.items()}
+    rt_bus: Any = rt_buses if separate_buses else rt_buses[""]
+    sim_bus: Any = sim_buses if separate_buses else sim_buses[""]
     try:
         step_s = float(tick_s) if tick_s is not None else load_manifest(manifest_path).dt_s
         options: dict[str, Any] = {
@@ -186,12 +199,6 @@ def run_hil(
             "recovery_hold_s": 2.0 * step_s,
             **dict(runtime_kwargs or {}),
         }
-        n = load_manifest(manifest_path).n_packs
-
-        def codec() -> CanCodec:
-            return CanCodec(n, dbc_path=dbc_path, signal_map=smap, backend=codec_backend)
-
-        rt_codec = codec()
         options.setdefault("codec", rt_codec)
         twin_site = TwinSite()
         site_bridge = False  # a runtime without site sources: the loop feeds its store
@@ -259,7 +266,7 @@ def run_hil(
             events=dict(sorted(kinds.items())),
         )
     finally:
-        for bus in (rt_bus, sim_bus):
+        for bus in (*rt_buses.values(), *sim_buses.values()):
             bus.shutdown()
         cast(Any, env).close()  # gymnasium's Env.close is unannotated
 

@@ -28,7 +28,7 @@ import gymnasium as gym
 import numpy as np
 
 from pulsebms.core.types import FloatArray, IntArray
-from pulsebms.edge_runtime.codec import CanCodec, SetpointFrame
+from pulsebms.edge_runtime.codec import CanCodec, IgnoredFrame, SetpointFrame
 from pulsebms.envs.fleet_env import FleetEnv
 
 __all__ = ["HilFaults", "HilSimulator", "SimClock"]
@@ -77,7 +77,7 @@ class HilSimulator:
 
     Args:
         env: A FleetEnv (possibly wrapped by ``gymnasium.make``).
-        bus: The simulator's bus.
+        bus: The simulator's bus, or one per bus name of the codec's signal map.
         codec: Frame codec for the env's number of packs.
         faults: Faults to inject.
 
@@ -88,7 +88,7 @@ class HilSimulator:
     def __init__(
         self,
         env: gym.Env[Any, Any],
-        bus: can.BusABC,
+        bus: can.BusABC | Mapping[str, can.BusABC],
         codec: CanCodec,
         *,
         faults: HilFaults | None = None,
@@ -101,7 +101,18 @@ class HilSimulator:
             )
         self.env = env
         self.base: FleetEnv = base
-        self.bus = bus
+        names = codec.bus_names
+        self.buses: dict[str, can.BusABC] = (
+            dict.fromkeys(names, bus) if isinstance(bus, can.BusABC) else dict(bus)
+        )
+        missing = [name for name in names if name not in self.buses]
+        if missing:
+            raise ValueError(f"no bus given for {missing}; the signal map uses {list(names)}")
+        self.bus = self.buses[names[0]]
+        served: dict[int, tuple[can.BusABC, list[str]]] = {}
+        for name in names:
+            served.setdefault(id(self.buses[name]), (self.buses[name], []))[1].append(name)
+        self._rx = [(b, tuple(n)) for b, n in served.values()]
         self.codec = codec
         self.faults = faults or HilFaults()
         self.n_packs = int(base.n_packs)
@@ -123,8 +134,8 @@ class HilSimulator:
         obs, _ = self.env.reset(seed=seed)
         self.observation = np.asarray(obs, dtype=np.float64)
 
-    def _send(self, msg: can.Message) -> None:
-        self.bus.send(msg)
+    def _send(self, msg: can.Message, bus: str | None = None) -> None:
+        self.buses.get(bus or "", self.bus).send(msg)
         self.frames_sent += 1
 
     def send_telemetry(self, tick: int) -> None:
@@ -162,7 +173,7 @@ class HilSimulator:
                     data=data,
                 )
             for msg in frames:
-                self._send(msg)
+                self._send(msg, self.codec.bus_of(i))
             self._counters[i] += 1
         if self.codec.has_site:  # else the runtime takes site_values() from another source
             site = self.site_values()
@@ -173,13 +184,15 @@ class HilSimulator:
                     time_of_day_s=site["time_of_day_s"],
                     ambient_c=site["ambient_c"],
                     counter=self._site_counter,
-                )
+                ),
+                self.codec.site_bus,
             )
             self._site_counter += 1
         every = self.faults.malformed_every
         if every and tick % every == every - 1:
             tel_id = self.codec.frame_id("telemetry", 0)
-            self._send(can.Message(arbitration_id=tel_id, is_extended_id=False, data=b"\x01\x02"))
+            short = can.Message(arbitration_id=tel_id, is_extended_id=False, data=b"\x01\x02")
+            self._send(short, self.codec.bus_of(0))
             self._send(can.Message(arbitration_id=0x7F0, is_extended_id=False, data=bytes(8)))
             self._send(can.Message(arbitration_id=0, is_error_frame=True))
 
@@ -209,15 +222,17 @@ class HilSimulator:
             Set-point frames received.
         """
         got = 0
-        while True:
-            msg = self.bus.recv(timeout=timeout_s)
-            if msg is None:
-                return got
-            frame = self.codec.decode(msg)
-            if isinstance(frame, SetpointFrame):
-                self._setpoints[frame.pack] = frame
-                self.frames_received += 1
-                got += 1
+        for bus, names in self._rx:
+            while (msg := bus.recv(timeout=timeout_s)) is not None:
+                for name in names:  # one bus object may serve several names
+                    frame = self.codec.decode(msg, bus=name)
+                    if not isinstance(frame, IgnoredFrame):
+                        break
+                if isinstance(frame, SetpointFrame):
+                    self._setpoints[frame.pack] = frame
+                    self.frames_received += 1
+                    got += 1
+        return got
 
     def step(self) -> tuple[float, bool, dict[str, Any]]:
         """Step the twin with the latest commands (none received: zero).

@@ -266,3 +266,25 @@ def test_hil_foreign_checksum_errors_are_tolerated_then_safe(exported: Path) -> 
     assert report.twin_violations == 0
     # ticks 0..5 compared (two corrupt frames tolerated: pack 1 runs on held values)
     assert report.obs_compared_ticks >= 6
+
+
+def test_hil_foreign_on_one_channel_per_bus(exported: Path) -> None:
+    """bms_a (packs 0, 1) and bms_b (pack 2) on separate channels, as the map names them."""
+    import inspect
+
+    from pulsebms.edge_runtime.codec import FOREIGN_DBC, FOREIGN_SIGNAL_MAP
+    from pulsebms.edge_runtime.runtime import EdgeRuntime
+    from pulsebms.edge_runtime.signal_map import data_path
+
+    if "Mapping" not in str(inspect.signature(EdgeRuntime).parameters["bus"].annotation):
+        pytest.skip("this runtime takes one bus only")
+    report = run_hil(
+        exported,
+        n_ticks=6,
+        channel="hil-foreign-buses",
+        dbc_path=data_path(FOREIGN_DBC),
+        signal_map=data_path(FOREIGN_SIGNAL_MAP),
+        separate_buses=True,
+    )
+    assert (report.frames_from_runtime, report.safe_pack_ticks) == (6 * 3, 0)
+    assert report.parity_ok, report.parity
