@@ -423,6 +423,18 @@ class SignalMap:
         return ("default",) if self.buses is None else tuple(self.buses)
 
     @property
+    def counter_tolerance(self) -> int:
+        """Fewest ``counter.max_errors`` over the telemetry messages (0 if none sets one)."""
+        found = [m.counter.max_errors for m in self.telemetry if m.counter is not None]
+        return min((e for e in found if e is not None), default=0)
+
+    @property
+    def checksum_tolerance(self) -> int:
+        """Fewest ``checksum.max_errors`` over the telemetry messages (0 if none sets one)."""
+        found = [m.checksum.max_errors for m in self.telemetry if m.checksum is not None]
+        return min((e for e in found if e is not None), default=0)
+
+    @property
     def mode_safe(self) -> int:
         """``command.mode_safe`` (v1 name)."""
         return self.command.mode_safe

@@ -192,6 +192,12 @@ def test_checksum_errors_are_tolerated_then_malformed() -> None:
     assert good.values["soc"] == pytest.approx(0.555)
 
 
+def test_map_tolerances_for_the_runtime() -> None:
+    smap = foreign_map()
+    assert (smap.counter_tolerance, smap.checksum_tolerance) == (2, 2)
+    assert (SignalMap.default().counter_tolerance, SignalMap.default().checksum_tolerance) == (0, 0)
+
+
 def test_a_bit_error_is_a_checksum_error_not_a_range_error() -> None:
     c = codec()
     msg = c.encode_telemetry(0, VALUES)[0]
