@@ -1,208 +1,132 @@
-"""CAN frames ↔ PulseBMS quantities, through a DBC file and a configurable signal map.
+"""CAN frames ↔ PulseBMS quantities, through DBC files and a configurable signal map.
 
-The project's own protocol is ``data/pulsebms.dbc`` (see its comments). **Pack addressing is
-by message-id offset**: the DBC defines the frame of pack 0, and pack ``i`` uses id
-``frame_id + i * id_stride`` (telemetry ``0x100 + i``, set-points ``0x300 + i``). The site
-frame (demand, price, time of day) has a single id.
+The project's own protocol is ``data/pulsebms.dbc`` (see its comments): pack ``i`` sends
+telemetry on ``0x100 + i`` and receives set-points on ``0x300 + i``; the site frame has one
+id. Another BMS is wired by configuration only: a
+:class:`~pulsebms.edge_runtime.signal_map.SignalMap` (v2, see ``docs/signal_map.md``)
+says which signal of which message carries which quantity, each pack's frame ids, which bus
+each pack is on, the command form (power set-point or state request with limits), and which
+counters and checksums to check. ``data/foreign_bms.dbc``
+with ``data/foreign_bms.json`` is a worked example.
 
-Which DBC signal carries which quantity is configuration, a :class:`SignalMap` (JSON-able),
-so a BMS speaking another DBC is wired by writing a map, not code. Each entry says
-``ours = dbc_physical * scale + offset``: our DBC sends SoC in %, the map's ``scale=0.01``
-turns it into a fraction.
+**Quantity contract** (what :meth:`CanCodec.decode` gives the runtime):
+:attr:`TelemetryFrame.values` keys are among ``soc, soh, current_a, cell_voltage_v,
+cell_voltage_min_v, cell_voltage_max_v, temperature_c, temperature_min_c,
+temperature_max_c`` (SoC/SoH fractions, current + = discharge), plus per-cell voltages
+(valid cells only), the invalid cells, ``status``, ``bms_state``, ``counter`` and
+``checksum_ok``.
 
 :meth:`CanCodec.decode` never raises: a frame it cannot trust comes back as
 :class:`MalformedFrame` with a reason (wrong length, out-of-range value, decode error, error
-frame), an id it does not know as :class:`IgnoredFrame`.
+frame, too many counter or checksum errors in a row), an id it does not know as
+:class:`IgnoredFrame`. Message layouts come from :mod:`pulsebms.edge_runtime.layout`
+(``backend="compiled"``) or cantools itself (``backend="cantools"``); both give the same
+bits.
 """
 
 from __future__ import annotations
 
-import json
+import contextlib
+import importlib
+import logging
 import math
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from importlib import resources
 from pathlib import Path
-from typing import Any, cast
+from typing import Any, Protocol, cast
 
 import can
 import cantools
 import cantools.database
+import numpy as np
+
+from pulsebms.core.types import FloatArray
+from pulsebms.edge_runtime.signal_map import (
+    CellBlock,
+    IntegrityCheck,
+    MessageMap,
+    ScaledSignal,
+    SignalMap,
+    SignalRef,
+    checksum,
+    data_path,
+    signal_map_template,
+)
 
 __all__ = [
+    "BACKENDS",
     "DEFAULT_DBC",
+    "FOREIGN_DBC",
+    "FOREIGN_SIGNAL_MAP",
     "PACK_TELEMETRY_FIELDS",
     "CanCodec",
     "DecodedFrame",
     "IgnoredFrame",
     "MalformedFrame",
+    "MessageLayoutLike",
     "SetpointFrame",
     "SignalMap",
     "SignalRef",
     "SiteFrame",
     "TelemetryFrame",
     "default_dbc_path",
+    "signal_map_template",
 ]
+
+logger = logging.getLogger(__name__)
 
 DEFAULT_DBC = "pulsebms.dbc"
 """File name of the project DBC inside ``pulsebms.edge_runtime/data``."""
+FOREIGN_DBC = "foreign_bms.dbc"
+"""File name of the example third-party DBC inside ``pulsebms.edge_runtime/data``."""
+FOREIGN_SIGNAL_MAP = "foreign_bms.json"
+"""File name of the signal map wiring :data:`FOREIGN_DBC`."""
 
 PACK_TELEMETRY_FIELDS = ("soc", "soh", "temperature_c", "cell_voltage_v", "current_a")
-"""Telemetry quantities every pack must report (units in the names; SoC/SoH fractions)."""
+"""Telemetry quantities every pack must report today (units in the names; SoC/SoH fractions)."""
 
-_TELEMETRY_KEYS = (*PACK_TELEMETRY_FIELDS, "status", "counter")
-_SETPOINT_KEYS = ("power_w", "mode", "enable", "reason", "counter")
-_SITE_KEYS = ("demand_w", "price_per_kwh", "time_of_day_s", "ambient_c", "counter")
+BACKENDS = ("compiled", "cantools")
+"""Message layout backends of :class:`CanCodec`."""
 
 
 def default_dbc_path() -> Path:
     """Path of the project DBC shipped as package data."""
-    return Path(str(resources.files("pulsebms.edge_runtime").joinpath("data", DEFAULT_DBC)))
+    return data_path(DEFAULT_DBC)
 
 
-@dataclass(frozen=True)
-class SignalRef:
-    """Where one quantity lives in the DBC.
+class MessageLayoutLike(Protocol):
+    """What the codec needs of a compiled message layout."""
 
-    Attributes:
-        message: DBC message name.
-        signal: DBC signal name in that message.
-        scale: ``ours = dbc_physical * scale + offset``.
-        offset: See ``scale``.
-    """
+    def decode(self, data: bytes) -> dict[str, float]:
+        """Physical values of the signals active in ``data``."""
 
-    message: str
-    signal: str
-    scale: float = 1.0
-    offset: float = 0.0
-
-    def to_ours(self, dbc_value: float) -> float:
-        """DBC physical value → PulseBMS unit."""
-        return dbc_value * self.scale + self.offset
-
-    def to_dbc(self, value: float) -> float:
-        """PulseBMS unit → DBC physical value."""
-        return (value - self.offset) / self.scale
+    def encode(self, values: Mapping[str, float]) -> bytes:
+        """Payload of ``values`` (physical)."""
 
 
-@dataclass(frozen=True)
-class SignalMap:
-    """Which DBC signal carries which PulseBMS quantity.
+class _CantoolsLayout:
+    """cantools behind the layout interface (the reference the compiled layout matches)."""
 
-    Attributes:
-        telemetry: Per-pack telemetry: every key of :data:`PACK_TELEMETRY_FIELDS`
-            (required), plus optional ``status`` and ``counter``. May span several messages.
-        setpoint: Per-pack command: ``power_w`` (required), optional ``mode``, ``enable``,
-            ``reason``, ``counter``; all in one message.
-        site: Site frame: ``demand_w`` (required), optional ``price_per_kwh``,
-            ``time_of_day_s``, ``ambient_c``, ``counter``; all in one message.
-        id_stride: Pack ``i`` uses ``frame_id + i * id_stride`` for every per-pack message.
-        status_fault_values: Values of the telemetry ``status`` signal meaning "pack faulted".
-        mode_safe: Value of ``mode`` that commands the safe state (zero power).
-        mode_run: Value of ``mode`` that commands normal operation.
+    def __init__(self, message: cantools.database.Message) -> None:
+        self.message = message
 
-    Example:
-        >>> SignalMap.default().telemetry["soc"].scale
-        0.01
-    """
+    def decode(self, data: bytes) -> dict[str, float]:
+        raw = self.message.decode(data, decode_choices=False, scaling=True)
+        return cast(dict[str, float], raw)
 
-    telemetry: dict[str, SignalRef]
-    setpoint: dict[str, SignalRef]
-    site: dict[str, SignalRef]
-    id_stride: int = 1
-    status_fault_values: tuple[int, ...] = (2, 3)
-    mode_safe: int = 0
-    mode_run: int = 1
+    def encode(self, values: Mapping[str, float]) -> bytes:
+        return bytes(self.message.encode(dict(values), scaling=True, strict=False))
 
-    def __post_init__(self) -> None:
-        for group, keys, required in (
-            ("telemetry", _TELEMETRY_KEYS, PACK_TELEMETRY_FIELDS),
-            ("setpoint", _SETPOINT_KEYS, ("power_w",)),
-            ("site", _SITE_KEYS, ("demand_w",)),
-        ):
-            refs: dict[str, SignalRef] = getattr(self, group)
-            missing = [k for k in required if k not in refs]
-            unknown = [k for k in refs if k not in keys]
-            if missing or unknown:
-                raise ValueError(
-                    f"signal map '{group}': missing {missing}, unknown {unknown}; "
-                    f"allowed keys {list(keys)}"
-                )
-            if any(r.scale == 0 or not math.isfinite(r.scale) for r in refs.values()):
-                raise ValueError(f"signal map '{group}': every scale must be finite and non-zero")
-        for group in ("setpoint", "site"):
-            refs = getattr(self, group)
-            if len({r.message for r in refs.values()}) != 1:
-                raise ValueError(f"signal map '{group}' must use exactly one message")
-        if self.id_stride < 1:
-            raise ValueError(f"signal map id_stride must be >= 1, got {self.id_stride}")
 
-    @classmethod
-    def default(cls) -> SignalMap:
-        """The map for the project DBC (``data/pulsebms.dbc``)."""
-        tel, sp, site = "PackTelemetry", "PackSetpoint", "SiteStatus"
-        return cls(
-            telemetry={
-                "soc": SignalRef(tel, "SoC", 0.01),
-                "soh": SignalRef(tel, "SoH", 0.01),
-                "temperature_c": SignalRef(tel, "Temperature"),
-                "cell_voltage_v": SignalRef(tel, "CellVoltage"),
-                "current_a": SignalRef(tel, "Current"),
-                "status": SignalRef(tel, "Status"),
-                "counter": SignalRef(tel, "Counter"),
-            },
-            setpoint={
-                "power_w": SignalRef(sp, "PowerSetpoint"),
-                "mode": SignalRef(sp, "Mode"),
-                "enable": SignalRef(sp, "Enable"),
-                "reason": SignalRef(sp, "Reason"),
-                "counter": SignalRef(sp, "Counter"),
-            },
-            site={
-                "demand_w": SignalRef(site, "Demand"),
-                "price_per_kwh": SignalRef(site, "Price"),
-                "time_of_day_s": SignalRef(site, "TimeOfDay", 60.0),
-                "ambient_c": SignalRef(site, "AmbientTemperature"),
-                "counter": SignalRef(site, "Counter"),
-            },
-        )
-
-    def to_dict(self) -> dict[str, Any]:
-        """Plain-JSON form."""
-        return {
-            "telemetry": {k: vars(v) for k, v in self.telemetry.items()},
-            "setpoint": {k: vars(v) for k, v in self.setpoint.items()},
-            "site": {k: vars(v) for k, v in self.site.items()},
-            "id_stride": self.id_stride,
-            "status_fault_values": list(self.status_fault_values),
-            "mode_safe": self.mode_safe,
-            "mode_run": self.mode_run,
-        }
-
-    @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> SignalMap:
-        """Build a map from :meth:`to_dict`'s form.
-
-        Raises:
-            ValueError: If a group or key is missing or unknown.
-        """
+def _layout(message: cantools.database.Message, backend: str) -> MessageLayoutLike:
+    if backend == "compiled":
         try:
-            return cls(
-                telemetry={k: SignalRef(**v) for k, v in data["telemetry"].items()},
-                setpoint={k: SignalRef(**v) for k, v in data["setpoint"].items()},
-                site={k: SignalRef(**v) for k, v in data["site"].items()},
-                id_stride=int(data.get("id_stride", 1)),
-                status_fault_values=tuple(int(v) for v in data.get("status_fault_values", ())),
-                mode_safe=int(data.get("mode_safe", 0)),
-                mode_run=int(data.get("mode_run", 1)),
-            )
-        except (KeyError, TypeError, AttributeError) as exc:
-            raise ValueError(f"signal map is malformed: {type(exc).__name__}: {exc}") from exc
-
-    @classmethod
-    def load(cls, path: str | Path) -> SignalMap:
-        """Read a JSON signal map (see :meth:`to_dict`)."""
-        return cls.from_dict(json.loads(Path(path).read_text(encoding="utf-8")))
+            module = importlib.import_module("pulsebms.edge_runtime.layout")
+        except ImportError:
+            logger.debug("pulsebms.edge_runtime.layout not available: cantools layouts")
+        else:
+            return cast(MessageLayoutLike, module.compile_message(message))
+    return _CantoolsLayout(message)
 
 
 @dataclass(frozen=True)
@@ -211,10 +135,18 @@ class TelemetryFrame:
 
     Attributes:
         pack: Pack index.
-        values: Quantity → value in PulseBMS units (keys of :data:`PACK_TELEMETRY_FIELDS`).
+        values: Quantity → value in PulseBMS units (see the module's quantity contract).
+            Empty when the frame failed its checksum (within tolerance): keep old values.
         status: BMS status code, if the message carries it.
         counter: Rolling counter, if the message carries it.
         message: DBC message name.
+        cell_voltages_v: Cell index → voltage [V], valid cells only.
+        invalid_cells: Cells of this frame flagged invalid.
+        bms_state: BMS state enum value, if the message carries it.
+        checksum_ok: Whether the checksum matched (``None``: no checksum).
+        integrity_errors: Consecutive counter/checksum errors of this message and pack,
+            this frame included (0: this frame was clean).
+        bus: Bus name the frame was routed on.
     """
 
     pack: int
@@ -222,6 +154,12 @@ class TelemetryFrame:
     status: int | None = None
     counter: int | None = None
     message: str = ""
+    cell_voltages_v: dict[int, float] = field(default_factory=dict)
+    invalid_cells: tuple[int, ...] = ()
+    bms_state: int | None = None
+    checksum_ok: bool | None = None
+    integrity_errors: int = 0
+    bus: str = "default"
 
 
 @dataclass(frozen=True)
@@ -240,15 +178,22 @@ class SiteFrame:
 
 @dataclass(frozen=True)
 class SetpointFrame:
-    """Decoded set-point (what the runtime sent; the HIL simulator reads these).
+    """Decoded command (what the runtime sent; the HIL simulator reads these).
 
     Attributes:
         pack: Pack index.
-        power_w: Power set-point [W], + = discharge.
+        power_w: Power [W], + = discharge: the set-point, or for a state request with power
+            limits the limit in the requested direction (0 in standby); NaN for current
+            limits (see :meth:`power_w_at`).
         mode: Mode code (``mode_safe``/``mode_run`` of the map), if mapped.
         enable: Enable flag, if mapped.
         reason: Reason bit field, if mapped.
         counter: Rolling counter, if mapped.
+        state: State request (``standby``/``charge``/``discharge``), if a state request.
+        charge_limit: Charge limit magnitude (A or W, as the map), if a state request.
+        discharge_limit: Discharge limit magnitude (A or W), if a state request.
+        limits_in_a: Whether the limits are currents.
+        checksum_ok: Whether the checksum matched (``None``: no checksum).
     """
 
     pack: int
@@ -257,6 +202,28 @@ class SetpointFrame:
     enable: bool | None = None
     reason: int | None = None
     counter: int | None = None
+    state: str | None = None
+    charge_limit: float | None = None
+    discharge_limit: float | None = None
+    limits_in_a: bool = False
+    checksum_ok: bool | None = None
+
+    @property
+    def enabled(self) -> bool:
+        """Whether the command lets the pack run (not safe, not disabled, not standby)."""
+        if self.state is not None:
+            return self.state != "standby"
+        return self.enable is not False
+
+    def power_w_at(self, pack_voltage_v: float) -> float:
+        """Commanded power [W], + = discharge, at ``pack_voltage_v`` for current limits."""
+        if self.state is None or not self.limits_in_a:
+            return self.power_w
+        if self.state == "discharge":
+            return float(self.discharge_limit or 0.0) * pack_voltage_v
+        if self.state == "charge":
+            return -float(self.charge_limit or 0.0) * pack_voltage_v
+        return 0.0
 
 
 @dataclass(frozen=True)
@@ -292,30 +259,72 @@ DecodedFrame = TelemetryFrame | SiteFrame | SetpointFrame | MalformedFrame | Ign
 
 
 @dataclass(frozen=True)
-class _Route:
-    kind: str  # "telemetry" | "setpoint" | "site"
+class _Sig:
+    key: str
+    signal: str
+    conv: ScaledSignal
+    lo: float
+    hi: float
+    tol: float
+
+
+@dataclass
+class _Plan:
+    """Everything precomputed for one mapped message (shared by its packs)."""
+
+    kind: str  # "telemetry" | "command" | "site"
+    entry: MessageMap
     message: cantools.database.Message
-    pack: int | None
-    refs: dict[str, SignalRef] = field(default_factory=dict)
+    layout: MessageLayoutLike
+    sigs: list[_Sig]
+    defaults: dict[str, float]
+    cell_signals: dict[str, tuple[int, bool]]  # signal → (cell, is_invalid_flag)
+    cell_frames: list[tuple[dict[str, float], list[tuple[int, str, str | None]]]]
+    cell_range: dict[str, tuple[float, float, float]]
+    counter_mod: int
+    checksum_byte: int | None
 
 
 @dataclass(frozen=True)
-class _EncodePlan:
-    message: cantools.database.Message
-    signals: list[tuple[str, SignalRef, float, float]]  # key, ref, DBC min, DBC max
-    defaults: dict[str, float]
+class _Route:
+    plan: _Plan
+    pack: int | None
+    bus: str
+    frame_id: int
+
+
+def _range(signal: cantools.database.Signal) -> tuple[float, float, float]:
+    lo = -math.inf if signal.minimum is None else float(signal.minimum)
+    hi = math.inf if signal.maximum is None else float(signal.maximum)
+    return lo, hi, 1e-9 + abs(float(signal.scale)) * 1e-6
+
+
+def _checksum_byte(message: cantools.database.Message, signal_name: str) -> int:
+    s = message.get_signal_by_name(signal_name)
+    aligned = s.start % 8 == (0 if s.byte_order == "little_endian" else 7)
+    if s.length != 8 or not aligned or s.is_signed:
+        raise ValueError(
+            f"{message.name}.{signal_name}: a checksum must be an unsigned, byte-aligned "
+            "8-bit signal"
+        )
+    return int(s.start // 8)
 
 
 class CanCodec:
-    """Encode and decode PulseBMS frames with a DBC and a :class:`SignalMap`.
+    """Encode and decode PulseBMS frames with DBC files and a signal map.
 
     Args:
         n_packs: Number of packs; ids for packs ``0 .. n_packs-1`` are routed.
-        dbc_path: The DBC file; the project DBC by default.
+        dbc_path: The DBC file, or several; the project DBC by default. Every message of
+            every file takes part in the collision check.
         signal_map: The signal map; :meth:`SignalMap.default` by default.
+        backend: ``compiled`` (precomputed layouts of :mod:`pulsebms.edge_runtime.layout`;
+            cantools when that module is absent) or ``cantools``.
 
     Raises:
-        ValueError: If the map names a message or signal the DBC lacks, or pack ids collide.
+        ValueError: If the map names a message or signal the DBCs lack, a pack has no id or
+            no bus, or two frames (mapped, or any other message of a loaded DBC) share an
+            id on one bus.
 
     Example:
         >>> codec = CanCodec(n_packs=2)
@@ -328,102 +337,293 @@ class CanCodec:
         self,
         n_packs: int,
         *,
-        dbc_path: str | Path | None = None,
+        dbc_path: str | Path | Sequence[str | Path] | None = None,
         signal_map: SignalMap | None = None,
+        backend: str = "compiled",
     ) -> None:
         if n_packs < 1:
             raise ValueError(f"n_packs must be >= 1, got {n_packs}")
+        if backend not in BACKENDS:
+            raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
         self.n_packs = n_packs
-        self.dbc_path = Path(dbc_path) if dbc_path is not None else default_dbc_path()
-        self.signal_map = signal_map if signal_map is not None else SignalMap.default()
-        db = cantools.database.load_file(str(self.dbc_path))
-        if not isinstance(db, cantools.database.Database):
-            raise ValueError(f"{self.dbc_path} is not a CAN DBC database")
-        self.db = db
-        self._routes: dict[tuple[int, bool], _Route] = {}
-        self._messages: dict[str, cantools.database.Message] = {}
-        sm = self.signal_map
-        for kind, refs, per_pack in (
-            ("telemetry", sm.telemetry, True),
-            ("setpoint", sm.setpoint, True),
-            ("site", sm.site, False),
-        ):
-            by_message: dict[str, dict[str, SignalRef]] = {}
-            for key, ref in refs.items():
-                by_message.setdefault(ref.message, {})[key] = ref
-            for name, msg_refs in by_message.items():
-                message = self._message(name, msg_refs)
-                packs: list[int | None] = list(range(n_packs)) if per_pack else [None]
-                for pack in packs:
-                    frame_id = message.frame_id + (pack or 0) * sm.id_stride
-                    route_key = (frame_id, bool(message.is_extended_frame))
-                    if route_key in self._routes:
-                        raise ValueError(
-                            f"frame id 0x{frame_id:X} of {name} (pack {pack}) collides with "
-                            f"{self._routes[route_key].message.name}; lower n_packs or change "
-                            "the DBC"
-                        )
-                    self._routes[route_key] = _Route(kind, message, pack, msg_refs)
-        self._plans = {
-            "telemetry": self._plan(sm.telemetry),
-            "setpoint": self._plan(sm.setpoint),
-            "site": self._plan(sm.site),
-        }
-        self._modulus: dict[str, int] = {}
-        for kind in ("telemetry", "setpoint", "site"):
-            ref = getattr(sm, kind).get("counter")
-            bits = (
-                0
-                if ref is None
-                else int(self._messages[ref.message].get_signal_by_name(ref.signal).length)
-            )
-            self._modulus[kind] = 2**bits
+        self.backend = backend
+        if dbc_path is None:
+            paths = [default_dbc_path()]
+        elif isinstance(dbc_path, (str, Path)):
+            paths = [Path(dbc_path)]
+        else:
+            paths = [Path(p) for p in dbc_path]
+        if not paths:
+            raise ValueError("give at least one DBC file")
+        self.dbc_paths: tuple[Path, ...] = tuple(paths)
+        self.dbc_path = paths[0]
+        self.signal_map = sm = signal_map if signal_map is not None else SignalMap.default()
+        self.dbs: list[cantools.database.Database] = []
+        for p in paths:
+            db = cantools.database.load_file(str(p))
+            if not isinstance(db, cantools.database.Database):
+                raise ValueError(f"{p} is not a CAN DBC database")
+            self.dbs.append(db)
+        self.db = self.dbs[0]
+        # buses
+        self._bus_of: list[str] = []
+        if sm.buses is None:
+            self._bus_of = ["default"] * n_packs
+        else:
+            where = {p: name for name, packs in sm.buses.items() for p in packs}
+            missing = [p for p in range(n_packs) if p not in where]
+            if missing:
+                raise ValueError(f"packs {missing} are on no bus of the signal map")
+            self._bus_of = [where[p] for p in range(n_packs)]
+        self._bus_names: tuple[str, ...] = sm.bus_names
+        self.site_bus: str = sm.site_bus or self._bus_names[0]
+        # plans and routes
+        self._routes: dict[str, dict[tuple[int, bool], _Route]] = {b: {} for b in self._bus_names}
+        self._tel_plans = [self._plan("telemetry", m) for m in sm.telemetry]
+        self._cmd_plan = self._plan("command", sm.command.message)
+        self._site_plan = None if sm.site is None else self._plan("site", sm.site)
+        for plan in (*self._tel_plans, self._cmd_plan):
+            for pack in range(n_packs):
+                self._add_route(plan, pack, self._bus_of[pack], self._id(plan, pack))
+        if self._site_plan is not None:
+            self._add_route(self._site_plan, None, self.site_bus, self._id(self._site_plan, None))
+        self._check_unmapped()
+        self._any_bus: dict[tuple[int, bool], _Route | None] = {}
+        for routes in self._routes.values():
+            for key, route in routes.items():
+                self._any_bus[key] = None if key in self._any_bus else route
+        self._errors: dict[tuple[str, int | None], int] = {}
+        self._last_counter: dict[tuple[str, int | None], int] = {}
+        command = sm.command
+        nominal = command.nominal_pack_voltage_v
+        self.pack_voltage_v: FloatArray = np.full(
+            n_packs, math.nan if nominal is None else float(nominal)
+        )
+        """Pack voltage [V] per pack used by current-limit commands when the caller gives
+        none (the nominal voltage of the map, or NaN); whoever knows better may set it."""
 
-    def _message(self, name: str, refs: Mapping[str, SignalRef]) -> cantools.database.Message:
-        try:
-            message = self.db.get_message_by_name(name)
-        except KeyError:
-            raise ValueError(f"DBC {self.dbc_path} has no message {name!r}") from None
-        names = {s.name for s in message.signals}
-        for ref in refs.values():
-            if ref.signal not in names:
-                raise ValueError(f"DBC message {name!r} has no signal {ref.signal!r}")
-        self._messages[name] = message
-        return message
+    # ------------------------------------------------------------------ setup
+    def _message(self, name: str) -> tuple[cantools.database.Message, Path]:
+        found = []
+        for db, path in zip(self.dbs, self.dbc_paths, strict=True):
+            with contextlib.suppress(KeyError):
+                found.append((db.get_message_by_name(name), path))
+        if not found:
+            files = ", ".join(str(p) for p in self.dbc_paths)
+            raise ValueError(f"DBC {files} has no message {name!r}")
+        if len(found) > 1:
+            raise ValueError(f"message {name!r} is in several DBCs: {[str(p) for _, p in found]}")
+        return found[0]
+
+    def _plan(self, kind: str, entry: MessageMap) -> _Plan:
+        message, _ = self._message(entry.message)
+        by_name = {s.name: s for s in message.signals}
+
+        def signal(name: str) -> cantools.database.Signal:
+            if name not in by_name:
+                raise ValueError(f"DBC message {entry.message!r} has no signal {name!r}")
+            return by_name[name]
+
+        sigs = []
+        for key, conv in entry.signals.items():
+            lo, hi, tol = _range(signal(conv.signal))
+            sigs.append(_Sig(key, conv.signal, conv, lo, hi, tol))
+        checks: list[IntegrityCheck] = [c for c in (entry.counter, entry.checksum) if c]
+        for check in checks:
+            signal(check.signal)
+        defaults = {
+            s.name: float(0 if s.minimum is None else max(float(s.minimum), 0.0))
+            for s in message.signals
+        }
+        cell_signals: dict[str, tuple[int, bool]] = {}
+        cell_frames: list[tuple[dict[str, float], list[tuple[int, str, str | None]]]] = []
+        cell_range: dict[str, tuple[float, float, float]] = {}
+        if entry.cells is not None:
+            cell_frames = self._cell_frames(entry.cells, message, signal)
+            for _, cells in cell_frames:
+                for cell, vname, iname in cells:
+                    cell_signals[vname] = (cell, False)
+                    cell_range[vname] = _range(by_name[vname])
+                    if iname is not None:
+                        cell_signals[iname] = (cell, True)
+        modulus = 1
+        if entry.counter is not None:
+            modulus = 2 ** int(signal(entry.counter.signal).length)
+        byte = None
+        if entry.checksum is not None:
+            byte = _checksum_byte(message, entry.checksum.signal)
+        return _Plan(
+            kind,
+            entry,
+            message,
+            _layout(message, self.backend),
+            sigs,
+            defaults,
+            cell_signals,
+            cell_frames,
+            cell_range,
+            modulus,
+            byte,
+        )
+
+    @staticmethod
+    def _cell_frames(
+        cells: CellBlock, message: cantools.database.Message, signal: Any
+    ) -> list[tuple[dict[str, float], list[tuple[int, str, str | None]]]]:
+        """Per frame to send: its multiplexer values, and its cells (index, V, flag)."""
+        frames: dict[tuple[tuple[str, float], ...], list[tuple[int, str, str | None]]] = {}
+        for cell in range(cells.count):
+            vname = cells.voltage.format(cell=cell)
+            vsig = signal(vname)
+            iname = None if cells.invalid is None else cells.invalid.format(cell=cell)
+            if iname is not None:
+                signal(iname)
+            mux: tuple[tuple[str, float], ...] = ()
+            if vsig.multiplexer_signal is not None:
+                ids = vsig.multiplexer_ids or [0]
+                mux = ((str(vsig.multiplexer_signal), float(ids[0])),)
+            frames.setdefault(mux, []).append((cell, vname, iname))
+        del message
+        return [(dict(mux), cs) for mux, cs in frames.items()]
+
+    def _id(self, plan: _Plan, pack: int | None) -> int:
+        entry = plan.entry
+        p = pack or 0
+        if entry.frame_ids is not None:
+            if p >= len(entry.frame_ids):
+                raise ValueError(
+                    f"{entry.message}: frame_ids gives {len(entry.frame_ids)} ids, pack {p} "
+                    "has none"
+                )
+            return entry.frame_ids[p]
+        stride = self.signal_map.id_stride if entry.id_stride is None else entry.id_stride
+        return int(plan.message.frame_id + p * stride)
+
+    def _add_route(self, plan: _Plan, pack: int | None, bus: str, frame_id: int) -> None:
+        key = (frame_id, bool(plan.message.is_extended_frame))
+        routes = self._routes[bus]
+        if key in routes:
+            other = routes[key]
+            raise ValueError(
+                f"frame id 0x{frame_id:X} of {plan.message.name} (pack {pack}) collides on bus "
+                f"{bus!r} with {other.plan.message.name} (pack {other.pack}); lower n_packs, "
+                "change the ids in the signal map, or put the packs on separate buses"
+            )
+        routes[key] = _Route(plan, pack, bus, frame_id)
+
+    def _check_unmapped(self) -> None:
+        """Every other message of every loaded DBC may be on any bus: no mapped id may hit it."""
+        mapped = {p.message.name for p in (*self._tel_plans, self._cmd_plan, self._site_plan) if p}
+        for db, path in zip(self.dbs, self.dbc_paths, strict=True):
+            for message in db.messages:
+                if message.name in mapped:
+                    continue
+                key = (int(message.frame_id), bool(message.is_extended_frame))
+                for bus, routes in self._routes.items():
+                    if key in routes:
+                        r = routes[key]
+                        raise ValueError(
+                            f"frame id 0x{key[0]:X} of {r.plan.message.name} (pack {r.pack}, bus "
+                            f"{bus!r}) collides with message {message.name} of {path.name}"
+                        )
+
+    # ------------------------------------------------------------------ addressing
+    @property
+    def bus_names(self) -> tuple[str, ...]:
+        """Names of the buses of the signal map (``("default",)`` without ``buses``)."""
+        return self._bus_names
+
+    def bus_of(self, pack: int) -> str:
+        """Name of the bus ``pack`` is on."""
+        return self._bus_of[pack]
+
+    def packs_on(self, bus: str) -> tuple[int, ...]:
+        """Packs on ``bus``."""
+        return tuple(p for p, b in enumerate(self._bus_of) if b == bus)
 
     def frame_id(self, kind: str, pack: int | None = None) -> int:
-        """CAN id of the ``kind`` (``telemetry``/``setpoint``/``site``) frame of ``pack``."""
-        refs = getattr(self.signal_map, kind)
-        message = self._messages[next(iter(refs.values())).message]
-        return int(message.frame_id + (pack or 0) * self.signal_map.id_stride)
+        """CAN id of the ``kind`` frame of ``pack``.
+
+        Args:
+            kind: ``telemetry`` (its first message), ``setpoint``/``command``, or ``site``.
+            pack: Pack index (ignored for ``site``).
+
+        Raises:
+            ValueError: If the kind is unknown or the map has no site frame.
+        """
+        if kind == "telemetry":
+            return self._id(self._tel_plans[0], pack)
+        if kind in ("setpoint", "command"):
+            return self._id(self._cmd_plan, pack)
+        if kind == "site" and self._site_plan is not None:
+            return self._id(self._site_plan, None)
+        raise ValueError(f"no {kind!r} frame in this signal map")
+
+    def counter_modulus(self, kind: str) -> int:
+        """Rolling-counter modulus (``2**bits``) of ``kind``'s (first) counter; 1 if none."""
+        plans = {
+            "telemetry": self._tel_plans,
+            "setpoint": [self._cmd_plan],
+            "command": [self._cmd_plan],
+            "site": [self._site_plan] if self._site_plan else [],
+        }[kind]
+        return next((p.counter_mod for p in plans if p.entry.counter is not None), 1)
+
+    @property
+    def has_site(self) -> bool:
+        """Whether the map has a site frame on CAN."""
+        return self._site_plan is not None
+
+    @property
+    def layout_backend(self) -> str:
+        """The layout class really used (``_CantoolsLayout`` until the compiled one lands)."""
+        return type(self._cmd_plan.layout).__name__
+
+    def reset_integrity(self) -> None:
+        """Forget the counter/checksum history (e.g. after a bus restart)."""
+        self._errors.clear()
+        self._last_counter.clear()
 
     # ------------------------------------------------------------------ decode
-    def decode(self, msg: can.Message) -> DecodedFrame:
+    def decode(self, msg: can.Message, bus: str = "default") -> DecodedFrame:
         """Decode one received frame; never raises.
 
         Args:
             msg: The frame.
+            bus: Name of the bus it came from. ``default`` on a map without a bus of that
+                name looks the id up on every bus (ids present on several buses are then
+                ignored as ambiguous).
 
         Returns:
             A telemetry, site or set-point frame; :class:`MalformedFrame` if the id is ours but
             the content cannot be trusted; :class:`IgnoredFrame` if the id is not ours.
         """
         try:
-            return self._decode(msg)
+            return self._decode(msg, bus)
         except Exception as exc:  # a decoder bug must not stop the control loop
             return MalformedFrame(
                 int(getattr(msg, "arbitration_id", -1)), f"decode error: {exc!r}", None
             )
 
-    def _decode(self, msg: can.Message) -> DecodedFrame:
+    def _decode(self, msg: can.Message, bus: str) -> DecodedFrame:
         if msg.is_error_frame:
             return MalformedFrame(msg.arbitration_id, "CAN error frame")
-        route = self._routes.get((msg.arbitration_id, bool(msg.is_extended_id)))
+        key = (msg.arbitration_id, bool(msg.is_extended_id))
+        routes = self._routes.get(bus)
+        if routes is not None:
+            route = routes.get(key)
+        elif bus == "default":
+            route = self._any_bus.get(key)
+            if route is None and key in self._any_bus:
+                return IgnoredFrame(msg.arbitration_id, "id on several buses: say which bus")
+        else:
+            return IgnoredFrame(msg.arbitration_id, f"unknown bus {bus!r}")
         if route is None:
             return IgnoredFrame(msg.arbitration_id, "unknown id")
         if msg.is_remote_frame:
             return IgnoredFrame(msg.arbitration_id, "remote frame")
-        message = route.message
+        plan = route.plan
+        message = plan.message
         data = bytes(msg.data)
         if msg.dlc != message.length or len(data) != message.length:
             return MalformedFrame(
@@ -432,97 +632,309 @@ class CanCodec:
                 route.pack,
             )
         try:
-            raw = cast(Mapping[str, Any], message.decode(data, decode_choices=False, scaling=True))
+            raw = plan.layout.decode(data)
         except Exception as exc:
             return MalformedFrame(
                 msg.arbitration_id, f"{message.name}: cannot decode: {exc}", route.pack
             )
+        # integrity first: a frame with a wrong checksum carries nothing to range-check
+        ident = (message.name, route.pack)
+        entry = plan.entry
+        checksum_ok: bool | None = None
+        errors_now = 0
+        if entry.checksum is not None and plan.checksum_byte is not None:
+            b = plan.checksum_byte
+            expected = checksum(entry.checksum.algorithm, data[:b] + data[b + 1 :])
+            checksum_ok = data[b] == expected
+            if not checksum_ok:
+                self._last_counter.pop(ident, None)  # resynchronise on the next good frame
+                if entry.checksum.max_errors is not None:
+                    errors_now += 1
         values: dict[str, float] = {}
-        for key, ref in route.refs.items():
-            signal = message.get_signal_by_name(ref.signal)
-            value = float(raw[ref.signal])
-            if not math.isfinite(value):
-                return MalformedFrame(
-                    msg.arbitration_id, f"{message.name}.{ref.signal} is not finite", route.pack
-                )
-            lo, hi = signal.minimum, signal.maximum
-            tol = 1e-9 + abs(float(signal.scale)) * 1e-6
-            if (lo is not None and value < lo - tol) or (hi is not None and value > hi + tol):
+        counter: int | None = None
+        if checksum_ok is not False:
+            for s in plan.sigs:
+                got = raw.get(s.signal)
+                if got is None:
+                    continue  # a multiplexed signal not in this frame
+                value = float(got)
+                if not (math.isfinite(value) and s.lo - s.tol <= value <= s.hi + s.tol):
+                    bad = self._out_of_range(message.name, s.signal, value, s.lo, s.hi, s.tol)
+                    return MalformedFrame(msg.arbitration_id, bad, route.pack)
+                values[s.key] = value * s.conv.scale + s.conv.offset
+            if entry.counter is not None and entry.counter.signal in raw:
+                counter = round(float(raw[entry.counter.signal]))
+                last = self._last_counter.get(ident)
+                self._last_counter[ident] = counter
+                if (
+                    entry.counter.max_errors is not None
+                    and last is not None
+                    and counter != (last + 1) % plan.counter_mod
+                ):
+                    errors_now += 1
+        if errors_now:
+            run = self._errors.get(ident, 0) + 1
+            self._errors[ident] = run
+            limit = min(
+                c.max_errors
+                for c in (entry.checksum, entry.counter)
+                if c is not None and c.max_errors is not None
+            )
+            if run > limit:
                 return MalformedFrame(
                     msg.arbitration_id,
-                    f"{message.name}.{ref.signal}={value:g} outside DBC range [{lo}, {hi}]",
+                    f"{message.name}: {run} counter/checksum errors in a row (tolerance {limit})",
                     route.pack,
                 )
-            values[key] = ref.to_ours(value)
-        counter = values.pop("counter", None)
-        counter_int = None if counter is None else round(counter)
-        if route.kind == "telemetry":
-            status = values.pop("status", None)
-            return TelemetryFrame(
-                pack=int(route.pack or 0),
-                values=values,
-                status=None if status is None else round(status),
-                counter=counter_int,
-                message=message.name,
-            )
-        if route.kind == "site":
-            return SiteFrame(values=values, counter=counter_int)
-        mode = values.get("mode")
-        enable = values.get("enable")
-        reason = values.get("reason")
-        return SetpointFrame(
+        else:
+            run = 0
+            self._errors.pop(ident, None)
+        trusted = checksum_ok is not False
+        if plan.kind == "telemetry":
+            return self._telemetry(msg, route, raw, values, counter, checksum_ok, run, trusted)
+        if not trusted:
+            return MalformedFrame(msg.arbitration_id, f"{message.name}: checksum wrong", route.pack)
+        if plan.kind == "site":
+            return SiteFrame(values=values, counter=counter)
+        return self._command_frame(msg, route, values, counter, checksum_ok)
+
+    @staticmethod
+    def _out_of_range(
+        message: str, signal: str, value: float, lo: float, hi: float, tol: float
+    ) -> str:
+        if not math.isfinite(value):
+            return f"{message}.{signal} is not finite"
+        if value < lo - tol or value > hi + tol:
+            return f"{message}.{signal}={value:g} outside DBC range [{lo}, {hi}]"
+        return ""
+
+    def _telemetry(
+        self,
+        msg: can.Message,
+        route: _Route,
+        raw: Mapping[str, float],
+        values: dict[str, float],
+        counter: int | None,
+        checksum_ok: bool | None,
+        run: int,
+        trusted: bool,
+    ) -> DecodedFrame:
+        plan = route.plan
+        cells: dict[int, float] = {}
+        invalid: list[int] = []
+        block = plan.entry.cells
+        if block is not None and trusted:
+            flagged: set[int] = set()
+            voltages: dict[int, tuple[str, float]] = {}
+            for name, value in raw.items():
+                hit = plan.cell_signals.get(name)
+                if hit is None:
+                    continue
+                cell, is_flag = hit
+                if is_flag:
+                    if round(float(value)) == block.invalid_value:
+                        flagged.add(cell)
+                else:
+                    voltages[cell] = (name, float(value))
+            for cell, (name, value) in sorted(voltages.items()):
+                if cell in flagged:
+                    invalid.append(cell)
+                    continue
+                lo, hi, tol = plan.cell_range[name]
+                bad = self._out_of_range(plan.message.name, name, value, lo, hi, tol)
+                if bad:
+                    return MalformedFrame(msg.arbitration_id, bad, route.pack)
+                cells[cell] = value * block.scale + block.offset
+        status = values.pop("status", None)
+        state = values.pop("bms_state", None)
+        return TelemetryFrame(
             pack=int(route.pack or 0),
-            power_w=values["power_w"],
-            mode=None if mode is None else round(mode),
-            enable=None if enable is None else bool(round(enable)),
+            values=values if trusted else {},
+            status=None if status is None or not trusted else round(status),
+            counter=counter,
+            message=plan.message.name,
+            cell_voltages_v=cells,
+            invalid_cells=tuple(invalid),
+            bms_state=None if state is None or not trusted else round(state),
+            checksum_ok=checksum_ok,
+            integrity_errors=run,
+            bus=route.bus,
+        )
+
+    def _command_frame(
+        self,
+        msg: can.Message,
+        route: _Route,
+        values: dict[str, float],
+        counter: int | None,
+        checksum_ok: bool | None,
+    ) -> DecodedFrame:
+        command = self.signal_map.command
+        reason = values.get("reason")
+        pack = int(route.pack or 0)
+        if command.kind == "setpoint":
+            mode = values.get("mode")
+            enable = values.get("enable")
+            return SetpointFrame(
+                pack=pack,
+                power_w=values["power_w"],
+                mode=None if mode is None else round(mode),
+                enable=None if enable is None else bool(round(enable)),
+                reason=None if reason is None else round(reason),
+                counter=counter,
+                checksum_ok=checksum_ok,
+            )
+        code = round(values["state"])
+        names = {v: k for k, v in command.states.items()}
+        if code not in names:
+            return MalformedFrame(msg.arbitration_id, f"state request {code} unknown", pack)
+        state = names[code]
+        in_a = command.uses_current_limits
+        chg = values["charge_current_limit_a" if in_a else "charge_power_limit_w"]
+        dis = values["discharge_current_limit_a" if in_a else "discharge_power_limit_w"]
+        power = {"standby": 0.0, "charge": -chg, "discharge": dis}[state]
+        return SetpointFrame(
+            pack=pack,
+            power_w=math.nan if in_a and state != "standby" else power,
             reason=None if reason is None else round(reason),
-            counter=counter_int,
+            counter=counter,
+            state=state,
+            charge_limit=chg,
+            discharge_limit=dis,
+            limits_in_a=in_a,
+            checksum_ok=checksum_ok,
         )
 
     # ------------------------------------------------------------------ encode
-    def counter_modulus(self, kind: str) -> int:
-        """Rolling-counter modulus (``2**bits``) of ``kind``'s counter, 1 if it has none."""
-        return self._modulus[kind]
+    def _frame(self, plan: _Plan, signals: dict[str, float], frame_id: int) -> can.Message:
+        data = bytearray(plan.layout.encode(signals))
+        entry = plan.entry
+        if entry.checksum is not None and plan.checksum_byte is not None:
+            b = plan.checksum_byte
+            data[b] = 0
+            data[b] = checksum(entry.checksum.algorithm, bytes(data[:b] + data[b + 1 :]))
+        return can.Message(
+            arbitration_id=frame_id,
+            is_extended_id=bool(plan.message.is_extended_frame),
+            data=bytes(data),
+            dlc=plan.message.length,
+        )
 
-    def _plan(self, refs: Mapping[str, SignalRef]) -> list[_EncodePlan]:
-        """Per message: the mapped signals with their DBC ranges, and defaults for the rest."""
-        plans: dict[str, _EncodePlan] = {}
-        for key, ref in refs.items():
-            message = self._messages[ref.message]
-            if ref.message not in plans:
-                defaults = {
-                    s.name: float(0 if s.minimum is None else max(float(s.minimum), 0.0))
-                    for s in message.signals
-                }
-                plans[ref.message] = _EncodePlan(message, [], defaults)
-            signal = message.get_signal_by_name(ref.signal)
-            lo = -math.inf if signal.minimum is None else float(signal.minimum)
-            hi = math.inf if signal.maximum is None else float(signal.maximum)
-            plans[ref.message].signals.append((key, ref, lo, hi))
-        return list(plans.values())
+    @staticmethod
+    def _fill(plan: _Plan, values: Mapping[str, float], counter: int) -> dict[str, float]:
+        signals = dict(plan.defaults)
+        for s in plan.sigs:
+            if s.key in values:
+                value = s.conv.to_dbc(float(values[s.key]))
+                if math.isfinite(value):
+                    signals[s.signal] = min(max(value, s.lo), s.hi)
+        if plan.entry.counter is not None:
+            signals[plan.entry.counter.signal] = float(counter % plan.counter_mod)
+        return signals
 
-    def _encode(
-        self, plans: list[_EncodePlan], values: Mapping[str, float], pack: int | None
+    def _encode_plan(
+        self,
+        plan: _Plan,
+        values: Mapping[str, float],
+        pack: int | None,
+        counter: int,
+        cells: Mapping[int, float] | None = None,
+        invalid: frozenset[int] = frozenset(),
+        uniform_v: float = math.nan,
     ) -> list[can.Message]:
+        frame_id = self._id(plan, pack)
+        signals = self._fill(plan, values, counter)
+        block = plan.entry.cells
+        if block is None:
+            return [self._frame(plan, signals, frame_id)]
         frames = []
-        offset = (pack or 0) * self.signal_map.id_stride
-        for plan in plans:
-            signals = dict(plan.defaults)
-            for key, ref, lo, hi in plan.signals:
-                if key in values:
-                    value = (float(values[key]) - ref.offset) / ref.scale
-                    signals[ref.signal] = min(max(value, lo), hi)
-            message = plan.message
-            data = message.encode(signals, scaling=True, strict=False)
-            frames.append(
-                can.Message(
-                    arbitration_id=message.frame_id + offset,
-                    is_extended_id=bool(message.is_extended_frame),
-                    data=data,
-                    dlc=message.length,
-                )
-            )
+        for mux, members in plan.cell_frames:
+            sig = {**signals, **mux}
+            for cell, vname, iname in members:
+                volts = uniform_v if cells is None else float(cells.get(cell, math.nan))
+                lo, hi, _ = plan.cell_range[vname]
+                bad = cell in invalid or not math.isfinite(volts)
+                raw = (volts - block.offset) / block.scale
+                sig[vname] = max(lo, 0.0) if bad else min(max(raw, lo), hi)
+                if iname is not None:
+                    sig[iname] = float(block.invalid_value if bad else 1 - block.invalid_value)
+            frames.append(self._frame(plan, sig, frame_id))
         return frames
+
+    def encode_command(
+        self,
+        pack: int,
+        power_w: float,
+        *,
+        safe: bool = False,
+        reason: int = 0,
+        counter: int = 0,
+        pack_voltage_v: float | None = None,
+    ) -> list[tuple[str, can.Message]]:
+        """Encode the command of one pack, for the bus it is on.
+
+        For a power set-point map: the set-point frame (``safe``: mode safe, enable 0, zero
+        power). For a state-request map: ``standby`` with zero limits when ``safe``, power
+        non-finite or ``|power_w| < standby_below_w``; else ``discharge`` (power > 0) or
+        ``charge`` with the limit in that direction ``|power_w|`` (power limits) or
+        ``|power_w| / pack_voltage_v`` (current limits) and 0 in the other. A current-limit
+        command without a usable voltage (given, :attr:`pack_voltage_v`, or the map's
+        nominal one) is standby.
+
+        Args:
+            pack: Pack index.
+            power_w: Power [W], + = discharge; limits clipped to the DBC ranges.
+            safe: Command the safe state.
+            reason: Reason bit field (where mapped).
+            counter: Rolling counter (wrapped to the signal width).
+            pack_voltage_v: Pack voltage [V] for current limits.
+
+        Returns:
+            ``[(bus name, frame)]``.
+        """
+        frames = self._command_frames(pack, power_w, safe, reason, counter, pack_voltage_v)
+        return [(self._bus_of[pack], m) for m in frames]
+
+    def _command_frames(
+        self,
+        pack: int,
+        power_w: float,
+        safe: bool,
+        reason: int,
+        counter: int,
+        pack_voltage_v: float | None,
+    ) -> list[can.Message]:
+        command = self.signal_map.command
+        plan = self._cmd_plan
+        p = float(power_w)
+        off = safe or not math.isfinite(p)
+        if command.kind == "setpoint":
+            values = {
+                "power_w": 0.0 if off else p,
+                "mode": float(command.mode_safe if safe else command.mode_run),
+                "enable": 0.0 if safe else 1.0,
+                "reason": float(reason & 0xFF),
+            }
+        else:
+            volts = math.nan if pack_voltage_v is None else float(pack_voltage_v)
+            if not (math.isfinite(volts) and volts > 0):
+                volts = float(self.pack_voltage_v[pack])
+            if not (math.isfinite(volts) and volts > 0):
+                volts = float(command.nominal_pack_voltage_v or math.nan)
+            in_a = command.uses_current_limits
+            standby = off or abs(p) < command.standby_below_w
+            if in_a and not (math.isfinite(volts) and volts > 0):
+                standby = True
+            limit = 0.0 if standby else abs(p) / volts if in_a else abs(p)
+            state = "standby" if standby else "discharge" if p > 0 else "charge"
+            suffix = "current_limit_a" if in_a else "power_limit_w"
+            values = {
+                "state": float(command.states[state]),
+                f"charge_{suffix}": limit if state == "charge" else 0.0,
+                f"discharge_{suffix}": limit if state == "discharge" else 0.0,
+                "reason": float(reason & 0xFF),
+            }
+        return self._encode_plan(plan, values, pack, counter)
 
     def encode_setpoint(
         self,
@@ -532,28 +944,10 @@ class CanCodec:
         safe: bool = False,
         reason: int = 0,
         counter: int = 0,
+        pack_voltage_v: float | None = None,
     ) -> can.Message:
-        """Encode the set-point frame of one pack.
-
-        Args:
-            pack: Pack index.
-            power_w: Power set-point [W], + = discharge; clipped to the DBC range.
-            safe: Command the safe state (mode safe, enable 0, zero power).
-            reason: Reason bit field (see the DBC comment).
-            counter: Rolling counter (wrapped to the signal width).
-
-        Returns:
-            The frame.
-        """
-        sm = self.signal_map
-        values = {
-            "power_w": 0.0 if safe or not math.isfinite(power_w) else power_w,
-            "mode": float(sm.mode_safe if safe else sm.mode_run),
-            "enable": 0.0 if safe else 1.0,
-            "reason": float(reason & 0xFF),
-            "counter": float(counter % self.counter_modulus("setpoint")),
-        }
-        return self._encode(self._plans["setpoint"], values, pack)[0]
+        """The frame of :meth:`encode_command` (one per pack), without its bus name."""
+        return self._command_frames(pack, power_w, safe, reason, counter, pack_voltage_v)[0]
 
     def encode_telemetry(
         self,
@@ -562,21 +956,48 @@ class CanCodec:
         *,
         status: int = 0,
         counter: int = 0,
+        bms_state: int | None = None,
+        cell_voltages_v: Mapping[int, float] | None = None,
+        invalid_cells: Sequence[int] = (),
     ) -> list[can.Message]:
         """Encode one pack's telemetry (the HIL simulator and tests use this).
 
+        A single ``cell_voltage_v``/``temperature_c`` stands for the min and max the map
+        may carry, and for every cell when ``cell_voltages_v`` is not given.
+
         Args:
             pack: Pack index.
-            values: Quantities keyed as :data:`PACK_TELEMETRY_FIELDS`, PulseBMS units.
-            status: BMS status code.
+            values: Quantities of the contract, PulseBMS units.
+            status: Status code (our convention: 0 ok, 2 fault).
             counter: Rolling counter.
+            bms_state: BMS state code; by default the map's ``bms_state_ok_value``, or its
+                first fault value when ``status`` is a fault.
+            cell_voltages_v: Cell index → voltage [V]; missing cells are sent invalid.
+            invalid_cells: Cells to flag invalid.
 
         Returns:
-            One frame per telemetry message of the map.
+            Every frame of every telemetry message of the map (all mux values of cells).
         """
-        full = {**values, "status": float(status)}
-        full["counter"] = float(counter % self.counter_modulus("telemetry"))
-        return self._encode(self._plans["telemetry"], full, pack)
+        sm = self.signal_map
+        full = dict(values)
+        for single, lo, hi in (
+            ("cell_voltage_v", "cell_voltage_min_v", "cell_voltage_max_v"),
+            ("temperature_c", "temperature_min_c", "temperature_max_c"),
+        ):
+            if single in full:
+                full.setdefault(lo, full[single])
+                full.setdefault(hi, full[single])
+        full["status"] = float(status)
+        if bms_state is None:
+            faulted = status in sm.status_fault_values and sm.bms_state_fault_values
+            bms_state = sm.bms_state_fault_values[0] if faulted else sm.bms_state_ok_value
+        full["bms_state"] = float(bms_state)
+        uniform = float(values.get("cell_voltage_v", math.nan))
+        frames: list[can.Message] = []
+        bad = frozenset(int(c) for c in invalid_cells)
+        for plan in self._tel_plans:
+            frames += self._encode_plan(plan, full, pack, counter, cell_voltages_v, bad, uniform)
+        return frames
 
     def encode_site(
         self,
@@ -598,12 +1019,16 @@ class CanCodec:
 
         Returns:
             The frame.
+
+        Raises:
+            ValueError: If the map has no site frame.
         """
+        if self._site_plan is None:
+            raise ValueError("this signal map has no site frame on CAN")
         values = {
             "demand_w": demand_w,
             "price_per_kwh": price_per_kwh,
             "time_of_day_s": time_of_day_s % 86400.0,
             "ambient_c": ambient_c,
-            "counter": float(counter % self.counter_modulus("site")),
         }
-        return self._encode(self._plans["site"], values, None)[0]
+        return self._encode_plan(self._site_plan, values, None, counter)[0]

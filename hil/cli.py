@@ -1,8 +1,12 @@
 """``pulsebms-hil`` / ``python -m pulsebms.hil``: one HIL run, its KPIs printed as JSON.
 
+``--dbc`` and ``--signal-map`` make both sides speak another protocol (e.g. the shipped
+``foreign_bms.dbc`` with ``foreign_bms.json``); see ``docs/signal_map.md``.
+
 Exit status: 0 when the run completed and the observation parity held, 1 when it refused
-to start (missing or tampered manifest or model), 2 when the run completed but the
-runtime's observation did not match the twin's (the report's ``parity`` says why).
+to start (missing or tampered manifest or model, bad signal map or DBC), 2 when the run
+completed but the runtime's observation did not match the twin's (the report's ``parity``
+says why).
 
 Example:
     >>> main(["--manifest", "deploy/manifest.json", "--n-ticks", "50"])  # doctest: +SKIP
@@ -16,6 +20,7 @@ import json
 import sys
 from collections.abc import Sequence
 
+from pulsebms.edge_runtime.codec import SignalMap
 from pulsebms.edge_runtime.manifest import ManifestError, ModelIntegrityError
 from pulsebms.hil.parity import DEFAULT_OBS_TOLERANCE
 from pulsebms.hil.run import run_hil
@@ -46,6 +51,14 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--silent-pack", type=int, action="append", default=[], metavar="PACK")
     p.add_argument("--malformed-every", type=int, default=0)
     p.add_argument(
+        "--dbc",
+        action="append",
+        metavar="DBC",
+        help="DBC file both sides speak (repeat for several); the project DBC by default",
+    )
+    p.add_argument("--signal-map", help="signal map (JSON/YAML) of the DBC; docs/signal_map.md")
+    p.add_argument("--codec-backend", choices=("compiled", "cantools"), default="compiled")
+    p.add_argument(
         "--obs-tolerance",
         type=float,
         default=DEFAULT_OBS_TOLERANCE,
@@ -70,6 +83,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         malformed_every=args.malformed_every,
     )
     try:
+        signal_map = SignalMap.load(args.signal_map) if args.signal_map else None
+    except (ValueError, OSError) as exc:
+        print(f"{p.prog}: refusing to start: signal map: {exc}", file=sys.stderr)
+        return EXIT_REFUSED
+    try:
         report = run_hil(
             args.manifest,
             args.model,
@@ -82,8 +100,11 @@ def main(argv: Sequence[str] | None = None) -> int:
             tick_s=args.tick_s,
             faults=faults,
             obs_tolerance=args.obs_tolerance,
+            dbc_path=args.dbc,
+            signal_map=signal_map,
+            codec_backend=args.codec_backend,
         )
-    except (ManifestError, ModelIntegrityError, FileNotFoundError) as exc:
+    except (ManifestError, ModelIntegrityError, FileNotFoundError, ValueError) as exc:
         print(f"{p.prog}: refusing to start: {exc}", file=sys.stderr)
         return EXIT_REFUSED
     print(json.dumps(report.to_dict(), indent=2, sort_keys=True))

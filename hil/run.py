@@ -16,22 +16,42 @@ Example:
 from __future__ import annotations
 
 import collections
-from collections.abc import Mapping
+import inspect
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, cast
 
 import can
 import gymnasium as gym
+import numpy as np
 
 import pulsebms.envs  # noqa: F401 - registers the PulseBMS ids
-from pulsebms.edge_runtime.codec import CanCodec
+from pulsebms.edge_runtime.codec import CanCodec, SignalMap
 from pulsebms.edge_runtime.manifest import load_manifest
 from pulsebms.edge_runtime.runtime import EdgeRuntime
 from pulsebms.hil.parity import DEFAULT_OBS_TOLERANCE, ObservationParity
 from pulsebms.hil.simulator import HilFaults, HilSimulator, SimClock
 
-__all__ = ["HilReport", "run_hil"]
+__all__ = ["HilReport", "TwinSite", "run_hil"]
+
+
+class TwinSite:
+    """Site values straight from the twin, for signal maps without a site frame on CAN.
+
+    A :class:`~pulsebms.edge_runtime.site.SiteSource` (``poll(now_s)``): the runtime asks
+    it every tick, as it would ask a site meter or a CSV schedule.
+
+    Args:
+        sim: The simulator whose site values to give; ``None`` until it exists.
+    """
+
+    def __init__(self, sim: HilSimulator | None = None) -> None:
+        self.sim = sim
+
+    def poll(self, now_s: float) -> Mapping[str, float] | None:
+        """The twin's site values now, or ``None`` before the simulator exists."""
+        return None if self.sim is None else self.sim.site_values()
 
 
 @dataclass(frozen=True)
@@ -110,6 +130,10 @@ def run_hil(
     bus_kwargs: Mapping[str, Any] | None = None,
     runtime_kwargs: Mapping[str, Any] | None = None,
     obs_tolerance: float = DEFAULT_OBS_TOLERANCE,
+    dbc_path: str | Path | Sequence[str | Path] | None = None,
+    signal_map: SignalMap | str | Path | None = None,
+    codec_backend: str = "compiled",
+    separate_buses: bool = False,
 ) -> HilReport:
     """Run the edge runtime against the twin on a python-can bus, in one process.
 
@@ -135,20 +159,39 @@ def run_hil(
         runtime_kwargs: Extra keyword arguments of :class:`EdgeRuntime`.
         obs_tolerance: Largest per-entry |runtime − twin| observation difference counted
             as equal (see :data:`pulsebms.hil.parity.DEFAULT_OBS_TOLERANCE`).
+        dbc_path: DBC file(s) both sides speak; the project DBC by default.
+        signal_map: Signal map (or its file) of that DBC; the default map by default.
+            Without a site frame in the map the runtime gets the site values from the
+            twin (:class:`TwinSite`) instead of the bus.
+        codec_backend: Layout backend of both codecs (``compiled`` or ``cantools``).
+        separate_buses: One channel (``{channel}-{name}``) per bus name of the signal map
+            instead of one for all; needs a runtime that takes one bus per name.
 
     Returns:
         The KPIs, with the parity verdict (a failed parity is reported, not raised).
 
     Raises:
-        ValueError: If the env's fleet does not match the manifest.
+        ValueError: If the env's fleet does not match the manifest, or the signal map does
+            not fit the DBC.
         TypeError: If ``env_id`` is not a FleetEnv.
     """
+    smap = SignalMap.load(signal_map) if isinstance(signal_map, (str, Path)) else signal_map
     clock = SimClock()
     settle = (0.0 if interface == "virtual" else 0.05) if settle_s is None else settle_s
     kwargs = dict(bus_kwargs or {})
+    n = load_manifest(manifest_path).n_packs
+
+    def codec() -> CanCodec:
+        return CanCodec(n, dbc_path=dbc_path, signal_map=smap, backend=codec_backend)
+
+    rt_codec = codec()  # a bad map or DBC is refused before anything is opened
     env = gym.make(env_id, **dict(env_kwargs or {}))
-    rt_bus = can.Bus(interface=interface, channel=channel, **kwargs)
-    sim_bus = can.Bus(interface=interface, channel=channel, **kwargs)
+    names = rt_codec.bus_names if separate_buses else ("",)
+    channels = {name: f"{channel}-{name}" if name else channel for name in names}
+    rt_buses = {k: can.Bus(interface=interface, channel=c, **kwargs) for k, c in channels.items()}
+    sim_buses = {k: can.Bus(interface=interface, channel=c, **kwargs) for k, c in channels.items()}
+    rt_bus: Any = rt_buses if separate_buses else rt_buses[""]
+    sim_bus: Any = sim_buses if separate_buses else sim_buses[""]
     try:
         step_s = float(tick_s) if tick_s is not None else load_manifest(manifest_path).dt_s
         options: dict[str, Any] = {
@@ -156,13 +199,22 @@ def run_hil(
             "recovery_hold_s": 2.0 * step_s,
             **dict(runtime_kwargs or {}),
         }
+        options.setdefault("codec", rt_codec)
+        twin_site = TwinSite()
+        site_bridge = False  # a runtime without site sources: the loop feeds its store
+        if not rt_codec.has_site:
+            if "site_source" in inspect.signature(EdgeRuntime).parameters:
+                options.setdefault("site_source", twin_site)
+            else:
+                site_bridge = True
         runtime = EdgeRuntime.from_files(
             manifest_path, model_path, bus=rt_bus, tick_s=step_s, clock=clock, **options
         )
-        n = runtime.n_packs
-        sim = HilSimulator(env, sim_bus, CanCodec(n), faults=faults)
+        sim = HilSimulator(env, sim_bus, codec(), faults=faults)
+        twin_site.sim = sim
         if sim.n_packs != n:
             raise ValueError(f"{env_id} has {sim.n_packs} packs, the manifest {n}")
+        series = np.asarray(runtime.ratings.series, dtype=np.float64)
         parity = ObservationParity(runtime.builder.fields, tolerance=obs_tolerance)
         sim.reset(seed=seed)
         episodes = 1
@@ -173,6 +225,9 @@ def run_hil(
             twin_obs = sim.observation
             sim.send_telemetry(tick)
             runtime.poll(settle)
+            if site_bridge:
+                runtime.store.update_site(sim.site_values(), now_s=clock())
+            _pack_voltage_bridge(runtime, rt_codec, series)
             report = runtime.tick()
             sim.receive_setpoints(settle)
             parity.update(tick, report.observation, twin_obs, report.safe)
@@ -211,6 +266,20 @@ def run_hil(
             events=dict(sorted(kinds.items())),
         )
     finally:
-        for bus in (rt_bus, sim_bus):
+        for bus in (*rt_buses.values(), *sim_buses.values()):
             bus.shutdown()
         cast(Any, env).close()  # gymnasium's Env.close is unannotated
+
+
+def _pack_voltage_bridge(
+    runtime: EdgeRuntime, codec: CanCodec, series: np.ndarray[Any, Any]
+) -> None:
+    """Give the codec the runtime's pack voltages (for current-limit commands).
+
+    A runtime that calls ``codec.encode_command(..., pack_voltage_v=...)`` does not need
+    this; one that calls ``encode_setpoint`` without a voltage gets it from here.
+    """
+    values = getattr(runtime.store, "values", None)
+    if isinstance(values, Mapping) and "cell_voltage_v" in values:
+        volts = np.asarray(values["cell_voltage_v"], dtype=np.float64) * series
+        codec.pack_voltage_v[:] = np.where(np.isfinite(volts), volts, codec.pack_voltage_v)

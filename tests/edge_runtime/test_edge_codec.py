@@ -142,7 +142,7 @@ BO_ 64 Site: 4 CTRL
 def test_another_dbc_is_wired_by_configuration_only(tmp_path: Path) -> None:
     dbc = tmp_path / "other.dbc"
     dbc.write_text(OTHER_DBC)
-    smap = SignalMap(
+    smap = SignalMap.from_v1(
         telemetry={
             "soc": SignalRef("BmsStatus", "StateOfCharge"),
             "soh": SignalRef("BmsStatus", "Health", 0.01),
@@ -170,12 +170,49 @@ def test_another_dbc_is_wired_by_configuration_only(tmp_path: Path) -> None:
     assert sp.enable is None  # not mapped in this DBC
 
 
-def test_bad_signal_map_is_rejected(tmp_path: Path) -> None:
-    with pytest.raises(ValueError, match="missing"):
-        SignalMap(telemetry={}, setpoint={}, site={})
-    smap = SignalMap.from_dict(
-        {**SignalMap.default().to_dict(), "site": {"demand_w": {"message": "Nope", "signal": "X"}}}
+_V1_TELEMETRY = {
+    "soc": SignalRef("PackTelemetry", "SoC", 0.01),
+    "soh": SignalRef("PackTelemetry", "SoH", 0.01),
+    "temperature_c": SignalRef("PackTelemetry", "Temperature"),
+    "cell_voltage_v": SignalRef("PackTelemetry", "CellVoltage"),
+    "current_a": SignalRef("PackTelemetry", "Current"),
+    "status": SignalRef("PackTelemetry", "Status"),
+    "counter": SignalRef("PackTelemetry", "Counter"),
+}
+
+
+def test_v1_map_of_the_project_dbc_equals_the_default() -> None:
+    v1 = SignalMap.from_v1(
+        _V1_TELEMETRY,
+        {
+            "power_w": SignalRef("PackSetpoint", "PowerSetpoint"),
+            "mode": SignalRef("PackSetpoint", "Mode"),
+            "enable": SignalRef("PackSetpoint", "Enable"),
+            "reason": SignalRef("PackSetpoint", "Reason"),
+            "counter": SignalRef("PackSetpoint", "Counter"),
+        },
+        {
+            "demand_w": SignalRef("SiteStatus", "Demand"),
+            "price_per_kwh": SignalRef("SiteStatus", "Price"),
+            "time_of_day_s": SignalRef("SiteStatus", "TimeOfDay", 60.0),
+            "ambient_c": SignalRef("SiteStatus", "AmbientTemperature"),
+            "counter": SignalRef("SiteStatus", "Counter"),
+        },
     )
+    assert v1 == SignalMap.default()
+
+
+def test_bad_signal_map_is_rejected(tmp_path: Path) -> None:
+    sp = {"power_w": SignalRef("PackSetpoint", "PowerSetpoint")}
+    site = {"demand_w": SignalRef("SiteStatus", "Demand")}
+    with pytest.raises(ValueError, match="missing 'soc', 'soh', 'current_a'"):
+        SignalMap.from_v1({}, sp, site)
+    v1 = {  # the v1 JSON form still loads
+        "telemetry": {k: vars(v) for k, v in _V1_TELEMETRY.items()},
+        "setpoint": {"power_w": {"message": "PackSetpoint", "signal": "PowerSetpoint"}},
+        "site": {"demand_w": {"message": "Nope", "signal": "X"}},
+    }
+    smap = SignalMap.from_dict(v1)
     with pytest.raises(ValueError, match="no message 'Nope'"):
         CanCodec(2, signal_map=smap)
 

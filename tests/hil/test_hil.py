@@ -210,3 +210,81 @@ def test_python_dash_m_pulsebms_hil(tmp_path: Path) -> None:
     )
     assert out.returncode == EXIT_REFUSED, out.stderr
     assert "pulsebms-hil: refusing to start" in out.stderr
+
+
+def test_hil_speaks_the_foreign_dbc_by_configuration_only(
+    exported: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """AX-BMS (Motorola, 0.1 % SoC, state requests with current limits, no site frame)."""
+    from pulsebms.edge_runtime.codec import FOREIGN_DBC, FOREIGN_SIGNAL_MAP
+    from pulsebms.edge_runtime.signal_map import data_path
+
+    dbc, smap = data_path(FOREIGN_DBC), data_path(FOREIGN_SIGNAL_MAP)
+    report = run_hil(exported, n_ticks=30, channel="hil-foreign", dbc_path=dbc, signal_map=smap)
+    assert report.ticks == 30
+    # 3 packs × (status, voltages, temperatures, 52 cell blocks); no site frame on CAN
+    assert report.frames_to_runtime == 30 * 3 * 55
+    assert report.frames_from_runtime == 30 * 3
+    assert report.runtime["malformed_frames"] == 0
+    assert report.safe_pack_ticks == 0
+    assert report.twin_violations == 0
+    assert report.parity_ok, report.parity
+    assert report.obs_compared_ticks == 30
+    # the same run from the command line
+    argv = ["--manifest", str(exported), "--n-ticks", "5", "--channel", "hil-foreign-cli"]
+    assert hil_main([*argv, "--dbc", str(dbc), "--signal-map", str(smap)]) == 0
+    assert json.loads(capsys.readouterr().out)["parity_ok"] is True
+
+
+def test_hil_cli_refuses_a_bad_signal_map(
+    exported: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    bad = tmp_path / "map.json"
+    bad.write_text('{"version": 2, "telemetry": [], "command": {}}')
+    argv = ["--manifest", str(exported), "--n-ticks", "1", "--signal-map", str(bad)]
+    assert hil_main(argv) == EXIT_REFUSED
+    assert "signal map" in capsys.readouterr().err
+
+
+def test_hil_foreign_checksum_errors_are_tolerated_then_safe(exported: Path) -> None:
+    """Bit errors on pack 1's status frame: two tolerated (held values), then the safe state."""
+    from pulsebms.edge_runtime.codec import FOREIGN_DBC, FOREIGN_SIGNAL_MAP
+    from pulsebms.edge_runtime.signal_map import data_path
+
+    report = run_hil(
+        exported,
+        n_ticks=12,
+        channel="hil-foreign-crc",
+        dbc_path=data_path(FOREIGN_DBC),
+        signal_map=data_path(FOREIGN_SIGNAL_MAP),
+        faults=HilFaults(corrupt_packs={1: 4}),
+    )
+    assert report.ticks == 12
+    assert report.runtime["malformed_frames"] >= 1  # the third bad frame in a row, and on
+    assert report.events.get("malformed", 0) >= 1
+    assert report.safe_pack_ticks > 0
+    assert report.twin_violations == 0
+    # ticks 0..5 compared (two corrupt frames tolerated: pack 1 runs on held values)
+    assert report.obs_compared_ticks >= 6
+
+
+def test_hil_foreign_on_one_channel_per_bus(exported: Path) -> None:
+    """bms_a (packs 0, 1) and bms_b (pack 2) on separate channels, as the map names them."""
+    import inspect
+
+    from pulsebms.edge_runtime.codec import FOREIGN_DBC, FOREIGN_SIGNAL_MAP
+    from pulsebms.edge_runtime.runtime import EdgeRuntime
+    from pulsebms.edge_runtime.signal_map import data_path
+
+    if "Mapping" not in str(inspect.signature(EdgeRuntime).parameters["bus"].annotation):
+        pytest.skip("this runtime takes one bus only")
+    report = run_hil(
+        exported,
+        n_ticks=6,
+        channel="hil-foreign-buses",
+        dbc_path=data_path(FOREIGN_DBC),
+        signal_map=data_path(FOREIGN_SIGNAL_MAP),
+        separate_buses=True,
+    )
+    assert (report.frames_from_runtime, report.safe_pack_ticks) == (6 * 3, 0)
+    assert report.parity_ok, report.parity
