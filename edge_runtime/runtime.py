@@ -599,6 +599,22 @@ class EdgeRuntime:
             except Exception as exc:  # the loop must survive any input
                 self._event("internal_error", None, f"handling frame: {exc!r}", now_s=t)
 
+    def handle_telemetry(self, frame: TelemetryFrame, now_s: float | None = None) -> None:
+        """Process one decoded telemetry frame (the codec's, or another BMS link's).
+
+        The same checks as a received CAN frame: integrity, limits, BMS status. Never raises.
+
+        Args:
+            frame: The frame (keys of the codec's quantity contract).
+            now_s: Arrival time on the runtime clock; ``clock()`` by default.
+        """
+        t = self.clock() if now_s is None else now_s
+        with self._lock:
+            try:
+                self._on_telemetry(frame, t)
+            except Exception as exc:  # the loop must survive any input
+                self._event("internal_error", None, f"handling telemetry: {exc!r}", now_s=t)
+
     def _decode(self, msg: can.Message, names: tuple[str, ...]) -> object:
         if not self._decode_takes_bus:
             return self.codec.decode(msg)
