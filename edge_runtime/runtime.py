@@ -417,7 +417,9 @@ class EdgeRuntime:
             self._counter_mod = int(modulus("telemetry")) if modulus is not None else 0
         except (KeyError, ValueError, TypeError):
             self._counter_mod = 0
-        self._has_encode_command = hasattr(self.codec, "encode_command")
+        self._encode_command: Callable[..., list[tuple[str, can.Message]]] | None = getattr(
+            self.codec, "encode_command", None
+        )
         self._last_counter: dict[tuple[int, str, int], int] = {}
         self._counter_run = np.zeros(n, dtype=np.int64)
         self._checksum_run = np.zeros(n, dtype=np.int64)
@@ -539,8 +541,8 @@ class EdgeRuntime:
             power_w = 0.0
         counter = int(self._tx_counter[pack])
         self._tx_counter[pack] += 1
-        if self._has_encode_command:
-            frames = self.codec.encode_command(
+        if self._encode_command is not None:
+            frames = self._encode_command(
                 pack,
                 power_w,
                 safe=safe,
@@ -767,12 +769,13 @@ class EdgeRuntime:
         Returns:
             Frames handled.
         """
-        deadline = self.clock() + max(timeout_s, 0.0)
+        wall = time.monotonic  # a bus waits in wall time, whatever the runtime clock
+        deadline = wall() + max(timeout_s, 0.0)
         handled = 0
         if len(self._rx) == 1:
             bus, names = self._rx[0]
             while handled < max_frames:
-                msg, ok = self._recv(bus, max(deadline - self.clock(), 0.0))
+                msg, ok = self._recv(bus, max(deadline - wall(), 0.0))
                 if msg is None:
                     break
                 self.handle_message(msg, bus=names[0] if len(names) == 1 else None)
@@ -790,7 +793,7 @@ class EdgeRuntime:
                     handled += 1
                 if not ok:
                     return handled
-            remaining = deadline - self.clock()
+            remaining = deadline - wall()
             if got:
                 continue
             if remaining <= 0.0:
@@ -879,11 +882,11 @@ class EdgeRuntime:
                 self._poll_site(t)
                 stale = ~self.store.valid(t)
                 self._update_stale(t, stale)
-                for i in np.flatnonzero(stale & ~self._safe):
-                    self._enter_safe(int(i), int(SafeReason.STALE), t)
+                for j in np.flatnonzero(stale & ~self._safe).tolist():
+                    self._enter_safe(j, int(SafeReason.STALE), t)
                 if not self._update_site_fresh(t):
-                    for i in np.flatnonzero(~self._safe):
-                        self._enter_safe(int(i), int(SafeReason.SITE_STALE), t)
+                    for j in np.flatnonzero(~self._safe).tolist():
+                        self._enter_safe(j, int(SafeReason.SITE_STALE), t)
             newly = int(np.count_nonzero(self._safe)) - before
             self.metrics.timer_safe_entries += newly
             return newly
