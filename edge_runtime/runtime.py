@@ -412,6 +412,7 @@ class EdgeRuntime:
             for i, lim in enumerate(self.limits)
         ]
         self._status_fault = frozenset(getattr(sm, "status_fault_values", ()))
+        self._state_fault = frozenset(getattr(sm, "bms_state_fault_values", ()))
         modulus = getattr(self.codec, "counter_modulus", None)
         try:
             self._counter_mod = int(modulus("telemetry")) if modulus is not None else 0
@@ -649,9 +650,23 @@ class EdgeRuntime:
             self.metrics.ignored_frames += 1
 
     def _integrity_ok(self, frame: TelemetryFrame, t: float) -> bool:
-        """Checksum and rolling counter; a failing frame is dropped, too many in a row latch."""
+        """Checksum and rolling counter; a failing frame is dropped, too many in a row latch.
+
+        Where the codec checks a message itself (its ``integrity_errors`` > 0 on a frame it
+        still passes), its tolerance rules and the runtime only counts. Otherwise the
+        runtime checks: a failed checksum, or a repeated (stuck) counter, drops the frame;
+        more than ``checksum_tolerance`` / ``counter_tolerance`` in a row latch the pack.
+        """
         pack = frame.pack
         checksum_ok = getattr(frame, "checksum_ok", None)
+        if getattr(frame, "integrity_errors", 0):
+            # The codec checks this message and tolerates the error (beyond its map's
+            # max_errors it sends a MalformedFrame, which latches): count, don't double-judge.
+            if checksum_ok is False:
+                self.metrics.checksum_errors += 1
+                return False
+            self.metrics.counter_errors += 1
+            return True
         if checksum_ok is False:
             self.metrics.checksum_errors += 1
             self._checksum_run[pack] += 1
@@ -707,6 +722,9 @@ class EdgeRuntime:
         )
         if frame.status is not None and frame.status in self._status_fault:
             self._mark_bad(pack, SafeReason.BMS_FAULT, f"BMS status {frame.status}", t)
+        state = getattr(frame, "bms_state", None)
+        if state is not None and state in self._state_fault:
+            self._mark_bad(pack, SafeReason.BMS_FAULT, f"BMS state {state}", t)
         if self.store.has_all(pack):
             found = self.limit_violations(pack)
             if found:

@@ -30,7 +30,9 @@ class V2Frame(TelemetryFrame):
 
     cell_voltages_v: dict[int, float] = field(default_factory=dict)
     invalid_cells: tuple[int, ...] = ()
+    bms_state: int | None = None
     checksum_ok: bool | None = None
+    integrity_errors: int = 0
 
 
 def _runtime(bus: can.BusABC, clock: FakeClock, **kwargs: object) -> EdgeRuntime:
@@ -213,17 +215,21 @@ def test_pack_put_safe_while_the_policy_runs_stays_safe_in_that_tick(
 
 def _v2(pack: int, counter: int | None = None, **values: object) -> V2Frame:
     cells = values.pop("cells", {})
+    bms_state = values.pop("bms_state", None)
     invalid = values.pop("invalid", ())
     checksum_ok = values.pop("checksum_ok", None)
+    errors = values.pop("integrity_errors", 0)
     base = {"soc": 0.5, "soh": 0.98, "current_a": 1.0, **values}
     return V2Frame(
         pack=pack,
         values=base,  # type: ignore[arg-type]
         counter=counter,
         message="BmsStatus",
+        bms_state=bms_state,  # type: ignore[arg-type]
         cell_voltages_v=dict(cells),  # type: ignore[call-overload]
         invalid_cells=tuple(invalid),  # type: ignore[call-overload]
         checksum_ok=checksum_ok,  # type: ignore[arg-type]
+        integrity_errors=errors,  # type: ignore[arg-type]
     )
 
 
@@ -353,6 +359,39 @@ def test_checksum_errors_tolerated_then_latched(buses: Buses, clock: FakeClock) 
     assert report.safe.tolist() == [True, False, False]
     assert report.reasons[0] & SafeReason.MALFORMED
     assert any(e.kind == "malformed" and "checksum" in e.detail for e in rt.events)
+
+
+def test_errors_the_codec_tolerates_are_counted_not_judged_again(
+    buses: Buses, clock: FakeClock, codec: CanCodec
+) -> None:
+    rt = _runtime(buses[0], clock)  # runtime tolerances 0
+    for pack in range(N_PACKS):
+        rt.handle_telemetry(_v2(pack, counter=3, **WINDOW))
+    rt.handle_telemetry(_v2(0, counter=3, integrity_errors=1, **WINDOW))  # codec: 1 of N
+    rt.handle_telemetry(_v2(0, checksum_ok=False, integrity_errors=2))  # values dropped
+    assert rt.metrics.counter_errors == 1
+    assert rt.metrics.checksum_errors == 1
+    assert not rt.tick().safe.any()
+    # beyond its tolerance the codec sends a MalformedFrame for the pack: latched
+    bad = can.Message(
+        arbitration_id=codec.frame_id("telemetry", 0), is_extended_id=False, data=b"\x01"
+    )
+    rt.handle_message(bad)
+    assert rt.tick().safe.tolist() == [True, False, False]
+
+
+def test_bms_state_fault_puts_the_pack_safe(buses: Buses, clock: FakeClock) -> None:
+    rt = _runtime(buses[0], clock)
+    faults = tuple(getattr(rt.codec.signal_map, "bms_state_fault_values", ()))
+    if not faults:  # the map has no BMS state enum (codec before signal map v2)
+        rt._state_fault = frozenset({7})
+        faults = (7,)
+    for pack in range(N_PACKS):
+        rt.handle_telemetry(_v2(pack, **WINDOW))
+    rt.handle_telemetry(_v2(1, bms_state=faults[0], **WINDOW))
+    report = rt.tick()
+    assert report.safe.tolist() == [False, True, False]
+    assert report.reasons[1] & SafeReason.BMS_FAULT
 
 
 def test_multiplexed_frames_keep_their_own_counter(buses: Buses, clock: FakeClock) -> None:
