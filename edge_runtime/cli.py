@@ -144,7 +144,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--telemetry-period-s",
         type=_positive,
         default=1.0,
-        help="expected BMS telemetry period [s] (default 1)",
+        help="expected BMS telemetry period [s] (default 1); --stale-after-s must exceed it",
     )
     p.add_argument(
         "--stale-after-s",
@@ -249,6 +249,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (ManifestError, ModelIntegrityError, FileNotFoundError, ValueError) as exc:
         print(f"{PROG}: refusing to start: {exc}", file=sys.stderr)
         return 1
+    if args.site is None and not getattr(codec, "has_site", True):
+        print(
+            f"{PROG}: error: the signal map has no site frame on CAN: give --site "
+            "fixed:DEMAND_W or --site csv:PATH",
+            file=sys.stderr,
+        )
+        return 2
     try:
         info = manifest.model
         policy = OnnxPolicy(

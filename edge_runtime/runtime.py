@@ -273,13 +273,15 @@ class EdgeRuntime:
             all.
         codec: Frame codec; the project DBC with the default map by default.
         tick_s: Control interval [s]; the manifest's ``dt_s`` by default.
-        telemetry_period_s: How often each BMS is expected to send its telemetry [s].
-        stale_after_s: Watchdog timeout of pack telemetry [s]; must exceed
-            ``telemetry_period_s``; twice it by default.
+        telemetry_period_s: How often each BMS is expected to send its telemetry [s]
+            (1 s when not given).
+        stale_after_s: Watchdog timeout of pack telemetry [s]; twice the telemetry period
+            by default; must exceed ``telemetry_period_s`` when that is given.
         site_stale_after_s: Watchdog timeout of the site values [s]; ``stale_after_s`` by
             default.
         safety_period_s: Period of the safety timer [s] (stale packs, stale site, stop
-            requests are acted on within it); at most ``stale_after_s``.
+            requests are acted on within it); at most ``stale_after_s``; 50 ms (or
+            ``stale_after_s`` if shorter) by default.
         recovery_hold_s: How long a pack's telemetry must stay clean before it leaves the
             safe state [s].
         site_source: Where the site demand comes from; CAN site frames by default.
@@ -316,10 +318,10 @@ class EdgeRuntime:
         *,
         codec: CanCodec | None = None,
         tick_s: float | None = None,
-        telemetry_period_s: float = 1.0,
+        telemetry_period_s: float | None = None,
         stale_after_s: float | None = None,
         site_stale_after_s: float | None = None,
-        safety_period_s: float = 0.05,
+        safety_period_s: float | None = None,
         recovery_hold_s: float = 5.0,
         site_source: SiteSource | None = None,
         counter_tolerance: int | None = None,
@@ -343,17 +345,19 @@ class EdgeRuntime:
                 self.tick_s,
                 manifest.dt_s,
             )
-        self.telemetry_period_s = _check_positive("telemetry_period_s", telemetry_period_s)
+        period = 1.0 if telemetry_period_s is None else telemetry_period_s
+        self.telemetry_period_s = _check_positive("telemetry_period_s", period)
         stale = 2.0 * self.telemetry_period_s if stale_after_s is None else stale_after_s
         self.stale_after_s = _check_positive("stale_after_s", stale)
-        if self.stale_after_s <= self.telemetry_period_s:
+        if telemetry_period_s is not None and self.stale_after_s <= self.telemetry_period_s:
             raise ValueError(
                 f"stale_after_s ({self.stale_after_s} s) must exceed the telemetry period "
                 f"({self.telemetry_period_s} s), or every pack goes stale between frames"
             )
         site_stale = self.stale_after_s if site_stale_after_s is None else site_stale_after_s
         self.site_stale_after_s = _check_positive("site_stale_after_s", site_stale)
-        self.safety_period_s = _check_positive("safety_period_s", safety_period_s)
+        safety = min(0.05, self.stale_after_s) if safety_period_s is None else safety_period_s
+        self.safety_period_s = _check_positive("safety_period_s", safety)
         if self.safety_period_s > self.stale_after_s:
             raise ValueError(
                 f"safety_period_s ({self.safety_period_s} s) must not exceed stale_after_s "

@@ -227,3 +227,20 @@ def test_signal_stops_at_once_safe_and_prints_the_summary(
     summary = json.loads(out)
     assert summary["ticks"] >= 2
     assert signal.Signals(signum).name in err
+
+
+def test_map_without_a_site_frame_needs_a_site_source(
+    exported: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from importlib import resources
+
+    data = resources.files("pulsebms.edge_runtime").joinpath("data")
+    dbc, smap = data.joinpath("foreign_bms.dbc"), data.joinpath("foreign_bms.json")
+    if not (hasattr(CanCodec, "has_site") and dbc.is_file() and smap.is_file()):
+        pytest.skip("needs the signal map v2 codec and its example map without a site frame")
+    base = ["--manifest", str(exported), "--interface", "virtual", "--n-ticks", "1"]
+    argv = [*base, "--dbc", str(dbc), "--signal-map", str(smap)]
+    assert edge_main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.strip().endswith("give --site fixed:DEMAND_W or --site csv:PATH")
+    assert "Traceback" not in err
