@@ -159,6 +159,50 @@ def test_stale_pack_is_safe_within_stale_after_plus_one_safety_period_whatever_t
     assert not worker.is_alive()
 
 
+def test_a_slow_policy_does_not_delay_the_safety_timer(
+    channel: str, telemetry_sender: Sender, codec: CanCodec
+) -> None:
+    # Former code: the policy ran under the runtime's lock and staleness was judged at the
+    # tick's snapshot: a pack that fell silent while the policy ran got an enabled command.
+    class _Slow:
+        def act(self, observation: np.ndarray) -> np.ndarray:
+            time.sleep(0.6)
+            return np.full(N_PACKS, 0.2, dtype=np.float32)
+
+    rt_bus = can.Bus(interface="virtual", channel=channel)
+    pack_bus = can.Bus(interface="virtual", channel=channel)
+    rt = EdgeRuntime(
+        make_manifest(),
+        _Slow(),
+        rt_bus,
+        tick_s=20.0,
+        stale_after_s=0.2,
+        site_source=FixedSite(600.0),
+    )
+    stop = threading.Event()
+    try:
+        _feed_all(rt, telemetry_sender)
+        start = time.monotonic()
+        worker = threading.Thread(target=rt.run, kwargs={"stop": stop}, daemon=True)
+        worker.start()
+        seen: list[tuple[float, int, bool]] = []
+        while time.monotonic() - start < 1.2:
+            msg = pack_bus.recv(timeout=0.01)
+            frame = None if msg is None else codec.decode(msg)
+            if isinstance(frame, SetpointFrame):
+                seen.append((time.monotonic() - start, frame.pack, bool(frame.enable)))
+    finally:
+        stop.set()
+        worker.join(timeout=2.0)
+        rt_bus.shutdown()
+        pack_bus.shutdown()
+    assert seen, "nothing sent"
+    assert not any(enabled for _, _, enabled in seen)  # the tick's commands came out safe
+    first = {pack: t for t, pack, _ in reversed(seen)}
+    assert sorted(first) == [0, 1, 2]
+    assert max(first.values()) < 0.5  # from the timer, before the policy returned (0.6 s)
+
+
 def test_stop_request_sends_no_enabled_command_afterwards(
     buses: Buses,
     clock: FakeClock,
