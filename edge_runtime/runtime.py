@@ -1,23 +1,36 @@
-"""The edge control loop: CAN telemetry → observation → ONNX policy → shield → CAN set-points.
+"""The edge control loop: CAN telemetry → observation → ONNX policy → shield → CAN commands.
 
-:class:`EdgeRuntime` does two things.
+:class:`EdgeRuntime` has three clocks, set separately: the BMS telemetry period it expects
+(``telemetry_period_s``), the safety timer (``safety_period_s``, 50 ms by default) and the
+control tick (``tick_s``, the manifest's ``dt_s`` by default).
 
 **On every received frame** (:meth:`EdgeRuntime.handle_message`) it decodes the frame,
-stores the values and checks the pack against its limits at once
-(:func:`pulsebms.safety.check_violations`). A limit violation, a malformed frame, a stuck
-rolling counter or a BMS fault status puts *that pack* in the safe state (zero set-point,
-``enable`` 0) immediately: a safe set-point frame goes out without waiting for the tick.
-The pack stays safe until its telemetry has been clean for ``recovery_hold_s``.
+stores the values and checks both ends of every window of the pack (min and max cell
+voltage, min and max temperature, SoC, current, C-rate) at once. A limit violation, a
+malformed frame, rolling-counter or checksum errors beyond their tolerance, or a BMS fault
+status puts *that pack* in the safe state immediately: a safe command goes out without
+waiting for the tick. The pack stays safe until its telemetry has been clean for
+``recovery_hold_s``.
+
+**On the safety timer** (:meth:`EdgeRuntime.check_safety`, a thread started by
+:meth:`EdgeRuntime.run`) a pack whose telemetry is older than ``stale_after_s``, or every
+pack when the site is stale, gets its safe command at once: within
+``stale_after_s + safety_period_s`` of its last frame whatever the tick. A stop request
+(:meth:`EdgeRuntime.request_stop`, e.g. from a signal handler) is acted on by the timer
+at once: every pack safe, and no enabled command is sent afterwards.
 
 **On every control tick** (:meth:`EdgeRuntime.tick`) it builds the
-:class:`~pulsebms.safety.state.FleetState` from the latest telemetry (the watchdog marks
-stale packs), the observation from the manifest's layout, runs the policy, and passes the
-action through :class:`pulsebms.safety.shield.Shield`, with every pack in the safe state
-marked invalid (the shield then gives it zero and redistributes its share to packs with
-headroom). Non-finite policy output, a policy or shield exception, a stale site frame:
-each has a documented fallback, is counted and reported, and never stops the loop.
+:class:`~pulsebms.safety.state.FleetState` from the latest telemetry, the observation from
+the manifest's layout, runs the policy (outside the lock: the safety timer keeps running),
+and passes the action through :class:`pulsebms.safety.shield.Shield`, with every pack in the
+safe state marked invalid (the shield then gives it zero and redistributes its share to
+packs with headroom). A pack put safe while the policy ran stays safe in that tick's
+commands. Non-finite policy output, a policy or shield exception, a stale site: each has a
+documented fallback, is counted and reported, and never stops the loop.
 
-Safe-state reasons are the bits of :class:`SafeReason`, also sent in the set-point frame's
+Several buses (one per pack or group) come from the codec (``bus_names``, ``bus_of``);
+the site demand comes from CAN or any :class:`~pulsebms.edge_runtime.site.SiteSource`.
+Safe-state reasons are the bits of :class:`SafeReason`, also sent in the command frame's
 ``Reason`` signal.
 """
 
@@ -26,11 +39,12 @@ from __future__ import annotations
 import collections
 import datetime as dt
 import enum
+import inspect
 import logging
 import math
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
@@ -48,15 +62,18 @@ from pulsebms.edge_runtime.codec import (
     TelemetryFrame,
 )
 from pulsebms.edge_runtime.manifest import Manifest, ManifestError, load_manifest
+from pulsebms.edge_runtime.monitor import SafetyTimer
 from pulsebms.edge_runtime.observation import ObservationBuilder
 from pulsebms.edge_runtime.policy import OnnxPolicy
+from pulsebms.edge_runtime.site import CanSite, SiteSource
 from pulsebms.edge_runtime.telemetry import TelemetryStore
-from pulsebms.safety.limits import PackLimits, check_violations
+from pulsebms.safety.limits import PackLimits
 from pulsebms.safety.settings import ShieldSettings
 from pulsebms.safety.shield import Shield
 from pulsebms.safety.state import FleetState, PackRatings
 
 __all__ = [
+    "DEFAULT_BUS",
     "ActingPolicy",
     "EdgeRuntime",
     "RuntimeEvent",
@@ -80,7 +97,7 @@ class SafeReason(enum.IntFlag):
     STALE = 4
     """No fresh telemetry within the watchdog timeout."""
     MALFORMED = 8
-    """A frame of this pack could not be trusted (length, range, stuck counter, ...)."""
+    """A frame of this pack could not be trusted (length, range, counter, checksum, ...)."""
     POLICY_FALLBACK = 16
     """The policy failed or returned a non-finite action; zero was used."""
     BMS_FAULT = 32
@@ -90,6 +107,9 @@ class SafeReason(enum.IntFlag):
 
 
 _LATCHING = SafeReason.VIOLATION | SafeReason.MALFORMED | SafeReason.BMS_FAULT
+
+DEFAULT_BUS = "default"
+"""Bus name used when the codec names none."""
 
 
 class ActingPolicy(Protocol):
@@ -108,7 +128,8 @@ class RuntimeEvent:
         time_s: Runtime clock time [s].
         kind: ``violation``, ``malformed``, ``stale``, ``recovered``, ``bms_fault``,
             ``policy_fallback``, ``site_stale``, ``send_error``, ``bus_error``,
-            ``internal_error``, ``counter_gap``, ``unknown_frame``.
+            ``internal_error``, ``counter_error``, ``checksum_error``, ``site_error``,
+            ``stop``.
         pack: The pack concerned, if any.
         detail: Human-readable detail.
     """
@@ -139,6 +160,9 @@ class RuntimeMetrics:
         policy_fallbacks: Ticks on which the policy's output was replaced.
         safe_pack_ticks: Sum over ticks of the number of packs in the safe state.
         counter_gaps: Telemetry frames whose rolling counter skipped (lost frames).
+        counter_errors: Telemetry frames with a repeated (stuck) rolling counter (dropped).
+        checksum_errors: Telemetry frames whose checksum failed (dropped).
+        timer_safe_entries: Packs the safety timer put safe (stale pack or site, stop).
         send_errors: Frames the bus refused.
         bus_errors: Failed reads from the bus.
         overruns: Ticks that started late because the previous one overran.
@@ -160,6 +184,9 @@ class RuntimeMetrics:
     policy_fallbacks: int = 0
     safe_pack_ticks: int = 0
     counter_gaps: int = 0
+    counter_errors: int = 0
+    checksum_errors: int = 0
+    timer_safe_entries: int = 0
     send_errors: int = 0
     bus_errors: int = 0
     overruns: int = 0
@@ -221,32 +248,60 @@ def local_time_of_day_s() -> float:
     return float(now.hour * 3600 + now.minute * 60 + now.second + now.microsecond * 1e-6)
 
 
+def _check_positive(name: str, value: float, *, allow_zero: bool = False) -> float:
+    value = float(value)
+    ok = math.isfinite(value) and (value >= 0 if allow_zero else value > 0)
+    if not ok:
+        raise ValueError(f"{name} must be {'>= 0' if allow_zero else '> 0'}, got {value}")
+    return value
+
+
+def _check_tolerance(name: str, value: object) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise ValueError(f"{name} must be an integer >= 0, got {value!r}")
+    return value
+
+
 class EdgeRuntime:
     """ONNX policy + shield + CAN I/O + watchdog for one fleet.
 
     Args:
         manifest: The deployment manifest.
         policy: The policy (an :class:`~pulsebms.edge_runtime.policy.OnnxPolicy`).
-        bus: An open python-can bus.
+        bus: An open python-can bus, or bus name → bus for a codec with several buses
+            (``codec.bus_names``). One bus given to a codec with several names serves them
+            all.
         codec: Frame codec; the project DBC with the default map by default.
         tick_s: Control interval [s]; the manifest's ``dt_s`` by default.
-        stale_after_s: Watchdog timeout of pack telemetry [s] (BMS telemetry is expected at
-            1 Hz or faster).
-        site_stale_after_s: Watchdog timeout of the site frame [s]; ``stale_after_s`` by
+        telemetry_period_s: How often each BMS is expected to send its telemetry [s]
+            (1 s when not given).
+        stale_after_s: Watchdog timeout of pack telemetry [s]; twice the telemetry period
+            by default; must exceed ``telemetry_period_s`` when that is given.
+        site_stale_after_s: Watchdog timeout of the site values [s]; ``stale_after_s`` by
             default.
+        safety_period_s: Period of the safety timer [s] (stale packs, stale site, stop
+            requests are acted on within it); at most ``stale_after_s``; 50 ms (or
+            ``stale_after_s`` if shorter) by default.
         recovery_hold_s: How long a pack's telemetry must stay clean before it leaves the
             safe state [s].
+        site_source: Where the site demand comes from; CAN site frames by default.
+        counter_tolerance: Consecutive telemetry frames with a stuck rolling counter that
+            are dropped before the pack goes safe; the signal map's ``counter_tolerance``
+            if it has one, else 0.
+        checksum_tolerance: Same for failed checksums; the signal map's
+            ``checksum_tolerance`` if it has one, else 0.
         shield_settings: :class:`~pulsebms.safety.settings.ShieldSettings` fields plus
             ``dt_s`` (the shield's prediction step, the manifest's ``dt_s`` when absent);
             the manifest's by default. ``track_demand`` true aims the fleet total at the
             site demand.
         clock: Monotonic clock [s] (injected in tests and the HIL simulator).
         time_of_day: Fallback source of the time of day [s since midnight] when the site
-            frame carries none.
+            values carry none.
         max_events: Events kept in :attr:`events`.
 
     Raises:
-        ValueError: If the codec's fleet size differs from the manifest's.
+        ValueError: If the codec's fleet size differs from the manifest's, a bus of the
+            codec is missing, or a period, timeout or tolerance is out of range.
         ManifestError: If the shield cannot be built from the manifest's settings.
 
     Example:
@@ -259,13 +314,18 @@ class EdgeRuntime:
         self,
         manifest: Manifest,
         policy: ActingPolicy,
-        bus: can.BusABC,
+        bus: can.BusABC | Mapping[str, can.BusABC],
         *,
         codec: CanCodec | None = None,
         tick_s: float | None = None,
-        stale_after_s: float = 2.0,
+        telemetry_period_s: float | None = None,
+        stale_after_s: float | None = None,
         site_stale_after_s: float | None = None,
+        safety_period_s: float | None = None,
         recovery_hold_s: float = 5.0,
+        site_source: SiteSource | None = None,
+        counter_tolerance: int | None = None,
+        checksum_tolerance: int | None = None,
         shield_settings: dict[str, Any] | None = None,
         clock: Callable[[], float] = time.monotonic,
         time_of_day: Callable[[], float] = local_time_of_day_s,
@@ -274,13 +334,10 @@ class EdgeRuntime:
         n = manifest.n_packs
         self.manifest = manifest
         self.policy = policy
-        self.bus = bus
         self.codec = codec if codec is not None else CanCodec(n)
         if self.codec.n_packs != n:
             raise ValueError(f"codec routes {self.codec.n_packs} packs, the manifest has {n}")
-        self.tick_s = float(manifest.dt_s if tick_s is None else tick_s)
-        if not (math.isfinite(self.tick_s) and self.tick_s > 0):
-            raise ValueError(f"tick_s must be > 0, got {tick_s}")
+        self.tick_s = _check_positive("tick_s", manifest.dt_s if tick_s is None else tick_s)
         if not math.isclose(self.tick_s, manifest.dt_s):
             logger.warning(
                 "ticking every %g s, the policy was trained with dt_s=%g s: its observations "
@@ -288,7 +345,38 @@ class EdgeRuntime:
                 self.tick_s,
                 manifest.dt_s,
             )
-        self.recovery_hold_s = float(recovery_hold_s)
+        period = 1.0 if telemetry_period_s is None else telemetry_period_s
+        self.telemetry_period_s = _check_positive("telemetry_period_s", period)
+        stale = 2.0 * self.telemetry_period_s if stale_after_s is None else stale_after_s
+        self.stale_after_s = _check_positive("stale_after_s", stale)
+        if telemetry_period_s is not None and self.stale_after_s <= self.telemetry_period_s:
+            raise ValueError(
+                f"stale_after_s ({self.stale_after_s} s) must exceed the telemetry period "
+                f"({self.telemetry_period_s} s), or every pack goes stale between frames"
+            )
+        site_stale = self.stale_after_s if site_stale_after_s is None else site_stale_after_s
+        self.site_stale_after_s = _check_positive("site_stale_after_s", site_stale)
+        safety = min(0.05, self.stale_after_s) if safety_period_s is None else safety_period_s
+        self.safety_period_s = _check_positive("safety_period_s", safety)
+        if self.safety_period_s > self.stale_after_s:
+            raise ValueError(
+                f"safety_period_s ({self.safety_period_s} s) must not exceed stale_after_s "
+                f"({self.stale_after_s} s)"
+            )
+        self.recovery_hold_s = _check_positive("recovery_hold_s", recovery_hold_s, allow_zero=True)
+        sm = self.codec.signal_map
+        self.counter_tolerance = _check_tolerance(
+            "counter_tolerance",
+            getattr(sm, "counter_tolerance", 0) if counter_tolerance is None else counter_tolerance,
+        )
+        self.checksum_tolerance = _check_tolerance(
+            "checksum_tolerance",
+            getattr(sm, "checksum_tolerance", 0)
+            if checksum_tolerance is None
+            else checksum_tolerance,
+        )
+        self.site_source: SiteSource = site_source if site_source is not None else CanSite()
+        self._site_from_can = isinstance(self.site_source, CanSite)
         self.clock = clock
         self.time_of_day = time_of_day
         self.ratings: PackRatings = manifest.pack_ratings()
@@ -302,36 +390,85 @@ class EdgeRuntime:
             raise ManifestError(f"cannot build the shield with settings {settings}: {exc}") from exc
         self.track_demand = self.shield_settings.track_demand
         self.store = TelemetryStore(
-            n, stale_after_s=stale_after_s, site_stale_after_s=site_stale_after_s
+            n, stale_after_s=self.stale_after_s, site_stale_after_s=self.site_stale_after_s
         )
         self.builder = ObservationBuilder(manifest)
         self.metrics = RuntimeMetrics()
         self.events: collections.deque[RuntimeEvent] = collections.deque(maxlen=max_events)
         self.n_packs = n
+        self._setup_buses(bus)
         self._rated_w = np.asarray(self.ratings.rated_power_w, dtype=np.float64)
-        self._pack_ratings = [
-            PackRatings(
-                chemistry=(self.ratings.chemistry[i],),
-                series=self.ratings.series[i : i + 1],
-                parallel=self.ratings.parallel[i : i + 1],
-                cell_capacity_ah=self.ratings.cell_capacity_ah[i : i + 1],
-                rated_power_w=self.ratings.rated_power_w[i : i + 1],
+        self._series = [int(s) for s in self.ratings.series]
+        capacity = np.asarray(self.ratings.capacity_ah, dtype=np.float64)
+        self._limit_rows = [
+            (
+                lim.cell_voltage_min_v,
+                lim.cell_voltage_max_v,
+                lim.current_min_a,
+                lim.current_max_a,
+                lim.temperature_min_c,
+                lim.temperature_max_c,
+                lim.soc_min,
+                lim.soc_max,
+                lim.c_rate_max,
+                float(capacity[i]),
             )
-            for i in range(n)
+            for i, lim in enumerate(self.limits)
         ]
-        self._status_fault = frozenset(self.codec.signal_map.status_fault_values)
-        self._counter_mod = self.codec.counter_modulus("telemetry")
-        self._last_counter = np.full(n, -1, dtype=np.int64)
+        self._status_fault = frozenset(getattr(sm, "status_fault_values", ()))
+        self._state_fault = frozenset(getattr(sm, "bms_state_fault_values", ()))
+        modulus = getattr(self.codec, "counter_modulus", None)
+        try:
+            self._counter_mod = int(modulus("telemetry")) if modulus is not None else 0
+        except (KeyError, ValueError, TypeError):
+            self._counter_mod = 0
+        self._encode_command: Callable[..., list[tuple[str, can.Message]]] | None = getattr(
+            self.codec, "encode_command", None
+        )
+        self._last_counter: dict[tuple[int, str, int], int] = {}
+        self._counter_run = np.zeros(n, dtype=np.int64)
+        self._checksum_run = np.zeros(n, dtype=np.int64)
         self._last_bad_s = np.full(n, -math.inf)
         self._bad_reason = np.zeros(n, dtype=np.int64)
         self._safe = np.ones(n, dtype=bool)  # nothing runs before telemetry arrives
         self._stale = np.ones(n, dtype=bool)
+        self._forced = np.zeros(n, dtype=bool)  # put safe since the tick's snapshot
+        self._forced_reason = np.zeros(n, dtype=np.int64)
         self._site_fresh = False
         self._last_action = np.zeros(n, dtype=np.float64)
         self._tx_counter = np.zeros(n, dtype=np.int64)  # rolling counter per pack
         self._tick = 0
-        self._lock = threading.Lock()
+        self._lock = threading.RLock()
+        self._stopping = False
+        self._stop_commanded = False
+        self._timer: SafetyTimer | None = None
         self.bus_error_backoff_s = 0.05
+
+    def _setup_buses(self, bus: can.BusABC | Mapping[str, can.BusABC]) -> None:
+        names = tuple(getattr(self.codec, "bus_names", ()) or (DEFAULT_BUS,))
+        if isinstance(bus, can.BusABC):
+            buses = dict.fromkeys(names, bus)
+        else:
+            buses = dict(bus)
+            missing = [name for name in names if name not in buses]
+            if missing:
+                raise ValueError(f"no bus given for {missing}; the codec uses buses {list(names)}")
+        self.buses: dict[str, can.BusABC] = buses
+        """Bus name → bus."""
+        self.bus: can.BusABC = buses[names[0]]
+        """The first bus (the only one in the common case)."""
+        rx: dict[int, tuple[can.BusABC, list[str]]] = {}
+        for name in names:
+            b = buses[name]
+            rx.setdefault(id(b), (b, []))[1].append(name)
+        self._rx = [(b, tuple(served)) for b, served in rx.values()]
+        self._rx_next = 0
+        bus_of = getattr(self.codec, "bus_of", None)
+        self._pack_bus = [
+            str(bus_of(i)) if bus_of is not None else names[0] for i in range(self.n_packs)
+        ]
+        decode_params = inspect.signature(self.codec.decode).parameters
+        self._decode_takes_bus = "bus" in decode_params
 
     @classmethod
     def from_files(
@@ -339,7 +476,7 @@ class EdgeRuntime:
         manifest_path: str | Path,
         model_path: str | Path | None = None,
         *,
-        bus: can.BusABC,
+        bus: can.BusABC | Mapping[str, can.BusABC],
         intra_op_threads: int = 1,
         **kwargs: Any,
     ) -> EdgeRuntime:
@@ -348,7 +485,7 @@ class EdgeRuntime:
         Args:
             manifest_path: ``manifest.json``.
             model_path: ``policy.onnx``; ``model.file`` beside the manifest by default.
-            bus: An open python-can bus.
+            bus: An open python-can bus (or name → bus).
             intra_op_threads: onnxruntime threads.
             **kwargs: Other :class:`EdgeRuntime` arguments.
 
@@ -358,6 +495,8 @@ class EdgeRuntime:
         Raises:
             ManifestError: If the manifest is invalid.
             ModelIntegrityError: If the model's sha256 differs from the manifest's.
+            ValueError: If the model's inputs/outputs do not match the manifest, or an
+                argument is out of range.
         """
         manifest = load_manifest(manifest_path)
         model = manifest.read_verified_model(model_path)
@@ -374,25 +513,67 @@ class EdgeRuntime:
     # ------------------------------------------------------------------ reporting
     def _event(self, kind: str, pack: int | None, detail: str, *, now_s: float) -> None:
         self.events.append(RuntimeEvent(now_s, kind, pack, detail))
-        level = logging.INFO if kind == "recovered" else logging.WARNING
+        level = logging.INFO if kind in ("recovered", "stop") else logging.WARNING
         logger.log(level, "%s pack=%s %s", kind, pack, detail)
 
     @property
     def safe(self) -> BoolArray:
-        """Per pack, whether it was held in the safe state on the last tick (or since)."""
+        """Per pack, whether it is held in the safe state (last tick, or since)."""
         return self._safe.copy()
 
-    # ------------------------------------------------------------------ frames
-    def _send(self, msg: can.Message, now_s: float) -> None:
+    @property
+    def stopping(self) -> bool:
+        """Whether a stop was requested (no enabled command is sent any more)."""
+        return self._stopping
+
+    # ------------------------------------------------------------------ frames out
+    def _send(self, bus_name: str, msg: can.Message, now_s: float) -> None:
         try:
-            self.bus.send(msg, timeout=0.05)
+            self.buses[bus_name].send(msg, timeout=0.05)
             self.metrics.frames_sent += 1
-        except (can.CanError, OSError, ValueError) as exc:
+        except (can.CanError, OSError, ValueError, KeyError) as exc:
             self.metrics.send_errors += 1
-            self._event("send_error", None, f"0x{msg.arbitration_id:X}: {exc}", now_s=now_s)
+            self._event(
+                "send_error", None, f"{bus_name} 0x{msg.arbitration_id:X}: {exc}", now_s=now_s
+            )
+
+    def _send_setpoint(
+        self, pack: int, power_w: float, *, safe: bool, reason: int, now_s: float
+    ) -> None:
+        if self._stopping:  # after a stop request nothing but the safe state goes out
+            safe = True
+        if safe:
+            power_w = 0.0
+        counter = int(self._tx_counter[pack])
+        self._tx_counter[pack] += 1
+        if self._encode_command is not None:
+            frames = self._encode_command(
+                pack,
+                power_w,
+                safe=safe,
+                reason=reason,
+                counter=counter,
+                pack_voltage_v=self.store.pack_voltage_v(pack, self._series[pack]),
+            )
+        else:
+            msg = self.codec.encode_setpoint(
+                pack, power_w, safe=safe, reason=reason, counter=counter
+            )
+            frames = [(self._pack_bus[pack], msg)]
+        for bus_name, frame in frames:
+            self._send(bus_name, frame, now_s)
+
+    def _enter_safe(self, pack: int, reason: int, now_s: float) -> None:
+        """Hold ``pack`` safe from now on (this tick too); command it at once if it ran."""
+        self._forced[pack] = True
+        self._forced_reason[pack] |= reason
+        if not self._safe[pack]:
+            self._safe[pack] = True
+            self.metrics.safe_entries += 1
+            self._send_setpoint(pack, 0.0, safe=True, reason=reason, now_s=now_s)
 
     def _mark_bad(self, pack: int, reason: SafeReason, detail: str, now_s: float) -> None:
-        """Put ``pack`` in the safe state now, and tell the pack at once if it was running."""
+        """Put ``pack`` in the safe state now (latched for ``recovery_hold_s``)."""
         self._last_bad_s[pack] = now_s
         self._bad_reason[pack] |= int(reason)
         kind = {
@@ -400,47 +581,65 @@ class EdgeRuntime:
             SafeReason.MALFORMED: "malformed",
             SafeReason.BMS_FAULT: "bms_fault",
         }.get(reason, "safe")
-        if not self._safe[pack]:
-            self._safe[pack] = True
-            self.metrics.safe_entries += 1
-            self._event(kind, pack, detail, now_s=now_s)
-            self._send_setpoint(
-                pack, 0.0, safe=True, reason=int(self._bad_reason[pack]), now_s=now_s
-            )
-        else:
+        if self._safe[pack]:
             self.events.append(RuntimeEvent(now_s, kind, pack, detail))
+        else:
+            self._event(kind, pack, detail, now_s=now_s)
+        self._enter_safe(pack, int(self._bad_reason[pack]), now_s)
 
-    def _send_setpoint(
-        self, pack: int, power_w: float, *, safe: bool, reason: int, now_s: float
+    # ------------------------------------------------------------------ frames in
+    def handle_message(
+        self, msg: can.Message, now_s: float | None = None, *, bus: str | None = None
     ) -> None:
-        msg = self.codec.encode_setpoint(
-            pack, power_w, safe=safe, reason=reason, counter=int(self._tx_counter[pack])
-        )
-        self._tx_counter[pack] += 1
-        self._send(msg, now_s)
-
-    def handle_message(self, msg: can.Message, now_s: float | None = None) -> None:
         """Process one received frame; never raises.
 
         Args:
             msg: The frame.
             now_s: Arrival time on the runtime clock; ``clock()`` by default.
+            bus: Name of the bus it came from; the first bus by default.
         """
         t = self.clock() if now_s is None else now_s
         with self._lock:
             self.metrics.frames_received += 1
             try:
-                self._handle(msg, t)
+                self._handle(msg, t, (bus,) if bus is not None else self._rx[0][1])
             except Exception as exc:  # the loop must survive any input
                 self._event("internal_error", None, f"handling frame: {exc!r}", now_s=t)
 
-    def _handle(self, msg: can.Message, t: float) -> None:
-        frame = self.codec.decode(msg)
+    def handle_telemetry(self, frame: TelemetryFrame, now_s: float | None = None) -> None:
+        """Process one decoded telemetry frame (the codec's, or another BMS link's).
+
+        The same checks as a received CAN frame: integrity, limits, BMS status. Never raises.
+
+        Args:
+            frame: The frame (keys of the codec's quantity contract).
+            now_s: Arrival time on the runtime clock; ``clock()`` by default.
+        """
+        t = self.clock() if now_s is None else now_s
+        with self._lock:
+            try:
+                self._on_telemetry(frame, t)
+            except Exception as exc:  # the loop must survive any input
+                self._event("internal_error", None, f"handling telemetry: {exc!r}", now_s=t)
+
+    def _decode(self, msg: can.Message, names: tuple[str, ...]) -> object:
+        if not self._decode_takes_bus:
+            return self.codec.decode(msg)
+        frame: object = None
+        for name in names:  # one bus object serving several names: try each
+            frame = self.codec.decode(msg, bus=name)  # type: ignore[call-arg, unused-ignore]
+            if not isinstance(frame, IgnoredFrame):
+                return frame
+        return frame
+
+    def _handle(self, msg: can.Message, t: float, names: tuple[str, ...]) -> None:
+        frame = self._decode(msg, names)
         if isinstance(frame, TelemetryFrame):
             self._on_telemetry(frame, t)
         elif isinstance(frame, SiteFrame):
             self.metrics.site_frames += 1
-            self.store.update_site(frame.values, now_s=t)
+            if self._site_from_can:
+                self.store.update_site(frame.values, now_s=t)
         elif isinstance(frame, SetpointFrame):
             self.metrics.echo_frames += 1
         elif isinstance(frame, MalformedFrame):
@@ -451,33 +650,139 @@ class EdgeRuntime:
                 self.events.append(RuntimeEvent(t, "malformed", None, frame.reason))
         elif isinstance(frame, IgnoredFrame):
             self.metrics.ignored_frames += 1
+        else:  # a newer codec's frame kind (a command echo, ...): not telemetry
+            self.metrics.ignored_frames += 1
+
+    def _integrity_ok(self, frame: TelemetryFrame, t: float) -> bool:
+        """Checksum and rolling counter; a failing frame is dropped, too many in a row latch.
+
+        Where the codec checks a message itself (its ``integrity_errors`` > 0 on a frame it
+        still passes), its tolerance rules and the runtime only counts. Otherwise the
+        runtime checks: a failed checksum, or a repeated (stuck) counter, drops the frame;
+        more than ``checksum_tolerance`` / ``counter_tolerance`` in a row latch the pack.
+        """
+        pack = frame.pack
+        checksum_ok = getattr(frame, "checksum_ok", None)
+        if getattr(frame, "integrity_errors", 0):
+            # The codec checks this message and tolerates the error (beyond its map's
+            # max_errors it sends a MalformedFrame, which latches): count, don't double-judge.
+            if checksum_ok is False:
+                self.metrics.checksum_errors += 1
+                return False
+            self.metrics.counter_errors += 1
+            return True
+        if checksum_ok is False:
+            self.metrics.checksum_errors += 1
+            self._checksum_run[pack] += 1
+            run = int(self._checksum_run[pack])
+            if run > self.checksum_tolerance:
+                detail = f"{run} checksum errors in a row (tolerance {self.checksum_tolerance})"
+                self._mark_bad(pack, SafeReason.MALFORMED, detail, t)
+            else:
+                self.events.append(RuntimeEvent(t, "checksum_error", pack, f"run {run}"))
+            return False
+        if checksum_ok is True:
+            self._checksum_run[pack] = 0
+        counter = frame.counter
+        if counter is None:
+            return True
+        cells = getattr(frame, "cell_voltages_v", None)
+        # multiplexed frames (one per group of cells) each keep their own counter sequence
+        key = (pack, frame.message, min(cells) if cells else -1)
+        last = self._last_counter.get(key, -1)
+        self._last_counter[key] = counter
+        if last >= 0 and counter == last:
+            self.metrics.counter_errors += 1
+            self._counter_run[pack] += 1
+            run = int(self._counter_run[pack])
+            if run > self.counter_tolerance:
+                detail = (
+                    f"rolling counter stuck at {last}: {run} in a row "
+                    f"(tolerance {self.counter_tolerance})"
+                )
+                self._mark_bad(pack, SafeReason.MALFORMED, detail, t)
+            else:
+                self.events.append(RuntimeEvent(t, "counter_error", pack, f"stuck at {last}"))
+            return False
+        self._counter_run[pack] = 0
+        if last >= 0 and self._counter_mod > 1 and counter != (last + 1) % self._counter_mod:
+            self.metrics.counter_gaps += 1
+        return True
 
     def _on_telemetry(self, frame: TelemetryFrame, t: float) -> None:
         pack = frame.pack
-        if frame.counter is not None and self._counter_mod > 1:
-            last = int(self._last_counter[pack])
-            self._last_counter[pack] = frame.counter
-            if last >= 0 and frame.counter == last:
-                self.metrics.malformed_frames += 1
-                self._mark_bad(pack, SafeReason.MALFORMED, f"rolling counter stuck at {last}", t)
-                return
-            if last >= 0 and frame.counter != (last + 1) % self._counter_mod:
-                self.metrics.counter_gaps += 1
+        if not self._integrity_ok(frame, t):
+            return
         self.metrics.telemetry_frames += 1
-        self.store.update_pack(pack, frame.values, now_s=t, status=frame.status)
+        cells = getattr(frame, "cell_voltages_v", None)
+        invalid = getattr(frame, "invalid_cells", ())
+        self.store.update_pack(
+            pack,
+            frame.values,
+            now_s=t,
+            status=frame.status,
+            cell_voltages_v=cells,
+            invalid_cells=invalid,
+        )
         if frame.status is not None and frame.status in self._status_fault:
             self._mark_bad(pack, SafeReason.BMS_FAULT, f"BMS status {frame.status}", t)
+        state = getattr(frame, "bms_state", None)
+        if state is not None and state in self._state_fault:
+            self._mark_bad(pack, SafeReason.BMS_FAULT, f"BMS state {state}", t)
         if self.store.has_all(pack):
-            found = check_violations(
-                self.store.pack_state(pack), self._pack_ratings[pack], self.limits[pack]
-            )
+            found = self.limit_violations(pack)
             if found:
                 self.metrics.violations += len(found)
-                detail = ", ".join(f"{v.limit}: {v.value:.4g} vs {v.bound:.4g}" for v in found)
+                detail = ", ".join(f"{name}: {v:.4g} vs {b:.4g}" for name, v, b in found)
                 self._mark_bad(pack, SafeReason.VIOLATION, detail, t)
+
+    def limit_violations(self, pack: int) -> list[tuple[str, float, float]]:
+        """The limits ``pack``'s latest telemetry exceeds, as ``(limit, value, bound)``.
+
+        Both ends of every window: the lowest cell voltage against ``cell_voltage_min_v``
+        and the highest against ``cell_voltage_max_v``, likewise temperature; current, SoC
+        and C-rate as :func:`pulsebms.safety.limits.check_violations` (a value on its bound
+        is fine; a non-finite one is ``<quantity>_finite``). Scalar code: no
+        :class:`FleetState` per frame.
+        """
+        soc, soh, cur, vmin, vmax, tmin, tmax = self.store.pack_values(pack)
+        v_lo, v_hi, i_lo, i_hi, t_lo, t_hi, s_lo, s_hi, c_max, cap = self._limit_rows[pack]
+        out: list[tuple[str, float, float]] = []
+        for quantity, low, high, lo, hi, lo_name, hi_name in (
+            ("cell_voltage_v", vmin, vmax, v_lo, v_hi, "cell_voltage_min_v", "cell_voltage_max_v"),
+            ("current_a", cur, cur, i_lo, i_hi, "current_min_a", "current_max_a"),
+            ("temperature_c", tmin, tmax, t_lo, t_hi, "temperature_min_c", "temperature_max_c"),
+            ("soc", soc, soc, s_lo, s_hi, "soc_min", "soc_max"),
+        ):
+            if not (math.isfinite(low) and math.isfinite(high)):
+                out.append((f"{quantity}_finite", low if not math.isfinite(low) else high, 0.0))
+                continue
+            if low < lo:
+                out.append((lo_name, low, lo))
+            if high > hi:
+                out.append((hi_name, high, hi))
+        if not math.isfinite(soh):
+            out.append(("soh_finite", soh, 0.0))
+        elif math.isfinite(cur):
+            denom = cap * soh
+            rate = abs(cur) / denom if denom != 0 else (math.inf if cur != 0 else math.nan)
+            if rate > c_max:
+                out.append(("c_rate_max", rate, c_max))
+        return out
+
+    def _recv(self, bus: can.BusABC, timeout_s: float) -> tuple[can.Message | None, bool]:
+        try:
+            return bus.recv(timeout=timeout_s), True
+        except (can.CanError, OSError) as exc:
+            self.metrics.bus_errors += 1
+            self._event("bus_error", None, str(exc), now_s=self.clock())
+            return None, False
 
     def poll(self, timeout_s: float, *, max_frames: int = 10_000) -> int:
         """Read and handle frames until ``timeout_s`` has passed and nothing is waiting.
+
+        With several buses they are read in turn (each drained without waiting, then a
+        short wait on the next one).
 
         Args:
             timeout_s: How long to wait for frames [s]; 0 handles only what is waiting.
@@ -486,75 +791,150 @@ class EdgeRuntime:
         Returns:
             Frames handled.
         """
-        deadline = self.clock() + max(timeout_s, 0.0)
+        wall = time.monotonic  # a bus waits in wall time, whatever the runtime clock
+        deadline = wall() + max(timeout_s, 0.0)
         handled = 0
+        if len(self._rx) == 1:
+            bus, names = self._rx[0]
+            while handled < max_frames:
+                msg, ok = self._recv(bus, max(deadline - wall(), 0.0))
+                if msg is None:
+                    break
+                self.handle_message(msg, bus=names[0] if len(names) == 1 else None)
+                handled += 1
+            return handled
         while handled < max_frames:
-            remaining = max(deadline - self.clock(), 0.0)
-            try:
-                msg = self.bus.recv(timeout=remaining)
-            except (can.CanError, OSError) as exc:
-                self.metrics.bus_errors += 1
-                self._event("bus_error", None, str(exc), now_s=self.clock())
+            got = False
+            for bus, names in self._rx:
+                while handled < max_frames:
+                    msg, ok = self._recv(bus, 0.0)
+                    if msg is None:
+                        break
+                    got = True
+                    self._handle_on(msg, names)
+                    handled += 1
+                if not ok:
+                    return handled
+            remaining = deadline - wall()
+            if got:
+                continue
+            if remaining <= 0.0:
                 break
-            if msg is None:
+            bus, names = self._rx[self._rx_next]
+            self._rx_next = (self._rx_next + 1) % len(self._rx)
+            msg, ok = self._recv(bus, min(remaining, 0.002))
+            if msg is not None:
+                self._handle_on(msg, names)
+                handled += 1
+            elif not ok:
                 break
-            self.handle_message(msg)
-            handled += 1
         return handled
 
-    # ------------------------------------------------------------------ control tick
-    def tick(self) -> TickReport:
-        """Run one control step and send every pack's set-point; never raises on input."""
+    def _handle_on(self, msg: can.Message, names: tuple[str, ...]) -> None:
+        t = self.clock()
         with self._lock:
-            return self._tick_locked()
+            self.metrics.frames_received += 1
+            try:
+                self._handle(msg, t, names)
+            except Exception as exc:  # the loop must survive any input
+                self._event("internal_error", None, f"handling frame: {exc!r}", now_s=t)
 
-    def _safe_mask(self, now: float, state: FleetState) -> tuple[BoolArray, IntArray]:
-        n = self.n_packs
-        reasons = np.zeros(n, dtype=np.int64)
-        stale = ~np.asarray(state.valid, dtype=bool)
+    # ------------------------------------------------------------------ safety timer
+    def _poll_site(self, now: float) -> None:
+        if self._site_from_can:
+            return
+        try:
+            values = self.site_source.poll(now)
+        except Exception as exc:  # a source must not stop the loop: the site ages instead
+            self._event("site_error", None, f"site source failed: {exc!r}", now_s=now)
+            return
+        if values is not None:
+            self.store.update_site(values, now_s=now)
+
+    def _update_stale(self, now: float, stale: BoolArray) -> None:
         for i in np.flatnonzero(stale & ~self._stale):
             self.metrics.stale_events += 1
             age = float(self.store.age_s(now)[i])
             self._event("stale", int(i), f"no complete telemetry for {age:.3g} s", now_s=now)
         self._stale = stale
-        reasons[stale] |= int(SafeReason.STALE)
-        latched = (now - self._last_bad_s) < self.recovery_hold_s
-        self._bad_reason[~latched] = 0
-        reasons[latched] |= self._bad_reason[latched] & int(_LATCHING)
-        site = self.store.site(now)
-        if not site.fresh:
-            reasons |= int(SafeReason.SITE_STALE)
-            if self._site_fresh:
-                self._event("site_stale", None, f"no site frame for {site.age_s:.3g} s", now_s=now)
-        self._site_fresh = site.fresh
-        safe = reasons != 0
-        for i in np.flatnonzero(self._safe & ~safe):
-            self._event("recovered", int(i), "telemetry clean, pack back in operation", now_s=now)
-        self.metrics.safe_entries += int(np.count_nonzero(~self._safe & safe))
-        return safe, reasons
 
-    def _tick_locked(self) -> TickReport:
+    def _update_site_fresh(self, now: float) -> bool:
+        fresh = self.store.site_fresh(now)
+        if self._site_fresh and not fresh:
+            age = self.store.site(now).age_s
+            self._event("site_stale", None, f"no site values for {age:.3g} s", now_s=now)
+        self._site_fresh = fresh
+        return fresh
+
+    def request_stop(self) -> None:
+        """Stop: from now on only safe commands; the safety timer commands every pack safe.
+
+        Safe to call from a signal handler (takes no lock). :meth:`run` returns within one
+        safety period.
+        """
+        self._stopping = True
+        timer = self._timer
+        if timer is not None:
+            timer.wake()
+
+    def check_safety(self, now_s: float | None = None) -> int:
+        """The safety timer's check: stale packs, stale site, stop request → safe now.
+
+        :meth:`run` calls it every ``safety_period_s`` from a thread; call it yourself when
+        driving :meth:`poll` and :meth:`tick` by hand.
+
+        Args:
+            now_s: Time on the runtime clock; ``clock()`` by default.
+
+        Returns:
+            Packs put in the safe state by this check.
+        """
+        with self._lock:
+            t = self.clock() if now_s is None else now_s
+            before = int(np.count_nonzero(self._safe))
+            if self._stopping:
+                if not self._stop_commanded:
+                    self._stop_commanded = True
+                    self._event("stop", None, "stop requested: every pack safe", now_s=t)
+                    for i in range(self.n_packs):
+                        self._forced[i] = True
+                        self._send_setpoint(i, 0.0, safe=True, reason=0, now_s=t)
+                    self._safe[:] = True
+            else:
+                self._poll_site(t)
+                stale = ~self.store.valid(t)
+                self._update_stale(t, stale)
+                for j in np.flatnonzero(stale & ~self._safe).tolist():
+                    self._enter_safe(j, int(SafeReason.STALE), t)
+                if not self._update_site_fresh(t):
+                    for j in np.flatnonzero(~self._safe).tolist():
+                        self._enter_safe(j, int(SafeReason.SITE_STALE), t)
+            newly = int(np.count_nonzero(self._safe)) - before
+            self.metrics.timer_safe_entries += newly
+            return newly
+
+    # ------------------------------------------------------------------ control tick
+    def tick(self) -> TickReport:
+        """Run one control step and send every pack's command; never raises on input."""
         start = time.perf_counter()
-        now = self.clock()
-        n = self.n_packs
-        state = self.store.fleet_state(now)
-        safe, reasons = self._safe_mask(now, state)
-        site = self.store.site(now)
+        with self._lock:
+            now = self.clock()
+            self._poll_site(now)
+            state = self.store.fleet_state(now)
+            safe, reasons = self._safe_mask(now, state)
+            site = self.store.site(now)
+            last_action = self._last_action
+        # Policy and shield run outside the lock: the safety timer and frame handling go on.
         tod = site.time_of_day_s if math.isfinite(site.time_of_day_s) else self.time_of_day()
+        n = self.n_packs
         policy_action = np.full(n, np.nan, dtype=np.float32)
         obs = np.full(self.builder.size, np.nan, dtype=np.float32)
         try:
-            obs = self.builder.build(state, site, self._last_action, time_of_day_s=tod)
+            obs = self.builder.build(state, site, last_action, time_of_day_s=tod)
             policy_action = np.asarray(self.policy.act(obs), dtype=np.float32).reshape(n)
         except Exception as exc:
             self._event("policy_fallback", None, f"policy failed: {exc!r}", now_s=now)
         bad = ~np.isfinite(policy_action)
-        if bad.any():
-            self.metrics.policy_fallbacks += 1
-            reasons[bad] |= int(SafeReason.POLICY_FALLBACK)
-            self.events.append(
-                RuntimeEvent(now, "policy_fallback", None, f"{int(bad.sum())} non-finite")
-            )
         # Safe packs keep their request here: the shield sees them invalid, gives them zero
         # and redistributes their share to packs with headroom (keeping the fleet total).
         request = np.where(bad, 0.0, policy_action).astype(np.float64)
@@ -569,6 +949,7 @@ class EdgeRuntime:
         )
         status = "ERROR"
         intervened = np.zeros(n, dtype=bool)
+        shield_error: Exception | None = None
         try:
             target = state.demand_w if self.track_demand else None
             result = self.shield.project(shield_state, request, target)
@@ -577,39 +958,73 @@ class EdgeRuntime:
             status = result.status.name or "OK"
         except Exception as exc:  # documented fallback: every pack at zero
             action = np.zeros(n)
-            safe = np.ones(n, dtype=bool)
-            self._event("internal_error", None, f"shield failed: {exc!r}", now_s=now)
-        action = np.where(np.isfinite(action), action, 0.0)
-        action[safe] = 0.0
-        if (intervened & ~safe).any():
-            self.metrics.interventions += 1
-        reasons[intervened & ~safe] |= int(SafeReason.INTERVENED)
-        setpoint_w = action * self._rated_w
-        for i in range(n):
-            self._send_setpoint(
-                i, float(setpoint_w[i]), safe=bool(safe[i]), reason=int(reasons[i]), now_s=now
+            shield_error = exc
+        with self._lock:
+            if shield_error is not None:
+                safe = np.ones(n, dtype=bool)
+                self._event("internal_error", None, f"shield failed: {shield_error!r}", now_s=now)
+            if bad.any():
+                self.metrics.policy_fallbacks += 1
+                reasons[bad] |= int(SafeReason.POLICY_FALLBACK)
+                self.events.append(
+                    RuntimeEvent(now, "policy_fallback", None, f"{int(bad.sum())} non-finite")
+                )
+            late = self._forced.copy()  # put safe while the policy ran
+            if self._stopping:
+                late[:] = True
+            safe = safe | late
+            reasons[late] |= self._forced_reason[late]
+            action = np.where(np.isfinite(action), action, 0.0)
+            action[safe] = 0.0
+            if (intervened & ~safe).any():
+                self.metrics.interventions += 1
+            reasons[intervened & ~safe] |= int(SafeReason.INTERVENED)
+            setpoint_w = action * self._rated_w
+            for i in range(n):
+                self._send_setpoint(
+                    i, float(setpoint_w[i]), safe=bool(safe[i]), reason=int(reasons[i]), now_s=now
+                )
+            self._safe = safe
+            self._last_action = action
+            latency = time.perf_counter() - start
+            self.metrics.ticks += 1
+            self.metrics.safe_pack_ticks += int(safe.sum())
+            self.metrics.tick_latency_s.append(latency)
+            report = TickReport(
+                tick=self._tick,
+                time_s=now,
+                observation=obs,
+                policy_action=policy_action,
+                action=action,
+                setpoint_w=setpoint_w,
+                safe=safe.copy(),
+                reasons=reasons,
+                shield_status=status,
+                intervened=intervened,
+                latency_s=latency,
             )
-        self._safe = safe
-        self._last_action = action
-        latency = time.perf_counter() - start
-        self.metrics.ticks += 1
-        self.metrics.safe_pack_ticks += int(safe.sum())
-        self.metrics.tick_latency_s.append(latency)
-        report = TickReport(
-            tick=self._tick,
-            time_s=now,
-            observation=obs,
-            policy_action=policy_action,
-            action=action,
-            setpoint_w=setpoint_w,
-            safe=safe.copy(),
-            reasons=reasons,
-            shield_status=status,
-            intervened=intervened,
-            latency_s=latency,
-        )
-        self._tick += 1
+            self._tick += 1
         return report
+
+    def _safe_mask(self, now: float, state: FleetState) -> tuple[BoolArray, IntArray]:
+        n = self.n_packs
+        reasons = np.zeros(n, dtype=np.int64)
+        stale = ~np.asarray(state.valid, dtype=bool)
+        self._update_stale(now, stale)
+        reasons[stale] |= int(SafeReason.STALE)
+        latched = (now - self._last_bad_s) < self.recovery_hold_s
+        self._bad_reason[~latched] = 0
+        reasons[latched] |= self._bad_reason[latched] & int(_LATCHING)
+        if not self._update_site_fresh(now):
+            reasons |= int(SafeReason.SITE_STALE)
+        safe = (reasons != 0) | self._stopping
+        for i in np.flatnonzero(self._safe & ~safe):
+            self._event("recovered", int(i), "telemetry clean, pack back in operation", now_s=now)
+        self.metrics.safe_entries += int(np.count_nonzero(~self._safe & safe))
+        self._safe = safe.copy()
+        self._forced[:] = False
+        self._forced_reason[:] = 0
+        return safe, reasons
 
     def command_safe_state(self, reason: SafeReason = SafeReason.NONE) -> None:
         """Send the safe state (zero power, disabled) to every pack, e.g. on shutdown."""
@@ -621,15 +1036,20 @@ class EdgeRuntime:
 
     # ------------------------------------------------------------------ loop
     def _wait_until(self, deadline_s: float, stop: threading.Event | None) -> None:
-        """Handle frames until ``deadline_s``; back off briefly after a bus error."""
+        """Handle frames until ``deadline_s`` in slices of at most one safety period."""
         while True:
             remaining = deadline_s - self.clock()
-            if remaining <= 0.0 or (stop is not None and stop.is_set()):
+            if remaining <= 0.0 or self._should_stop(stop):
                 return
             errors = self.metrics.bus_errors
-            self.poll(remaining)
+            self.poll(min(remaining, self.safety_period_s))
             if self.metrics.bus_errors != errors:  # a failing bus must not spin the CPU
                 time.sleep(min(remaining, self.bus_error_backoff_s))
+
+    def _should_stop(self, stop: threading.Event | None) -> bool:
+        if stop is not None and stop.is_set() and not self._stopping:
+            self.request_stop()
+        return self._stopping
 
     def run(
         self,
@@ -638,31 +1058,49 @@ class EdgeRuntime:
         duration_s: float | None = None,
         stop: threading.Event | None = None,
     ) -> RuntimeMetrics:
-        """Run the loop on the wall clock: read frames between ticks, tick every ``tick_s``.
+        """Run on the wall clock until told to stop; every pack is commanded safe on the way out.
+
+        Frames are read between ticks, a tick runs every ``tick_s``, the safety timer
+        runs on its own thread every ``safety_period_s``.
 
         Args:
             n_ticks: Stop after this many ticks.
             duration_s: Stop after this long.
-            stop: Stop when set (e.g. by a signal handler).
+            stop: Stop when set (or call :meth:`request_stop`, e.g. from a signal handler).
 
         Returns:
             The metrics.
         """
         start = self.clock()
         next_tick = start
+
+        def timer_check() -> None:
+            self._should_stop(stop)
+            self.check_safety()
+
+        timer = SafetyTimer(timer_check, self.safety_period_s)
+        self._timer = timer
+        timer.start()
         ticks = 0
-        while True:
-            if stop is not None and stop.is_set():
-                break
-            if n_ticks is not None and ticks >= n_ticks:
-                break
-            if duration_s is not None and self.clock() - start >= duration_s:
-                break
-            self._wait_until(next_tick, stop)
-            self.tick()
-            ticks += 1
-            next_tick += self.tick_s
-            if next_tick < self.clock():
-                self.metrics.overruns += 1
-                next_tick = self.clock()
+        try:
+            while True:
+                if self._should_stop(stop):
+                    break
+                if n_ticks is not None and ticks >= n_ticks:
+                    break
+                if duration_s is not None and self.clock() - start >= duration_s:
+                    break
+                self._wait_until(next_tick, stop)
+                if self._should_stop(stop):  # no tick after a stop request
+                    break
+                self.tick()
+                ticks += 1
+                next_tick += self.tick_s
+                if next_tick < self.clock():
+                    self.metrics.overruns += 1
+                    next_tick = self.clock()
+        finally:
+            timer.stop()
+            self._timer = None
+            self.command_safe_state()
         return self.metrics

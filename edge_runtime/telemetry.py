@@ -1,25 +1,68 @@
 """Latest telemetry per pack and of the site, with timestamps and a watchdog.
 
-Every quantity of every pack keeps its last value and the time it arrived. A pack is
-*fresh* when each of its required quantities (``PACK_TELEMETRY_FIELDS`` of
-:mod:`pulsebms.edge_runtime.codec`) arrived within ``stale_after_s``; otherwise the
-watchdog declares it stale and the runtime puts it in the safe state. A pack that never
-reported is stale. The site frame (demand, price, time of day) has its own timeout.
+Every pack keeps the last value and arrival time of seven quantities: SoC, SoH, current,
+and **both ends** of the cell-voltage and temperature windows
+(:data:`STORED_FIELDS`). Telemetry keys map onto them as the codec's quantity contract
+says:
+
+- ``cell_voltage_v`` (one value) sets both ``cell_voltage_min_v`` and ``cell_voltage_max_v``;
+  ``temperature_c`` sets both ``temperature_min_c`` and ``temperature_max_c``;
+- ``cell_voltage_min_v`` / ``cell_voltage_max_v`` / ``temperature_min_c`` /
+  ``temperature_max_c`` set their own end;
+- per-cell voltages (``cell_voltages_v``: cell index → V, valid cells only) go into a
+  per-pack cell table; cells flagged invalid are dropped from it; the pack's min/max cell
+  voltage is then the min/max over the table (every valid cell ever reported, the latest
+  value of each).
+
+A pack is *fresh* when each stored quantity arrived within ``stale_after_s``; otherwise
+the watchdog declares it stale and the runtime puts it in the safe state. A pack that
+never reported is stale. The site (demand, price, time of day) has its own timeout.
+
+The shield and the observation see one value per quantity: the midpoint of the window
+(``(min + max) / 2``), which is the single value itself when the BMS sends one, so the
+observation is bit-identical to the single-signal case.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
 import numpy as np
 
 from pulsebms.core.types import BoolArray, FloatArray
-from pulsebms.edge_runtime.codec import PACK_TELEMETRY_FIELDS
 from pulsebms.safety.state import FleetState
 
-__all__ = ["SiteSnapshot", "TelemetryStore"]
+__all__ = ["STORED_FIELDS", "TELEMETRY_KEYS", "SiteSnapshot", "TelemetryStore"]
+
+STORED_FIELDS = (
+    "soc",
+    "soh",
+    "current_a",
+    "cell_voltage_min_v",
+    "cell_voltage_max_v",
+    "temperature_min_c",
+    "temperature_max_c",
+)
+"""What the store keeps per pack (every one required for a pack to be fresh)."""
+
+_SOC, _SOH, _CUR, _VMIN, _VMAX, _TMIN, _TMAX = range(len(STORED_FIELDS))
+
+_ROWS: dict[str, tuple[int, ...]] = {
+    "soc": (_SOC,),
+    "soh": (_SOH,),
+    "current_a": (_CUR,),
+    "cell_voltage_v": (_VMIN, _VMAX),
+    "cell_voltage_min_v": (_VMIN,),
+    "cell_voltage_max_v": (_VMAX,),
+    "temperature_c": (_TMIN, _TMAX),
+    "temperature_min_c": (_TMIN,),
+    "temperature_max_c": (_TMAX,),
+}
+
+TELEMETRY_KEYS = tuple(_ROWS)
+"""Telemetry value keys the store understands (others are ignored)."""
 
 
 @dataclass(frozen=True)
@@ -31,8 +74,8 @@ class SiteSnapshot:
         price_per_kwh: Energy price (0 if never received).
         time_of_day_s: Seconds since midnight (NaN if never received).
         ambient_c: Ambient temperature [°C] (NaN if never received).
-        fresh: Whether the site frame arrived within the site timeout.
-        age_s: Seconds since the last site frame (inf if never).
+        fresh: Whether the site values arrived within the site timeout.
+        age_s: Seconds since the last site values (inf if never).
     """
 
     demand_w: float
@@ -48,8 +91,8 @@ class TelemetryStore:
 
     Args:
         n_packs: Number of packs.
-        stale_after_s: A pack whose required quantities are older than this is stale.
-        site_stale_after_s: Site-frame timeout; ``stale_after_s`` when ``None``.
+        stale_after_s: A pack whose stored quantities are older than this is stale.
+        site_stale_after_s: Site timeout; ``stale_after_s`` when ``None``.
 
     Raises:
         ValueError: If a timeout is not > 0.
@@ -59,6 +102,9 @@ class TelemetryStore:
         >>> store.update_pack(0, {"soc": 0.5}, now_s=10.0)
         >>> store.stale(now_s=10.5).tolist()  # pack 0 lacks SoH, ...; pack 1 never reported
         [True, True]
+        >>> store.update_pack(1, {"cell_voltage_min_v": 3.1, "cell_voltage_max_v": 3.3}, now_s=11)
+        >>> store.window(1)["cell_voltage_v"]
+        (3.1, 3.3)
     """
 
     def __init__(
@@ -72,17 +118,20 @@ class TelemetryStore:
         self.n_packs = n_packs
         self.stale_after_s = float(stale_after_s)
         self.site_stale_after_s = float(site_timeout)
+        self._values = np.full((len(STORED_FIELDS), n_packs), np.nan)
+        self._updated = np.full((len(STORED_FIELDS), n_packs), -math.inf)
         self.values: dict[str, FloatArray] = {
-            f: np.full(n_packs, np.nan) for f in PACK_TELEMETRY_FIELDS
+            f: self._values[i] for i, f in enumerate(STORED_FIELDS)
         }
+        """Quantity → per-pack latest value (views of one array)."""
         self.updated_s: dict[str, FloatArray] = {
-            f: np.full(n_packs, -math.inf) for f in PACK_TELEMETRY_FIELDS
+            f: self._updated[i] for i, f in enumerate(STORED_FIELDS)
         }
+        """Quantity → per-pack arrival time [s] (-inf if never)."""
+        self._cells: list[FloatArray | None] = [None] * n_packs
         self.status = np.zeros(n_packs, dtype=np.int64)
-        self.counter = np.full(n_packs, -1, dtype=np.int64)
         self._site: dict[str, float] = {}
         self._site_updated_s = -math.inf
-        self.site_counter = -1
 
     def update_pack(
         self,
@@ -91,31 +140,63 @@ class TelemetryStore:
         *,
         now_s: float,
         status: int | None = None,
+        cell_voltages_v: Mapping[int, float] | None = None,
+        invalid_cells: Iterable[int] = (),
     ) -> None:
         """Record quantities of one pack received at ``now_s``.
 
         Args:
             pack: Pack index.
-            values: Quantity → value (keys of ``PACK_TELEMETRY_FIELDS``; others ignored).
+            values: Quantity → value (keys of :data:`TELEMETRY_KEYS`; others ignored).
             now_s: Arrival time [s] (the runtime's clock).
             status: BMS status code, if the frame carries one.
+            cell_voltages_v: Cell index → voltage [V] of valid cells, if the frame has them.
+            invalid_cells: Cells the BMS flags invalid (dropped from the cell table).
         """
+        vals = self._values
+        upd = self._updated
         for key, value in values.items():
-            if key in self.values:
-                self.values[key][pack] = value
-                self.updated_s[key][pack] = now_s
+            rows = _ROWS.get(key)
+            if rows is not None:
+                for r in rows:
+                    vals[r, pack] = value
+                    upd[r, pack] = now_s
+        if cell_voltages_v or invalid_cells:
+            self._update_cells(pack, cell_voltages_v or {}, invalid_cells, now_s)
         if status is not None:
             self.status[pack] = status
 
+    def _update_cells(
+        self, pack: int, cells: Mapping[int, float], invalid: Iterable[int], now_s: float
+    ) -> None:
+        invalid = tuple(invalid)
+        top = max((*cells.keys(), *invalid), default=-1) + 1
+        table = self._cells[pack]
+        if table is None or table.shape[0] < top:
+            grown = np.full(max(top, 0), np.nan)
+            if table is not None:
+                grown[: table.shape[0]] = table
+            table = self._cells[pack] = grown
+        if cells:
+            idx = np.fromiter(cells.keys(), dtype=np.intp, count=len(cells))
+            table[idx] = np.fromiter(cells.values(), dtype=np.float64, count=len(cells))
+        if invalid:
+            table[list(invalid)] = np.nan
+        low = float(np.fmin.reduce(table)) if table.size else math.nan
+        if math.isfinite(low):  # at least one valid cell known
+            self._values[_VMIN, pack] = low
+            self._values[_VMAX, pack] = float(np.fmax.reduce(table))
+            self._updated[_VMIN, pack] = now_s
+            self._updated[_VMAX, pack] = now_s
+
     def update_site(self, values: Mapping[str, float], *, now_s: float) -> None:
-        """Record the site frame received at ``now_s``."""
+        """Record site values received at ``now_s``."""
         self._site.update({k: float(v) for k, v in values.items()})
         self._site_updated_s = now_s
 
     def age_s(self, now_s: float) -> FloatArray:
-        """Per pack, the age of its oldest required quantity [s] (inf if never received)."""
-        oldest = np.min(np.stack(list(self.updated_s.values())), axis=0)
-        return np.asarray(now_s - oldest, dtype=np.float64)
+        """Per pack, the age of its oldest stored quantity [s] (inf if never received)."""
+        return np.asarray(now_s - self._updated.min(axis=0), dtype=np.float64)
 
     def stale(self, now_s: float) -> BoolArray:
         """Per pack, whether the watchdog has expired."""
@@ -133,36 +214,52 @@ class TelemetryStore:
             age_s=float(age),
         )
 
+    def site_fresh(self, now_s: float) -> bool:
+        """Whether the site values arrived within the site timeout."""
+        return bool(now_s - self._site_updated_s <= self.site_stale_after_s)
+
+    def valid(self, now_s: float) -> BoolArray:
+        """Per pack: fresh and every stored value finite (what the shield may use)."""
+        return np.asarray(~self.stale(now_s) & np.isfinite(self._values).all(axis=0))
+
     def fleet_state(self, now_s: float) -> FleetState:
         """The fleet as the shield sees it; ``valid`` is False for stale or incomplete packs.
 
-        Missing values of invalid packs read as NaN (the shield treats invalid packs as
-        unavailable); the site demand is 0 when the site frame is stale.
+        Cell voltage and temperature are the midpoints of their windows. Missing values of
+        invalid packs read as NaN (the shield treats invalid packs as unavailable); the site
+        demand is 0 when the site is stale.
         """
-        fresh = ~self.stale(now_s)
-        finite = np.all(np.isfinite(np.stack(list(self.values.values()))), axis=0)
+        v = self._values
         site = self.site(now_s)
         return FleetState(
-            soc=self.values["soc"].copy(),
-            soh=self.values["soh"].copy(),
-            temperature_c=self.values["temperature_c"].copy(),
-            cell_voltage_v=self.values["cell_voltage_v"].copy(),
-            current_a=self.values["current_a"].copy(),
+            soc=v[_SOC].copy(),
+            soh=v[_SOH].copy(),
+            temperature_c=(v[_TMIN] + v[_TMAX]) * 0.5,
+            cell_voltage_v=(v[_VMIN] + v[_VMAX]) * 0.5,
+            current_a=v[_CUR].copy(),
             demand_w=site.demand_w if site.fresh else 0.0,
-            valid=np.asarray(fresh & finite, dtype=bool),
+            valid=self.valid(now_s),
         )
 
-    def pack_state(self, pack: int) -> FleetState:
-        """One pack's latest values as a one-pack :class:`FleetState` (for limit checks)."""
-        sl = slice(pack, pack + 1)
-        return FleetState(
-            soc=self.values["soc"][sl].copy(),
-            soh=self.values["soh"][sl].copy(),
-            temperature_c=self.values["temperature_c"][sl].copy(),
-            cell_voltage_v=self.values["cell_voltage_v"][sl].copy(),
-            current_a=self.values["current_a"][sl].copy(),
-        )
+    def pack_voltage_v(self, pack: int, series: int) -> float:
+        """Pack voltage estimate [V]: mid cell voltage × cells in series (NaN if unknown)."""
+        return float((self._values[_VMIN, pack] + self._values[_VMAX, pack]) * 0.5 * series)
+
+    def window(self, pack: int) -> dict[str, tuple[float, float]]:
+        """One pack's latest ``(min, max)`` of cell voltage and temperature, and SoC etc."""
+        v = self._values[:, pack]
+        return {
+            "soc": (float(v[_SOC]), float(v[_SOC])),
+            "soh": (float(v[_SOH]), float(v[_SOH])),
+            "current_a": (float(v[_CUR]), float(v[_CUR])),
+            "cell_voltage_v": (float(v[_VMIN]), float(v[_VMAX])),
+            "temperature_c": (float(v[_TMIN]), float(v[_TMAX])),
+        }
+
+    def pack_values(self, pack: int) -> tuple[float, ...]:
+        """One pack's stored values in :data:`STORED_FIELDS` order (for the limit check)."""
+        return tuple(self._values[:, pack].tolist())
 
     def has_all(self, pack: int) -> bool:
-        """Whether every required quantity of ``pack`` has been received at least once."""
-        return all(math.isfinite(float(self.updated_s[f][pack])) for f in PACK_TELEMETRY_FIELDS)
+        """Whether every stored quantity of ``pack`` has been received at least once."""
+        return bool(np.isfinite(self._updated[:, pack]).all())
