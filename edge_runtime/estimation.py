@@ -19,7 +19,7 @@ Plett, G. L. (2004), J. Power Sources 134, 277-292, §4, written from the equati
 The capacity is learned through the SoC–capacity cross-covariance that charge counting
 builds up and the OCV slope makes visible: it needs SoC swings that reach the steep parts
 of the OCV curve (an LFP pack cycled only on its plateau keeps its prior SoH), and starts
-only once the SoC has settled (``learning_soc_std``). The resistance is learned from
+only once the SoC has settled (``learning_soc_std``, ``learning_settle_updates``). The resistance is learned from
 current changes (the ``R0·I`` step).
 
 Per update (cell current ``i`` = pack current / parallel, held since the last update)::
@@ -75,6 +75,8 @@ class EstimatorSettings:
         initial_resistance_factor_std: Standard deviation of the initial resistance factor.
         initial_soh_std: Standard deviation of the initial SoH.
         voltage_std_v: Cell-voltage measurement plus model error, one standard deviation [V].
+        voltage_std_per_c_rate_v: Model error growing with the current, added (in
+            quadrature) per unit C-rate [V]: the circuit is linear, a cell is not.
         current_std_c_rate: Current error, one standard deviation, as a C-rate.
         current_std_relative: Current error, one standard deviation, relative to the reading.
         v_rc_walk_v: Random walk of the RC voltage [V/√s].
@@ -83,9 +85,16 @@ class EstimatorSettings:
         initial_offset_std_c_rate: Standard deviation of the initial current offset (C-rate).
         offset_walk_c_rate: Random walk of the current offset (C-rate) [1/√s].
         max_offset_c_rate: The current-offset estimate is clamped to ± this C-rate.
-        learning_soc_std: Capacity and current offset are corrected only once the SoC
+        learning_soc_std: Resistance, capacity and current offset are corrected only once the SoC
             standard deviation is below this (a wrong initial SoC would otherwise be
             explained as a wrong capacity).
+        learning_settle_updates: ... and only after this many consecutive updates whose
+            voltage innovation was within 3 standard deviations of its predicted spread with
+            the floor measurement noise (a linearised filter can be confident and wrong on
+            a curved OCV).
+        innovation_smoothing: Weight of each new squared voltage innovation in the running
+            estimate of the model error (the measurement variance is the larger of
+            ``voltage_std_v²`` and that estimate).
         max_c_rate: Currents beyond this C-rate are rejected as implausible.
         voltage_margin_v: Voltages further than this outside the cell's window are rejected [V].
         soh_bounds: The SoH estimate is clamped to this range.
@@ -98,6 +107,7 @@ class EstimatorSettings:
     initial_resistance_factor_std: float = 0.3
     initial_soh_std: float = 0.1
     voltage_std_v: float = 0.01
+    voltage_std_per_c_rate_v: float = 0.0
     current_std_c_rate: float = 0.005
     current_std_relative: float = 0.005
     v_rc_walk_v: float = 1e-4
@@ -107,6 +117,8 @@ class EstimatorSettings:
     offset_walk_c_rate: float = 1e-5
     max_offset_c_rate: float = 0.1
     learning_soc_std: float = 0.03
+    innovation_smoothing: float = 0.01
+    learning_settle_updates: int = 60
     max_c_rate: float = 20.0
     voltage_margin_v: float = 0.5
     soh_bounds: tuple[float, float] = (0.3, 1.2)
@@ -181,6 +193,8 @@ class FleetEstimator:
         self._started = ~np.isnan(soc0)
         self._last_time_s: list[float | None] = [None] * n
         self._last_temperature_c = [_REFERENCE_TEMPERATURE_C] * n
+        self._innovation_var = [0.0] * n
+        self._settled = [0] * n
         self.soc: FloatArray = np.where(self._started, self._x[:, 0], np.nan)
         self.soc_std: FloatArray = np.sqrt(self._p[:, 0, 0])
         self.soh: FloatArray = self._x[:, 3].copy()
@@ -323,15 +337,25 @@ class FleetEstimator:
             predicted_v = ocv - v_rc_p - g * r0_p * i_c
             hvec = np.array([slope, -1.0, -r0_p * i_c, 0.0, g * r0_p])
             ph = p @ hvec
-            innovation_var = float(hvec @ ph) + s.voltage_std_v**2
+            innovation = v - predicted_v
+            # Measurement variance: the floor, or what the recent innovations say the
+            # model error is (covariance matching), whichever is larger.
+            c_rate = abs(i_c) / q_ah
+            floor = s.voltage_std_v**2 + (s.voltage_std_per_c_rate_v * c_rate) ** 2
+            r_var = max(floor, self._innovation_var[pack])
+            self._innovation_var[pack] += s.innovation_smoothing * (
+                innovation * innovation - self._innovation_var[pack]
+            )
+            innovation_var = float(hvec @ ph) + r_var
             gain = ph / innovation_var
-            if p[0, 0] > s.learning_soc_std**2:
-                # SoC not settled yet: its error would leak into capacity and offset.
-                gain[3] = 0.0
-                gain[4] = 0.0
-            x += gain * (v - predicted_v)
+            consistent = innovation * innovation <= 9.0 * (innovation_var - r_var + floor)
+            self._settled[pack] = self._settled[pack] + 1 if consistent else 0
+            if p[0, 0] > s.learning_soc_std**2 or self._settled[pack] < s.learning_settle_updates:
+                # SoC not settled yet: its error would leak into the slow states.
+                gain[2:] = 0.0
+            x += gain * innovation
             joseph = self._eye - np.outer(gain, hvec)
-            p[:] = joseph @ p @ joseph.T + np.outer(gain, gain) * s.voltage_std_v**2
+            p[:] = joseph @ p @ joseph.T + np.outer(gain, gain) * r_var
         x[0] = min(max(x[0], 0.0), 1.0)
         x[1] = min(max(x[1], -1.0), 1.0)
         x[2] = min(max(x[2], s.resistance_factor_bounds[0]), s.resistance_factor_bounds[1])

@@ -29,6 +29,7 @@ import numpy as np
 from pulsebms.core.types import FloatArray, IntArray
 from pulsebms.edge_runtime.codec import CanCodec, SetpointFrame
 from pulsebms.envs.fleet_env import FleetEnv
+from pulsebms.hil.noise import SensorNoise
 
 __all__ = ["HilFaults", "HilSimulator", "SimClock"]
 
@@ -76,6 +77,7 @@ class HilSimulator:
         bus: The simulator's bus.
         codec: Frame codec for the env's number of packs.
         faults: Faults to inject.
+        noise: Sensor noise added to the telemetry values before encoding (None: exact).
 
     Raises:
         TypeError: If ``env.unwrapped`` is not a :class:`~pulsebms.envs.FleetEnv`.
@@ -88,6 +90,7 @@ class HilSimulator:
         codec: CanCodec,
         *,
         faults: HilFaults | None = None,
+        noise: SensorNoise | None = None,
     ) -> None:
         base = env.unwrapped
         if not isinstance(base, FleetEnv):
@@ -100,6 +103,7 @@ class HilSimulator:
         self.bus = bus
         self.codec = codec
         self.faults = faults or HilFaults()
+        self.noise = noise
         self.n_packs = int(base.n_packs)
         self.rated_w: FloatArray = np.asarray(base.ratings.rated_power_w, dtype=np.float64)
         self.frames_sent = 0
@@ -145,6 +149,7 @@ class HilSimulator:
                 "cell_voltage_v": float(state.cell_voltage_v[i]),
                 "current_a": float(state.current_a[i]),
             }
+            values = self._with_noise(i, values)
             status = 0 if bool(state.valid[i]) else 2
             for msg in self.codec.encode_telemetry(
                 i, values, status=status, counter=int(self._counters[i])
@@ -167,6 +172,10 @@ class HilSimulator:
             self._send(can.Message(arbitration_id=tel_id, is_extended_id=False, data=b"\x01\x02"))
             self._send(can.Message(arbitration_id=0x7F0, is_extended_id=False, data=bytes(8)))
             self._send(can.Message(arbitration_id=0, is_error_frame=True))
+
+    def _with_noise(self, pack: int, values: dict[str, float]) -> dict[str, float]:
+        """The telemetry values of ``pack`` as its sensors would read them."""
+        return values if self.noise is None else self.noise.apply(pack, values)
 
     def receive_setpoints(self, timeout_s: float = 0.0) -> int:
         """Collect set-point frames until none arrives within ``timeout_s``.
