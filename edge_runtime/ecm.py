@@ -90,9 +90,7 @@ class EcmCell:
     _soc_axis: tuple[float, float, int] = field(init=False, repr=False, compare=False)
     _c_axis: tuple[float, float, int] = field(init=False, repr=False, compare=False)
     _t_axis: tuple[float, float, int] = field(init=False, repr=False, compare=False)
-    _circuit_lists: tuple[list[list[float]], ...] = field(
-        init=False, repr=False, compare=False
-    )
+    _circuit_lists: tuple[list[list[float]], ...] = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         soc0, dsoc, n_soc = _uniform(self.soc_grid, "soc_grid")

@@ -18,9 +18,9 @@ many updates as the voltage keeps disagreeing with the circuit (the *joint* EKF 
 Plett, G. L. (2004), J. Power Sources 134, 277-292, §4, written from the equations here).
 The capacity is learned through the SoC–capacity cross-covariance that charge counting
 builds up and the OCV slope makes visible: it needs SoC swings that reach the steep parts
-of the OCV curve (an LFP pack cycled only on its plateau keeps its prior SoH), and starts
-only once the SoC has settled (``learning_soc_std``, ``learning_settle_updates``). The resistance is learned from
-current changes (the ``R0·I`` step).
+of the OCV curve (an LFP pack cycled only on its plateau keeps its prior SoH). The
+resistance is learned from current changes (the ``R0·I`` step). All three start only once
+the SoC has settled (``learning_soc_std``, ``learning_settle_updates``).
 
 Per update (cell current ``i`` = pack current / parallel, held since the last update)::
 
@@ -164,7 +164,8 @@ class FleetEstimator:
         self.settings = settings or EstimatorSettings()
         given = dict(cells or {})
         self._cells = [
-            given[c] if c in given else EcmCell.load(c) for c in (ch.upper() for ch in ratings.chemistry)
+            given[c] if c in given else EcmCell.load(c)
+            for c in (ch.upper() for ch in ratings.chemistry)
         ]
         self._series = [int(s) for s in ratings.series]
         self._parallel = [int(p) for p in ratings.parallel]
@@ -277,7 +278,9 @@ class FleetEstimator:
         v = float(cell_voltage_v)
         v_ok = (
             math.isfinite(v)
-            and cell.voltage_min_v - s.voltage_margin_v <= v <= cell.voltage_max_v + s.voltage_margin_v
+            and cell.voltage_min_v - s.voltage_margin_v
+            <= v
+            <= cell.voltage_max_v + s.voltage_margin_v
         )
         partial = not (t_ok and v_ok)
         x, p = self._x[pack], self._p[pack]
@@ -346,9 +349,13 @@ class FleetEstimator:
             self._innovation_var[pack] += s.innovation_smoothing * (
                 innovation * innovation - self._innovation_var[pack]
             )
-            innovation_var = float(hvec @ ph) + r_var
+            predicted_var = float(hvec @ ph)
+            consistent = innovation * innovation <= 9.0 * (predicted_var + floor)
+            # Robust (Huber-like) step: an innovation beyond 3 standard deviations is
+            # taken with the noise that would make it 3 (model error, not information).
+            r_var = max(r_var, innovation * innovation / 9.0 - predicted_var)
+            innovation_var = predicted_var + r_var
             gain = ph / innovation_var
-            consistent = innovation * innovation <= 9.0 * (innovation_var - r_var + floor)
             self._settled[pack] = self._settled[pack] + 1 if consistent else 0
             if p[0, 0] > s.learning_soc_std**2 or self._settled[pack] < s.learning_settle_updates:
                 # SoC not settled yet: its error would leak into the slow states.
