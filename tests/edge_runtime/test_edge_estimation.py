@@ -240,8 +240,10 @@ def test_accuracy_against_the_physics_twin_with_a_wrong_initial_soc() -> None:
 
 @pytest.mark.slow
 def test_hil_simulator_noise_hook_changes_only_the_sensor_readings() -> None:
-    """``HilSimulator(noise=...)``: telemetry on the bus carries the noisy readings (~20 s:
-    the twin's circuit tables are derived from PyBaMM at first use)."""
+    """``HilSimulator(noise=...)``: telemetry on the bus carries the noisy readings.
+
+    About 20 s: the twin's circuit tables are derived from PyBaMM at first use.
+    """
     can = pytest.importorskip("can")
     gym = pytest.importorskip("gymnasium")
     from pulsebms.edge_runtime.codec import CanCodec, TelemetryFrame
