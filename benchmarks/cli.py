@@ -26,6 +26,7 @@ BENCHMARKS: dict[str, str] = {
     "twin": "pulsebms.benchmarks.twin",
     "shield": "pulsebms.benchmarks.shield",
     "edge": "pulsebms.benchmarks.edge",
+    "estimation": "pulsebms.benchmarks.estimation",
 }
 
 

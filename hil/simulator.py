@@ -30,6 +30,7 @@ import numpy as np
 from pulsebms.core.types import FloatArray, IntArray
 from pulsebms.edge_runtime.codec import CanCodec, IgnoredFrame, SetpointFrame
 from pulsebms.envs.fleet_env import FleetEnv
+from pulsebms.hil.noise import SensorNoise
 
 __all__ = ["HilFaults", "HilSimulator", "SimClock"]
 
@@ -80,6 +81,7 @@ class HilSimulator:
         bus: The simulator's bus, or one per bus name of the codec's signal map.
         codec: Frame codec for the env's number of packs.
         faults: Faults to inject.
+        noise: Sensor noise added to the telemetry values before encoding (None: exact).
 
     Raises:
         TypeError: If ``env.unwrapped`` is not a :class:`~pulsebms.envs.FleetEnv`.
@@ -92,6 +94,7 @@ class HilSimulator:
         codec: CanCodec,
         *,
         faults: HilFaults | None = None,
+        noise: SensorNoise | None = None,
     ) -> None:
         base = env.unwrapped
         if not isinstance(base, FleetEnv):
@@ -115,6 +118,7 @@ class HilSimulator:
         self._rx = [(b, tuple(n)) for b, n in served.values()]
         self.codec = codec
         self.faults = faults or HilFaults()
+        self.noise = noise
         self.n_packs = int(base.n_packs)
         self.rated_w: FloatArray = np.asarray(base.ratings.rated_power_w, dtype=np.float64)
         self.series: FloatArray = np.asarray(base.ratings.series, dtype=np.float64)
@@ -159,6 +163,7 @@ class HilSimulator:
                 "cell_voltage_v": float(state.cell_voltage_v[i]),
                 "current_a": float(state.current_a[i]),
             }
+            values = self._with_noise(i, values)
             status = 0 if bool(state.valid[i]) else 2
             frames = self.codec.encode_telemetry(
                 i, values, status=status, counter=int(self._counters[i])
@@ -211,6 +216,10 @@ class HilSimulator:
         """Each pack's voltage now [V]: cell voltage × cells in series."""
         cell_v = np.asarray(self.base.fleet_state().cell_voltage_v, dtype=np.float64)
         return cell_v * self.series
+
+    def _with_noise(self, pack: int, values: dict[str, float]) -> dict[str, float]:
+        """The telemetry values of ``pack`` as its sensors would read them."""
+        return values if self.noise is None else self.noise.apply(pack, values)
 
     def receive_setpoints(self, timeout_s: float = 0.0) -> int:
         """Collect set-point frames until none arrives within ``timeout_s``.
