@@ -7,7 +7,12 @@ same circuit as the fleet twin's ECM fidelity. Per chemistry:
 * ``OCV(SoC)`` at 25 °C, piecewise linear on a uniform SoC grid (the open-circuit voltage's
   small entropic temperature dependence is not modelled);
 * ``R0``, ``R1``, ``τ`` bilinear in (temperature, SoC), clamped to the grid's edges
-  (−10 … 60 °C, SoC 10 … 90 %).
+  (−10 … 60 °C, SoC 10 … 90 %);
+* optionally a **model error** per ampere of cell current, piecewise linear in SoC
+  (``model_error_soc``, ``model_error_ohm``; zero where absent): how far the circuit's
+  voltage may be from the cell's under current, where the circuit is known to be poor
+  (an LFP cell's solid diffusion at low SoC and on its plateau). The estimator adds it to
+  its measurement noise.
 
 The cell (+ = discharge, current ``I`` held over a step of ``dt``)::
 
@@ -72,6 +77,8 @@ class EcmCell:
         r0_ohm: R0 on (temperature, SoC) [Ω].
         r1_ohm: R1 on (temperature, SoC) [Ω].
         tau_s: τ on (temperature, SoC) [s].
+        model_error_soc: Increasing SoC points of the model-error table (empty: none).
+        model_error_ohm: Model error per ampere of cell current on ``model_error_soc`` [Ω].
     """
 
     chemistry: str
@@ -85,12 +92,15 @@ class EcmCell:
     r0_ohm: FloatArray
     r1_ohm: FloatArray
     tau_s: FloatArray
+    model_error_soc: FloatArray = field(default_factory=lambda: np.zeros(0))
+    model_error_ohm: FloatArray = field(default_factory=lambda: np.zeros(0))
     _ocv_list: list[float] = field(init=False, repr=False, compare=False)
     _slope_list: list[float] = field(init=False, repr=False, compare=False)
     _soc_axis: tuple[float, float, int] = field(init=False, repr=False, compare=False)
     _c_axis: tuple[float, float, int] = field(init=False, repr=False, compare=False)
     _t_axis: tuple[float, float, int] = field(init=False, repr=False, compare=False)
     _circuit_lists: tuple[list[list[float]], ...] = field(init=False, repr=False, compare=False)
+    _error_lists: tuple[list[float], list[float]] = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         soc0, dsoc, n_soc = _uniform(self.soc_grid, "soc_grid")
@@ -104,7 +114,19 @@ class EcmCell:
                 raise ValueError(f"{name} must be finite with shape ({n_t}, {n_c})")
         if np.any(self.tau_s <= 0) or np.any(self.r0_ohm < 0) or np.any(self.r1_ohm < 0):
             raise ValueError("circuit tables must have R0, R1 >= 0 and tau > 0")
+        if self.model_error_soc.shape != self.model_error_ohm.shape or (
+            self.model_error_soc.ndim != 1
+            or np.any(np.diff(self.model_error_soc) <= 0)
+            or not np.all(np.isfinite(self.model_error_ohm))
+            or np.any(self.model_error_ohm < 0)
+        ):
+            raise ValueError("model error must be >= 0 on an increasing SoC grid of its size")
         slope = np.gradient(self.ocv_table_v, self.soc_grid)
+        object.__setattr__(
+            self,
+            "_error_lists",
+            ([float(v) for v in self.model_error_soc], [float(v) for v in self.model_error_ohm]),
+        )
         # Plain Python lists/floats for the scalar hot path (numpy scalars are slower).
         object.__setattr__(self, "_ocv_list", [float(v) for v in self.ocv_table_v])
         object.__setattr__(self, "_slope_list", [float(v) for v in slope])
@@ -164,6 +186,21 @@ class EcmCell:
             out.append(a + (b - a) * wt)
         return out[0], out[1], out[2]
 
+    def model_error_ohm_at(self, soc: float) -> float:
+        """Model error per ampere of cell current at ``soc`` [Ω] (0 without a table)."""
+        points, values = self._error_lists
+        if not points:
+            return 0.0
+        if soc <= points[0]:
+            return values[0]
+        if soc >= points[-1]:
+            return values[-1]
+        j = 0
+        while points[j + 1] < soc:
+            j += 1
+        w = (soc - points[j]) / (points[j + 1] - points[j])
+        return values[j] + (values[j + 1] - values[j]) * w
+
     # ------------------------------------------------------------------ arrays
     def ocv_v(self, soc: FloatArray | float) -> FloatArray:
         """Open-circuit voltage at ``soc`` [V] (vectorised, clamped to the grid)."""
@@ -202,6 +239,8 @@ def _read(path: Path, chemistry: str) -> EcmCell:
             r0_ohm=np.asarray(raw["r0_ohm"], dtype=np.float64),
             r1_ohm=np.asarray(raw["r1_ohm"], dtype=np.float64),
             tau_s=np.asarray(raw["tau_s"], dtype=np.float64),
+            model_error_soc=np.asarray(raw.get("model_error_soc", []), dtype=np.float64),
+            model_error_ohm=np.asarray(raw.get("model_error_ohm", []), dtype=np.float64),
         )
     except (KeyError, TypeError, ValueError) as exc:
         raise ValueError(f"{path}: malformed circuit table: {exc}") from exc

@@ -76,7 +76,9 @@ class EstimatorSettings:
         initial_soh_std: Standard deviation of the initial SoH.
         voltage_std_v: Cell-voltage measurement plus model error, one standard deviation [V].
         voltage_std_per_c_rate_v: Model error growing with the current, added (in
-            quadrature) per unit C-rate [V]: the circuit is linear, a cell is not.
+            quadrature) per unit C-rate [V]: the circuit is linear, a cell is not. The
+            chemistry's own model-error table (:meth:`EcmCell.model_error_ohm_at` × current)
+            is added too.
         current_std_c_rate: Current error, one standard deviation, as a C-rate.
         current_std_relative: Current error, one standard deviation, relative to the reading.
         v_rc_walk_v: Random walk of the RC voltage [V/√s].
@@ -344,7 +346,10 @@ class FleetEstimator:
             # Measurement variance: the floor, or what the recent innovations say the
             # model error is (covariance matching), whichever is larger.
             c_rate = abs(i_c) / q_ah
-            floor = s.voltage_std_v**2 + (s.voltage_std_per_c_rate_v * c_rate) ** 2
+            model_v = (s.voltage_std_per_c_rate_v * c_rate) ** 2 + (
+                cell.model_error_ohm_at(soc_p) * i_c
+            ) ** 2
+            floor = s.voltage_std_v**2 + model_v
             r_var = max(floor, self._innovation_var[pack])
             self._innovation_var[pack] += s.innovation_smoothing * (
                 innovation * innovation - self._innovation_var[pack]
