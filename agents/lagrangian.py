@@ -51,15 +51,15 @@ from stable_baselines3.common.callbacks import BaseCallback
 __all__ = ["LagrangeMultiplier", "LagrangianCallback", "LagrangianPenalty", "step_cost"]
 
 COST_KEYS: tuple[str, ...] = ("cost_pre_shield", "cost")
-"""``info`` keys tried in order for a step's constraint cost (the shield's pre-shield cost first)."""
+"""``info`` keys tried in order for a step's constraint cost (pre-shield cost first)."""
 
 
 def step_cost(info: Mapping[str, Any], cost_keys: Sequence[str] = COST_KEYS) -> float:
     """The step's constraint cost: the first of ``cost_keys`` present in ``info`` (else 0).
 
     Example:
-        >>> step_cost({"cost": 0.5, "cost_pre_shield": 2.0}), step_cost({"cost": 0.5}), step_cost({})
-        (2.0, 0.5, 0.0)
+        >>> step_cost({"cost": 0.5, "cost_pre_shield": 2.0}), step_cost({"cost": 0.5})
+        (2.0, 0.5)
     """
     return next((float(info[k]) for k in cost_keys if k in info), 0.0)
 

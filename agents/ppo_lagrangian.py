@@ -114,8 +114,8 @@ class CostRolloutBuffer(RolloutBuffer):
         if not self.generator_ready:
             for name in _COST_ARRAYS:
                 setattr(self, name, self.swap_and_flatten(getattr(self, name)))
-        for samples in super().get(batch_size):
-            yield samples  # type: ignore[misc]  # _get_samples below makes them cost samples
+        # _get_samples below makes SB3's samples cost samples.
+        yield from super().get(batch_size)  # type: ignore[misc]
 
     def _get_samples(  # type: ignore[override]  # returns the subclass of samples
         self, batch_inds: np.ndarray, env: VecNormalize | None = None
@@ -163,7 +163,6 @@ class _CostRecorder(BaseCallback):
         infos: Sequence[dict[str, Any]] = self.locals["infos"]
         dones = np.asarray(self.locals["dones"], dtype=bool)
         buffer = algo.rollout_buffer
-        assert isinstance(buffer, CostRolloutBuffer)
         costs = np.array([step_cost(info, algo.cost_keys) for info in infos], dtype=np.float64)
         measured = np.array([float(info.get("cost", 0.0)) for info in infos])
         self._running += costs
@@ -284,7 +283,8 @@ class PPOLagrangian(PPO):
         recorder.inner = callback
         if not super().collect_rollouts(env, recorder, rollout_buffer, n_rollout_steps):
             return False
-        assert isinstance(rollout_buffer, CostRolloutBuffer)
+        if not isinstance(rollout_buffer, CostRolloutBuffer):
+            raise TypeError(f"PPOLagrangian needs a CostRolloutBuffer, got {type(rollout_buffer)}")
         last = obs_as_tensor(self._last_obs, self.device)  # type: ignore[arg-type]  # a Box obs
         rollout_buffer.compute_cost_returns_and_advantage(
             self.predict_cost_values(last),
@@ -298,7 +298,9 @@ class PPOLagrangian(PPO):
             mean_cost = float(np.mean(recorder.finished_costs))
             self.multiplier.update(mean_cost)
             self.logger.record("safe/episode_cost", mean_cost)
-            self.logger.record("safe/episode_cost_measured", np.mean(recorder.finished_measured_costs))
+            self.logger.record(
+                "safe/episode_cost_measured", np.mean(recorder.finished_measured_costs)
+            )
             recorder.finished_costs.clear()
             recorder.finished_measured_costs.clear()
         self.logger.record("safe/lagrange_multiplier", self.multiplier.value)

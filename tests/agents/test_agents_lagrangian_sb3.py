@@ -4,44 +4,16 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
-from typing import Any
 
-import gymnasium as gym
 import numpy as np
 import pytest
 import torch as th
+from lagrangian_fixtures import HORIZON, PRE_SHIELD_COST, CountdownEnv
 from stable_baselines3.common.vec_env import DummyVecEnv
 
 from pulsebms.agents.lagrangian import LagrangeMultiplier
 from pulsebms.agents.ppo_lagrangian import CostRolloutBuffer, PPOLagrangian
 from pulsebms.agents.sb3 import PPOLagrangianConfig, build_model, load_agent, save_agent
-
-HORIZON = 4
-PRE_SHIELD_COST = 0.5  # per step: 2.0 per episode
-MEASURED_COST = 0.0  # behind the shield the measured cost is 0: it must not be the one used
-
-
-class _CountdownEnv(gym.Env[np.ndarray, np.ndarray]):
-    """Episodes of 4 steps; obs = steps left / 4; reward 1; pre-shield cost 0.5 each step."""
-
-    observation_space = gym.spaces.Box(0.0, 1.0, (1,), dtype=np.float32)
-    action_space = gym.spaces.Box(-1.0, 1.0, (1,), dtype=np.float32)
-
-    def __init__(self) -> None:
-        self.t = 0
-
-    def _obs(self) -> np.ndarray:
-        return np.array([(HORIZON - self.t) / HORIZON], dtype=np.float32)
-
-    def reset(self, *, seed: int | None = None, options: Any = None) -> tuple[np.ndarray, dict]:
-        super().reset(seed=seed)
-        self.t = 0
-        return self._obs(), {}
-
-    def step(self, action: np.ndarray) -> tuple[np.ndarray, float, bool, bool, dict]:
-        self.t += 1
-        info = {"cost_pre_shield": PRE_SHIELD_COST, "cost": MEASURED_COST}
-        return self._obs(), 1.0, self.t >= HORIZON, False, info
 
 
 def _model(cost_limit: float, *, initial: float = 0.0, gamma: float = 0.9) -> PPOLagrangian:
@@ -58,7 +30,7 @@ def _model(cost_limit: float, *, initial: float = 0.0, gamma: float = 0.9) -> PP
         lagrangian_lr=0.1,
         lagrangian_max=5.0,
     )
-    model = build_model(config, DummyVecEnv([_CountdownEnv]), seed=0)
+    model = build_model(config, DummyVecEnv([CountdownEnv]), seed=0)
     assert isinstance(model, PPOLagrangian)
     return model
 
