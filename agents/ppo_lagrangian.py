@@ -172,8 +172,9 @@ class _CostRecorder(BaseCallback):
             self.finished_costs.append(float(self._running[idx]))
             self.finished_measured_costs.append(float(self._running_measured[idx]))
             self._running[idx] = self._running_measured[idx] = 0.0
-            terminal = infos[idx].get("terminal_observation")
-            if terminal is not None and infos[idx].get("TimeLimit.truncated", False):
+            info = infos[int(idx)]
+            terminal = info.get("terminal_observation")
+            if terminal is not None and info.get("TimeLimit.truncated", False):
                 obs = algo.policy.obs_to_tensor(terminal)[0]
                 bootstrap[idx] = algo.gamma * float(algo.predict_cost_values(obs)[0])
         pos = buffer.pos
@@ -253,12 +254,19 @@ class PPOLagrangian(PPO):
         names, variables = super()._get_torch_save_params()
         return [*names, "cost_net", "cost_optimizer"], variables
 
-    def cost_values(self, obs: th.Tensor) -> th.Tensor:
-        """``V_c`` of a batch of (normalised) observations, shape ``(batch,)``."""
-        features = preprocess_obs(obs, self.observation_space).float()
-        return self.cost_net(th.flatten(features, start_dim=1)).flatten()  # type: ignore[no-any-return]
+    def cost_values(self, obs: th.Tensor | dict[str, th.Tensor]) -> th.Tensor:
+        """``V_c`` of a batch of (normalised) observations, shape ``(batch,)``.
 
-    def predict_cost_values(self, obs: th.Tensor) -> np.ndarray:
+        Raises:
+            TypeError: On dict observations (the fleet's are a flat ``Box``).
+        """
+        features = preprocess_obs(obs, self.observation_space)
+        if not isinstance(features, th.Tensor):
+            raise TypeError("the cost critic needs Box observations, not a dict")
+        flat = th.flatten(features.float(), start_dim=1)
+        return self.cost_net(flat).flatten()  # type: ignore[no-any-return]
+
+    def predict_cost_values(self, obs: th.Tensor | dict[str, th.Tensor]) -> np.ndarray:
         """:meth:`cost_values` without gradients, as numpy."""
         with th.no_grad():
             return self.cost_values(obs).cpu().numpy()

@@ -42,7 +42,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 import gymnasium as gym
 import numpy as np
@@ -145,7 +145,7 @@ class CostCriticPPOTorchRLModule(DefaultPPOTorchRLModule):
 
     def setup(self) -> None:
         """Build the PPO encoder and heads, then the cost value head."""
-        super().setup()
+        super().setup()  # type: ignore[no-untyped-call]  # RLlib is untyped
         if self.inference_only:
             return
         space = self.observation_space
@@ -153,7 +153,13 @@ class CostCriticPPOTorchRLModule(DefaultPPOTorchRLModule):
             raise TypeError(f"the cost critic needs a Box observation space, got {space}")
         width = int(np.prod(space.shape))
         layers: list[nn.Module] = []
-        for hidden in self.model_config.get("fcnet_hiddens", [64, 64]):
+        model_config = self.model_config
+        hiddens = (
+            model_config.get("fcnet_hiddens", [64, 64])
+            if isinstance(model_config, dict)
+            else getattr(model_config, "fcnet_hiddens", [64, 64])
+        )
+        for hidden in hiddens:
             layers += [nn.Linear(width, int(hidden)), nn.Tanh()]
             width = int(hidden)
         layers.append(nn.Linear(width, 1))
@@ -292,7 +298,8 @@ class PPOLagrangianTorchLearner(PPOTorchLearner):
     def build(self) -> None:
         """PPO's build, then λ and the cost GAE connector (after RLlib's GAE)."""
         super().build()
-        settings = self.config.learner_config_dict.get(_SETTINGS_KEY)
+        config = cast(PPOConfig, self.config)
+        settings = config.learner_config_dict.get(_SETTINGS_KEY)
         if not isinstance(settings, LagrangianSettings):
             settings = LagrangianSettings(**dict(settings or {}))
         self.lagrangian = settings
@@ -300,8 +307,8 @@ class PPOLagrangianTorchLearner(PPOTorchLearner):
         if self._learner_connector is not None:
             self._learner_connector.append(
                 CostGeneralAdvantageEstimation(
-                    gamma=self.config.gamma,
-                    lambda_=self.config.lambda_,
+                    gamma=config.gamma,
+                    lambda_=config.lambda_,
                     multiplier=self.multiplier,
                     cost_keys=settings.cost_keys,
                 )
@@ -453,7 +460,7 @@ def build_rllib_lagrangian_algorithm(
         "env_kwargs": dict(env_kwargs or {}),
     }
     config = (
-        PPOConfig()
+        PPOConfig()  # type: ignore[no-untyped-call]  # RLlib is untyped
         .api_stack(enable_rl_module_and_learner=True, enable_env_runner_and_connector_v2=True)
         .framework("torch")
         .environment(LAGRANGIAN_ENV_NAME, env_config=env_config)
