@@ -40,15 +40,24 @@ Example:
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import gymnasium as gym
 import numpy as np
 from stable_baselines3.common.callbacks import BaseCallback
 
-__all__ = ["LagrangeMultiplier", "LagrangianCallback", "LagrangianPenalty", "step_cost"]
+__all__ = [
+    "COST_KEYS",
+    "LagrangeMultiplier",
+    "LagrangianCallback",
+    "LagrangianPenalty",
+    "LagrangianSettings",
+    "step_cost",
+]
 
 COST_KEYS: tuple[str, ...] = ("cost_pre_shield", "cost")
 """``info`` keys tried in order for a step's constraint cost (pre-shield cost first)."""
@@ -155,6 +164,57 @@ class LagrangeMultiplier:
         prev = state.get("previous_cost")
         self._previous_cost = None if prev is None else float(prev)
         self._initial = float(state.get("initial", self._initial))
+
+
+@dataclass(frozen=True)
+class LagrangianSettings:
+    """The Lagrangian part of RLlib PPO-Lag (the PPO part is the usual PPO config).
+
+    Ray-free plain data, so a hyperparameter dataclass can inherit it (e.g. with RLlib's
+    PPO hyperparameters) and a Hydra schema can derive its fields.
+
+    Attributes:
+        cost_limit: Allowed mean pre-shield cost per episode d.
+        lagrangian_lr: Integral gain k_i of λ (the dual-ascent step).
+        lagrangian_kp: Proportional gain k_p.
+        lagrangian_kd: Derivative gain k_d.
+        initial_multiplier: λ before the first update.
+        lagrangian_max: Cap on λ.
+        cost_vf_coeff: Weight of the cost critic's loss in the learner's total loss.
+        cost_keys: ``info`` keys tried in order for the step cost.
+    """
+
+    cost_limit: float = 1.0
+    lagrangian_lr: float = 0.05
+    lagrangian_kp: float = 0.0
+    lagrangian_kd: float = 0.0
+    initial_multiplier: float = 0.0
+    lagrangian_max: float = 10.0
+    cost_vf_coeff: float = 1.0
+    cost_keys: Sequence[str] = COST_KEYS
+
+    def rllib_config_hook(self, config: Any) -> Any:
+        """Make an RLlib ``PPOConfig`` PPO-Lagrangian with these settings (imports Ray).
+
+        The seam :func:`pulsebms.agents.rllib.build_rllib_algorithm` calls on hyperparameter
+        dataclasses; see :func:`pulsebms.agents.rllib_lagrangian.configure_ppo_lagrangian`.
+        """
+        from pulsebms.agents.rllib_lagrangian import configure_ppo_lagrangian
+
+        names = {f.name for f in dataclasses.fields(LagrangianSettings)}
+        own = LagrangianSettings(**{n: getattr(self, n) for n in names})
+        return configure_ppo_lagrangian(config, own)
+
+    def multiplier(self) -> LagrangeMultiplier:
+        """A fresh multiplier with these settings."""
+        return LagrangeMultiplier(
+            self.cost_limit,
+            ki=self.lagrangian_lr,
+            kp=self.lagrangian_kp,
+            kd=self.lagrangian_kd,
+            initial=self.initial_multiplier,
+            max_value=self.lagrangian_max,
+        )
 
 
 class LagrangianPenalty(gym.Wrapper[Any, Any, Any, Any]):

@@ -18,6 +18,8 @@ The RLlib counterpart of :mod:`pulsebms.agents.ppo_lagrangian` (same CMDP, same
 * :func:`configure_ppo_lagrangian`: an ``AlgorithmConfig -> AlgorithmConfig`` hook that puts
   these in a ``PPOConfig`` (module spec, learner class, ``learner_config_dict``, an env
   creator that reports each episode's cost in its last ``info``);
+* :class:`~pulsebms.agents.lagrangian.LagrangianSettings` (ray-free, re-exported here): the
+  cost limit and λ's gains; its ``rllib_config_hook`` applies the hook above;
 * :func:`build_rllib_lagrangian_algorithm`: the shielded PulseBMS env with the same
   settings as :func:`pulsebms.agents.rllib.build_rllib_algorithm`, plus the hook.
 
@@ -41,7 +43,6 @@ Example:
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
 from typing import Any, cast
 
 import gymnasium as gym
@@ -61,7 +62,13 @@ from ray.rllib.utils.postprocessing.value_predictions import compute_value_targe
 from ray.tune.registry import register_env
 from torch import nn
 
-from pulsebms.agents.lagrangian import COST_KEYS, LagrangeMultiplier, LagrangianPenalty, step_cost
+from pulsebms.agents.lagrangian import (
+    COST_KEYS,
+    LagrangeMultiplier,
+    LagrangianPenalty,
+    LagrangianSettings,
+    step_cost,
+)
 from pulsebms.agents.rllib import EpisodeCostCallback, make_rllib_env
 
 __all__ = [
@@ -84,42 +91,6 @@ COST_VALUE_TARGETS = "cost_value_targets"
 LAGRANGIAN_ENV_NAME = "pulsebms-fleet-episode-cost"
 """Env creator name of :func:`make_lagrangian_env`."""
 _SETTINGS_KEY = "pulsebms_lagrangian"
-
-
-@dataclass(frozen=True)
-class LagrangianSettings:
-    """The Lagrangian part of RLlib PPO-Lag (the PPO part is the usual PPO config).
-
-    Attributes:
-        cost_limit: Allowed mean pre-shield cost per episode d.
-        lagrangian_lr: Integral gain k_i of λ (the dual-ascent step).
-        lagrangian_kp: Proportional gain k_p.
-        lagrangian_kd: Derivative gain k_d.
-        initial_multiplier: λ before the first update.
-        lagrangian_max: Cap on λ.
-        cost_vf_coeff: Weight of the cost critic's loss in the learner's total loss.
-        cost_keys: ``info`` keys tried in order for the step cost.
-    """
-
-    cost_limit: float = 1.0
-    lagrangian_lr: float = 0.05
-    lagrangian_kp: float = 0.0
-    lagrangian_kd: float = 0.0
-    initial_multiplier: float = 0.0
-    lagrangian_max: float = 10.0
-    cost_vf_coeff: float = 1.0
-    cost_keys: Sequence[str] = COST_KEYS
-
-    def multiplier(self) -> LagrangeMultiplier:
-        """A fresh multiplier with these settings."""
-        return LagrangeMultiplier(
-            self.cost_limit,
-            ki=self.lagrangian_lr,
-            kp=self.lagrangian_kp,
-            kd=self.lagrangian_kd,
-            initial=self.initial_multiplier,
-            max_value=self.lagrangian_max,
-        )
 
 
 def make_lagrangian_env(config: EnvContext | Mapping[str, Any]) -> gym.Env[Any, Any]:

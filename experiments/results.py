@@ -163,7 +163,7 @@ def _rllib_policy(
         try:
             run = train_rllib(algo, iterations=iterations, checkpoint_dir=out / "checkpoint")
         finally:
-            algo.stop()
+            algo.stop()  # type: ignore[no-untyped-call]  # RLlib is untyped
     policy = RLlibPolicy.from_checkpoint(run.checkpoint_path)
     return lambda env: policy
 

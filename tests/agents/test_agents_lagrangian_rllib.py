@@ -13,14 +13,12 @@ from ray.rllib.algorithms.ppo import PPOConfig
 from ray.tune.registry import register_env
 
 from pulsebms.agents.env_factory import make_env
-from pulsebms.agents.lagrangian import LagrangianPenalty
+from pulsebms.agents.lagrangian import LagrangianPenalty, LagrangianSettings
 from pulsebms.agents.rllib import RLlibPolicy, ray_session, train_rllib
 from pulsebms.agents.rllib_lagrangian import (
     CostCriticPPOTorchRLModule,
-    LagrangianSettings,
     PPOLagrangianTorchLearner,
     build_rllib_lagrangian_algorithm,
-    configure_ppo_lagrangian,
 )
 
 pytestmark = [
@@ -64,7 +62,7 @@ def test_rllib_lambda_follows_the_limit_and_the_cost_critic_learns(ray_tmp: Path
             .debugging(seed=0, log_level="ERROR")
         )
         settings = LagrangianSettings(cost_limit=1.0, lagrangian_lr=0.1, lagrangian_max=5.0)
-        algo = configure_ppo_lagrangian(config, settings).build_algo()
+        algo = settings.rllib_config_hook(config).build_algo()  # the hyperparameter seam
         try:
             learner = algo.learner_group._learner
             assert isinstance(learner, PPOLagrangianTorchLearner)
