@@ -16,9 +16,11 @@ from pulsebms.agents.ppo_lagrangian import CostRolloutBuffer, PPOLagrangian
 from pulsebms.agents.sb3 import PPOLagrangianConfig, build_model, load_agent, save_agent
 
 
-def _model(cost_limit: float, *, initial: float = 0.0, gamma: float = 0.9) -> PPOLagrangian:
+def _model(
+    cost_limit: float, *, initial: float = 0.0, gamma: float = 0.9, n_envs: int = 1
+) -> PPOLagrangian:
     config = PPOLagrangianConfig(
-        n_steps=32,
+        n_steps=32 // n_envs,
         batch_size=32,
         n_epochs=4,
         gamma=gamma,
@@ -30,7 +32,7 @@ def _model(cost_limit: float, *, initial: float = 0.0, gamma: float = 0.9) -> PP
         lagrangian_lr=0.1,
         lagrangian_max=5.0,
     )
-    model = build_model(config, DummyVecEnv([CountdownEnv]), seed=0)
+    model = build_model(config, DummyVecEnv([CountdownEnv] * n_envs), seed=0)
     assert isinstance(model, PPOLagrangian)
     return model
 
@@ -73,10 +75,10 @@ def test_lambda_rises_above_the_cost_limit_and_falls_below() -> None:
 
 def test_cost_critic_learns_the_pre_shield_cost_to_go(tmp_path: Path) -> None:
     gamma = 0.9
-    model = _model(cost_limit=10.0, gamma=gamma)
+    model = _model(cost_limit=10.0, gamma=gamma, n_envs=4)
     model.learn(32)
     first_loss = model.last_cost_value_loss
-    model.learn(3000, reset_num_timesteps=False)
+    model.learn(1600, reset_num_timesteps=False)
     assert model.last_cost_value_loss < 0.1 * first_loss
     steps_left = np.arange(1, HORIZON + 1)
     truth = PRE_SHIELD_COST * (1 - gamma**steps_left) / (1 - gamma)
