@@ -53,6 +53,13 @@ KPIS: dict[str, str] = {
     "unserved_energy_kwh": "demand the fleet did not serve [kWh]",
     "violations": "constraint violations reported by the env (after the shield) [count]",
     "shield_interventions": "steps where the shield changed the action [count]",
+    "pre_shield_violations": (
+        "share of steps whose requested (pre-shield) action would have violated a limit, as "
+        "the shield predicts it (the measured violations when no shield is in the loop) [1/step]"
+    ),
+    "constraint_cost": (
+        "summed pre-shield violation cost (info cost_pre_shield, else cost) [normalised units]"
+    ),
     "soc_spread": "mean over time of max − min SoC across packs [fraction]",
     "return": "sum of rewards",
     "steps": "episode length [steps]",
@@ -86,6 +93,19 @@ def _violation_count(info: Mapping[str, Any]) -> int:
     if violations is None:
         return int(float(info.get("cost", 0.0)) > 0.0)
     return len(violations)
+
+
+def _pre_shield_cost(info: Mapping[str, Any]) -> float:
+    for key in ("cost_pre_shield", "cost"):
+        if key in info:
+            return float(info[key])
+    return 0.0
+
+
+def _pre_shield_violated(info: Mapping[str, Any]) -> bool:
+    if "cost_pre_shield" in info:
+        return float(info["cost_pre_shield"]) > 0.0
+    return _violation_count(info) > 0
 
 
 def _intervened(info: Mapping[str, Any]) -> bool:
@@ -199,10 +219,13 @@ def rollout(
         totals["unserved_energy_kwh"] += unserved
         totals["violations"] += _violation_count(info)
         totals["shield_interventions"] += float(_intervened(info))
+        totals["pre_shield_violations"] += float(_pre_shield_violated(info))
+        totals["constraint_cost"] += _pre_shield_cost(info)
         totals["soc_spread"] += float(np.max(soc) - np.min(soc)) if soc.size else 0.0
         if terminated or truncated or (max_steps is not None and steps >= max_steps):
             break
     totals["soc_spread"] /= max(steps, 1)
+    totals["pre_shield_violations"] /= max(steps, 1)
     totals["soh_loss_pct"] = float(np.mean(soh0 - soh) * 100.0) if soh.size else 0.0
     totals["steps"] = float(steps)
     return EpisodeTrace(

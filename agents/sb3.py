@@ -5,8 +5,13 @@ The training environment is the FleetEnv behind :class:`pulsebms.safety.ShieldWr
 (``DummyVecEnv``: deterministic, and cheap enough for the twin's batched step), behind
 ``VecNormalize`` (running observation and reward statistics, frozen for evaluation).
 
-**Safe variant** (``cost_penalty``, ``lagrangian_lr``, ``cost_limit``): the Lagrangian
-method of :mod:`pulsebms.agents.lagrangian`; each env is wrapped in
+**PPO-Lagrangian** (:class:`PPOLagrangianConfig`, ``agent=ppo_lagrangian``): a cost critic,
+cost GAE and a PID Lagrange multiplier toward a per-episode cost limit
+(:class:`pulsebms.agents.ppo_lagrangian.PPOLagrangian`); the reward is not penalised.
+
+**Penalty variant** (``cost_penalty``, ``lagrangian_lr``, ``cost_limit`` of
+:class:`PPOConfig` / :class:`SACConfig`; ``agent=ppo_penalty``): reward shaping by the
+Lagrangian penalty of :mod:`pulsebms.agents.lagrangian`; each env is wrapped in
 :class:`~pulsebms.agents.lagrangian.LagrangianPenalty` (the learner sees ``r − λ c``, ``c``
 the shield's predicted pre-shield violation cost) and
 :class:`~pulsebms.agents.lagrangian.LagrangianCallback` updates λ by dual ascent. With
@@ -51,6 +56,7 @@ from stable_baselines3.common.vec_env import DummyVecEnv, VecEnv, VecNormalize
 from pulsebms.agents.env_factory import EnvFactory
 from pulsebms.agents.lagrangian import LagrangianCallback, LagrangianPenalty
 from pulsebms.agents.policy import SB3Policy
+from pulsebms.agents.ppo_lagrangian import PPOLagrangian
 from pulsebms.agents.sb3_logging import WandbWriter, make_logger
 
 # LagrangianCallback, LagrangianPenalty, WandbWriter and make_logger live in
@@ -61,6 +67,7 @@ __all__ = [
     "LagrangianCallback",
     "LagrangianPenalty",
     "PPOConfig",
+    "PPOLagrangianConfig",
     "SACConfig",
     "TrainResult",
     "WandbWriter",
@@ -148,8 +155,35 @@ class SACConfig:
     lagrangian_every: int = 1_000
 
 
+@dataclass(frozen=True)
+class PPOLagrangianConfig(PPOConfig):
+    """PPO-Lagrangian with a cost critic (:class:`pulsebms.agents.ppo_lagrangian.PPOLagrangian`).
+
+    The PPO fields as in :class:`PPOConfig`; the inherited safe fields mean:
+
+    Attributes:
+        cost_penalty: λ before the first update (≤ ``lagrangian_max``).
+        lagrangian_lr: Integral gain k_i of the PID multiplier (the dual-ascent step).
+        cost_limit: Allowed mean pre-shield cost **per episode** d.
+        lagrangian_max: Cap on λ (so it cannot run away when the limit is unreachable).
+        lagrangian_kp: Proportional gain k_p (0: plain projected dual ascent).
+        lagrangian_kd: Derivative gain k_d on rising cost.
+    """
+
+    cost_penalty: float = 0.0
+    lagrangian_lr: float = 0.05
+    cost_limit: float = 1.0
+    lagrangian_max: float = 10.0
+    lagrangian_kp: float = 0.0
+    lagrangian_kd: float = 0.0
+
+
 AlgoConfig = PPOConfig | SACConfig
-ALGORITHMS: dict[str, type[BaseAlgorithm]] = {"ppo": PPO, "sac": SAC}
+ALGORITHMS: dict[str, type[BaseAlgorithm]] = {
+    "ppo": PPO,
+    "ppo_lagrangian": PPOLagrangian,
+    "sac": SAC,
+}
 
 
 def make_vec_env(
@@ -206,10 +240,10 @@ def build_model(
     logger: Logger | None = None,
     device: str = "cpu",
 ) -> BaseAlgorithm:
-    """Instantiate PPO or SAC from a typed config.
+    """Instantiate PPO, PPO-Lagrangian or SAC from a typed config.
 
     Args:
-        config: :class:`PPOConfig` or :class:`SACConfig`.
+        config: :class:`PPOConfig`, :class:`PPOLagrangianConfig` or :class:`SACConfig`.
         env: The training VecEnv.
         seed: Seeds Python, numpy, torch and the env (SB3's ``set_random_seed``).
         logger: SB3 logger (stdout/CSV/TensorBoard/wandb writers); SB3's default if ``None``.
@@ -223,22 +257,37 @@ def build_model(
     """
     model: BaseAlgorithm
     if isinstance(config, PPOConfig):
-        model = PPO(
-            "MlpPolicy",
-            env,
-            learning_rate=config.learning_rate,
-            n_steps=config.n_steps,
-            batch_size=config.batch_size,
-            n_epochs=config.n_epochs,
-            gamma=config.gamma,
-            gae_lambda=config.gae_lambda,
-            clip_range=config.clip_range,
-            ent_coef=config.ent_coef,
-            policy_kwargs={"net_arch": list(config.net_arch), "log_std_init": config.log_std_init},
-            seed=seed,
-            device=device,
-            verbose=0,
-        )
+        ppo_kwargs: dict[str, Any] = {
+            "learning_rate": config.learning_rate,
+            "n_steps": config.n_steps,
+            "batch_size": config.batch_size,
+            "n_epochs": config.n_epochs,
+            "gamma": config.gamma,
+            "gae_lambda": config.gae_lambda,
+            "clip_range": config.clip_range,
+            "ent_coef": config.ent_coef,
+            "policy_kwargs": {
+                "net_arch": list(config.net_arch),
+                "log_std_init": config.log_std_init,
+            },
+            "seed": seed,
+            "device": device,
+            "verbose": 0,
+        }
+        if isinstance(config, PPOLagrangianConfig):
+            model = PPOLagrangian(
+                "MlpPolicy",
+                env,
+                cost_limit=config.cost_limit,
+                lagrangian_ki=config.lagrangian_lr,
+                lagrangian_kp=config.lagrangian_kp,
+                lagrangian_kd=config.lagrangian_kd,
+                lagrangian_init=config.cost_penalty,
+                lagrangian_max=config.lagrangian_max,
+                **ppo_kwargs,
+            )
+        else:
+            model = PPO("MlpPolicy", env, **ppo_kwargs)
     elif isinstance(config, SACConfig):
         model = SAC(
             "MlpPolicy",
@@ -291,7 +340,7 @@ def load_agent(
     """Load a model saved by :func:`save_agent` (and its frozen VecNormalize statistics).
 
     Args:
-        model_path: The ``.zip``; PPO or SAC is read from the file.
+        model_path: The ``.zip``; PPO, PPO-Lagrangian or SAC is read from the file.
         vec_normalize_path: Its ``*_vecnormalize.pkl``; looked up beside the zip when ``None``.
 
     Returns:
@@ -299,21 +348,21 @@ def load_agent(
 
     Raises:
         FileNotFoundError: If the model file does not exist.
-        ValueError: If the file holds neither PPO nor SAC.
+        ValueError: If the file holds none of them.
     """
     path = Path(model_path)
     if not path.is_file():
         raise FileNotFoundError(f"no model at {path}")
     model: BaseAlgorithm | None = None
     errors = []
-    for algo in (PPO, SAC):
+    for algo in (PPO, PPOLagrangian, SAC):
         try:
             model = algo.load(path, device="cpu")
             break
         except (KeyError, ValueError, TypeError, AttributeError) as exc:
             errors.append(f"{algo.__name__}: {exc}")
     if model is None:
-        raise ValueError(f"{path} is neither a PPO nor a SAC model ({'; '.join(errors)})")
+        raise ValueError(f"{path} is not a PPO, PPO-Lagrangian or SAC model ({'; '.join(errors)})")
     vn_path = (
         Path(vec_normalize_path)
         if vec_normalize_path is not None
@@ -398,7 +447,8 @@ def train_agent(
         raise ValueError(f"total_timesteps must be >= 1, got {total_timesteps}")
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    safe = config.cost_penalty > 0 or config.lagrangian_lr > 0
+    lagrangian = isinstance(config, PPOLagrangianConfig)  # cost critic, reward unpenalised
+    safe = not lagrangian and (config.cost_penalty > 0 or config.lagrangian_lr > 0)
     venv = make_vec_env(
         env_factory,
         n_envs=n_envs,
@@ -451,6 +501,8 @@ def train_agent(
         logger.close()
     model_path = save_agent(model, out)
     extras: dict[str, Any] = {}
+    if isinstance(model, PPOLagrangian):
+        extras["lagrange_multiplier"] = model.lagrange_multiplier
     if safe:
         (lam,) = venv.get_attr("multiplier", indices=[0])
         extras["lagrange_multiplier"] = float(lam)

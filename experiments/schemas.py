@@ -39,7 +39,7 @@ from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING
 
 from pulsebms.agents.mpc import MPCConfig, make_mpc
-from pulsebms.agents.sb3 import PPOConfig, SACConfig
+from pulsebms.agents.sb3 import PPOConfig, PPOLagrangianConfig, SACConfig
 from pulsebms.envs.pack import PackSpec
 from pulsebms.safety.settings import ShieldSettings
 
@@ -51,6 +51,7 @@ __all__ = [
     "LoggerConf",
     "MPCAgentConf",
     "PPOAgentConf",
+    "PPOLagrangianAgentConf",
     "PackConf",
     "RuleAgentConf",
     "SACAgentConf",
@@ -148,6 +149,10 @@ def _agent_schema(name: str, config_cls: type, target: str) -> type:
 
 PPOAgentConf = _agent_schema("PPOAgentConf", PPOConfig, "pulsebms.agents.sb3.PPOConfig")
 SACAgentConf = _agent_schema("SACAgentConf", SACConfig, "pulsebms.agents.sb3.SACConfig")
+# PPO-Lagrangian with a cost critic (agent=ppo_lagrangian; lagrangian helper).
+PPOLagrangianAgentConf = _agent_schema(
+    "PPOLagrangianAgentConf", PPOLagrangianConfig, "pulsebms.agents.sb3.PPOLagrangianConfig"
+)
 MPCAgentConf = _schema(
     "MPCAgentConf",
     [
@@ -320,5 +325,6 @@ def register_configs() -> None:
     cs.store(group="logger", name="base_logger", node=LoggerConf)
     cs.store(group="agent", name="base_ppo", node=PPOAgentConf)
     cs.store(group="agent", name="base_sac", node=SACAgentConf)
+    cs.store(group="agent", name="base_ppo_lagrangian", node=PPOLagrangianAgentConf)
     cs.store(group="agent", name="base_mpc", node=MPCAgentConf)
     cs.store(group="agent", name="base_rule", node=RuleAgentConf)

@@ -66,3 +66,28 @@ def test_harness_rejects_unknown_baseline() -> None:
         evaluate_policies(baseline_factories(["rule_soc"]), baseline="nope", progress=False)
     with pytest.raises(ValueError, match="no policy"):
         evaluate_policies({}, progress=False)
+
+
+def test_pre_shield_violations_rate_beside_violations_and_interventions() -> None:
+    n = 3  # packs of the small fleet
+    policies = {
+        "idle": lambda env: ConstantPolicy(np.zeros(n)),
+        "full_charge": lambda env: ConstantPolicy(-np.ones(n)),
+    }
+    kwargs = {"env_kwargs": {"dt_s": 900.0, "horizon_steps": 12}, "progress": False}
+    shielded = {r["policy"]: r for r in evaluate_policies(policies, **kwargs).summary()}
+    # Behind the shield nothing is violated, but every full-charge request would have been.
+    assert shielded["full_charge"]["violations"] == 0.0
+    assert shielded["full_charge"]["shield_interventions"] == 12.0
+    assert shielded["full_charge"]["pre_shield_violations"] == pytest.approx(1.0)  # per step
+    assert shielded["full_charge"]["constraint_cost"] > 0.0
+    assert shielded["idle"]["pre_shield_violations"] == 0.0
+    assert shielded["idle"]["constraint_cost"] == 0.0
+    # Without the shield, the pre-shield rate is the measured violations' rate.
+    table = evaluate_policies(policies, shield=False, **kwargs)
+    for row in table.rows:
+        assert 0.0 <= row["pre_shield_violations"] <= 1.0
+    bare = {r["policy"]: r for r in table.summary()}
+    assert bare["full_charge"]["violations"] > 0.0
+    assert bare["full_charge"]["pre_shield_violations"] > 0.0
+    assert "pre_shield_violations" in table.to_markdown()
