@@ -24,6 +24,7 @@ __all__ = ["BENCHMARKS", "main"]
 BENCHMARKS: dict[str, str] = {
     "twin": "pulsebms.benchmarks.twin",
     "shield": "pulsebms.benchmarks.shield",
+    "ray": "pulsebms.benchmarks.ray",
 }
 
 
