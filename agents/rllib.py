@@ -335,7 +335,8 @@ def _model_config(agent: RllibAgentConfig) -> dict[str, Any]:
     return {"fcnet_hiddens": hidden, "fcnet_activation": "tanh", "vf_share_layers": False}
 
 
-def _training_config(config: AlgorithmConfig, agent: RllibAgentConfig) -> AlgorithmConfig:
+def _algorithm_config(agent: RllibAgentConfig) -> AlgorithmConfig:
+    """The algorithm's config class with the agent's training settings."""
     if isinstance(agent, RllibSACConfig):
         replay: dict[str, Any] = {"capacity": int(agent.buffer_capacity)}
         if agent.prioritized_replay:
@@ -346,7 +347,7 @@ def _training_config(config: AlgorithmConfig, agent: RllibAgentConfig) -> Algori
             )
         else:
             replay["type"] = "EpisodeReplayBuffer"
-        return config.training(
+        return SACConfig().training(  # type: ignore[no-untyped-call]  # RLlib API is untyped
             train_batch_size_per_learner=int(agent.train_batch_size),
             actor_lr=agent.actor_lr,
             critic_lr=agent.critic_lr,
@@ -359,7 +360,7 @@ def _training_config(config: AlgorithmConfig, agent: RllibAgentConfig) -> Algori
             num_steps_sampled_before_learning_starts=int(agent.learning_starts),
             training_intensity=agent.training_intensity,
         )
-    return config.training(
+    return PPOConfig().training(  # type: ignore[no-untyped-call]  # RLlib API is untyped
         train_batch_size_per_learner=int(agent.train_batch_size),
         minibatch_size=int(agent.minibatch_size),
         num_epochs=int(agent.num_epochs),
@@ -471,21 +472,21 @@ def build_rllib_algorithm(
         "env_kwargs": dict(env_kwargs or {}),
     }
     config = (
-        ALGORITHMS[params.algorithm]()
+        _algorithm_config(params)
         .api_stack(enable_rl_module_and_learner=True, enable_env_runner_and_connector_v2=True)
         .framework("torch")
         .environment(RLLIB_ENV_NAME, env_config=env_config)
         .env_runners(
             num_env_runners=num_env_runners,
             num_envs_per_env_runner=num_envs_per_env_runner,
-            num_cpus_per_env_runner=num_cpus_per_env_runner,
+            # RLlib hints an int; Ray schedules fractional CPUs (0.5) just as well.
+            num_cpus_per_env_runner=num_cpus_per_env_runner,  # type: ignore[arg-type]
             env_to_module_connector=_mean_std_filter if params.normalize_observations else None,
         )
         .learners(num_learners=0)
         .rl_module(model_config=_model_config(params))
         .debugging(seed=seed, log_level="ERROR")
     )
-    config = _training_config(config, params)
     if callbacks is not None:
         config = config.callbacks(callbacks)
     if learner_class is not None:

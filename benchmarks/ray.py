@@ -64,12 +64,12 @@ def _sb3(
     start = time.perf_counter()
     model.learn(total_timesteps=batch * iterations, reset_num_timesteps=False)
     train_s = time.perf_counter() - start
-    obs = venv.reset()
+    obs: Any = venv.reset()
     steps = batch * iterations // n_envs
     start = time.perf_counter()
     for _ in range(steps):
         actions, _ = model.predict(obs, deterministic=False)
-        obs, *_ = venv.step(actions)
+        obs = venv.step(actions)[0]
     sample_s = time.perf_counter() - start
     venv.close()
     return {
@@ -123,7 +123,7 @@ def _rllib(
         sampled = sum(group.foreach_env_runner(sample, local_env_runner=False))
         sample_s = time.perf_counter() - start
     finally:
-        algo.stop()
+        algo.stop()  # type: ignore[no-untyped-call]  # RLlib API is untyped
     return {"train_steps_per_s": steps / train_s, "sample_steps_per_s": sampled / sample_s}
 
 

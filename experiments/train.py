@@ -120,7 +120,7 @@ def _train_rllib(
                 checkpoint_dir=out / RLLIB_CHECKPOINT_DIR,
             )
         finally:
-            algo.stop()
+            algo.stop()  # type: ignore[no-untyped-call]  # RLlib API is untyped
     rows = [dataclasses.asdict(m) for m in run.metrics]
     with (out / "progress.csv").open("w", newline="") as handle:
         writer = csv.DictWriter(handle, fieldnames=list(rows[0]))

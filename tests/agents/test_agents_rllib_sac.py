@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import shutil
+import tempfile
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -101,14 +104,22 @@ def test_bad_log_level_fails_before_ray_starts() -> None:
 # ---------------------------------------------------------------- slow: real Ray
 
 
+@pytest.fixture
+def ray_tmp() -> Iterator[Path]:
+    """A short session folder (Ray's socket paths are limited to ~107 characters)."""
+    path = Path(tempfile.mkdtemp(prefix="pb-", dir="/tmp"))
+    yield path
+    shutil.rmtree(path, ignore_errors=True)
+
+
 @pytest.mark.slow
-def test_session_shuts_ray_down_when_the_block_raises(tmp_path: Path) -> None:
+def test_session_shuts_ray_down_when_the_block_raises(ray_tmp: Path) -> None:
     import ray
 
     seen: dict[str, float] = {}
 
     def fail_inside() -> None:
-        with ray_session(num_cpus=2, temp_dir=tmp_path):
+        with ray_session(num_cpus=2, temp_dir=ray_tmp):
             seen["cpus"] = ray.cluster_resources()["CPU"]
             raise RuntimeError("boom")
 
@@ -190,7 +201,7 @@ def test_config_hook_runs_once_before_the_build(sac_run: SacRun) -> None:
 
 
 @pytest.mark.slow
-def test_variant_config_supplies_learner_class_and_hook(tmp_path: Path) -> None:
+def test_variant_config_supplies_learner_class_and_hook(tmp_path: Path, ray_tmp: Path) -> None:
     from ray.rllib.algorithms.ppo.torch.ppo_torch_learner import PPOTorchLearner
 
     class MarkedLearner(PPOTorchLearner):
@@ -207,7 +218,7 @@ def test_variant_config_supplies_learner_class_and_hook(tmp_path: Path) -> None:
             return config.training(lr=1e-3)
 
     agent = Variant(train_batch_size=32, minibatch_size=16, num_epochs=1, hidden_sizes=(8, 8))
-    with ray_session(num_cpus=2, temp_dir=tmp_path):
+    with ray_session(num_cpus=2, temp_dir=ray_tmp):
         algo = build_rllib_algorithm(ENV_ID, agent, env_kwargs=ENV_KWARGS)
         try:
             run = train_rllib(algo, iterations=1, checkpoint_dir=tmp_path / "ckpt")

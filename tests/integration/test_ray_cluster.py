@@ -64,10 +64,8 @@ def _stop(proc: subprocess.Popen[bytes]) -> None:
     """Stop the head: SIGTERM to its process group, SIGKILL what is left after 20 s."""
     with contextlib.suppress(ProcessLookupError):
         os.killpg(proc.pid, signal.SIGTERM)
-    try:
+    with contextlib.suppress(subprocess.TimeoutExpired):
         proc.wait(timeout=20)
-    except subprocess.TimeoutExpired:
-        pass
     with contextlib.suppress(ProcessLookupError):
         os.killpg(proc.pid, signal.SIGKILL)  # stragglers of the group (raylet, gcs, ...)
     proc.wait(timeout=10)
