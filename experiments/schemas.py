@@ -296,7 +296,8 @@ class EvalConf:
         baseline: The policy every KPI is normalised by.
         max_steps: Cut episodes (``None``: the env's horizon).
         plots: Write trace and KPI-bar plots.
-        checkpoint: ``pulsebms-eval`` only: a trained ``model.zip`` evaluated as ``agent``.
+        checkpoint: ``pulsebms-eval`` only: a trained SB3 ``model.zip`` or RLlib checkpoint
+            folder, evaluated as ``agent``.
     """
 
     scenarios: list[str] = field(default_factory=list)

@@ -229,3 +229,19 @@ def test_variant_config_supplies_learner_class_and_hook(tmp_path: Path, ray_tmp:
             algo.stop()
     assert seen == [agent.lr]
     assert run.metrics[-1].env_steps_lifetime == 32
+
+
+@pytest.mark.slow
+def test_sac_checkpoint_exports_to_onnx_with_parity(sac_run: SacRun) -> None:
+    import onnxruntime as ort
+
+    from pulsebms.export.graph import to_onnx
+
+    policy = sac_run.run.policy()
+    rng = np.random.default_rng(1)
+    space = policy.observation_space
+    probe = rng.uniform(space.low, space.high, (32, *space.shape)).astype(np.float32)
+    model = to_onnx(rllib_torch_policy(sac_run.run.checkpoint_path), probe.shape[1])
+    session = ort.InferenceSession(model, providers=["CPUExecutionProvider"])
+    (onnx_actions,) = session.run(None, {session.get_inputs()[0].name: probe})
+    np.testing.assert_allclose(onnx_actions, policy.predict(probe), rtol=0.0, atol=1e-5)
