@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -155,7 +156,10 @@ def test_train_eval_export_round_trip(tmp_path: Path) -> None:
 
     temp = Path("/tmp") / f"pb-rt-{os.getpid()}"  # Ray's socket paths must stay short
     cfg = _compose("agent=rllib_ppo", *TINY, *TINY_PPO, f"ray.temp_dir={temp}")
-    result = run_training(cfg, tmp_path / "train")
+    try:
+        result = run_training(cfg, tmp_path / "train")
+    finally:
+        shutil.rmtree(temp, ignore_errors=True)
     assert not ray.is_initialized()  # the session was shut down
     ckpt = Path(result["model_path"])
     assert ckpt == tmp_path / "train" / "rllib_checkpoint"
@@ -224,6 +228,7 @@ def test_multirun_trains_rllib_ppo_and_sac(tmp_path: Path) -> None:
         ],
         tmp_path,
     )
+    shutil.rmtree(temp, ignore_errors=True)
     runs = sorted(p.name for p in sweep.iterdir() if p.is_dir() and p.name != ".hydra")
     assert runs == ["rllib_ppo_seed0", "rllib_sac_seed0"]
     for run in runs:

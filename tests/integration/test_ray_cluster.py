@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -129,6 +130,7 @@ def ray_head(tmp_path: Path) -> Iterator[Head]:
         yield Head(f"127.0.0.1:{port}", temp_dir, proc, attempts)
     finally:
         _stop(proc)
+        shutil.rmtree(temp_dir, ignore_errors=True)
 
 
 def test_training_joins_a_real_cluster_by_address(ray_head: Head, tmp_path: Path) -> None:
@@ -184,6 +186,7 @@ def test_stopping_the_head_frees_its_port(tmp_path: Path) -> None:
     proc = _start_head(port, temp_dir, tmp_path / "head.log")
     assert proc is not None, (tmp_path / "head.log").read_text()[-4000:]
     _stop(proc)
+    shutil.rmtree(temp_dir, ignore_errors=True)
     assert proc.returncode is not None
     deadline = time.monotonic() + 10
     while _listening(port) and time.monotonic() < deadline:
