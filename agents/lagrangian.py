@@ -50,12 +50,15 @@ import gymnasium as gym
 import numpy as np
 from stable_baselines3.common.callbacks import BaseCallback
 
+from pulsebms.agents.rllib_config import RllibPPOConfig
+
 __all__ = [
     "COST_KEYS",
     "LagrangeMultiplier",
     "LagrangianCallback",
     "LagrangianPenalty",
     "LagrangianSettings",
+    "RllibPPOLagrangianConfig",
     "step_cost",
 ]
 
@@ -215,6 +218,22 @@ class LagrangianSettings:
             initial=self.initial_multiplier,
             max_value=self.lagrangian_max,
         )
+
+
+@dataclass(frozen=True)
+class RllibPPOLagrangianConfig(RllibPPOConfig, LagrangianSettings):
+    """RLlib PPO-Lagrangian: RLlib's PPO hyperparameters plus the Lagrangian settings.
+
+    What ``agent=rllib_ppo_lagrangian`` instantiates. Ray-free like its two bases;
+    :func:`pulsebms.agents.rllib.build_rllib_algorithm` finds its ``rllib_config_hook``
+    (inherited from :class:`LagrangianSettings`) and turns the PPO config into PPO-Lag
+    (cost critic head, cost GAE, λ in the learner state).
+
+    Example:
+        >>> cfg = RllibPPOLagrangianConfig(cost_limit=2.0)
+        >>> cfg.algorithm, cfg.cost_limit, cfg.train_batch_size
+        ('PPO', 2.0, 2304)
+    """
 
 
 class LagrangianPenalty(gym.Wrapper[Any, Any, Any, Any]):

@@ -1,4 +1,4 @@
-"""Shielded PPO on Ray RLlib (new API stack: RLModule, Learner, EnvRunner, ConnectorV2).
+"""Shielded PPO and SAC on Ray RLlib (new API stack: RLModule, Learner, EnvRunner, ConnectorV2).
 
 The RLlib side of PulseBMS, for users who outgrow one machine. It mirrors
 :mod:`pulsebms.agents.sb3`: the training environment is the FleetEnv behind
@@ -9,22 +9,29 @@ checkpoint acts through the one :class:`~pulsebms.agents.type_aliases.Policy` pr
 
 Pieces:
 
-* :func:`ray_session`: a context manager that starts a local, offline, quiet Ray and always
-  shuts it down.
-* :func:`build_rllib_algorithm`: a PPO ``Algorithm`` from typed hyperparameters.
-* :func:`train_rllib`: a fixed number of ``Algorithm.train()`` iterations, then a checkpoint;
-  returns an :class:`RllibRun` with per-iteration :class:`RllibIterationMetrics`.
+* :func:`ray_session`: a context manager that starts a local, offline, quiet Ray (or joins
+  a cluster: ``address="auto"`` / ``"host:port"``) and always shuts it down (disconnects).
+* :func:`build_rllib_algorithm`: an RLlib ``Algorithm`` from typed hyperparameters
+  (:class:`~pulsebms.agents.rllib_config.RllibPPOConfig` or
+  :class:`~pulsebms.agents.rllib_config.RllibSACConfig`, the latter with prioritized
+  replay), with two seams for variants such as PPO-Lagrangian: ``learner_class`` and
+  ``config_hook`` (see there).
+* :func:`train_rllib`: ``Algorithm.train()`` iterations up to an iteration count or an env-step
+  budget, then a checkpoint; returns an :class:`RllibRun` with per-iteration
+  :class:`RllibIterationMetrics`.
 * :class:`~pulsebms.agents.rllib_policy.RLlibPolicy` (in :mod:`pulsebms.agents.rllib_policy`,
-  re-exported here): a checkpoint as a deterministic policy (mean of the action
-  distribution, clipped to the action space), loaded without a Ray runtime.
+  re-exported here): a checkpoint as a deterministic policy, loaded without a Ray runtime.
 * :func:`~pulsebms.agents.rllib_policy.rllib_torch_policy` (likewise): the same function as
-  one ``torch.nn.Module`` (observation filter → RLModule → mean action → clip), the seam
-  :mod:`pulsebms.export` turns into ONNX.
+  one ``torch.nn.Module``, the seam :mod:`pulsebms.export` turns into ONNX.
+
+**Batched inference.** ``num_envs_per_env_runner`` > 1 makes each EnvRunner step a gymnasium
+vector of envs and run the RLModule once per step on the stacked observations of all of
+them; ``pulsebms-bench ray`` measures what that and more runners give.
 
 **Episode cost.** :class:`EpisodeCostCallback` sums ``info["cost"]`` (the measured
 constraint-violation cost) and the shield's interventions over each episode and reports
 their means per iteration (``episode_cost_mean``, ``shield_interventions_mean``). No
-Lagrangian penalty is applied on this side yet (see :mod:`pulsebms.agents.lagrangian`).
+Lagrangian penalty is applied here (that is a ``learner_class`` / ``config_hook`` variant).
 
 **Repeatability.** ``seed`` goes to ``config.debugging(seed=...)``: RLlib seeds Python, numpy
 and torch in the driver, in each Learner and in each EnvRunner (``seed + worker_index``),
@@ -39,8 +46,9 @@ Example:
     ...     RLlibPolicy, build_rllib_algorithm, ray_session, train_rllib,
     ... )
     >>> with ray_session(num_cpus=2):  # doctest: +SKIP
-    ...     algo = build_rllib_algorithm("PulseBMS/FleetSmall-v0", seed=0)
-    ...     run = train_rllib(algo, iterations=10, checkpoint_dir="runs/rllib/ckpt")
+    ...     algo = build_rllib_algorithm("PulseBMS/FleetSmall-v0", RllibSACConfig(), seed=0)
+    ...     run = train_rllib(algo, total_env_steps=20_000, checkpoint_dir="runs/rllib/ckpt")
+    ...     algo.stop()
     >>> policy = RLlibPolicy.from_checkpoint(run.checkpoint_path)  # doctest: +SKIP
     >>> action = policy.act(observation)  # doctest: +SKIP
 """
@@ -48,21 +56,26 @@ Example:
 from __future__ import annotations
 
 import contextlib
+import dataclasses
+import logging
 import math
 import os
-from collections.abc import Iterator, Mapping, Sequence
+import warnings
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import gymnasium as gym
 import ray
-from ray.rllib.algorithms import Algorithm
+from ray.rllib.algorithms import Algorithm, AlgorithmConfig
 from ray.rllib.algorithms.ppo import PPOConfig
+from ray.rllib.algorithms.sac import SACConfig
 from ray.rllib.callbacks.callbacks import RLlibCallback
 from ray.rllib.connectors.connector_v2 import ConnectorV2
 from ray.rllib.connectors.env_to_module import MeanStdFilter
 from ray.rllib.core import DEFAULT_MODULE_ID
+from ray.rllib.core.learner import Learner
 from ray.rllib.env.env_context import EnvContext
 from ray.rllib.utils.metrics import (
     ENV_RUNNER_RESULTS,
@@ -74,6 +87,12 @@ from ray.rllib.utils.metrics import (
 )
 from ray.tune.registry import register_env
 
+from pulsebms.agents.rllib_config import (
+    RaySettings,
+    RllibAgentConfig,
+    RllibPPOConfig,
+    RllibSACConfig,
+)
 from pulsebms.agents.rllib_policy import DeployedRLlibPolicy, RLlibPolicy, rllib_torch_policy
 
 # RLlibPolicy, DeployedRLlibPolicy and rllib_torch_policy (loading a checkpoint for
@@ -81,11 +100,15 @@ from pulsebms.agents.rllib_policy import DeployedRLlibPolicy, RLlibPolicy, rllib
 __all__ = [
     "ALGORITHMS",
     "RLLIB_ENV_NAME",
+    "ConfigHook",
     "DeployedRLlibPolicy",
     "EpisodeCostCallback",
     "RLlibPolicy",
+    "RaySettings",
     "RllibIterationMetrics",
+    "RllibPPOConfig",
     "RllibRun",
+    "RllibSACConfig",
     "build_rllib_algorithm",
     "make_rllib_env",
     "ray_session",
@@ -93,13 +116,23 @@ __all__ = [
     "train_rllib",
 ]
 
-ALGORITHMS: dict[str, type[PPOConfig]] = {"PPO": PPOConfig}
-"""RLlib algorithms :func:`build_rllib_algorithm` knows (on-policy, continuous ``Box`` actions)."""
+ALGORITHMS: dict[str, type[AlgorithmConfig]] = {"PPO": PPOConfig, "SAC": SACConfig}
+"""RLlib algorithms :func:`build_rllib_algorithm` knows (continuous ``Box`` actions)."""
+
+ConfigHook = Callable[[AlgorithmConfig], AlgorithmConfig]
+"""Last edit of the RLlib config before the build (see :func:`build_rllib_algorithm`)."""
 
 RLLIB_ENV_NAME = "pulsebms-fleet"
 """Name under which :func:`make_rllib_env` is registered with ``ray.tune.registry``."""
 
 _ENV_PACKAGE_PREFIX = "pulsebms.envs:"
+
+_QUIET_ENV = {
+    "RAY_USAGE_STATS_ENABLED": "0",  # no usage reports: the build machines have no network
+    "RAY_AUTH_MODE": "disabled",  # a local cluster needs no token
+    "RAY_DEDUP_LOGS": "1",
+}
+"""Environment Ray reads at start; set (if unset) by :func:`ray_session`."""
 
 
 def make_rllib_env(config: EnvContext | Mapping[str, Any]) -> gym.Env[Any, Any]:
@@ -141,54 +174,95 @@ def _mean_std_filter(env: Any = None, spaces: Any = None, device: Any = None) ->
     return MeanStdFilter()
 
 
+def _quiet_ray_loggers(level: int) -> None:
+    for name in ("ray", "ray.rllib", "ray.tune", "ray.train", "ray.data"):
+        logging.getLogger(name).setLevel(level)
+
+
 @contextlib.contextmanager
 def ray_session(
     *,
-    num_cpus: int = 2,
+    address: str | None = None,
+    num_cpus: int | None = 2,
     temp_dir: str | Path | None = None,
     object_store_memory: int | None = None,
+    include_dashboard: bool = False,
+    log_level: str = "ERROR",
 ) -> Iterator[None]:
-    """Run a block inside a local, offline, quiet Ray runtime and always shut it down.
+    """Run a block inside a quiet Ray runtime (local or a cluster) and always shut it down.
 
     Sets ``RAY_USAGE_STATS_ENABLED=0`` (no usage reports: the build machines have no
     network) and ``RAY_AUTH_MODE=disabled`` (a local cluster needs no token) in
-    ``os.environ`` before starting Ray, starts no dashboard, forwards no worker logs to the
-    driver and leaves Python's logging configuration alone. If Ray is already running in
-    this process (started by the caller), it is reused and left running.
+    ``os.environ`` unless already set, starts no dashboard, forwards no worker logs to the
+    driver, sets the ``ray`` loggers to ``log_level`` and ignores Ray's own
+    deprecation warnings inside the block. Python's root logging configuration is left
+    alone. ``ray.shutdown()`` runs on the way out, also when the block raises; for a joined
+    cluster it only disconnects this driver (the cluster keeps running). If Ray is already
+    initialised in this process (by the caller), it is reused and left running.
 
     Args:
-        num_cpus: CPUs Ray may schedule on (EnvRunners and Learners each take one by default;
-            with ``num_env_runners=0`` everything runs in the driver).
-        temp_dir: Ray's session directory (logs, sockets, spilled objects); ``None`` uses
-            Ray's default under ``/tmp/ray``. Tests pass a ``tmp_path``; keep the path short
-            (Unix socket paths are limited to ~107 characters).
-        object_store_memory: Bytes for the object store; ``None`` lets Ray choose.
+        address: ``None`` or ``"local"``: a private local Ray. ``"auto"``: the cluster
+            started on this machine by ``ray start --head``. ``"host:port"``: that head's
+            GCS address. Workers on a cluster run the cluster's Python: install PulseBMS
+            (same version) on every node.
+        num_cpus: CPUs a local Ray may schedule on (EnvRunners and Learners each take one by
+            default; with ``num_env_runners=0`` everything runs in the driver). Ignored
+            when joining a cluster.
+        temp_dir: A local Ray's session directory (logs, sockets, spilled objects); ``None``
+            uses Ray's default under ``/tmp/ray``. Keep the path short (Unix socket paths are
+            limited to ~107 characters). Ignored when joining a cluster.
+        object_store_memory: Bytes for a local object store; ``None`` lets Ray choose.
+        include_dashboard: Start the dashboard (local Ray only).
+        log_level: Level name of the ``ray`` loggers in this process (``"ERROR"``,
+            ``"WARNING"``, ``"INFO"``, ...).
 
     Yields:
         Nothing; Ray is initialised inside the block.
 
+    Raises:
+        ValueError: If ``log_level`` is not a logging level name.
+        ConnectionError: If the cluster at ``address`` cannot be reached.
+
     Example:
         >>> with ray_session(num_cpus=2):  # doctest: +SKIP
         ...     algo = build_rllib_algorithm("PulseBMS/FleetSmall-v0")
+        >>> with ray_session(address="10.0.0.5:6379"):  # doctest: +SKIP
+        ...     algo = build_rllib_algorithm("PulseBMS/FleetSmall-v0", num_env_runners=8)
     """
-    os.environ["RAY_USAGE_STATS_ENABLED"] = "0"
-    os.environ["RAY_AUTH_MODE"] = "disabled"
+    level = logging.getLevelName(str(log_level).upper())
+    if not isinstance(level, int):
+        raise ValueError(f"log_level must be a logging level name, got {log_level!r}")
+    for key, value in _QUIET_ENV.items():
+        os.environ.setdefault(key, value)
+    joins = RaySettings(address=address).joins_cluster
     owned = not ray.is_initialized()
-    if owned:
-        ray.init(
-            num_cpus=num_cpus,
-            include_dashboard=False,
-            log_to_driver=False,
-            ignore_reinit_error=True,
-            configure_logging=False,
-            object_store_memory=object_store_memory,
-            _temp_dir=None if temp_dir is None else str(Path(temp_dir).resolve()),
-        )
-    try:
-        yield
-    finally:
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", category=DeprecationWarning, module=r"ray(\.|$)")
         if owned:
-            ray.shutdown()
+            _quiet_ray_loggers(level)
+            if joins:
+                ray.init(
+                    address=str(address),
+                    log_to_driver=False,
+                    configure_logging=False,
+                    logging_level=level,
+                )
+            else:
+                ray.init(
+                    num_cpus=num_cpus,
+                    include_dashboard=include_dashboard,
+                    log_to_driver=False,
+                    ignore_reinit_error=True,
+                    configure_logging=False,
+                    logging_level=level,
+                    object_store_memory=object_store_memory,
+                    _temp_dir=None if temp_dir is None else str(Path(temp_dir).resolve()),
+                )
+        try:
+            yield
+        finally:
+            if owned:
+                ray.shutdown()
 
 
 class EpisodeCostCallback(RLlibCallback):
@@ -229,27 +303,92 @@ class EpisodeCostCallback(RLlibCallback):
         )
 
 
+def _agent_from_legacy(
+    agent: RllibAgentConfig | None, algorithm: str | None, overrides: Mapping[str, Any]
+) -> RllibAgentConfig:
+    """The hyperparameters: ``agent`` (or the algorithm's defaults) with ``overrides``."""
+    if agent is None:
+        name = "PPO" if algorithm is None else str(algorithm).upper()
+        if name not in ALGORITHMS:
+            raise ValueError(f"unknown RLlib algorithm {algorithm!r}; known: {sorted(ALGORITHMS)}")
+        base: RllibAgentConfig = RllibPPOConfig() if name == "PPO" else RllibSACConfig()
+    else:
+        base = agent
+        if algorithm is not None and str(algorithm).upper() != base.algorithm:
+            raise ValueError(
+                f"algorithm={algorithm!r} contradicts the {type(base).__name__} given "
+                f"({base.algorithm})"
+            )
+    if not overrides:
+        return base
+    known = {f.name for f in dataclasses.fields(base)}
+    unknown = sorted(set(overrides) - known)
+    if unknown:
+        raise TypeError(f"{type(base).__name__} has no field(s) {unknown}")
+    return dataclasses.replace(base, **overrides)
+
+
+def _model_config(agent: RllibAgentConfig) -> dict[str, Any]:
+    hidden = [int(h) for h in agent.hidden_sizes]
+    if isinstance(agent, RllibSACConfig):
+        return {"fcnet_hiddens": hidden, "fcnet_activation": "relu"}
+    return {"fcnet_hiddens": hidden, "fcnet_activation": "tanh", "vf_share_layers": False}
+
+
+def _algorithm_config(agent: RllibAgentConfig) -> AlgorithmConfig:
+    """The algorithm's config class with the agent's training settings."""
+    if isinstance(agent, RllibSACConfig):
+        replay: dict[str, Any] = {"capacity": int(agent.buffer_capacity)}
+        if agent.prioritized_replay:
+            replay.update(
+                type="PrioritizedEpisodeReplayBuffer",
+                alpha=float(agent.prioritized_replay_alpha),
+                beta=float(agent.prioritized_replay_beta),
+            )
+        else:
+            replay["type"] = "EpisodeReplayBuffer"
+        return SACConfig().training(  # type: ignore[no-untyped-call]  # RLlib API is untyped
+            train_batch_size_per_learner=int(agent.train_batch_size),
+            actor_lr=agent.actor_lr,
+            critic_lr=agent.critic_lr,
+            alpha_lr=agent.alpha_lr,
+            gamma=agent.gamma,
+            tau=agent.tau,
+            initial_alpha=agent.initial_alpha,
+            n_step=int(agent.n_step),
+            replay_buffer_config=replay,
+            num_steps_sampled_before_learning_starts=int(agent.learning_starts),
+            training_intensity=agent.training_intensity,
+        )
+    return PPOConfig().training(  # type: ignore[no-untyped-call]  # RLlib API is untyped
+        train_batch_size_per_learner=int(agent.train_batch_size),
+        minibatch_size=int(agent.minibatch_size),
+        num_epochs=int(agent.num_epochs),
+        lr=agent.lr,
+        gamma=agent.gamma,
+        lambda_=agent.lambda_,
+        clip_param=agent.clip_param,
+        vf_clip_param=agent.vf_clip_param,
+        entropy_coeff=agent.entropy_coeff,
+    )
+
+
 def build_rllib_algorithm(
     env_id: str,
+    agent: RllibAgentConfig | None = None,
     *,
     env_kwargs: Mapping[str, Any] | None = None,
     shield: bool = True,
     shield_kwargs: Mapping[str, Any] | None = None,
-    algorithm: str = "PPO",
+    algorithm: str | None = None,
     num_env_runners: int = 0,
     num_envs_per_env_runner: int = 1,
+    num_cpus_per_env_runner: float = 1.0,
     seed: int = 0,
-    train_batch_size: int = 2304,
-    minibatch_size: int = 256,
-    num_epochs: int = 10,
-    lr: float = 3e-4,
-    gamma: float = 0.99,
-    lambda_: float = 0.95,
-    clip_param: float = 0.2,
-    vf_clip_param: float = 10.0,
-    entropy_coeff: float = 0.0,
-    hidden_sizes: Sequence[int] = (64, 64),
-    normalize_observations: bool = True,
+    learner_class: type[Learner] | None = None,
+    config_hook: ConfigHook | None = None,
+    callbacks: type[RLlibCallback] | None = EpisodeCostCallback,
+    **hyperparameters: Any,
 ) -> Algorithm:
     """Build an RLlib algorithm (new API stack) training on a shielded PulseBMS env.
 
@@ -258,70 +397,73 @@ def build_rllib_algorithm(
     ``shield_kwargs`` and ``env_kwargs`` travel to every EnvRunner in ``env_config``, so
     they must be picklable plain data.
 
+    **Seams for variants** (PPO-Lagrangian with a cost critic lives outside this module):
+
+    * ``learner_class``: the Learner used instead of the algorithm's default, e.g. a
+      ``PPOTorchLearner`` subclass with a cost-advantage loss (``config.learners(
+      learner_class=...)``).
+    * ``config_hook``: ``AlgorithmConfig -> AlgorithmConfig``, applied last, just before
+      ``build_algo()``: add learner connectors (cost GAE), an ``rl_module(rl_module_spec=...)``
+      with a cost value head, more callbacks, or ``config.algo_class = ...``.
+    * Without either argument, a hyperparameter dataclass that defines
+      ``rllib_learner_class() -> type[Learner]`` and/or ``rllib_config_hook(config) ->
+      config`` (e.g. a subclass of :class:`RllibPPOConfig`) supplies them itself, so
+      ``pulsebms-train agent=<its option>`` needs no change to the entry point.
+
     Args:
         env_id: Registered id (``PulseBMS/FleetSmall-v0``, ...; the
             ``"pulsebms.envs:PulseBMS/FleetSmall-v0"`` form is accepted too).
+        agent: Hyperparameters (:class:`RllibPPOConfig` or :class:`RllibSACConfig`, or a
+            subclass); ``None``: the defaults of ``algorithm``.
         env_kwargs: FleetEnv constructor arguments (``fleet``, ``scenario``, ``dt_s``,
             ``horizon_steps``, ``fidelity``, ...).
         shield: Put :class:`pulsebms.safety.ShieldWrapper` in front of the env (the default:
             the agent never acts on the plant unshielded).
         shield_kwargs: Keyword arguments of the wrapper (limits overrides, ...).
-        algorithm: A key of :data:`ALGORITHMS` (``"PPO"``).
+        algorithm: A key of :data:`ALGORITHMS` (``"PPO"``, ``"SAC"``) when ``agent`` is
+            ``None``; if both are given they must agree.
         num_env_runners: Remote sampling actors; 0 samples in the driver process (the only
-            bit-repeatable setting, and the fastest on 2 cores). Each remote runner takes
-            one Ray CPU: keep it below the ``num_cpus`` of :func:`ray_session`.
+            bit-repeatable setting). Each remote runner takes ``num_cpus_per_env_runner``
+            Ray CPUs: keep the total within the ``num_cpus`` of :func:`ray_session`.
         num_envs_per_env_runner: Envs stepped in one vector per runner (gymnasium sync
-            vectorisation).
+            vectorisation; one batched RLModule forward pass per step for all of them).
+        num_cpus_per_env_runner: Ray CPUs reserved per remote runner.
         seed: Seeds the driver, the Learner and every EnvRunner (``seed + worker_index``)
             and the envs' first reset.
-        train_batch_size: Env steps per training iteration (per Learner). The default is 8
-            days of 288 five-minute steps, so every update sees whole days; a batch smaller
-            than an episode trains on episode fragments and reports no episode return until
-            an episode ends.
-        minibatch_size: SGD minibatch size; must not exceed ``train_batch_size``.
-        num_epochs: Passes over each train batch.
-        lr: Adam step size.
-        gamma: Discount factor per control interval.
-        lambda_: GAE λ.
-        clip_param: PPO ratio clip.
-        vf_clip_param: Clip of the value-function loss; it is in reward units, so raise it
-            if you rescale rewards.
-        entropy_coeff: Entropy bonus; 0 for continuous actions unless exploration stalls.
-        hidden_sizes: Hidden layer widths of the actor and critic MLPs (tanh).
-        normalize_observations: Add RLlib's ``MeanStdFilter`` env-to-module connector
-            (running mean/std, clipped to ±10). Its statistics are saved in the checkpoint
-            and applied, frozen, by :class:`RLlibPolicy` and :func:`rllib_torch_policy`.
+        learner_class: See the seams above.
+        config_hook: See the seams above.
+        callbacks: RLlib callbacks class (default :class:`EpisodeCostCallback`; a hook may
+            chain more).
+        **hyperparameters: Field overrides of ``agent`` (``train_batch_size=64``, ...): the
+            keyword form of earlier versions.
 
     Returns:
         The built algorithm (call :func:`train_rllib`, then ``stop()`` it).
 
     Raises:
-        ValueError: If ``algorithm`` is unknown, or a size is not positive, or
-            ``minibatch_size`` exceeds ``train_batch_size``.
+        ValueError: If ``algorithm`` is unknown or contradicts ``agent``, or a size is not
+            positive, or ``minibatch_size`` exceeds ``train_batch_size``.
+        TypeError: If a hyperparameter override names no field of ``agent``.
 
     Example:
         >>> with ray_session():  # doctest: +SKIP
-        ...     algo = build_rllib_algorithm("PulseBMS/FleetSmall-v0", train_batch_size=576)
+        ...     algo = build_rllib_algorithm(
+        ...         "PulseBMS/FleetSmall-v0", RllibPPOConfig(train_batch_size=576)
+        ...     )
         ...     result = algo.train()
         ...     algo.stop()
     """
-    if algorithm not in ALGORITHMS:
-        raise ValueError(f"unknown RLlib algorithm {algorithm!r}; known: {sorted(ALGORITHMS)}")
-    for name, value in (
-        ("train_batch_size", train_batch_size),
-        ("minibatch_size", minibatch_size),
-        ("num_epochs", num_epochs),
-        ("num_envs_per_env_runner", num_envs_per_env_runner),
-    ):
-        if value < 1:
-            raise ValueError(f"{name} must be ≥ 1, got {value}")
     if num_env_runners < 0:
         raise ValueError(f"num_env_runners must be ≥ 0, got {num_env_runners}")
-    if minibatch_size > train_batch_size:
-        raise ValueError(
-            f"minibatch_size ({minibatch_size}) must not exceed train_batch_size "
-            f"({train_batch_size})"
-        )
+    if num_envs_per_env_runner < 1:
+        raise ValueError(f"num_envs_per_env_runner must be ≥ 1, got {num_envs_per_env_runner}")
+    params = _agent_from_legacy(agent, algorithm, hyperparameters)
+    if learner_class is None:
+        get_learner = getattr(params, "rllib_learner_class", None)
+        learner_class = get_learner() if callable(get_learner) else None
+    if config_hook is None:
+        hook = getattr(params, "rllib_config_hook", None)
+        config_hook = hook if callable(hook) else None
     register_env(RLLIB_ENV_NAME, make_rllib_env)  # idempotent; also done at import
     env_config = {
         "env_id": env_id,
@@ -330,38 +472,30 @@ def build_rllib_algorithm(
         "env_kwargs": dict(env_kwargs or {}),
     }
     config = (
-        ALGORITHMS[algorithm]()
+        _algorithm_config(params)
         .api_stack(enable_rl_module_and_learner=True, enable_env_runner_and_connector_v2=True)
         .framework("torch")
         .environment(RLLIB_ENV_NAME, env_config=env_config)
         .env_runners(
             num_env_runners=num_env_runners,
             num_envs_per_env_runner=num_envs_per_env_runner,
-            env_to_module_connector=_mean_std_filter if normalize_observations else None,
+            # RLlib hints an int; Ray schedules fractional CPUs (0.5) just as well.
+            num_cpus_per_env_runner=num_cpus_per_env_runner,  # type: ignore[arg-type]
+            env_to_module_connector=_mean_std_filter if params.normalize_observations else None,
         )
         .learners(num_learners=0)
-        .training(
-            train_batch_size_per_learner=train_batch_size,
-            minibatch_size=minibatch_size,
-            num_epochs=num_epochs,
-            lr=lr,
-            gamma=gamma,
-            lambda_=lambda_,
-            clip_param=clip_param,
-            vf_clip_param=vf_clip_param,
-            entropy_coeff=entropy_coeff,
-        )
-        .rl_module(
-            model_config={
-                "fcnet_hiddens": [int(h) for h in hidden_sizes],
-                "fcnet_activation": "tanh",
-                "vf_share_layers": False,
-            }
-        )
-        .callbacks(EpisodeCostCallback)
+        .rl_module(model_config=_model_config(params))
         .debugging(seed=seed, log_level="ERROR")
     )
-    return config.build_algo()
+    if callbacks is not None:
+        config = config.callbacks(callbacks)
+    if learner_class is not None:
+        config = config.learners(learner_class=learner_class)
+    if config_hook is not None:
+        config = config_hook(config)
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", category=DeprecationWarning, module=r"ray(\.|$)")
+        return config.build_algo()
 
 
 @dataclass(frozen=True)
@@ -377,10 +511,12 @@ class RllibIterationMetrics:
         episode_len_mean: Mean length of recently finished episodes [steps].
         episode_cost_mean: Mean summed ``info["cost"]`` of recently finished episodes.
         shield_interventions_mean: Mean number of shielded pack-steps per episode.
-        policy_loss: PPO surrogate loss of the last minibatch.
-        vf_loss: Value-function loss.
-        entropy: Entropy of the action distribution.
+        policy_loss: Policy loss of the last update (PPO surrogate; SAC actor loss).
+        vf_loss: PPO value-function loss (NaN for SAC).
+        entropy: Entropy of the action distribution (PPO; NaN for SAC).
         time_this_iter_s: Wall time of the iteration [s].
+        qf_loss: SAC critic loss (NaN for PPO, and before SAC's first update).
+        alpha: SAC entropy temperature (NaN for PPO).
     """
 
     iteration: int
@@ -394,6 +530,8 @@ class RllibIterationMetrics:
     vf_loss: float
     entropy: float
     time_this_iter_s: float
+    qf_loss: float = math.nan
+    alpha: float = math.nan
 
     @classmethod
     def from_result(cls, result: Mapping[str, Any]) -> RllibIterationMetrics:
@@ -427,6 +565,8 @@ class RllibIterationMetrics:
             vf_loss=num(learner, "vf_loss"),
             entropy=num(learner, "entropy"),
             time_this_iter_s=num(result, "time_this_iter_s"),
+            qf_loss=num(learner, "qf_loss"),
+            alpha=num(learner, "alpha_value"),
         )
 
 
@@ -451,25 +591,31 @@ class RllibRun:
 def train_rllib(
     algo: Algorithm,
     *,
-    iterations: int,
+    iterations: int | None = None,
     checkpoint_dir: str | Path,
+    total_env_steps: int | None = None,
+    max_iterations: int = 100_000,
 ) -> RllibRun:
-    """Run ``iterations`` training iterations, then save a checkpoint to ``checkpoint_dir``.
+    """Train for ``iterations`` iterations or ``total_env_steps`` env steps, then checkpoint.
 
-    The algorithm is left running (the caller ``stop()``s it, or trains on).
+    Give exactly one budget. With ``total_env_steps``, ``algo.train()`` is called until the
+    sampled env steps reach it (PPO samples ``train_batch_size`` per iteration; SAC a
+    rollout fragment per runner and env, so its iteration count follows from the budget).
+    The algorithm is left running (the caller stops it, or trains on).
 
     Args:
         algo: From :func:`build_rllib_algorithm` (inside a :func:`ray_session`).
-        iterations: Number of ``algo.train()`` calls (each samples ``train_batch_size`` env
-            steps and updates the policy).
+        iterations: Number of ``algo.train()`` calls.
         checkpoint_dir: Directory the checkpoint is written into (created; existing
             checkpoint files in it are overwritten).
+        total_env_steps: Env-step budget (the ``train.total_timesteps`` of ``pulsebms-train``).
+        max_iterations: Guard on the iterations a step budget may take.
 
     Returns:
         The checkpoint path and per-iteration metrics.
 
     Raises:
-        ValueError: If ``iterations`` < 1.
+        ValueError: If neither or both budgets are given, or one is < 1.
 
     Example:
         >>> with ray_session():  # doctest: +SKIP
@@ -478,11 +624,27 @@ def train_rllib(
         ...     algo.stop()
         >>> [m.episode_return_mean for m in run.metrics]  # doctest: +SKIP
     """
-    if iterations < 1:
+    if (iterations is None) == (total_env_steps is None):
+        raise ValueError("give exactly one of iterations and total_env_steps")
+    if iterations is not None and iterations < 1:
         raise ValueError(f"iterations must be ≥ 1, got {iterations}")
-    results = [algo.train() for _ in range(iterations)]  # type: ignore[no-untyped-call]  # RLlib API is untyped
-    metrics = tuple(RllibIterationMetrics.from_result(result) for result in results)
-    path = Path(checkpoint_dir).resolve()
-    path.mkdir(parents=True, exist_ok=True)
-    saved = algo.save_to_path(path.as_posix())
-    return RllibRun(checkpoint_path=Path(saved), metrics=metrics)
+    if total_env_steps is not None and total_env_steps < 1:
+        raise ValueError(f"total_env_steps must be ≥ 1, got {total_env_steps}")
+    metrics: list[RllibIterationMetrics] = []
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", category=DeprecationWarning, module=r"ray(\.|$)")
+        while True:
+            result = algo.train()  # type: ignore[no-untyped-call]  # RLlib API is untyped
+            metrics.append(RllibIterationMetrics.from_result(result))
+            if iterations is not None:
+                if len(metrics) >= iterations:
+                    break
+            elif (
+                metrics[-1].env_steps_lifetime >= (total_env_steps or 0)
+                or len(metrics) >= max_iterations
+            ):
+                break
+        path = Path(checkpoint_dir).resolve()
+        path.mkdir(parents=True, exist_ok=True)
+        saved = algo.save_to_path(path.as_posix())
+    return RllibRun(checkpoint_path=Path(saved), metrics=tuple(metrics))

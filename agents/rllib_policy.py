@@ -5,6 +5,13 @@ Loading needs no Ray runtime, only RLlib's checkpoint components:
 * :class:`RLlibPolicy`: a checkpoint as a deterministic
   :class:`~pulsebms.agents.type_aliases.Policy` (mean of the action distribution, clipped
   to the action space), through RLlib's own filter, RLModule and distribution objects.
+  PPO (diagonal Gaussian) and SAC (tanh-squashed Gaussian) checkpoints are supported.
+
+**SAC's deterministic action.** For a squashed Gaussian the deterministic action here is
+``tanh(loc)``, the squashed mean, which is the action SAC trained on (SB3's SAC
+``deterministic=True`` is the same). RLlib's own EnvRunner with ``explore=False`` takes
+``TorchSquashedGaussian.to_deterministic()``, which returns the *unsquashed* ``loc`` and
+then clips it to the space: a different, saturating policy. We do not copy that.
 * :class:`DeployedRLlibPolicy` / :func:`rllib_torch_policy`: the same function as one
   ``torch.nn.Module`` (observation filter → RLModule → mean action → clip), the seam
   :mod:`pulsebms.export` turns into ONNX.
@@ -40,7 +47,10 @@ from ray.rllib.core import (
     DEFAULT_MODULE_ID,
     Columns,
 )
-from ray.rllib.core.distribution.torch.torch_distribution import TorchDiagGaussian
+from ray.rllib.core.distribution.torch.torch_distribution import (
+    TorchDiagGaussian,
+    TorchSquashedGaussian,
+)
 from ray.rllib.core.rl_module.torch import TorchRLModule
 from ray.rllib.utils.filter import MeanStdFilter as ObservationFilter
 from ray.rllib.utils.filter import RunningStat
@@ -205,7 +215,12 @@ class RLlibPolicy:
             out = self.module.forward_inference({Columns.OBS: torch.from_numpy(obs)})
             dist_cls = self.module.get_inference_action_dist_cls()
             dist = dist_cls.from_logits(out[Columns.ACTION_DIST_INPUTS])
-            mean: AnyArray = np.asarray(dist.to_deterministic().sample(), dtype=np.float32)
+            if isinstance(dist, TorchSquashedGaussian):
+                # The squashed mean (see the module docstring), in the distribution's bounds.
+                squashed = dist._squash(dist.loc)  # RLlib's own squash
+                mean: AnyArray = np.asarray(squashed, dtype=np.float32)
+            else:
+                mean = np.asarray(dist.to_deterministic().sample(), dtype=np.float32)
         if self.normalize_actions:
             mean = unsquash_action(mean, self.action_space)  # type: ignore[no-untyped-call]  # RLlib API is untyped
         elif self.clip_actions:
@@ -249,8 +264,9 @@ class DeployedRLlibPolicy(torch.nn.Module):
 
     The function :class:`RLlibPolicy` computes, as one module for ONNX export. The filter
     runs in float64, as RLlib's numpy ``MeanStdFilter`` does, and is cast to float32
-    before the network. Only diagonal-Gaussian policies (RLlib's default for ``Box``
-    actions) are supported: the mean is the first half of the distribution inputs.
+    before the network. Diagonal-Gaussian (PPO) and tanh-squashed Gaussian (SAC) policies
+    are supported: the mean is the first half of the distribution inputs, squashed by
+    ``tanh`` for the latter.
 
     Args:
         module: The torch RLModule.
@@ -263,8 +279,8 @@ class DeployedRLlibPolicy(torch.nn.Module):
         clip_actions: Clip to ``[low, high]``.
 
     Raises:
-        NotImplementedError: If the module's inference distribution is not a
-            ``TorchDiagGaussian``.
+        NotImplementedError: If the module's inference distribution is neither a
+            ``TorchDiagGaussian`` nor a ``TorchSquashedGaussian``.
     """
 
     obs_mean: torch.Tensor
@@ -286,10 +302,13 @@ class DeployedRLlibPolicy(torch.nn.Module):
     ) -> None:
         super().__init__()
         dist_cls = module.get_inference_action_dist_cls()
-        if not (isinstance(dist_cls, type) and issubclass(dist_cls, TorchDiagGaussian)):
+        supported = (TorchDiagGaussian, TorchSquashedGaussian)
+        if not (isinstance(dist_cls, type) and issubclass(dist_cls, supported)):
             raise NotImplementedError(
-                f"only diagonal-Gaussian RLlib policies can be deployed, got {dist_cls}"
+                "only diagonal-Gaussian or squashed-Gaussian RLlib policies can be deployed, "
+                f"got {dist_cls}"
             )
+        self.squash = issubclass(dist_cls, TorchSquashedGaussian)
         self.module = module
         self.normalize = obs_mean is not None and obs_std is not None
         mean = np.zeros(1) if obs_mean is None else np.asarray(obs_mean, dtype=np.float64)
@@ -312,6 +331,8 @@ class DeployedRLlibPolicy(torch.nn.Module):
             x = x64.to(torch.float32)
         out = self.module.forward_inference({Columns.OBS: x})
         loc, _log_std = torch.chunk(out[Columns.ACTION_DIST_INPUTS], 2, dim=-1)
+        if self.squash:
+            loc = torch.tanh(loc)  # TorchSquashedGaussian's squash into [-1, 1]
         if self.unsquash:
             loc = self.action_low + (loc + 1.0) * (self.action_high - self.action_low) / 2.0
         if self.clip_actions:

@@ -27,6 +27,7 @@ BENCHMARKS: dict[str, str] = {
     "shield": "pulsebms.benchmarks.shield",
     "edge": "pulsebms.benchmarks.edge",
     "estimation": "pulsebms.benchmarks.estimation",
+    "ray": "pulsebms.benchmarks.ray",
 }
 
 

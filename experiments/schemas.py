@@ -6,8 +6,10 @@ the config is composed, before any work starts.
 
 Each YAML option of a group starts its defaults list with the matching ``base_*`` schema
 (``defaults: [base_ppo, _self_]``). The agent group's nodes carry ``_target_``:
-SB3 agents instantiate to :class:`pulsebms.agents.sb3.PPOConfig` / ``SACConfig``; the MPC and
-rules instantiate (``_partial_``) to a factory ``env -> Policy``.
+SB3 agents instantiate to :class:`pulsebms.agents.sb3.PPOConfig` / ``SACConfig``; RLlib agents
+to :class:`pulsebms.agents.rllib_config.RllibPPOConfig` / ``RllibSACConfig``; the MPC and
+rules instantiate (``_partial_``) to a factory ``env -> Policy``. The ``ray`` group
+instantiates to :class:`pulsebms.agents.rllib_config.RaySettings` (where Ray runs).
 
 **Defaults once.** Where a library dataclass already names, types and defaults a setting,
 the schema is derived from it (:func:`_dataclass_specs`), never written again by hand:
@@ -38,7 +40,9 @@ from typing import TYPE_CHECKING, Any
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING
 
+from pulsebms.agents.lagrangian import RllibPPOLagrangianConfig
 from pulsebms.agents.mpc import MPCConfig, make_mpc
+from pulsebms.agents.rllib_config import RaySettings, RllibPPOConfig, RllibSACConfig
 from pulsebms.agents.sb3 import PPOConfig, PPOLagrangianConfig, SACConfig
 from pulsebms.envs.pack import PackSpec
 from pulsebms.safety.settings import ShieldSettings
@@ -53,6 +57,10 @@ __all__ = [
     "PPOAgentConf",
     "PPOLagrangianAgentConf",
     "PackConf",
+    "RayConf",
+    "RllibPPOAgentConf",
+    "RllibPPOLagrangianAgentConf",
+    "RllibSACAgentConf",
     "RuleAgentConf",
     "SACAgentConf",
     "ScenarioConf",
@@ -149,9 +157,26 @@ def _agent_schema(name: str, config_cls: type, target: str) -> type:
 
 PPOAgentConf = _agent_schema("PPOAgentConf", PPOConfig, "pulsebms.agents.sb3.PPOConfig")
 SACAgentConf = _agent_schema("SACAgentConf", SACConfig, "pulsebms.agents.sb3.SACConfig")
-# PPO-Lagrangian with a cost critic (agent=ppo_lagrangian; lagrangian helper).
+# PPO-Lagrangian with a cost critic (agent=ppo_lagrangian).
 PPOLagrangianAgentConf = _agent_schema(
     "PPOLagrangianAgentConf", PPOLagrangianConfig, "pulsebms.agents.sb3.PPOLagrangianConfig"
+)
+RllibPPOAgentConf = _agent_schema(
+    "RllibPPOAgentConf", RllibPPOConfig, "pulsebms.agents.rllib_config.RllibPPOConfig"
+)
+RllibPPOLagrangianAgentConf = _agent_schema(
+    "RllibPPOLagrangianAgentConf",
+    RllibPPOLagrangianConfig,
+    "pulsebms.agents.lagrangian.RllibPPOLagrangianConfig",
+)
+RllibSACAgentConf = _agent_schema(
+    "RllibSACAgentConf", RllibSACConfig, "pulsebms.agents.rllib_config.RllibSACConfig"
+)
+RayConf = _schema(
+    "RayConf",
+    _dataclass_specs(RaySettings),
+    target="pulsebms.agents.rllib_config.RaySettings",
+    doc="Where Ray runs RLlib agents (the fields of :class:`RaySettings`).",
 )
 MPCAgentConf = _schema(
     "MPCAgentConf",
@@ -283,7 +308,8 @@ class EvalConf:
         baseline: The policy every KPI is normalised by.
         max_steps: Cut episodes (``None``: the env's horizon).
         plots: Write trace and KPI-bar plots.
-        checkpoint: ``pulsebms-eval`` only: a trained ``model.zip`` evaluated as ``agent``.
+        checkpoint: ``pulsebms-eval`` only: a trained SB3 ``model.zip`` or RLlib checkpoint
+            folder, evaluated as ``agent``.
     """
 
     scenarios: list[str] = field(default_factory=list)
@@ -310,6 +336,7 @@ class ExperimentConf:
     shield: ShieldConf = MISSING
     agent: Any = MISSING
     logger: LoggerConf = MISSING
+    ray: Any = MISSING  # RayConf (the `ray` group; only RLlib agents use it)
     train: TrainLoopConf = field(default_factory=TrainLoopConf)
     evaluation: EvalConf = field(default_factory=EvalConf)
 
@@ -328,3 +355,7 @@ def register_configs() -> None:
     cs.store(group="agent", name="base_ppo_lagrangian", node=PPOLagrangianAgentConf)
     cs.store(group="agent", name="base_mpc", node=MPCAgentConf)
     cs.store(group="agent", name="base_rule", node=RuleAgentConf)
+    cs.store(group="agent", name="base_rllib_ppo", node=RllibPPOAgentConf)
+    cs.store(group="agent", name="base_rllib_ppo_lagrangian", node=RllibPPOLagrangianAgentConf)
+    cs.store(group="agent", name="base_rllib_sac", node=RllibSACAgentConf)
+    cs.store(group="ray", name="base_ray", node=RayConf)

@@ -5,18 +5,26 @@ Run from the command line (Hydra)::
     pulsebms-train experiment=quick
     pulsebms-train agent=sac env=small logger=tensorboard train.total_timesteps=20000
     pulsebms-train -m agent=ppo,sac seed=0,1,2
+    pulsebms-train agent=rllib_ppo ray.num_env_runners=2 ray.num_envs_per_env_runner=4
+    pulsebms-train agent=rllib_sac ray=cluster ray.address=10.0.0.5:6379   # join a cluster
     pulsebms-train --help          # lists every config group and option
 
 Each run writes into its Hydra run dir (``runs/<env>/<experiment>/<agent>_seed<seed>_<time>``):
 ``.hydra/config.yaml`` (the resolved config), ``model.zip`` + ``model_vecnormalize.pkl``,
 ``checkpoints/``, ``eval/``, ``progress.csv``, ``kpis.{csv,md}``, ``plots/`` and
-``metrics.json``. Non-learning agents (rules, MPC) skip training and are only evaluated.
+``metrics.json``. RLlib agents (``agent=rllib_ppo``, ``agent=rllib_sac``) write an algorithm
+checkpoint folder ``rllib_checkpoint/`` and ``progress.csv`` (one row per iteration) instead
+of the SB3 files; Ray runs as the ``ray`` group says and is shut down (or, for a joined
+cluster, disconnected from) after training, also when training fails. Non-learning agents
+(rules, MPC) skip training and are only evaluated.
 
 From Python, :func:`run_training` takes the same composed config.
 """
 
 from __future__ import annotations
 
+import csv
+import dataclasses
 import json
 import logging
 import time
@@ -27,8 +35,15 @@ import hydra
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
+from pulsebms.agents.rllib_config import (
+    RaySettings,
+    RllibAgentConfig,
+    RllibPPOConfig,
+    RllibSACConfig,
+)
 from pulsebms.configs import CONFIG_NAME, CONFIG_PATH
 from pulsebms.experiments.common import (
+    ConfigError,
     agent_factory,
     compose_agent,
     env_kwargs,
@@ -41,11 +56,82 @@ from pulsebms.experiments.common import (
 )
 from pulsebms.experiments.schemas import register_configs
 
-__all__ = ["evaluate_run", "main", "run_training"]
+__all__ = ["RLLIB_CHECKPOINT_DIR", "evaluate_run", "main", "ray_settings", "run_training"]
 
 log = logging.getLogger(__name__)
 
 register_configs()
+
+RLLIB_CHECKPOINT_DIR = "rllib_checkpoint"
+"""Folder of the RLlib algorithm checkpoint inside a ``pulsebms-train`` run dir."""
+
+
+def ray_settings(cfg: DictConfig) -> RaySettings:
+    """The ``ray`` group as :class:`~pulsebms.agents.rllib_config.RaySettings`.
+
+    Raises:
+        ConfigError: Naming ``ray``, if a value is impossible.
+    """
+    try:
+        settings = instantiate(cfg.ray, _convert_="object")
+    except Exception as exc:  # Hydra wraps the dataclass's ValueError in its own error
+        raise ConfigError(f"ray: {exc.__cause__ or exc}") from None
+    if not isinstance(settings, RaySettings):
+        raise ConfigError(f"ray: expected RaySettings, got {type(settings).__name__}")
+    return settings
+
+
+def _train_rllib(
+    cfg: DictConfig, agent: RllibAgentConfig, out: Path, seed: int
+) -> tuple[Path, Any, dict[str, Any]]:
+    """Train an RLlib agent inside a Ray session that is always closed; checkpoint it."""
+    from pulsebms.agents.rllib import build_rllib_algorithm, ray_session, train_rllib
+
+    settings = ray_settings(cfg)
+    log.info(
+        "RLlib %s on Ray %s: %d runner(s) × %d env(s)",
+        agent.algorithm,
+        settings.address or "local",
+        settings.num_env_runners,
+        settings.num_envs_per_env_runner,
+    )
+    with ray_session(
+        address=settings.address,
+        num_cpus=settings.num_cpus,
+        temp_dir=settings.temp_dir,
+        include_dashboard=settings.include_dashboard,
+        log_level=settings.log_level,
+    ):
+        algo = build_rllib_algorithm(
+            f"pulsebms.envs:{cfg.env.id}",  # the worker-safe id form (imports the envs)
+            agent,
+            env_kwargs=env_kwargs(cfg),
+            shield=bool(cfg.shield.enabled),
+            shield_kwargs=shield_kwargs(cfg),
+            num_env_runners=settings.num_env_runners,
+            num_envs_per_env_runner=settings.num_envs_per_env_runner,
+            num_cpus_per_env_runner=settings.num_cpus_per_env_runner,
+            seed=seed,
+        )
+        try:
+            run = train_rllib(
+                algo,
+                total_env_steps=int(cfg.train.total_timesteps),
+                checkpoint_dir=out / RLLIB_CHECKPOINT_DIR,
+            )
+        finally:
+            algo.stop()  # type: ignore[no-untyped-call]  # RLlib API is untyped
+    rows = [dataclasses.asdict(m) for m in run.metrics]
+    with (out / "progress.csv").open("w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+    extras = {
+        "rllib_iterations": len(rows),
+        "rllib_env_steps": rows[-1]["env_steps_lifetime"],
+        "rllib_algorithm": agent.algorithm,
+    }
+    return run.checkpoint_path, run.policy(), extras
 
 
 def evaluate_run(
@@ -102,7 +188,7 @@ def evaluate_run(
 
 
 def run_training(cfg: DictConfig, out_dir: str | Path | None = None) -> dict[str, Any]:
-    """Validate, seed, train (SB3 agents) and evaluate one composed config.
+    """Validate, seed, train (SB3 or RLlib agents) and evaluate one composed config.
 
     Args:
         cfg: A config composed from ``pulsebms.configs`` (``config.yaml``).
@@ -126,7 +212,14 @@ def run_training(cfg: DictConfig, out_dir: str | Path | None = None) -> dict[str
         agent = instantiate(cfg.agent, _convert_="object")
         from pulsebms.agents.sb3 import PPOConfig, SACConfig, train_agent
 
-        if isinstance(agent, PPOConfig | SACConfig):
+        if isinstance(agent, RllibPPOConfig | RllibSACConfig):
+            start = time.perf_counter()
+            model_path, policy, extras = _train_rllib(cfg, agent, out, seed)
+            result["train_seconds"] = time.perf_counter() - start
+            result["model_path"] = str(model_path)
+            result.update(extras)
+            factory = lambda env: policy  # noqa: E731 - the trained policy fits every env
+        elif isinstance(agent, PPOConfig | SACConfig):
             start = time.perf_counter()
             trained = train_agent(
                 agent,

@@ -15,6 +15,7 @@ from hydra.errors import ConfigCompositionException, MissingConfigException
 from hydra.utils import instantiate
 from omegaconf import DictConfig, open_dict
 
+from pulsebms.agents.rllib_config import RllibPPOConfig, RllibSACConfig
 from pulsebms.agents.sb3 import PPOConfig, SACConfig
 from pulsebms.configs import config_dir
 from pulsebms.experiments.common import ConfigError, env_kwargs, make_cfg_env, validate
@@ -78,6 +79,9 @@ def test_every_agent_option_instantiates(agent: str) -> None:
     obj = instantiate(cfg.agent, _convert_="object")
     if isinstance(obj, PPOConfig | SACConfig):
         assert isinstance(obj.net_arch, list)
+        return
+    if isinstance(obj, RllibPPOConfig | RllibSACConfig):
+        assert isinstance(obj.hidden_sizes, list)
         return
     env = make_cfg_env(cfg)
     try:

@@ -1,0 +1,219 @@
+"""RLlib hyperparameters and Ray runtime settings as plain typed dataclasses (no Ray import).
+
+These are what the Hydra ``agent=rllib_ppo`` / ``agent=rllib_sac`` options and the ``ray``
+config group instantiate to, and what :func:`pulsebms.agents.rllib.build_rllib_algorithm`
+and :func:`pulsebms.agents.rllib.ray_session` take. They import nothing from Ray, so the
+experiment schemas (:mod:`pulsebms.experiments.schemas`) can derive their fields without
+pulling Ray into every ``pulsebms-train`` start.
+
+* :class:`RllibPPOConfig`: PPO (on-policy) hyperparameters, RLlib names.
+* :class:`RllibSACConfig`: SAC with prioritized experience replay (Schaul et al. 2016).
+* :class:`RaySettings`: where Ray runs (local, ``auto``, ``host:port``), its CPUs, the
+  EnvRunners and how many envs each steps in one batch.
+
+Example:
+    >>> RllibPPOConfig().algorithm, RllibSACConfig().algorithm
+    ('PPO', 'SAC')
+    >>> RllibSACConfig().prioritized_replay
+    True
+    >>> RaySettings(address="auto").joins_cluster, RaySettings().joins_cluster
+    (True, False)
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import ClassVar
+
+__all__ = ["RaySettings", "RllibAgentConfig", "RllibPPOConfig", "RllibSACConfig"]
+
+
+def _positive(owner: str, **values: float) -> None:
+    for name, value in values.items():
+        if not value > 0:
+            raise ValueError(f"{owner}.{name} must be > 0, got {value}")
+
+
+@dataclass(frozen=True)
+class RllibPPOConfig:
+    """PPO hyperparameters on RLlib's new API stack (RLlib names, PulseBMS defaults).
+
+    Attributes:
+        train_batch_size: Env steps per training iteration (per Learner). The default is 8
+            days of 288 five-minute steps, so every update sees whole days.
+        minibatch_size: SGD minibatch size; must not exceed ``train_batch_size``.
+        num_epochs: Passes over each train batch.
+        lr: Adam step size.
+        gamma: Discount factor per control interval.
+        lambda_: GAE λ.
+        clip_param: PPO ratio clip.
+        vf_clip_param: Clip of the value-function loss, in reward units.
+        entropy_coeff: Entropy bonus; 0 for continuous actions unless exploration stalls.
+        hidden_sizes: Hidden layer widths of the actor and critic MLPs (tanh).
+        normalize_observations: RLlib's ``MeanStdFilter`` env-to-module connector (its
+            statistics are saved in the checkpoint and applied, frozen, at evaluation).
+
+    Raises:
+        ValueError: If a size or rate is not positive, or ``minibatch_size`` exceeds
+            ``train_batch_size``.
+    """
+
+    algorithm: ClassVar[str] = "PPO"
+
+    train_batch_size: int = 2304
+    minibatch_size: int = 256
+    num_epochs: int = 10
+    lr: float = 3e-4
+    gamma: float = 0.99
+    lambda_: float = 0.95
+    clip_param: float = 0.2
+    vf_clip_param: float = 10.0
+    entropy_coeff: float = 0.0
+    hidden_sizes: Sequence[int] = (64, 64)
+    normalize_observations: bool = True
+
+    def __post_init__(self) -> None:
+        _positive(
+            "RllibPPOConfig",
+            train_batch_size=self.train_batch_size,
+            minibatch_size=self.minibatch_size,
+            num_epochs=self.num_epochs,
+            lr=self.lr,
+        )
+        if self.minibatch_size > self.train_batch_size:
+            raise ValueError(
+                f"minibatch_size ({self.minibatch_size}) must not exceed train_batch_size "
+                f"({self.train_batch_size})"
+            )
+
+
+@dataclass(frozen=True)
+class RllibSACConfig:
+    """SAC hyperparameters with prioritized experience replay (RLlib names).
+
+    Replay is RLlib's ``PrioritizedEpisodeReplayBuffer``: transitions are drawn with
+    probability ∝ ``|TD error|^α`` and importance-weighted by ``(N·P)^-β``; the Learner
+    writes each sampled transition's new TD error back as its priority.
+
+    Attributes:
+        train_batch_size: Transitions per gradient step (sampled from the buffer).
+        actor_lr: Adam step size of the policy.
+        critic_lr: Adam step size of the twin Q networks.
+        alpha_lr: Adam step size of the entropy temperature.
+        gamma: Discount factor per control interval.
+        tau: Polyak coefficient of the target Q networks.
+        initial_alpha: Initial entropy temperature.
+        n_step: n-step returns.
+        buffer_capacity: Replay capacity [env steps].
+        prioritized_replay: Prioritized replay (``False``: uniform ``EpisodeReplayBuffer``).
+        prioritized_replay_alpha: Priority exponent α (0 is uniform).
+        prioritized_replay_beta: Importance-sampling exponent β.
+        learning_starts: Env steps sampled (random-ish policy) before the first update.
+        training_intensity: Replayed / sampled step ratio; ``None`` lets RLlib use
+            ``train_batch_size / rollout fragment`` (one update per sampled fragment).
+        hidden_sizes: Hidden layer widths of the policy and Q MLPs (relu).
+        normalize_observations: RLlib's ``MeanStdFilter`` (see :class:`RllibPPOConfig`).
+
+    Raises:
+        ValueError: If a size or rate is not positive, or α/β is outside [0, 1].
+    """
+
+    algorithm: ClassVar[str] = "SAC"
+
+    train_batch_size: int = 256
+    actor_lr: float = 3e-4
+    critic_lr: float = 3e-4
+    alpha_lr: float = 3e-4
+    gamma: float = 0.99
+    tau: float = 0.005
+    initial_alpha: float = 1.0
+    n_step: int = 1
+    buffer_capacity: int = 100_000
+    prioritized_replay: bool = True
+    prioritized_replay_alpha: float = 0.6
+    prioritized_replay_beta: float = 0.4
+    learning_starts: int = 1_000
+    training_intensity: float | None = None
+    hidden_sizes: Sequence[int] = (64, 64)
+    normalize_observations: bool = True
+
+    def __post_init__(self) -> None:
+        _positive(
+            "RllibSACConfig",
+            train_batch_size=self.train_batch_size,
+            actor_lr=self.actor_lr,
+            critic_lr=self.critic_lr,
+            alpha_lr=self.alpha_lr,
+            tau=self.tau,
+            n_step=self.n_step,
+            buffer_capacity=self.buffer_capacity,
+        )
+        for name in ("prioritized_replay_alpha", "prioritized_replay_beta"):
+            value = getattr(self, name)
+            if not 0.0 <= value <= 1.0:
+                raise ValueError(f"RllibSACConfig.{name} must be in [0, 1], got {value}")
+        if self.learning_starts < 0:
+            raise ValueError(
+                f"RllibSACConfig.learning_starts must be ≥ 0, got {self.learning_starts}"
+            )
+
+
+RllibAgentConfig = RllibPPOConfig | RllibSACConfig
+"""Any RLlib hyperparameter set :func:`pulsebms.agents.rllib.build_rllib_algorithm` takes."""
+
+
+@dataclass(frozen=True)
+class RaySettings:
+    """Where and how Ray runs a training job (the ``ray`` config group).
+
+    Attributes:
+        address: ``None`` or ``"local"``: start a private local Ray in this process (and
+            shut it down after). ``"auto"``: join the cluster started on this machine with
+            ``ray start --head``; ``"host:port"``: join that cluster's head (GCS address).
+            A joined cluster is only disconnected from at the end, never stopped.
+        num_cpus: CPUs of a local Ray (ignored when joining: the cluster has its own).
+        num_env_runners: Remote sampling actors (one CPU each); 0 samples in the driver
+            (the only bit-repeatable setting).
+        num_envs_per_env_runner: Envs each runner steps as one vector, so one batched
+            forward pass of the policy serves all of them.
+        num_cpus_per_env_runner: CPUs reserved per remote runner.
+        include_dashboard: Start Ray's dashboard (off: no web server, no extra processes).
+        log_level: Level of the ``ray`` loggers in the driver (``"ERROR"`` keeps the console
+            to real problems; RLlib's deprecation chatter is silenced below ``ERROR`` too).
+        temp_dir: Session folder of a local Ray (``None``: Ray's default ``/tmp/ray``);
+            keep it short (Unix socket paths are limited to ~107 characters).
+
+    Raises:
+        ValueError: If a count is negative or ``address`` is empty.
+    """
+
+    address: str | None = None
+    num_cpus: int | None = 2
+    num_env_runners: int = 0
+    num_envs_per_env_runner: int = 1
+    num_cpus_per_env_runner: float = 1.0
+    include_dashboard: bool = False
+    log_level: str = "ERROR"
+    temp_dir: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.address is not None and not str(self.address).strip():
+            raise ValueError("RaySettings.address must be null, 'local', 'auto' or 'host:port'")
+        if self.num_env_runners < 0:
+            raise ValueError(f"num_env_runners must be ≥ 0, got {self.num_env_runners}")
+        if self.num_envs_per_env_runner < 1:
+            raise ValueError(
+                f"num_envs_per_env_runner must be ≥ 1, got {self.num_envs_per_env_runner}"
+            )
+        if self.num_cpus is not None and self.num_cpus < 1:
+            raise ValueError(f"num_cpus must be ≥ 1, got {self.num_cpus}")
+        if self.num_cpus_per_env_runner < 0:
+            raise ValueError(
+                f"num_cpus_per_env_runner must be ≥ 0, got {self.num_cpus_per_env_runner}"
+            )
+
+    @property
+    def joins_cluster(self) -> bool:
+        """Whether ``address`` names an existing cluster (``auto`` or ``host:port``)."""
+        return self.address is not None and self.address.strip().lower() != "local"

@@ -1,0 +1,38 @@
+"""``pulsebms-bench ray`` at smoke settings: it runs all three samplers and prints figures.
+
+Speed figures and ratios are printed, never asserted (a busy machine is not a bug).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+
+from pulsebms.benchmarks import ray as bench
+
+
+@pytest.mark.slow
+@pytest.mark.filterwarnings(
+    "ignore:.*Overriding environment rllib-single-agent-env-v0 already in registry:UserWarning"
+)
+def test_ray_benchmark_prints_finite_throughput_for_each_sampler(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    assert bench.main(["--quick", "--envs", "2", "--batch", "64"]) == 0
+    out = capsys.readouterr().out
+    result_lines = [line for line in out.splitlines() if line.startswith("RESULT ")]
+    assert result_lines, out[-2000:]
+    result = json.loads(result_lines[-1][len("RESULT ") :])
+    for name in ("sb3_ppo", "rllib_1_runner", "rllib_2_runners"):
+        for key in ("sample_steps_per_s", "train_steps_per_s"):
+            assert math.isfinite(result[name][key]), (name, key)
+            assert result[name][key] > 0, (name, key)
+    assert result["envs_per_sampler"] == 2
+    assert math.isfinite(result["sample_2_over_1_runner"])
+
+
+def test_batch_must_split_over_two_runners() -> None:
+    with pytest.raises(SystemExit):
+        bench.main(["--envs", "4", "--batch", "100"])
