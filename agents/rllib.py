@@ -517,6 +517,8 @@ class RllibIterationMetrics:
         time_this_iter_s: Wall time of the iteration [s].
         qf_loss: SAC critic loss (NaN for PPO, and before SAC's first update).
         alpha: SAC entropy temperature (NaN for PPO).
+        lagrange_multiplier: PPO-Lagrangian's λ after the update (NaN for other agents).
+        cost_vf_loss: PPO-Lagrangian's cost-critic loss (NaN for other agents).
     """
 
     iteration: int
@@ -532,6 +534,8 @@ class RllibIterationMetrics:
     time_this_iter_s: float
     qf_loss: float = math.nan
     alpha: float = math.nan
+    lagrange_multiplier: float = math.nan
+    cost_vf_loss: float = math.nan
 
     @classmethod
     def from_result(cls, result: Mapping[str, Any]) -> RllibIterationMetrics:
@@ -567,6 +571,8 @@ class RllibIterationMetrics:
             time_this_iter_s=num(result, "time_this_iter_s"),
             qf_loss=num(learner, "qf_loss"),
             alpha=num(learner, "alpha_value"),
+            lagrange_multiplier=num(learner, "lagrange_multiplier"),
+            cost_vf_loss=num(learner, "cost_vf_loss"),
         )
 
 

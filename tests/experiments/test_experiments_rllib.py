@@ -239,3 +239,39 @@ def test_multirun_trains_rllib_ppo_and_sac(tmp_path: Path) -> None:
     assert "DeprecationWarning" not in output
     assert "deprecat" not in output.lower()
     assert "dashboard" not in output.lower()
+
+
+@pytest.mark.usefixtures("hydra_ctx")
+def test_rllib_ppo_lagrangian_trains_and_exports_from_hydra(tmp_path: Path) -> None:
+    """agent=rllib_ppo_lagrangian: the config-hook seam turns RLlib PPO into PPO-Lag."""
+    import ray
+
+    from pulsebms.agents.lagrangian import RllibPPOLagrangianConfig
+    from pulsebms.experiments.train import run_training
+    from pulsebms.export import export_checkpoint
+
+    cfg = _compose("agent=rllib_ppo_lagrangian", "agent.cost_limit=0.0", *TINY, *TINY_PPO)
+    agent = instantiate(cfg.agent, _convert_="object")
+    assert isinstance(agent, RllibPPOLagrangianConfig)
+    assert agent.cost_limit == 0.0
+    temp = Path("/tmp") / f"pb-lag-{os.getpid()}"
+    cfg = _compose("agent=rllib_ppo_lagrangian", *TINY, *TINY_PPO, f"ray.temp_dir={temp}")
+    try:
+        result = run_training(cfg, tmp_path / "train")
+    finally:
+        shutil.rmtree(temp, ignore_errors=True)
+    assert not ray.is_initialized()
+    progress = (tmp_path / "train" / "progress.csv").read_text()
+    header, *rows = progress.splitlines()
+    column = header.split(",").index("lagrange_multiplier")
+    lambdas = [float(row.split(",")[column]) for row in rows]
+    assert lambdas and all(0.0 <= lam <= agent.lagrangian_max for lam in lambdas), lambdas
+    ckpt = Path(result["model_path"])
+    exported = export_checkpoint(
+        ckpt,
+        tmp_path / "deploy",
+        env_id=str(cfg.env.id),
+        env_kwargs={"horizon_steps": 8, "dt_s": 900.0},
+        n_parity=16,
+    )
+    assert exported.parity.max_abs_diff <= 1e-5
