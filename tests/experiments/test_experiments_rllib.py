@@ -265,7 +265,8 @@ def test_rllib_ppo_lagrangian_trains_and_exports_from_hydra(tmp_path: Path) -> N
     header, *rows = progress.splitlines()
     column = header.split(",").index("lagrange_multiplier")
     lambdas = [float(row.split(",")[column]) for row in rows]
-    assert lambdas and all(0.0 <= lam <= agent.lagrangian_max for lam in lambdas), lambdas
+    assert lambdas
+    assert all(0.0 <= lam <= agent.lagrangian_max for lam in lambdas), lambdas
     ckpt = Path(result["model_path"])
     exported = export_checkpoint(
         ckpt,
