@@ -8,6 +8,13 @@ same circuit as the fleet twin's ECM fidelity. Per chemistry:
   small entropic temperature dependence is not modelled);
 * ``R0``, ``R1``, ``τ`` bilinear in (temperature, SoC), clamped to the grid's edges
   (−10 … 60 °C, SoC 10 … 90 %);
+* optionally an **asymmetry** ``A`` on (temperature, SoC) [Ω] (``asymmetry_ohm``; zero where
+  absent): half the difference between the charge and the discharge pulse resistances of
+  the fit, a voltage ``A·|I|`` the same for both directions (an SPM's surface
+  concentration sits on a curved OCV: its overpotential is not odd in the current);
+* optionally an R0 **rate factor** on (temperature, C-rate) (``rate_c``, a uniform C-rate
+  grid, and ``r0_rate_factor``; 1 where absent): R0 fitted at each C-rate over R0 at C/2
+  (the charge-transfer overpotential is not linear in the current);
 * optionally a **model error** per ampere of cell current, piecewise linear in SoC
   (``model_error_soc``, ``model_error_ohm``; zero where absent): how far the circuit's
   voltage may be from the cell's under current, where the circuit is known to be poor
@@ -18,7 +25,7 @@ The cell (+ = discharge, current ``I`` held over a step of ``dt``)::
 
     SoC'  = SoC − I·dt / (3600·Q)
     v_rc' = v_rc·exp(−dt/τ) + R1·(1 − exp(−dt/τ))·I
-    V     = OCV(SoC) − v_rc − R0·I
+    V     = OCV(SoC) − v_rc − R0·f(|I|/Q)·I + A·|I|
 
 Example:
     >>> cell = EcmCell.load("NMC")
@@ -77,6 +84,9 @@ class EcmCell:
         r0_ohm: R0 on (temperature, SoC) [Ω].
         r1_ohm: R1 on (temperature, SoC) [Ω].
         tau_s: τ on (temperature, SoC) [s].
+        asymmetry_ohm: Asymmetry ``A`` on (temperature, SoC) [Ω] (empty: none).
+        rate_c: Uniform C-rate grid of the rate factor (empty: none).
+        r0_rate_factor: R0 factor ``f`` on (temperature, ``rate_c``) (empty: none).
         model_error_soc: Increasing SoC points of the model-error table (empty: none).
         model_error_ohm: Model error per ampere of cell current on ``model_error_soc`` [Ω].
     """
@@ -92,6 +102,9 @@ class EcmCell:
     r0_ohm: FloatArray
     r1_ohm: FloatArray
     tau_s: FloatArray
+    asymmetry_ohm: FloatArray = field(default_factory=lambda: np.zeros(0))
+    rate_c: FloatArray = field(default_factory=lambda: np.zeros(0))
+    r0_rate_factor: FloatArray = field(default_factory=lambda: np.zeros(0))
     model_error_soc: FloatArray = field(default_factory=lambda: np.zeros(0))
     model_error_ohm: FloatArray = field(default_factory=lambda: np.zeros(0))
     _ocv_list: list[float] = field(init=False, repr=False, compare=False)
@@ -101,6 +114,8 @@ class EcmCell:
     _t_axis: tuple[float, float, int] = field(init=False, repr=False, compare=False)
     _circuit_lists: tuple[list[list[float]], ...] = field(init=False, repr=False, compare=False)
     _error_lists: tuple[list[float], list[float]] = field(init=False, repr=False, compare=False)
+    _rate_axis: tuple[float, float, int] = field(init=False, repr=False, compare=False)
+    _rate_lists: list[list[float]] = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         soc0, dsoc, n_soc = _uniform(self.soc_grid, "soc_grid")
@@ -112,6 +127,21 @@ class EcmCell:
             arr = getattr(self, name)
             if arr.shape != (n_t, n_c) or not np.all(np.isfinite(arr)):
                 raise ValueError(f"{name} must be finite with shape ({n_t}, {n_c})")
+        if self.asymmetry_ohm.size and (
+            self.asymmetry_ohm.shape != (n_t, n_c) or not np.all(np.isfinite(self.asymmetry_ohm))
+        ):
+            raise ValueError(f"asymmetry_ohm must be finite with shape ({n_t}, {n_c})")
+        if self.rate_c.size or self.r0_rate_factor.size:
+            rate_axis = _uniform(self.rate_c, "rate_c")
+            if self.r0_rate_factor.shape != (n_t, rate_axis[2]) or not np.all(
+                np.isfinite(self.r0_rate_factor) & (self.r0_rate_factor > 0)
+            ):
+                raise ValueError(f"r0_rate_factor must be finite, > 0, shape ({n_t}, n_rates)")
+            rate_lists = [[float(v) for v in row] for row in self.r0_rate_factor]
+        else:
+            rate_axis, rate_lists = (0.0, 1.0, 2), [[1.0, 1.0] for _ in range(n_t)]
+        object.__setattr__(self, "_rate_axis", rate_axis)
+        object.__setattr__(self, "_rate_lists", rate_lists)
         if np.any(self.tau_s <= 0) or np.any(self.r0_ohm < 0) or np.any(self.r1_ohm < 0):
             raise ValueError("circuit tables must have R0, R1 >= 0 and tau > 0")
         if self.model_error_soc.shape != self.model_error_ohm.shape or (
@@ -133,7 +163,8 @@ class EcmCell:
         object.__setattr__(self, "_soc_axis", (soc0, dsoc, n_soc))
         object.__setattr__(self, "_c_axis", (c0, dc, n_c))
         object.__setattr__(self, "_t_axis", (t0, dt, n_t))
-        tables = (self.r0_ohm, self.r1_ohm, self.tau_s)
+        asymmetry = self.asymmetry_ohm if self.asymmetry_ohm.size else np.zeros((n_t, n_c))
+        tables = (self.r0_ohm, self.r1_ohm, self.tau_s, asymmetry)
         lists = tuple([[float(v) for v in row] for row in a] for a in tables)
         object.__setattr__(self, "_circuit_lists", lists)
 
@@ -176,6 +207,13 @@ class EcmCell:
 
     def circuit(self, soc: float, temperature_c: float) -> tuple[float, float, float]:
         """R0 [Ω], R1 [Ω], τ [s] at (``soc``, ``temperature_c``), bilinear and clamped."""
+        r0, r1, tau, _ = self.circuit_and_asymmetry(soc, temperature_c)
+        return r0, r1, tau
+
+    def circuit_and_asymmetry(
+        self, soc: float, temperature_c: float
+    ) -> tuple[float, float, float, float]:
+        """R0 [Ω], R1 [Ω], τ [s] and the asymmetry A [Ω], bilinear and clamped."""
         js, ws = self._locate(soc, self._c_axis)
         jt, wt = self._locate(temperature_c, self._t_axis)
         out = []
@@ -184,7 +222,16 @@ class EcmCell:
             a = lo[js] + (lo[js + 1] - lo[js]) * ws
             b = hi[js] + (hi[js + 1] - hi[js]) * ws
             out.append(a + (b - a) * wt)
-        return out[0], out[1], out[2]
+        return out[0], out[1], out[2], out[3]
+
+    def rate_factor(self, c_rate: float, temperature_c: float) -> float:
+        """R0 factor ``f`` at ``c_rate`` (absolute) and ``temperature_c`` (1 without a table)."""
+        jr, wr = self._locate(c_rate, self._rate_axis)
+        jt, wt = self._locate(temperature_c, self._t_axis)
+        lo, hi = self._rate_lists[jt], self._rate_lists[jt + 1]
+        a = lo[jr] + (lo[jr + 1] - lo[jr]) * wr
+        b = hi[jr] + (hi[jr + 1] - hi[jr]) * wr
+        return a + (b - a) * wt
 
     def model_error_ohm_at(self, soc: float) -> float:
         """Model error per ampere of cell current at ``soc`` [Ω] (0 without a table)."""
@@ -239,6 +286,9 @@ def _read(path: Path, chemistry: str) -> EcmCell:
             r0_ohm=np.asarray(raw["r0_ohm"], dtype=np.float64),
             r1_ohm=np.asarray(raw["r1_ohm"], dtype=np.float64),
             tau_s=np.asarray(raw["tau_s"], dtype=np.float64),
+            asymmetry_ohm=np.asarray(raw.get("asymmetry_ohm", []), dtype=np.float64),
+            rate_c=np.asarray(raw.get("rate_c", []), dtype=np.float64),
+            r0_rate_factor=np.asarray(raw.get("r0_rate_factor", []), dtype=np.float64),
             model_error_soc=np.asarray(raw.get("model_error_soc", []), dtype=np.float64),
             model_error_ohm=np.asarray(raw.get("model_error_ohm", []), dtype=np.float64),
         )

@@ -25,7 +25,8 @@ the SoC has settled (``learning_soc_std``, ``learning_settle_updates``).
 Per update (cell current ``i`` = pack current / parallel, held since the last update)::
 
     predict:  SoC -= (i − b)·dt/(3600·Q·h);  v_rc = a·v_rc + g·R1·(1 − a)·(i − b)
-    correct:  V = OCV(SoC) − v_rc − g·R0·(i − b)     (a = exp(−dt/τ); R0, R1, τ at SoC, T)
+    correct:  V = OCV(SoC) − v_rc − g·R0·(i − b) + A·|i − b|
+              (a = exp(−dt/τ); R0, R1, τ and the charge/discharge asymmetry A at SoC, T)
 
 Bad input never raises: a non-finite or implausible current skips the update (the next
 accepted one integrates the whole gap); a bad voltage keeps the prediction (charge
@@ -338,9 +339,11 @@ class FleetEstimator:
         # ---- correct
         if v_ok:
             ocv, slope = cell.ocv_and_slope(soc_p)
-            r0_p, _, _ = cell.circuit(soc_p, temp)
-            predicted_v = ocv - v_rc_p - g * r0_p * i_c
-            hvec = np.array([slope, -1.0, -r0_p * i_c, 0.0, g * r0_p])
+            r0_p, _, _, asym = cell.circuit_and_asymmetry(soc_p, temp)
+            r0_p *= cell.rate_factor(abs(i_c) / q_ah, temp)
+            predicted_v = ocv - v_rc_p - g * r0_p * i_c + asym * abs(i_c)
+            d_asym = asym if i_c < 0.0 else -asym
+            hvec = np.array([slope, -1.0, -r0_p * i_c, 0.0, g * r0_p + d_asym])
             ph = p @ hvec
             innovation = v - predicted_v
             # Measurement variance: the floor, or what the recent innovations say the
