@@ -5,7 +5,10 @@
 clock (one control interval of the environment per tick, no real waiting), and returns a
 :class:`HilReport`: the runtime's KPIs, the twin's, and whether the runtime's observation
 matched the twin's (:mod:`pulsebms.hil.parity`). A run whose parity fails says so in
-``parity_ok`` / ``parity``; the command line exits non-zero on it.
+``parity_ok`` / ``parity``; the command line exits non-zero on it. With the runtime's
+estimator on (the default), ``estimation`` rates its SoC estimate against the twin's truth
+per pack; where the signal map has no SoC/SoH the runtime runs on that estimate and the
+parity leaves those entries out. ``noise`` puts seeded sensor errors on the twin's readings.
 
 Example:
     >>> report = run_hil("deploy/manifest.json", n_ticks=50)  # doctest: +SKIP
