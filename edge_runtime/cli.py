@@ -173,6 +173,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--n-ticks", type=_count, help="stop after this many ticks")
     p.add_argument("--duration-s", type=_non_negative, help="stop after this long")
     p.add_argument("--metrics-json", help="also write the final metrics here")
+    p.add_argument(
+        "--no-estimator",
+        action="store_true",
+        help="no SoC/SoH estimator (packs whose BMS reports no SoC/SoH then stay safe)",
+    )
     p.add_argument("--log-level", default="WARNING", help="logging level (default WARNING)")
     return p
 
@@ -296,6 +301,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 site_source=args.site,
                 counter_tolerance=args.counter_tolerance,
                 checksum_tolerance=args.checksum_tolerance,
+                estimator=None if args.no_estimator else "auto",
             )
         except ValueError as exc:
             print(f"{PROG}: error: {exc}", file=sys.stderr)

@@ -32,6 +32,16 @@ Several buses (one per pack or group) come from the codec (``bus_names``, ``bus_
 the site demand comes from CAN or any :class:`~pulsebms.edge_runtime.site.SiteSource`.
 Safe-state reasons are the bits of :class:`SafeReason`, also sent in the command frame's
 ``Reason`` signal.
+
+**State estimation** (:class:`~pulsebms.edge_runtime.estimation.FleetEstimator`, on by
+default, ``estimator=None`` turns it off): after a frame's safety check and any safe-state
+frame it caused, a pack's filter is updated once per new (current, cell voltage) sample.
+Where the signal map carries no ``soc`` / ``soh`` the store takes the estimate instead (the
+pack is then complete and runs on the estimated SoC: limit check, observation, shield).
+Where the BMS reports both, the estimate is a plausibility cross-check only: a reported
+value outside the estimate's tolerance gives an ``estimate_disagreement`` event and counts
+in ``RuntimeMetrics.estimate_disagreements``; it does **not** put the pack in the safe
+state (the BMS's own values stay the ones acted on).
 """
 
 from __future__ import annotations
@@ -61,6 +71,7 @@ from pulsebms.edge_runtime.codec import (
     SiteFrame,
     TelemetryFrame,
 )
+from pulsebms.edge_runtime.estimation import FleetEstimator
 from pulsebms.edge_runtime.manifest import Manifest, ManifestError, load_manifest
 from pulsebms.edge_runtime.monitor import SafetyTimer
 from pulsebms.edge_runtime.observation import ObservationBuilder
@@ -112,6 +123,20 @@ DEFAULT_BUS = "default"
 """Bus name used when the codec names none."""
 
 
+_VOLTAGE_KEYS = frozenset({"cell_voltage_v", "cell_voltage_min_v", "cell_voltage_max_v"})
+
+
+def _reported_quantities(codec: object) -> frozenset[str] | None:
+    """Telemetry quantities the codec's signal map carries (None: cannot tell)."""
+    telemetry = getattr(getattr(codec, "signal_map", None), "telemetry", None)
+    if not isinstance(telemetry, (tuple, list)):
+        return None
+    try:
+        return frozenset(k for m in telemetry for k in m.signals)
+    except (AttributeError, TypeError):
+        return None
+
+
 class ActingPolicy(Protocol):
     """Anything with ``act(observation) -> action`` (the ONNX policy, a test stub)."""
 
@@ -129,7 +154,8 @@ class RuntimeEvent:
         kind: ``violation``, ``malformed``, ``stale``, ``recovered``, ``bms_fault``,
             ``policy_fallback``, ``site_stale``, ``send_error``, ``bus_error``,
             ``internal_error``, ``counter_error``, ``checksum_error``, ``site_error``,
-            ``stop``.
+            ``stop``, ``estimate_disagreement`` (the BMS's SoC/SoH is implausible against
+            the runtime's estimate: reported, the pack is not put safe).
         pack: The pack concerned, if any.
         detail: Human-readable detail.
     """
@@ -166,6 +192,9 @@ class RuntimeMetrics:
         send_errors: Frames the bus refused.
         bus_errors: Failed reads from the bus.
         overruns: Ticks that started late because the previous one overran.
+        estimate_updates: Samples folded into the state estimator.
+        estimate_disagreements: Transitions of a pack into disagreement between its BMS's
+            SoC/SoH and the estimate (events, not safe states).
         tick_latency_s: Recent tick latencies [s] (telemetry snapshot → set-points sent).
     """
 
@@ -190,6 +219,8 @@ class RuntimeMetrics:
     send_errors: int = 0
     bus_errors: int = 0
     overruns: int = 0
+    estimate_updates: int = 0
+    estimate_disagreements: int = 0
     tick_latency_s: collections.deque[float] = field(
         default_factory=lambda: collections.deque(maxlen=100_000)
     )
@@ -298,10 +329,15 @@ class EdgeRuntime:
         time_of_day: Fallback source of the time of day [s since midnight] when the site
             values carry none.
         max_events: Events kept in :attr:`events`.
+        estimator: State estimation: ``"auto"`` (default) builds a
+            :class:`~pulsebms.edge_runtime.estimation.FleetEstimator` from the manifest's
+            ratings, or give one, or ``None`` for none. It supplies SoC/SoH the signal map
+            does not carry and cross-checks those it does (see the module docstring).
 
     Raises:
         ValueError: If the codec's fleet size differs from the manifest's, a bus of the
-            codec is missing, or a period, timeout or tolerance is out of range.
+            codec is missing, or a period, timeout or tolerance is out of range, or the
+            signal map lacks SoC/SoH and no estimator can be had.
         ManifestError: If the shield cannot be built from the manifest's settings.
 
     Example:
@@ -330,6 +366,7 @@ class EdgeRuntime:
         clock: Callable[[], float] = time.monotonic,
         time_of_day: Callable[[], float] = local_time_of_day_s,
         max_events: int = 10_000,
+        estimator: FleetEstimator | str | None = "auto",
     ) -> None:
         n = manifest.n_packs
         self.manifest = manifest
@@ -443,6 +480,7 @@ class EdgeRuntime:
         self._stop_commanded = False
         self._timer: SafetyTimer | None = None
         self.bus_error_backoff_s = 0.05
+        self._setup_estimator(estimator)
 
     def _setup_buses(self, bus: can.BusABC | Mapping[str, can.BusABC]) -> None:
         names = tuple(getattr(self.codec, "bus_names", ()) or (DEFAULT_BUS,))
@@ -509,6 +547,100 @@ class EdgeRuntime:
             intra_op_threads=intra_op_threads,
         )
         return cls(manifest, policy, bus, **kwargs)
+
+    # ------------------------------------------------------------------ estimation
+    def _setup_estimator(self, estimator: FleetEstimator | str | None) -> None:
+        reported = _reported_quantities(self.codec)
+        missing = tuple(q for q in ("soc", "soh") if reported is not None and q not in reported)
+        self.estimated_quantities: tuple[str, ...] = missing
+        """Quantities the store takes from the estimator (the signal map lacks them)."""
+        est: FleetEstimator | None
+        if isinstance(estimator, FleetEstimator):
+            if estimator.n_packs != self.n_packs:
+                raise ValueError(
+                    f"estimator has {estimator.n_packs} packs, the manifest {self.n_packs}"
+                )
+            est = estimator
+        elif estimator == "auto":
+            try:
+                est = FleetEstimator(self.ratings)
+            except ValueError as exc:
+                if missing:
+                    raise ValueError(
+                        f"the signal map carries no {'/'.join(missing)} and the estimator "
+                        f"cannot be built: {exc}"
+                    ) from exc
+                logger.warning("no state estimator (SoC/SoH cross-check off): %s", exc)
+                est = None
+        elif estimator is None:
+            est = None
+            if missing:
+                logger.warning(
+                    "the signal map carries no %s and the estimator is off: every pack "
+                    "stays incomplete (safe)",
+                    "/".join(missing),
+                )
+        else:
+            raise ValueError(f"estimator must be 'auto', None or a FleetEstimator: {estimator!r}")
+        self.estimator: FleetEstimator | None = est
+        """The state estimator, or ``None``."""
+        self._est_cross_check = est is not None and len(missing) < 2
+        self._est_current_seen = [False] * self.n_packs
+        self._est_disagree = np.zeros(self.n_packs, dtype=bool)
+
+    @property
+    def estimate_disagreement(self) -> BoolArray:
+        """Per pack, whether its BMS's SoC/SoH disagrees with the estimate now."""
+        return self._est_disagree.copy()
+
+    def _update_estimate(self, frame: TelemetryFrame, t: float) -> None:
+        """Fold a new (current, cell voltage) sample of the frame's pack into the estimator.
+
+        Called after the frame's safety check. A sample is taken when a frame carrying a
+        cell voltage (single, min/max or cells) arrives with or after a current since the
+        last sample: once per telemetry cycle whatever the map splits into frames.
+        """
+        est = self.estimator
+        if est is None:
+            return
+        pack = frame.pack
+        values = frame.values
+        if "current_a" in values:
+            self._est_current_seen[pack] = True
+        if not self._est_current_seen[pack]:
+            return
+        if not (getattr(frame, "cell_voltages_v", None) or values.keys() & _VOLTAGE_KEYS):
+            return
+        self._est_current_seen[pack] = False
+        soc, soh, cur, vmin, vmax, tmin, tmax = self.store.pack_values(pack)
+        volt = float(values.get("cell_voltage_v", 0.5 * (vmin + vmax)))
+        est.update(pack, t, cur, volt, 0.5 * (tmin + tmax))
+        self.metrics.estimate_updates += 1
+        if self.estimated_quantities:
+            own = {"soc": float(est.soc[pack]), "soh": float(est.soh[pack])}
+            out = {q: own[q] for q in self.estimated_quantities if math.isfinite(own[q])}
+            if out:
+                self.store.update_pack(pack, out, now_s=t)
+        if self._est_cross_check and math.isfinite(soc) and math.isfinite(soh):
+            self._cross_check(pack, t)
+
+    def _cross_check(self, pack: int, t: float) -> None:
+        est = self.estimator
+        if est is None:
+            return
+        values = self.store.values
+        bad = bool(est.disagreement(values["soc"], values["soh"])[pack])
+        if bad and not self._est_disagree[pack]:
+            self.metrics.estimate_disagreements += 1
+            detail = (
+                f"BMS SoC {values['soc'][pack]:.3f} SoH {values['soh'][pack]:.3f}, estimate "
+                f"SoC {est.soc[pack]:.3f}±{est.soc_std[pack]:.3f} "
+                f"SoH {est.soh[pack]:.3f}±{est.soh_std[pack]:.3f} (not a safe state)"
+            )
+            self._event("estimate_disagreement", pack, detail, now_s=t)
+        elif not bad and self._est_disagree[pack]:
+            logger.info("pack=%s BMS SoC/SoH agree with the estimate again", pack)
+        self._est_disagree[pack] = bad
 
     # ------------------------------------------------------------------ reporting
     def _event(self, kind: str, pack: int | None, detail: str, *, now_s: float) -> None:
@@ -735,6 +867,7 @@ class EdgeRuntime:
                 self.metrics.violations += len(found)
                 detail = ", ".join(f"{name}: {v:.4g} vs {b:.4g}" for name, v, b in found)
                 self._mark_bad(pack, SafeReason.VIOLATION, detail, t)
+        self._update_estimate(frame, t)  # after the check and any safe frame: not in latency
 
     def limit_violations(self, pack: int) -> list[tuple[str, float, float]]:
         """The limits ``pack``'s latest telemetry exceeds, as ``(limit, value, bound)``.

@@ -342,7 +342,8 @@ class CommandMap:
 def _coverage_errors(telemetry: Sequence[MessageMap]) -> list[str]:
     keys = {k for m in telemetry for k in m.signals}
     cells = any(m.cells is not None for m in telemetry)
-    errors = [f"'{k}'" for k in ("soc", "soh", "current_a") if k not in keys]
+    # soc / soh are optional: without them the runtime runs on its own estimate
+    errors = [] if "current_a" in keys else ["'current_a'"]
     if not (
         "cell_voltage_v" in keys or {"cell_voltage_min_v", "cell_voltage_max_v"} <= keys or cells
     ):
@@ -357,9 +358,10 @@ class SignalMap:
     """Which DBC signal carries which PulseBMS quantity (version 2).
 
     Attributes:
-        telemetry: The per-pack telemetry messages; together they must carry ``soc``,
-            ``soh``, ``current_a``, a cell voltage (single, min+max, or cells) and a
-            temperature (single or min+max).
+        telemetry: The per-pack telemetry messages; together they must carry
+            ``current_a``, a cell voltage (single, min+max, or cells) and a temperature
+            (single or min+max); ``soc`` and ``soh`` are optional (without them the
+            runtime uses its estimate, :mod:`pulsebms.edge_runtime.estimation`).
         command: The per-pack command.
         site: The site message, or ``None`` (no site frame on CAN: the runtime takes the
             site demand from another source).

@@ -6,7 +6,8 @@
 Exit status: 0 when the run completed and the observation parity held, 1 when it refused
 to start (missing or tampered manifest or model, bad signal map or DBC), 2 when the run
 completed but the runtime's observation did not match the twin's (the report's ``parity``
-says why).
+says why). ``--noise SEED`` adds seeded sensor noise to the twin's readings; the report's
+``estimation`` rates the runtime's SoC estimate against the twin's truth per pack.
 
 Example:
     >>> main(["--manifest", "deploy/manifest.json", "--n-ticks", "50"])  # doctest: +SKIP
@@ -59,6 +60,17 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--signal-map", help="signal map (JSON/YAML) of the DBC; docs/signal_map.md")
     p.add_argument("--codec-backend", choices=("compiled", "cantools"), default="compiled")
     p.add_argument(
+        "--noise",
+        type=int,
+        metavar="SEED",
+        help="seeded sensor noise on the twin's readings (±10 mV, ±0.5 %% current gain, ...)",
+    )
+    p.add_argument(
+        "--no-estimator",
+        action="store_true",
+        help="run the edge runtime without its SoC/SoH estimator",
+    )
+    p.add_argument(
         "--obs-tolerance",
         type=float,
         default=DEFAULT_OBS_TOLERANCE,
@@ -103,6 +115,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             dbc_path=args.dbc,
             signal_map=signal_map,
             codec_backend=args.codec_backend,
+            noise=args.noise,
+            runtime_kwargs={"estimator": None} if args.no_estimator else None,
         )
     except (ManifestError, ModelIntegrityError, FileNotFoundError, ValueError) as exc:
         print(f"{p.prog}: refusing to start: {exc}", file=sys.stderr)

@@ -13,7 +13,9 @@ needs. A tick is
 Parity holds when at least one tick was compared and none mismatched.
 
 Forecast entries are left out of the difference: the bus carries no forecast, the runtime
-fills them by persistence (see :mod:`pulsebms.edge_runtime.observation`).
+fills them by persistence (see :mod:`pulsebms.edge_runtime.observation`). So are the
+sources given as ``not_compared`` (e.g. ``soc`` when the BMS does not report it and the
+runtime runs on its estimate: the HIL report rates the estimate separately).
 
 Example:
     >>> import numpy as np
@@ -74,6 +76,7 @@ class ObservationParity:
         fields: The runtime's observation fields (``EdgeRuntime.builder.fields``): their
             slices say which entries are compared and name the entry that differs.
         tolerance: Largest absolute difference per entry still counted as equal.
+        not_compared: Further observation sources left out (beside the forecasts).
 
     Attributes:
         compared_ticks: Ticks compared (no pack in the safe state).
@@ -84,7 +87,13 @@ class ObservationParity:
         detail: What the first mismatch was (``None`` before any).
     """
 
-    def __init__(self, fields: Sequence[_Field], *, tolerance: float = DEFAULT_OBS_TOLERANCE):
+    def __init__(
+        self,
+        fields: Sequence[_Field],
+        *,
+        tolerance: float = DEFAULT_OBS_TOLERANCE,
+        not_compared: Sequence[str] = (),
+    ):
         if not tolerance >= 0.0:
             raise ValueError(f"tolerance must be >= 0, got {tolerance}")
         self.tolerance = float(tolerance)
@@ -92,7 +101,7 @@ class ObservationParity:
         size = max((f.stop for f in self._fields), default=0)
         mask = np.ones(size, dtype=bool)
         for f in self._fields:
-            if f.source in NOT_COMPARED_SOURCES:
+            if f.source in NOT_COMPARED_SOURCES or f.source in not_compared:
                 mask[f.start : f.stop] = False
         self._mask: BoolArray = mask
         self.compared_ticks = 0

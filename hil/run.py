@@ -5,7 +5,10 @@
 clock (one control interval of the environment per tick, no real waiting), and returns a
 :class:`HilReport`: the runtime's KPIs, the twin's, and whether the runtime's observation
 matched the twin's (:mod:`pulsebms.hil.parity`). A run whose parity fails says so in
-``parity_ok`` / ``parity``; the command line exits non-zero on it.
+``parity_ok`` / ``parity``; the command line exits non-zero on it. With the runtime's
+estimator on (the default), ``estimation`` rates its SoC estimate against the twin's truth
+per pack; where the signal map has no SoC/SoH the runtime runs on that estimate and the
+parity leaves those entries out. ``noise`` puts seeded sensor errors on the twin's readings.
 
 Example:
     >>> report = run_hil("deploy/manifest.json", n_ticks=50)  # doctest: +SKIP
@@ -16,7 +19,7 @@ Example:
 from __future__ import annotations
 
 import collections
-import inspect
+import math
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -30,10 +33,11 @@ import pulsebms.envs  # noqa: F401 - registers the PulseBMS ids
 from pulsebms.edge_runtime.codec import CanCodec, SignalMap
 from pulsebms.edge_runtime.manifest import load_manifest
 from pulsebms.edge_runtime.runtime import EdgeRuntime
+from pulsebms.hil.noise import SensorNoise
 from pulsebms.hil.parity import DEFAULT_OBS_TOLERANCE, ObservationParity
 from pulsebms.hil.simulator import HilFaults, HilSimulator, SimClock
 
-__all__ = ["HilReport", "TwinSite", "run_hil"]
+__all__ = ["EstimationSummary", "HilReport", "TwinSite", "run_hil"]
 
 
 class TwinSite:
@@ -52,6 +56,74 @@ class TwinSite:
     def poll(self, now_s: float) -> Mapping[str, float] | None:
         """The twin's site values now, or ``None`` before the simulator exists."""
         return None if self.sim is None else self.sim.site_values()
+
+
+@dataclass(frozen=True)
+class EstimationSummary:
+    """How well the runtime's state estimate followed the twin's truth (per pack).
+
+    Sampled each tick after the runtime's tick (the estimate from that tick's telemetry)
+    against the twin's SoC/SoH of the same state.
+
+    Attributes:
+        estimated: Quantities the runtime ran on from its estimate (the map lacks them).
+        soc_rmse: SoC RMSE over every tick with an estimate (fraction, NaN: none).
+        soc_rmse_settled: SoC RMSE over the second half of the ticks (after convergence).
+        soc_final_error: Estimate − truth at the last tick.
+        soh_final_error: SoH estimate − truth at the last tick.
+        soc_max_rmse_settled: Largest ``soc_rmse_settled`` over the packs.
+        disagreements: The runtime's ``estimate_disagreements`` counter.
+    """
+
+    estimated: tuple[str, ...]
+    soc_rmse: list[float]
+    soc_rmse_settled: list[float]
+    soc_final_error: list[float]
+    soh_final_error: list[float]
+    soc_max_rmse_settled: float
+    disagreements: int
+
+
+class _EstimationTracker:
+    def __init__(self, n_packs: int) -> None:
+        self.errors: list[np.ndarray[Any, Any]] = []
+        self.soh_error = np.full(n_packs, np.nan)
+
+    def update(self, runtime: EdgeRuntime, sim: HilSimulator) -> None:
+        est = runtime.estimator
+        if est is None:
+            return
+        truth = sim.base.fleet_state()
+        self.errors.append(np.asarray(est.soc - truth.soc, dtype=np.float64))
+        self.soh_error = np.asarray(est.soh - truth.soh, dtype=np.float64)
+
+    def summary(self, runtime: EdgeRuntime) -> EstimationSummary | None:
+        if runtime.estimator is None:
+            return None
+
+        def rmse(rows: list[np.ndarray[Any, Any]]) -> list[float]:
+            if not rows:
+                return [math.nan] * runtime.n_packs
+            err = np.vstack(rows)
+            out = []
+            for col in err.T:
+                ok = col[np.isfinite(col)]
+                out.append(float(np.sqrt(np.mean(ok**2))) if ok.size else math.nan)
+            return out
+
+        settled = rmse(self.errors[len(self.errors) // 2 :])
+        final = self.errors[-1] if self.errors else np.full(runtime.n_packs, np.nan)
+        return EstimationSummary(
+            estimated=runtime.estimated_quantities,
+            soc_rmse=rmse(self.errors),
+            soc_rmse_settled=settled,
+            soc_final_error=[float(v) for v in final],
+            soh_final_error=[float(v) for v in self.soh_error],
+            soc_max_rmse_settled=float(np.nanmax(settled))
+            if np.isfinite(settled).any()
+            else math.nan,
+            disagreements=runtime.metrics.estimate_disagreements,
+        )
 
 
 @dataclass(frozen=True)
@@ -85,6 +157,8 @@ class HilReport:
             ``obs_mismatch_ticks == 0``.
         parity: One sentence: the verdict, the counts and the first mismatch.
         events: Runtime event counts by kind.
+        estimation: The runtime's state estimate against the twin's truth (``None`` with
+            the estimator off).
     """
 
     ticks: int
@@ -108,6 +182,7 @@ class HilReport:
     parity_ok: bool
     parity: str
     events: dict[str, int]
+    estimation: EstimationSummary | None = None
 
     def to_dict(self) -> dict[str, Any]:
         """Plain-JSON form."""
@@ -134,6 +209,7 @@ def run_hil(
     signal_map: SignalMap | str | Path | None = None,
     codec_backend: str = "compiled",
     separate_buses: bool = False,
+    noise: SensorNoise | int | None = None,
 ) -> HilReport:
     """Run the edge runtime against the twin on a python-can bus, in one process.
 
@@ -165,7 +241,9 @@ def run_hil(
             twin (:class:`TwinSite`) instead of the bus.
         codec_backend: Layout backend of both codecs (``compiled`` or ``cantools``).
         separate_buses: One channel (``{channel}-{name}``) per bus name of the signal map
-            instead of one for all; needs a runtime that takes one bus per name.
+            instead of one for all.
+        noise: Sensor noise on the twin's readings: a :class:`SensorNoise`, or its seed
+            (default bounds), or ``None`` for exact readings.
 
     Returns:
         The KPIs, with the parity verdict (a failed parity is reported, not raised).
@@ -201,21 +279,22 @@ def run_hil(
         }
         options.setdefault("codec", rt_codec)
         twin_site = TwinSite()
-        site_bridge = False  # a runtime without site sources: the loop feeds its store
         if not rt_codec.has_site:
-            if "site_source" in inspect.signature(EdgeRuntime).parameters:
-                options.setdefault("site_source", twin_site)
-            else:
-                site_bridge = True
+            options.setdefault("site_source", twin_site)
         runtime = EdgeRuntime.from_files(
             manifest_path, model_path, bus=rt_bus, tick_s=step_s, clock=clock, **options
         )
-        sim = HilSimulator(env, sim_bus, codec(), faults=faults)
+        sensors = SensorNoise(n, seed=noise) if isinstance(noise, int) else noise
+        sim = HilSimulator(env, sim_bus, codec(), faults=faults, noise=sensors)
         twin_site.sim = sim
         if sim.n_packs != n:
             raise ValueError(f"{env_id} has {sim.n_packs} packs, the manifest {n}")
-        series = np.asarray(runtime.ratings.series, dtype=np.float64)
-        parity = ObservationParity(runtime.builder.fields, tolerance=obs_tolerance)
+        parity = ObservationParity(
+            runtime.builder.fields,
+            tolerance=obs_tolerance,
+            not_compared=runtime.estimated_quantities,
+        )
+        tracker = _EstimationTracker(n)
         sim.reset(seed=seed)
         episodes = 1
         reward_sum = 0.0
@@ -225,10 +304,8 @@ def run_hil(
             twin_obs = sim.observation
             sim.send_telemetry(tick)
             runtime.poll(settle)
-            if site_bridge:
-                runtime.store.update_site(sim.site_values(), now_s=clock())
-            _pack_voltage_bridge(runtime, rt_codec, series)
             report = runtime.tick()
+            tracker.update(runtime, sim)
             sim.receive_setpoints(settle)
             parity.update(tick, report.observation, twin_obs, report.safe)
             reward, done, info = sim.step()
@@ -264,22 +341,9 @@ def run_hil(
             parity_ok=parity.ok,
             parity=parity.verdict(),
             events=dict(sorted(kinds.items())),
+            estimation=tracker.summary(runtime),
         )
     finally:
         for bus in (*rt_buses.values(), *sim_buses.values()):
             bus.shutdown()
         cast(Any, env).close()  # gymnasium's Env.close is unannotated
-
-
-def _pack_voltage_bridge(
-    runtime: EdgeRuntime, codec: CanCodec, series: np.ndarray[Any, Any]
-) -> None:
-    """Give the codec the runtime's pack voltages (for current-limit commands).
-
-    A runtime that calls ``codec.encode_command(..., pack_voltage_v=...)`` does not need
-    this; one that calls ``encode_setpoint`` without a voltage gets it from here.
-    """
-    values = getattr(runtime.store, "values", None)
-    if isinstance(values, Mapping) and "cell_voltage_v" in values:
-        volts = np.asarray(values["cell_voltage_v"], dtype=np.float64) * series
-        codec.pack_voltage_v[:] = np.where(np.isfinite(volts), volts, codec.pack_voltage_v)
