@@ -14,6 +14,8 @@ Two figures per fleet size (3 and 100 packs) and per codec backend, in wall and 
   set-point encoded and sent). ``tick`` is the tick alone, ``rx`` the frames alone, and
   ``send n`` the floor set by the bus: one frame per pack sent on the virtual bus alone
   (python-can deep-copies every frame into each receiver's queue).
+* **no bus**: the same full tick with a bus that drops every frame (``full_tick_nobus``):
+  the runtime's own cost, without python-can's virtual bus (which deep-copies each frame).
 * ``cpu``: the same calls in thread CPU time (``time.thread_time_ns``): what the code
   costs without the time the OS gave other processes (on a shared machine the wall p99 is
   the scheduler's; the CPU p99 is the code's). Targets are judged on wall time.
@@ -22,8 +24,9 @@ The policy is a seeded ONNX MLP (64×64, tanh: the size of the project's default
 on the environment's own observation layout, run by onnxruntime with one thread (a numpy
 MLP of the same shape when the ``onnx`` package is not installed). The clock is injected,
 so no wall-clock watchdog fires during a run. The runtime's warnings (one per violation)
-are silenced unless ``--log``: with no handler configured each one is a write to stderr
-by Python's last-resort handler, made before the safe frame is sent.
+are logged at the default level, formatted and written to an in-memory stream
+(``--log memory``, the default: the cost of logging without a slow terminal); ``--log
+stderr`` writes them to stderr, ``--log off`` raises the level to ERROR.
 
 Backends: ``cantools`` (the codec decodes and encodes with cantools per frame) and
 ``compiled`` (the codec uses :mod:`pulsebms.edge_runtime.layout`), when the codec offers
@@ -58,6 +61,7 @@ import argparse
 import cProfile
 import functools
 import inspect
+import io
 import itertools
 import json
 import logging
@@ -107,6 +111,20 @@ class _Clock:
 
     def __call__(self) -> float:
         return self.now_s
+
+
+class _NullBus(can.BusABC):  # type: ignore[misc]
+    """A bus that drops what is sent and never receives: the tick without bus I/O."""
+
+    def __init__(self) -> None:
+        super().__init__(channel="null")
+        self.channel_info = "null"
+
+    def send(self, msg: can.Message, timeout: float | None = None) -> None:
+        pass
+
+    def _recv_internal(self, timeout: float | None) -> tuple[None, bool]:
+        return None, False
 
 
 class _NumpyMlp:
@@ -200,13 +218,19 @@ def _codec(n: int, backend: str) -> CanCodec:
 class _Harness:
     """A runtime on a virtual bus with a pack side, pre-encoded frames and a fake clock."""
 
-    def __init__(self, n: int, backend: str, rng: np.random.Generator) -> None:
+    def __init__(
+        self, n: int, backend: str, rng: np.random.Generator, *, null_bus: bool = False
+    ) -> None:
         self.n = n
         manifest = _manifest(n, rng)
         self.policy, self.policy_name = _policy(manifest, rng)
         channel = f"pulsebms-bench-edge-{os.getpid()}-{next(_channels)}"
-        self.rt_bus = can.Bus(interface="virtual", channel=channel)
-        self.pack_bus = can.Bus(interface="virtual", channel=channel)
+        if null_bus:
+            self.rt_bus: can.BusABC = _NullBus()
+            self.pack_bus: can.BusABC = self.rt_bus
+        else:
+            self.rt_bus = can.Bus(interface="virtual", channel=channel)
+            self.pack_bus = can.Bus(interface="virtual", channel=channel)
         self.codec = _codec(n, backend)
         self.clock = _Clock()
         self.rt = EdgeRuntime(
@@ -396,12 +420,13 @@ def _profile(h: _Harness, n_ticks: int) -> dict[str, float]:
         if func[2] in ("handle_message", "tick") and is_runtime(func):
             total += cumtime
         if is_runtime(func):
-            groups["runtime (own code)"] = groups.get("runtime (own code)", 0.0) + tottime
+            label = "limit check" if func[2] == "limit_violations" else "runtime (own code)"
+            groups[label] = groups.get(label, 0.0) + tottime
             continue
-        from_runtime = sum(edge[3] for caller, edge in callers.items() if is_runtime(caller))
-        if from_runtime:
-            label = _label(func)
-            groups[label] = groups.get(label, 0.0) + from_runtime
+        for caller, edge in callers.items():
+            if is_runtime(caller):  # what the limit check calls is the limit check's
+                label = "limit check" if caller[2] == "limit_violations" else _label(func)
+                groups[label] = groups.get(label, 0.0) + edge[3]
     total = total or sum(groups.values())
     return {k: v / total for k, v in sorted(groups.items(), key=lambda kv: -kv[1])}
 
@@ -413,7 +438,7 @@ def _label(func: tuple[str, int, str]) -> str:
         return "codec encode" if name.startswith("encode") else "codec decode"
     named = {
         "telemetry.py": "store (telemetry)",
-        "limits.py": "check_violations",
+        "limits.py": "limit check",
         "shield.py": "shield",
         "policy.py": "policy (onnxruntime)",
         "observation.py": "observation",
@@ -520,17 +545,30 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--frames", type=int, default=None, help="timed safe frames per size")
     parser.add_argument("--no-profile", action="store_true", help="skip the cProfile breakdown")
     parser.add_argument(
-        "--log", action="store_true", help="keep the runtime's warnings (one per violation)"
+        "--log",
+        choices=("memory", "stderr", "off"),
+        default="memory",
+        help="where the runtime's warnings (one per violation) go: at the default level to "
+        "an in-memory stream (default), to stderr, or off (level ERROR)",
     )
     args = parser.parse_args(argv)
     runtime_logger = logging.getLogger("pulsebms.edge_runtime")
-    level = runtime_logger.level
-    if not args.log:
+    level, propagate = runtime_logger.level, runtime_logger.propagate
+    handler: logging.Handler | None = None
+    if args.log == "off":
         runtime_logger.setLevel(logging.ERROR)
+    elif args.log == "memory":  # formatted and written, but not to a slow terminal
+        handler = logging.StreamHandler(io.StringIO())
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s %(message)s"))
+        runtime_logger.addHandler(handler)
+        runtime_logger.propagate = False
     try:
         return _run(args)
     finally:
         runtime_logger.setLevel(level)
+        runtime_logger.propagate = propagate
+        if handler is not None:
+            runtime_logger.removeHandler(handler)
 
 
 def _run(args: argparse.Namespace) -> int:
@@ -570,18 +608,24 @@ def _run(args: argparse.Namespace) -> int:
         rows[str(n)] = {}
         # the same fleet and policy for every backend, measured interleaved in chunks
         hs = [_Harness(n, b, np.random.default_rng([args.seed, n])) for b in backends]
+        hs += [
+            _Harness(n, b, np.random.default_rng([args.seed, n]), null_bus=True)
+            for b in backends
+        ]
         policy_name = hs[0].policy_name
         try:
-            ticks = _interleaved(hs, _ticks, n_ticks, 10)
+            both = _interleaved(hs, _ticks, n_ticks, 10)
+            ticks, ticks_nobus = both[: len(backends)], both[len(backends) :]
+            hs_bus = hs[: len(backends)]
             safe_all = _interleaved(
-                hs, lambda h, k: _safe_frame(h, k, via_bus=False), n_frames, min(n, 25)
+                hs_bus, lambda h, k: _safe_frame(h, k, via_bus=False), n_frames, min(n, 25)
             )
             bus_all = _interleaved(
-                hs, lambda h, k: _safe_frame(h, k, via_bus=True), max(n_frames // 4, 10), 10
+                hs_bus, lambda h, k: _safe_frame(h, k, via_bus=True), max(n_frames // 4, 10), 10
             )
-            send_all = _interleaved(hs, _send_floor, max(n_ticks // 4, 10), 5)
+            send_all = _interleaved(hs_bus, _send_floor, max(n_ticks // 4, 10), 5)
             if n == max(sizes) and not args.no_profile:
-                profile = _profile(hs[-1], n_prof)
+                profile = _profile(hs_bus[-1], n_prof)
         except RuntimeError as exc:
             print(f"FAILED: {n} packs: {exc}")
             return 1
@@ -590,6 +634,7 @@ def _run(args: argparse.Namespace) -> int:
                 h.close()
         for j, backend in enumerate(backends):
             rx_us, tick_us, full_cpu_us = ticks[j]
+            nb_rx_us, nb_tick_us, nb_cpu_us = ticks_nobus[j]
             (safe_us, safe_cpu_us), bus_us, send_us = safe_all[j], bus_all[j][0], send_all[j]
             full, tk, rx = _stats(rx_us + tick_us), _stats(tick_us), _stats(rx_us)
             safe, bus, send = _stats(safe_us), _stats(bus_us), _stats(send_us)
@@ -597,6 +642,10 @@ def _run(args: argparse.Namespace) -> int:
             rows[str(n)][backend] = {
                 "full_tick": full,
                 "full_tick_cpu": full_cpu,
+                "full_tick_nobus": _stats(nb_rx_us + nb_tick_us),
+                "full_tick_nobus_cpu": _stats(nb_cpu_us),
+                "tick_nobus": _stats(nb_tick_us),
+                "rx_nobus": _stats(nb_rx_us),
                 "tick": tk,
                 "rx": rx,
                 "safe_frame": safe,
@@ -612,11 +661,17 @@ def _run(args: argparse.Namespace) -> int:
                 f"{safe['p99_us']:>9.1f} {safe_cpu['p50_us']:>8.1f} {safe_cpu['p99_us']:>8.1f} "
                 f"{bus['p50_us']:>8.1f} {bus['p99_us']:>8.1f} {send['p50_us']:>7.1f}"
             )
+            nb, nb_cpu = rows[str(n)][backend]["full_tick_nobus"], _stats(nb_cpu_us)
+            print(
+                f"{'':>5} {'no bus':>9} {nb['p50_us']:>9.1f} {nb['p99_us']:>9.1f} "
+                f"{nb_cpu['p50_us']:>8.1f} {nb_cpu['p99_us']:>8.1f} "
+                f"{_stats(nb_tick_us)['p50_us']:>8.1f} {_stats(nb_rx_us)['p50_us']:>7.1f}"
+            )
         if len(backends) == 2:
             ref, ours = rows[str(n)]["cantools"], rows[str(n)]["compiled"]
             rows[str(n)]["ratio_cantools_over_compiled"] = {
                 key: round(ref[key]["p50_us"] / ours[key]["p50_us"], 2)
-                for key in ("full_tick", "rx", "safe_frame")
+                for key in ("full_tick", "full_tick_nobus", "rx", "safe_frame")
             }
             ratio = rows[str(n)]["ratio_cantools_over_compiled"]
             print(f"{n:>5} ratio cantools/compiled p50: {ratio}")
@@ -640,6 +695,11 @@ def _run(args: argparse.Namespace) -> int:
         f"in CPU time {cpu_ms:.3f} ms; frame → safe frame CPU p99 {safe_cpu_p99:.1f} µs"
     )
     print(
+        f"{max(sizes)}-pack full tick with a bus that drops frames (no bus I/O): p50 "
+        f"{big['full_tick_nobus']['p50_us'] / 1000:.3f} ms, CPU p50 "
+        f"{big['full_tick_nobus_cpu']['p50_us'] / 1000:.3f} ms; runtime log: {args.log}"
+    )
+    print(
         f"targets ({backends[-1]}): {max(sizes)}-pack full tick p50 {tick_p50_ms:.3f} ms "
         f"<= {TARGET_TICK_P50_MS:g} ms "
         f"{verdict}; "
@@ -657,6 +717,11 @@ def _run(args: argparse.Namespace) -> int:
         "full_tick_p50_ms_max_size": round(tick_p50_ms, 4),
         "full_tick_minus_send_p50_ms_max_size": round(own_ms, 4),
         "full_tick_cpu_p50_ms_max_size": round(cpu_ms, 4),
+        "full_tick_nobus_p50_ms_max_size": round(big["full_tick_nobus"]["p50_us"] / 1000, 4),
+        "full_tick_nobus_cpu_p50_ms_max_size": round(
+            big["full_tick_nobus_cpu"]["p50_us"] / 1000, 4
+        ),
+        "log": args.log,
         "safe_frame_cpu_p99_us": safe_cpu_p99,
         "safe_frame_p99_us": safe_p99,
         "target_tick_p50_ms": TARGET_TICK_P50_MS,
