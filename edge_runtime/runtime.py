@@ -581,11 +581,12 @@ class EdgeRuntime:
             SafeReason.MALFORMED: "malformed",
             SafeReason.BMS_FAULT: "bms_fault",
         }.get(reason, "safe")
-        if self._safe[pack]:
+        was_safe = bool(self._safe[pack])
+        self._enter_safe(pack, int(self._bad_reason[pack]), now_s)  # the safe frame first
+        if was_safe:
             self.events.append(RuntimeEvent(now_s, kind, pack, detail))
         else:
             self._event(kind, pack, detail, now_s=now_s)
-        self._enter_safe(pack, int(self._bad_reason[pack]), now_s)
 
     # ------------------------------------------------------------------ frames in
     def handle_message(
