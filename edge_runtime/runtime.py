@@ -730,7 +730,7 @@ class EdgeRuntime:
         state = getattr(frame, "bms_state", None)
         if state is not None and state in self._state_fault:
             self._mark_bad(pack, SafeReason.BMS_FAULT, f"BMS state {state}", t)
-        if self.store.has_all(pack):
+        if self.store.has_all(pack) and not self._within_limits(pack):
             found = self.limit_violations(pack)
             if found:
                 self.metrics.violations += len(found)
@@ -770,6 +770,25 @@ class EdgeRuntime:
             if rate > c_max:
                 out.append(("c_rate_max", rate, c_max))
         return out
+
+    def _within_limits(self, pack: int) -> bool:
+        """Scalar pre-check: True only where :meth:`limit_violations` finds nothing.
+
+        The same comparisons, all finite and inside, in one expression; anything else
+        (a value out, on a non-finite bound, NaN, zero capacity) goes to the full check.
+        """
+        soc, soh, cur, vmin, vmax, tmin, tmax = self.store.pack_values(pack)
+        v_lo, v_hi, i_lo, i_hi, t_lo, t_hi, s_lo, s_hi, c_max, cap = self._limit_rows[pack]
+        denom = cap * soh
+        return (
+            v_lo <= vmin <= vmax <= v_hi
+            and i_lo <= cur <= i_hi
+            and t_lo <= tmin <= tmax <= t_hi
+            and s_lo <= soc <= s_hi
+            and denom != 0
+            and abs(cur) / denom <= c_max
+            and math.isfinite(vmin + vmax + cur + tmin + tmax + soc + soh)
+        )
 
     def _recv(self, bus: can.BusABC, timeout_s: float) -> tuple[can.Message | None, bool]:
         try:

@@ -129,6 +129,7 @@ class TelemetryStore:
         }
         """Quantity → per-pack arrival time [s] (-inf if never)."""
         self._cells: list[FloatArray | None] = [None] * n_packs
+        self._complete = [False] * n_packs  # has_all latched (arrival times only grow)
         self.status = np.zeros(n_packs, dtype=np.int64)
         self._site: dict[str, float] = {}
         self._site_updated_s = -math.inf
@@ -155,6 +156,8 @@ class TelemetryStore:
         """
         vals = self._values
         upd = self._updated
+        if not math.isfinite(now_s):  # a non-finite arrival time unsets has_all, as before
+            self._complete[pack] = False
         for key, value in values.items():
             rows = _ROWS.get(key)
             if rows is not None:
@@ -262,4 +265,7 @@ class TelemetryStore:
 
     def has_all(self, pack: int) -> bool:
         """Whether every stored quantity of ``pack`` has been received at least once."""
-        return bool(np.isfinite(self._updated[:, pack]).all())
+        if self._complete[pack]:
+            return True
+        complete = self._complete[pack] = bool(np.isfinite(self._updated[:, pack]).all())
+        return complete
