@@ -399,6 +399,7 @@ class EdgeRuntime:
         self._setup_buses(bus)
         self._rated_w = np.asarray(self.ratings.rated_power_w, dtype=np.float64)
         self._series = [int(s) for s in self.ratings.series]
+        self._series_f = np.asarray(self._series, dtype=np.float64)
         capacity = np.asarray(self.ratings.capacity_ah, dtype=np.float64)
         self._limit_rows = [
             (
@@ -538,7 +539,14 @@ class EdgeRuntime:
             )
 
     def _send_setpoint(
-        self, pack: int, power_w: float, *, safe: bool, reason: int, now_s: float
+        self,
+        pack: int,
+        power_w: float,
+        *,
+        safe: bool,
+        reason: int,
+        now_s: float,
+        pack_voltage_v: float | None = None,
     ) -> None:
         if self._stopping:  # after a stop request nothing but the safe state goes out
             safe = True
@@ -553,7 +561,9 @@ class EdgeRuntime:
                 safe=safe,
                 reason=reason,
                 counter=counter,
-                pack_voltage_v=self.store.pack_voltage_v(pack, self._series[pack]),
+                pack_voltage_v=self.store.pack_voltage_v(pack, self._series[pack])
+                if pack_voltage_v is None
+                else pack_voltage_v,
             )
         else:
             msg = self.codec.encode_setpoint(
@@ -1000,9 +1010,16 @@ class EdgeRuntime:
                 self.metrics.interventions += 1
             reasons[intervened & ~safe] |= int(SafeReason.INTERVENED)
             setpoint_w = action * self._rated_w
+            volts = self.store.pack_voltages_v(self._series_f)  # one pass, not one per pack
+            power, safe_l, reason_l = setpoint_w.tolist(), safe.tolist(), reasons.tolist()
             for i in range(n):
                 self._send_setpoint(
-                    i, float(setpoint_w[i]), safe=bool(safe[i]), reason=int(reasons[i]), now_s=now
+                    i,
+                    power[i],
+                    safe=safe_l[i],
+                    reason=reason_l[i],
+                    now_s=now,
+                    pack_voltage_v=volts[i],
                 )
             self._safe = safe
             self._last_action = action

@@ -248,6 +248,11 @@ class TelemetryStore:
         """Pack voltage estimate [V]: mid cell voltage × cells in series (NaN if unknown)."""
         return float((self._values[_VMIN, pack] + self._values[_VMAX, pack]) * 0.5 * series)
 
+    def pack_voltages_v(self, series: FloatArray) -> list[float]:
+        """:meth:`pack_voltage_v` of every pack at once (``series``: cells in series)."""
+        v = self._values
+        return ((v[_VMIN] + v[_VMAX]) * 0.5 * series).tolist()  # type: ignore[no-any-return]
+
     def window(self, pack: int) -> dict[str, tuple[float, float]]:
         """One pack's latest ``(min, max)`` of cell voltage and temperature, and SoC etc."""
         v = self._values[:, pack]
