@@ -50,6 +50,7 @@ def test_edge_benchmark_prints_result(capsys: pytest.CaptureFixture[str]) -> Non
                 "rx",
                 "safe_frame",
                 "safe_frame_cpu",
+                "safe_frame_sent",
                 "safe_frame_bus",
             ):
                 assert _is_figure(row[backend][figure]["p50_us"]), (backend, figure)
