@@ -115,7 +115,7 @@ class _Clock:
         return self.now_s
 
 
-class _NullBus(can.BusABC):  # type: ignore[misc]
+class _NullBus(can.BusABC):
     """A bus that drops what is sent and never receives: the tick without bus I/O."""
 
     def __init__(self) -> None:
@@ -616,8 +616,7 @@ def _run(args: argparse.Namespace) -> int:
         # the same fleet and policy for every backend, measured interleaved in chunks
         hs = [_Harness(n, b, np.random.default_rng([args.seed, n])) for b in backends]
         hs += [
-            _Harness(n, b, np.random.default_rng([args.seed, n]), null_bus=True)
-            for b in backends
+            _Harness(n, b, np.random.default_rng([args.seed, n]), null_bus=True) for b in backends
         ]
         policy_name = hs[0].policy_name
         try:

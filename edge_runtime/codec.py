@@ -702,7 +702,7 @@ class CanCodec:
         counter: int | None = None
         if checksum_ok is not False:
             get, isfinite = raw.get, math.isfinite
-            for key, signal, low, high, scale, offset in plan.decode_sigs:
+            for quantity, signal, low, high, scale, offset in plan.decode_sigs:
                 got = get(signal)
                 if got is None:
                     continue  # a multiplexed signal not in this frame
@@ -710,7 +710,7 @@ class CanCodec:
                 if not (low <= value <= high and isfinite(value)):
                     bad = self._range_error(plan, signal, value)
                     return MalformedFrame(msg.arbitration_id, bad, route.pack)
-                values[key] = value * scale + offset
+                values[quantity] = value * scale + offset
             if entry.counter is not None and entry.counter.signal in raw:
                 counter = round(float(raw[entry.counter.signal]))
                 last = self._last_counter.get(ident)
