@@ -14,6 +14,8 @@ Two figures per fleet size (3 and 100 packs) and per codec backend, in wall and 
   set-point encoded and sent). ``tick`` is the tick alone, ``rx`` the frames alone, and
   ``send n`` the floor set by the bus: one frame per pack sent on the virtual bus alone
   (python-can deep-copies every frame into each receiver's queue).
+* **no bus**: the same full tick with a bus that drops every frame (``full_tick_nobus``):
+  the runtime's own cost, without python-can's virtual bus (which deep-copies each frame).
 * ``cpu``: the same calls in thread CPU time (``time.thread_time_ns``): what the code
   costs without the time the OS gave other processes (on a shared machine the wall p99 is
   the scheduler's; the CPU p99 is the code's). Targets are judged on wall time.
@@ -22,8 +24,9 @@ The policy is a seeded ONNX MLP (64×64, tanh: the size of the project's default
 on the environment's own observation layout, run by onnxruntime with one thread (a numpy
 MLP of the same shape when the ``onnx`` package is not installed). The clock is injected,
 so no wall-clock watchdog fires during a run. The runtime's warnings (one per violation)
-are silenced unless ``--log``: with no handler configured each one is a write to stderr
-by Python's last-resort handler, made before the safe frame is sent.
+are logged at the default level, formatted and written to an in-memory stream
+(``--log memory``, the default: the cost of logging without a slow terminal); ``--log
+stderr`` writes them to stderr, ``--log off`` raises the level to ERROR.
 
 Backends: ``cantools`` (the codec decodes and encodes with cantools per frame) and
 ``compiled`` (the codec uses :mod:`pulsebms.edge_runtime.layout`), when the codec offers
@@ -58,6 +61,7 @@ import argparse
 import cProfile
 import functools
 import inspect
+import io
 import itertools
 import json
 import logging
@@ -96,6 +100,8 @@ _CLEAN = {"soc": 0.5, "soh": 0.97, "temperature_c": 25.0, "cell_voltage_v": 3.3,
 _VIOLATING = {**_CLEAN, "temperature_c": 75.0}  # every chemistry's limit is 60 °C
 _RUNTIME_FILES = ("runtime.py", "monitor.py", "site.py")
 """Files of ``pulsebms.edge_runtime`` that are the runtime itself (for the profile)."""
+_LIMIT_CHECK = ("_within_limits", "limit_violations")
+"""The runtime's limit check on arrival (scalar pre-check, full check)."""
 _channels = itertools.count()
 
 
@@ -107,6 +113,20 @@ class _Clock:
 
     def __call__(self) -> float:
         return self.now_s
+
+
+class _NullBus(can.BusABC):
+    """A bus that drops what is sent and never receives: the tick without bus I/O."""
+
+    def __init__(self) -> None:
+        super().__init__(channel="null")
+        self.channel_info = "null"
+
+    def send(self, msg: can.Message, timeout: float | None = None) -> None:
+        pass
+
+    def _recv_internal(self, timeout: float | None) -> tuple[None, bool]:
+        return None, False
 
 
 class _NumpyMlp:
@@ -200,13 +220,19 @@ def _codec(n: int, backend: str) -> CanCodec:
 class _Harness:
     """A runtime on a virtual bus with a pack side, pre-encoded frames and a fake clock."""
 
-    def __init__(self, n: int, backend: str, rng: np.random.Generator) -> None:
+    def __init__(
+        self, n: int, backend: str, rng: np.random.Generator, *, null_bus: bool = False
+    ) -> None:
         self.n = n
         manifest = _manifest(n, rng)
         self.policy, self.policy_name = _policy(manifest, rng)
         channel = f"pulsebms-bench-edge-{os.getpid()}-{next(_channels)}"
-        self.rt_bus = can.Bus(interface="virtual", channel=channel)
-        self.pack_bus = can.Bus(interface="virtual", channel=channel)
+        if null_bus:
+            self.rt_bus: can.BusABC = _NullBus()
+            self.pack_bus: can.BusABC = self.rt_bus
+        else:
+            self.rt_bus = can.Bus(interface="virtual", channel=channel)
+            self.pack_bus = can.Bus(interface="virtual", channel=channel)
         self.codec = _codec(n, backend)
         self.clock = _Clock()
         self.rt = EdgeRuntime(
@@ -270,10 +296,13 @@ def _safe_frame(h: _Harness, n_samples: int, *, via_bus: bool) -> np.ndarray:
     """Time violating frames, each one a pack's transition into the safe state.
 
     Returns:
-        Wall and thread-CPU times [µs], shape ``(2, n_samples)``.
+        Wall and thread-CPU times of the whole call [µs], and the wall time until the
+        safe frame was sent (the virtual bus's send timestamp; what the runtime does after
+        the send, e.g. logging, excluded), shape ``(3, n_samples)``.
     """
     out: list[float] = []
     cpu_out: list[float] = []
+    sent_out: list[float] = []
     clock, cpu = time.perf_counter_ns, time.thread_time_ns
     checked = False
     while len(out) < n_samples:
@@ -282,6 +311,7 @@ def _safe_frame(h: _Harness, n_samples: int, *, via_bus: bool) -> np.ndarray:
             frames = h.next_frames(pack, violating=True)
             sent = h.rt.metrics.frames_sent
             now = h.clock.now_s
+            epoch_start = time.time()
             if via_bus:
                 start, cpu_start = clock(), cpu()
                 for frame in frames:
@@ -302,6 +332,7 @@ def _safe_frame(h: _Harness, n_samples: int, *, via_bus: bool) -> np.ndarray:
                 reply = h.pack_bus.recv(0)
             if h.rt.metrics.frames_sent != sent + 1 or reply is None:
                 raise RuntimeError(f"pack {pack}: no safe set-point sent for a violation")
+            sent_out.append(max(reply.timestamp - epoch_start, 0.0) * 1e9)
             if not checked:  # the reply is the safe state (decoded once, untimed)
                 decoded = h.codec.decode(reply)
                 if not (
@@ -312,7 +343,7 @@ def _safe_frame(h: _Harness, n_samples: int, *, via_bus: bool) -> np.ndarray:
                 ):
                     raise RuntimeError(f"pack {pack}: the reply is not a safe set-point")
                 checked = True
-    return np.asarray([out, cpu_out]) / 1000.0
+    return np.asarray([out, cpu_out, sent_out]) / 1000.0
 
 
 def _interleaved(
@@ -396,12 +427,13 @@ def _profile(h: _Harness, n_ticks: int) -> dict[str, float]:
         if func[2] in ("handle_message", "tick") and is_runtime(func):
             total += cumtime
         if is_runtime(func):
-            groups["runtime (own code)"] = groups.get("runtime (own code)", 0.0) + tottime
+            label = "limit check" if func[2] in _LIMIT_CHECK else "runtime (own code)"
+            groups[label] = groups.get(label, 0.0) + tottime
             continue
-        from_runtime = sum(edge[3] for caller, edge in callers.items() if is_runtime(caller))
-        if from_runtime:
-            label = _label(func)
-            groups[label] = groups.get(label, 0.0) + from_runtime
+        for caller, edge in callers.items():
+            if is_runtime(caller):  # what the limit check calls is the limit check's
+                label = "limit check" if caller[2] in _LIMIT_CHECK else _label(func)
+                groups[label] = groups.get(label, 0.0) + edge[3]
     total = total or sum(groups.values())
     return {k: v / total for k, v in sorted(groups.items(), key=lambda kv: -kv[1])}
 
@@ -413,7 +445,7 @@ def _label(func: tuple[str, int, str]) -> str:
         return "codec encode" if name.startswith("encode") else "codec decode"
     named = {
         "telemetry.py": "store (telemetry)",
-        "limits.py": "check_violations",
+        "limits.py": "limit check",
         "shield.py": "shield",
         "policy.py": "policy (onnxruntime)",
         "observation.py": "observation",
@@ -520,17 +552,30 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--frames", type=int, default=None, help="timed safe frames per size")
     parser.add_argument("--no-profile", action="store_true", help="skip the cProfile breakdown")
     parser.add_argument(
-        "--log", action="store_true", help="keep the runtime's warnings (one per violation)"
+        "--log",
+        choices=("memory", "stderr", "off"),
+        default="memory",
+        help="where the runtime's warnings (one per violation) go: at the default level to "
+        "an in-memory stream (default), to stderr, or off (level ERROR)",
     )
     args = parser.parse_args(argv)
     runtime_logger = logging.getLogger("pulsebms.edge_runtime")
-    level = runtime_logger.level
-    if not args.log:
+    level, propagate = runtime_logger.level, runtime_logger.propagate
+    handler: logging.Handler | None = None
+    if args.log == "off":
         runtime_logger.setLevel(logging.ERROR)
+    elif args.log == "memory":  # formatted and written, but not to a slow terminal
+        handler = logging.StreamHandler(io.StringIO())
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s %(message)s"))
+        runtime_logger.addHandler(handler)
+        runtime_logger.propagate = False
     try:
         return _run(args)
     finally:
         runtime_logger.setLevel(level)
+        runtime_logger.propagate = propagate
+        if handler is not None:
+            runtime_logger.removeHandler(handler)
 
 
 def _run(args: argparse.Namespace) -> int:
@@ -570,18 +615,23 @@ def _run(args: argparse.Namespace) -> int:
         rows[str(n)] = {}
         # the same fleet and policy for every backend, measured interleaved in chunks
         hs = [_Harness(n, b, np.random.default_rng([args.seed, n])) for b in backends]
+        hs += [
+            _Harness(n, b, np.random.default_rng([args.seed, n]), null_bus=True) for b in backends
+        ]
         policy_name = hs[0].policy_name
         try:
-            ticks = _interleaved(hs, _ticks, n_ticks, 10)
+            both = _interleaved(hs, _ticks, n_ticks, 10)
+            ticks, ticks_nobus = both[: len(backends)], both[len(backends) :]
+            hs_bus = hs[: len(backends)]
             safe_all = _interleaved(
-                hs, lambda h, k: _safe_frame(h, k, via_bus=False), n_frames, min(n, 25)
+                hs_bus, lambda h, k: _safe_frame(h, k, via_bus=False), n_frames, min(n, 25)
             )
             bus_all = _interleaved(
-                hs, lambda h, k: _safe_frame(h, k, via_bus=True), max(n_frames // 4, 10), 10
+                hs_bus, lambda h, k: _safe_frame(h, k, via_bus=True), max(n_frames // 4, 10), 10
             )
-            send_all = _interleaved(hs, _send_floor, max(n_ticks // 4, 10), 5)
+            send_all = _interleaved(hs_bus, _send_floor, max(n_ticks // 4, 10), 5)
             if n == max(sizes) and not args.no_profile:
-                profile = _profile(hs[-1], n_prof)
+                profile = _profile(hs_bus[-1], n_prof)
         except RuntimeError as exc:
             print(f"FAILED: {n} packs: {exc}")
             return 1
@@ -590,17 +640,24 @@ def _run(args: argparse.Namespace) -> int:
                 h.close()
         for j, backend in enumerate(backends):
             rx_us, tick_us, full_cpu_us = ticks[j]
-            (safe_us, safe_cpu_us), bus_us, send_us = safe_all[j], bus_all[j][0], send_all[j]
+            nb_rx_us, nb_tick_us, nb_cpu_us = ticks_nobus[j]
+            (safe_us, safe_cpu_us, out_us), bus_us = safe_all[j], bus_all[j][0]
+            send_us = send_all[j]
             full, tk, rx = _stats(rx_us + tick_us), _stats(tick_us), _stats(rx_us)
             safe, bus, send = _stats(safe_us), _stats(bus_us), _stats(send_us)
             full_cpu, safe_cpu = _stats(full_cpu_us), _stats(safe_cpu_us)
             rows[str(n)][backend] = {
                 "full_tick": full,
                 "full_tick_cpu": full_cpu,
+                "full_tick_nobus": _stats(nb_rx_us + nb_tick_us),
+                "full_tick_nobus_cpu": _stats(nb_cpu_us),
+                "tick_nobus": _stats(nb_tick_us),
+                "rx_nobus": _stats(nb_rx_us),
                 "tick": tk,
                 "rx": rx,
                 "safe_frame": safe,
                 "safe_frame_cpu": safe_cpu,
+                "safe_frame_sent": _stats(out_us),
                 "safe_frame_bus": bus,
                 "send_all_floor": send,
                 "full_tick_minus_send_p50_us": round(full["p50_us"] - send["p50_us"], 1),
@@ -612,11 +669,19 @@ def _run(args: argparse.Namespace) -> int:
                 f"{safe['p99_us']:>9.1f} {safe_cpu['p50_us']:>8.1f} {safe_cpu['p99_us']:>8.1f} "
                 f"{bus['p50_us']:>8.1f} {bus['p99_us']:>8.1f} {send['p50_us']:>7.1f}"
             )
+            nb, nb_cpu = rows[str(n)][backend]["full_tick_nobus"], _stats(nb_cpu_us)
+            out = rows[str(n)][backend]["safe_frame_sent"]
+            print(
+                f"{'':>5} {'no bus':>9} {nb['p50_us']:>9.1f} {nb['p99_us']:>9.1f} "
+                f"{nb_cpu['p50_us']:>8.1f} {nb_cpu['p99_us']:>8.1f} "
+                f"{_stats(nb_tick_us)['p50_us']:>8.1f} {_stats(nb_rx_us)['p50_us']:>7.1f} "
+                f"{out['p50_us']:>9.1f} {out['p99_us']:>9.1f}  (safe: until the send)"
+            )
         if len(backends) == 2:
             ref, ours = rows[str(n)]["cantools"], rows[str(n)]["compiled"]
             rows[str(n)]["ratio_cantools_over_compiled"] = {
                 key: round(ref[key]["p50_us"] / ours[key]["p50_us"], 2)
-                for key in ("full_tick", "rx", "safe_frame")
+                for key in ("full_tick", "full_tick_nobus", "rx", "safe_frame")
             }
             ratio = rows[str(n)]["ratio_cantools_over_compiled"]
             print(f"{n:>5} ratio cantools/compiled p50: {ratio}")
@@ -628,6 +693,7 @@ def _run(args: argparse.Namespace) -> int:
     big = rows[str(max(sizes))][backends[-1]]
     tick_p50_ms = big["full_tick"]["p50_us"] / 1000.0
     safe_p99 = max(r[backends[-1]]["safe_frame"]["p99_us"] for r in rows.values())
+    sent_p99 = max(r[backends[-1]]["safe_frame_sent"]["p99_us"] for r in rows.values())
     judged = TARGET_PACKS in sizes  # the tick target is set at 100 packs
     tick_ok = judged and tick_p50_ms <= TARGET_TICK_P50_MS
     safe_ok = safe_p99 <= TARGET_SAFE_FRAME_P99_US
@@ -638,6 +704,11 @@ def _run(args: argparse.Namespace) -> int:
     print(
         f"{max(sizes)}-pack full tick p50 without the virtual bus's send floor: {own_ms:.3f} ms; "
         f"in CPU time {cpu_ms:.3f} ms; frame → safe frame CPU p99 {safe_cpu_p99:.1f} µs"
+    )
+    print(
+        f"{max(sizes)}-pack full tick with a bus that drops frames (no bus I/O): p50 "
+        f"{big['full_tick_nobus']['p50_us'] / 1000:.3f} ms, CPU p50 "
+        f"{big['full_tick_nobus_cpu']['p50_us'] / 1000:.3f} ms; runtime log: {args.log}"
     )
     print(
         f"targets ({backends[-1]}): {max(sizes)}-pack full tick p50 {tick_p50_ms:.3f} ms "
@@ -657,8 +728,14 @@ def _run(args: argparse.Namespace) -> int:
         "full_tick_p50_ms_max_size": round(tick_p50_ms, 4),
         "full_tick_minus_send_p50_ms_max_size": round(own_ms, 4),
         "full_tick_cpu_p50_ms_max_size": round(cpu_ms, 4),
+        "full_tick_nobus_p50_ms_max_size": round(big["full_tick_nobus"]["p50_us"] / 1000, 4),
+        "full_tick_nobus_cpu_p50_ms_max_size": round(
+            big["full_tick_nobus_cpu"]["p50_us"] / 1000, 4
+        ),
+        "log": args.log,
         "safe_frame_cpu_p99_us": safe_cpu_p99,
         "safe_frame_p99_us": safe_p99,
+        "safe_frame_sent_p99_us": sent_p99,
         "target_tick_p50_ms": TARGET_TICK_P50_MS,
         "target_safe_frame_p99_us": TARGET_SAFE_FRAME_P99_US,
         "targets_met": bool(tick_ok and safe_ok) if judged else None,

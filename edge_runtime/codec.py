@@ -31,7 +31,7 @@ import importlib
 import logging
 import math
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, Protocol, cast
 
@@ -162,6 +162,28 @@ class TelemetryFrame:
     bus: str = "default"
 
 
+_FAST_TELEMETRY_FRAME = (
+    tuple(f.name for f in fields(TelemetryFrame))
+    == (
+        "pack",
+        "values",
+        "status",
+        "counter",
+        "message",
+        "cell_voltages_v",
+        "invalid_cells",
+        "bms_state",
+        "checksum_ok",
+        "integrity_errors",
+        "bus",
+    )
+    and not hasattr(TelemetryFrame, "__slots__")
+    and not hasattr(TelemetryFrame, "__post_init__")
+)
+"""Whether the codec may fill a :class:`TelemetryFrame`'s ``__dict__`` directly (the
+fields are the ones it sets; a changed class falls back to the constructor)."""
+
+
 @dataclass(frozen=True)
 class SiteFrame:
     """Decoded site frame.
@@ -283,6 +305,27 @@ class _Plan:
     cell_range: dict[str, tuple[float, float, float]]
     counter_mod: int
     checksum_byte: int | None
+    # Per-frame fast path, derived from the above in __post_init__: the message's name,
+    # length and extended flag, and per signal (key, signal, low bound − tolerance,
+    # high bound + tolerance, scale, offset) for decode and (key, signal, offset, scale,
+    # low, high) for encode.
+    name: str = ""
+    length: int = 0
+    is_extended: bool = False
+    decode_sigs: tuple[tuple[str, str, float, float, float, float], ...] = ()
+    encode_sigs: tuple[tuple[str, str, float, float, float, float], ...] = ()
+
+    def __post_init__(self) -> None:
+        self.name = str(self.message.name)
+        self.length = int(self.message.length)
+        self.is_extended = bool(self.message.is_extended_frame)
+        self.decode_sigs = tuple(
+            (s.key, s.signal, s.lo - s.tol, s.hi + s.tol, s.conv.scale, s.conv.offset)
+            for s in self.sigs
+        )
+        self.encode_sigs = tuple(
+            (s.key, s.signal, s.conv.offset, s.conv.scale, s.lo, s.hi) for s in self.sigs
+        )
 
 
 @dataclass(frozen=True)
@@ -382,9 +425,11 @@ class CanCodec:
         self._tel_plans = [self._plan("telemetry", m) for m in sm.telemetry]
         self._cmd_plan = self._plan("command", sm.command.message)
         self._site_plan = None if sm.site is None else self._plan("site", sm.site)
+        self._cmd_ids: list[int] = []  # per pack, the command frame's id (filled below)
         for plan in (*self._tel_plans, self._cmd_plan):
             for pack in range(n_packs):
                 self._add_route(plan, pack, self._bus_of[pack], self._id(plan, pack))
+        self._cmd_ids = [self._compute_id(self._cmd_plan, p) for p in range(n_packs)]
         if self._site_plan is not None:
             self._add_route(self._site_plan, None, self.site_bus, self._id(self._site_plan, None))
         self._check_unmapped()
@@ -487,6 +532,11 @@ class CanCodec:
         return [(dict(mux), cs) for mux, cs in frames.items()]
 
     def _id(self, plan: _Plan, pack: int | None) -> int:
+        if plan is self._cmd_plan and pack is not None and 0 <= pack < len(self._cmd_ids):
+            return self._cmd_ids[pack]
+        return self._compute_id(plan, pack)
+
+    def _compute_id(self, plan: _Plan, pack: int | None) -> int:
         entry = plan.entry
         p = pack or 0
         if entry.frame_ids is not None:
@@ -623,22 +673,20 @@ class CanCodec:
         if msg.is_remote_frame:
             return IgnoredFrame(msg.arbitration_id, "remote frame")
         plan = route.plan
-        message = plan.message
+        name = plan.name
         data = bytes(msg.data)
-        if msg.dlc != message.length or len(data) != message.length:
+        if msg.dlc != plan.length or len(data) != plan.length:
             return MalformedFrame(
                 msg.arbitration_id,
-                f"{message.name}: length {len(data)} (dlc {msg.dlc}), DBC says {message.length}",
+                f"{name}: length {len(data)} (dlc {msg.dlc}), DBC says {plan.length}",
                 route.pack,
             )
         try:
             raw = plan.layout.decode(data)
         except Exception as exc:
-            return MalformedFrame(
-                msg.arbitration_id, f"{message.name}: cannot decode: {exc}", route.pack
-            )
+            return MalformedFrame(msg.arbitration_id, f"{name}: cannot decode: {exc}", route.pack)
         # integrity first: a frame with a wrong checksum carries nothing to range-check
-        ident = (message.name, route.pack)
+        ident = (name, route.pack)
         entry = plan.entry
         checksum_ok: bool | None = None
         errors_now = 0
@@ -653,15 +701,16 @@ class CanCodec:
         values: dict[str, float] = {}
         counter: int | None = None
         if checksum_ok is not False:
-            for s in plan.sigs:
-                got = raw.get(s.signal)
+            get, isfinite = raw.get, math.isfinite
+            for quantity, signal, low, high, scale, offset in plan.decode_sigs:
+                got = get(signal)
                 if got is None:
                     continue  # a multiplexed signal not in this frame
                 value = float(got)
-                if not (math.isfinite(value) and s.lo - s.tol <= value <= s.hi + s.tol):
-                    bad = self._out_of_range(message.name, s.signal, value, s.lo, s.hi, s.tol)
+                if not (low <= value <= high and isfinite(value)):
+                    bad = self._range_error(plan, signal, value)
                     return MalformedFrame(msg.arbitration_id, bad, route.pack)
-                values[s.key] = value * s.conv.scale + s.conv.offset
+                values[quantity] = value * scale + offset
             if entry.counter is not None and entry.counter.signal in raw:
                 counter = round(float(raw[entry.counter.signal]))
                 last = self._last_counter.get(ident)
@@ -683,7 +732,7 @@ class CanCodec:
             if run > limit:
                 return MalformedFrame(
                     msg.arbitration_id,
-                    f"{message.name}: {run} counter/checksum errors in a row (tolerance {limit})",
+                    f"{name}: {run} counter/checksum errors in a row (tolerance {limit})",
                     route.pack,
                 )
         else:
@@ -693,10 +742,14 @@ class CanCodec:
         if plan.kind == "telemetry":
             return self._telemetry(msg, route, raw, values, counter, checksum_ok, run, trusted)
         if not trusted:
-            return MalformedFrame(msg.arbitration_id, f"{message.name}: checksum wrong", route.pack)
+            return MalformedFrame(msg.arbitration_id, f"{name}: checksum wrong", route.pack)
         if plan.kind == "site":
             return SiteFrame(values=values, counter=counter)
         return self._command_frame(msg, route, values, counter, checksum_ok)
+
+    def _range_error(self, plan: _Plan, signal: str, value: float) -> str:
+        sig = next(s for s in plan.sigs if s.signal == signal)
+        return self._out_of_range(plan.name, signal, value, sig.lo, sig.hi, sig.tol)
 
     @staticmethod
     def _out_of_range(
@@ -741,25 +794,30 @@ class CanCodec:
                     invalid.append(cell)
                     continue
                 lo, hi, tol = plan.cell_range[name]
-                bad = self._out_of_range(plan.message.name, name, value, lo, hi, tol)
+                bad = self._out_of_range(plan.name, name, value, lo, hi, tol)
                 if bad:
                     return MalformedFrame(msg.arbitration_id, bad, route.pack)
                 cells[cell] = value * block.scale + block.offset
         status = values.pop("status", None)
         state = values.pop("bms_state", None)
-        return TelemetryFrame(
-            pack=int(route.pack or 0),
-            values=values if trusted else {},
-            status=None if status is None or not trusted else round(status),
-            counter=counter,
-            message=plan.message.name,
-            cell_voltages_v=cells,
-            invalid_cells=tuple(invalid),
-            bms_state=None if state is None or not trusted else round(state),
-            checksum_ok=checksum_ok,
-            integrity_errors=run,
-            bus=route.bus,
-        )
+        fields_ = {
+            "pack": int(route.pack or 0),
+            "values": values if trusted else {},
+            "status": None if status is None or not trusted else round(status),
+            "counter": counter,
+            "message": plan.name,
+            "cell_voltages_v": cells,
+            "invalid_cells": tuple(invalid),
+            "bms_state": None if state is None or not trusted else round(state),
+            "checksum_ok": checksum_ok,
+            "integrity_errors": run,
+            "bus": route.bus,
+        }
+        if _FAST_TELEMETRY_FRAME:  # the frozen dataclass's __init__ without its setattr calls
+            frame: TelemetryFrame = object.__new__(TelemetryFrame)
+            frame.__dict__.update(fields_)
+            return frame
+        return TelemetryFrame(**fields_)  # type: ignore[arg-type]
 
     def _command_frame(
         self,
@@ -815,19 +873,20 @@ class CanCodec:
             data[b] = checksum(entry.checksum.algorithm, bytes(data[:b] + data[b + 1 :]))
         return can.Message(
             arbitration_id=frame_id,
-            is_extended_id=bool(plan.message.is_extended_frame),
+            is_extended_id=plan.is_extended,
             data=bytes(data),
-            dlc=plan.message.length,
+            dlc=plan.length,
         )
 
     @staticmethod
     def _fill(plan: _Plan, values: Mapping[str, float], counter: int) -> dict[str, float]:
         signals = dict(plan.defaults)
-        for s in plan.sigs:
-            if s.key in values:
-                value = s.conv.to_dbc(float(values[s.key]))
-                if math.isfinite(value):
-                    signals[s.signal] = min(max(value, s.lo), s.hi)
+        isfinite = math.isfinite
+        for key, signal, offset, scale, lo, hi in plan.encode_sigs:
+            if key in values:
+                value = (float(values[key]) - offset) / scale  # ScaledSignal.to_dbc
+                if isfinite(value):
+                    signals[signal] = min(max(value, lo), hi)
         if plan.entry.counter is not None:
             signals[plan.entry.counter.signal] = float(counter % plan.counter_mod)
         return signals

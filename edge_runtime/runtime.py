@@ -436,6 +436,7 @@ class EdgeRuntime:
         self._setup_buses(bus)
         self._rated_w = np.asarray(self.ratings.rated_power_w, dtype=np.float64)
         self._series = [int(s) for s in self.ratings.series]
+        self._series_f = np.asarray(self._series, dtype=np.float64)
         capacity = np.asarray(self.ratings.capacity_ah, dtype=np.float64)
         self._limit_rows = [
             (
@@ -670,7 +671,14 @@ class EdgeRuntime:
             )
 
     def _send_setpoint(
-        self, pack: int, power_w: float, *, safe: bool, reason: int, now_s: float
+        self,
+        pack: int,
+        power_w: float,
+        *,
+        safe: bool,
+        reason: int,
+        now_s: float,
+        pack_voltage_v: float | None = None,
     ) -> None:
         if self._stopping:  # after a stop request nothing but the safe state goes out
             safe = True
@@ -685,7 +693,9 @@ class EdgeRuntime:
                 safe=safe,
                 reason=reason,
                 counter=counter,
-                pack_voltage_v=self.store.pack_voltage_v(pack, self._series[pack]),
+                pack_voltage_v=self.store.pack_voltage_v(pack, self._series[pack])
+                if pack_voltage_v is None
+                else pack_voltage_v,
             )
         else:
             msg = self.codec.encode_setpoint(
@@ -713,11 +723,12 @@ class EdgeRuntime:
             SafeReason.MALFORMED: "malformed",
             SafeReason.BMS_FAULT: "bms_fault",
         }.get(reason, "safe")
-        if self._safe[pack]:
+        was_safe = bool(self._safe[pack])
+        self._enter_safe(pack, int(self._bad_reason[pack]), now_s)  # the safe frame first
+        if was_safe:
             self.events.append(RuntimeEvent(now_s, kind, pack, detail))
         else:
             self._event(kind, pack, detail, now_s=now_s)
-        self._enter_safe(pack, int(self._bad_reason[pack]), now_s)
 
     # ------------------------------------------------------------------ frames in
     def handle_message(
@@ -861,7 +872,7 @@ class EdgeRuntime:
         state = getattr(frame, "bms_state", None)
         if state is not None and state in self._state_fault:
             self._mark_bad(pack, SafeReason.BMS_FAULT, f"BMS state {state}", t)
-        if self.store.has_all(pack):
+        if self.store.has_all(pack) and not self._within_limits(pack):
             found = self.limit_violations(pack)
             if found:
                 self.metrics.violations += len(found)
@@ -902,6 +913,25 @@ class EdgeRuntime:
             if rate > c_max:
                 out.append(("c_rate_max", rate, c_max))
         return out
+
+    def _within_limits(self, pack: int) -> bool:
+        """Scalar pre-check: True only where :meth:`limit_violations` finds nothing.
+
+        The same comparisons, all finite and inside, in one expression; anything else
+        (a value out, on a non-finite bound, NaN, zero capacity) goes to the full check.
+        """
+        soc, soh, cur, vmin, vmax, tmin, tmax = self.store.pack_values(pack)
+        v_lo, v_hi, i_lo, i_hi, t_lo, t_hi, s_lo, s_hi, c_max, cap = self._limit_rows[pack]
+        denom = cap * soh
+        return (
+            v_lo <= vmin <= vmax <= v_hi
+            and i_lo <= cur <= i_hi
+            and t_lo <= tmin <= tmax <= t_hi
+            and s_lo <= soc <= s_hi
+            and denom != 0
+            and abs(cur) / denom <= c_max
+            and math.isfinite(vmin + vmax + cur + tmin + tmax + soc + soh)
+        )
 
     def _recv(self, bus: can.BusABC, timeout_s: float) -> tuple[can.Message | None, bool]:
         try:
@@ -1113,9 +1143,16 @@ class EdgeRuntime:
                 self.metrics.interventions += 1
             reasons[intervened & ~safe] |= int(SafeReason.INTERVENED)
             setpoint_w = action * self._rated_w
+            volts = self.store.pack_voltages_v(self._series_f)  # one pass, not one per pack
+            power, safe_l, reason_l = setpoint_w.tolist(), safe.tolist(), reasons.tolist()
             for i in range(n):
                 self._send_setpoint(
-                    i, float(setpoint_w[i]), safe=bool(safe[i]), reason=int(reasons[i]), now_s=now
+                    i,
+                    power[i],
+                    safe=safe_l[i],
+                    reason=reason_l[i],
+                    now_s=now,
+                    pack_voltage_v=volts[i],
                 )
             self._safe = safe
             self._last_action = action

@@ -129,6 +129,7 @@ class TelemetryStore:
         }
         """Quantity → per-pack arrival time [s] (-inf if never)."""
         self._cells: list[FloatArray | None] = [None] * n_packs
+        self._complete = [False] * n_packs  # has_all latched (arrival times only grow)
         self.status = np.zeros(n_packs, dtype=np.int64)
         self._site: dict[str, float] = {}
         self._site_updated_s = -math.inf
@@ -155,6 +156,8 @@ class TelemetryStore:
         """
         vals = self._values
         upd = self._updated
+        if not math.isfinite(now_s):  # a non-finite arrival time unsets has_all, as before
+            self._complete[pack] = False
         for key, value in values.items():
             rows = _ROWS.get(key)
             if rows is not None:
@@ -245,6 +248,11 @@ class TelemetryStore:
         """Pack voltage estimate [V]: mid cell voltage × cells in series (NaN if unknown)."""
         return float((self._values[_VMIN, pack] + self._values[_VMAX, pack]) * 0.5 * series)
 
+    def pack_voltages_v(self, series: FloatArray) -> list[float]:
+        """:meth:`pack_voltage_v` of every pack at once (``series``: cells in series)."""
+        v = self._values
+        return ((v[_VMIN] + v[_VMAX]) * 0.5 * series).tolist()  # type: ignore[no-any-return]
+
     def window(self, pack: int) -> dict[str, tuple[float, float]]:
         """One pack's latest ``(min, max)`` of cell voltage and temperature, and SoC etc."""
         v = self._values[:, pack]
@@ -262,4 +270,7 @@ class TelemetryStore:
 
     def has_all(self, pack: int) -> bool:
         """Whether every stored quantity of ``pack`` has been received at least once."""
-        return bool(np.isfinite(self._updated[:, pack]).all())
+        if self._complete[pack]:
+            return True
+        complete = self._complete[pack] = bool(np.isfinite(self._updated[:, pack]).all())
+        return complete

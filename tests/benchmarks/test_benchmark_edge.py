@@ -41,12 +41,23 @@ def test_edge_benchmark_prints_result(capsys: pytest.CaptureFixture[str]) -> Non
     assert "cantools" in backends
     for row in sizes.values():
         for backend in backends:
-            for figure in ("full_tick", "tick", "rx", "safe_frame", "safe_frame_bus"):
+            for figure in (
+                "full_tick",
+                "full_tick_cpu",
+                "full_tick_nobus",
+                "full_tick_nobus_cpu",
+                "tick",
+                "rx",
+                "safe_frame",
+                "safe_frame_cpu",
+                "safe_frame_sent",
+                "safe_frame_bus",
+            ):
                 assert _is_figure(row[backend][figure]["p50_us"]), (backend, figure)
                 assert _is_figure(row[backend][figure]["p99_us"]), (backend, figure)
     shares = result["profile_share"]
     assert isinstance(shares, dict)
-    assert {"codec decode", "check_violations", "shield"} <= set(shares)
+    assert {"codec decode", "limit check", "shield"} <= set(shares)
     assert 0.9 <= sum(shares.values()) <= 1.05  # the groups account for the whole tick
     codec = result["codec"]
     assert isinstance(codec, dict)
