@@ -1,7 +1,10 @@
 """Model-predictive control of the fleet in cvxpy (DPP: built once, re-solved with Parameters).
 
-The MPC plans normalised per-pack power over ``horizon_steps`` control intervals with a
-linear energy-balance model of every pack, and applies the first step.
+The MPC plans normalised per-pack power over a horizon stated in control intervals
+(``horizon_steps``) or in hours (``horizon_h``, converted with the env's ``dt_s``) with a
+linear energy-balance model of every pack, and applies the first step. Long horizons are
+planned on a coarser grid beyond the first step (move blocking, ``plan_step_s``), so the
+solve stays bounded (≤ ``max_plan_intervals`` intervals by default).
 
 Model (pack ``i``, step ``t``, ``u = u_dis − u_ch`` normalised by rated power ``P_i``)::
 
@@ -29,6 +32,7 @@ so the MPC never proposes what the shield would change for a limit reason.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from dataclasses import dataclass
 from functools import partial
@@ -49,7 +53,7 @@ from pulsebms.agents.envinfo import (
 )
 from pulsebms.agents.observation import FleetObservation
 from pulsebms.agents.rules import CYCLE_LIFE_FACTOR
-from pulsebms.core.types import ActArray, FloatArray, ObsArray
+from pulsebms.core.types import ActArray, FloatArray, IntArray, ObsArray
 from pulsebms.safety.shield import Shield
 from pulsebms.safety.state import FleetState
 
@@ -59,6 +63,8 @@ if TYPE_CHECKING:  # annotations only
     from pulsebms.envs.scenarios import ScenarioSeries
 
 __all__ = [
+    "ORACLE_HORIZON_H",
+    "ORACLE_PLAN_STEP_S",
     "ForecastProvider",
     "MPCConfig",
     "MPCPolicy",
@@ -160,6 +166,17 @@ class MPCConfig:
         terminal_value_per_kwh: Value of energy left in the packs at the horizon's end
             [currency/kWh]; ``None`` uses the mean forecast price (stops end-of-horizon dumping).
         solver: cvxpy solver name (``"CLARABEL"``, ``"OSQP"``, ...).
+        horizon_h: Planning horizon in hours; when given it replaces ``horizon_steps``
+            (``ceil(3600 horizon_h / dt_s)`` control intervals at the env's ``dt_s``), so
+            the look-ahead is the same time at any step length.
+        plan_step_s: Planning grid of the horizon beyond its first step [s] (move
+            blocking): the first interval is one control step (the applied action), the
+            rest are blocks of ``round(plan_step_s / dt_s)`` steps holding one action
+            each (forecasts averaged over the block). ``None``: one step per interval,
+            unless the horizon exceeds ``max_plan_intervals``.
+        max_plan_intervals: Bound on the planning intervals when ``plan_step_s`` is
+            ``None``: longer horizons are blocked evenly to at most this many (keeps the
+            solve time bounded; 24 h at 60 s steps → 97 intervals).
     """
 
     horizon_steps: int = 24
@@ -170,15 +187,59 @@ class MPCConfig:
     soc_slack_penalty: float = 1e3
     terminal_value_per_kwh: float | None = None
     solver: str = "CLARABEL"
+    horizon_h: float | None = None
+    plan_step_s: float | None = None
+    max_plan_intervals: int = 96
 
     def __post_init__(self) -> None:
         if self.horizon_steps < 1:
             raise ValueError(f"MPCConfig.horizon_steps must be >= 1, got {self.horizon_steps}")
+        for name in ("horizon_h", "plan_step_s"):
+            value = getattr(self, name)
+            if value is not None and not (np.isfinite(value) and value > 0):
+                raise ValueError(f"MPCConfig.{name} must be > 0 (or None), got {value}")
+        if self.max_plan_intervals < 2:
+            raise ValueError(
+                f"MPCConfig.max_plan_intervals must be >= 2, got {self.max_plan_intervals}"
+            )
         if not 0.0 < self.efficiency <= 1.0:
             raise ValueError(f"MPCConfig.efficiency must be in (0, 1], got {self.efficiency}")
         for name in ("degradation_cost_per_kwh", "unserved_penalty_per_kwh", "smoothing"):
             if not getattr(self, name) >= 0.0:
                 raise ValueError(f"MPCConfig.{name} must be >= 0, got {getattr(self, name)}")
+
+    def steps(self, dt_s: float) -> int:
+        """Horizon in control intervals of ``dt_s`` seconds.
+
+        Example:
+            >>> MPCConfig(horizon_h=24.0).steps(60.0), MPCConfig().steps(60.0)
+            (1440, 24)
+        """
+        if self.horizon_h is None:
+            return self.horizon_steps
+        return max(1, math.ceil(self.horizon_h * 3600.0 / dt_s - 1e-9))
+
+    def durations(self, dt_s: float) -> IntArray:
+        """Control steps per planning interval (sum = :meth:`steps`; first interval 1 step).
+
+        Example:
+            >>> MPCConfig(horizon_h=1.0, plan_step_s=900.0).durations(60.0).tolist()
+            [1, 15, 15, 15, 14]
+            >>> MPCConfig(horizon_steps=3).durations(60.0).tolist()
+            [1, 1, 1]
+        """
+        h = self.steps(dt_s)
+        if self.plan_step_s is not None:
+            block = max(1, round(self.plan_step_s / dt_s))
+        elif h > self.max_plan_intervals:
+            block = math.ceil((h - 1) / (self.max_plan_intervals - 1))
+        else:
+            block = 1
+        if block == 1 or h == 1:
+            return np.ones(h, dtype=np.int64)
+        rest = h - 1
+        tail = [block] * (rest // block) + ([rest % block] if rest % block else [])
+        return np.asarray([1, *tail], dtype=np.int64)
 
 
 _DEFAULTS = MPCConfig()
@@ -224,8 +285,17 @@ class MPCPolicy:
         self.last_status = ""
         self._build()
 
+    @property
+    def horizon_steps(self) -> int:
+        """Planning horizon in control intervals of the env's ``dt_s``."""
+        return int(self._durations.sum())
+
     def _build(self) -> None:
-        cfg, n, h = self.config, self.info.n_packs, self.config.horizon_steps
+        cfg, n = self.config, self.info.n_packs
+        self._durations = cfg.durations(self.info.dt_s)
+        durations = self._durations
+        blocked = bool(np.any(durations != 1))
+        h = int(durations.shape[0])  # planning intervals
         dt_h = self.info.dt_s / 3600.0
         rated = self.info.rated_power_w
         self.p_soc0 = cp.Parameter(n, name="soc0")
@@ -260,18 +330,34 @@ class MPCPolicy:
             soc <= self.info.soc_max[:, None] + slack,
         ]
         for t in range(h):
+            step = self.u_dis[:, t] / eta - eta * self.u_ch[:, t]
+            if blocked:
+                step = float(durations[t]) * step
             cons += [
-                soc[:, t + 1]
-                == soc[:, t] - multiply(self.p_k, self.u_dis[:, t] / eta - eta * self.u_ch[:, t]),
+                soc[:, t + 1] == soc[:, t] - multiply(self.p_k, step),
                 self.u_dis[:, t] <= self.p_u_dis_max,
                 self.u_ch[:, t] <= self.p_u_ch_max,
             ]
-        energy_cost = dt_h * (self.p_price @ grid_import - self.p_feed_in * cp_sum(grid_export))
+        if blocked:
+            # p_price holds price × block length; every per-interval term is weighted by it.
+            d = durations.astype(np.float64)
+            root = np.sqrt(d)[None, :]
+            energy_cost = dt_h * (self.p_price @ grid_import - self.p_feed_in * (d @ grid_export))
+            throughput = (self.u_dis + self.u_ch) @ d
+            unserved = d @ shortfall
+            smooth = sum_squares(multiply(root, self.u_dis)) + sum_squares(
+                multiply(root, self.u_ch)
+            )
+        else:
+            energy_cost = dt_h * (self.p_price @ grid_import - self.p_feed_in * cp_sum(grid_export))
+            throughput = cp_sum(self.u_dis + self.u_ch, axis=1)
+            unserved = cp_sum(shortfall)
+            smooth = sum_squares(self.u_dis) + sum_squares(self.u_ch)
         objective = (
             energy_cost
-            + self.p_deg @ cp_sum(self.u_dis + self.u_ch, axis=1)
-            + cfg.unserved_penalty_per_kwh * dt_h * cp_sum(shortfall)
-            + cfg.smoothing * (sum_squares(self.u_dis) + sum_squares(self.u_ch))
+            + self.p_deg @ throughput
+            + cfg.unserved_penalty_per_kwh * dt_h * unserved
+            + cfg.smoothing * smooth
             + cfg.soc_slack_penalty * cp_sum(slack)
             - self.p_terminal @ soc[:, h]
         )
@@ -299,10 +385,20 @@ class MPCPolicy:
         return u_max, u_max.copy()
 
     def plan(self, observation: ObsArray) -> FloatArray:
-        """Solve the MPC for one observation and return the planned actions ``(n, H)``."""
+        """Solve the MPC for one observation and return the planned actions ``(n, H)``.
+
+        ``H`` is :attr:`horizon_steps` (control steps); with move blocking each block's
+        action is repeated over its steps.
+        """
         info, cfg = self.info, self.config
         fleet = info.reader.read(observation)
-        demand_w, price = self.forecast(fleet, cfg.horizon_steps)
+        durations = self._durations
+        blocked = bool(np.any(durations != 1))
+        demand_w, price = self.forecast(fleet, self.horizon_steps)
+        if blocked:  # block means of the per-step forecast; price is weighted by block length
+            starts = np.concatenate([[0], np.cumsum(durations)[:-1]])
+            demand_w = np.add.reduceat(np.asarray(demand_w, dtype=np.float64), starts) / durations
+            price = np.add.reduceat(np.asarray(price, dtype=np.float64), starts) / durations
         soh = np.clip(fleet.soh, 1e-3, 1.0)
         energy_wh = info.energy_wh * soh
         dt_h = info.dt_s / 3600.0
@@ -322,12 +418,15 @@ class MPCPolicy:
         self.p_u_ch_max0.value = u_ch_max
         self.p_demand.value = np.asarray(demand_w, dtype=np.float64) / 1000.0
         price = np.clip(np.asarray(price, dtype=np.float64), 0.0, None)
-        self.p_price.value = price
+        self.p_price.value = price * durations if blocked else price
         self.p_deg.value = (
             cfg.degradation_cost_per_kwh * info.rated_power_w * dt_h / 1000.0 / (life * soh)
         )
         value = cfg.terminal_value_per_kwh
-        value = float(np.mean(price)) if value is None else value
+        if value is None:
+            value = (
+                float(np.average(price, weights=durations)) if blocked else float(np.mean(price))
+            )
         self.p_terminal.value = value * cfg.efficiency * energy_wh / 1000.0
         site = self.site_fn() if self.site_fn is not None else SiteInfo()
         big_kw = 10.0 * (float(np.sum(info.rated_power_w)) + float(np.max(np.abs(demand_w)))) / 1e3
@@ -338,11 +437,12 @@ class MPCPolicy:
             self.problem.solve(solver=cfg.solver, warm_start=True)  # type: ignore[no-untyped-call]
         except cp.error.SolverError as exc:
             self.last_status = f"solver error: {exc}"
-            return np.zeros((info.n_packs, cfg.horizon_steps))
+            return np.zeros((info.n_packs, self.horizon_steps))
         self.last_status = str(self.problem.status)
         if self.u_dis.value is None or self.u_ch.value is None:
-            return np.zeros((info.n_packs, cfg.horizon_steps))
-        return np.asarray(self.u_dis.value - self.u_ch.value, dtype=np.float64)
+            return np.zeros((info.n_packs, self.horizon_steps))
+        planned = np.asarray(self.u_dis.value - self.u_ch.value, dtype=np.float64)
+        return np.repeat(planned, durations, axis=1) if blocked else planned
 
     def act(self, observation: ObsArray) -> ActArray:
         """First planned action, passed through the shield when one is configured."""
@@ -363,6 +463,9 @@ def make_mpc(
     soc_slack_penalty: float = _DEFAULTS.soc_slack_penalty,
     terminal_value_per_kwh: float | None = _DEFAULTS.terminal_value_per_kwh,
     solver: str = _DEFAULTS.solver,
+    horizon_h: float | None = _DEFAULTS.horizon_h,
+    plan_step_s: float | None = _DEFAULTS.plan_step_s,
+    max_plan_intervals: int = _DEFAULTS.max_plan_intervals,
     oracle: bool = False,
     use_shield: bool = True,
     name: str | None = None,
@@ -382,6 +485,9 @@ def make_mpc(
         soc_slack_penalty: See :class:`MPCConfig`.
         terminal_value_per_kwh: See :class:`MPCConfig`.
         solver: See :class:`MPCConfig`.
+        horizon_h: See :class:`MPCConfig` (replaces ``horizon_steps`` when given).
+        plan_step_s: See :class:`MPCConfig`.
+        max_plan_intervals: See :class:`MPCConfig`.
         oracle: Plan with the scenario's true future (:class:`OracleForecast`).
         use_shield: Bound the first step by the shield's admissible set and project the
             action with a :class:`pulsebms.safety.shield.Shield` built from the env's
@@ -400,6 +506,9 @@ def make_mpc(
         soc_slack_penalty=soc_slack_penalty,
         terminal_value_per_kwh=terminal_value_per_kwh,
         solver=solver,
+        horizon_h=horizon_h,
+        plan_step_s=plan_step_s,
+        max_plan_intervals=max_plan_intervals,
     )
     forecast: ForecastProvider = OracleForecast(env) if oracle else ObservationForecast()
     info = fleet_info(env)
@@ -416,6 +525,21 @@ def make_mpc(
     )
 
 
+ORACLE_HORIZON_H = 24.0
+"""Default horizon of :func:`make_oracle_mpc` [h]: a full day (the oracle reference)."""
+
+ORACLE_PLAN_STEP_S = 900.0
+"""Default planning grid of :func:`make_oracle_mpc` beyond its first step [s]."""
+
+
 def make_oracle_mpc(env: gym.Env[Any, Any], **kwargs: Any) -> MPCPolicy:
-    """:func:`make_mpc` with ``oracle=True``: the MPC given the scenario's true future."""
+    """:func:`make_mpc` with ``oracle=True``: the MPC given the scenario's true future.
+
+    Unless ``horizon_steps`` or ``horizon_h`` is given, it plans a full day
+    (:data:`ORACLE_HORIZON_H`) on a :data:`ORACLE_PLAN_STEP_S` grid beyond its first
+    step, so at any ``dt_s`` it is a full-day-horizon reference (not the 24-step MPC).
+    """
+    if "horizon_steps" not in kwargs and kwargs.get("horizon_h") is None:
+        kwargs["horizon_h"] = ORACLE_HORIZON_H
+        kwargs.setdefault("plan_step_s", ORACLE_PLAN_STEP_S)
     return make_mpc(env, oracle=True, **kwargs)

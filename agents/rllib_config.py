@@ -53,6 +53,9 @@ class RllibPPOConfig:
         hidden_sizes: Hidden layer widths of the actor and critic MLPs (tanh).
         normalize_observations: RLlib's ``MeanStdFilter`` env-to-module connector (its
             statistics are saved in the checkpoint and applied, frozen, at evaluation).
+        gamma_horizon_h: Effective horizon in hours; when given it replaces ``gamma`` by
+            ``1 − step_h / gamma_horizon_h`` at the agent's step
+            (:func:`pulsebms.agents.discount.resolve_gamma`).
 
     Raises:
         ValueError: If a size or rate is not positive, or ``minibatch_size`` exceeds
@@ -72,6 +75,7 @@ class RllibPPOConfig:
     entropy_coeff: float = 0.0
     hidden_sizes: Sequence[int] = (64, 64)
     normalize_observations: bool = True
+    gamma_horizon_h: float | None = None
 
     def __post_init__(self) -> None:
         _positive(
@@ -114,6 +118,7 @@ class RllibSACConfig:
             ``train_batch_size / rollout fragment`` (one update per sampled fragment).
         hidden_sizes: Hidden layer widths of the policy and Q MLPs (relu).
         normalize_observations: RLlib's ``MeanStdFilter`` (see :class:`RllibPPOConfig`).
+        gamma_horizon_h: See :class:`RllibPPOConfig`.
 
     Raises:
         ValueError: If a size or rate is not positive, or α/β is outside [0, 1].
@@ -137,6 +142,7 @@ class RllibSACConfig:
     training_intensity: float | None = None
     hidden_sizes: Sequence[int] = (64, 64)
     normalize_observations: bool = True
+    gamma_horizon_h: float | None = None
 
     def __post_init__(self) -> None:
         _positive(

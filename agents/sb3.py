@@ -53,11 +53,13 @@ from stable_baselines3.common.logger import Logger
 from stable_baselines3.common.monitor import Monitor
 from stable_baselines3.common.vec_env import DummyVecEnv, VecEnv, VecNormalize
 
+from pulsebms.agents.discount import resolve_gamma
 from pulsebms.agents.env_factory import EnvFactory
 from pulsebms.agents.lagrangian import LagrangianCallback, LagrangianPenalty
 from pulsebms.agents.policy import SB3Policy
 from pulsebms.agents.ppo_lagrangian import PPOLagrangian
 from pulsebms.agents.sb3_logging import WandbWriter, make_logger
+from pulsebms.envs.decision import agent_step_s
 
 # LagrangianCallback, LagrangianPenalty, WandbWriter and make_logger live in
 # pulsebms.agents.lagrangian / pulsebms.agents.sb3_logging; re-exported here (old paths).
@@ -101,6 +103,10 @@ class PPOConfig:
             safe variant unless ``lagrangian_lr`` > 0).
         lagrangian_lr: Dual-ascent step size η on λ (0 keeps λ fixed).
         cost_limit: Allowed mean episode cost d.
+        gamma_horizon_h: Effective horizon in hours; when given, :func:`train_agent`
+            replaces ``gamma`` by ``1 − step_h / gamma_horizon_h`` at the agent's step
+            (the env's ``dt_s``, or its decision interval;
+            :func:`pulsebms.agents.discount.gamma_from_horizon`).
     """
 
     learning_rate: float = 3e-4
@@ -116,6 +122,7 @@ class PPOConfig:
     cost_penalty: float = 0.0
     lagrangian_lr: float = 0.0
     cost_limit: float = 0.0
+    gamma_horizon_h: float | None = None
 
 
 @dataclass(frozen=True)
@@ -137,6 +144,7 @@ class SACConfig:
         lagrangian_lr: See :class:`PPOConfig` (λ is updated every ``lagrangian_every`` steps).
         cost_limit: See :class:`PPOConfig`.
         lagrangian_every: Env steps between dual updates (SAC has no rollouts).
+        gamma_horizon_h: See :class:`PPOConfig`.
     """
 
     learning_rate: float = 3e-4
@@ -153,6 +161,7 @@ class SACConfig:
     lagrangian_lr: float = 0.0
     cost_limit: float = 0.0
     lagrangian_every: int = 1_000
+    gamma_horizon_h: float | None = None
 
 
 @dataclass(frozen=True)
@@ -447,6 +456,10 @@ def train_agent(
         raise ValueError(f"total_timesteps must be >= 1, got {total_timesteps}")
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
+    if config.gamma_horizon_h is not None:  # γ from hours at the agent's step
+        probe = env_factory()
+        config = resolve_gamma(config, agent_step_s(probe))
+        probe.close()  # type: ignore[no-untyped-call]  # gymnasium leaves Env.close unannotated
     lagrangian = isinstance(config, PPOLagrangianConfig)  # cost critic, reward unpenalised
     safe = not lagrangian and (config.cost_penalty > 0 or config.lagrangian_lr > 0)
     venv = make_vec_env(

@@ -74,6 +74,7 @@ Step ``info`` keys (units in the names; scalars unless said):
 from __future__ import annotations
 
 import dataclasses
+import math
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, SupportsFloat
 
@@ -226,6 +227,9 @@ class FleetEnv(gym.Env[ObsArray, ActArray]):
         horizon_steps: Steps per episode before truncation.
         fidelity: Twin fidelity, ``"physics"`` or ``"ecm"`` (see :data:`FIDELITIES`).
         forecast_steps: Length ``m`` of the net-load and price forecasts in the observation.
+        forecast_h: The forecasts' length in hours; when given it replaces
+            ``forecast_steps`` by ``ceil(3600 forecast_h / dt_s)`` (the observation's
+            length follows ``m``; ``None`` keeps ``forecast_steps``).
         limits: Overrides of the safety limits: a dict of
             :func:`pulsebms.safety.default_limits` keywords for every pack, or a dict
             chemistry → such a dict.
@@ -274,6 +278,7 @@ class FleetEnv(gym.Env[ObsArray, ActArray]):
         horizon_steps: int = 288,
         fidelity: str = "physics",
         forecast_steps: int = 4,
+        forecast_h: float | None = None,
         limits: Mapping[str, Any] | None = None,
         costs: CostModel | Mapping[str, float] | None = None,
         degradation_acceleration: float = 1.0,
@@ -290,6 +295,12 @@ class FleetEnv(gym.Env[ObsArray, ActArray]):
             raise ValueError(f"dt_s must be a finite number > 0, got {dt_s!r}")
         if int(horizon_steps) != horizon_steps or horizon_steps < 1:
             raise ValueError(f"horizon_steps must be an integer >= 1, got {horizon_steps!r}")
+        if forecast_h is not None:  # hours → steps at this dt_s
+            if not (isinstance(forecast_h, int | float) and np.isfinite(forecast_h)) or (
+                forecast_h < 0
+            ):
+                raise ValueError(f"forecast_h must be a finite number >= 0, got {forecast_h!r}")
+            forecast_steps = math.ceil(float(forecast_h) * 3600.0 / float(dt_s) - 1e-9)
         if int(forecast_steps) != forecast_steps or forecast_steps < 0:
             raise ValueError(f"forecast_steps must be an integer >= 0, got {forecast_steps!r}")
         if fidelity not in FIDELITIES:

@@ -105,3 +105,67 @@ def test_mpc_actions_are_admissible_for_the_shield_on_random_env_states() -> Non
             assert np.all(action >= admissible.lower - 1e-6)
             assert np.all(action <= admissible.upper + 1e-6)
     env.close()
+
+
+def test_horizon_in_hours_is_converted_with_dt_and_blocked() -> None:
+    assert MPCConfig(horizon_h=2.0).steps(60.0) == 120
+    assert MPCConfig(horizon_h=2.0).steps(900.0) == 8
+    day = MPCConfig(horizon_h=24.0)
+    durations = day.durations(60.0)
+    assert durations.sum() == 1440
+    assert durations[0] == 1  # the applied action is one control step
+    assert len(durations) <= day.max_plan_intervals + 1
+    assert MPCConfig(horizon_steps=24).durations(60.0).tolist() == [1] * 24  # no blocking
+    with pytest.raises(ValueError, match="horizon_h"):
+        MPCConfig(horizon_h=0.0)
+    with pytest.raises(ValueError, match="max_plan_intervals"):
+        MPCConfig(max_plan_intervals=1)
+
+
+class _EveningSpike:
+    """Cheap price now, a spike 10 h ahead (60 s steps), a steady 1.5 kW site load."""
+
+    def __call__(self, fleet: object, horizon_steps: int) -> tuple[np.ndarray, np.ndarray]:
+        price = np.full(horizon_steps, 0.1)
+        price[600:720] = 0.8
+        return np.full(horizon_steps, 1500.0), price
+
+
+def test_a_full_day_blocked_horizon_sees_what_24_steps_miss() -> None:
+    """At 60 s steps a 24-step MPC plans 24 min: it cannot see a spike 10 h ahead."""
+    info = make_info(dt_s=60.0)
+    site = lambda: SiteInfo(2000.0, 2000.0, 0.0)  # noqa: E731
+    obs = make_obs([0.5, 0.5, 0.5], 1500.0)
+    short = MPCPolicy(info, MPCConfig(horizon_steps=24), forecast=_EveningSpike(), site_fn=site)
+    day = MPCPolicy(
+        info,
+        MPCConfig(horizon_h=24.0, plan_step_s=900.0),
+        forecast=_EveningSpike(),
+        site_fn=site,
+    )
+    assert day.horizon_steps == 1440
+    plan = day.plan(obs)
+    assert day.last_status in ("optimal", "optimal_inaccurate")
+    assert plan.shape == (3, 1440)
+    # Blocks hold one action: within the second block (steps 1..15) the plan is constant.
+    np.testing.assert_array_equal(plan[:, 1:16], np.repeat(plan[:, 1:2], 15, axis=1))
+    assert np.sum(plan[:, :600]) < -1.0  # charges before the spike
+    assert np.sum(plan[:, 600:720]) > 1.0  # discharges into it
+    assert abs(float(np.sum(short.act(obs)))) < 1e-3  # flat price over its 24 min: idle
+
+
+def test_oracle_plans_a_full_day_by_default_at_60_s_steps() -> None:
+    from pulsebms.agents.env_factory import make_env
+    from pulsebms.agents.mpc import make_mpc, make_oracle_mpc
+
+    env = make_env("PulseBMS/FleetSmall-v0", dt_s=60.0, horizon_steps=30)
+    assert make_mpc(env).horizon_steps == 24
+    oracle = make_oracle_mpc(env)
+    assert oracle.horizon_steps == 1440
+    assert oracle.name == "mpc_oracle"
+    assert make_oracle_mpc(env, horizon_steps=6).horizon_steps == 6  # explicit wins
+    assert make_mpc(env, horizon_h=1.0).horizon_steps == 60
+    obs, _ = env.reset(seed=0)
+    assert oracle.act(obs).shape == (3,)
+    assert oracle.last_status in ("optimal", "optimal_inaccurate")
+    env.close()

@@ -1,0 +1,174 @@
+"""``DecisionIntervalWrapper``: the agent decides every ``decision_s``, the plant steps at ``dt_s``.
+
+The agent acts on a slow decision interval (e.g. 15 min) over the fast plant and shield
+loop (the env's ``dt_s``, e.g. 60 s): one agent step holds the action for
+``substeps = decision_s / dt_s`` env steps. Wrap it **outside** the
+:class:`pulsebms.safety.ShieldWrapper`, so the shield projects the held action at every
+plant step on the state of that step::
+
+    agent → DecisionIntervalWrapper → ShieldWrapper → FleetEnv (dt_s)
+
+Per agent step:
+
+* reward: the sum of the sub-steps' rewards (EUR, so episode returns are unchanged);
+* ``terminated`` / ``truncated``: as soon as a sub-step ends the episode, the remaining
+  sub-steps are skipped and its flags returned (the last decision of an episode whose
+  length is not a multiple of ``substeps`` is shorter);
+* observation: the last sub-step's;
+* ``info``: the last sub-step's, with flows summed over the sub-steps (every number
+  whose key ends in ``_eur``, and ``cost``, ``cost_pre_shield``, ``n_violations``,
+  ``soh_loss``, ``action_nan_count``, ``action_clipped_count``), ``violations``
+  concatenated, ``fault`` any, ``info["shield"]["intervened"]`` / ``["magnitude"]``
+  summed, and ``info["decision"]``: ``substeps`` (taken), ``dt_s``, ``decision_s``.
+  Instantaneous quantities (powers, prices, times) are the last sub-step's.
+
+The wrapper holds no randomness: a seeded reset gives the same episode as the inner env.
+
+Example:
+    >>> from pulsebms.agents.env_factory import make_env  # doctest: +SKIP
+    >>> env = DecisionIntervalWrapper(make_env(dt_s=60.0), decision_s=900.0)  # doctest: +SKIP
+    >>> env.substeps  # doctest: +SKIP
+    15
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any, SupportsFloat
+
+import gymnasium as gym
+import numpy as np
+
+__all__ = [
+    "SUMMED_INFO_KEYS",
+    "DecisionIntervalWrapper",
+    "agent_step_s",
+    "decision_env_factory",
+    "with_decision_interval",
+]
+
+SUMMED_INFO_KEYS = frozenset(
+    {
+        "cost",
+        "cost_pre_shield",
+        "n_violations",
+        "soh_loss",
+        "action_nan_count",
+        "action_clipped_count",
+    }
+)
+"""Info keys summed over the sub-steps (besides every numeric key ending in ``_eur``)."""
+
+_SHIELD_SUMMED = ("intervened", "magnitude")
+
+
+def _summed(key: str, value: Any) -> bool:
+    numeric = isinstance(value, int | float | np.integer | np.floating) and not isinstance(
+        value, bool
+    )
+    return numeric and (key in SUMMED_INFO_KEYS or key.endswith("_eur"))
+
+
+def _aggregate(infos: list[dict[str, Any]]) -> dict[str, Any]:
+    """One info for a decision: the last sub-step's with flows summed (see the module)."""
+    out = dict(infos[-1])
+    for key, value in infos[-1].items():
+        if _summed(key, value):
+            out[key] = sum(i.get(key, 0) for i in infos)
+    if "violations" in out:
+        out["violations"] = tuple(v for i in infos for v in i.get("violations", ()))
+    if "fault" in out:
+        out["fault"] = any(bool(i.get("fault", False)) for i in infos)
+    shield = out.get("shield")
+    if isinstance(shield, dict):
+        shield = dict(shield)
+        for key in _SHIELD_SUMMED:
+            if key in shield:
+                shield[key] = sum(i["shield"].get(key, 0) for i in infos if "shield" in i)
+        out["shield"] = shield
+    return out
+
+
+class DecisionIntervalWrapper(gym.Wrapper[Any, Any, Any, Any]):
+    """Hold each action for ``decision_s`` seconds of ``dt_s`` plant steps (see the module).
+
+    Args:
+        env: The (shielded) fleet env; ``env.unwrapped.dt_s`` is its plant step.
+        decision_s: The agent's decision interval [s]: a whole multiple of ``dt_s``
+            (within 1e-6 relative).
+
+    Raises:
+        ValueError: If ``decision_s`` is not a finite positive whole multiple of ``dt_s``.
+    """
+
+    def __init__(self, env: gym.Env[Any, Any], decision_s: float) -> None:
+        super().__init__(env)
+        dt_s = float(env.unwrapped.dt_s)  # type: ignore[attr-defined]
+        if not (isinstance(decision_s, int | float) and np.isfinite(decision_s)) or (
+            decision_s <= 0
+        ):
+            raise ValueError(f"decision_s must be a finite number > 0, got {decision_s!r}")
+        ratio = float(decision_s) / dt_s
+        substeps = round(ratio)
+        if substeps < 1 or abs(ratio - substeps) > 1e-6 * max(ratio, 1.0):
+            raise ValueError(
+                f"decision_s ({decision_s} s) must be a whole multiple of the env's dt_s ({dt_s} s)"
+            )
+        self.dt_s: float = dt_s
+        self.decision_s: float = float(decision_s)
+        self.substeps: int = int(substeps)
+
+    def step(self, action: Any) -> tuple[Any, SupportsFloat, bool, bool, dict[str, Any]]:
+        """Step the inner env up to :attr:`substeps` times with ``action`` held."""
+        reward = 0.0
+        infos: list[dict[str, Any]] = []
+        terminated = truncated = False
+        obs: Any = None
+        for _ in range(self.substeps):
+            obs, r, terminated, truncated, info = self.env.step(action)
+            reward += float(r)
+            infos.append(info)
+            if terminated or truncated:
+                break
+        out = _aggregate(infos)
+        out["decision"] = {
+            "substeps": len(infos),
+            "dt_s": self.dt_s,
+            "decision_s": self.decision_s,
+        }
+        return obs, reward, terminated, truncated, out
+
+
+def with_decision_interval(env: gym.Env[Any, Any], decision_s: float | None) -> gym.Env[Any, Any]:
+    """``env`` wrapped in :class:`DecisionIntervalWrapper` (unchanged for ``None``).
+
+    A ``decision_s`` equal to the env's ``dt_s`` still wraps (one sub-step: same episode,
+    with ``info["decision"]`` added).
+    """
+    return env if decision_s is None else DecisionIntervalWrapper(env, decision_s)
+
+
+def decision_env_factory(
+    factory: Callable[[], gym.Env[Any, Any]], decision_s: float | None
+) -> Callable[[], gym.Env[Any, Any]]:
+    """A zero-argument env factory whose envs act every ``decision_s`` (``None``: ``factory``)."""
+    if decision_s is None:
+        return factory
+
+    def make() -> gym.Env[Any, Any]:
+        return DecisionIntervalWrapper(factory(), decision_s)
+
+    return make
+
+
+def agent_step_s(env: gym.Env[Any, Any]) -> float:
+    """The agent's step [s]: the outermost decision interval, else the env's ``dt_s``.
+
+    Use it to turn horizons in hours into steps of what the agent sees (γ, forecasts).
+    """
+    inner: Any = env
+    while isinstance(inner, gym.Wrapper):
+        if isinstance(inner, DecisionIntervalWrapper):
+            return inner.decision_s
+        inner = inner.env
+    return float(env.unwrapped.dt_s)  # type: ignore[attr-defined]
