@@ -465,6 +465,15 @@ def build_rllib_algorithm(
         hook = getattr(params, "rllib_config_hook", None)
         config_hook = hook if callable(hook) else None
     register_env(RLLIB_ENV_NAME, make_rllib_env)  # idempotent; also done at import
+    if params.gamma_horizon_h is not None:  # γ from hours at the agent's step (one probe env)
+        from pulsebms.agents.discount import resolve_gamma
+        from pulsebms.envs.decision import agent_step_s
+
+        probe = gym.make(env_id, **dict(env_kwargs or {}))
+        try:
+            params = resolve_gamma(params, agent_step_s(probe))
+        finally:
+            probe.close()  # type: ignore[no-untyped-call]  # gymnasium leaves close unannotated
     env_config = {
         "env_id": env_id,
         "shield": shield,
