@@ -232,7 +232,13 @@ class FleetEnv(gym.Env[ObsArray, ActArray]):
             length follows ``m``; ``None`` keeps ``forecast_steps``).
         limits: Overrides of the safety limits: a dict of
             :func:`pulsebms.safety.default_limits` keywords for every pack, or a dict
-            chemistry → such a dict.
+            chemistry → such a dict. Given values always win over the defaults below.
+        current_limit_c_rate: The default pack current limits scale with the pack:
+            ``current_max_a = −current_min_a = r · parallel · cell capacity`` (nominal pack
+            capacity [A.h] at SoH 1) with ``r = max(current_limit_c_rate, c_rate_max)``, so
+            the C-rate limit ``c_rate_max`` (1 C of the present capacity by default) stays
+            the binding one and a 100 kWh pack is not held to the fixed ±100 A of
+            :class:`pulsebms.safety.PackLimits`. ``None``: that fixed default.
         costs: :class:`CostModel` or a dict of its fields (cost weights).
         degradation_acceleration: Factor ≥ 1 on the twin's fade (research runs); the
             degradation cost divides it out again.
@@ -240,7 +246,10 @@ class FleetEnv(gym.Env[ObsArray, ActArray]):
             :meth:`fleet_state` reports as ``demand_w`` (see the module docstring).
         randomize_initial_state: On reset, draw each pack's SoC uniformly in
             ``initial_soc_range`` and its temperature as ambient ± ``temperature_jitter_c``
-            from the env's seeded generator (domain randomisation).
+            from the env's seeded generator (domain randomisation). ``None`` (default):
+            on when the scenario randomises its days (``Scenario.randomize_day``, e.g.
+            the ``"randomized"`` preset), so a randomised day also starts the fleet in a
+            random state.
         initial_soc_range: SoC range of the randomisation.
         temperature_jitter_c: Temperature half-range of the randomisation [K].
         render_mode: ``None`` or ``"ansi"``.
@@ -280,10 +289,11 @@ class FleetEnv(gym.Env[ObsArray, ActArray]):
         forecast_steps: int = 4,
         forecast_h: float | None = None,
         limits: Mapping[str, Any] | None = None,
+        current_limit_c_rate: float | None = 2.0,
         costs: CostModel | Mapping[str, float] | None = None,
         degradation_acceleration: float = 1.0,
         fleet_request: str = "net_load",
-        randomize_initial_state: bool = False,
+        randomize_initial_state: bool | None = None,
         initial_soc_range: tuple[float, float] = (0.2, 0.9),
         temperature_jitter_c: float = 3.0,
         render_mode: str | None = None,
@@ -320,6 +330,15 @@ class FleetEnv(gym.Env[ObsArray, ActArray]):
             )
         if not temperature_jitter_c >= 0.0:
             raise ValueError(f"temperature_jitter_c must be >= 0, got {temperature_jitter_c!r}")
+        if current_limit_c_rate is not None and not (
+            isinstance(current_limit_c_rate, int | float)
+            and np.isfinite(current_limit_c_rate)
+            and current_limit_c_rate > 0
+        ):
+            raise ValueError(
+                f"current_limit_c_rate must be None or a finite number > 0, "
+                f"got {current_limit_c_rate!r}"
+            )
         if render_mode is not None and render_mode not in self.metadata["render_modes"]:
             raise ValueError(
                 f"render_mode must be None or one of {self.metadata['render_modes']}, "
@@ -337,7 +356,11 @@ class FleetEnv(gym.Env[ObsArray, ActArray]):
         self.costs: CostModel = make_costs(costs)
         self.degradation_acceleration: float = float(degradation_acceleration)
         self.fleet_request: str = fleet_request
-        self.randomize_initial_state: bool = bool(randomize_initial_state)
+        self.randomize_initial_state: bool = bool(
+            self.scenario.randomize_day
+            if randomize_initial_state is None
+            else randomize_initial_state
+        )
         self.initial_soc_range: tuple[float, float] = (lo, hi)
         self.temperature_jitter_c: float = float(temperature_jitter_c)
         self.render_mode = render_mode
@@ -354,7 +377,12 @@ class FleetEnv(gym.Env[ObsArray, ActArray]):
         )
         self.ratings: PackRatings = self.twin.ratings
         """Static pack ratings, in fleet order (read by the shield)."""
-        self.pack_limits: tuple[Any, ...] = _build_limits(self.ratings.chemistry, limits)
+        self.current_limit_c_rate: float | None = (
+            None if current_limit_c_rate is None else float(current_limit_c_rate)
+        )
+        self.pack_limits: tuple[Any, ...] = _build_limits(
+            self.ratings, limits, self.current_limit_c_rate
+        )
         """Safety limits per pack (:class:`pulsebms.safety.PackLimits`), in fleet order."""
 
         n = self.ratings.n_packs
@@ -714,8 +742,14 @@ class FleetEnv(gym.Env[ObsArray, ActArray]):
         return build_observation(self.observation_layout, inputs)
 
 
-def _build_limits(chemistry: Sequence[str], limits: Mapping[str, Any] | None) -> tuple[Any, ...]:
-    """Per-pack safety limits from :func:`pulsebms.safety.default_limits` plus overrides."""
+def _build_limits(
+    ratings: PackRatings, limits: Mapping[str, Any] | None, current_limit_c_rate: float | None
+) -> tuple[Any, ...]:
+    """Per-pack safety limits: defaults, pack-scaled current limits, then the overrides.
+
+    The defaults are :func:`pulsebms.safety.default_limits`; the current limits scale with
+    the pack's capacity (``current_limit_c_rate``, see :class:`FleetEnv`) unless given.
+    """
     from pulsebms.safety import default_limits
 
     overrides = dict(limits or {})
@@ -727,11 +761,22 @@ def _build_limits(chemistry: Sequence[str], limits: Mapping[str, Any] | None) ->
             except ValueError as exc:
                 raise ValueError(f"limits[{key!r}]: {exc}") from exc
     common = {k: v for k, v in overrides.items() if not isinstance(v, Mapping)}
+    capacity_ah = np.asarray(ratings.capacity_ah, dtype=np.float64)  # pack, at SoH 1
     out = []
-    for chem in chemistry:
+    for i, chem in enumerate(ratings.chemistry):
         kwargs = {**common, **dict(per_chem.get(chem.upper(), {}))}
         try:
-            out.append(default_limits(chem, **kwargs))
+            lim = default_limits(chem, **kwargs)
+            if current_limit_c_rate is not None:
+                rate = max(current_limit_c_rate, lim.c_rate_max)
+                scaled = {
+                    "current_max_a": rate * float(capacity_ah[i]),
+                    "current_min_a": -rate * float(capacity_ah[i]),
+                }
+                scaled = {k: v for k, v in scaled.items() if k not in kwargs}
+                if scaled:
+                    lim = default_limits(chem, **{**kwargs, **scaled})
+            out.append(lim)
         except (TypeError, ValueError) as exc:
             raise ValueError(f"limits ({chem}): {exc}") from exc
     return tuple(out)

@@ -12,7 +12,11 @@ id                         fleet                                        fidelity
 
 All use the ``"default"`` scenario and accept every :class:`~pulsebms.envs.FleetEnv`
 keyword through ``gymnasium.make(id, fleet=[...], scenario=..., dt_s=..., fidelity=...)``.
-``FleetSmall`` refuses a fleet of more than 4 packs (it is the fast test id).
+The ids differ only in their defaults (fleet, fidelity): any of them takes a fleet of any
+size. (``FleetSmall`` once refused more than 4 packs; nothing in the env needs that cap —
+the twins are batched over packs — and it stopped the ``env=small`` Hydra default from
+running a benchmark fleet such as ``fleet=mixed20``, so it is lifted; the id's dynamics,
+reward and spaces for a given fleet are unchanged.)
 No ``max_episode_steps`` is registered: the env truncates itself at ``horizon_steps``.
 In a worker process started by ``spawn`` or ``forkserver`` (SB3's ``SubprocVecEnv``, Ray),
 write the id as ``"pulsebms.envs:PulseBMS/Fleet-v0"`` so that gymnasium imports this
@@ -38,35 +42,57 @@ _CHEMISTRIES = ("LFP", "NMC", "LCO")
 _SHAPES = {"LFP": (16, 8), "NMC": (14, 4), "LCO": (14, 20)}  # ≈1 kWh per pack
 
 
-def mixed_fleet(n_packs: int) -> list[dict[str, Any]]:
+def mixed_fleet(
+    n_packs: int, *, energy_kwh: float | tuple[float, float] | None = None
+) -> list[dict[str, Any]]:
     """A fleet of ``n_packs`` packs cycling LFP, NMC, LCO, with spread initial SoC and SoH.
 
     The spread is a fixed pattern (no randomness), so the fleet is the same everywhere.
 
     Args:
         n_packs: Number of packs (≥ 1).
+        energy_kwh: ``None``: the ≈ 1 kWh shapes of the registered ids (16s8p LFP, 14s4p
+            NMC, 14s20p LCO). A number: every pack stated by that energy [kWh]. A pair
+            ``(low, high)``: pack ``i`` gets ``low + (high − low)·((3·i) mod 10)/9`` rounded
+            to 0.1 kWh (the pack sizes spread over the range, mixed over chemistries).
+            Packs stated by energy resolve their cell counts through
+            :class:`~pulsebms.envs.pack.PackSpec`.
 
     Returns:
         Pack specs as plain dicts.
 
+    Raises:
+        ValueError: If ``n_packs`` < 1 or the energy range is empty or not positive.
+
     Example:
         >>> [p["chemistry"] for p in mixed_fleet(4)]
         ['LFP', 'NMC', 'LCO', 'LFP']
+        >>> [p["energy_kwh"] for p in mixed_fleet(3, energy_kwh=(60.0, 100.0))]
+        [60.0, 73.3, 86.7]
     """
+    if int(n_packs) != n_packs or n_packs < 1:
+        raise ValueError(f"n_packs must be an integer >= 1, got {n_packs!r}")
+    low = high = 0.0
+    if energy_kwh is not None:
+        low, high = (
+            (float(energy_kwh), float(energy_kwh))
+            if isinstance(energy_kwh, int | float)
+            else (float(energy_kwh[0]), float(energy_kwh[1]))
+        )
+        if not 0.0 < low <= high:
+            raise ValueError(f"energy_kwh must be > 0 (a range low <= high), got {energy_kwh!r}")
     packs = []
     for i in range(n_packs):
         chem = _CHEMISTRIES[i % 3]
-        series, parallel = _SHAPES[chem]
-        packs.append(
-            {
-                "chemistry": chem,
-                "series": series,
-                "parallel": parallel,
-                "initial_soc": round(0.35 + 0.3 * ((i * 7) % 11) / 10.0, 3),
-                "initial_soh": round(0.98 - 0.06 * ((i * 5) % 7) / 6.0, 4),
-                "name": f"{chem.lower()}-{i}",
-            }
-        )
+        pack: dict[str, Any] = {"chemistry": chem}
+        if energy_kwh is None:
+            pack["series"], pack["parallel"] = _SHAPES[chem]
+        else:
+            pack["energy_kwh"] = round(low + (high - low) * ((3 * i) % 10) / 9.0, 1)
+        pack["initial_soc"] = round(0.35 + 0.3 * ((i * 7) % 11) / 10.0, 3)
+        pack["initial_soh"] = round(0.98 - 0.06 * ((i * 5) % 7) / 6.0, 4)
+        pack["name"] = f"{chem.lower()}-{i}"
+        packs.append(pack)
     return packs
 
 
@@ -78,25 +104,17 @@ def fleet100() -> list[dict[str, Any]]:
 def small_fleet_env(
     fleet: Sequence[PackSpec | Mapping[str, Any]] | None = None, **kwargs: Any
 ) -> Any:
-    """Entry point of ``PulseBMS/FleetSmall-v0``: a FleetEnv of at most 4 packs.
+    """Entry point of ``PulseBMS/FleetSmall-v0``: a FleetEnv, by default the 3-pack fleet.
 
     Args:
-        fleet: At most 4 packs; default the 3-pack :data:`~pulsebms.envs.DEFAULT_FLEET`.
+        fleet: The packs (any number); default the 3-pack :data:`~pulsebms.envs.DEFAULT_FLEET`.
         **kwargs: Any other :class:`~pulsebms.envs.FleetEnv` argument.
 
     Returns:
         The env.
-
-    Raises:
-        ValueError: If the fleet has more than 4 packs.
     """
     from pulsebms.envs.fleet_env import FleetEnv  # lazy: keep `import pulsebms.envs` light
 
-    if fleet is not None and len(fleet) > 4:
-        raise ValueError(
-            f"PulseBMS/FleetSmall-v0 takes at most 4 packs, got {len(fleet)}; "
-            "use PulseBMS/Fleet-v0 for larger fleets"
-        )
     return FleetEnv(fleet=fleet, **kwargs)
 
 

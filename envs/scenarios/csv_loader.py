@@ -3,7 +3,9 @@
 Format: one header row, one row per sample, units in the column names.
 
 * Time: ``time_s`` (seconds, increasing) **or** ``timestamp`` (ISO 8601, local time,
-  increasing). Samples need not be equally spaced; they are interpolated linearly, and the
+  increasing; UTC offsets may change inside the file, as at a daylight-saving switch: the
+  elapsed time is then the true one and the episode starts at the first sample's local
+  time). Samples need not be equally spaced; they are interpolated linearly, and the
   series repeats after its last sample.
 * Any of the signals, each in one of its accepted units:
 
@@ -19,6 +21,11 @@ Format: one header row, one row per sample, units in the column names.
 Other columns are ignored, except a column named like a signal with no or an unknown unit
 (``load``, ``pv_hp``), which is an error. Missing values (NaN, empty) are an error naming the
 column and the file line.
+
+The values are read as they are, in canonical units; how they are sized into an episode
+(scaled to the fleet, or kept absolute) and whether load noise is added is the scenario's
+choice (``Scenario.csv_scale``, ``Scenario.load_noise``; see
+:func:`pulsebms.envs.scenarios.build_series`).
 """
 
 from __future__ import annotations
@@ -108,11 +115,14 @@ def load_csv_profile(path: str | os.PathLike[str]) -> CsvProfile:
     fspath = os.fspath(path)
     if not os.path.isfile(fspath):
         raise CsvProfileError(f"scenario CSV {fspath!r} does not exist")
-    return _load_cached(os.path.abspath(fspath), os.path.getmtime(fspath))
+    stat = os.stat(fspath)
+    # Nanosecond mtime and size: a file rewritten within the float mtime's resolution
+    # (or on a coarse-mtime filesystem, with another length) is read again.
+    return _load_cached(os.path.abspath(fspath), stat.st_mtime_ns, stat.st_size)
 
 
 @functools.lru_cache(maxsize=16)
-def _load_cached(path: str, _mtime: float) -> CsvProfile:
+def _load_cached(path: str, _mtime_ns: int, _size: int) -> CsvProfile:
     import pandas as pd  # lazy: heavy
 
     try:
@@ -142,17 +152,28 @@ def _load_cached(path: str, _mtime: float) -> CsvProfile:
     if "time_s" in frame.columns:
         time_s = numeric("time_s")
     elif "timestamp" in frame.columns:
-        stamps = pd.to_datetime(frame["timestamp"], errors="coerce")
+        raw_stamps = frame["timestamp"].astype(str).str.strip()
+        try:
+            stamps = pd.to_datetime(raw_stamps, errors="coerce")
+        except ValueError:  # mixed UTC offsets (a daylight-saving switch): go through UTC
+            stamps = pd.to_datetime(raw_stamps, errors="coerce", utc=True)
         bad = np.flatnonzero(stamps.isna().to_numpy())
         if bad.size:
             raise CsvProfileError(
                 f"{path}: column 'timestamp' has an unreadable time "
                 f"{frame['timestamp'].iloc[bad[0]]!r} at line {line_of(int(bad[0]))}"
             )
-        first = stamps.iloc[0]
-        start_day = int(first.day_of_year) - 1
+        try:
+            first = pd.Timestamp(raw_stamps.iloc[0])  # the first sample's own local time
+        except ValueError as exc:
+            raise CsvProfileError(
+                f"{path}: column 'timestamp' has an unreadable time "
+                f"{frame['timestamp'].iloc[0]!r} at line {line_of(0)}"
+            ) from exc
+        # Day of year on a 365-day year (31 December of a leap year is day 364).
+        start_day = min(int(first.day_of_year) - 1, 364)
         start_hour = first.hour + first.minute / 60.0 + first.second / 3600.0
-        time_s = ((stamps - first).dt.total_seconds()).to_numpy(dtype=np.float64)
+        time_s = ((stamps - stamps.iloc[0]).dt.total_seconds()).to_numpy(dtype=np.float64)
     else:
         raise CsvProfileError(
             f"{path}: no time column; add 'time_s' (seconds) or 'timestamp' (ISO 8601); "

@@ -13,11 +13,26 @@ the fleet, so one scenario fits a 3-pack test fleet and a 100-pack fleet alike::
     pv_peak_w        = pv_peak_ratio    × site_peak_load_w
     grid_import_limit_w = grid_import_ratio × site_peak_load_w
     grid_export_limit_w = grid_export_ratio × site_peak_load_w
+
+A user's CSV (``"csv"`` sources) is scaled the same way by default (``csv_scale="fleet"``:
+the file's shape, its peak load → ``site_peak_load_w``). With ``csv_scale="absolute"`` the
+file's watts are kept as they are: ``site_peak_load_w`` defaults to the file's peak load
+(the grid limits follow from it) and load and PV are not rescaled.
+
+Randomised days (``randomize_day=True``, the ``"randomized"`` preset) make every reset a
+different day for training, all from the env's seeded generator: the season (a random
+start day when ``start_day`` is ``None``), the weather (a seasonal shift of the synthetic
+or constant ambient of ±``day_ambient_season_c``, coldest on 20 January, plus a day offset
+of std ``day_ambient_weather_c``), the levels of load, PV and import price (each a factor
+drawn uniformly in its ``day_*_level_range``), and, in :class:`~pulsebms.envs.FleetEnv`,
+the fleet's initial state (``randomize_initial_state`` defaults to on). A scenario
+without ``randomize_day`` draws nothing more, so its seeded series are unchanged.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -25,6 +40,7 @@ from typing import Any
 __all__ = [
     "AMBIENT_SOURCES",
     "BDEW_PROFILES",
+    "CSV_SCALES",
     "LOAD_SOURCES",
     "PRICE_SOURCES",
     "PV_SOURCES",
@@ -43,6 +59,8 @@ or a user's CSV."""
 PRICE_SOURCES = ("flat", "tou", "stochastic", "csv")
 """Import price sources: flat, time-of-use schedule, time-of-use with seeded stochastic
 deviations and spikes, or a user's CSV."""
+CSV_SCALES = ("fleet", "absolute")
+"""How a CSV's load and PV are sized: scaled to the fleet, or kept in the file's watts."""
 AMBIENT_SOURCES = ("constant", "synthetic", "tmy3", "csv")
 """Ambient temperature sources: constant, a seeded daily sinusoid, a TMY3 year, or a CSV."""
 BDEW_PROFILES = ("H25", "G25", "L25", "P25", "S25")
@@ -97,6 +115,18 @@ class Scenario:
             square root of the lead.
         csv_path: Path of a user's CSV for any ``"csv"`` source (see
             :func:`pulsebms.envs.scenarios.load_csv_profile`).
+        csv_scale: ``"fleet"`` (scale the CSV's load and PV to the fleet like every other
+            source) or ``"absolute"`` (keep the file's watts; see the module docstring).
+            ``load_noise`` applies to a CSV load as to the other sources (set it to 0 to
+            replay the file exactly).
+        randomize_day: Draw a new day at every reset (see the module docstring).
+        day_load_level_range: Range of the day's load factor (``randomize_day``).
+        day_pv_level_range: Range of the day's PV factor, cloudy to clear (``randomize_day``).
+        day_price_level_range: Range of the day's import price factor (``randomize_day``).
+        day_ambient_season_c: Half the seasonal swing of the ambient mean [K]
+            (``randomize_day``; synthetic and constant ambient only).
+        day_ambient_weather_c: Std of the day's ambient offset [K] (``randomize_day``;
+            synthetic and constant ambient only).
 
     Example:
         >>> Scenario.from_any("tou").price
@@ -132,6 +162,13 @@ class Scenario:
     forecast: str = "perfect"
     forecast_noise: float = 0.05
     csv_path: str | None = None
+    csv_scale: str = "fleet"
+    randomize_day: bool = False
+    day_load_level_range: tuple[float, float] = (0.85, 1.15)
+    day_pv_level_range: tuple[float, float] = (0.3, 1.6)
+    day_price_level_range: tuple[float, float] = (0.7, 1.5)
+    day_ambient_season_c: float = 10.0
+    day_ambient_weather_c: float = 3.0
 
     def __post_init__(self) -> None:
         _check_choice("load", self.load, LOAD_SOURCES)
@@ -141,6 +178,15 @@ class Scenario:
         _check_choice("bdew_profile", self.bdew_profile, BDEW_PROFILES)
         _check_choice("tmy3_file", self.tmy3_file, TMY3_FILES)
         _check_choice("forecast", self.forecast, ("perfect", "noisy"))
+        _check_choice("csv_scale", self.csv_scale, CSV_SCALES)
+        if not isinstance(self.randomize_day, bool):
+            raise ValueError(f"Scenario.randomize_day must be a bool, got {self.randomize_day!r}")
+        for name in ("day_load_level_range", "day_pv_level_range", "day_price_level_range"):
+            object.__setattr__(self, name, _level_range(name, getattr(self, name)))
+        for name in ("day_ambient_season_c", "day_ambient_weather_c"):
+            if not (math.isfinite(getattr(self, name)) and getattr(self, name) >= 0.0):
+                value = getattr(self, name)
+                raise ValueError(f"Scenario.{name} must be finite and >= 0, got {value}")
         for name in ("load_noise", "price_volatility", "forecast_noise", "pv_peak_ratio"):
             if not getattr(self, name) >= 0.0:
                 raise ValueError(f"Scenario.{name} must be >= 0, got {getattr(self, name)}")
@@ -191,6 +237,21 @@ class Scenario:
         return dataclasses.replace(self, **changes)
 
 
+def _level_range(field_name: str, value: Any) -> tuple[float, float]:
+    """A ``(low, high)`` factor range as a tuple of floats, ``0 <= low <= high``, finite."""
+    try:
+        low, high = (float(v) for v in value)
+    except (TypeError, ValueError):
+        raise ValueError(
+            f"Scenario.{field_name} must be a pair (low, high), got {value!r}"
+        ) from None
+    if not (math.isfinite(low) and math.isfinite(high) and 0.0 <= low <= high):
+        raise ValueError(
+            f"Scenario.{field_name} must satisfy 0 <= low <= high (finite), got {value!r}"
+        )
+    return (low, high)
+
+
 def _check_choice(field_name: str, value: str, choices: tuple[str, ...]) -> None:
     if value not in choices:
         raise ValueError(f"Scenario.{field_name} must be one of {list(choices)}, got {value!r}")
@@ -214,13 +275,19 @@ SCENARIOS: dict[str, Scenario] = {
     ),
     "hot": Scenario(name="hot", ambient="synthetic", ambient_c=38.0, ambient_amplitude_c=6.0),
     "cold": Scenario(name="cold", ambient="synthetic", ambient_c=-5.0, ambient_amplitude_c=4.0),
+    "randomized": Scenario(
+        name="randomized", price="stochastic", ambient_c=15.0, randomize_day=True
+    ),
 }
 """Named presets. ``default``: synthetic load and PV, time-of-use price, synthetic ambient.
 ``tou``: load only, TOU price, 25 °C. ``flat``: deterministic load, flat price (a sanity
 case where only degradation and losses matter). ``stochastic``: stochastic price, noisy
 forecasts. ``bdew``: BDEW H25 household load, TMY3 ambient. ``bdew_pv``: BDEW H25 load −
 pvlib PV on the Greensboro TMY3 year. ``commercial_pv``: BDEW G25 load, pvlib PV,
-stochastic price. ``hot`` / ``cold``: synthetic site at 38 °C / −5 °C mean ambient."""
+stochastic price. ``hot`` / ``cold``: synthetic site at 38 °C / −5 °C mean ambient.
+``randomized``: for training on varied days: every reset a random season, weather
+(15 °C ± 10 K seasonal mean, ±3 K day offset, 5 K daily swing), load, PV and price level,
+stochastic price with spikes, and a random initial fleet state in the env."""
 
 
 def make_scenario(spec: str | Mapping[str, Any] | Scenario) -> Scenario:

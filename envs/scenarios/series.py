@@ -25,6 +25,7 @@ from pulsebms.envs.scenarios.synthetic import (
 __all__ = ["ScenarioSeries", "build_series"]
 
 _DAY_S = 86400.0
+_COLDEST_DAY = 19.0  # 20 January (0-based day of year): the seasonal minimum of ambient
 
 
 @dataclass(frozen=True)
@@ -51,6 +52,10 @@ class ScenarioSeries:
         grid_export_limit_w: Grid export limit [W].
         forecast: ``"perfect"`` or ``"noisy"``.
         forecast_noise: Relative std of a one-step-ahead noisy forecast.
+        day_draws: The randomised day's draws (``Scenario.randomize_day``) as
+            ``(name, value)`` pairs: ``load_level``, ``pv_level``, ``price_level``,
+            ``ambient_offset_c`` (the season and weather shift at the episode start);
+            empty otherwise.
     """
 
     dt_s: float
@@ -68,6 +73,7 @@ class ScenarioSeries:
     grid_export_limit_w: float
     forecast: str
     forecast_noise: float
+    day_draws: tuple[tuple[str, float], ...] = ()
 
     @property
     def n_samples(self) -> int:
@@ -112,8 +118,10 @@ def build_series(
 ) -> ScenarioSeries:
     """Generate one episode's signals from a scenario with a seeded generator.
 
-    Draws happen in a fixed order (start day, load, PV, price, ambient) whatever the
-    sources, so changing one source does not reshuffle the others' randomness.
+    Draws happen in a fixed order (start day, load, PV, price, ambient, then the
+    randomised day's factors when ``scenario.randomize_day``) whatever the sources, so
+    changing one source does not reshuffle the others' randomness, and a randomised day
+    is the same base day as the plain scenario's for the same generator state.
 
     Args:
         scenario: What to generate.
@@ -167,17 +175,26 @@ def build_series(
     mid_day: FloatArray = np.mod(mid_s / _DAY_S, 365.0)
 
     # Sizing.
-    peak_w = (
-        scenario.site_peak_load_w
-        if scenario.site_peak_load_w is not None
-        else scenario.peak_load_ratio * fleet_rated_power_w
-    )
+    absolute = csv is not None and scenario.csv_scale == "absolute"
+    if scenario.site_peak_load_w is not None:
+        peak_w = scenario.site_peak_load_w
+    elif csv is not None and absolute and scenario.load == "csv":
+        peak_w = float(np.max(csv.sample("load_w", csv.time_s)))  # names a missing column
+        if not peak_w > 0:
+            raise ValueError(
+                f"{scenario.csv_path}: csv_scale='absolute' needs a positive peak load to size "
+                "the site; give site_peak_load_w"
+            )
+    else:
+        peak_w = scenario.peak_load_ratio * fleet_rated_power_w
 
-    # Load [p.u. of peak].
+    # Load [p.u. of peak; W of the file for an absolute CSV].
+    load_unit_w = peak_w
     # One child generator per signal, seeded from ``rng`` (its state alone decides them).
     load_rng, pv_rng, price_rng, ambient_rng = (
         np.random.default_rng(int(seed)) for seed in rng.integers(0, 2**63 - 1, size=4)
     )
+    day = _draw_day(scenario, rng) if scenario.randomize_day else None
     if scenario.load == "synthetic":
         load_pu = synthetic_load_pu(mid_hour, mid_day, load_rng, scenario.load_noise, dt_s)
     elif scenario.load == "bdew":
@@ -190,12 +207,16 @@ def build_series(
     else:
         if csv is None:  # pragma: no cover - guarded by Scenario validation
             raise ValueError("Scenario.csv_path is required for load='csv'")
-        load_csv = csv.sample("load_w", elapsed_s + 0.5 * dt_s)
+        load_csv = np.clip(csv.sample("load_w", elapsed_s + 0.5 * dt_s), 0.0, None)
         csv_peak = float(np.max(csv.signals["load_w"])) or 1.0
-        load_pu = load_csv / csv_peak
-        if scenario.site_peak_load_w is None:
-            peak_w = scenario.peak_load_ratio * fleet_rated_power_w
-    load_w = np.clip(load_pu, 0.0, None) * peak_w
+        if absolute:  # the file's watts, exactly (its peak sizes the site unless given)
+            load_pu, load_unit_w = load_csv, 1.0
+        else:
+            load_pu = load_csv / csv_peak
+        if scenario.load_noise > 0:
+            fluct = ar1(load_rng, n_samples, dt_s, 1800.0)
+            load_pu = np.clip(load_pu * (1.0 + scenario.load_noise * fluct), 0.0, None)
+    load_w = np.clip(load_pu, 0.0, None) * load_unit_w
 
     # PV [W].
     pv_peak_w = scenario.pv_peak_ratio * peak_w
@@ -210,7 +231,9 @@ def build_series(
         if csv is None:  # pragma: no cover - guarded by Scenario validation
             raise ValueError("Scenario.csv_path is required for pv='csv'")
         raw = csv.sample("pv_w", elapsed_s + 0.5 * dt_s)
-        if scenario.load == "csv":  # keep the file's PV/load ratio
+        if absolute:
+            pv_w = raw
+        elif scenario.load == "csv":  # keep the file's PV/load ratio
             pv_w = raw / (float(np.max(csv.signals["load_w"])) or 1.0) * peak_w
         else:
             pv_w = raw / (float(np.max(csv.signals["pv_w"])) or 1.0) * pv_peak_w
@@ -251,6 +274,23 @@ def build_series(
             raise ValueError("Scenario.csv_path is required for ambient='csv'")
         ambient = csv.sample("ambient_c", elapsed_s + 0.5 * dt_s)
 
+    day_draws: tuple[tuple[str, float], ...] = ()
+    if day is not None:
+        load_w = load_w * day.load_level
+        pv_w = pv_w * day.pv_level
+        price = np.asarray(price, dtype=np.float64) * day.price_level
+        shift = np.zeros(n_samples)
+        if scenario.ambient in ("constant", "synthetic"):
+            season = -np.cos(2.0 * np.pi * (mid_day - _COLDEST_DAY) / 365.0)
+            shift = scenario.day_ambient_season_c * season + day.weather_c
+            ambient = np.asarray(ambient, dtype=np.float64) + shift
+        day_draws = (
+            ("load_level", day.load_level),
+            ("pv_level", day.pv_level),
+            ("price_level", day.price_level),
+            ("ambient_offset_c", float(shift[0])),
+        )
+
     arrays = {
         "load_w": load_w,
         "pv_w": pv_w,
@@ -271,5 +311,27 @@ def build_series(
         grid_export_limit_w=float(scenario.grid_export_ratio * peak_w),
         forecast=scenario.forecast,
         forecast_noise=scenario.forecast_noise,
+        day_draws=day_draws,
         **arrays,
+    )
+
+
+@dataclass(frozen=True)
+class _Day:
+    """The factors of one randomised day (see :mod:`pulsebms.envs.scenarios.scenario`)."""
+
+    load_level: float
+    pv_level: float
+    price_level: float
+    weather_c: float
+
+
+def _draw_day(scenario: Scenario, rng: np.random.Generator) -> _Day:
+    """Draw a randomised day's factors from one child generator of ``rng`` (fixed order)."""
+    day_rng = np.random.default_rng(int(rng.integers(0, 2**63 - 1)))
+    return _Day(
+        load_level=float(day_rng.uniform(*scenario.day_load_level_range)),
+        pv_level=float(day_rng.uniform(*scenario.day_pv_level_range)),
+        price_level=float(day_rng.uniform(*scenario.day_price_level_range)),
+        weather_c=float(scenario.day_ambient_weather_c * day_rng.standard_normal()),
     )

@@ -60,9 +60,17 @@ def test_make_accepts_plain_data_kwargs() -> None:
     assert truncated
 
 
-def test_small_id_refuses_big_fleets() -> None:
-    with pytest.raises(ValueError, match="at most 4 packs"):
-        gym.make("PulseBMS/FleetSmall-v0", fleet=[{"chemistry": "LFP"}] * 5)
+def test_small_id_takes_a_20_pack_fleet_stated_by_energy() -> None:
+    # The 4-pack cap is lifted: the env=small Hydra default runs the 20-pack benchmark fleet.
+    fleet = pulsebms.envs.mixed_fleet(20, energy_kwh=(60.0, 100.0))
+    env = gym.make("PulseBMS/FleetSmall-v0", fleet=fleet, horizon_steps=3)
+    obs, _ = env.reset(seed=0)
+    assert env.action_space.shape == (20,)
+    assert obs.shape == env.observation_space.shape
+    energy = env.unwrapped.pack_energy_kwh
+    np.testing.assert_allclose(energy, [p["energy_kwh"] for p in fleet], rtol=0.02)
+    env.step(np.zeros(20, dtype=np.float32))
+    env.close()
 
 
 def _rollout(env: gym.Env, seed: int, n: int) -> list:

@@ -184,6 +184,7 @@ def test_csv_loader_reads_units_and_feeds_an_episode(tmp_path: Path) -> None:
             "ambient": "csv",
             "csv_path": str(path),
             "site_peak_load_w": 1500.0,
+            "load_noise": 0.0,
         },
         n=48,
         dt_s=1800.0,
@@ -228,3 +229,116 @@ def test_csv_missing_file_and_missing_signal(tmp_path: Path) -> None:
     path = _csv(tmp_path, "time_s,load_w\n0,1\n900,2\n")
     with pytest.raises(CsvProfileError, match="needs 'price_eur_per_kwh'"):
         _series({"price": "csv", "csv_path": str(path)})
+
+
+def _hourly_csv(tmp_path: Path, name: str = "hourly.csv") -> Path:
+    rows = "\n".join(
+        f"{3600 * h},{2.0 + 1.5 * (h >= 18)},{max(0, 6 - abs(h - 12)) * 0.5}" for h in range(24)
+    )
+    path = tmp_path / name
+    path.write_text("time_s,load_kw,pv_kw\n" + rows + "\n")
+    return path
+
+
+def test_csv_absolute_keeps_the_files_watts_and_sizes_the_site_from_them(tmp_path: Path) -> None:
+    path = _hourly_csv(tmp_path)
+    spec = {"load": "csv", "pv": "csv", "csv_path": str(path), "load_noise": 0.0}
+    fleet = _series(spec, n=24, dt_s=3600.0, rated=123.0)  # scaled to the 123 W fleet
+    absolute = _series({**spec, "csv_scale": "absolute"}, n=24, dt_s=3600.0, rated=123.0)
+    prof = load_csv_profile(path)
+    mid = np.arange(24) * 3600.0 + 1800.0
+    np.testing.assert_array_equal(absolute.load_w, prof.sample("load_w", mid))
+    np.testing.assert_array_equal(absolute.pv_w, prof.sample("pv_w", mid))
+    assert absolute.load_w.max() == pytest.approx(3500.0)  # watts of the file, not 123 W
+    assert absolute.site_peak_load_w == 3500.0
+    assert absolute.grid_import_limit_w == pytest.approx(0.8 * 3500.0)
+    assert fleet.site_peak_load_w == pytest.approx(123.0)
+    assert fleet.load_w.max() <= 123.0 + 1e-9
+    given = _series(
+        {**spec, "csv_scale": "absolute", "site_peak_load_w": 5000.0}, n=24, dt_s=3600.0
+    )
+    np.testing.assert_array_equal(given.load_w, absolute.load_w)  # still the file's watts
+    assert given.grid_import_limit_w == pytest.approx(4000.0)  # sized by the given peak
+    with pytest.raises(ValueError, match="csv_scale"):
+        make_scenario({**spec, "csv_scale": "kilowatts"})
+
+
+def test_csv_load_honours_load_noise_seeded(tmp_path: Path) -> None:
+    spec = {"load": "csv", "csv_path": str(_hourly_csv(tmp_path)), "csv_scale": "absolute"}
+    exact = _series({**spec, "load_noise": 0.0}, n=96, dt_s=900.0)
+    a = _series({**spec, "load_noise": 0.1}, seed=1, n=96, dt_s=900.0)
+    b = _series({**spec, "load_noise": 0.1}, seed=1, n=96, dt_s=900.0)
+    c = _series({**spec, "load_noise": 0.1}, seed=2, n=96, dt_s=900.0)
+    np.testing.assert_array_equal(a.load_w, b.load_w)
+    assert not np.array_equal(a.load_w, c.load_w)
+    rel = a.load_w / exact.load_w - 1.0
+    assert 0.03 < float(np.std(rel)) < 0.3  # noise of about the stated 10 %
+    assert np.all(a.load_w >= 0)
+    # Adding noise to the load leaves the other signals' draws alone.
+    np.testing.assert_array_equal(a.price_eur_per_kwh, exact.price_eur_per_kwh)
+
+
+def test_csv_timestamps_across_a_daylight_saving_switch(tmp_path: Path) -> None:
+    path = _csv(
+        tmp_path,
+        "timestamp,load_kw\n2024-03-31T00:00:00+01:00,1\n2024-03-31T01:00:00+01:00,2\n"
+        "2024-03-31T03:00:00+02:00,3\n2024-03-31T04:00:00+02:00,4\n",
+    )
+    prof = load_csv_profile(path)
+    np.testing.assert_array_equal(prof.time_s, [0.0, 3600.0, 7200.0, 10800.0])
+    assert (prof.start_day, prof.start_hour) == (90, 0.0)
+
+
+def test_csv_leap_year_new_years_eve_stays_a_valid_day(tmp_path: Path) -> None:
+    path = _csv(tmp_path, "timestamp,load_kw\n2024-12-31T22:00:00,1\n2024-12-31T23:00:00,2\n")
+    assert load_csv_profile(path).start_day == 364
+
+
+def test_csv_rewritten_file_is_read_again(tmp_path: Path) -> None:
+    import os
+
+    path = _csv(tmp_path, "time_s,load_w\n0,1\n900,2\n")
+    first = load_csv_profile(path)
+    stat = os.stat(path)
+    path.write_text("time_s,load_w\n0,9\n900,8\n")  # same length, new values
+    os.utime(path, ns=(stat.st_atime_ns, stat.st_mtime_ns + 1))  # 1 ns later
+    assert os.path.getsize(path) == stat.st_size
+    assert load_csv_profile(path).signals["load_w"].tolist() == [9.0, 8.0]
+    assert first.signals["load_w"].tolist() == [1.0, 2.0]
+
+
+# ------------------------------------------------------------------ randomised days
+def test_randomized_days_are_seeded_varied_and_leave_other_presets_alone() -> None:
+    draws = {}
+    for seed in range(6):
+        a, b = _series("randomized", seed=seed), _series("randomized", seed=seed)
+        for name in ("load_w", "pv_w", "price_eur_per_kwh", "ambient_c"):
+            np.testing.assert_array_equal(getattr(a, name), getattr(b, name))
+        assert a.day_draws == b.day_draws
+        draws[seed] = dict(a.day_draws)
+        assert 0.85 <= draws[seed]["load_level"] <= 1.15
+        assert 0.3 <= draws[seed]["pv_level"] <= 1.6
+        assert 0.7 <= draws[seed]["price_level"] <= 1.5
+    assert len({d["price_level"] for d in draws.values()}) == 6
+    offsets = [d["ambient_offset_c"] for d in draws.values()]
+    assert max(offsets) - min(offsets) > 5.0  # seasons and weather differ
+    assert _series("default").day_draws == ()
+
+
+def test_randomize_day_is_the_plain_day_times_the_drawn_factors() -> None:
+    base = {"base": "stochastic", "ambient": "constant", "ambient_c": 20.0}
+    plain = _series(base, seed=5)
+    day = _series({**base, "randomize_day": True}, seed=5)
+    d = dict(day.day_draws)
+    assert day.start_day == plain.start_day  # same base day: draws come after the others
+    np.testing.assert_allclose(day.load_w, plain.load_w * d["load_level"], rtol=1e-12)
+    np.testing.assert_allclose(day.pv_w, plain.pv_w * d["pv_level"], rtol=1e-12)
+    np.testing.assert_allclose(
+        day.price_eur_per_kwh, plain.price_eur_per_kwh * d["price_level"], rtol=1e-12
+    )
+    assert day.ambient_c[0] == pytest.approx(20.0 + d["ambient_offset_c"])
+    assert day.site_peak_load_w == plain.site_peak_load_w  # sizing is not drawn
+    fixed = _series({**base, "randomize_day": True, "day_price_level_range": [1.2, 1.2]})
+    assert dict(fixed.day_draws)["price_level"] == 1.2  # lists from Hydra become ranges
+    with pytest.raises(ValueError, match="day_pv_level_range"):
+        make_scenario({**base, "day_pv_level_range": [2.0, 1.0]})
