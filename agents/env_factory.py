@@ -9,7 +9,7 @@ import gymnasium as gym
 
 from pulsebms.core.types import FleetEnvLike, as_fleet_env
 
-__all__ = ["EnvFactory", "fleet_env", "make_env", "make_env_factory"]
+__all__ = ["EnvFactory", "fleet_env", "make_env", "make_env_factory", "route_limits"]
 
 EnvFactory = Callable[[], gym.Env[Any, Any]]
 """A zero-argument callable returning a fresh environment (what SB3's VecEnvs take)."""
@@ -28,7 +28,12 @@ def make_env(
         env_id: Registered id (``PulseBMS/FleetSmall-v0``, ``PulseBMS/Fleet-v0``, ...).
         shield: Wrap in :class:`pulsebms.safety.ShieldWrapper` (the default: agents never
             act on the plant unshielded).
-        shield_kwargs: Keyword arguments of the wrapper (limits overrides, ...).
+        shield_kwargs: Keyword arguments of the wrapper (limits overrides, ...). A mapping
+            ``limits`` (``shield.limits`` of the configs) is routed into the env's own
+            ``limits`` (:func:`route_limits`), so the env's ``pack_limits`` — what the
+            rules, the MPC, the shield and the env's violation count all read — are one
+            set; it applies with ``shield=False`` too. A sequence of
+            :class:`~pulsebms.safety.PackLimits` still goes to the wrapper only.
         **env_kwargs: Constructor arguments of the env in plain data (``fleet``,
             ``scenario``, ``dt_s``, ``horizon_steps``, ``fidelity``, ...).
 
@@ -40,12 +45,52 @@ def make_env(
     """
     import pulsebms.envs  # noqa: F401  (registers the ids)
 
+    wrapper_kwargs, env_kwargs = route_limits(shield_kwargs, env_kwargs)
     env = gym.make(env_id, **env_kwargs)
     if shield:
         from pulsebms.safety import ShieldWrapper
 
-        env = ShieldWrapper(env, **dict(shield_kwargs or {}))
+        env = ShieldWrapper(env, **wrapper_kwargs)
     return env
+
+
+def route_limits(
+    shield_kwargs: Mapping[str, Any] | None, env_kwargs: Mapping[str, Any]
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Move the wrapper's limit overrides into the env's ``limits`` (one set of limits).
+
+    The wrapper applies a mapping of :class:`~pulsebms.safety.PackLimits` fields to every
+    pack; the env's ``limits`` takes common keys and ``chemistry → dict`` entries (the
+    latter win there). So the wrapper's keys are merged into the common part *and* into
+    every per-chemistry entry: every pack ends with the same values as the wrapper alone
+    gave before, and now the env (its violation check), the rules and the MPC see them.
+
+    Args:
+        shield_kwargs: The wrapper's keyword arguments (``limits`` among them, or not).
+        env_kwargs: The env's constructor arguments.
+
+    Returns:
+        ``(wrapper_kwargs, env_kwargs)``, new dicts; the inputs are not changed.
+
+    Example:
+        >>> w, e = route_limits({"limits": {"soc_max": 0.9}}, {"limits": {"LFP": {"soc_max": 0.8}}})
+        >>> w, e["limits"]
+        ({}, {'LFP': {'soc_max': 0.9}, 'soc_max': 0.9})
+    """
+    wrapper = dict(shield_kwargs or {})
+    env = dict(env_kwargs)
+    overrides = wrapper.get("limits")
+    if not isinstance(overrides, Mapping):
+        return wrapper, env
+    wrapper.pop("limits")
+    if not overrides:
+        return wrapper, env
+    merged: dict[str, Any] = {}
+    for key, value in dict(env.get("limits") or {}).items():
+        merged[key] = {**value, **overrides} if isinstance(value, Mapping) else value
+    merged.update(overrides)
+    env["limits"] = merged
+    return wrapper, env
 
 
 def make_env_factory(

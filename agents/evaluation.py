@@ -3,7 +3,15 @@
 Each policy is built per environment by a factory (rules and the MPC read the env's layout,
 ratings and limits; the oracle MPC reads its scenario), rolled out for one episode per
 (scenario, seed), and scored by :data:`KPIS`. Every KPI is also reported divided by the
-rule-based baseline's value (CityLearn style: < 1 is better than the baseline for costs).
+rule-based baseline's value (CityLearn style: < 1 is better than the baseline for costs),
+and the total cost by the **no-battery** reference: the same scenario and seed with the
+fleet idle (:data:`NO_BATTERY`, CityLearn's "without storage" baseline). A ratio whose
+reference is near zero (:data:`NEAR_ZERO`) is NaN, never 1 or a huge number.
+
+Every policy is accounted for by the same shield: the wrapper in the loop. An MPC that
+projects its own action (:class:`pulsebms.agents.mpc.MPCPolicy` with a shield) is evaluated
+on its plan's first step (:func:`behind_shield`), so its interventions and pre-shield
+violations are counted like a rule's or an agent's.
 
 Example:
     >>> from pulsebms.agents import baseline_factories, evaluate_policies
@@ -32,10 +40,14 @@ from pulsebms.agents.type_aliases import Policy
 from pulsebms.core.types import FleetEnvLike, FloatArray
 
 __all__ = [
+    "INTERVENTION_TOLERANCE",
     "KPIS",
+    "NEAR_ZERO",
+    "NO_BATTERY",
     "EpisodeTrace",
     "KPITable",
     "PolicyFactory",
+    "behind_shield",
     "evaluate_policies",
     "plot_episode",
     "plot_kpis",
@@ -52,7 +64,9 @@ KPIS: dict[str, str] = {
     "soh_loss_pct": "mean SoH lost per pack over the episode [%]",
     "unserved_energy_kwh": "demand the fleet did not serve [kWh]",
     "violations": "constraint violations reported by the env (after the shield) [count]",
-    "shield_interventions": "steps where the shield changed the action [count]",
+    "shield_interventions": (
+        "pack-steps whose set-point the shield changed by more than INTERVENTION_TOLERANCE [count]"
+    ),
     "pre_shield_violations": (
         "share of steps whose requested (pre-shield) action would have violated a limit, as "
         "the shield predicts it (the measured violations when no shield is in the loop) [1/step]"
@@ -67,6 +81,29 @@ KPIS: dict[str, str] = {
 """The KPI columns, in table order, with their meaning and unit."""
 
 _LOWER_IS_BETTER = ("energy_cost", "degradation_cost", "soh_loss_pct", "unserved_energy_kwh")
+
+NO_BATTERY = "no_battery"
+"""Name of the no-battery reference rows: the fleet idle, its degradation not charged (a
+site without storage ages no battery), so its total cost is the site's energy and
+unserved-load cost alone."""
+
+INTERVENTION_TOLERANCE = 1e-4
+"""A pack's set-point counts as changed by the shield when ``|applied − requested| >`` this
+(normalised power, i.e. 0.01 % of rated power; the request clipped to the action space
+first): solver round-off and the float32 cast are not interventions."""
+
+NEAR_ZERO: dict[str, float] = {
+    "violations": 0.5,
+    "shield_interventions": 0.5,
+    "pre_shield_violations": 1e-3,
+    "constraint_cost": 1e-6,
+    "soh_loss_pct": 1e-6,
+    "unserved_energy_kwh": 1e-6,
+}
+"""Per KPI, the reference magnitude below which a ratio is NaN (fewer than one count, a rate
+under 0.1 %, ...); other KPIs use ``1e-6``."""
+
+_NEAR_ZERO_DEFAULT = 1e-6
 
 _INFO_KEYS: dict[str, tuple[str, ...]] = {
     "total_cost": ("total_cost_eur", "total_cost"),
@@ -106,6 +143,18 @@ def _pre_shield_violated(info: Mapping[str, Any]) -> bool:
     if "cost_pre_shield" in info:
         return float(info["cost_pre_shield"]) > 0.0
     return _violation_count(info) > 0
+
+
+def _interventions(info: Mapping[str, Any]) -> float:
+    """Pack-steps the shield changed by more than :data:`INTERVENTION_TOLERANCE`."""
+    shield = info.get("shield")
+    if isinstance(shield, Mapping) and "requested" in shield and "applied" in shield:
+        requested = np.asarray(shield["requested"], dtype=np.float64).reshape(-1)
+        requested = np.clip(np.nan_to_num(requested, nan=0.0), -1.0, 1.0)
+        applied = np.asarray(shield["applied"], dtype=np.float64).reshape(-1)
+        if requested.shape == applied.shape:
+            return float(np.count_nonzero(np.abs(applied - requested) > INTERVENTION_TOLERANCE))
+    return float(_intervened(info))
 
 
 def _intervened(info: Mapping[str, Any]) -> bool:
@@ -218,7 +267,7 @@ def rollout(
             unserved = wh / 1000.0 if wh is not None else (w or 0.0) * dt_h / 1000.0
         totals["unserved_energy_kwh"] += unserved
         totals["violations"] += _violation_count(info)
-        totals["shield_interventions"] += float(_intervened(info))
+        totals["shield_interventions"] += _interventions(info)
         totals["pre_shield_violations"] += float(_pre_shield_violated(info))
         totals["constraint_cost"] += _pre_shield_cost(info)
         totals["soc_spread"] += float(np.max(soc) - np.min(soc)) if soc.size else 0.0
@@ -242,6 +291,12 @@ def rollout(
     )
 
 
+def _ratio(value: float, reference: float, kpi: str) -> float:
+    if math.isnan(reference) or abs(reference) < NEAR_ZERO.get(kpi, _NEAR_ZERO_DEFAULT):
+        return math.nan
+    return value / abs(reference)
+
+
 @dataclass
 class KPITable:
     """KPIs per policy (mean over scenarios × seeds) and normalised by a baseline.
@@ -259,23 +314,49 @@ class KPITable:
         """Policy names in the order they were evaluated."""
         return list(dict.fromkeys(r["policy"] for r in self.rows))
 
-    def mean(self, policy: str, kpi: str) -> float:
-        """Mean of ``kpi`` over every episode of ``policy``."""
-        values = [float(r[kpi]) for r in self.rows if r["policy"] == policy]
+    @property
+    def scenarios(self) -> list[str]:
+        """Scenario labels in the order they were evaluated."""
+        return list(dict.fromkeys(str(r["scenario"]) for r in self.rows))
+
+    def mean(self, policy: str, kpi: str, scenario: str | None = None) -> float:
+        """Mean of ``kpi`` over every episode of ``policy`` (of one ``scenario`` if given)."""
+        values = [
+            float(r[kpi])
+            for r in self.rows
+            if r["policy"] == policy and (scenario is None or str(r["scenario"]) == scenario)
+        ]
         return float(np.mean(values)) if values else math.nan
 
-    def normalised(self, policy: str, kpi: str) -> float:
-        """``mean(policy, kpi) / mean(baseline, kpi)``; NaN when the baseline is 0 or absent.
+    def normalised(self, policy: str, kpi: str, reference: str | None = None) -> float:
+        """``mean(policy, kpi) / |mean(reference, kpi)|`` (reference: the baseline).
 
-        Where the baseline's value is 0 and the policy's is 0 too, the ratio is 1.
+        NaN when the reference is absent or its mean is near zero (:data:`NEAR_ZERO`):
+        a ratio of near-zero KPIs says nothing (0/0 is not "as good as").
         """
-        base = self.mean(self.baseline, kpi)
-        value = self.mean(policy, kpi)
-        if math.isnan(base):
-            return math.nan
-        if base == 0.0:
-            return 1.0 if value == 0.0 else math.nan
-        return value / abs(base)
+        return _ratio(self.mean(policy, kpi), self.mean(reference or self.baseline, kpi), kpi)
+
+    def ratios(
+        self, policy: str, kpi: str, reference: str, scenario: str | None = None
+    ) -> list[float]:
+        """Per episode ``kpi(policy) / |kpi(reference)|`` on the same (scenario, seed).
+
+        Episodes the reference lacks are left out; near-zero references give NaN.
+        """
+        ref = {
+            (str(r["scenario"]), int(r["seed"])): float(r[kpi])
+            for r in self.rows
+            if r["policy"] == reference
+        }
+        out = []
+        for r in self.rows:
+            key = (str(r["scenario"]), int(r["seed"]))
+            if r["policy"] != policy or key not in ref:
+                continue
+            if scenario is not None and key[0] != scenario:
+                continue
+            out.append(_ratio(float(r[kpi]), ref[key], kpi))
+        return out
 
     def summary(self) -> list[dict[str, Any]]:
         """One row per policy: every KPI's mean and its baseline-normalised value."""
@@ -287,6 +368,8 @@ class KPITable:
             for kpi in KPIS:
                 if kpi not in ("steps", "return"):
                     row[f"{kpi}_norm"] = self.normalised(policy, kpi)
+            if NO_BATTERY in self.policies:
+                row["total_cost_x_no_battery"] = self.normalised(policy, "total_cost", NO_BATTERY)
             out.append(row)
         return out
 
@@ -304,6 +387,9 @@ class KPITable:
     def to_markdown(self, kpis: Sequence[str] | None = None) -> str:
         """The summary as a Markdown table (values, then ``(× baseline)`` in brackets)."""
         kpis = list(kpis or [k for k in KPIS if k != "steps"])
+        extra = NO_BATTERY in self.policies
+        if extra:
+            kpis.append("total_cost_x_no_battery")
         lines = [
             "| policy | " + " | ".join(kpis) + " |",
             "| --- | " + " | ".join("---:" for _ in kpis) + " |",
@@ -311,13 +397,21 @@ class KPITable:
         for row in self.summary():
             cells = []
             for kpi in kpis:
-                cell = f"{row[kpi]:.4g}"
+                cell = "n/a" if math.isnan(row[kpi]) else f"{row[kpi]:.4g}"
                 norm = row.get(f"{kpi}_norm")
                 if norm is not None and not math.isnan(norm):
                     cell += f" ({norm:.2f}×)"
                 cells.append(cell)
             lines.append(f"| {row['policy']} | " + " | ".join(cells) + " |")
-        return "\n".join(lines) + f"\n\nNormalised by `{self.baseline}` (× baseline).\n"
+        note = (
+            f"\n\nNormalised by `{self.baseline}` (× baseline); no ratio where the reference "
+            "is near zero."
+        )
+        if extra:
+            note += (
+                f" `total_cost_x_no_battery`: × the same days with the fleet idle ({NO_BATTERY})."
+            )
+        return "\n".join(lines) + note + "\n"
 
     def save(self, directory: str | Path, stem: str = "kpis") -> dict[str, Path]:
         """Write ``<stem>.csv``, ``<stem>_episodes.csv`` and ``<stem>.md`` into ``directory``."""
@@ -336,7 +430,7 @@ def evaluate_policies(
     policies: Mapping[str, PolicyFactory],
     *,
     env_id: str = "PulseBMS/FleetSmall-v0",
-    scenarios: Sequence[Any] = ("default",),
+    scenarios: Sequence[Any] | None = None,
     seeds: Sequence[int] = (0,),
     baseline: str | None = None,
     env_kwargs: Mapping[str, Any] | None = None,
@@ -346,6 +440,8 @@ def evaluate_policies(
     plot_dir: str | Path | None = None,
     progress: bool = True,
     env_fn: Callable[..., gym.Env[Any, Any]] | None = None,
+    no_battery: bool = True,
+    uniform_shield: bool = True,
 ) -> KPITable:
     """Evaluate every policy on every (scenario, seed) and return one KPI table.
 
@@ -353,7 +449,9 @@ def evaluate_policies(
         policies: Name → factory building the policy for an env instance.
         env_id: Registered env id.
         scenarios: Scenarios (names or dicts), passed as the env's ``scenario`` argument;
-            ``None`` entries keep the env's default.
+            ``None`` entries keep ``env_kwargs["scenario"]`` or else the env id's default.
+            ``None`` (the default): the one scenario ``env_kwargs`` names, else the env
+            id's default — a scenario given in ``env_kwargs`` is never replaced.
         seeds: Seeds of ``env.reset``.
         baseline: Policy the ``*_norm`` columns divide by; the first name starting with
             ``"rule"`` (else the first policy) when ``None``.
@@ -365,12 +463,19 @@ def evaluate_policies(
             bars; nothing is plotted when ``None``.
         progress: Show a progress bar (tqdm).
         env_fn: Replaces :func:`pulsebms.agents.env_factory.make_env` (same signature).
+        no_battery: Also roll out the no-battery reference (:data:`NO_BATTERY`) on every
+            (scenario, seed), for the ``total_cost_x_no_battery`` column.
+        uniform_shield: With the shield on, evaluate every policy through
+            :func:`behind_shield` (the wrapper alone projects, for all of them alike).
 
     Returns:
-        The KPI table.
+        The KPI table; the scenario label is the preset's name (a dict's ``name`` or
+        ``base``), or the env's scenario name for ``None``.
 
     Raises:
-        ValueError: If no policy is given or ``baseline`` is not one of them.
+        ValueError: If no policy is given, ``baseline`` is not one of them, a policy is
+            named :data:`NO_BATTERY`, or ``scenarios`` and ``env_kwargs["scenario"]`` are
+            both given and differ.
     """
     if not policies:
         raise ValueError("evaluate_policies: no policy to evaluate")
@@ -379,31 +484,110 @@ def evaluate_policies(
         baseline = next((n for n in names if n.startswith("rule")), names[0])
     if baseline not in policies:
         raise ValueError(f"baseline {baseline!r} is not one of the policies {names}")
+    if NO_BATTERY in policies:
+        raise ValueError(f"{NO_BATTERY!r} names the no-battery reference; rename that policy")
     make = env_fn or make_env
-    jobs = [(name, sc, seed) for name in names for sc in scenarios for seed in seeds]
+    base_kwargs = dict(env_kwargs or {})
+    given = base_kwargs.pop("scenario", None)
+    if scenarios is None:
+        scenarios = [given]
+    elif given is not None and any(sc is not None and sc != given for sc in scenarios):
+        raise ValueError(
+            f"evaluate_policies: scenarios {list(scenarios)!r} and env_kwargs['scenario'] "
+            f"{given!r} differ; give one of them"
+        )
+    scenarios = [given if sc is None else sc for sc in scenarios]
+    runs: list[tuple[str, PolicyFactory]] = list(policies.items())
+    if no_battery:
+        runs.append((NO_BATTERY, _idle))
+    jobs = [(name, f, sc, seed) for name, f in runs for sc in scenarios for seed in seeds]
     from tqdm.auto import tqdm
 
     rows: list[dict[str, Any]] = []
     first_trace: dict[str, EpisodeTrace] = {}
-    for name, scenario, seed in tqdm(jobs, desc="evaluate", disable=not progress):
-        kwargs = dict(env_kwargs or {})
+    for name, factory, scenario, seed in tqdm(jobs, desc="evaluate", disable=not progress):
+        kwargs = dict(base_kwargs)
         if scenario is not None:
             kwargs["scenario"] = scenario
         env = make(env_id, shield=shield, shield_kwargs=shield_kwargs, **kwargs)
         try:
-            policy = policies[name](env)
+            policy = factory(env)
+            if shield and uniform_shield:
+                policy = behind_shield(policy)
             trace = rollout(env, policy, seed=int(seed), max_steps=max_steps)
+            label = _scenario_label(scenario, env)
         finally:
             env.close()  # type: ignore[no-untyped-call]  # gymnasium leaves Env.close unannotated
-        first_trace.setdefault(name, trace)
-        label = scenario if isinstance(scenario, str) else str(scenario)
-        rows.append({"policy": name, "scenario": label, "seed": int(seed), **trace.kpis})
+        kpis = dict(trace.kpis)
+        if name == NO_BATTERY:  # no storage: nothing ages, the site pays energy + unserved
+            kpis["total_cost"] -= kpis["degradation_cost"]
+            kpis["return"] += kpis["degradation_cost"]
+            kpis["degradation_cost"] = kpis["soh_loss_pct"] = 0.0
+        else:
+            first_trace.setdefault(name, trace)
+        rows.append({"policy": name, "scenario": label, "seed": int(seed), **kpis})
     table = KPITable(rows=rows, baseline=baseline)
     if plot_dir is not None:
         for name, trace in first_trace.items():
             plot_episode(trace, Path(plot_dir) / f"trace_{name.replace('/', '_')}.png", title=name)
         plot_kpis(table, Path(plot_dir) / "kpis.png")
     return table
+
+
+def _idle(env: gym.Env[Any, Any]) -> Policy:
+    from pulsebms.agents.policy import ConstantPolicy
+
+    shape = env.action_space.shape or (0,)
+    return ConstantPolicy(np.zeros(shape[0], dtype=np.float32))
+
+
+def _scenario_label(scenario: Any, env: gym.Env[Any, Any]) -> str:
+    if isinstance(scenario, str):
+        return scenario
+    if isinstance(scenario, Mapping):
+        return str(scenario.get("name") or scenario.get("base") or scenario)
+    name = getattr(getattr(env.unwrapped, "scenario", None), "name", None)
+    return str(name) if name is not None else str(scenario)
+
+
+class _PlanFirstStep:
+    """An MPC acting on its plan's first step, not projecting it itself (see behind_shield)."""
+
+    def __init__(self, mpc: Any) -> None:
+        self.mpc = mpc
+        self.name = str(getattr(mpc, "name", "mpc"))
+
+    def reset(self) -> None:
+        """Reset the wrapped MPC."""
+        reset_policy(self.mpc)
+
+    def act(self, observation: Any) -> Any:
+        """The first planned step, clipped to the action space."""
+        plan = np.asarray(self.mpc.plan(observation), dtype=np.float64)
+        return np.clip(plan[:, 0], -1.0, 1.0).astype(np.float32)
+
+
+def behind_shield(policy: Policy) -> Policy:
+    """The policy as the shield wrapper should see it: its own request, not pre-projected.
+
+    An :class:`pulsebms.agents.mpc.MPCPolicy` with a shield projects its first step itself,
+    which hides every intervention (and pre-shield violation) from the wrapper's count.
+    Evaluated through this it acts on its plan's first step (still bounded by the shield's
+    admissible set in the plan) and the wrapper projects, as for any other policy. Other
+    policies come back unchanged.
+
+    Args:
+        policy: Any policy.
+
+    Returns:
+        The policy to roll out.
+    """
+    import sys
+
+    mpc = sys.modules.get("pulsebms.agents.mpc")  # no MPC policy exists unless imported
+    if mpc is not None and isinstance(policy, mpc.MPCPolicy) and policy.shield is not None:
+        return _PlanFirstStep(policy)
+    return policy
 
 
 def _pyplot() -> Any:

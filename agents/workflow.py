@@ -34,6 +34,7 @@ __all__ = [
     "BASELINES",
     "baseline_factories",
     "compare_with_baselines",
+    "full_day_steps",
     "train_shielded_agent",
 ]
 
@@ -42,13 +43,19 @@ BASELINES = ("rule_equal", "rule_soc", "rule_health", "mpc", "mpc_oracle")
 
 
 def baseline_factories(
-    names: Sequence[str] = BASELINES, *, mpc_horizon_steps: int = 24
+    names: Sequence[str] = BASELINES,
+    *,
+    mpc_horizon_steps: int = 24,
+    oracle_horizon_steps: int | None = None,
 ) -> dict[str, PolicyFactory]:
     """Factories ``env -> Policy`` of the named baselines with their default settings.
 
     Args:
         names: Any of :data:`BASELINES`.
-        mpc_horizon_steps: Horizon of both MPC variants.
+        mpc_horizon_steps: Horizon of the (forecast) MPC.
+        oracle_horizon_steps: Horizon of the MPC-oracle; ``None``: one full day at the
+            env's ``dt_s`` (:func:`full_day_steps`), so the oracle is the full-day reference
+            and not the forecast MPC with a perfect forecast.
 
     Returns:
         Name → factory, in the order given.
@@ -64,7 +71,7 @@ def baseline_factories(
         "rule_soc": partial(make_rule_policy, kind="soc"),
         "rule_health": partial(make_rule_policy, kind="health"),
         "mpc": partial(make_mpc, horizon_steps=mpc_horizon_steps),
-        "mpc_oracle": partial(make_mpc, horizon_steps=mpc_horizon_steps, oracle=True),
+        "mpc_oracle": partial(_oracle, horizon_steps=oracle_horizon_steps),
     }
     unknown = [n for n in names if n not in known]
     if unknown:
@@ -176,3 +183,17 @@ def compare_with_baselines(
 
 def _fixed(policy: Policy, env: gym.Env[Any, Any]) -> Policy:
     return policy
+
+
+def full_day_steps(env: gym.Env[Any, Any]) -> int:
+    """Control steps in 24 h at the env's ``dt_s`` (at least 1)."""
+    from pulsebms.agents.env_factory import fleet_env
+
+    return max(1, round(86_400.0 / float(fleet_env(env).dt_s)))
+
+
+def _oracle(env: gym.Env[Any, Any], *, horizon_steps: int | None) -> Policy:
+    from pulsebms.agents.mpc import make_mpc
+
+    steps = full_day_steps(env) if horizon_steps is None else horizon_steps
+    return make_mpc(env, horizon_steps=steps, oracle=True)
