@@ -53,9 +53,10 @@ def baseline_factories(
     Args:
         names: Any of :data:`BASELINES`.
         mpc_horizon_steps: Horizon of the (forecast) MPC.
-        oracle_horizon_steps: Horizon of the MPC-oracle; ``None``: one full day at the
-            env's ``dt_s`` (:func:`full_day_steps`), so the oracle is the full-day reference
-            and not the forecast MPC with a perfect forecast.
+        oracle_horizon_steps: Horizon of the MPC-oracle; ``None``: one full day
+            (:func:`pulsebms.agents.mpc.make_oracle_mpc`: 24 h, planned on a 900 s grid after
+            the first step), so the oracle is the full-day reference and not the forecast
+            MPC with a perfect forecast.
 
     Returns:
         Name → factory, in the order given.
@@ -193,7 +194,13 @@ def full_day_steps(env: gym.Env[Any, Any]) -> int:
 
 
 def _oracle(env: gym.Env[Any, Any], *, horizon_steps: int | None) -> Policy:
-    from pulsebms.agents.mpc import make_mpc
+    """The MPC-oracle: a full day ahead by default, else ``horizon_steps``.
 
-    steps = full_day_steps(env) if horizon_steps is None else horizon_steps
-    return make_mpc(env, horizon_steps=steps, oracle=True)
+    The full-day oracle plans on a coarser grid after the first step, so its solve stays
+    bounded at short ``dt_s``.
+    """
+    from pulsebms.agents.mpc import make_mpc, make_oracle_mpc
+
+    if horizon_steps is None:
+        return make_oracle_mpc(env)
+    return make_mpc(env, horizon_steps=horizon_steps, oracle=True)
