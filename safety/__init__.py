@@ -34,7 +34,12 @@ from pulsebms.safety.limits import (
     stack_limits,
     violation_cost,
 )
-from pulsebms.safety.settings import ShieldSettings
+from pulsebms.safety.results import (
+    INTERVENTION_TOLERANCE,
+    count_interventions,
+    intervention_mask,
+)
+from pulsebms.safety.settings import ALLOCATIONS, ShieldSettings
 from pulsebms.safety.shield import AdmissibleSet, Shield, ShieldResult, ShieldStatus
 from pulsebms.safety.state import FleetState, PackRatings
 
@@ -42,7 +47,9 @@ if TYPE_CHECKING:
     from pulsebms.safety.wrapper import ShieldWrapper
 
 __all__ = [
+    "ALLOCATIONS",
     "CELL_VOLTAGE_WINDOWS_V",
+    "INTERVENTION_TOLERANCE",
     "AdmissibleSet",
     "CellModel",
     "FleetState",
@@ -59,8 +66,10 @@ __all__ = [
     "Violation",
     "check_shield",
     "check_violations",
+    "count_interventions",
     "default_limits",
     "fleet_limits",
+    "intervention_mask",
     "stack_limits",
     "violation_cost",
 ]

@@ -14,9 +14,67 @@ import enum
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+import numpy as np
+from numpy.typing import ArrayLike
+
 from pulsebms.core.types import BoolArray, FloatArray
 
-__all__ = ["AdmissibleSet", "ShieldResult", "ShieldStatus"]
+__all__ = [
+    "INTERVENTION_TOLERANCE",
+    "AdmissibleSet",
+    "ShieldResult",
+    "ShieldStatus",
+    "count_interventions",
+    "intervention_mask",
+]
+
+INTERVENTION_TOLERANCE = 1e-6
+"""A pack-step is an intervention when its set-point changed by more than this
+(normalised by the pack's rated power: 1e-6 of rated power). Above the float32 cast of
+the applied action (≤ 6e-8) and the projection's round-off, far below any change that
+matters to the plant."""
+
+
+def intervention_mask(
+    requested: ArrayLike, applied: ArrayLike, tolerance: float = INTERVENTION_TOLERANCE
+) -> BoolArray:
+    """Per pack, whether the shield intervened: ``|applied − requested| > tolerance``.
+
+    The one definition of an intervention (the shield wrapper's ``info`` counts and the
+    KPIs use it, whatever the policy): a pack-step whose normalised set-point changed by
+    more than ``tolerance``. A non-finite request always counts.
+
+    Args:
+        requested: The policy's normalised set-points.
+        applied: The set-points the plant got (same shape).
+        tolerance: Normalised threshold (≥ 0).
+
+    Returns:
+        Boolean mask, the shape of the inputs.
+
+    Example:
+        >>> intervention_mask([0.5, 0.5, float("nan")], [0.5, 0.5 + 1e-9, 0.0]).tolist()
+        [False, False, True]
+    """
+    diff = np.abs(np.asarray(applied, dtype=np.float64) - np.asarray(requested, dtype=np.float64))
+    mask: BoolArray = ~(diff <= tolerance)
+    return mask
+
+
+def count_interventions(
+    requested: ArrayLike, applied: ArrayLike, tolerance: float = INTERVENTION_TOLERANCE
+) -> int:
+    """Number of pack-steps that are interventions (:func:`intervention_mask`).
+
+    Args:
+        requested: The policy's normalised set-points.
+        applied: The set-points the plant got.
+        tolerance: Normalised threshold.
+
+    Returns:
+        The count.
+    """
+    return int(np.count_nonzero(intervention_mask(requested, applied, tolerance)))
 
 
 class ShieldStatus(enum.IntFlag):
@@ -65,8 +123,9 @@ class ShieldResult:
 
     Attributes:
         action: The admissible action, shape ``(n_packs,)``, in ``[lower, upper]``.
-        intervened: Per pack, True where ``action`` differs from the request (a NaN
-            request always counts as changed).
+        intervened: Per pack, True where ``action`` differs from the request at all
+            (a NaN request always counts as changed). Interventions are *counted* with
+            a tolerance (:func:`intervention_mask`), which ignores round-off moves.
         status: :class:`ShieldStatus` flags.
         shortfall_w: Target minus planned fleet power [W] (0 when the target is met;
             positive: less discharge than asked).

@@ -17,8 +17,9 @@ Example:
     >>> ShieldSettings.from_mapping({"soc_marign": 0.01})
     Traceback (most recent call last):
     ...
-    ValueError: unknown shield setting(s) ['soc_marign']; known: current_margin, \
-derating_band_c, resistance_duration_s, soc_margin, track_demand, voltage_margin_v
+    ValueError: unknown shield setting(s) ['soc_marign']; known: allocation, \
+current_margin, derating_band_c, resistance_duration_s, soc_margin, track_demand, \
+voltage_margin_v
 """
 
 from __future__ import annotations
@@ -31,7 +32,10 @@ from typing import Any, TypedDict
 
 import numpy as np
 
-__all__ = ["ShieldSettings", "ShieldSettingsOverrides", "merge_settings"]
+__all__ = ["ALLOCATIONS", "ShieldSettings", "ShieldSettingsOverrides", "merge_settings"]
+
+ALLOCATIONS: tuple[str, ...] = ("redistribute", "respect_split")
+"""The values of :attr:`ShieldSettings.allocation`."""
 
 
 class ShieldSettingsOverrides(TypedDict, total=False):
@@ -43,6 +47,7 @@ class ShieldSettingsOverrides(TypedDict, total=False):
     soc_margin: float
     current_margin: float
     track_demand: bool
+    allocation: str
 
 
 @dataclass(frozen=True)
@@ -84,7 +89,16 @@ class ShieldSettings:
             :meth:`Shield.project <pulsebms.safety.shield.Shield.project>` (the wrapper
             and the edge runtime pass the target); the shield itself takes the target per
             call. Default False: the policy's total is kept, clipped power is
-            redistributed.
+            redistributed. Needs ``allocation="redistribute"``.
+        allocation: What the shield does with the power it clips off a pack:
+            ``"redistribute"`` (default, the behaviour since the first shield): move it
+            to packs with headroom so that the fleet total (the policy's, or the target)
+            is kept (closest point of box ∩ {total = target}); ``"respect_split"``: clip
+            each pack into its admissible interval and leave the others alone (the
+            policy's split is kept; the lost fleet power is reported as the shortfall,
+            ``ShieldResult.shortfall_w`` / ``info["shield_shortfall_w"]``). Default
+            ``"redistribute"``: seeded runs and manifests without the key keep their
+            behaviour.
 
     Raises:
         ValueError: On a value of the wrong type or out of its range (the message names
@@ -97,10 +111,19 @@ class ShieldSettings:
     soc_margin: float = 5e-3
     current_margin: float = 0.03
     track_demand: bool = False
+    allocation: str = "redistribute"
 
     def __post_init__(self) -> None:
         for f in dataclasses.fields(self):
             value = getattr(self, f.name)
+            if f.name == "allocation":
+                if not (isinstance(value, str) and value in ALLOCATIONS):
+                    raise ValueError(
+                        f"ShieldSettings.allocation must be one of {list(ALLOCATIONS)}, "
+                        f"got {value!r}"
+                    )
+                object.__setattr__(self, f.name, str(value))
+                continue
             if f.name == "track_demand":
                 if not isinstance(value, bool | np.bool_):
                     raise ValueError(f"ShieldSettings.track_demand must be a bool, got {value!r}")
@@ -126,6 +149,11 @@ class ShieldSettings:
             raise ValueError(f"soc_margin must be finite and >= 0, got {self.soc_margin}")
         if not (math.isfinite(self.current_margin) and 0 <= self.current_margin < 1):
             raise ValueError(f"current_margin must be in [0, 1), got {self.current_margin}")
+        if self.track_demand and self.allocation != "redistribute":
+            raise ValueError(
+                "track_demand=True needs allocation='redistribute' (respect_split never "
+                "moves power between packs, so it cannot aim at a fleet target)"
+            )
 
     @classmethod
     def field_names(cls) -> tuple[str, ...]:
@@ -206,7 +234,8 @@ def merge_settings(
     Example:
         >>> merge_settings(ShieldSettings(soc_margin=0.01), {"current_margin": 0.05})
         ShieldSettings(derating_band_c=5.0, resistance_duration_s=None, \
-voltage_margin_v=0.005, soc_margin=0.01, current_margin=0.05, track_demand=False)
+voltage_margin_v=0.005, soc_margin=0.01, current_margin=0.05, track_demand=False, \
+allocation='redistribute')
     """
     known = ShieldSettings.field_names()
     for name in overrides:

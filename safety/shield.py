@@ -48,7 +48,11 @@ in closed form (:mod:`pulsebms.safety.projection`: the KKT conditions give
 piecewise-linear fleet total locates ``λ`` exactly). The default target is the
 requested action's own total: clipped power is redistributed to packs with headroom. A
 target outside ``[Σ w·l, Σ w·u]`` gives the nearest feasible allocation (every pack at
-the bound on that side) and the shortfall (status ``SHORTFALL``).
+the bound on that side) and the shortfall (status ``SHORTFALL``). That is
+``ShieldSettings.allocation = "redistribute"`` (the default); ``"respect_split"`` keeps
+the policy's split instead: each pack is clipped into its interval, no power moves to
+other packs, and the fleet power lost is the shortfall (status ``SHORTFALL``, its
+``shortfall_w`` = target − clipped total).
 
 Invalid requests never raise: a NaN entry is taken as 0 for its pack, ±inf and finite
 entries outside ``[-1, 1]`` as ±1 (status ``INVALID_ACTION``, reason
@@ -370,6 +374,7 @@ class Shield:
         self._tol_w = 1e-9 * max(float(rated.sum()), 1.0)
         self._k_soc_num = self.dt_s / 3600.0 / capacity  # SoC per pack ampere (predict)
         self._no_reasons: tuple[tuple[str, ...], ...] = ((),) * n
+        self._respect_split = config.allocation == "respect_split"
 
     # ------------------------------------------------------------------ stage 1
     def admissible(self, state: FleetState) -> AdmissibleSet:
@@ -609,11 +614,16 @@ class Shield:
     ) -> ShieldResult:
         """The closest admissible action to ``action`` that keeps the fleet target.
 
+        With ``settings.allocation == "respect_split"`` each pack is clipped into its
+        admissible interval instead (no power moves between packs) and ``shortfall_w``
+        is the target minus the clipped total.
+
         Args:
             state: The measured fleet state.
             action: Requested normalised set-points, shape ``(n_packs,)``.
             target_power_w: Fleet power to deliver [W] (demand tracking); by default the
-                requested action's own total.
+                requested action's own total. With ``"respect_split"`` it only sets the
+                reported shortfall.
 
         Returns:
             The :class:`ShieldResult`.
@@ -646,15 +656,21 @@ class Shield:
         else:
             flags |= _INVALID_ACTION
             target = own
-        if in_box and abs(own - target) * self._w_scale <= self._tol_w:
-            # Already admissible with the asked total: the identity (no projection).
+        if in_box and (self._respect_split or abs(own - target) * self._w_scale <= self._tol_w):
+            # Already admissible (with the asked total, unless the split is kept): the
+            # identity (no projection).
             if request is raw:
                 out = raw.copy()
                 intervened = np.zeros(n, dtype=bool)
             else:
                 out = request
                 intervened = out != raw
-            reached = target
+            reached = own if self._respect_split else target
+        elif self._respect_split:
+            # Keep the split: clip each pack into its interval, move no power elsewhere.
+            out = np.minimum(np.maximum(request, box[0]), box[1])
+            reached = float(self._weight @ out)
+            intervened = out != raw
         else:
             out, reached = self._project_box(request, box, gap, target)
             intervened = out != raw

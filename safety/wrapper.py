@@ -11,7 +11,8 @@ before the environment steps. It reads from ``env.unwrapped``:
 
 After every step it adds to ``info``:
 
-* ``info["shield"]``: ``intervened`` (number of packs changed), ``magnitude`` (L1 norm of
+* ``info["shield"]``: ``intervened`` (number of packs changed by more than the
+  tolerance), ``magnitude`` (L1 norm of
   the change, normalised units, against the request with NaN read as 0), ``reasons``
   (per pack, the limits behind the change), ``status`` (``ShieldStatus`` name, e.g.
   ``"PROJECTED|SHORTFALL"``), ``shortfall_w``, ``fallback`` (packs in controlled
@@ -19,7 +20,22 @@ After every step it adds to ``info``:
 * ``info["cost_pre_shield"]``: the violation cost (:func:`~pulsebms.safety.violation_cost`)
   the **unshielded** action would have caused according to the shield's one-step cell
   model (:meth:`~pulsebms.safety.shield.Shield.predict`), for constrained (CMDP) methods;
-  ``info["cost"]`` stays the environment's measured cost.
+  ``info["cost"]`` stays the environment's measured cost. Normalised: each violation
+  counts its excess in widths of the limit's window (0.1 = 10 % of the SoC window past
+  ``soc_max`` for one step), summed over packs; a per-episode cost limit is a bound on
+  the sum of this key over the episode.
+* ``info["cost_pre_shield_eur"]``: the same cost priced in the reward's units (EUR):
+  each violation's magnitude times its pack's price (``cost_price_eur``; by default the
+  pack's replacement value, ``pack_energy_kwh × costs.replacement_cost_eur_per_kwh`` of
+  the env, i.e. one window-width of excess for one step is priced as the whole pack).
+  A per-episode limit in EUR bounds the episode's sum of this key. Absent when no price
+  is known (no ``cost_price_eur`` and an env without those attributes).
+* ``info["shield_shortfall_w"]``: target minus applied fleet power [W] (the
+  ``shortfall_w`` below; with ``allocation="respect_split"`` the power clipped off).
+* ``info["shield_interventions"]``: the pack-steps changed by more than
+  :data:`~pulsebms.safety.results.INTERVENTION_TOLERANCE`
+  (:func:`~pulsebms.safety.results.count_interventions`: the one way interventions are
+  counted); ``info["shield"]["intervened"]`` is the same number.
 
 The action space is left as the environment's (``[-1, 1]`` per pack); requests outside
 it are still handled by the shield (clipped, NaN → 0, reported). The applied action is
@@ -51,6 +67,7 @@ import numpy as np
 from pulsebms.core.types import AnyArray, FleetEnvLike, FloatArray
 from pulsebms.safety.cell_model import CellModel
 from pulsebms.safety.limits import PackLimits, check_violations, violation_cost
+from pulsebms.safety.results import count_interventions
 from pulsebms.safety.settings import ShieldSettings, ShieldSettingsOverrides, merge_settings
 from pulsebms.safety.shield import Shield, ShieldResult
 from pulsebms.safety.state import FleetState, PackRatings
@@ -91,6 +108,10 @@ class ShieldWrapper(gym.ActionWrapper[Any, AnyArray, AnyArray], gym.utils.Record
             the fleet request ``fleet_state().demand_w`` instead of the policy's own
             total (demand-tracking mode).
         cell_model: See :class:`~pulsebms.safety.shield.Shield`.
+        cost_price_eur: Price of one unit of ``info["cost_pre_shield"]`` [EUR] for
+            ``info["cost_pre_shield_eur"]``: one number for every pack, or None for each
+            pack's replacement value read from the env (``pack_energy_kwh`` [kWh] ×
+            ``costs.replacement_cost_eur_per_kwh``; no EUR key if the env has neither).
         **overrides: :class:`~pulsebms.safety.settings.ShieldSettings` fields as keywords
             (``track_demand``, ``derating_band_c``, ``resistance_duration_s``,
             ``voltage_margin_v``, ``soc_margin``, ``current_margin``); they override
@@ -99,8 +120,8 @@ class ShieldWrapper(gym.ActionWrapper[Any, AnyArray, AnyArray], gym.utils.Record
     Raises:
         TypeError: If ``env.unwrapped`` is not a :class:`~pulsebms.core.types.FleetEnvLike`,
             or on a keyword that is not a setting.
-        ValueError: If the action space is not a 1-D ``Box`` with one entry per pack, or
-            on invalid settings.
+        ValueError: If the action space is not a 1-D ``Box`` with one entry per pack, on
+            invalid settings, or on a negative or non-finite ``cost_price_eur``.
     """
 
     def __init__(
@@ -110,10 +131,13 @@ class ShieldWrapper(gym.ActionWrapper[Any, AnyArray, AnyArray], gym.utils.Record
         limits: Mapping[str, float] | Sequence[PackLimits] | None = None,
         settings: ShieldSettings | Mapping[str, Any] | None = None,
         cell_model: CellModel | None = None,
+        cost_price_eur: float | None = None,
         **overrides: Unpack[ShieldSettingsOverrides],
     ) -> None:
         resolved = merge_settings(settings, overrides, caller="ShieldWrapper")
-        gym.utils.RecordConstructorArgs.__init__(self, limits=limits, settings=resolved.to_dict())
+        gym.utils.RecordConstructorArgs.__init__(
+            self, limits=limits, settings=resolved.to_dict(), cost_price_eur=cost_price_eur
+        )
         gym.ActionWrapper.__init__(self, env)
         base = env.unwrapped
         if not isinstance(base, FleetEnvLike):
@@ -143,6 +167,8 @@ class ShieldWrapper(gym.ActionWrapper[Any, AnyArray, AnyArray], gym.utils.Record
         self.track_demand = resolved.track_demand
         self.last_result: ShieldResult | None = None
         """The shield's result for the last action (None before the first step)."""
+        self.cost_price_eur: FloatArray | None = _cost_prices(base, ratings.n_packs, cost_price_eur)
+        """Per pack, EUR per unit of pre-shield cost (None: no ``cost_pre_shield_eur``)."""
         self._last_state: FleetState | None = None
         self._last_request: FloatArray | None = None
 
@@ -187,10 +213,18 @@ class ShieldWrapper(gym.ActionWrapper[Any, AnyArray, AnyArray], gym.utils.Record
         sanitised = np.nan_to_num(request, nan=0.0, posinf=1.0, neginf=-1.0)
         magnitude = float(np.sum(np.abs(sanitised - result.action)))
         predicted = self.shield.predict(state, request)
-        pre = violation_cost(check_violations(predicted, self.shield.ratings, self.shield.limits))
+        violations = check_violations(predicted, self.shield.ratings, self.shield.limits)
+        pre = violation_cost(violations)
+        interventions = count_interventions(request, result.action)
+        extra: dict[str, Any] = {}
+        prices = self.cost_price_eur
+        if prices is not None:
+            extra["cost_pre_shield_eur"] = float(
+                sum(v.magnitude * float(prices[v.pack]) for v in violations)
+            )
         return {
             "shield": {
-                "intervened": int(np.count_nonzero(result.intervened)),
+                "intervened": interventions,
                 "magnitude": magnitude,
                 "reasons": result.reasons,
                 "status": result.status.name or "OK",
@@ -200,4 +234,24 @@ class ShieldWrapper(gym.ActionWrapper[Any, AnyArray, AnyArray], gym.utils.Record
                 "applied": np.asarray(applied, dtype=np.float64),
             },
             "cost_pre_shield": pre,
+            **extra,
+            "shield_shortfall_w": result.shortfall_w,
+            "shield_interventions": interventions,
         }
+
+
+def _cost_prices(base: object, n_packs: int, price_eur: float | None) -> FloatArray | None:
+    """Per-pack EUR per unit of pre-shield cost (see :class:`ShieldWrapper`)."""
+    if price_eur is not None:
+        value = float(price_eur)
+        if not (np.isfinite(value) and value >= 0.0):
+            raise ValueError(f"cost_price_eur must be finite and >= 0, got {price_eur!r}")
+        return np.full(n_packs, value)
+    energy = getattr(base, "pack_energy_kwh", None)
+    per_kwh = getattr(getattr(base, "costs", None), "replacement_cost_eur_per_kwh", None)
+    if energy is None or per_kwh is None:
+        return None
+    prices = np.asarray(energy, dtype=np.float64).reshape(-1) * float(per_kwh)
+    if prices.shape != (n_packs,) or not np.all(np.isfinite(prices) & (prices >= 0.0)):
+        return None
+    return prices

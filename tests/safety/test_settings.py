@@ -19,6 +19,7 @@ DEFAULTS = {
     "soc_margin": 0.005,
     "current_margin": 0.03,
     "track_demand": False,
+    "allocation": "redistribute",
 }
 
 
@@ -71,6 +72,8 @@ def test_unknown_key_names_the_known_ones() -> None:
         ("soc_margin", True),
         ("track_demand", 1),
         ("track_demand", "false"),
+        ("allocation", "clip"),
+        ("allocation", None),
     ],
 )
 def test_invalid_values_are_refused(name: str, value: Any) -> None:
