@@ -38,6 +38,7 @@ from pulsebms.agents.env_factory import fleet_env, make_env
 from pulsebms.agents.policy import reset_policy
 from pulsebms.agents.type_aliases import Policy
 from pulsebms.core.types import FleetEnvLike, FloatArray
+from pulsebms.safety.results import INTERVENTION_TOLERANCE, count_interventions
 
 __all__ = [
     "INTERVENTION_TOLERANCE",
@@ -86,11 +87,6 @@ NO_BATTERY = "no_battery"
 """Name of the no-battery reference rows: the fleet idle, its degradation not charged (a
 site without storage ages no battery), so its total cost is the site's energy and
 unserved-load cost alone."""
-
-INTERVENTION_TOLERANCE = 1e-4
-"""A pack's set-point counts as changed by the shield when ``|applied − requested| >`` this
-(normalised power, i.e. 0.01 % of rated power; the request clipped to the action space
-first): solver round-off and the float32 cast are not interventions."""
 
 NEAR_ZERO: dict[str, float] = {
     "violations": 0.5,
@@ -146,14 +142,18 @@ def _pre_shield_violated(info: Mapping[str, Any]) -> bool:
 
 
 def _interventions(info: Mapping[str, Any]) -> float:
-    """Pack-steps the shield changed by more than :data:`INTERVENTION_TOLERANCE`."""
+    """Pack-steps the shield changed (:func:`pulsebms.safety.results.count_interventions`).
+
+    The request is clipped to the action space first (the env clips it anyway), so the one
+    definition of the shield wrapper applies to every policy.
+    """
     shield = info.get("shield")
     if isinstance(shield, Mapping) and "requested" in shield and "applied" in shield:
         requested = np.asarray(shield["requested"], dtype=np.float64).reshape(-1)
         requested = np.clip(np.nan_to_num(requested, nan=0.0), -1.0, 1.0)
         applied = np.asarray(shield["applied"], dtype=np.float64).reshape(-1)
         if requested.shape == applied.shape:
-            return float(np.count_nonzero(np.abs(applied - requested) > INTERVENTION_TOLERANCE))
+            return float(count_interventions(requested, applied, INTERVENTION_TOLERANCE))
     return float(_intervened(info))
 
 
