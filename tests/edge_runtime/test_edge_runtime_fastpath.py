@@ -28,11 +28,13 @@ _LIM = make_manifest().limits[0]
 
 
 def _near(clean: float, *bounds: float) -> st.SearchStrategy[float]:
-    """A clean value half the time (so one bad quantity among clean ones is drawn often),
-    else any float, biased to the bounds and their neighbours (the edges of a window)."""
-    edges = [b for b in bounds] + [math.nextafter(b, s) for b in bounds for s in (-1e9, 1e9)]
+    """A clean value, or any float biased to the bounds and their neighbours.
+
+    Clean most of the time, so one bad quantity among clean ones is drawn often.
+    """
+    edges = [*bounds, *(math.nextafter(b, s) for b in bounds for s in (-1e9, 1e9))]
     odd = st.one_of(
-        st.sampled_from(edges + [0.0, math.nan, math.inf, -math.inf, 1e308, -1e308]),
+        st.sampled_from([*edges, 0.0, math.nan, math.inf, -math.inf, 1e308, -1e308]),
         st.floats(allow_nan=True, allow_infinity=True),
         st.floats(min_value=min(bounds) - 1.0, max_value=max(bounds) + 1.0),
     )
