@@ -745,6 +745,47 @@ class EdgeRuntime:
         for bus_name, frame in frames:
             self._send(bus_name, frame, now_s)
 
+    def _send_commands(
+        self,
+        power_w: list[float],
+        safe: list[bool],
+        reasons: list[int],
+        volts: list[float],
+        now_s: float,
+    ) -> None:
+        """Every pack's command, in pack order: :meth:`_send_setpoint` per pack, batched.
+
+        The rolling counters advance in one array step; the codec's encoder is looked up
+        once. A stop request makes every command the safe state, as in ``_send_setpoint``.
+        """
+        encode = self._encode_command
+        if encode is None:
+            for i in range(self.n_packs):
+                self._send_setpoint(
+                    i,
+                    power_w[i],
+                    safe=safe[i],
+                    reason=reasons[i],
+                    now_s=now_s,
+                    pack_voltage_v=volts[i],
+                )
+            return
+        counters = self._tx_counter.tolist()
+        self._tx_counter += 1
+        stopping, send = self._stopping, self._send
+        for i in range(self.n_packs):
+            off = stopping or safe[i]
+            frames = encode(
+                i,
+                0.0 if off else power_w[i],
+                safe=off,
+                reason=reasons[i],
+                counter=counters[i],
+                pack_voltage_v=volts[i],
+            )
+            for bus_name, frame in frames:
+                send(bus_name, frame, now_s)
+
     def _enter_safe(self, pack: int, reason: int, now_s: float) -> None:
         """Hold ``pack`` safe from now on (this tick too); command it at once if it ran."""
         self._forced[pack] = True
@@ -1184,16 +1225,7 @@ class EdgeRuntime:
             reasons[intervened & ~safe] |= int(SafeReason.INTERVENED)
             setpoint_w = action * self._rated_w
             volts = self.store.pack_voltages_v(self._series_f)  # one pass, not one per pack
-            power, safe_l, reason_l = setpoint_w.tolist(), safe.tolist(), reasons.tolist()
-            for i in range(n):
-                self._send_setpoint(
-                    i,
-                    power[i],
-                    safe=safe_l[i],
-                    reason=reason_l[i],
-                    now_s=now,
-                    pack_voltage_v=volts[i],
-                )
+            self._send_commands(setpoint_w.tolist(), safe.tolist(), reasons.tolist(), volts, now)
             self._safe = safe
             self._last_action = action
             latency = time.perf_counter() - start

@@ -25,6 +25,7 @@ from pulsebms.safety.limits import check_violations
 from pulsebms.safety.state import FleetState
 
 _LIM = make_manifest().limits[0]
+_CODEC = CanCodec(N_PACKS)
 
 
 def _near(clean: float, *bounds: float) -> st.SearchStrategy[float]:
@@ -203,3 +204,34 @@ def test_estimator_interval_must_be_finite_and_not_negative() -> None:
                 )
     finally:
         bus.shutdown()
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    pack=st.integers(0, N_PACKS - 1),
+    power_w=st.floats(allow_nan=True, allow_infinity=True),
+    safe=st.booleans(),
+    reason=st.integers(0, 2**16),
+    counter=st.integers(0, 2**20),
+)
+def test_setpoint_fast_fill_encodes_as_the_general_path(
+    pack: int, power_w: float, safe: bool, reason: int, counter: int
+) -> None:
+    """The set-point command's direct fill gives the bytes of the quantity-dict path."""
+    codec = _CODEC
+    command = codec.signal_map.command
+    off = safe or not math.isfinite(power_w)
+    values = {
+        "power_w": 0.0 if off else power_w,
+        "mode": float(command.mode_safe if safe else command.mode_run),
+        "enable": 0.0 if safe else 1.0,
+        "reason": float(reason & 0xFF),
+    }
+    (want,) = codec._encode_plan(codec._cmd_plan, values, pack, counter)
+    ((_, got),) = codec.encode_command(pack, power_w, safe=safe, reason=reason, counter=counter)
+    assert (got.arbitration_id, got.is_extended_id, got.dlc) == (
+        want.arbitration_id,
+        want.is_extended_id,
+        want.dlc,
+    )
+    assert bytes(got.data) == bytes(want.data)
