@@ -16,6 +16,10 @@ Two figures per fleet size (3 and 100 packs) and per codec backend, in wall and 
   (python-can deep-copies every frame into each receiver's queue).
 * **no bus**: the same full tick with a bus that drops every frame (``full_tick_nobus``):
   the runtime's own cost, without python-can's virtual bus (which deep-copies each frame).
+* **estimator**: the control path above runs with ``estimator=None``. The state
+  estimator's cost is its own figure: the thread CPU of one telemetry cycle (every pack's
+  frames, no bus) with ``estimator="auto"`` minus without (interleaved), per cycle and per
+  pack update, and again with ``estimator_interval_s`` = 10 s (one update per 10 cycles).
 * ``cpu``: the same calls in thread CPU time (``time.thread_time_ns``): what the code
   costs without the time the OS gave other processes (on a shared machine the wall p99 is
   the scheduler's; the CPU p99 is the code's). Targets are judged on wall time.
@@ -91,6 +95,8 @@ TARGET_TICK_P50_MS = 1.0
 """Target: full tick p50 at :data:`TARGET_PACKS` packs [ms]."""
 TARGET_PACKS = 100
 TARGET_SAFE_FRAME_P99_US = 250.0
+EST_INTERVAL_S = 10.0
+"""``estimator_interval_s`` of the cheaper estimator schedule measured (cycles are 1 s)."""
 """Target: frame → safe frame p99 [µs]."""
 HIDDEN = 64
 """Width of the policy's two hidden layers."""
@@ -221,7 +227,14 @@ class _Harness:
     """A runtime on a virtual bus with a pack side, pre-encoded frames and a fake clock."""
 
     def __init__(
-        self, n: int, backend: str, rng: np.random.Generator, *, null_bus: bool = False
+        self,
+        n: int,
+        backend: str,
+        rng: np.random.Generator,
+        *,
+        null_bus: bool = False,
+        estimator: str | None = None,
+        estimator_interval_s: float = 0.0,
     ) -> None:
         self.n = n
         manifest = _manifest(n, rng)
@@ -244,6 +257,8 @@ class _Harness:
             stale_after_s=3600.0,
             recovery_hold_s=1.0,
             clock=self.clock,
+            estimator=estimator,
+            estimator_interval_s=estimator_interval_s,
         )
         # 16 rolling-counter values per pack: successive frames of a pack never repeat one
         self.clean = [self._frames(p, _CLEAN) for p in range(n)]
@@ -387,6 +402,19 @@ def _ticks(h: _Harness, n_ticks: int) -> np.ndarray:
         end = clock()
         out[:, k] = mid - start, end - mid, cpu() - cpu_start
         h.drain()
+    return out / 1000.0
+
+
+def _rx_cpu(h: _Harness, n_cycles: int) -> np.ndarray:
+    """Thread CPU time of one telemetry cycle (every pack's frames handled) [µs]."""
+    h.recover()
+    out = np.empty(n_cycles)
+    cpu = time.thread_time_ns
+    for k in range(n_cycles):
+        h.clock.now_s += 1.0
+        start = cpu()
+        h.clean_frames()
+        out[k] = cpu() - start
     return out / 1000.0
 
 
@@ -630,6 +658,19 @@ def _run(args: argparse.Namespace) -> int:
                 hs_bus, lambda h, k: _safe_frame(h, k, via_bus=True), max(n_frames // 4, 10), 10
             )
             send_all = _interleaved(hs_bus, _send_floor, max(n_ticks // 4, 10), 5)
+            est_hs = [
+                _Harness(
+                    n,
+                    backends[-1],
+                    np.random.default_rng([args.seed, n]),
+                    null_bus=True,
+                    estimator=e,
+                    estimator_interval_s=i,
+                )
+                for e, i in ((None, 0.0), ("auto", 0.0), ("auto", EST_INTERVAL_S))
+            ]
+            hs += est_hs
+            est_cpu = [np.percentile(x, 50) for x in _interleaved(est_hs, _rx_cpu, n_ticks, 10)]
             if n == max(sizes) and not args.no_profile:
                 profile = _profile(hs_bus[-1], n_prof)
         except RuntimeError as exc:
@@ -677,6 +718,19 @@ def _run(args: argparse.Namespace) -> int:
                 f"{_stats(nb_tick_us)['p50_us']:>8.1f} {_stats(nb_rx_us)['p50_us']:>7.1f} "
                 f"{out['p50_us']:>9.1f} {out['p99_us']:>9.1f}  (safe: until the send)"
             )
+        extra, extra_iv = est_cpu[1] - est_cpu[0], est_cpu[2] - est_cpu[0]
+        rows[str(n)]["estimator"] = {
+            "rx_cpu_p50_us_off": round(float(est_cpu[0]), 1),
+            "extra_cpu_per_cycle_us": round(float(extra), 1),
+            "extra_cpu_per_pack_update_us": round(float(extra) / n, 2),
+            "interval_s": EST_INTERVAL_S,
+            "extra_cpu_per_cycle_us_with_interval": round(float(extra_iv), 1),
+        }
+        print(
+            f"{n:>5} estimator (auto, {backends[-1]}, no bus): +{extra:.1f} µs CPU per telemetry "
+            f"cycle (+{extra / n:.1f} µs per pack update) over {est_cpu[0]:.1f} µs without; "
+            f"with estimator_interval_s={EST_INTERVAL_S:g} (cycle 1 s): +{extra_iv:.1f} µs"
+        )
         if len(backends) == 2:
             ref, ours = rows[str(n)]["cantools"], rows[str(n)]["compiled"]
             rows[str(n)]["ratio_cantools_over_compiled"] = {
@@ -691,6 +745,7 @@ def _run(args: argparse.Namespace) -> int:
         for label, share in profile.items():
             print(f"  {label:<36} {100 * share:5.1f} %  ~{share * best:7.1f} µs of the CPU p50")
     big = rows[str(max(sizes))][backends[-1]]
+    big_est = rows[str(max(sizes))]["estimator"]
     tick_p50_ms = big["full_tick"]["p50_us"] / 1000.0
     safe_p99 = max(r[backends[-1]]["safe_frame"]["p99_us"] for r in rows.values())
     sent_p99 = max(r[backends[-1]]["safe_frame_sent"]["p99_us"] for r in rows.values())
@@ -733,6 +788,7 @@ def _run(args: argparse.Namespace) -> int:
             big["full_tick_nobus_cpu"]["p50_us"] / 1000, 4
         ),
         "log": args.log,
+        "estimator_extra_cpu_per_cycle_us_max_size": big_est["extra_cpu_per_cycle_us"],
         "safe_frame_cpu_p99_us": safe_cpu_p99,
         "safe_frame_p99_us": safe_p99,
         "safe_frame_sent_p99_us": sent_p99,

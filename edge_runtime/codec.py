@@ -430,6 +430,14 @@ class CanCodec:
             for pack in range(n_packs):
                 self._add_route(plan, pack, self._bus_of[pack], self._id(plan, pack))
         self._cmd_ids = [self._compute_id(self._cmd_plan, p) for p in range(n_packs)]
+        # a power set-point map: its signals by position in (power, mode, enable, reason),
+        # so a command is filled without a per-call quantity dict (same values as _fill)
+        order = ("power_w", "mode", "enable", "reason")
+        self._setpoint_sigs = tuple(
+            (order.index(key), signal, offset, scale, lo, hi)
+            for key, signal, offset, scale, lo, hi in self._cmd_plan.encode_sigs
+            if key in order
+        )
         if self._site_plan is not None:
             self._add_route(self._site_plan, None, self.site_bus, self._id(self._site_plan, None))
         self._check_unmapped()
@@ -865,16 +873,18 @@ class CanCodec:
 
     # ------------------------------------------------------------------ encode
     def _frame(self, plan: _Plan, signals: dict[str, float], frame_id: int) -> can.Message:
-        data = bytearray(plan.layout.encode(signals))
+        data = plan.layout.encode(signals)
         entry = plan.entry
         if entry.checksum is not None and plan.checksum_byte is not None:
+            buf = bytearray(data)
             b = plan.checksum_byte
-            data[b] = 0
-            data[b] = checksum(entry.checksum.algorithm, bytes(data[:b] + data[b + 1 :]))
+            buf[b] = 0
+            buf[b] = checksum(entry.checksum.algorithm, bytes(buf[:b] + buf[b + 1 :]))
+            data = bytes(buf)
         return can.Message(
             arbitration_id=frame_id,
             is_extended_id=plan.is_extended,
-            data=bytes(data),
+            data=data,
             dlc=plan.length,
         )
 
@@ -968,12 +978,23 @@ class CanCodec:
         p = float(power_w)
         off = safe or not math.isfinite(p)
         if command.kind == "setpoint":
-            values = {
-                "power_w": 0.0 if off else p,
-                "mode": float(command.mode_safe if safe else command.mode_run),
-                "enable": 0.0 if safe else 1.0,
-                "reason": float(reason & 0xFF),
-            }
+            quantities = (
+                0.0 if off else p,
+                float(command.mode_safe if safe else command.mode_run),
+                0.0 if safe else 1.0,
+                float(reason & 0xFF),
+            )
+            signals = dict(plan.defaults)
+            isfinite = math.isfinite
+            for k, signal, offset, scale, lo, hi in self._setpoint_sigs:
+                value = (quantities[k] - offset) / scale  # as _fill: ScaledSignal.to_dbc
+                if isfinite(value):
+                    signals[signal] = min(max(value, lo), hi)
+            if plan.entry.counter is not None:
+                signals[plan.entry.counter.signal] = float(counter % plan.counter_mod)
+            if plan.entry.cells is None:
+                return [self._frame(plan, signals, self._id(plan, pack))]
+            values = dict(zip(("power_w", "mode", "enable", "reason"), quantities, strict=True))
         else:
             volts = math.nan if pack_voltage_v is None else float(pack_voltage_v)
             if not (math.isfinite(volts) and volts > 0):

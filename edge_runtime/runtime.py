@@ -333,6 +333,12 @@ class EdgeRuntime:
             :class:`~pulsebms.edge_runtime.estimation.FleetEstimator` from the manifest's
             ratings, or give one, or ``None`` for none. It supplies SoC/SoH the signal map
             does not carry and cross-checks those it does (see the module docstring).
+        estimator_interval_s: Least time between two estimator updates of a pack [s]; 0
+            (default) updates on every telemetry cycle. Between updates the current is
+            averaged over time (the charge count stays exact); the filter then sees one
+            sample per interval (its RC and noise model at that coarser step), and an
+            estimated SoC in the store moves at that rate. Cuts the estimator's CPU per
+            cycle roughly by ``interval / telemetry period``.
 
     Raises:
         ValueError: If the codec's fleet size differs from the manifest's, a bus of the
@@ -367,6 +373,7 @@ class EdgeRuntime:
         time_of_day: Callable[[], float] = local_time_of_day_s,
         max_events: int = 10_000,
         estimator: FleetEstimator | str | None = "auto",
+        estimator_interval_s: float = 0.0,
     ) -> None:
         n = manifest.n_packs
         self.manifest = manifest
@@ -481,6 +488,9 @@ class EdgeRuntime:
         self._stop_commanded = False
         self._timer: SafetyTimer | None = None
         self.bus_error_backoff_s = 0.05
+        self.estimator_interval_s = _check_positive(
+            "estimator_interval_s", estimator_interval_s, allow_zero=True
+        )
         self._setup_estimator(estimator)
 
     def _setup_buses(self, bus: can.BusABC | Mapping[str, can.BusABC]) -> None:
@@ -587,6 +597,10 @@ class EdgeRuntime:
         """The state estimator, or ``None``."""
         self._est_cross_check = est is not None and len(missing) < 2
         self._est_current_seen = [False] * self.n_packs
+        # with an update interval: last update and sample times, charge since the update
+        self._est_update_s: list[float | None] = [None] * self.n_packs
+        self._est_sample_s: list[float | None] = [None] * self.n_packs
+        self._est_charge_as = [0.0] * self.n_packs
         self._est_disagree = np.zeros(self.n_packs, dtype=bool)
 
     @property
@@ -614,6 +628,11 @@ class EdgeRuntime:
             return
         self._est_current_seen[pack] = False
         soc, soh, cur, vmin, vmax, tmin, tmax = self.store.pack_values(pack)
+        if self.estimator_interval_s > 0.0:
+            cur_avg = self._est_average_current(pack, t, cur)
+            if cur_avg is None:
+                return
+            cur = cur_avg
         volt = float(values.get("cell_voltage_v", 0.5 * (vmin + vmax)))
         est.update(pack, t, cur, volt, 0.5 * (tmin + tmax))
         self.metrics.estimate_updates += 1
@@ -624,6 +643,27 @@ class EdgeRuntime:
                 self.store.update_pack(pack, out, now_s=t)
         if self._est_cross_check and math.isfinite(soc) and math.isfinite(soh):
             self._cross_check(pack, t)
+
+    def _est_average_current(self, pack: int, t: float, cur: float) -> float | None:
+        """The current to fold in now (time average since the last update), or None: skip.
+
+        Each sample's current is held since the previous sample (the estimator's
+        convention), so the average over the skipped samples counts the same charge.
+        """
+        last_sample = self._est_sample_s[pack]
+        last_update = self._est_update_s[pack]
+        self._est_sample_s[pack] = t
+        if last_sample is None or last_update is None or not t > last_sample:
+            self._est_update_s[pack] = t
+            self._est_charge_as[pack] = 0.0
+            return cur
+        self._est_charge_as[pack] += cur * (t - last_sample)
+        if t - last_update < self.estimator_interval_s:
+            return None
+        charge = self._est_charge_as[pack]
+        self._est_charge_as[pack] = 0.0
+        self._est_update_s[pack] = t
+        return charge / (t - last_update)
 
     def _cross_check(self, pack: int, t: float) -> None:
         est = self.estimator
@@ -704,6 +744,47 @@ class EdgeRuntime:
             frames = [(self._pack_bus[pack], msg)]
         for bus_name, frame in frames:
             self._send(bus_name, frame, now_s)
+
+    def _send_commands(
+        self,
+        power_w: list[float],
+        safe: list[bool],
+        reasons: list[int],
+        volts: list[float],
+        now_s: float,
+    ) -> None:
+        """Every pack's command, in pack order: :meth:`_send_setpoint` per pack, batched.
+
+        The rolling counters advance in one array step; the codec's encoder is looked up
+        once. A stop request makes every command the safe state, as in ``_send_setpoint``.
+        """
+        encode = self._encode_command
+        if encode is None:
+            for i in range(self.n_packs):
+                self._send_setpoint(
+                    i,
+                    power_w[i],
+                    safe=safe[i],
+                    reason=reasons[i],
+                    now_s=now_s,
+                    pack_voltage_v=volts[i],
+                )
+            return
+        counters = self._tx_counter.tolist()
+        self._tx_counter += 1
+        stopping, send = self._stopping, self._send
+        for i in range(self.n_packs):
+            off = stopping or safe[i]
+            frames = encode(
+                i,
+                0.0 if off else power_w[i],
+                safe=off,
+                reason=reasons[i],
+                counter=counters[i],
+                pack_voltage_v=volts[i],
+            )
+            for bus_name, frame in frames:
+                send(bus_name, frame, now_s)
 
     def _enter_safe(self, pack: int, reason: int, now_s: float) -> None:
         """Hold ``pack`` safe from now on (this tick too); command it at once if it ran."""
@@ -1144,16 +1225,7 @@ class EdgeRuntime:
             reasons[intervened & ~safe] |= int(SafeReason.INTERVENED)
             setpoint_w = action * self._rated_w
             volts = self.store.pack_voltages_v(self._series_f)  # one pass, not one per pack
-            power, safe_l, reason_l = setpoint_w.tolist(), safe.tolist(), reasons.tolist()
-            for i in range(n):
-                self._send_setpoint(
-                    i,
-                    power[i],
-                    safe=safe_l[i],
-                    reason=reason_l[i],
-                    now_s=now,
-                    pack_voltage_v=volts[i],
-                )
+            self._send_commands(setpoint_w.tolist(), safe.tolist(), reasons.tolist(), volts, now)
             self._safe = safe
             self._last_action = action
             latency = time.perf_counter() - start

@@ -28,6 +28,7 @@ from __future__ import annotations
 import math
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
@@ -60,6 +61,14 @@ _ROWS: dict[str, tuple[int, ...]] = {
     "temperature_min_c": (_TMIN,),
     "temperature_max_c": (_TMAX,),
 }
+
+
+def _flat_view(table: FloatArray) -> memoryview[float]:
+    """A 1-D float view of a C-contiguous float64 table (its memory, not a copy)."""
+    flat: Any = table.reshape(-1)
+    view: memoryview[float] = memoryview(flat)
+    return view
+
 
 TELEMETRY_KEYS = tuple(_ROWS)
 """Telemetry value keys the store understands (others are ignored)."""
@@ -128,6 +137,11 @@ class TelemetryStore:
             f: self._updated[i] for i, f in enumerate(STORED_FIELDS)
         }
         """Quantity → per-pack arrival time [s] (-inf if never)."""
+        # flat float views of the two tables: a scalar write or read through them costs a
+        # fraction of numpy's per-element indexing (same doubles, same memory)
+        self._values_flat = _flat_view(self._values)
+        self._updated_flat = _flat_view(self._updated)
+        self._offsets = {k: tuple(r * n_packs for r in rows) for k, rows in _ROWS.items()}
         self._cells: list[FloatArray | None] = [None] * n_packs
         self._complete = [False] * n_packs  # has_all latched (arrival times only grow)
         self.status = np.zeros(n_packs, dtype=np.int64)
@@ -154,16 +168,21 @@ class TelemetryStore:
             cell_voltages_v: Cell index → voltage [V] of valid cells, if the frame has them.
             invalid_cells: Cells the BMS flags invalid (dropped from the cell table).
         """
-        vals = self._values
-        upd = self._updated
         if not math.isfinite(now_s):  # a non-finite arrival time unsets has_all, as before
             self._complete[pack] = False
-        for key, value in values.items():
-            rows = _ROWS.get(key)
-            if rows is not None:
-                for r in rows:
-                    vals[r, pack] = value
-                    upd[r, pack] = now_s
+        if 0 <= pack < self.n_packs:
+            vals, upd, offsets = self._values_flat, self._updated_flat, self._offsets
+            for key, value in values.items():
+                flat = offsets.get(key)
+                if flat is not None:
+                    for i in flat:
+                        vals[i + pack] = value
+                        upd[i + pack] = now_s
+        else:  # numpy's indexing (negative packs count from the end, others raise)
+            for key, value in values.items():
+                for r in _ROWS.get(key, ()):
+                    self._values[r, pack] = value
+                    self._updated[r, pack] = now_s
         if cell_voltages_v or invalid_cells:
             self._update_cells(pack, cell_voltages_v or {}, invalid_cells, now_s)
         if status is not None:
