@@ -12,7 +12,8 @@ from pulsebms.agents.rules import make_rule_policy
 def test_shield_limits_reach_env_rules_mpc_and_shield() -> None:
     env = make_env(
         "PulseBMS/FleetSmall-v0",
-        shield_kwargs={"limits": {"soc_max": 0.8, "current_max_a": 40.0}},
+        # Both current directions: the other one would keep the env's C-rate-scaled default.
+        shield_kwargs={"limits": {"soc_max": 0.8, "current_max_a": 40.0, "current_min_a": -40.0}},
         horizon_steps=4,
     )
     try:

@@ -167,13 +167,13 @@ def test_train_eval_export_round_trip(tmp_path: Path) -> None:
     assert result["rllib_env_steps"] >= 32
     assert (tmp_path / "train" / "progress.csv").read_text().startswith("iteration,")
     train_rows = {r["policy"]: r for r in result["kpis"]}
-    assert set(train_rows) == {"rllib_ppo", "rule_soc"}
+    assert set(train_rows) == {"rllib_ppo", "rule_soc", "no_battery"}
 
     with open_dict(cfg):
         cfg.evaluation.checkpoint = str(ckpt)
     rows = {r["policy"]: r for r in run_evaluation(cfg, tmp_path / "eval")}
     # The same KPI table as for SB3 agents: every column of the rule's row, for the agent.
-    assert set(rows) == {"rllib_ppo", "rule_soc"}
+    assert set(rows) == {"rllib_ppo", "rule_soc", "no_battery"}
     assert set(rows["rllib_ppo"]) == set(rows["rule_soc"])
     # The checkpoint evaluated from disk is the policy trained in the run (deterministic).
     for key, value in train_rows["rllib_ppo"].items():

@@ -63,7 +63,7 @@ def test_train_writes_config_checkpoints_metrics_plots(trained_run: Path) -> Non
         assert (run / name).is_file(), name
     assert (run / "plots" / "trace_ppo.png").is_file()
     metrics = json.loads((run / "metrics.json").read_text())
-    assert {r["policy"] for r in metrics["kpis"]} == {"ppo", "rule_soc", "mpc"}
+    assert {r["policy"] for r in metrics["kpis"]} == {"ppo", "rule_soc", "mpc", "no_battery"}
 
 
 def test_eval_compares_checkpoint_mpc_oracle_and_rules(trained_run: Path, tmp_path: Path) -> None:
