@@ -42,6 +42,7 @@ Example:
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Mapping, Sequence
 from typing import Any, cast
 
@@ -53,7 +54,6 @@ from ray.rllib.algorithms.ppo import PPOConfig
 from ray.rllib.algorithms.ppo.torch.default_ppo_torch_rl_module import DefaultPPOTorchRLModule
 from ray.rllib.algorithms.ppo.torch.ppo_torch_learner import PPOTorchLearner
 from ray.rllib.connectors.connector_v2 import ConnectorV2
-from ray.rllib.connectors.env_to_module import MeanStdFilter
 from ray.rllib.core.columns import Columns
 from ray.rllib.core.rl_module.rl_module import RLModuleSpec
 from ray.rllib.env.env_context import EnvContext
@@ -67,9 +67,10 @@ from pulsebms.agents.lagrangian import (
     LagrangeMultiplier,
     LagrangianPenalty,
     LagrangianSettings,
+    RllibPPOLagrangianConfig,
     step_cost,
 )
-from pulsebms.agents.rllib import EpisodeCostCallback, make_rllib_env
+from pulsebms.agents.rllib import build_rllib_algorithm, make_rllib_env
 
 __all__ = [
     "COST_ADVANTAGES",
@@ -358,11 +359,6 @@ def configure_ppo_lagrangian(
     return config
 
 
-def _mean_std_filter(env: Any = None, spaces: Any = None, device: Any = None) -> ConnectorV2:
-    """Env-to-module connector factory (module level, so remote EnvRunners can unpickle it)."""
-    return MeanStdFilter()
-
-
 def build_rllib_lagrangian_algorithm(
     env_id: str,
     settings: LagrangianSettings | None = None,
@@ -417,50 +413,31 @@ def build_rllib_lagrangian_algorithm(
     Raises:
         ValueError: If ``minibatch_size`` exceeds ``train_batch_size`` or a size is < 1.
     """
-    if min(train_batch_size, minibatch_size, num_epochs, num_envs_per_env_runner) < 1:
-        raise ValueError("train_batch_size, minibatch_size, num_epochs and envs must be ≥ 1")
-    if minibatch_size > train_batch_size:
-        raise ValueError(
-            f"minibatch_size ({minibatch_size}) must not exceed train_batch_size "
-            f"({train_batch_size})"
-        )
-    env_config = {
-        "env_id": env_id,
-        "shield": shield,
-        "shield_kwargs": dict(shield_kwargs or {}),
-        "env_kwargs": dict(env_kwargs or {}),
-    }
-    config = (
-        PPOConfig()  # type: ignore[no-untyped-call]  # RLlib is untyped
-        .api_stack(enable_rl_module_and_learner=True, enable_env_runner_and_connector_v2=True)
-        .framework("torch")
-        .environment(LAGRANGIAN_ENV_NAME, env_config=env_config)
-        .env_runners(
-            num_env_runners=num_env_runners,
-            num_envs_per_env_runner=num_envs_per_env_runner,
-            env_to_module_connector=_mean_std_filter if normalize_observations else None,
-        )
-        .learners(num_learners=0)
-        .training(
-            train_batch_size_per_learner=train_batch_size,
-            minibatch_size=minibatch_size,
-            num_epochs=num_epochs,
-            lr=lr,
-            gamma=gamma,
-            lambda_=lambda_,
-            clip_param=clip_param,
-            vf_clip_param=vf_clip_param,
-            entropy_coeff=entropy_coeff,
-        )
-        .rl_module(
-            model_config={
-                "fcnet_hiddens": [int(h) for h in hidden_sizes],
-                "fcnet_activation": "tanh",
-                "vf_share_layers": False,
-            }
-        )
-        .callbacks(EpisodeCostCallback)
-        .debugging(seed=seed, log_level="ERROR")
+    lagrangian = settings or LagrangianSettings()
+    agent = RllibPPOLagrangianConfig(
+        train_batch_size=train_batch_size,
+        minibatch_size=minibatch_size,
+        num_epochs=num_epochs,
+        lr=lr,
+        gamma=gamma,
+        lambda_=lambda_,
+        clip_param=clip_param,
+        vf_clip_param=vf_clip_param,
+        entropy_coeff=entropy_coeff,
+        hidden_sizes=tuple(hidden_sizes),
+        normalize_observations=normalize_observations,
+        **{f.name: getattr(lagrangian, f.name) for f in dataclasses.fields(LagrangianSettings)},
     )
-    configure_ppo_lagrangian(config, settings)
-    return config.build_algo()
+    if num_envs_per_env_runner < 1:
+        raise ValueError(f"num_envs_per_env_runner must be >= 1, got {num_envs_per_env_runner}")
+    # The one RLlib builder; the agent's rllib_config_hook makes it PPO-Lagrangian.
+    return build_rllib_algorithm(
+        env_id,
+        agent,
+        env_kwargs=env_kwargs,
+        shield=shield,
+        shield_kwargs=shield_kwargs,
+        num_env_runners=num_env_runners,
+        num_envs_per_env_runner=num_envs_per_env_runner,
+        seed=seed,
+    )
