@@ -5,15 +5,13 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from hydra import compose, initialize_config_module
-from hydra.core.global_hydra import GlobalHydra
 from hydra.errors import ConfigCompositionException, MissingConfigException
 from hydra.utils import instantiate
-from omegaconf import DictConfig, open_dict
+from hydra_helpers import compose_config
+from omegaconf import DictConfig
 
 from pulsebms.agents.rllib_config import RllibPPOConfig, RllibSACConfig
 from pulsebms.agents.sb3 import PPOConfig, SACConfig
@@ -25,23 +23,6 @@ register_configs()
 
 EXPERIMENTS = sorted(p.stem for p in (config_dir() / "experiment").glob("*.yaml"))
 AGENTS = sorted(p.stem for p in (config_dir() / "agent").glob("*.yaml"))
-
-
-@pytest.fixture
-def hydra_ctx() -> Iterator[None]:
-    GlobalHydra.instance().clear()
-    with initialize_config_module(config_module="pulsebms.configs", version_base="1.3"):
-        yield
-    GlobalHydra.instance().clear()
-
-
-def _compose(*overrides: str) -> DictConfig:
-    cfg = compose(config_name="config", overrides=list(overrides), return_hydra_config=True)
-    # `${hydra:...}` resolves only inside a running app; pin the label instead.
-    with open_dict(cfg):
-        cfg.agent_name = cfg.hydra.runtime.choices.agent
-        del cfg["hydra"]
-    return cfg
 
 
 def _shrink(cfg: DictConfig) -> DictConfig:
@@ -57,7 +38,7 @@ def test_presets_exist() -> None:
 @pytest.mark.usefixtures("hydra_ctx")
 @pytest.mark.parametrize("experiment", EXPERIMENTS)
 def test_experiment_preset_composes_and_instantiates(experiment: str) -> None:
-    cfg = _shrink(_compose(f"experiment={experiment}"))
+    cfg = _shrink(compose_config(f"experiment={experiment}"))
     assert cfg.experiment_name == experiment
     validate(cfg)
     agent = instantiate(cfg.agent, _convert_="object")
@@ -75,7 +56,7 @@ def test_experiment_preset_composes_and_instantiates(experiment: str) -> None:
 @pytest.mark.usefixtures("hydra_ctx")
 @pytest.mark.parametrize("agent", AGENTS)
 def test_every_agent_option_instantiates(agent: str) -> None:
-    cfg = _shrink(_compose(f"agent={agent}"))
+    cfg = _shrink(compose_config(f"agent={agent}"))
     obj = instantiate(cfg.agent, _convert_="object")
     if isinstance(obj, PPOConfig | SACConfig):
         assert isinstance(obj.net_arch, list)
@@ -99,7 +80,7 @@ def test_every_agent_option_instantiates(agent: str) -> None:
 )  # fmt: skip
 def test_every_group_option_composes(group: str, path: str) -> None:
     for option in sorted(p.stem for p in (config_dir() / group).glob("*.yaml")):
-        cfg = _compose(f"{group}={option}")
+        cfg = compose_config(f"{group}={option}")
         assert cfg[path] is not None
         if group in ("fleet", "scenario", "shield"):
             validate(cfg)
@@ -109,19 +90,19 @@ def test_every_group_option_composes(group: str, path: str) -> None:
 @pytest.mark.usefixtures("hydra_ctx")
 def test_unknown_option_is_rejected_naming_it() -> None:
     with pytest.raises(MissingConfigException, match="nope"):
-        _compose("agent=nope")
+        compose_config("agent=nope")
 
 
 @pytest.mark.usefixtures("hydra_ctx")
 def test_unknown_chemistry_names_the_field() -> None:
-    cfg = _compose("fleet.packs.1.chemistry=NaS")
+    cfg = compose_config("fleet.packs.1.chemistry=NaS")
     with pytest.raises(ConfigError, match=r"fleet\.packs\[1\]\.chemistry.*NaS"):
         validate(cfg)
 
 
 @pytest.mark.usefixtures("hydra_ctx")
 def test_impossible_limit_names_the_field() -> None:
-    cfg = _compose("+shield.limits.soc_min=0.9", "+shield.limits.soc_max=0.2")
+    cfg = compose_config("+shield.limits.soc_min=0.9", "+shield.limits.soc_max=0.2")
     with pytest.raises(ConfigError, match=r"shield\.limits.*soc_min"):
         validate(cfg)
 
@@ -129,15 +110,15 @@ def test_impossible_limit_names_the_field() -> None:
 @pytest.mark.usefixtures("hydra_ctx")
 def test_bad_pack_value_and_scenario_name_the_field() -> None:
     with pytest.raises(ConfigError, match=r"fleet\.packs\[0\].*initial_soc"):
-        validate(_compose("fleet.packs.0.initial_soc=1.5"))
+        validate(compose_config("fleet.packs.0.initial_soc=1.5"))
     with pytest.raises(ConfigError, match=r"scenario.*atlantis"):
-        validate(_compose("scenario.name=atlantis"))
+        validate(compose_config("scenario.name=atlantis"))
 
 
 @pytest.mark.usefixtures("hydra_ctx")
 def test_wrong_type_is_rejected_by_the_schema() -> None:
     with pytest.raises(ConfigCompositionException, match=r"train\.total_timesteps"):
-        _compose("train.total_timesteps=lots")
+        compose_config("train.total_timesteps=lots")
 
 
 def test_help_lists_the_groups(tmp_path: Path) -> None:
@@ -160,7 +141,7 @@ def test_help_lists_the_groups(tmp_path: Path) -> None:
 def test_eval_finds_the_newest_training_run(tmp_path: Path) -> None:
     from pulsebms.experiments.evaluate import latest_checkpoint
 
-    cfg = _compose("experiment=quick")
+    cfg = compose_config("experiment=quick")
     assert latest_checkpoint(cfg, tmp_path) is None
     for stamp in ("2026-01-01_10-00-00", "2026-01-02_09-00-00"):
         run = tmp_path / "small" / "quick" / f"ppo_seed0_{stamp}"
@@ -175,7 +156,7 @@ def test_eval_finds_the_newest_training_run(tmp_path: Path) -> None:
 def test_fleet_default_is_the_registered_default_fleet() -> None:
     from pulsebms.envs import DEFAULT_FLEET
 
-    cfg = _shrink(_compose("fleet=default"))
+    cfg = _shrink(compose_config("fleet=default"))
     assert "fleet" not in env_kwargs(cfg)
     env = make_cfg_env(cfg)
     try:
@@ -189,7 +170,7 @@ def test_small_spread_is_the_default_fleet_with_another_initial_state() -> None:
     from pulsebms.envs import DEFAULT_FLEET
     from pulsebms.envs.pack import PackSpec
 
-    packs = [PackSpec(**p) for p in env_kwargs(_compose("fleet=small_spread"))["fleet"]]
+    packs = [PackSpec(**p) for p in env_kwargs(compose_config("fleet=small_spread"))["fleet"]]
     geometry = ("chemistry", "series", "parallel", "name", "rated_power_w")
     for pack, default in zip(packs, DEFAULT_FLEET, strict=True):
         assert [getattr(pack, k) for k in geometry] == [getattr(default, k) for k in geometry]
@@ -242,7 +223,7 @@ def test_schemas_take_their_defaults_from_the_library() -> None:
 def test_mpc_option_builds_the_library_default_mpc() -> None:
     from pulsebms.agents.mpc import MPCConfig
 
-    cfg = _shrink(_compose("agent=mpc"))
+    cfg = _shrink(compose_config("agent=mpc"))
     env = make_cfg_env(cfg)
     try:
         policy = instantiate(cfg.agent, _convert_="object")(env)
@@ -254,7 +235,7 @@ def test_mpc_option_builds_the_library_default_mpc() -> None:
 
 @pytest.mark.usefixtures("hydra_ctx")
 def test_shield_settings_reach_the_wrapper_and_are_validated() -> None:
-    cfg = _shrink(_compose("shield.settings.soc_margin=0.01"))
+    cfg = _shrink(compose_config("shield.settings.soc_margin=0.01"))
     validate(cfg)
     env = make_cfg_env(cfg)
     try:
@@ -263,6 +244,6 @@ def test_shield_settings_reach_the_wrapper_and_are_validated() -> None:
     finally:
         env.close()
     with pytest.raises(ConfigError, match=r"shield\.settings.*soc_margin"):
-        validate(_compose("shield.settings.soc_margin=-1.0"))
+        validate(compose_config("shield.settings.soc_margin=-1.0"))
     with pytest.raises(ConfigCompositionException, match="soc_marign"):
-        _compose("shield.settings.soc_marign=0.01")
+        compose_config("shield.settings.soc_marign=0.01")

@@ -7,16 +7,14 @@ import os
 import shutil
 import subprocess
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pytest
-from hydra import compose, initialize_config_module
-from hydra.core.global_hydra import GlobalHydra
 from hydra.utils import instantiate
-from omegaconf import DictConfig, open_dict
+from hydra_helpers import compose_config
+from omegaconf import open_dict
 
 from pulsebms.agents.rllib_config import RaySettings, RllibPPOConfig, RllibSACConfig
 from pulsebms.experiments.common import ConfigError
@@ -53,29 +51,13 @@ TINY_SAC = [
 ]
 
 
-@pytest.fixture
-def hydra_ctx() -> Iterator[None]:
-    GlobalHydra.instance().clear()
-    with initialize_config_module(config_module="pulsebms.configs", version_base="1.3"):
-        yield
-    GlobalHydra.instance().clear()
-
-
-def _compose(*overrides: str) -> DictConfig:
-    cfg = compose(config_name="config", overrides=list(overrides), return_hydra_config=True)
-    with open_dict(cfg):
-        cfg.agent_name = cfg.hydra.runtime.choices.agent
-        del cfg["hydra"]
-    return cfg
-
-
 # ---------------------------------------------------------------- fast: composition only
 
 
 @pytest.mark.usefixtures("hydra_ctx")
 def test_rllib_options_instantiate_to_the_library_configs() -> None:
-    ppo = instantiate(_compose("agent=rllib_ppo").agent, _convert_="object")
-    sac = instantiate(_compose("agent=rllib_sac").agent, _convert_="object")
+    ppo = instantiate(compose_config("agent=rllib_ppo").agent, _convert_="object")
+    sac = instantiate(compose_config("agent=rllib_sac").agent, _convert_="object")
     assert isinstance(ppo, RllibPPOConfig)
     assert ppo == RllibPPOConfig(hidden_sizes=[64, 64])
     assert isinstance(sac, RllibSACConfig)
@@ -99,7 +81,7 @@ def test_ray_group_selects_where_ray_runs(
 ) -> None:
     from pulsebms.experiments.train import ray_settings
 
-    settings = ray_settings(_compose("agent=rllib_ppo", *overrides))
+    settings = ray_settings(compose_config("agent=rllib_ppo", *overrides))
     assert isinstance(settings, RaySettings)
     assert settings.address == address
     assert settings.joins_cluster is joins
@@ -111,7 +93,7 @@ def test_impossible_ray_setting_names_the_group() -> None:
     from pulsebms.experiments.train import ray_settings
 
     with pytest.raises(ConfigError, match=r"ray: .*num_envs_per_env_runner"):
-        ray_settings(_compose("ray.num_envs_per_env_runner=0"))
+        ray_settings(compose_config("ray.num_envs_per_env_runner=0"))
 
 
 def test_eval_rejects_a_path_of_no_known_kind(tmp_path: Path) -> None:
@@ -130,7 +112,7 @@ def test_eval_rejects_a_path_of_no_known_kind(tmp_path: Path) -> None:
 def test_eval_finds_the_newest_rllib_run(tmp_path: Path) -> None:
     from pulsebms.experiments.evaluate import latest_checkpoint
 
-    cfg = _compose("agent=rllib_sac")
+    cfg = compose_config("agent=rllib_sac")
     for stamp, kind in (("2026-01-01_10-00-00", "rllib"), ("2026-01-02_09-00-00", "rllib")):
         ckpt = tmp_path / "small" / "default" / f"rllib_sac_seed0_{stamp}" / "rllib_checkpoint"
         ckpt.mkdir(parents=True)
@@ -155,7 +137,7 @@ def test_train_eval_export_round_trip(tmp_path: Path) -> None:
     from pulsebms.export import export_checkpoint
 
     temp = Path("/tmp") / f"pb-rt-{os.getpid()}"  # Ray's socket paths must stay short
-    cfg = _compose("agent=rllib_ppo", *TINY, *TINY_PPO, f"ray.temp_dir={temp}")
+    cfg = compose_config("agent=rllib_ppo", *TINY, *TINY_PPO, f"ray.temp_dir={temp}")
     try:
         result = run_training(cfg, tmp_path / "train")
     finally:
@@ -250,12 +232,12 @@ def test_rllib_ppo_lagrangian_trains_and_exports_from_hydra(tmp_path: Path) -> N
     from pulsebms.experiments.train import run_training
     from pulsebms.export import export_checkpoint
 
-    cfg = _compose("agent=rllib_ppo_lagrangian", "agent.cost_limit=0.0", *TINY, *TINY_PPO)
+    cfg = compose_config("agent=rllib_ppo_lagrangian", "agent.cost_limit=0.0", *TINY, *TINY_PPO)
     agent = instantiate(cfg.agent, _convert_="object")
     assert isinstance(agent, RllibPPOLagrangianConfig)
     assert agent.cost_limit == 0.0
     temp = Path("/tmp") / f"pb-lag-{os.getpid()}"
-    cfg = _compose("agent=rllib_ppo_lagrangian", *TINY, *TINY_PPO, f"ray.temp_dir={temp}")
+    cfg = compose_config("agent=rllib_ppo_lagrangian", *TINY, *TINY_PPO, f"ray.temp_dir={temp}")
     try:
         result = run_training(cfg, tmp_path / "train")
     finally:
