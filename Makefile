@@ -50,7 +50,7 @@ format: install  ## Apply ruff's fixes and formatting.
 	$(BIN)/ruff check --fix .
 	$(BIN)/ruff format .
 
-PACKAGES := core envs safety agents experiments configs export edge_runtime hil benchmarks
+PACKAGES := core envs safety agents experiments configs export edge_runtime hil benchmarks services
 type: install  ## mypy over pulsebms.* (strict for safety, export, edge_runtime, hil).
 	@rm -rf build/typecheck && mkdir -p build/typecheck/pulsebms
 	@for d in $(PACKAGES); do ln -s ../../../$$d build/typecheck/pulsebms/$$d; done

@@ -7,6 +7,8 @@ run time), so the simulation stack, the exporter and the edge runtime can all de
   shield, the agents and the exporter read from an environment);
 * :mod:`pulsebms.core.observation`: the named observation layout and the one
   ``build_observation`` used by the environment, the exporter and the edge runtime;
+* :mod:`pulsebms.core.messaging`: the MQTT topics and versioned JSON payloads of the
+  site/cloud loop (standard library only);
 * :mod:`pulsebms.core.console_scripts`: the console-script entry points (standard library
   only), which name the extra to install when a command's dependencies are missing.
 """

@@ -56,12 +56,15 @@ _TRAIN = _SIM | {"torch", "stable-baselines3", "hydra-core", "matplotlib", "tqdm
 
 EXTRAS: Mapping[str, frozenset[str]] = MappingProxyType(
     {
-        "edge": frozenset({"onnxruntime", "python-can", "cantools"}),
+        "edge": frozenset({"onnxruntime", "python-can", "cantools", "paho-mqtt"}),
         "sim": _SIM,
         "train": _TRAIN,
         "rllib": _TRAIN | {"ray"},
         "export": frozenset({"torch", "onnx", "onnxruntime", "onnxscript"}),
         "tracking": frozenset({"wandb", "tensorboard"}),
+        "services": _TRAIN
+        | {"onnxruntime", "python-can", "cantools", "paho-mqtt", "amqtt", "psycopg"}
+        | {"scikit-learn"},
     }
 )
 """Extra → the distributions it installs, nested extras expanded (as in ``pyproject.toml``;
@@ -90,6 +93,10 @@ IMPORT_NAMES: Mapping[str, str] = MappingProxyType(
         "onnxscript": "onnxscript",
         "can": "python-can",
         "cantools": "cantools",
+        "paho": "paho-mqtt",
+        "amqtt": "amqtt",
+        "psycopg": "psycopg",
+        "sklearn": "scikit-learn",
         "wandb": "wandb",
         "tensorboard": "tensorboard",
     }

@@ -139,7 +139,7 @@ def test_edge_extra_pulls_no_heavy_dependency() -> None:
     edge = _extra_requirements("edge")
     assert edge, "the edge extra must exist"
     names = {re.split(r"[\s\[<>=!~]", r, maxsplit=1)[0].lower() for r in edge}
-    assert names == {"onnxruntime", "python-can", "cantools"}
+    assert names == {"onnxruntime", "python-can", "cantools", "paho-mqtt"}
     assert not names & {"torch", "pybamm", "ray", "gymnasium", "hydra-core"}
 
 
