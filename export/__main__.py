@@ -1,10 +1,10 @@
-"""``python -m pulsebms.export`` (same as ``pulsebms-export``)."""
+"""``python -m pulsebms.export`` (same as ``pulsebms-export``; a missing extra is named, exit 2)."""
 
 from __future__ import annotations
 
 import sys
 
-from pulsebms.export.cli import main
+from pulsebms.core.console_scripts import export
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(export())

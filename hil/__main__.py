@@ -1,10 +1,10 @@
-"""``python -m pulsebms.hil`` (same as ``pulsebms-hil``)."""
+"""``python -m pulsebms.hil`` (same as ``pulsebms-hil``; a missing extra is named, exit 2)."""
 
 from __future__ import annotations
 
 import sys
 
-from pulsebms.hil.cli import main
+from pulsebms.core.console_scripts import hil
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(hil())
