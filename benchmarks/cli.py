@@ -28,6 +28,7 @@ BENCHMARKS: dict[str, str] = {
     "edge": "pulsebms.benchmarks.edge",
     "estimation": "pulsebms.benchmarks.estimation",
     "ray": "pulsebms.benchmarks.ray",
+    "allocation": "pulsebms.benchmarks.allocation",
 }
 
 

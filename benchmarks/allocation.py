@@ -1,18 +1,19 @@
-"""Compare the shield's allocation modes on the quick fleet (a script, not a test).
+"""``pulsebms-bench allocation``: the shield's allocation modes compared on the quick fleet.
 
 The quick preset's env (``PulseBMS/FleetSmall-v0``, fleet ``small_spread``, equivalent-
 circuit twin, 900 s steps, one-day episodes), a rule policy (``rule_soc``) and a seeded
 uniform-random policy, each shielded with ``allocation="redistribute"`` and
 ``"respect_split"``; per episode: interventions (pack-steps, the one count), |shortfall|
 [kWh], total cost [EUR], pre-shield cost (normalised and EUR), measured violations.
-Prints mean ± std over the seeds::
+Prints mean ± std over the seeds and a last line ``RESULT {json}``::
 
-    python tests/safety/compare_allocation.py [--seeds 100 101 102]
+    pulsebms-bench allocation [--seeds 100 101 102] [--quick]
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 from typing import Any
 
 import numpy as np
@@ -30,14 +31,15 @@ FLEET = [
 ]  # fmt: skip
 
 
-def episode(policy: str, allocation: str, seed: int) -> dict[str, float]:
+def episode(policy: str, allocation: str, seed: int, steps: int = 96) -> dict[str, float]:
+    """One shielded episode of ``policy`` with ``allocation``; totals of the KPIs."""
     env = make_env(
         "PulseBMS/FleetSmall-v0",
         shield_kwargs={"allocation": allocation},
         fleet=FLEET,
         fidelity="ecm",
         dt_s=900.0,
-        horizon_steps=96,
+        horizon_steps=steps,
     )
     obs, _ = env.reset(seed=seed)
     rng = np.random.default_rng(seed)
@@ -66,22 +68,32 @@ def episode(policy: str, allocation: str, seed: int) -> dict[str, float]:
     return out
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> int:
+    """Run the comparison; ``--quick``: one seed, a quarter day."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seeds", type=int, nargs="+", default=[100, 101, 102])
-    args = parser.parse_args()
+    parser.add_argument("--quick", action="store_true", help="one seed, 24 steps")
+    args = parser.parse_args(argv)
+    seeds = args.seeds[:1] if args.quick else args.seeds
+    steps = 24 if args.quick else 96
+    result: dict[str, dict[str, float]] = {}
     keys = ("interventions", "shortfall_kwh", "cost_eur", "pre_cost", "pre_cost_eur",
             "violations")  # fmt: skip
     print("policy    allocation     " + "  ".join(f"{k:>20}" for k in keys))
     for policy in ("rule_soc", "random"):
         for allocation in ("redistribute", "respect_split"):
-            rows = [episode(policy, allocation, s) for s in args.seeds]
+            rows = [episode(policy, allocation, s, steps) for s in seeds]
             cells = []
+            means: dict[str, float] = {}
             for k in keys:
                 v = np.array([r[k] for r in rows])
                 cells.append(f"{v.mean():>11.2f} ± {v.std():>6.2f}")
+                means[k] = float(v.mean())
             print(f"{policy:<9} {allocation:<14} " + "  ".join(cells), flush=True)
+            result[f"{policy}/{allocation}"] = means
+    print("RESULT " + json.dumps(result, sort_keys=True))
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    raise SystemExit(main())
