@@ -64,7 +64,7 @@ def episode(policy: str, allocation: str, seed: int, steps: int = 96) -> dict[st
         out["pre_cost_eur"] += info.get("cost_pre_shield_eur", float("nan"))
         out["violations"] += len(info.get("violations", ()))
         done = terminated or truncated
-    env.close()
+    env.close()  # type: ignore[no-untyped-call]  # gymnasium leaves Env.close unannotated
     return out
 
 
