@@ -15,8 +15,8 @@ time in step-size control. This module instead builds, symbolically and once per
    method behind Deuflhard's LIMEX and Hairer & Wanner's SEULEX (Hairer, E. and Wanner, G.,
    *Solving Ordinary Differential Equations II*, §IV.9). Order = ``len(SEQUENCE)``;
 4. an error estimate: the difference between the two highest-order tableau entries,
-   scaled by ``atol + rtol·|y|``, so that a caller can redo the few steps it does not trust
-   with an adaptive solver.
+   scaled by ``atol + rtol·|y|`` (``atol`` per state), so that a caller can redo the few
+   steps it does not trust with an adaptive solver.
 
 The result is one straight-line ``SX`` function (~8 k instructions for SPM) that CasADi maps
 over packs with threads.
@@ -114,7 +114,7 @@ def extrapolated_lie_step(
     h: Any,
     *,
     rtol: float,
-    atol: float,
+    atol: float | Sequence[float],
     sequence: Sequence[int] = SEQUENCE,
 ) -> tuple[Any, Any]:
     """One step of extrapolated linearly-implicit Euler, as CasADi ``SX`` expressions.
@@ -124,7 +124,8 @@ def extrapolated_lie_step(
         x: The state at the start of the step (an ``SX`` column symbol).
         h: The step length (an ``SX`` scalar).
         rtol: Relative tolerance of the error estimate.
-        atol: Absolute tolerance of the error estimate.
+        atol: Absolute tolerance of the error estimate: one value, or one per state (a
+            per-block scale, e.g. a looser one for states the outputs are insensitive to).
         sequence: Sub-step counts (increasing).
 
     Returns:
@@ -160,5 +161,6 @@ def extrapolated_lie_step(
         previous = current
     best = casadi.vertcat(*previous[-1])
     second = casadi.vertcat(*last_previous)
-    error = casadi.mmax(casadi.fabs(best - second) / (atol + rtol * casadi.fabs(best)))
+    scale = casadi.DM(list(atol)) if isinstance(atol, Sequence) else atol
+    error = casadi.mmax(casadi.fabs(best - second) / (scale + rtol * casadi.fabs(best)))
     return best, error
