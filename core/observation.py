@@ -79,12 +79,17 @@ SITE_SOURCES: dict[str, str] = {
     "time_of_day": "1",
     "time_of_day_sin": "1",
     "time_of_day_cos": "1",
+    "grid_import_limit_w": "W",
+    "grid_export_limit_w": "W",
+    "feed_in_price_per_kwh": "currency/kWh",
 }
 """Site-level quantities an observation field can read, with their units.
 
 Forecasts not given in the inputs are read by persistence (the present value repeated);
 ``time_of_day`` is ``hour_of_day / 24`` in [0, 1) and ``time_of_day_sin``/``_cos`` are
-``sin``/``cos`` of ``2π · hour_of_day / 24``.
+``sin``/``cos`` of ``2π · hour_of_day / 24``. The grid limits and the feed-in price
+(read by the ``site_extras`` layout of ``PulseBMS/FleetSite-v0``) have no fallback: an
+observation that needs them and is built without them raises ``ValueError``.
 """
 
 TEMPERATURE_SCALE_C = 50.0
@@ -317,7 +322,11 @@ class ObservationLayout:
 
 
 def fleet_observation_layout(
-    pack_names: Sequence[str], forecast_steps: int, fleet_rated_power_w: float
+    pack_names: Sequence[str],
+    forecast_steps: int,
+    fleet_rated_power_w: float,
+    *,
+    site_extras: bool = False,
 ) -> ObservationLayout:
     """The layout of :class:`pulsebms.envs.FleetEnv`'s observation.
 
@@ -325,6 +334,8 @@ def fleet_observation_layout(
         pack_names: Pack labels, in fleet order.
         forecast_steps: Length of the net-load and price forecasts.
         fleet_rated_power_w: Σ rated pack power [W], the scale of the demand fields.
+        site_extras: Append grid import/export limits (/ Σ rated pack power) and the
+            feed-in price (the ``PulseBMS/FleetSite-v0``layout); ``False`` is the v0 layout.
 
     Returns:
         Per-pack SoC, SoH, temperature, cell voltage, C-rate; site demand now and forecast,
@@ -355,6 +366,15 @@ def fleet_observation_layout(
         ("time_of_day_sin", 1, "1", 1.0, -1.0, 1.0, "sin(2π · hour / 24)"),
         ("time_of_day_cos", 1, "1", 1.0, -1.0, 1.0, "cos(2π · hour / 24)"),
     ]  # fmt: skip
+    if site_extras:
+        spec += [
+            ("grid_import_limit_w", 1, "W", rated, 0.0, 1.0e6,
+             "grid import limit / Σ rated pack power"),
+            ("grid_export_limit_w", 1, "W", rated, 0.0, 1.0e6,
+             "grid export limit / Σ rated pack power"),
+            ("feed_in_price_per_kwh", 1, "EUR/kWh", 1.0, -10.0, 10.0,
+             "price paid for exported energy"),
+        ]  # fmt: skip
     fields: list[ObsField] = []
     start = 0
     for name, size, unit, scale, low, high, text in spec:
@@ -384,6 +404,10 @@ class ObservationInputs:
         demand_forecast_w: Demand for the next steps [W]; ``None``: persistence.
         price_forecast_per_kwh: Price for the next steps; ``None``: persistence.
         last_action: Normalised set-points of the previous step; ``None``: zeros.
+        grid_import_limit_w: Grid import limit [W]; ``None``: unknown (a field reading it
+            raises ``ValueError``).
+        grid_export_limit_w: Grid export limit [W]; ``None``: unknown (as above).
+        feed_in_price_per_kwh: Price paid for exported energy; ``None``: unknown (as above).
     """
 
     soc: FloatArray
@@ -399,6 +423,9 @@ class ObservationInputs:
     demand_forecast_w: FloatArray | None = None
     price_forecast_per_kwh: FloatArray | None = None
     last_action: FloatArray | None = None
+    grid_import_limit_w: float | None = None
+    grid_export_limit_w: float | None = None
+    feed_in_price_per_kwh: float | None = None
 
     @classmethod
     def from_readings(
@@ -501,6 +528,11 @@ class ObservationInputs:
                     f"{source} has {values.shape[0]} steps, the layout field has {width}"
                 )
             return values
+        if source in ("grid_import_limit_w", "grid_export_limit_w", "feed_in_price_per_kwh"):
+            given = getattr(self, source)
+            if given is None:
+                raise ValueError(f"the layout reads {source!r}, which the inputs do not give")
+            return float(given)
         if source in ("time_of_day_sin", "time_of_day_cos"):
             angle = 2.0 * np.pi * self.hour_of_day / 24.0
             return float(np.sin(angle) if source == "time_of_day_sin" else np.cos(angle))

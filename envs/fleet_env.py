@@ -230,6 +230,9 @@ class FleetEnv(gym.Env[ObsArray, ActArray]):
         forecast_h: The forecasts' length in hours; when given it replaces
             ``forecast_steps`` by ``ceil(3600 forecast_h / dt_s)`` (the observation's
             length follows ``m``; ``None`` keeps ``forecast_steps``).
+        site_observation: Append the grid import/export limits and the feed-in price to the
+            observation (the ``PulseBMS/FleetSite-v0``layout: what the MPC reads); ``False``
+            keeps the v0 layout.
         limits: Overrides of the safety limits: a dict of
             :func:`pulsebms.safety.default_limits` keywords for every pack, or a dict
             chemistry → such a dict. Given values always win over the defaults below.
@@ -288,6 +291,7 @@ class FleetEnv(gym.Env[ObsArray, ActArray]):
         fidelity: str = "physics",
         forecast_steps: int = 4,
         forecast_h: float | None = None,
+        site_observation: bool = False,
         limits: Mapping[str, Any] | None = None,
         current_limit_c_rate: float | None = 2.0,
         costs: CostModel | Mapping[str, float] | None = None,
@@ -396,7 +400,10 @@ class FleetEnv(gym.Env[ObsArray, ActArray]):
         )
         self.pack_names: tuple[str, ...] = tuple(p.name for p in self.packs)
         self.observation_layout: ObservationLayout = fleet_observation_layout(
-            self.pack_names, self.forecast_steps, self.fleet_rated_power_w
+            self.pack_names,
+            self.forecast_steps,
+            self.fleet_rated_power_w,
+            site_extras=bool(site_observation),
         )
         """The named layout of the flat observation (:mod:`pulsebms.core.observation`)."""
         self.observation_names: tuple[str, ...] = self.observation_layout.names
@@ -738,6 +745,12 @@ class FleetEnv(gym.Env[ObsArray, ActArray]):
             hour_of_day=float(series.hour_of_day[k]),
             demand_forecast_w=fc_net,
             price_forecast_per_kwh=fc_price,
+        )
+        inputs = dataclasses.replace(
+            inputs,
+            grid_import_limit_w=float(series.grid_import_limit_w),
+            grid_export_limit_w=float(series.grid_export_limit_w),
+            feed_in_price_per_kwh=float(series.feed_in_price_eur_per_kwh),
         )
         return build_observation(self.observation_layout, inputs)
 

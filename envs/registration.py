@@ -8,6 +8,8 @@ id                         fleet                                        fidelity
 ``PulseBMS/FleetSmall-v0`` 3 packs: LFP, NMC, LCO (:data:`DEFAULT_FLEET`)  ecm     300     288
 ``PulseBMS/Fleet-v0``      6 packs: 2 × LFP, 2 × NMC, 2 × LCO             physics   300     288
 ``PulseBMS/Fleet100-v0``   100 packs: 34 LFP, 33 NMC, 33 LCO               physics   300     288
+``PulseBMS/FleetSite-v0``  as Fleet-v0 + grid limits, feed-in price     physics   300     288
+                           24 h net-load and price forecasts
 =========================  ===========================================  ========  ======  =====
 
 All use the ``"default"`` scenario and accept every :class:`~pulsebms.envs.FleetEnv`
@@ -35,7 +37,12 @@ from pulsebms.envs.pack import PackSpec
 
 __all__ = ["ENV_IDS", "fleet100", "mixed_fleet", "register_envs", "small_fleet_env"]
 
-ENV_IDS: tuple[str, ...] = ("PulseBMS/FleetSmall-v0", "PulseBMS/Fleet-v0", "PulseBMS/Fleet100-v0")
+ENV_IDS: tuple[str, ...] = (
+    "PulseBMS/FleetSmall-v0",
+    "PulseBMS/Fleet-v0",
+    "PulseBMS/Fleet100-v0",
+    "PulseBMS/FleetSite-v0",
+)
 """Every registered id."""
 
 _CHEMISTRIES = ("LFP", "NMC", "LCO")
@@ -134,6 +141,18 @@ def register_envs() -> None:
         "PulseBMS/Fleet100-v0": (
             "pulsebms.envs.fleet_env:FleetEnv",
             {**common, "fleet": fleet100(), "fidelity": "physics"},
+        ),
+        # FleetSite: the observation adds what the MPC reads (grid limits, feed-in price) and a
+        # 24 h day-ahead net-load and price forecast (forecast_h, converted to steps).
+        "PulseBMS/FleetSite-v0": (
+            "pulsebms.envs.fleet_env:FleetEnv",
+            {
+                **common,
+                "fleet": mixed_fleet(6),
+                "fidelity": "physics",
+                "forecast_h": 24.0,
+                "site_observation": True,
+            },
         ),
     }
     for env_id, (entry_point, kwargs) in specs.items():

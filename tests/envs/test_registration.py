@@ -14,7 +14,12 @@ SMALL_FLEET = [{"chemistry": "LFP"}, {"chemistry": "NMC"}]
 
 
 def test_ids_are_registered_and_versioned() -> None:
-    assert set(ENV_IDS) == {"PulseBMS/FleetSmall-v0", "PulseBMS/Fleet-v0", "PulseBMS/Fleet100-v0"}
+    assert set(ENV_IDS) == {
+        "PulseBMS/FleetSmall-v0",
+        "PulseBMS/Fleet-v0",
+        "PulseBMS/Fleet100-v0",
+        "PulseBMS/FleetSite-v0",
+    }
     for env_id in ENV_IDS:
         assert env_id in gym.registry
         assert env_id.endswith("-v0")
