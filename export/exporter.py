@@ -41,6 +41,7 @@ from pulsebms.export.parity import ParityReport, check_parity, parity_observatio
 from pulsebms.export.source import PolicySource, checkpoint_sha256, load_source
 
 __all__ = [
+    "EDGE_UNSUPPORTED_SOURCES",
     "MANIFEST_FILE",
     "MODEL_FILE",
     "ExportResult",
@@ -53,6 +54,10 @@ MODEL_FILE = "policy.onnx"
 """Default model file name."""
 MANIFEST_FILE = "manifest.json"
 """Default manifest file name."""
+
+EDGE_UNSUPPORTED_SOURCES = ("grid_import_limit_w", "grid_export_limit_w", "feed_in_price_per_kwh")
+"""Observation sources the edge runtime has no value for (the ``PulseBMS/FleetSite-v0``
+site fields): a policy reading them is refused at export instead of failing on the device."""
 
 
 @dataclass(frozen=True)
@@ -166,6 +171,15 @@ def export_policy(
     model_path, manifest_path = out / MODEL_FILE, out / MANIFEST_FILE
     if not overwrite and (model_path.exists() or manifest_path.exists()):
         raise ExportError(f"{out} already holds an export; pass overwrite=True to replace it")
+    edge_unknown = sorted(
+        {f.source for f in fleet.observation.fields} & set(EDGE_UNSUPPORTED_SOURCES)
+    )
+    if edge_unknown:
+        raise ExportError(
+            f"the observation reads {edge_unknown}, which the edge runtime cannot supply yet "
+            "(it builds the observation from CAN telemetry and the site source): export a "
+            "policy trained on a PulseBMS/Fleet-v0 layout"
+        )
     obs_size = int(np.asarray(source.observation_low).size)
     act_size = int(np.asarray(source.action_low).size)
     if fleet.observation_size != obs_size:

@@ -243,3 +243,19 @@ def test_cli_exports_and_reports_errors(
     with pytest.raises(SystemExit) as exc:
         export_main([str(ppo_checkpoint), "--out", str(out)])  # no fleet given
     assert exc.value.code == 2
+
+
+def test_layout_the_edge_cannot_fill_is_refused(ppo_checkpoint: Path, tmp_path: Path) -> None:
+    import gymnasium as gym
+
+    import pulsebms.envs  # noqa: F401
+
+    env = gym.make("PulseBMS/FleetSite-v0")
+    try:
+        site_spec = fleet_spec_from_env(env)
+    finally:
+        env.close()
+    out = tmp_path / "deploy"
+    with pytest.raises(ExportError, match="grid_export_limit_w"):
+        export_policy(load_source(ppo_checkpoint), site_spec, out)
+    assert not out.exists() or list(out.iterdir()) == []
