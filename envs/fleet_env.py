@@ -116,8 +116,10 @@ __all__ = [
 TwinFactory = Callable[..., Any]
 
 FIDELITIES = ("physics", "ecm")
-"""Twin fidelities: ``"physics"`` (PyBaMM SPMe + lumped thermal + SEI) and ``"ecm"``
-(equivalent-circuit model built from PyBaMM)."""
+"""Twin fidelities: ``"physics"`` (PyBaMM SPM + lumped thermal + SEI by default; SPMe with
+``twin_options={"model_name": "SPMe"}``) and ``"ecm"`` (equivalent-circuit model built
+from PyBaMM). Every registered id uses ``"physics"`` with SPM unless its kwargs say
+otherwise."""
 
 DEFAULT_FLEET: tuple[PackSpec, ...] = (
     PackSpec("LFP", series=16, parallel=8, initial_soc=0.6, initial_soh=0.97, name="lfp-0"),

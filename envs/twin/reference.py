@@ -86,6 +86,25 @@ class ReferenceCell:
         Raises:
             ReferenceStall: If the solve did not reach ``time_s + dt_s``.
         """
+        sol = self.step_bare(current_a, dt_s)
+        discharged_ah = float(sol["Discharge capacity [A.h]"].entries[-1])
+        return {
+            "voltage_v": float(sol["Voltage [V]"].entries[-1]),
+            "temperature_c": float(sol["Volume-averaged cell temperature [K]"].entries[-1])
+            - 273.15,
+            "soc": self._soc_0 - discharged_ah / self.facts.capacity_ah,
+            "sei_loss_ah": float(sol["Loss of capacity to negative SEI [A.h]"].entries[-1]),
+        }
+
+    def step_bare(self, current_a: float, dt_s: float) -> Any:
+        """Advance by ``dt_s`` without reading any variable (the bare ``Simulation.step``).
+
+        Returns:
+            PyBaMM's solution of the step (variables are computed only when read).
+
+        Raises:
+            ReferenceStall: If the solve did not reach ``time_s + dt_s``.
+        """
         sol: Any = self._sim.step(
             dt_s, inputs={"Current function [A]": float(current_a)}, save=False
         )
@@ -97,11 +116,4 @@ class ReferenceCell:
                 f"{sol.termination}"
             )
         self.time_s = target
-        discharged_ah = float(sol["Discharge capacity [A.h]"].entries[-1])
-        return {
-            "voltage_v": float(sol["Voltage [V]"].entries[-1]),
-            "temperature_c": float(sol["Volume-averaged cell temperature [K]"].entries[-1])
-            - 273.15,
-            "soc": self._soc_0 - discharged_ah / self.facts.capacity_ah,
-            "sei_loss_ah": float(sol["Loss of capacity to negative SEI [A.h]"].entries[-1]),
-        }
+        return sol

@@ -30,3 +30,10 @@ def test_twin_benchmark_prints_finite_figures_and_accuracy(
     assert speed["packs"] == 1
     assert math.isfinite(speed["twin_pack_steps_per_s"])
     assert speed["twin_pack_steps_per_s"] > 0
+    assert speed["model"] == "SPM"
+    assert 0.0 <= speed["twin_fallback_pct"] <= 100.0
+    assert speed["twin_build_s"] > 0
+    # The bare naive step reads no variable, so it is at least as fast as step + reads.
+    assert speed["naive_pack_steps_per_s"] > 0
+    assert speed["naive_reads_pack_steps_per_s"] > 0
+    assert speed["speedup_vs_reads"] >= 0.5 * speed["speedup"]
