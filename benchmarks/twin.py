@@ -136,11 +136,13 @@ def _speed(
     return row
 
 
-def _accuracy(dt_s: float, horizon_s: float, seed: int) -> dict[str, dict[str, float]]:
+def _accuracy(
+    dt_s: float, horizon_s: float, seed: int, model_name: str = "SPM"
+) -> dict[str, dict[str, float]]:
     chems = ("LFP", "NMC", "LCO")
     packs = [PackSpec(c, series=1, parallel=1, initial_soc=0.5) for c in chems]
-    twin = make_twin(packs, "physics")
-    refs = [ReferenceCell(c, 0.5, rtol=1e-8, atol=1e-8) for c in chems]
+    twin = make_twin(packs, "physics", model_name=model_name)
+    refs = [ReferenceCell(c, 0.5, rtol=1e-8, atol=1e-8, model_name=model_name) for c in chems]
     rng = np.random.default_rng(seed)
     n_steps = round(horizon_s / dt_s)
     profile = rng.uniform(-1.0, 1.0, size=(n_steps, len(chems))) * twin.ratings.capacity_ah
@@ -280,13 +282,15 @@ def main(argv: list[str] | None = None) -> int:
             )
         )
 
-    accuracy = _accuracy(args.dt_s, 3600.0, args.seed + 1)
+    accuracy_by_model = {m: _accuracy(args.dt_s, 3600.0, args.seed + 1, m) for m in models}
+    accuracy = accuracy_by_model.get("SPM", accuracy_by_model[models[0]])
     print("accuracy vs PyBaMM IDAKLU (rtol=atol=1e-8), one hour of random ±1 C set-points:")
-    for chem, acc in accuracy.items():
-        print(
-            f"  {chem}: max |ΔV| {acc['max_dv_mv']:.4f} mV, max |ΔSoC| {acc['max_dsoc_pct']:.2e} %,"
-            f" max |ΔT| {acc['max_dtemp_c']:.2e} °C"
-        )
+    for model_name, by_chem in accuracy_by_model.items():
+        for chem, acc in by_chem.items():
+            print(
+                f"  {model_name} {chem}: max |ΔV| {acc['max_dv_mv']:.4f} mV, "
+                f"max |ΔSoC| {acc['max_dsoc_pct']:.2e} %, max |ΔT| {acc['max_dtemp_c']:.2e} °C"
+            )
     ecm_rate = _ecm_speed(1000, ecm_steps, args.dt_s)
     print(f"ecm: {ecm_rate:,.0f} pack-steps/s (1000 mixed packs)")
     memory_ecm = _memory("ecm", 100, ecm_memory_steps, args.dt_s)
@@ -306,6 +310,7 @@ def main(argv: list[str] | None = None) -> int:
         "jit": bool(getattr(probe, "jit", False)),
         "speed": speed_rows,
         "accuracy": accuracy,
+        "accuracy_by_model": accuracy_by_model,
         "max_dv_mv": max(a["max_dv_mv"] for a in accuracy.values()),
         "max_dsoc_pct": max(a["max_dsoc_pct"] for a in accuracy.values()),
         "ecm_pack_steps_per_s": ecm_rate,
