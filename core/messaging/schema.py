@@ -46,6 +46,7 @@ import json
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
 from typing import Any, Literal
 
@@ -183,9 +184,9 @@ class MessageSpec:
         """``pulsebms.<kind>``."""
         return f"pulsebms.{self.kind}"
 
-    @property
+    @cached_property
     def fields(self) -> ObjectSpec:
-        """Header and body fields together."""
+        """Header and body fields together (built once: every decode reads it)."""
         return ObjectSpec(self.header.fields + self.body.fields, self.title)
 
 
