@@ -7,10 +7,10 @@ ECM or physics fidelity) through ``n_cycles`` days. Every pack does one cycle a 
    ``soc_min`` (or until the twin refuses the step: the voltage cut-off ends a CC
    discharge as it would on a cycler);
 2. one sample at rest, then constant-current **charge** at its own C-rate up to ``soc_max``;
-3. **rest** to the end of the day (one long twin step — the calendar part of ageing).
+3. **rest** to the end of the day (steps of an hour — the calendar part of ageing).
 
 Packs differ in chemistry (LFP, NMC, LCO), C-rates, SoC window, ambient (mean, seasonal
-swing), cooling, initial SoH and a per-pack fade-rate multiplier; a share of them change
+and daily swing), cooling, initial SoH and a per-pack fade-rate multiplier; a share of them change
 duty part-way (heavier use from ``duty_change_cycle``). Everything is drawn from ``seed``:
 the same config gives the same history bit for bit.
 
@@ -45,7 +45,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 
@@ -71,6 +71,7 @@ __all__ = [
 _DISCHARGE, _PAUSE, _CHARGE, _DONE = 1, 2, 3, 0
 _SECONDS_PER_DAY = 86400.0
 _MAX_PHASE_S = 12 * 3600.0
+_REST_STEP_S = 3600.0
 
 
 @dataclass(frozen=True)
@@ -89,6 +90,8 @@ class FleetConfig:
         dt_s: Sample and step period while any pack moves current [s].
         packs_per_device: Packs per edge device (for device names and publishing).
         telemetry_cycles: Last days kept sample by sample (0: none).
+        future_cycles: Days simulated after the history, kept only as the true future SoH
+            (:attr:`FleetHistory.future_soh`: the oracle of the maintenance queue).
         fault_fraction: Share of packs given one fault during the telemetry days.
         site: Site name of the fleet.
     """
@@ -104,6 +107,7 @@ class FleetConfig:
     dt_s: float = 60.0
     packs_per_device: int = 8
     telemetry_cycles: int = 0
+    future_cycles: int = 0
     fault_fraction: float = 0.3
     site: str = "site-0"
 
@@ -114,6 +118,8 @@ class FleetConfig:
             raise ValueError(
                 f"telemetry_cycles must be in [0, n_cycles], got {self.telemetry_cycles}"
             )
+        if self.future_cycles < 0:
+            raise ValueError(f"future_cycles must be >= 0, got {self.future_cycles}")
         if not (math.isfinite(self.dt_s) and 0.0 < self.dt_s <= 600.0):
             raise ValueError(f"dt_s must be in (0, 600], got {self.dt_s}")
         if not (self.fade_acceleration > 0.0 and self.fade_spread >= 0.0):
@@ -135,6 +141,7 @@ class DutyProfile:
         ambient_mean_c: Mean ambient temperature [°C].
         ambient_swing_c: Seasonal amplitude of the ambient [K].
         season_phase: Phase of the season at day 0 [rad].
+        daily_swing_c: Amplitude of the ambient's daily cycle [K] (warmest at 15:00).
         heat_transfer_coefficient_w_m2k: Cooling to ambient [W/(m².K)].
         fade_multiplier: Factor on the semi-empirical loss (acceleration × spread).
         initial_soh: SoH at day 0.
@@ -154,6 +161,7 @@ class DutyProfile:
     heat_transfer_coefficient_w_m2k: float
     fade_multiplier: float
     initial_soh: float
+    daily_swing_c: float = 0.0
     duty_change_cycle: int = -1
     late_discharge_c_rate: float = 0.0
     late_soc_min: float = 0.0
@@ -164,10 +172,15 @@ class DutyProfile:
             return self.late_discharge_c_rate, self.late_soc_min
         return self.discharge_c_rate, self.soc_min
 
-    def ambient_c(self, cycle: int) -> float:
-        """Ambient temperature on day ``cycle`` [°C]."""
-        phase = 2.0 * math.pi * cycle / 365.0 + self.season_phase
-        return self.ambient_mean_c + self.ambient_swing_c * math.sin(phase)
+    def ambient_c(self, cycle: int, time_of_day_s: float = 9 * 3600.0) -> float:
+        """Ambient temperature on day ``cycle`` at ``time_of_day_s`` [°C]."""
+        season = 2.0 * math.pi * cycle / 365.0 + self.season_phase
+        day = 2.0 * math.pi * (time_of_day_s / _SECONDS_PER_DAY - 9.0 / 24.0)
+        return (
+            self.ambient_mean_c
+            + self.ambient_swing_c * math.sin(season)
+            + self.daily_swing_c * math.sin(day)
+        )
 
 
 @dataclass(frozen=True)
@@ -250,7 +263,9 @@ class FleetHistory:
         soh: True SoH per pack at the end of each day.
         efc: True full equivalent cycles per pack, cumulative at the end of each day.
         telemetry: Sample-by-sample readings of the last ``telemetry_cycles`` days, or None.
-        faults: The faults injected during those days.
+        faults: The faults injected during those days (they end with the history).
+        future_soh: True SoH per pack at the end of each of the ``future_cycles`` days after
+            the history (same duty, no faults): for oracles only, never for training.
     """
 
     config: FleetConfig
@@ -261,6 +276,7 @@ class FleetHistory:
     efc: tuple[FloatArray, ...]
     telemetry: TelemetryLog | None = None
     faults: tuple[InjectedFault, ...] = field(default_factory=tuple)
+    future_soh: tuple[FloatArray, ...] = field(default_factory=tuple)
 
     @property
     def pack_ids(self) -> tuple[str, ...]:
@@ -292,6 +308,7 @@ def draw_duties(config: FleetConfig, rng: np.random.Generator) -> tuple[DutyProf
                     config.fade_acceleration * rng.lognormal(0.0, config.fade_spread)
                 ),
                 initial_soh=float(rng.uniform(0.95, 1.0)),
+                daily_swing_c=float(rng.uniform(2.0, 8.0)),
                 duty_change_cycle=(
                     int(rng.integers(config.n_cycles // 4, 3 * config.n_cycles // 4 + 1))
                     if change
@@ -381,12 +398,16 @@ def generate_fleet(config: FleetConfig = FleetConfig()) -> FleetHistory:
     telemetry_start = config.n_cycles - config.telemetry_cycles
     t_tel0 = telemetry_start * _SECONDS_PER_DAY
     t_end = config.n_cycles * _SECONDS_PER_DAY
+    total_cycles = config.n_cycles + config.future_cycles
     plan: tuple[InjectedFault, ...] = ()
     if config.telemetry_cycles > 0 and config.fault_fraction > 0:
         # Faults start after the first telemetry day (a healthy reference period).
         first = t_tel0 + (_SECONDS_PER_DAY if config.telemetry_cycles > 1 else 0.0)
-        plan = random_fault_plan(
-            n, first, t_end, fraction=config.fault_fraction, seed=config.seed + 2
+        plan = tuple(
+            replace(f, end_s=t_end)
+            for f in random_fault_plan(
+                n, first, t_end, fraction=config.fault_fraction, seed=config.seed + 2
+            )
         )
     injector = FaultInjector(plan, capacity_ah)
 
@@ -404,12 +425,11 @@ def generate_fleet(config: FleetConfig = FleetConfig()) -> FleetHistory:
     )
     last = (0.0, read0)
     t = 0.0
-    for day in range(config.n_cycles):
-        ambient = np.array([d.ambient_c(day) for d in duties])
+    for day in range(total_cycles):
         duty_now = [d.at_cycle(day) for d in duties]
         c_dis = np.array([c for c, _ in duty_now])
         soc_min = np.array([s for _, s in duty_now])
-        keep = day >= telemetry_start
+        keep = telemetry_start <= day < config.n_cycles
         phase = np.full(n, _DISCHARGE)
         phase_t = np.zeros(n)
         buf_t = [last[0]]
@@ -418,7 +438,11 @@ def generate_fleet(config: FleetConfig = FleetConfig()) -> FleetHistory:
         soh_ref = soh.copy()
         while t < day_end - 1e-6:
             moving = bool(np.any(phase != _DONE))
-            dt = min(config.dt_s, day_end - t) if (moving or keep) else day_end - t
+            dt = min(config.dt_s if (moving or keep) else _REST_STEP_S, day_end - t)
+            # Ambient at the middle of the step (the daily cycle is slow against any step).
+            ambient = np.array(
+                [d.ambient_c(day, t + 0.5 * dt - day * _SECONDS_PER_DAY) for d in duties]
+            )
             current = np.where(
                 phase == _DISCHARGE,
                 c_dis * capacity_ah,
@@ -485,8 +509,9 @@ def generate_fleet(config: FleetConfig = FleetConfig()) -> FleetHistory:
         soh_rows.append(soh.copy())
         efc_rows.append(efc.copy())
 
-    soh_arr = np.array(soh_rows).T
-    efc_arr = np.array(efc_rows).T
+    soh_all = np.array(soh_rows).T
+    soh_arr = soh_all[:, : config.n_cycles]
+    efc_arr = np.array(efc_rows).T[:, : config.n_cycles]
     telemetry = None
     if config.telemetry_cycles > 0:
         telemetry = TelemetryLog(
@@ -502,11 +527,12 @@ def generate_fleet(config: FleetConfig = FleetConfig()) -> FleetHistory:
         config=config,
         packs=packs,
         duties=duties,
-        cycles=tuple(concat_tables(ts) for ts in tables),
+        cycles=tuple(concat_tables(ts[: config.n_cycles]) for ts in tables),
         soh=tuple(soh_arr[k] for k in range(n)),
         efc=tuple(efc_arr[k] for k in range(n)),
         telemetry=telemetry,
         faults=plan,
+        future_soh=tuple(soh_all[k, config.n_cycles :] for k in range(n)),
     )
 
 
