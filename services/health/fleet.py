@@ -94,6 +94,8 @@ class FleetConfig:
             (:attr:`FleetHistory.future_soh`: the oracle of the maintenance queue).
         fault_fraction: Share of packs given one fault during the telemetry days.
         site: Site name of the fleet.
+        cell_level: Simulate single cells (``series = parallel = 1``) instead of the default
+            14s4p packs (the public-format sample is one cell).
     """
 
     n_packs: int = 24
@@ -110,6 +112,7 @@ class FleetConfig:
     future_cycles: int = 0
     fault_fraction: float = 0.3
     site: str = "site-0"
+    cell_level: bool = False
 
     def __post_init__(self) -> None:
         if self.n_packs < 1 or self.n_cycles < 1:
@@ -364,6 +367,8 @@ def generate_fleet(config: FleetConfig = FleetConfig()) -> FleetHistory:
     specs = [
         PackSpec(
             d.chemistry,
+            series=1 if config.cell_level else 0,
+            parallel=1 if config.cell_level else 0,
             initial_soc=d.soc_max,
             initial_soh=d.initial_soh,
             heat_transfer_coefficient_w_m2k=d.heat_transfer_coefficient_w_m2k,

@@ -45,14 +45,17 @@ from pulsebms.services.health.features import FEATURE_NAMES
 
 __all__ = [
     "FORECAST_INPUTS",
+    "PRIORS",
     "ForecastReport",
     "ForecastWindows",
     "SohLstm",
     "TrainSettings",
     "evaluate_forecaster",
     "fade_law_forecast",
+    "fade_law_prior",
     "linear_extrapolation",
     "make_windows",
+    "pack_inputs",
     "prepare_inputs",
     "train_forecaster",
 ]
@@ -77,6 +80,9 @@ _INPUT_COLUMNS = [FEATURE_NAMES.index(name) for name in FORECAST_INPUTS]
 _EFC = FEATURE_NAMES.index("throughput_efc")
 _Z_GRID = np.round(np.arange(0.3, 1.0001, 0.05), 4)
 
+PRIORS = ("capacity", "fade_law")
+"""What the LSTM's output corrects (:attr:`TrainSettings.prior`)."""
+
 
 @contextlib.contextmanager
 def _torch_threads(n: int) -> Iterator[None]:
@@ -86,6 +92,46 @@ def _torch_threads(n: int) -> Iterator[None]:
         yield
     finally:
         torch.set_num_threads(previous)
+
+
+def fade_law_prior(
+    features: FloatArray, fill: FloatArray, *, horizon: int, lookback: int
+) -> FloatArray:
+    """The fade-law forecast made at each cycle for ``horizon`` cycles later (one pack).
+
+    Cycle ``j`` fits :func:`fade_law_forecast` to the rolling capacity estimates of cycles
+    ``0…j`` and reads it at the throughput the last ``lookback`` cycles' rate gives.
+    """
+    inputs = prepare_inputs(features, fill)
+    capacity = inputs[:, 0]
+    efc = np.nan_to_num(features[:, _EFC])
+    out = np.empty(capacity.size)
+    for j in range(capacity.size):
+        first = max(j - lookback + 1, 0)
+        rate = (efc[j] - efc[first]) / max(j - first, 1)
+        out[j] = fade_law_forecast(efc[: j + 1], capacity[: j + 1], efc[j] + rate * horizon)
+    return out
+
+
+def pack_inputs(
+    features: FloatArray, fill: FloatArray, *, prior: str, horizon: int, lookback: int
+) -> FloatArray:
+    """The LSTM's input columns for one pack: :func:`prepare_inputs`, plus the prior column.
+
+    With ``prior="fade_law"`` the :func:`fade_law_prior` is appended as the last column
+    (the model's anchor); with ``prior="capacity"`` the inputs are unchanged (anchor: the
+    rolling capacity estimate, column 0).
+
+    Raises:
+        ValueError: On an unknown prior.
+    """
+    if prior not in PRIORS:
+        raise ValueError(f"prior must be one of {PRIORS}, got {prior!r}")
+    x = prepare_inputs(features, fill)
+    if prior == "capacity":
+        return x
+    law = fade_law_prior(features, fill, horizon=horizon, lookback=lookback)
+    return np.column_stack([x, law])
 
 
 def prepare_inputs(features: FloatArray, fill: FloatArray) -> FloatArray:
@@ -115,7 +161,7 @@ class ForecastWindows:
     """Input windows and targets of a set of packs.
 
     Attributes:
-        x: Inputs ``(m, lookback, len(FORECAST_INPUTS))``, NaN filled.
+        x: Inputs ``(m, lookback, n_inputs)``, NaN filled (:func:`pack_inputs`).
         y: True SoH ``horizon`` cycles after each window's last cycle.
         pack: Pack index per window.
         cycle: Last cycle of each window.
@@ -138,6 +184,7 @@ def make_windows(
     lookback: int,
     horizon: int,
     fill: FloatArray,
+    prior: str = "capacity",
     stride: int = 1,
 ) -> ForecastWindows:
     """Every window of ``lookback`` cycles with a label ``horizon`` cycles later."""
@@ -145,7 +192,9 @@ def make_windows(
     efc: dict[int, FloatArray] = {}
     capacity: dict[int, FloatArray] = {}
     for k in packs:
-        inputs = prepare_inputs(data.features[k], fill)
+        inputs = pack_inputs(
+            data.features[k], fill, prior=prior, horizon=horizon, lookback=lookback
+        )
         efc[k] = np.nan_to_num(data.features[k][:, _EFC])
         capacity[k] = inputs[:, 0]
         n = inputs.shape[0]
@@ -154,7 +203,7 @@ def make_windows(
             ys.append(data.soh[k][end + horizon])
             ps.append(k)
             cs.append(end)
-    n_in = len(FORECAST_INPUTS)
+    n_in = len(FORECAST_INPUTS) + (prior == "fade_law")
     return ForecastWindows(
         x=np.array(xs).reshape(-1, lookback, n_in),
         y=np.array(ys, dtype=np.float64),
@@ -174,13 +223,29 @@ class SohLstm(nn.Module):
         mean: Input normalisation mean per feature.
         std: Input normalisation standard deviation per feature.
         horizon: Cycles ahead (stored for the service and the ONNX metadata).
+        anchor: Input column the correction is added to (0: the capacity estimate; the
+            last column with the fade-law prior).
+        lookback: Cycles per window (stored for inference).
+        prior: ``"capacity"`` or ``"fade_law"`` (how the inputs were built).
     """
 
     def __init__(
-        self, n_inputs: int, hidden: int, mean: FloatArray, std: FloatArray, horizon: int
+        self,
+        n_inputs: int,
+        hidden: int,
+        mean: FloatArray,
+        std: FloatArray,
+        horizon: int,
+        *,
+        anchor: int = 0,
+        lookback: int = 16,
+        prior: str = "capacity",
     ) -> None:
         super().__init__()
         self.horizon = int(horizon)
+        self.anchor = int(anchor)
+        self.lookback = int(lookback)
+        self.prior = prior
         self.lstm = nn.LSTM(n_inputs, hidden, batch_first=True)
         self.head = nn.Sequential(nn.Linear(hidden, hidden), nn.Tanh(), nn.Linear(hidden, 1))
         self.register_buffer("mean", torch.as_tensor(mean, dtype=torch.float32))
@@ -191,7 +256,7 @@ class SohLstm(nn.Module):
         z = (x - self.mean) / self.std
         out, _ = self.lstm(z)
         correction = self.head(out[:, -1, :]).squeeze(-1)
-        anchor = x[:, -1, 0]
+        anchor = x[:, -1, self.anchor]
         return anchor + 0.1 * correction
 
     def predict(self, x: FloatArray) -> FloatArray:
@@ -218,17 +283,21 @@ class TrainSettings:
         seed: Seed of the initial weights and the batch order.
         threads: torch CPU threads while training (the result does not depend on it only
             when it is fixed: keep it for bit-for-bit runs).
+        prior: What the network corrects: ``"capacity"`` (the latest rolling capacity
+            estimate: a pure LSTM) or ``"fade_law"`` (the semi-empirical law's forecast,
+            given as an extra input: a physics-informed hybrid).
     """
 
     lookback: int = 16
     horizon: int = 30
     hidden: int = 32
-    epochs: int = 40
+    epochs: int = 20
     batch_size: int = 128
     learning_rate: float = 3e-3
     weight_decay: float = 1e-5
     seed: int = 0
     threads: int = 1
+    prior: str = "capacity"
 
 
 def train_forecaster(
@@ -245,7 +314,14 @@ def train_forecaster(
     """
     stacked = np.concatenate([data.features[k][:, _INPUT_COLUMNS] for k in packs])
     fill = np.nan_to_num(np.nanmedian(stacked, axis=0), nan=0.0)
-    win = make_windows(data, packs, lookback=settings.lookback, horizon=settings.horizon, fill=fill)
+    win = make_windows(
+        data,
+        packs,
+        lookback=settings.lookback,
+        horizon=settings.horizon,
+        fill=fill,
+        prior=settings.prior,
+    )
     if win.y.size == 0:
         raise ValueError(
             f"no training window: histories need more than lookback + horizon = "
@@ -256,7 +332,17 @@ def train_forecaster(
     std = np.where(flat.std(axis=0) > 1e-9, flat.std(axis=0), 1.0)
     with _torch_threads(settings.threads), torch.random.fork_rng(devices=[]):
         torch.manual_seed(settings.seed)
-        model = SohLstm(len(FORECAST_INPUTS), settings.hidden, mean, std, settings.horizon)
+        n_in = win.x.shape[-1]
+        model = SohLstm(
+            n_in,
+            settings.hidden,
+            mean,
+            std,
+            settings.horizon,
+            anchor=0 if settings.prior == "capacity" else n_in - 1,
+            lookback=settings.lookback,
+            prior=settings.prior,
+        )
         opt = torch.optim.Adam(
             model.parameters(), lr=settings.learning_rate, weight_decay=settings.weight_decay
         )
@@ -356,7 +442,14 @@ def evaluate_forecaster(
 ) -> ForecastReport:
     """Train on ``train`` packs; RMSE of the LSTM and the baselines on ``test`` packs."""
     model, fill = train_forecaster(data, train, settings)
-    win = make_windows(data, test, lookback=settings.lookback, horizon=settings.horizon, fill=fill)
+    win = make_windows(
+        data,
+        test,
+        lookback=settings.lookback,
+        horizon=settings.horizon,
+        fill=fill,
+        prior=settings.prior,
+    )
     lstm = model.predict(win.x)
     linear = np.empty(win.y.size)
     law = np.empty(win.y.size)
