@@ -226,7 +226,7 @@ def window_features(
         current_a: Current [A], + = discharge.
         voltage_v: Pack voltage [V].
         temperature_c: Temperature [°C].
-        soc: BMS SoC.
+        soc: BMS SoC (NaN where not reported).
         thermal: The pack's thermal model (None: residual NaN).
         current_threshold_a: Rest means ``|current| <=`` this [A].
         settle_s: Rest samples this soon after current flowed are skipped [s].
@@ -248,8 +248,10 @@ def window_features(
     # Before the window's first current we do not know when current last flowed: settle too.
     since = np.where(np.isfinite(last_moving), t_s - last_moving, t_s - t_s[0])
     settled = ~moving & (since >= settle_s)
+    with_soc = settled & np.isfinite(soc)
+    if np.count_nonzero(with_soc) >= min_samples:
+        out[2] = _slope_per_h(t_s[with_soc], soc[with_soc])
     if np.count_nonzero(settled) >= min_samples:
-        out[2] = _slope_per_h(t_s[settled], soc[settled])
         v_mean = float(np.mean(voltage_v[settled]))
         if v_mean > 0:
             out[3] = _slope_per_h(t_s[settled], voltage_v[settled] / v_mean)

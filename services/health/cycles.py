@@ -172,7 +172,8 @@ def summarise_cycles(
         current_a: Pack current [A], + = discharge.
         voltage_v: Pack voltage [V].
         temperature_c: Pack temperature [°C].
-        soc: BMS state of charge, fraction.
+        soc: BMS state of charge, fraction (NaN where the BMS did not report it: the
+            cycles it touches get no capacity estimate).
         current_threshold_a: Currents at or below this magnitude count as rest [A].
         min_soc_swing: Smallest discharge SoC swing that yields a capacity estimate.
         max_gap_s: Longer intervals with current flowing are not integrated [s].
@@ -184,16 +185,16 @@ def summarise_cycles(
         of the incomplete last cycle; ``len(t_s)`` when everything was used).
 
     Raises:
-        ValueError: On arrays of different lengths, non-finite values or times that do
-            not increase.
+        ValueError: On arrays of different lengths, non-finite times, currents, voltages or
+            temperatures, or times that do not increase.
     """
     cols = [np.asarray(a, dtype=np.float64) for a in (t_s, current_a, voltage_v, temperature_c)]
     soc_arr = np.asarray(soc, dtype=np.float64)
     n = cols[0].size
     if any(c.shape != (n,) for c in (*cols, soc_arr)):
         raise ValueError("telemetry columns must be 1-D arrays of one length")
-    if not all(np.all(np.isfinite(c)) for c in (*cols, soc_arr)):
-        raise ValueError("telemetry columns must be finite")
+    if not all(np.all(np.isfinite(c)) for c in cols):
+        raise ValueError("t_s, current_a, voltage_v and temperature_c must be finite")
     t, i, v, temp = cols
     if n > 1 and not np.all(np.diff(t) > 0):
         raise ValueError("t_s must be strictly increasing")
@@ -244,6 +245,7 @@ def summarise_cycles(
         rows["soc_start"].append(float(soc_before))
         rows["soc_end"].append(float(soc_after))
         rows["capacity_ah"].append(seg_ah / swing if swing >= min_soc_swing else np.nan)
+        # (a NaN SoC makes the swing NaN, and the comparison False: no estimate)
         # ΔV/ΔI at each step out of rest inside the cycle (and at its own start).
         lo = max(a, 1)
         idx = np.arange(lo, b)
