@@ -5,8 +5,11 @@ Row ``k`` of a pack's feature matrix uses cycles ``0…k`` of its
 columns (:data:`FEATURE_NAMES`):
 
 * **capacity fade** — ``capacity_ratio``: rolling median (``window`` cycles, NaN-skipping)
-  of the capacity estimates over the nominal capacity; ``discharge_ratio``: rolling median
-  of the discharged A·h over the nominal capacity (falls with fade at a fixed SoC window);
+  of the capacity estimates over the nominal capacity; ``capacity_ratio_long``: the same
+  over ``4 × window`` cycles; ``capacity_trend``: a least-squares line through the last
+  ``4 × window`` estimates, read at the present cycle (less noise than a median, no lag on
+  a steady fade); ``discharge_ratio``: rolling median of the discharged A·h over the
+  nominal capacity (falls with fade at a fixed SoC window);
 * **resistance growth** — ``resistance_ratio``: rolling median of the ``ΔV/ΔI`` estimates
   over the pack's own median of its first ``window`` cycles (1 = as commissioned);
   ``efficiency``: rolling median of discharged / charged energy;
@@ -51,6 +54,8 @@ CHEMISTRY_COLUMNS = ("LFP", "NMC", "LCO")
 
 FEATURE_NAMES = (
     "capacity_ratio",
+    "capacity_ratio_long",
+    "capacity_trend",
     "discharge_ratio",
     "resistance_ratio",
     "efficiency",
@@ -99,6 +104,24 @@ def rolling(values: FloatArray, window: int, how: str = "median") -> FloatArray:
     return out
 
 
+def _rolling_trend(values: FloatArray, window: int) -> FloatArray:
+    """A least-squares line through the last ``window`` finite values, read at each row.
+
+    Rows with fewer than three finite values in their window get their rolling median.
+    """
+    x = np.asarray(values, dtype=np.float64)
+    out = rolling(x, window)
+    for k in range(x.size):
+        lo = max(0, k - window + 1)
+        seg = x[lo : k + 1]
+        ok = np.isfinite(seg)
+        if np.count_nonzero(ok) >= 3:
+            pos = np.arange(lo, k + 1, dtype=np.float64)[ok]
+            slope, intercept = np.polyfit(pos, seg[ok], 1)
+            out[k] = intercept + slope * k
+    return out
+
+
 def pack_features(
     table: CycleTable, *, nominal_capacity_ah: float, chemistry: str, window: int = 5
 ) -> FloatArray:
@@ -135,8 +158,11 @@ def pack_features(
     period_s = np.nan_to_num(period_s)
     temp_filled = np.where(np.isfinite(temp), temp, 25.0)
     arrhenius = np.exp(-_EA_J_MOL / _R_J_MOL_K * (1.0 / (temp_filled + 273.15) - 1.0 / 298.15))
+    cap_ratio = table.capacity_ah / cap
     columns = [
-        rolling(table.capacity_ah / cap, window),
+        rolling(cap_ratio, window),
+        rolling(cap_ratio, 4 * window),
+        _rolling_trend(cap_ratio, 4 * window),
         rolling(table.discharge_ah / cap, window),
         rolling(resistance, window) / baseline if np.isfinite(baseline) else np.full(n, np.nan),
         rolling(efficiency, window),

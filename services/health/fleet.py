@@ -409,7 +409,7 @@ def generate_fleet(config: FleetConfig = FleetConfig()) -> FleetHistory:
         # Faults start after the first telemetry day (a healthy reference period).
         first = t_tel0 + (_SECONDS_PER_DAY if config.telemetry_cycles > 1 else 0.0)
         plan = tuple(
-            replace(f, end_s=t_end)
+            replace(f, end_s=t_end + 0.5 * config.dt_s)
             for f in random_fault_plan(
                 n, first, t_end, fraction=config.fault_fraction, seed=config.seed + 2
             )

@@ -32,6 +32,8 @@ Example:
 from __future__ import annotations
 
 import contextlib
+import copy
+import math
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
@@ -62,6 +64,7 @@ __all__ = [
 
 FORECAST_INPUTS = (
     "capacity_ratio",
+    "capacity_trend",
     "discharge_ratio",
     "resistance_ratio",
     "efficiency",
@@ -248,6 +251,9 @@ class SohLstm(nn.Module):
         self.prior = prior
         self.lstm = nn.LSTM(n_inputs, hidden, batch_first=True)
         self.head = nn.Sequential(nn.Linear(hidden, hidden), nn.Tanh(), nn.Linear(hidden, 1))
+        # The output layer starts at zero: an untrained model forecasts its anchor.
+        nn.init.zeros_(self.head[-1].weight)
+        nn.init.zeros_(self.head[-1].bias)
         self.register_buffer("mean", torch.as_tensor(mean, dtype=torch.float32))
         self.register_buffer("std", torch.as_tensor(std, dtype=torch.float32))
 
@@ -286,6 +292,8 @@ class TrainSettings:
         prior: What the network corrects: ``"capacity"`` (the latest rolling capacity
             estimate: a pure LSTM) or ``"fade_law"`` (the semi-empirical law's forecast,
             given as an extra input: a physics-informed hybrid).
+        val_fraction: Share of the training packs held back for validation; the weights
+            of the epoch with the lowest validation RMSE are kept (0: the last epoch's).
     """
 
     lookback: int = 16
@@ -298,6 +306,7 @@ class TrainSettings:
     seed: int = 0
     threads: int = 1
     prior: str = "capacity"
+    val_fraction: float = 0.2
 
 
 def train_forecaster(
@@ -314,14 +323,23 @@ def train_forecaster(
     """
     stacked = np.concatenate([data.features[k][:, _INPUT_COLUMNS] for k in packs])
     fill = np.nan_to_num(np.nanmedian(stacked, axis=0), nan=0.0)
-    win = make_windows(
-        data,
-        packs,
-        lookback=settings.lookback,
-        horizon=settings.horizon,
-        fill=fill,
-        prior=settings.prior,
-    )
+    order = np.random.default_rng(settings.seed).permutation(len(packs))
+    n_val = round(settings.val_fraction * len(packs)) if len(packs) >= 3 else 0
+    val_packs = [packs[j] for j in sorted(order[:n_val])]
+    fit_packs = [packs[j] for j in sorted(order[n_val:])]
+
+    def windows(which: Sequence[int]) -> ForecastWindows:
+        return make_windows(
+            data,
+            which,
+            lookback=settings.lookback,
+            horizon=settings.horizon,
+            fill=fill,
+            prior=settings.prior,
+        )
+
+    win = windows(fit_packs)
+    val = windows(val_packs) if val_packs else None
     if win.y.size == 0:
         raise ValueError(
             f"no training window: histories need more than lookback + horizon = "
@@ -349,16 +367,30 @@ def train_forecaster(
         x_t = torch.as_tensor(win.x, dtype=torch.float32)
         y_t = torch.as_tensor(win.y, dtype=torch.float32)
         gen = torch.Generator().manual_seed(settings.seed)
-        model.train()
+        best_state = copy.deepcopy(model.state_dict())
+        best_val = _val_rmse(model, val)
         for _ in range(settings.epochs):
-            order = torch.randperm(y_t.shape[0], generator=gen)
+            model.train()
+            order_t = torch.randperm(y_t.shape[0], generator=gen)
             for start in range(0, y_t.shape[0], settings.batch_size):
-                idx = order[start : start + settings.batch_size]
+                idx = order_t[start : start + settings.batch_size]
                 opt.zero_grad()
                 loss = torch.mean((model(x_t[idx]) - y_t[idx]) ** 2)
                 loss.backward()
                 opt.step()
+            score = _val_rmse(model, val)
+            if val is None or score < best_val:
+                best_val = score
+                best_state = copy.deepcopy(model.state_dict())
+        model.load_state_dict(best_state)
     return model.eval(), fill
+
+
+def _val_rmse(model: SohLstm, val: ForecastWindows | None) -> float:
+    """RMSE on the validation windows (``inf`` without any)."""
+    if val is None or val.y.size == 0:
+        return math.inf
+    return float(np.sqrt(np.mean((model.predict(val.x) - val.y) ** 2)))
 
 
 def linear_extrapolation(capacity: FloatArray, horizon: int) -> float:

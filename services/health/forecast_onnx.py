@@ -31,14 +31,16 @@ from __future__ import annotations
 import json
 import logging
 import warnings
+from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
-import onnx
 import onnxruntime as ort
-import torch
 
 from pulsebms.core.types import FloatArray
-from pulsebms.services.health.forecast import SohLstm
+
+if TYPE_CHECKING:  # torch and onnx are needed to export and to check, not to forecast
+    from pulsebms.services.health.forecast import SohLstm
 
 __all__ = [
     "INPUT_NAME",
@@ -74,6 +76,9 @@ def export_forecaster(model: SohLstm, *, fill: FloatArray) -> bytes:
     Raises:
         RuntimeError: If torch cannot export the model.
     """
+    import onnx
+    import torch
+
     n_inputs = int(model.mean.numel())
     example = (torch.zeros(2, model.lookback, n_inputs, dtype=torch.float32),)
     batch = torch.export.Dim("batch")
@@ -123,6 +128,8 @@ def export_forecaster(model: SohLstm, *, fill: FloatArray) -> bytes:
 class OnnxForecaster:
     """The exported forecaster on onnxruntime (one CPU thread, deterministic).
 
+    Only onnxruntime is needed (the metadata is read through it), not torch or onnx.
+
     Args:
         model: ONNX bytes from :func:`export_forecaster`, or a path to them.
 
@@ -130,10 +137,15 @@ class OnnxForecaster:
         ValueError: If the model lacks the forecaster's metadata.
     """
 
-    def __init__(self, model: bytes | str) -> None:
-        data = model if isinstance(model, bytes) else open(model, "rb").read()  # noqa: SIM115
-        proto = onnx.load_from_string(data)
-        meta = {p.key: p.value for p in proto.metadata_props}
+    def __init__(self, model: bytes | str | Path) -> None:
+        data = model if isinstance(model, bytes) else Path(model).read_bytes()
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = 1
+        options.inter_op_num_threads = 1
+        self._session = ort.InferenceSession(
+            data, sess_options=options, providers=["CPUExecutionProvider"]
+        )
+        meta = self._session.get_modelmeta().custom_metadata_map
         if _META_KEY not in meta:
             raise ValueError(f"not a PulseBMS SoH forecaster (no {_META_KEY!r} metadata)")
         info = json.loads(meta[_META_KEY])
@@ -142,12 +154,6 @@ class OnnxForecaster:
         self.prior = str(info["prior"])
         self.n_inputs = int(info["n_inputs"])
         self.fill = np.asarray(info["fill"], dtype=np.float64)
-        options = ort.SessionOptions()
-        options.intra_op_num_threads = 1
-        options.inter_op_num_threads = 1
-        self._session = ort.InferenceSession(
-            data, sess_options=options, providers=["CPUExecutionProvider"]
-        )
 
     def predict(self, windows: FloatArray) -> FloatArray:
         """SoH forecasts for windows ``[batch, lookback, n_inputs]`` (float64 out).
@@ -174,6 +180,8 @@ def check_parity(
     Raises:
         ParityError: If the two disagree by more than ``atol``.
     """
+    import torch
+
     ours = onnx_model.predict(windows)
     with torch.no_grad():
         ref = model.eval()(torch.as_tensor(np.asarray(windows, dtype=np.float32))).numpy()
