@@ -69,6 +69,7 @@ __all__ = [
     "ThermalModel",
     "WindowScore",
     "evaluate_detector",
+    "persistent_anomalies",
     "window_features",
 ]
 
@@ -459,6 +460,26 @@ class AnomalyDetector:
                 )
             )
         return out
+
+
+def persistent_anomalies(
+    windows: Sequence[WindowScore], *, min_windows: int = 2
+) -> tuple[str, ...]:
+    """Anomaly names flagged in at least ``min_windows`` of ``windows`` (sorted).
+
+    A persistence rule for decisions that cost a site visit: one flagged window in a day
+    can be a false alarm (a few per cent of healthy windows are), a fault persists.
+
+    Example:
+        >>> w = WindowScore(0.0, 1.0, 9.0, True, ("internal_short",), {})
+        >>> persistent_anomalies([w]), persistent_anomalies([w, w])
+        ((), ('internal_short',))
+    """
+    counts: dict[str, int] = {}
+    for w in windows:
+        for name in w.anomalies:
+            counts[name] = counts.get(name, 0) + 1
+    return tuple(sorted(n for n, c in counts.items() if c >= min_windows))
 
 
 @dataclass(frozen=True)

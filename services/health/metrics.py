@@ -11,8 +11,9 @@ packs into train and test (stratified by chemistry), and measures:
   export's largest deviation from torch on the test windows;
 * **anomalies** — per fault kind, window precision and recall of both decision rules, the
   first telemetry day serving as each pack's healthy reference;
-* **prioritisation** — the test packs' maintenance queue at the end of the history
-  against the oracle (true faults now, true RUL from the future SoH): Kendall τ, NDCG@k,
+* **prioritisation** — the test packs' maintenance queue at the end of the history (an
+  anomaly counts when flagged in at least two windows of the last day) against the
+  oracle (true faults now, true RUL from the future SoH): Kendall τ, NDCG@k,
   precision@k; the same for a queue by health score alone and a random queue.
 
 Everything is seeded: the same :class:`MetricsConfig` gives the same table (the wall time
@@ -29,7 +30,11 @@ from typing import Any
 import numpy as np
 
 from pulsebms.core.types import FloatArray
-from pulsebms.services.health.anomaly import AnomalyDetector, evaluate_detector
+from pulsebms.services.health.anomaly import (
+    AnomalyDetector,
+    evaluate_detector,
+    persistent_anomalies,
+)
 from pulsebms.services.health.dataset import HealthDataset, split_packs
 from pulsebms.services.health.faults import FAULT_KINDS
 from pulsebms.services.health.fleet import FleetConfig, FleetHistory, generate_fleet
@@ -243,7 +248,7 @@ def run_metrics(config: MetricsConfig = MetricsConfig()) -> dict[str, Any]:
         window = inputs.x[sel][-1:]
         forecast = float(onnx_model.predict(window)[0]) if window.size else None
         verdicts = detectors["robust_z"].score(ids[k], _telemetry_columns(history, k, last_day))
-        names = tuple(sorted({a for w in verdicts for a in w.anomalies}))
+        names = persistent_anomalies(verdicts, min_windows=2)
         assessed.append(
             PackHealth(
                 pack_id=ids[k],

@@ -45,7 +45,7 @@ from typing import Any, Protocol
 import numpy as np
 
 from pulsebms.core.messaging import health_topic
-from pulsebms.services.health.anomaly import AnomalyDetector
+from pulsebms.services.health.anomaly import AnomalyDetector, persistent_anomalies
 from pulsebms.services.health.cycles import CycleTable, concat_tables, summarise_cycles
 from pulsebms.services.health.features import pack_features
 from pulsebms.services.health.fleet import PackInfo
@@ -139,6 +139,8 @@ class HealthService:
         session: Sender session id (default: a fresh one).
         initial_cycles: Cycle summaries each pack already has (a restart, or a history
             imported from elsewhere); the store is then read from ``start_s`` on.
+        min_anomaly_windows: Windows of the lookback an anomaly must be flagged in to be
+            reported (:func:`~pulsebms.services.health.anomaly.persistent_anomalies`).
     """
 
     def __init__(
@@ -155,6 +157,7 @@ class HealthService:
         anomaly_lookback_s: float = 6 * 3600.0,
         session: str | None = None,
         initial_cycles: Mapping[str, CycleTable] | None = None,
+        min_anomaly_windows: int = 2,
     ) -> None:
         if not period_s > 0:
             raise ValueError(f"period_s must be > 0, got {period_s}")
@@ -165,6 +168,7 @@ class HealthService:
         self.clock = clock
         self.period_s = float(period_s)
         self.anomaly_lookback_s = float(anomaly_lookback_s)
+        self.min_anomaly_windows = int(min_anomaly_windows)
         self.session = session or uuid.uuid4().hex[:12]
         self._packs = {p.pack_id: _PackData(p, float(start_s)) for p in packs}
         for pid, table in (initial_cycles or {}).items():
@@ -250,8 +254,7 @@ class HealthService:
             windows = models.detector.score(info.pack_id, recent) if recent["t_s"].size else []
             if windows:
                 anomaly_score = max(w.score for w in windows)
-                names = {a for w in windows for a in w.anomalies}
-                anomalies = tuple(sorted(names))
+                anomalies = persistent_anomalies(windows, min_windows=self.min_anomaly_windows)
         else:
             self.counters["anomaly_no_baseline"] += 1
         span_s = float(table.t_end_s[-1] - table.t_start_s[0])
