@@ -51,7 +51,13 @@ import numpy as np
 
 from pulsebms.core.types import FloatArray, IntArray
 
-__all__ = ["CYCLE_COLUMNS", "CycleTable", "concat_tables", "summarise_cycles"]
+__all__ = [
+    "CYCLE_COLUMNS",
+    "CycleTable",
+    "concat_tables",
+    "rest_threshold_a",
+    "summarise_cycles",
+]
 
 CYCLE_COLUMNS = (
     "t_start_s",
@@ -139,6 +145,19 @@ class CycleTable:
     def select(self, index: slice | IntArray) -> CycleTable:
         """The rows at ``index`` (a slice or integer indices)."""
         return CycleTable(**{f.name: getattr(self, f.name)[index] for f in fields(self)})
+
+
+def rest_threshold_a(nominal_capacity_ah: float) -> float:
+    """The current below which a pack counts as at rest: C/50, at least 0.15 A [A].
+
+    C/50 keeps slow charges (C/4 and up) out of "rest"; the floor stays above what a BMS
+    current sensor reads at zero current (offset plus noise, 0.1 A once quantised).
+
+    Example:
+        >>> rest_threshold_a(9.2), rest_threshold_a(100.0)
+        (0.184, 2.0)
+    """
+    return max(0.02 * float(nominal_capacity_ah), 0.15)
 
 
 def concat_tables(tables: list[CycleTable]) -> CycleTable:

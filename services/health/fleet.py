@@ -53,7 +53,12 @@ from pulsebms.core.types import BoolArray, FloatArray, IntArray
 from pulsebms.envs.pack import PackSpec
 from pulsebms.envs.twin import FleetTwin, PackStates, make_twin
 from pulsebms.envs.twin.degradation import EmpiricalAgeing
-from pulsebms.services.health.cycles import CycleTable, concat_tables, summarise_cycles
+from pulsebms.services.health.cycles import (
+    CycleTable,
+    concat_tables,
+    rest_threshold_a,
+    summarise_cycles,
+)
 from pulsebms.services.health.faults import FaultInjector, InjectedFault, random_fault_plan
 from pulsebms.services.health.sensors import SensorModel
 from pulsebms.services.store.base import Row, TelemetryStore
@@ -96,6 +101,8 @@ class FleetConfig:
         site: Site name of the fleet.
         cell_level: Simulate single cells (``series = parallel = 1``) instead of the default
             14s4p packs (the public-format sample is one cell).
+        soc_window: ``(soc_min, soc_max)`` of every pack instead of drawn ones (a cycler's
+            full cycles: ``(0.02, 0.98)``); None draws them.
     """
 
     n_packs: int = 24
@@ -113,6 +120,7 @@ class FleetConfig:
     fault_fraction: float = 0.3
     site: str = "site-0"
     cell_level: bool = False
+    soc_window: tuple[float, float] | None = None
 
     def __post_init__(self) -> None:
         if self.n_packs < 1 or self.n_cycles < 1:
@@ -294,6 +302,8 @@ def draw_duties(config: FleetConfig, rng: np.random.Generator) -> tuple[DutyProf
         chem = config.chemistries[k % len(config.chemistries)]
         soc_max = float(rng.uniform(0.8, 0.95))
         soc_min = float(rng.uniform(0.1, 0.35))
+        if config.soc_window is not None:
+            soc_min, soc_max = config.soc_window
         c_dis = float(rng.uniform(0.3, 1.0))
         change = bool(rng.uniform() < config.duty_change_fraction)
         duties.append(
@@ -318,7 +328,7 @@ def draw_duties(config: FleetConfig, rng: np.random.Generator) -> tuple[DutyProf
                     else -1
                 ),
                 late_discharge_c_rate=min(1.2, c_dis * float(rng.uniform(1.3, 2.0))),
-                late_soc_min=max(0.08, soc_min - float(rng.uniform(0.05, 0.2))),
+                late_soc_min=max(min(0.08, soc_min), soc_min - float(rng.uniform(0.05, 0.2))),
             )
         )
     return tuple(duties)
@@ -397,7 +407,14 @@ def generate_fleet(config: FleetConfig = FleetConfig()) -> FleetHistory:
     ageing = EmpiricalAgeing([d.chemistry for d in duties], ratings.cell_capacity_ah)
     # Start each pack on its law's curve where its initial SoH puts it (unaccelerated units).
     ageing.reset(prior_loss=(1.0 - soh0) / multiplier)
-    sensors = SensorModel([d.chemistry for d in duties], seed=config.seed + 1)
+    # A single cell's current sensor is a cycler channel's, not a pack BMS's: 4× finer.
+    current_scale = 0.25 if config.cell_level else 1.0
+    sensors = SensorModel(
+        [d.chemistry for d in duties],
+        seed=config.seed + 1,
+        current_offset_a=0.05 * current_scale,
+        current_noise_a=0.05 * current_scale,
+    )
     c_chg = np.array([d.charge_c_rate for d in duties])
     soc_max = np.array([d.soc_max for d in duties])
     telemetry_start = config.n_cycles - config.telemetry_cycles
@@ -506,7 +523,14 @@ def generate_fleet(config: FleetConfig = FleetConfig()) -> FleetHistory:
         day_soc = np.array([r.soc for r in buf]).T
         for k in range(n):
             table, _ = summarise_cycles(
-                times, day_i[k], day_v[k], day_temp[k], day_soc[k], first_cycle=day, final=True
+                times,
+                day_i[k],
+                day_v[k],
+                day_temp[k],
+                day_soc[k],
+                current_threshold_a=rest_threshold_a(capacity_ah[k]),
+                first_cycle=day,
+                final=True,
             )
             tables[k].append(table if len(table) == 1 else _nan_row(day, times))
         last = (t, buf[-1])

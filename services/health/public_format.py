@@ -20,7 +20,9 @@ writer flips it back. Header names are matched after trimming spaces and ignorin
 extra columns are ignored; a missing required column is an error. A row that cannot be
 read (wrong field count, a number that does not parse or is not finite, a cycle index that
 is not an integer, a time that does not increase) is **skipped and reported** in
-:class:`LoadReport` with its line number — never silently dropped, never fatal.
+:class:`LoadReport` with its line number — never silently dropped, never fatal. In a cycle
+file only ``Test_Time (s)`` and the two capacities must be given; the other numbers may be
+left empty (read as NaN).
 
 :func:`archive_cycle_table` maps a cycle file onto the
 :class:`~pulsebms.services.health.cycles.CycleTable` the health features read, so a public
@@ -104,6 +106,7 @@ TIMESERIES_COLUMNS = (
 
 _CYCLE_NUMERIC = CYCLE_DATA_COLUMNS[3:]
 _CYCLE_OPTIONAL = ("Start_Time", "End_Time")
+_CYCLE_NEEDED = ("Test_Time (s)", "Charge_Capacity (Ah)", "Discharge_Capacity (Ah)")
 _TS_NUMERIC = (
     "Test_Time (s)",
     "Current (A)",
@@ -258,7 +261,12 @@ def read_cycle_data(path: str | Path) -> tuple[ArchiveCycles, LoadReport]:
             if len(row) != width:
                 raise ValueError(f"{len(row)} fields, the header has {width}")
             parsed = {"Cycle_Index": float(_integer(row[cols["Cycle_Index"]], "Cycle_Index"))}
-            parsed.update({c: _number(row[cols[c]], c) for c in _CYCLE_NUMERIC})
+            for c in _CYCLE_NUMERIC:
+                text = row[cols[c]].strip()
+                if not text and c not in _CYCLE_NEEDED:
+                    parsed[c] = math.nan  # left empty: unknown, not an error
+                else:
+                    parsed[c] = _number(text, c)
         except ValueError as exc:
             skipped += 1
             if len(problems) < _MAX_PROBLEMS:
@@ -377,7 +385,9 @@ def archive_cycle_table(cycles: ArchiveCycles, series: TimeSeries | None = None)
     temp_max = np.full(n, np.nan)
     resistance = np.full(n, np.nan)
     if series is not None and series.t_s.size:
-        state = np.sign(np.where(np.abs(series.current_a) > 1e-3, series.current_a, 0.0))
+        # Rest: below 2 % of the largest current (a cycler's zero reads a few mA).
+        rest_a = max(0.02 * float(np.max(np.abs(series.current_a))), 1e-3)
+        state = np.sign(np.where(np.abs(series.current_a) > rest_a, series.current_a, 0.0))
         for j, c in enumerate(cycles.cycle_index):
             sel = series.cycle_index == c
             if not sel.any():
@@ -511,8 +521,10 @@ def write_twin_sample(
 ) -> tuple[Path, Path]:
     """Generate the shipped sample: one LFP cell cycled by the twin, in this format.
 
-    One single-cell pack (``series = parallel = 1``) of the fleet generator's LFP duty,
-    ``n_cycles`` days; every cycle goes to the cycle file, the last day's samples
+    One single-cell pack (``series = parallel = 1``) cycled like on a cycler — constant
+    current between 2 % and 98 % SoC (or the voltage cut-off), one cycle a day, the fleet
+    generator's drawn C-rates, ambient and fade — for ``n_cycles`` days; every cycle goes to
+    the cycle file, the last day's samples
     (current flowing, or every tenth at rest) to the time-series file. Deterministic for a
     seed: ``python -m pulsebms.services.health.public_format`` regenerates the shipped
     files bit for bit.
@@ -536,6 +548,8 @@ def write_twin_sample(
             telemetry_cycles=1,
             fault_fraction=0.0,
             cell_level=True,
+            soc_window=(0.02, 0.98),
+            duty_change_fraction=0.0,
         )
     )
     out = Path(directory)

@@ -46,7 +46,12 @@ import numpy as np
 
 from pulsebms.core.messaging import health_topic
 from pulsebms.services.health.anomaly import AnomalyDetector, persistent_anomalies
-from pulsebms.services.health.cycles import CycleTable, concat_tables, summarise_cycles
+from pulsebms.services.health.cycles import (
+    CycleTable,
+    concat_tables,
+    rest_threshold_a,
+    summarise_cycles,
+)
 from pulsebms.services.health.features import pack_features
 from pulsebms.services.health.fleet import PackInfo
 from pulsebms.services.health.forecast import pack_inputs
@@ -206,6 +211,7 @@ class HealthService:
             arr["voltage_v"],
             arr["temperature_c"],
             arr["soc"],
+            current_threshold_a=rest_threshold_a(data.info.nominal_capacity_ah),
             first_cycle=data.n_cycles,
         )
         if len(table):
