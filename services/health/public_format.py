@@ -524,10 +524,9 @@ def write_twin_sample(
     One single-cell pack (``series = parallel = 1``) cycled like on a cycler — constant
     current between 2 % and 98 % SoC (or the voltage cut-off), one cycle a day, the fleet
     generator's drawn C-rates, ambient and fade — for ``n_cycles`` days; every cycle goes to
-    the cycle file, the last day's samples
-    (current flowing, or every tenth at rest) to the time-series file. Deterministic for a
-    seed: ``python -m pulsebms.services.health.public_format`` regenerates the shipped
-    files bit for bit.
+    the cycle file, the last day's samples (current flowing and its neighbours, or every
+    tenth at rest) to the time-series file. Deterministic for a seed:
+    ``pulsebms-health sample`` regenerates the shipped files bit for bit.
 
     Args:
         directory: Where to write the two files.
@@ -562,7 +561,8 @@ def write_twin_sample(
         raise RuntimeError("the sample needs telemetry")
     table = history.cycles[0]
     moving = np.abs(tel.current_a[0]) > 0.0
-    keep = moving | (np.arange(tel.t_s.size) % 10 == 0)
+    near = moving | np.r_[moving[1:], False] | np.r_[False, moving[:-1]]
+    keep = near | (np.arange(tel.t_s.size) % 10 == 0)
     t = tel.t_s[keep]
     # Cycle index of each sample: the cycle whose start it follows (1-based, as the archive).
     cycle_of = np.searchsorted(table.t_start_s, t, side="right")
