@@ -159,7 +159,7 @@ class HealthService:
         clock: Callable[[], float] = time.time,
         period_s: float = 3600.0,
         start_s: float = 0.0,
-        anomaly_lookback_s: float = 6 * 3600.0,
+        anomaly_lookback_s: float = 86400.0,
         session: str | None = None,
         initial_cycles: Mapping[str, CycleTable] | None = None,
         min_anomaly_windows: int = 2,
