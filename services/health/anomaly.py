@@ -382,7 +382,7 @@ class AnomalyDetector:
         Raises:
             ValueError: If no pack has a reference window.
         """
-        all_z = []
+        all_z: list[FloatArray] = []
         for pack_id, cols in reference.items():
             t = np.asarray(cols["t_s"], dtype=np.float64)
             thermal = ThermalModel.fit(

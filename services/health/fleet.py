@@ -438,9 +438,8 @@ def generate_fleet(config: FleetConfig = FleetConfig()) -> FleetHistory:
     tables: list[list[CycleTable]] = [[] for _ in range(n)]
     soh_rows: list[FloatArray] = []
     efc_rows: list[FloatArray] = []
-    tel: dict[str, list[FloatArray]] = {
-        k: [] for k in ("t", "i", "v", "temp", "soc", "soh", "label")
-    }
+    tel: dict[str, list[FloatArray]] = {k: [] for k in ("t", "i", "v", "temp", "soc", "soh")}
+    tel_labels: list[IntArray] = []
     state0 = twin.state()
     read0 = sensors.read(
         np.zeros(n), state0.cell_voltage_v, state0.temperature_c, state0.soc, soh, series=series
@@ -504,7 +503,7 @@ def generate_fleet(config: FleetConfig = FleetConfig()) -> FleetHistory:
                 tel["temp"].append(readings.temperature_c)
                 tel["soc"].append(readings.soc)
                 tel["soh"].append(readings.soh)
-                tel["label"].append(injector.labels(t))
+                tel_labels.append(injector.labels(t))
             # Phase changes (a refused step ends the phase, as a cut-off ends a CC phase).
             phase_t = phase_t + dt
             timed_out = phase_t >= _MAX_PHASE_S
@@ -550,7 +549,7 @@ def generate_fleet(config: FleetConfig = FleetConfig()) -> FleetHistory:
             temperature_c=np.array(tel["temp"]).T,
             soc=np.array(tel["soc"]).T,
             soh=np.array(tel["soh"]).T,
-            labels=np.array(tel["label"]).T,
+            labels=np.array(tel_labels, dtype=np.int64).T,
         )
     return FleetHistory(
         config=config,

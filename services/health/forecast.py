@@ -250,10 +250,13 @@ class SohLstm(nn.Module):
         self.lookback = int(lookback)
         self.prior = prior
         self.lstm = nn.LSTM(n_inputs, hidden, batch_first=True)
-        self.head = nn.Sequential(nn.Linear(hidden, hidden), nn.Tanh(), nn.Linear(hidden, 1))
+        out_layer = nn.Linear(hidden, 1)
         # The output layer starts at zero: an untrained model forecasts its anchor.
-        nn.init.zeros_(self.head[-1].weight)
-        nn.init.zeros_(self.head[-1].bias)
+        nn.init.zeros_(out_layer.weight)
+        nn.init.zeros_(out_layer.bias)
+        self.head = nn.Sequential(nn.Linear(hidden, hidden), nn.Tanh(), out_layer)
+        self.mean: torch.Tensor
+        self.std: torch.Tensor
         self.register_buffer("mean", torch.as_tensor(mean, dtype=torch.float32))
         self.register_buffer("std", torch.as_tensor(std, dtype=torch.float32))
 
@@ -261,7 +264,7 @@ class SohLstm(nn.Module):
         """``x``: raw features ``[batch, lookback, n_inputs]`` → SoH ``[batch]``."""
         z = (x - self.mean) / self.std
         out, _ = self.lstm(z)
-        correction = self.head(out[:, -1, :]).squeeze(-1)
+        correction: torch.Tensor = self.head(out[:, -1, :]).squeeze(-1)
         anchor = x[:, -1, self.anchor]
         return anchor + 0.1 * correction
 
@@ -376,7 +379,7 @@ def train_forecaster(
                 idx = order_t[start : start + settings.batch_size]
                 opt.zero_grad()
                 loss = torch.mean((model(x_t[idx]) - y_t[idx]) ** 2)
-                loss.backward()
+                loss.backward()  # type: ignore[no-untyped-call]
                 opt.step()
             score = _val_rmse(model, val)
             if val is None or score < best_val:
