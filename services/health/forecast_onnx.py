@@ -155,6 +155,25 @@ class OnnxForecaster:
         self.n_inputs = int(info["n_inputs"])
         self.fill = np.asarray(info["fill"], dtype=np.float64)
 
+    @property
+    def anchor_index(self) -> int:
+        """Input column the network corrects (0: capacity estimate; last: fade-law prior)."""
+        return 0 if self.prior == "capacity" else self.n_inputs - 1
+
+    def predict_fade(self, windows: FloatArray) -> FloatArray:
+        """SoH the pack loses over the horizon: each window's anchor minus its forecast.
+
+        Adding it to another estimate of SoH now (the health score) gives a forecast
+        consistent with that estimate: the published ``soh_forecast`` is
+        ``health_score − fade``, so that the two fields of a message differ only by the
+        fade the model foresees, not by two estimators' noise.
+        """
+        x = np.asarray(windows, dtype=np.float64)
+        if x.shape[0] == 0:
+            return np.zeros(0)
+        anchor = x[:, -1, self.anchor_index]
+        return np.asarray(anchor - self.predict(x), dtype=np.float64)
+
     def predict(self, windows: FloatArray) -> FloatArray:
         """SoH forecasts for windows ``[batch, lookback, n_inputs]`` (float64 out).
 

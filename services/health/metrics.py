@@ -95,11 +95,11 @@ class MetricsConfig:
     def quick(cls, seed: int = 0) -> MetricsConfig:
         """Smoke sizes (seconds; figures are noisy)."""
         return cls(
-            n_packs=12,
-            n_cycles=60,
-            future_cycles=30,
-            horizon=15,
-            lookback=8,
+            n_packs=9,
+            n_cycles=40,
+            future_cycles=10,
+            horizon=10,
+            lookback=6,
             epochs=5,
             top_k=3,
             seed=seed,
@@ -246,7 +246,8 @@ def run_metrics(config: MetricsConfig = MetricsConfig()) -> dict[str, Any]:
         health = float(score.model.predict(x_last)[0])
         sel = inputs.pack == k
         window = inputs.x[sel][-1:]
-        forecast = float(onnx_model.predict(window)[0]) if window.size else None
+        fade = max(float(onnx_model.predict_fade(window)[0]), 0.0) if window.size else None
+        forecast = None if fade is None else health - fade
         verdicts = detectors["robust_z"].score(ids[k], _telemetry_columns(history, k, last_day))
         names = persistent_anomalies(verdicts, min_windows=2)
         assessed.append(

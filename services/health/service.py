@@ -9,7 +9,8 @@ of its clock:
 1. scores each pack: health score (:class:`~pulsebms.services.health.score.
    HealthScoreModel`) from the features of its latest cycle; SoH forecast from the last
    ``lookback`` cycles (the ONNX forecaster on onnxruntime,
-   :class:`~pulsebms.services.health.forecast_onnx.OnnxForecaster`); anomalies from the
+   :class:`~pulsebms.services.health.forecast_onnx.OnnxForecaster`), published as the
+   health score minus the fade the forecaster foresees (never a rise); anomalies from the
    windows of the last ``anomaly_lookback_s`` (:class:`~pulsebms.services.health.anomaly.
    AnomalyDetector`); usage in cycles per day;
 2. orders the site's maintenance queue (:func:`~pulsebms.services.health.priority.
@@ -249,7 +250,8 @@ class HealthService:
             inputs = pack_inputs(
                 feats, fc.fill, prior=fc.prior, horizon=fc.horizon, lookback=fc.lookback
             )
-            value = float(fc.predict(inputs[None, -fc.lookback :])[0])
+            fade = float(fc.predict_fade(inputs[None, -fc.lookback :])[0])
+            value = score - max(fade, 0.0)
             forecast = min(max(value, 0.0), 1.5) if math.isfinite(value) else None
         else:
             self.counters["forecast_short_history"] += 1

@@ -186,6 +186,9 @@ def test_forecaster_training_is_deterministic_and_exports_to_onnx(data: HealthDa
     np.testing.assert_array_equal(session.fill, fill)
     win = make_windows(data, [4, 5], lookback=6, horizon=5, fill=fill)
     assert check_parity(a, session, win.x) < 1e-5
+    np.testing.assert_allclose(
+        session.predict_fade(win.x), win.x[:, -1, 0] - session.predict(win.x), atol=1e-12
+    )
     assert session.predict(win.x[:0]).shape == (0,)
     with pytest.raises(ValueError, match="windows must be"):
         session.predict(win.x[:, :3])
