@@ -233,41 +233,64 @@ class _FlakyStore:
         return getattr(self.inner, name)
 
 
+@pytest.fixture(scope="module")
+def models(fleet: FleetHistory, data: HealthDataset) -> HealthModels:
+    tel = fleet.telemetry
+    assert tel is not None
+    ids = fleet.pack_ids
+    ref = tel.t_s < tel.t_s[0] + _DAY_S
+    detector = AnomalyDetector().fit({ids[k]: _columns(fleet, k, ref) for k in range(6)})
+    train = list(range(6))
+    score = evaluate_health_score(data, train, train).model
+    lstm, fill = train_forecaster(data, train, _SETTINGS)
+    return HealthModels(
+        score=score,
+        forecaster=OnnxForecaster(export_forecaster(lstm, fill=fill)),
+        detector=detector,
+        version="test-1",
+    )
+
+
+def _service(
+    fleet: FleetHistory,
+    store: Any,
+    models: HealthModels,
+    publisher: Any,
+    now: list[float],
+    site: str = "s1",
+) -> HealthService:
+    """A service that starts from the cycles before the telemetry days and reads the rest."""
+    tel = fleet.telemetry
+    assert tel is not None
+    n_before = fleet.config.n_cycles - fleet.config.telemetry_cycles
+    return HealthService(
+        store,
+        fleet.packs,
+        models,
+        site=site,
+        publisher=publisher,
+        clock=lambda: now[0],
+        period_s=3600.0,
+        start_s=float(tel.t_s[0]) - 1.0,
+        initial_cycles={
+            pid: fleet.cycles[k].select(slice(0, n_before)) for k, pid in enumerate(fleet.pack_ids)
+        },
+        session="sess",
+    )
+
+
 def test_service_publishes_per_device_from_the_store(
-    fleet: FleetHistory, data: HealthDataset
+    fleet: FleetHistory, models: HealthModels
 ) -> None:
     tel = fleet.telemetry
     assert tel is not None
     ids = fleet.pack_ids
     store = SqliteTelemetryStore(":memory:")
     tel.write_to(store, ids)
-    ref = tel.t_s < tel.t_s[0] + _DAY_S
-    detector = AnomalyDetector().fit({ids[k]: _columns(fleet, k, ref) for k in range(6)})
-    train = list(range(6))
-    score = evaluate_health_score(data, train, train).model
-    lstm, fill = train_forecaster(data, train, _SETTINGS)
-    models = HealthModels(
-        score=score,
-        forecaster=OnnxForecaster(export_forecaster(lstm, fill=fill)),
-        detector=detector,
-        version="test-1",
-    )
-    # The service starts from the cycles before the telemetry days and reads the rest.
     n_before = fleet.config.n_cycles - fleet.config.telemetry_cycles
     now = [float(tel.t_s[-1]) + 1.0]
     recorder = _Recorder()
-    service = HealthService(
-        _FlakyStore(store, failing=ids[5]),
-        fleet.packs,
-        models,
-        site="s1",
-        publisher=recorder,
-        clock=lambda: now[0],
-        period_s=3600.0,
-        start_s=float(tel.t_s[0]) - 1.0,
-        initial_cycles={ids[k]: fleet.cycles[k].select(slice(0, n_before)) for k in range(6)},
-        session="sess",
-    )
+    service = _service(fleet, _FlakyStore(store, failing=ids[5]), models, recorder, now)
     assert service.step()
     assert not service.step()  # not due yet
     assert service.counters["skipped_StoreError"] == 1
@@ -294,4 +317,43 @@ def test_service_publishes_per_device_from_the_store(
     now[0] += 3600.0
     assert service.step()
     assert decode(recorder.sent[-1][1], "health")["seq"] == 3
+    store.close()
+
+
+def test_service_publishes_on_a_real_broker(
+    fleet: FleetHistory, models: HealthModels, mqtt_broker: Any, mqtt_site: str
+) -> None:
+    from mqtt_helpers import Inbox, wait_until
+
+    tel = fleet.telemetry
+    assert tel is not None
+    store = SqliteTelemetryStore(":memory:")
+    tel.write_to(store, fleet.pack_ids)
+    site = mqtt_site
+    inbox = Inbox()
+    now = [float(tel.t_s[-1]) + 1.0]
+    with (
+        mqtt_broker.link(f"health-{site}", f"{site}-health") as link,
+        mqtt_broker.link(f"monitor-{site}", f"{site}-monitor") as monitor,
+    ):
+        monitor.subscribe(f"pulsebms/{site}/+/health", inbox)
+        assert monitor.connect(10.0)
+        assert link.connect(10.0)
+        service = _service(fleet, store, models, link, now, site=site)
+        assert service.step()
+        assert service.counters["published"] == 2
+        assert wait_until(lambda: len(inbox.messages()) >= 2)
+        got = {m["device"]: m for m in inbox.messages()}
+        assert set(got) == {"edge-0", "edge-1"}
+        entries = [e for m in got.values() for e in m["packs"]]
+        assert sorted(e["pack_id"] for e in entries) == sorted(fleet.pack_ids)
+        assert sorted(e["rank"] for e in entries) == list(range(6))
+        assert monitor.stats()["handler_errors"] == 0
+    # Retained: a subscriber that comes later still gets each device's latest message.
+    late = Inbox()
+    with mqtt_broker.link(f"monitor-{site}", f"{site}-late") as later:
+        later.subscribe(f"pulsebms/{site}/+/health", late)
+        assert later.connect(10.0)
+        assert wait_until(lambda: len(late.messages()) >= 2)
+    assert {m["device"] for m in late.messages()} == {"edge-0", "edge-1"}
     store.close()
