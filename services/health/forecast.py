@@ -401,7 +401,7 @@ def linear_extrapolation(capacity: FloatArray, horizon: int) -> float:
 
     Example:
         >>> linear_extrapolation(np.array([1.0, 0.99, 0.98]), 10)
-        0.87
+        0.88
     """
     n = capacity.size
     t = np.arange(n, dtype=np.float64)
