@@ -40,6 +40,7 @@ __all__ = [
     "edge",
     "evaluate",
     "export",
+    "health",
     "hil",
     "missing_extra_message",
     "run_script",
@@ -157,6 +158,9 @@ SCRIPTS: Mapping[str, ConsoleScript] = MappingProxyType(
             ConsoleScript(
                 "pulsebms-bench", "pulsebms.benchmarks.cli:main", ("sim", "edge", "train", "rllib")
             ),
+            ConsoleScript(
+                "pulsebms-health", "pulsebms.services.health.cli:main", ("services", "export")
+            ),
         )
     }
 )
@@ -250,3 +254,8 @@ def hil() -> int:
 def bench() -> int:
     """``pulsebms-bench`` (each benchmark needs its own extras)."""
     return run_script("pulsebms-bench")
+
+
+def health() -> int:
+    """``pulsebms-health`` (needs ``services`` and ``export``: scikit-learn, torch, onnx)."""
+    return run_script("pulsebms-health")
