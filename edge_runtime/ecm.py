@@ -80,7 +80,13 @@ CHEMISTRIES_WITH_TABLES = ("LFP", "NMC", "LCO")
 
 _FORMAT_VERSION = 1
 
-DIFFUSION_EIGENVALUES: tuple[float, ...] = (20.190729, 59.679515, 118.899869, 197.857786, 296.554412)
+DIFFUSION_EIGENVALUES: tuple[float, ...] = (
+    20.190729,
+    59.679515,
+    118.899869,
+    197.857786,
+    296.554412,
+)
 """``λ_m²`` of the slowest diffusion modes of a sphere (``λ_m`` roots of ``tan λ = λ``)."""
 
 _MODE_WEIGHTS = tuple(10.0 / lam2 for lam2 in DIFFUSION_EIGENVALUES)
@@ -344,13 +350,12 @@ class EcmCell:
         """R0 [Ω], R1 [Ω], τ [s] and the asymmetry A [Ω], bilinear and clamped."""
         js, ws = self._locate(soc, self._c_axis)
         jt, wt = self._locate(temperature_c, self._t_axis)
-        out = []
+        values = []
         for table in self._circuit_lists:
             lo, hi = table[jt], table[jt + 1]
             a = lo[js] + (lo[js + 1] - lo[js]) * ws
-            b = hi[js] + (hi[js + 1] - hi[js]) * ws
-            out.append(a + (b - a) * wt)
-        return out[0], out[1], out[2], out[3]
+            values.append(a + (hi[js] + (hi[js + 1] - hi[js]) * ws - a) * wt)
+        return values[0], values[1], values[2], values[3]
 
     def rate_factor(self, c_rate: float, temperature_c: float) -> float:
         """R0 factor ``f`` at ``c_rate`` (absolute) and ``temperature_c`` (1 without a table)."""
@@ -392,8 +397,9 @@ class EcmCell:
         )
 
     def surface_ocv(self, soc_n: float, soc_p: float) -> tuple[float, float, float]:
-        """``U_p(soc_p) − U_n(soc_n)`` [V], ``dU_p/dSoC`` at ``soc_p`` and ``dU_n/dSoC`` at ``soc_n``.
+        """Surface OCV ``U_p(soc_p) − U_n(soc_n)`` [V] and the two potentials' slopes [V].
 
+        Returns the OCV, ``dU_p/dSoC`` at ``soc_p`` and ``dU_n/dSoC`` at ``soc_n``.
         ``soc_n`` and ``soc_p`` are the electrodes' surface SoCs on the cell's SoC axis
         (clamped to the grid). Without diffusion tables: 0 V everywhere.
         """

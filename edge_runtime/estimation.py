@@ -66,12 +66,16 @@ from dataclasses import dataclass
 import numpy as np
 
 from pulsebms.core.types import BoolArray, FloatArray, IntArray
-from pulsebms.edge_runtime.ecm import DIFFUSION_EIGENVALUES, EcmCell, diffusion_step
+from pulsebms.edge_runtime.ecm import DIFFUSION_EIGENVALUES, EcmCell
 from pulsebms.safety.state import PackRatings
 
 __all__ = ["EstimatorSettings", "FleetEstimator"]
 
 _N_STATES = 5
+_EIGENVALUES = DIFFUSION_EIGENVALUES
+_N_MODES = len(DIFFUSION_EIGENVALUES)
+_MODE_WEIGHTS_15 = tuple(10.0 / lam2 / 15.0 for lam2 in DIFFUSION_EIGENVALUES)
+_INSTANT_WEIGHT_15 = (1.0 - sum(10.0 / lam2 for lam2 in DIFFUSION_EIGENVALUES)) / 15.0
 _REFERENCE_SOC = 0.5
 _REFERENCE_TEMPERATURE_C = 25.0
 
@@ -197,19 +201,32 @@ class FleetEstimator:
         soh0 = self._pack_array(initial_soh, "initial_soh", 1.0)
         s = self.settings
         self._r0_ref = [c.circuit(_REFERENCE_SOC, _REFERENCE_TEMPERATURE_C)[0] for c in self._cells]
-        self._x = np.zeros((n, _N_STATES))
-        self._x[:, 0] = np.clip(soc0, 0.0, 1.0)
-        self._x[:, 2] = 1.0
-        self._x[:, 3] = np.clip(soh0, *s.soh_bounds)
-        self._p = np.zeros((n, _N_STATES, _N_STATES))
+        # Per pack, plain Python floats (faster than numpy at this size): the state and its
+        # covariance as 5 rows of 5.
+        self._x = [
+            [
+                float(np.clip(soc0[k], 0.0, 1.0)),
+                0.0,
+                1.0,
+                float(np.clip(soh0[k], *s.soh_bounds)),
+                0.0,
+            ]
+            for k in range(n)
+        ]
+        self._p = []
         for k in range(n):
-            self._p[k] = np.diag(
+            offset_var = (s.initial_offset_std_c_rate * self._capacity_ah[k]) ** 2
+            variances = (
+                s.initial_soc_std**2,
+                s.initial_v_rc_std_v**2,
+                s.initial_resistance_factor_std**2,
+                s.initial_soh_std**2,
+                offset_var,
+            )
+            self._p.append(
                 [
-                    s.initial_soc_std**2,
-                    s.initial_v_rc_std_v**2,
-                    s.initial_resistance_factor_std**2,
-                    s.initial_soh_std**2,
-                    (s.initial_offset_std_c_rate * self._capacity_ah[k]) ** 2,
+                    [variances[r] if r == c else 0.0 for c in range(_N_STATES)]
+                    for r in range(_N_STATES)
                 ]
             )
         # Surface-minus-average SoC modes per pack: negative electrode, then positive
@@ -220,16 +237,15 @@ class FleetEstimator:
         self._last_temperature_c = [_REFERENCE_TEMPERATURE_C] * n
         self._innovation_var = [0.0] * n
         self._settled = [0] * n
-        self.soc: FloatArray = np.where(self._started, self._x[:, 0], np.nan)
-        self.soc_std: FloatArray = np.sqrt(self._p[:, 0, 0])
-        self.soh: FloatArray = self._x[:, 3].copy()
-        self.soh_std: FloatArray = np.sqrt(self._p[:, 3, 3])
+        self.soc: FloatArray = np.where(self._started, [x[0] for x in self._x], np.nan)
+        self.soc_std: FloatArray = np.sqrt([p[0][0] for p in self._p])
+        self.soh: FloatArray = np.array([x[3] for x in self._x], dtype=np.float64)
+        self.soh_std: FloatArray = np.sqrt([p[3][3] for p in self._p])
         self.resistance_ohm: FloatArray = np.array(
             [self._pack_resistance(k) for k in range(n)], dtype=np.float64
         )
         self.updates: IntArray = np.zeros(n, dtype=np.int64)
         self.rejected: IntArray = np.zeros(n, dtype=np.int64)
-        self._eye = np.eye(_N_STATES)
 
     # ------------------------------------------------------------------ helpers
     def _pack_array(self, value: FloatArray | None, name: str, default: float) -> FloatArray:
@@ -242,14 +258,14 @@ class FleetEstimator:
         return arr
 
     def _pack_resistance(self, k: int) -> float:
-        return float(self._r0_ref[k] * self._x[k, 2] * self._series[k] / self._parallel[k])
+        return self._r0_ref[k] * self._x[k][2] * self._series[k] / self._parallel[k]
 
     def _publish(self, k: int) -> None:
         x, p = self._x[k], self._p[k]
         self.soc[k] = x[0]
-        self.soc_std[k] = math.sqrt(max(p[0, 0], 0.0))
+        self.soc_std[k] = math.sqrt(max(p[0][0], 0.0))
         self.soh[k] = x[3]
-        self.soh_std[k] = math.sqrt(max(p[3, 3], 0.0))
+        self.soh_std[k] = math.sqrt(max(p[3][3], 0.0))
         self.resistance_ohm[k] = self._pack_resistance(k)
 
     # ------------------------------------------------------------------ API
@@ -316,7 +332,7 @@ class FleetEstimator:
                 return
             r0, _, _ = cell.circuit(0.5, temp)
             x[0] = cell.soc_from_ocv(v + r0 * i)
-            p[0, 0] = s.unknown_soc_std**2
+            p[0][0] = s.unknown_soc_std**2
             self._started[pack] = True
             self.updates[pack] += 1
             if partial:
@@ -330,35 +346,44 @@ class FleetEstimator:
                 self.rejected[pack] += 1
             return
         dt = now - last
-        soc, v_rc, g, h, b = (float(v) for v in x)
+        soc, v_rc, g, h, b = x
         i_c = i - b
-        # ---- predict
-        r0, r1, tau = cell.circuit(soc, temp)
-        a = math.exp(-dt / tau)
+        # ---- predict: x' = f(x), P' = F P Fᵀ + Q with F = I except rows 0 and 1
         per_ah = dt / (3600.0 * q_ah)
         soc_p = soc - i_c * per_ah / h
+        # The circuit at the predicted SoC serves the step and the correction.
+        r0_p, r1, tau, asym = cell.circuit_and_asymmetry(soc_p, temp)
+        a = math.exp(-dt / tau)
         v_rc_p = a * v_rc + g * r1 * (1.0 - a) * i_c
         surface = (0.0, 0.0)
         if cell.has_diffusion:
             surface = self._step_diffusion(pack, cell, temp, dt, i_c / (3600.0 * q_ah * h))
-        f = self._eye.copy()
-        f[0, 3] = i_c * per_ah / (h * h)
-        f[0, 4] = per_ah / h
-        f[1, 1] = a
-        f[1, 2] = r1 * (1.0 - a) * i_c
-        f[1, 4] = -g * r1 * (1.0 - a)
+        f03 = i_c * per_ah / (h * h)
+        f04 = per_ah / h
+        f12 = r1 * (1.0 - a) * i_c
+        f14 = -g * r1 * (1.0 - a)
+        p0, p1, p2, p3, p4 = p
+        row0 = [p0[c] + f03 * p3[c] + f04 * p4[c] for c in range(5)]
+        row1 = [a * p1[c] + f12 * p2[c] + f14 * p4[c] for c in range(5)]
+        rows = (row0, row1, p2, p3, p4)
         i_std = s.current_std_c_rate * q_ah + s.current_std_relative * abs(i)
-        q = np.array(
-            [
-                (i_std * per_ah / h) ** 2,
-                s.v_rc_walk_v**2 * dt,
-                s.resistance_walk**2 * dt,
-                s.soh_walk**2 * dt,
-                (s.offset_walk_c_rate * q_ah) ** 2 * dt,
-            ]
+        q = (
+            (i_std * per_ah / h) ** 2,
+            s.v_rc_walk_v**2 * dt,
+            s.resistance_walk**2 * dt,
+            s.soh_walk**2 * dt,
+            (s.offset_walk_c_rate * q_ah) ** 2 * dt,
         )
-        p[:] = f @ p @ f.T
-        p[np.diag_indices(_N_STATES)] += q
+        for r in range(5):
+            m = rows[r]
+            p[r] = [
+                m[0] + f03 * m[3] + f04 * m[4],
+                a * m[1] + f12 * m[2] + f14 * m[4],
+                m[2],
+                m[3],
+                m[4],
+            ]
+            p[r][r] += q[r]
         x[0], x[1] = soc_p, v_rc_p
         # ---- correct
         if v_ok:
@@ -372,12 +397,13 @@ class FleetEstimator:
                 ) ** 2
             else:
                 ocv, slope = cell.ocv_and_slope(soc_p)
-            r0_p, _, _, asym = cell.circuit_and_asymmetry(soc_p, temp)
             r0_p *= cell.rate_factor(abs(i_c) / q_ah, temp)
             predicted_v = ocv - v_rc_p - g * r0_p * i_c + asym * abs(i_c)
             d_asym = asym if i_c < 0.0 else -asym
-            hvec = np.array([slope, -1.0, -r0_p * i_c, 0.0, g * r0_p + d_asym])
-            ph = p @ hvec
+            # H = [slope, −1, −R0·i, 0, g·R0 + dA]: P·H over the rows of P.
+            h2, h4 = -r0_p * i_c, g * r0_p + d_asym
+            ph = [slope * pr[0] - pr[1] + h2 * pr[2] + h4 * pr[4] for pr in p]
+            predicted_var = slope * ph[0] - ph[1] + h2 * ph[2] + h4 * ph[4]
             innovation = v - predicted_v
             # Measurement variance: the floor, or what the recent innovations say the
             # model error is (covariance matching), whichever is larger.
@@ -390,27 +416,33 @@ class FleetEstimator:
             self._innovation_var[pack] += s.innovation_smoothing * (
                 innovation * innovation - self._innovation_var[pack]
             )
-            predicted_var = float(hvec @ ph)
             consistent = innovation * innovation <= 9.0 * (predicted_var + floor)
             # Robust (Huber-like) step: an innovation beyond 3 standard deviations is
             # taken with the noise that would make it 3 (model error, not information).
             r_var = max(r_var, innovation * innovation / 9.0 - predicted_var)
             innovation_var = predicted_var + r_var
-            gain = ph / innovation_var
+            gain = [v_ / innovation_var for v_ in ph]
             self._settled[pack] = self._settled[pack] + 1 if consistent else 0
-            if p[0, 0] > s.learning_soc_std**2 or self._settled[pack] < s.learning_settle_updates:
+            if p[0][0] > s.learning_soc_std**2 or self._settled[pack] < s.learning_settle_updates:
                 # SoC not settled yet: its error would leak into the slow states.
-                gain[2:] = 0.0
-            x += gain * innovation
-            joseph = self._eye - np.outer(gain, hvec)
-            p[:] = joseph @ p @ joseph.T + np.outer(gain, gain) * r_var
+                gain[2] = gain[3] = gain[4] = 0.0
+            for r in range(5):
+                x[r] += gain[r] * innovation
+            # Joseph form (valid for the gated, suboptimal gain), expanded:
+            # P' = P − K·(PH)ᵀ − (PH)·Kᵀ + (HᵀPH + r)·K·Kᵀ, kept symmetric.
+            for r in range(5):
+                kr, phr, pr = gain[r], ph[r], p[r]
+                skr = innovation_var * kr
+                for c in range(r, 5):
+                    value = pr[c] - kr * ph[c] - phr * gain[c] + skr * gain[c]
+                    pr[c] = value
+                    p[c][r] = value
         x[0] = min(max(x[0], 0.0), 1.0)
         x[1] = min(max(x[1], -1.0), 1.0)
         x[2] = min(max(x[2], s.resistance_factor_bounds[0]), s.resistance_factor_bounds[1])
         x[3] = min(max(x[3], s.soh_bounds[0]), s.soh_bounds[1])
         b_max = s.max_offset_c_rate * q_ah
         x[4] = min(max(x[4], -b_max), b_max)
-        p[:] = 0.5 * (p + p.T)
         self.updates[pack] += 1
         if partial:
             self.rejected[pack] += 1
@@ -421,16 +453,17 @@ class FleetEstimator:
     ) -> tuple[float, float]:
         """Advance ``pack``'s diffusion modes by a step at SoC ``rate``; its offsets (n, p)."""
         modes = self._modes[pack]
-        n_modes = len(DIFFUSION_EIGENVALUES)
-        offsets = []
+        offsets = [0.0, 0.0]
         for e, tau in enumerate(cell.diffusion_times_s(temperature_c)):
-            step = diffusion_step(tau, dt_s)
-            total = step.instant * rate
-            for j in range(n_modes):
-                m = step.decay[j] * modes[e * n_modes + j] + step.gain[j] * rate
-                modes[e * n_modes + j] = m
+            scale = tau * rate
+            total = _INSTANT_WEIGHT_15 * scale
+            base = e * _N_MODES
+            for j in range(_N_MODES):
+                decay = math.exp(-_EIGENVALUES[j] * dt_s / tau)
+                m = decay * modes[base + j] + (1.0 - decay) * _MODE_WEIGHTS_15[j] * scale
+                modes[base + j] = m
                 total += m
-            offsets.append(total)
+            offsets[e] = total
         return offsets[0], offsets[1]
 
     def disagreement(

@@ -69,11 +69,11 @@ __all__ = [
     "ASYMMETRY_CHEMISTRIES",
     "DIFFUSION_CHEMISTRIES",
     "ELECTRODE_SOC_GRID",
-    "Diffusion",
     "FORMAT_VERSION",
     "MODEL_ERROR_OHM",
     "PULSE_S",
     "RATE_GRID_C",
+    "Diffusion",
     "default_output_dir",
     "diffusion_dict",
     "electrode_diffusion",
@@ -146,7 +146,11 @@ class Diffusion:
     positive_diffusion_s: FloatArray
 
     def surface_ocv(
-        self, soc: FloatArray, rate_per_s: FloatArray, temperature_c: FloatArray, times_s: FloatArray
+        self,
+        soc: FloatArray,
+        rate_per_s: FloatArray,
+        temperature_c: FloatArray,
+        times_s: FloatArray,
     ) -> FloatArray:
         """``U_p − U_n`` at the particle surfaces under constant currents from rest.
 
@@ -214,7 +218,9 @@ def electrode_diffusion(chemistry: str) -> Diffusion:
         row = []
         for temp in _FIT_TEMPERATURE_C:
             d = (
-                float(values.evaluate(diffusivity(pybamm.Scalar(sto), pybamm.Scalar(temp + 273.15))))
+                float(
+                    values.evaluate(diffusivity(pybamm.Scalar(sto), pybamm.Scalar(temp + 273.15)))
+                )
                 if callable(diffusivity)
                 else float(diffusivity)
             )

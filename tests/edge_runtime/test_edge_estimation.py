@@ -243,11 +243,19 @@ def test_diffusion_modes_follow_a_sphere_under_constant_flux() -> None:
         for k in range(1, 181):
             modes = np.asarray(step.decay) * modes + np.asarray(step.gain) * rate
             t = k * dt_s
-            exact = tau_d / 15 * rate * (1 - 10 * sum(math.exp(-(r**2) * t / tau_d) / r**2 for r in roots))
+            exact = (
+                tau_d
+                / 15
+                * rate
+                * (1 - 10 * sum(math.exp(-(r**2) * t / tau_d) / r**2 for r in roots))
+            )
             model = modes.sum() + step.instant * rate
             # Five modes, the faster rest taken as instantaneous: early on the offset is a
             # few % of its steady value ahead of the exact one, later exact.
-            assert abs(model - exact) <= 0.04 * tau_d / 15 * rate + (0.002 if t > 600 else 0.05) * exact
+            assert (
+                abs(model - exact)
+                <= 0.04 * tau_d / 15 * rate + (0.002 if t > 600 else 0.05) * exact
+            )
     steady = diffusion_step(tau_d, 1e9)
     assert sum(steady.gain) + steady.instant == pytest.approx(tau_d / 15)
 
