@@ -343,9 +343,13 @@ def fit_circuit(
 
 
 def fit_rate_factor(
-    chemistry: str, soc_grid: FloatArray, ocv_v: FloatArray, diffusion: Diffusion | None = None
+    chemistry: str,
+    soc_grid: FloatArray,
+    ocv_v: FloatArray,
+    diffusion: Diffusion | None = None,
+    rates: FloatArray | None = None,
 ) -> FloatArray:
-    """R0 at each C-rate of :data:`RATE_GRID_C` over R0 at ±C/2, per temperature.
+    """R0 at each C-rate of ``rates`` over R0 at ±C/2, per temperature.
 
     The charge-transfer overpotential is not linear in the current (Butler–Volmer): the
     R0 fitted at C/2 is too large at 1 C and too small at C/10. The same pulse fit is run
@@ -357,10 +361,12 @@ def fit_rate_factor(
         soc_grid: SoC grid of the OCV table.
         ocv_v: OCV on ``soc_grid`` [V].
         diffusion: As in :func:`fit_circuit`.
+        rates: C-rates (default :data:`RATE_GRID_C`, the table's).
 
     Returns:
         The factor, shape ``(n_temperatures, n_rates)``.
     """
+    rate_grid = RATE_GRID_C if rates is None else np.asarray(rates, dtype=np.float64)
 
     def fit(c_rate: float) -> FloatArray:
         return fit_circuit(
@@ -368,9 +374,9 @@ def fit_rate_factor(
         )
 
     reference = fit(_C_RATE)
-    factor = np.ones((_FIT_TEMPERATURE_C.size, RATE_GRID_C.size))
-    for r, rate in enumerate(RATE_GRID_C):
-        fitted = fit(float(rate))
+    factor = np.ones((_FIT_TEMPERATURE_C.size, rate_grid.size))
+    for r, rate in enumerate(rate_grid):
+        fitted = reference if rate == _C_RATE else fit(float(rate))
         factor[:, r] = np.median(fitted[0] / np.maximum(reference[0], 1e-9), axis=1)
     return factor
 
@@ -415,7 +421,10 @@ def table_dict(chemistry: str) -> dict[str, Any]:
         "ocv_v": [float(x) for x in tab.ocv_v],
         "circuit_soc": [float(x) for x in _FIT_SOC],
         "circuit_temperature_c": [float(x) for x in _FIT_TEMPERATURE_C],
-        "circuit_fit": f"1 RC, ±{_C_RATE:g} C pulses of {PULSE_S:g} s on the SPM",
+        "circuit_fit": (
+            f"1 RC{' after solid diffusion' if diffusion is not None else ''}, "
+            f"±{_C_RATE:g} C pulses of {PULSE_S:g} s on the SPM"
+        ),
         "r0_ohm": [[float(x) for x in row] for row in circuit[0]],
         "r1_ohm": [[float(x) for x in row] for row in circuit[1]],
         "tau_s": [[float(x) for x in row] for row in circuit[2]],
