@@ -64,7 +64,7 @@ from pathlib import Path
 
 import numpy as np
 
-from pulsebms.core.types import FloatArray
+from pulsebms.core.types import FloatArray, IntArray
 
 __all__ = [
     "CHEMISTRIES_WITH_TABLES",
@@ -207,6 +207,10 @@ class EcmCell:
     _error_lists: tuple[list[float], list[float]] = field(init=False, repr=False, compare=False)
     _rate_axis: tuple[float, float, int] = field(init=False, repr=False, compare=False)
     _rate_lists: list[list[float]] = field(init=False, repr=False, compare=False)
+    _circuit_stack: FloatArray = field(init=False, repr=False, compare=False)
+    _rate_table: FloatArray = field(init=False, repr=False, compare=False)
+    _ocv_stack: FloatArray = field(init=False, repr=False, compare=False)
+    _electrode_stack: FloatArray = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         soc0, dsoc, n_soc = _uniform(self.soc_grid, "soc_grid")
@@ -258,6 +262,9 @@ class EcmCell:
         tables = (self.r0_ohm, self.r1_ohm, self.tau_s, asymmetry)
         lists = tuple([[float(v) for v in row] for row in a] for a in tables)
         object.__setattr__(self, "_circuit_lists", lists)
+        object.__setattr__(self, "_circuit_stack", np.stack(tables))
+        object.__setattr__(self, "_rate_table", np.asarray(rate_lists, dtype=np.float64))
+        object.__setattr__(self, "_ocv_stack", np.stack([self.ocv_table_v, slope]))
         self._init_diffusion(n_t)
 
     def _init_diffusion(self, n_t: int) -> None:
@@ -274,6 +281,7 @@ class EcmCell:
             object.__setattr__(self, "_electrode_axis", (0.0, 1.0, 2))
             object.__setattr__(self, "_electrode_lists", ([0.0, 0.0],) * 4)
             object.__setattr__(self, "_log_diffusion", ([0.0] * n_t, [0.0] * n_t))
+            object.__setattr__(self, "_electrode_stack", np.zeros((4, 2)))
             return
         axis = _uniform(self.electrode_soc, "electrode_soc")
         for name in ("negative_ocp_v", "positive_ocp_v"):
@@ -296,6 +304,7 @@ class EcmCell:
         )
         object.__setattr__(self, "_electrode_axis", axis)
         object.__setattr__(self, "_electrode_lists", lists)
+        object.__setattr__(self, "_electrode_stack", np.asarray(lists, dtype=np.float64))
         logs = (
             [math.log(float(v)) for v in self.negative_diffusion_s],
             [math.log(float(v)) for v in self.positive_diffusion_s],
@@ -413,6 +422,67 @@ class EcmCell:
             dup[jp] + (dup[jp + 1] - dup[jp]) * wp,
             dun[jn] + (dun[jn + 1] - dun[jn]) * wn,
         )
+
+    # ------------------------------------------------------------------ batch path
+    # The scalar methods above over arrays of points, with the same arithmetic (the
+    # estimator's batch update gives the results of its scalar one).
+    @staticmethod
+    def _locate_array(x: FloatArray, axis: tuple[float, float, int]) -> tuple[IntArray, FloatArray]:
+        start, step, size = axis
+        u = np.minimum(np.maximum((x - start) / step, 0.0), size - 1.0)
+        j = np.minimum(u.astype(np.int64), size - 2)
+        return j, u - j
+
+    @staticmethod
+    def _linear(table: FloatArray, j: IntArray, w: FloatArray) -> FloatArray:
+        lo = table[..., j]
+        return np.asarray(lo + (table[..., j + 1] - lo) * w, dtype=np.float64)
+
+    def _bilinear(
+        self, table: FloatArray, js: IntArray, ws: FloatArray, jt: IntArray, wt: FloatArray
+    ) -> FloatArray:
+        lo = table[..., jt, js] + (table[..., jt, js + 1] - table[..., jt, js]) * ws
+        hi = table[..., jt + 1, js] + (table[..., jt + 1, js + 1] - table[..., jt + 1, js]) * ws
+        return np.asarray(lo + (hi - lo) * wt, dtype=np.float64)
+
+    def circuit_arrays(self, soc: FloatArray, temperature_c: FloatArray) -> FloatArray:
+        """R0, R1, τ, asymmetry at each point, shape ``(4, n)`` (:meth:`circuit_and_asymmetry`)."""
+        js, ws = self._locate_array(soc, self._c_axis)
+        jt, wt = self._locate_array(temperature_c, self._t_axis)
+        return self._bilinear(self._circuit_stack, js, ws, jt, wt)
+
+    def rate_factor_array(self, c_rate: FloatArray, temperature_c: FloatArray) -> FloatArray:
+        """R0 rate factor at each point (as :meth:`rate_factor`)."""
+        jr, wr = self._locate_array(c_rate, self._rate_axis)
+        jt, wt = self._locate_array(temperature_c, self._t_axis)
+        return self._bilinear(self._rate_table, jr, wr, jt, wt)
+
+    def ocv_and_slope_arrays(self, soc: FloatArray) -> FloatArray:
+        """OCV and dOCV/dSoC at each point, shape ``(2, n)`` (as :meth:`ocv_and_slope`)."""
+        j, w = self._locate_array(soc, self._soc_axis)
+        return self._linear(self._ocv_stack, j, w)
+
+    def surface_ocv_arrays(self, soc_n: FloatArray, soc_p: FloatArray) -> FloatArray:
+        """Surface OCV and the two slopes at each point, shape ``(3, n)`` (:meth:`surface_ocv`)."""
+        jn, wn = self._locate_array(soc_n, self._electrode_axis)
+        jp, wp = self._locate_array(soc_p, self._electrode_axis)
+        u_n, du_n = self._linear(self._electrode_stack[:2], jn, wn)
+        u_p, du_p = self._linear(self._electrode_stack[2:], jp, wp)
+        return np.stack([u_p - u_n, du_p, du_n])
+
+    def diffusion_times_array(self, temperature_c: FloatArray) -> FloatArray:
+        """Negative and positive ``τ_d`` at each temperature, shape ``(2, n)`` [s]."""
+        if not self.has_diffusion:
+            raise ValueError(f"the {self.chemistry} circuit has no diffusion tables")
+        jt, wt = self._locate_array(temperature_c, self._t_axis)
+        logs = np.asarray(self._log_diffusion, dtype=np.float64)
+        return np.asarray(np.exp(self._linear(logs, jt, wt)), dtype=np.float64)
+
+    def model_error_array(self, soc: FloatArray) -> FloatArray:
+        """Model error per ampere at each point [Ω] (as :meth:`model_error_ohm_at`)."""
+        if not self.model_error_soc.size:
+            return np.zeros_like(soc)
+        return np.asarray(np.interp(soc, self.model_error_soc, self.model_error_ohm))
 
     # ------------------------------------------------------------------ arrays
     def surface_ocv_v(self, soc_n: FloatArray, soc_p: FloatArray) -> FloatArray:

@@ -60,7 +60,7 @@ Example:
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -72,6 +72,7 @@ from pulsebms.safety.state import PackRatings
 __all__ = ["EstimatorSettings", "FleetEstimator"]
 
 _N_STATES = 5
+_UPPER = np.triu_indices(_N_STATES)
 _EIGENVALUES = DIFFUSION_EIGENVALUES
 _N_MODES = len(DIFFUSION_EIGENVALUES)
 _MODE_WEIGHTS_15 = tuple(10.0 / lam2 / 15.0 for lam2 in DIFFUSION_EIGENVALUES)
@@ -201,49 +202,57 @@ class FleetEstimator:
         soh0 = self._pack_array(initial_soh, "initial_soh", 1.0)
         s = self.settings
         self._r0_ref = [c.circuit(_REFERENCE_SOC, _REFERENCE_TEMPERATURE_C)[0] for c in self._cells]
-        # Per pack, plain Python floats (faster than numpy at this size): the state and its
-        # covariance as 5 rows of 5.
-        self._x = [
-            [
-                float(np.clip(soc0[k], 0.0, 1.0)),
-                0.0,
-                1.0,
-                float(np.clip(soh0[k], *s.soh_bounds)),
-                0.0,
-            ]
-            for k in range(n)
-        ]
-        self._p = []
-        for k in range(n):
-            offset_var = (s.initial_offset_std_c_rate * self._capacity_ah[k]) ** 2
-            variances = (
+        # Per pack: the state, its covariance, the diffusion modes (surface-minus-average SoC
+        # per electrode: negative, then positive; deterministic, driven by the current), the
+        # last accepted sample's time (NaN: none) and temperature, the running model-error
+        # variance and the count of consistent updates. The scalar update works on one pack's
+        # rows as Python floats (faster than numpy at this size), the batch on all at once.
+        self._x = np.zeros((n, _N_STATES))
+        self._x[:, 0] = np.clip(soc0, 0.0, 1.0)
+        self._x[:, 2] = 1.0
+        self._x[:, 3] = np.clip(soh0, *s.soh_bounds)
+        self._p = np.zeros((n, _N_STATES, _N_STATES))
+        diagonal = np.arange(_N_STATES)
+        self._p[:, diagonal, diagonal] = [
+            (
                 s.initial_soc_std**2,
                 s.initial_v_rc_std_v**2,
                 s.initial_resistance_factor_std**2,
                 s.initial_soh_std**2,
-                offset_var,
+                (s.initial_offset_std_c_rate * q) ** 2,
             )
-            self._p.append(
-                [
-                    [variances[r] if r == c else 0.0 for c in range(_N_STATES)]
-                    for r in range(_N_STATES)
-                ]
-            )
-        # Surface-minus-average SoC modes per pack: negative electrode, then positive
-        # (deterministic: driven by the current, not filtered).
-        self._modes = [[0.0] * (2 * len(DIFFUSION_EIGENVALUES)) for _ in range(n)]
+            for q in self._capacity_ah
+        ]
+        self._modes = np.zeros((n, 2 * _N_MODES))
         self._started = ~np.isnan(soc0)
-        self._last_time_s: list[float | None] = [None] * n
-        self._last_temperature_c = [_REFERENCE_TEMPERATURE_C] * n
-        self._innovation_var = [0.0] * n
-        self._settled = [0] * n
-        self.soc: FloatArray = np.where(self._started, [x[0] for x in self._x], np.nan)
-        self.soc_std: FloatArray = np.sqrt([p[0][0] for p in self._p])
-        self.soh: FloatArray = np.array([x[3] for x in self._x], dtype=np.float64)
-        self.soh_std: FloatArray = np.sqrt([p[3][3] for p in self._p])
-        self.resistance_ohm: FloatArray = np.array(
-            [self._pack_resistance(k) for k in range(n)], dtype=np.float64
+        self._last_time_s = np.full(n, np.nan)
+        self._last_temperature_c = np.full(n, _REFERENCE_TEMPERATURE_C)
+        self._innovation_var = np.zeros(n)
+        self._settled = np.zeros(n, dtype=np.int64)
+        # Per-pack constants as arrays, and the packs of each distinct circuit (batch path).
+        self._parallel_a = np.asarray(self._parallel, dtype=np.float64)
+        self._capacity_a = np.asarray(self._capacity_ah, dtype=np.float64)
+        self._resistance_scale = np.asarray(
+            [
+                r * se / pa
+                for r, se, pa in zip(self._r0_ref, self._series, self._parallel, strict=True)
+            ]
         )
+        self._voltage_window = np.array(
+            [(c.voltage_min_v, c.voltage_max_v) for c in self._cells], dtype=np.float64
+        ).reshape(n, 2)
+        distinct: dict[int, int] = {}
+        self._group_cells: list[EcmCell] = []
+        for c in self._cells:
+            if id(c) not in distinct:
+                distinct[id(c)] = len(self._group_cells)
+                self._group_cells.append(c)
+        self._group = np.array([distinct[id(c)] for c in self._cells], dtype=np.int64)
+        self.soc: FloatArray = np.where(self._started, self._x[:, 0], np.nan)
+        self.soc_std: FloatArray = np.sqrt(self._p[:, 0, 0])
+        self.soh: FloatArray = self._x[:, 3].copy()
+        self.soh_std: FloatArray = np.sqrt(self._p[:, 3, 3])
+        self.resistance_ohm: FloatArray = self._resistance_scale * self._x[:, 2]
         self.updates: IntArray = np.zeros(n, dtype=np.int64)
         self.rejected: IntArray = np.zeros(n, dtype=np.int64)
 
@@ -257,16 +266,15 @@ class FleetEstimator:
             raise ValueError(f"{name} must have shape ({n},), got {arr.shape}")
         return arr
 
-    def _pack_resistance(self, k: int) -> float:
-        return self._r0_ref[k] * self._x[k][2] * self._series[k] / self._parallel[k]
-
-    def _publish(self, k: int) -> None:
-        x, p = self._x[k], self._p[k]
+    def _publish(self, k: int, x: list[float], p: list[list[float]]) -> None:
+        """Store pack ``k``'s state and covariance and publish its estimates."""
+        self._x[k] = x
+        self._p[k] = p
         self.soc[k] = x[0]
         self.soc_std[k] = math.sqrt(max(p[0][0], 0.0))
         self.soh[k] = x[3]
         self.soh_std[k] = math.sqrt(max(p[3][3], 0.0))
-        self.resistance_ohm[k] = self._pack_resistance(k)
+        self.resistance_ohm[k] = self._resistance_scale[k] * x[2]
 
     # ------------------------------------------------------------------ API
     @property
@@ -302,7 +310,8 @@ class FleetEstimator:
         q_ah = self._capacity_ah[pack]
         i = float(current_a) / self._parallel[pack] if math.isfinite(current_a) else math.nan
         now = float(now_s)
-        last = self._last_time_s[pack]
+        last_s = float(self._last_time_s[pack])
+        last = None if math.isnan(last_s) else last_s
         if (
             not math.isfinite(i)
             or abs(i) > s.max_c_rate * q_ah
@@ -314,7 +323,7 @@ class FleetEstimator:
         t_ok = math.isfinite(temperature_c) and -60.0 <= temperature_c <= 120.0
         if t_ok:
             self._last_temperature_c[pack] = float(temperature_c)
-        temp = self._last_temperature_c[pack]
+        temp = float(self._last_temperature_c[pack])
         v = float(cell_voltage_v)
         v_ok = (
             math.isfinite(v)
@@ -323,12 +332,12 @@ class FleetEstimator:
             <= cell.voltage_max_v + s.voltage_margin_v
         )
         partial = not (t_ok and v_ok)
-        x, p = self._x[pack], self._p[pack]
+        x, p = self._x[pack].tolist(), self._p[pack].tolist()
         self._last_time_s[pack] = now
         if not self._started[pack]:
             if not v_ok:
                 self.rejected[pack] += 1
-                self._last_time_s[pack] = None
+                self._last_time_s[pack] = math.nan
                 return
             r0, _, _ = cell.circuit(0.5, temp)
             x[0] = cell.soc_from_ocv(v + r0 * i)
@@ -337,7 +346,7 @@ class FleetEstimator:
             self.updates[pack] += 1
             if partial:
                 self.rejected[pack] += 1
-            self._publish(pack)
+            self._publish(pack, x, p)
             return
         if last is None:
             # First sample with a given initial SoC: it only starts the clock.
@@ -412,9 +421,10 @@ class FleetEstimator:
                 cell.model_error_ohm_at(soc_p) * i_c
             ) ** 2
             floor = s.voltage_std_v**2 + model_v + diffusion_v2
-            r_var = max(floor, self._innovation_var[pack])
-            self._innovation_var[pack] += s.innovation_smoothing * (
-                innovation * innovation - self._innovation_var[pack]
+            previous = float(self._innovation_var[pack])
+            r_var = max(floor, previous)
+            self._innovation_var[pack] = previous + s.innovation_smoothing * (
+                innovation * innovation - previous
             )
             consistent = innovation * innovation <= 9.0 * (predicted_var + floor)
             # Robust (Huber-like) step: an innovation beyond 3 standard deviations is
@@ -422,8 +432,9 @@ class FleetEstimator:
             r_var = max(r_var, innovation * innovation / 9.0 - predicted_var)
             innovation_var = predicted_var + r_var
             gain = [v_ / innovation_var for v_ in ph]
-            self._settled[pack] = self._settled[pack] + 1 if consistent else 0
-            if p[0][0] > s.learning_soc_std**2 or self._settled[pack] < s.learning_settle_updates:
+            settled = int(self._settled[pack]) + 1 if consistent else 0
+            self._settled[pack] = settled
+            if p[0][0] > s.learning_soc_std**2 or settled < s.learning_settle_updates:
                 # SoC not settled yet: its error would leak into the slow states.
                 gain[2] = gain[3] = gain[4] = 0.0
             for r in range(5):
@@ -446,13 +457,240 @@ class FleetEstimator:
         self.updates[pack] += 1
         if partial:
             self.rejected[pack] += 1
-        self._publish(pack)
+        self._publish(pack, x, p)
+
+    def update_many(
+        self,
+        packs: IntArray | Sequence[int],
+        now_s: FloatArray | float,
+        current_a: FloatArray,
+        cell_voltage_v: FloatArray,
+        temperature_c: FloatArray,
+    ) -> None:
+        """Fold one sample of each of several packs in at once, vectorised over the packs.
+
+        The result is that of :meth:`update` called for each pack in turn (to rounding:
+        the same arithmetic, in numpy); the cost is about that of a few scalar updates
+        whatever the number of packs. Samples that :meth:`update` would reject or only
+        partly accept, and a pack's first samples, go through :meth:`update`.
+
+        Args:
+            packs: Pack indices, each at most once.
+            now_s: Sample time per pack [s] (a scalar broadcasts).
+            current_a: Pack current per pack [A] (see :meth:`update`).
+            cell_voltage_v: Cell terminal voltage per pack [V].
+            temperature_c: Cell temperature per pack [°C].
+
+        Raises:
+            IndexError: If a pack is out of range.
+            ValueError: If a pack repeats or the arrays do not match ``packs``.
+
+        Example:
+            >>> from pulsebms.safety.state import PackRatings
+            >>> ratings = PackRatings(("NMC", "LFP"), np.array([14, 14]), np.array([4, 4]),
+            ...                       np.array([5.0, 2.3]), np.array([5000.0, 5000.0]))
+            >>> est = FleetEstimator(ratings, initial_soc=np.array([0.5, 0.5]))
+            >>> temps = np.full(2, 25.0)
+            >>> est.update_many([0, 1], 0.0, np.zeros(2), np.array([3.70, 3.26]), temps)
+            >>> est.update_many([0, 1], 10.0, np.full(2, 8.0), np.array([3.68, 3.24]), temps)
+            >>> est.updates.tolist()
+            [2, 2]
+        """
+        idx = np.asarray(packs, dtype=np.int64)
+        n = idx.size
+        if idx.ndim != 1:
+            raise ValueError(f"packs must be one-dimensional, got shape {idx.shape}")
+        if n and (idx.min() < 0 or idx.max() >= self.n_packs):
+            raise IndexError(f"packs {idx.tolist()} out of range for {self.n_packs} packs")
+        if len(set(idx.tolist())) != n:
+            raise ValueError(f"each pack at most once per call, got {idx.tolist()}")
+        arrays = []
+        for name, value in (
+            ("now_s", now_s),
+            ("current_a", current_a),
+            ("cell_voltage_v", cell_voltage_v),
+            ("temperature_c", temperature_c),
+        ):
+            arr = np.asarray(value, dtype=np.float64)
+            if arr.ndim == 0 and name == "now_s":
+                arr = np.full(n, float(arr))
+            if arr.shape != (n,):
+                raise ValueError(f"{name} must have shape ({n},), got {arr.shape}")
+            arrays.append(arr)
+        now, current, volt, temp = arrays
+        s = self.settings
+        q_ah = self._capacity_a[idx]
+        last = self._last_time_s[idx]
+        v_lo = self._voltage_window[idx, 0] - s.voltage_margin_v
+        v_hi = self._voltage_window[idx, 1] + s.voltage_margin_v
+        with np.errstate(invalid="ignore"):
+            i = current / self._parallel_a[idx]
+            fast = (
+                self._started[idx]
+                & np.isfinite(i)
+                & (np.abs(i) <= s.max_c_rate * q_ah)
+                & np.isfinite(now)
+                & (now > last)
+                & np.isfinite(temp)
+                & (temp >= -60.0)
+                & (temp <= 120.0)
+                & np.isfinite(volt)
+                & (volt >= v_lo)
+                & (volt <= v_hi)
+            )
+        for j in np.flatnonzero(~fast):
+            self.update(int(idx[j]), now[j], current[j], volt[j], temp[j])
+        if np.any(fast):
+            sel = idx[fast]
+            self._update_batch(sel, now[fast] - last[fast], i[fast], volt[fast], temp[fast])
+            self._last_time_s[sel] = now[fast]
+            self._last_temperature_c[sel] = temp[fast]
+
+    def _update_batch(
+        self, idx: IntArray, dt: FloatArray, i: FloatArray, v: FloatArray, temp: FloatArray
+    ) -> None:
+        """:meth:`update`'s predict and correct for accepted samples, vectorised over packs."""
+        s = self.settings
+        n = idx.size
+        q_ah = self._capacity_a[idx]
+        x = self._x[idx]
+        p = self._p[idx]
+        soc, v_rc, g, h, b = x.T
+        i_c = i - b
+        per_ah = dt / (3600.0 * q_ah)
+        soc_p = soc - i_c * per_ah / h
+        circuit = np.zeros((4, n))
+        ocv = np.zeros(n)
+        slope = np.zeros(n)
+        diffusion_v2 = np.zeros(n)
+        rate_factor = np.ones(n)
+        model_error = np.zeros(n)
+        rate = i_c / (3600.0 * q_ah * h)
+        abs_c = np.abs(i_c) / q_ah
+        group = self._group[idx]
+        for gid in sorted(set(group.tolist())):
+            sel = np.flatnonzero(group == gid)
+            cell = self._group_cells[gid]
+            sp, tp = soc_p[sel], temp[sel]
+            circuit[:, sel] = cell.circuit_arrays(sp, tp)
+            rate_factor[sel] = cell.rate_factor_array(abs_c[sel], tp)
+            model_error[sel] = cell.model_error_array(sp)
+            if cell.has_diffusion:
+                offsets = self._step_diffusion_many(
+                    idx[sel], cell.diffusion_times_array(tp), dt[sel], rate[sel]
+                )
+                surface_ocv, slope_p, slope_n = cell.surface_ocv_arrays(
+                    sp - offsets[0], sp - offsets[1]
+                )
+                ocv[sel] = surface_ocv
+                slope[sel] = slope_p - slope_n
+                kappa = s.diffusion_error_fraction
+                diffusion_v2[sel] = (kappa * slope_n * offsets[0]) ** 2 + (
+                    kappa * slope_p * offsets[1]
+                ) ** 2
+            else:
+                ocv[sel], slope[sel] = cell.ocv_and_slope_arrays(sp)
+        r0_p, r1, tau, asym = circuit
+        # ---- predict (as update())
+        a = np.exp(-dt / tau)
+        v_rc_p = a * v_rc + g * r1 * (1.0 - a) * i_c
+        f03 = i_c * per_ah / (h * h)
+        f04 = per_ah / h
+        f12 = r1 * (1.0 - a) * i_c
+        f14 = -g * r1 * (1.0 - a)
+        m = p.copy()
+        m[:, 0] = p[:, 0] + f03[:, None] * p[:, 3] + f04[:, None] * p[:, 4]
+        m[:, 1] = a[:, None] * p[:, 1] + f12[:, None] * p[:, 2] + f14[:, None] * p[:, 4]
+        p = m.copy()
+        p[:, :, 0] = m[:, :, 0] + f03[:, None] * m[:, :, 3] + f04[:, None] * m[:, :, 4]
+        p[:, :, 1] = a[:, None] * m[:, :, 1] + f12[:, None] * m[:, :, 2] + f14[:, None] * m[:, :, 4]
+        i_std = s.current_std_c_rate * q_ah + s.current_std_relative * np.abs(i)
+        diag = np.arange(_N_STATES)
+        p[:, diag, diag] += np.stack(
+            [
+                (i_std * per_ah / h) ** 2,
+                np.full(n, s.v_rc_walk_v**2) * dt,
+                np.full(n, s.resistance_walk**2) * dt,
+                np.full(n, s.soh_walk**2) * dt,
+                (s.offset_walk_c_rate * q_ah) ** 2 * dt,
+            ],
+            axis=1,
+        )
+        x[:, 0], x[:, 1] = soc_p, v_rc_p
+        # ---- correct (as update())
+        r0_p = r0_p * rate_factor
+        predicted_v = ocv - v_rc_p - g * r0_p * i_c + asym * np.abs(i_c)
+        d_asym = np.where(i_c < 0.0, asym, -asym)
+        h2, h4 = -r0_p * i_c, g * r0_p + d_asym
+        ph = (
+            slope[:, None] * p[:, :, 0]
+            - p[:, :, 1]
+            + h2[:, None] * p[:, :, 2]
+            + h4[:, None] * p[:, :, 4]
+        )
+        predicted_var = slope * ph[:, 0] - ph[:, 1] + h2 * ph[:, 2] + h4 * ph[:, 4]
+        innovation = v - predicted_v
+        model_v = (s.voltage_std_per_c_rate_v * abs_c) ** 2 + (model_error * i_c) ** 2
+        floor = s.voltage_std_v**2 + model_v + diffusion_v2
+        previous = self._innovation_var[idx]
+        r_var = np.maximum(floor, previous)
+        smoothed = previous + s.innovation_smoothing * (innovation * innovation - previous)
+        consistent = innovation * innovation <= 9.0 * (predicted_var + floor)
+        r_var = np.maximum(r_var, innovation * innovation / 9.0 - predicted_var)
+        innovation_var = predicted_var + r_var
+        gain = ph / innovation_var[:, None]
+        settled = np.where(consistent, self._settled[idx] + 1, 0)
+        gated = (p[:, 0, 0] > s.learning_soc_std**2) | (settled < s.learning_settle_updates)
+        gain[gated, 2:] = 0.0
+        x += gain * innovation[:, None]
+        rows, cols = _UPPER
+        skr = innovation_var[:, None] * gain[:, rows]
+        upper = (
+            p[:, rows, cols]
+            - gain[:, rows] * ph[:, cols]
+            - ph[:, rows] * gain[:, cols]
+            + skr * gain[:, cols]
+        )
+        p[:, rows, cols] = upper
+        p[:, cols, rows] = upper
+        x[:, 0] = np.minimum(np.maximum(x[:, 0], 0.0), 1.0)
+        x[:, 1] = np.minimum(np.maximum(x[:, 1], -1.0), 1.0)
+        lo, hi = s.resistance_factor_bounds
+        x[:, 2] = np.minimum(np.maximum(x[:, 2], lo), hi)
+        lo, hi = s.soh_bounds
+        x[:, 3] = np.minimum(np.maximum(x[:, 3], lo), hi)
+        b_max = s.max_offset_c_rate * q_ah
+        x[:, 4] = np.minimum(np.maximum(x[:, 4], -b_max), b_max)
+        self._x[idx] = x
+        self._p[idx] = p
+        self._innovation_var[idx] = smoothed
+        self._settled[idx] = settled
+        self.updates[idx] += 1
+        self.soc[idx] = x[:, 0]
+        self.soc_std[idx] = np.sqrt(np.maximum(p[:, 0, 0], 0.0))
+        self.soh[idx] = x[:, 3]
+        self.soh_std[idx] = np.sqrt(np.maximum(p[:, 3, 3], 0.0))
+        self.resistance_ohm[idx] = self._resistance_scale[idx] * x[:, 2]
+
+    def _step_diffusion_many(
+        self, packs: IntArray, tau_d: FloatArray, dt_s: FloatArray, rate: FloatArray
+    ) -> FloatArray:
+        """:meth:`_step_diffusion` for several packs of one circuit; offsets ``(2, n)``."""
+        modes = self._modes[packs].reshape(packs.size, 2, _N_MODES)
+        lam = np.asarray(_EIGENVALUES)
+        weights = np.asarray(_MODE_WEIGHTS_15)
+        decay = np.exp(-lam[None, None, :] * dt_s[:, None, None] / tau_d.T[:, :, None])
+        scale = tau_d.T * rate[:, None]  # (pack, electrode)
+        modes = decay * modes + (1.0 - decay) * weights * scale[:, :, None]
+        self._modes[packs] = modes.reshape(packs.size, -1)
+        offsets = _INSTANT_WEIGHT_15 * scale + modes.sum(axis=2)
+        return np.asarray(offsets.T, dtype=np.float64)
 
     def _step_diffusion(
         self, pack: int, cell: EcmCell, temperature_c: float, dt_s: float, rate: float
     ) -> tuple[float, float]:
         """Advance ``pack``'s diffusion modes by a step at SoC ``rate``; its offsets (n, p)."""
-        modes = self._modes[pack]
+        modes = self._modes[pack].tolist()
         offsets = [0.0, 0.0]
         for e, tau in enumerate(cell.diffusion_times_s(temperature_c)):
             scale = tau * rate
@@ -464,6 +702,7 @@ class FleetEstimator:
                 modes[base + j] = m
                 total += m
             offsets[e] = total
+        self._modes[pack] = modes
         return offsets[0], offsets[1]
 
     def disagreement(

@@ -433,3 +433,49 @@ def test_hil_simulator_noise_hook_changes_only_the_sensor_readings() -> None:
         dv = noisy[pack]["cell_voltage_v"] - exact[pack]["cell_voltage_v"]
         assert 0.0 < abs(dv) <= 0.031
         assert noisy[pack]["soc"] == exact[pack]["soc"]
+
+
+def test_update_many_gives_the_scalar_updates_result() -> None:
+    """The vectorised batch against :meth:`update` per pack, bad samples included."""
+    chems = ("LFP", "NMC", "LCO", "NMC", "LFP")
+    cells = [EcmCell.load(c) for c in chems]
+    ratings = PackRatings(
+        chemistry=chems,
+        series=np.full(5, 14, dtype=np.int64),
+        parallel=np.array([4, 4, 20, 2, 4], dtype=np.int64),
+        cell_capacity_ah=np.array([c.capacity_ah for c in cells]),
+        rated_power_w=np.full(5, 5000.0),
+    )
+    initial = np.array([0.8, 0.3, np.nan, 0.6, 0.5])  # pack 2 starts from its first voltage
+    scalar = FleetEstimator(ratings, initial_soc=initial)
+    batch = FleetEstimator(ratings, initial_soc=initial)
+    rng = np.random.default_rng(11)
+    soc = np.array([0.6, 0.4, 0.5, 0.7, 0.3])
+    for k in range(250):
+        c_rate = rng.uniform(-0.5, 1.0, 5) * (k % 40 < 30)
+        current = c_rate * ratings.cell_capacity_ah * ratings.parallel
+        soc = np.clip(soc - c_rate * DT_S / 3600.0, 0.05, 0.95)
+        volt = np.array([float(c.ocv_v(s_)) for c, s_ in zip(cells, soc, strict=True)])
+        volt += rng.uniform(-0.01, 0.01, 5) - 0.03 * c_rate
+        temp = rng.uniform(20.0, 30.0, 5)
+        now = np.full(5, k * DT_S)
+        if k == 50:  # bad samples: each goes through update()'s checks
+            current[0], volt[1], temp[3], now[4] = np.nan, np.inf, np.nan, -1.0
+        packs = rng.permutation(5)[: 3 + k % 3]  # a changing subset, in any order
+        for j in packs:
+            scalar.update(int(j), now[j], current[j], volt[j], temp[j])
+        batch.update_many(packs, now[packs], current[packs], volt[packs], temp[packs])
+    for name in ("soc", "soc_std", "soh", "soh_std", "resistance_ohm"):
+        np.testing.assert_allclose(
+            getattr(batch, name), getattr(scalar, name), rtol=1e-9, err_msg=name
+        )
+    np.testing.assert_array_equal(batch.updates, scalar.updates)
+    np.testing.assert_array_equal(batch.rejected, scalar.rejected)
+    assert scalar.rejected.sum() == 4
+    assert np.all(np.abs(scalar.soc - soc) < 0.15)  # a working filter, not just equal ones
+    with pytest.raises(ValueError, match="at most once"):
+        batch.update_many([1, 1], 1e6, np.zeros(2), np.full(2, 3.7), np.full(2, 25.0))
+    with pytest.raises(IndexError):
+        batch.update_many([5], 1e6, np.zeros(1), np.full(1, 3.7), np.full(1, 25.0))
+    with pytest.raises(ValueError, match="current_a"):
+        batch.update_many([0, 1], 1e6, np.zeros(3), np.full(2, 3.7), np.full(2, 25.0))
