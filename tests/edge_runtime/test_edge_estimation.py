@@ -479,3 +479,27 @@ def test_update_many_gives_the_scalar_updates_result() -> None:
         batch.update_many([5], 1e6, np.zeros(1), np.full(1, 3.7), np.full(1, 25.0))
     with pytest.raises(ValueError, match="current_a"):
         batch.update_many([0, 1], 1e6, np.zeros(3), np.full(2, 3.7), np.full(2, 25.0))
+
+
+@pytest.mark.slow
+def test_benchmark_cli_reports_its_settings_and_rows(capsys: pytest.CaptureFixture[str]) -> None:
+    """``pulsebms-bench estimation`` on the fast ECM twin (a few seconds): the RESULT line."""
+    pytest.importorskip("pybamm")
+    from pulsebms.benchmarks.estimation import main
+
+    code = main(["--fidelity", "ecm", "--cycles", "2", "--temperature-c", "10", "--seed", "3"])
+    out = capsys.readouterr().out
+    assert "ambient 10 °C" in out
+    assert "from the end of the first full cycle" in out
+    result = json.loads(out.strip().splitlines()[-1].removeprefix("RESULT "))
+    assert result["ambient_c"] == 10.0  # --temperature-c is --ambient-c
+    assert result["fidelity"] == "ecm"
+    assert result["model"] is None
+    assert result["seed"] == 3
+    assert [r["chemistry"] for r in result["rows"]] == ["LFP", "NMC", "LCO"]
+    for row in result["rows"]:
+        assert row["cycles"] == 2
+        assert not row["faulted"]
+        assert 0.0 <= row["soc_rmse_pct"] <= row["soc_max_error_pct"] < 25.0
+        assert math.isfinite(row["soh_error_pct"])
+    assert code == (0 if result["targets_met"] else 1)
