@@ -154,6 +154,12 @@ class EstimatorSettings:
 class FleetEstimator:
     """SoC, SoH and resistance of every pack of a fleet from current, voltage and temperature.
 
+    :meth:`update` folds in one pack's sample (the runtime's per-frame path, plain Python
+    floats); :meth:`update_many` folds in one sample of each of several packs at once with
+    the same result, vectorised over the packs: cheaper from about 30 packs a call on
+    (≈3× less CPU per pack at 100 packs, ≈5× at 300; its fixed cost is that of ~20–30 scalar
+    updates).
+
     Args:
         ratings: The fleet's pack ratings (chemistry, counts, cell capacity).
         initial_soc: Initial SoC per pack (None: read from each pack's first voltage).
