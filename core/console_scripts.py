@@ -40,6 +40,7 @@ __all__ = [
     "edge",
     "evaluate",
     "export",
+    "fleet",
     "hil",
     "missing_extra_message",
     "run_script",
@@ -155,6 +156,9 @@ SCRIPTS: Mapping[str, ConsoleScript] = MappingProxyType(
             ConsoleScript("pulsebms-edge", "pulsebms.edge_runtime.cli:main", ("edge",)),
             ConsoleScript("pulsebms-hil", "pulsebms.hil.cli:main", ("sim", "edge")),
             ConsoleScript(
+                "pulsebms-fleet", "pulsebms.services.fleet.cli:main", ("services", "export")
+            ),
+            ConsoleScript(
                 "pulsebms-bench", "pulsebms.benchmarks.cli:main", ("sim", "edge", "train", "rllib")
             ),
         )
@@ -245,6 +249,11 @@ def edge() -> int:
 def hil() -> int:
     """``pulsebms-hil`` (needs ``sim`` and ``edge``)."""
     return run_script("pulsebms-hil")
+
+
+def fleet() -> int:
+    """``pulsebms-fleet`` (needs ``services``; ``export`` to build its tiny policy)."""
+    return run_script("pulsebms-fleet")
 
 
 def bench() -> int:

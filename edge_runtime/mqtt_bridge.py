@@ -105,6 +105,7 @@ FALLBACKS: tuple[str, ...] = ("local", "hold", "zero")
 """What the edge does when the allocation is stale: its own policy, the last allocation, 0."""
 
 _FALLBACK_MODE = {"local": "local_policy", "hold": "hold", "zero": "hold"}
+_LOG_FIRST = 10  # drops and refusals logged one by one before every 1000th only
 _MIN_CAP_A = 1e-3  # PackLimits needs current_min_a < current_max_a: a zero cap is ±1 mA
 
 
@@ -218,6 +219,13 @@ class AllocationPolicy:
         if alloc is None:
             return None
         return max((self.clock() if now_s is None else now_s) - alloc.received_s, 0.0)
+
+    def allocated_action(self, now_s: float | None = None) -> FloatArray | None:
+        """The fresh allocation's normalised set-points, ``None`` when stale or none."""
+        alloc = self._allocation
+        if alloc is None or not self.fresh(now_s):
+            return None
+        return alloc.action.copy()
 
     @property
     def allocation_seq(self) -> int | None:
@@ -426,6 +434,7 @@ class MqttBridge:
         connect_timeout_s: float = 10.0,
         session: str | None = None,
         clock: Callable[[], float] = time.time,
+        link_options: Mapping[str, Any] | None = None,
         **options: Any,
     ) -> MqttBridge:
         """Build the link (persistent session, last will) and the bridge; connect.
@@ -445,6 +454,8 @@ class MqttBridge:
                 the link keeps retrying in the background (the edge runs meanwhile).
             session: Run id (fresh by default).
             clock: The bridge's clock.
+            link_options: Further :class:`~pulsebms.edge_runtime.mqtt_link.MqttLink`
+                arguments (``reconnect_max_delay_s``, ``keepalive_s``, ...).
             **options: Other :class:`MqttBridge` arguments.
 
         Returns:
@@ -465,6 +476,7 @@ class MqttBridge:
             password=password,
             tls=tls,
             will=offline_will(site, device, run_id, timestamp_s=max(clock(), 0.0)),
+            **dict(link_options or {}),
         )
         try:
             bridge = cls(
@@ -639,9 +651,22 @@ class MqttBridge:
             return queued
 
     def _status_key(self, now_s: float) -> tuple[Any, ...]:
-        return (self._mode(now_s), tuple(self.runtime.safe.tolist()))
+        return (self.mode(now_s), tuple(self.runtime.safe.tolist()))
 
-    def _mode(self, now_s: float) -> str:
+    @property
+    def rated_power_w(self) -> FloatArray:
+        """Rated power of each pack [W]."""
+        return self._rated_w.copy()
+
+    def allocation_w(self, now_s: float | None = None) -> FloatArray:
+        """The coordinator's set-points for this device's packs now [W] (NaN: stale/none)."""
+        action = self.policy.allocated_action(now_s)
+        if action is None:
+            return np.full(self.runtime.n_packs, np.nan)
+        return action * self._rated_w
+
+    def mode(self, now_s: float | None = None) -> str:
+        """The status mode now (``coordinator``, ``local_policy``, ``hold``, ``safe``, ...)."""
         rt = self.runtime
         if rt.stopping:
             return "stopped"
@@ -659,7 +684,7 @@ class MqttBridge:
     ) -> dict[str, Any]:
         """The status message (not published)."""
         now = self.clock() if now_s is None else now_s
-        mode = self._mode(now) if mode is None else mode
+        mode = self.mode(now) if mode is None else mode
         safe = self.runtime.safe
         held = self.runtime.held
         report = self.runtime.last_report
@@ -715,7 +740,13 @@ class MqttBridge:
     def _drop(self, kind: str, reason: str, detail: str) -> None:
         self.counters[f"{kind}_dropped"] += 1
         self.counters[f"{kind}_dropped_{reason}"] += 1
-        logger.warning("%s dropped (%s): %s", kind, reason, detail)
+        self._log(self.counters[f"{kind}_dropped"], "%s dropped (%s): %s", kind, reason, detail)
+
+    @staticmethod
+    def _log(n: int, text: str, *args: object) -> None:
+        """Log the first ten of a kind, then every 1000th (a flood must not flood the log)."""
+        if n <= _LOG_FIRST or n % 1000 == 0:
+            logger.warning(text + (f" (#{n})" if n > _LOG_FIRST else ""), *args)
 
     def handle_allocation(self, topic: str, payload: bytes | bytearray | str) -> None:
         """One message from the allocation topic; applied, or counted and dropped."""
@@ -783,7 +814,7 @@ class MqttBridge:
     def _refuse(self, reason: str, detail: str) -> None:
         self.counters["commands_refused"] += 1
         self.counters[f"commands_refused_{reason}"] += 1
-        logger.warning("command refused (%s): %s", reason, detail)
+        self._log(self.counters["commands_refused"], "command refused (%s): %s", reason, detail)
 
     def _apply_command(self, topic: str, msg: dict[str, Any]) -> None:
         try:
