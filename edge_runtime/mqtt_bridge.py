@@ -417,6 +417,10 @@ class MqttBridge:
         self._stopped = False
         self.link = link
         self._close_link = close_link
+        # Registered now, so that a link connected afterwards subscribes both in its first
+        # SUBSCRIBE (a command sent right after the connection is not missed).
+        link.subscribe_raw(self.allocation_topic, self.handle_allocation, qos=QOS["allocation"])
+        link.subscribe_raw(self.commands_topic, self.handle_command, qos=QOS["commands"])
 
     @classmethod
     def connect(
@@ -497,14 +501,12 @@ class MqttBridge:
 
     # ------------------------------------------------------------ lifecycle
     def start(self, *, thread: bool = True) -> None:
-        """Subscribe, announce ``online`` and (with ``thread``) publish on a thread.
+        """Announce ``online`` and (with ``thread``) publish from a thread of the bridge.
 
         Without ``thread`` the caller calls :meth:`step` from its loop (a lock-step driver).
+        The subscriptions (allocation, commands) were registered with the link at
+        construction.
         """
-        self.link.subscribe_raw(
-            self.allocation_topic, self.handle_allocation, qos=QOS["allocation"]
-        )
-        self.link.subscribe_raw(self.commands_topic, self.handle_command, qos=QOS["commands"])
         self.step()
         if thread and self._thread is None:
             self._stop.clear()
