@@ -213,6 +213,13 @@ def build_parser() -> argparse.ArgumentParser:
     mqtt.add_argument("--mqtt-client-id", help="MQTT client id (default pulsebms-SITE-DEVICE)")
     mqtt.add_argument("--mqtt-tls-ca", help="CA file: connect with TLS, verifying the broker")
     mqtt.add_argument(
+        "--mqtt-connect-timeout-s",
+        type=_non_negative,
+        default=10.0,
+        help="wait this long for the broker at start [s] (default 10); the edge then runs "
+        "anyway and the link keeps retrying",
+    )
+    mqtt.add_argument(
         "--mqtt-telemetry-period-s",
         type=_positive,
         default=1.0,
@@ -276,6 +283,7 @@ def _mqtt_bridge(args: argparse.Namespace, runtime: EdgeRuntime) -> Any:
         allocation_timeout_s=args.allocation_timeout_s,
         fallback=args.fallback,
         allowed_issuers=args.mqtt_issuer,
+        connect_timeout_s=args.mqtt_connect_timeout_s,
     )
 
 
