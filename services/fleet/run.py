@@ -185,7 +185,11 @@ class TelemetryAudit:
         self.received: dict[str, set[int]] = {}
         """Device → telemetry seqs received (any session)."""
         self.duplicates = 0
+        """Messages that arrived again (same device and seq)."""
+        self.out_of_order = 0
+        """Messages that arrived after one with a higher seq of the same device."""
         self.malformed = 0
+        self._highest: dict[str, int] = {}
 
     def handle(self, topic: str, payload: bytes) -> None:
         """One raw telemetry message (never raises)."""
@@ -200,7 +204,10 @@ class TelemetryAudit:
             seq = int(msg["seq"])
             if seq in seqs:
                 self.duplicates += 1
+            elif seq < self._highest.get(str(msg["device"]), -1):
+                self.out_of_order += 1
             seqs.add(seq)
+            self._highest[str(msg["device"])] = max(seq, self._highest.get(str(msg["device"]), -1))
 
     def missing(self, sent: Mapping[str, Sequence[int]]) -> dict[str, list[int]]:
         """Device → seqs sent that have not arrived."""
@@ -236,10 +243,16 @@ class FleetReport:
         telemetry_sent: Telemetry messages the edges queued.
         telemetry_received: Of those, how many reached the site (audit subscriber).
         telemetry_lost: ``telemetry_sent − telemetry_received`` (must be 0).
+        telemetry_duplicates: Telemetry messages that arrived more than once (QoS 1
+            redeliveries after a reconnect; receivers drop them by ``seq``).
+        telemetry_out_of_order: Telemetry messages that arrived after a later one of the
+            same edge (a reconnect's queue overtaken; a sequence-checking receiver such as
+            the coordinator keeps the newer state and counts these as out of order).
         coordinator_telemetry: Telemetry messages the coordinator accepted.
         fallbacks: Switches of an edge from the coordinator's allocation to its fallback.
         fallback_ticks: Edge ticks run on the fallback (summed over edges).
         events: What was injected, one line each.
+        event_times_s: When, in the traces' time [s].
         per_edge: Counters of each edge (bridge, runtime, link).
         coordinator: The coordinator's counters.
         traces: Per-tick traces.
@@ -264,10 +277,13 @@ class FleetReport:
     telemetry_sent: int
     telemetry_received: int
     telemetry_lost: int
+    telemetry_duplicates: int
+    telemetry_out_of_order: int
     coordinator_telemetry: int
     fallbacks: int
     fallback_ticks: int
     events: list[str]
+    event_times_s: list[float]
     per_edge: dict[str, dict[str, Any]]
     coordinator: dict[str, Any]
     traces: FleetTraces = field(repr=False)
@@ -299,7 +315,9 @@ class FleetReport:
             f"violations              {self.violations} (twin {self.twin_violations}, "
             f"telemetry {self.telemetry_violations})",
             f"telemetry delivered     {self.telemetry_received}/{self.telemetry_sent} "
-            f"(lost {self.telemetry_lost}; coordinator accepted {self.coordinator_telemetry})",
+            f"(lost {self.telemetry_lost}, duplicates {self.telemetry_duplicates}, "
+            f"out of order {self.telemetry_out_of_order}; "
+            f"coordinator accepted {self.coordinator_telemetry})",
             f"stale-allocation fallbacks {self.fallbacks} ({self.fallback_ticks} edge ticks)",
             "OK" if self.ok else "FAILED: violations or telemetry lost",
         ]
@@ -422,6 +440,17 @@ def run_fleet(
         raise ValueError("n_edges and n_ticks must be >= 1")
     if not (math.isfinite(speed) and speed > 0):
         raise ValueError(f"speed must be > 0, got {speed}")
+    if not (math.isfinite(period_s) and period_s > 0):
+        raise ValueError(f"period_s must be > 0, got {period_s}")
+    if fallback not in ("local", "hold", "zero"):
+        raise ValueError(f"fallback must be local, hold or zero, got {fallback!r}")
+    planned = tuple(default_events(n_ticks, n_edges) if events is None else events)
+    for ev in planned:
+        if not 0 <= ev.edge < n_edges:
+            raise ValueError(f"event for edge {ev.edge}, there are {n_edges}")
+        if ev.kind == "pack_silent" and ev.pack is None:
+            raise ValueError("a pack_silent event needs its pack")
+    host_port = None if broker is None else _host_port(broker)
     say = progress or (lambda _line: None)
     if manifest_path is None:
         say(f"policy: building a tiny exported policy in {workdir} (once)")
@@ -429,17 +458,13 @@ def run_fleet(
     manifest = load_manifest(manifest_path)
     dt_s = float(manifest.dt_s)
     timeout_s = 2.0 * period_s if allocation_timeout_s is None else float(allocation_timeout_s)
-    planned = tuple(default_events(n_ticks, n_edges) if events is None else events)
-    for ev in planned:
-        if not 0 <= ev.edge < n_edges:
-            raise ValueError(f"event for edge {ev.edge}, there are {n_edges}")
     devices = [f"edge-{i}" for i in range(n_edges)]
     clock = SimClock(start_s=float(int(time.time())))
     t0 = clock()
     with contextlib.ExitStack() as stack:
         # ---- broker
         credentials: dict[str, tuple[str | None, str | None]] = {}
-        if broker is None:
+        if host_port is None:
             from pulsebms.services.broker import EmbeddedBroker, site_users
 
             users = site_users([site], ("edge", "coordinator", "monitor"))
@@ -451,7 +476,7 @@ def run_fleet(
                 credentials[u.role] = (u.username, u.password)
             broker_name = f"embedded {host}:{port}"
         else:
-            host, port = _host_port(broker)
+            host, port = host_port
             for role in ("edge", "coordinator", "monitor"):
                 credentials[role] = (broker_username, broker_password)
             broker_name = f"external {host}:{port}"
@@ -507,7 +532,10 @@ def run_fleet(
                 codec=codec,
                 tick_s=dt_s,
                 clock=clock,
-                stale_after_s=2.5 * dt_s,
+                # The twin sends every pack's telemetry once per tick, at the tick's time:
+                # a pack whose telemetry of this tick is missing is stale at this tick (a
+                # longer watchdog would let the shield plan on last tick's readings).
+                stale_after_s=0.5 * dt_s,
                 recovery_hold_s=2.0 * dt_s,
             )
             line = CuttableLine(host, port).start()
@@ -543,6 +571,7 @@ def run_fleet(
         for ev in planned:
             by_tick.setdefault(ev.tick, []).append(ev)
         happened: list[str] = []
+        happened_s: list[float] = []
         tick_wall_s = dt_s / speed
         start = time.monotonic()
         for tick in range(n_ticks):
@@ -552,12 +581,12 @@ def run_fleet(
                 elif ev.kind == "edge_online":
                     edges[ev.edge].line.restore()
                 happened.append(ev.describe(devices))
+                happened_s.append(clock() - t0)
                 say(f"event: {happened[-1]}")
             for edge in edges:
                 _edge_tick(edge, tick, seed, traces, clock() - t0)
+                edge.bridge.step()  # telemetry of this tick, stamped with its time
             clock.advance(dt_s)
-            for edge in edges:
-                edge.bridge.step()
             delay = start + (tick + 1) * tick_wall_s - time.monotonic()
             if delay > 0:
                 time.sleep(delay)
@@ -608,10 +637,13 @@ def run_fleet(
             telemetry_sent=telemetry_sent,
             telemetry_received=telemetry_sent - lost,
             telemetry_lost=lost,
+            telemetry_duplicates=audit.duplicates,
+            telemetry_out_of_order=audit.out_of_order,
             coordinator_telemetry=int(coordinator_stats.get("telemetry_accepted", 0)),
             fallbacks=sum(e.bridge.policy.fallbacks for e in edges),
             fallback_ticks=sum(e.bridge.policy.fallback_acts for e in edges),
             events=happened,
+            event_times_s=happened_s,
             per_edge=per_edge,
             coordinator=coordinator_stats,
             traces=traces,

@@ -19,7 +19,14 @@ from typing import Any
 import can
 import numpy as np
 import pytest
-from edge_helpers import GOOD, N_PACKS, ConstantPolicy, FakeClock, make_manifest
+from edge_helpers import (
+    GOOD,
+    N_PACKS,
+    ConstantPolicy,
+    FakeClock,
+    collect_broker_garbage,
+    make_manifest,
+)
 
 from pulsebms.core.messaging import (
     allocation_topic,
@@ -54,6 +61,7 @@ def broker() -> Iterator[Broker]:
     server.start()
     yield server
     server.close()
+    collect_broker_garbage()
 
 
 def wait_for(predicate: Callable[[], bool], timeout_s: float = 10.0) -> bool:
@@ -472,6 +480,7 @@ def test_last_will_marks_the_edge_offline_for_the_coordinator(
         packs = [(rig.device, p) for p in ("p0", "p1", "p2")]
         try:
             rig.tick()
+            rig.tick()  # telemetry again, 60 s later (the watcher subscribed meanwhile)
             assert wait_for(lambda: fleet.usable() == packs)
             line.cut()  # the edge's network is gone: no DISCONNECT, the broker sends the will
             assert wait_for(lambda: fleet.online.get(rig.device) is False)
@@ -528,9 +537,13 @@ def test_broker_killed_mid_run_can_control_goes_on_and_telemetry_resumes() -> No
             assert rig.link.stats()["published_offline"] >= 3
             server.start()
             assert rig.link.wait_connected(15.0)
-            rig.tick()
-            assert wait_for(lambda: 5 in received(), timeout_s=15.0)  # telemetry resumes
-            assert rig.bridge.counters["telemetry_sent"] == 6
+            assert mon.link.wait_connected(15.0)
+
+            def resumed() -> bool:  # the monitor re-subscribes after a crash lost its session
+                rig.tick()
+                return wait_for(lambda: max(received()) >= 5, timeout_s=0.5)
+
+            assert wait_for(resumed, timeout_s=15.0)  # telemetry resumes
         finally:
             rig.close()
             mon.link.close()

@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from edge_helpers import constant_onnx, make_manifest
+from edge_helpers import collect_broker_garbage, constant_onnx, make_manifest
 
 from pulsebms.core.messaging import site_filter
 from pulsebms.edge_runtime.cli import main as edge_main
@@ -26,6 +26,7 @@ def broker() -> Iterator[EmbeddedBroker]:
     server.start()
     yield server
     server.close()
+    collect_broker_garbage()
 
 
 @pytest.fixture
