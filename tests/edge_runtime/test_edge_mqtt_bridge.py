@@ -24,7 +24,6 @@ from edge_helpers import (
     N_PACKS,
     ConstantPolicy,
     FakeClock,
-    collect_broker_garbage,
     make_manifest,
 )
 
@@ -38,30 +37,13 @@ from pulsebms.edge_runtime.mqtt_bridge import AllocationPolicy, MqttBridge
 from pulsebms.edge_runtime.mqtt_link import MqttLink, offline_will
 from pulsebms.edge_runtime.runtime import EdgeRuntime, SafeReason, TickReport
 from pulsebms.edge_runtime.site import FixedSite
-from pulsebms.services.broker import Broker, EmbeddedBroker, MosquittoBroker, site_users
+from pulsebms.services.broker import Broker
 from pulsebms.services.coordinator.state import FleetState
 from pulsebms.services.fleet.netcut import CuttableLine
 
-SITE, OTHER = "site-a", "site-b"
-PASSWORD = "pw-test"
+OTHER = "site-b"  # a fixed site of the shared brokers (tests/broker_fixtures.py)
 T0 = 1_750_000_000.0  # a UNIX time: message timestamps are UNIX seconds
 _channels = itertools.count()
-
-
-def _users() -> list[Any]:
-    return site_users(
-        [SITE, OTHER], ("edge", "coordinator", "operator", "monitor"), password=PASSWORD
-    )
-
-
-@pytest.fixture(scope="module")
-def broker() -> Iterator[Broker]:
-    """The embedded broker (amqtt), shared by this module's tests (client ids are unique)."""
-    server = EmbeddedBroker(_users())
-    server.start()
-    yield server
-    server.close()
-    collect_broker_garbage()
 
 
 def wait_for(predicate: Callable[[], bool], timeout_s: float = 10.0) -> bool:
@@ -90,48 +72,55 @@ class Monitor:
 
 
 def _client(broker: Broker, user: str, **kw: Any) -> MqttLink:
+    kw.setdefault("clean_start", True)
     return broker.link(user, f"{user}-{uuid.uuid4().hex[:8]}", reconnect_max_delay_s=0.5, **kw)
 
 
-@pytest.fixture(scope="module")
-def coordinator(broker: Broker) -> Iterator[MqttLink]:
-    link = _client(broker, f"coordinator-{SITE}", clean_start=True)
-    assert link.connect(timeout_s=10.0)
-    yield link
-    link.close()
+@pytest.fixture
+def broker(mosquitto_broker: Broker) -> Broker:
+    """The shared Mosquitto (tests that also run on the embedded broker take ``mqtt_broker``)."""
+    return mosquitto_broker
 
 
-@pytest.fixture(scope="module")
-def operator(broker: Broker) -> Iterator[MqttLink]:
-    link = _client(broker, f"operator-{SITE}", clean_start=True)
-    assert link.connect(timeout_s=10.0)
-    yield link
-    link.close()
-
-
-@pytest.fixture(scope="module")
-def site_monitor(broker: Broker) -> Iterator[Monitor]:
-    link = _client(broker, f"monitor-{SITE}", clean_start=True)
-    mon = Monitor(link)
-    link.subscribe(site_filter(SITE), lambda topic, msg: mon.messages.append((topic, msg)))
-    assert link.connect(timeout_s=10.0)
+@pytest.fixture
+def monitor(mqtt_site: str, request: pytest.FixtureRequest) -> Iterator[Monitor]:
+    broker: Broker = request.getfixturevalue(
+        "mqtt_broker" if "mqtt_broker" in request.fixturenames else "broker"
+    )
+    mon = Monitor(_client(broker, f"monitor-{mqtt_site}"))
+    mon.link.subscribe(site_filter(mqtt_site), lambda t, m: mon.messages.append((t, m)))
+    assert mon.link.connect(timeout_s=10.0)
     yield mon
+    mon.link.close()
+
+
+def _role_link(request: pytest.FixtureRequest, role: str) -> Iterator[MqttLink]:
+    broker: Broker = request.getfixturevalue(
+        "mqtt_broker" if "mqtt_broker" in request.fixturenames else "broker"
+    )
+    link = _client(broker, f"{role}-{request.getfixturevalue('mqtt_site')}")
+    assert link.connect(timeout_s=10.0)
+    yield link
     link.close()
 
 
 @pytest.fixture
-def monitor(site_monitor: Monitor, coordinator: MqttLink) -> Iterator[Monitor]:
-    """The site's messages of this test; the retained allocation is cleared after it."""
-    site_monitor.messages.clear()
-    yield site_monitor
-    coordinator.publish_bytes(allocation_topic(SITE), b"", 1, retain=True)
-    assert wait_for(lambda: coordinator.pending() == 0)
+def coordinator(request: pytest.FixtureRequest) -> Iterator[MqttLink]:
+    yield from _role_link(request, "coordinator")
+
+
+@pytest.fixture
+def operator(request: pytest.FixtureRequest) -> Iterator[MqttLink]:
+    yield from _role_link(request, "operator")
 
 
 class Rig:
     """Runtime + bridge + the pack side of the CAN bus, on one settable clock."""
 
-    def __init__(self, broker: Broker, *, port: int | None = None, **bridge_kw: Any) -> None:
+    def __init__(
+        self, broker: Broker, site: str, *, port: int | None = None, **bridge_kw: Any
+    ) -> None:
+        self.site = site
         self.device = f"edge-{uuid.uuid4().hex[:8]}"
         self.clock = FakeClock()
         self.clock.now_s = T0
@@ -150,14 +139,14 @@ class Rig:
             site_source=FixedSite(600.0),
         )
         session = uuid.uuid4().hex[:12]
-        user = broker.users[f"edge-{SITE}"]
+        user = broker.users[f"edge-{site}"]
         self.link = MqttLink(
             self.device,
             broker.host,
             broker.port if port is None else port,
             username=user.username,
             password=user.password,
-            will=offline_will(SITE, self.device, session),
+            will=offline_will(site, self.device, session),
             reconnect_max_delay_s=0.5,
             keepalive_s=5,
         )
@@ -169,7 +158,7 @@ class Rig:
         self.bridge = MqttBridge(
             self.runtime,
             self.link,
-            site=SITE,
+            site=site,
             device=self.device,
             session=session,
             clock=self.clock,
@@ -224,7 +213,7 @@ class Rig:
     ) -> dict[str, Any]:
         """An allocation for this device's packs (and one of another device)."""
         return {
-            "site": SITE,
+            "site": self.site,
             "session": "coordinator-run",
             "seq": next(self._alloc_seq) if seq is None else seq,
             "timestamp_s": self.clock() - age_s,
@@ -242,7 +231,7 @@ class Rig:
     def command(self, name: str, *, age_s: float = 0.0, **fields: Any) -> dict[str, Any]:
         """A command to this device from issuer ``ops``."""
         return {
-            "site": SITE,
+            "site": self.site,
             "device": self.device,
             "session": "ops-console",
             "seq": next(self._cmd_seq),
@@ -254,7 +243,11 @@ class Rig:
 
     @property
     def commands_topic(self) -> str:
-        return commands_topic(SITE, self.device)
+        return commands_topic(self.site, self.device)
+
+    @property
+    def allocation_topic(self) -> str:
+        return allocation_topic(self.site)
 
     def wait_counter(self, name: str, value: int) -> bool:
         return wait_for(lambda: self.bridge.counters[name] >= value)
@@ -266,8 +259,11 @@ class Rig:
 
 
 @pytest.fixture
-def rig(broker: Broker, monitor: Monitor) -> Iterator[Rig]:
-    r = Rig(broker).connect(monitor)
+def rig(request: pytest.FixtureRequest, mqtt_site: str, monitor: Monitor) -> Iterator[Rig]:
+    broker: Broker = request.getfixturevalue(
+        "mqtt_broker" if "mqtt_broker" in request.fixturenames else "broker"
+    )
+    r = Rig(broker, mqtt_site).connect(monitor)
     yield r
     r.close()
 
@@ -276,13 +272,13 @@ def rig(broker: Broker, monitor: Monitor) -> Iterator[Rig]:
 
 
 def test_allocation_goes_through_the_shield_and_telemetry_reports_it(
-    rig: Rig, coordinator: MqttLink, monitor: Monitor
+    mqtt_broker: Broker, rig: Rig, coordinator: MqttLink, monitor: Monitor
 ) -> None:
     rig.tick()
     # p0 +500 W is safe; p1 is all but full (SoC 0.944, the shield keeps 0.945): charging it
     # is not; p2 asks 5x its rating, which the bridge first keeps in the action space.
     msg = rig.allocation({"p0": 500.0, "p1": -800.0, "p2": 5000.0})
-    coordinator.publish("allocation", allocation_topic(SITE), msg)
+    coordinator.publish("allocation", rig.allocation_topic, msg)
     assert rig.wait_counter("allocation_applied", 1)
     report = rig.tick({1: {"soc": 0.944}})
     assert report.policy_action.tolist() == pytest.approx([0.5, -0.8, 1.0])
@@ -311,7 +307,7 @@ def test_stale_allocation_falls_back_and_status_says_so(
         return statuses[-1] if statuses else {}
 
     assert wait_for(lambda: last_status().get("mode") == "local_policy")  # none received yet
-    coordinator.publish("allocation", allocation_topic(SITE), rig.allocation({"p0": 300.0}))
+    coordinator.publish("allocation", rig.allocation_topic, rig.allocation({"p0": 300.0}))
     assert rig.wait_counter("allocation_applied", 1)
     assert rig.tick().policy_action.tolist() == pytest.approx([0.3, 0.0, 0.0])
     assert wait_for(lambda: last_status().get("mode") == "coordinator")
@@ -349,7 +345,7 @@ def test_hold_and_zero_fallbacks(fallback: str, expected: list[float]) -> None:
 def test_malformed_and_out_of_order_allocations_are_counted_and_dropped(
     rig: Rig, coordinator: MqttLink
 ) -> None:
-    topic = allocation_topic(SITE)
+    topic = rig.allocation_topic
     coordinator.publish("allocation", topic, rig.allocation({"p0": 100.0}, seq=5))
     assert rig.wait_counter("allocation_applied", 1)
     coordinator.publish_bytes(topic, b"\xff not json", 1)
@@ -377,11 +373,11 @@ def test_malformed_and_out_of_order_allocations_are_counted_and_dropped(
 
 
 def test_commands_are_authorised_per_site_device_issuer_and_sequence(
-    broker: Broker, operator: MqttLink, monitor: Monitor
+    mqtt_broker: Broker, mqtt_site: str, operator: MqttLink, monitor: Monitor
 ) -> None:
-    rig = Rig(broker, allowed_issuers={"ops"}).connect(monitor)
+    rig = Rig(mqtt_broker, mqtt_site, allowed_issuers={"ops"}).connect(monitor)
     try:
-        other_site = _client(broker, f"operator-{OTHER}", clean_start=True)
+        other_site = _client(mqtt_broker, f"operator-{OTHER}")
         assert other_site.connect(timeout_s=10.0)
         # Site B's operator may not publish on site A's topics: the broker drops it.
         other_site.publish("commands", rig.commands_topic, rig.command("safe_state"))
@@ -424,7 +420,7 @@ def test_commands_are_authorised_per_site_device_issuer_and_sequence(
 def test_limit_override_only_tightens_and_clears(
     rig: Rig, coordinator: MqttLink, operator: MqttLink
 ) -> None:
-    coordinator.publish("allocation", allocation_topic(SITE), rig.allocation({"p0": 800.0}))
+    coordinator.publish("allocation", rig.allocation_topic, rig.allocation({"p0": 800.0}))
     assert rig.wait_counter("allocation_applied", 1)
     base = rig.runtime.shield
     manifest_limits = rig.runtime.limits
@@ -466,17 +462,17 @@ def test_override_expires(rig: Rig, operator: MqttLink) -> None:
 
 
 def test_last_will_marks_the_edge_offline_for_the_coordinator(
-    broker: Broker, monitor: Monitor
+    broker: Broker, mqtt_site: str, monitor: Monitor
 ) -> None:
-    fleet = FleetState(SITE)
+    fleet = FleetState(mqtt_site)
     rebalance_due: list[bool] = []
-    watcher = _client(broker, f"coordinator-{SITE}", clean_start=True)
+    watcher = _client(broker, f"coordinator-{mqtt_site}")
     watcher.subscribe_raw(
-        site_filter(SITE), lambda t, p: rebalance_due.append(fleet.handle(t, p)), qos=1
+        site_filter(mqtt_site), lambda t, p: rebalance_due.append(fleet.handle(t, p)), qos=1
     )
     assert watcher.connect(timeout_s=10.0)
     with CuttableLine(broker.host, broker.port) as line:
-        rig = Rig(broker, port=line.port).connect(monitor)
+        rig = Rig(broker, mqtt_site, port=line.port).connect(monitor)
         packs = [(rig.device, p) for p in ("p0", "p1", "p2")]
         try:
             rig.tick()
@@ -510,42 +506,40 @@ def test_last_will_marks_the_edge_offline_for_the_coordinator(
     watcher.close()
 
 
-def test_broker_killed_mid_run_can_control_goes_on_and_telemetry_resumes() -> None:
-    server = MosquittoBroker(_users())
-    server.start()
+def test_broker_killed_mid_run_can_control_goes_on_and_telemetry_resumes(
+    broker_factory: Callable[..., Broker], mqtt_site: str
+) -> None:
+    server = broker_factory("mosquitto", sites=(mqtt_site,))
+    mon = Monitor(_client(server, f"monitor-{mqtt_site}", clean_start=False))
+    mon.link.subscribe(site_filter(mqtt_site), lambda t, m: mon.messages.append((t, m)))
+    assert mon.link.connect(timeout_s=10.0)
+    rig = Rig(server, mqtt_site).connect(mon)
+
+    def received() -> list[int]:
+        return [m["seq"] for m in mon.of("telemetry", rig.device)]
+
     try:
-        mon = Monitor(_client(server, f"monitor-{SITE}"))
-        mon.link.subscribe(site_filter(SITE), lambda t, m: mon.messages.append((t, m)))
-        assert mon.link.connect(timeout_s=10.0)
-        rig = Rig(server).connect(mon)
+        for _ in range(2):
+            rig.tick()
+        assert wait_for(lambda: received()[-1:] == [1])
+        rig.setpoints()
+        server.kill()  # type: ignore[attr-defined]  # MosquittoBroker: SIGKILL, a crash
+        assert wait_for(lambda: not rig.link.connected)
+        for _ in range(3):  # no broker: ticks, set-points on CAN, telemetry queued
+            report = rig.tick()
+            assert not report.safe.any()
+            assert sorted(f.pack for f in rig.setpoints() if f.enable) == [0, 1, 2]
+        assert rig.runtime.metrics.ticks == 5
+        assert rig.link.stats()["published_offline"] >= 3
+        server.start()
+        assert rig.link.wait_connected(15.0)
+        assert mon.link.wait_connected(15.0)
 
-        def received() -> list[int]:
-            return [m["seq"] for m in mon.of("telemetry", rig.device)]
+        def resumed() -> bool:  # the monitor re-subscribes after a crash lost its session
+            rig.tick()
+            return wait_for(lambda: max(received()) >= 5, timeout_s=0.5)
 
-        try:
-            for _ in range(2):
-                rig.tick()
-            assert wait_for(lambda: received()[-1:] == [1])
-            rig.setpoints()
-            server.kill()  # SIGKILL: a crash
-            assert wait_for(lambda: not rig.link.connected)
-            for _ in range(3):  # no broker: ticks, set-points on CAN, telemetry queued
-                report = rig.tick()
-                assert not report.safe.any()
-                assert sorted(f.pack for f in rig.setpoints() if f.enable) == [0, 1, 2]
-            assert rig.runtime.metrics.ticks == 5
-            assert rig.link.stats()["published_offline"] >= 3
-            server.start()
-            assert rig.link.wait_connected(15.0)
-            assert mon.link.wait_connected(15.0)
-
-            def resumed() -> bool:  # the monitor re-subscribes after a crash lost its session
-                rig.tick()
-                return wait_for(lambda: max(received()) >= 5, timeout_s=0.5)
-
-            assert wait_for(resumed, timeout_s=15.0)  # telemetry resumes
-        finally:
-            rig.close()
-            mon.link.close()
+        assert wait_for(resumed, timeout_s=15.0)  # telemetry resumes
     finally:
-        server.close()
+        rig.close()
+        mon.link.close()
