@@ -36,6 +36,7 @@ __all__ = [
     "SCRIPTS",
     "ConsoleScript",
     "bench",
+    "coordinator",
     "demo",
     "edge",
     "evaluate",
@@ -161,6 +162,9 @@ SCRIPTS: Mapping[str, ConsoleScript] = MappingProxyType(
             ConsoleScript(
                 "pulsebms-bench", "pulsebms.benchmarks.cli:main", ("sim", "edge", "train", "rllib")
             ),
+            ConsoleScript(
+                "pulsebms-coordinator", "pulsebms.services.coordinator.cli:main", ("services",)
+            ),
         )
     }
 )
@@ -259,3 +263,8 @@ def fleet() -> int:
 def bench() -> int:
     """``pulsebms-bench`` (each benchmark needs its own extras)."""
     return run_script("pulsebms-bench")
+
+
+def coordinator() -> int:
+    """``pulsebms-coordinator`` (needs ``services``)."""
+    return run_script("pulsebms-coordinator")
