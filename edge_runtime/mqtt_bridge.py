@@ -114,7 +114,8 @@ class BridgeLink(Protocol):
 
     ``publish`` validates and enqueues without blocking on the network (``False``: dropped,
     e.g. QoS 0 while disconnected); ``subscribe_raw`` calls ``handler(topic, payload)`` with
-    the raw payload on the client's thread; ``stats()["connects"]`` counts connections.
+    the raw payload on the client's thread; ``stats()["connects"]`` counts connections;
+    ``pending()`` counts unacknowledged QoS≥1 messages.
     """
 
     def publish(self, kind: str, topic: str, message: Mapping[str, Any]) -> bool:
@@ -129,6 +130,15 @@ class BridgeLink(Protocol):
 
     def stats(self) -> dict[str, int]:
         """Counters, ``connects`` among them."""
+        ...
+
+    def pending(self) -> int:
+        """QoS≥1 messages published and not yet acknowledged."""
+        ...
+
+    @property
+    def connected(self) -> bool:
+        """Whether the link is connected now."""
         ...
 
 
@@ -324,6 +334,14 @@ class MqttBridge:
         allowed_issuers: Issuers whose commands are applied; ``None``: any issuer (the
             broker's per-site ACL decides who may publish on this device's command topic).
         command_max_age_s: Commands older than this on the bridge clock are refused [s].
+        backlog_wait_s: Right after a reconnect, the telemetry queued while disconnected is
+            being re-sent: a new message published then could overtake it (and a receiver
+            that checks sequence numbers would drop the older ones). While the link is
+            connected with unacknowledged messages, a telemetry publish first waits up to
+            this long [s, wall] for them (0: never wait). Steady state: no wait.
+        site_values: Whether the telemetry carries the site values the edge sees (demand,
+            price, ambient). ``True`` for the edge that meters the site; ``False`` for the
+            others of a site with one meter, so that the coordinator reads one demand.
         clock: The bridge's clock [UNIX s]: message timestamps and every age.
         session: Run id put in every message (a fresh one by default); the will's.
         close_link: Close the link in :meth:`stop` (the bridge made it).
@@ -347,6 +365,8 @@ class MqttBridge:
         status_period_s: float = 60.0,
         allowed_issuers: Collection[str] | None = None,
         command_max_age_s: float = 300.0,
+        backlog_wait_s: float = 0.25,
+        site_values: bool = True,
         clock: Callable[[], float] = time.time,
         session: str | None = None,
         close_link: bool = False,
@@ -384,6 +404,8 @@ class MqttBridge:
         self.status_period_s = float(status_period_s)
         self.command_max_age_s = float(command_max_age_s)
         self.allowed_issuers = None if allowed_issuers is None else frozenset(allowed_issuers)
+        self.site_values = bool(site_values)
+        self.backlog_wait_s = max(float(backlog_wait_s), 0.0)
         self.policy = AllocationPolicy(
             n,
             fallback=fallback,
@@ -627,21 +649,30 @@ class MqttBridge:
                     "chemistry": self._chemistry[i][:32],
                 }
             )
-        site = store.site(t_rt)
         message = self._header("telemetry", now)
-        message.update(
-            period_s=self.telemetry_period_s,
-            packs=packs,
-            site_values={
-                "demand_w": _finite_or_none(site.demand_w) if site.fresh else None,
-                "price_per_kwh": _finite_or_none(site.price_per_kwh) if site.fresh else None,
-                "ambient_c": _finite_or_none(site.ambient_c, -273.15) if site.fresh else None,
-            },
-        )
+        message.update(period_s=self.telemetry_period_s, packs=packs, site_values=None)
+        site = store.site(t_rt)
+        if self.site_values and site.fresh:
+            message["site_values"] = {
+                "demand_w": _finite_or_none(site.demand_w),
+                "price_per_kwh": _finite_or_none(site.price_per_kwh),
+                "ambient_c": _finite_or_none(site.ambient_c, -273.15),
+            }
         return message
+
+    def _await_backlog(self) -> None:
+        """After a reconnect, let the re-sent backlog go first (bounded; see the class)."""
+        link = self.link
+        if self.backlog_wait_s <= 0 or not link.connected or link.pending() == 0:
+            return
+        self.counters["backlog_waits"] += 1
+        deadline = time.monotonic() + self.backlog_wait_s
+        while link.connected and link.pending() > 0 and time.monotonic() < deadline:
+            time.sleep(0.002)
 
     def publish_telemetry(self, now_s: float | None = None) -> bool:
         """Publish one telemetry message now (QoS 1); ``False`` if it could not be queued."""
+        self._await_backlog()
         with self._lock:
             message = self.telemetry_message(now_s)
             queued = self._publish("telemetry", self.telemetry_topic, message)

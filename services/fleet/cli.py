@@ -86,7 +86,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--fallback", choices=("local", "hold", "zero"), default="local", help="edge fallback"
     )
-    p.add_argument("--policy", default="rule_soc", help="coordinator policy (default rule_soc)")
+    p.add_argument(
+        "--policy",
+        default="proportional",
+        help="coordinator policy: proportional (default), equal, health, mpc, onnx:PATH, "
+        "sb3:PATH, rllib:PATH (pulsebms.services.coordinator.make_policy)",
+    )
     p.add_argument("--no-events", action="store_true", help="inject no offline/fault events")
     p.add_argument("--seed", type=int, default=0, help="seed of the twins")
     p.add_argument("--json", help="write the report here")

@@ -66,12 +66,14 @@ import numpy as np
 
 import pulsebms.envs  # noqa: F401 - registers the PulseBMS ids
 from pulsebms.core.messaging import MessageError, decode, site_filter
+from pulsebms.core.observation import fleet_observation_layout
 from pulsebms.edge_runtime.codec import CanCodec
-from pulsebms.edge_runtime.manifest import ManifestError, load_manifest
+from pulsebms.edge_runtime.manifest import Manifest, ManifestError, load_manifest
 from pulsebms.edge_runtime.mqtt_bridge import MqttBridge
 from pulsebms.edge_runtime.mqtt_link import MqttLink
 from pulsebms.edge_runtime.runtime import EdgeRuntime
 from pulsebms.hil.simulator import HilFaults, HilSimulator, SimClock
+from pulsebms.services.coordinator import Coordinator, CoordinatorSettings, SiteFleet, make_policy
 from pulsebms.services.fleet.netcut import CuttableLine
 
 __all__ = [
@@ -83,6 +85,7 @@ __all__ = [
     "default_events",
     "ensure_policy",
     "run_fleet",
+    "site_fleet",
 ]
 
 logger = logging.getLogger("pulsebms.services.fleet")
@@ -255,6 +258,9 @@ class FleetReport:
         event_times_s: When, in the traces' time [s].
         per_edge: Counters of each edge (bridge, runtime, link).
         coordinator: The coordinator's counters.
+        allocations: The allocations the coordinator sent (its last 1000), each as
+            ``time_s`` (the traces' time), ``reason``, ``excluded`` and ``setpoints``
+            (``device/pack_id`` → power [W]).
         traces: Per-tick traces.
     """
 
@@ -286,6 +292,7 @@ class FleetReport:
     event_times_s: list[float]
     per_edge: dict[str, dict[str, Any]]
     coordinator: dict[str, Any]
+    allocations: list[dict[str, Any]] = field(repr=False)
     traces: FleetTraces = field(repr=False)
 
     @property
@@ -297,6 +304,7 @@ class FleetReport:
         """Plain-JSON form, without the traces."""
         out = asdict(self)
         out.pop("traces")
+        out.pop("allocations")
         out["ok"] = self.ok
         return out
 
@@ -374,6 +382,11 @@ class _Edge:
     twin_violations: int = 0
 
 
+def _pack_names(manifest: Manifest) -> tuple[str, ...]:
+    names = tuple(manifest.observation.pack_names)
+    return names or tuple(f"p{i}" for i in range(manifest.n_packs))
+
+
 def _host_port(text: str) -> tuple[str, int]:
     host, sep, port = text.rpartition(":")
     if not sep or not host or not port.isdigit():
@@ -394,7 +407,7 @@ def run_fleet(
     period_s: float = 600.0,
     allocation_timeout_s: float | None = None,
     fallback: str = "local",
-    coordinator_policy: str = "rule_soc",
+    coordinator_policy: str = "proportional",
     events: Sequence[FleetEvent] | None = None,
     env_id: str = "PulseBMS/FleetSmall-v0",
     env_kwargs: Mapping[str, Any] | None = None,
@@ -420,8 +433,10 @@ def run_fleet(
         allocation_timeout_s: Allocation age past which an edge falls back [s, simulated];
             two periods by default.
         fallback: The edges' fallback: ``local``, ``hold`` or ``zero``.
-        coordinator_policy: The coordinator's policy name (see
-            :mod:`pulsebms.services.coordinator`).
+        coordinator_policy: The coordinator's policy
+            (:func:`pulsebms.services.coordinator.make_policy`: ``proportional``,
+            ``equal``, ``health``, ``mpc``, ``onnx:PATH``, ...); it plans over every pack
+            of the site (:func:`site_fleet`).
         events: Events to inject; :func:`default_events` when ``None`` (``()``: none).
         env_id: Gymnasium id of the twins (must match the manifest).
         env_kwargs: Keyword arguments of ``gymnasium.make``.
@@ -494,16 +509,30 @@ def run_fleet(
         stack.callback(audit_link.close)
 
         # ---- coordinator
-        coordinator = _start_coordinator(
-            link("coordinator", f"pulsebms-{site}-coordinator", reconnect_max_delay_s=1.0),
-            site=site,
+        pack_ids = {d: tuple(f"{d}-{name}" for name in _pack_names(manifest)) for d in devices}
+        fleet = site_fleet(manifest, [p for d in devices for p in pack_ids[d]], n_edges)
+        policy, policy_name = make_policy(coordinator_policy, fleet)
+        coordinator = Coordinator(
+            site,
+            fleet,
+            policy,
+            policy_name,
+            settings=CoordinatorSettings(
+                period_s=period_s,
+                valid_for_s=timeout_s,
+                stale_after_s=2.5 * dt_s,  # telemetry comes once per tick
+            ),
             clock=clock,
-            period_s=period_s,
-            valid_for_s=timeout_s,
-            policy=coordinator_policy,
         )
+        coordinator_link = link(
+            "coordinator", f"pulsebms-{site}-coordinator", reconnect_max_delay_s=1.0
+        )
+        coordinator.attach(coordinator_link)
+        coordinator_link.connect(timeout_s=15.0)
+        stack.callback(coordinator_link.close)
+        coordinator.start()
         stack.callback(coordinator.stop)
-        say(f"coordinator: period {period_s:g} s, policy {coordinator_policy}")
+        say(f"coordinator: policy {policy_name}, period {period_s:g} s")
 
         # ---- edges
         edges: list[_Edge] = []
@@ -550,6 +579,8 @@ def run_fleet(
                 username=user,
                 password=password,
                 client_id=f"pulsebms-{site}-{device}",
+                pack_ids=pack_ids[device],
+                site_values=i == 0,  # edge-0 meters the site: one demand for the site
                 clock=clock,
                 link_options={"reconnect_max_delay_s": 1.0, "keepalive_s": 5},
                 telemetry_period_s=dt_s,
@@ -600,7 +631,9 @@ def run_fleet(
         while audit.missing(sent) and time.monotonic() < deadline:
             time.sleep(0.05)
         missing = audit.missing(sent)
-        coordinator_stats = dict(coordinator.stats())
+        coordinator.stop()
+        coordinator_stats = coordinator.summary()
+        coordinator_stats.pop("link", None)
         per_edge = {
             e.device: {
                 "bridge": dict(e.bridge.counters),
@@ -627,10 +660,10 @@ def run_fleet(
             speed=n_ticks * dt_s / wall_s if wall_s > 0 else math.inf,
             wall_s=wall_s,
             period_s=period_s,
-            allocations_sent=int(coordinator_stats.get("allocations_sent", 0)),
+            allocations_sent=int(coordinator_stats.get("allocations", 0)),
             allocations_applied=sum(e.bridge.counters["allocation_applied"] for e in edges),
             allocations_dropped=sum(e.bridge.counters["allocation_dropped"] for e in edges),
-            rebalances=int(coordinator_stats.get("rebalances", 0)),
+            rebalances=int(coordinator_stats.get("rebalance", 0)),
             twin_violations=twin_v,
             telemetry_violations=tel_v,
             violations=twin_v + tel_v,
@@ -639,13 +672,25 @@ def run_fleet(
             telemetry_lost=lost,
             telemetry_duplicates=audit.duplicates,
             telemetry_out_of_order=audit.out_of_order,
-            coordinator_telemetry=int(coordinator_stats.get("telemetry_accepted", 0)),
+            coordinator_telemetry=int(coordinator_stats.get("state_telemetry_accepted", 0)),
             fallbacks=sum(e.bridge.policy.fallbacks for e in edges),
             fallback_ticks=sum(e.bridge.policy.fallback_acts for e in edges),
             events=happened,
             event_times_s=happened_s,
             per_edge=per_edge,
             coordinator=coordinator_stats,
+            allocations=[
+                {
+                    "time_s": float(a["timestamp_s"]) - t0,
+                    "reason": a["reason"],
+                    "excluded": list(a.get("excluded", [])),
+                    "setpoints": {
+                        f"{sp['device']}/{sp['pack_id']}": float(sp["power_w"])
+                        for sp in a["setpoints"]
+                    },
+                }
+                for a in list(coordinator.history)
+            ],
             traces=traces,
         )
     return report
@@ -678,18 +723,34 @@ def _edge_tick(edge: _Edge, tick: int, seed: int, traces: FleetTraces, time_s: f
         edge.episodes += 1
 
 
-def _start_coordinator(
-    link: MqttLink,
-    *,
-    site: str,
-    clock: Callable[[], float],
-    period_s: float,
-    valid_for_s: float,
-    policy: str,
-) -> Any:
-    """Start the site coordinator on ``link`` (its own thread); returns it."""
-    from pulsebms.services.coordinator import start_coordinator
+def site_fleet(manifest: Manifest, pack_ids: Sequence[str], n_edges: int) -> SiteFleet:
+    """The coordinator's view of ``n_edges`` edges that each run ``manifest``'s packs.
 
-    return start_coordinator(
-        link, site=site, clock=clock, period_s=period_s, valid_for_s=valid_for_s, policy=policy
+    One observation layout over every pack of the site (``pack_ids``, edge by edge), the
+    manifest's ratings and limits repeated per edge, its control interval and shield
+    settings (except ``track_demand``: the coordinator serves the site demand, the
+    :class:`~pulsebms.services.coordinator.SiteFleet` default).
+
+    Args:
+        manifest: The edges' manifest.
+        pack_ids: Site-unique pack ids, ``n_edges × manifest.n_packs`` of them.
+        n_edges: Number of edges.
+
+    Returns:
+        The site fleet.
+    """
+    from pulsebms.safety.state import PackRatings
+
+    one = manifest.pack_ratings()
+    ratings = PackRatings(
+        tuple(one.chemistry) * n_edges,
+        np.tile(np.asarray(one.series), n_edges),
+        np.tile(np.asarray(one.parallel), n_edges),
+        np.tile(np.asarray(one.cell_capacity_ah, dtype=np.float64), n_edges),
+        np.tile(np.asarray(one.rated_power_w, dtype=np.float64), n_edges),
     )
+    forecast = manifest.observation.slices.get("demand_forecast_w")
+    steps = 0 if forecast is None else forecast.stop - forecast.start
+    layout = fleet_observation_layout(tuple(pack_ids), steps, float(np.sum(ratings.rated_power_w)))
+    shield = {k: v for k, v in manifest.shield.items() if k != "track_demand"}
+    return SiteFleet(layout, ratings, manifest.pack_limits() * n_edges, manifest.dt_s, shield)

@@ -82,6 +82,15 @@ def test_fleet_run_rebalances_falls_back_and_loses_nothing(manifest: Path, tmp_p
     assert len(report.events) == 3
     assert report.allocations_sent >= 3  # initial + periodic (every 2 ticks) + rebalances
     assert report.rebalances >= 1  # at least the last will of edge-1
+    assert report.coordinator["offline_events"] >= 1
+    cut_from, cut_to = 2 * 300.0, 7 * 300.0
+    edge1 = {f"edge-1/edge-1-{name}" for name in ("lfp-0", "nmc-1", "lco-2")}
+    during = [a for a in report.allocations if cut_from < a["time_s"] < cut_to]
+    assert during
+    assert any(a["reason"] == "rebalance" for a in during)  # within seconds, not a period
+    for alloc in during:  # edge-1 is offline: left out, its packs get nothing
+        assert edge1 <= set(alloc["excluded"])
+        assert all(alloc["setpoints"].get(p, 0.0) == 0.0 for p in edge1)
     assert report.per_edge["edge-1"]["fallbacks"] >= 1  # cut off 5 ticks > 600 s timeout
     frame = report.traces.frame()
     assert len(frame) == 12 * 2 * 3
