@@ -582,7 +582,12 @@ def run_fleet(
                 pack_ids=pack_ids[device],
                 site_values=i == 0,  # edge-0 meters the site: one demand for the site
                 clock=clock,
-                link_options={"reconnect_max_delay_s": 1.0, "keepalive_s": 5},
+                # back within a tick of the line's return, even at high speed-ups
+                link_options={
+                    "reconnect_min_delay_s": 0.05,
+                    "reconnect_max_delay_s": min(0.5, 0.5 * dt_s / speed),
+                    "keepalive_s": 5,
+                },
                 telemetry_period_s=dt_s,
                 status_period_s=period_s,
                 allocation_timeout_s=timeout_s,
