@@ -536,6 +536,8 @@ def run_fleet(
 
         # ---- edges
         edges: list[_Edge] = []
+        # back within a tick of the line's return, even at high speed-ups
+        reconnect_s = min(0.5, max(0.01, 0.5 * dt_s / speed))
         for i, device in enumerate(devices):
             silent = {
                 int(ev.pack or 0): ev.tick
@@ -582,10 +584,9 @@ def run_fleet(
                 pack_ids=pack_ids[device],
                 site_values=i == 0,  # edge-0 meters the site: one demand for the site
                 clock=clock,
-                # back within a tick of the line's return, even at high speed-ups
                 link_options={
-                    "reconnect_min_delay_s": 0.05,
-                    "reconnect_max_delay_s": min(0.5, 0.5 * dt_s / speed),
+                    "reconnect_min_delay_s": min(0.05, reconnect_s),
+                    "reconnect_max_delay_s": reconnect_s,
                     "keepalive_s": 5,
                 },
                 telemetry_period_s=dt_s,
