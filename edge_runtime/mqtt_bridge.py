@@ -86,6 +86,7 @@ from pulsebms.core.messaging import (
 )
 from pulsebms.core.messaging.topics import TopicError, check_name
 from pulsebms.core.types import ActArray, FloatArray, ObsArray
+from pulsebms.edge_runtime.mqtt_link import MqttLink, TlsSettings, offline_will
 from pulsebms.edge_runtime.runtime import ActingPolicy, EdgeRuntime, SafeReason
 from pulsebms.safety.limits import PackLimits
 from pulsebms.safety.shield import Shield
@@ -455,7 +456,7 @@ class MqttBridge:
         device: str,
         username: str | None = None,
         password: str | None = None,
-        tls: Any = None,
+        tls: TlsSettings | None = None,
         client_id: str | None = None,
         connect_timeout_s: float = 10.0,
         session: str | None = None,
@@ -491,8 +492,6 @@ class MqttBridge:
             MqttConnectError: If the broker refused the connection (credentials, ACL).
             ValueError: As :class:`MqttBridge`.
         """
-        from pulsebms.edge_runtime.mqtt_link import MqttLink, offline_will
-
         run_id = session or uuid.uuid4().hex[:16]
         link = MqttLink(
             client_id or f"pulsebms-{site}-{device}",
