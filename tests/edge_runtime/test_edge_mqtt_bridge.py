@@ -32,13 +32,19 @@ from pulsebms.core.messaging import (
     commands_topic,
     site_filter,
 )
+from pulsebms.core.observation import fleet_observation_layout
 from pulsebms.edge_runtime.codec import CanCodec, SetpointFrame
 from pulsebms.edge_runtime.mqtt_bridge import AllocationPolicy, MqttBridge
 from pulsebms.edge_runtime.mqtt_link import MqttLink, offline_will
 from pulsebms.edge_runtime.runtime import EdgeRuntime, SafeReason, TickReport
 from pulsebms.edge_runtime.site import FixedSite
 from pulsebms.services.broker import Broker
-from pulsebms.services.coordinator.state import FleetState
+from pulsebms.services.coordinator import (
+    Coordinator,
+    CoordinatorSettings,
+    SiteFleet,
+    make_policy,
+)
 from pulsebms.services.fleet.netcut import CuttableLine
 
 OTHER = "site-b"  # a fixed site of the shared brokers (tests/broker_fixtures.py)
@@ -78,15 +84,12 @@ def _client(broker: Broker, user: str, **kw: Any) -> MqttLink:
 
 @pytest.fixture
 def broker(mosquitto_broker: Broker) -> Broker:
-    """The shared Mosquitto (tests that also run on the embedded broker take ``mqtt_broker``)."""
+    """The session's Mosquitto (the embedded broker runs the whole loop in test_fleet.py)."""
     return mosquitto_broker
 
 
 @pytest.fixture
-def monitor(mqtt_site: str, request: pytest.FixtureRequest) -> Iterator[Monitor]:
-    broker: Broker = request.getfixturevalue(
-        "mqtt_broker" if "mqtt_broker" in request.fixturenames else "broker"
-    )
+def monitor(broker: Broker, mqtt_site: str) -> Iterator[Monitor]:
     mon = Monitor(_client(broker, f"monitor-{mqtt_site}"))
     mon.link.subscribe(site_filter(mqtt_site), lambda t, m: mon.messages.append((t, m)))
     assert mon.link.connect(timeout_s=10.0)
@@ -94,24 +97,21 @@ def monitor(mqtt_site: str, request: pytest.FixtureRequest) -> Iterator[Monitor]
     mon.link.close()
 
 
-def _role_link(request: pytest.FixtureRequest, role: str) -> Iterator[MqttLink]:
-    broker: Broker = request.getfixturevalue(
-        "mqtt_broker" if "mqtt_broker" in request.fixturenames else "broker"
-    )
-    link = _client(broker, f"{role}-{request.getfixturevalue('mqtt_site')}")
+def _role_link(broker: Broker, user: str) -> Iterator[MqttLink]:
+    link = _client(broker, user)
     assert link.connect(timeout_s=10.0)
     yield link
     link.close()
 
 
 @pytest.fixture
-def coordinator(request: pytest.FixtureRequest) -> Iterator[MqttLink]:
-    yield from _role_link(request, "coordinator")
+def coordinator(broker: Broker, mqtt_site: str) -> Iterator[MqttLink]:
+    yield from _role_link(broker, f"coordinator-{mqtt_site}")
 
 
 @pytest.fixture
-def operator(request: pytest.FixtureRequest) -> Iterator[MqttLink]:
-    yield from _role_link(request, "operator")
+def operator(broker: Broker, mqtt_site: str) -> Iterator[MqttLink]:
+    yield from _role_link(broker, f"operator-{mqtt_site}")
 
 
 class Rig:
@@ -259,10 +259,7 @@ class Rig:
 
 
 @pytest.fixture
-def rig(request: pytest.FixtureRequest, mqtt_site: str, monitor: Monitor) -> Iterator[Rig]:
-    broker: Broker = request.getfixturevalue(
-        "mqtt_broker" if "mqtt_broker" in request.fixturenames else "broker"
-    )
+def rig(broker: Broker, mqtt_site: str, monitor: Monitor) -> Iterator[Rig]:
     r = Rig(broker, mqtt_site).connect(monitor)
     yield r
     r.close()
@@ -272,7 +269,7 @@ def rig(request: pytest.FixtureRequest, mqtt_site: str, monitor: Monitor) -> Ite
 
 
 def test_allocation_goes_through_the_shield_and_telemetry_reports_it(
-    mqtt_broker: Broker, rig: Rig, coordinator: MqttLink, monitor: Monitor
+    rig: Rig, coordinator: MqttLink, monitor: Monitor
 ) -> None:
     rig.tick()
     # p0 +500 W is safe; p1 is all but full (SoC 0.944, the shield keeps 0.945): charging it
@@ -373,11 +370,11 @@ def test_malformed_and_out_of_order_allocations_are_counted_and_dropped(
 
 
 def test_commands_are_authorised_per_site_device_issuer_and_sequence(
-    mqtt_broker: Broker, mqtt_site: str, operator: MqttLink, monitor: Monitor
+    broker: Broker, mqtt_site: str, operator: MqttLink, monitor: Monitor
 ) -> None:
-    rig = Rig(mqtt_broker, mqtt_site, allowed_issuers={"ops"}).connect(monitor)
+    rig = Rig(broker, mqtt_site, allowed_issuers={"ops"}).connect(monitor)
     try:
-        other_site = _client(mqtt_broker, f"operator-{OTHER}")
+        other_site = _client(broker, f"operator-{OTHER}")
         assert other_site.connect(timeout_s=10.0)
         # Site B's operator may not publish on site A's topics: the broker drops it.
         other_site.publish("commands", rig.commands_topic, rig.command("safe_state"))
@@ -461,49 +458,76 @@ def test_override_expires(rig: Rig, operator: MqttLink) -> None:
 # ---------------------------------------------------------------- offline, broker outage
 
 
-def test_last_will_marks_the_edge_offline_for_the_coordinator(
+def test_last_will_takes_the_edge_out_of_the_coordinators_allocation(
     broker: Broker, mqtt_site: str, monitor: Monitor
 ) -> None:
-    fleet = FleetState(mqtt_site)
-    rebalance_due: list[bool] = []
-    watcher = _client(broker, f"coordinator-{mqtt_site}")
-    watcher.subscribe_raw(
-        site_filter(mqtt_site), lambda t, p: rebalance_due.append(fleet.handle(t, p)), qos=1
-    )
-    assert watcher.connect(timeout_s=10.0)
+    """The network goes: the broker sends the will, the coordinator rebalances at once."""
     with CuttableLine(broker.host, broker.port) as line:
-        rig = Rig(broker, mqtt_site, port=line.port).connect(monitor)
-        packs = [(rig.device, p) for p in ("p0", "p1", "p2")]
+        rig = Rig(broker, mqtt_site, port=line.port)
+        names = ("p0", "p1", "p2")
+        fleet = SiteFleet(
+            fleet_observation_layout(names, 0, 3000.0),
+            rig.runtime.ratings,
+            rig.runtime.limits,
+            60.0,
+        )
+        coordinator = Coordinator(
+            mqtt_site,
+            fleet,
+            *make_policy("equal", fleet),
+            settings=CoordinatorSettings(period_s=600.0, stale_after_s=600.0),
+            clock=rig.clock,
+        )
+        watcher = _client(broker, f"coordinator-{mqtt_site}")
+        coordinator.attach(watcher)
+        assert watcher.connect(timeout_s=10.0)
+        rig.connect(monitor)
         try:
             rig.tick()
-            rig.tick()  # telemetry again, 60 s later (the watcher subscribed meanwhile)
-            assert wait_for(lambda: fleet.usable() == packs)
+            rig.tick()  # telemetry again, 60 s later (the coordinator subscribed meanwhile)
+            assert wait_for(lambda: coordinator.state.counts()["telemetry_accepted"] == 2)
+            assert len(coordinator.state.usable()) == 3
+            rig.clock.now_s += 5.0  # past the coordinator's 2 s debounce
+            first = coordinator.step()
+            assert first is not None
+            assert first["reason"] == "initial"
+            assert first["excluded"] == []
+            assert rig.wait_counter("allocation_applied", 1)
+            assert rig.tick().policy_action.tolist() == pytest.approx([0.2] * 3)  # 600 W / 3
+
             line.cut()  # the edge's network is gone: no DISCONNECT, the broker sends the will
-            assert wait_for(lambda: fleet.online.get(rig.device) is False)
-            assert fleet.usable() == []
-            assert rebalance_due[-1] is True
+            assert wait_for(lambda: coordinator.state.online.get(rig.device) is False)
 
             def will() -> list[dict[str, Any]]:
                 return [s for s in monitor.of("status", rig.device) if s["state"] == "offline"]
 
             assert wait_for(lambda: bool(will()))
             assert will()[-1]["session"].endswith(":will")
+            rig.clock.now_s += 5.0  # past the coordinator's 2 s rebalance debounce
+            rebalance = coordinator.step()
+            assert rebalance is not None
+            assert rebalance["reason"] == "rebalance"  # seconds after the will, not a period
+            assert sorted(rebalance["excluded"]) == [f"{rig.device}/{p}" for p in names]
+            assert {s["power_w"] for s in rebalance["setpoints"]} == {0.0}
             rig.setpoints()
-            rig.tick()  # CAN control goes on meanwhile
+            rig.tick()  # CAN control goes on meanwhile, on the allocation it still holds
             assert sorted(f.pack for f in rig.setpoints() if f.enable) == [0, 1, 2]
+
             line.restore()
 
             def back_online() -> bool:
                 rig.bridge.step()  # (its thread does this every half second)
-                return fleet.online.get(rig.device) is True
+                return coordinator.state.online.get(rig.device) is True
 
             assert wait_for(back_online)  # reconnected: "online" replaces the will
             sent = rig.bridge.counters["telemetry_sent"]
-            assert sent >= 2  # one of them queued while the line was cut
-            assert wait_for(lambda: fleet.counts()["telemetry_accepted"] == sent)  # none lost
+            assert sent >= 3  # one of them queued while the line was cut
+            accepted = coordinator.state.sequence_counts("telemetry")
+            assert wait_for(lambda: coordinator.state.counts()["telemetry_accepted"] == sent)
+            assert accepted["missing"] == 0
         finally:
             rig.close()
-    watcher.close()
+            watcher.close()
 
 
 def test_broker_killed_mid_run_can_control_goes_on_and_telemetry_resumes(

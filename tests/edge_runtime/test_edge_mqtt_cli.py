@@ -39,16 +39,16 @@ def _argv(deploy: Path, site: str, port: int, device: str, *extra: str) -> list[
 
 
 def test_edge_cli_joins_the_site_and_leaves_it_offline(
-    mqtt_broker: Broker, mqtt_site: str, deploy: Path, capsys: pytest.CaptureFixture[str]
+    mosquitto_broker: Broker, mqtt_site: str, deploy: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     seen: list[tuple[str, dict[str, Any]]] = []
     user = f"monitor-{mqtt_site}"
-    monitor = mqtt_broker.link(user, f"mon-{uuid.uuid4().hex[:6]}", clean_start=True)
+    monitor = mosquitto_broker.link(user, f"mon-{uuid.uuid4().hex[:6]}", clean_start=True)
     monitor.subscribe(site_filter(mqtt_site), lambda t, m: seen.append((t, m)))
     assert monitor.connect(timeout_s=10.0)
     device = f"edge-{uuid.uuid4().hex[:6]}"
     try:
-        argv = _argv(deploy, mqtt_site, mqtt_broker.port, device, "--fallback", "hold")
+        argv = _argv(deploy, mqtt_site, mosquitto_broker.port, device, "--fallback", "hold")
         assert edge_main(argv) == 0
         printed = json.loads(capsys.readouterr().out)
         assert printed["ticks"] == 4.0
@@ -67,10 +67,10 @@ def test_edge_cli_joins_the_site_and_leaves_it_offline(
 
 
 def test_edge_cli_mqtt_errors(
-    embedded_broker: Broker, mqtt_site: str, deploy: Path, capsys: pytest.CaptureFixture[str]
+    mosquitto_broker: Broker, mqtt_site: str, deploy: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     device = f"edge-{uuid.uuid4().hex[:6]}"
-    port = embedded_broker.port
+    port = mosquitto_broker.port
     (deploy / "bad").write_text("wrong password")
     bad = _argv(deploy, mqtt_site, port, device, "--mqtt-password-file", str(deploy / "bad"))
     assert edge_main(bad) == 1
