@@ -41,6 +41,7 @@ __all__ = [
     "edge",
     "evaluate",
     "export",
+    "health",
     "hil",
     "missing_extra_message",
     "run_script",
@@ -161,6 +162,9 @@ SCRIPTS: Mapping[str, ConsoleScript] = MappingProxyType(
             ConsoleScript(
                 "pulsebms-coordinator", "pulsebms.services.coordinator.cli:main", ("services",)
             ),
+            ConsoleScript(
+                "pulsebms-health", "pulsebms.services.health.cli:main", ("services", "export")
+            ),
         )
     }
 )
@@ -259,3 +263,8 @@ def bench() -> int:
 def coordinator() -> int:
     """``pulsebms-coordinator`` (needs ``services``)."""
     return run_script("pulsebms-coordinator")
+
+
+def health() -> int:
+    """``pulsebms-health`` (needs ``services`` and ``export``: scikit-learn, torch, onnx)."""
+    return run_script("pulsebms-health")
