@@ -108,7 +108,9 @@ def _publisher(
 
     host, port = address
     links = [
-        MqttLink(f"bench-pub-{i}", host, port, username=username, password=password)
+        MqttLink(
+            f"bench-pub-{i}", host, port, username=username, password=password, clean_start=True
+        )
         for i in range(n_links)
     ]
     for link in links:
@@ -203,7 +205,8 @@ def run_stage(
     settings = CoordinatorSettings(
         period_s=plan_period_s, rebalance_debounce_s=0.2, stale_after_s=3600.0, tick_s=0.05
     )
-    link = broker.link(f"coordinator-{SITE}", f"bench-coordinator-{stage.name}")
+    # clean sessions: a stage's coordinator leaves no session queuing the next stage's traffic
+    link = broker.link(f"coordinator-{SITE}", f"bench-coordinator-{stage.name}", clean_start=True)
     coordinator = Coordinator(SITE, fleet, policy, name, link=link, settings=settings)
     latencies: list[float] = []
     lock = threading.Lock()
