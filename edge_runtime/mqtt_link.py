@@ -58,14 +58,14 @@ import logging
 import ssl
 import threading
 import time
-from collections import Counter
+from collections import Counter, deque
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
 import paho.mqtt.client as paho
-from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode, MQTTProtocolVersion
+from paho.mqtt.enums import CallbackAPIVersion, MessageState, MQTTErrorCode, MQTTProtocolVersion
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
@@ -325,7 +325,10 @@ class MqttLink:
             self._client.tls_set_context(tls.context())
         if will is not None:
             self._client.will_set(will.topic, will.payload, will.qos, will.retain)
-        self._client.max_queued_messages_set(max_queued_messages)
+        # The bound applies to this link's own backlog; paho's store holds only what is in
+        # flight (or was in flight at an outage), itself bounded by max_inflight.
+        self._client.max_queued_messages_set(0)
+        self._max_backlog = int(max_queued_messages)
         self._client.max_inflight_messages_set(max_inflight)
         self._client.reconnect_delay_set(reconnect_min_delay_s, reconnect_max_delay_s)  # type: ignore[arg-type]  # paho annotates int; it computes with floats
         self._client.on_connect = self._on_connect
@@ -343,6 +346,12 @@ class MqttLink:
         self._first_error: MqttConnectError | None = None
         self._started = False
         self._closed = False
+        self._backlog: deque[tuple[str, bytes, int, bool]] = deque()
+        self._backlog_lock = threading.Lock()
+        self._flowing = False  # connected and paho's store re-sent: publish directly
+        self._wake = threading.Event()
+        self._stopping = threading.Event()
+        self._flusher: threading.Thread | None = None
         self.last_error: str | None = None
         """The last connection problem (reason), for status reports."""
 
@@ -385,6 +394,10 @@ class MqttLink:
                 properties=properties,
             )
             self._client.loop_start()
+            self._flusher = threading.Thread(
+                target=self._flush, name=f"mqtt-link-{self.client_id}", daemon=True
+            )
+            self._flusher.start()
         if timeout_s:
             self._first_result.wait(timeout_s)
         if self._first_error is not None:
@@ -413,6 +426,11 @@ class MqttLink:
         self._stop_thread()
 
     def _stop_thread(self) -> None:
+        self._closed = True
+        self._stopping.set()
+        if self._flusher is not None:
+            self._wake.set()
+            self._flusher.join(5.0)
         try:
             self._client.disconnect()
         except Exception:  # pragma: no cover - paho raises nothing here today
@@ -458,6 +476,27 @@ class MqttLink:
         Returns:
             As :meth:`publish`.
         """
+        if qos > 0:
+            with self._backlog_lock:
+                if self._backlog or not self._flowing:
+                    # Disconnected, or paho is still re-sending what it held across the
+                    # outage: wait in order behind it (see _flush).
+                    if self._max_backlog and len(self._backlog) >= self._max_backlog:
+                        self._count("dropped_queue_full")
+                        return False
+                    self._backlog.append((topic, payload, qos, retain))
+                    with self._lock:
+                        self._counts["published"] += 1
+                        if not self.connected:
+                            self._counts["published_offline"] += 1
+                    self._wake.set()
+                    return True
+        return self._send(topic, payload, qos, retain)
+
+    def _send(
+        self, topic: str, payload: bytes, qos: int, retain: bool, *, counted: bool = False
+    ) -> bool:
+        """Hand one message to paho (counted unless it was counted when backlogged)."""
         try:
             info = self._client.publish(topic, payload, qos, retain)
         except (ValueError, OSError) as exc:
@@ -475,16 +514,46 @@ class MqttLink:
             self._count("publish_errors")
             self.last_error = f"publish: {paho.error_string(rc)}"
             return False
-        with self._lock:
-            self._counts["published"] += 1
-            if rc == MQTTErrorCode.MQTT_ERR_NO_CONN or not self.connected:
-                self._counts["published_offline"] += 1
+        if not counted:
+            with self._lock:
+                self._counts["published"] += 1
+                if rc == MQTTErrorCode.MQTT_ERR_NO_CONN or not self.connected:
+                    self._counts["published_offline"] += 1
         return True
 
+    def _paho_resending(self) -> bool:
+        """Whether paho still holds messages from before the outage that it has not re-sent.
+
+        Reads paho's outgoing store (no public accessor): after a reconnect paho re-sends
+        the QoS≥1 messages it kept (state ``PUBLISH``; ``QUEUED`` beyond the in-flight
+        bound) in their original order; anything published meanwhile would overtake them.
+        """
+        client: Any = self._client
+        waiting = (MessageState.MQTT_MS_PUBLISH, MessageState.MQTT_MS_QUEUED)
+        with client._out_message_mutex:
+            return any(m.state in waiting for m in client._out_messages.values())
+
+    def _flush(self) -> None:
+        """Backlog thread: once paho has re-sent its own store, send the backlog in order."""
+        while not self._stopping.is_set():
+            self._wake.wait(0.05)
+            self._wake.clear()
+            if not self.connected or self._paho_resending():
+                continue
+            with self._backlog_lock:
+                while self._backlog and self.connected:
+                    topic, payload, qos, retain = self._backlog[0]
+                    sent = self._send(topic, payload, qos, retain, counted=True)
+                    if not sent and not self.connected:
+                        break
+                    self._backlog.popleft()
+                if not self._backlog and self.connected:
+                    self._flowing = True
+
     def pending(self) -> int:
-        """QoS≥1 messages published and not yet acknowledged (in flight or queued)."""
-        # paho's outgoing store (no public accessor); len() of a dict is atomic.
-        return len(self._client._out_messages)
+        """QoS≥1 messages published and not yet acknowledged (in flight, queued, backlog)."""
+        # paho's outgoing store (no public accessor); len() of a dict/deque is atomic.
+        return len(self._client._out_messages) + len(self._backlog)
 
     # ------------------------------------------------------------------ subscribe
     def subscribe(self, topic_filter: str, handler: Handler, *, qos: int | None = None) -> None:
@@ -615,6 +684,7 @@ class MqttLink:
                 self._send_subscribe(subs)
             self._connected.set()
             self._first_result.set()
+            self._wake.set()  # the backlog thread sends what waited
         except Exception:  # pragma: no cover - defensive: never into paho's thread
             _log.exception("MqttLink on_connect failed")
 
@@ -630,7 +700,8 @@ class MqttLink:
         reason_code: ReasonCode,
         properties: Properties | None,
     ) -> None:
-        if self._connected.is_set():
+        self._flowing = False
+        if self._connected.is_set() and not self._closed:
             self._count("disconnects")
             if not self._closed:
                 self.last_error = f"disconnected: {reason_code.getName()}"

@@ -21,6 +21,8 @@ Example:
 from __future__ import annotations
 
 import abc
+import os
+import random
 import shutil
 import socket
 import subprocess
@@ -65,9 +67,33 @@ class BrokerTls:
     ca_file: Path
 
 
+def _ephemeral_range() -> tuple[int, int]:
+    try:
+        low, high = Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()
+        return int(low), int(high)
+    except (OSError, ValueError):
+        return 32768, 60999  # Linux's default
+
+
 def free_port(host: str = "127.0.0.1") -> int:
-    """A TCP port free on ``host`` now (the OS picks it; another process may take it later)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+    """A TCP port free on ``host`` now, outside the OS's ephemeral (client) port range.
+
+    A broker restarted on a port of the ephemeral range can find it taken: while it is
+    down, a client reconnecting to ``host:port`` may be given that very port as its own
+    local port (and even connect to itself, TCP's simultaneous open). Ports below the
+    range never are. Another process may still take the port later.
+    """
+    low, high = _ephemeral_range()
+    candidates = list(range(20_000, low)) if low > 21_000 else list(range(high + 1, 65_536))
+    rng = random.Random(os.getpid() ^ time.monotonic_ns())
+    for port in rng.sample(candidates, min(200, len(candidates))):
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+            try:
+                sock.bind((host, port))
+            except OSError:
+                continue
+            return port
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:  # let the OS pick
         sock.bind((host, 0))
         return int(sock.getsockname()[1])
 

@@ -38,7 +38,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import threading
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from concurrent.futures import Future
 from pathlib import Path
 from typing import Any
@@ -49,6 +49,33 @@ from pulsebms.services.broker.base import Broker, BrokerError, BrokerTls
 __all__ = ["EmbeddedBroker"]
 
 _ACL_PLUGIN = "pulsebms.services.broker.amqtt_acl.SiteAclPlugin"
+
+
+class _SnapshotDict(dict[str, Any]):
+    """A dict whose iteration runs over a snapshot of its keys/items.
+
+    amqtt 0.12.1 iterates its subscription table (``Broker._subscriptions``) across
+    ``await`` points: ``_handle_client_session`` (retained messages for a connecting
+    client), ``_run_broadcast`` (with a RECEIVE check per subscriber, which the ACL plugin
+    makes) and ``_del_all_subscriptions``. A subscription made by another client meanwhile
+    raises ``RuntimeError: dictionary changed size during iteration`` inside amqtt, which
+    drops the connecting client's session or a broadcast. Iterating over a snapshot keeps
+    amqtt's behaviour and removes the race.
+    """
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(list(dict.keys(self)))
+
+    def items(self) -> list[tuple[str, Any]]:  # type: ignore[override]  # a snapshot
+        return list(dict.items(self))
+
+    def keys(self) -> list[str]:  # type: ignore[override]  # a snapshot
+        return list(dict.keys(self))
+
+    def values(self) -> list[Any]:  # type: ignore[override]  # a snapshot
+        return list(dict.values(self))
+
+
 _AUTH_PLUGIN = "amqtt.plugins.authentication.FileAuthPlugin"
 
 
@@ -151,6 +178,7 @@ class EmbeddedBroker(Broker):
 
         async def _start() -> Any:
             broker = AmqttBroker(self.config(), loop=loop)
+            broker._subscriptions = _SnapshotDict()  # see _SnapshotDict: an amqtt race
             await broker.start()
             return broker
 

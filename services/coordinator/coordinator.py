@@ -284,9 +284,12 @@ class Coordinator:
                 self.counts[reason] += 1
                 self.history.append(message)
         if self.link is not None and not self.link.publish("allocation", self.topic, message):
-            with self._lock:
-                self.counts["publish_failures"] += 1
+            self._count("publish_failures")
         return message
+
+    def _count(self, key: str) -> None:
+        with self._lock:
+            self.counts[key] += 1
 
     def _compute(
         self, reason: str, now: float, r: SiteReadings, site_values: dict[str, Any]
@@ -321,7 +324,7 @@ class Coordinator:
             if not ok
         ]
         if bool(result.intervened.any()):
-            self.counts["shield_interventions"] += 1
+            self._count("shield_interventions")
         message = {
             "site": self.site,
             "session": self.session,
@@ -364,17 +367,17 @@ class Coordinator:
             )
             observation = build_observation(fleet.layout, inputs)
         except (ValueError, TypeError, ArithmeticError) as exc:
-            self.counts["observation_errors"] += 1
+            self._count("observation_errors")
             _log.warning("cannot build the observation (%s); planning with the shield alone", exc)
             return np.zeros(n)
         try:
             action = np.asarray(self.policy.act(observation), dtype=np.float64).reshape(-1)
         except Exception:
-            self.counts["policy_errors"] += 1
+            self._count("policy_errors")
             _log.exception("policy %s failed; planning with the shield alone", self.policy_name)
             return np.zeros(n)
         if action.shape != (n,):
-            self.counts["policy_errors"] += 1
+            self._count("policy_errors")
             _log.warning("policy returned shape %s for %d packs", action.shape, n)
             return np.zeros(n)
         return action
@@ -394,8 +397,7 @@ class Coordinator:
             try:
                 self.step()
             except Exception:  # the loop never dies: count, log, go on
-                with self._lock:
-                    self.counts["loop_errors"] += 1
+                self._count("loop_errors")
                 _log.exception("coordinator step failed")
             self._stop.wait(self.settings.tick_s)
 
