@@ -14,6 +14,7 @@
 from pulsebms.services.store.base import (
     COLUMNS,
     SCHEMA_VERSION,
+    ForecastStore,
     Row,
     StoreError,
     TelemetryStore,
@@ -26,6 +27,7 @@ from pulsebms.services.store.url import open_store
 __all__ = [
     "COLUMNS",
     "SCHEMA_VERSION",
+    "ForecastStore",
     "PostgresTelemetryStore",
     "Row",
     "SqliteTelemetryStore",

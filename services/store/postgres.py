@@ -20,6 +20,7 @@ import numpy.typing as npt
 
 from pulsebms.services.store.base import (
     COLUMNS,
+    FORECAST_TABLE,
     INDEX_NAME,
     SCHEMA_VERSION,
     TABLE,
@@ -63,7 +64,7 @@ class PostgresTelemetryStore:
             raise
 
     def _create_schema(self) -> None:
-        cols = ", ".join(f"{c} double precision NOT NULL" for c in COLUMNS)
+        cols = ", ".join(f"{c} double precision NOT NULL" for c in COLUMNS)  # NaN is a value
         with self._db.transaction(), self._db.cursor() as cur:
             cur.execute("SELECT pg_advisory_xact_lock(%s)", (_SCHEMA_LOCK,))
             cur.execute("CREATE TABLE IF NOT EXISTS schema_version (version integer NOT NULL)")
@@ -78,6 +79,14 @@ class PostgresTelemetryStore:
                 )
             cur.execute(f"CREATE TABLE IF NOT EXISTS {TABLE} (pack_id text NOT NULL, {cols})")
             cur.execute(f"CREATE INDEX IF NOT EXISTS {INDEX_NAME} ON {TABLE} (pack_id, t_s)")
+            cur.execute(
+                f"CREATE TABLE IF NOT EXISTS {FORECAST_TABLE}"
+                " (t_s double precision NOT NULL, site text NOT NULL, payload jsonb NOT NULL)"
+            )
+            cur.execute(
+                f"CREATE INDEX IF NOT EXISTS {FORECAST_TABLE}_site_time"
+                f" ON {FORECAST_TABLE} (site, t_s)"
+            )
 
     def schema_version(self) -> int:
         """The schema version of the open database."""
@@ -138,6 +147,25 @@ class PostgresTelemetryStore:
                 f" SELECT pack_id FROM ids WHERE pack_id IS NOT NULL"
             )
             return [str(r[0]) for r in cur.fetchall()]
+
+    def write_forecast(self, t_s: float, site: str, payload: str) -> None:
+        """Store one forecast message (its JSON text, kept as ``jsonb``) published at ``t_s``."""
+        with self._db.transaction(), self._db.cursor() as cur:
+            cur.execute(
+                f"INSERT INTO {FORECAST_TABLE} VALUES (%s, %s, %s::jsonb)",
+                (float(t_s), site, payload),
+            )
+
+    def latest_forecast(self, site: str) -> tuple[float, str] | None:
+        """``(t_s, payload)`` of the newest forecast of ``site``, or ``None``."""
+        with self._db.transaction(), self._db.cursor() as cur:
+            cur.execute(
+                f"SELECT t_s, payload::text FROM {FORECAST_TABLE} WHERE site = %s"
+                " ORDER BY t_s DESC LIMIT 1",
+                (site,),
+            )
+            row = cur.fetchone()
+        return None if row is None else (float(row[0]), str(row[1]))
 
     def size_bytes(self) -> int:
         """Bytes on disk of the telemetry table with its indexes."""

@@ -11,7 +11,9 @@ import numpy.typing as npt
 
 from pulsebms.services.store.base import (
     COLUMNS,
+    FORECAST_TABLE,
     INDEX_NAME,
+    OPTIONAL_COLUMNS,
     SCHEMA_VERSION,
     TABLE,
     Row,
@@ -65,9 +67,19 @@ class SqliteTelemetryStore:
                 f"database schema version {version}, this store reads {SCHEMA_VERSION}"
             )
         with self._db:
-            cols = ", ".join(f"{c} REAL NOT NULL" for c in COLUMNS)
+            cols = ", ".join(
+                f"{c} REAL" + ("" if c in OPTIONAL_COLUMNS else " NOT NULL") for c in COLUMNS
+            )
             self._db.execute(f"CREATE TABLE IF NOT EXISTS {TABLE} (pack_id TEXT NOT NULL, {cols})")
             self._db.execute(f"CREATE INDEX IF NOT EXISTS {INDEX_NAME} ON {TABLE} (pack_id, t_s)")
+            self._db.execute(
+                f"CREATE TABLE IF NOT EXISTS {FORECAST_TABLE}"
+                " (t_s REAL NOT NULL, site TEXT NOT NULL, payload TEXT NOT NULL)"
+            )
+            self._db.execute(
+                f"CREATE INDEX IF NOT EXISTS {FORECAST_TABLE}_site_time"
+                f" ON {FORECAST_TABLE} (site, t_s)"
+            )
 
     def schema_version(self) -> int:
         """The schema version of the open database."""
@@ -106,6 +118,21 @@ class SqliteTelemetryStore:
         """Every pack with at least one row, sorted."""
         rows = self._db.execute(f"SELECT DISTINCT pack_id FROM {TABLE} ORDER BY pack_id")
         return [str(r[0]) for r in rows]
+
+    def write_forecast(self, t_s: float, site: str, payload: str) -> None:
+        """Store one forecast message (its JSON text) published at ``t_s``."""
+        with self._db:
+            self._db.execute(
+                f"INSERT INTO {FORECAST_TABLE} VALUES (?, ?, ?)", (float(t_s), site, payload)
+            )
+
+    def latest_forecast(self, site: str) -> tuple[float, str] | None:
+        """``(t_s, payload)`` of the newest forecast of ``site``, or ``None``."""
+        row = self._db.execute(
+            f"SELECT t_s, payload FROM {FORECAST_TABLE} WHERE site = ? ORDER BY t_s DESC LIMIT 1",
+            (site,),
+        ).fetchone()
+        return None if row is None else (float(row[0]), str(row[1]))
 
     def size_bytes(self) -> int:
         """Bytes on disk of the database (pages in use; 0 for ``":memory:"``)."""

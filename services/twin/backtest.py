@@ -8,7 +8,8 @@ record_telemetry`). The service side sees only the recorded rows: it calibrates 
 resistance on the first ``calibration_h`` hours (:class:`~pulsebms.services.twin.calibration.
 EcmCalibrator`, start values SoH 1 and resistance factor 1), forecasts from the end of that
 window under the same duty with the same acceleration (:func:`~pulsebms.services.twin.
-forecast.forecast_soh`) at each pack's mean measured temperature, and the forecast is compared with the truth's SoH day by day.
+forecast.forecast_soh`) at each pack's mean measured temperature, and the forecast is
+compared with the truth's SoH day by day.
 
 What the error measures: calibration error, and the forecast's idealised duty (fixed
 voltages per SoC slice, duty temperature, current fixed at the calibrated capacity) against
@@ -97,9 +98,7 @@ def backtest(
     """
     n = len(packs)
     ids = [f"pack-{k}" for k in range(n)]
-    truth = make_twin(
-        packs, "ecm", degradation="empirical", degradation_acceleration=acceleration
-    )
+    truth = make_twin(packs, "ecm", degradation="empirical", degradation_acceleration=acceleration)
     soh_true0 = np.array([p.initial_soh for p in packs])
     capacity = np.asarray(truth.ratings.cell_capacity_ah * truth.ratings.parallel) * soh_true0
     current = duty.current_profile(capacity, dt_s, days * 86400.0, seed=seed)

@@ -9,8 +9,9 @@ minus the CAN bus and the edge: the service only ever sees the store's rows.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
@@ -19,7 +20,7 @@ from pulsebms.envs.twin.base import FleetTwin
 from pulsebms.hil.noise import SensorNoise
 from pulsebms.services.store.base import Row
 
-__all__ = ["Recording", "record_telemetry"]
+__all__ = ["Recording", "record_telemetry", "telemetry_messages"]
 
 
 @dataclass(frozen=True)
@@ -117,3 +118,73 @@ def record_telemetry(
         soh=np.array(soh),
         faulted=np.flatnonzero(state.faulted).astype(np.float64),
     )
+
+
+def telemetry_messages(
+    rows: Sequence[Row],
+    *,
+    site: str,
+    device: str,
+    series: Mapping[str, int],
+    chemistry: Mapping[str, str] | None = None,
+    capacity_ah: Mapping[str, float] | None = None,
+    session: str = "rec",
+    period_s: float = 1.0,
+) -> list[dict[str, Any]]:
+    """Recorded rows as the telemetry messages an edge device would have published.
+
+    One message per sample time (all packs of that time), in time order, ``seq`` from 0.
+
+    Args:
+        rows: Rows of :func:`record_telemetry` (or a store).
+        site: Site name.
+        device: Edge device name.
+        series: Cells in series per pack id (to report cell voltages).
+        chemistry: Chemistry per pack id (optional telemetry field).
+        capacity_ah: Rated pack capacity per pack id (optional telemetry field).
+        session: The sender's session id.
+        period_s: The ``period_s`` field.
+
+    Returns:
+        Messages (``dict``), valid for :func:`pulsebms.core.messaging.encode`.
+    """
+    by_time: dict[float, list[Row]] = {}
+    for row in rows:
+        by_time.setdefault(float(row[1]), []).append(row)
+    out: list[dict[str, Any]] = []
+    for seq, t in enumerate(sorted(by_time)):
+        packs = []
+        for pid, _, soc, soh, cur, volt, temp in by_time[t]:
+            cell = volt / series[pid]
+            entry: dict[str, Any] = {
+                "pack_id": pid,
+                "soc": min(max(soc, 0.0), 1.0) if np.isfinite(soc) else None,
+                "soh": min(max(soh, 0.0), 1.5) if np.isfinite(soh) else None,
+                "current_a": cur,
+                "voltage_v": volt,
+                "cell_voltage_min_v": cell,
+                "cell_voltage_max_v": cell,
+                "temperature_min_c": temp,
+                "temperature_max_c": temp,
+                "setpoint_w": cur * volt,
+                "safe": False,
+                "reasons": 0,
+                "fresh": True,
+            }
+            if chemistry is not None:
+                entry["chemistry"] = chemistry[pid]
+            if capacity_ah is not None:
+                entry["capacity_ah"] = capacity_ah[pid]
+            packs.append(entry)
+        out.append(
+            {
+                "site": site,
+                "device": device,
+                "session": session,
+                "seq": seq,
+                "timestamp_s": t,
+                "period_s": period_s,
+                "packs": packs,
+            }
+        )
+    return out

@@ -5,6 +5,7 @@ Round trip, range queries, latest, pack list, schema version check, malformed ba
 
 from __future__ import annotations
 
+import json
 import sqlite3
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -105,7 +106,9 @@ def test_reopen_keeps_data_and_checks_version(backend: tuple[str, Opener, str]) 
 @pytest.mark.parametrize(
     "bad",
     [
-        ("p0", 5.0, float("nan"), 1.0, 0.0, 3.7, 25.0),
+        ("p0", 5.0, 0.5, 1.0, 0.0, float("nan"), 25.0),
+        ("p0", 5.0, 0.5, 1.0, float("inf"), 3.7, 25.0),
+        ("p0", 5.0, float("inf"), 1.0, 0.0, 3.7, 25.0),
         ("p0", float("inf"), 0.5, 1.0, 0.0, 3.7, 25.0),
         ("p0", 5.0, 0.5, 1.0, 0.0, 3.7),
         ("", 5.0, 0.5, 1.0, 0.0, 3.7, 25.0),
@@ -145,4 +148,28 @@ def test_postgres_uses_the_pack_time_index(postgres_conninfo: str) -> None:
             ).fetchall()
         )
     assert "telemetry_pack_time" in plan, plan
+    store.close()
+
+
+def test_forecasts_round_trip(backend: tuple[str, Opener, str]) -> None:
+    _, open_store, _ = backend
+    store = open_store()
+    assert store.latest_forecast("s1") is None  # type: ignore[attr-defined]
+    store.write_forecast(10.0, "s1", '{"seq": 0}')  # type: ignore[attr-defined]
+    store.write_forecast(20.0, "s1", '{"seq": 1}')  # type: ignore[attr-defined]
+    store.write_forecast(30.0, "s2", '{"seq": 9}')  # type: ignore[attr-defined]
+    t_s, payload = store.latest_forecast("s1")  # type: ignore[attr-defined]
+    assert t_s == 20.0
+    assert json.loads(payload) == {"seq": 1}
+    store.close()
+
+
+def test_unknown_soc_and_soh_round_trip_as_nan(backend: tuple[str, Opener, str]) -> None:
+    _, open_store, _ = backend
+    store = open_store()
+    store.write_batch([("p0", 1.0, float("nan"), float("nan"), 2.0, 3.7, 25.0)])
+    got = store.query("p0", 0.0, 2.0)
+    assert np.isnan(got["soc"][0])
+    assert np.isnan(got["soh"][0])
+    assert got["voltage_v"][0] == 3.7
     store.close()
