@@ -31,7 +31,8 @@ class SqliteTelemetryStore:
     """A :class:`~pulsebms.services.store.base.TelemetryStore` in one SQLite file.
 
     Writes run in one transaction per batch (``executemany``); the journal is WAL, so
-    readers do not block the writer.
+    readers do not block the writer. A database error (disk full, closed store) is raised
+    as :class:`~pulsebms.services.store.base.StoreError`.
 
     Args:
         path: Database file, or ``":memory:"``.
@@ -94,24 +95,36 @@ class SqliteTelemetryStore:
         """
         validate_rows(rows)
         marks = ", ".join("?" * (1 + len(COLUMNS)))
-        with self._db:
-            self._db.executemany(f"INSERT INTO {TABLE} (pack_id, {_COLS}) VALUES ({marks})", rows)
+        try:
+            with self._db:
+                self._db.executemany(
+                    f"INSERT INTO {TABLE} (pack_id, {_COLS}) VALUES ({marks})", rows
+                )
+        except sqlite3.Error as exc:
+            raise StoreError(f"SQLite write failed: {exc}") from exc
         return len(rows)
 
     def query(self, pack_id: str, t0_s: float, t1_s: float) -> dict[str, npt.NDArray[np.float64]]:
         """Rows of ``pack_id`` with ``t0_s <= t_s < t1_s``, by column, in time order."""
-        cur = self._db.execute(
-            f"SELECT {_COLS} FROM {TABLE} WHERE pack_id = ? AND t_s >= ? AND t_s < ? ORDER BY t_s",
-            (pack_id, t0_s, t1_s),
-        )
-        return columns_from_rows(cur.fetchall())
+        try:
+            cur = self._db.execute(
+                f"SELECT {_COLS} FROM {TABLE}"
+                " WHERE pack_id = ? AND t_s >= ? AND t_s < ? ORDER BY t_s",
+                (pack_id, t0_s, t1_s),
+            )
+            return columns_from_rows(cur.fetchall())
+        except sqlite3.Error as exc:
+            raise StoreError(f"SQLite query failed: {exc}") from exc
 
     def latest(self, pack_id: str) -> dict[str, float] | None:
         """The newest row of ``pack_id``, or ``None`` when it has none."""
-        row = self._db.execute(
-            f"SELECT {_COLS} FROM {TABLE} WHERE pack_id = ? ORDER BY t_s DESC LIMIT 1",
-            (pack_id,),
-        ).fetchone()
+        try:
+            row = self._db.execute(
+                f"SELECT {_COLS} FROM {TABLE} WHERE pack_id = ? ORDER BY t_s DESC LIMIT 1",
+                (pack_id,),
+            ).fetchone()
+        except sqlite3.Error as exc:
+            raise StoreError(f"SQLite query failed: {exc}") from exc
         return None if row is None else dict(zip(COLUMNS, map(float, row), strict=True))
 
     def pack_ids(self) -> list[str]:
@@ -121,10 +134,13 @@ class SqliteTelemetryStore:
 
     def write_forecast(self, t_s: float, site: str, payload: str) -> None:
         """Store one forecast message (its JSON text) published at ``t_s``."""
-        with self._db:
-            self._db.execute(
-                f"INSERT INTO {FORECAST_TABLE} VALUES (?, ?, ?)", (float(t_s), site, payload)
-            )
+        try:
+            with self._db:
+                self._db.execute(
+                    f"INSERT INTO {FORECAST_TABLE} VALUES (?, ?, ?)", (float(t_s), site, payload)
+                )
+        except sqlite3.Error as exc:
+            raise StoreError(f"SQLite write failed: {exc}") from exc
 
     def latest_forecast(self, site: str) -> tuple[float, str] | None:
         """``(t_s, payload)`` of the newest forecast of ``site``, or ``None``."""

@@ -73,6 +73,7 @@ class TwinServiceConfig:
             capacity (capacity is not identifiable from a pack at rest).
         flush_rows: Buffered rows that trigger a store write.
         flush_period_s: Longest time a row stays buffered.
+        max_buffer_rows: Most rows kept while the store is failing (oldest dropped first).
         resync_period_s: Time between synchronisations of the mirror.
         fidelity: Fidelity of the mirror (``"ecm"`` or ``"physics"``).
         duty: Duty a forecast assumes (:meth:`TwinService.set_duty` replaces it).
@@ -94,6 +95,7 @@ class TwinServiceConfig:
     min_throughput: float = 0.2
     flush_rows: int = 5000
     flush_period_s: float = 10.0
+    max_buffer_rows: int = 1_000_000
     resync_period_s: float = 300.0
     fidelity: str = "ecm"
     duty: Duty = field(default_factory=lambda: DEFAULT_DUTY)
@@ -308,8 +310,9 @@ class TwinService:
     def flush(self) -> int:
         """Write the buffered rows to the store (one batch); returns rows written.
 
-        A batch the store refuses is dropped and counted (a row is validated before it is
-        buffered, so that means the store itself failed).
+        When the store fails (server down, disk full), the rows stay buffered and are
+        retried at the next flush; beyond ``max_buffer_rows`` the oldest are dropped and
+        counted (``rows_dropped_store``).
         """
         with self._lock:
             rows, self._buffer = self._buffer, []
@@ -318,9 +321,14 @@ class TwinService:
             return 0
         try:
             written = self.store.write_batch(rows)
-        except StoreError:
-            self.stats["rows_dropped_store"] += len(rows)
-            _log.exception("twin service: store refused a batch of %d rows", len(rows))
+        except StoreError as exc:
+            self.stats["store_errors"] += 1
+            with self._lock:  # keep them for the next flush, up to max_buffer_rows
+                kept = rows + self._buffer
+                excess = max(0, len(kept) - self.config.max_buffer_rows)
+                self._buffer = kept[excess:]
+            self.stats["rows_dropped_store"] += excess
+            _log.warning("twin service: store write failed (%s); %d rows kept", exc, len(kept))
             return 0
         self.stats["rows_written"] += written
         return written

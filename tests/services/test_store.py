@@ -173,3 +173,27 @@ def test_unknown_soc_and_soh_round_trip_as_nan(backend: tuple[str, Opener, str])
     assert np.isnan(got["soh"][0])
     assert got["voltage_v"][0] == 3.7
     store.close()
+
+
+def test_postgres_reconnects_after_a_lost_connection(postgres_conninfo: str) -> None:
+    store = PostgresTelemetryStore(postgres_conninfo)
+    store.write_batch(_rows(3, 1))
+    with psycopg.connect(postgres_conninfo, autocommit=True) as admin:  # kill its session
+        admin.execute(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
+            " WHERE datname = current_database() AND pid <> pg_backend_pid()"
+        )
+    assert store.write_batch(_rows(3, 1, t0=10.0)) == 3  # reconnected once, then written
+    assert store.query("p0", 0.0, 100.0)["t_s"].size == 6
+    store.close()
+    with pytest.raises(StoreError, match="closed"):
+        store.query("p0", 0.0, 1.0)
+
+
+def test_sqlite_errors_are_store_errors(tmp_path: Path) -> None:
+    store = SqliteTelemetryStore(tmp_path / "t.db")
+    store.close()
+    with pytest.raises(StoreError, match="SQLite"):
+        store.write_batch(_rows(1, 1))
+    with pytest.raises(StoreError, match="SQLite"):
+        store.query("p0", 0.0, 1.0)
