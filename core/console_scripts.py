@@ -44,6 +44,7 @@ __all__ = [
     "missing_extra_message",
     "run_script",
     "train",
+    "twin_service",
 ]
 
 EXIT_MISSING_EXTRA = 2
@@ -157,6 +158,9 @@ SCRIPTS: Mapping[str, ConsoleScript] = MappingProxyType(
             ConsoleScript(
                 "pulsebms-bench", "pulsebms.benchmarks.cli:main", ("sim", "edge", "train", "rllib")
             ),
+            ConsoleScript(
+                "pulsebms-twin-service", "pulsebms.services.twin.cli:main", ("services",)
+            ),
         )
     }
 )
@@ -250,3 +254,8 @@ def hil() -> int:
 def bench() -> int:
     """``pulsebms-bench`` (each benchmark needs its own extras)."""
     return run_script("pulsebms-bench")
+
+
+def twin_service() -> int:
+    """``pulsebms-twin-service`` (needs ``services``)."""
+    return run_script("pulsebms-twin-service")

@@ -24,10 +24,10 @@ __all__ = [
     "OPTIONAL_COLUMNS",
     "SCHEMA_VERSION",
     "TABLE",
+    "ForecastStore",
     "Row",
     "StoreError",
     "TelemetryStore",
-    "ForecastStore",
     "columns_from_rows",
     "validate_rows",
 ]

@@ -195,7 +195,7 @@ class ElectrodeCalibrator:
         self.series = np.array([p.series for p in self.packs], dtype=np.float64)
         self.parallel = np.array([p.parallel for p in self.packs], dtype=np.float64)
 
-    def nominal(self, pack_index: Sequence[int]) -> FloatArray:
+    def nominal(self, pack_index: Sequence[int] | IntArray) -> FloatArray:
         """The parameter set's fractions of each pack, ``(n, 2)``: the start values."""
         return np.stack([electrode_model(self.chemistry[k]).nominal for k in pack_index])
 
@@ -309,7 +309,8 @@ class ElectrodeCalibrator:
                 temp: FloatArray = temp,
                 g: int = g,
             ) -> FloatArray:
-                xs = np.concatenate([x, x + [_FD_STEP, 0.0], x + [0.0, _FD_STEP]])
+                step = np.eye(2) * _FD_STEP
+                xs = np.concatenate([x, x + step[0], x + step[1]])
                 v = self.simulate_cell_voltage(
                     chem, xs, np.tile(soc0, 3), np.tile(dt, (3, 1)), np.tile(cell_i, (3, 1)),
                     np.tile(temp, (3, 1)),

@@ -166,7 +166,7 @@ def forecast_soh(
         else np.tile(np.asarray(temperature_c, dtype=np.float64), 3)
     )
     n_steps = int(np.ceil(horizon_days / step_days - 1e-9))
-    t_days = np.arange(n_steps + 1) * step_days
+    t_days = np.arange(n_steps + 1, dtype=np.float64) * float(step_days)
     out = np.empty((3 * n, n_steps + 1))
     out[:, 0] = start
     cycles = duty.cycles_per_day * step_days

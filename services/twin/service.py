@@ -138,6 +138,11 @@ class PackState:
     calibrated_at_s: float = math.nan
 
 
+def _or(value: float, default: float) -> float:
+    """``value`` unless it is NaN."""
+    return value if math.isfinite(value) else default
+
+
 def _finite(value: Any) -> float:
     """``value`` as a float, NaN when null, non-numeric or non-finite."""
     if isinstance(value, bool) or not isinstance(value, int | float):
@@ -186,6 +191,16 @@ class TwinService:
         self.last_forecast: dict[str, Any] | None = None
         self._lock = threading.RLock()
 
+    def reset_schedule(self) -> None:
+        """Restart the flush, calibration and forecast periods from the clock's now.
+
+        Call it after replacing :attr:`clock` (a replay's simulated clock).
+        """
+        now = self.clock()
+        self._last_flush_s = now
+        self._next_calibration_s = now + self.config.calibration_period_s
+        self._next_forecast_s = now + self.config.period_s
+
     # ------------------------------------------------------------------ inputs
     def set_duty(self, duty: Duty) -> None:
         """Forecast under ``duty`` from now on (e.g. the coordinator's planned duty)."""
@@ -209,7 +224,7 @@ class TwinService:
         try:
             with self._lock:
                 self._handle_telemetry(message)
-        except Exception:  # noqa: BLE001 - the loop must survive any message
+        except Exception:
             self.stats["handler_errors"] += 1
             _log.exception("twin service: telemetry message not handled")
 
@@ -347,7 +362,7 @@ class TwinService:
                 self._next_forecast_s = now + self.config.period_s
                 self.flush()
                 self.forecast()
-        except Exception:  # noqa: BLE001 - a failing step waits for its next period
+        except Exception:
             self.stats["tick_errors"] += 1
             _log.exception("twin service: tick failed")
 
@@ -434,12 +449,7 @@ class TwinService:
             [e[1].spec.chemistry for e in entries],
             np.array([e[2] for e in entries]),
             soh_std=np.array([e[3] for e in entries]),
-            resistance_factor=np.array(
-                [
-                    e[1].resistance_factor if math.isfinite(e[1].resistance_factor) else 1.0
-                    for e in entries
-                ]
-            ),  # fmt: skip
+            resistance_factor=np.array([_or(e[1].resistance_factor, 1.0) for e in entries]),
             duty=duty,
             horizon_days=self.config.horizon_days,
             step_days=self.config.step_days,
@@ -500,7 +510,7 @@ class TwinService:
             try:
                 self.publish("forecast", topic, message)
                 self.stats["forecasts_published"] += 1
-            except Exception:  # noqa: BLE001 - a broker hiccup must not stop the service
+            except Exception:
                 self.stats["publish_errors"] += 1
                 _log.exception("twin service: forecast not published")
         writer = getattr(self.store, "write_forecast", None)

@@ -89,7 +89,7 @@ def finite_difference_jacobian(
 
 
 def _solve_each(a: FloatArray, b: FloatArray) -> FloatArray:
-    """``a[k] \\ b[k]`` for every k; least squares where a matrix is singular."""
+    """Solve ``a[k] x = b[k]`` for every k; least squares where a matrix is singular."""
     try:
         return np.asarray(np.linalg.solve(a, b[..., None])[..., 0], dtype=np.float64)
     except np.linalg.LinAlgError:

@@ -89,7 +89,7 @@ class FleetMirror:
     @property
     def voltage_rmse_v(self) -> FloatArray:
         """Exponentially weighted RMSE of the pack voltage prediction [V] (NaN: none yet)."""
-        return np.sqrt(self._mse)
+        return np.asarray(np.sqrt(self._mse), dtype=np.float64)
 
     def predicted_voltage_v(self) -> FloatArray:
         """The twin's pack voltage now [V]."""
@@ -118,7 +118,7 @@ class FleetMirror:
         idx = np.array([r for r in rows if r >= 0], dtype=np.int64)
 
         def pick(values: Sequence[float] | FloatArray) -> FloatArray:
-            return np.asarray(values, dtype=np.float64)[known]
+            return np.asarray(np.asarray(values, dtype=np.float64)[known], dtype=np.float64)
 
         soc_m, soh_m, cur_m = pick(soc), pick(soh), pick(current_a)
         volt_m, temp_m = pick(voltage_v), pick(temperature_c)
@@ -185,4 +185,4 @@ class FleetMirror:
         self.twin.set_state(soc=soc, soh=soh, temperature_c=temp)
         self.last_sync_s = self.t_s
         self.synchronisations += 1
-        return measured
+        return np.asarray(measured, dtype=bool)

@@ -74,8 +74,10 @@ def test_duty_validation_and_profile() -> None:
 
 
 def test_mirror_follows_a_fleet_and_flags_a_wrong_model() -> None:
-    """Synced to exact telemetry of the same circuit, the mirror predicts within a few mV;
-    told the wrong SoH it predicts worse (the error is tracked, per pack)."""
+    """The mirror predicts within a few mV; told the wrong SoH it predicts worse.
+
+    Synced to exact telemetry of the same circuit; the error is tracked per pack.
+    """
     specs = [PackSpec("NMC", initial_soc=0.7, initial_soh=0.9), PackSpec("LFP", initial_soc=0.7)]
     truth = make_twin(specs, "ecm", degradation="none")
     duty = Duty(cycles_per_day=6.0, depth_of_discharge=0.5, c_rate=0.5, mean_soc=0.45)

@@ -6,8 +6,10 @@ noise) on a simulated clock, with a real SQLite store and, once, a real PostgreS
 
 from __future__ import annotations
 
+import itertools
 import json
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -115,7 +117,7 @@ def test_service_calibrates_forecasts_publishes_and_stores(messages: list[dict[s
         assert entry["rul_days"] is None or entry["rul_days"] > 0
         traj = entry["trajectory"]
         assert traj[0]["t_days"] == 0.0
-        assert all(b["soh"] <= a["soh"] for a, b in zip(traj, traj[1:], strict=False))
+        assert all(b["soh"] <= a["soh"] for a, b in itertools.pairwise(traj))
         assert entry["voltage_rmse_v"] is not None
     stored = store.latest_forecast(SITE)
     assert stored is not None
@@ -197,3 +199,35 @@ def test_service_survives_bad_input(messages: list[dict[str, Any]]) -> None:
     service.tick()  # calibration and forecast fail on the closed store: counted, no raise
     assert service.stats["tick_errors"] == 1
     assert len(service._buffer) == 2
+
+
+def test_cli_replays_recorded_telemetry(
+    tmp_path: Path, messages: list[dict[str, Any]], capsys: pytest.CaptureFixture[str]
+) -> None:
+    from pulsebms.services.twin.cli import main
+
+    fleet = tmp_path / "fleet.json"
+    fleet.write_text(json.dumps({"packs": {
+        "nmc-a": {"chemistry": "NMC", "series": 14, "parallel": 4},
+        "lfp-b": {"chemistry": "LFP", "series": 16, "parallel": 8},
+    }}))  # fmt: skip
+    recorded = tmp_path / "telemetry.jsonl"
+    lines = [json.dumps(m) for m in messages[:200]]
+    recorded.write_text("\n".join([*lines[:100], "{broken", *lines[100:]]) + "\n")
+    db = tmp_path / "twin.db"
+    argv = ["--site", SITE, "--replay", str(recorded), "--fleet", str(fleet),
+            "--store", f"sqlite:///{db}", "--period-s", "600", "--horizon-days", "365",
+            "--duty", '{"cycles_per_day": 2.0, "c_rate": 0.3}']  # fmt: skip
+    assert main(argv) == 0
+    out, err = capsys.readouterr()
+    forecasts = [decode(line.encode(), "forecast") for line in out.splitlines()]
+    assert len(forecasts) == 3  # 2000 s of telemetry, one forecast per 600 s
+    assert forecasts[-1]["duty"].startswith("2 cycles/day")
+    assert '"malformed_replay":1' in err
+    store = SqliteTelemetryStore(db)
+    assert store.query("nmc-a", 0.0, 1e12)["t_s"].size == 200
+    assert store.latest_forecast(SITE) is not None
+    store.close()
+    fleet.write_text('{"packs": {"x": {"series": 3}}}')
+    assert main(argv) == 2
+    assert "needs at least a chemistry" in capsys.readouterr().err
