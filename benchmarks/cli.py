@@ -30,6 +30,7 @@ BENCHMARKS: dict[str, str] = {
     "ray": "pulsebms.benchmarks.ray",
     "allocation": "pulsebms.benchmarks.allocation",
     "store": "pulsebms.benchmarks.store",
+    "calibration": "pulsebms.benchmarks.calibration",
 }
 
 
