@@ -47,6 +47,7 @@ from pulsebms.envs.twin.parameters import cell_facts
 from pulsebms.services.store.base import Row, StoreError, TelemetryStore
 from pulsebms.services.twin.calibration import EcmCalibrator
 from pulsebms.services.twin.duty import DEFAULT_DUTY, Duty
+from pulsebms.services.twin.electrode import ElectrodeCalibrator
 from pulsebms.services.twin.forecast import forecast_soh
 from pulsebms.services.twin.sync import FleetMirror
 from pulsebms.services.twin.window import PackWindow
@@ -85,6 +86,10 @@ class TwinServiceConfig:
             accelerated HIL run sets its own).
         infer_packs: Build specs of unknown packs from their telemetry when it says
             chemistry and capacity.
+        electrode_calibration: Also fit each pack's active-material fractions on PyBaMM's
+            SPM (:mod:`~pulsebms.services.twin.electrode`; the physics fidelity) from the
+            part of its window after its latest rest of ``rest_s`` (|I| ≤ C/100).
+        rest_s: Least rest before a physics calibration window [s].
     """
 
     site: str
@@ -105,6 +110,8 @@ class TwinServiceConfig:
     end_of_life_soh: float = 0.8
     degradation_acceleration: float = 1.0
     infer_packs: bool = True
+    electrode_calibration: bool = False
+    rest_s: float = 600.0
 
     def __post_init__(self) -> None:
         for name in ("period_s", "calibration_period_s", "calibration_window_s", "flush_period_s"):
@@ -126,6 +133,8 @@ class PackState:
         resistance_ohm: Calibrated pack resistance [Ω].
         capacity_ah: Calibrated pack capacity [A.h].
         calibrated_at_s: When it was last calibrated.
+        electrode_fractions: Fitted active-material fractions (negative, positive), or None.
+        electrode_std: Their standard deviations.
     """
 
     device: str
@@ -136,6 +145,19 @@ class PackState:
     resistance_ohm: float = math.nan
     capacity_ah: float = math.nan
     calibrated_at_s: float = math.nan
+    electrode_fractions: tuple[float, float] | None = None
+    electrode_std: tuple[float, float] | None = None
+
+
+def _electrode_fields(state: PackState) -> dict[str, Any]:
+    """Extra forecast fields (additive: receivers ignore what they do not know)."""
+    if state.electrode_fractions is None:
+        return {}
+    std = state.electrode_std or (math.nan, math.nan)
+    return {
+        "active_material_fractions": list(state.electrode_fractions),
+        "active_material_fractions_std": [v if math.isfinite(v) else None for v in std],
+    }
 
 
 def _or(value: float, default: float) -> float:
@@ -417,7 +439,41 @@ class TwinService:
             if mirror is not None:
                 for pid in done:
                     mirror.calibrated_soh[mirror.index[pid]] = self.packs[pid].soh
+        if self.config.electrode_calibration:
+            self._calibrate_electrodes(ids, specs, chosen, windows)
         return done
+
+    def _calibrate_electrodes(
+        self,
+        ids: list[str],
+        specs: list[PackSpec],
+        chosen: list[int],
+        windows: list[PackWindow],
+    ) -> None:
+        """Fit active-material fractions where a window holds a long enough rest."""
+        parts: list[PackWindow] = []
+        which: list[int] = []
+        for k, window in zip(chosen, windows, strict=True):
+            spec = specs[k]
+            threshold = 0.01 * cell_facts(spec.chemistry).capacity_ah * spec.parallel
+            part = window.since_rest(self.config.rest_s, threshold, self.config.min_samples)
+            if part is None:
+                self.stats["electrode_skipped_no_rest"] += 1
+                continue
+            parts.append(part)
+            which.append(k)
+        if not parts:
+            return
+        result = ElectrodeCalibrator(specs).calibrate(parts, which)
+        self.stats["electrode_calibrations"] += 1
+        with self._lock:
+            for j, k in enumerate(which):
+                if not result.converged[j]:
+                    self.stats["electrode_not_converged"] += 1
+                    continue
+                state = self.packs[ids[k]]
+                state.electrode_fractions = (float(result.x[j, 0]), float(result.x[j, 1]))
+                state.electrode_std = (float(result.std[j, 0]), float(result.std[j, 1]))
 
     def forecast(self) -> dict[str, Any] | None:
         """Forecast every pack with a SoH, publish and store the message; returns it."""
@@ -481,6 +537,7 @@ class TwinService:
                     if not math.isfinite(fc.rul_days[j])
                     else float(fc.rul_days[j]),
                     "end_of_life_soh": fc.end_of_life_soh,
+                    **_electrode_fields(state),
                     "trajectory": [
                         {
                             "t_days": float(fc.t_days[i]),

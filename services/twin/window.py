@@ -67,6 +67,50 @@ class PackWindow:
         """Number of samples."""
         return int(self.t_s.size)
 
+    def since_rest(
+        self, min_rest_s: float, current_threshold_a: float, min_samples: int
+    ) -> PackWindow | None:
+        """The part of the window from the end of its latest long rest, or None.
+
+        A rest is a run of samples with ``|current| <= current_threshold_a`` lasting at least
+        ``min_rest_s``; the part starts at its last sample (the pack at rest, with the SoC
+        the BMS reported there) and must hold ``min_samples`` samples. What a physics
+        calibration needs (:mod:`pulsebms.services.twin.electrode`).
+
+        Example:
+            >>> t = np.arange(100.0) * 60.0
+            >>> i = np.where(t < 1800.0, 0.0, 5.0)
+            >>> w = PackWindow(t, i, np.full(100, 50.0), np.full(100, 25.0), np.full(100, 0.5))
+            >>> w.since_rest(600.0, 0.1, 20).t_s[0]
+            np.float64(1740.0)
+        """
+        if self.n_samples < 2:
+            return None
+        rest = np.abs(self.current_a) <= current_threshold_a
+        best: int | None = None
+        k = 0
+        n = self.n_samples
+        while k < n:
+            if not rest[k]:
+                k += 1
+                continue
+            j = k
+            while j + 1 < n and rest[j + 1]:
+                j += 1
+            # Samples k..j are at rest; the current of sample k is held over (t[k-1], t[k]].
+            start_t = self.t_s[k - 1] if k > 0 else self.t_s[k]
+            long_enough = self.t_s[j] - start_t >= min_rest_s
+            if long_enough and n - j >= min_samples and np.isfinite(self.soc[j]):
+                best = j
+            k = j + 1
+        if best is None:
+            return None
+        sl = slice(best, None)
+        return PackWindow(
+            self.t_s[sl], self.current_a[sl], self.voltage_v[sl], self.temperature_c[sl],
+            self.soc[sl],
+        )  # fmt: skip
+
     def throughput_ah(self) -> float:
         """Charge moved over the window, |I|·dt summed [A.h]."""
         if self.n_samples < 2:

@@ -231,3 +231,46 @@ def test_cli_replays_recorded_telemetry(
     fleet.write_text('{"packs": {"x": {"series": 3}}}')
     assert main(argv) == 2
     assert "needs at least a chemistry" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_service_fits_electrode_fractions_after_a_rest() -> None:
+    """Physics calibration in the loop: a pack rests 20 min, then drives for an hour (~15 s)."""
+    from pulsebms.services.twin.electrode import reference_voltage
+
+    series, parallel, truth = 14, 4, (0.69, 0.6)
+    duty = Duty(cycles_per_day=6.0, depth_of_discharge=0.6, c_rate=1.0, pulse_c_rate=0.3)
+    cell_i = duty.current_profile(np.array([5.15]), 10.0, 3600.0, seed=5)[:, 0]
+    v = reference_voltage("NMC", truth, 0.8, cell_i, 10.0)
+    rng = np.random.default_rng(0)
+    n_rest = 120
+    cell_v = np.r_[np.full(n_rest, v[0]), v[1:]] + rng.uniform(-0.002, 0.002, n_rest + v.size - 1)
+    current = np.r_[np.zeros(n_rest), cell_i] * parallel
+    soc = np.r_[np.full(n_rest, 0.8), 0.8 - np.cumsum(cell_i) * 10.0 / 3600.0 / 5.15]
+    rows = [("nmc-z", 1_000.0 + 10.0 * k, float(soc[k]), 1.0, float(current[k]),
+             float(cell_v[k] * series), 25.0) for k in range(cell_v.size)]  # fmt: skip
+    messages = telemetry_messages(rows, site=SITE, device=DEVICE, series={"nmc-z": series})
+    clock = Clock()
+    config = TwinServiceConfig(
+        site=SITE,
+        calibration_period_s=2.5 * 3600.0,
+        electrode_calibration=True,
+        horizon_days=365.0,
+        step_days=30.0,
+    )
+    store = SqliteTelemetryStore(":memory:")
+    service = TwinService(config, store, packs={"nmc-z": PackSpec("NMC", series=14, parallel=4)},
+                          clock=clock)  # fmt: skip
+    for m in messages:
+        clock.now_s = m["timestamp_s"]
+        service.handle_telemetry(telemetry_topic(SITE, DEVICE), m)
+    service.flush()
+    service.calibrate()
+    fractions = service.packs["nmc-z"].electrode_fractions
+    assert fractions is not None
+    np.testing.assert_allclose(fractions, truth, atol=0.015)
+    forecast = service.forecast()
+    assert forecast is not None
+    entry = decode(encode("forecast", forecast), "forecast")["packs"][0]
+    np.testing.assert_allclose(entry["active_material_fractions"], truth, atol=0.015)
+    store.close()
