@@ -126,8 +126,8 @@ def bench_electrode(n_packs: int, seed: int = 0) -> dict[str, float]:
         v = v + rng.uniform(-0.002, 0.002, v.size)
         soc = np.full(v.size, np.nan)
         soc[0] = 0.8
-        windows.append(PackWindow(np.arange(v.size) * dt, np.r_[0.0, current[:, k]], v,
-                                  np.full(v.size, 25.0), soc))  # fmt: skip
+        t_s = np.arange(v.size, dtype=np.float64) * dt
+        windows.append(PackWindow(t_s, np.r_[0.0, current[:, k]], v, np.full(v.size, 25.0), soc))
     truth_s = time.perf_counter() - start
     calibrator = ElectrodeCalibrator([PackSpec("NMC", series=1, parallel=1)] * n_packs)
     calibrator.calibrate(windows[:1], [0], max_iterations=1)  # build the model (once)
@@ -199,15 +199,15 @@ def main(argv: list[str] | None = None) -> int:
             flush=True,
         )
     if "backtest" in args.parts:
-        r = bench_backtest(days)
-        result["backtest"] = r
+        bt = bench_backtest(days)
+        result["backtest"] = bt
         print(
-            f"back-test, {days:g} days ×{r['acceleration']:g}: SoH RMSE "
-            + ", ".join(f"{x:.4f}" for x in r["soh_rmse"])
+            f"back-test, {days:g} days ×{bt['acceleration']:g}: SoH RMSE "
+            + ", ".join(f"{x:.4f}" for x in bt["soh_rmse"])
             + "; fade error "
-            + ", ".join(f"{100 * x:+.1f} %" for x in r["fade_error"])
+            + ", ".join(f"{100 * x:+.1f} %" for x in bt["fade_error"])
             + " (true fade "
-            + ", ".join(f"{x:.3f}" for x in r["true_fade"])
+            + ", ".join(f"{x:.3f}" for x in bt["true_fade"])
             + ")"
             + f"; load {os.getloadavg()[0]:.2f}",
             flush=True,
