@@ -86,7 +86,7 @@ class EcmCalibration:
 def _uniform_lookup(grid: FloatArray, table: FloatArray, x: FloatArray) -> FloatArray:
     """Row-wise linear interpolation of ``table`` (rows, len(grid)) at ``x`` (rows,), clamped."""
     step = grid[1] - grid[0]
-    u = np.clip((x - grid[0]) / step, 0.0, grid.size - 1.0)
+    u = np.minimum(np.maximum((x - grid[0]) / step, 0.0), grid.size - 1.0)
     j = np.minimum(u.astype(np.int64), grid.size - 2)
     w = u - j
     rows = np.arange(table.shape[0])
@@ -154,25 +154,65 @@ class EcmCalibrator:
         Returns:
             Cell voltage at each sample, ``(r, m)``.
         """
+        tables = self._temperature_tables(np.asarray(rows), temperature_c)
+        same = np.arange(x.shape[0])
+        return self._simulate(np.asarray(rows), same, x, dt_s, cell_current_a, tables)
+
+    def _temperature_tables(self, rows: IntArray, temperature_c: FloatArray) -> FloatArray:
+        """R0, R1, τ of each window's pack at each sample's temperature, on the SoC grid.
+
+        The temperatures are measured, so this interpolation does not depend on the fitted
+        parameters: it is done once per calibration. Shape ``(m, 3, n, n_soc)``.
+        """
+        grid = self._temp_grid
+        u = np.clip((temperature_c - grid[0]) / (grid[1] - grid[0]), 0.0, grid.size - 1.0)
+        j = np.minimum(u.astype(np.int64), grid.size - 2)  # (n, m)
+        w = (u - j)[None, :, :, None]
+        circuit = self._circuit[:, rows]  # (3, n, nT, nS)
+        packs = np.arange(rows.size)[:, None]
+        low = circuit[:, packs, j, :]  # (3, n, m, nS)
+        high = circuit[:, packs, j + 1, :]
+        return np.ascontiguousarray(np.moveaxis(low * (1.0 - w) + high * w, 2, 0))
+
+    def _simulate(
+        self,
+        rows: IntArray,
+        data: IntArray,
+        x: FloatArray,
+        dt_s: FloatArray,
+        cell_current_a: FloatArray,
+        tables: FloatArray,
+    ) -> FloatArray:
+        """The circuit for parameter rows ``x`` on the windows ``data`` (index per row).
+
+        ``rows``, ``dt_s``, ``cell_current_a`` and ``tables`` are per window; several
+        parameter rows may share a window (finite-difference perturbations).
+        """
         soh, factor, soc, v_rc = (x[:, k].copy() for k in range(4))
-        capacity = self.cell_capacity_ah[rows] * soh
-        circuit = self._circuit[:, rows]
-        ocv = self._ocv[rows]
-        m = dt_s.shape[1]
+        capacity = self.cell_capacity_ah[rows[data]] * soh
+        ocv = self._ocv[rows[data]]
+        dt = dt_s[data]
+        cur = cell_current_a[data]
+        fit = self._fit_soc
+        step = fit[1] - fit[0]
+        m = dt.shape[1]
         out = np.empty((x.shape[0], m))
-        r0, _, _ = circuit_at(circuit, self._temp_grid, self._fit_soc, soc, temperature_c[:, 0])
-        out[:, 0] = (
-            _uniform_lookup(self._soc_grid, ocv, soc) - v_rc - factor * r0 * cell_current_a[:, 0]
-        )
+
+        def circuit(k: int, soc: FloatArray) -> FloatArray:
+            u = np.minimum(np.maximum((soc - fit[0]) / step, 0.0), fit.size - 1.0)
+            j = np.minimum(u.astype(np.int64), fit.size - 2)
+            w = u - j
+            tab = tables[k]  # (3, n, nS)
+            return np.asarray(tab[:, data, j] * (1.0 - w) + tab[:, data, j + 1] * w)
+
+        r0 = circuit(0, soc)[0]
+        out[:, 0] = _uniform_lookup(self._soc_grid, ocv, soc) - v_rc - factor * r0 * cur[:, 0]
         for k in range(1, m):
-            i = cell_current_a[:, k]
-            dt = dt_s[:, k]
-            r0, r1, tau = circuit_at(
-                circuit, self._temp_grid, self._fit_soc, soc, temperature_c[:, k - 1]
-            )
-            decay = np.exp(-dt / tau)
+            i = cur[:, k]
+            r0, r1, tau = circuit(k - 1, soc)
+            decay = np.exp(-dt[:, k] / tau)
             v_rc = v_rc * decay + factor * i * r1 * (1.0 - decay)
-            soc = soc - i * dt / 3600.0 / capacity
+            soc = soc - i * dt[:, k] / 3600.0 / capacity
             out[:, k] = _uniform_lookup(self._soc_grid, ocv, soc) - v_rc - factor * r0 * i
         return out
 
@@ -224,18 +264,18 @@ class EcmCalibrator:
         x0[:, 1] = 1.0 if start_resistance_factor is None else start_resistance_factor
         x0[:, 2] = [self.initial_soc(int(r), w) for r, w in zip(rows, windows, strict=True)]
 
+        tables = self._temperature_tables(rows, temp)
+        own = np.arange(n)
+
         def residuals(x: FloatArray) -> FloatArray:
-            return self.simulate_cell_voltage(rows, x, dt, cell_i, temp) - cell_v
+            return self._simulate(rows, own, x, dt, cell_i, tables) - cell_v
 
         def jacobian(x: FloatArray) -> FloatArray:
             # p + 1 variants of every pack in one simulation (rows stacked).
             p = x.shape[1]
             xs = np.concatenate([x] + [x + np.eye(p)[j] * _FD_STEP[j] for j in range(p)])
-            tile = np.tile
-            v = self.simulate_cell_voltage(
-                tile(rows, p + 1), xs, tile(dt, (p + 1, 1)), tile(cell_i, (p + 1, 1)),
-                tile(temp, (p + 1, 1)),
-            ).reshape(p + 1, n, -1)  # fmt: skip
+            v = self._simulate(rows, np.tile(own, p + 1), xs, dt, cell_i, tables)
+            v = v.reshape(p + 1, n, -1)
             return np.stack([(v[j + 1] - v[0]) / _FD_STEP[j] for j in range(p)], axis=-1)
 
         fit: BatchedFit = batched_least_squares(

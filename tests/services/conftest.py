@@ -29,15 +29,18 @@ def postgres_server() -> Iterator[TemporaryPostgres]:
 
 @pytest.fixture
 def postgres_conninfo(postgres_server: TemporaryPostgres) -> Iterator[str]:
-    """A connection URI to an empty database of the session's server (dropped afterwards)."""
+    """A connection URI whose tables land in a fresh, empty schema (dropped afterwards).
+
+    A schema per test (``search_path`` in the URI) rather than a database: milliseconds
+    instead of a ``CREATE DATABASE`` copy per test.
+    """
     import uuid
 
     import psycopg
 
     name = "t_" + uuid.uuid4().hex[:12]
-    admin = postgres_server.conninfo.rsplit("/", 1)[0] + "/postgres"
-    with psycopg.connect(admin, autocommit=True) as db:
-        db.execute(f'CREATE DATABASE "{name}"')
-    yield admin.rsplit("/", 1)[0] + "/" + name
-    with psycopg.connect(admin, autocommit=True) as db:
-        db.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    with psycopg.connect(postgres_server.conninfo, autocommit=True) as db:
+        db.execute(f'CREATE SCHEMA "{name}"')
+    yield f"{postgres_server.conninfo}?options=-csearch_path%3D{name}"
+    with psycopg.connect(postgres_server.conninfo, autocommit=True) as db:
+        db.execute(f'DROP SCHEMA IF EXISTS "{name}" CASCADE')

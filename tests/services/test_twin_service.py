@@ -43,7 +43,7 @@ class Clock:
 
 @pytest.fixture(scope="module")
 def messages() -> list[dict[str, Any]]:
-    """3 h of telemetry every 10 s from two aged packs, as the edge would publish it."""
+    """2 h of telemetry every 10 s from two aged packs, as the edge would publish it."""
     ids = list(SPECS)
     truth = [
         PackSpec(s.chemistry, series=s.series, parallel=s.parallel, initial_soc=0.8,
@@ -54,7 +54,7 @@ def messages() -> list[dict[str, Any]]:
     soh = np.array([TRUE_SOH[i] for i in ids])
     capacity = np.asarray(twin.ratings.cell_capacity_ah * twin.ratings.parallel) * soh
     duty = Duty(cycles_per_day=6.0, depth_of_discharge=0.6, c_rate=0.5, pulse_c_rate=0.2)
-    current = duty.current_profile(capacity, 10.0, 3 * 3600.0, seed=3)
+    current = duty.current_profile(capacity, 10.0, 2 * 3600.0, seed=3)
     noise = SensorNoise(
         2, seed=4, voltage_noise_v=0.002, current_gain_error=0.0, current_offset_a=0.0,
         current_noise_a=0.0, temperature_offset_c=0.0, temperature_noise_c=0.0,
@@ -76,8 +76,8 @@ def _run(
     clock = Clock()
     published: list[tuple[str, str, dict[str, Any]]] = []
     config = TwinServiceConfig(
-        site=SITE, period_s=300.0, calibration_period_s=3 * 3600.0 - 5.0,
-        calibration_window_s=3 * 3600.0, flush_rows=500, horizon_days=1825.0, step_days=30.0,
+        site=SITE, period_s=300.0, calibration_period_s=2 * 3600.0 - 5.0,
+        calibration_window_s=2 * 3600.0, flush_rows=500, horizon_days=1825.0, step_days=30.0,
     )  # fmt: skip
     service = TwinService(
         config, store, packs=packs, clock=clock, publish=lambda *a: published.append(a)
@@ -127,7 +127,7 @@ def test_service_calibrates_forecasts_publishes_and_stores(messages: list[dict[s
     assert mirror is not None
     rmse_cell = mirror.voltage_rmse_v / mirror.series
     assert np.all(rmse_cell < 0.02)
-    assert mirror.synchronisations >= 30
+    assert mirror.synchronisations >= 24  # every 300 s over 2 h
     store.close()
 
 
