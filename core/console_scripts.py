@@ -36,6 +36,7 @@ __all__ = [
     "SCRIPTS",
     "ConsoleScript",
     "bench",
+    "coordinator",
     "demo",
     "edge",
     "evaluate",
@@ -161,6 +162,9 @@ SCRIPTS: Mapping[str, ConsoleScript] = MappingProxyType(
             ConsoleScript(
                 "pulsebms-twin-service", "pulsebms.services.twin.cli:main", ("services",)
             ),
+            ConsoleScript(
+                "pulsebms-coordinator", "pulsebms.services.coordinator.cli:main", ("services",)
+            ),
         )
     }
 )
@@ -259,3 +263,8 @@ def bench() -> int:
 def twin_service() -> int:
     """``pulsebms-twin-service`` (needs ``services``)."""
     return run_script("pulsebms-twin-service")
+
+
+def coordinator() -> int:
+    """``pulsebms-coordinator`` (needs ``services``)."""
+    return run_script("pulsebms-coordinator")
