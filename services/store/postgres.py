@@ -6,7 +6,8 @@ Same layout as the embedded store (:mod:`pulsebms.services.store.base`): a one-r
 index range scan however many packs and weeks the table holds. Writes go through ``COPY``
 (binary rows, one transaction per batch), the fastest bulk path PostgreSQL offers. A lost
 connection (server restart) is re-established once per operation; what still fails is a
-:class:`~pulsebms.services.store.base.StoreError`.
+:class:`~pulsebms.services.store.base.StoreError`. One store may be used from several
+threads (operations are serialised).
 
 The schema is created on first connection under a transaction-level advisory lock, so
 several services may start against one empty database at once.
@@ -15,6 +16,7 @@ several services may start against one empty database at once.
 from __future__ import annotations
 
 import contextlib
+import threading
 from collections.abc import Callable, Sequence
 from typing import Any, TypeVar
 
@@ -56,6 +58,7 @@ class PostgresTelemetryStore:
         self._conninfo = conninfo
         self._timeout = max(1, int(connect_timeout_s))
         self._closed = False
+        self._lock = threading.RLock()  # one transaction at a time across threads
         self._db: Any = self._connect()
         try:
             self._create_schema()
@@ -77,6 +80,10 @@ class PostgresTelemetryStore:
         Raises:
             StoreError: The operation failed (or failed again after reconnecting).
         """
+        with self._lock:
+            return self._retry_locked(operation)
+
+    def _retry_locked(self, operation: Callable[[], _T]) -> _T:
         import psycopg
 
         if self._closed:

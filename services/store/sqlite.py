@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sqlite3
+import threading
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -31,8 +32,9 @@ class SqliteTelemetryStore:
     """A :class:`~pulsebms.services.store.base.TelemetryStore` in one SQLite file.
 
     Writes run in one transaction per batch (``executemany``); the journal is WAL, so
-    readers do not block the writer. A database error (disk full, closed store) is raised
-    as :class:`~pulsebms.services.store.base.StoreError`.
+    readers do not block the writer. One store may be used from several threads. A database
+    error (disk full, closed store) is raised as
+    :class:`~pulsebms.services.store.base.StoreError`.
 
     Args:
         path: Database file, or ``":memory:"``.
@@ -51,7 +53,10 @@ class SqliteTelemetryStore:
 
     def __init__(self, path: str | Path) -> None:
         self.path = str(path)
-        self._db = sqlite3.connect(self.path)
+        # Shared by the threads of a service (network handler, loop); sqlite3 serialises
+        # calls on one connection, and the lock keeps each transaction whole.
+        self._db = sqlite3.connect(self.path, check_same_thread=False)
+        self._lock = threading.RLock()
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=NORMAL")
         version = SCHEMA_VERSION
@@ -96,7 +101,7 @@ class SqliteTelemetryStore:
         validate_rows(rows)
         marks = ", ".join("?" * (1 + len(COLUMNS)))
         try:
-            with self._db:
+            with self._lock, self._db:
                 self._db.executemany(
                     f"INSERT INTO {TABLE} (pack_id, {_COLS}) VALUES ({marks})", rows
                 )
@@ -107,12 +112,13 @@ class SqliteTelemetryStore:
     def query(self, pack_id: str, t0_s: float, t1_s: float) -> dict[str, npt.NDArray[np.float64]]:
         """Rows of ``pack_id`` with ``t0_s <= t_s < t1_s``, by column, in time order."""
         try:
-            cur = self._db.execute(
-                f"SELECT {_COLS} FROM {TABLE}"
-                " WHERE pack_id = ? AND t_s >= ? AND t_s < ? ORDER BY t_s",
-                (pack_id, t0_s, t1_s),
-            )
-            return columns_from_rows(cur.fetchall())
+            with self._lock:
+                cur = self._db.execute(
+                    f"SELECT {_COLS} FROM {TABLE}"
+                    " WHERE pack_id = ? AND t_s >= ? AND t_s < ? ORDER BY t_s",
+                    (pack_id, t0_s, t1_s),
+                )
+                return columns_from_rows(cur.fetchall())
         except sqlite3.Error as exc:
             raise StoreError(f"SQLite query failed: {exc}") from exc
 
@@ -135,7 +141,7 @@ class SqliteTelemetryStore:
     def write_forecast(self, t_s: float, site: str, payload: str) -> None:
         """Store one forecast message (its JSON text) published at ``t_s``."""
         try:
-            with self._db:
+            with self._lock, self._db:
                 self._db.execute(
                     f"INSERT INTO {FORECAST_TABLE} VALUES (?, ?, ?)", (float(t_s), site, payload)
                 )

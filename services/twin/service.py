@@ -3,11 +3,13 @@
 :class:`TwinService` is transport-agnostic at its core:
 
 * :meth:`TwinService.handle_telemetry` takes one validated telemetry message (the handler
-  signature of :class:`pulsebms.edge_runtime.mqtt_link.MqttLink`); :meth:`handle_payload`
-  takes raw bytes and validates them with :func:`pulsebms.core.messaging.decode`. Rows are
-  buffered and written to the :class:`~pulsebms.services.store.TelemetryStore` in batches
-  (``flush_rows`` rows or every ``flush_period_s``); the fleet mirror is stepped and synced.
-* :meth:`TwinService.tick` runs what is due by the injected clock: flush, calibration every
+  signature of :class:`pulsebms.edge_runtime.mqtt_link.MqttLink`; it runs on the link's
+  network thread); :meth:`handle_payload` takes raw bytes and validates them with
+  :func:`pulsebms.core.messaging.decode`. Rows are buffered; the fleet mirror is stepped
+  and synced.
+* :meth:`TwinService.tick` (the loop's thread) runs what is due by the injected clock:
+  the buffered rows written to the :class:`~pulsebms.services.store.TelemetryStore` in one
+  batch (at ``flush_rows`` rows or every ``flush_period_s``), calibration every
   ``calibration_period_s`` (batched over every pack with a usable window), forecast every
   ``period_s`` (default 300 s) — published on ``pulsebms/{site}/twin/forecast`` (schema
   ``forecast``) through the injected ``publish`` callable and stored.
@@ -321,8 +323,6 @@ class TwinService:
                     t_s, ids, soc=cols["soc"], soh=cols["soh"], current_a=cols["cur"],
                     voltage_v=cols["volt"], temperature_c=cols["temp"],
                 )  # fmt: skip
-        if len(self._buffer) >= self.config.flush_rows:
-            self.flush()
 
     def _ensure_mirror(self) -> FleetMirror | None:
         """The mirror over every known pack (rebuilt when a pack joins)."""
@@ -374,7 +374,9 @@ class TwinService:
         """Run what is due now: flush, calibration, forecast (never raises)."""
         now = self.clock()
         try:
-            if self._buffer and now - self._last_flush_s >= self.config.flush_period_s:
+            if len(self._buffer) >= self.config.flush_rows or (
+                self._buffer and now - self._last_flush_s >= self.config.flush_period_s
+            ):
                 self.flush()
             if now >= self._next_calibration_s:
                 self._next_calibration_s = now + self.config.calibration_period_s
@@ -594,12 +596,12 @@ class TwinService:
             tick_s: Wall-clock time between ticks [s].
             max_ticks: Stop after this many ticks (tests).
         """
-        from pulsebms.core.messaging import telemetry_topic
+        from pulsebms.core.messaging import site_filter
 
         stop = stop or threading.Event()
         if self.publish is None:
             self.publish = link.publish
-        topic_filter = telemetry_topic(self.config.site, "+")
+        topic_filter = site_filter(self.config.site, "telemetry")
         link.subscribe(topic_filter, self.handle_telemetry)
         ticks = 0
         while not stop.is_set():
