@@ -144,6 +144,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--username", default=None)
     p.add_argument("--password-file", default=None, help="file holding the MQTT password")
     p.add_argument("--client-id", default=None, help="MQTT client id (default twin-<site>)")
+    p.add_argument("--connect-timeout-s", type=float, default=10.0, help="broker connect wait")
     p.add_argument("--store", default="sqlite:///twin.db", help="sqlite:///… or postgresql://…")
     p.add_argument("--fleet", default=None, help="fleet JSON file (pack id → spec)")
     p.add_argument("--replay", default=None, help="JSON-lines file of telemetry messages")
@@ -218,6 +219,7 @@ def main(argv: list[str] | None = None) -> int:
             password=password,
             client_id=args.client_id,
             stop=stop,
+            connect_timeout_s=args.connect_timeout_s,
         )
         print("STATS " + service.summary(), file=sys.stderr)
         return 0

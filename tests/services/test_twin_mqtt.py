@@ -7,9 +7,11 @@ Mosquitto with the per-site ACL (the service connects as ``twin-{site}``, may pu
 from __future__ import annotations
 
 import threading
+from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pytest
 from mqtt_helpers import Inbox, wait_until
 
 from pulsebms.core.messaging import forecast_topic, telemetry_topic
@@ -73,3 +75,13 @@ def test_twin_service_over_mosquitto(mosquitto_broker: Broker, mqtt_site: str) -
     assert service.stats["forecasts_published"] >= 1
     assert store.query("a", 0.0, 1e12)["t_s"].size == len(messages)
     store.close()
+
+
+def test_cli_without_a_broker_exits_1(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from pulsebms.services.broker import free_port
+    from pulsebms.services.twin.cli import main
+
+    argv = ["--site", "s1", "--broker", f"127.0.0.1:{free_port()}",
+            "--store", f"sqlite:///{tmp_path / 'twin.db'}"]  # fmt: skip
+    assert main([*argv, "--connect-timeout-s", "1"]) == 1
+    assert "broker" in capsys.readouterr().err
