@@ -13,7 +13,9 @@
   ``calibration_period_s`` (batched over every pack with a usable window), forecast every
   ``period_s`` (default 300 s) — published on ``pulsebms/{site}/twin/forecast`` (schema
   ``forecast``) through the injected ``publish`` callable and stored.
-* :meth:`TwinService.run` wires both to an MQTT broker and ticks until stopped.
+* :meth:`TwinService.attach` wires them to an MQTT link; :meth:`TwinService.start` /
+  :meth:`TwinService.stop` tick on a background thread (the coordinator's pattern, for
+  ``pulsebms-fleet up``), :meth:`TwinService.run` on the caller's thread (the CLI).
 
 Nothing a message holds can crash it: a malformed message is counted by reason and dropped,
 a pack quantity that is ``null`` or non-finite is left out of the row (the row is dropped if
@@ -214,6 +216,8 @@ class TwinService:
         self.duty = config.duty
         self.last_forecast: dict[str, Any] | None = None
         self._lock = threading.RLock()
+        self._thread: threading.Thread | None = None
+        self._stop = threading.Event()
 
     def reset_schedule(self) -> None:
         """Restart the flush, calibration and forecast periods from the clock's now.
@@ -578,31 +582,44 @@ class TwinService:
         return message
 
     # ------------------------------------------------------------------ MQTT loop
-    def run(
-        self,
-        link: Any,
-        *,
-        stop: threading.Event | None = None,
-        tick_s: float = 1.0,
-        max_ticks: int | None = None,
-    ) -> None:
-        """Subscribe to the site's telemetry on ``link`` and tick until ``stop`` is set.
+    def attach(self, link: Any) -> None:
+        """Subscribe to the site's telemetry on ``link`` and publish through it.
 
         Args:
-            link: A connected MQTT link with ``subscribe(topic_filter, handler)`` and
+            link: An MQTT link with ``subscribe(topic_filter, handler)`` and
                 ``publish(kind, topic, message)`` (:class:`pulsebms.edge_runtime.mqtt_link.
-                MqttLink`); when ``publish`` was not given, the link's is used.
-            stop: Set it to end the loop (e.g. from a signal handler).
-            tick_s: Wall-clock time between ticks [s].
-            max_ticks: Stop after this many ticks (tests).
+                MqttLink`); subscribe before or after it connects (the link renews its
+                subscriptions). An injected ``publish`` is kept.
         """
         from pulsebms.core.messaging import site_filter
 
-        stop = stop or threading.Event()
         if self.publish is None:
             self.publish = link.publish
-        topic_filter = site_filter(self.config.site, "telemetry")
-        link.subscribe(topic_filter, self.handle_telemetry)
+        link.subscribe(site_filter(self.config.site, "telemetry"), self.handle_telemetry)
+
+    def start(self, *, tick_s: float = 0.5) -> None:
+        """Tick on a background thread until :meth:`stop` (after :meth:`attach`).
+
+        Raises:
+            RuntimeError: If it is already running.
+        """
+        if self._thread is not None and self._thread.is_alive():
+            raise RuntimeError("the twin service is already running")
+        self._stop = threading.Event()
+        self._thread = threading.Thread(
+            target=self._loop, args=(self._stop, tick_s), name="twin-service", daemon=True
+        )
+        self._thread.start()
+
+    def stop(self, timeout_s: float = 30.0) -> None:
+        """Stop the background loop (buffered rows are flushed)."""
+        if self._thread is None:
+            return
+        self._stop.set()
+        self._thread.join(timeout_s)
+        self._thread = None
+
+    def _loop(self, stop: threading.Event, tick_s: float, max_ticks: int | None = None) -> None:
         ticks = 0
         while not stop.is_set():
             self.tick()
@@ -611,6 +628,25 @@ class TwinService:
                 break
             stop.wait(tick_s)
         self.flush()
+
+    def run(
+        self,
+        link: Any,
+        *,
+        stop: threading.Event | None = None,
+        tick_s: float = 1.0,
+        max_ticks: int | None = None,
+    ) -> None:
+        """:meth:`attach` to ``link`` and tick on this thread until ``stop`` is set.
+
+        Args:
+            link: See :meth:`attach`.
+            stop: Set it to end the loop (e.g. from a signal handler).
+            tick_s: Wall-clock time between ticks [s].
+            max_ticks: Stop after this many ticks (tests).
+        """
+        self.attach(link)
+        self._loop(stop or threading.Event(), tick_s, max_ticks)
 
     def summary(self) -> str:
         """One line of counters, for logs."""

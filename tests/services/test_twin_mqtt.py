@@ -6,7 +6,6 @@ Mosquitto with the per-site ACL (the service connects as ``twin-{site}``, may pu
 
 from __future__ import annotations
 
-import threading
 from pathlib import Path
 from typing import Any
 
@@ -45,7 +44,6 @@ def test_twin_service_over_mosquitto(mosquitto_broker: Broker, mqtt_site: str) -
                                step_days=30.0)  # fmt: skip
     service = TwinService(config, store, packs=SPECS)  # wall clock: forecasts every 0.3 s
     inbox = Inbox()
-    stop = threading.Event()
     with (
         mosquitto_broker.link(f"twin-{site}", f"twin-{site}") as twin_link,
         mosquitto_broker.link(f"coordinator-{site}", f"{site}-coord") as coordinator,
@@ -53,10 +51,9 @@ def test_twin_service_over_mosquitto(mosquitto_broker: Broker, mqtt_site: str) -
     ):
         coordinator.subscribe(forecast_topic(site), inbox)
         assert coordinator.connect(10.0)
+        service.attach(twin_link)  # the coordinator's pattern: attach, connect, start
         assert twin_link.connect(10.0)
-        runner = threading.Thread(target=service.run, args=(twin_link,),
-                                  kwargs={"stop": stop, "tick_s": 0.05}, daemon=True)  # fmt: skip
-        runner.start()
+        service.start(tick_s=0.05)
         assert edge.connect(10.0)
         assert wait_until(lambda: twin_link.stats()["connects"] >= 1)
         for m in messages:
@@ -64,9 +61,8 @@ def test_twin_service_over_mosquitto(mosquitto_broker: Broker, mqtt_site: str) -
         assert wait_until(lambda: service.stats["rows_written"] == 2 * len(messages), 20.0)
         n_before = len(inbox.messages())
         assert wait_until(lambda: len(inbox.messages()) > n_before, 10.0)
-        stop.set()
-        runner.join(10.0)
-        assert not runner.is_alive()
+        service.stop()
+        assert service._thread is None
     last = inbox.messages()[-1]
     assert {p["pack_id"] for p in last["packs"]} == set(SPECS)
     assert all(p["device"] == "edge-1" for p in last["packs"])
