@@ -117,9 +117,13 @@ class TemporaryPostgres:
         kw: dict[str, object] = {}
         if self._user is not None:
             kw = {"user": self._user.pw_uid, "group": self._user.pw_gid, "extra_groups": []}
-        return subprocess.run(  # type: ignore[call-overload,no-any-return]
-            args, capture_output=True, text=True, timeout=120, check=False, **kw
-        )
+        try:
+            return subprocess.run(  # type: ignore[call-overload,no-any-return]
+                args, capture_output=True, text=True, timeout=120, check=False, **kw
+            )
+        except (OSError, subprocess.SubprocessError) as exc:
+            who = f" as user {self._user.pw_name!r}" if self._user else ""
+            raise PostgresNotAvailable(f"{Path(args[0]).name}{who} could not run: {exc}") from exc
 
     def _log_tail(self) -> str:
         if self.folder is None:
@@ -143,19 +147,23 @@ class TemporaryPostgres:
         data = self.folder / "data"
         if self._user is not None:
             os.chown(self.folder, self._user.pw_uid, self._user.pw_gid)
-        init = self._run(
-            [
-                str(bindir / "initdb"),
-                "-D",
-                str(data),
-                "-U",
-                "postgres",
-                "--auth=trust",
-                "--encoding=UTF8",
-                "--locale=C",
-                "--no-sync",
-            ]
-        )
+        try:
+            init = self._run(
+                [
+                    str(bindir / "initdb"),
+                    "-D",
+                    str(data),
+                    "-U",
+                    "postgres",
+                    "--auth=trust",
+                    "--encoding=UTF8",
+                    "--locale=C",
+                    "--no-sync",
+                ]
+            )
+        except PostgresNotAvailable:
+            self.stop()
+            raise
         if init.returncode != 0:
             self.stop()
             who = f" as user {self._user.pw_name!r}" if self._user else ""
@@ -185,6 +193,9 @@ class TemporaryPostgres:
                     stdin=subprocess.DEVNULL,
                     **kw,
                 )
+            except OSError as exc:
+                self.stop()
+                raise PostgresNotAvailable(f"postgres could not run: {exc}") from exc
             finally:
                 log.close()
             if self._wait_ready():

@@ -197,3 +197,26 @@ def test_sqlite_errors_are_store_errors(tmp_path: Path) -> None:
         store.write_batch(_rows(1, 1))
     with pytest.raises(StoreError, match="SQLite"):
         store.query("p0", 0.0, 1.0)
+
+
+def test_postgres_server_failures_are_clear(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """No binaries, or an initdb that fails: PostgresNotAvailable saying why (never a skip)."""
+    from pulsebms.services.store import pg_server
+
+    monkeypatch.setattr(pg_server, "_BIN_ROOT", tmp_path / "none")
+    monkeypatch.setenv("PATH", str(tmp_path))
+    monkeypatch.delenv("PULSEBMS_PG_BINDIR", raising=False)
+    with pytest.raises(pg_server.PostgresNotAvailable, match="install the Debian package"):
+        pg_server.find_postgres_bindir()
+    fake = tmp_path / "bin"
+    fake.mkdir()
+    for name in ("initdb", "postgres"):
+        (fake / name).write_text("#!/bin/sh\necho boom >&2\nexit 3\n")
+        (fake / name).chmod(0o755)
+    fake.chmod(0o755)
+    tmp_path.chmod(0o755)
+    monkeypatch.setenv("PULSEBMS_PG_BINDIR", str(fake))
+    with pytest.raises(pg_server.PostgresNotAvailable, match="initdb"):
+        pg_server.TemporaryPostgres().start()
