@@ -18,3 +18,27 @@
   schedules, forecasts out) and the ``pulsebms-twin-service`` CLI
   (:mod:`~pulsebms.services.twin.cli`).
 """
+
+from pulsebms.services.twin.calibration import EcmCalibration, EcmCalibrator
+from pulsebms.services.twin.duty import DEFAULT_DUTY, Duty
+from pulsebms.services.twin.electrode import ElectrodeCalibration, ElectrodeCalibrator
+from pulsebms.services.twin.forecast import SohForecast, forecast_soh
+from pulsebms.services.twin.service import PackState, TwinService, TwinServiceConfig
+from pulsebms.services.twin.sync import FleetMirror
+from pulsebms.services.twin.window import PackWindow
+
+__all__ = [
+    "DEFAULT_DUTY",
+    "Duty",
+    "EcmCalibration",
+    "EcmCalibrator",
+    "ElectrodeCalibration",
+    "ElectrodeCalibrator",
+    "FleetMirror",
+    "PackState",
+    "PackWindow",
+    "SohForecast",
+    "TwinService",
+    "TwinServiceConfig",
+    "forecast_soh",
+]
