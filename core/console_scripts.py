@@ -41,6 +41,7 @@ __all__ = [
     "edge",
     "evaluate",
     "export",
+    "health",
     "hil",
     "missing_extra_message",
     "run_script",
@@ -165,6 +166,9 @@ SCRIPTS: Mapping[str, ConsoleScript] = MappingProxyType(
             ConsoleScript(
                 "pulsebms-coordinator", "pulsebms.services.coordinator.cli:main", ("services",)
             ),
+            ConsoleScript(
+                "pulsebms-health", "pulsebms.services.health.cli:main", ("services", "export")
+            ),
         )
     }
 )
@@ -268,3 +272,8 @@ def twin_service() -> int:
 def coordinator() -> int:
     """``pulsebms-coordinator`` (needs ``services``)."""
     return run_script("pulsebms-coordinator")
+
+
+def health() -> int:
+    """``pulsebms-health`` (needs ``services`` and ``export``: scikit-learn, torch, onnx)."""
+    return run_script("pulsebms-health")
