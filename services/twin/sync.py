@@ -85,6 +85,7 @@ class FleetMirror:
         self._mse = np.full(n, np.nan)
         self.errors = np.zeros(n, dtype=np.int64)
         """Predictions compared per pack."""
+        self._last_seen_s = np.full(n, np.nan)
 
     @property
     def voltage_rmse_v(self) -> FloatArray:
@@ -108,8 +109,9 @@ class FleetMirror:
     ) -> None:
         """Take one report of some packs at ``t_s`` (non-finite values: not measured).
 
-        Unknown pack ids are ignored. A report older than the twin's time only updates the
-        stored measurements.
+        Unknown pack ids are ignored. A report a little older than the twin's time (another
+        device's clock) is compared with the twin as it is; one older than ``max_gap_s``
+        only updates the stored measurements.
         """
         rows = [self.index.get(p, -1) for p in pack_ids]
         known = np.array([r >= 0 for r in rows], dtype=bool)
@@ -129,30 +131,37 @@ class FleetMirror:
         ):
             ok = np.isfinite(values)
             target[idx[ok]] = values[ok]
-        if self.t_s is not None and t_s <= self.t_s:
-            return
+        if self.t_s is not None and self.t_s - t_s > self.max_gap_s:
+            return  # too old to compare with the twin
+        cur_ok = np.isfinite(cur_m)
+        state = None
         gap = np.inf if self.t_s is None else t_s - self.t_s
-        if gap <= self.max_gap_s:
+        if gap > 0.0 and gap <= self.max_gap_s:
             held = self.current_a.copy()
-            cur_ok = np.isfinite(cur_m)
             held[idx[cur_ok]] = cur_m[cur_ok]
             state = self.twin.step_current(held, gap, self._ambient())
+        elif gap <= 0.0:
+            # Another device's report, a little behind the twin's time (devices publish on
+            # their own clocks): compared with the twin as it is now.
+            state = self.twin.state()
+        if state is not None:
             predicted = state.pack_voltage_v[idx]
             measured_ok = np.isfinite(volt_m) & ~state.faulted[idx]
-            err = volt_m - predicted
             k = idx[measured_ok]
-            e = err[measured_ok]
+            e = (volt_m - predicted)[measured_ok]
             self.last_error_v[k] = e
-            weight = 1.0 - np.exp(-gap / self.error_window_s)
+            since = np.where(np.isfinite(self._last_seen_s[k]), t_s - self._last_seen_s[k], 0.0)
+            weight = 1.0 - np.exp(-np.maximum(since, 0.0) / self.error_window_s)
             old = self._mse[k]
             self._mse[k] = np.where(np.isnan(old), e * e, old + weight * (e * e - old))
             self.errors[k] += 1
-        cur_ok = np.isfinite(cur_m)
         self.current_a[idx[cur_ok]] = cur_m[cur_ok]
-        self.t_s = float(t_s)
+        self._last_seen_s[idx] = np.fmax(self._last_seen_s[idx], t_s)
+        if self.t_s is None or t_s > self.t_s:
+            self.t_s = float(t_s)
         due = (
             self.last_sync_s is None
-            or t_s - self.last_sync_s >= self.resync_period_s
+            or self.t_s - self.last_sync_s >= self.resync_period_s
             or gap > self.max_gap_s
             or bool(np.any(self.twin.state().faulted))
         )

@@ -93,6 +93,15 @@ def test_mirror_follows_a_fleet_and_flags_a_wrong_model() -> None:
                       current_a=[r[4] for r in rows], voltage_v=[r[5] for r in rows],
                       temperature_c=[r[6] for r in rows])  # fmt: skip
     assert mirror.synchronisations == 13  # at 0, 600, …, 7200 s
+    # Two devices on their own clocks: pack b's reports come 3 s "late", after pack a's.
+    split = FleetMirror({"a": PackSpec("NMC"), "b": PackSpec("LFP")}, resync_period_s=600.0)
+    for t in sorted({r[1] for r in rec.rows}):
+        for r in (r for r in rec.rows if r[1] == t):
+            stamp = t - 3.0 if r[0] == "b" and t > 0 else t
+            split.observe(stamp, [r[0]], soc=[r[2]], soh=[r[3]], current_a=[r[4]],
+                          voltage_v=[r[5]], temperature_c=[r[6]])  # fmt: skip
+    assert np.all(split.errors > 600)  # b is compared too, not dropped as old
+    assert np.all(split.voltage_rmse_v / split.series < 0.01)
     assert np.all(mirror.errors > 600)
     cell_rmse = mirror.voltage_rmse_v / mirror.series
     assert np.all(cell_rmse < 0.005)
