@@ -30,6 +30,8 @@ BENCHMARKS: dict[str, str] = {
     "ray": "pulsebms.benchmarks.ray",
     "allocation": "pulsebms.benchmarks.allocation",
     "mqtt": "pulsebms.benchmarks.mqtt",
+    "store": "pulsebms.benchmarks.store",
+    "calibration": "pulsebms.benchmarks.calibration",
 }
 
 

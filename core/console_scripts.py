@@ -47,6 +47,7 @@ __all__ = [
     "missing_extra_message",
     "run_script",
     "train",
+    "twin_service",
 ]
 
 EXIT_MISSING_EXTRA = 2
@@ -169,6 +170,9 @@ SCRIPTS: Mapping[str, ConsoleScript] = MappingProxyType(
             ConsoleScript(
                 "pulsebms-coordinator", "pulsebms.services.coordinator.cli:main", ("services",)
             ),
+            ConsoleScript(
+                "pulsebms-twin-service", "pulsebms.services.twin.cli:main", ("services",)
+            ),
         )
     }
 )
@@ -277,3 +281,8 @@ def health() -> int:
 def coordinator() -> int:
     """``pulsebms-coordinator`` (needs ``services``)."""
     return run_script("pulsebms-coordinator")
+
+
+def twin_service() -> int:
+    """``pulsebms-twin-service`` (needs ``services``)."""
+    return run_script("pulsebms-twin-service")
