@@ -32,7 +32,7 @@ from typing import Any
 
 import numpy as np
 
-from pulsebms.core.types import BoolArray, FloatArray
+from pulsebms.core.types import BoolArray, FloatArray, IntArray
 from pulsebms.safety.state import FleetState
 
 __all__ = ["STORED_FIELDS", "TELEMETRY_KEYS", "SiteSnapshot", "TelemetryStore"]
@@ -188,6 +188,54 @@ class TelemetryStore:
         if status is not None:
             self.status[pack] = status
 
+    def update_packs(
+        self,
+        packs: IntArray,
+        values: Mapping[str, FloatArray],
+        *,
+        now_s: float,
+        status: IntArray | None = None,
+    ) -> None:
+        """Record one frame's quantities for each of several packs, received at ``now_s``.
+
+        The same as :meth:`update_pack` for each ``packs[j]`` with ``{key: values[key][j]}``
+        and ``status[j]``, in one array write per stored row.
+
+        Args:
+            packs: Distinct pack indices, ``0 <= pack < n_packs``.
+            values: Quantity → per-pack values (keys of :data:`TELEMETRY_KEYS`; others are
+                ignored).
+            now_s: Arrival time [s] (the runtime's clock).
+            status: BMS status code per pack, if the frames carry one.
+
+        Raises:
+            IndexError: If a pack is out of range.
+        """
+        if len(packs) and (int(packs.min()) < 0 or int(packs.max()) >= self.n_packs):
+            raise IndexError(f"packs {packs.tolist()} outside 0..{self.n_packs - 1}")
+        if not math.isfinite(now_s):
+            for pack in packs.tolist():
+                self._complete[pack] = False
+        for key, column in values.items():
+            for r in _ROWS.get(key, ()):
+                self._values[r, packs] = column
+                self._updated[r, packs] = now_s
+        if status is not None:
+            self.status[packs] = status
+
+    def has_all_packs(self, packs: IntArray) -> BoolArray:
+        """:meth:`has_all` of each of ``packs``."""
+        complete = self._complete
+        out = np.fromiter((complete[p] for p in packs.tolist()), dtype=bool, count=len(packs))
+        if not out.all():
+            for j in np.flatnonzero(~out).tolist():
+                out[j] = self.has_all(int(packs[j]))
+        return out
+
+    def pack_table(self, packs: IntArray) -> FloatArray:
+        """Stored values of ``packs``, rows in :data:`STORED_FIELDS` order (a copy)."""
+        return self._values[:, packs]
+
     def _update_cells(
         self, pack: int, cells: Mapping[int, float], invalid: Iterable[int], now_s: float
     ) -> None:
@@ -271,6 +319,11 @@ class TelemetryStore:
         """:meth:`pack_voltage_v` of every pack at once (``series``: cells in series)."""
         v = self._values
         return ((v[_VMIN] + v[_VMAX]) * 0.5 * series).tolist()  # type: ignore[no-any-return]
+
+    def pack_voltages_array_v(self, series: FloatArray) -> FloatArray:
+        """:meth:`pack_voltages_v` as an array."""
+        v = self._values
+        return np.asarray((v[_VMIN] + v[_VMAX]) * 0.5 * series, dtype=np.float64)
 
     def window(self, pack: int) -> dict[str, tuple[float, float]]:
         """One pack's latest ``(min, max)`` of cell voltage and temperature, and SoC etc."""
