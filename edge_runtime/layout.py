@@ -492,6 +492,72 @@ def _encode_bits(spec: _BatchSpec, value: FloatArray, bad: BoolArray) -> _U64:
         return r.astype(np.uint64)
 
 
+_EXACT_FLOAT = float(2**53)
+
+
+def _fuses_decode(spec: _BatchSpec) -> bool:
+    """Whether float64 ``float(raw) * scale + offset`` is the scalar path's value exactly."""
+    if spec.float_bits or spec.length_bits > 63:
+        return False
+    if spec.mode == _FLOAT_SCALE:  # Python: float(raw) * scale + offset, the same ops
+        return True
+    if spec.mode not in (_INT_EXACT, _INT_THEN_FLOAT):
+        return False
+    n, signed = spec.length_bits, bool(spec.sign)
+    raw_lo, raw_hi = (-(1 << (n - 1)), (1 << (n - 1)) - 1) if signed else (0, (1 << n) - 1)
+    scale = 1 if spec.kind == _IDENTITY else int(spec.scale)
+    offset = int(spec.offset) if spec.mode == _INT_EXACT and spec.kind != _IDENTITY else 0
+    extremes = (raw_lo, raw_hi, raw_lo * scale, raw_hi * scale)
+    extremes += (raw_lo * scale + offset, raw_hi * scale + offset)
+    return all(abs(e) <= 2**53 for e in extremes)  # every step exact in float64
+
+
+class _Fused:
+    """Signals of one byte order done together: one ``(k, n)`` numpy op per step.
+
+    Decode: ``float(raw) * scale + offset`` (see :func:`_fuses_decode`). Encode:
+    ``rint((value - offset) / scale)``, which is the scalar encode's raw value for every
+    conversion kind (for integer ones: a divisible value divides exactly).
+    """
+
+    def __init__(self, specs: list[_BatchSpec]) -> None:
+        self.specs = specs
+        self.index = np.array([s.index for s in specs], dtype=np.intp)
+        self.shifts = np.array([s.shift for s in specs], dtype=np.uint64)[:, None]
+        self.masks = np.array([s.mask for s in specs], dtype=np.uint64)[:, None]
+        self.signs = np.array([s.sign for s in specs], dtype=np.int64)[:, None]
+        self.signed = any(s.sign for s in specs)
+        kinds = [s.kind == _IDENTITY for s in specs]
+        self.scales = np.array(
+            [1.0 if i else float(s.scale) for s, i in zip(specs, kinds, strict=True)]
+        )[:, None]
+        self.offsets = np.array(
+            [0.0 if i else float(s.offset) for s, i in zip(specs, kinds, strict=True)]
+        )[:, None]
+        self.lows = np.array([s.low for s in specs])[:, None]
+        self.highs = np.array([s.high_exclusive for s in specs])[:, None]
+
+    def decode(self, word: _U64) -> FloatArray:
+        bits = (word[None, :] >> self.shifts) & self.masks
+        raw = bits.astype(np.int64)
+        if self.signed:
+            raw = (raw ^ self.signs) - self.signs
+        out: FloatArray = raw.astype(np.float64) * self.scales + self.offsets
+        return out
+
+    def encode(self, values: FloatArray, bad: BoolArray) -> _U64:
+        """OR of the signals' bits per row; rows the scalar encode refuses go to ``bad``."""
+        with np.errstate(all="ignore"):
+            r = np.rint((values - self.offsets) / self.scales)
+            ok = (r >= self.lows) & (r < self.highs)
+            if not ok.all():
+                bad |= ~ok.all(axis=0)
+                r = np.where(ok, r, 0.0)
+            bits = (r.astype(np.int64).view(np.uint64) & self.masks) << self.shifts
+        out: _U64 = np.bitwise_or.reduce(bits, axis=0)
+        return out
+
+
 class MessageLayout:
     """A compiled message: decode and encode like cantools, without cantools per frame.
 
@@ -535,6 +601,22 @@ class MessageLayout:
             stack.extend(branch for _, branches in node.muxes for branch in branches.values())
         self.batch_native: bool = self.length <= _WORD_BYTES
         """Whether batches are done in 64-bit words (else frame by frame, same results)."""
+        # the root's signals (in every frame), fused per byte order where exact
+        root = [self._batch[f[0]] for f in self._root.fields] if self.batch_native else []
+        self._fused_decode = tuple(
+            (big, _Fused(group))
+            for big in (False, True)
+            if (group := [s for s in root if s.big_endian == big and _fuses_decode(s)])
+        )
+        fused = {id(s) for _, f in self._fused_decode for s in f.specs}
+        self._single_decode = tuple(s for s in root if id(s) not in fused)
+        flat = [] if self.is_multiplexed else root
+        self._fused_encode = tuple(
+            (big, _Fused(group))
+            for big in (False, True)
+            if (group := [s for s in flat if s.big_endian == big and not s.float_bits])
+            and all(s.length_bits <= 63 for s in group)
+        )
 
     # ------------------------------------------------------------------ compile
     def _node(
@@ -802,8 +884,15 @@ class MessageLayout:
                     values[k, i], present[k, i] = float(value), True
             return BatchDecoded(values, present, error)
         little, big = self._words(data)
+        if not self.is_multiplexed:
+            for is_big, group in self._fused_decode:
+                values[group.index] = group.decode(big if is_big else little)
+            for spec in self._single_decode:
+                values[spec.index] = _decode_physical(spec, _bits(spec, little, big))
+            present[:] = True
+            return BatchDecoded(values, present, error)
         self._decode_node_batch(self._root, np.arange(n), little, big, values, present, error)
-        if self.is_multiplexed and error.any():
+        if error.any():
             values[:, error], present[:, error] = np.nan, False
         return BatchDecoded(values, present, error)
 
@@ -863,13 +952,23 @@ class MessageLayout:
         arrays = {k: np.asarray(v, dtype=np.float64) for k, v in values.items()}
         if n is None:
             n = max((a.shape[0] for a in arrays.values() if a.ndim == 1), default=1)
-        columns = {k: np.broadcast_to(a, (n,)) for k, a in arrays.items()}
+        for name, a in arrays.items():
+            if a.ndim > 1 or (a.ndim == 1 and a.shape[0] != n):
+                raise ValueError(f"{self.name}.{name}: {a.shape} values for {n} frames")
         out = np.zeros((n, self.length), dtype=np.uint8)
         bad = np.zeros(n, dtype=bool)
+        columns: Mapping[str, FloatArray] = arrays
         if self.batch_native:
             little = np.zeros(n, dtype=np.uint64)
             big = np.zeros(n, dtype=np.uint64)
-            self._encode_node_batch(self._root, np.arange(n), columns, little, big, bad)
+            names = self.signal_names
+            if self._fused_encode and all(
+                names[s.index] in arrays for _, g in self._fused_encode for s in g.specs
+            ):
+                self._encode_flat(arrays, n, little, big, bad)
+            else:
+                columns = {k: np.broadcast_to(a, (n,)) for k, a in arrays.items()}
+                self._encode_node_batch(self._root, np.arange(n), columns, little, big, bad)
             words = np.zeros((n, _WORD_BYTES), dtype=np.uint8)
             if self._little:
                 words |= little.astype("<u8").view(np.uint8).reshape(n, _WORD_BYTES)
@@ -879,9 +978,39 @@ class MessageLayout:
         else:
             bad[:] = True
         for i in np.flatnonzero(bad).tolist():  # the scalar encode: its bytes or its error
-            row = {k: float(c[i]) for k, c in columns.items()}
+            row = {k: float(c if c.ndim == 0 else c[i]) for k, c in columns.items()}
             out[i] = np.frombuffer(self.encode(row), dtype=np.uint8)
         return out
+
+    def _encode_flat(
+        self, arrays: Mapping[str, FloatArray], n: int, little: _U64, big: _U64, bad: BoolArray
+    ) -> None:
+        """A message without multiplexing: constant signals once, the others fused."""
+        names = self.signal_names
+        for is_big, group in self._fused_encode:
+            word = big if is_big else little
+            columns = [arrays[names[s.index]] for s in group.specs]
+            if all(c.ndim == 1 for c in columns):
+                word |= group.encode(np.stack(columns), bad)
+                continue
+            stacked = np.stack([np.broadcast_to(c, (n,)) for c in columns])
+            word |= group.encode(stacked, bad)
+        fused = {id(s) for _, g in self._fused_encode for s in g.specs}
+        for field in self._root.fields:
+            spec = self._batch[field[0]]
+            if id(spec) in fused:
+                continue
+            column = arrays.get(field[0])
+            if column is None:
+                bad[:] = True
+                continue
+            row_bad = np.zeros(column.shape, dtype=bool)
+            bits = _encode_bits(spec, column, row_bad) << np.uint64(spec.shift)
+            if spec.big_endian:
+                big |= bits
+            else:
+                little |= bits
+            bad |= row_bad
 
     def _encode_node_batch(
         self,

@@ -210,8 +210,13 @@ def test_encode_of_decoded_equals_cantools(message: Message, data: st.DataObject
         return
     theirs = _outcome(lambda: message.encode(values, scaling=True, strict=False))
     assert_same_outcome(_outcome(lambda: layout.encode(values)), theirs)
-    if theirs[0] == "ok":  # and the bytes decode back to the same values in both
-        assert_same_decoded(layout.decode(layout.encode(values)), values)
+    if theirs[0] == "ok":  # and the bytes decode back alike in both (not always to
+        # ``values``: a raw value past 2**52 times a float scale may not round-trip)
+        encoded = theirs[1]
+        assert isinstance(encoded, bytes)
+        assert_same_decoded(
+            layout.decode(layout.encode(values)), _cantools_decode(message, encoded)
+        )
 
 
 _numbers = st.one_of(
