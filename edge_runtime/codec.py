@@ -236,7 +236,7 @@ class TelemetryBatch:
         bms_state: BMS state per frame, if the message carries it.
         counter: Rolling counter per frame, if the message carries it.
         checksum_ok: ``True`` (every checksum matched) or ``None`` (no checksum).
-        buses: Bus name per frame.
+        bus_of: Bus name of every pack (index by pack): where its telemetry is routed.
     """
 
     message: str
@@ -247,7 +247,7 @@ class TelemetryBatch:
     bms_state: IntArray | None
     counter: IntArray | None
     checksum_ok: bool | None
-    buses: tuple[str, ...]
+    bus_of: tuple[str, ...]
 
     def __len__(self) -> int:
         return len(self.rows)
@@ -266,7 +266,7 @@ class TelemetryBatch:
                 "bms_state": None if self.bms_state is None else int(self.bms_state[j]),
                 "checksum_ok": self.checksum_ok,
                 "integrity_errors": 0,
-                "bus": self.buses[j],
+                "bus": self.bus_of[int(self.packs[j])],
             }
         )
 
@@ -445,6 +445,7 @@ class _Plan:
     batchable: bool = False
     batch_sigs: tuple[tuple[str, int, float, float, float, float], ...] = ()
     counter_row: int = -1
+    batch_table: tuple[Any, ...] = ()  # (keys, rows, lows, highs, scales, offsets) as arrays
 
     def __post_init__(self) -> None:
         self.name = str(self.message.name)
@@ -475,6 +476,14 @@ class _Plan:
             )
             if self.entry.counter is not None:
                 self.counter_row = row[self.entry.counter.signal]
+            columns = list(zip(*self.batch_sigs, strict=True)) or [()] * 6
+            keys, rows, lows, highs, scales, offsets = columns
+            self.batch_table = (
+                tuple(keys),
+                np.asarray(rows, dtype=np.intp),
+                *(np.asarray(c, dtype=np.float64).reshape(-1, 1) for c in (lows, highs)),
+                *(np.asarray(c, dtype=np.float64).reshape(-1, 1) for c in (scales, offsets)),
+            )
 
 
 @dataclass(frozen=True)
@@ -592,6 +601,15 @@ class CanCodec:
             for key, signal, offset, scale, lo, hi in self._cmd_plan.encode_sigs
             if key in order
         )
+        columns = list(zip(*self._setpoint_sigs, strict=True)) or [()] * 6
+        self._setpoint_table = (
+            tuple(columns[1]),
+            np.asarray(columns[0], dtype=np.intp),
+            *(np.asarray(c, dtype=np.float64).reshape(-1, 1) for c in columns[2:]),
+            np.asarray(
+                [self._cmd_plan.defaults[name] for name in columns[1]], dtype=np.float64
+            ).reshape(-1, 1),
+        )
         if self._site_plan is not None:
             self._add_route(self._site_plan, None, self.site_bus, self._id(self._site_plan, None))
         self._check_unmapped()
@@ -632,6 +650,8 @@ class CanCodec:
             and (cmd.entry.checksum is None or cmd.entry.checksum.algorithm in CHECKSUM_ALGORITHMS)
         )
         self._cmd_bus_of = tuple(self._bus_of)
+        self._bus_of_packs = tuple(self._bus_of)
+        self._slot_cache: dict[tuple[str, ...], tuple[dict[tuple[int, bool], int], IntArray]] = {}
 
     # ------------------------------------------------------------------ setup
     def _message(self, name: str) -> tuple[cantools.database.Message, Path]:
@@ -883,86 +903,129 @@ class CanCodec:
             return self._any_bus.get(key)
         return None
 
+    def _slots(self, buses: tuple[str, ...]) -> tuple[dict[tuple[int, bool], int], IntArray]:
+        """Per bus-name tuple: id → slot, and per slot (plan, pack, length) as ``(3, k)``.
+
+        The plan is its index in the batchable telemetry plans, ``-1`` for telemetry that
+        is not batchable (its pack goes frame by frame), ``-2`` for other frames (site,
+        command echoes). Ids are looked up bus by bus in order, as :meth:`decode` tries
+        each bus name.
+        """
+        cached = self._slot_cache.get(buses)
+        if cached is not None:
+            return cached
+        table: dict[tuple[int, bool], int] = {}
+        columns: list[tuple[int, int, int]] = []
+        plans = {plan.name: k for k, plan in enumerate(self._tel_plans)}
+        for bus in buses:
+            routes = self._routes.get(bus)
+            if routes is None:
+                any_bus = self._any_bus if bus == "default" else {}
+                routes = {key: r for key, r in any_bus.items() if r is not None}
+            for key, route in routes.items():
+                if key in table:
+                    continue
+                plan = route.plan
+                if plan.kind != "telemetry" or route.pack is None:
+                    code = -2
+                else:
+                    code = plans[plan.name] if plan.batchable else -1
+                table[key] = len(columns)
+                columns.append((code, -1 if route.pack is None else route.pack, plan.length))
+        columns.append((-3, -1, -1))  # slot -1: not ours
+        slots = np.asarray(columns, dtype=np.int64).T.copy()
+        self._slot_cache[buses] = table, slots
+        return table, slots
+
     def _decode_batch(self, msgs: Sequence[can.Message], buses: tuple[str, ...]) -> DecodedBatch:
-        rest: list[int] = []
+        n = len(msgs)
+        table, slots = self._slots(buses)
+        get = table.get
+        codes = np.fromiter(
+            [
+                -1
+                if m.is_error_frame or m.is_remote_frame
+                else get((m.arbitration_id, m.is_extended_id), -1)
+                for m in msgs
+            ],
+            dtype=np.int64,
+            count=n,
+        )
+        datas = [m.data for m in msgs]
+        plan_of, pack_of, length_of = slots[:, codes]
+        sizes_ok = np.fromiter([m.dlc for m in msgs], dtype=np.int64, count=n) == length_of
+        sizes_ok &= np.fromiter(map(len, datas), dtype=np.int64, count=n) == length_of
+        batched = (plan_of >= 0) & sizes_ok
+        telemetry = plan_of >= -1
         poisoned: set[int] = set()  # packs whose frames all go the per-frame way
-        groups: dict[str, tuple[_Plan, list[int], list[int], list[str], list[bytes]]] = {}
-        single = self._routes.get(buses[0]) if len(buses) == 1 else None
-        for i, msg in enumerate(msgs):
-            if msg.is_error_frame or msg.is_remote_frame:
-                rest.append(i)
-                continue
-            key = (msg.arbitration_id, bool(msg.is_extended_id))
-            if single is not None:
-                route = single.get(key)
-            else:
-                route = None
-                for bus in buses:
-                    route = self._lookup(key, bus)
-                    if route is not None:
-                        break
-            if route is None or route.plan.kind != "telemetry" or route.pack is None:
-                rest.append(i)
-                continue
-            plan = route.plan
-            data = msg.data
-            if not plan.batchable or msg.dlc != plan.length or len(data) != plan.length:
-                rest.append(i)
-                poisoned.add(route.pack)
-                continue
-            group = groups.get(plan.name)
-            if group is None:
-                group = groups[plan.name] = (plan, [], [], [], [])
-            group[1].append(i)
-            group[2].append(route.pack)
-            group[3].append(route.bus)
-            group[4].append(bytes(data))
+        if not batched.all():
+            poisoned.update(pack_of[telemetry & ~batched].tolist())
         checked = []
-        for plan, rows, packs, names, datas in groups.values():
-            packs_a = np.asarray(packs, dtype=np.int64)
-            if len(set(packs)) != len(packs):  # two frames of one message: in order, one by one
-                counts = np.bincount(packs_a)
+        for k in sorted(set(plan_of[batched].tolist())):
+            plan = self._tel_plans[k]
+            rows = np.flatnonzero(batched & (plan_of == k)) if len(plan_of) else plan_of
+            packs = pack_of[rows]
+            counts = np.bincount(packs, minlength=self.n_packs)
+            if counts.max(initial=0) > 1:  # two frames of one message: in order, one by one
                 poisoned.update(np.flatnonzero(counts > 1).tolist())
-            found = self._check_batch(plan, packs_a, datas)
-            poisoned.update(packs_a[found[0]].tolist())
-            checked.append((plan, rows, packs_a, names, found))
+            group = datas if len(rows) == n else [datas[i] for i in rows.tolist()]
+            found = self._check_batch(plan, packs, group)
+            if found[0].any():
+                poisoned.update(packs[found[0]].tolist())
+            checked.append((plan, rows, packs, found))
         batches = []
-        for plan, rows, packs_a, names, (bad, values, status, state, counter) in checked:
+        handled = np.zeros(n, dtype=bool)
+        excluded = np.fromiter(poisoned, dtype=np.int64, count=len(poisoned))
+        for plan, rows, packs, (bad, values, status, state, counter) in checked:
             keep = ~bad
             if poisoned:
-                keep &= ~np.isin(packs_a, np.fromiter(poisoned, dtype=np.int64))
-            rest.extend(r for r, k in zip(rows, keep.tolist(), strict=True) if not k)
+                keep &= ~np.isin(packs, excluded)
             if not keep.any():
                 continue
             everything = bool(keep.all())
-            kept = packs_a if everything else packs_a[keep]
-            idents = self._idents[plan.name]
-            if counter is not None:
-                counter = counter if everything else counter[keep]
-                last = self._last_counter
-                for pack, value in zip(kept.tolist(), counter.tolist(), strict=True):
-                    last[idents[pack]] = value
-            if self._errors:
-                for pack in kept.tolist():
-                    self._errors.pop(idents[pack], None)
+            if not everything:
+                rows, packs = rows[keep], packs[keep]
+                values = {q: v[keep] for q, v in values.items()}
+                status = None if status is None else status[keep]
+                state = None if state is None else state[keep]
+                counter = None if counter is None else counter[keep]
+            handled[rows] = True
+            self._commit_batch(plan, packs, counter)
             batches.append(
                 TelemetryBatch(
                     message=plan.name,
-                    rows=np.asarray(rows, dtype=np.int64)[keep],
-                    packs=kept,
-                    values={k: v if everything else v[keep] for k, v in values.items()},
-                    status=None if status is None else status if everything else status[keep],
-                    bms_state=None if state is None else state if everything else state[keep],
+                    rows=rows,
+                    packs=packs,
+                    values=values,
+                    status=status,
+                    bms_state=state,
                     counter=counter,
                     checksum_ok=True if plan.entry.checksum is not None else None,
-                    buses=tuple(names) if everything else tuple(np.asarray(names)[keep]),
+                    bus_of=self._bus_of_packs,
                 )
             )
-        rest.sort()
-        return DecodedBatch(tuple(batches), tuple(rest))
+        rest = tuple(np.flatnonzero(~handled).tolist())
+        return DecodedBatch(tuple(batches), rest)
+
+    def _commit_batch(self, plan: _Plan, packs: IntArray, counter: IntArray | None) -> None:
+        """What :meth:`_decode` keeps of clean frames: counters (where checked), no errors."""
+        idents = self._idents[plan.name]
+        entry = plan.entry
+        # the last counter is only read where the map checks it (max_errors)
+        if (
+            counter is not None
+            and entry.counter is not None
+            and entry.counter.max_errors is not None
+        ):
+            last = self._last_counter
+            for pack, value in zip(packs.tolist(), counter.tolist(), strict=True):
+                last[idents[pack]] = value
+        if self._errors:
+            for pack in packs.tolist():
+                self._errors.pop(idents[pack], None)
 
     def _check_batch(
-        self, plan: _Plan, packs: IntArray, datas: list[bytes]
+        self, plan: _Plan, packs: IntArray, datas: Sequence[bytes | bytearray]
     ) -> tuple[BoolArray, dict[str, FloatArray], IntArray | None, IntArray | None, IntArray | None]:
         """:meth:`_decode`'s checks of one message's frames, vectorised; nothing is stored.
 
@@ -981,12 +1044,14 @@ class CanCodec:
             b = plan.checksum_byte
             others = np.delete(payloads, b, axis=1)
             bad |= payloads[:, b] != _checksum_batch(entry.checksum.algorithm, others)
-        values: dict[str, FloatArray] = {}
+        keys, rows, lows, highs, scales, offsets = plan.batch_table
         with np.errstate(invalid="ignore", over="ignore"):
-            for key, row, low, high, scale, offset in plan.batch_sigs:
-                v = raw[row]
-                bad |= ~((low <= v) & (v <= high) & np.isfinite(v))
-                values[key] = v * scale + offset
+            v = raw[rows]  # (signals, frames): one numpy step per check, as _decode's
+            ok = (lows <= v) & (v <= highs) & np.isfinite(v)
+            if not ok.all():
+                bad |= ~ok.all(axis=0)
+            scaled = v * scales + offsets
+        values = dict(zip(keys, scaled, strict=True))
         counter: IntArray | None = None
         if entry.counter is not None and plan.counter_row >= 0:
             counter, wide = self._round_batch(raw[plan.counter_row])
@@ -1011,7 +1076,9 @@ class CanCodec:
         """``round(value)`` as int64, and where that is not exact (NaN, inf, huge)."""
         with np.errstate(invalid="ignore"):
             wide = ~(np.abs(value) < _ROUND_LIMIT)
-            return np.rint(np.where(wide, 0.0, value)).astype(np.int64), wide
+            if wide.any():
+                value = np.where(wide, 0.0, value)
+            return np.rint(value).astype(np.int64), wide
 
     def _decode(self, msg: can.Message, bus: str) -> DecodedFrame:
         if msg.is_error_frame:
@@ -1360,19 +1427,20 @@ class CanCodec:
         n = self.n_packs
         p = np.asarray(power_w, dtype=np.float64).reshape(n)
         off_safe = np.asarray(safe, dtype=bool).reshape(n)
-        quantities = (
-            np.where(off_safe | ~np.isfinite(p), 0.0, p),
-            np.where(off_safe, float(command.mode_safe), float(command.mode_run)),
-            np.where(off_safe, 0.0, 1.0),
-            (np.asarray(reasons, dtype=np.int64) & 0xFF).astype(np.float64),
-        )
-        columns: dict[str, Any] = dict(plan.defaults)
+        quantities = np.empty((4, n))  # power, mode, enable, reason
+        quantities[0] = p
+        quantities[0, off_safe | ~np.isfinite(p)] = 0.0
+        quantities[1] = np.where(off_safe, float(command.mode_safe), float(command.mode_run))
+        quantities[2] = ~off_safe
+        quantities[3] = np.asarray(reasons, dtype=np.int64) & 0xFF
+        signals, rows, offsets, scales, lows, highs, defaults = self._setpoint_table
         with np.errstate(invalid="ignore", over="ignore"):
-            for k, signal, offset, scale, lo, hi in self._setpoint_sigs:
-                value = (quantities[k] - offset) / scale  # as _fill: ScaledSignal.to_dbc
-                clipped = np.where(value < lo, lo, value)  # min(max(value, lo), hi)
-                clipped = np.where(hi < clipped, hi, clipped)
-                columns[signal] = np.where(np.isfinite(value), clipped, plan.defaults[signal])
+            value = (quantities[rows] - offsets) / scales  # as _fill: ScaledSignal.to_dbc
+            clipped = np.where(value < lows, lows, value)  # min(max(value, lo), hi)
+            clipped = np.where(highs < clipped, highs, clipped)
+            clipped = np.where(np.isfinite(value), clipped, defaults)
+        columns: dict[str, Any] = dict(plan.defaults)
+        columns.update(zip(signals, clipped, strict=True))
         if plan.entry.counter is not None:
             counter = np.asarray(counters, dtype=np.int64) % plan.counter_mod
             columns[plan.entry.counter.signal] = counter.astype(np.float64)
@@ -1386,18 +1454,14 @@ class CanCodec:
             payloads[:, b] = _checksum_batch(entry.checksum.algorithm, others)
         data = payloads.tobytes()
         size, extended, ids, bus_of = plan.length, plan.is_extended, self._cmd_ids, self._cmd_bus_of
-        message = can.Message
+        message = can.Message  # positional: (timestamp, id, extended, remote, error, channel,
+        # dlc, data), python-can's documented order; keywords cost half as much again
         return [
             (
                 bus_of[i],
-                message(
-                    arbitration_id=ids[i],
-                    is_extended_id=extended,
-                    data=data[i * size : (i + 1) * size],
-                    dlc=size,
-                ),
+                message(0.0, ids[i], extended, False, False, None, size, data[j : j + size]),
             )
-            for i in range(n)
+            for i, j in enumerate(range(0, n * size, size))
         ]
 
     def _command_frames(

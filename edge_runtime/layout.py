@@ -836,10 +836,14 @@ class MessageLayout:
     def _words(self, payloads: NDArray[np.uint8]) -> tuple[_U64, _U64]:
         """The payloads as 64-bit words: little- and big-endian (zero-padded to 8 bytes)."""
         n = payloads.shape[0]
-        buf = np.zeros((n, _WORD_BYTES), dtype=np.uint8)
-        buf[:, : self.length] = payloads[:, : self.length]
-        little: _U64 = buf.view("<u8").reshape(n).astype(np.uint64)
-        big: _U64 = buf.view(">u8").reshape(n).astype(np.uint64)
+        if payloads.shape[1] == _WORD_BYTES and payloads.flags.c_contiguous:
+            buf = payloads
+        else:
+            buf = np.zeros((n, _WORD_BYTES), dtype=np.uint8)
+            buf[:, : self.length] = payloads[:, : self.length]
+        empty = np.zeros(0, dtype=np.uint64)  # a byte order no signal uses is not read
+        little: _U64 = buf.view("<u8").reshape(n).astype(np.uint64) if self._little else empty
+        big: _U64 = buf.view(">u8").reshape(n).astype(np.uint64) if self._big else empty
         return little, big
 
     def _payloads(self, payloads: ArrayLike) -> NDArray[np.uint8]:
@@ -922,8 +926,10 @@ class MessageLayout:
                 hit = np.asarray(selector == key, dtype=bool)
                 if hit.any():
                     matched |= hit
+                    sub_little = little[hit] if little.size else little
+                    sub_big = big[hit] if big.size else big
                     self._decode_node_batch(
-                        branch, rows[hit], little[hit], big[hit], values, present, error
+                        branch, rows[hit], sub_little, sub_big, values, present, error
                     )
             error[rows[~matched]] = True
 
@@ -955,7 +961,7 @@ class MessageLayout:
         for name, a in arrays.items():
             if a.ndim > 1 or (a.ndim == 1 and a.shape[0] != n):
                 raise ValueError(f"{self.name}.{name}: {a.shape} values for {n} frames")
-        out = np.zeros((n, self.length), dtype=np.uint8)
+        out: NDArray[np.uint8] = np.zeros((n, self.length), dtype=np.uint8)
         bad = np.zeros(n, dtype=bool)
         columns: Mapping[str, FloatArray] = arrays
         if self.batch_native:
@@ -969,17 +975,19 @@ class MessageLayout:
             else:
                 columns = {k: np.broadcast_to(a, (n,)) for k, a in arrays.items()}
                 self._encode_node_batch(self._root, np.arange(n), columns, little, big, bad)
-            words = np.zeros((n, _WORD_BYTES), dtype=np.uint8)
-            if self._little:
-                words |= little.astype("<u8").view(np.uint8).reshape(n, _WORD_BYTES)
             if self._big:
-                words |= big.astype(">u8").view(np.uint8).reshape(n, _WORD_BYTES)
-            out[:] = words[:, : self.length]
+                words = big.astype(">u8").view(np.uint8).reshape(n, _WORD_BYTES)
+                if self._little:
+                    words |= little.astype("<u8").view(np.uint8).reshape(n, _WORD_BYTES)
+            else:
+                words = little.astype("<u8").view(np.uint8).reshape(n, _WORD_BYTES)
+            out = words if self.length == _WORD_BYTES else words[:, : self.length].copy()
         else:
             bad[:] = True
-        for i in np.flatnonzero(bad).tolist():  # the scalar encode: its bytes or its error
-            row = {k: float(c if c.ndim == 0 else c[i]) for k, c in columns.items()}
-            out[i] = np.frombuffer(self.encode(row), dtype=np.uint8)
+        if bad.any():
+            for i in np.flatnonzero(bad).tolist():  # the scalar encode: its bytes or its error
+                row = {k: float(c if c.ndim == 0 else c[i]) for k, c in columns.items()}
+                out[i] = np.frombuffer(self.encode(row), dtype=np.uint8)
         return out
 
     def _encode_flat(

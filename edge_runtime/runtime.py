@@ -967,8 +967,11 @@ class EdgeRuntime:
                 (tb.bms_state, self._state_fault),
             ):
                 if codes is not None and faults:
-                    hit = np.isin(codes, np.fromiter(faults, dtype=np.int64))
-                    special.update(tb.packs[hit].tolist())
+                    hit = np.zeros(len(tb), dtype=bool)
+                    for fault in faults:  # a handful of codes: cheaper than np.isin
+                        hit |= codes == fault
+                    if hit.any():
+                        special.update(tb.packs[hit].tolist())
         if self.estimator is not None and len(batches) > 1:  # the estimator's sample order
             counts = np.bincount(np.concatenate([tb.packs for tb in batches]))
             special.update(np.flatnonzero(counts > 1).tolist())

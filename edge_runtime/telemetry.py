@@ -144,6 +144,7 @@ class TelemetryStore:
         self._offsets = {k: tuple(r * n_packs for r in rows) for k, rows in _ROWS.items()}
         self._cells: list[FloatArray | None] = [None] * n_packs
         self._complete = [False] * n_packs  # has_all latched (arrival times only grow)
+        self._all_complete = False  # every entry of _complete (reset with any of them)
         self.status = np.zeros(n_packs, dtype=np.int64)
         self._site: dict[str, float] = {}
         self._site_updated_s = -math.inf
@@ -170,6 +171,7 @@ class TelemetryStore:
         """
         if not math.isfinite(now_s):  # a non-finite arrival time unsets has_all, as before
             self._complete[pack] = False
+            self._all_complete = False
         if 0 <= pack < self.n_packs:
             vals, upd, offsets = self._values_flat, self._updated_flat, self._offsets
             for key, value in values.items():
@@ -216,6 +218,7 @@ class TelemetryStore:
         if not math.isfinite(now_s):
             for pack in packs.tolist():
                 self._complete[pack] = False
+            self._all_complete = False
         for key, column in values.items():
             for r in _ROWS.get(key, ()):
                 self._values[r, packs] = column
@@ -225,11 +228,10 @@ class TelemetryStore:
 
     def has_all_packs(self, packs: IntArray) -> BoolArray:
         """:meth:`has_all` of each of ``packs``."""
-        complete = self._complete
-        out = np.fromiter((complete[p] for p in packs.tolist()), dtype=bool, count=len(packs))
-        if not out.all():
-            for j in np.flatnonzero(~out).tolist():
-                out[j] = self.has_all(int(packs[j]))
+        if self._all_complete:
+            return np.ones(len(packs), dtype=bool)
+        out = np.fromiter((self.has_all(p) for p in packs.tolist()), dtype=bool, count=len(packs))
+        self._all_complete = all(self._complete)
         return out
 
     def pack_table(self, packs: IntArray) -> FloatArray:
