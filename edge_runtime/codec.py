@@ -63,6 +63,7 @@ from pulsebms.edge_runtime.signal_map import (
 
 __all__ = [
     "BACKENDS",
+    "BATCH_MIN_FRAMES",
     "DEFAULT_DBC",
     "FOREIGN_DBC",
     "FOREIGN_SIGNAL_MAP",
@@ -97,6 +98,10 @@ PACK_TELEMETRY_FIELDS = ("soc", "soh", "temperature_c", "cell_voltage_v", "curre
 
 BACKENDS = ("compiled", "cantools")
 """Message layout backends of :class:`CanCodec`."""
+
+BATCH_MIN_FRAMES = 16
+"""Default :attr:`CanCodec.batch_min_frames`: where batches start to pay (measured with
+``pulsebms-bench edge``: a drain of ~16 frames costs the same either way)."""
 
 
 def default_dbc_path() -> Path:
@@ -299,9 +304,11 @@ def _checksum_batch(algorithm: str, data: np.ndarray[Any, np.dtype[np.uint8]]) -
             crc = _CRC8_TABLE[crc ^ column]
         return (crc ^ 0xFF).astype(np.int64)
     if algorithm == "sum8":
-        return data.sum(axis=1, dtype=np.int64) & 0xFF
+        total: IntArray = data.sum(axis=1, dtype=np.int64)
+        return total & 0xFF
     if algorithm == "xor8":
-        return np.bitwise_xor.reduce(data, axis=1).astype(np.int64)
+        folded: IntArray = np.bitwise_xor.reduce(data, axis=1).astype(np.int64)
+        return folded
     raise ValueError(f"unknown checksum algorithm {algorithm!r}; known {CHECKSUM_ALGORITHMS}")
 
 
@@ -446,6 +453,8 @@ class _Plan:
     batch_sigs: tuple[tuple[str, int, float, float, float, float], ...] = ()
     counter_row: int = -1
     batch_table: tuple[Any, ...] = ()  # (keys, rows, lows, highs, scales, offsets) as arrays
+    small: frozenset[str] = frozenset()  # quantities whose checked values fit int64 widely
+    counter_exact: bool = False  # the counter signal's values are small integers
 
     def __post_init__(self) -> None:
         self.name = str(self.message.name)
@@ -476,6 +485,18 @@ class _Plan:
             )
             if self.entry.counter is not None:
                 self.counter_row = row[self.entry.counter.signal]
+            self.small = frozenset(
+                key
+                for key, _, low, high, scale, offset in self.batch_sigs
+                if max(abs(low * scale + offset), abs(high * scale + offset)) < _ROUND_LIMIT
+            )
+            if self.entry.counter is not None:
+                counter = self.message.get_signal_by_name(self.entry.counter.signal)
+                self.counter_exact = bool(
+                    not counter.is_float
+                    and counter.length <= 52
+                    and max(abs(float(counter.scale)), abs(float(counter.offset))) < 2**10
+                )
             columns = list(zip(*self.batch_sigs, strict=True)) or [()] * 6
             keys, rows, lows, highs, scales, offsets = columns
             self.batch_table = (
@@ -602,7 +623,7 @@ class CanCodec:
             if key in order
         )
         columns = list(zip(*self._setpoint_sigs, strict=True)) or [()] * 6
-        self._setpoint_table = (
+        self._setpoint_table: tuple[Any, ...] = (
             tuple(columns[1]),
             np.asarray(columns[0], dtype=np.intp),
             *(np.asarray(c, dtype=np.float64).reshape(-1, 1) for c in columns[2:]),
@@ -638,6 +659,9 @@ class CanCodec:
         self.batch: bool = bool(batch and own and self.backend == "compiled")
         """Whether :meth:`decode_batch` and :meth:`encode_commands` batch (else they go
         frame by frame)."""
+        self.batch_min_frames: int = BATCH_MIN_FRAMES
+        """Fewer frames than this (in a drain, or packs in :meth:`encode_commands`) go frame
+        by frame: below it numpy's fixed cost per call outweighs the per-frame path."""
         self._idents = {
             plan.name: [(plan.name, p) for p in range(self.n_packs)] for plan in self._tel_plans
         }
@@ -886,7 +910,7 @@ class CanCodec:
         Returns:
             The telemetry batches and the positions of the rest.
         """
-        if not self.batch or not msgs:
+        if not self.batch or len(msgs) < max(self.batch_min_frames, 1):
             return DecodedBatch((), tuple(range(len(msgs))))
         try:
             return self._decode_batch(msgs, tuple(buses))
@@ -1054,8 +1078,9 @@ class CanCodec:
         values = dict(zip(keys, scaled, strict=True))
         counter: IntArray | None = None
         if entry.counter is not None and plan.counter_row >= 0:
-            counter, wide = self._round_batch(raw[plan.counter_row])
-            bad |= wide
+            counter, wide = self._round_batch(raw[plan.counter_row], plan.counter_exact)
+            if wide is not None:
+                bad |= wide
             if entry.counter.max_errors is not None:
                 idents = self._idents[plan.name]
                 last = np.fromiter(
@@ -1067,14 +1092,21 @@ class CanCodec:
         rounded: dict[str, IntArray] = {}
         for key in ("status", "bms_state"):
             if key in values:
-                rounded[key], wide = self._round_batch(values.pop(key))
-                bad |= wide
+                rounded[key], wide = self._round_batch(values.pop(key), key in plan.small)
+                if wide is not None:
+                    bad |= wide
         return bad, values, rounded.get("status"), rounded.get("bms_state"), counter
 
     @staticmethod
-    def _round_batch(value: FloatArray) -> tuple[IntArray, BoolArray]:
-        """``round(value)`` as int64, and where that is not exact (NaN, inf, huge)."""
+    def _round_batch(value: FloatArray, small: bool) -> tuple[IntArray, BoolArray | None]:
+        """``round(value)`` as int64, and where that is not exact (NaN, inf, huge).
+
+        ``small``: every value that passes the range checks is well inside int64, so only
+        rows that fail them (garbage here, judged frame by frame) can be off.
+        """
         with np.errstate(invalid="ignore"):
+            if small:
+                return np.rint(value).astype(np.int64), None
             wide = ~(np.abs(value) < _ROUND_LIMIT)
             if wide.any():
                 value = np.where(wide, 0.0, value)
@@ -1403,7 +1435,7 @@ class CanCodec:
         Returns:
             ``[(bus name, frame)]`` for packs ``0 .. n_packs - 1``.
         """
-        if self._batch_commands:
+        if self._batch_commands and self.n_packs >= self.batch_min_frames:
             try:
                 return self._setpoints_batch(power_w, safe, reasons, counters)
             except Exception:  # the per-pack path says what is wrong (or encodes it)

@@ -507,8 +507,8 @@ def _fuses_decode(spec: _BatchSpec) -> bool:
     raw_lo, raw_hi = (-(1 << (n - 1)), (1 << (n - 1)) - 1) if signed else (0, (1 << n) - 1)
     scale = 1 if spec.kind == _IDENTITY else int(spec.scale)
     offset = int(spec.offset) if spec.mode == _INT_EXACT and spec.kind != _IDENTITY else 0
-    extremes = (raw_lo, raw_hi, raw_lo * scale, raw_hi * scale)
-    extremes += (raw_lo * scale + offset, raw_hi * scale + offset)
+    extremes = [raw_lo, raw_hi, raw_lo * scale, raw_hi * scale]
+    extremes += [raw_lo * scale + offset, raw_hi * scale + offset]
     return all(abs(e) <= 2**53 for e in extremes)  # every step exact in float64
 
 

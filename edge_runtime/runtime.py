@@ -806,7 +806,7 @@ class EdgeRuntime:
                     pack_voltage_v=volts[i],
                 )
             return
-        counters = self._tx_counter.tolist()
+        counter_l = self._tx_counter.tolist()
         self._tx_counter += 1
         send = self._send
         for i in range(self.n_packs):
@@ -815,7 +815,7 @@ class EdgeRuntime:
                 0.0 if off_l[i] else power[i],
                 safe=off_l[i],
                 reason=reason_l[i],
-                counter=counters[i],
+                counter=counter_l[i],
                 pack_voltage_v=volts[i],
             )
             for bus_name, frame in frames:
@@ -900,7 +900,7 @@ class EdgeRuntime:
         self.metrics.frames_received += len(msgs)
         decode_batch = self._decode_batch
         batch: DecodedBatch | None = None
-        if decode_batch is not None and len(msgs) > 1:
+        if decode_batch is not None and len(msgs) >= self._batch_min_frames():
             try:
                 batch = decode_batch(msgs, names)
             except Exception as exc:  # nothing was taken: every frame goes on its own
@@ -924,6 +924,9 @@ class EdgeRuntime:
                         self._update_estimate(tb.frame(j), t)
                     except Exception as exc:
                         self._event("internal_error", tb.frame(j).pack, repr(exc), now_s=t)
+
+    def _batch_min_frames(self) -> int:
+        return max(int(getattr(self.codec, "batch_min_frames", 2)), 2)
 
     def _counter_key_list(self, message: str) -> list[tuple[int, str, int]]:
         keys = self._counter_keys.get(message)
@@ -1030,8 +1033,8 @@ class EdgeRuntime:
         """:meth:`_within_limits` of each of ``packs`` (the same comparisons, in numpy)."""
         soc, soh, cur, vmin, vmax, tmin, tmax = self.store.pack_table(packs)
         v_lo, v_hi, i_lo, i_hi, t_lo, t_hi, s_lo, s_hi, c_max, cap = self._limit_table[:, packs]
-        denom = cap * soh
-        with np.errstate(all="ignore"):
+        with np.errstate(all="ignore"):  # overflow, 0/0, inf - inf: as the scalar check
+            denom = cap * soh
             ok = (v_lo <= vmin) & (vmin <= vmax) & (vmax <= v_hi)
             ok &= (i_lo <= cur) & (cur <= i_hi)
             ok &= (t_lo <= tmin) & (tmin <= tmax) & (tmax <= t_hi)
@@ -1301,7 +1304,7 @@ class EdgeRuntime:
         return True
 
     def _handle_on(self, msgs: list[can.Message], names: tuple[str, ...]) -> None:
-        if self._decode_batch is None or len(msgs) == 1:  # one frame, one lock: as always
+        if self._decode_batch is None or len(msgs) < self._batch_min_frames():  # frame by frame
             for msg in msgs:
                 t = self.clock()
                 with self._lock:

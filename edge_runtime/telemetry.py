@@ -145,6 +145,7 @@ class TelemetryStore:
         self._cells: list[FloatArray | None] = [None] * n_packs
         self._complete = [False] * n_packs  # has_all latched (arrival times only grow)
         self._all_complete = False  # every entry of _complete (reset with any of them)
+        self._batch_rows: dict[tuple[str, ...], tuple[IntArray, list[int]]] = {}
         self.status = np.zeros(n_packs, dtype=np.int64)
         self._site: dict[str, float] = {}
         self._site_updated_s = -math.inf
@@ -219,10 +220,16 @@ class TelemetryStore:
             for pack in packs.tolist():
                 self._complete[pack] = False
             self._all_complete = False
-        for key, column in values.items():
-            for r in _ROWS.get(key, ()):
-                self._values[r, packs] = column
-                self._updated[r, packs] = now_s
+        plan = self._batch_rows.get(tuple(values))
+        if plan is None:  # stored row per column of the values (a key may fill two rows)
+            pairs = [(r, j) for j, key in enumerate(values) for r in _ROWS.get(key, ())]
+            rows = np.asarray([r for r, _ in pairs], dtype=np.intp).reshape(-1, 1)
+            plan = self._batch_rows[tuple(values)] = (rows, [j for _, j in pairs])
+        rows, columns = plan
+        if len(columns):
+            given = list(values.values())
+            self._values[rows, packs] = np.stack([given[j] for j in columns])
+            self._updated[rows, packs] = now_s
         if status is not None:
             self.status[packs] = status
 
