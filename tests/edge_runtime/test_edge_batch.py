@@ -17,6 +17,7 @@ pre-check and store writes.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -112,11 +113,16 @@ def checked_dbc(tmp_path_factory: pytest.TempPathFactory) -> Path:
 CodecFactory = Callable[[int, bool], CanCodec]
 
 
-@pytest.fixture(scope="module", params=["project", "checked"])
+@pytest.fixture(scope="module", params=["project", "checked", "two buses"])
 def make_codec(request: pytest.FixtureRequest, checked_dbc: Path) -> CodecFactory:
     def factory(n: int, batch: bool) -> CanCodec:
         if request.param == "project":
             codec = CanCodec(n, batch=batch)
+        elif request.param == "two buses":  # one bus object serving both names
+            half = n // 2
+            buses = {"rack_a": tuple(range(half)), "rack_b": tuple(range(half, n))}
+            smap = dataclasses.replace(SignalMap.default(), buses=buses)
+            codec = CanCodec(n, signal_map=smap, batch=batch)
         else:
             codec = CanCodec(n, dbc_path=checked_dbc, signal_map=checked_map(), batch=batch)
         codec.batch_min_frames = 2  # small fleets take the batch path too
