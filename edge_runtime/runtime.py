@@ -6,7 +6,12 @@ control tick (``tick_s``, the manifest's ``dt_s`` by default).
 
 **On every received frame** (:meth:`EdgeRuntime.handle_message`) it decodes the frame,
 stores the values and checks both ends of every window of the pack (min and max cell
-voltage, min and max temperature, SoC, current, C-rate) at once. A limit violation, a
+voltage, min and max temperature, SoC, current, C-rate) at once. :meth:`EdgeRuntime.poll`
+reads what is waiting on the bus in one drain and hands it to
+:meth:`EdgeRuntime.handle_messages`: with a codec that batches
+(:attr:`CanCodec.batch <pulsebms.edge_runtime.codec.CanCodec.batch>`) the drain's clean
+telemetry is decoded, stored and checked in numpy, message by message, with the same
+results per pack as frame by frame. A limit violation, a
 malformed frame, rolling-counter or checksum errors beyond their tolerance, or a BMS fault
 status puts *that pack* in the safe state immediately: a safe command goes out without
 waiting for the tick. The pack stays safe until its telemetry has been clean for
