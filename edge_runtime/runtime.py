@@ -490,6 +490,9 @@ class EdgeRuntime:
             else None
         )
         self._counter_keys: dict[str, list[tuple[int, str, int]]] = {}
+        # frames read without waiting before they are handled: a flooded bus must not keep
+        # the first frame (maybe a violation) waiting for thousands of reads
+        self._drain_max = max(64, 2 * n)
         self._last_counter: dict[tuple[int, str, int], int] = {}
         self._counter_run = np.zeros(n, dtype=np.int64)
         self._checksum_run = np.zeros(n, dtype=np.int64)
@@ -1244,9 +1247,10 @@ class EdgeRuntime:
         """Read and handle frames until ``timeout_s`` has passed and nothing is waiting.
 
         Each wait ends with the first frame; what is waiting behind it is read at once
-        (without waiting) and handled with it (:meth:`handle_messages`: one batch with a
-        codec that batches). With several buses they are read in turn (each drained without
-        waiting, then a short wait on the next one).
+        (without waiting, up to ``max(64, 2 * n_packs)`` frames) and handled with it
+        (:meth:`handle_messages`: one batch with a codec that batches). With several
+        buses they are read in turn (each drained without waiting, then a short wait on
+        the next one).
 
         Args:
             timeout_s: How long to wait for frames [s]; 0 handles only what is waiting.
@@ -1266,7 +1270,7 @@ class EdgeRuntime:
                     break
                 msgs = [msg]
                 if ok:
-                    ok = self._drain(bus, msgs, max_frames - handled)
+                    ok = self._drain(bus, msgs, min(max_frames - handled, self._drain_max))
                 self._handle_on(msgs, names)
                 handled += len(msgs)
                 if not ok:
@@ -1276,7 +1280,7 @@ class EdgeRuntime:
             got = False
             for bus, names in self._rx:
                 msgs = []
-                ok = self._drain(bus, msgs, max_frames - handled)
+                ok = self._drain(bus, msgs, min(max_frames - handled, self._drain_max))
                 if msgs:
                     got = True
                     self._handle_on(msgs, names)

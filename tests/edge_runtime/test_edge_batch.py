@@ -581,3 +581,25 @@ def test_store_batch_writes_equal_single_writes(rows: list[dict[str, float]], no
     assert [one.has_all(p) for p in range(n)] == many.has_all_packs(np.arange(n)).tolist()
     with pytest.raises(IndexError):
         many.update_packs(np.array([n]), {"soc": np.array([0.5])}, now_s=1.0)
+
+
+def test_poll_reads_a_flood_in_bounded_drains(
+    runtime20: tuple[EdgeRuntime, can.BusABC, FakeClock],
+) -> None:
+    rt, pack_bus, _ = runtime20
+    sizes: list[int] = []
+    handle = rt._handle_batch
+
+    def spy(msgs: list[can.Message], t: float, names: tuple[str, ...]) -> None:
+        sizes.append(len(msgs))
+        handle(msgs, t, names)
+
+    rt._handle_batch = spy  # type: ignore[method-assign]
+    for counter in range(1, 5):
+        for pack in range(20):
+            for msg in rt.codec.encode_telemetry(pack, GOOD, counter=counter):
+                pack_bus.send(msg)
+    assert rt.poll(0.0) == 80
+    assert sizes == [64, 16]  # at most max(64, 2 * n_packs) frames read before handling
+    assert rt.metrics.telemetry_frames == 80
+    assert rt.metrics.counter_errors == 0
