@@ -519,7 +519,7 @@ def assert_batch_row_equals(layout: MessageLayout, batch: Any, i: int, theirs: o
         assert _same_float(ours, float(value)), f"row {i} {name}: {ours!r} vs {value!r}"
 
 
-@settings(max_examples=300)
+@settings(max_examples=200)
 @given(message=messages(), data=st.data())
 def test_decode_batch_equals_cantools_row_by_row(message: Message, data: st.DataObject) -> None:
     layout = compile_message(message)
@@ -541,7 +541,7 @@ def _row_outcomes(message: Message, columns: dict[str, list[float]], n: int) -> 
     return out
 
 
-@settings(max_examples=300)
+@settings(max_examples=200)
 @given(message=messages(), data=st.data())
 def test_encode_batch_equals_cantools_row_by_row(message: Message, data: st.DataObject) -> None:
     """Rows of decoded values (valid) and of any numbers: same bytes or same error kind."""
