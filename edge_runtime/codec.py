@@ -312,6 +312,9 @@ def _checksum_batch(algorithm: str, data: np.ndarray[Any, np.dtype[np.uint8]]) -
     raise ValueError(f"unknown checksum algorithm {algorithm!r}; known {CHECKSUM_ALGORITHMS}")
 
 
+_Slots = tuple[dict[tuple[int, bool], int], IntArray, dict[tuple[int, bool, int, int], int]]
+"""Id lookups of a batch (see ``CanCodec._slots``)."""
+
 _ROUND_LIMIT = float(2**62)
 """Batched status, state and counter values beyond this go frame by frame (exact ints)."""
 
@@ -675,7 +678,7 @@ class CanCodec:
         )
         self._cmd_bus_of = tuple(self._bus_of)
         self._bus_of_packs = tuple(self._bus_of)
-        self._slot_cache: dict[tuple[str, ...], tuple[dict[tuple[int, bool], int], IntArray]] = {}
+        self._slot_cache: dict[tuple[str, ...], _Slots] = {}
 
     # ------------------------------------------------------------------ setup
     def _message(self, name: str) -> tuple[cantools.database.Message, Path]:
@@ -927,13 +930,14 @@ class CanCodec:
             return self._any_bus.get(key)
         return None
 
-    def _slots(self, buses: tuple[str, ...]) -> tuple[dict[tuple[int, bool], int], IntArray]:
-        """Per bus-name tuple: id → slot, and per slot (plan, pack, length) as ``(3, k)``.
+    def _slots(self, buses: tuple[str, ...]) -> _Slots:
+        """Id lookups of a batch, per tuple of bus names (cached).
 
-        The plan is its index in the batchable telemetry plans, ``-1`` for telemetry that
-        is not batchable (its pack goes frame by frame), ``-2`` for other frames (site,
-        command echoes). Ids are looked up bus by bus in order, as :meth:`decode` tries
-        each bus name.
+        Id → slot; per slot (plan, pack, length) as ``(3, k)``; and (id, extended, dlc,
+        payload size) → slot for the frames that batch as they are. The plan is its index
+        in the telemetry plans where it batches, ``-1`` for telemetry that does not (its
+        pack goes frame by frame), ``-2`` for other frames (site, command echoes). Ids are
+        looked up bus by bus in order, as :meth:`decode` tries each bus name.
         """
         cached = self._slot_cache.get(buses)
         if cached is not None:
@@ -958,32 +962,41 @@ class CanCodec:
                 columns.append((code, -1 if route.pack is None else route.pack, plan.length))
         columns.append((-3, -1, -1))  # slot -1: not ours
         slots = np.asarray(columns, dtype=np.int64).T.copy()
-        self._slot_cache[buses] = table, slots
-        return table, slots
+        # frames that batch as they are: id, extended flag, dlc and payload size in one key
+        sized: dict[tuple[int, bool, int, int], int] = {
+            (*key, length, length): slot
+            for key, slot in table.items()
+            if slots[0, slot] >= 0 and (length := int(slots[2, slot])) >= 0
+        }
+        self._slot_cache[buses] = table, slots, sized
+        return table, slots, sized
 
     def _decode_batch(self, msgs: Sequence[can.Message], buses: tuple[str, ...]) -> DecodedBatch:
         n = len(msgs)
-        table, slots = self._slots(buses)
-        get = table.get
+        table, slots, sized = self._slots(buses)
+        get = sized.get
+        datas = [m.data for m in msgs]
         codes = np.fromiter(
             [
                 -1
                 if m.is_error_frame or m.is_remote_frame
-                else get((m.arbitration_id, m.is_extended_id), -1)
-                for m in msgs
+                else get((m.arbitration_id, m.is_extended_id, m.dlc, len(d)), -1)
+                for m, d in zip(msgs, datas, strict=True)
             ],
             dtype=np.int64,
             count=n,
         )
-        datas = [m.data for m in msgs]
-        plan_of, pack_of, length_of = slots[:, codes]
-        sizes_ok = np.fromiter([m.dlc for m in msgs], dtype=np.int64, count=n) == length_of
-        sizes_ok &= np.fromiter(map(len, datas), dtype=np.int64, count=n) == length_of
-        batched = (plan_of >= 0) & sizes_ok
-        telemetry = plan_of >= -1
+        plan_of, pack_of = slots[:2, codes]
+        batched = codes >= 0
         poisoned: set[int] = set()  # packs whose frames all go the per-frame way
-        if not batched.all():
-            poisoned.update(pack_of[telemetry & ~batched].tolist())
+        if not batched.all():  # telemetry that does not batch as is: its pack one by one
+            for i in np.flatnonzero(~batched).tolist():
+                m = msgs[i]
+                if m.is_error_frame or m.is_remote_frame:
+                    continue
+                slot = table.get((m.arbitration_id, m.is_extended_id))
+                if slot is not None and slots[0, slot] >= -1:
+                    poisoned.add(int(slots[1, slot]))
         checked = []
         for k in sorted(set(plan_of[batched].tolist())):
             plan = self._tel_plans[k]
