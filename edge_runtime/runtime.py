@@ -930,8 +930,9 @@ class EdgeRuntime:
                 for j in rows.tolist():
                     try:
                         self._update_estimate(tb.frame(j), t)
-                    except Exception as exc:
-                        self._event("internal_error", tb.frame(j).pack, repr(exc), now_s=t)
+                    except Exception as exc:  # as after a single frame: reported, not raised
+                        pack = int(tb.packs[j])
+                        self._event("internal_error", pack, f"estimator: {exc!r}", now_s=t)
 
     def _batch_min_frames(self) -> int:
         return max(int(getattr(self.codec, "batch_min_frames", 2)), 2)
@@ -947,9 +948,9 @@ class EdgeRuntime:
     ) -> list[tuple[TelemetryBatch, IntArray]]:
         """:meth:`_on_telemetry` of every row, in numpy where the row is routine.
 
-        A pack with a row that is not routine (stuck or first counter after a gap is fine:
-        a stuck counter, a BMS fault status or state; with the estimator on, rows of several
-        messages) has all its rows handled by :meth:`_on_telemetry` in the order received.
+        A pack with a row that is not routine (a stuck counter, a BMS fault status or
+        state; with the estimator on, rows of several messages) has all its rows handled by
+        :meth:`_on_telemetry` in the order received. A counter gap is routine (counted).
 
         Returns:
             Per batch, the rows handled here whose estimator update is still due.
