@@ -603,3 +603,16 @@ def test_poll_reads_a_flood_in_bounded_drains(
     assert sizes == [64, 16]  # at most max(64, 2 * n_packs) frames read before handling
     assert rt.metrics.telemetry_frames == 80
     assert rt.metrics.counter_errors == 0
+
+
+@pytest.mark.parametrize("algorithm", ["crc8_sae_j1850", "sum8", "xor8"])
+def test_batch_checksums_are_the_per_frame_ones(algorithm: str) -> None:
+    from pulsebms.edge_runtime.codec import _checksum_batch
+    from pulsebms.edge_runtime.signal_map import checksum
+
+    rows = np.random.default_rng(3).integers(0, 256, (300, 7), dtype=np.uint8)
+    rows[0], rows[1] = 0, 255
+    expected = [checksum(algorithm, row.tobytes()) for row in rows]
+    assert _checksum_batch(algorithm, rows).tolist() == expected
+    with pytest.raises(ValueError, match="unknown checksum"):
+        _checksum_batch("md5", rows)
