@@ -33,8 +33,9 @@ $(VENV)/.installed: pyproject.toml
 
 install: $(VENV)/.installed  ## Create .venv: pinned CPU torch, then pulsebms[all] (editable).
 
-demo: install  ## End-to-end run on the embedded default: env, shielded training, evaluation, export, edge runtime on a simulated CAN bus.
+demo: install  ## End-to-end run on the embedded default: env, shielded training, evaluation, export, edge runtime on a simulated CAN bus; then the site loop over MQTT (pulsebms-fleet up).
 	$(BIN)/pulsebms-demo
+	$(BIN)/pulsebms-fleet up
 
 test: install  ## The whole test suite, slow learning tests included (what CI runs).
 	$(BIN)/python -m pytest -n $(PYTEST_WORKERS) --dist loadfile $(PYTEST_ARGS)

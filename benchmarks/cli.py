@@ -29,6 +29,7 @@ BENCHMARKS: dict[str, str] = {
     "estimation": "pulsebms.benchmarks.estimation",
     "ray": "pulsebms.benchmarks.ray",
     "allocation": "pulsebms.benchmarks.allocation",
+    "mqtt": "pulsebms.benchmarks.mqtt",
 }
 
 

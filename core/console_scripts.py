@@ -36,10 +36,13 @@ __all__ = [
     "SCRIPTS",
     "ConsoleScript",
     "bench",
+    "coordinator",
     "demo",
     "edge",
     "evaluate",
     "export",
+    "fleet",
+    "health",
     "hil",
     "missing_extra_message",
     "run_script",
@@ -155,7 +158,16 @@ SCRIPTS: Mapping[str, ConsoleScript] = MappingProxyType(
             ConsoleScript("pulsebms-edge", "pulsebms.edge_runtime.cli:main", ("edge",)),
             ConsoleScript("pulsebms-hil", "pulsebms.hil.cli:main", ("sim", "edge")),
             ConsoleScript(
+                "pulsebms-fleet", "pulsebms.services.fleet.cli:main", ("services", "export")
+            ),
+            ConsoleScript(
                 "pulsebms-bench", "pulsebms.benchmarks.cli:main", ("sim", "edge", "train", "rllib")
+            ),
+            ConsoleScript(
+                "pulsebms-health", "pulsebms.services.health.cli:main", ("services", "export")
+            ),
+            ConsoleScript(
+                "pulsebms-coordinator", "pulsebms.services.coordinator.cli:main", ("services",)
             ),
         )
     }
@@ -247,6 +259,21 @@ def hil() -> int:
     return run_script("pulsebms-hil")
 
 
+def fleet() -> int:
+    """``pulsebms-fleet`` (needs ``services``; ``export`` to build its tiny policy)."""
+    return run_script("pulsebms-fleet")
+
+
 def bench() -> int:
     """``pulsebms-bench`` (each benchmark needs its own extras)."""
     return run_script("pulsebms-bench")
+
+
+def health() -> int:
+    """``pulsebms-health`` (needs ``services`` and ``export``: scikit-learn, torch, onnx)."""
+    return run_script("pulsebms-health")
+
+
+def coordinator() -> int:
+    """``pulsebms-coordinator`` (needs ``services``)."""
+    return run_script("pulsebms-coordinator")

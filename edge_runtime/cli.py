@@ -7,6 +7,8 @@ Usage::
     pulsebms-edge --manifest m.json --signal-map bms.yaml --site fixed:20000 \
         --bus rack1=socketcan:can0 --bus rack2=socketcan:can1
     pulsebms-edge signal-map --template > my_bms.json
+    pulsebms-edge --manifest m.json --mqtt broker.local:1883 --mqtt-site site-a --device edge-1 \
+        --mqtt-user edge-site-a --mqtt-password-file /etc/pulsebms/mqtt.pw --fallback hold
 
 The model is ``model.file`` beside the manifest unless ``--model`` is given; its sha256 is
 checked first. Three clocks are set separately: ``--telemetry-period-s`` (how often each
@@ -15,6 +17,16 @@ acted on within it) and ``--tick-s`` (the control interval). On SIGINT or SIGTER
 enabled command is sent any more, every pack is commanded safe at once (within one safety
 period), the process exits within a second and prints its metrics as JSON, as it does at
 ``--n-ticks`` or ``--duration-s``.
+
+With ``--mqtt HOST:PORT`` the edge also joins its site over MQTT
+(:mod:`pulsebms.edge_runtime.mqtt_bridge`): it publishes telemetry every
+``--mqtt-telemetry-period-s`` and its status (last will "offline"), applies the
+coordinator's allocation through the shield, falls back (``--fallback``) when the allocation
+is older than ``--allocation-timeout-s``, and obeys the site's commands. The site and device
+names are ``--mqtt-site`` and ``--device`` (``--site`` is the site demand source and
+``--telemetry-period-s`` the BMS period). An unreachable broker does not stop the edge: the
+link keeps retrying while CAN control runs; a broker that refuses the credentials does
+(exit 1).
 
 Exit status: 0 ran (also when stopped by a signal); 1 refused to start (invalid manifest,
 model sha256 mismatch, signal map that does not fit the DBC, bus that cannot open); 2 bad
@@ -103,6 +115,17 @@ def _bus_spec(text: str) -> tuple[str, str, str]:
     return name, interface, channel
 
 
+def _host_port(text: str) -> tuple[str, int]:
+    host, sep, port = text.rpartition(":")
+    try:
+        number = int(port)
+    except ValueError:
+        number = -1
+    if not (sep and host and 0 < number < 65536):
+        raise argparse.ArgumentTypeError(f"expected HOST:PORT, got {text!r}")
+    return host.strip("[]"), number
+
+
 def _site(text: str) -> SiteSource:
     try:
         return parse_site_spec(text)
@@ -179,7 +202,89 @@ def build_parser() -> argparse.ArgumentParser:
         help="no SoC/SoH estimator (packs whose BMS reports no SoC/SoH then stay safe)",
     )
     p.add_argument("--log-level", default="WARNING", help="logging level (default WARNING)")
+    mqtt = p.add_argument_group("site link (MQTT)")
+    mqtt.add_argument(
+        "--mqtt", type=_host_port, metavar="HOST:PORT", help="join the site over this broker"
+    )
+    mqtt.add_argument("--mqtt-site", metavar="SITE", help="site name (a topic level)")
+    mqtt.add_argument("--device", help="this edge's device name (a topic level)")
+    mqtt.add_argument("--mqtt-user", help="broker user name")
+    mqtt.add_argument("--mqtt-password-file", help="file holding the broker password")
+    mqtt.add_argument("--mqtt-client-id", help="MQTT client id (default pulsebms-SITE-DEVICE)")
+    mqtt.add_argument("--mqtt-tls-ca", help="CA file: connect with TLS, verifying the broker")
+    mqtt.add_argument(
+        "--mqtt-connect-timeout-s",
+        type=_non_negative,
+        default=10.0,
+        help="wait this long for the broker at start [s] (default 10); the edge then runs "
+        "anyway and the link keeps retrying",
+    )
+    mqtt.add_argument(
+        "--mqtt-telemetry-period-s",
+        type=_positive,
+        default=1.0,
+        help="MQTT telemetry period [s] (default 1)",
+    )
+    mqtt.add_argument(
+        "--allocation-timeout-s",
+        type=_positive,
+        default=1200.0,
+        help="allocation age past which the edge falls back [s] (default 1200)",
+    )
+    mqtt.add_argument(
+        "--fallback",
+        choices=("local", "hold", "zero"),
+        default="local",
+        help="on a stale allocation: the local policy (default), hold the last one, or zero",
+    )
+    mqtt.add_argument(
+        "--mqtt-issuer",
+        action="append",
+        default=None,
+        metavar="NAME",
+        help="accept commands from this issuer only (repeatable; default: any issuer the "
+        "broker lets publish on this device's command topic)",
+    )
     return p
+
+
+def _mqtt_bridge(args: argparse.Namespace, runtime: EdgeRuntime) -> Any:
+    """The MQTT bridge of ``--mqtt`` (connected or retrying), or ``None`` without it.
+
+    Raises:
+        ValueError: On missing or bad site/device names or an unreadable password file.
+        MqttConnectError: If the broker refuses the credentials.
+    """
+    if args.mqtt is None:
+        return None
+    if not (args.mqtt_site and args.device):
+        raise ValueError("--mqtt needs --mqtt-site and --device")
+    from pulsebms.edge_runtime.mqtt_bridge import MqttBridge
+    from pulsebms.edge_runtime.mqtt_link import TlsSettings
+
+    password = None
+    if args.mqtt_password_file:
+        try:
+            password = Path(args.mqtt_password_file).read_text(encoding="utf-8").strip()
+        except OSError as exc:
+            raise ValueError(f"cannot read --mqtt-password-file: {exc}") from None
+    host, port = args.mqtt
+    return MqttBridge.connect(
+        runtime,
+        host=host,
+        port=port,
+        site=args.mqtt_site,
+        device=args.device,
+        username=args.mqtt_user,
+        password=password,
+        tls=TlsSettings(args.mqtt_tls_ca) if args.mqtt_tls_ca else None,
+        client_id=args.mqtt_client_id,
+        telemetry_period_s=args.mqtt_telemetry_period_s,
+        allocation_timeout_s=args.allocation_timeout_s,
+        fallback=args.fallback,
+        allowed_issuers=args.mqtt_issuer,
+        connect_timeout_s=args.mqtt_connect_timeout_s,
+    )
 
 
 def signal_map_template_text() -> str:
@@ -310,16 +415,33 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(f"{PROG}: refusing to start: {exc}", file=sys.stderr)
             return 1
         running.append(runtime)
+        try:
+            bridge = _mqtt_bridge(args, runtime)
+        except ValueError as exc:
+            print(f"{PROG}: error: {exc}", file=sys.stderr)
+            return 2
+        except ConnectionError as exc:  # MqttConnectError: credentials or ACL refused
+            print(f"{PROG}: refusing to start: MQTT: {exc}", file=sys.stderr)
+            return 1
         if stop.is_set():
             runtime.request_stop()
         gc.collect()
         gc.freeze()  # start-up objects leave the collector's scans: steadier tick latency
-        metrics = runtime.run(n_ticks=args.n_ticks, duration_s=args.duration_s, stop=stop)
+        if bridge is not None:
+            bridge.start()
+        try:
+            metrics = runtime.run(n_ticks=args.n_ticks, duration_s=args.duration_s, stop=stop)
+        finally:
+            if bridge is not None:
+                bridge.stop()
     finally:
         for s, handler in previous.items():
             signal.signal(s, handler)
         _shutdown(buses)
-    text = json.dumps(metrics.to_dict(), indent=2, sort_keys=True)
+    summary: dict[str, Any] = dict(metrics.to_dict())
+    if bridge is not None:
+        summary["mqtt"] = {"bridge": dict(bridge.counters), "link": bridge.link.stats()}
+    text = json.dumps(summary, indent=2, sort_keys=True)
     print(text, flush=True)
     if received:
         print(f"{PROG}: stopped by {received[0]}; every pack commanded safe", file=sys.stderr)

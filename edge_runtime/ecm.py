@@ -19,13 +19,31 @@ same circuit as the fleet twin's ECM fidelity. Per chemistry:
   (``model_error_soc``, ``model_error_ohm``; zero where absent): how far the circuit's
   voltage may be from the cell's under current, where the circuit is known to be poor
   (an LFP cell's solid diffusion at low SoC and on its plateau). The estimator adds it to
-  its measurement noise.
+  its measurement noise;
+* optionally **solid diffusion** (``electrode_soc``, ``negative_ocp_v``, ``positive_ocp_v``,
+  ``negative_diffusion_s``, ``positive_diffusion_s``): each electrode's open-circuit
+  potential on the cell's SoC axis and its particles' diffusion time ``τ_d = R²/D`` per
+  temperature of the circuit grid. The voltage then takes each electrode's potential at its
+  particles' *surface* SoC, ``SoC − δ``, where the surface-minus-average offset ``δ`` of a
+  sphere under a flux is the modal sum (Crank, *The Mathematics of Diffusion*, 2nd ed.,
+  §6.3; the eigenvalues ``λ_m`` are the roots of ``tan λ = λ``)::
+
+      δ = Σ_m δ_m + w_∞·(τ_d/15)·r,      δ_m' = (w_m·(τ_d/15)·r − δ_m)·λ_m²/τ_d,
+      w_m = 10/λ_m²,  w_∞ = 1 − Σ_m w_m,  r = I/(3600·Q)  (SoC per second, + = discharge)
+
+  with :data:`DIFFUSION_EIGENVALUES` (5 modes; the faster rest is taken as instantaneous)
+  and each mode stepped exactly for a current held over the step. Under a steady current
+  the offset settles at ``(τ_d/15)·r``: on the LFP set's graphite (``τ_d`` ≈ 8300 s) 15 % SoC
+  at 1 C, which is what bends its voltage down long before the average SoC reaches the
+  end of the window. Without these fields (or where a one-RC circuit is enough) the
+  voltage takes ``OCV(SoC)``.
 
 The cell (+ = discharge, current ``I`` held over a step of ``dt``)::
 
     SoC'  = SoC − I·dt / (3600·Q)
     v_rc' = v_rc·exp(−dt/τ) + R1·(1 − exp(−dt/τ))·I
-    V     = OCV(SoC) − v_rc − R0·f(|I|/Q)·I + A·|I|
+    V     = OCV(SoC) − v_rc − R0·f(|I|/Q)·I + A·|I|              (no diffusion tables)
+    V     = U_p(SoC − δ_p) − U_n(SoC − δ_n) − v_rc − R0·f·I + A·|I|   (with them)
 
 Example:
     >>> cell = EcmCell.load("NMC")
@@ -46,14 +64,72 @@ from pathlib import Path
 
 import numpy as np
 
-from pulsebms.core.types import FloatArray
+from pulsebms.core.types import FloatArray, IntArray
 
-__all__ = ["CHEMISTRIES_WITH_TABLES", "EcmCell", "default_table_path"]
+__all__ = [
+    "CHEMISTRIES_WITH_TABLES",
+    "DIFFUSION_EIGENVALUES",
+    "DiffusionStep",
+    "EcmCell",
+    "default_table_path",
+    "diffusion_step",
+]
 
 CHEMISTRIES_WITH_TABLES = ("LFP", "NMC", "LCO")
 """Chemistries whose circuit tables ship with the package."""
 
 _FORMAT_VERSION = 1
+
+DIFFUSION_EIGENVALUES: tuple[float, ...] = (
+    20.190729,
+    59.679515,
+    118.899869,
+    197.857786,
+    296.554412,
+)
+"""``λ_m²`` of the slowest diffusion modes of a sphere (``λ_m`` roots of ``tan λ = λ``)."""
+
+_MODE_WEIGHTS = tuple(10.0 / lam2 for lam2 in DIFFUSION_EIGENVALUES)
+_INSTANT_WEIGHT = 1.0 - sum(_MODE_WEIGHTS)
+
+
+@dataclass(frozen=True)
+class DiffusionStep:
+    """One electrode's diffusion modes over one step (see the module docstring).
+
+    ``δ_m ← decay_m·δ_m + gain_m·r`` per mode, then ``δ = Σ δ_m + instant·r``, with ``r``
+    the SoC rate [1/s] (+ = discharge) held over the step.
+
+    Attributes:
+        decay: ``exp(−λ_m²·dt/τ_d)`` per mode.
+        gain: ``(1 − decay_m)·w_m·τ_d/15`` per mode [s].
+        instant: ``w_∞·τ_d/15`` [s].
+    """
+
+    decay: tuple[float, ...]
+    gain: tuple[float, ...]
+    instant: float
+
+
+def diffusion_step(tau_d_s: float, dt_s: float) -> DiffusionStep:
+    """The modal update of one electrode's surface offset over a step of ``dt_s``.
+
+    Args:
+        tau_d_s: Diffusion time ``R²/D`` of the electrode's particles [s] (> 0).
+        dt_s: Step length [s] (≥ 0).
+
+    Returns:
+        The step's decays and gains.
+
+    Example:
+        >>> step = diffusion_step(1500.0, 1e9)  # a very long step: the steady offset
+        >>> round(sum(step.gain) + step.instant, 6)  # τ_d/15 per unit SoC rate
+        100.0
+    """
+    scale = tau_d_s / 15.0
+    decay = tuple(math.exp(-lam2 * dt_s / tau_d_s) for lam2 in DIFFUSION_EIGENVALUES)
+    gain = tuple((1.0 - a) * w * scale for a, w in zip(decay, _MODE_WEIGHTS, strict=True))
+    return DiffusionStep(decay, gain, _INSTANT_WEIGHT * scale)
 
 
 def default_table_path(chemistry: str) -> Path:
@@ -89,6 +165,12 @@ class EcmCell:
         r0_rate_factor: R0 factor ``f`` on (temperature, ``rate_c``) (empty: none).
         model_error_soc: Increasing SoC points of the model-error table (empty: none).
         model_error_ohm: Model error per ampere of cell current on ``model_error_soc`` [Ω].
+        electrode_soc: Uniform cell-SoC grid of the electrode potentials (empty: no
+            diffusion); it reaches beyond 0 … 1, where a particle surface goes under current.
+        negative_ocp_v: Negative electrode potential on ``electrode_soc`` [V].
+        positive_ocp_v: Positive electrode potential on ``electrode_soc`` [V].
+        negative_diffusion_s: Negative particles' ``τ_d`` on ``circuit_temperature_c`` [s].
+        positive_diffusion_s: Positive particles' ``τ_d`` on ``circuit_temperature_c`` [s].
     """
 
     chemistry: str
@@ -107,6 +189,15 @@ class EcmCell:
     r0_rate_factor: FloatArray = field(default_factory=lambda: np.zeros(0))
     model_error_soc: FloatArray = field(default_factory=lambda: np.zeros(0))
     model_error_ohm: FloatArray = field(default_factory=lambda: np.zeros(0))
+    electrode_soc: FloatArray = field(default_factory=lambda: np.zeros(0))
+    negative_ocp_v: FloatArray = field(default_factory=lambda: np.zeros(0))
+    positive_ocp_v: FloatArray = field(default_factory=lambda: np.zeros(0))
+    negative_diffusion_s: FloatArray = field(default_factory=lambda: np.zeros(0))
+    positive_diffusion_s: FloatArray = field(default_factory=lambda: np.zeros(0))
+    has_diffusion: bool = field(init=False, compare=False)
+    _electrode_axis: tuple[float, float, int] = field(init=False, repr=False, compare=False)
+    _electrode_lists: tuple[list[float], ...] = field(init=False, repr=False, compare=False)
+    _log_diffusion: tuple[list[float], list[float]] = field(init=False, repr=False, compare=False)
     _ocv_list: list[float] = field(init=False, repr=False, compare=False)
     _slope_list: list[float] = field(init=False, repr=False, compare=False)
     _soc_axis: tuple[float, float, int] = field(init=False, repr=False, compare=False)
@@ -116,6 +207,10 @@ class EcmCell:
     _error_lists: tuple[list[float], list[float]] = field(init=False, repr=False, compare=False)
     _rate_axis: tuple[float, float, int] = field(init=False, repr=False, compare=False)
     _rate_lists: list[list[float]] = field(init=False, repr=False, compare=False)
+    _circuit_stack: FloatArray = field(init=False, repr=False, compare=False)
+    _rate_table: FloatArray = field(init=False, repr=False, compare=False)
+    _ocv_stack: FloatArray = field(init=False, repr=False, compare=False)
+    _electrode_stack: FloatArray = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         soc0, dsoc, n_soc = _uniform(self.soc_grid, "soc_grid")
@@ -167,6 +262,54 @@ class EcmCell:
         tables = (self.r0_ohm, self.r1_ohm, self.tau_s, asymmetry)
         lists = tuple([[float(v) for v in row] for row in a] for a in tables)
         object.__setattr__(self, "_circuit_lists", lists)
+        object.__setattr__(self, "_circuit_stack", np.stack(tables))
+        object.__setattr__(self, "_rate_table", np.asarray(rate_lists, dtype=np.float64))
+        object.__setattr__(self, "_ocv_stack", np.stack([self.ocv_table_v, slope]))
+        self._init_diffusion(n_t)
+
+    def _init_diffusion(self, n_t: int) -> None:
+        fields = (
+            self.electrode_soc,
+            self.negative_ocp_v,
+            self.positive_ocp_v,
+            self.negative_diffusion_s,
+            self.positive_diffusion_s,
+        )
+        has = any(a.size for a in fields)
+        object.__setattr__(self, "has_diffusion", has)
+        if not has:
+            object.__setattr__(self, "_electrode_axis", (0.0, 1.0, 2))
+            object.__setattr__(self, "_electrode_lists", ([0.0, 0.0],) * 4)
+            object.__setattr__(self, "_log_diffusion", ([0.0] * n_t, [0.0] * n_t))
+            object.__setattr__(self, "_electrode_stack", np.zeros((4, 2)))
+            return
+        axis = _uniform(self.electrode_soc, "electrode_soc")
+        for name in ("negative_ocp_v", "positive_ocp_v"):
+            arr = getattr(self, name)
+            if arr.shape != (axis[2],) or not np.all(np.isfinite(arr)):
+                raise ValueError(f"{name} must be finite with the shape of electrode_soc")
+        for name in ("negative_diffusion_s", "positive_diffusion_s"):
+            arr = getattr(self, name)
+            if arr.shape != (n_t,) or not np.all(np.isfinite(arr) & (arr > 0)):
+                raise ValueError(f"{name} must be finite, > 0, shape ({n_t},)")
+        grid = self.electrode_soc
+        lists = tuple(
+            [float(v) for v in a]
+            for a in (
+                self.negative_ocp_v,
+                np.gradient(self.negative_ocp_v, grid),
+                self.positive_ocp_v,
+                np.gradient(self.positive_ocp_v, grid),
+            )
+        )
+        object.__setattr__(self, "_electrode_axis", axis)
+        object.__setattr__(self, "_electrode_lists", lists)
+        object.__setattr__(self, "_electrode_stack", np.asarray(lists, dtype=np.float64))
+        logs = (
+            [math.log(float(v)) for v in self.negative_diffusion_s],
+            [math.log(float(v)) for v in self.positive_diffusion_s],
+        )
+        object.__setattr__(self, "_log_diffusion", logs)
 
     @classmethod
     def load(cls, chemistry: str, path: Path | None = None) -> EcmCell:
@@ -216,13 +359,12 @@ class EcmCell:
         """R0 [Ω], R1 [Ω], τ [s] and the asymmetry A [Ω], bilinear and clamped."""
         js, ws = self._locate(soc, self._c_axis)
         jt, wt = self._locate(temperature_c, self._t_axis)
-        out = []
+        values = []
         for table in self._circuit_lists:
             lo, hi = table[jt], table[jt + 1]
             a = lo[js] + (lo[js + 1] - lo[js]) * ws
-            b = hi[js] + (hi[js + 1] - hi[js]) * ws
-            out.append(a + (b - a) * wt)
-        return out[0], out[1], out[2], out[3]
+            values.append(a + (hi[js] + (hi[js + 1] - hi[js]) * ws - a) * wt)
+        return values[0], values[1], values[2], values[3]
 
     def rate_factor(self, c_rate: float, temperature_c: float) -> float:
         """R0 factor ``f`` at ``c_rate`` (absolute) and ``temperature_c`` (1 without a table)."""
@@ -248,7 +390,166 @@ class EcmCell:
         w = (soc - points[j]) / (points[j + 1] - points[j])
         return values[j] + (values[j + 1] - values[j]) * w
 
+    def diffusion_times_s(self, temperature_c: float) -> tuple[float, float]:
+        """Negative and positive ``τ_d`` at ``temperature_c`` [s] (log-linear, clamped).
+
+        Raises:
+            ValueError: If the cell has no diffusion tables.
+        """
+        if not self.has_diffusion:
+            raise ValueError(f"the {self.chemistry} circuit has no diffusion tables")
+        jt, wt = self._locate(temperature_c, self._t_axis)
+        neg, pos = self._log_diffusion
+        return (
+            math.exp(neg[jt] + (neg[jt + 1] - neg[jt]) * wt),
+            math.exp(pos[jt] + (pos[jt + 1] - pos[jt]) * wt),
+        )
+
+    def surface_ocv(self, soc_n: float, soc_p: float) -> tuple[float, float, float]:
+        """Surface OCV ``U_p(soc_p) − U_n(soc_n)`` [V] and the two potentials' slopes [V].
+
+        Returns the OCV, ``dU_p/dSoC`` at ``soc_p`` and ``dU_n/dSoC`` at ``soc_n``.
+        ``soc_n`` and ``soc_p`` are the electrodes' surface SoCs on the cell's SoC axis
+        (clamped to the grid). Without diffusion tables: 0 V everywhere.
+        """
+        un, dun, up, dup = self._electrode_lists
+        jn, wn = self._locate(soc_n, self._electrode_axis)
+        jp, wp = self._locate(soc_p, self._electrode_axis)
+        u_n = un[jn] + (un[jn + 1] - un[jn]) * wn
+        u_p = up[jp] + (up[jp + 1] - up[jp]) * wp
+        return (
+            u_p - u_n,
+            dup[jp] + (dup[jp + 1] - dup[jp]) * wp,
+            dun[jn] + (dun[jn + 1] - dun[jn]) * wn,
+        )
+
+    # ------------------------------------------------------------------ batch path
+    # The scalar methods above over arrays of points, with the same arithmetic (the
+    # estimator's batch update gives the results of its scalar one).
+    @staticmethod
+    def _locate_array(x: FloatArray, axis: tuple[float, float, int]) -> tuple[IntArray, FloatArray]:
+        start, step, size = axis
+        u = np.minimum(np.maximum((x - start) / step, 0.0), size - 1.0)
+        j = np.minimum(u.astype(np.int64), size - 2)
+        return j, u - j
+
+    @staticmethod
+    def _linear(table: FloatArray, j: IntArray, w: FloatArray) -> FloatArray:
+        lo = table[..., j]
+        return np.asarray(lo + (table[..., j + 1] - lo) * w, dtype=np.float64)
+
+    def _bilinear(
+        self, table: FloatArray, js: IntArray, ws: FloatArray, jt: IntArray, wt: FloatArray
+    ) -> FloatArray:
+        lo = table[..., jt, js] + (table[..., jt, js + 1] - table[..., jt, js]) * ws
+        hi = table[..., jt + 1, js] + (table[..., jt + 1, js + 1] - table[..., jt + 1, js]) * ws
+        return np.asarray(lo + (hi - lo) * wt, dtype=np.float64)
+
+    def circuit_arrays(self, soc: FloatArray, temperature_c: FloatArray) -> FloatArray:
+        """R0, R1, τ, asymmetry at each point, shape ``(4, n)`` (:meth:`circuit_and_asymmetry`)."""
+        js, ws = self._locate_array(soc, self._c_axis)
+        jt, wt = self._locate_array(temperature_c, self._t_axis)
+        return self._bilinear(self._circuit_stack, js, ws, jt, wt)
+
+    def rate_factor_array(self, c_rate: FloatArray, temperature_c: FloatArray) -> FloatArray:
+        """R0 rate factor at each point (as :meth:`rate_factor`)."""
+        jr, wr = self._locate_array(c_rate, self._rate_axis)
+        jt, wt = self._locate_array(temperature_c, self._t_axis)
+        return self._bilinear(self._rate_table, jr, wr, jt, wt)
+
+    def ocv_and_slope_arrays(self, soc: FloatArray) -> FloatArray:
+        """OCV and dOCV/dSoC at each point, shape ``(2, n)`` (as :meth:`ocv_and_slope`)."""
+        j, w = self._locate_array(soc, self._soc_axis)
+        return self._linear(self._ocv_stack, j, w)
+
+    def surface_ocv_arrays(self, soc_n: FloatArray, soc_p: FloatArray) -> FloatArray:
+        """Surface OCV and the two slopes at each point, shape ``(3, n)`` (:meth:`surface_ocv`)."""
+        jn, wn = self._locate_array(soc_n, self._electrode_axis)
+        jp, wp = self._locate_array(soc_p, self._electrode_axis)
+        u_n, du_n = self._linear(self._electrode_stack[:2], jn, wn)
+        u_p, du_p = self._linear(self._electrode_stack[2:], jp, wp)
+        return np.stack([u_p - u_n, du_p, du_n])
+
+    def diffusion_times_array(self, temperature_c: FloatArray) -> FloatArray:
+        """Negative and positive ``τ_d`` at each temperature, shape ``(2, n)`` [s]."""
+        if not self.has_diffusion:
+            raise ValueError(f"the {self.chemistry} circuit has no diffusion tables")
+        jt, wt = self._locate_array(temperature_c, self._t_axis)
+        logs = np.asarray(self._log_diffusion, dtype=np.float64)
+        return np.asarray(np.exp(self._linear(logs, jt, wt)), dtype=np.float64)
+
+    def model_error_array(self, soc: FloatArray) -> FloatArray:
+        """Model error per ampere at each point [Ω] (as :meth:`model_error_ohm_at`)."""
+        if not self.model_error_soc.size:
+            return np.zeros_like(soc)
+        return np.asarray(np.interp(soc, self.model_error_soc, self.model_error_ohm))
+
     # ------------------------------------------------------------------ arrays
+    def surface_ocv_v(self, soc_n: FloatArray, soc_p: FloatArray) -> FloatArray:
+        """``U_p(soc_p) − U_n(soc_n)`` [V], vectorised (see :meth:`surface_ocv`)."""
+        grid = self.electrode_soc
+        return np.asarray(
+            np.interp(soc_p, grid, self.positive_ocp_v)
+            - np.interp(soc_n, grid, self.negative_ocp_v),
+            dtype=np.float64,
+        )
+
+    def simulate(
+        self,
+        current_a: FloatArray,
+        dt_s: float,
+        *,
+        initial_soc: float,
+        temperature_c: float = 25.0,
+        capacity_factor: float = 1.0,
+        resistance_factor: float = 1.0,
+    ) -> tuple[FloatArray, FloatArray]:
+        """Open-loop SoC and voltage of this circuit under a current sequence, from rest.
+
+        The reference the estimator's model is written against (tests, table checks).
+
+        Args:
+            current_a: Cell current held over each step [A], + = discharge.
+            dt_s: Step length [s].
+            initial_soc: SoC at the start.
+            temperature_c: Cell temperature [°C].
+            capacity_factor: Capacity over the table's (SoH).
+            resistance_factor: Factor on R0 and R1.
+
+        Returns:
+            SoC and terminal voltage [V] at the end of each step.
+        """
+        current = np.asarray(current_a, dtype=np.float64)
+        q_ah = self.capacity_ah * capacity_factor
+        soc, v_rc = float(initial_soc), 0.0
+        modes = [[0.0] * len(DIFFUSION_EIGENVALUES) for _ in range(2)]
+        socs, volts = np.zeros(current.size), np.zeros(current.size)
+        steps = (
+            tuple(diffusion_step(t, dt_s) for t in self.diffusion_times_s(temperature_c))
+            if self.has_diffusion
+            else ()
+        )
+        for k, i in enumerate(current.tolist()):
+            r0, r1, tau, asym = self.circuit_and_asymmetry(soc, temperature_c)
+            a = math.exp(-dt_s / tau)
+            v_rc = a * v_rc + resistance_factor * r1 * (1.0 - a) * i
+            rate = i / (3600.0 * q_ah)
+            soc -= rate * dt_s
+            r0, _, _, asym = self.circuit_and_asymmetry(soc, temperature_c)
+            r0 *= self.rate_factor(abs(i) / q_ah, temperature_c)
+            if steps:
+                offsets = []
+                for step, m in zip(steps, modes, strict=True):
+                    for j, (dec, gain) in enumerate(zip(step.decay, step.gain, strict=True)):
+                        m[j] = dec * m[j] + gain * rate
+                    offsets.append(sum(m) + step.instant * rate)
+                ocv = self.surface_ocv(soc - offsets[0], soc - offsets[1])[0]
+            else:
+                ocv = self.ocv_and_slope(soc)[0]
+            socs[k] = soc
+            volts[k] = ocv - v_rc - resistance_factor * r0 * i + asym * abs(i)
+        return socs, volts
+
     def ocv_v(self, soc: FloatArray | float) -> FloatArray:
         """Open-circuit voltage at ``soc`` [V] (vectorised, clamped to the grid)."""
         return np.asarray(np.interp(soc, self.soc_grid, self.ocv_table_v), dtype=np.float64)
@@ -291,6 +592,16 @@ def _read(path: Path, chemistry: str) -> EcmCell:
             r0_rate_factor=np.asarray(raw.get("r0_rate_factor", []), dtype=np.float64),
             model_error_soc=np.asarray(raw.get("model_error_soc", []), dtype=np.float64),
             model_error_ohm=np.asarray(raw.get("model_error_ohm", []), dtype=np.float64),
+            **{
+                key: np.asarray(raw.get(key, []), dtype=np.float64)
+                for key in (
+                    "electrode_soc",
+                    "negative_ocp_v",
+                    "positive_ocp_v",
+                    "negative_diffusion_s",
+                    "positive_diffusion_s",
+                )
+            },
         )
     except (KeyError, TypeError, ValueError) as exc:
         raise ValueError(f"{path}: malformed circuit table: {exc}") from exc

@@ -122,6 +122,8 @@ class SafeReason(enum.IntFlag):
     """The BMS reports a fault status."""
     SITE_STALE = 64
     """No fresh site frame: the demand is unknown, every pack is held at zero."""
+    OPERATOR = 128
+    """An operator's command holds the pack safe (:meth:`EdgeRuntime.hold_safe`)."""
 
 
 _LATCHING = SafeReason.VIOLATION | SafeReason.MALFORMED | SafeReason.BMS_FAULT
@@ -503,7 +505,9 @@ class EdgeRuntime:
         self._forced = np.zeros(n, dtype=bool)  # put safe since the tick's snapshot
         self._forced_reason = np.zeros(n, dtype=np.int64)
         self._site_fresh = False
+        self._held = np.zeros(n, dtype=bool)  # operator hold (hold_safe), until released
         self._last_action = np.zeros(n, dtype=np.float64)
+        self._last_report: TickReport | None = None
         self._tx_counter = np.zeros(n, dtype=np.int64)  # rolling counter per pack
         self._tick = 0
         self._lock = threading.RLock()
@@ -1487,6 +1491,7 @@ class EdgeRuntime:
                 latency_s=latency,
             )
             self._tick += 1
+            self._last_report = report
         return report
 
     def _safe_mask(self, now: float, state: FleetState) -> tuple[BoolArray, IntArray]:
@@ -1500,6 +1505,7 @@ class EdgeRuntime:
         reasons[latched] |= self._bad_reason[latched] & int(_LATCHING)
         if not self._update_site_fresh(now):
             reasons |= int(SafeReason.SITE_STALE)
+        reasons[self._held] |= int(SafeReason.OPERATOR)
         safe = (reasons != 0) | self._stopping
         for i in np.flatnonzero(self._safe & ~safe):
             self._event("recovered", int(i), "telemetry clean, pack back in operation", now_s=now)
@@ -1508,6 +1514,42 @@ class EdgeRuntime:
         self._forced[:] = False
         self._forced_reason[:] = 0
         return safe, reasons
+
+    def hold_safe(self, packs: Sequence[int] | None = None, *, hold: bool = True) -> None:
+        """Hold packs in the safe state until released (an operator's command), or release.
+
+        A held pack is commanded safe at once and stays safe (reason
+        :attr:`SafeReason.OPERATOR`) until ``hold_safe(..., hold=False)``; it then runs again
+        from the next tick if nothing else keeps it safe. Safe to call from another thread
+        (an MQTT callback) while the loop runs.
+
+        Args:
+            packs: Pack indices; every pack when ``None``.
+            hold: ``True`` holds them, ``False`` releases them.
+
+        Raises:
+            ValueError: If a pack index is out of range.
+        """
+        idx = list(range(self.n_packs)) if packs is None else [int(p) for p in packs]
+        bad = [p for p in idx if not 0 <= p < self.n_packs]
+        if bad:
+            raise ValueError(f"pack indices {bad} out of range for {self.n_packs} packs")
+        with self._lock:
+            now = self.clock()
+            for i in idx:
+                self._held[i] = hold
+                if hold:
+                    self._enter_safe(i, int(SafeReason.OPERATOR), now)
+
+    @property
+    def held(self) -> BoolArray:
+        """Per pack, whether an operator's command holds it safe (:meth:`hold_safe`)."""
+        return self._held.copy()
+
+    @property
+    def last_report(self) -> TickReport | None:
+        """What the last tick did (set-points sent, safe packs, reasons), ``None`` before one."""
+        return self._last_report
 
     def command_safe_state(self, reason: SafeReason = SafeReason.NONE) -> None:
         """Send the safe state (zero power, disabled) to every pack, e.g. on shutdown."""

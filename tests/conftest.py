@@ -28,6 +28,9 @@ os.environ.setdefault("TQDM_DISABLE", "1")
 # Subprocesses started by tests hash strings the same way on every run.
 os.environ.setdefault("PYTHONHASHSEED", "0")
 
+# Real MQTT broker fixtures (Mosquitto, amqtt) for every test folder.
+pytest_plugins = ("broker_fixtures",)
+
 HYPOTHESIS_PROFILES = ("ci", "dev")
 """Names accepted in ``HYPOTHESIS_PROFILE``."""
 

@@ -306,6 +306,7 @@ def test_missing_extra_message_names_the_extra_that_installs_the_module() -> Non
         ("pulsebms-export", ["model.zip", "--out", "deploy", "--env-id", "X"], "export"),
         ("pulsebms-hil", ["--manifest", "manifest.json"], "sim"),
         ("pulsebms-bench", ["twin", "--quick"], "sim"),
+        ("pulsebms-health", ["metrics", "--quick"], "services"),
     ],
 )
 def test_edge_only_install_names_the_extra(

@@ -1,9 +1,35 @@
 """Site coordinator: fleet state from MQTT telemetry/status, allocation and rebalance.
 
-Only the broker-free fleet state is in this release (:mod:`.state`); the MQTT loop,
-policies and console script are still to come.
+* :mod:`.state`: :class:`FleetState`, what the site's packs reported (validated,
+  sequence-checked), which are usable;
+* :mod:`.fleet`: :class:`SiteFleet`, the static description (layout, ratings, limits,
+  shield settings) from a manifest or fleet spec;
+* :mod:`.policies`: :func:`make_policy`, rules, MPC, ONNX, SB3 and RLlib policies by name;
+* :mod:`.clock`: the wall clock and :class:`AcceleratedClock`;
+* :mod:`.coordinator`: :class:`Coordinator`, the periodic plan and the rebalance;
+* :mod:`.cli`: ``pulsebms-coordinator``.
 """
 
-from pulsebms.services.coordinator.state import FleetState, PackState
+from pulsebms.services.coordinator.clock import AcceleratedClock, Clock, wall_clock
+from pulsebms.services.coordinator.coordinator import (
+    Coordinator,
+    CoordinatorSettings,
+    DemandForecast,
+)
+from pulsebms.services.coordinator.fleet import SiteFleet
+from pulsebms.services.coordinator.policies import make_policy
+from pulsebms.services.coordinator.state import FleetState, PackState, SiteReadings
 
-__all__ = ["FleetState", "PackState"]
+__all__ = [
+    "AcceleratedClock",
+    "Clock",
+    "Coordinator",
+    "CoordinatorSettings",
+    "DemandForecast",
+    "FleetState",
+    "PackState",
+    "SiteFleet",
+    "SiteReadings",
+    "make_policy",
+    "wall_clock",
+]
