@@ -34,7 +34,11 @@ pytestmark = [
 ENV_ID = "pulsebms.envs:PulseBMS/FleetSmall-v0"
 ENV_KWARGS = {"horizon_steps": 16, "dt_s": 900.0}
 SAC = RllibSACConfig(
-    train_batch_size=32, learning_starts=32, buffer_capacity=1000, hidden_sizes=(16, 16)
+    train_batch_size=32,
+    learning_starts=32,
+    buffer_capacity=1000,
+    hidden_sizes=(16, 16),
+    rollout_fragment_length=16,  # 32 steps (2 envs) and one update per iteration
 )
 
 
@@ -48,6 +52,7 @@ SAC = RllibSACConfig(
         ({"prioritized_replay_beta": -0.1}, "prioritized_replay_beta"),
         ({"buffer_capacity": 0}, "buffer_capacity"),
         ({"learning_starts": -1}, "learning_starts"),
+        ({"rollout_fragment_length": 0}, "rollout_fragment_length"),
     ],
 )
 def test_sac_config_rejects_impossible_values(kwargs: dict[str, Any], match: str) -> None:

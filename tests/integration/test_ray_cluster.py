@@ -22,6 +22,8 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+import gymnasium as gym
+import numpy as np
 import pytest
 
 pytestmark = pytest.mark.slow
@@ -169,6 +171,17 @@ def test_training_joins_a_real_cluster_by_address(ray_head: Head, tmp_path: Path
     metrics = json.loads((run / "metrics.json").read_text())
     assert metrics["rllib_env_steps"] >= 32
     assert (run / "rllib_checkpoint" / "rllib_checkpoint.json").is_file()
+    # The remote runner built the shielded env from the id alone (a fresh worker process)
+    # and its observation-filter statistics reached the checkpoint.
+    from pulsebms.agents.rllib import RLlibPolicy
+
+    policy = RLlibPolicy.from_checkpoint(run / "rllib_checkpoint")
+    stats = policy.observation_stats()
+    assert stats is not None
+    assert np.all(np.isfinite(stats[0]))
+    assert np.any(stats[1] != 1.0)
+    obs = np.zeros(policy.observation_space.shape, dtype=np.float32)
+    assert policy.act(obs) in gym.spaces.Box(-1.0, 1.0, (3,), np.float32)
     # The EnvRunner actor ran on the head's node (its worker log is in the head's session).
     logs = ray_head.temp_dir / "session_latest" / "logs"
     runner_logs = [
