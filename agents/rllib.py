@@ -164,6 +164,37 @@ def _quiet_ray_loggers(level: int) -> None:
         logging.getLogger(name).setLevel(level)
 
 
+LOCAL_START_ATTEMPTS = 3
+"""Starts of a local Ray tried before giving up (see :func:`_start_local_ray`)."""
+
+
+def _start_local_ray(**kwargs: Any) -> None:
+    """``ray.init(**kwargs)`` for a local Ray, retried when its node start timed out.
+
+    Ray waits a fixed 30 s for the new node's raylet to register; on a heavily loaded
+    machine (many processes on few cores, or a niced job) that wait can run out although
+    nothing is wrong. The processes that attempt started (children of this process that
+    were not there before it) are killed and the start is tried again, up to
+    :data:`LOCAL_START_ATTEMPTS` times; any other error is raised at once.
+    """
+    import psutil
+
+    me = psutil.Process()
+    for attempt in range(1, LOCAL_START_ATTEMPTS + 1):
+        before = {child.pid for child in me.children(recursive=True)}
+        try:
+            ray.init(**kwargs)
+            return
+        except Exception as exc:  # Ray raises a bare Exception for this timeout
+            if "timed out during startup" not in str(exc) or attempt == LOCAL_START_ATTEMPTS:
+                raise
+            ray.shutdown()
+            for child in me.children(recursive=True):
+                if child.pid not in before:
+                    with contextlib.suppress(psutil.Error):
+                        child.kill()
+
+
 @contextlib.contextmanager
 def ray_session(
     *,
@@ -233,7 +264,7 @@ def ray_session(
                     logging_level=level,
                 )
             else:
-                ray.init(
+                _start_local_ray(
                     num_cpus=num_cpus,
                     include_dashboard=include_dashboard,
                     log_to_driver=False,

@@ -314,35 +314,78 @@ def _evaluate(
     )
 
 
-def _run_one(name: str, seed: int, cfg: Any, spec: ResultsSpec) -> dict[str, Any]:
-    """Train and evaluate one (agent, seed), or read it back from its ``result.json``."""
+def _cached(record_path: Path, key: Mapping[str, Any]) -> dict[str, Any] | None:
+    if record_path.is_file():
+        record = json.loads(record_path.read_text())
+        if record.get("key") == key:
+            return dict(record)
+    return None
+
+
+def _claim(lock: Path) -> bool:
+    """Take ``lock`` for this process (False: a live process holds it; a dead one's is taken)."""
+    import os
+
+    import psutil
+
+    lock.parent.mkdir(parents=True, exist_ok=True)
+    for _ in range(2):
+        try:
+            fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+        except FileExistsError:
+            try:
+                holder = int(lock.read_text().strip() or 0)
+            except (OSError, ValueError):
+                holder = 0
+            if holder and holder != os.getpid() and psutil.pid_exists(holder):
+                return False
+            lock.unlink(missing_ok=True)  # stale: its process is gone
+            continue
+        with os.fdopen(fd, "w") as fh:
+            fh.write(str(os.getpid()))
+        return True
+    return False
+
+
+def _run_one(name: str, seed: int, cfg: Any, spec: ResultsSpec) -> dict[str, Any] | None:
+    """Train and evaluate one (agent, seed), or read it back from its ``result.json``.
+
+    Returns ``None`` when another live process is training this run (its lock file).
+    """
     from pulsebms.experiments.common import seed_everything
 
     out = Path(spec.out_dir) / f"{name}_seed{seed}"
     record_path = out / "result.json"
     key = spec.run_key(name, seed)
-    if record_path.is_file():
-        record = json.loads(record_path.read_text())
-        if record.get("key") == key:
-            return dict(record)
-    seed_everything(int(seed), torch_threads=1)
-    start = time.perf_counter()
-    train = _train_rllib if name.startswith("rllib") else _train_sb3
-    checkpoints, extras = train(name, cfg, spec, int(seed), out)
-    train_s = time.perf_counter() - start
-    curve = []
-    for steps, load in checkpoints:
-        table = _evaluate({name: load()}, cfg, spec, no_battery=False)
-        curve.append({"steps": int(steps), **{k: table.mean(name, k) for k in RESULT_KPIS}})
-    row = {"agent": name, "seed": int(seed), "steps": curve[-1]["steps"], "train_s": train_s}
-    row.update({k: curve[-1][k] for k in RESULT_KPIS})
-    row.update({k: float(v) for k, v in extras.items()})
-    record = {"key": key, "row": row, "curve": curve}
-    out.mkdir(parents=True, exist_ok=True)
-    tmp = record_path.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(record, indent=2, default=float))
-    tmp.replace(record_path)  # atomic: a killed run leaves no half-written record
-    return record
+    cached = _cached(record_path, key)
+    if cached is not None:
+        return cached
+    lock = out / "result.lock"
+    if not _claim(lock):
+        return None
+    try:
+        cached = _cached(record_path, key)  # finished by another process meanwhile
+        if cached is not None:
+            return cached
+        seed_everything(int(seed), torch_threads=1)
+        start = time.perf_counter()
+        train = _train_rllib if name.startswith("rllib") else _train_sb3
+        checkpoints, extras = train(name, cfg, spec, int(seed), out)
+        train_s = time.perf_counter() - start
+        curve = []
+        for steps, load in checkpoints:
+            table = _evaluate({name: load()}, cfg, spec, no_battery=False)
+            curve.append({"steps": int(steps), **{k: table.mean(name, k) for k in RESULT_KPIS}})
+        row = {"agent": name, "seed": int(seed), "steps": curve[-1]["steps"], "train_s": train_s}
+        row.update({k: curve[-1][k] for k in RESULT_KPIS})
+        row.update({k: float(v) for k, v in extras.items()})
+        record = {"key": key, "row": row, "curve": curve}
+        tmp = record_path.with_suffix(".json.tmp")
+        tmp.write_text(json.dumps(record, indent=2, default=float))
+        tmp.replace(record_path)  # atomic: a killed run leaves no half-written record
+        return record
+    finally:
+        lock.unlink(missing_ok=True)
 
 
 def _references(cfg: Any, spec: ResultsSpec) -> list[dict[str, Any]]:
@@ -366,7 +409,9 @@ def run_results(spec: ResultsSpec, *, log: Callable[[str], None] = print) -> lis
     """Train and evaluate every (agent, seed) not cached yet; return one record per run.
 
     A record is ``{"key": ..., "row": {agent, seed, steps, train_s, KPIs...}, "curve":
-    [{steps, KPIs...}, ...]}``, also written to ``<out>/<agent>_seed<k>/result.json``.
+    [{steps, KPIs...}, ...]}``, also written to ``<out>/<agent>_seed<k>/result.json``. A run
+    that another live process is training (``result.lock``) is skipped and missing from
+    the returned list.
 
     Raises:
         ValueError: On an unknown agent name or a budget < 1.
@@ -381,6 +426,9 @@ def run_results(spec: ResultsSpec, *, log: Callable[[str], None] = print) -> lis
     for name in spec.agents:
         for seed in spec.seeds:
             record = _run_one(name, int(seed), cfg, spec)
+            if record is None:
+                log(f"{name} seed {seed}: being trained by another process, skipped")
+                continue
             records.append(record)
             log(json.dumps(record["row"], default=float))
     return records
@@ -420,24 +468,30 @@ def to_markdown(
     summary: Mapping[str, Mapping[str, tuple[float, float]]],
     spec: ResultsSpec,
     references: Sequence[Mapping[str, Any]] = (),
+    seeds: Mapping[str, int] | None = None,
 ) -> str:
-    """The summary as a Markdown table, with the budget and the cost limit stated."""
+    """The summary as a Markdown table, with the budget, the cost limit and seeds stated.
+
+    ``seeds`` gives the number of finished seeds per agent (default: all of the spec's).
+    """
+    seeds = dict(seeds or {})
     lines = [
         f"Quick fleet, {len(spec.seeds)} training seeds, {_budget_text(spec)} per run, "
         f"evaluated on reset seeds {list(spec.eval_seeds)} with the shield in the loop; "
         f"cost limit of the Lagrangian agents: {spec.cost_limit:g} pre-shield cost per "
         "episode (one day). Mean ± std over training seeds.",
         "",
-        "| agent | episode cost [EUR] | constraint cost [/episode] | pre-shield violations "
-        "[/step] | violations | shield interventions |",
-        "| --- | ---: | ---: | ---: | ---: | ---: |",
+        "| agent | seeds | episode cost [EUR] | constraint cost [/episode] | pre-shield "
+        "violations [/step] | violations | shield interventions |",
+        "| --- | ---: | ---: | ---: | ---: | ---: | ---: |",
     ]
     for agent, kpis in summary.items():
         cells = [f"{m:.4g} ± {s:.2g}" for m, s in (kpis[k] for k in RESULT_KPIS)]
-        lines.append(f"| {agent} | " + " | ".join(cells) + " |")
+        n = int(seeds.get(agent, len(spec.seeds)))
+        lines.append(f"| {agent} | {n} | " + " | ".join(cells) + " |")
     for ref in references:
         cells = [f"{float(ref[k]):.4g}" for k in RESULT_KPIS]
-        lines.append(f"| *{ref['agent']}* (reference) | " + " | ".join(cells) + " |")
+        lines.append(f"| *{ref['agent']}* (reference) | – | " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 
 
@@ -495,12 +549,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     if min(budgets) < 1 or not math.isfinite(spec.cost_limit) or spec.cost_limit < 0:
         parser.error("budgets and --curve-points must be >= 1, --cost-limit finite and >= 0")
     records = run_results(spec)
+    if not records:
+        print("no finished runs yet (all being trained by other processes)")
+        return 0
     rows = [r["row"] for r in records]
     summary = summarise(rows)
     references = _references(_quick_cfg(), spec)
     out = Path(spec.out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    markdown = to_markdown(summary, spec, references)
+    finished = {a: sum(1 for r in rows if r["agent"] == a) for a in summary}
+    markdown = to_markdown(summary, spec, references, finished)
     curves = curve_markdown(records, spec)
     (out / "results.md").write_text(markdown)
     (out / "curve.md").write_text(curves)
