@@ -95,13 +95,14 @@ class ResultsSpec:
         off_policy_timesteps: Env steps per training run of the agents in :data:`OFF_POLICY`.
         eval_seeds: Reset seeds of the evaluation episodes of each trained policy.
         cost_limit: Per-episode pre-shield cost limit of the Lagrangian agents.
-        curve_points: Evaluations per run at evenly spaced budgets (the last is the budget).
+        curve_points: Evaluations per run at evenly spaced budgets (the last is the budget);
+            not part of a run's cache key (a finished run is reused whatever its points).
         out_dir: Output folder.
     """
 
     agents: Sequence[str] = DEFAULT_AGENTS
     seeds: Sequence[int] = (0, 1, 2, 3, 4)
-    total_timesteps: int = 96_000
+    total_timesteps: int = 48_000
     off_policy_timesteps: int = 24_000
     eval_seeds: Sequence[int] = (100, 101, 102)
     cost_limit: float = 1.0
@@ -121,7 +122,6 @@ class ResultsSpec:
             "timesteps": self.budget(agent),
             "eval_seeds": [int(s) for s in self.eval_seeds],
             "cost_limit": float(self.cost_limit),
-            "curve_points": int(self.curve_points),
         }
 
 
@@ -212,10 +212,13 @@ def _train_sb3(
         log_formats=("csv",),
     )
     checkpoints: Checkpoints = []
-    for path in sorted((out / "checkpoints").glob("model_*_steps.zip")):
-        steps = int(path.name.removeprefix("model_").removesuffix("_steps.zip"))
+    saved = {
+        int(path.name.removeprefix("model_").removesuffix("_steps.zip")): path
+        for path in (out / "checkpoints").glob("model_*_steps.zip")
+    }
+    for steps in sorted(saved):  # numerically: model_6000 before model_12000
         if steps < trained.timesteps:
-            checkpoints.append((steps, _sb3_checkpoint(path)))
+            checkpoints.append((steps, _sb3_checkpoint(saved[steps])))
     final = trained.policy
     checkpoints.append((trained.timesteps, lambda: lambda env: final))
     return checkpoints, dict(trained.extras)
@@ -315,9 +318,11 @@ def _evaluate(
 
 
 def _cached(record_path: Path, key: Mapping[str, Any]) -> dict[str, Any] | None:
+    """The record at ``record_path`` if its key has ``key``'s values (more fields are fine)."""
     if record_path.is_file():
         record = json.loads(record_path.read_text())
-        if record.get("key") == key:
+        stored = record.get("key") or {}
+        if all(stored.get(k) == v for k, v in key.items()):
             return dict(record)
     return None
 
@@ -505,7 +510,11 @@ def curve_markdown(records: Sequence[Mapping[str, Any]], spec: ResultsSpec) -> s
         "| --- | ---: | ---: | ---: | ---: |",
     ]
     for agent in dict.fromkeys(str(r["row"]["agent"]) for r in records):
-        curves = [r["curve"] for r in records if r["row"]["agent"] == agent]
+        curves = [
+            sorted(r["curve"], key=lambda p: int(p["steps"]))
+            for r in records
+            if r["row"]["agent"] == agent
+        ]
         for i in range(min(len(c) for c in curves)):
             points = [c[i] for c in curves]
             cells = []
