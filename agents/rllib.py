@@ -204,6 +204,7 @@ def ray_session(
     object_store_memory: int | None = None,
     include_dashboard: bool = False,
     log_level: str = "ERROR",
+    worker_niceness: int = 0,
 ) -> Iterator[None]:
     """Run a block inside a quiet Ray runtime (local or a cluster) and always shut it down.
 
@@ -231,6 +232,10 @@ def ray_session(
         include_dashboard: Start the dashboard (local Ray only).
         log_level: Level name of the ``ray`` loggers in this process (``"ERROR"``,
             ``"WARNING"``, ``"INFO"``, ...).
+        worker_niceness: Nice increment of a local Ray's worker processes (EnvRunners)
+            over the driver's. Ray's own default is 15, which on a machine shared with
+            other jobs starves the runners (they are the training's main work); 0 runs them
+            at the driver's priority. Ignored when joining a cluster (set by ``ray start``).
 
     Yields:
         Nothing; Ray is initialised inside the block.
@@ -267,6 +272,9 @@ def ray_session(
                 _start_local_ray(
                     num_cpus=num_cpus,
                     include_dashboard=include_dashboard,
+                    # Ray starts worker processes (EnvRunners) 15 nice levels below the
+                    # driver; on a busy machine they then starve, and sampling is the job.
+                    _system_config={"worker_niceness": int(worker_niceness)},
                     log_to_driver=False,
                     ignore_reinit_error=True,
                     configure_logging=False,

@@ -271,10 +271,14 @@ def _rounds(samplers: Mapping[str, Any], phase: str, rounds: int, rows: dict[str
     names = list(samplers)
     for r in range(rounds + 1):
         order = names[r % len(names) :] + names[: r % len(names)]
+        done = []
         for name in order:
             block = getattr(samplers[name], phase)()
             if r:
                 getattr(rows[name], phase).append(block)
+            done.append(f"{name} {_rate(block, 'wall'):.0f}/{_rate(block, 'busy'):.0f}")
+        label = f"{r}/{rounds}" if r else "warm-up"
+        print(f"  {phase} {label} (st/s wall/busy): " + ", ".join(done), flush=True)
 
 
 def _summary(rows: Mapping[str, _Row]) -> dict[str, dict[str, float]]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import shutil
 import tempfile
 from collections.abc import Iterator
@@ -123,14 +124,20 @@ def test_session_shuts_ray_down_when_the_block_raises(ray_tmp: Path) -> None:
 
     seen: dict[str, float] = {}
 
+    @ray.remote
+    def niceness() -> int:
+        return os.nice(0)
+
     def fail_inside() -> None:
         with ray_session(num_cpus=2, temp_dir=ray_tmp):
             seen["cpus"] = ray.cluster_resources()["CPU"]
+            # Workers (EnvRunners) run at the driver's priority, not Ray's +15.
+            seen["worker_niceness"] = ray.get(niceness.remote()) - os.nice(0)
             raise RuntimeError("boom")
 
     with pytest.raises(RuntimeError, match="boom"):
         fail_inside()
-    assert seen == {"cpus": 2.0}
+    assert seen == {"cpus": 2.0, "worker_niceness": 0}
     assert not ray.is_initialized()
 
 
