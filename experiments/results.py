@@ -501,28 +501,30 @@ def to_markdown(
 
 
 def curve_markdown(records: Sequence[Mapping[str, Any]], spec: ResultsSpec) -> str:
-    """Learning curves: episode and constraint cost (mean ± std over seeds) per budget."""
+    """Learning curves: episode and constraint cost (mean ± std over seeds) per budget.
+
+    Points are grouped by their env-step count; a row states how many seeds have it.
+    """
     lines = [
         "Learning curves (each run evaluated at evenly spaced budgets; mean ± std over "
-        f"seeds; cost limit {spec.cost_limit:g}).",
+        f"the seeds evaluated at that step; cost limit {spec.cost_limit:g}).",
         "",
         "| agent | env steps | seeds | episode cost [EUR] | constraint cost [/episode] |",
         "| --- | ---: | ---: | ---: | ---: |",
     ]
     for agent in dict.fromkeys(str(r["row"]["agent"]) for r in records):
-        curves = [
-            sorted(r["curve"], key=lambda p: int(p["steps"]))
-            for r in records
-            if r["row"]["agent"] == agent
-        ]
-        for i in range(min(len(c) for c in curves)):
-            points = [c[i] for c in curves]
+        by_steps: dict[int, list[Mapping[str, Any]]] = {}
+        for record in records:
+            if record["row"]["agent"] == agent:
+                for point in record["curve"]:
+                    by_steps.setdefault(int(point["steps"]), []).append(point)
+        for steps in sorted(by_steps):
+            points = by_steps[steps]
             cells = []
             for kpi in ("total_cost", "constraint_cost"):
                 values = np.asarray([float(p[kpi]) for p in points])
                 std = float(values.std(ddof=1)) if values.size > 1 else 0.0
                 cells.append(f"{values.mean():.4g} ± {std:.2g}")
-            steps = int(np.mean([p["steps"] for p in points]))
             lines.append(f"| {agent} | {steps} | {len(points)} | " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 
