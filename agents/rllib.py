@@ -28,10 +28,19 @@ Pieces:
 vector of envs and run the RLModule once per step on the stacked observations of all of
 them; ``pulsebms-bench ray`` measures what that and more runners give.
 
-**Episode cost.** :class:`EpisodeCostCallback` sums ``info["cost"]`` (the measured
-constraint-violation cost) and the shield's interventions over each episode and reports
-their means per iteration (``episode_cost_mean``, ``shield_interventions_mean``). No
-Lagrangian penalty is applied here (that is a ``learner_class`` / ``config_hook`` variant).
+**Episode cost.** The EnvRunners' env (:func:`~pulsebms.agents.rllib_env.make_rllib_env`)
+keeps a compact ``info`` (the costs and interventions training reads; ``info_keys``) and
+adds the episode's sums at its last step; :class:`EpisodeCostCallback` reports their means
+per iteration (``episode_cost_mean`` of the measured ``info["cost"]``,
+``episode_cost_pre_shield_mean``, ``shield_interventions_mean``). No Lagrangian penalty is
+applied here (that is a ``learner_class`` / ``config_hook`` variant).
+
+**Sampling cost.** Per env step an EnvRunner pays its connector pipelines, one RLModule
+forward pass and the episode bookkeeping *per vector step*, so stepping several envs per
+runner (``num_envs_per_env_runner``) divides that cost among them; the compact ``info``
+keeps gymnasium's vector-info merging and the episodes sent to the Learner small; the
+module (:class:`~pulsebms.agents.rllib_module.PulsePPOTorchRLModule`) skips RLlib's
+per-step ``eval()`` walk. ``pulsebms-bench ray`` measures the result against SB3.
 
 **Repeatability.** ``seed`` goes to ``config.debugging(seed=...)``: RLlib seeds Python, numpy
 and torch in the driver, in each Learner and in each EnvRunner (``seed + worker_index``),
@@ -61,7 +70,7 @@ import logging
 import math
 import os
 import warnings
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -76,7 +85,7 @@ from ray.rllib.connectors.connector_v2 import ConnectorV2
 from ray.rllib.connectors.env_to_module import MeanStdFilter
 from ray.rllib.core import DEFAULT_MODULE_ID
 from ray.rllib.core.learner import Learner
-from ray.rllib.env.env_context import EnvContext
+from ray.rllib.core.rl_module.rl_module import RLModuleSpec
 from ray.rllib.utils.metrics import (
     ENV_RUNNER_RESULTS,
     EPISODE_LEN_MEAN,
@@ -93,13 +102,23 @@ from pulsebms.agents.rllib_config import (
     RllibPPOConfig,
     RllibSACConfig,
 )
+from pulsebms.agents.rllib_env import (
+    DEFAULT_INFO_KEYS,
+    EPISODE_TOTALS,
+    RLLIB_ENV_NAME,
+    CompactInfo,
+    make_rllib_env,
+)
+from pulsebms.agents.rllib_module import PulsePPOTorchRLModule, log_std_model_config
 from pulsebms.agents.rllib_policy import DeployedRLlibPolicy, RLlibPolicy, rllib_torch_policy
 
 # RLlibPolicy, DeployedRLlibPolicy and rllib_torch_policy (loading a checkpoint for
 # evaluation and export) live in pulsebms.agents.rllib_policy; re-exported here.
 __all__ = [
     "ALGORITHMS",
+    "DEFAULT_INFO_KEYS",
     "RLLIB_ENV_NAME",
+    "CompactInfo",
     "ConfigHook",
     "DeployedRLlibPolicy",
     "EpisodeCostCallback",
@@ -122,46 +141,12 @@ ALGORITHMS: dict[str, type[AlgorithmConfig]] = {"PPO": PPOConfig, "SAC": SACConf
 ConfigHook = Callable[[AlgorithmConfig], AlgorithmConfig]
 """Last edit of the RLlib config before the build (see :func:`build_rllib_algorithm`)."""
 
-RLLIB_ENV_NAME = "pulsebms-fleet"
-"""Name under which :func:`make_rllib_env` is registered with ``ray.tune.registry``."""
-
-_ENV_PACKAGE_PREFIX = "pulsebms.envs:"
-
 _QUIET_ENV = {
     "RAY_USAGE_STATS_ENABLED": "0",  # no usage reports: the build machines have no network
     "RAY_AUTH_MODE": "disabled",  # a local cluster needs no token
     "RAY_DEDUP_LOGS": "1",
 }
 """Environment Ray reads at start; set (if unset) by :func:`ray_session`."""
-
-
-def make_rllib_env(config: EnvContext | Mapping[str, Any]) -> gym.Env[Any, Any]:
-    """Env creator registered as :data:`RLLIB_ENV_NAME` (runs inside every EnvRunner).
-
-    Builds the env with :func:`pulsebms.agents.env_factory.make_env`, which imports
-    :mod:`pulsebms.envs` (so the ids are registered in any worker process) and wraps it in
-    :class:`pulsebms.safety.ShieldWrapper` when asked.
-
-    Args:
-        config: RLlib's ``env_config`` (an ``EnvContext`` in EnvRunners): ``env_id`` (a
-            registered id, optionally as ``"pulsebms.envs:<id>"``), ``shield`` (bool),
-            ``shield_kwargs`` and ``env_kwargs`` (mappings of plain data).
-
-    Returns:
-        The (shielded) environment.
-
-    Raises:
-        KeyError: If ``config`` has no ``env_id``.
-    """
-    from pulsebms.agents.env_factory import make_env
-
-    env_id = str(config["env_id"]).removeprefix(_ENV_PACKAGE_PREFIX)
-    return make_env(
-        env_id,
-        shield=bool(config.get("shield", True)),
-        shield_kwargs=dict(config.get("shield_kwargs") or {}),
-        **dict(config.get("env_kwargs") or {}),
-    )
 
 
 # Registered at import, so that ``Algorithm.from_checkpoint`` (whose pickled config names the
@@ -179,6 +164,37 @@ def _quiet_ray_loggers(level: int) -> None:
         logging.getLogger(name).setLevel(level)
 
 
+LOCAL_START_ATTEMPTS = 3
+"""Starts of a local Ray tried before giving up (see :func:`_start_local_ray`)."""
+
+
+def _start_local_ray(**kwargs: Any) -> None:
+    """``ray.init(**kwargs)`` for a local Ray, retried when its node start timed out.
+
+    Ray waits a fixed 30 s for the new node's raylet to register; on a heavily loaded
+    machine (many processes on few cores, or a niced job) that wait can run out although
+    nothing is wrong. The processes that attempt started (children of this process that
+    were not there before it) are killed and the start is tried again, up to
+    :data:`LOCAL_START_ATTEMPTS` times; any other error is raised at once.
+    """
+    import psutil
+
+    me = psutil.Process()
+    for attempt in range(1, LOCAL_START_ATTEMPTS + 1):
+        before = {child.pid for child in me.children(recursive=True)}
+        try:
+            ray.init(**kwargs)
+            return
+        except Exception as exc:  # Ray raises a bare Exception for this timeout
+            if "timed out during startup" not in str(exc) or attempt == LOCAL_START_ATTEMPTS:
+                raise
+            ray.shutdown()
+            for child in me.children(recursive=True):
+                if child.pid not in before:
+                    with contextlib.suppress(psutil.Error):
+                        child.kill()
+
+
 @contextlib.contextmanager
 def ray_session(
     *,
@@ -188,6 +204,7 @@ def ray_session(
     object_store_memory: int | None = None,
     include_dashboard: bool = False,
     log_level: str = "ERROR",
+    worker_niceness: int = 0,
 ) -> Iterator[None]:
     """Run a block inside a quiet Ray runtime (local or a cluster) and always shut it down.
 
@@ -215,6 +232,10 @@ def ray_session(
         include_dashboard: Start the dashboard (local Ray only).
         log_level: Level name of the ``ray`` loggers in this process (``"ERROR"``,
             ``"WARNING"``, ``"INFO"``, ...).
+        worker_niceness: Nice increment of a local Ray's worker processes (EnvRunners)
+            over the driver's. Ray's own default is 15, which on a machine shared with
+            other jobs starves the runners (they are the training's main work); 0 runs them
+            at the driver's priority. Ignored when joining a cluster (set by ``ray start``).
 
     Yields:
         Nothing; Ray is initialised inside the block.
@@ -248,9 +269,12 @@ def ray_session(
                     logging_level=level,
                 )
             else:
-                ray.init(
+                _start_local_ray(
                     num_cpus=num_cpus,
                     include_dashboard=include_dashboard,
+                    # Ray starts worker processes (EnvRunners) 15 nice levels below the
+                    # driver; on a busy machine they then starve, and sampling is the job.
+                    _system_config={"worker_niceness": int(worker_niceness)},
                     log_to_driver=False,
                     ignore_reinit_error=True,
                     configure_logging=False,
@@ -268,23 +292,14 @@ def ray_session(
 class EpisodeCostCallback(RLlibCallback):
     """Reports per-episode constraint cost and shield interventions to RLlib's metrics.
 
-    Sums ``info["cost"]`` and ``info["shield"]["intervened"]`` over each episode (across
-    episode chunks, in the episode's ``custom_data``) and logs their episode means under
-    ``env_runners/episode_cost_mean`` and ``env_runners/shield_interventions_mean``.
+    Reads the episode's sums that :class:`~pulsebms.agents.rllib_env.CompactInfo` puts in
+    the last step's ``info["episode_totals"]`` (exact also for episodes that span several
+    ``sample()`` calls; no per-step work) and logs their means over recent episodes under
+    ``env_runners/episode_cost_mean`` (measured ``info["cost"]``),
+    ``env_runners/episode_cost_pre_shield_mean`` and
+    ``env_runners/shield_interventions_mean``. Episodes of an env without that wrapper are
+    not reported.
     """
-
-    def on_episode_step(
-        self,
-        *,
-        episode: Any,
-        **kwargs: Any,
-    ) -> None:
-        """Add the last step's cost and interventions to the episode's running sums."""
-        info = episode.get_infos(-1)
-        shield = info.get("shield") or {}
-        data = episode.custom_data
-        data["cost"] = data.get("cost", 0.0) + float(info.get("cost", 0.0))
-        data["interventions"] = data.get("interventions", 0) + int(shield.get("intervened", 0))
 
     def on_episode_end(
         self,
@@ -296,11 +311,15 @@ class EpisodeCostCallback(RLlibCallback):
         """Log the finished episode's sums (windowed means over recent episodes)."""
         if metrics_logger is None:
             return
-        data = episode.custom_data
-        metrics_logger.log_value("episode_cost_mean", float(data.get("cost", 0.0)), reduce="mean")
-        metrics_logger.log_value(
-            "shield_interventions_mean", float(data.get("interventions", 0)), reduce="mean"
-        )
+        totals = episode.get_infos(-1).get(EPISODE_TOTALS)
+        if not totals:
+            return
+        for key, name in (
+            ("cost", "episode_cost_mean"),
+            ("cost_pre_shield", "episode_cost_pre_shield_mean"),
+            ("shield_interventions", "shield_interventions_mean"),
+        ):
+            metrics_logger.log_value(name, float(totals.get(key, 0.0)), reduce="mean")
 
 
 def _agent_from_legacy(
@@ -332,7 +351,12 @@ def _model_config(agent: RllibAgentConfig) -> dict[str, Any]:
     hidden = [int(h) for h in agent.hidden_sizes]
     if isinstance(agent, RllibSACConfig):
         return {"fcnet_hiddens": hidden, "fcnet_activation": "relu"}
-    return {"fcnet_hiddens": hidden, "fcnet_activation": "tanh", "vf_share_layers": False}
+    return {
+        "fcnet_hiddens": hidden,
+        "fcnet_activation": "tanh",
+        "vf_share_layers": False,
+        **log_std_model_config(agent.log_std_init),
+    }
 
 
 def _algorithm_config(agent: RllibAgentConfig) -> AlgorithmConfig:
@@ -388,6 +412,7 @@ def build_rllib_algorithm(
     learner_class: type[Learner] | None = None,
     config_hook: ConfigHook | None = None,
     callbacks: type[RLlibCallback] | None = EpisodeCostCallback,
+    info_keys: Sequence[str] | None = DEFAULT_INFO_KEYS,
     **hyperparameters: Any,
 ) -> Algorithm:
     """Build an RLlib algorithm (new API stack) training on a shielded PulseBMS env.
@@ -434,6 +459,9 @@ def build_rllib_algorithm(
         config_hook: See the seams above.
         callbacks: RLlib callbacks class (default :class:`EpisodeCostCallback`; a hook may
             chain more).
+        info_keys: ``info`` entries the EnvRunners keep per step
+            (:class:`~pulsebms.agents.rllib_env.CompactInfo`); ``None`` keeps all of them
+            (slower sampling; for callbacks of your own that read more).
         **hyperparameters: Field overrides of ``agent`` (``train_batch_size=64``, ...): the
             keyword form of earlier versions.
 
@@ -479,6 +507,7 @@ def build_rllib_algorithm(
         "shield": shield,
         "shield_kwargs": dict(shield_kwargs or {}),
         "env_kwargs": dict(env_kwargs or {}),
+        "info_keys": None if info_keys is None else list(info_keys),
     }
     config = (
         _algorithm_config(params)
@@ -496,6 +525,10 @@ def build_rllib_algorithm(
         .rl_module(model_config=_model_config(params))
         .debugging(seed=seed, log_level="ERROR")
     )
+    if isinstance(params, RllibPPOConfig):
+        config = config.rl_module(rl_module_spec=RLModuleSpec(module_class=PulsePPOTorchRLModule))
+    elif params.rollout_fragment_length is not None:
+        config = config.env_runners(rollout_fragment_length=int(params.rollout_fragment_length))
     if callbacks is not None:
         config = config.callbacks(callbacks)
     if learner_class is not None:
@@ -528,6 +561,8 @@ class RllibIterationMetrics:
         alpha: SAC entropy temperature (NaN for PPO).
         lagrange_multiplier: PPO-Lagrangian's λ after the update (NaN for other agents).
         cost_vf_loss: PPO-Lagrangian's cost-critic loss (NaN for other agents).
+        episode_cost_pre_shield_mean: Mean summed ``info["cost_pre_shield"]`` of recently
+            finished episodes (the CMDP cost PPO-Lagrangian constrains).
     """
 
     iteration: int
@@ -545,6 +580,7 @@ class RllibIterationMetrics:
     alpha: float = math.nan
     lagrange_multiplier: float = math.nan
     cost_vf_loss: float = math.nan
+    episode_cost_pre_shield_mean: float = math.nan
 
     @classmethod
     def from_result(cls, result: Mapping[str, Any]) -> RllibIterationMetrics:
@@ -582,6 +618,7 @@ class RllibIterationMetrics:
             alpha=num(learner, "alpha_value"),
             lagrange_multiplier=num(learner, "lagrange_multiplier"),
             cost_vf_loss=num(learner, "cost_vf_loss"),
+            episode_cost_pre_shield_mean=num(runners, "episode_cost_pre_shield_mean"),
         )
 
 

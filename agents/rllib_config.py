@@ -22,6 +22,7 @@ Example:
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import ClassVar
@@ -56,6 +57,9 @@ class RllibPPOConfig:
         gamma_horizon_h: Effective horizon in hours; when given it replaces ``gamma`` by
             ``1 − step_h / gamma_horizon_h`` at the agent's step
             (:func:`pulsebms.agents.discount.resolve_gamma`).
+        log_std_init: Initial log standard deviation of the Gaussian policy, then a free
+            (state-independent) learned parameter, as SB3's PPO ``log_std_init``; ``None``:
+            RLlib's default (the network outputs the log-std, starting near 0, σ ≈ 1).
 
     Raises:
         ValueError: If a size or rate is not positive, or ``minibatch_size`` exceeds
@@ -76,8 +80,11 @@ class RllibPPOConfig:
     hidden_sizes: Sequence[int] = (64, 64)
     normalize_observations: bool = True
     gamma_horizon_h: float | None = None
+    log_std_init: float | None = None
 
     def __post_init__(self) -> None:
+        if self.log_std_init is not None and not math.isfinite(self.log_std_init):
+            raise ValueError(f"RllibPPOConfig.log_std_init must be finite, got {self.log_std_init}")
         _positive(
             "RllibPPOConfig",
             train_batch_size=self.train_batch_size,
@@ -116,6 +123,11 @@ class RllibSACConfig:
         learning_starts: Env steps sampled (random-ish policy) before the first update.
         training_intensity: Replayed / sampled step ratio; ``None`` lets RLlib use
             ``train_batch_size / rollout fragment`` (one update per sampled fragment).
+        rollout_fragment_length: Env steps each env of each EnvRunner samples per training
+            iteration; ``None``: RLlib's default (1: one iteration, with its fixed
+            overhead, per vector step). Larger fragments cut that overhead; with
+            ``training_intensity=None`` there is still one update per iteration, so set
+            ``training_intensity`` to keep updates per sampled step.
         hidden_sizes: Hidden layer widths of the policy and Q MLPs (relu).
         normalize_observations: RLlib's ``MeanStdFilter`` (see :class:`RllibPPOConfig`).
         gamma_horizon_h: See :class:`RllibPPOConfig`.
@@ -143,8 +155,14 @@ class RllibSACConfig:
     hidden_sizes: Sequence[int] = (64, 64)
     normalize_observations: bool = True
     gamma_horizon_h: float | None = None
+    rollout_fragment_length: int | None = None
 
     def __post_init__(self) -> None:
+        if self.rollout_fragment_length is not None and self.rollout_fragment_length < 1:
+            raise ValueError(
+                "RllibSACConfig.rollout_fragment_length must be >= 1 or None, got "
+                f"{self.rollout_fragment_length}"
+            )
         _positive(
             "RllibSACConfig",
             train_batch_size=self.train_batch_size,

@@ -51,7 +51,6 @@ import numpy as np
 import torch
 from ray.rllib.algorithms import Algorithm, AlgorithmConfig
 from ray.rllib.algorithms.ppo import PPOConfig
-from ray.rllib.algorithms.ppo.torch.default_ppo_torch_rl_module import DefaultPPOTorchRLModule
 from ray.rllib.algorithms.ppo.torch.ppo_torch_learner import PPOTorchLearner
 from ray.rllib.connectors.connector_v2 import ConnectorV2
 from ray.rllib.core.columns import Columns
@@ -70,7 +69,9 @@ from pulsebms.agents.lagrangian import (
     RllibPPOLagrangianConfig,
     step_cost,
 )
-from pulsebms.agents.rllib import build_rllib_algorithm, make_rllib_env
+from pulsebms.agents.rllib import build_rllib_algorithm
+from pulsebms.agents.rllib_env import DEFAULT_INFO_KEYS, compact_info, make_fleet_env
+from pulsebms.agents.rllib_module import PulsePPOTorchRLModule
 
 __all__ = [
     "COST_ADVANTAGES",
@@ -97,18 +98,19 @@ _SETTINGS_KEY = "pulsebms_lagrangian"
 def make_lagrangian_env(config: EnvContext | Mapping[str, Any]) -> gym.Env[Any, Any]:
     """:func:`pulsebms.agents.rllib.make_rllib_env` reporting ``info["episode_cost"]`` at the end.
 
-    The env is wrapped in :class:`~pulsebms.agents.lagrangian.LagrangianPenalty` with λ = 0
-    (the reward is unchanged), so the learner reads whole-episode pre-shield costs even when
-    an episode spans several sampled chunks.
+    The shielded env is wrapped in :class:`~pulsebms.agents.lagrangian.LagrangianPenalty`
+    with λ = 0 (the reward is unchanged), so the learner reads whole-episode pre-shield
+    costs even when an episode spans several sampled chunks, then in
+    :class:`~pulsebms.agents.rllib_env.CompactInfo` like every EnvRunner env.
     """
-    return LagrangianPenalty(make_rllib_env(config), multiplier=0.0)
+    return compact_info(LagrangianPenalty(make_fleet_env(config), multiplier=0.0), config)
 
 
 register_env(LAGRANGIAN_ENV_NAME, make_lagrangian_env)
 
 
-class CostCriticPPOTorchRLModule(DefaultPPOTorchRLModule):
-    """RLlib's default PPO torch module with a cost value head ``cost_vf`` (training only).
+class CostCriticPPOTorchRLModule(PulsePPOTorchRLModule):
+    """PulseBMS's PPO torch module with a cost value head ``cost_vf`` (training only).
 
     The head is an MLP on the (filtered) observation with the module's ``fcnet_hiddens``
     (tanh); it is not built on inference-only copies (EnvRunners), so acting, checkpoint
@@ -117,7 +119,7 @@ class CostCriticPPOTorchRLModule(DefaultPPOTorchRLModule):
 
     def setup(self) -> None:
         """Build the PPO encoder and heads, then the cost value head."""
-        super().setup()  # type: ignore[no-untyped-call]  # RLlib is untyped
+        super().setup()
         if self.inference_only:
             return
         space = self.observation_space
@@ -330,8 +332,9 @@ def configure_ppo_lagrangian(
 
     Sets the RLModule spec to :class:`CostCriticPPOTorchRLModule` (the config's
     ``model_config`` is kept), the learner class to :class:`PPOLagrangianTorchLearner`,
-    ``learner_config_dict`` to ``settings``, and swaps the PulseBMS env creator
-    (:data:`pulsebms.agents.rllib.RLLIB_ENV_NAME`) for :data:`LAGRANGIAN_ENV_NAME`.
+    ``learner_config_dict`` to ``settings``, swaps the PulseBMS env creator
+    (:data:`pulsebms.agents.rllib.RLLIB_ENV_NAME`) for :data:`LAGRANGIAN_ENV_NAME`, and adds
+    ``settings.cost_keys`` to the ``info`` entries the EnvRunners keep.
 
     Args:
         config: A (not yet built) ``PPOConfig`` on the new API stack.
@@ -348,8 +351,14 @@ def configure_ppo_lagrangian(
     settings = settings or LagrangianSettings()
     from pulsebms.agents.rllib import RLLIB_ENV_NAME
 
-    if config.env == RLLIB_ENV_NAME:
-        config.environment(LAGRANGIAN_ENV_NAME, env_config=dict(config.env_config))
+    env_config = dict(config.env_config)
+    keys = env_config.get("info_keys", DEFAULT_INFO_KEYS)
+    if keys is not None:  # the cost critic reads settings.cost_keys from the steps' infos
+        env_config["info_keys"] = list(dict.fromkeys([*keys, *settings.cost_keys]))
+    config.environment(
+        LAGRANGIAN_ENV_NAME if config.env == RLLIB_ENV_NAME else config.env,
+        env_config=env_config,
+    )
     config.rl_module(rl_module_spec=RLModuleSpec(module_class=CostCriticPPOTorchRLModule))
     register_env(LAGRANGIAN_ENV_NAME, make_lagrangian_env)  # idempotent; Ray may be new
     config.learners(

@@ -1,32 +1,40 @@
 """Benchmark of training throughput: SB3 PPO against RLlib PPO on 1 and on 2 EnvRunners.
 
-In one process, one after the other, on the same shielded env (``PulseBMS/FleetSmall-v0``,
-equivalent-circuit twin, 15-minute steps, one-day episodes) with the same PPO settings
-(train batch, minibatch, epochs, a 64-64 MLP) and the same number of envs per sampler:
+In one process, on the same shielded env (``PulseBMS/FleetSmall-v0`` with its default
+3-pack fleet, equivalent-circuit twin, 15-minute steps, one-day episodes) with the same PPO
+work: train batch, minibatch, epochs, a 64-64 tanh actor and critic, observation
+normalisation, the same initial exploration noise (log-std −0.5, SB3's default, on both:
+the shield's work depends on the actions) and the same number of envs per sampler, stepped
+as one vector with one batched policy forward per step, torch on one thread everywhere:
 
-* **SB3 PPO**: ``n_envs`` envs in one ``DummyVecEnv``, one batched policy call per step;
-* **RLlib 1 runner**: one remote EnvRunner stepping ``n_envs`` envs as one vector (one
-  batched RLModule forward pass per step), the Learner in the driver;
+* **SB3 PPO**: ``n_envs`` envs in one ``DummyVecEnv`` (+ ``VecNormalize``), in this process;
+* **RLlib 1 runner**: one remote EnvRunner stepping ``n_envs`` envs as one gymnasium
+  vector, the Learner in this process;
 * **RLlib 2 runners**: two remote EnvRunners of ``n_envs`` envs each.
 
-Two figures per row, both in env steps per second of wall time:
+Two phases, each measured in **interleaved rounds** (every round runs each sampler once, in
+rotated order), so a load change on a shared machine hits all samplers alike:
 
-* ``sample``: sampling only (policy inference + env + shield) with the *untrained* policy
-  (the env's cost depends on the actions through the shield, so every sampler acts with
-  its freshly seeded network), best of three blocks of one train batch after a warm-up
-  block; RLlib's runners sample concurrently (``foreach_env_runner``), SB3 runs a
-  predict/step loop;
-* ``train``: whole training iterations (sampling + PPO update), best iteration after one
-  warm-up iteration (SB3: ``learn`` over one batch).
+* ``sample``: one train batch of sampling with the untrained policy: SB3's own rollout
+  phase (``collect_rollouts``: forward with values, rollout buffer, callbacks) against the
+  runners' ``sample()`` (all runners at once);
+* ``train``: one whole training iteration (sampling + PPO update; SB3: ``learn`` over one
+  batch; RLlib: ``Algorithm.train()``, episodes sent to the Learner included).
 
-Best-of figures because other processes on a shared machine only ever slow a block down.
-The shield's cost depends on the actions (interventions cost more than identity), and so
-does a trained policy's env cost: ``--no-shield`` steps the bare env, whose cost does not
-depend on the policy, to compare the sampling machinery alone.
+Each phase gives two throughputs in env steps per second:
 
-Targets (issue 11): RLlib 1 runner ≥ SB3; 2 runners ≥ 1.6× 1 runner. Two runners can only
-scale when two cores are free: the figures say what the machine gave (its core count and
-load are printed), they are not asserted. The last line is ``RESULT {json}``.
+* ``wall``: steps / wall time, as this machine gave it (median over rounds; ratios are the
+  median of per-round ratios of blocks run back to back);
+* ``busy``: steps / the CPU time of the critical path: SB3's process; the busiest runner
+  (sampling) plus this process (the Learner, after sampling). That is the wall time with a
+  free core per process, a load-independent measure of the work per step; on a machine
+  with fewer free cores than runners + Learner, ``wall`` is lower.
+
+Per sampler it also prints the env's own CPU time per step (a timing wrapper in front of
+the shielded env, the same in both) and the rest, the sampler's overhead per step; for
+training, the update's CPU time per env step. Targets (issue 11): RLlib 1 runner ≥ SB3;
+2 runners ≥ 1.6× 1 runner. They are printed, not asserted. The last line is
+``RESULT {json}``.
 
 Example:
     $ pulsebms-bench ray --quick
@@ -37,18 +45,276 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import statistics
 import tempfile
 import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
 from typing import Any
 
-import numpy as np
+import gymnasium as gym
 
-__all__ = ["main"]
+__all__ = ["Block", "main"]
 
 ENV_ID = "PulseBMS/FleetSmall-v0"
 ENV_KWARGS: dict[str, Any] = {"dt_s": 900.0, "horizon_steps": 96, "fidelity": "ecm"}
-BLOCKS = 3
-"""Timed sampling blocks per sampler; the best counts (other processes only slow a block)."""
+LOG_STD_INIT = -0.5
+"""Initial log-std of both PPOs (SB3's PPOConfig default)."""
+BENCH_ENV_NAME = "pulsebms-bench-fleet"
+"""RLlib env creator of the benchmark: the PulseBMS creator with :class:`_EnvClock`."""
+
+_ENV_CPU_S = [0.0]
+"""CPU seconds spent inside env steps and resets in this process (see :class:`_EnvClock`)."""
+
+
+class _EnvClock(gym.Wrapper[Any, Any, Any, Any]):
+    """Adds the CPU time of every step and reset of the wrapped env to :data:`_ENV_CPU_S`."""
+
+    def step(self, action: Any) -> Any:
+        start = time.thread_time()
+        out = self.env.step(action)
+        _ENV_CPU_S[0] += time.thread_time() - start
+        return out
+
+    def reset(self, **kwargs: Any) -> Any:
+        start = time.thread_time()
+        out = self.env.reset(**kwargs)
+        _ENV_CPU_S[0] += time.thread_time() - start
+        return out
+
+
+def _bench_env(config: Mapping[str, Any]) -> gym.Env[Any, Any]:
+    """RLlib env creator: :func:`~pulsebms.agents.rllib_env.make_rllib_env` with a clock."""
+    from pulsebms.agents.rllib_env import compact_info, make_fleet_env
+
+    return compact_info(_EnvClock(make_fleet_env(config)), config)
+
+
+def _process_clock(_: Any = None) -> tuple[float, float]:
+    """(CPU time of this process, env CPU time so far) [s]; runs in EnvRunners too."""
+    return time.process_time(), _ENV_CPU_S[0]
+
+
+@dataclass
+class Block:
+    """One timed block of one sampler.
+
+    Attributes:
+        steps: Env steps done.
+        wall_s: Wall time [s].
+        busy_s: CPU time of the critical path [s] (see the module docstring).
+        env_s: CPU time inside the env [s] (the busiest runner's, for several).
+        learn_s: CPU time of the update [s] (train blocks; 0 for sampling).
+    """
+
+    steps: int
+    wall_s: float
+    busy_s: float
+    env_s: float
+    learn_s: float = 0.0
+
+
+@dataclass
+class _Row:
+    sample: list[Block] = field(default_factory=list)
+    train: list[Block] = field(default_factory=list)
+
+
+def _median(values: list[float]) -> float:
+    return float(statistics.median(values)) if values else float("nan")
+
+
+class _SB3:
+    """SB3 PPO sampling and training in this process."""
+
+    def __init__(self, *, n_envs: int, batch: int, minibatch: int, epochs: int, seed: int):
+        from stable_baselines3.common.callbacks import BaseCallback, CallbackList
+
+        from pulsebms.agents.env_factory import make_env
+        from pulsebms.agents.sb3 import PPOConfig, build_model, make_vec_env
+
+        def factory() -> gym.Env[Any, Any]:
+            return _EnvClock(make_env(ENV_ID, **ENV_KWARGS))
+
+        self.venv = make_vec_env(factory, n_envs=n_envs, seed=seed)
+        config = PPOConfig(
+            n_steps=batch // n_envs,
+            batch_size=minibatch,
+            n_epochs=epochs,
+            log_std_init=LOG_STD_INIT,
+            net_arch=(64, 64),
+        )
+        self.model: Any = build_model(config, self.venv, seed=seed)
+        self.batch = batch
+        marks: dict[str, float] = {}
+
+        class RolloutClock(BaseCallback):
+            def _on_rollout_end(self) -> None:
+                marks["rollout_end"] = time.process_time()
+
+            def _on_step(self) -> bool:
+                return True
+
+        self.marks = marks
+        self.clock = RolloutClock()
+        self.model.learn(total_timesteps=batch)  # sets up the rollout state; warm-up
+        self.callback = CallbackList([])
+        self.callback.init_callback(self.model)
+
+    def sample(self) -> Block:
+        model = self.model
+        cpu, env = _process_clock()
+        start = time.perf_counter()
+        model.collect_rollouts(model.env, self.callback, model.rollout_buffer, model.n_steps)
+        wall = time.perf_counter() - start
+        cpu2, env2 = _process_clock()
+        return Block(self.batch, wall, cpu2 - cpu, env2 - env)
+
+    def train(self) -> Block:
+        cpu, env = _process_clock()
+        start = time.perf_counter()
+        self.model.learn(self.batch, callback=self.clock, reset_num_timesteps=False)
+        wall = time.perf_counter() - start
+        cpu2, env2 = _process_clock()
+        learn = cpu2 - self.marks.get("rollout_end", cpu2)
+        return Block(self.batch, wall, cpu2 - cpu, env2 - env, learn)
+
+    def close(self) -> None:
+        self.venv.close()
+
+
+class _RLlib:
+    """RLlib PPO on remote EnvRunners, the Learner in this process."""
+
+    def __init__(
+        self, *, runners: int, n_envs: int, batch: int, minibatch: int, epochs: int, seed: int
+    ):
+        from ray.tune.registry import register_env
+
+        from pulsebms.agents.rllib import RllibPPOConfig, build_rllib_algorithm
+
+        register_env(BENCH_ENV_NAME, _bench_env)
+
+        def timed_env(config: Any) -> Any:
+            return config.environment(BENCH_ENV_NAME, env_config=dict(config.env_config))
+
+        agent = RllibPPOConfig(
+            train_batch_size=batch,
+            minibatch_size=minibatch,
+            num_epochs=epochs,
+            hidden_sizes=(64, 64),
+            log_std_init=LOG_STD_INIT,
+        )
+        self.algo: Any = build_rllib_algorithm(
+            f"pulsebms.envs:{ENV_ID}",
+            agent,
+            env_kwargs=ENV_KWARGS,
+            num_env_runners=runners,
+            num_envs_per_env_runner=n_envs,
+            seed=seed,
+            config_hook=timed_env,
+        )
+        group = self.algo.env_runner_group
+        if group is None:  # pragma: no cover - built with remote env runners
+            raise RuntimeError("the algorithm has no EnvRunner group")
+        self.group = group
+        self.per_runner = batch // runners
+
+    def _runner_clocks(self) -> list[tuple[float, float]]:
+        clocks: list[tuple[float, float]] = self.group.foreach_env_runner(
+            _process_clock, local_env_runner=False
+        )
+        return clocks
+
+    def sample(self) -> Block:
+        per_runner = self.per_runner
+
+        def sample(runner: Any) -> tuple[int, float, float]:
+            cpu, env = _process_clock()
+            episodes = runner.sample(num_timesteps=per_runner, explore=True)
+            cpu2, env2 = _process_clock()
+            return int(sum(len(e) for e in episodes)), cpu2 - cpu, env2 - env
+
+        start = time.perf_counter()
+        results = self.group.foreach_env_runner(sample, local_env_runner=False)
+        wall = time.perf_counter() - start
+        steps = sum(r[0] for r in results)
+        busiest = max(results, key=lambda r: r[1])
+        return Block(steps, wall, busiest[1], busiest[2])
+
+    def train(self) -> Block:
+        from ray.rllib.utils.metrics import ENV_RUNNER_RESULTS, NUM_ENV_STEPS_SAMPLED
+
+        before = self._runner_clocks()
+        cpu = time.process_time()
+        start = time.perf_counter()
+        result = self.algo.train()
+        wall = time.perf_counter() - start
+        learner = time.process_time() - cpu
+        after = self._runner_clocks()
+        deltas = [(a[0] - b[0], a[1] - b[1]) for a, b in zip(after, before, strict=True)]
+        runner_cpu, runner_env = max(deltas)
+        steps = int(result[ENV_RUNNER_RESULTS][NUM_ENV_STEPS_SAMPLED])
+        return Block(steps, wall, runner_cpu + learner, runner_env, learner)
+
+    def close(self) -> None:
+        self.algo.stop()
+
+
+def _rate(block: Block, kind: str) -> float:
+    seconds = block.wall_s if kind == "wall" else block.busy_s
+    return block.steps / seconds if seconds > 0 else float("nan")
+
+
+def _rounds(samplers: Mapping[str, Any], phase: str, rounds: int, rows: dict[str, _Row]) -> None:
+    """One warm-up round, then ``rounds`` timed rounds in rotated order."""
+    names = list(samplers)
+    for r in range(rounds + 1):
+        order = names[r % len(names) :] + names[: r % len(names)]
+        done = []
+        for name in order:
+            block = getattr(samplers[name], phase)()
+            if r:
+                getattr(rows[name], phase).append(block)
+            done.append(f"{name} {_rate(block, 'wall'):.0f}/{_rate(block, 'busy'):.0f}")
+        label = f"{r}/{rounds}" if r else "warm-up"
+        print(f"  {phase} {label} (st/s wall/busy): " + ", ".join(done), flush=True)
+
+
+def _summary(rows: Mapping[str, _Row]) -> dict[str, dict[str, float]]:
+    out: dict[str, dict[str, float]] = {}
+    for name, row in rows.items():
+        figures: dict[str, float] = {}
+        for phase in ("sample", "train"):
+            blocks: list[Block] = getattr(row, phase)
+            for kind in ("wall", "busy"):
+                figures[f"{phase}_{kind}_steps_per_s"] = _median([_rate(b, kind) for b in blocks])
+            figures[f"{phase}_env_ms_per_step"] = _median([1e3 * b.env_s / b.steps for b in blocks])
+        sample = row.sample
+        figures["sample_overhead_ms_per_step"] = _median(
+            [1e3 * (b.busy_s - b.env_s) / b.steps for b in sample]
+        )
+        figures["learn_ms_per_step"] = _median([1e3 * b.learn_s / b.steps for b in row.train])
+        out[name] = figures
+    return out
+
+
+def _ratios(
+    rows: Mapping[str, _Row], summary: Mapping[str, Mapping[str, float]]
+) -> dict[str, float]:
+    pairs = {"1_runner_over_sb3": ("rllib_1_runner", "sb3_ppo")}
+    pairs["2_over_1_runner"] = ("rllib_2_runners", "rllib_1_runner")
+    out: dict[str, float] = {}
+    for label, (num, den) in pairs.items():
+        for phase in ("sample", "train"):
+            per_round = [
+                _rate(a, "wall") / _rate(b, "wall")
+                for a, b in zip(getattr(rows[num], phase), getattr(rows[den], phase), strict=True)
+            ]
+            out[f"{phase}_wall_{label}"] = _median(per_round)
+            key = f"{phase}_busy_steps_per_s"
+            out[f"{phase}_busy_{label}"] = summary[num][key] / summary[den][key]
+    return out
 
 
 def _load() -> float | None:
@@ -58,98 +324,20 @@ def _load() -> float | None:
         return None
 
 
-def _sb3(
-    *,
-    n_envs: int,
-    batch: int,
-    minibatch: int,
-    epochs: int,
-    iterations: int,
-    seed: int,
-    shield: bool,
-) -> dict[str, float]:
-    import torch
-
-    from pulsebms.agents.env_factory import make_env_factory
-    from pulsebms.agents.sb3 import PPOConfig, build_model, make_vec_env
-
-    torch.set_num_threads(1)
-    factory = make_env_factory(ENV_ID, shield=shield, **ENV_KWARGS)
-    venv = make_vec_env(factory, n_envs=n_envs)
-    config = PPOConfig(n_steps=batch // n_envs, batch_size=minibatch, n_epochs=epochs)
-    model = build_model(config, venv, seed=seed)
-    # Sampling with the untrained policy (as for RLlib): warm-up block, then the best block.
-    obs: Any = venv.reset()
-    rates = []
-    for block in range(1 + BLOCKS):
-        start = time.perf_counter()
-        for _ in range(batch // n_envs):
-            actions, _ = model.predict(obs, deterministic=False)
-            obs = venv.step(actions)[0]
-        if block:
-            rates.append(batch / (time.perf_counter() - start))
-    model.learn(total_timesteps=batch)  # warm-up: one rollout and update
-    train = []
-    for _ in range(iterations):
-        start = time.perf_counter()
-        model.learn(total_timesteps=batch, reset_num_timesteps=False)
-        train.append(batch / (time.perf_counter() - start))
-    venv.close()
-    return {"sample_steps_per_s": max(rates), "train_steps_per_s": max(train)}
-
-
-def _rllib(
-    *,
-    runners: int,
-    n_envs: int,
-    batch: int,
-    minibatch: int,
-    epochs: int,
-    iterations: int,
-    seed: int,
-    shield: bool,
-) -> dict[str, float]:
-    from ray.rllib.utils.metrics import ENV_RUNNER_RESULTS, NUM_ENV_STEPS_SAMPLED
-
-    from pulsebms.agents.rllib import RllibPPOConfig, build_rllib_algorithm
-
-    agent = RllibPPOConfig(train_batch_size=batch, minibatch_size=minibatch, num_epochs=epochs)
-    algo = build_rllib_algorithm(
-        f"pulsebms.envs:{ENV_ID}",
-        agent,
-        env_kwargs=ENV_KWARGS,
-        shield=shield,
-        num_env_runners=runners,
-        num_envs_per_env_runner=n_envs,
-        seed=seed,
+def _print_table(summary: Mapping[str, Mapping[str, float]], out: Callable[[str], None]) -> None:
+    out(
+        f"{'sampler':>16} | {'sample st/s':>11} {'busy st/s':>9} {'env ms':>6} "
+        f"{'other ms':>8} | {'train st/s':>10} {'busy st/s':>9} {'update ms':>9}"
     )
-    per_runner = batch // runners
-
-    def sample(runner: Any) -> int:
-        episodes = runner.sample(num_timesteps=per_runner, explore=True)
-        return int(sum(len(e) for e in episodes))
-
-    try:
-        group = algo.env_runner_group
-        if group is None:  # pragma: no cover - built with remote env runners
-            raise RuntimeError("the algorithm has no EnvRunner group")
-        # Sampling with the untrained policy, all runners at once: warm-up, best block.
-        rates = []
-        for block in range(1 + BLOCKS):
-            start = time.perf_counter()
-            sampled = sum(group.foreach_env_runner(sample, local_env_runner=False))
-            if block:
-                rates.append(sampled / (time.perf_counter() - start))
-        algo.train()  # type: ignore[no-untyped-call]  # warm-up (RLlib API is untyped)
-        train = []
-        for _ in range(iterations):
-            start = time.perf_counter()
-            result = algo.train()  # type: ignore[no-untyped-call]
-            steps = int(result[ENV_RUNNER_RESULTS][NUM_ENV_STEPS_SAMPLED])
-            train.append(steps / (time.perf_counter() - start))
-    finally:
-        algo.stop()  # type: ignore[no-untyped-call]  # RLlib API is untyped
-    return {"sample_steps_per_s": max(rates), "train_steps_per_s": max(train)}
+    units = f"{'(wall)':>11} {'':>9} {'/step':>6} {'/step':>8}"
+    out(f"{'':>16} | {units} | {'(wall)':>10} {'':>9} {'/step':>9}")
+    for name, f in summary.items():
+        out(
+            f"{name:>16} | {f['sample_wall_steps_per_s']:11.0f} "
+            f"{f['sample_busy_steps_per_s']:9.0f} {f['sample_env_ms_per_step']:6.3f} "
+            f"{f['sample_overhead_ms_per_step']:8.3f} | {f['train_wall_steps_per_s']:10.0f} "
+            f"{f['train_busy_steps_per_s']:9.0f} {f['learn_ms_per_step']:9.3f}"
+        )
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -165,63 +353,58 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quick", action="store_true", help="smoke settings (~2 minutes)")
     parser.add_argument("--envs", type=int, default=4, help="envs per sampler (batched)")
     parser.add_argument("--batch", type=int, default=0, help="train batch (0: 1536, quick 384)")
-    parser.add_argument("--iterations", type=int, default=0, help="timed iterations (0: 3/1)")
-    parser.add_argument("--seed", type=int, default=0)
     parser.add_argument(
-        "--no-shield",
-        action="store_true",
-        help="bare env: the shield's cost depends on the actions, so without it every "
-        "sampler steps an env of the same cost (compares the sampling machinery alone)",
+        "--rounds", type=int, default=0, help="timed rounds per phase (0: 5 sample / 3 train)"
     )
+    parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
     # ---- seeding: every learner and sampler below is seeded with args.seed.
+    import torch
+
+    torch.set_num_threads(1)  # SB3 and the Learner here; Ray gives each runner one thread
     quick = bool(args.quick)
     batch = args.batch or (384 if quick else 1536)
-    iterations = args.iterations or (1 if quick else 3)
+    sample_rounds = args.rounds or (2 if quick else 5)
+    train_rounds = args.rounds or (1 if quick else 3)
     n_envs = int(args.envs)
-    if batch % (2 * n_envs):
+    if n_envs < 1 or batch % (2 * n_envs):
         parser.error(f"--batch ({batch}) must be a multiple of 2 × --envs ({2 * n_envs})")
-    common: dict[str, Any] = {
+    work = {
+        "n_envs": n_envs,
         "batch": batch,
         "minibatch": min(128, batch),
         "epochs": 2 if quick else 10,
-        "iterations": iterations,
         "seed": int(args.seed),
-        "shield": not args.no_shield,
     }
     print(
         f"ray benchmark: cpu_count={os.cpu_count()}, load={_load()}, env={ENV_ID} "
-        f"{ENV_KWARGS}, envs per sampler={n_envs}, batch={batch}, epochs={common['epochs']}, "
-        f"timed iterations={iterations}, shield={common['shield']}, quick={quick}"
+        f"{ENV_KWARGS} (shielded), envs per sampler={n_envs}, batch={batch}, minibatch="
+        f"{work['minibatch']}, epochs={work['epochs']}, log_std_init={LOG_STD_INIT}, "
+        f"rounds sample/train={sample_rounds}/{train_rounds}, quick={quick}"
     )
-    rows: dict[str, dict[str, float]] = {"sb3_ppo": _sb3(n_envs=n_envs, **common)}
-    print(f"{'sampler':>16} {'sample st/s':>12} {'train st/s':>11}")
-
-    def show(name: str) -> None:
-        row = rows[name]
-        print(f"{name:>16} {row['sample_steps_per_s']:12.0f} {row['train_steps_per_s']:11.0f}")
-
-    show("sb3_ppo")
     from pulsebms.agents.rllib import ray_session
 
+    rows = {name: _Row() for name in ("sb3_ppo", "rllib_1_runner", "rllib_2_runners")}
+    samplers: dict[str, Any] = {}
+    # Three runner actors of one (logical) CPU each; idle ones cost no CPU.
     with (
         tempfile.TemporaryDirectory(prefix="pb-bench-", dir="/tmp") as temp,
-        ray_session(num_cpus=max(2, os.cpu_count() or 2), temp_dir=temp),
+        ray_session(num_cpus=max(3, os.cpu_count() or 3), temp_dir=temp),
     ):
-        for runners in (1, 2):
-            name = f"rllib_{runners}_runner" + ("s" if runners > 1 else "")
-            rows[name] = _rllib(runners=runners, n_envs=n_envs, **common)
-            show(name)
-    one, two, sb3 = rows["rllib_1_runner"], rows["rllib_2_runners"], rows["sb3_ppo"]
-    ratios = {
-        f"{kind}_1_runner_over_sb3": one[f"{kind}_steps_per_s"] / sb3[f"{kind}_steps_per_s"]
-        for kind in ("sample", "train")
-    } | {
-        f"{kind}_2_over_1_runner": two[f"{kind}_steps_per_s"] / one[f"{kind}_steps_per_s"]
-        for kind in ("sample", "train")
-    }
+        try:
+            samplers["sb3_ppo"] = _SB3(**work)
+            samplers["rllib_1_runner"] = _RLlib(runners=1, **work)
+            samplers["rllib_2_runners"] = _RLlib(runners=2, **work)
+            _rounds(samplers, "sample", sample_rounds, rows)
+            _rounds(samplers, "train", train_rounds, rows)
+        finally:
+            for sampler in samplers.values():
+                sampler.close()
+    summary = _summary(rows)
+    ratios = _ratios(rows, summary)
+    _print_table(summary, print)
     for key, value in ratios.items():
-        print(f"{key:>28}: {value:5.2f}×")
+        print(f"{key:>30}: {value:5.2f}×")
     print(
         "targets: 1 runner ≥ SB3 (ratio ≥ 1), 2 runners ≥ 1.6× 1 runner; "
         f"{os.cpu_count()} cores, load {_load()}"
@@ -231,13 +414,17 @@ def main(argv: list[str] | None = None) -> int:
         "load": _load(),
         "envs_per_sampler": n_envs,
         "batch": batch,
-        "shield": common["shield"],
-        **{name: {k: round(v, 1) for k, v in row.items()} for name, row in rows.items()},
-        **{k: round(float(np.float64(v)), 3) for k, v in ratios.items()},
+        "epochs": work["epochs"],
+        **{name: {k: round(v, 3) for k, v in f.items()} for name, f in summary.items()},
+        **{k: round(v, 3) for k, v in ratios.items()},
     }
     print("RESULT " + json.dumps(result, sort_keys=True))
     return 0
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    # Run the imported module's main: Ray pickles ``__main__`` functions by value, so the
+    # EnvRunners' env clock would not be this module's.
+    from pulsebms.benchmarks.ray import main as _main
+
+    raise SystemExit(_main())

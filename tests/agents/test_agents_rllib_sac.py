@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import shutil
 import tempfile
 from collections.abc import Iterator
@@ -34,7 +35,11 @@ pytestmark = [
 ENV_ID = "pulsebms.envs:PulseBMS/FleetSmall-v0"
 ENV_KWARGS = {"horizon_steps": 16, "dt_s": 900.0}
 SAC = RllibSACConfig(
-    train_batch_size=32, learning_starts=32, buffer_capacity=1000, hidden_sizes=(16, 16)
+    train_batch_size=32,
+    learning_starts=32,
+    buffer_capacity=1000,
+    hidden_sizes=(16, 16),
+    rollout_fragment_length=16,  # 32 steps (2 envs) and one update per iteration
 )
 
 
@@ -48,6 +53,7 @@ SAC = RllibSACConfig(
         ({"prioritized_replay_beta": -0.1}, "prioritized_replay_beta"),
         ({"buffer_capacity": 0}, "buffer_capacity"),
         ({"learning_starts": -1}, "learning_starts"),
+        ({"rollout_fragment_length": 0}, "rollout_fragment_length"),
     ],
 )
 def test_sac_config_rejects_impossible_values(kwargs: dict[str, Any], match: str) -> None:
@@ -118,14 +124,20 @@ def test_session_shuts_ray_down_when_the_block_raises(ray_tmp: Path) -> None:
 
     seen: dict[str, float] = {}
 
+    @ray.remote
+    def niceness() -> int:
+        return os.nice(0)
+
     def fail_inside() -> None:
         with ray_session(num_cpus=2, temp_dir=ray_tmp):
             seen["cpus"] = ray.cluster_resources()["CPU"]
+            # Workers (EnvRunners) run at the driver's priority, not Ray's +15.
+            seen["worker_niceness"] = ray.get(niceness.remote()) - os.nice(0)
             raise RuntimeError("boom")
 
     with pytest.raises(RuntimeError, match="boom"):
         fail_inside()
-    assert seen == {"cpus": 2.0}
+    assert seen == {"cpus": 2.0, "worker_niceness": 0}
     assert not ray.is_initialized()
 
 

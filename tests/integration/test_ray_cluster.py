@@ -22,6 +22,8 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+import gymnasium as gym
+import numpy as np
 import pytest
 
 pytestmark = pytest.mark.slow
@@ -169,25 +171,31 @@ def test_training_joins_a_real_cluster_by_address(ray_head: Head, tmp_path: Path
     metrics = json.loads((run / "metrics.json").read_text())
     assert metrics["rllib_env_steps"] >= 32
     assert (run / "rllib_checkpoint" / "rllib_checkpoint.json").is_file()
+    # The remote runner built the shielded env from the id alone (a fresh worker process)
+    # and its observation-filter statistics reached the checkpoint.
+    from pulsebms.agents.rllib import RLlibPolicy
+
+    policy = RLlibPolicy.from_checkpoint(run / "rllib_checkpoint")
+    stats = policy.observation_stats()
+    assert stats is not None
+    assert np.all(np.isfinite(stats[0]))
+    assert np.any(stats[1] != 1.0)
+    obs = np.zeros(policy.observation_space.shape, dtype=np.float32)
+    assert policy.act(obs) in gym.spaces.Box(-1.0, 1.0, (3,), np.float32)
     # The EnvRunner actor ran on the head's node (its worker log is in the head's session).
     logs = ray_head.temp_dir / "session_latest" / "logs"
     runner_logs = [
         p for p in logs.glob("worker-*") if "SingleAgentEnvRunner" in p.read_text(errors="replace")
     ]
     assert runner_logs, sorted(p.name for p in logs.iterdir())
-    # Disconnecting the driver left the cluster running; the fixture stops it.
+    # Disconnecting the driver left the cluster running.
+    port = int(ray_head.address.rsplit(":", 1)[1])
     assert ray_head.process.poll() is None
-    assert _listening(int(ray_head.address.rsplit(":", 1)[1]))
-
-
-def test_stopping_the_head_frees_its_port(tmp_path: Path) -> None:
-    temp_dir = Path("/tmp") / f"pb-head2-{os.getpid()}"
-    port = _free_ports(1)[0]
-    proc = _start_head(port, temp_dir, tmp_path / "head.log")
-    assert proc is not None, (tmp_path / "head.log").read_text()[-4000:]
-    _stop(proc)
-    shutil.rmtree(temp_dir, ignore_errors=True)
-    assert proc.returncode is not None
+    assert _listening(port)
+    # Stopping the head by its process group frees its port (the fixture's stop is then a
+    # no-op): no `ray stop`, which would stop every Ray instance of the machine.
+    _stop(ray_head.process)
+    assert ray_head.process.returncode is not None
     deadline = time.monotonic() + 10
     while _listening(port) and time.monotonic() < deadline:
         time.sleep(0.5)
