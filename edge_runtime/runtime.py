@@ -88,7 +88,7 @@ from pulsebms.edge_runtime.telemetry import TelemetryStore
 from pulsebms.safety.limits import PackLimits
 from pulsebms.safety.settings import ShieldSettings
 from pulsebms.safety.shield import Shield
-from pulsebms.safety.state import FleetState, PackRatings
+from pulsebms.safety.state import PackRatings
 
 __all__ = [
     "DEFAULT_BUS",
@@ -1513,39 +1513,36 @@ class EdgeRuntime:
         with self._lock:
             now = self.clock()
             self._poll_site(now)
-            state = self.store.fleet_state(now)
-            safe, reasons = self._safe_mask(now, state)
+            valid = self.store.valid(now)
+            safe, reasons = self._safe_mask(now, valid)
+            # One state for the policy's observation and the shield: safe packs invalid
+            # (the observation reads no validity; the shield gives them zero and
+            # redistributes their share to packs with headroom, keeping the fleet total).
+            state = self.store.fleet_state(now, valid=valid & ~safe)
             site = self.store.site(now)
             last_action = self._last_action
         # Policy and shield run outside the lock: the safety timer and frame handling go on.
         tod = site.time_of_day_s if math.isfinite(site.time_of_day_s) else self.time_of_day()
         n = self.n_packs
-        policy_action = np.full(n, np.nan, dtype=np.float32)
-        obs = np.full(self.builder.size, np.nan, dtype=np.float32)
+        obs: ObsArray | None = None
+        policy_action: ActArray | None = None
         try:
             obs = self.builder.build(state, site, last_action, time_of_day_s=tod)
             policy_action = np.asarray(self.policy.act(obs), dtype=np.float32).reshape(n)
         except Exception as exc:
             self._event("policy_fallback", None, f"policy failed: {exc!r}", now_s=now)
+        if obs is None:
+            obs = np.full(self.builder.size, np.nan, dtype=np.float32)
+        if policy_action is None:
+            policy_action = np.full(n, np.nan, dtype=np.float32)
         bad = ~np.isfinite(policy_action)
-        # Safe packs keep their request here: the shield sees them invalid, gives them zero
-        # and redistributes their share to packs with headroom (keeping the fleet total).
         request = np.where(bad, 0.0, policy_action).astype(np.float64)
-        shield_state = FleetState(
-            soc=state.soc,
-            soh=state.soh,
-            temperature_c=state.temperature_c,
-            cell_voltage_v=state.cell_voltage_v,
-            current_a=state.current_a,
-            demand_w=state.demand_w,
-            valid=np.asarray(state.valid & ~safe, dtype=bool),
-        )
         status = "ERROR"
         intervened = np.zeros(n, dtype=bool)
         shield_error: Exception | None = None
         try:
             target = state.demand_w if self.track_demand else None
-            result = self.shield.project(shield_state, request, target)
+            result = self.shield.project(state, request, target)
             action = np.asarray(result.action, dtype=np.float64)
             intervened = np.asarray(result.intervened, dtype=bool)
             status = result.status.name or "OK"
@@ -1562,23 +1559,25 @@ class EdgeRuntime:
                 self.events.append(
                     RuntimeEvent(now, "policy_fallback", None, f"{int(bad.sum())} non-finite")
                 )
-            late = self._forced.copy()  # put safe while the policy ran
+            late = self._forced  # put safe while the policy ran
             if self._stopping:
-                late[:] = True
-            safe = safe | late
-            reasons[late] |= self._forced_reason[late]
+                late = np.ones(n, dtype=bool)
+            if late.any():
+                safe = safe | late
+                reasons[late] |= self._forced_reason[late]
             action = np.where(np.isfinite(action), action, 0.0)
             action[safe] = 0.0
-            if (intervened & ~safe).any():
+            shielded = intervened & ~safe
+            if shielded.any():
                 self.metrics.interventions += 1
-            reasons[intervened & ~safe] |= int(SafeReason.INTERVENED)
+                reasons[shielded] |= int(SafeReason.INTERVENED)
             setpoint_w = action * self._rated_w
             self._send_commands(setpoint_w, safe, reasons, now)
             self._safe = safe
             self._last_action = action
             latency = time.perf_counter() - start
             self.metrics.ticks += 1
-            self.metrics.safe_pack_ticks += int(safe.sum())
+            self.metrics.safe_pack_ticks += int(np.count_nonzero(safe))
             self.metrics.tick_latency_s.append(latency)
             report = TickReport(
                 tick=self._tick,
@@ -1597,22 +1596,32 @@ class EdgeRuntime:
             self._last_report = report
         return report
 
-    def _safe_mask(self, now: float, state: FleetState) -> tuple[BoolArray, IntArray]:
-        n = self.n_packs
-        reasons = np.zeros(n, dtype=np.int64)
-        stale = ~np.asarray(state.valid, dtype=bool)
+    def _safe_mask(self, now: float, valid: BoolArray) -> tuple[BoolArray, IntArray]:
+        """Per pack, whether it is held safe this tick, and why (:class:`SafeReason` bits).
+
+        ``valid``: the store's :meth:`~TelemetryStore.valid` now (fresh and complete).
+        """
+        stale = ~valid
         self._update_stale(now, stale)
-        reasons[stale] |= int(SafeReason.STALE)
+        reasons = stale.astype(np.int64)
+        reasons *= int(SafeReason.STALE)
         latched = (now - self._last_bad_s) < self.recovery_hold_s
         self._bad_reason[~latched] = 0
-        reasons[latched] |= self._bad_reason[latched] & int(_LATCHING)
+        reasons |= self._bad_reason & int(_LATCHING)  # zero where not latched
         if not self._update_site_fresh(now):
             reasons |= int(SafeReason.SITE_STALE)
-        reasons[self._held] |= int(SafeReason.OPERATOR)
-        safe = (reasons != 0) | self._stopping
-        for i in np.flatnonzero(self._safe & ~safe):
-            self._event("recovered", int(i), "telemetry clean, pack back in operation", now_s=now)
-        self.metrics.safe_entries += int(np.count_nonzero(~self._safe & safe))
+        held = self._held
+        if held.any():
+            reasons[held] |= int(SafeReason.OPERATOR)
+        safe = reasons != 0
+        if self._stopping:
+            safe[:] = True
+        was = self._safe
+        recovered = was & ~safe
+        if recovered.any():
+            for i in np.flatnonzero(recovered).tolist():
+                self._event("recovered", i, "telemetry clean, pack back in operation", now_s=now)
+        self.metrics.safe_entries += int(np.count_nonzero(safe & ~was))
         self._safe = safe.copy()
         self._forced[:] = False
         self._forced_reason[:] = 0
