@@ -52,14 +52,17 @@ state (the BMS's own values stay the ones acted on).
 from __future__ import annotations
 
 import collections
+import contextlib
 import datetime as dt
 import enum
+import functools
+import gc
 import inspect
 import logging
 import math
 import threading
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
@@ -127,6 +130,20 @@ class SafeReason(enum.IntFlag):
 
 
 _LATCHING = SafeReason.VIOLATION | SafeReason.MALFORMED | SafeReason.BMS_FAULT
+_BAD_KINDS = {
+    SafeReason.VIOLATION: "violation",
+    SafeReason.MALFORMED: "malformed",
+    SafeReason.BMS_FAULT: "bms_fault",
+}
+"""Event kind of each latching reason."""
+_INFO_KINDS = frozenset({"recovered", "stop"})
+"""Event kinds logged at INFO (the others at WARNING)."""
+
+
+def _describe(found: Sequence[tuple[str, float, float]]) -> str:
+    """Event detail of limit violations ``(limit, value, bound)``."""
+    return ", ".join(f"{name}: {v:.4g} vs {b:.4g}" for name, v, b in found)
+
 
 DEFAULT_BUS = "default"
 """Bus name used when the codec names none."""
@@ -286,6 +303,34 @@ class TickReport:
     shield_status: str
     intervened: BoolArray
     latency_s: float
+
+
+_gc_lock = threading.Lock()
+_gc_runs = [0, False]  # runs inside _gc_frozen(True) now; whether the last one out unfreezes
+
+
+@contextlib.contextmanager
+def _gc_frozen(freeze: bool) -> Iterator[None]:
+    """:func:`gc.freeze` for the block, shared by concurrent runs (no-op when not ``freeze``).
+
+    The last run out unfreezes, unless something had frozen objects before the first one
+    (then they stay frozen, as the process wanted).
+    """
+    if not freeze:
+        yield
+        return
+    with _gc_lock:
+        if _gc_runs[0] == 0:
+            _gc_runs[1] = gc.get_freeze_count() == 0
+            gc.freeze()
+        _gc_runs[0] += 1
+    try:
+        yield
+    finally:
+        with _gc_lock:
+            _gc_runs[0] -= 1
+            if _gc_runs[0] == 0 and _gc_runs[1]:
+                gc.unfreeze()
 
 
 def local_time_of_day_s() -> float:
@@ -454,6 +499,8 @@ class EdgeRuntime:
         self.builder = ObservationBuilder(manifest)
         self.metrics = RuntimeMetrics()
         self.events: collections.deque[RuntimeEvent] = collections.deque(maxlen=max_events)
+        self._unlogged: collections.deque[RuntimeEvent] = collections.deque(maxlen=max_events)
+        self._log_lock = threading.Lock()
         self.n_packs = n
         self._setup_buses(bus)
         self._rated_w = np.asarray(self.ratings.rated_power_w, dtype=np.float64)
@@ -818,9 +865,26 @@ class EdgeRuntime:
 
     # ------------------------------------------------------------------ reporting
     def _event(self, kind: str, pack: int | None, detail: str, *, now_s: float) -> None:
-        self.events.append(RuntimeEvent(now_s, kind, pack, detail))
-        level = logging.INFO if kind in ("recovered", "stop") else logging.WARNING
-        logger.log(level, "%s pack=%s %s", kind, pack, detail)
+        """Record an event; its log line is written by :meth:`_flush_log`."""
+        event = RuntimeEvent(now_s, kind, pack, detail)
+        self.events.append(event)
+        self._unlogged.append(event)
+
+    def _flush_log(self) -> None:
+        """Log the events recorded so far: at the end of each public call, outside the lock.
+
+        A drain's safe frames never wait for the log lines of its other events, and a slow
+        log handler (a terminal, a file on a busy disk) never holds the lock the safety
+        timer needs.
+        """
+        pending = self._unlogged
+        if not pending:
+            return
+        with self._log_lock:  # one writer at a time: the lines stay in event order
+            while pending:
+                event = pending.popleft()
+                level = logging.INFO if event.kind in _INFO_KINDS else logging.WARNING
+                logger.log(level, "%s pack=%s %s", event.kind, event.pack, event.detail)
 
     @property
     def safe(self) -> BoolArray:
@@ -948,21 +1012,23 @@ class EdgeRuntime:
             self.metrics.safe_entries += 1
             self._send_setpoint(pack, 0.0, safe=True, reason=reason, now_s=now_s)
 
-    def _mark_bad(self, pack: int, reason: SafeReason, detail: str, now_s: float) -> None:
-        """Put ``pack`` in the safe state now (latched for ``recovery_hold_s``)."""
+    def _mark_bad(
+        self, pack: int, reason: SafeReason, detail: str | Callable[[], str], now_s: float
+    ) -> None:
+        """Put ``pack`` in the safe state now (latched for ``recovery_hold_s``).
+
+        ``detail`` may be a function: it is formatted after the safe frame is sent.
+        """
         self._last_bad_s[pack] = now_s
         self._bad_reason[pack] |= int(reason)
-        kind = {
-            SafeReason.VIOLATION: "violation",
-            SafeReason.MALFORMED: "malformed",
-            SafeReason.BMS_FAULT: "bms_fault",
-        }.get(reason, "safe")
         was_safe = bool(self._safe[pack])
         self._enter_safe(pack, int(self._bad_reason[pack]), now_s)  # the safe frame first
+        text = detail if isinstance(detail, str) else detail()
+        kind = _BAD_KINDS.get(reason, "safe")
         if was_safe:
-            self.events.append(RuntimeEvent(now_s, kind, pack, detail))
+            self.events.append(RuntimeEvent(now_s, kind, pack, text))
         else:
-            self._event(kind, pack, detail, now_s=now_s)
+            self._event(kind, pack, text, now_s=now_s)
 
     # ------------------------------------------------------------------ frames in
     def handle_message(
@@ -982,6 +1048,7 @@ class EdgeRuntime:
                 self._handle(msg, t, (bus,) if bus is not None else self._rx[0][1])
             except Exception as exc:  # the loop must survive any input
                 self._event("internal_error", None, f"handling frame: {exc!r}", now_s=t)
+        self._flush_log()
 
     def handle_messages(
         self, msgs: Sequence[can.Message], now_s: float | None = None, *, bus: str | None = None
@@ -1007,6 +1074,7 @@ class EdgeRuntime:
         names = (bus,) if bus is not None else self._rx[0][1]
         with self._lock:
             self._handle_batch(msgs, t, names)
+        self._flush_log()
 
     def _handle_one(self, msg: can.Message, t: float, names: tuple[str, ...]) -> None:
         try:
@@ -1142,8 +1210,7 @@ class EdgeRuntime:
             found = self.limit_violations(pack)
             if found:
                 self.metrics.violations += len(found)
-                detail = ", ".join(f"{name}: {v:.4g} vs {b:.4g}" for name, v, b in found)
-                self._mark_bad(pack, SafeReason.VIOLATION, detail, t)
+                self._mark_bad(pack, SafeReason.VIOLATION, functools.partial(_describe, found), t)
 
     def _within_limits_packs(self, packs: IntArray) -> BoolArray:
         """:meth:`_within_limits` of each of ``packs`` (the same comparisons, in numpy)."""
@@ -1174,6 +1241,7 @@ class EdgeRuntime:
                 self._on_telemetry(frame, t)
             except Exception as exc:  # the loop must survive any input
                 self._event("internal_error", None, f"handling telemetry: {exc!r}", now_s=t)
+        self._flush_log()
 
     def _decode(self, msg: can.Message, names: tuple[str, ...]) -> object:
         if not self._decode_takes_bus:
@@ -1286,8 +1354,7 @@ class EdgeRuntime:
             found = self.limit_violations(pack)
             if found:
                 self.metrics.violations += len(found)
-                detail = ", ".join(f"{name}: {v:.4g} vs {b:.4g}" for name, v, b in found)
-                self._mark_bad(pack, SafeReason.VIOLATION, detail, t)
+                self._mark_bad(pack, SafeReason.VIOLATION, functools.partial(_describe, found), t)
         self._update_estimate(frame, t)  # after the check and any safe frame: not in latency
 
     def limit_violations(self, pack: int) -> list[tuple[str, float, float]]:
@@ -1367,6 +1434,12 @@ class EdgeRuntime:
         Returns:
             Frames handled.
         """
+        try:
+            return self._poll(timeout_s, max_frames)
+        finally:
+            self._flush_log()
+
+    def _poll(self, timeout_s: float, max_frames: int) -> int:
         wall = time.monotonic  # a bus waits in wall time, whatever the runtime clock
         deadline = wall() + max(timeout_s, 0.0)
         handled = 0
@@ -1427,10 +1500,11 @@ class EdgeRuntime:
                 with self._lock:
                     self.metrics.frames_received += 1
                     self._handle_one(msg, t, names)
-            return
-        t = self.clock()
-        with self._lock:
-            self._handle_batch(msgs, t, names)
+        else:
+            t = self.clock()
+            with self._lock:
+                self._handle_batch(msgs, t, names)
+        self._flush_log()
 
     # ------------------------------------------------------------------ safety timer
     def _poll_site(self, now: float) -> None:
@@ -1504,7 +1578,8 @@ class EdgeRuntime:
                         self._enter_safe(j, int(SafeReason.SITE_STALE), t)
             newly = int(np.count_nonzero(self._safe)) - before
             self.metrics.timer_safe_entries += newly
-            return newly
+        self._flush_log()
+        return newly
 
     # ------------------------------------------------------------------ control tick
     def tick(self) -> TickReport:
@@ -1594,6 +1669,7 @@ class EdgeRuntime:
             )
             self._tick += 1
             self._last_report = report
+        self._flush_log()
         return report
 
     def _safe_mask(self, now: float, valid: BoolArray) -> tuple[BoolArray, IntArray]:
@@ -1652,6 +1728,7 @@ class EdgeRuntime:
                 self._held[i] = hold
                 if hold:
                     self._enter_safe(i, int(SafeReason.OPERATOR), now)
+        self._flush_log()
 
     @property
     def held(self) -> BoolArray:
@@ -1670,6 +1747,7 @@ class EdgeRuntime:
             for i in range(self.n_packs):
                 self._send_setpoint(i, 0.0, safe=True, reason=int(reason), now_s=now)
             self._safe[:] = True
+        self._flush_log()
 
     # ------------------------------------------------------------------ loop
     def _wait_until(self, deadline_s: float, stop: threading.Event | None) -> None:
@@ -1694,6 +1772,7 @@ class EdgeRuntime:
         n_ticks: int | None = None,
         duration_s: float | None = None,
         stop: threading.Event | None = None,
+        freeze_gc: bool = True,
     ) -> RuntimeMetrics:
         """Run on the wall clock until told to stop; every pack is commanded safe on the way out.
 
@@ -1704,6 +1783,12 @@ class EdgeRuntime:
             n_ticks: Stop after this many ticks.
             duration_s: Stop after this long.
             stop: Stop when set (or call :meth:`request_stop`, e.g. from a signal handler).
+            freeze_gc: While running, keep the objects that exist at the start out of the
+                garbage collector's scans (:func:`gc.freeze`, undone on return; the whole
+                process is affected). Python's collections run inside whatever call
+                allocates, a frame's handling included: a full one over everything the
+                imports created costs tens of milliseconds (``pulsebms-bench edge``
+                measures it), one over what the loop itself keeps costs microseconds.
 
         Returns:
             The metrics.
@@ -1717,27 +1802,28 @@ class EdgeRuntime:
 
         timer = SafetyTimer(timer_check, self.safety_period_s)
         self._timer = timer
-        timer.start()
         ticks = 0
-        try:
-            while True:
-                if self._should_stop(stop):
-                    break
-                if n_ticks is not None and ticks >= n_ticks:
-                    break
-                if duration_s is not None and self.clock() - start >= duration_s:
-                    break
-                self._wait_until(next_tick, stop)
-                if self._should_stop(stop):  # no tick after a stop request
-                    break
-                self.tick()
-                ticks += 1
-                next_tick += self.tick_s
-                if next_tick < self.clock():
-                    self.metrics.overruns += 1
-                    next_tick = self.clock()
-        finally:
-            timer.stop()
-            self._timer = None
-            self.command_safe_state()
+        with _gc_frozen(freeze_gc):
+            timer.start()
+            try:
+                while True:
+                    if self._should_stop(stop):
+                        break
+                    if n_ticks is not None and ticks >= n_ticks:
+                        break
+                    if duration_s is not None and self.clock() - start >= duration_s:
+                        break
+                    self._wait_until(next_tick, stop)
+                    if self._should_stop(stop):  # no tick after a stop request
+                        break
+                    self.tick()
+                    ticks += 1
+                    next_tick += self.tick_s
+                    if next_tick < self.clock():
+                        self.metrics.overruns += 1
+                        next_tick = self.clock()
+            finally:
+                timer.stop()
+                self._timer = None
+                self.command_safe_state()
         return self.metrics

@@ -328,6 +328,9 @@ class TelemetryStore:
 
     def pack_voltage_v(self, pack: int, series: int) -> float:
         """Pack voltage estimate [V]: mid cell voltage × cells in series (NaN if unknown)."""
+        if 0 <= pack < self.n_packs:  # the same doubles through the flat view, no numpy scalars
+            vals, n = self._values_flat, self.n_packs
+            return float((vals[_VMIN * n + pack] + vals[_VMAX * n + pack]) * 0.5 * series)
         return float((self._values[_VMIN, pack] + self._values[_VMAX, pack]) * 0.5 * series)
 
     def pack_voltages_v(self, series: FloatArray) -> list[float]:
