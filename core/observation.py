@@ -267,6 +267,15 @@ class ObservationLayout:
         return self._bounds[1].copy()
 
     @cached_property
+    def _build_plan(
+        self,
+    ) -> tuple[int, tuple[tuple[int, int, str, bool, int | None, int, float], ...]]:
+        """Size and, per field, what :func:`build_observation` reads (resolved once)."""
+        return self.size, tuple(
+            (f.start, f.stop, f.source, f.per_pack, f.pack, f.width, f.scale) for f in self.fields
+        )
+
+    @cached_property
     def _bounds(self) -> tuple[FloatArray, FloatArray]:
         size = self.size
         low = np.full(size, -np.inf)
@@ -563,17 +572,24 @@ def build_observation(layout: ObservationLayout, inputs: ObservationInputs) -> O
     Raises:
         ValueError: If a field reads an unknown source or a forecast has the wrong length.
     """
-    out = np.zeros(layout.size, dtype=np.float64)
-    for f in layout.fields:
+    size, plan = layout._build_plan
+    out = np.zeros(size, dtype=np.float64)
+    pack_values: dict[str, FloatArray] = {}
+    filled: list[tuple[int, int, FloatArray | float, float]] = []
+    for start, stop, source, per_pack, pack, width, scale in plan:
         value: FloatArray | float
-        if f.per_pack:
-            per_pack = inputs.pack_quantity(f.source)
-            value = per_pack if f.pack is None else per_pack[f.pack : f.pack + 1]
+        if per_pack:
+            per = pack_values.get(source)
+            if per is None:  # each per-pack source read once
+                per = pack_values[source] = inputs.pack_quantity(source)
+            value = per if pack is None else per[pack : pack + 1]
         else:
-            value = inputs.site_quantity(f.source, f.width)
-        with np.errstate(divide="ignore", invalid="ignore"):
-            out[f.start : f.stop] = value / f.scale
-    out = np.nan_to_num(out, nan=0.0, posinf=np.inf, neginf=-np.inf)
+            value = inputs.site_quantity(source, width)
+        filled.append((start, stop, value, scale))
+    with np.errstate(divide="ignore", invalid="ignore"):
+        for start, stop, value, scale in filled:
+            out[start:stop] = value / scale
+    np.copyto(out, 0.0, where=np.isnan(out))  # NaN reads as 0; ±inf are clipped below
     low, high = layout._bounds
     obs: ObsArray = np.clip(out, low, high).astype(np.float32)
     return obs

@@ -425,8 +425,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             return 1
         if stop.is_set():
             runtime.request_stop()
-        gc.collect()
-        gc.freeze()  # start-up objects leave the collector's scans: steadier tick latency
+        gc.collect()  # run() then freezes what start-up left: steadier tick latency
         if bridge is not None:
             bridge.start()
         try:

@@ -1339,12 +1339,9 @@ class CanCodec:
             buf[b] = 0
             buf[b] = checksum(entry.checksum.algorithm, bytes(buf[:b] + buf[b + 1 :]))
             data = bytes(buf)
-        return can.Message(
-            arbitration_id=frame_id,
-            is_extended_id=plan.is_extended,
-            data=data,
-            dlc=plan.length,
-        )
+        # positional, python-can's documented order (timestamp, id, extended, remote, error,
+        # channel, dlc, data): keywords cost half as much again
+        return can.Message(0.0, frame_id, plan.is_extended, False, False, None, plan.length, data)
 
     @staticmethod
     def _fill(plan: _Plan, values: Mapping[str, float], counter: int) -> dict[str, float]:

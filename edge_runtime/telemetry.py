@@ -301,27 +301,36 @@ class TelemetryStore:
         """Per pack: fresh and every stored value finite (what the shield may use)."""
         return np.asarray(~self.stale(now_s) & np.isfinite(self._values).all(axis=0))
 
-    def fleet_state(self, now_s: float) -> FleetState:
+    def fleet_state(self, now_s: float, *, valid: BoolArray | None = None) -> FleetState:
         """The fleet as the shield sees it; ``valid`` is False for stale or incomplete packs.
 
         Cell voltage and temperature are the midpoints of their windows. Missing values of
         invalid packs read as NaN (the shield treats invalid packs as unavailable); the site
         demand is 0 when the site is stale.
+
+        Args:
+            now_s: Time [s] (the runtime's clock).
+            valid: The packs the shield may use, when the caller has judged them (e.g.
+                :meth:`valid` less the packs held safe); :meth:`valid` of ``now_s`` by
+                default.
         """
         v = self._values
-        site = self.site(now_s)
+        demand = self._site.get("demand_w", 0.0) if self.site_fresh(now_s) else 0.0
         return FleetState(
             soc=v[_SOC].copy(),
             soh=v[_SOH].copy(),
             temperature_c=(v[_TMIN] + v[_TMAX]) * 0.5,
             cell_voltage_v=(v[_VMIN] + v[_VMAX]) * 0.5,
             current_a=v[_CUR].copy(),
-            demand_w=site.demand_w if site.fresh else 0.0,
-            valid=self.valid(now_s),
+            demand_w=demand,
+            valid=self.valid(now_s) if valid is None else valid,
         )
 
     def pack_voltage_v(self, pack: int, series: int) -> float:
         """Pack voltage estimate [V]: mid cell voltage × cells in series (NaN if unknown)."""
+        if 0 <= pack < self.n_packs:  # the same doubles through the flat view, no numpy scalars
+            vals, n = self._values_flat, self.n_packs
+            return float((vals[_VMIN * n + pack] + vals[_VMAX * n + pack]) * 0.5 * series)
         return float((self._values[_VMIN, pack] + self._values[_VMAX, pack]) * 0.5 * series)
 
     def pack_voltages_v(self, series: FloatArray) -> list[float]:

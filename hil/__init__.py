@@ -7,7 +7,8 @@ environments; :mod:`pulsebms.edge_runtime` never imports it.
   :class:`HilSimulator` (the twin on the bus).
 * :mod:`pulsebms.hil.parity`: :class:`ObservationParity` (the runtime's observation
   against the twin's, counted per tick).
-* :mod:`pulsebms.hil.run`: :func:`run_hil` and its :class:`HilReport`.
+* :mod:`pulsebms.hil.run`: :func:`run_hil` and its :class:`HilReport`;
+  :func:`lockstep_watchdog` (the runtime's watchdog when telemetry comes once per tick).
 * :mod:`pulsebms.hil.cli`: ``pulsebms-hil`` / ``python -m pulsebms.hil``.
 
 Example:
@@ -20,7 +21,7 @@ Example:
 from __future__ import annotations
 
 from pulsebms.hil.parity import DEFAULT_OBS_TOLERANCE, ObservationParity
-from pulsebms.hil.run import HilReport, run_hil
+from pulsebms.hil.run import HilReport, lockstep_watchdog, run_hil
 from pulsebms.hil.simulator import HilFaults, HilSimulator, SimClock
 
 __all__ = [
@@ -30,5 +31,6 @@ __all__ = [
     "HilSimulator",
     "ObservationParity",
     "SimClock",
+    "lockstep_watchdog",
     "run_hil",
 ]

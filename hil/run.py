@@ -37,7 +37,43 @@ from pulsebms.hil.noise import SensorNoise
 from pulsebms.hil.parity import DEFAULT_OBS_TOLERANCE, ObservationParity
 from pulsebms.hil.simulator import HilFaults, HilSimulator, SimClock
 
-__all__ = ["EstimationSummary", "HilReport", "TwinSite", "run_hil"]
+__all__ = ["EstimationSummary", "HilReport", "TwinSite", "lockstep_watchdog", "run_hil"]
+
+LOCKSTEP_STALE_FRACTION = 0.5
+"""Watchdog timeout of a lockstep run, as a fraction of the control step (see
+:func:`lockstep_watchdog`)."""
+
+
+def lockstep_watchdog(step_s: float) -> dict[str, float]:
+    """The runtime's watchdog settings for a lockstep run (telemetry once per tick).
+
+    In a lockstep run (:func:`run_hil`, ``pulsebms-fleet``) every pack's telemetry is sent
+    at the tick's time on the simulated clock and the runtime ticks at that same time: a
+    pack's readings are 0 s old when this tick's telemetry arrived and at least one step
+    old when it did not. Any ``stale_after_s`` in ``(0, step_s)`` tells the two apart
+    exactly; half a step keeps clear of rounding of the clock's sums. A longer timeout
+    (e.g. the usual two telemetry periods) would let the shield plan, for a tick or two,
+    on the last tick's readings of a pack that stopped reporting.
+
+    Args:
+        step_s: Control step, also the telemetry period [s].
+
+    Returns:
+        ``stale_after_s`` (half a step) and ``recovery_hold_s`` (two steps: a pack put
+        safe for bad telemetry runs again after two clean ticks), as
+        :class:`~pulsebms.edge_runtime.runtime.EdgeRuntime` keyword arguments.
+
+    Raises:
+        ValueError: If ``step_s`` is not finite and > 0.
+
+    Example:
+        >>> lockstep_watchdog(300.0)
+        {'stale_after_s': 150.0, 'recovery_hold_s': 600.0}
+    """
+    step = float(step_s)
+    if not (math.isfinite(step) and step > 0.0):
+        raise ValueError(f"step_s must be finite and > 0, got {step_s}")
+    return {"stale_after_s": LOCKSTEP_STALE_FRACTION * step, "recovery_hold_s": 2.0 * step}
 
 
 class TwinSite:
@@ -140,6 +176,9 @@ class HilReport:
         twin_violations: Limit violations the twin itself reported after its steps.
         interventions: Ticks on which the shield changed a set-point.
         safe_pack_ticks: Sum over ticks of packs held in the safe state.
+        stale_controlled_ticks: Sum over ticks of packs that sent no telemetry for the tick
+            and were still commanded to run (driven on old readings); 0 with the lockstep
+            watchdog (:func:`lockstep_watchdog`).
         latency_p50_ms: Median runtime tick latency [ms].
         latency_p99_ms: 99th-percentile runtime tick latency [ms].
         total_reward: Sum of the environment's rewards.
@@ -170,6 +209,7 @@ class HilReport:
     twin_violations: int
     interventions: int
     safe_pack_ticks: int
+    stale_controlled_ticks: int
     latency_p50_ms: float
     latency_p99_ms: float
     total_reward: float
@@ -232,7 +272,8 @@ def run_hil(
             (delivery is immediate), 0.05 otherwise.
         bus_kwargs: Extra keyword arguments of ``can.Bus`` (e.g. ``port`` for
             ``udp_multicast``).
-        runtime_kwargs: Extra keyword arguments of :class:`EdgeRuntime`.
+        runtime_kwargs: Extra keyword arguments of :class:`EdgeRuntime`; the watchdog is
+            :func:`lockstep_watchdog` of the step unless given here.
         obs_tolerance: Largest per-entry |runtime − twin| observation difference counted
             as equal (see :data:`pulsebms.hil.parity.DEFAULT_OBS_TOLERANCE`).
         dbc_path: DBC file(s) both sides speak; the project DBC by default.
@@ -272,11 +313,7 @@ def run_hil(
     sim_bus: Any = sim_buses if separate_buses else sim_buses[""]
     try:
         step_s = float(tick_s) if tick_s is not None else load_manifest(manifest_path).dt_s
-        options: dict[str, Any] = {
-            "stale_after_s": 2.5 * step_s,  # telemetry arrives once per tick here
-            "recovery_hold_s": 2.0 * step_s,
-            **dict(runtime_kwargs or {}),
-        }
+        options: dict[str, Any] = {**lockstep_watchdog(step_s), **dict(runtime_kwargs or {})}
         options.setdefault("codec", rt_codec)
         twin_site = TwinSite()
         if not rt_codec.has_site:
@@ -300,11 +337,13 @@ def run_hil(
         reward_sum = 0.0
         unserved_kwh = 0.0
         twin_violations = 0
+        stale_controlled = 0
         for tick in range(n_ticks):
             twin_obs = sim.observation
             sim.send_telemetry(tick)
             runtime.poll(settle)
             report = runtime.tick()
+            stale_controlled += int(np.count_nonzero(~sim.reported & ~report.safe))
             tracker.update(runtime, sim)
             sim.receive_setpoints(settle)
             parity.update(tick, report.observation, twin_obs, report.safe)
@@ -329,6 +368,7 @@ def run_hil(
             twin_violations=twin_violations,
             interventions=metrics.interventions,
             safe_pack_ticks=metrics.safe_pack_ticks,
+            stale_controlled_ticks=stale_controlled,
             latency_p50_ms=1e3 * metrics.latency_percentile_s(50),
             latency_p99_ms=1e3 * metrics.latency_percentile_s(99),
             total_reward=reward_sum,

@@ -27,7 +27,7 @@ import can
 import gymnasium as gym
 import numpy as np
 
-from pulsebms.core.types import FloatArray, IntArray
+from pulsebms.core.types import BoolArray, FloatArray, IntArray
 from pulsebms.edge_runtime.codec import CanCodec, IgnoredFrame, SetpointFrame
 from pulsebms.envs.fleet_env import FleetEnv
 from pulsebms.hil.noise import SensorNoise
@@ -125,6 +125,8 @@ class HilSimulator:
         self.frames_sent = 0
         self.frames_received = 0
         self.observation: FloatArray = np.zeros(0)
+        self.reported: BoolArray = np.zeros(self.n_packs, dtype=bool)
+        """Per pack, whether its telemetry went out in the last :meth:`send_telemetry`."""
         self._counters: IntArray = np.zeros(self.n_packs, dtype=np.int64)
         self._site_counter = 0
         self._setpoints: dict[int, SetpointFrame] = {}
@@ -149,9 +151,11 @@ class HilSimulator:
             tick: Control tick (from 0), for the faults' schedules.
         """
         state = self.base.fleet_state()
+        self.reported = np.ones(self.n_packs, dtype=bool)
         for i in range(self.n_packs):
             start = self.faults.silent_packs.get(i)
             if start is not None and tick >= start:
+                self.reported[i] = False
                 continue
             hot = self.faults.overheat_packs.get(i)
             values = {

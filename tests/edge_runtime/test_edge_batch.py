@@ -233,7 +233,9 @@ def _sent(rt: EdgeRuntime) -> dict[int, list[bytes]]:
     return out
 
 
-def assert_same_runtime(batched: EdgeRuntime, single: EdgeRuntime) -> None:
+def assert_same_runtime(
+    batched: EdgeRuntime, single: EdgeRuntime, *, estimate_rtol: float = 0.0
+) -> None:
     for name in ("_values", "_updated", "status"):
         np.testing.assert_array_equal(
             getattr(batched.store, name), getattr(single.store, name), err_msg=name
@@ -259,18 +261,38 @@ def assert_same_runtime(batched: EdgeRuntime, single: EdgeRuntime) -> None:
     assert _by_pack(batched) == _by_pack(single)
     assert _sent(batched) == _sent(single)
     if batched.estimator is not None and single.estimator is not None:
-        np.testing.assert_array_equal(batched.estimator.soc, single.estimator.soc)
-        np.testing.assert_array_equal(batched.estimator.soh, single.estimator.soh)
+        a, b = batched.estimator, single.estimator
+        for name in ("soc", "soc_std", "soh", "soh_std", "resistance_ohm", "_x", "_p"):
+            # update_many equals update to rounding (its docstring): rtol only then
+            np.testing.assert_allclose(
+                getattr(a, name), getattr(b, name), rtol=estimate_rtol, atol=0.0, err_msg=name
+            )
+        for name in ("updates", "rejected", "_started", "_settled"):
+            np.testing.assert_array_equal(getattr(a, name), getattr(b, name), err_msg=name)
+
+
+UPDATE_MANY_RTOL = 1e-9
+"""How far :meth:`FleetEstimator.update_many` may be from :meth:`FleetEstimator.update` (the
+same arithmetic in numpy: rounding; as ``test_update_many_gives_the_scalar_updates_result``)."""
 
 
 def _run_pair(
-    make_codec: CodecFactory, n: int, estimator: str | None, data: st.DataObject
+    make_codec: CodecFactory,
+    n: int,
+    estimator: str | None,
+    data: st.DataObject,
+    *,
+    estimator_batch_min: int | None = None,
 ) -> tuple[EdgeRuntime, EdgeRuntime]:
     clock = FakeClock()
     batched = _runtime(make_codec(n, True), clock, estimator)
     single = _runtime(make_codec(n, False), clock, estimator)
+    rtol = 0.0
+    if estimator_batch_min is not None:
+        batched.estimator_batch_min_packs = estimator_batch_min
+        rtol = UPDATE_MANY_RTOL
     try:
-        _drive_pair(batched, single, clock, data)
+        _drive_pair(batched, single, clock, data, estimate_rtol=rtol)
     finally:
         batched.bus.shutdown()
         single.bus.shutdown()
@@ -278,7 +300,12 @@ def _run_pair(
 
 
 def _drive_pair(
-    batched: EdgeRuntime, single: EdgeRuntime, clock: FakeClock, data: st.DataObject
+    batched: EdgeRuntime,
+    single: EdgeRuntime,
+    clock: FakeClock,
+    data: st.DataObject,
+    *,
+    estimate_rtol: float = 0.0,
 ) -> None:
     assert batched.codec.batch
     assert not single.codec.batch
@@ -289,14 +316,14 @@ def _drive_pair(
         batched.handle_messages(drain, clock.now_s)
         for msg in drain:
             single.handle_message(msg, clock.now_s)
-        assert_same_runtime(batched, single)
+        assert_same_runtime(batched, single, estimate_rtol=estimate_rtol)
         if data.draw(st.booleans()):
             a, b = batched.tick(), single.tick()
             for field in ("observation", "policy_action", "action", "setpoint_w", "reasons"):
                 np.testing.assert_array_equal(getattr(a, field), getattr(b, field), field)
             assert (a.safe == b.safe).all()
             assert a.shield_status == b.shield_status
-            assert_same_runtime(batched, single)
+            assert_same_runtime(batched, single, estimate_rtol=estimate_rtol)
 
 
 @settings(max_examples=40, deadline=None)
@@ -313,6 +340,67 @@ def test_drains_equal_frame_by_frame_with_estimator(
 ) -> None:
     n = data.draw(st.integers(2, 4))
     _run_pair(make_codec, n, "auto", data)
+
+
+@settings(max_examples=15, deadline=None)
+@given(data=st.data())
+def test_drains_equal_frame_by_frame_with_the_vectorised_estimator(
+    make_codec: CodecFactory, data: st.DataObject
+) -> None:
+    """Every drain's estimator samples in one update_many call (2 packs suffice here)."""
+    n = data.draw(st.integers(2, 4))
+    _run_pair(make_codec, n, "auto", data, estimator_batch_min=2)
+
+
+def test_a_drain_of_many_packs_feeds_the_estimator_in_one_call() -> None:
+    """20 packs (the default threshold): one update_many per drain, the per-frame result."""
+    n = 20
+    clock = FakeClock()
+    batched = _runtime(CanCodec(n), clock, "auto")
+    single = _runtime(CanCodec(n, batch=False), clock, "auto")
+    assert batched.estimator_batch_min_packs <= n
+    assert batched.estimator is not None
+    calls: list[int] = []
+    update_many = batched.estimator.update_many
+
+    def spy(packs: np.ndarray, *args: object) -> None:
+        calls.append(len(packs))
+        update_many(packs, *args)  # type: ignore[arg-type]
+
+    batched.estimator.update_many = spy  # type: ignore[method-assign]
+    rng = np.random.default_rng(5)
+    try:
+        for cycle in range(1, 13):
+            clock.now_s += 1.0
+            drain = [
+                batched.codec.encode_telemetry(
+                    p,
+                    {
+                        **GOOD,
+                        "current_a": float(rng.uniform(-10.0, 10.0)),  # within 1C (20 A)
+                        "cell_voltage_v": float(rng.uniform(3.55, 3.75)),
+                        # pack 3 reports an implausible SoC from cycle 6: a disagreement
+                        "soc": 0.9 if p == 3 and cycle >= 6 else GOOD["soc"],
+                    },
+                    counter=cycle % 16,
+                )[0]
+                for p in range(n)
+            ]
+            drain.append(batched.codec.encode_site(500.0))
+            batched.handle_messages(drain, clock.now_s)
+            for msg in drain:
+                single.handle_message(msg, clock.now_s)
+            assert_same_runtime(batched, single, estimate_rtol=UPDATE_MANY_RTOL)
+            if cycle % 4 == 0:
+                a, b = batched.tick(), single.tick()
+                np.testing.assert_array_equal(a.setpoint_w, b.setpoint_w)
+        assert calls == [n] * 12  # one call per drain
+        assert batched.metrics.estimate_updates == 12 * n
+        assert batched.metrics.violations == 0
+        assert batched.estimate_disagreement[3]  # the vectorised cross-check, as per frame
+    finally:
+        batched.bus.shutdown()
+        single.bus.shutdown()
 
 
 # ---------------------------------------------------------------------------- codec level

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import dataclasses
+import gc
+import logging
+import threading
 from collections.abc import Callable
 
 import can
@@ -285,3 +288,76 @@ def test_failing_bus_reads_do_not_spin_or_crash() -> None:
     # every tick still commanded every pack (safe: no telemetry), and run() ends safe
     assert bus.sent == 4 * 3 + 3
     bus.shutdown()
+
+
+class _FreezeProbe(ConstantPolicy):
+    """Records, at each tick, how many objects the garbage collector leaves alone."""
+
+    def __init__(self, action: list[float]) -> None:
+        super().__init__(action)
+        self.frozen: list[int] = []
+
+    def act(self, observation: np.ndarray) -> np.ndarray:
+        self.frozen.append(gc.get_freeze_count())
+        return super().act(observation)
+
+
+def test_run_keeps_the_startup_objects_out_of_the_collector(buses) -> None:  # type: ignore[no-untyped-def]
+    assert gc.get_freeze_count() == 0  # nothing in the test process froze objects
+    policy = _FreezeProbe([0.1] * 3)
+    rt = EdgeRuntime(make_manifest(), policy, buses[0], tick_s=0.01)  # type: ignore[arg-type]
+    rt.run(n_ticks=2)
+    assert len(policy.frozen) == 2
+    assert min(policy.frozen) > 1000  # the imports' objects, at least
+    assert gc.get_freeze_count() == 0  # undone on return
+    policy.frozen.clear()
+    rt.run(n_ticks=2, freeze_gc=False)
+    assert policy.frozen == [0, 0]
+
+
+class _Watcher(logging.Handler):
+    """At each runtime log line: safe frames sent so far, and whether the lock was free."""
+
+    def __init__(self, rt: EdgeRuntime, bus: can.BusABC, codec: CanCodec) -> None:
+        super().__init__(logging.WARNING)
+        self.rt, self.bus, self.codec = rt, bus, codec
+        self.seen: list[tuple[str, int, bool]] = []
+        self.safe_sent = 0
+
+    def emit(self, record: logging.LogRecord) -> None:
+        while (msg := self.bus.recv(timeout=0.0)) is not None:
+            frame = self.codec.decode(msg)
+            self.safe_sent += isinstance(frame, SetpointFrame) and not frame.enable
+        free: list[bool] = []
+
+        def try_lock() -> None:  # as the safety timer's thread would
+            free.append(self.rt._lock.acquire(timeout=0.5))
+            if free[0]:
+                self.rt._lock.release()
+
+        other = threading.Thread(target=try_lock)
+        other.start()
+        other.join()
+        self.seen.append((record.getMessage().split()[0], self.safe_sent, free[0]))
+
+
+def test_log_lines_come_after_the_safe_frames_and_outside_the_lock(
+    buses, clock, telemetry_sender, codec
+) -> None:  # type: ignore[no-untyped-def]
+    rt = _runtime(buses, clock)
+    _feed(rt, telemetry_sender, codec)
+    rt.tick()  # every pack in operation
+    assert not rt.safe.any()
+    _setpoints(buses[1], codec)
+    watcher = _Watcher(rt, buses[1], codec)
+    log = logging.getLogger("pulsebms.edge_runtime")
+    log.addHandler(watcher)
+    try:
+        hot = [m for p in (0, 2) for m in telemetry_sender(p, temperature_c=75.0)]
+        rt.handle_messages(hot, clock.now_s)  # one drain, two violations
+    finally:
+        log.removeHandler(watcher)
+    # both safe frames were on the bus before the first log line; the safety timer's lock
+    # was free while the lines were written
+    assert watcher.seen == [("violation", 2, True), ("violation", 2, True)]
+    assert [e.kind for e in rt.events][-2:] == ["violation", "violation"]

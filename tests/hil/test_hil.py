@@ -54,12 +54,41 @@ def test_hil_injected_faults_are_contained(exported: Path) -> None:
     assert report.events.get("violation", 0) >= 1
     assert report.runtime["ignored_frames"] >= 4  # unknown-id frames
     assert report.safe_pack_ticks > 0
+    assert report.stale_controlled_ticks == 0  # pack 2 safe from the tick it went silent
     assert report.twin_violations == 0  # the real packs never left their limits
     # Ticks with a pack in the safe state are counted apart, not compared, not hidden.
     assert report.obs_safe_ticks > 0
     assert report.obs_compared_ticks + report.obs_safe_ticks == 30
     assert report.parity_ok, report.parity
     assert "not comparable" in report.parity
+
+
+def test_hil_silent_pack_is_safe_at_the_next_tick(exported: Path) -> None:
+    """Telemetry comes once per tick: a pack that misses one is not driven on old readings.
+
+    Regression: the watchdog was 2.5 ticks, so a silent pack ran two more ticks on the
+    readings of its last report (in ``pulsebms-fleet`` that drove a twin past its SoC limit).
+    """
+    report = run_hil(
+        exported, n_ticks=8, channel="hil-silent", faults=HilFaults(silent_packs={2: 5})
+    )
+    assert report.safe_pack_ticks == 3  # pack 2 at ticks 5, 6, 7; nothing else
+    assert report.events.get("stale") == 1
+    assert report.stale_controlled_ticks == 0
+    assert report.frames_to_runtime == 8 * 4 - 3
+
+
+def test_lockstep_watchdog_tells_this_tick_from_the_last() -> None:
+    from pulsebms.hil import lockstep_watchdog
+
+    step = 0.1  # sums of 0.1 are inexact: the timeout keeps clear of them
+    options = lockstep_watchdog(step)
+    ages = [10 * step - 9 * step, (10 * step + step) - 10 * step]  # last tick's, this tick's
+    assert ages[0] > options["stale_after_s"] > ages[1] - step >= 0.0
+    assert options["recovery_hold_s"] == 2 * step
+    for bad in (0.0, -1.0, math.inf, math.nan):
+        with pytest.raises(ValueError, match="step_s"):
+            lockstep_watchdog(bad)
 
 
 def _swap_fields(a: str, b: str) -> Callable[[dict[str, Any]], None]:
@@ -260,12 +289,16 @@ def test_hil_foreign_checksum_errors_are_tolerated_then_safe(exported: Path) -> 
         faults=HilFaults(corrupt_packs={1: 4}),
     )
     assert report.ticks == 12
+    assert report.runtime["checksum_errors"] == 2  # tolerated (dropped), then malformed
     assert report.runtime["malformed_frames"] >= 1  # the third bad frame in a row, and on
     assert report.events.get("malformed", 0) >= 1
     assert report.safe_pack_ticks > 0
     assert report.twin_violations == 0
-    # ticks 0..5 compared (two corrupt frames tolerated: pack 1 runs on held values)
-    assert report.obs_compared_ticks >= 6
+    # Ticks 0..3 compared. The two tolerated bad frames (ticks 4, 5) are dropped without
+    # latching; pack 1's readings of those ticks are then missing, so the lockstep
+    # watchdog holds it safe on them (not on a tick-old status); the third latches.
+    assert report.obs_compared_ticks == 4
+    assert report.events.get("stale", 0) >= 1
 
 
 def test_hil_foreign_on_one_channel_per_bus(exported: Path) -> None:
