@@ -185,8 +185,9 @@ def ms_bound(t_s: float) -> int:
 
 
 def ms_range(t0_s: float, t1_s: float) -> tuple[int, int] | None:
-    """``(ms_bound(t0_s), ms_bound(t1_s))``, or ``None`` when no row can match (an empty
-    range, or a NaN bound: it compares false with every time).
+    """``(ms_bound(t0_s), ms_bound(t1_s))``, or ``None`` when no row can match.
+
+    No row matches an empty range, or a NaN bound (it compares false with every time).
 
     Example:
         >>> ms_range(0.0, 1.5), ms_range(2.0, 2.0), ms_range(float("nan"), 1.0)
@@ -213,7 +214,8 @@ def prepare_rows(rows: Sequence[Row]) -> list[KeyedRow]:
         StoreError: A malformed row (:func:`validate_rows`); nothing is returned.
 
     Example:
-        >>> prepare_rows([("b", 1.0, 0.5, 1.0, 2.0, 3.7, 25.0), ("a", 2.0, 0.5, 1.0, 2.0, 3.7, 25.0),
+        >>> prepare_rows([("b", 1.0, 0.5, 1.0, 2.0, 3.7, 25.0),
+        ...               ("a", 2.0, 0.5, 1.0, 2.0, 3.7, 25.0),
         ...               ("b", 1.0, 0.5, 1.0, 9.0, 3.7, 25.0)])  # a redelivered "b" at 1 s
         [('a', 2000, 0.5, 1.0, 2.0, 3.7, 25.0), ('b', 1000, 0.5, 1.0, 2.0, 3.7, 25.0)]
     """

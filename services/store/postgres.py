@@ -359,8 +359,7 @@ class PostgresTelemetryStore:
                 if key is None:
                     return None
                 cur.execute(
-                    f"SELECT {_SELECT} FROM {TABLE} WHERE pack_key = %s"
-                    " ORDER BY t_ms DESC LIMIT 1",
+                    f"SELECT {_SELECT} FROM {TABLE} WHERE pack_key = %s ORDER BY t_ms DESC LIMIT 1",
                     (key,),
                 )
                 return cur.fetchone()
@@ -419,23 +418,6 @@ class PostgresTelemetryStore:
                     (TABLE, PACKS_TABLE),
                 )
                 return int(cur.fetchone()[0])
-
-        return self._with_retry(run)
-
-    def relation_files(self) -> list[str]:
-        """Paths of the telemetry and packs tables' files (and their indexes'), relative
-        to the server's data directory (first segment of each; ``.1``, ``.2``… follow)."""
-
-        def run() -> list[str]:
-            with self._db.transaction(), self._db.cursor() as cur:
-                cur.execute(
-                    "SELECT pg_relation_filepath(c.oid) FROM pg_class AS c"
-                    " WHERE c.oid IN (%s::regclass, %s::regclass)"
-                    " OR c.oid IN (SELECT indexrelid FROM pg_index"
-                    "  WHERE indrelid IN (%s::regclass, %s::regclass))",
-                    (TABLE, PACKS_TABLE, TABLE, PACKS_TABLE),
-                )
-                return [str(r[0]) for r in cur.fetchall() if r[0]]
 
         return self._with_retry(run)
 

@@ -45,6 +45,7 @@ _log = logging.getLogger(__name__)
 
 _VALUES = ", ".join(VALUE_COLUMNS)
 _SELECT = f"t_ms, {_VALUES}"
+_V1_VALUES = ", ".join(f"t.{c}" for c in VALUE_COLUMNS)
 
 _DDL = (
     f"CREATE TABLE {PACKS_TABLE} (pack_key INTEGER PRIMARY KEY, pack_id TEXT NOT NULL UNIQUE)",
@@ -187,7 +188,7 @@ class SqliteTelemetryStore:
         )
         cur = db.execute(
             f"INSERT INTO {TABLE}_v2 (pack_key, {_SELECT})"
-            f" SELECT p.pack_key, pulsebms_to_ms(t.t_s), {', '.join('t.' + c for c in VALUE_COLUMNS)}"
+            f" SELECT p.pack_key, pulsebms_to_ms(t.t_s), {_V1_VALUES}"
             f" FROM {TABLE} AS t CROSS JOIN {PACKS_TABLE} AS p ON p.pack_id = t.pack_id"
             f" WHERE pulsebms_to_ms(t.t_s) IS NOT NULL ORDER BY t.rowid"
             " ON CONFLICT DO NOTHING"
@@ -332,9 +333,7 @@ class SqliteTelemetryStore:
         except sqlite3.Error as exc:
             raise StoreError(f"SQLite query failed: {exc}") from exc
         data = np.asarray(rows, dtype=np.float64).reshape(-1, 1 + len(COLUMNS))
-        out = split_by_pack(
-            data[:, 0].astype(np.int64), columns_from_rows(data[:, 1:]), names
-        )
+        out = split_by_pack(data[:, 0].astype(np.int64), columns_from_rows(data[:, 1:]), names)
         if pack_ids is not None:
             return {p: out.get(p) or empty_columns() for p in pack_ids}
         return out

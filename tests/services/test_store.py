@@ -376,7 +376,9 @@ def _make_v1(name: str, where: str, statements: tuple[str, ...] = ()) -> None:
             for statement in statements or _V1_POSTGRES:
                 db.execute(statement)
             with db.cursor() as cur:
-                cur.executemany("INSERT INTO telemetry VALUES (%s, %s, %s, %s, %s, %s, %s)", _V1_ROWS)
+                cur.executemany(
+                    "INSERT INTO telemetry VALUES (%s, %s, %s, %s, %s, %s, %s)", _V1_ROWS
+                )
             db.execute("INSERT INTO forecasts VALUES (5.0, 's1', '{\"seq\": 3}')")
 
 
