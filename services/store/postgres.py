@@ -290,9 +290,10 @@ class PostgresTelemetryStore:
             self._staged_on = self._db  # committed: the staging table exists
             return written
 
-        written = self._with_retry(run)
-        for pack_id, key in new_keys.items():  # committed: the new keys are real
-            self._remember(pack_id, key)
+        with self._lock:
+            written = self._retry_locked(run)
+            for pack_id, key in new_keys.items():  # committed: the new keys are real
+                self._remember(pack_id, key)
         return written
 
     def query(self, pack_id: str, t0_s: float, t1_s: float) -> dict[str, npt.NDArray[np.float64]]:

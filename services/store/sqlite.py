@@ -399,12 +399,6 @@ class SqliteTelemetryStore:
             size = int(self._db.execute("PRAGMA page_size").fetchone()[0])
         return (pages - free) * size
 
-    def files(self) -> list[Path]:
-        """The files of the database on disk (main file and WAL; none in memory)."""
-        if self.path == ":memory:":
-            return []
-        return [p for p in (Path(self.path), Path(self.path + "-wal")) if p.exists()]
-
     def close(self) -> None:
         """Close the database."""
         self._db.close()

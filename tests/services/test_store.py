@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 import sqlite3
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -16,15 +17,19 @@ from pathlib import Path
 import numpy as np
 import psycopg
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from pulsebms.services.store import (
     COLUMNS,
+    MAX_ABS_T_S,
     SCHEMA_VERSION,
     PostgresTelemetryStore,
     SqliteTelemetryStore,
     StoreError,
     TelemetryStore,
 )
+from pulsebms.services.store.base import ms_bound, to_ms
 
 Opener = Callable[[], TelemetryStore]
 
@@ -154,6 +159,35 @@ def test_postgres_queries_use_the_primary_key(postgres_conninfo: str) -> None:
             )
             assert "telemetry_pkey" in plan, plan
             assert "Seq Scan" not in plan, plan
+    store.close()
+
+
+def test_postgres_keeps_a_packs_batch_on_one_page(postgres_conninfo: str) -> None:
+    """Batches are written sorted by pack, so a pack's batch shares a heap page.
+
+    One pack's 10 minutes read ≈ 20 pages, not the ≈ 130 that rows in arrival order (20
+    packs a second, ≈ 100 rows a page) take.
+    """
+    store = PostgresTelemetryStore(postgres_conninfo)
+    for minute in range(10):  # the twin service's batches: a minute of the whole fleet
+        store.write_batch(_rows(60, 20, t0=60.0 * minute))
+    with psycopg.connect(postgres_conninfo, autocommit=True) as db:
+        db.execute("ANALYZE telemetry")
+        (key,) = db.execute("SELECT pack_key FROM packs WHERE pack_id = 'p7'").fetchone()
+        db.execute("SET enable_seqscan = off")  # the window is all of the pack's rows:
+        db.execute("SET enable_bitmapscan = off")  # count the pages of the index scan
+        plan = "\n".join(
+            r[0]
+            for r in db.execute(
+                "EXPLAIN (ANALYZE, BUFFERS, COSTS OFF) SELECT * FROM telemetry"
+                f" WHERE pack_key = {int(key)} AND t_ms >= 0 AND t_ms < 600000 ORDER BY t_ms"
+            ).fetchall()
+        )
+    assert "Index Scan using telemetry_pkey" in plan, plan
+    assert "rows=600" in plan, plan
+    buffers = [line for line in plan.splitlines() if "Buffers:" in line]
+    pages = sum(int(n) for n in re.findall(r"(?:hit|read)=(\d+)", buffers[0]))
+    assert pages <= 40, plan  # ≈ 15 heap pages + ≈ 5 of the index (one-second batches: 131)
     store.close()
 
 
@@ -476,3 +510,22 @@ def test_sqlite_file_that_is_not_a_database(tmp_path: Path) -> None:
     path.write_bytes(b"not a database, just some bytes" * 100)
     with pytest.raises(StoreError, match="cannot open SQLite database"):
         SqliteTelemetryStore(path)
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    t=st.floats(min_value=-MAX_ABS_T_S, max_value=MAX_ABS_T_S),
+    m=st.integers(min_value=-(2**53), max_value=2**53),
+)
+def test_ms_bound_matches_the_read_back_times(t: float, m: int) -> None:
+    """Property: ms_bound(t) is the first stored time at or after t, as a query compares.
+
+    A time read back from the store is its own bound (included, never skipped).
+    """
+    bound = ms_bound(t)
+    assert bound / 1000.0 >= t
+    assert (bound - 1) / 1000.0 < t
+    assert ms_bound(m / 1000.0) <= m  # the row at m is in [m / 1000, …)
+    assert (ms_bound(m / 1000.0) - 1) / 1000.0 < m / 1000.0
+    if abs(t) < 1e12:  # well inside: the rounding is within half a millisecond
+        assert abs(to_ms(t) / 1000.0 - t) <= 0.0005 + 1e-9 * abs(t)
