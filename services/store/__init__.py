@@ -13,6 +13,7 @@
 
 from pulsebms.services.store.base import (
     COLUMNS,
+    MAX_ABS_T_S,
     SCHEMA_VERSION,
     ForecastStore,
     Row,
@@ -26,6 +27,7 @@ from pulsebms.services.store.url import open_store
 
 __all__ = [
     "COLUMNS",
+    "MAX_ABS_T_S",
     "SCHEMA_VERSION",
     "ForecastStore",
     "PostgresTelemetryStore",

@@ -93,6 +93,8 @@ class TemporaryPostgres:
             cut, and tests run faster without.
         start_timeout_s: How long to wait for the server to accept connections.
         database: Name of the database created for the caller.
+        parent: Folder to create the temporary folder in (default: the system's temporary
+            folder); it must be traversable by the server's user.
 
     Attributes:
         conninfo: Connection URI of the database (set once started).
@@ -101,8 +103,14 @@ class TemporaryPostgres:
     """
 
     def __init__(
-        self, *, durable: bool = False, start_timeout_s: float = 60.0, database: str = "pulsebms"
+        self,
+        *,
+        durable: bool = False,
+        start_timeout_s: float = 60.0,
+        database: str = "pulsebms",
+        parent: str | Path | None = None,
     ) -> None:
+        self.parent = parent
         self.durable = durable
         self.start_timeout_s = float(start_timeout_s)
         self.database = database
@@ -110,6 +118,7 @@ class TemporaryPostgres:
         self.port = 0
         self.folder: Path | None = None
         self._proc: subprocess.Popen[bytes] | None = None
+        self._settings: list[str] = []
         self._user = _server_user()
 
     # ------------------------------------------------------------------ process helpers
@@ -143,7 +152,7 @@ class TemporaryPostgres:
                 server log's tail).
         """
         bindir = find_postgres_bindir()
-        self.folder = Path(tempfile.mkdtemp(prefix="pulsebms-pg-"))
+        self.folder = Path(tempfile.mkdtemp(prefix="pulsebms-pg-", dir=self.parent))
         data = self.folder / "data"
         if self._user is not None:
             os.chown(self.folder, self._user.pw_uid, self._user.pw_gid)
@@ -170,7 +179,7 @@ class TemporaryPostgres:
             raise PostgresNotAvailable(
                 f"initdb{who} failed ({init.returncode}): {init.stderr.strip()[-1500:]}"
             )
-        settings = [
+        self._settings = [
             "-c",
             "listen_addresses=127.0.0.1",
             "-c",
@@ -178,29 +187,11 @@ class TemporaryPostgres:
         ]
         if not self.durable:
             for name in ("fsync", "synchronous_commit", "full_page_writes"):
-                settings += ["-c", f"{name}=off"]
+                self._settings += ["-c", f"{name}=off"]
         for _attempt in range(3):
             self.port = _free_port()
-            log = open(self.folder / "server.log", "ab")  # noqa: SIM115 - handed to the child
-            kw: dict[str, object] = {}
-            if self._user is not None:
-                kw = {"user": self._user.pw_uid, "group": self._user.pw_gid, "extra_groups": []}
-            try:
-                self._proc = subprocess.Popen(  # type: ignore[call-overload]
-                    [str(bindir / "postgres"), "-D", str(data), "-p", str(self.port), *settings],
-                    stdout=log,
-                    stderr=subprocess.STDOUT,
-                    stdin=subprocess.DEVNULL,
-                    **kw,
-                )
-            except OSError as exc:
-                self.stop()
-                raise PostgresNotAvailable(f"postgres could not run: {exc}") from exc
-            finally:
-                log.close()
-            if self._wait_ready():
+            if self._launch(create_database=True):
                 return self
-            self._terminate()
             if "could not bind" not in self._log_tail():
                 break
         tail = self._log_tail()
@@ -210,7 +201,53 @@ class TemporaryPostgres:
             f"server log:\n{tail}"
         )
 
-    def _wait_ready(self) -> bool:
+    def restart(self) -> None:
+        """Stop the server and start it again on the same data and port.
+
+        The stop is a fast shutdown (it writes a checkpoint); the server comes back with
+        empty shared buffers (a cold cache, for benchmarks). Clients reconnect (the store
+        does so by itself).
+
+        Raises:
+            PostgresNotAvailable: Not started, or the server did not come back.
+        """
+        if self.folder is None or not self.conninfo:
+            raise PostgresNotAvailable("restart() of a server that is not running")
+        self._terminate()
+        if not self._launch(create_database=False):
+            tail = self._log_tail()
+            self.stop()
+            raise PostgresNotAvailable(f"PostgreSQL did not come back; server log:\n{tail}")
+
+    def _launch(self, *, create_database: bool) -> bool:
+        """Start ``postgres`` on :attr:`port`; True once it accepts connections."""
+        if self.folder is None:
+            return False
+        bindir = find_postgres_bindir()
+        data = self.folder / "data"
+        log = open(self.folder / "server.log", "ab")  # noqa: SIM115 - handed to the child
+        kw: dict[str, object] = {}
+        if self._user is not None:
+            kw = {"user": self._user.pw_uid, "group": self._user.pw_gid, "extra_groups": []}
+        try:
+            self._proc = subprocess.Popen(  # type: ignore[call-overload]
+                [str(bindir / "postgres"), "-D", str(data), "-p", str(self.port), *self._settings],
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                **kw,
+            )
+        except OSError as exc:
+            self.stop()
+            raise PostgresNotAvailable(f"postgres could not run: {exc}") from exc
+        finally:
+            log.close()
+        if self._wait_ready(create_database=create_database):
+            return True
+        self._terminate()
+        return False
+
+    def _wait_ready(self, *, create_database: bool) -> bool:
         import psycopg
 
         base = f"postgresql://postgres@127.0.0.1:{self.port}"
@@ -220,7 +257,8 @@ class TemporaryPostgres:
                 return False
             try:
                 with psycopg.connect(base + "/postgres", autocommit=True, connect_timeout=2) as db:
-                    db.execute(f'CREATE DATABASE "{self.database}"')
+                    if create_database:
+                        db.execute(f'CREATE DATABASE "{self.database}"')
                 self.conninfo = f"{base}/{self.database}"
                 return True
             except psycopg.OperationalError:

@@ -25,7 +25,7 @@ def open_store(url: str) -> TelemetryStore:
     Example:
         >>> store = open_store("sqlite://:memory:")
         >>> store.schema_version()
-        1
+        2
         >>> store.close()
     """
     if url.startswith(("postgresql://", "postgres://")):
