@@ -9,10 +9,25 @@ with the reason; it is never a skip.
 from __future__ import annotations
 
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
 from pulsebms.services.store.pg_server import PostgresNotAvailable, TemporaryPostgres
+
+
+@pytest.fixture(scope="session")
+def health_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A health model folder trained once per session at test sizes (300 s telemetry).
+
+    The real :func:`~pulsebms.services.health.train.train_models` (twin fleet, boosted trees,
+    LSTM, both ONNX exports with their parity gates), at sizes whose figures mean little.
+    """
+    from pulsebms.services.health.train import TrainConfig, train_models
+
+    out = tmp_path_factory.mktemp("health_models")
+    train_models(TrainConfig.tiny(dt_s=300.0), out)
+    return out
 
 
 @pytest.fixture(scope="session")
