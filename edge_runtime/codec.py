@@ -22,6 +22,13 @@ frame, too many counter or checksum errors in a row), an id it does not know as
 :class:`IgnoredFrame`. Message layouts come from :mod:`pulsebms.edge_runtime.layout`
 (``backend="compiled"``) or cantools itself (``backend="cantools"``); both give the same
 bits.
+
+**Batches** (``batch=True``, the default with compiled layouts): :meth:`CanCodec.decode_batch`
+decodes the frames drained from a bus together, message by message, with the layouts'
+numpy batch decode, and :meth:`CanCodec.encode_commands` encodes every pack's command in
+one numpy pass. Both give exactly what the per-frame calls give (the tests compare them),
+and the per-frame path stays for everything a batch does not cover (see
+:meth:`CanCodec.decode_batch`).
 """
 
 from __future__ import annotations
@@ -40,8 +47,9 @@ import cantools
 import cantools.database
 import numpy as np
 
-from pulsebms.core.types import FloatArray
+from pulsebms.core.types import BoolArray, FloatArray, IntArray
 from pulsebms.edge_runtime.signal_map import (
+    CHECKSUM_ALGORITHMS,
     CellBlock,
     IntegrityCheck,
     MessageMap,
@@ -55,11 +63,13 @@ from pulsebms.edge_runtime.signal_map import (
 
 __all__ = [
     "BACKENDS",
+    "BATCH_MIN_FRAMES",
     "DEFAULT_DBC",
     "FOREIGN_DBC",
     "FOREIGN_SIGNAL_MAP",
     "PACK_TELEMETRY_FIELDS",
     "CanCodec",
+    "DecodedBatch",
     "DecodedFrame",
     "IgnoredFrame",
     "MalformedFrame",
@@ -68,6 +78,7 @@ __all__ = [
     "SignalMap",
     "SignalRef",
     "SiteFrame",
+    "TelemetryBatch",
     "TelemetryFrame",
     "default_dbc_path",
     "signal_map_template",
@@ -88,6 +99,10 @@ PACK_TELEMETRY_FIELDS = ("soc", "soh", "temperature_c", "cell_voltage_v", "curre
 BACKENDS = ("compiled", "cantools")
 """Message layout backends of :class:`CanCodec`."""
 
+BATCH_MIN_FRAMES = 16
+"""Default :attr:`CanCodec.batch_min_frames`: where batches start to pay (measured with
+``pulsebms-bench edge``: a drain of ~16 frames costs the same either way)."""
+
 
 def default_dbc_path() -> Path:
     """Path of the project DBC shipped as package data."""
@@ -102,6 +117,22 @@ class MessageLayoutLike(Protocol):
 
     def encode(self, values: Mapping[str, float]) -> bytes:
         """Payload of ``values`` (physical)."""
+
+
+class _BatchLayout(Protocol):
+    """What a batch needs of a layout (:class:`~pulsebms.edge_runtime.layout.MessageLayout`)."""
+
+    signal_names: tuple[str, ...]
+    batch_native: bool
+    is_multiplexed: bool
+
+    def decode_batch(self, payloads: np.ndarray[Any, Any]) -> Any:
+        """``values`` (n_signals, n) of the payloads, ``present``, ``error``."""
+
+    def encode_batch(
+        self, values: Mapping[str, Any], n: int | None = None
+    ) -> np.ndarray[Any, np.dtype[np.uint8]]:
+        """``(n, length)`` payloads."""
 
 
 class _CantoolsLayout:
@@ -182,6 +213,110 @@ _FAST_TELEMETRY_FRAME = (
 )
 """Whether the codec may fill a :class:`TelemetryFrame`'s ``__dict__`` directly (the
 fields are the ones it sets; a changed class falls back to the constructor)."""
+
+
+def _telemetry_frame(fields_: dict[str, Any]) -> TelemetryFrame:
+    if _FAST_TELEMETRY_FRAME:  # the frozen dataclass's __init__ without its setattr calls
+        frame: TelemetryFrame = object.__new__(TelemetryFrame)
+        frame.__dict__.update(fields_)
+        return frame
+    return TelemetryFrame(**fields_)
+
+
+@dataclass(frozen=True)
+class TelemetryBatch:
+    """Telemetry frames of one message decoded together, each of another pack.
+
+    Every frame passed the codec's checks (length, DBC ranges, checksum, counter): row
+    ``j`` is what :meth:`CanCodec.decode` returns for it, :meth:`frame` builds that
+    :class:`TelemetryFrame`.
+
+    Attributes:
+        message: DBC message name.
+        rows: Position of each frame in the list given to :meth:`CanCodec.decode_batch`.
+        packs: Pack of each frame (distinct).
+        values: Quantity → per-frame value in PulseBMS units (``status`` and ``bms_state``
+            are their own attributes), as :attr:`TelemetryFrame.values`.
+        status: BMS status per frame, if the message carries it.
+        bms_state: BMS state per frame, if the message carries it.
+        counter: Rolling counter per frame, if the message carries it.
+        checksum_ok: ``True`` (every checksum matched) or ``None`` (no checksum).
+        bus_of: Bus name of every pack (index by pack): where its telemetry is routed.
+    """
+
+    message: str
+    rows: IntArray
+    packs: IntArray
+    values: dict[str, FloatArray]
+    status: IntArray | None
+    bms_state: IntArray | None
+    counter: IntArray | None
+    checksum_ok: bool | None
+    bus_of: tuple[str, ...]
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def frame(self, j: int) -> TelemetryFrame:
+        """Row ``j`` as the :class:`TelemetryFrame` :meth:`CanCodec.decode` gives."""
+        return _telemetry_frame(
+            {
+                "pack": int(self.packs[j]),
+                "values": {k: float(v[j]) for k, v in self.values.items()},
+                "status": None if self.status is None else int(self.status[j]),
+                "counter": None if self.counter is None else int(self.counter[j]),
+                "message": self.message,
+                "cell_voltages_v": {},
+                "invalid_cells": (),
+                "bms_state": None if self.bms_state is None else int(self.bms_state[j]),
+                "checksum_ok": self.checksum_ok,
+                "integrity_errors": 0,
+                "bus": self.bus_of[int(self.packs[j])],
+            }
+        )
+
+
+@dataclass(frozen=True)
+class DecodedBatch:
+    """What :meth:`CanCodec.decode_batch` made of a list of frames.
+
+    Attributes:
+        telemetry: Telemetry decoded together, per message.
+        rest: Positions of the frames to decode one by one with :meth:`CanCodec.decode`, in
+            the order received.
+    """
+
+    telemetry: tuple[TelemetryBatch, ...]
+    rest: tuple[int, ...]
+
+
+_CRC8_TABLE = np.array(
+    [checksum("crc8_sae_j1850", bytes([x ^ 0xFF])) ^ 0xFF for x in range(256)], dtype=np.uint8
+)
+"""The CRC-8 (SAE J1850) table, from :func:`checksum` itself."""
+
+
+def _checksum_batch(algorithm: str, data: np.ndarray[Any, np.dtype[np.uint8]]) -> IntArray:
+    """:func:`checksum` of every row of ``data`` (``(n, m)`` bytes) at once."""
+    if algorithm == "crc8_sae_j1850":
+        crc = np.full(data.shape[0], 0xFF, dtype=np.uint8)
+        for column in data.T:
+            crc = _CRC8_TABLE[crc ^ column]
+        return (crc ^ 0xFF).astype(np.int64)
+    if algorithm == "sum8":
+        total: IntArray = data.sum(axis=1, dtype=np.int64)
+        return total & 0xFF
+    if algorithm == "xor8":
+        folded: IntArray = np.bitwise_xor.reduce(data, axis=1).astype(np.int64)
+        return folded
+    raise ValueError(f"unknown checksum algorithm {algorithm!r}; known {CHECKSUM_ALGORITHMS}")
+
+
+_Slots = tuple[dict[tuple[int, bool], int], IntArray, dict[tuple[int, bool, int, int], int]]
+"""Id lookups of a batch (see ``CanCodec._slots``)."""
+
+_ROUND_LIMIT = float(2**62)
+"""Batched status, state and counter values beyond this go frame by frame (exact ints)."""
 
 
 @dataclass(frozen=True)
@@ -314,6 +449,15 @@ class _Plan:
     is_extended: bool = False
     decode_sigs: tuple[tuple[str, str, float, float, float, float], ...] = ()
     encode_sigs: tuple[tuple[str, str, float, float, float, float], ...] = ()
+    # Batches: whether frames of this plan may be decoded together (telemetry, no cells, a
+    # compiled layout of at most 8 bytes without multiplexing), and decode_sigs with each
+    # signal's row in the layout's batch result instead of its name.
+    batchable: bool = False
+    batch_sigs: tuple[tuple[str, int, float, float, float, float], ...] = ()
+    counter_row: int = -1
+    batch_table: tuple[Any, ...] = ()  # (keys, rows, lows, highs, scales, offsets) as arrays
+    small: frozenset[str] = frozenset()  # quantities whose checked values fit int64 widely
+    counter_exact: bool = False  # the counter signal's values are small integers
 
     def __post_init__(self) -> None:
         self.name = str(self.message.name)
@@ -326,6 +470,44 @@ class _Plan:
         self.encode_sigs = tuple(
             (s.key, s.signal, s.conv.offset, s.conv.scale, s.lo, s.hi) for s in self.sigs
         )
+        names = getattr(self.layout, "signal_names", None)
+        checksum_ = self.entry.checksum
+        self.batchable = bool(
+            self.kind == "telemetry"
+            and self.entry.cells is None
+            and names is not None
+            and getattr(self.layout, "batch_native", False)
+            and not getattr(self.layout, "is_multiplexed", True)
+            and (checksum_ is None or checksum_.algorithm in CHECKSUM_ALGORITHMS)
+        )
+        if self.batchable and names is not None:
+            row = {name: i for i, name in enumerate(names)}
+            self.batch_sigs = tuple(
+                (key, row[signal], low, high, scale, offset)
+                for key, signal, low, high, scale, offset in self.decode_sigs
+            )
+            if self.entry.counter is not None:
+                self.counter_row = row[self.entry.counter.signal]
+            self.small = frozenset(
+                key
+                for key, _, low, high, scale, offset in self.batch_sigs
+                if max(abs(low * scale + offset), abs(high * scale + offset)) < _ROUND_LIMIT
+            )
+            if self.entry.counter is not None:
+                counter = self.message.get_signal_by_name(self.entry.counter.signal)
+                self.counter_exact = bool(
+                    not counter.is_float
+                    and counter.length <= 52
+                    and max(abs(float(counter.scale)), abs(float(counter.offset))) < 2**10
+                )
+            columns = list(zip(*self.batch_sigs, strict=True)) or [()] * 6
+            keys, rows, lows, highs, scales, offsets = columns
+            self.batch_table = (
+                tuple(keys),
+                np.asarray(rows, dtype=np.intp),
+                *(np.asarray(c, dtype=np.float64).reshape(-1, 1) for c in (lows, highs)),
+                *(np.asarray(c, dtype=np.float64).reshape(-1, 1) for c in (scales, offsets)),
+            )
 
 
 @dataclass(frozen=True)
@@ -363,6 +545,10 @@ class CanCodec:
         signal_map: The signal map; :meth:`SignalMap.default` by default.
         backend: ``compiled`` (precomputed layouts of :mod:`pulsebms.edge_runtime.layout`;
             cantools when that module is absent) or ``cantools``.
+        batch: Offer :meth:`decode_batch` and :meth:`encode_commands` as numpy batches
+            (compiled layouts only; the runtime then handles each drain of the bus and
+            each tick's commands in one pass). ``False`` keeps every frame on the
+            per-frame path (the reference the batches are tested against).
 
     Raises:
         ValueError: If the map names a message or signal the DBCs lack, a pack has no id or
@@ -383,6 +569,7 @@ class CanCodec:
         dbc_path: str | Path | Sequence[str | Path] | None = None,
         signal_map: SignalMap | None = None,
         backend: str = "compiled",
+        batch: bool = True,
     ) -> None:
         if n_packs < 1:
             raise ValueError(f"n_packs must be >= 1, got {n_packs}")
@@ -438,6 +625,15 @@ class CanCodec:
             for key, signal, offset, scale, lo, hi in self._cmd_plan.encode_sigs
             if key in order
         )
+        columns = list(zip(*self._setpoint_sigs, strict=True)) or [()] * 6
+        self._setpoint_table: tuple[Any, ...] = (
+            tuple(columns[1]),
+            np.asarray(columns[0], dtype=np.intp),
+            *(np.asarray(c, dtype=np.float64).reshape(-1, 1) for c in columns[2:]),
+            np.asarray(
+                [self._cmd_plan.defaults[name] for name in columns[1]], dtype=np.float64
+            ).reshape(-1, 1),
+        )
         if self._site_plan is not None:
             self._add_route(self._site_plan, None, self.site_bus, self._id(self._site_plan, None))
         self._check_unmapped()
@@ -454,6 +650,35 @@ class CanCodec:
         )
         """Pack voltage [V] per pack used by current-limit commands when the caller gives
         none (the nominal voltage of the map, or NaN); whoever knows better may set it."""
+        self._setup_batches(batch)
+
+    def _setup_batches(self, batch: bool) -> None:
+        """What the batches need: per plan and pack the integrity key, the command ids."""
+        # A subclass that changes the per-frame path is not what the batches mirror.
+        own = all(
+            getattr(type(self), name) is getattr(CanCodec, name)
+            for name in ("decode", "_decode", "_telemetry", "encode_command", "_command_frames")
+        )
+        self.batch: bool = bool(batch and own and self.backend == "compiled")
+        """Whether :meth:`decode_batch` and :meth:`encode_commands` batch (else they go
+        frame by frame)."""
+        self.batch_min_frames: int = BATCH_MIN_FRAMES
+        """Fewer frames than this (in a drain, or packs in :meth:`encode_commands`) go frame
+        by frame: below it numpy's fixed cost per call outweighs the per-frame path."""
+        self._idents = {
+            plan.name: [(plan.name, p) for p in range(self.n_packs)] for plan in self._tel_plans
+        }
+        cmd = self._cmd_plan
+        self._batch_commands = bool(
+            self.batch
+            and self.signal_map.command.kind == "setpoint"
+            and cmd.entry.cells is None
+            and getattr(cmd.layout, "batch_native", False)
+            and (cmd.entry.checksum is None or cmd.entry.checksum.algorithm in CHECKSUM_ALGORITHMS)
+        )
+        self._cmd_bus_of = tuple(self._bus_of)
+        self._bus_of_packs = tuple(self._bus_of)
+        self._slot_cache: dict[tuple[str, ...], _Slots] = {}
 
     # ------------------------------------------------------------------ setup
     def _message(self, name: str) -> tuple[cantools.database.Message, Path]:
@@ -663,6 +888,243 @@ class CanCodec:
                 int(getattr(msg, "arbitration_id", -1)), f"decode error: {exc!r}", None
             )
 
+    def decode_batch(
+        self, msgs: Sequence[can.Message], buses: Sequence[str] = ("default",)
+    ) -> DecodedBatch:
+        """Decode frames received together: telemetry message by message in numpy.
+
+        The telemetry frames of a batchable message (no cell block, no multiplexing, at
+        most 8 bytes) are decoded at once, one frame per pack; row by row the result is
+        what :meth:`decode` gives (same values, same counter and checksum bookkeeping).
+        Everything else is left to :meth:`decode` frame by frame (``rest``): site frames,
+        command echoes, unknown ids, error and remote frames, and **every frame of a pack**
+        of which one telemetry frame is not clean (wrong length, checksum, counter, a value
+        outside its DBC range, two frames of one message, a message that is not
+        batchable), so that each pack's frames are judged in the order received. Nothing
+        of the rest is touched here: decode each with :meth:`decode` afterwards.
+
+        Never raises: an unexpected error leaves every frame to the per-frame path.
+
+        Args:
+            msgs: The frames, in the order received.
+            buses: Names of the bus they came from, tried in order like :meth:`decode`'s
+                ``bus`` (one bus object may serve several names).
+
+        Returns:
+            The telemetry batches and the positions of the rest.
+        """
+        if not self.batch or len(msgs) < max(self.batch_min_frames, 1):
+            return DecodedBatch((), tuple(range(len(msgs))))
+        try:
+            return self._decode_batch(msgs, tuple(buses))
+        except Exception:  # a bug here must not lose frames: the per-frame path has them
+            logger.exception("batch decode failed: frames decoded one by one")
+            return DecodedBatch((), tuple(range(len(msgs))))
+
+    def _lookup(self, key: tuple[int, bool], bus: str) -> _Route | None:
+        """The route of ``key`` on ``bus`` as :meth:`decode` looks it up (None: not ours)."""
+        routes = self._routes.get(bus)
+        if routes is not None:
+            return routes.get(key)
+        if bus == "default":
+            return self._any_bus.get(key)
+        return None
+
+    def _slots(self, buses: tuple[str, ...]) -> _Slots:
+        """Id lookups of a batch, per tuple of bus names (cached).
+
+        Id → slot; per slot (plan, pack, length) as ``(3, k)``; and (id, extended, dlc,
+        payload size) → slot for the frames that batch as they are. The plan is its index
+        in the telemetry plans where it batches, ``-1`` for telemetry that does not (its
+        pack goes frame by frame), ``-2`` for other frames (site, command echoes). Ids are
+        looked up bus by bus in order, as :meth:`decode` tries each bus name.
+        """
+        cached = self._slot_cache.get(buses)
+        if cached is not None:
+            return cached
+        table: dict[tuple[int, bool], int] = {}
+        columns: list[tuple[int, int, int]] = []
+        plans = {plan.name: k for k, plan in enumerate(self._tel_plans)}
+        for bus in buses:
+            routes = self._routes.get(bus)
+            if routes is None:
+                any_bus = self._any_bus if bus == "default" else {}
+                routes = {key: r for key, r in any_bus.items() if r is not None}
+            for key, route in routes.items():
+                if key in table:
+                    continue
+                plan = route.plan
+                if plan.kind != "telemetry" or route.pack is None:
+                    code = -2
+                else:
+                    code = plans[plan.name] if plan.batchable else -1
+                table[key] = len(columns)
+                columns.append((code, -1 if route.pack is None else route.pack, plan.length))
+        columns.append((-3, -1, -1))  # slot -1: not ours
+        slots = np.asarray(columns, dtype=np.int64).T.copy()
+        # frames that batch as they are: id, extended flag, dlc and payload size in one key
+        sized: dict[tuple[int, bool, int, int], int] = {
+            (*key, length, length): slot
+            for key, slot in table.items()
+            if slots[0, slot] >= 0 and (length := int(slots[2, slot])) >= 0
+        }
+        self._slot_cache[buses] = table, slots, sized
+        return table, slots, sized
+
+    def _decode_batch(self, msgs: Sequence[can.Message], buses: tuple[str, ...]) -> DecodedBatch:
+        n = len(msgs)
+        table, slots, sized = self._slots(buses)
+        get = sized.get
+        datas = [m.data for m in msgs]
+        codes = np.fromiter(
+            [
+                -1
+                if m.is_error_frame or m.is_remote_frame
+                else get((m.arbitration_id, m.is_extended_id, m.dlc, len(d)), -1)
+                for m, d in zip(msgs, datas, strict=True)
+            ],
+            dtype=np.int64,
+            count=n,
+        )
+        plan_of, pack_of = slots[:2, codes]
+        batched = codes >= 0
+        poisoned: set[int] = set()  # packs whose frames all go the per-frame way
+        if not batched.all():  # telemetry that does not batch as is: its pack one by one
+            for i in np.flatnonzero(~batched).tolist():
+                m = msgs[i]
+                if m.is_error_frame or m.is_remote_frame:
+                    continue
+                slot = table.get((m.arbitration_id, m.is_extended_id))
+                if slot is not None and slots[0, slot] >= -1:
+                    poisoned.add(int(slots[1, slot]))
+        checked = []
+        for k in sorted(set(plan_of[batched].tolist())):
+            plan = self._tel_plans[k]
+            rows = np.flatnonzero(batched & (plan_of == k)) if len(plan_of) else plan_of
+            packs = pack_of[rows]
+            counts = np.bincount(packs, minlength=self.n_packs)
+            if counts.max(initial=0) > 1:  # two frames of one message: in order, one by one
+                poisoned.update(np.flatnonzero(counts > 1).tolist())
+            group = datas if len(rows) == n else [datas[i] for i in rows.tolist()]
+            found = self._check_batch(plan, packs, group)
+            if found[0].any():
+                poisoned.update(packs[found[0]].tolist())
+            checked.append((plan, rows, packs, found))
+        batches = []
+        handled = np.zeros(n, dtype=bool)
+        excluded = np.fromiter(poisoned, dtype=np.int64, count=len(poisoned))
+        for plan, rows, packs, (bad, values, status, state, counter) in checked:
+            keep = ~bad
+            if poisoned:
+                keep &= ~np.isin(packs, excluded)
+            if not keep.any():
+                continue
+            everything = bool(keep.all())
+            if not everything:
+                rows, packs = rows[keep], packs[keep]
+                values = {q: v[keep] for q, v in values.items()}
+                status = None if status is None else status[keep]
+                state = None if state is None else state[keep]
+                counter = None if counter is None else counter[keep]
+            handled[rows] = True
+            self._commit_batch(plan, packs, counter)
+            batches.append(
+                TelemetryBatch(
+                    message=plan.name,
+                    rows=rows,
+                    packs=packs,
+                    values=values,
+                    status=status,
+                    bms_state=state,
+                    counter=counter,
+                    checksum_ok=True if plan.entry.checksum is not None else None,
+                    bus_of=self._bus_of_packs,
+                )
+            )
+        rest = tuple(np.flatnonzero(~handled).tolist())
+        return DecodedBatch(tuple(batches), rest)
+
+    def _commit_batch(self, plan: _Plan, packs: IntArray, counter: IntArray | None) -> None:
+        """What :meth:`_decode` keeps of clean frames: counters (where checked), no errors."""
+        idents = self._idents[plan.name]
+        entry = plan.entry
+        # the last counter is only read where the map checks it (max_errors)
+        if (
+            counter is not None
+            and entry.counter is not None
+            and entry.counter.max_errors is not None
+        ):
+            last = self._last_counter
+            for pack, value in zip(packs.tolist(), counter.tolist(), strict=True):
+                last[idents[pack]] = value
+        if self._errors:
+            for pack in packs.tolist():
+                self._errors.pop(idents[pack], None)
+
+    def _check_batch(
+        self, plan: _Plan, packs: IntArray, datas: Sequence[bytes | bytearray]
+    ) -> tuple[BoolArray, dict[str, FloatArray], IntArray | None, IntArray | None, IntArray | None]:
+        """:meth:`_decode`'s checks of one message's frames, vectorised; nothing is stored.
+
+        Returns:
+            Per frame whether it is not clean (the per-frame path judges it), the
+            quantities (PulseBMS units, without ``status``/``bms_state``), status, BMS
+            state and counter per frame.
+        """
+        layout = cast(_BatchLayout, plan.layout)
+        payloads = np.frombuffer(b"".join(datas), dtype=np.uint8).reshape(len(datas), -1)
+        decoded = layout.decode_batch(payloads)
+        raw: FloatArray = decoded.values
+        bad: BoolArray = np.array(decoded.error, dtype=bool)
+        entry = plan.entry
+        if entry.checksum is not None and plan.checksum_byte is not None:
+            b = plan.checksum_byte
+            others = np.delete(payloads, b, axis=1)
+            bad |= payloads[:, b] != _checksum_batch(entry.checksum.algorithm, others)
+        keys, rows, lows, highs, scales, offsets = plan.batch_table
+        with np.errstate(invalid="ignore", over="ignore"):
+            v = raw[rows]  # (signals, frames): one numpy step per check, as _decode's
+            ok = (lows <= v) & (v <= highs) & np.isfinite(v)
+            if not ok.all():
+                bad |= ~ok.all(axis=0)
+            scaled = v * scales + offsets
+        values = dict(zip(keys, scaled, strict=True))
+        counter: IntArray | None = None
+        if entry.counter is not None and plan.counter_row >= 0:
+            counter, wide = self._round_batch(raw[plan.counter_row], plan.counter_exact)
+            if wide is not None:
+                bad |= wide
+            if entry.counter.max_errors is not None:
+                idents = self._idents[plan.name]
+                last = np.fromiter(
+                    (self._last_counter.get(idents[p], -1) for p in packs.tolist()),
+                    dtype=np.int64,
+                    count=len(packs),
+                )
+                bad |= (last >= 0) & (counter != (last + 1) % plan.counter_mod)
+        rounded: dict[str, IntArray] = {}
+        for key in ("status", "bms_state"):
+            if key in values:
+                rounded[key], wide = self._round_batch(values.pop(key), key in plan.small)
+                if wide is not None:
+                    bad |= wide
+        return bad, values, rounded.get("status"), rounded.get("bms_state"), counter
+
+    @staticmethod
+    def _round_batch(value: FloatArray, small: bool) -> tuple[IntArray, BoolArray | None]:
+        """``round(value)`` as int64, and where that is not exact (NaN, inf, huge).
+
+        ``small``: every value that passes the range checks is well inside int64, so only
+        rows that fail them (garbage here, judged frame by frame) can be off.
+        """
+        with np.errstate(invalid="ignore"):
+            if small:
+                return np.rint(value).astype(np.int64), None
+            wide = ~(np.abs(value) < _ROUND_LIMIT)
+            if wide.any():
+                value = np.where(wide, 0.0, value)
+            return np.rint(value).astype(np.int64), wide
+
     def _decode(self, msg: can.Message, bus: str) -> DecodedFrame:
         if msg.is_error_frame:
             return MalformedFrame(msg.arbitration_id, "CAN error frame")
@@ -821,11 +1283,7 @@ class CanCodec:
             "integrity_errors": run,
             "bus": route.bus,
         }
-        if _FAST_TELEMETRY_FRAME:  # the frozen dataclass's __init__ without its setattr calls
-            frame: TelemetryFrame = object.__new__(TelemetryFrame)
-            frame.__dict__.update(fields_)
-            return frame
-        return TelemetryFrame(**fields_)  # type: ignore[arg-type]
+        return _telemetry_frame(fields_)
 
     def _command_frame(
         self,
@@ -963,6 +1421,93 @@ class CanCodec:
         """
         frames = self._command_frames(pack, power_w, safe, reason, counter, pack_voltage_v)
         return [(self._bus_of[pack], m) for m in frames]
+
+    def encode_commands(
+        self,
+        power_w: FloatArray,
+        *,
+        safe: BoolArray,
+        reasons: IntArray,
+        counters: IntArray,
+        pack_voltage_v: FloatArray | None = None,
+    ) -> list[tuple[str, can.Message]]:
+        """Every pack's command at once: :meth:`encode_command` of each pack, in pack order.
+
+        With batches on and a power set-point map (no cell block, at most 8 bytes) the
+        payloads are built in one numpy pass; otherwise pack by pack. Either way the frames
+        equal ``encode_command(i, power_w[i], safe=safe[i], reason=reasons[i],
+        counter=counters[i], pack_voltage_v=pack_voltage_v[i])`` for every pack ``i``.
+
+        Args:
+            power_w: Per pack power [W], + = discharge.
+            safe: Per pack, command the safe state.
+            reasons: Per pack reason bit field.
+            counters: Per pack rolling counter.
+            pack_voltage_v: Per pack voltage [V] for current limits (state requests).
+
+        Returns:
+            ``[(bus name, frame)]`` for packs ``0 .. n_packs - 1``.
+        """
+        if self._batch_commands and self.n_packs >= self.batch_min_frames:
+            try:
+                return self._setpoints_batch(power_w, safe, reasons, counters)
+            except Exception:  # the per-pack path says what is wrong (or encodes it)
+                logger.debug("batch encode failed: commands encoded pack by pack", exc_info=True)
+        volts = [None] * self.n_packs if pack_voltage_v is None else pack_voltage_v.tolist()
+        out: list[tuple[str, can.Message]] = []
+        for i, (p, off, reason, counter) in enumerate(
+            zip(power_w.tolist(), safe.tolist(), reasons.tolist(), counters.tolist(), strict=True)
+        ):
+            out += self.encode_command(
+                i, p, safe=off, reason=reason, counter=counter, pack_voltage_v=volts[i]
+            )
+        return out
+
+    def _setpoints_batch(
+        self, power_w: FloatArray, safe: BoolArray, reasons: IntArray, counters: IntArray
+    ) -> list[tuple[str, can.Message]]:
+        """:meth:`_command_frames` of a set-point map for every pack, in numpy."""
+        command = self.signal_map.command
+        plan = self._cmd_plan
+        n = self.n_packs
+        p = np.asarray(power_w, dtype=np.float64).reshape(n)
+        off_safe = np.asarray(safe, dtype=bool).reshape(n)
+        quantities = np.empty((4, n))  # power, mode, enable, reason
+        quantities[0] = p
+        quantities[0, off_safe | ~np.isfinite(p)] = 0.0
+        quantities[1] = np.where(off_safe, float(command.mode_safe), float(command.mode_run))
+        quantities[2] = ~off_safe
+        quantities[3] = np.asarray(reasons, dtype=np.int64) & 0xFF
+        signals, rows, offsets, scales, lows, highs, defaults = self._setpoint_table
+        with np.errstate(invalid="ignore", over="ignore"):
+            value = (quantities[rows] - offsets) / scales  # as _fill: ScaledSignal.to_dbc
+            clipped = np.where(value < lows, lows, value)  # min(max(value, lo), hi)
+            clipped = np.where(highs < clipped, highs, clipped)
+            clipped = np.where(np.isfinite(value), clipped, defaults)
+        columns: dict[str, Any] = dict(plan.defaults)
+        columns.update(zip(signals, clipped, strict=True))
+        if plan.entry.counter is not None:
+            counter = np.asarray(counters, dtype=np.int64) % plan.counter_mod
+            columns[plan.entry.counter.signal] = counter.astype(np.float64)
+        layout = cast(_BatchLayout, plan.layout)
+        payloads = layout.encode_batch(columns, n)
+        entry = plan.entry
+        if entry.checksum is not None and plan.checksum_byte is not None:
+            b = plan.checksum_byte
+            payloads[:, b] = 0
+            others = np.delete(payloads, b, axis=1)
+            payloads[:, b] = _checksum_batch(entry.checksum.algorithm, others)
+        data = payloads.tobytes()
+        size, extended, ids, bus_of = plan.length, plan.is_extended, self._cmd_ids, self._cmd_bus_of
+        message = can.Message  # positional: (timestamp, id, extended, remote, error, channel,
+        # dlc, data), python-can's documented order; keywords cost half as much again
+        return [
+            (
+                bus_of[i],
+                message(0.0, ids[i], extended, False, False, None, size, data[j : j + size]),
+            )
+            for i, j in enumerate(range(0, n * size, size))
+        ]
 
     def _command_frames(
         self,

@@ -19,6 +19,17 @@ at their start bit; Motorola (big endian) ones from ``int.from_bytes(data, "big"
 DBC start bit being the most significant bit in the sawtooth numbering. Float signals
 (``SIG_VALTYPE_``) are IEEE 754 bit patterns of 32 or 64 bits.
 
+**Batches** (:meth:`MessageLayout.decode_batch`, :meth:`MessageLayout.encode_batch`): the
+frames of one message stacked into an ``(n, length)`` ``uint8`` array are decoded, or
+encoded, with numpy: the payloads as 64-bit words (one per byte order), then per signal
+one shift, mask, sign extension and conversion over the whole batch. Row ``i`` of the
+result equals the scalar call on frame ``i`` (so cantools' result), as float64:
+``decode_batch(p).values[k, i] == float(decode(p[i])[name_k])`` and
+``encode_batch(v)[i] == encode({name: float(v[name][i])})``. Integer conversions whose
+results may exceed 2**53 are computed exactly (int64 where it cannot overflow, Python
+integers otherwise), so even 64-bit signals round as ``float(cantools value)`` does.
+Messages longer than 8 bytes (CAN FD) go frame by frame through the scalar path.
+
 Errors are the ones cantools raises, so code written against either catches both:
 :class:`cantools.database.DecodeError` for a short frame or a selector value without a
 branch; for encoding, subclasses of :class:`cantools.database.EncodeError` that are also the
@@ -38,6 +49,12 @@ Example:
     'f481'
     >>> layout.decode(bytes.fromhex("f481"))
     {'Soc': 50.0, 'Flag': 1}
+    >>> import numpy as np
+    >>> payloads = layout.encode_batch({"Soc": np.array([50.0, 12.5]), "Flag": np.array([1, 0])})
+    >>> payloads.tolist()
+    [[244, 129], [125, 0]]
+    >>> layout.decode_batch(payloads).values.tolist()
+    [[50.0, 12.5], [1.0, 0.0]]
 """
 
 from __future__ import annotations
@@ -46,12 +63,17 @@ import math
 import struct
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 import cantools.database
+import numpy as np
 from cantools.database import DecodeError, EncodeError
+from numpy.typing import ArrayLike, NDArray
+
+from pulsebms.core.types import AnyArray, BoolArray, FloatArray, IntArray
 
 __all__ = [
+    "BatchDecoded",
     "LayoutEncodeError",
     "MessageLayout",
     "SignalLayout",
@@ -275,6 +297,267 @@ def _field(spec: SignalLayout, signal: cantools.database.can.Signal) -> _Field:
     )  # fmt: skip
 
 
+class BatchDecoded(NamedTuple):
+    """:meth:`MessageLayout.decode_batch` of ``n`` payloads.
+
+    Attributes:
+        values: ``(n_signals, n)`` float64, rows in :attr:`MessageLayout.signal_names`
+            order: ``float`` of cantools' value; NaN where the signal is not present.
+        present: ``(n_signals, n)``: whether the signal is in that frame (its branch
+            selected; always for a message without multiplexing).
+        error: ``(n,)``: frames the scalar decode refuses (a selector value without a
+            branch); nothing is present in them.
+    """
+
+    values: FloatArray
+    present: BoolArray
+    error: BoolArray
+
+
+_U64 = NDArray[np.uint64]
+_WORD_BYTES = 8
+_INT64_LIMIT = 1 << 63
+
+# How a batch computes a signal's physical value from its raw bits (see _BatchSpec).
+_FLOAT_SIGNAL, _INT_EXACT, _UINT_IDENTITY, _INT_THEN_FLOAT, _FLOAT_SCALE, _PYTHON = range(6)
+
+
+@dataclass(frozen=True)
+class _BatchSpec:
+    """One signal compiled for batches: its bits in the 64-bit words and its arithmetic.
+
+    ``shift`` is counted in the 8-byte word (a Motorola signal of a shorter message sits
+    ``8 * (8 - length)`` bits higher than in the scalar big-endian integer). ``mode`` says
+    how ``raw * scale + offset`` is done so that it equals Python's arithmetic on the
+    scalar path: ``_INT_EXACT`` in int64 (it cannot overflow), ``_UINT_IDENTITY`` a 64-bit
+    unsigned raw value as is, ``_INT_THEN_FLOAT`` an exact int64 product then a float
+    offset, ``_FLOAT_SCALE`` float64 as Python's ``int * float``, ``_FLOAT_SIGNAL`` IEEE
+    values, ``_PYTHON`` Python integers row by row (products beyond int64).
+    """
+
+    index: int
+    big_endian: bool
+    shift: int
+    mask: int
+    length_bits: int
+    sign: int
+    float_bits: int
+    kind: int
+    scale: float
+    offset: float
+    mode: int
+    low: float
+    high_exclusive: float
+
+    def raw_int(self, bits: int) -> int:
+        """The raw integer of one frame's bits (two's complement where signed)."""
+        return ((bits ^ self.sign) - self.sign) if self.sign else bits
+
+    def physical(self, bits: int) -> int | float:
+        """One frame's physical value, with the scalar path's Python arithmetic."""
+        raw = self.raw_int(bits)
+        if self.kind == _IDENTITY:
+            return raw
+        return raw * self.scale + self.offset
+
+
+def _batch_mode(
+    kind: int, scale: float, offset: float, n: int, signed: bool, is_float: bool
+) -> int:
+    if is_float:
+        return _FLOAT_SIGNAL
+    raw_lo, raw_hi = (-(1 << (n - 1)), (1 << (n - 1)) - 1) if signed else (0, (1 << n) - 1)
+    if kind == _LINEAR and not isinstance(scale, int):
+        return _FLOAT_SCALE  # float(raw) * scale: Python converts the int the same way
+    int_scale = 1 if kind == _IDENTITY else int(scale)
+    int_offset = 0 if kind != _LINEAR_INT else int(offset)
+    extremes = [raw_lo, raw_hi, raw_lo * int_scale, raw_hi * int_scale]
+    extremes += [e + int_offset for e in extremes[2:]]
+    if all(-_INT64_LIMIT <= e < _INT64_LIMIT for e in extremes):
+        return _INT_THEN_FLOAT if kind == _LINEAR else _INT_EXACT
+    if kind == _IDENTITY and not signed:
+        return _UINT_IDENTITY
+    return _PYTHON
+
+
+def _batch_spec(field: _Field, index: int, length_bytes: int) -> _BatchSpec:
+    name, is_big, shift, mask, sign, modulus, fmt, kind, scale, offset, lo, hi = field
+    del name
+    n = modulus.bit_length() - 1
+    return _BatchSpec(
+        index=index,
+        big_endian=is_big,
+        shift=shift + 8 * (_WORD_BYTES - length_bytes) if is_big else shift,
+        mask=mask,
+        length_bits=n,
+        sign=sign,
+        float_bits=0 if fmt is None else 8 * fmt.size,
+        kind=kind,
+        scale=scale,
+        offset=offset,
+        mode=_batch_mode(kind, scale, offset, n, bool(sign), fmt is not None),
+        low=float(lo),
+        high_exclusive=float(hi + 1),  # 2**k: exact, unlike hi itself for 64 bits
+    )
+
+
+def _bits(spec: _BatchSpec, little: _U64, big: _U64) -> _U64:
+    word = big if spec.big_endian else little
+    out: _U64 = (word >> np.uint64(spec.shift)) & np.uint64(spec.mask)
+    return out
+
+
+def _raw_int64(spec: _BatchSpec, bits: _U64) -> IntArray:
+    """Raw values as int64 (callers ensure they fit: not for 64-bit unsigned)."""
+    if not spec.sign:
+        return bits.astype(np.int64)
+    if spec.length_bits == 64:
+        return bits.view(np.int64)
+    sign = np.uint64(spec.sign)
+    return (bits ^ sign).astype(np.int64) - np.int64(spec.sign)
+
+
+def _decode_physical(spec: _BatchSpec, bits: _U64) -> FloatArray:
+    """Physical values [float64] of one signal, equal to ``float`` of the scalar path's."""
+    mode = spec.mode
+    if mode == _FLOAT_SIGNAL:
+        with np.errstate(all="ignore"):  # NaN payloads, overflow to ±inf: as Python's
+            if spec.float_bits == 64:
+                value = bits.view(np.float64)
+            else:
+                value = bits.astype(np.uint32).view(np.float32).astype(np.float64)
+            if spec.kind == _IDENTITY:
+                return value
+            return np.asarray(value * spec.scale + spec.offset, dtype=np.float64)
+    if mode == _UINT_IDENTITY:
+        return bits.astype(np.float64)
+    if mode == _FLOAT_SCALE:
+        raw_f = bits.astype(np.float64) if not spec.sign else _raw_int64(spec, bits).astype(float)
+        with np.errstate(all="ignore"):
+            return np.asarray(raw_f * spec.scale + spec.offset, dtype=np.float64)
+    if mode == _INT_EXACT:
+        raw = _raw_int64(spec, bits)
+        if spec.kind == _LINEAR_INT:
+            raw = raw * np.int64(spec.scale) + np.int64(spec.offset)
+        return raw.astype(np.float64)
+    if mode == _INT_THEN_FLOAT:
+        product = _raw_int64(spec, bits) * np.int64(spec.scale)
+        return np.asarray(product.astype(np.float64) + spec.offset, dtype=np.float64)
+    return np.fromiter(
+        (float(spec.physical(b)) for b in bits.tolist()), dtype=np.float64, count=len(bits)
+    )
+
+
+def _selector(spec: _BatchSpec, bits: _U64) -> AnyArray:
+    """``int(physical)`` per frame, as the scalar decode picks a branch (any dtype)."""
+    if spec.mode == _INT_EXACT:
+        raw = _raw_int64(spec, bits)
+        if spec.kind == _LINEAR_INT:
+            raw = raw * np.int64(spec.scale) + np.int64(spec.offset)
+        return raw
+    if spec.mode == _UINT_IDENTITY:
+        return bits
+    if spec.mode == _PYTHON:
+        return np.array([int(spec.physical(b)) for b in bits.tolist()], dtype=object)
+    with np.errstate(invalid="ignore"):  # NaN and ±inf match no branch (int() raises)
+        return np.trunc(_decode_physical(spec, bits))
+
+
+def _encode_bits(spec: _BatchSpec, value: FloatArray, bad: BoolArray) -> _U64:
+    """Raw bits of ``value`` (float64) as the scalar encode makes them.
+
+    Rows the scalar encode refuses (NaN, infinite, out of the signal's bits) are set in
+    ``bad`` and give 0.
+    """
+    with np.errstate(all="ignore"):
+        if spec.float_bits:
+            raw = value if spec.kind == _IDENTITY else (value - spec.offset) / spec.scale
+            raw = np.asarray(raw, dtype=np.float64)
+            if spec.float_bits == 32:  # saturates to ±inf like bitstruct's C cast
+                return raw.astype(np.float32).view(np.uint32).astype(np.uint64)
+            return raw.view(np.uint64).copy()
+        if spec.kind == _IDENTITY:
+            r = np.rint(value)
+        elif spec.kind == _LINEAR_INT:
+            shifted = value - spec.offset
+            quotient, remainder = np.divmod(shifted, spec.scale)
+            r = np.rint(np.where(remainder == 0, quotient, shifted / spec.scale))
+        else:
+            r = np.rint((value - spec.offset) / spec.scale)
+        ok = (r >= spec.low) & (r < spec.high_exclusive)  # NaN fails both
+        bad |= ~ok
+        r = np.where(ok, r, 0.0)
+        if spec.sign:
+            return r.astype(np.int64).view(np.uint64) & np.uint64(spec.mask)
+        return r.astype(np.uint64)
+
+
+_EXACT_FLOAT = float(2**53)
+
+
+def _fuses_decode(spec: _BatchSpec) -> bool:
+    """Whether float64 ``float(raw) * scale + offset`` is the scalar path's value exactly."""
+    if spec.float_bits or spec.length_bits > 63:
+        return False
+    if spec.mode == _FLOAT_SCALE:  # Python: float(raw) * scale + offset, the same ops
+        return True
+    if spec.mode not in (_INT_EXACT, _INT_THEN_FLOAT):
+        return False
+    n, signed = spec.length_bits, bool(spec.sign)
+    raw_lo, raw_hi = (-(1 << (n - 1)), (1 << (n - 1)) - 1) if signed else (0, (1 << n) - 1)
+    scale = 1 if spec.kind == _IDENTITY else int(spec.scale)
+    offset = int(spec.offset) if spec.mode == _INT_EXACT and spec.kind != _IDENTITY else 0
+    extremes = [raw_lo, raw_hi, raw_lo * scale, raw_hi * scale]
+    extremes += [raw_lo * scale + offset, raw_hi * scale + offset]
+    return all(abs(e) <= 2**53 for e in extremes)  # every step exact in float64
+
+
+class _Fused:
+    """Signals of one byte order done together: one ``(k, n)`` numpy op per step.
+
+    Decode: ``float(raw) * scale + offset`` (see :func:`_fuses_decode`). Encode:
+    ``rint((value - offset) / scale)``, which is the scalar encode's raw value for every
+    conversion kind (for integer ones: a divisible value divides exactly).
+    """
+
+    def __init__(self, specs: list[_BatchSpec]) -> None:
+        self.specs = specs
+        self.index = np.array([s.index for s in specs], dtype=np.intp)
+        self.shifts = np.array([s.shift for s in specs], dtype=np.uint64)[:, None]
+        self.masks = np.array([s.mask for s in specs], dtype=np.uint64)[:, None]
+        self.signs = np.array([s.sign for s in specs], dtype=np.int64)[:, None]
+        self.signed = any(s.sign for s in specs)
+        kinds = [s.kind == _IDENTITY for s in specs]
+        self.scales = np.array(
+            [1.0 if i else float(s.scale) for s, i in zip(specs, kinds, strict=True)]
+        )[:, None]
+        self.offsets = np.array(
+            [0.0 if i else float(s.offset) for s, i in zip(specs, kinds, strict=True)]
+        )[:, None]
+        self.lows = np.array([s.low for s in specs])[:, None]
+        self.highs = np.array([s.high_exclusive for s in specs])[:, None]
+
+    def decode(self, word: _U64) -> FloatArray:
+        bits = (word[None, :] >> self.shifts) & self.masks
+        raw = bits.astype(np.int64)
+        if self.signed:
+            raw = (raw ^ self.signs) - self.signs
+        out: FloatArray = raw.astype(np.float64) * self.scales + self.offsets
+        return out
+
+    def encode(self, values: FloatArray, bad: BoolArray) -> _U64:
+        """OR of the signals' bits per row; rows the scalar encode refuses go to ``bad``."""
+        with np.errstate(all="ignore"):
+            r = np.rint((values - self.offsets) / self.scales)
+            ok = (r >= self.lows) & (r < self.highs)
+            if not ok.all():
+                bad |= ~ok.all(axis=0)
+                r = np.where(ok, r, 0.0)
+            bits = (r.astype(np.int64).view(np.uint64) & self.masks) << self.shifts
+        out: _U64 = np.bitwise_or.reduce(bits, axis=0)
+        return out
+
+
 class MessageLayout:
     """A compiled message: decode and encode like cantools, without cantools per frame.
 
@@ -308,6 +591,32 @@ class MessageLayout:
         self._little = any(not spec.big_endian for spec in self._signals.values())
         self._big = any(spec.big_endian for spec in self._signals.values())
         self.is_multiplexed: bool = bool(self._root.muxes)
+        index = {name: i for i, name in enumerate(self.signal_names)}
+        self._batch: dict[str, _BatchSpec] = {}
+        stack = [self._root]
+        while stack:
+            node = stack.pop()
+            for f in node.fields:
+                self._batch.setdefault(f[0], _batch_spec(f, index[f[0]], self.length))
+            stack.extend(branch for _, branches in node.muxes for branch in branches.values())
+        self.batch_native: bool = self.length <= _WORD_BYTES
+        """Whether batches are done in 64-bit words (else frame by frame, same results)."""
+        # the root's signals (in every frame), fused per byte order where exact
+        root = [self._batch[f[0]] for f in self._root.fields] if self.batch_native else []
+        self._fused_decode = tuple(
+            (big, _Fused(group))
+            for big in (False, True)
+            if (group := [s for s in root if s.big_endian == big and _fuses_decode(s)])
+        )
+        fused = {id(s) for _, f in self._fused_decode for s in f.specs}
+        self._single_decode = tuple(s for s in root if id(s) not in fused)
+        flat = [] if self.is_multiplexed else root
+        self._fused_encode = tuple(
+            (big, _Fused(group))
+            for big in (False, True)
+            if (group := [s for s in flat if s.big_endian == big and not s.float_bits])
+            and all(s.length_bits <= 63 for s in group)
+        )
 
     # ------------------------------------------------------------------ compile
     def _node(
@@ -522,6 +831,235 @@ class MessageLayout:
                     f"but got {selector}"
                 )
             self._encode_node(branch, values, acc)
+
+    # ------------------------------------------------------------------ batches
+    def _words(self, payloads: NDArray[np.uint8]) -> tuple[_U64, _U64]:
+        """The payloads as 64-bit words: little- and big-endian (zero-padded to 8 bytes)."""
+        n = payloads.shape[0]
+        if payloads.shape[1] == _WORD_BYTES and payloads.flags.c_contiguous:
+            buf = payloads
+        else:
+            buf = np.zeros((n, _WORD_BYTES), dtype=np.uint8)
+            buf[:, : self.length] = payloads[:, : self.length]
+        empty = np.zeros(0, dtype=np.uint64)  # a byte order no signal uses is not read
+        little: _U64 = buf.view("<u8").reshape(n).astype(np.uint64) if self._little else empty
+        big: _U64 = buf.view(">u8").reshape(n).astype(np.uint64) if self._big else empty
+        return little, big
+
+    def _payloads(self, payloads: ArrayLike) -> NDArray[np.uint8]:
+        data = np.asarray(payloads)
+        if data.dtype != np.uint8 or data.ndim != 2:
+            raise ValueError(
+                f"{self.name}: payloads must be a 2-D uint8 array, got {data.dtype} {data.shape}"
+            )
+        if data.shape[1] < self.length:
+            raise DecodeError(f"Wrong data size: {data.shape[1]} instead of {self.length} bytes")
+        return data
+
+    def decode_batch(self, payloads: ArrayLike) -> BatchDecoded:
+        """Decode ``n`` frames at once (numpy): row ``i`` is :meth:`decode` of frame ``i``.
+
+        Args:
+            payloads: ``(n, m)`` uint8, ``m >= length`` (longer rows are cut, as cantools
+                does).
+
+        Returns:
+            Values (float64, ``float`` of cantools' values), presence per signal, and the
+            frames the scalar decode refuses (see :class:`BatchDecoded`).
+
+        Raises:
+            ValueError: If ``payloads`` is not a 2-D uint8 array.
+            cantools.database.DecodeError: If its rows are shorter than :attr:`length`.
+        """
+        data = self._payloads(payloads)
+        n = data.shape[0]
+        values = np.full((len(self.signal_names), n), np.nan)
+        present = np.zeros((len(self.signal_names), n), dtype=bool)
+        error = np.zeros(n, dtype=bool)
+        if not self.batch_native:  # CAN FD: frame by frame, the same results
+            for i in range(n):
+                try:
+                    decoded = self.decode(data[i].tobytes())
+                except (DecodeError, ValueError, OverflowError):
+                    error[i] = True
+                    continue
+                for name, value in decoded.items():
+                    k = self._batch[name].index
+                    values[k, i], present[k, i] = float(value), True
+            return BatchDecoded(values, present, error)
+        little, big = self._words(data)
+        if not self.is_multiplexed:
+            for is_big, group in self._fused_decode:
+                values[group.index] = group.decode(big if is_big else little)
+            for spec in self._single_decode:
+                values[spec.index] = _decode_physical(spec, _bits(spec, little, big))
+            present[:] = True
+            return BatchDecoded(values, present, error)
+        self._decode_node_batch(self._root, np.arange(n), little, big, values, present, error)
+        if error.any():
+            values[:, error], present[:, error] = np.nan, False
+        return BatchDecoded(values, present, error)
+
+    def _decode_node_batch(
+        self,
+        node: _Node,
+        rows: IntArray,
+        little: _U64,
+        big: _U64,
+        values: FloatArray,
+        present: BoolArray,
+        error: BoolArray,
+    ) -> None:
+        whole = len(rows) == values.shape[1]
+        for field in node.fields:
+            spec = self._batch[field[0]]
+            decoded = _decode_physical(spec, _bits(spec, little, big))
+            if whole:
+                values[spec.index], present[spec.index] = decoded, True
+            else:
+                values[spec.index, rows], present[spec.index, rows] = decoded, True
+        for mux_name, branches in node.muxes:
+            spec = self._batch[mux_name]
+            selector = _selector(spec, _bits(spec, little, big))
+            matched = np.zeros(len(rows), dtype=bool)
+            for key, branch in branches.items():
+                hit = np.asarray(selector == key, dtype=bool)
+                if hit.any():
+                    matched |= hit
+                    sub_little = little[hit] if little.size else little
+                    sub_big = big[hit] if big.size else big
+                    self._decode_node_batch(
+                        branch, rows[hit], sub_little, sub_big, values, present, error
+                    )
+            error[rows[~matched]] = True
+
+    def encode_batch(
+        self, values: Mapping[str, ArrayLike], n: int | None = None
+    ) -> NDArray[np.uint8]:
+        """Encode ``n`` frames at once (numpy): row ``i`` is :meth:`encode` of row ``i``.
+
+        Row ``i`` equals ``encode({name: float(values[name][i]) for name in values})``; a
+        row the scalar encode refuses raises its error (the first such row's).
+
+        Args:
+            values: Signal name → ``(n,)`` values or a scalar (broadcast), physical.
+            n: Number of frames; by default the length of the longest array given.
+
+        Returns:
+            ``(n, length)`` uint8 payloads.
+
+        Raises:
+            SignalMissingError: If a row's active branch lacks a signal.
+            SignalRangeError: If a row's raw value does not fit its bits.
+            LayoutEncodeError: If a row's selector value has no branch.
+            ValueError: If a row's integer signal is NaN.
+            OverflowError: If a row's integer signal is infinite.
+        """
+        arrays = {k: np.asarray(v, dtype=np.float64) for k, v in values.items()}
+        if n is None:
+            n = max((a.shape[0] for a in arrays.values() if a.ndim == 1), default=1)
+        for name, a in arrays.items():
+            if a.ndim > 1 or (a.ndim == 1 and a.shape[0] != n):
+                raise ValueError(f"{self.name}.{name}: {a.shape} values for {n} frames")
+        out: NDArray[np.uint8] = np.zeros((n, self.length), dtype=np.uint8)
+        bad = np.zeros(n, dtype=bool)
+        columns: Mapping[str, FloatArray] = arrays
+        if self.batch_native:
+            little = np.zeros(n, dtype=np.uint64)
+            big = np.zeros(n, dtype=np.uint64)
+            names = self.signal_names
+            if self._fused_encode and all(
+                names[s.index] in arrays for _, g in self._fused_encode for s in g.specs
+            ):
+                self._encode_flat(arrays, n, little, big, bad)
+            else:
+                columns = {k: np.broadcast_to(a, (n,)) for k, a in arrays.items()}
+                self._encode_node_batch(self._root, np.arange(n), columns, little, big, bad)
+            if self._big:
+                words = big.astype(">u8").view(np.uint8).reshape(n, _WORD_BYTES)
+                if self._little:
+                    words |= little.astype("<u8").view(np.uint8).reshape(n, _WORD_BYTES)
+            else:
+                words = little.astype("<u8").view(np.uint8).reshape(n, _WORD_BYTES)
+            out = words if self.length == _WORD_BYTES else words[:, : self.length].copy()
+        else:
+            bad[:] = True
+        if bad.any():
+            for i in np.flatnonzero(bad).tolist():  # the scalar encode: its bytes or its error
+                row = {k: float(c if c.ndim == 0 else c[i]) for k, c in columns.items()}
+                out[i] = np.frombuffer(self.encode(row), dtype=np.uint8)
+        return out
+
+    def _encode_flat(
+        self, arrays: Mapping[str, FloatArray], n: int, little: _U64, big: _U64, bad: BoolArray
+    ) -> None:
+        """A message without multiplexing: constant signals once, the others fused."""
+        names = self.signal_names
+        for is_big, group in self._fused_encode:
+            word = big if is_big else little
+            columns = [arrays[names[s.index]] for s in group.specs]
+            if all(c.ndim == 1 for c in columns):
+                word |= group.encode(np.stack(columns), bad)
+                continue
+            stacked = np.stack([np.broadcast_to(c, (n,)) for c in columns])
+            word |= group.encode(stacked, bad)
+        fused = {id(s) for _, g in self._fused_encode for s in g.specs}
+        for field in self._root.fields:
+            spec = self._batch[field[0]]
+            if id(spec) in fused:
+                continue
+            column = arrays.get(field[0])
+            if column is None:
+                bad[:] = True
+                continue
+            row_bad = np.zeros(column.shape, dtype=bool)
+            bits = _encode_bits(spec, column, row_bad) << np.uint64(spec.shift)
+            if spec.big_endian:
+                big |= bits
+            else:
+                little |= bits
+            bad |= row_bad
+
+    def _encode_node_batch(
+        self,
+        node: _Node,
+        rows: IntArray,
+        columns: Mapping[str, FloatArray],
+        little: _U64,
+        big: _U64,
+        bad: BoolArray,
+    ) -> None:
+        whole = len(rows) == len(bad)
+        for field in node.fields:
+            spec = self._batch[field[0]]
+            column = columns.get(field[0])
+            if column is None:  # the scalar encode says which signal is missing
+                bad[rows] = True
+                continue
+            row_bad = np.zeros(len(rows), dtype=bool)
+            bits = _encode_bits(spec, column if whole else column[rows], row_bad)
+            shifted = bits << np.uint64(spec.shift)
+            word = big if spec.big_endian else little
+            if whole:
+                word |= shifted
+                bad |= row_bad
+            else:
+                word[rows] |= shifted
+                bad[rows[row_bad]] = True
+        for mux_name, branches in node.muxes:
+            column = columns.get(mux_name)
+            if column is None:
+                bad[rows] = True
+                continue
+            with np.errstate(invalid="ignore"):
+                selector = np.trunc(column[rows])  # int(value): NaN, ±inf match no branch
+            matched = np.zeros(len(rows), dtype=bool)
+            for key, branch in branches.items():
+                hit = selector == key
+                if hit.any():
+                    matched |= hit
+                    self._encode_node_batch(branch, rows[hit], columns, little, big, bad)
+            bad[rows[~matched]] = True
 
 
 def compile_message(message: cantools.database.can.Message) -> MessageLayout:

@@ -6,7 +6,12 @@ control tick (``tick_s``, the manifest's ``dt_s`` by default).
 
 **On every received frame** (:meth:`EdgeRuntime.handle_message`) it decodes the frame,
 stores the values and checks both ends of every window of the pack (min and max cell
-voltage, min and max temperature, SoC, current, C-rate) at once. A limit violation, a
+voltage, min and max temperature, SoC, current, C-rate) at once. :meth:`EdgeRuntime.poll`
+reads what is waiting on the bus in one drain and hands it to
+:meth:`EdgeRuntime.handle_messages`: with a codec that batches
+(:attr:`CanCodec.batch <pulsebms.edge_runtime.codec.CanCodec.batch>`) the drain's clean
+telemetry is decoded, stored and checked in numpy, message by message, with the same
+results per pack as frame by frame. A limit violation, a
 malformed frame, rolling-counter or checksum errors beyond their tolerance, or a BMS fault
 status puts *that pack* in the safe state immediately: a safe command goes out without
 waiting for the tick. The pack stays safe until its telemetry has been clean for
@@ -65,10 +70,12 @@ import numpy as np
 from pulsebms.core.types import ActArray, BoolArray, FloatArray, IntArray, ObsArray
 from pulsebms.edge_runtime.codec import (
     CanCodec,
+    DecodedBatch,
     IgnoredFrame,
     MalformedFrame,
     SetpointFrame,
     SiteFrame,
+    TelemetryBatch,
     TelemetryFrame,
 )
 from pulsebms.edge_runtime.estimation import FleetEstimator
@@ -462,6 +469,7 @@ class EdgeRuntime:
             )
             for i, lim in enumerate(self.limits)
         ]
+        self._limit_table = np.asarray(self._limit_rows, dtype=np.float64).T.copy()
         self._status_fault = frozenset(getattr(sm, "status_fault_values", ()))
         self._state_fault = frozenset(getattr(sm, "bms_state_fault_values", ()))
         modulus = getattr(self.codec, "counter_modulus", None)
@@ -472,6 +480,21 @@ class EdgeRuntime:
         self._encode_command: Callable[..., list[tuple[str, can.Message]]] | None = getattr(
             self.codec, "encode_command", None
         )
+        # Batches (a codec that offers them): one drain of the bus decoded together, one
+        # tick's commands encoded together. Without them every frame goes on its own.
+        batching = bool(getattr(self.codec, "batch", False))
+        self._decode_batch: Callable[..., DecodedBatch] | None = (
+            getattr(self.codec, "decode_batch", None) if batching else None
+        )
+        self._encode_commands: Callable[..., list[tuple[str, can.Message]]] | None = (
+            getattr(self.codec, "encode_commands", None)
+            if batching and self._encode_command is not None
+            else None
+        )
+        self._counter_keys: dict[str, list[tuple[int, str, int]]] = {}
+        # frames read without waiting before they are handled: a flooded bus must not keep
+        # the first frame (maybe a violation) waiting for thousands of reads
+        self._drain_max = max(64, 2 * n)
         self._last_counter: dict[tuple[int, str, int], int] = {}
         self._counter_run = np.zeros(n, dtype=np.int64)
         self._checksum_run = np.zeros(n, dtype=np.int64)
@@ -750,41 +773,61 @@ class EdgeRuntime:
             self._send(bus_name, frame, now_s)
 
     def _send_commands(
-        self,
-        power_w: list[float],
-        safe: list[bool],
-        reasons: list[int],
-        volts: list[float],
-        now_s: float,
+        self, power_w: FloatArray, safe: BoolArray, reasons: IntArray, now_s: float
     ) -> None:
         """Every pack's command, in pack order: :meth:`_send_setpoint` per pack, batched.
 
-        The rolling counters advance in one array step; the codec's encoder is looked up
-        once. A stop request makes every command the safe state, as in ``_send_setpoint``.
+        The rolling counters advance in one array step; with a codec that batches, every
+        command is encoded in one call (:meth:`CanCodec.encode_commands`). A stop request
+        makes every command the safe state, as in ``_send_setpoint``.
         """
+        off = safe | self._stopping
+        encode_all = self._encode_commands
+        if encode_all is not None:
+            counters = self._tx_counter.copy()
+            self._tx_counter += 1
+            frames = encode_all(
+                np.where(off, 0.0, power_w),
+                safe=off,
+                reasons=reasons,
+                counters=counters,
+                pack_voltage_v=self.store.pack_voltages_array_v(self._series_f),
+            )
+            buses, sent = self.buses, 0
+            for bus_name, frame in frames:
+                try:
+                    buses[bus_name].send(frame, timeout=0.05)
+                    sent += 1
+                except (can.CanError, OSError, ValueError, KeyError) as exc:
+                    self.metrics.send_errors += 1
+                    detail = f"{bus_name} 0x{frame.arbitration_id:X}: {exc}"
+                    self._event("send_error", None, detail, now_s=now_s)
+            self.metrics.frames_sent += sent
+            return
+        volts = self.store.pack_voltages_v(self._series_f)  # one pass, not one per pack
+        power, off_l, reason_l = power_w.tolist(), off.tolist(), reasons.tolist()
         encode = self._encode_command
         if encode is None:
             for i in range(self.n_packs):
                 self._send_setpoint(
                     i,
-                    power_w[i],
-                    safe=safe[i],
-                    reason=reasons[i],
+                    power[i],
+                    safe=off_l[i],
+                    reason=reason_l[i],
                     now_s=now_s,
                     pack_voltage_v=volts[i],
                 )
             return
-        counters = self._tx_counter.tolist()
+        counter_l = self._tx_counter.tolist()
         self._tx_counter += 1
-        stopping, send = self._stopping, self._send
+        send = self._send
         for i in range(self.n_packs):
-            off = stopping or safe[i]
             frames = encode(
                 i,
-                0.0 if off else power_w[i],
-                safe=off,
-                reason=reasons[i],
-                counter=counters[i],
+                0.0 if off_l[i] else power[i],
+                safe=off_l[i],
+                reason=reason_l[i],
+                counter=counter_l[i],
                 pack_voltage_v=volts[i],
             )
             for bus_name, frame in frames:
@@ -833,6 +876,185 @@ class EdgeRuntime:
                 self._handle(msg, t, (bus,) if bus is not None else self._rx[0][1])
             except Exception as exc:  # the loop must survive any input
                 self._event("internal_error", None, f"handling frame: {exc!r}", now_s=t)
+
+    def handle_messages(
+        self, msgs: Sequence[can.Message], now_s: float | None = None, *, bus: str | None = None
+    ) -> None:
+        """Process frames received together (one drain of the bus); never raises.
+
+        The same as :meth:`handle_message` of each frame, with one arrival time: each pack's
+        frames are judged in the order received, with the same checks, safe frames, events
+        and counters (events of different packs may come in another order). With a codec
+        that batches (:attr:`CanCodec.batch`) the clean telemetry is decoded, stored and
+        limit-checked in numpy, one pass per message; a pack with a violation is put safe
+        at once, before anything else of the drain is done. Other frames, and every frame
+        of a pack with anything unusual among its frames (malformed, counter or checksum
+        error, BMS fault), go through :meth:`handle_message`'s path. The state estimator
+        is updated last, as after every single frame.
+
+        Args:
+            msgs: The frames, in the order received.
+            now_s: Arrival time on the runtime clock; ``clock()`` by default.
+            bus: Name of the bus they came from; the first bus by default.
+        """
+        t = self.clock() if now_s is None else now_s
+        names = (bus,) if bus is not None else self._rx[0][1]
+        with self._lock:
+            self._handle_batch(msgs, t, names)
+
+    def _handle_one(self, msg: can.Message, t: float, names: tuple[str, ...]) -> None:
+        try:
+            self._handle(msg, t, names)
+        except Exception as exc:  # the loop must survive any input
+            self._event("internal_error", None, f"handling frame: {exc!r}", now_s=t)
+
+    def _handle_batch(self, msgs: Sequence[can.Message], t: float, names: tuple[str, ...]) -> None:
+        self.metrics.frames_received += len(msgs)
+        decode_batch = self._decode_batch
+        batch: DecodedBatch | None = None
+        if decode_batch is not None and len(msgs) >= self._batch_min_frames():
+            try:
+                batch = decode_batch(msgs, names)
+            except Exception as exc:  # nothing was taken: every frame goes on its own
+                self._event("internal_error", None, f"batch decode: {exc!r}", now_s=t)
+        if batch is None:
+            for msg in msgs:
+                self._handle_one(msg, t, names)
+            return
+        estimate: list[tuple[TelemetryBatch, IntArray]] = []
+        if batch.telemetry:
+            try:
+                estimate = self._on_telemetry_batches(batch.telemetry, t)
+            except Exception as exc:  # the loop must survive any input
+                self._event("internal_error", None, f"handling telemetry: {exc!r}", now_s=t)
+        for i in batch.rest:
+            self._handle_one(msgs[i], t, names)
+        if self.estimator is not None:  # after the checks and safe frames: not in latency
+            for tb, rows in estimate:
+                for j in rows.tolist():
+                    try:
+                        self._update_estimate(tb.frame(j), t)
+                    except Exception as exc:  # as after a single frame: reported, not raised
+                        pack = int(tb.packs[j])
+                        self._event("internal_error", pack, f"estimator: {exc!r}", now_s=t)
+
+    def _batch_min_frames(self) -> int:
+        return max(int(getattr(self.codec, "batch_min_frames", 2)), 2)
+
+    def _counter_key_list(self, message: str) -> list[tuple[int, str, int]]:
+        keys = self._counter_keys.get(message)
+        if keys is None:
+            keys = self._counter_keys[message] = [(p, message, -1) for p in range(self.n_packs)]
+        return keys
+
+    def _on_telemetry_batches(
+        self, batches: Sequence[TelemetryBatch], t: float
+    ) -> list[tuple[TelemetryBatch, IntArray]]:
+        """:meth:`_on_telemetry` of every row, in numpy where the row is routine.
+
+        A pack with a row that is not routine (a stuck counter, a BMS fault status or
+        state; with the estimator on, rows of several messages) has all its rows handled by
+        :meth:`_on_telemetry` in the order received. A counter gap is routine (counted).
+
+        Returns:
+            Per batch, the rows handled here whose estimator update is still due.
+        """
+        last_counter = self._last_counter
+        special: set[int] = set()
+        gaps: list[BoolArray | None] = []
+        for tb in batches:
+            gap = None
+            if tb.counter is not None:
+                keys = self._counter_key_list(tb.message)
+                last = np.fromiter(
+                    (last_counter.get(keys[p], -1) for p in tb.packs.tolist()),
+                    dtype=np.int64,
+                    count=len(tb),
+                )
+                seen = last >= 0
+                stuck = seen & (tb.counter == last)
+                if stuck.any():
+                    special.update(tb.packs[stuck].tolist())
+                if self._counter_mod > 1:
+                    gap = seen & (tb.counter != (last + 1) % self._counter_mod)
+            gaps.append(gap)
+            for codes, faults in (
+                (tb.status, self._status_fault),
+                (tb.bms_state, self._state_fault),
+            ):
+                if codes is not None and faults:
+                    hit = np.zeros(len(tb), dtype=bool)
+                    for fault in faults:  # a handful of codes: cheaper than np.isin
+                        hit |= codes == fault
+                    if hit.any():
+                        special.update(tb.packs[hit].tolist())
+        if self.estimator is not None and len(batches) > 1:  # the estimator's sample order
+            counts = np.bincount(np.concatenate([tb.packs for tb in batches]))
+            special.update(np.flatnonzero(counts > 1).tolist())
+        one_by_one: list[tuple[int, TelemetryBatch, int]] = []
+        done: list[tuple[TelemetryBatch, IntArray]] = []
+        excluded = np.fromiter(special, dtype=np.int64, count=len(special))
+        for tb, gap in zip(batches, gaps, strict=True):
+            rows = np.arange(len(tb))
+            if special:
+                mine = np.isin(tb.packs, excluded)
+                one_by_one.extend((int(tb.rows[j]), tb, j) for j in np.flatnonzero(mine).tolist())
+                rows = rows[~mine]
+            if len(rows):
+                self._commit_batch(tb, rows, gap, t)
+                done.append((tb, rows))
+        for _, tb, j in sorted(one_by_one, key=lambda item: item[0]):
+            try:
+                self._on_telemetry(tb.frame(j), t)
+            except Exception as exc:  # the loop must survive any input
+                self._event("internal_error", None, f"handling telemetry: {exc!r}", now_s=t)
+        return done
+
+    def _commit_batch(
+        self, tb: TelemetryBatch, rows: IntArray, gap: BoolArray | None, t: float
+    ) -> None:
+        """Routine rows of one message: integrity bookkeeping, store, limit check."""
+        whole = len(rows) == len(tb)
+        packs = tb.packs if whole else tb.packs[rows]
+        if tb.checksum_ok:
+            self._checksum_run[packs] = 0
+        if tb.counter is not None:
+            counters = tb.counter if whole else tb.counter[rows]
+            keys = self._counter_key_list(tb.message)
+            last_counter = self._last_counter
+            for pack, value in zip(packs.tolist(), counters.tolist(), strict=True):
+                last_counter[keys[pack]] = value
+            self._counter_run[packs] = 0
+            if gap is not None:
+                self.metrics.counter_gaps += int(np.count_nonzero(gap[rows]))
+        self.metrics.telemetry_frames += len(packs)
+        self.store.update_packs(
+            packs,
+            tb.values if whole else {k: v[rows] for k, v in tb.values.items()},
+            now_s=t,
+            status=None if tb.status is None else tb.status if whole else tb.status[rows],
+        )
+        check = self.store.has_all_packs(packs) & ~self._within_limits_packs(packs)
+        for pack in packs[check].tolist():
+            found = self.limit_violations(pack)
+            if found:
+                self.metrics.violations += len(found)
+                detail = ", ".join(f"{name}: {v:.4g} vs {b:.4g}" for name, v, b in found)
+                self._mark_bad(pack, SafeReason.VIOLATION, detail, t)
+
+    def _within_limits_packs(self, packs: IntArray) -> BoolArray:
+        """:meth:`_within_limits` of each of ``packs`` (the same comparisons, in numpy)."""
+        soc, soh, cur, vmin, vmax, tmin, tmax = self.store.pack_table(packs)
+        v_lo, v_hi, i_lo, i_hi, t_lo, t_hi, s_lo, s_hi, c_max, cap = self._limit_table[:, packs]
+        with np.errstate(all="ignore"):  # overflow, 0/0, inf - inf: as the scalar check
+            denom = cap * soh
+            ok = (v_lo <= vmin) & (vmin <= vmax) & (vmax <= v_hi)
+            ok &= (i_lo <= cur) & (cur <= i_hi)
+            ok &= (t_lo <= tmin) & (tmin <= tmax) & (tmax <= t_hi)
+            ok &= (s_lo <= soc) & (soc <= s_hi)
+            ok &= (denom != 0) & (np.abs(cur) / denom <= c_max)
+            ok &= np.isfinite(vmin + vmax + cur + tmin + tmax + soc + soh)
+        return np.asarray(ok, dtype=bool)
 
     def handle_telemetry(self, frame: TelemetryFrame, now_s: float | None = None) -> None:
         """Process one decoded telemetry frame (the codec's, or another BMS link's).
@@ -1029,8 +1251,11 @@ class EdgeRuntime:
     def poll(self, timeout_s: float, *, max_frames: int = 10_000) -> int:
         """Read and handle frames until ``timeout_s`` has passed and nothing is waiting.
 
-        With several buses they are read in turn (each drained without waiting, then a
-        short wait on the next one).
+        Each wait ends with the first frame; what is waiting behind it is read at once
+        (without waiting, up to ``max(64, 2 * n_packs)`` frames) and handled with it
+        (:meth:`handle_messages`: one batch with a codec that batches). With several
+        buses they are read in turn (each drained without waiting, then a short wait on
+        the next one).
 
         Args:
             timeout_s: How long to wait for frames [s]; 0 handles only what is waiting.
@@ -1048,19 +1273,23 @@ class EdgeRuntime:
                 msg, ok = self._recv(bus, max(deadline - wall(), 0.0))
                 if msg is None:
                     break
-                self.handle_message(msg, bus=names[0] if len(names) == 1 else None)
-                handled += 1
+                msgs = [msg]
+                if ok:
+                    ok = self._drain(bus, msgs, min(max_frames - handled, self._drain_max))
+                self._handle_on(msgs, names)
+                handled += len(msgs)
+                if not ok:
+                    break
             return handled
         while handled < max_frames:
             got = False
             for bus, names in self._rx:
-                while handled < max_frames:
-                    msg, ok = self._recv(bus, 0.0)
-                    if msg is None:
-                        break
+                msgs = []
+                ok = self._drain(bus, msgs, min(max_frames - handled, self._drain_max))
+                if msgs:
                     got = True
-                    self._handle_on(msg, names)
-                    handled += 1
+                    self._handle_on(msgs, names)
+                    handled += len(msgs)
                 if not ok:
                     return handled
             remaining = deadline - wall()
@@ -1072,20 +1301,33 @@ class EdgeRuntime:
             self._rx_next = (self._rx_next + 1) % len(self._rx)
             msg, ok = self._recv(bus, min(remaining, 0.002))
             if msg is not None:
-                self._handle_on(msg, names)
+                self._handle_on([msg], names)
                 handled += 1
             elif not ok:
                 break
         return handled
 
-    def _handle_on(self, msg: can.Message, names: tuple[str, ...]) -> None:
+    def _drain(self, bus: can.BusABC, msgs: list[can.Message], limit: int) -> bool:
+        """Append what ``bus`` has waiting to ``msgs`` (``limit`` in all); False: bus error."""
+        recv = self._recv
+        while len(msgs) < limit:
+            msg, ok = recv(bus, 0.0)
+            if msg is None:
+                return ok
+            msgs.append(msg)
+        return True
+
+    def _handle_on(self, msgs: list[can.Message], names: tuple[str, ...]) -> None:
+        if self._decode_batch is None or len(msgs) < self._batch_min_frames():  # frame by frame
+            for msg in msgs:
+                t = self.clock()
+                with self._lock:
+                    self.metrics.frames_received += 1
+                    self._handle_one(msg, t, names)
+            return
         t = self.clock()
         with self._lock:
-            self.metrics.frames_received += 1
-            try:
-                self._handle(msg, t, names)
-            except Exception as exc:  # the loop must survive any input
-                self._event("internal_error", None, f"handling frame: {exc!r}", now_s=t)
+            self._handle_batch(msgs, t, names)
 
     # ------------------------------------------------------------------ safety timer
     def _poll_site(self, now: float) -> None:
@@ -1228,8 +1470,7 @@ class EdgeRuntime:
                 self.metrics.interventions += 1
             reasons[intervened & ~safe] |= int(SafeReason.INTERVENED)
             setpoint_w = action * self._rated_w
-            volts = self.store.pack_voltages_v(self._series_f)  # one pass, not one per pack
-            self._send_commands(setpoint_w.tolist(), safe.tolist(), reasons.tolist(), volts, now)
+            self._send_commands(setpoint_w, safe, reasons, now)
             self._safe = safe
             self._last_action = action
             latency = time.perf_counter() - start

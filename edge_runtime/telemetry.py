@@ -32,7 +32,7 @@ from typing import Any
 
 import numpy as np
 
-from pulsebms.core.types import BoolArray, FloatArray
+from pulsebms.core.types import BoolArray, FloatArray, IntArray
 from pulsebms.safety.state import FleetState
 
 __all__ = ["STORED_FIELDS", "TELEMETRY_KEYS", "SiteSnapshot", "TelemetryStore"]
@@ -144,6 +144,8 @@ class TelemetryStore:
         self._offsets = {k: tuple(r * n_packs for r in rows) for k, rows in _ROWS.items()}
         self._cells: list[FloatArray | None] = [None] * n_packs
         self._complete = [False] * n_packs  # has_all latched (arrival times only grow)
+        self._all_complete = False  # every entry of _complete (reset with any of them)
+        self._batch_rows: dict[tuple[str, ...], tuple[IntArray, list[int]]] = {}
         self.status = np.zeros(n_packs, dtype=np.int64)
         self._site: dict[str, float] = {}
         self._site_updated_s = -math.inf
@@ -170,6 +172,7 @@ class TelemetryStore:
         """
         if not math.isfinite(now_s):  # a non-finite arrival time unsets has_all, as before
             self._complete[pack] = False
+            self._all_complete = False
         if 0 <= pack < self.n_packs:
             vals, upd, offsets = self._values_flat, self._updated_flat, self._offsets
             for key, value in values.items():
@@ -187,6 +190,60 @@ class TelemetryStore:
             self._update_cells(pack, cell_voltages_v or {}, invalid_cells, now_s)
         if status is not None:
             self.status[pack] = status
+
+    def update_packs(
+        self,
+        packs: IntArray,
+        values: Mapping[str, FloatArray],
+        *,
+        now_s: float,
+        status: IntArray | None = None,
+    ) -> None:
+        """Record one frame's quantities for each of several packs, received at ``now_s``.
+
+        The same as :meth:`update_pack` for each ``packs[j]`` with ``{key: values[key][j]}``
+        and ``status[j]``, in one array write per stored row.
+
+        Args:
+            packs: Distinct pack indices, ``0 <= pack < n_packs``.
+            values: Quantity → per-pack values (keys of :data:`TELEMETRY_KEYS`; others are
+                ignored).
+            now_s: Arrival time [s] (the runtime's clock).
+            status: BMS status code per pack, if the frames carry one.
+
+        Raises:
+            IndexError: If a pack is out of range.
+        """
+        if len(packs) and (int(packs.min()) < 0 or int(packs.max()) >= self.n_packs):
+            raise IndexError(f"packs {packs.tolist()} outside 0..{self.n_packs - 1}")
+        if not math.isfinite(now_s):
+            for pack in packs.tolist():
+                self._complete[pack] = False
+            self._all_complete = False
+        plan = self._batch_rows.get(tuple(values))
+        if plan is None:  # stored row per column of the values (a key may fill two rows)
+            pairs = [(r, j) for j, key in enumerate(values) for r in _ROWS.get(key, ())]
+            rows = np.asarray([r for r, _ in pairs], dtype=np.intp).reshape(-1, 1)
+            plan = self._batch_rows[tuple(values)] = (rows, [j for _, j in pairs])
+        rows, columns = plan
+        if len(columns):
+            given = list(values.values())
+            self._values[rows, packs] = np.stack([given[j] for j in columns])
+            self._updated[rows, packs] = now_s
+        if status is not None:
+            self.status[packs] = status
+
+    def has_all_packs(self, packs: IntArray) -> BoolArray:
+        """:meth:`has_all` of each of ``packs``."""
+        if self._all_complete:
+            return np.ones(len(packs), dtype=bool)
+        out = np.fromiter((self.has_all(p) for p in packs.tolist()), dtype=bool, count=len(packs))
+        self._all_complete = all(self._complete)
+        return out
+
+    def pack_table(self, packs: IntArray) -> FloatArray:
+        """Stored values of ``packs``, rows in :data:`STORED_FIELDS` order (a copy)."""
+        return self._values[:, packs]
 
     def _update_cells(
         self, pack: int, cells: Mapping[int, float], invalid: Iterable[int], now_s: float
@@ -271,6 +328,11 @@ class TelemetryStore:
         """:meth:`pack_voltage_v` of every pack at once (``series``: cells in series)."""
         v = self._values
         return ((v[_VMIN] + v[_VMAX]) * 0.5 * series).tolist()  # type: ignore[no-any-return]
+
+    def pack_voltages_array_v(self, series: FloatArray) -> FloatArray:
+        """:meth:`pack_voltages_v` as an array."""
+        v = self._values
+        return np.asarray((v[_VMIN] + v[_VMAX]) * 0.5 * series, dtype=np.float64)
 
     def window(self, pack: int) -> dict[str, tuple[float, float]]:
         """One pack's latest ``(min, max)`` of cell voltage and temperature, and SoC etc."""

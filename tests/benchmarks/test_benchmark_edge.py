@@ -37,8 +37,7 @@ def test_edge_benchmark_prints_result(capsys: pytest.CaptureFixture[str]) -> Non
     assert isinstance(sizes, dict)
     assert set(sizes) == {"3", "8"}
     backends = result["backends"]
-    assert isinstance(backends, list)
-    assert "cantools" in backends
+    assert backends == ["cantools", "compiled", "batched"]
     for row in sizes.values():
         for backend in backends:
             for figure in (
@@ -48,13 +47,25 @@ def test_edge_benchmark_prints_result(capsys: pytest.CaptureFixture[str]) -> Non
                 "full_tick_nobus_cpu",
                 "tick",
                 "rx",
+                "tick_nobus",
+                "rx_nobus",
                 "safe_frame",
                 "safe_frame_cpu",
                 "safe_frame_sent",
                 "safe_frame_bus",
+                "safe_frame_drain",
+                "safe_frame_drain_bus",
+                "send_all_floor",
             ):
                 assert _is_figure(row[backend][figure]["p50_us"]), (backend, figure)
                 assert _is_figure(row[backend][figure]["p99_us"]), (backend, figure)
+        assert set(row["ratios_p50"]) == {
+            "cantools/compiled",
+            "cantools/batched",
+            "compiled/batched",
+        }
+        assert all(_is_figure(v) for r in row["ratios_p50"].values() for v in r.values())
+    assert result["target_tick_definition"] == "full_tick_nobus (no bus I/O)"
     shares = result["profile_share"]
     assert isinstance(shares, dict)
     assert {"codec decode", "limit check", "shield"} <= set(shares)
@@ -63,6 +74,9 @@ def test_edge_benchmark_prints_result(capsys: pytest.CaptureFixture[str]) -> Non
     assert isinstance(codec, dict)
     assert set(codec) == {"PackTelemetry.decode", "PackSetpoint.encode"}
     assert all(_is_figure(row["ratio_p50"]) for row in codec.values())
+    paths = result["codec_path"]
+    assert isinstance(paths, dict)
+    assert all(_is_figure(paths[d]["batched per frame_p50_us"]) for d in ("decode", "encode"))
 
 
 def test_benchmark_fails_when_a_violation_sends_no_safe_frame() -> None:
@@ -72,6 +86,16 @@ def test_benchmark_fails_when_a_violation_sends_no_safe_frame() -> None:
         harness.violating = harness.clean  # the "violating" frames are clean
         with pytest.raises(RuntimeError, match="no safe set-point"):
             bench._safe_frame(harness, 3, via_bus=False)
+    finally:
+        harness.close()
+
+
+def test_benchmark_fails_when_a_violation_in_a_drain_sends_no_safe_frame() -> None:
+    harness = bench._Harness(3, "batched", np.random.default_rng(0))
+    try:
+        harness.violating = harness.clean
+        with pytest.raises(RuntimeError, match="no safe set-point"):
+            bench._safe_drain(harness, 3, via_bus=False)
     finally:
         harness.close()
 
