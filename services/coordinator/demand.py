@@ -159,7 +159,7 @@ class DailyProfileForecast:
         profile = self.profile()
         with self._lock:
             last = 0.0 if self._last is None else self._last[1]
-        t = now_s + self.dt_s * np.arange(1, steps + 1)
+        t = now_s + self.dt_s * np.arange(1, steps + 1, dtype=np.float64)
         values = profile[self._bin(t)]
         out: FloatArray = np.where(np.isfinite(values), values, last)
         return out
@@ -264,7 +264,7 @@ class FileForecast:
 
     def __call__(self, now_s: float, steps: int) -> FloatArray:
         """Demand [W] at ``now_s + k·dt_s``, ``k = 1..steps``."""
-        return self.at(now_s + self.dt_s * np.arange(1, steps + 1))
+        return self.at(now_s + self.dt_s * np.arange(1, steps + 1, dtype=np.float64))
 
 
 def make_demand_forecast(

@@ -7,12 +7,15 @@ summarise_cycles`, the same code the training data went through), and every ``pe
 of its clock:
 
 1. scores each pack: health score (:class:`~pulsebms.services.health.score.
-   HealthScoreModel`) from the features of its latest cycle; SoH forecast from the last
+   HealthScoreModel`, or its ONNX export from a saved model folder) from the features of
+   its latest cycle — until a pack has completed a cycle, the SoH its BMS reports, marked
+   ``score_source: "bms"`` in the message (else ``"model"``); SoH forecast from the last
    ``lookback`` cycles (the ONNX forecaster on onnxruntime,
    :class:`~pulsebms.services.health.forecast_onnx.OnnxForecaster`), published as the
    health score minus the fade the forecaster foresees (never a rise); anomalies from the
    windows of the last ``anomaly_lookback_s`` (:class:`~pulsebms.services.health.anomaly.
-   AnomalyDetector`); usage in cycles per day;
+   AnomalyDetector`; a pack without a baseline gets one from its first ``reference_s`` of
+   telemetry, its commissioning period); usage in cycles per day;
 2. orders the site's maintenance queue (:func:`~pulsebms.services.health.priority.
    maintenance_queue`);
 3. publishes one ``health`` message per device (retained, QoS 1, the schema of
@@ -20,9 +23,14 @@ of its clock:
    :class:`~pulsebms.edge_runtime.mqtt_link.MqttLink` or anything with the same
    ``publish(kind, topic, message) -> bool``.
 
+:meth:`HealthService.attach` wires it to a link (publishing, and learning the site's packs
+from their telemetry: :meth:`HealthService.handle_telemetry`); :meth:`HealthService.start`
+runs it on a background thread (``pulsebms-fleet up``), :meth:`HealthService.run` on the
+caller's (``pulsebms-health serve``).
+
 The clock is injected (``clock``: simulated time in tests and accelerated runs). The loop
-never dies on its input: a pack whose data cannot be read or scored (a store error, too
-few cycles yet, a model failure) is left out of that round's message and counted
+never dies on its input: a pack whose data cannot be read or scored (a store error, no
+cycle and no BMS SoH yet, a model failure) is left out of that round's message and counted
 (:attr:`HealthService.counters`), and the others are published.
 
 Example:
@@ -38,6 +46,7 @@ import math
 import threading
 import time
 import uuid
+import warnings
 from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
@@ -221,6 +230,7 @@ class HealthService:
         """The latest round's assessments by pack id."""
         self.last_queue: list[QueueEntry] = []
         """The latest round's maintenance queue."""
+        self._score_source: dict[str, str] = {}
 
     # ------------------------------------------------------------------ ingestion
     def _ingest(self, data: _PackData, now_s: float) -> None:
@@ -264,31 +274,43 @@ class HealthService:
     def _assess(self, data: _PackData, now_s: float) -> PackHealth | None:
         info = data.info
         table = concat_tables(data.tables)
-        if len(table) == 0:
-            self.counters["skipped_no_cycle"] += 1
-            return None
         models = self.models
-        feats = pack_features(
-            table,
-            nominal_capacity_ah=info.nominal_capacity_ah,
-            chemistry=info.chemistry,
-            window=models.feature_window,
-        )
-        score = float(models.score.predict(feats[-1:])[0])
-        if not math.isfinite(score):
-            self.counters["skipped_score_not_finite"] += 1
-            return None
         fc = models.forecaster
         forecast: float | None = None
-        if len(table) >= fc.lookback:
-            inputs = pack_inputs(
-                feats, fc.fill, prior=fc.prior, horizon=fc.horizon, lookback=fc.lookback
-            )
-            fade = float(fc.predict_fade(inputs[None, -fc.lookback :])[0])
-            value = score - max(fade, 0.0)
-            forecast = min(max(value, 0.0), 1.5) if math.isfinite(value) else None
+        if len(table) == 0:
+            # No completed cycle yet (a new pack, or hours of one-way use): the BMS's own
+            # SoH stands in for the score, said so in the message; no forecast.
+            latest = self.store.latest(info.pack_id)
+            score = math.nan if latest is None else float(latest.get("soh", math.nan))
+            if not (math.isfinite(score) and 0.0 < score <= 1.5):
+                self.counters["skipped_no_cycle"] += 1
+                return None
+            self.counters["scored_from_bms"] += 1
+            self._score_source[info.pack_id] = "bms"
+            cycles_per_day = 1.0
         else:
-            self.counters["forecast_short_history"] += 1
+            feats = pack_features(
+                table,
+                nominal_capacity_ah=info.nominal_capacity_ah,
+                chemistry=info.chemistry,
+                window=models.feature_window,
+            )
+            score = float(models.score.predict(feats[-1:])[0])
+            if not math.isfinite(score):
+                self.counters["skipped_score_not_finite"] += 1
+                return None
+            self._score_source[info.pack_id] = "model"
+            if len(table) >= fc.lookback:
+                inputs = pack_inputs(
+                    feats, fc.fill, prior=fc.prior, horizon=fc.horizon, lookback=fc.lookback
+                )
+                fade = float(fc.predict_fade(inputs[None, -fc.lookback :])[0])
+                value = score - max(fade, 0.0)
+                forecast = min(max(value, 0.0), 1.5) if math.isfinite(value) else None
+            else:
+                self.counters["forecast_short_history"] += 1
+            span_s = float(table.t_end_s[-1] - table.t_start_s[0])
+            cycles_per_day = len(table) / max(span_s / _SECONDS_PER_DAY, 1.0)
         anomalies: tuple[str, ...] = ()
         anomaly_score = 0.0
         if info.pack_id not in models.detector.packs:
@@ -301,8 +323,6 @@ class HealthService:
                 anomalies = persistent_anomalies(windows, min_windows=self.min_anomaly_windows)
         else:
             self.counters["anomaly_no_baseline"] += 1
-        span_s = float(table.t_end_s[-1] - table.t_start_s[0])
-        cycles_per_day = len(table) / max(span_s / _SECONDS_PER_DAY, 1.0)
         return PackHealth(
             pack_id=info.pack_id,
             health_score=score,
@@ -324,7 +344,11 @@ class HealthService:
             return
         reference = self.store.query(data.info.pack_id, first, end)
         try:
-            self.models.detector.fit({data.info.pack_id: reference})
+            with warnings.catch_warnings():
+                # A feature with no value in any reference window (a pack that never rests
+                # long enough for the rest slopes) has a NaN median: its z-score reads 0.
+                warnings.filterwarnings("ignore", "All-NaN slice", RuntimeWarning)
+                self.models.detector.fit({data.info.pack_id: reference})
         except ValueError as exc:  # no full window in it: try again next round
             self.counters["baseline_not_learned"] += 1
             _log.info("health: no baseline for %s yet: %s", data.info.pack_id, exc)
@@ -436,6 +460,8 @@ class HealthService:
                     "anomalies": list(h.anomalies),
                     "priority": a.priority,
                     "rank": a.rank,
+                    # additive: "model" (the health-score model) or "bms" (no cycle yet)
+                    "score_source": self._score_source.get(pid, "model"),
                 }
             )
         return {

