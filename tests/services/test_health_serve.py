@@ -75,7 +75,7 @@ def test_tampered_or_stale_model_folders_are_refused(
     data = bytearray((flipped / "score.onnx").read_bytes())
     data[len(data) // 2] ^= 0xFF
     (flipped / "score.onnx").write_bytes(bytes(data))
-    with pytest.raises(HealthModelError, match="sha256 .* does not match .* refusing it"):
+    with pytest.raises(HealthModelError, match=r"sha256 .* does not match .* refusing it"):
         load_models(flipped)
     escape = _copy(health_model_dir, tmp_path / "escape")
     files = json.loads((escape / MANIFEST_NAME).read_text())["files"]
@@ -159,8 +159,9 @@ def test_serve_publishes_health_over_mosquitto(
     db = tmp_path / "site.db"
     _store_with_cycles(db, 1_000_000.0, ["p0", "p1", "p2"])
     inbox = Inbox()
-    described = [pack(p, chemistry="NMC", capacity_ah=40.0, voltage_v=52.0,
-                      cell_voltage_min_v=3.7, cell_voltage_max_v=3.72) for p in ("p0", "p1")]  # fmt: skip
+    nmc = {"chemistry": "NMC", "capacity_ah": 40.0, "voltage_v": 52.0,
+           "cell_voltage_min_v": 3.7, "cell_voltage_max_v": 3.72}  # fmt: skip
+    described = [pack(p, **nmc) for p in ("p0", "p1")]
     with (
         mosquitto_broker.link(f"monitor-{site}", f"{site}-monitor") as monitor,
         mosquitto_broker.link(f"edge-{site}", f"{site}-edge") as edge,
