@@ -711,24 +711,6 @@ def run_fleet(
             f"demand forecast {demand_forecast}"
         )
 
-        # ---- site services: twin and health over one telemetry store
-        twin: Any = None
-        health: Any = None
-        store_name = ""
-        if services:
-            store_url = store
-            if store_url is None:
-                folder = stack.enter_context(tempfile.TemporaryDirectory(prefix="pulsebms-fleet-"))
-                store_url = f"sqlite:///{Path(folder) / 'telemetry.db'}"
-            store_name = _redact(store_url)
-            twin, health = _start_services(
-                stack, link, site=site, store_url=store_url, model_dir=model_dir,
-                clock=clock, t0=t0, dt_s=dt_s, period_s=period_s, n_ticks=n_ticks,
-                env_id=env_id, env_kwargs=env_kwargs, pack_ids=pack_ids,
-                reference_s=health_reference_s,
-            )  # fmt: skip
-            say(f"services: twin + health on {store_name} (model {health.models.version})")
-
         # ---- edges
         edges: list[_Edge] = []
         # back within a tick of the line's return, even at high speed-ups
@@ -793,6 +775,25 @@ def run_fleet(
             stack.callback(bridge.stop)
             sim.reset(seed=seed + 1000 * i)
             edges.append(_Edge(device, sim, runtime, bridge, line, (rt_bus, sim_bus)))
+
+        # ---- site services: twin and health over one telemetry store (before any telemetry)
+        twin: Any = None
+        health: Any = None
+        store_name = ""
+        if services:
+            store_url = store
+            if store_url is None:
+                folder = stack.enter_context(tempfile.TemporaryDirectory(prefix="pulsebms-fleet-"))
+                store_url = f"sqlite:///{Path(folder) / 'telemetry.db'}"
+            store_name = _redact(store_url)
+            twin, health = _start_services(
+                stack, link, site=site, store_url=store_url, model_dir=model_dir,
+                clock=clock, t0=t0, dt_s=dt_s, period_s=period_s, n_ticks=n_ticks,
+                env=edges[0].sim.base, pack_ids=pack_ids,
+                reference_s=health_reference_s,
+            )  # fmt: skip
+            say(f"services: twin + health on {store_name} (model {health.models.version})")
+
         for edge in edges:
             edge.bridge.start(thread=False)
         say(f"edges: {', '.join(devices)} ({manifest.n_packs} packs each, virtual CAN)")
@@ -929,12 +930,14 @@ def _start_services(
     dt_s: float,
     period_s: float,
     n_ticks: int,
-    env_id: str,
-    env_kwargs: Mapping[str, Any] | None,
+    env: Any,
     pack_ids: Mapping[str, Sequence[str]],
     reference_s: float | None,
 ) -> tuple[Any, Any]:
-    """Start the twin and health services (each with its own store connection and user)."""
+    """Start the twin and health services (each with its own store connection and user).
+
+    ``env`` is an edge's (unwrapped) FleetEnv: its pack specs and fade acceleration.
+    """
     from pulsebms.envs.twin.parameters import cell_facts
     from pulsebms.services.health.fleet import PackInfo
     from pulsebms.services.health.persist import load_models
@@ -943,13 +946,8 @@ def _start_services(
     from pulsebms.services.twin.service import TwinService, TwinServiceConfig
     from pulsebms.services.twin.usage import UsageSettings
 
-    env = gym.make(env_id, **dict(env_kwargs or {}))
-    try:
-        base = env.unwrapped
-        specs = tuple(getattr(base, "packs", ()))
-        acceleration = float(getattr(base, "degradation_acceleration", 1.0))
-    finally:
-        env.close()
+    specs = tuple(getattr(env, "packs", ()))  # the edges' FleetEnv: every edge runs these
+    acceleration = float(getattr(env, "degradation_acceleration", 1.0))
     packs = {
         pid: dataclasses.replace(spec, name=pid)
         for ids in pack_ids.values()

@@ -187,12 +187,12 @@ def _verified_file(folder: Path, manifest: Mapping[str, Any], key: str) -> bytes
     entry = (manifest.get("files") or {}).get(key)
     if not isinstance(entry, dict) or not isinstance(entry.get("path"), str):
         raise HealthModelError(f"{folder / MANIFEST_NAME}: no {key!r} file entry")
-    name = entry["path"]
+    name = str(entry["path"])
     if Path(name).name != name or name in ("", ".", ".."):
         raise HealthModelError(f"{folder / MANIFEST_NAME}: {key} file {name!r} leaves the folder")
     path = folder / name
     try:
-        data = path.read_bytes()
+        data: bytes = path.read_bytes()
     except OSError as exc:
         raise HealthModelError(f"{path}: cannot read: {exc}") from None
     actual = hashlib.sha256(data).hexdigest()
