@@ -18,15 +18,29 @@ from pulsebms.services.store.pg_server import PostgresNotAvailable, TemporaryPos
 
 @pytest.fixture(scope="session")
 def health_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A health model folder trained once per session at test sizes (300 s telemetry).
+    """A health model folder trained once per test run at test sizes (300 s telemetry).
 
     The real :func:`~pulsebms.services.health.train.train_models` (twin fleet, boosted trees,
     LSTM, both ONNX exports with their parity gates), at sizes whose figures mean little.
+    Under xdist the workers of one run share it (the run's base folder, under a file lock),
+    so it is trained once, not once per worker.
     """
+    import fcntl
+    import os
+
     from pulsebms.services.health.train import TrainConfig, train_models
 
-    out = tmp_path_factory.mktemp("health_models")
-    train_models(TrainConfig.tiny(dt_s=300.0), out)
+    base = tmp_path_factory.getbasetemp()
+    worker = os.environ.get("PYTEST_XDIST_WORKER")
+    root = base.parent if worker else base  # under xdist, pytest-N: this run's workers
+    out = root / "health_models"
+    with (root / "health_models.lock").open("w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            if not (out / "health_models.json").exists():
+                train_models(TrainConfig.tiny(dt_s=300.0), out)
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
     return out
 
 

@@ -153,6 +153,30 @@ def test_default_events_and_cli_arguments(capsys: pytest.CaptureFixture[str]) ->
         run_fleet(health_reference_s=0.0, workdir=Path("unused"))
 
 
+def test_fleet_cli_on_a_postgres_store(
+    manifest: Path, tmp_path: Path, health_model_dir: Path, postgres_conninfo: str
+) -> None:
+    """The services on PostgreSQL: the rows the twin stored are the store's."""
+    from pulsebms.services.store import open_store
+
+    out = tmp_path / "fleet.json"
+    argv = ["up", "--manifest", str(manifest), "--edges", "1", "--ticks", "4", "--speed", "6000",
+            "--no-events", "--store", postgres_conninfo, "--health-model", str(health_model_dir),
+            "--json", str(out)]  # fmt: skip
+    assert fleet_main(argv) == 0
+    collect_broker_garbage()
+    report = json.loads(out.read_text())
+    assert report["store"].startswith("postgresql://")
+    store = open_store(postgres_conninfo)
+    try:
+        rows = sum(store.query(p, 0.0, 1e12)["t_s"].size for p in store.pack_ids())
+    finally:
+        store.close()
+    assert rows == report["rows_stored"] == 4 * 3
+    assert report["forecasts_published"] >= 1
+    assert report["health_published"] >= 1
+
+
 def test_fleet_cli_writes_its_report(manifest: Path, tmp_path: Path) -> None:
     out = tmp_path / "fleet.json"
     argv = ["up", "--manifest", str(manifest), "--edges", "1", "--ticks", "3", "--speed", "6000",
