@@ -283,6 +283,9 @@ class MPCPolicy:
         self.name = name
         self._state: FleetState | None = None
         self.last_status = ""
+        self.degradation_weight: FloatArray | None = None
+        """Optional factor per pack on the degradation cost (e.g. from a forecast of the
+        packs' remaining useful life; ``None``: 1 for every pack)."""
         self._build()
 
     @property
@@ -419,9 +422,10 @@ class MPCPolicy:
         self.p_demand.value = np.asarray(demand_w, dtype=np.float64) / 1000.0
         price = np.clip(np.asarray(price, dtype=np.float64), 0.0, None)
         self.p_price.value = price * durations if blocked else price
+        weight = 1.0 if self.degradation_weight is None else self.degradation_weight
         self.p_deg.value = (
             cfg.degradation_cost_per_kwh * info.rated_power_w * dt_h / 1000.0 / (life * soh)
-        )
+        ) * np.clip(np.nan_to_num(weight, nan=1.0), 0.0, None)
         value = cfg.terminal_value_per_kwh
         if value is None:
             value = (

@@ -12,8 +12,14 @@ offline or faults), and prints a summary as the last line (``RESULT {json}``) wh
 ``--fleet`` is an export folder, its ``manifest.json`` or a fleet spec JSON (the packs'
 names, ratings, limits and the observation layout); ``--policy`` is ``proportional``
 (default), ``equal``, ``health``, ``mpc``, ``onnx:PATH``, ``sb3:PATH`` or ``rllib:PATH``
-(:func:`~pulsebms.services.coordinator.policies.make_policy`). ``--speed 60`` runs the
-coordinator's clock 60× faster than real time (the accelerated fleet demo).
+(:func:`~pulsebms.services.coordinator.policies.make_policy`). ``--forecast`` is the site
+demand forecast the observation and the MPC's horizon use: ``persistence`` (default),
+``profile`` (a daily profile learned from the edges' telemetry, and from ``--store``'s history
+when given) or ``csv:PATH`` (:mod:`~pulsebms.services.coordinator.demand`). The coordinator
+also follows the twin's forecasts and the health service's verdicts (safety anomalies
+exclude a pack, a stuck sensor derates it to ``--derate-fraction``;
+:mod:`~pulsebms.services.coordinator.site_health`). ``--speed 60`` runs the coordinator's
+clock 60× faster than real time (the accelerated fleet demo).
 
 Exit status: 0 after a clean stop, 2 on bad arguments, 1 when the broker refuses the
 connection or the fleet/policy cannot be loaded.
@@ -57,6 +63,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--debounce-s", type=float, default=2.0, help="rebalance debounce [s]")
     p.add_argument("--stale-after-s", type=float, default=30.0, help="silent device excluded [s]")
     p.add_argument("--valid-for-s", type=float, help="allocation validity (1.5 × period)")
+    p.add_argument(
+        "--forecast",
+        default="persistence",
+        help="site demand forecast: persistence (default), profile, csv:PATH",
+    )
+    p.add_argument("--store", help="telemetry store URL a profile forecast learns from")
+    p.add_argument(
+        "--derate-fraction",
+        type=float,
+        default=0.5,
+        help="power limit of a pack with a stuck sensor, fraction of its rating (0.5)",
+    )
     p.add_argument("--speed", type=float, default=1.0, help="clock speed (60 = 60× real time)")
     p.add_argument("--duration-s", type=float, help="stop after this many wall seconds")
     p.add_argument("--log-level", default="WARNING")
@@ -87,6 +105,9 @@ def main(argv: list[str] | None = None) -> int:
         SiteFleet,
         make_policy,
     )
+    from pulsebms.services.coordinator.demand import make_demand_forecast
+    from pulsebms.services.coordinator.site_health import HealthRules
+    from pulsebms.services.store import StoreError, open_store
 
     try:
         fleet = SiteFleet.from_file(args.fleet)
@@ -98,7 +119,16 @@ def main(argv: list[str] | None = None) -> int:
             valid_for_s=args.valid_for_s,
         )
         clock = AcceleratedClock(args.speed)
-    except (OSError, ValueError) as exc:
+        rules = HealthRules(derate_fraction=args.derate_fraction)
+        store = open_store(args.store) if args.store else None
+        try:
+            forecast = make_demand_forecast(
+                args.forecast, fleet.dt_s, store=store, pack_ids=fleet.pack_ids
+            )
+        finally:
+            if store is not None:
+                store.close()
+    except (OSError, ValueError, StoreError) as exc:
         print(f"pulsebms-coordinator: {exc}", file=sys.stderr)
         return 1
     link = MqttLink(
@@ -111,7 +141,15 @@ def main(argv: list[str] | None = None) -> int:
         protocol=args.protocol,
     )
     coordinator = Coordinator(
-        args.site, fleet, policy, name, link=link, settings=settings, clock=clock
+        args.site,
+        fleet,
+        policy,
+        name,
+        link=link,
+        settings=settings,
+        clock=clock,
+        forecast=forecast,
+        health_rules=rules,
     )
     coordinator.attach()
     stop = threading.Event()

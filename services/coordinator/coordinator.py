@@ -57,23 +57,27 @@ from __future__ import annotations
 
 import logging
 import math
+import sys
 import threading
 import uuid
 from collections import Counter, deque
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
 
 from pulsebms.agents.type_aliases import Policy
-from pulsebms.core.messaging import allocation_topic, site_filter
+from pulsebms.core.messaging import allocation_topic, forecast_topic, site_filter
 from pulsebms.core.observation import ObservationInputs, build_observation
 from pulsebms.core.types import FloatArray
 from pulsebms.edge_runtime.mqtt_link import MqttLink
+from pulsebms.safety.results import ShieldResult
+from pulsebms.safety.shield import Shield
 from pulsebms.safety.state import FleetState as ShieldState
 from pulsebms.services.coordinator.clock import Clock, wall_clock
 from pulsebms.services.coordinator.fleet import SiteFleet
+from pulsebms.services.coordinator.site_health import HealthRules, SiteHealth, rul_cost_factor
 from pulsebms.services.coordinator.state import FleetState, SiteReadings
 
 __all__ = ["Coordinator", "CoordinatorSettings", "DemandForecast"]
@@ -81,7 +85,9 @@ __all__ = ["Coordinator", "CoordinatorSettings", "DemandForecast"]
 _log = logging.getLogger(__name__)
 
 DemandForecast = Callable[[float, int], Any]
-"""``forecast(now_s, steps) -> demand [W] for the next steps`` (length ``steps``)."""
+"""``forecast(now_s, steps) -> demand [W]`` at ``now_s + k·dt_s`` for ``k = 1..steps`` (the
+fleet's control interval; :mod:`pulsebms.services.coordinator.demand` has the usual ones). A
+source with ``observe(t_s, demand_w)`` is also fed the demand the edges report."""
 
 
 @dataclass(frozen=True)
@@ -147,9 +153,13 @@ class Coordinator:
             (allocations are returned and kept in :attr:`history`).
         settings: Timing and defaults.
         clock: Time source [UNIX s]; the wall clock by default.
-        forecast: Demand forecast for the observation's ``demand_forecast_w``;
-            persistence (the present demand) when ``None``.
+        forecast: Demand forecast for the observation's ``demand_forecast_w`` and, for an
+            ``mpc`` policy, its whole horizon; persistence (the present demand) when
+            ``None``.
         session: Sender run id of the allocations (random by default).
+        health_rules: What the plan makes of the twin's forecasts and the health
+            service's verdicts (:class:`~pulsebms.services.coordinator.site_health.
+            HealthRules`: exclusion, derating, forecast SoH, remaining useful life).
     """
 
     def __init__(
@@ -164,6 +174,7 @@ class Coordinator:
         clock: Clock = wall_clock,
         forecast: DemandForecast | None = None,
         session: str | None = None,
+        health_rules: HealthRules | None = None,
     ) -> None:
         self.site = site
         self.fleet = fleet
@@ -176,6 +187,8 @@ class Coordinator:
         self.session = session or uuid.uuid4().hex[:12]
         self.state = FleetState(site)
         self.state.stale_hint_s = self.settings.stale_after_s
+        self.health = SiteHealth(site, health_rules)
+        """The twin's forecasts and the health service's verdicts (see :meth:`attach`)."""
         self.shield = fleet.shield_obj
         self.track_demand = fleet.shield_settings().track_demand
         self.topic = allocation_topic(site)
@@ -197,10 +210,17 @@ class Coordinator:
         )
         self._thread: threading.Thread | None = None
         self._stop = threading.Event()
+        self._plan_now = math.nan
+        self._horizon_forecast = forecast is not None and _is_mpc(policy)
+        if self._horizon_forecast:  # the MPC plans its whole horizon on our forecast source
+            policy.forecast = _HorizonForecast(self)  # type: ignore[attr-defined]
 
     # ---------------------------------------------------------------- input
     def attach(self, link: MqttLink | None = None) -> None:
-        """Subscribe to the site's telemetry and status on ``link`` (or :attr:`link`).
+        """Subscribe to the site's telemetry, status, health and forecast on ``link``.
+
+        ``link`` (or :attr:`link`): telemetry and status feed the fleet state; the health
+        service's ``+/health`` and the twin's ``twin/forecast`` feed :attr:`health`.
 
         Raises:
             ValueError: If there is no link.
@@ -211,19 +231,46 @@ class Coordinator:
         self.link = link
         link.subscribe(site_filter(self.site, "telemetry"), self.on_message)
         link.subscribe(site_filter(self.site, "status"), self.on_message)
+        link.subscribe(site_filter(self.site, "health"), self.on_message)
+        link.subscribe(forecast_topic(self.site), self.on_message)
 
     def on_message(self, topic: str, message: Mapping[str, Any]) -> None:
-        """Apply one validated telemetry or status message (an :class:`MqttLink` handler)."""
+        """Apply one validated message (an :class:`MqttLink` handler).
+
+        Telemetry and status update the fleet state; ``health`` and ``forecast`` update
+        :attr:`health`. A change of the usable, health-excluded or derated packs requests
+        a rebalance.
+        """
         kind = topic.rsplit("/", 1)[-1]
         now = self.clock()
         with self._lock:
-            changed = self.state.apply(kind, message, received_s=now)
+            if kind in ("health", "forecast"):
+                changed = self.health.apply(kind, message, received_s=now)
+            else:
+                changed = self.state.apply(kind, message, received_s=now)
             self.counts[f"{kind}_received"] += 1
             if changed:
                 self._request_rebalance(now)
+        if kind == "telemetry":
+            self._observe_demand(message)
         hook = self.on_receipt
         if hook is not None:
             hook(kind, message, now)
+
+    def _observe_demand(self, message: Mapping[str, Any]) -> None:
+        """Feed a learning forecast source the demand a telemetry message reports."""
+        observe = getattr(self.forecast, "observe", None)
+        values = message.get("site_values")
+        if observe is None or not values:
+            return
+        demand = values.get("demand_w")
+        timestamp = message.get("timestamp_s")
+        if isinstance(demand, int | float) and isinstance(timestamp, int | float):
+            try:
+                observe(float(timestamp), float(demand))
+            except Exception:  # a forecast source must not break message handling
+                self._count("forecast_errors")
+                _log.exception("demand forecast source failed to observe")
 
     def _request_rebalance(self, now: float) -> None:
         if self._rebalance_at is None:
@@ -275,10 +322,21 @@ class Coordinator:
                     self.fleet.pack_ids, now, self.settings.stale_after_s
                 )
                 site_values = dict(self.state.site_values)
+                ids = self.fleet.pack_ids
+                health_excluded = self.health.excluded(ids)
+                derate = self.health.derate(ids)
+                forecast_soh = self.health.soh(ids, now)
+                rul_days = self.health.rul_days(ids, now)
                 self._rebalance_at = None
                 if reason in ("initial", "periodic") or self._next_periodic is None:
                     self._next_periodic = now + self.settings.period_s
-            message = self._compute(reason, now, readings, site_values)
+            message = self._compute(
+                reason,
+                now,
+                readings,
+                site_values,
+                _PackHealth(health_excluded, derate, forecast_soh, rul_days),
+            )
             with self._lock:
                 self.counts["allocations"] += 1
                 self.counts[reason] += 1
@@ -292,15 +350,25 @@ class Coordinator:
             self.counts[key] += 1
 
     def _compute(
-        self, reason: str, now: float, r: SiteReadings, site_values: dict[str, Any]
+        self,
+        reason: str,
+        now: float,
+        r: SiteReadings,
+        site_values: dict[str, Any],
+        health: _PackHealth,
     ) -> dict[str, Any]:
         fleet = self.fleet
         cfg = self.settings
         complete = np.isfinite(r.soc) & np.isfinite(r.soh) & np.isfinite(r.temperature_c)
         complete &= np.isfinite(r.cell_voltage_v) & np.isfinite(r.current_a)
-        usable = r.usable & complete
+        healthy = np.array([pid not in health.excluded for pid in fleet.pack_ids], dtype=bool)
+        usable = r.usable & complete & healthy
         demand_w = _finite(site_values.get("demand_w"), cfg.default_demand_w)
-        action = self._act(now, r, demand_w, site_values)
+        observed = r
+        use_forecast = self.health.rules.use_forecast_soh & np.isfinite(health.soh)
+        if use_forecast.any():  # the policy plans on the twin's calibrated SoH
+            observed = replace(r, soh=np.where(use_forecast, health.soh, r.soh))
+        action = self._act(now, observed, demand_w, site_values, health.rul_days)
         state = ShieldState(
             soc=r.soc,
             soh=r.soh,
@@ -310,9 +378,10 @@ class Coordinator:
             demand_w=demand_w,
             valid=usable,
         )
-        result = self.shield.project(state, action, demand_w if self.track_demand else None)
-        power_w: FloatArray = np.where(usable, result.action * fleet.rated_power_w, 0.0)
-        self._last_action = np.where(usable, result.action, 0.0)
+        target = demand_w if self.track_demand else None
+        planned, result = _project_derated(self.shield, state, action, target, health.derate)
+        power_w: FloatArray = np.where(usable, planned * fleet.rated_power_w, 0.0)
+        self._last_action = np.where(usable, planned, 0.0)
         setpoints = [
             {"device": device, "pack_id": pack_id, "power_w": round(float(p), 3)}
             for pack_id, device, p in zip(fleet.pack_ids, r.devices, power_w, strict=True)
@@ -325,6 +394,11 @@ class Coordinator:
         ]
         if bool(result.intervened.any()):
             self._count("shield_interventions")
+        derated = [
+            f"{device}/{pack_id}"
+            for pack_id, device, d in zip(fleet.pack_ids, r.devices, health.derate, strict=True)
+            if d < 1.0 and device is not None
+        ]
         message = {
             "site": self.site,
             "session": self.session,
@@ -341,20 +415,56 @@ class Coordinator:
             "planned_w": round(float(power_w.sum()), 3),
             "shortfall_w": round(float(result.shortfall_w), 3),
             "shield_status": result.status.name or "OK",
+            "health_excluded": sorted(
+                pid if d is None else f"{d}/{pid}"
+                for pid, d in zip(fleet.pack_ids, r.devices, strict=True)
+                if pid in health.excluded
+            ),
+            "derated": derated,
+            "forecast_soh_packs": int(np.count_nonzero(use_forecast)),
         }
         self._seq += 1
         return message
 
+    def demand_ahead(self, now: float, steps: int) -> FloatArray | None:
+        """The forecast source's demand for the ``steps`` intervals after ``now`` [W].
+
+        ``None`` when there is no source or no step; also when the source raises or returns
+        anything but ``steps`` finite values (counted, ``forecast_errors``): the plan then
+        holds the present demand (persistence).
+        """
+        if self.forecast is None or steps < 1:
+            return None
+        try:
+            ahead = np.asarray(self.forecast(now, steps), dtype=np.float64).reshape(-1)
+            if ahead.shape != (steps,) or not np.all(np.isfinite(ahead)):
+                raise ValueError(f"{ahead.size} values (want {steps}, finite)")
+        except Exception as exc:
+            self._count("forecast_errors")
+            _log.warning("demand forecast failed (%s); planning on persistence", exc)
+            return None
+        return ahead
+
     def _act(
-        self, now: float, r: SiteReadings, demand_w: float, site_values: Mapping[str, Any]
+        self,
+        now: float,
+        r: SiteReadings,
+        demand_w: float,
+        site_values: Mapping[str, Any],
+        rul_days: FloatArray | None = None,
     ) -> FloatArray:
         """The policy's action, or zeros (counted) when it cannot be had."""
         cfg, fleet = self.settings, self.fleet
         n = fleet.n_packs
+        self._plan_now = now
+        rul = np.full(n, np.nan) if rul_days is None else rul_days
+        if _is_mpc(self.policy):  # cycling a pack near its end of life costs more
+            self.policy.degradation_weight = rul_cost_factor(rul)  # type: ignore[attr-defined]
+        set_life = getattr(self.policy, "set_remaining_life", None)
+        if set_life is not None:
+            set_life(rul)
         try:
-            forecast = None
-            if self.forecast is not None and self._forecast_width:
-                forecast = np.asarray(self.forecast(now, self._forecast_width), dtype=np.float64)
+            forecast = self.demand_ahead(now, self._forecast_width)
             inputs = ObservationInputs.from_readings(
                 r,
                 capacity_ah=fleet.capacity_ah,
@@ -416,6 +526,76 @@ class Coordinator:
             out["offline_events"] = self.state.offline_events
             out["fault_events"] = self.state.fault_events
             out["telemetry_sequence"] = self.state.sequence_counts("telemetry")
+            out.update(self.health.counts())
+            out["health_excluded"] = sorted(self.health.excluded(self.fleet.pack_ids))
         if self.link is not None:
             out["link"] = self.link.stats()
         return out
+
+
+@dataclass(frozen=True)
+class _PackHealth:
+    """The site-health inputs of one plan, in the fleet's pack order."""
+
+    excluded: dict[str, str]
+    derate: FloatArray
+    soh: FloatArray
+    rul_days: FloatArray
+
+
+def _project_derated(
+    shield: Shield,
+    state: ShieldState,
+    action: FloatArray,
+    target_w: float | None,
+    derate: FloatArray,
+) -> tuple[FloatArray, ShieldResult]:
+    """The shield's projection, with derated packs held within ``±derate`` of their rating.
+
+    A first projection plans every usable pack; a derated pack it gives more than its limit
+    is fixed at the limit (within its admissible interval), and a second projection meets
+    the rest of the target with the other packs. Returns the planned action and the result
+    whose status and shortfall describe the plan.
+    """
+    result = shield.project(state, action, target_w)
+    planned = np.asarray(result.action, dtype=np.float64)
+    over = (np.abs(planned) > derate + 1e-12) & np.asarray(state.valid, dtype=bool)
+    if not over.any():
+        return planned, result
+    lower = np.maximum(np.asarray(result.lower), -derate)
+    upper = np.minimum(np.asarray(result.upper), derate)
+    fixed = np.where(lower <= upper, np.clip(planned, lower, upper), planned)
+    rated = np.asarray(shield.ratings.rated_power_w, dtype=np.float64)
+    rest_state = replace(state, valid=np.asarray(state.valid, dtype=bool) & ~over)
+    rest_target = None if target_w is None else target_w - float(np.sum((fixed * rated)[over]))
+    second = shield.project(rest_state, np.where(over, 0.0, planned), rest_target)
+    return np.where(over, fixed, np.asarray(second.action, dtype=np.float64)), second
+
+
+def _is_mpc(policy: Any) -> bool:
+    """Whether ``policy`` is an :class:`~pulsebms.agents.mpc.MPCPolicy` (cvxpy not imported)."""
+    mpc = sys.modules.get("pulsebms.agents.mpc")
+    return mpc is not None and isinstance(policy, mpc.MPCPolicy)
+
+
+class _HorizonForecast:
+    """The MPC's forecast provider: the coordinator's demand forecast over the whole horizon.
+
+    Demand: now (the observation's) then the source's values for the next steps; price:
+    the observation's (its forecast, then persistence), as :class:`~pulsebms.agents.mpc.
+    ObservationForecast` gives it. A source that fails is replaced by persistence for that
+    plan (:meth:`Coordinator.demand_ahead`).
+    """
+
+    def __init__(self, coordinator: Coordinator) -> None:
+        self.coordinator = coordinator
+
+    def __call__(self, fleet: Any, horizon_steps: int) -> tuple[FloatArray, FloatArray]:
+        from pulsebms.agents.mpc import ObservationForecast
+
+        demand, price = ObservationForecast()(fleet, horizon_steps)
+        coordinator = self.coordinator
+        ahead = coordinator.demand_ahead(coordinator._plan_now, horizon_steps - 1)
+        if ahead is None:
+            return demand, price
+        return np.concatenate([demand[:1], ahead]), price

@@ -10,10 +10,13 @@ spec                policy
 ``proportional``    demand split in proportion to usable charge (``rule_soc``,
                     :class:`pulsebms.agents.rules.SocProportionalPolicy`); the default
 ``equal``           the same power from every pack (``rule_equal``)
-``health``          SoC, SoH, cycle life and temperature weighted (``rule_health``)
+``health``          SoC, SoH, cycle life and temperature weighted (``rule_health``), and by
+                    remaining useful life where the twin forecasts it
+                    (:class:`SiteHealthPolicy`)
 ``mpc``             receding-horizon MPC (cvxpy, :class:`pulsebms.agents.mpc.MPCPolicy`);
-                    its demand forecast is the observation's ``demand_forecast_w``, which the
-                    coordinator fills from its forecast source (persistence otherwise)
+                    the coordinator gives it its demand forecast source over the whole
+                    horizon (persistence otherwise) and weights each pack's degradation
+                    cost by its remaining useful life
 ``onnx:PATH``       an exported policy (export folder or ``manifest.json``;
                     :class:`pulsebms.edge_runtime.policy.OnnxPolicy`, sha256 verified)
 ``sb3:PATH``        a stable-baselines3 ``model.zip`` (``vecnormalize.pkl`` beside it used)
@@ -43,21 +46,69 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from pulsebms.agents.type_aliases import Policy
-from pulsebms.services.coordinator.fleet import SiteFleet
+import numpy as np
 
-__all__ = ["RULES", "make_policy"]
+from pulsebms.agents.observation import FleetObservation
+from pulsebms.agents.rules import HealthAwarePolicy
+from pulsebms.agents.type_aliases import Policy
+from pulsebms.core.types import FloatArray
+from pulsebms.services.coordinator.fleet import SiteFleet
+from pulsebms.services.coordinator.site_health import rul_share
+
+__all__ = ["RULES", "SiteHealthPolicy", "make_policy"]
 
 RULES = {"proportional": "soc", "soc": "soc", "equal": "equal", "health": "health"}
 """Rule spec → :mod:`pulsebms.agents.rules` kind."""
 
 
+class SiteHealthPolicy(HealthAwarePolicy):
+    """:class:`~pulsebms.agents.rules.HealthAwarePolicy`, also weighted by remaining useful life.
+
+    The coordinator calls :meth:`set_remaining_life` before each plan with the twin's RUL
+    per pack; each pack's weight is multiplied by :func:`~pulsebms.services.coordinator.
+    site_health.rul_share` (``clip(RUL / median RUL, rul_floor, 1)``: a pack due for its end
+    of life sooner than the fleet's median takes less; unknown or beyond the horizon: 1).
+    The SoH it weights by is the observation's, which the coordinator fills with the twin's
+    calibrated SoH where a fresh forecast has it.
+
+    Args:
+        *args: :class:`~pulsebms.agents.rules.HealthAwarePolicy` arguments.
+        rul_floor: Least RUL factor, in (0, 1].
+        **kwargs: :class:`~pulsebms.agents.rules.HealthAwarePolicy` keyword arguments.
+
+    Raises:
+        ValueError: If ``rul_floor`` is outside (0, 1].
+    """
+
+    name = "rule_health"
+
+    def __init__(self, *args: Any, rul_floor: float = 0.25, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        if not 0.0 < rul_floor <= 1.0:
+            raise ValueError(f"rul_floor must be in (0, 1], got {rul_floor}")
+        self.rul_floor = float(rul_floor)
+        self.remaining_life_days: FloatArray = np.full(self.n_packs, np.nan)
+
+    def set_remaining_life(self, rul_days: FloatArray) -> None:
+        """The RUL per pack for the next plans [days] (``inf``: far; NaN: unknown)."""
+        rul = np.asarray(rul_days, dtype=np.float64)
+        if rul.shape != (self.n_packs,):
+            raise ValueError(f"rul_days must have shape ({self.n_packs},), got {rul.shape}")
+        self.remaining_life_days = rul
+
+    def weights(self, fleet: FleetObservation, discharge: bool) -> FloatArray:
+        """:meth:`HealthAwarePolicy.weights` × the RUL share."""
+        base = super().weights(fleet, discharge)
+        out: FloatArray = base * rul_share(self.remaining_life_days, self.rul_floor)
+        return out
+
+
 def _rule(kind: str, fleet: SiteFleet) -> tuple[Policy, str]:
     from pulsebms.agents.observation import ObservationReader
-    from pulsebms.agents.rules import EqualSplitPolicy, HealthAwarePolicy, SocProportionalPolicy
+    from pulsebms.agents.rules import EqualSplitPolicy, SocProportionalPolicy
     from pulsebms.safety.limits import stack_limits
 
-    classes = {"soc": SocProportionalPolicy, "equal": EqualSplitPolicy, "health": HealthAwarePolicy}
+    classes = {"soc": SocProportionalPolicy, "equal": EqualSplitPolicy, "health": SiteHealthPolicy}
     lim = stack_limits(fleet.limits, fleet.n_packs)
     cls = classes[kind]
     policy = cls(

@@ -1,21 +1,29 @@
-"""``pulsebms-fleet up``: broker + HIL fleet on virtual CAN + edges + coordinator, one command.
+"""``pulsebms-fleet up``: the whole site in one command.
+
+Broker + HIL fleet on virtual CAN + edges + coordinator + digital-twin and health services
+over one telemetry store.
 
 Usage::
 
     pulsebms-fleet up                      # embedded broker, 2 edges × 3 packs, 4 h at 600x
-    pulsebms-fleet up --edges 4 --ticks 96 --speed 1200
+    pulsebms-fleet up --edges 4 --ticks 96 --speed 1200 --policy mpc
     pulsebms-fleet up --broker 127.0.0.1:1883 --broker-user ops --broker-password-file pw
-    pulsebms-fleet up --manifest deploy/manifest.json --fallback hold --json fleet.json
+    pulsebms-fleet up --store postgresql://pulsebms@127.0.0.1:5432/site --json fleet.json
+    pulsebms-fleet up --manifest deploy/manifest.json --fallback hold --no-services
 
 With no ``--manifest`` a tiny policy is trained and exported once into
 ``--workdir``/policy (about half a minute; reused afterwards): the edges only run it as
-their fallback while the coordinator's allocation is stale. The run prints one line per
-stage and the summary (allocations sent, rebalances, violations, telemetry delivered,
-stale-allocation fallbacks); ``--json`` also writes the report, ``--traces-csv`` the
-per-tick traces.
+their fallback while the coordinator's allocation is stale. With no ``--health-model``
+the health models are trained once into ``--workdir``/health (15–40 s; reused
+afterwards). The run prints one line per stage and the summary (allocations sent,
+rebalances, violations, telemetry delivered, stale-allocation fallbacks, the store, twin
+forecasts, calibrations, health messages, anomalies); ``--json`` also writes the report,
+``--traces-csv`` the per-tick traces.
 
 Exit status: 0 the run was clean (no violation, every telemetry message delivered); 1 it
-was not; 2 bad arguments or a policy that does not fit the twin.
+was not, or the broker, the store or the health models could not be used (a model folder
+whose sha256 does not match is refused); 2 bad arguments or a policy that does not fit the
+twin.
 """
 
 from __future__ import annotations
@@ -92,6 +100,18 @@ def build_parser() -> argparse.ArgumentParser:
         help="coordinator policy: proportional (default), equal, health, mpc, onnx:PATH, "
         "sb3:PATH, rllib:PATH (pulsebms.services.coordinator.make_policy)",
     )
+    p.add_argument(
+        "--forecast",
+        default="profile",
+        help="coordinator demand forecast: profile (default), persistence, csv:PATH",
+    )
+    p.add_argument("--store", help="telemetry store URL (default: SQLite in a temporary folder)")
+    p.add_argument(
+        "--health-model", help="health model folder (default: trained once in --workdir)"
+    )
+    p.add_argument(
+        "--no-services", action="store_true", help="no twin/health services (and no store)"
+    )
     p.add_argument("--no-events", action="store_true", help="inject no offline/fault events")
     p.add_argument("--seed", type=int, default=0, help="seed of the twins")
     p.add_argument("--json", help="write the report here")
@@ -135,11 +155,15 @@ def main(argv: Sequence[str] | None = None) -> int:
             seed=args.seed,
             workdir=args.workdir,
             progress=lambda line: print(line, flush=True),
+            services=not args.no_services,
+            store=args.store,
+            health_model=args.health_model,
+            demand_forecast=args.forecast,
         )
     except ValueError as exc:  # a bad argument, a manifest that does not fit the twin
         print(f"{PROG}: error: {exc}", file=sys.stderr)
         return 2
-    except (ConnectionError, OSError) as exc:  # broker unreachable or refusing us
+    except (ConnectionError, OSError, RuntimeError) as exc:  # broker, store or models refused
         print(f"{PROG}: cannot run: {exc}", file=sys.stderr)
         return 1
     print()

@@ -1,4 +1,4 @@
-"""The site loop in one process: broker, HIL fleet on virtual CAN, edges, coordinator.
+"""The site loop in one process: broker, HIL fleet on virtual CAN, edges, site services.
 
 :func:`run_fleet` starts
 
@@ -13,9 +13,24 @@
    the edge off the network);
 3. the **coordinator** (:mod:`pulsebms.services.coordinator`), which allocates the site's
    demand over every usable pack every ``period_s`` and rebalances when a device goes
-   offline or a pack is put safe;
-4. an **audit** subscriber (monitor role) that records every telemetry sequence number
-   that reaches the site.
+   offline, a pack is put safe, or the health service flags a safety anomaly; it plans on
+   the twin's forecasts (SoH, remaining useful life) and a demand forecast (a daily profile
+   learned from the edges' telemetry by default);
+4. the **digital-twin service** (:class:`~pulsebms.services.twin.service.TwinService`):
+   telemetry into the **telemetry store** (SQLite in a temporary folder by default, any
+   ``store`` URL otherwise, e.g. PostgreSQL), mirror, calibration every hour, and a SoH /
+   RUL forecast every 5 minutes per pack under the duty its telemetry shows, published on
+   ``pulsebms/{site}/twin/forecast``;
+5. the **health service** (:class:`~pulsebms.services.health.service.HealthService`):
+   the store's telemetry scored with a saved model folder (trained once into
+   ``workdir/health`` for the edges' telemetry period, :func:`ensure_health_models`),
+   anomaly baselines learned from each pack's first ``health_reference_s``, one ``health``
+   message per device on ``pulsebms/{site}/{device}/health`` every ``period_s``;
+6. an **audit** subscriber (monitor role) that records every telemetry sequence number
+   that reaches the site, and every forecast and health message.
+
+Each service connects with its own broker user and role (``coordinator``, ``twin``,
+``health``, ``monitor``; the per-site ACL of :mod:`pulsebms.services.broker.acl`).
 
 Everything runs on one **accelerated clock** (:class:`~pulsebms.hil.SimClock`, starting at
 the wall clock's UNIX time): each control tick advances it by the manifest's ``dt_s``
@@ -50,9 +65,12 @@ Example:
 from __future__ import annotations
 
 import contextlib
+import dataclasses
+import json
 import logging
 import math
 import secrets
+import tempfile
 import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -65,7 +83,7 @@ import gymnasium as gym
 import numpy as np
 
 import pulsebms.envs  # noqa: F401 - registers the PulseBMS ids
-from pulsebms.core.messaging import MessageError, decode, site_filter
+from pulsebms.core.messaging import MessageError, decode, forecast_topic, site_filter
 from pulsebms.core.observation import fleet_observation_layout
 from pulsebms.edge_runtime.codec import CanCodec
 from pulsebms.edge_runtime.manifest import Manifest, ManifestError, load_manifest
@@ -74,6 +92,7 @@ from pulsebms.edge_runtime.mqtt_link import MqttLink
 from pulsebms.edge_runtime.runtime import EdgeRuntime
 from pulsebms.hil.simulator import HilFaults, HilSimulator, SimClock
 from pulsebms.services.coordinator import Coordinator, CoordinatorSettings, SiteFleet, make_policy
+from pulsebms.services.coordinator.demand import make_demand_forecast
 from pulsebms.services.fleet.netcut import CuttableLine
 
 __all__ = [
@@ -83,6 +102,7 @@ __all__ = [
     "FleetTraces",
     "TelemetryAudit",
     "default_events",
+    "ensure_health_models",
     "ensure_policy",
     "run_fleet",
     "site_fleet",
@@ -178,6 +198,9 @@ class FleetTraces:
 class TelemetryAudit:
     """Every telemetry ``(device, session, seq)`` that reached a subscriber of the site.
 
+    Also keeps the twin's forecasts and the health messages it is handed
+    (:meth:`handle_message`), for the report's per-pack tables.
+
     Args:
         site: Site name.
     """
@@ -193,6 +216,18 @@ class TelemetryAudit:
         """Messages that arrived after one with a higher seq of the same device."""
         self.malformed = 0
         self._highest: dict[str, int] = {}
+        self.forecasts: list[dict[str, Any]] = []
+        """Forecast messages received, in order."""
+        self.health: list[dict[str, Any]] = []
+        """Health messages received, in order."""
+
+    def handle_message(self, topic: str, message: Mapping[str, Any]) -> None:
+        """One validated forecast or health message (an ``MqttLink`` handler)."""
+        with self._lock:
+            if topic.endswith("/forecast"):
+                self.forecasts.append(dict(message))
+            elif topic.endswith("/health"):
+                self.health.append(dict(message))
 
     def handle(self, topic: str, payload: bytes) -> None:
         """One raw telemetry message (never raises)."""
@@ -254,6 +289,21 @@ class FleetReport:
         coordinator_telemetry: Telemetry messages the coordinator accepted.
         fallbacks: Switches of an edge from the coordinator's allocation to its fallback.
         fallback_ticks: Edge ticks run on the fallback (summed over edges).
+        store: The telemetry store (its URL without a password; ``""`` without services).
+        rows_stored: Telemetry rows the twin service wrote to the store.
+        forecasts_published: Forecasts the twin service published.
+        forecasts_received: Of those, how many the coordinator accepted.
+        calibrations: Calibration rounds the twin service ran.
+        duties_observed: Pack forecasts made under the duty read from the pack's telemetry
+            (the others: under the stated duty, too little history yet).
+        health_published: Health messages the health service published (one per device
+            and round).
+        health_received: Of those, how many the coordinator accepted.
+        anomalies_flagged: Packs the health service flagged with an anomaly at least once.
+        health_excluded: Packs the coordinator excluded on a health verdict at the end.
+        health_model: Version of the health models, and where they came from.
+        twin: The twin service's counters.
+        health: The health service's counters.
         events: What was injected, one line each.
         event_times_s: When, in the traces' time [s].
         per_edge: Counters of each edge (bridge, runtime, link).
@@ -262,6 +312,11 @@ class FleetReport:
             ``time_s`` (the traces' time), ``reason``, ``excluded`` and ``setpoints``
             (``device/pack_id`` → power [W]).
         traces: Per-tick traces.
+        forecasts: Per forecast and pack: ``time_s``, ``device``, ``pack_id``, ``soh``,
+            ``soh_std``, ``rul_days``, ``duty``, ``duty_source`` (what the audit received).
+        health_rows: Per health message and pack: ``time_s``, ``device``, ``pack_id``,
+            ``health_score``, ``soh_forecast``, ``anomaly_score``, ``anomalies``,
+            ``priority``, ``rank``.
     """
 
     site: str
@@ -288,12 +343,27 @@ class FleetReport:
     coordinator_telemetry: int
     fallbacks: int
     fallback_ticks: int
+    store: str
+    rows_stored: int
+    forecasts_published: int
+    forecasts_received: int
+    calibrations: int
+    duties_observed: int
+    health_published: int
+    health_received: int
+    anomalies_flagged: int
+    health_excluded: list[str]
+    health_model: str
+    twin: dict[str, Any]
+    health: dict[str, Any]
     events: list[str]
     event_times_s: list[float]
     per_edge: dict[str, dict[str, Any]]
     coordinator: dict[str, Any]
     allocations: list[dict[str, Any]] = field(repr=False)
     traces: FleetTraces = field(repr=False)
+    forecasts: list[dict[str, Any]] = field(default_factory=list, repr=False)
+    health_rows: list[dict[str, Any]] = field(default_factory=list, repr=False)
 
     @property
     def ok(self) -> bool:
@@ -303,10 +373,30 @@ class FleetReport:
     def to_dict(self) -> dict[str, Any]:
         """Plain-JSON form, without the traces."""
         out = asdict(self)
-        out.pop("traces")
-        out.pop("allocations")
+        for name in ("traces", "allocations", "forecasts", "health_rows"):
+            out.pop(name)
         out["ok"] = self.ok
         return out
+
+    def forecast_frame(self) -> Any:
+        """The twin's forecasts as a ``pandas.DataFrame`` (one row per forecast and pack)."""
+        import pandas as pd
+
+        return pd.DataFrame(
+            self.forecasts,
+            columns=["time_s", "device", "pack_id", "soh", "soh_std", "rul_days", "duty",
+                     "duty_source"],
+        )  # fmt: skip
+
+    def health_frame(self) -> Any:
+        """The health messages as a ``pandas.DataFrame`` (one row per message and pack)."""
+        import pandas as pd
+
+        return pd.DataFrame(
+            self.health_rows,
+            columns=["time_s", "device", "pack_id", "health_score", "soh_forecast",
+                     "anomaly_score", "anomalies", "priority", "rank"],
+        )  # fmt: skip
 
     def summary(self) -> str:
         """The summary table ``pulsebms-fleet up`` prints."""
@@ -327,8 +417,22 @@ class FleetReport:
             f"out of order {self.telemetry_out_of_order}; "
             f"coordinator accepted {self.coordinator_telemetry})",
             f"stale-allocation fallbacks {self.fallbacks} ({self.fallback_ticks} edge ticks)",
-            "OK" if self.ok else "FAILED: violations or telemetry lost",
         ]
+        if self.store:
+            lines += [
+                f"telemetry store         {self.store} ({self.rows_stored} rows)",
+                f"twin forecasts          {self.forecasts_published} published, "
+                f"{self.forecasts_received} received by the coordinator; "
+                f"{self.calibrations} calibrations; pack forecasts under the duty read "
+                f"from telemetry {self.duties_observed}/"
+                f"{self.duties_observed + int(self.twin.get('duties_stated', 0))}",
+                f"health messages         {self.health_published} published, "
+                f"{self.health_received} received by the coordinator "
+                f"(model {self.health_model})",
+                f"anomalies flagged       {self.anomalies_flagged} packs "
+                f"(excluded at the end: {', '.join(self.health_excluded) or 'none'})",
+            ]
+        lines.append("OK" if self.ok else "FAILED: violations or telemetry lost")
         return "\n".join(lines)
 
 
@@ -365,6 +469,47 @@ def ensure_policy(workdir: str | Path, *, env_id: str = "PulseBMS/FleetSmall-v0"
     checkpoint = tiny_sb3_checkpoint(out / "checkpoint", env_id=env_id, total_timesteps=128)
     export_checkpoint(checkpoint, out, env_id=env_id, n_parity=20, overwrite=True)
     return manifest_path
+
+
+def ensure_health_models(workdir: str | Path, *, dt_s: float) -> Path:
+    """A health model folder for telemetry every ``dt_s``, trained once per workdir.
+
+    Reuses ``workdir/health`` when it loads (:func:`pulsebms.services.health.persist.
+    load_models`: sha256 verified) and was trained for this telemetry period; otherwise
+    trains the default small models (:class:`pulsebms.services.health.train.TrainConfig`:
+    12 simulated packs × 60 days, seed 0; 15–40 s on 2 cores) and saves them there.
+
+    Args:
+        workdir: Folder to keep it in.
+        dt_s: The edges' telemetry period [s] (the features depend on it).
+
+    Returns:
+        The model folder.
+    """
+    from pulsebms.services.health.persist import MANIFEST_NAME, HealthModelError, load_models
+    from pulsebms.services.health.train import TrainConfig, train_models
+
+    out = Path(workdir) / "health"
+    if (out / MANIFEST_NAME).exists():
+        try:
+            load_models(out)
+            trained = json.loads((out / MANIFEST_NAME).read_text(encoding="utf-8"))
+            if float(trained.get("training", {}).get("dt_s", math.nan)) == float(dt_s):
+                return out
+            logger.warning("retraining the health models for %g s telemetry", dt_s)
+        except (HealthModelError, OSError, ValueError) as exc:
+            logger.warning("retraining the health models: %s", exc)
+    train_models(TrainConfig(dt_s=float(dt_s)), out)
+    return out
+
+
+def _redact(url: str) -> str:
+    """A store URL without its password."""
+    head, sep, rest = url.partition("://")
+    if not sep or "@" not in rest:
+        return url
+    user, _, host = rest.rpartition("@")
+    return f"{head}://{user.split(':', 1)[0]}@{host}"
 
 
 # ---------------------------------------------------------------- the run
@@ -415,8 +560,13 @@ def run_fleet(
     workdir: str | Path = "runs/fleet",
     drain_timeout_s: float = 10.0,
     progress: Callable[[str], None] | None = None,
+    services: bool = True,
+    store: str | None = None,
+    health_model: str | Path | None = None,
+    demand_forecast: str = "profile",
+    health_reference_s: float | None = None,
 ) -> FleetReport:
-    """Run the site loop: broker, HIL fleets, edges with MQTT bridges, coordinator.
+    """Run the site loop: broker, HIL fleets, edges with MQTT bridges, site services.
 
     Args:
         manifest_path: The edges' exported policy; a tiny one built in ``workdir`` when
@@ -444,6 +594,17 @@ def run_fleet(
         workdir: Folder for the built policy.
         drain_timeout_s: How long to wait at the end for telemetry still in flight [s].
         progress: Called with one line per stage (``print`` in the CLI).
+        services: Run the twin and health services (``False``: edges and coordinator
+            only, no store).
+        store: Telemetry store URL the services share (``sqlite:///…``,
+            ``postgresql://…``); SQLite in a temporary folder when ``None``.
+        health_model: Health model folder (``pulsebms-health train``); one trained once
+            into ``workdir/health`` when ``None`` (:func:`ensure_health_models`).
+        demand_forecast: The coordinator's demand forecast (``persistence``, ``profile``:
+            learned from the edges' telemetry, ``csv:PATH``;
+            :func:`~pulsebms.services.coordinator.demand.make_demand_forecast`).
+        health_reference_s: Each pack's commissioning period for the anomaly baseline
+            [s, simulated]; half the run by default (a real site: a day).
 
     Returns:
         The report.
@@ -459,6 +620,8 @@ def run_fleet(
         raise ValueError(f"period_s must be > 0, got {period_s}")
     if fallback not in ("local", "hold", "zero"):
         raise ValueError(f"fallback must be local, hold or zero, got {fallback!r}")
+    if health_reference_s is not None and not health_reference_s > 0:
+        raise ValueError(f"health_reference_s must be > 0, got {health_reference_s}")
     planned = tuple(default_events(n_ticks, n_edges) if events is None else events)
     for ev in planned:
         if not 0 <= ev.edge < n_edges:
@@ -472,6 +635,14 @@ def run_fleet(
         manifest_path = ensure_policy(workdir, env_id=env_id)
     manifest = load_manifest(manifest_path)
     dt_s = float(manifest.dt_s)
+    forecast_source = make_demand_forecast(demand_forecast, dt_s)  # bad spec: ValueError now
+    model_dir: Path | None = None
+    if services:
+        if health_model is None:
+            say(f"health: models for {dt_s:g} s telemetry in {workdir}/health (trained once)")
+            model_dir = ensure_health_models(workdir, dt_s=dt_s)
+        else:
+            model_dir = Path(health_model)
     timeout_s = 2.0 * period_s if allocation_timeout_s is None else float(allocation_timeout_s)
     devices = [f"edge-{i}" for i in range(n_edges)]
     clock = SimClock(start_s=float(int(time.time())))
@@ -482,7 +653,7 @@ def run_fleet(
         if host_port is None:
             from pulsebms.services.broker import EmbeddedBroker, site_users
 
-            users = site_users([site], ("edge", "coordinator", "monitor"))
+            users = site_users([site], ("edge", "coordinator", "twin", "health", "monitor"))
             server = EmbeddedBroker(users)
             server.start()
             stack.callback(server.close)
@@ -492,7 +663,7 @@ def run_fleet(
             broker_name = f"embedded {host}:{port}"
         else:
             host, port = host_port
-            for role in ("edge", "coordinator", "monitor"):
+            for role in ("edge", "coordinator", "twin", "health", "monitor"):
                 credentials[role] = (broker_username, broker_password)
             broker_name = f"external {host}:{port}"
         say(f"broker: {broker_name}")
@@ -505,6 +676,8 @@ def run_fleet(
         audit = TelemetryAudit(site)
         audit_link = link("monitor", f"pulsebms-{site}-audit", reconnect_max_delay_s=1.0)
         audit_link.subscribe_raw(site_filter(site, "telemetry"), audit.handle, qos=1)
+        audit_link.subscribe(forecast_topic(site), audit.handle_message)
+        audit_link.subscribe(site_filter(site, "health"), audit.handle_message)
         audit_link.connect(timeout_s=15.0)
         stack.callback(audit_link.close)
 
@@ -523,6 +696,7 @@ def run_fleet(
                 stale_after_s=2.5 * dt_s,  # telemetry comes once per tick
             ),
             clock=clock,
+            forecast=forecast_source,
         )
         coordinator_link = link(
             "coordinator", f"pulsebms-{site}-coordinator", reconnect_max_delay_s=1.0
@@ -532,7 +706,10 @@ def run_fleet(
         stack.callback(coordinator_link.close)
         coordinator.start()
         stack.callback(coordinator.stop)
-        say(f"coordinator: policy {policy_name}, period {period_s:g} s")
+        say(
+            f"coordinator: policy {policy_name}, period {period_s:g} s, "
+            f"demand forecast {demand_forecast}"
+        )
 
         # ---- edges
         edges: list[_Edge] = []
@@ -598,6 +775,25 @@ def run_fleet(
             stack.callback(bridge.stop)
             sim.reset(seed=seed + 1000 * i)
             edges.append(_Edge(device, sim, runtime, bridge, line, (rt_bus, sim_bus)))
+
+        # ---- site services: twin and health over one telemetry store (before any telemetry)
+        twin: Any = None
+        health: Any = None
+        store_name = ""
+        if services:
+            store_url = store
+            if store_url is None:
+                folder = stack.enter_context(tempfile.TemporaryDirectory(prefix="pulsebms-fleet-"))
+                store_url = f"sqlite:///{Path(folder) / 'telemetry.db'}"
+            store_name = _redact(store_url)
+            twin, health = _start_services(
+                stack, link, site=site, store_url=store_url, model_dir=model_dir,
+                clock=clock, t0=t0, dt_s=dt_s, period_s=period_s, n_ticks=n_ticks,
+                env=edges[0].sim.base, pack_ids=pack_ids,
+                reference_s=health_reference_s,
+            )  # fmt: skip
+            say(f"services: twin + health on {store_name} (model {health.models.version})")
+
         for edge in edges:
             edge.bridge.start(thread=False)
         say(f"edges: {', '.join(devices)} ({manifest.n_packs} packs each, virtual CAN)")
@@ -637,6 +833,8 @@ def run_fleet(
         while audit.missing(sent) and time.monotonic() < deadline:
             time.sleep(0.05)
         missing = audit.missing(sent)
+        if twin is not None and health is not None:
+            _last_round(twin, health, coordinator, deadline_s=time.monotonic() + drain_timeout_s)
         coordinator.stop()
         coordinator_stats = coordinator.summary()
         coordinator_stats.pop("link", None)
@@ -656,6 +854,9 @@ def run_fleet(
         lost = sum(len(v) for v in missing.values())
         twin_v = sum(e.twin_violations for e in edges)
         tel_v = sum(e.runtime.metrics.violations for e in edges)
+        twin_stats: dict[str, Any] = {} if twin is None else dict(twin.stats)
+        health_stats: dict[str, Any] = {} if health is None else dict(health.counters)
+        forecast_rows, health_rows = _service_rows(audit, t0)
         report = FleetReport(
             site=site,
             broker=broker_name,
@@ -681,6 +882,19 @@ def run_fleet(
             coordinator_telemetry=int(coordinator_stats.get("state_telemetry_accepted", 0)),
             fallbacks=sum(e.bridge.policy.fallbacks for e in edges),
             fallback_ticks=sum(e.bridge.policy.fallback_acts for e in edges),
+            store=store_name,
+            rows_stored=int(twin_stats.get("rows_written", 0)),
+            forecasts_published=int(twin_stats.get("forecasts_published", 0)),
+            forecasts_received=int(coordinator_stats.get("forecast_received", 0)),
+            calibrations=int(twin_stats.get("calibrations", 0)),
+            duties_observed=int(twin_stats.get("duties_observed", 0)),
+            health_published=int(health_stats.get("published", 0)),
+            health_received=int(coordinator_stats.get("health_received", 0)),
+            anomalies_flagged=len({r["pack_id"] for r in health_rows if r["anomalies"]}),
+            health_excluded=list(coordinator_stats.get("health_excluded", [])),
+            health_model="" if health is None else f"{health.models.version} ({model_dir})",
+            twin=twin_stats,
+            health=health_stats,
             events=happened,
             event_times_s=happened_s,
             per_edge=per_edge,
@@ -698,8 +912,166 @@ def run_fleet(
                 for a in list(coordinator.history)
             ],
             traces=traces,
+            forecasts=forecast_rows,
+            health_rows=health_rows,
         )
     return report
+
+
+def _start_services(
+    stack: contextlib.ExitStack,
+    link: Callable[..., MqttLink],
+    *,
+    site: str,
+    store_url: str,
+    model_dir: Path | None,
+    clock: SimClock,
+    t0: float,
+    dt_s: float,
+    period_s: float,
+    n_ticks: int,
+    env: Any,
+    pack_ids: Mapping[str, Sequence[str]],
+    reference_s: float | None,
+) -> tuple[Any, Any]:
+    """Start the twin and health services (each with its own store connection and user).
+
+    ``env`` is an edge's (unwrapped) FleetEnv: its pack specs and fade acceleration.
+    """
+    from pulsebms.envs.twin.parameters import cell_facts
+    from pulsebms.services.health.fleet import PackInfo
+    from pulsebms.services.health.persist import load_models
+    from pulsebms.services.health.service import HealthService
+    from pulsebms.services.store import open_store
+    from pulsebms.services.twin.service import TwinService, TwinServiceConfig
+    from pulsebms.services.twin.usage import UsageSettings
+
+    specs = tuple(getattr(env, "packs", ()))  # the edges' FleetEnv: every edge runs these
+    acceleration = float(getattr(env, "degradation_acceleration", 1.0))
+    packs = {
+        pid: dataclasses.replace(spec, name=pid)
+        for ids in pack_ids.values()
+        for pid, spec in zip(ids, specs, strict=True)
+    }
+    devices = {pid: d for d, ids in pack_ids.items() for pid in ids}
+    run_s = n_ticks * dt_s
+    history_s = max(2 * 3600.0, 8 * dt_s)
+    twin_store = open_store(store_url)
+    stack.callback(twin_store.close)
+    twin = TwinService(
+        TwinServiceConfig(
+            site=site,
+            calibration_period_s=3600.0,
+            calibration_window_s=6 * 3600.0,
+            min_samples=max(6, round(3600.0 / dt_s)),
+            flush_period_s=dt_s,
+            step_days=30.0,
+            degradation_acceleration=acceleration,
+            # A demo run lasts hours: read a pack's duty once it has a couple of them.
+            usage=UsageSettings(min_span_s=history_s, min_samples=8),
+        ),
+        twin_store,
+        packs=packs,
+        clock=clock,
+    )
+    twin_link = link("twin", f"pulsebms-{site}-twin", reconnect_max_delay_s=1.0)
+    twin.attach(twin_link)
+    twin_link.connect(timeout_s=15.0)
+    stack.callback(twin_link.close)
+    twin.start(tick_s=0.1)
+    stack.callback(twin.stop)
+    if model_dir is None:  # pragma: no cover - run_fleet always resolves one
+        raise ValueError("no health model folder")
+    models = load_models(model_dir)
+    health_store = open_store(store_url)
+    stack.callback(health_store.close)
+    infos = [
+        PackInfo(
+            pid,
+            devices[pid],
+            spec.chemistry,
+            cell_facts(spec.chemistry).capacity_ah * spec.parallel,
+            spec.series,
+        )
+        for pid, spec in packs.items()
+    ]
+    health = HealthService(
+        health_store,
+        infos,
+        models,
+        site=site,
+        clock=clock,
+        period_s=period_s,
+        start_s=t0 - 1.0,
+        reference_s=0.5 * run_s if reference_s is None else reference_s,
+    )
+    health_link = link("health", f"pulsebms-{site}-health", reconnect_max_delay_s=1.0)
+    health.attach(health_link)
+    health_link.connect(timeout_s=15.0)
+    stack.callback(health_link.close)
+    health.start(poll_s=0.1)
+    stack.callback(health.stop)
+    return twin, health
+
+
+def _last_round(twin: Any, health: Any, coordinator: Coordinator, *, deadline_s: float) -> None:
+    """Stop the services' loops, run their last round, wait for the coordinator to have it.
+
+    The twin flushes its buffer and forecasts every pack once more, the health service
+    scores and publishes once more, both at the run's final clock; then the coordinator is
+    given until ``deadline_s`` (wall) to receive every message they published.
+    """
+    twin.stop()
+    twin.forecast()
+    health.stop()
+    health.assess()
+    health.publish()
+
+    def caught_up() -> bool:
+        counts = coordinator.counts
+        return bool(
+            counts["forecast_received"] >= twin.stats["forecasts_published"]
+            and counts["health_received"] >= health.counters["published"]
+        )
+
+    while not caught_up() and time.monotonic() < deadline_s:
+        time.sleep(0.02)
+
+
+def _service_rows(
+    audit: TelemetryAudit, t0: float
+) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """The audit's forecast and health messages as one row per message and pack."""
+    forecasts = [
+        {
+            "time_s": float(m["timestamp_s"]) - t0,
+            "device": p["device"],
+            "pack_id": p["pack_id"],
+            "soh": p["soh"],
+            "soh_std": p.get("soh_std"),
+            "rul_days": p.get("rul_days"),
+            "duty": p.get("duty"),
+            "duty_source": p.get("duty_source"),
+        }
+        for m in list(audit.forecasts)
+        for p in m["packs"]
+    ]
+    health = [
+        {
+            "time_s": float(m["timestamp_s"]) - t0,
+            "device": m["device"],
+            "pack_id": p["pack_id"],
+            "health_score": p["health_score"],
+            "soh_forecast": p.get("soh_forecast"),
+            "anomaly_score": p.get("anomaly_score"),
+            "anomalies": list(p.get("anomalies") or ()),
+            "priority": p.get("priority"),
+            "rank": p.get("rank"),
+        }
+        for m in list(audit.health)
+        for p in m["packs"]
+    ]
+    return forecasts, health
 
 
 def _edge_tick(edge: _Edge, tick: int, seed: int, traces: FleetTraces, time_s: float) -> None:

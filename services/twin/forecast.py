@@ -23,6 +23,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import cast
 
 import numpy as np
 
@@ -46,7 +47,8 @@ class SohForecast:
         soh_std: Standard deviation, ``(n, k)``.
         rul_days: Days until ``end_of_life_soh`` (NaN: beyond the horizon; 0: already).
         end_of_life_soh: The end-of-life threshold.
-        duty: The duty assumed.
+        duty: The duty assumed (the first pack's when they differ).
+        duties: The duty of each pack.
     """
 
     t_days: FloatArray
@@ -55,6 +57,7 @@ class SohForecast:
     rul_days: FloatArray
     end_of_life_soh: float
     duty: Duty
+    duties: tuple[Duty, ...] = ()
 
 
 def remaining_useful_life_days(
@@ -89,7 +92,7 @@ def forecast_soh(
     *,
     soh_std: FloatArray | None = None,
     resistance_factor: FloatArray | None = None,
-    duty: Duty = DEFAULT_DUTY,
+    duty: Duty | Sequence[Duty] = DEFAULT_DUTY,
     horizon_days: float = 3650.0,
     step_days: float = 7.0,
     substeps: int = 4,
@@ -104,7 +107,9 @@ def forecast_soh(
         soh: Calibrated SoH per pack.
         soh_std: Its standard deviation (default 0).
         resistance_factor: Calibrated factor on the circuit's resistances (default 1).
-        duty: The duty assumed.
+        duty: The duty assumed: one for every pack, or one per pack (e.g. each pack's
+            observed duty, :func:`pulsebms.services.twin.usage.observed_duty`); either way
+            one vectorised run.
         horizon_days: Forecast horizon [days].
         step_days: Length of one block of the duty [days] (also the output spacing); a
             block aggregates its cycles (the fade laws are advanced by equivalent time, so
@@ -113,11 +118,12 @@ def forecast_soh(
         substeps: SoC slices per half-cycle.
         end_of_life_soh: SoH that ends the useful life.
         degradation_acceleration: Factor on the fade (the twin's; 1 = physical).
-        temperature_c: Pack temperature per pack [°C] instead of the duty's (e.g. the mean
+        temperature_c: Pack temperature per pack [°C] instead of the duties' (e.g. the mean
             measured over the calibration window: packs run warmer than ambient).
 
     Returns:
-        The :class:`SohForecast`.
+        The :class:`SohForecast` (its ``duty``: the one duty, or the first of several; the
+        per-pack duties in ``duties``).
 
     Raises:
         ValueError: On a non-positive horizon or step, or mismatched lengths.
@@ -133,6 +139,9 @@ def forecast_soh(
     soh0 = np.asarray(soh, dtype=np.float64)
     if soh0.shape != (n,):
         raise ValueError(f"soh must have shape ({n},), got {soh0.shape}")
+    duties = (duty,) * n if isinstance(duty, Duty) else tuple(duty)
+    if len(duties) != n:
+        raise ValueError(f"{len(duties)} duties for {n} packs")
     if not (horizon_days > 0 and step_days > 0):
         raise ValueError("horizon_days and step_days must be > 0")
     std0 = np.zeros(n) if soh_std is None else np.nan_to_num(np.asarray(soh_std, float))
@@ -143,25 +152,32 @@ def forecast_soh(
     fac3 = np.tile(factor, 3)
     capacity = np.array([cell_facts(c).capacity_ah for c in chem3])
     tables = {c: ecm_tables(c) for c in set(chems)}
+    rows_of = {c: np.array([k for k, cc in enumerate(chem3) if cc == c]) for c in tables}
     ageing = EmpiricalAgeing(chem3, capacity)
     ageing.reset(prior_loss=1.0 - start)
 
-    top = duty.mean_soc + duty.depth_of_discharge / 2.0
-    slices = (np.arange(substeps) + 0.5) / substeps
-    soc_down = top - duty.depth_of_discharge * slices
-    soc_up = top - duty.depth_of_discharge + duty.depth_of_discharge * slices
+    def per_row(values: Sequence[float]) -> FloatArray:
+        return np.tile(np.asarray(values, dtype=np.float64), 3)
 
-    def voltage(soc: float, current: FloatArray) -> FloatArray:
+    depth = per_row([d.depth_of_discharge for d in duties])
+    top = per_row([d.mean_soc for d in duties]) + depth / 2.0
+    slices = (np.arange(substeps) + 0.5) / substeps
+    soc_down = top[None, :] - depth[None, :] * slices[:, None]  # (substeps, 3n)
+    soc_up = (top - depth)[None, :] + depth[None, :] * slices[:, None]
+
+    def voltage(soc: FloatArray, current: FloatArray) -> FloatArray:
         v = np.zeros(3 * n)
         for c, tab in tables.items():
-            rows = np.array([k for k, cc in enumerate(chem3) if cc == c])
-            s = np.full(rows.size, soc)
-            v[rows] = tab.ocv(s) - fac3[rows] * tab.effective_resistance_ohm(s) * current[rows]
+            rows = rows_of[c]
+            v[rows] = (
+                tab.ocv(soc[rows])
+                - fac3[rows] * tab.effective_resistance_ohm(soc[rows]) * current[rows]
+            )
         return v
 
-    model_current = duty.c_rate * capacity  # the capacity-scaled cell of the twin
+    model_current = per_row([d.c_rate for d in duties]) * capacity  # the twin's scaled cell
     temp = (
-        np.full(3 * n, duty.temperature_c)
+        per_row([d.temperature_c for d in duties])
         if temperature_c is None
         else np.tile(np.asarray(temperature_c, dtype=np.float64), 3)
     )
@@ -169,37 +185,35 @@ def forecast_soh(
     t_days = np.arange(n_steps + 1, dtype=np.float64) * float(step_days)
     out = np.empty((3 * n, n_steps + 1))
     out[:, 0] = start
-    cycles = duty.cycles_per_day * step_days
-    half_s = duty.half_cycle_s() * cycles
-    rest_s = step_days * 86400.0 - 2.0 * half_s
+    cycles = per_row([d.cycles_per_day for d in duties]) * step_days
+    half_s = per_row([d.half_cycle_s() for d in duties]) * cycles
+    rest_s = np.maximum(step_days * 86400.0 - 2.0 * half_s, 0.0)
     zero = np.zeros(3 * n)
-    soc_top = np.full(3 * n, top)
     # (current, duration, voltage, SoC) of every update of one block, computed once. Pulses
     # (pairs of ±pulse_c_rate) ride on every phase: each phase is split into its + and −
-    # halves, so their throughput and reversals reach the cycle laws.
-    pulse = duty.pulse_c_rate * capacity
-    offsets = [pulse, -pulse] if duty.pulse_c_rate > 0 else [zero]
+    # halves, so their throughput and reversals reach the cycle laws. Durations are per
+    # pack (a duty each); ``EmpiricalAgeing.update`` is elementwise in its step length.
+    pulse = per_row([d.pulse_c_rate for d in duties]) * capacity
+    offsets = [pulse, -pulse] if any(d.pulse_c_rate > 0 for d in duties) else [zero]
     share = 1.0 / len(offsets)
-    phases: list[tuple[FloatArray, float, FloatArray, FloatArray]] = []
-    if cycles > 0:
-        bottom = top - duty.depth_of_discharge
+    phases: list[tuple[FloatArray, FloatArray, FloatArray, FloatArray]] = []
+    if np.any(cycles > 0):
+        bottom = top - depth
         for sign, socs, first in ((1.0, soc_down, top), (-1.0, soc_up, bottom)):
             # A zero-length update at the half-cycle's start: the current reverses there,
             # so Schmalstieg's depth of discharge counts from the top (bottom) of the swing.
             i0 = sign * model_current
-            phases.append((i0, 0.0, voltage(first, i0), np.full(3 * n, first)))
+            phases.append((i0, zero, voltage(first, i0), first))
             for soc in socs:
                 for off in offsets:
                     i = sign * model_current + off
-                    phases.append(
-                        (i, share * half_s / substeps, voltage(soc, i), np.full(3 * n, soc))
-                    )
-    if rest_s > 0:
+                    phases.append((i, share * half_s / substeps, voltage(soc, i), soc))
+    if np.any(rest_s > 0):
         for off in offsets:
-            phases.append((off, share * rest_s, voltage(top, off), soc_top))
+            phases.append((off, share * rest_s, voltage(top, off), top))
     for k in range(1, n_steps + 1):
         for i, duration, v, soc_row in phases:
-            ageing.update(i, duration, temp, v, soc_row)
+            ageing.update(i, cast(float, duration), temp, v, soc_row)
         out[:, k] = np.maximum(start - degradation_acceleration * ageing.loss_fraction, 0.0)
     central, low, high = out[:n], out[n : 2 * n], out[2 * n :]
     spread = np.abs(high - low) / 2.0
@@ -210,5 +224,6 @@ def forecast_soh(
         soh_std=std,
         rul_days=remaining_useful_life_days(t_days, central, end_of_life_soh),
         end_of_life_soh=float(end_of_life_soh),
-        duty=duty,
+        duty=duties[0] if duties else DEFAULT_DUTY,
+        duties=duties,
     )

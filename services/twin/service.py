@@ -54,6 +54,7 @@ from pulsebms.services.twin.duty import DEFAULT_DUTY, Duty
 from pulsebms.services.twin.electrode import ElectrodeCalibrator
 from pulsebms.services.twin.forecast import forecast_soh
 from pulsebms.services.twin.sync import FleetMirror
+from pulsebms.services.twin.usage import ObservedDuty, UsageSettings, observed_duty
 from pulsebms.services.twin.window import PackWindow
 
 __all__ = ["PackState", "Publish", "TwinService", "TwinServiceConfig"]
@@ -81,7 +82,13 @@ class TwinServiceConfig:
         max_buffer_rows: Most rows kept while the store is failing (oldest dropped first).
         resync_period_s: Time between synchronisations of the mirror.
         fidelity: Fidelity of the mirror (``"ecm"`` or ``"physics"``).
-        duty: Duty a forecast assumes (:meth:`TwinService.set_duty` replaces it).
+        duty: The stated duty: what a forecast assumes for a pack with too little
+            telemetry to read its own (:meth:`TwinService.set_duty` replaces it), and for
+            every pack when ``duty_from_telemetry`` is off.
+        duty_from_telemetry: Forecast each pack under the duty its recent telemetry in the
+            store shows (:func:`~pulsebms.services.twin.usage.observed_duty`: cycles per
+            day, depth, C-rate, mean SoC, temperature).
+        usage: How that duty is read (window, least history, rest threshold).
         horizon_days: Forecast horizon.
         step_days: Forecast resolution.
         trajectory_points: Most points of a published trajectory (evenly thinned).
@@ -108,6 +115,8 @@ class TwinServiceConfig:
     resync_period_s: float = 300.0
     fidelity: str = "ecm"
     duty: Duty = field(default_factory=lambda: DEFAULT_DUTY)
+    duty_from_telemetry: bool = True
+    usage: UsageSettings = field(default_factory=UsageSettings)
     horizon_days: float = 3650.0
     step_days: float = 7.0
     trajectory_points: int = 120
@@ -162,6 +171,19 @@ def _electrode_fields(state: PackState) -> dict[str, Any]:
         "active_material_fractions": list(state.electrode_fractions),
         "active_material_fractions_std": [v if math.isfinite(v) else None for v in std],
     }
+
+
+def _duty_text(stated: Duty, duties: list[ObservedDuty], config: TwinServiceConfig) -> str:
+    """The message's ``duty`` field: the one duty, or how the per-pack duties were chosen."""
+    if all(d.source == "stated" for d in duties):
+        return stated.describe()
+    days = config.usage.window_s / 86400.0
+    n_observed = sum(d.source == "observed" for d in duties)
+    text = (
+        f"per pack, observed over the last {days:g} days ({n_observed} of {len(duties)}); "
+        f"else {stated.describe()}"
+    )
+    return text[:256]
 
 
 def _or(value: float, default: float) -> float:
@@ -231,7 +253,11 @@ class TwinService:
 
     # ------------------------------------------------------------------ inputs
     def set_duty(self, duty: Duty) -> None:
-        """Forecast under ``duty`` from now on (e.g. the coordinator's planned duty)."""
+        """State ``duty`` from now on (e.g. the coordinator's planned duty).
+
+        With ``duty_from_telemetry`` it is the fallback of packs with too little history;
+        otherwise every pack's.
+        """
         with self._lock:
             self.duty = duty
 
@@ -481,6 +507,36 @@ class TwinService:
                 state.electrode_fractions = (float(result.x[j, 0]), float(result.x[j, 1]))
                 state.electrode_std = (float(result.std[j, 0]), float(result.std[j, 1]))
 
+    def pack_duty(
+        self, pack_id: str, state: PackState, soh: float, now_s: float | None = None
+    ) -> ObservedDuty:
+        """The duty a pack's forecast assumes now.
+
+        With ``duty_from_telemetry``: the duty of its telemetry in the store over the last
+        ``usage.window_s`` (:func:`~pulsebms.services.twin.usage.observed_duty`, at its
+        present capacity: calibrated, else nominal × ``soh``); the stated duty when the
+        history is too short or the store cannot be read (counted, ``duty_store_errors``).
+
+        Args:
+            pack_id: The pack.
+            state: What the service knows of it.
+            soh: Its SoH now.
+            now_s: Now [s] (the clock when None).
+        """
+        stated = self.duty
+        if not self.config.duty_from_telemetry:
+            return ObservedDuty(stated, "stated", 0.0, math.nan)
+        now = self.clock() if now_s is None else now_s
+        nominal = cell_facts(state.spec.chemistry).capacity_ah * state.spec.parallel
+        capacity = _or(state.capacity_ah, nominal * soh)
+        try:
+            cols = self.store.query(pack_id, now - self.config.usage.window_s, now + 1e-6)
+            return observed_duty(cols, capacity, stated=stated, settings=self.config.usage)
+        except (StoreError, ValueError) as exc:
+            self.stats["duty_store_errors"] += 1
+            _log.warning("twin service: %s forecast under the stated duty (%s)", pack_id, exc)
+            return ObservedDuty(stated, "stated", 0.0, math.nan)
+
     def forecast(self) -> dict[str, Any] | None:
         """Forecast every pack with a SoH, publish and store the message; returns it."""
         now = self.clock()
@@ -506,19 +562,27 @@ class TwinService:
             duty = self.duty
         if not entries:
             return None
-        temps = np.array([e[4] for e in entries])
+        duties = [self.pack_duty(e[0], e[1], e[2], now) for e in entries]
+        temps = np.array(
+            [
+                d.duty.temperature_c if d.source == "observed" or not math.isfinite(e[4]) else e[4]
+                for d, e in zip(duties, entries, strict=True)
+            ]
+        )
         fc = forecast_soh(
             [e[1].spec.chemistry for e in entries],
             np.array([e[2] for e in entries]),
             soh_std=np.array([e[3] for e in entries]),
             resistance_factor=np.array([_or(e[1].resistance_factor, 1.0) for e in entries]),
-            duty=duty,
+            duty=[d.duty for d in duties],
             horizon_days=self.config.horizon_days,
             step_days=self.config.step_days,
             end_of_life_soh=self.config.end_of_life_soh,
             degradation_acceleration=self.config.degradation_acceleration,
-            temperature_c=np.where(np.isfinite(temps), temps, duty.temperature_c),
+            temperature_c=temps,
         )
+        self.stats["duties_observed"] += sum(d.source == "observed" for d in duties)
+        self.stats["duties_stated"] += sum(d.source == "stated" for d in duties)
         keep = np.unique(
             np.linspace(0, fc.t_days.size - 1, min(self.config.trajectory_points, fc.t_days.size))
             .round()
@@ -543,6 +607,8 @@ class TwinService:
                     if not math.isfinite(fc.rul_days[j])
                     else float(fc.rul_days[j]),
                     "end_of_life_soh": fc.end_of_life_soh,
+                    "duty": duties[j].duty.describe(),
+                    "duty_source": duties[j].source,
                     **_electrode_fields(state),
                     "trajectory": [
                         {
@@ -560,7 +626,7 @@ class TwinService:
             "seq": self._seq,
             "timestamp_s": max(0.0, float(now)),
             "period_s": self.config.period_s,
-            "duty": duty.describe(),
+            "duty": _duty_text(duty, duties, self.config),
             "horizon_days": self.config.horizon_days,
             "packs": packs_out,
         }

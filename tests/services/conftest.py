@@ -9,10 +9,39 @@ with the reason; it is never a skip.
 from __future__ import annotations
 
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
 from pulsebms.services.store.pg_server import PostgresNotAvailable, TemporaryPostgres
+
+
+@pytest.fixture(scope="session")
+def health_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A health model folder trained once per test run at test sizes (300 s telemetry).
+
+    The real :func:`~pulsebms.services.health.train.train_models` (twin fleet, boosted trees,
+    LSTM, both ONNX exports with their parity gates), at sizes whose figures mean little.
+    Under xdist the workers of one run share it (the run's base folder, under a file lock),
+    so it is trained once, not once per worker.
+    """
+    import fcntl
+    import os
+
+    from pulsebms.services.health.train import TrainConfig, train_models
+
+    base = tmp_path_factory.getbasetemp()
+    worker = os.environ.get("PYTEST_XDIST_WORKER")
+    root = base.parent if worker else base  # under xdist, pytest-N: this run's workers
+    out = root / "health_models"
+    with (root / "health_models.lock").open("w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            if not (out / "health_models.json").exists():
+                train_models(TrainConfig.tiny(dt_s=300.0), out)
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
+    return out
 
 
 @pytest.fixture(scope="session")

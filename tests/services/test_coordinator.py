@@ -322,6 +322,30 @@ def test_rebalance_over_mqtt_when_an_edge_dies(mqtt_broker: Broker, mqtt_site: s
     assert coord.summary()["offline_events"] == 1
 
 
+def test_cli_refuses_a_bad_forecast_or_derating(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from pulsebms.services.coordinator.cli import main
+
+    fleet = make_fleet()
+    spec = {
+        "observation": [f.to_dict() for f in fleet.layout.fields],
+        "pack_names": list(PACKS),
+        "ratings": {"chemistry": ["LFP"] * 4, "series": [16] * 4, "parallel": [16] * 4,
+                    "cell_capacity_ah": [2.5] * 4, "rated_power_w": [1000.0] * 4},
+        "dt_s": 60.0,
+    }  # fmt: skip
+    (tmp_path / "fleet.json").write_text(json.dumps(spec))
+    base = ["--site", "s1", "--fleet", str(tmp_path / "fleet.json"), "--broker", "127.0.0.1:1"]
+    assert main([*base, "--forecast", "oracle"]) == 1
+    assert "unknown demand forecast" in capsys.readouterr().err
+    (tmp_path / "demand.csv").write_text("t_s,demand_w\n0,x\n")
+    assert main([*base, "--forecast", f"csv:{tmp_path / 'demand.csv'}"]) == 1
+    assert "demand.csv:2: not a number" in capsys.readouterr().err
+    assert main([*base, "--derate-fraction", "1.5"]) == 1
+    assert "derate_fraction" in capsys.readouterr().err
+
+
 def test_cli_against_mosquitto(
     mosquitto_broker: Broker, mqtt_site: str, tmp_path: Path, broker_password: str
 ) -> None:

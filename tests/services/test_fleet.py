@@ -1,8 +1,10 @@
-"""``pulsebms-fleet up`` at a tiny size: broker, two HIL edges on virtual CAN, coordinator.
+"""``pulsebms-fleet up`` at a tiny size: broker, two HIL edges on virtual CAN, site services.
 
 The edges run a constant ONNX policy (no training) on the FleetSmall layout; the
 coordinator's allocation drives them. One edge's network is cut and restored, a pack stops
-reporting: the run must stay free of violations and lose no telemetry.
+reporting: the run must stay free of violations and lose no telemetry. The twin and health
+services run beside the coordinator on one SQLite store (the session's health models):
+their forecasts and health messages must reach the coordinator.
 """
 
 from __future__ import annotations
@@ -67,7 +69,9 @@ def manifest(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return out / "manifest.json"
 
 
-def test_fleet_run_rebalances_falls_back_and_loses_nothing(manifest: Path, tmp_path: Path) -> None:
+def test_fleet_run_rebalances_falls_back_and_loses_nothing(
+    manifest: Path, tmp_path: Path, health_model_dir: Path
+) -> None:
     events = (
         FleetEvent(2, "edge_offline", 1),
         FleetEvent(7, "edge_online", 1),
@@ -81,9 +85,29 @@ def test_fleet_run_rebalances_falls_back_and_loses_nothing(manifest: Path, tmp_p
         allocation_timeout_s=600.0,
         events=events,
         workdir=tmp_path,
+        health_model=health_model_dir,
+        health_reference_s=1800.0,
     )
     collect_broker_garbage()
     assert report.ok, report.summary()
+    # The site services: every telemetry row stored, forecasts and health to the coordinator.
+    assert report.store.startswith("sqlite:///")
+    assert report.rows_stored == report.twin["rows"] > 0
+    assert report.forecasts_published >= 1
+    assert report.forecasts_received >= report.forecasts_published  # a last round at the end
+    assert report.health_published >= 2  # one message per device and round
+    assert report.health_received >= report.health_published
+    assert report.health["baselines_learned"] == 6
+    assert report.twin.get("tick_errors", 0) == report.health.get("round_errors", 0) == 0
+    forecasts = report.forecast_frame()
+    assert set(forecasts["pack_id"]) == {f"edge-{e}-{n}" for e in (0, 1)
+                                         for n in ("lfp-0", "nmc-1", "lco-2")}  # fmt: skip
+    assert forecasts["soh"].between(0.5, 1.0).all()
+    health = report.health_frame()
+    assert set(health["device"]) == {"edge-0", "edge-1"}
+    assert health["health_score"].between(0.0, 1.5).all()
+    assert report.anomalies_flagged == 0  # a healthy fleet
+    assert "twin forecasts" in report.summary()
     assert report.violations == 0
     assert report.telemetry_lost == 0
     assert report.telemetry_sent == 2 * 12  # one per tick
@@ -125,15 +149,44 @@ def test_default_events_and_cli_arguments(capsys: pytest.CaptureFixture[str]) ->
     assert "--speed: must be > 0" in capsys.readouterr().err
     with pytest.raises(ValueError, match="event for edge 3"):
         run_fleet(n_edges=2, events=(FleetEvent(1, "edge_offline", 3),), workdir=Path("unused"))
+    with pytest.raises(ValueError, match="health_reference_s"):
+        run_fleet(health_reference_s=0.0, workdir=Path("unused"))
+
+
+def test_fleet_cli_on_a_postgres_store(
+    manifest: Path, tmp_path: Path, health_model_dir: Path, postgres_conninfo: str
+) -> None:
+    """The services on PostgreSQL: the rows the twin stored are the store's."""
+    from pulsebms.services.store import open_store
+
+    out = tmp_path / "fleet.json"
+    argv = ["up", "--manifest", str(manifest), "--edges", "1", "--ticks", "4", "--speed", "6000",
+            "--no-events", "--store", postgres_conninfo, "--health-model", str(health_model_dir),
+            "--json", str(out)]  # fmt: skip
+    assert fleet_main(argv) == 0
+    collect_broker_garbage()
+    report = json.loads(out.read_text())
+    assert report["store"].startswith("postgresql://")
+    store = open_store(postgres_conninfo)
+    try:
+        rows = sum(store.query(p, 0.0, 1e12)["t_s"].size for p in store.pack_ids())
+    finally:
+        store.close()
+    assert rows == report["rows_stored"] == 4 * 3
+    assert report["forecasts_published"] >= 1
+    assert report["health_published"] >= 1
 
 
 def test_fleet_cli_writes_its_report(manifest: Path, tmp_path: Path) -> None:
     out = tmp_path / "fleet.json"
     argv = ["up", "--manifest", str(manifest), "--edges", "1", "--ticks", "3", "--speed", "6000",
-            "--no-events", "--json", str(out), "--traces-csv", str(tmp_path / "t.csv")]  # fmt: skip
+            "--no-events", "--no-services", "--forecast", "persistence", "--json", str(out),
+            "--traces-csv", str(tmp_path / "t.csv")]  # fmt: skip
     assert fleet_main(argv) == 0
     collect_broker_garbage()
     report = json.loads(out.read_text())
     assert report["ok"] is True
+    assert report["store"] == ""  # no services, no store
+    assert report["forecasts_published"] == report["health_published"] == 0
     assert report["telemetry_sent"] == report["telemetry_received"] == 3
     assert (tmp_path / "t.csv").read_text().count("\n") == 1 + 3 * 3

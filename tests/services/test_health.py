@@ -357,3 +357,36 @@ def test_service_publishes_on_a_real_broker(
         assert wait_until(lambda: len(late.messages()) >= 2)
     assert {m["device"] for m in late.messages()} == {"edge-0", "edge-1"}
     store.close()
+
+
+def test_service_learns_baselines_online_and_scores_alike_on_onnx(
+    fleet: FleetHistory, models: HealthModels
+) -> None:
+    """No baselines shipped: the first telemetry day is each pack's commissioning reference.
+
+    The faults (injected after a healthy first day) are found as with baselines fitted
+    offline; the health score exported to ONNX gives the scikit-learn scores.
+    """
+    import dataclasses
+
+    from pulsebms.services.health.score_onnx import OnnxHealthScore, export_health_score
+
+    tel = fleet.telemetry
+    assert tel is not None
+    store = SqliteTelemetryStore(":memory:")
+    tel.write_to(store, fleet.pack_ids)
+    now = [float(tel.t_s[-1]) + 1.0]
+    onnx_score = OnnxHealthScore(export_health_score(models.score))  # type: ignore[arg-type]
+    fresh = dataclasses.replace(models, score=onnx_score, detector=AnomalyDetector())
+    recorder = _Recorder()
+    service = _service(fleet, store, fresh, recorder, now)
+    assert service.step()
+    assert service.counters["baselines_learned"] == 6
+    entries = {e["pack_id"]: e for _, p in recorder.sent for e in decode(p, "health")["packs"]}
+    for f in fleet.faults:
+        assert f.kind in entries[fleet.pack_ids[f.pack]]["anomalies"], f
+    reference = _service(fleet, store, models, None, now)
+    reference.assess()
+    for pid, a in reference.last_round.items():
+        assert entries[pid]["health_score"] == pytest.approx(a.health.health_score, abs=1e-5)
+    store.close()
