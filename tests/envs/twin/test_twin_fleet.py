@@ -320,9 +320,12 @@ def test_empirical_laws_match_their_papers_at_constant_stress() -> None:
 
 
 def test_reset_starts_fresh_packs_run_in_not_at_zero_age() -> None:
-    """Bug guard: a SoH-1 pack was put at zero age, where √t fades fastest (day one at
+    """Bug guard: a fresh pack's fade laws start run in, not at zero age.
+
+    A SoH-1 pack was put at zero age, where √t fades fastest (day one at
     38 °C cost as much as ~40 average days); it now starts run in, and a pack with more
-    prior loss than the run-in starts where it did before."""
+    prior loss than the run-in starts where it did before.
+    """
     hot = np.full(3, 38.0)
     ageing = EmpiricalAgeing(["LFP", "LFP", "LFP"], np.full(3, 2.2))
     ageing.reset(prior_loss=np.array([0.0, RUN_IN_LOSS, 0.05]))
