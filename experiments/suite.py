@@ -26,6 +26,7 @@ import hashlib
 import json
 import logging
 import math
+import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import partial
@@ -251,10 +252,11 @@ def train_suite_agent(
     overrides: Sequence[str] = (),
     out_dir: str | Path = "runs/suite",
     progress: bool = False,
+    label: str | None = None,
 ) -> Any:
     """Train (or load, when the same run is on disk) the suite's agent for a benchmark's fleet.
 
-    The run folder is ``<out_dir>/agents/<fleet>/<agent>_seed<seed>``; its ``suite_key``
+    The run folder is ``<out_dir>/agents/<fleet>/<label>_seed<seed>``; its ``suite_key``
     file holds the fingerprint of the training config, so a finished run is loaded instead
     of trained again (the suite command resumes), and a changed config trains anew.
 
@@ -266,6 +268,7 @@ def train_suite_agent(
         overrides: More Hydra overrides of the training config.
         out_dir: The suite's output folder.
         progress: SB3 progress bar.
+        label: Name of the variant (``agent`` when ``None``): its run folder and rows.
 
     Returns:
         The trained deterministic policy (:class:`pulsebms.agents.policy.SB3Policy`), acting
@@ -279,7 +282,7 @@ def train_suite_agent(
     if train_steps is not None:
         extra.append(f"train.total_timesteps={train_steps}")
     cfg = train_config(name, agent, extra)
-    run = Path(out_dir) / "agents" / str(cfg.fleet.name) / f"{agent}_seed{seed}"
+    run = Path(out_dir) / "agents" / str(cfg.fleet.name) / f"{label or agent}_seed{seed}"
     key = _train_cfg_key(cfg)
     marker = run / "suite_key"
     if marker.is_file() and marker.read_text().strip() == key and (run / "model.zip").is_file():
@@ -299,7 +302,8 @@ def train_suite_agent(
         n_envs=int(cfg.train.n_envs),
         progress_bar=progress,
     )
-    (run / "config_resolved.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
+    used = {k: cfg[k] for k in ("seed", "env", "fleet", "shield", "agent", "train")}
+    (run / "config_resolved.yaml").write_text(OmegaConf.to_yaml(OmegaConf.create(used)))
     marker.write_text(key + "\n")
     return result.policy
 
@@ -314,6 +318,7 @@ def _agent_factories(
     overrides: Sequence[str],
     out_dir: Path,
     progress: bool,
+    label: str,
 ) -> dict[str, dict[str, PolicyFactory]]:
     """Per benchmark, name → factory of the evaluated agents (trained once per fleet)."""
     from pulsebms.experiments.common import decision_s
@@ -340,10 +345,11 @@ def _agent_factories(
                 overrides=overrides,
                 out_dir=out_dir,
                 progress=progress,
+                label=label,
             )
             for name in group:
                 held = held_factory(partial(_fixed, policy), decision_s(benchmark_config(name)))
-                out[name][f"{agent}_seed{seed}"] = held
+                out[name][f"{label}_seed{seed}"] = held
     return out
 
 
@@ -364,7 +370,10 @@ def _episode_row(
 
     path = out_dir / "episodes" / name / f"{policy_name}_seed{seed}.json"
     if path.is_file():
-        cached = json.loads(path.read_text())
+        try:
+            cached = json.loads(path.read_text())
+        except (OSError, ValueError):  # unreadable: evaluate again
+            cached = {}
         if cached.get("key") == cache_key:
             return dict(cached["row"])
     reference = policy_name == NO_BATTERY
@@ -382,7 +391,9 @@ def _episode_row(
     row = next(r for r in table.rows if r["policy"] == policy_name)
     row = {**row, "scenario": name}
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps({"key": cache_key, "row": row}, default=float))
+    partial_path = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    partial_path.write_text(json.dumps({"key": cache_key, "row": row}, default=float))
+    partial_path.replace(path)  # atomic: suites running side by side never read half a file
     return row
 
 
@@ -399,6 +410,7 @@ def run_suite(
     train_overrides: Sequence[str] = (),
     out_dir: str | Path = "runs/suite",
     progress: bool = False,
+    label: str | None = None,
 ) -> list[SuiteRow]:
     """Evaluate the baselines (and trained agents) on every benchmark; the suite's rows.
 
@@ -424,6 +436,9 @@ def run_suite(
         train_overrides: More Hydra overrides of the training config.
         out_dir: Where the KPI tables, the cache and the models go.
         progress: Progress bars.
+        label: Name of the trained variant (``agent`` when ``None``; e.g. ``ppo_respect``
+            for a run with ``shield.settings.allocation=respect_split``): rows
+            ``<label>_seed<s>`` and ``<label>``, run folders ``<label>_seed<s>``.
 
     Returns:
         The rows of every benchmark.
@@ -431,6 +446,7 @@ def run_suite(
     from pulsebms.agents.workflow import baseline_factories
 
     out = Path(out_dir)
+    label = label or agent
     agents = _agent_factories(
         benchmarks,
         checkpoint=checkpoint,
@@ -440,6 +456,7 @@ def run_suite(
         overrides=train_overrides,
         out_dir=out,
         progress=progress,
+        label=label,
     )
     rows: list[SuiteRow] = []
     for name in benchmarks:
@@ -473,9 +490,9 @@ def run_suite(
                     )
                 )
         pooled = [
-            {**r, "policy": agent}
+            {**r, "policy": label}
             for r in episodes
-            if str(r["policy"]).startswith(f"{agent}_seed") and not checkpoint
+            if str(r["policy"]).startswith(f"{label}_seed") and not checkpoint
         ]
         table = KPITable(rows=episodes + pooled, baseline=next(iter(baselines), NO_BATTERY))
         table.save(out / name)
@@ -489,7 +506,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--quick", action="store_true", help="3 seeds (100, 101, 102)")
     parser.add_argument("--benchmarks", nargs="+", default=list(BENCHMARKS))
     parser.add_argument("--seeds", nargs="+", type=int, default=[100, 101, 102, 103, 104])
-    parser.add_argument("--baselines", nargs="+", default=[*RULES, "mpc", ORACLE])
+    parser.add_argument(
+        "--baselines",
+        nargs="*",
+        default=[*RULES, "mpc", ORACLE],
+        help="baselines to evaluate (none: only the no-battery reference and the agents)",
+    )
     parser.add_argument("--checkpoint", default=None)
     parser.add_argument(
         "--train",
@@ -497,6 +519,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         help="train the agent per fleet and training seed (experiment=suite) and evaluate it",
     )
     parser.add_argument("--agent", default="ppo", help="SB3 agent option trained with --train")
+    parser.add_argument("--label", default=None, help="name of the trained variant (--agent)")
     parser.add_argument(
         "--train-steps", type=int, default=None, help="decisions per training run (preset's)"
     )
@@ -529,6 +552,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         train_overrides=args.train_override,
         out_dir=args.out_dir,
         progress=args.progress,
+        label=args.label,
     )
     print(format_table(rows))
     return 0
