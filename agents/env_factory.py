@@ -20,6 +20,7 @@ def make_env(
     *,
     shield: bool = True,
     shield_kwargs: Mapping[str, Any] | None = None,
+    decision_s: float | None = None,
     **env_kwargs: Any,
 ) -> gym.Env[Any, Any]:
     """Make a registered PulseBMS environment, with the constraint shield in front of it.
@@ -34,16 +35,27 @@ def make_env(
             rules, the MPC, the shield and the env's violation count all read — are one
             set; it applies with ``shield=False`` too. A sequence of
             :class:`~pulsebms.safety.PackLimits` still goes to the wrapper only.
+        decision_s: The agent's decision interval [s]: wrap the (shielded) env in
+            :class:`pulsebms.envs.decision.DecisionIntervalWrapper`, so each action is held
+            for ``decision_s / dt_s`` plant steps, the shield projecting it at every one
+            (``agent → decision → shield → env``). ``None``: act every ``dt_s``.
         **env_kwargs: Constructor arguments of the env in plain data (``fleet``,
             ``scenario``, ``dt_s``, ``horizon_steps``, ``fidelity``, ...).
 
     Returns:
         The environment.
 
+    Raises:
+        ValueError: If ``decision_s`` is not a whole multiple of the env's ``dt_s``.
+
     Example:
-        >>> env = make_env("PulseBMS/FleetSmall-v0", fidelity="ecm")  # doctest: +SKIP
+        >>> env = make_env("PulseBMS/FleetSmall-v0", dt_s=300.0, decision_s=900.0)
+        >>> env.substeps
+        3
+        >>> env.close()
     """
     import pulsebms.envs  # noqa: F401  (registers the ids)
+    from pulsebms.envs.decision import with_decision_interval
 
     wrapper_kwargs, env_kwargs = route_limits(shield_kwargs, env_kwargs)
     env = gym.make(env_id, **env_kwargs)
@@ -51,7 +63,7 @@ def make_env(
         from pulsebms.safety import ShieldWrapper
 
         env = ShieldWrapper(env, **wrapper_kwargs)
-    return env
+    return with_decision_interval(env, decision_s)
 
 
 def route_limits(
@@ -98,6 +110,7 @@ def make_env_factory(
     *,
     shield: bool = True,
     shield_kwargs: Mapping[str, Any] | None = None,
+    decision_s: float | None = None,
     **env_kwargs: Any,
 ) -> EnvFactory:
     """A picklable-enough closure over :func:`make_env` (for SB3 vectorised envs).
@@ -106,6 +119,7 @@ def make_env_factory(
         env_id: See :func:`make_env`.
         shield: See :func:`make_env`.
         shield_kwargs: See :func:`make_env`.
+        decision_s: See :func:`make_env`.
         **env_kwargs: See :func:`make_env`.
 
     Returns:
@@ -113,7 +127,13 @@ def make_env_factory(
     """
 
     def factory() -> gym.Env[Any, Any]:
-        return make_env(env_id, shield=shield, shield_kwargs=shield_kwargs, **env_kwargs)
+        return make_env(
+            env_id,
+            shield=shield,
+            shield_kwargs=shield_kwargs,
+            decision_s=decision_s,
+            **env_kwargs,
+        )
 
     return factory
 

@@ -141,11 +141,16 @@ class SiteInfo:
         grid_import_limit_w: Grid import limit [W].
         grid_export_limit_w: Grid export limit [W].
         feed_in_price_per_kwh: Price paid for exported energy [currency/kWh].
+        stored_energy_price_per_kwh: What the env pays for energy left in storage
+            [currency/kWh] (:mod:`pulsebms.envs.costs`); ``None``: not valued.
+        steps_left: Control steps left in the present episode (``None``: unknown).
     """
 
     grid_import_limit_w: float = float("inf")
     grid_export_limit_w: float = float("inf")
     feed_in_price_per_kwh: float = 0.0
+    stored_energy_price_per_kwh: float | None = None
+    steps_left: int | None = None
 
 
 def site_info(env: object) -> SiteInfo:
@@ -157,10 +162,14 @@ def site_info(env: object) -> SiteInfo:
         series = base.series
     except RuntimeError:  # no series before the first reset
         return SiteInfo()
+    price = getattr(base, "stored_energy_price_eur_per_kwh", None)
+    horizon, step = getattr(base, "horizon_steps", None), getattr(base, "step_index", None)
     return SiteInfo(
         grid_import_limit_w=float(series.grid_import_limit_w),
         grid_export_limit_w=float(series.grid_export_limit_w),
         feed_in_price_per_kwh=float(series.feed_in_price_eur_per_kwh),
+        stored_energy_price_per_kwh=None if price is None else float(price),
+        steps_left=None if horizon is None or step is None else max(int(horizon) - int(step), 0),
     )
 
 

@@ -21,6 +21,16 @@ Objective (all terms in currency)::
     + smoothing Σ u²                               (spreads load, keeps the QP strictly convex)
     + soc_slack_penalty Σ slack − Σ_i v_i soc[i, H] (soft SoC window, terminal value)
 
+**Episode end and stored energy.** When the env values the energy left in storage
+(``FleetEnv(stored_energy_value=...)``: the reward pays ``c_T`` per kWh stored, see
+:mod:`pulsebms.envs.costs`), the MPC and the oracle plan exactly what the env scores:
+planning intervals from the episode's end on are switched off (no power, no demand, no
+price; the interval that holds the end is kept whole), and the energy stored at the end of
+the plan is valued at ``c_T`` (``terminal_value_per_kwh = None``). A full-day oracle then
+optimises the episode's own cost with the true future, so it is the lower-bound reference
+(up to its linear model) instead of paying for energy it keeps past the episode. Without
+a stored-energy price the plan runs its full horizon past the end, as before.
+
 Constraints come from the same :class:`pulsebms.safety` limits the shield enforces (SoC
 window, pack current and C-rate turned into power bounds at the present voltage); the first
 action is then passed through the :class:`pulsebms.safety.Shield` itself when one is given,
@@ -163,8 +173,11 @@ class MPCConfig:
         smoothing: Weight of Σ u² (dimensionless, currency per unit² step).
         soc_slack_penalty: Penalty per unit of SoC outside the window (soft constraint, so a
             state already outside it keeps the problem feasible).
-        terminal_value_per_kwh: Value of energy left in the packs at the horizon's end
-            [currency/kWh]; ``None`` uses the mean forecast price (stops end-of-horizon dumping).
+        terminal_value_per_kwh: Value of energy left in the packs at the plan's end
+            [currency/kWh], times η. ``None``: the env's stored-energy price when the env values
+            stored energy (``FleetEnv(stored_energy_value=...)``; then the plan also ends
+            at the episode's end, see :class:`MPCPolicy`), else η × the mean forecast
+            price over the horizon (stops end-of-horizon dumping).
         solver: cvxpy solver name (``"CLARABEL"``, ``"OSQP"``, ...).
         horizon_h: Planning horizon in hours; when given it replaces ``horizon_steps``
             (``ceil(3600 horizon_h / dt_s)`` control intervals at the env's ``dt_s``), so
@@ -303,15 +316,16 @@ class MPCPolicy:
         rated = self.info.rated_power_w
         self.p_soc0 = cp.Parameter(n, name="soc0")
         self.p_k = cp.Parameter(n, nonneg=True, name="soc_per_unit_step")
-        self.p_u_dis_max = cp.Parameter(n, nonneg=True, name="u_dis_max")
-        self.p_u_ch_max = cp.Parameter(n, nonneg=True, name="u_ch_max")
-        self.p_u_dis_max0 = cp.Parameter(n, nonneg=True, name="u_dis_max_first_step")
-        self.p_u_ch_max0 = cp.Parameter(n, nonneg=True, name="u_ch_max_first_step")
         self.p_demand = cp.Parameter(h, name="demand_kw")
         self.p_price = cp.Parameter(h, nonneg=True, name="price_per_kwh")
         self.p_deg = cp.Parameter(n, nonneg=True, name="degradation_per_unit_step")
         self.p_terminal = cp.Parameter(n, nonneg=True, name="terminal_value_per_soc")
-        self.p_feed_in = cp.Parameter(nonneg=True, name="feed_in_price_per_kwh")
+        # Per interval (× block length when blocked); 0 past the episode's end.
+        self.p_feed_in = cp.Parameter(h, nonneg=True, name="feed_in_price_per_kwh")
+        # Per pack and interval: the power bounds (the first interval's within the shield's
+        # admissible set), 0 past the episode's end.
+        self.p_u_dis_cap = cp.Parameter((n, h), nonneg=True, name="u_dis_max_per_interval")
+        self.p_u_ch_cap = cp.Parameter((n, h), nonneg=True, name="u_ch_max_per_interval")
         self.p_import_max = cp.Parameter(nonneg=True, name="grid_import_limit_kw")
         self.p_export_max = cp.Parameter(nonneg=True, name="grid_export_limit_kw")
         self.u_dis = cp.Variable((n, h), nonneg=True, name="u_dis")
@@ -331,28 +345,26 @@ class MPCPolicy:
             grid_export <= self.p_export_max,
             soc >= self.info.soc_min[:, None] - slack,
             soc <= self.info.soc_max[:, None] + slack,
+            self.u_dis <= self.p_u_dis_cap,
+            self.u_ch <= self.p_u_ch_cap,
         ]
         for t in range(h):
             step = self.u_dis[:, t] / eta - eta * self.u_ch[:, t]
             if blocked:
                 step = float(durations[t]) * step
-            cons += [
-                soc[:, t + 1] == soc[:, t] - multiply(self.p_k, step),
-                self.u_dis[:, t] <= self.p_u_dis_max,
-                self.u_ch[:, t] <= self.p_u_ch_max,
-            ]
+            cons += [soc[:, t + 1] == soc[:, t] - multiply(self.p_k, step)]
         if blocked:
             # p_price holds price × block length; every per-interval term is weighted by it.
             d = durations.astype(np.float64)
             root = np.sqrt(d)[None, :]
-            energy_cost = dt_h * (self.p_price @ grid_import - self.p_feed_in * (d @ grid_export))
+            energy_cost = dt_h * (self.p_price @ grid_import - self.p_feed_in @ grid_export)
             throughput = (self.u_dis + self.u_ch) @ d
             unserved = d @ shortfall
             smooth = sum_squares(multiply(root, self.u_dis)) + sum_squares(
                 multiply(root, self.u_ch)
             )
         else:
-            energy_cost = dt_h * (self.p_price @ grid_import - self.p_feed_in * cp_sum(grid_export))
+            energy_cost = dt_h * (self.p_price @ grid_import - self.p_feed_in @ grid_export)
             throughput = cp_sum(self.u_dis + self.u_ch, axis=1)
             unserved = cp_sum(shortfall)
             smooth = sum_squares(self.u_dis) + sum_squares(self.u_ch)
@@ -367,7 +379,6 @@ class MPCPolicy:
         self.problem = cp.Problem(cp.Minimize(objective), cons)
         if not self.problem.is_dpp():  # pragma: no cover - guarded by a test
             raise RuntimeError("MPC problem is not DPP; it would be recompiled at every solve")
-        cons += [self.u_dis[:, 0] <= self.p_u_dis_max0, self.u_ch[:, 0] <= self.p_u_ch_max0]
         self._soc = soc
 
     def reset(self) -> None:
@@ -398,8 +409,13 @@ class MPCPolicy:
         durations = self._durations
         blocked = bool(np.any(durations != 1))
         demand_w, price = self.forecast(fleet, self.horizon_steps)
+        site = self.site_fn() if self.site_fn is not None else SiteInfo()
+        stored_price = site.stored_energy_price_per_kwh
+        starts = np.concatenate([[0], np.cumsum(durations)[:-1]])
+        active = np.ones(durations.shape[0], dtype=bool)
+        if stored_price is not None and site.steps_left is not None:  # plan to the episode end
+            active = starts < max(int(site.steps_left), 1)
         if blocked:  # block means of the per-step forecast; price is weighted by block length
-            starts = np.concatenate([[0], np.cumsum(durations)[:-1]])
             demand_w = np.add.reduceat(np.asarray(demand_w, dtype=np.float64), starts) / durations
             price = np.add.reduceat(np.asarray(price, dtype=np.float64), starts) / durations
         soh = np.clip(fleet.soh, 1e-3, 1.0)
@@ -409,32 +425,37 @@ class MPCPolicy:
         u_dis_max, u_ch_max = self._power_bounds(fleet)
         self.p_soc0.value = np.clip(fleet.soc, -1.0, 2.0)
         self.p_k.value = info.rated_power_w * dt_h / np.maximum(energy_wh, 1e-9)
-        self.p_u_dis_max.value = u_dis_max
-        self.p_u_ch_max.value = u_ch_max
+        dis_cap = np.outer(u_dis_max, active)
+        ch_cap = np.outer(u_ch_max, active)
         self._state = None
         if self.shield is not None:
             self._state = fleet_state(info, fleet)
             admissible = self.shield.admissible(self._state)
-            u_dis_max = np.minimum(u_dis_max, np.clip(admissible.upper, 0.0, 1.0))
-            u_ch_max = np.minimum(u_ch_max, np.clip(-admissible.lower, 0.0, 1.0))
-        self.p_u_dis_max0.value = u_dis_max
-        self.p_u_ch_max0.value = u_ch_max
-        self.p_demand.value = np.asarray(demand_w, dtype=np.float64) / 1000.0
+            dis_cap[:, 0] = np.minimum(dis_cap[:, 0], np.clip(admissible.upper, 0.0, 1.0))
+            ch_cap[:, 0] = np.minimum(ch_cap[:, 0], np.clip(-admissible.lower, 0.0, 1.0))
+        self.p_u_dis_cap.value = dis_cap
+        self.p_u_ch_cap.value = ch_cap
+        demand_w = np.where(active, np.asarray(demand_w, dtype=np.float64), 0.0)
+        self.p_demand.value = demand_w / 1000.0
         price = np.clip(np.asarray(price, dtype=np.float64), 0.0, None)
-        self.p_price.value = price * durations if blocked else price
-        weight = 1.0 if self.degradation_weight is None else self.degradation_weight
+        weight = np.where(active, durations if blocked else 1.0, 0.0)
+        self.p_price.value = price * weight
+        wear = 1.0 if self.degradation_weight is None else self.degradation_weight
         self.p_deg.value = (
             cfg.degradation_cost_per_kwh * info.rated_power_w * dt_h / 1000.0 / (life * soh)
-        ) * np.clip(np.nan_to_num(weight, nan=1.0), 0.0, None)
-        value = cfg.terminal_value_per_kwh
-        if value is None:
-            value = (
+        ) * np.clip(np.nan_to_num(wear, nan=1.0), 0.0, None)
+        if cfg.terminal_value_per_kwh is not None:
+            value = cfg.efficiency * cfg.terminal_value_per_kwh
+        elif stored_price is not None:  # what the env pays for stored energy, exactly
+            value = stored_price
+        else:
+            mean_price = (
                 float(np.average(price, weights=durations)) if blocked else float(np.mean(price))
             )
-        self.p_terminal.value = value * cfg.efficiency * energy_wh / 1000.0
-        site = self.site_fn() if self.site_fn is not None else SiteInfo()
+            value = cfg.efficiency * mean_price
+        self.p_terminal.value = max(float(value), 0.0) * energy_wh / 1000.0
         big_kw = 10.0 * (float(np.sum(info.rated_power_w)) + float(np.max(np.abs(demand_w)))) / 1e3
-        self.p_feed_in.value = max(site.feed_in_price_per_kwh, 0.0)
+        self.p_feed_in.value = max(site.feed_in_price_per_kwh, 0.0) * weight
         self.p_import_max.value = min(site.grid_import_limit_w / 1000.0, big_kw)
         self.p_export_max.value = min(site.grid_export_limit_w / 1000.0, big_kw)
         try:

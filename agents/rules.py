@@ -1,10 +1,18 @@
 """Rule-based baselines: split the site demand among the packs by a fixed rule.
 
-Every rule meets the demand shown in the observation as far as the packs' rated power
-allows and never arbitrages price: that is what learned agents and the MPC must beat.
-All rules read the observation through an :class:`~pulsebms.agents.observation.ObservationReader`
-(the env's named layout) and act in the env's action space (power / rated power, + =
-discharge). The shield still projects their actions in the loop.
+Every rule meets the demand shown in the observation as far as the packs' limits allow and
+never arbitrages price: that is what learned agents and the MPC must beat. All rules read
+the observation through an :class:`~pulsebms.agents.observation.ObservationReader` (the
+env's named layout) and act in the env's action space (power / rated power, + = discharge).
+
+**Limits.** A rule asks no pack for more than its limits allow, so the shield in the loop
+has nothing to cut (≈0 pre-shield violations, where a rule capped only at rated power asked
+for what the shield cut on ~90 % of steps): each pack's share is capped at the power of
+its current and C-rate limits (at the pack's nominal voltage, like the MPC) and, with a
+:class:`pulsebms.safety.shield.Shield` of the same fleet and limits (what
+:func:`make_rule_policy` builds from the env: one set of limits), at the shield's
+admissible interval for the observed state; what a capped pack cannot take goes to the
+others (water-filling).
 
 * :class:`EqualSplitPolicy`: the same power from every pack.
 * :class:`SocProportionalPolicy`: discharge in proportion to usable energy above the SoC
@@ -22,6 +30,8 @@ import numpy as np
 
 from pulsebms.agents.observation import FleetObservation, ObservationReader
 from pulsebms.core.types import ActArray, FloatArray, ObsArray
+from pulsebms.safety.shield import Shield
+from pulsebms.safety.state import FleetState
 
 if TYPE_CHECKING:  # annotations only: the rules are numpy-only
     import gymnasium as gym
@@ -100,6 +110,11 @@ class RulePolicy:
         soc_max: SoC ceiling above which a pack is not charged (the shield's limit).
         temperature_max_c: Upper temperature limit [°C].
         temperature_min_c: Lower temperature limit [°C].
+        max_power_w: Power cap per pack [W] from its current and C-rate limits at SoH 1
+            (scaled by the observed SoH); ``None``: the rated power.
+        shield: A shield of the same fleet and limits: every pack's share is also kept
+            inside its admissible interval for the observed state (needs cell voltage and
+            current in the observation). ``None``: no such cap.
     """
 
     name = "rule"
@@ -115,6 +130,8 @@ class RulePolicy:
         soc_max: float | FloatArray = 0.95,
         temperature_max_c: float | FloatArray = 60.0,
         temperature_min_c: float | FloatArray = -20.0,
+        max_power_w: FloatArray | None = None,
+        shield: Shield | None = None,
     ) -> None:
         self.reader = reader
         self.rated_power_w = np.asarray(rated_power_w, dtype=np.float64)
@@ -129,6 +146,9 @@ class RulePolicy:
         self.soc_max = np.broadcast_to(np.asarray(soc_max, dtype=np.float64), (n,))
         self.temperature_max_c = np.broadcast_to(np.asarray(temperature_max_c, float), (n,))
         self.temperature_min_c = np.broadcast_to(np.asarray(temperature_min_c, float), (n,))
+        cap = self.rated_power_w if max_power_w is None else np.asarray(max_power_w, float)
+        self.max_power_w = np.minimum(np.broadcast_to(cap, (n,)), self.rated_power_w)
+        self.shield = shield
 
     @property
     def n_packs(self) -> int:
@@ -139,12 +159,29 @@ class RulePolicy:
         """Non-negative share of each pack in the demand (subclasses override)."""
         return np.ones(self.n_packs)
 
+    def caps_w(self, fleet: FleetObservation, discharge: bool) -> FloatArray:
+        """Most power each pack may take in the demand's direction [W] (module docstring)."""
+        cap = self.max_power_w * np.clip(fleet.soh, 0.0, 1.0)
+        if self.shield is not None and fleet.cell_voltage_v.size == self.n_packs:
+            state = FleetState(
+                soc=fleet.soc.copy(),
+                soh=fleet.soh.copy(),
+                temperature_c=fleet.temperature_c.copy(),
+                cell_voltage_v=fleet.cell_voltage_v.copy(),
+                current_a=fleet.current_c_rate * self.capacity_ah,
+                demand_w=float(fleet.demand_w),
+            )
+            lower, upper, _ = self.shield.bounds(state)
+            bound = upper if discharge else -lower
+            cap = np.minimum(cap, self.rated_power_w * np.clip(bound, 0.0, 1.0))
+        return np.asarray(cap, dtype=np.float64)
+
     def act(self, observation: ObsArray) -> ActArray:
-        """Allocate the demand in the observation among the packs."""
+        """Allocate the demand in the observation among the packs, within their limits."""
         fleet = self.reader.read(observation)
         discharge = fleet.demand_w >= 0.0
         w = self.weights(fleet, discharge)
-        power_w = allocate_power(fleet.demand_w, w, self.rated_power_w)
+        power_w = allocate_power(fleet.demand_w, w, self.caps_w(fleet, discharge))
         return np.clip(power_w / self.rated_power_w, -1.0, 1.0).astype(np.float32)
 
 
@@ -219,12 +256,18 @@ _RULES: dict[str, type[RulePolicy]] = {
 }
 
 
-def make_rule_policy(env: gym.Env[Any, Any], kind: str = "soc", **kwargs: Any) -> RulePolicy:
+def make_rule_policy(
+    env: gym.Env[Any, Any], kind: str = "soc", *, use_shield: bool = True, **kwargs: Any
+) -> RulePolicy:
     """Build a rule baseline for an environment.
 
     Args:
         env: A FleetEnv (wrapped or not); its layout, ratings and limits are read.
         kind: ``"equal"``, ``"soc"`` or ``"health"``.
+        use_shield: Cap each pack's share at the admissible interval of a
+            :class:`~pulsebms.safety.shield.Shield` built from the env's ratings, limits and
+            ``dt_s`` (the limits the shield wrapper enforces), besides the current and
+            C-rate caps (when the observation carries cell voltage and current).
         **kwargs: Extra keyword arguments of the rule's constructor.
 
     Returns:
@@ -238,6 +281,11 @@ def make_rule_policy(env: gym.Env[Any, Any], kind: str = "soc", **kwargs: Any) -
     if kind not in _RULES:
         raise ValueError(f"unknown rule {kind!r}; known rules: {sorted(_RULES)}")
     info = fleet_info(env)
+    pack_v = info.energy_wh / np.maximum(info.capacity_ah, 1e-9)  # nominal pack voltage
+    current_a = np.minimum(info.current_max_a, info.c_rate_max * info.capacity_ah)
+    kwargs.setdefault("max_power_w", current_a * pack_v)
+    if use_shield and info.ratings is not None and "shield" not in kwargs:
+        kwargs["shield"] = Shield(info.ratings, info.limits or None, info.dt_s)
     return _RULES[kind](
         info.reader,
         info.rated_power_w,

@@ -15,6 +15,19 @@ dt_s / 3600``)::
                                · E_nom,i [kWh] · replacement_cost_eur_per_kwh
     unserved_penalty_eur = VoLL · unserved / 1000 · Δt_h
     fault_penalty_eur    = VoLL · site_peak / 1000 · max(T_left_h, 1)
+    stored_energy_cost_eur = c_T · (E_before − E_after)     (opt-in: ``stored_energy_value``)
+    E = Σ_i SoC_i · SoH_i · E_nom,i [kWh]             (energy in storage)
+
+**Stored-energy value** (opt-in, :data:`STORED_ENERGY_VALUES`). Without it an episode
+ends with its stored energy worth nothing, so the cheapest way to end a day is to empty the
+fleet, and a controller that plans past the episode's end (the full-day MPC-oracle) pays
+for energy it never sells. With a price ``c_T`` [EUR/kWh], energy taken out of storage
+costs ``c_T`` per kWh and energy put in is worth it, step by step: over an episode the
+terms sum to ``c_T · (E_start − E_end)``, the value of the energy the episode used up
+(the same total as one terminal reward, but dense). ``"min_price"``: ``c_T`` is the
+episode's lowest import price, what the energy costs to buy back (the default of the
+benchmarks: no gain from merely filling up before the end, no gain from emptying);
+``"mean_price"``: its mean import price; a number: that price.
 
 Example:
     >>> grid = grid_exchange(net_load_w=1500.0, fleet_power_w=500.0,
@@ -40,13 +53,19 @@ if TYPE_CHECKING:
     from pulsebms.safety.limits import Violation
 
 __all__ = [
+    "STORED_ENERGY_VALUES",
     "CostModel",
     "GridExchange",
     "constraint_cost",
     "energy_cost_eur",
     "grid_exchange",
     "make_costs",
+    "stored_energy_kwh",
+    "stored_energy_price",
 ]
+
+STORED_ENERGY_VALUES = ("min_price", "mean_price")
+"""Named stored-energy prices (see the module docstring); a number is a price in EUR/kWh."""
 
 
 @dataclass(frozen=True)
@@ -191,3 +210,57 @@ def constraint_cost(violations: Sequence[Violation], n_faulted: int, costs: Cost
 
     cost = float(violation_cost(list(violations))) if violations else 0.0
     return cost + costs.fault_cost * n_faulted
+
+
+def stored_energy_kwh(soc: FloatArray, soh: FloatArray, pack_energy_kwh: FloatArray) -> float:
+    """Energy in storage, ``Σ SoC · SoH · E_nom`` [kWh] (SoC of the present capacity).
+
+    Example:
+        >>> stored_energy_kwh(np.array([0.5, 1.0]), np.array([1.0, 0.9]), np.array([2.0, 1.0]))
+        1.9
+    """
+    soc = np.asarray(soc, dtype=np.float64)
+    soh = np.asarray(soh, dtype=np.float64)
+    return float(np.sum(soc * soh * np.asarray(pack_energy_kwh, dtype=np.float64)))
+
+
+def check_stored_energy_value(value: str | float | None) -> str | float | None:
+    """Validate a ``stored_energy_value`` (``None``, a name or a price ≥ 0).
+
+    Raises:
+        ValueError: On an unknown name or a negative or non-finite price.
+    """
+    if value is None:
+        return None
+    if isinstance(value, str):
+        if value not in STORED_ENERGY_VALUES:
+            raise ValueError(
+                f"stored_energy_value must be None, a price >= 0 or one of "
+                f"{list(STORED_ENERGY_VALUES)}, got {value!r}"
+            )
+        return value
+    price = float(value)
+    if not (np.isfinite(price) and price >= 0.0):
+        raise ValueError(f"stored_energy_value must be a finite price >= 0, got {value!r}")
+    return price
+
+
+def stored_energy_price(value: str | float | None, price_eur_per_kwh: FloatArray) -> float | None:
+    """The episode's stored-energy price ``c_T`` [EUR/kWh] (``None``: not valued).
+
+    Args:
+        value: ``None``, ``"min_price"``, ``"mean_price"`` or a price.
+        price_eur_per_kwh: The episode's import prices (its steps, not beyond).
+
+    Example:
+        >>> stored_energy_price("min_price", np.array([0.3, 0.2, 0.4]))
+        0.2
+    """
+    value = check_stored_energy_value(value)
+    if value is None:
+        return None
+    if value == "min_price":
+        return float(np.min(price_eur_per_kwh))
+    if value == "mean_price":
+        return float(np.mean(price_eur_per_kwh))
+    return float(value)

@@ -24,6 +24,11 @@ Per agent step:
 
 The wrapper holds no randomness: a seeded reset gives the same episode as the inner env.
 
+For evaluation at the plant step (KPIs counted per plant step, every policy in the same
+env), :class:`DecisionIntervalPolicy` does the same from the policy's side: it asks the
+policy every ``substeps`` calls and holds the action in between, so a policy trained behind
+the wrapper acts exactly as it did in training (same observations, same held actions).
+
 Example:
     >>> from pulsebms.agents.env_factory import make_env  # doctest: +SKIP
     >>> env = DecisionIntervalWrapper(make_env(dt_s=60.0), decision_s=900.0)  # doctest: +SKIP
@@ -34,16 +39,18 @@ Example:
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any, SupportsFloat
+from typing import Any, Protocol, SupportsFloat
 
 import gymnasium as gym
 import numpy as np
 
 __all__ = [
     "SUMMED_INFO_KEYS",
+    "DecisionIntervalPolicy",
     "DecisionIntervalWrapper",
     "agent_step_s",
     "decision_env_factory",
+    "substeps_of",
     "with_decision_interval",
 ]
 
@@ -104,19 +111,9 @@ class DecisionIntervalWrapper(gym.Wrapper[Any, Any, Any, Any]):
     def __init__(self, env: gym.Env[Any, Any], decision_s: float) -> None:
         super().__init__(env)
         dt_s = float(env.unwrapped.dt_s)  # type: ignore[attr-defined]
-        if not (isinstance(decision_s, int | float) and np.isfinite(decision_s)) or (
-            decision_s <= 0
-        ):
-            raise ValueError(f"decision_s must be a finite number > 0, got {decision_s!r}")
-        ratio = float(decision_s) / dt_s
-        substeps = round(ratio)
-        if substeps < 1 or abs(ratio - substeps) > 1e-6 * max(ratio, 1.0):
-            raise ValueError(
-                f"decision_s ({decision_s} s) must be a whole multiple of the env's dt_s ({dt_s} s)"
-            )
+        self.substeps: int = substeps_of(decision_s, dt_s)
         self.dt_s: float = dt_s
         self.decision_s: float = float(decision_s)
-        self.substeps: int = int(substeps)
 
     def step(self, action: Any) -> tuple[Any, SupportsFloat, bool, bool, dict[str, Any]]:
         """Step the inner env up to :attr:`substeps` times with ``action`` held."""
@@ -172,3 +169,84 @@ def agent_step_s(env: gym.Env[Any, Any]) -> float:
             return inner.decision_s
         inner = inner.env
     return float(env.unwrapped.dt_s)  # type: ignore[attr-defined]
+
+
+class _Acting(Protocol):
+    """What :class:`DecisionIntervalPolicy` wraps: ``act(observation) -> action``."""
+
+    def act(self, observation: Any) -> Any:
+        """The action for ``observation``."""
+        ...
+
+
+def substeps_of(decision_s: float, dt_s: float) -> int:
+    """Plant steps per decision: ``decision_s / dt_s``, a whole number ≥ 1.
+
+    Raises:
+        ValueError: If ``decision_s`` is not a finite positive whole multiple of ``dt_s``.
+
+    Example:
+        >>> substeps_of(900.0, 300.0)
+        3
+    """
+    if not (isinstance(decision_s, int | float) and np.isfinite(decision_s)) or decision_s <= 0:
+        raise ValueError(f"decision_s must be a finite number > 0, got {decision_s!r}")
+    ratio = float(decision_s) / float(dt_s)
+    substeps = round(ratio)
+    if substeps < 1 or abs(ratio - substeps) > 1e-6 * max(ratio, 1.0):
+        raise ValueError(
+            f"decision_s ({decision_s} s) must be a whole multiple of the env's dt_s ({dt_s} s)"
+        )
+    return int(substeps)
+
+
+class DecisionIntervalPolicy:
+    """A policy asked every ``substeps`` plant steps, its action held in between.
+
+    The policy-side twin of :class:`DecisionIntervalWrapper`: rolled out at the plant step
+    (``dt_s``), it sees the observations and holds the actions it would behind the wrapper
+    (the first call of an episode decides; so does every ``substeps``-th after it).
+
+    Args:
+        policy: Any object with ``act(observation)`` (and optionally ``reset()``).
+        substeps: Plant steps per decision (:func:`substeps_of`).
+        name: Label in KPI tables (the policy's own ``name`` when ``None``).
+
+    Raises:
+        ValueError: If ``substeps`` < 1.
+
+    Example:
+        >>> class Count:
+        ...     calls = 0
+        ...     def act(self, observation):
+        ...         self.calls += 1
+        ...         return np.full(1, float(self.calls))
+        >>> held = DecisionIntervalPolicy(Count(), substeps=3)
+        >>> [float(held.act(None)[0]) for _ in range(7)]
+        [1.0, 1.0, 1.0, 2.0, 2.0, 2.0, 3.0]
+    """
+
+    def __init__(self, policy: _Acting, substeps: int, *, name: str | None = None) -> None:
+        if int(substeps) != substeps or substeps < 1:
+            raise ValueError(f"substeps must be an integer >= 1, got {substeps!r}")
+        self.policy = policy
+        self.substeps = int(substeps)
+        self.name = name or str(getattr(policy, "name", type(policy).__name__))
+        self._held: Any = None
+        self._age = 0
+
+    def reset(self) -> None:
+        """Forget the held action (a new episode decides at its first step)."""
+        self._held = None
+        self._age = 0
+        reset = getattr(self.policy, "reset", None)
+        if callable(reset):
+            reset()
+
+    def act(self, observation: Any) -> Any:
+        """The policy's action at a decision step, else the held one."""
+        if self._held is None or self._age >= self.substeps:
+            self._held = self.policy.act(observation)
+            self._age = 0
+        self._age += 1
+        return self._held

@@ -24,15 +24,21 @@ Reward (EUR, per step; ``Δt_h = dt_s / 3600``)::
     unserved_penalty_eur = value_of_lost_load_eur_per_kwh · unserved/1000 · Δt_h
     fault_penalty_eur    = value_of_lost_load_eur_per_kwh · site_peak_kW · max(T_left_h, 1)
                                (only on the step a pack faults; the episode terminates)
+    stored_energy_cost_eur = c_T · (E_before − E_after)   (only with stored_energy_value)
     reward = −(energy_cost_eur + degradation_cost_eur + unserved_penalty_eur
-               + fault_penalty_eur)
+               + fault_penalty_eur + stored_energy_cost_eur)
 
 So the **fleet total** matters (buy cheap, sell or self-consume dear: arbitrage; keep the
 import under ``G_imp``: peak shaving) and so does the **split** (losses, heating and fade
 differ by chemistry, SoH and temperature). The fault penalty prices a faulted fleet as a
 site without power for the rest of the episode (at least one hour), so ending an episode
 early never pays. Degradation is priced on the *real* fade: the accelerated fade of
-research runs is divided by the acceleration factor.
+research runs is divided by the acceleration factor. With ``stored_energy_value`` (opt-in;
+off for every registered id) the energy in storage ``E = Σ SoC·SoH·E_nom`` is worth ``c_T``
+per kWh (the episode's lowest or mean import price, or a given price): the episode's terms
+sum to ``c_T · (E_start − E_end)``, so ending the day with the fleet emptied earns nothing
+and a controller is paid for the energy it leaves for tomorrow
+(:mod:`pulsebms.envs.costs`).
 
 The cost weights (:class:`~pulsebms.envs.costs.CostModel`) and these formulas live in
 :mod:`pulsebms.envs.costs`; the observation is built by
@@ -58,8 +64,9 @@ Step ``info`` keys (units in the names; scalars unless said):
   ``pack_current_a`` (arrays ``(n_packs,)``), ``grid_import_w``, ``grid_export_w``,
   ``unserved_w``, ``curtailed_w``, ``grid_import_limit_w``;
 * reward terms: ``energy_cost_eur``, ``degradation_cost_eur``, ``unserved_penalty_eur``,
-  ``fault_penalty_eur``, ``total_cost_eur`` (= −reward), ``soh_loss`` (Σ ΔSoH as the twin
-  reports it, accelerated);
+  ``fault_penalty_eur``, ``stored_energy_cost_eur`` (0 unless ``stored_energy_value``),
+  ``total_cost_eur`` (= −reward), ``soh_loss`` (Σ ΔSoH as the twin reports it,
+  accelerated), ``stored_energy_kwh`` (after the step);
 * constraints: ``cost`` (CMDP cost), ``violations`` (tuple of
   :class:`pulsebms.safety.Violation`: pack index, limit name, value, bound),
   ``n_violations``;
@@ -68,7 +75,8 @@ Step ``info`` keys (units in the names; scalars unless said):
 * time: ``step`` (steps taken), ``time_s`` (since the episode start).
 
 ``reset`` returns ``step``, ``time_s``, ``start_day``, ``start_hour``,
-``site_peak_load_w``, ``grid_import_limit_w``, ``grid_export_limit_w`` and ``demand_w``.
+``site_peak_load_w``, ``grid_import_limit_w``, ``grid_export_limit_w``, ``demand_w``,
+``stored_energy_kwh`` and ``stored_energy_price_eur_per_kwh`` (``None`` when not valued).
 """
 
 from __future__ import annotations
@@ -93,10 +101,13 @@ from pulsebms.core.types import ActArray, FloatArray, ObsArray
 from pulsebms.envs.chemistry import get_chemistry
 from pulsebms.envs.costs import (
     CostModel,
+    check_stored_energy_value,
     constraint_cost,
     energy_cost_eur,
     grid_exchange,
     make_costs,
+    stored_energy_kwh,
+    stored_energy_price,
 )
 from pulsebms.envs.pack import PackSpec
 from pulsebms.envs.scenarios import Scenario, ScenarioSeries, build_series, make_scenario
@@ -247,6 +258,10 @@ class FleetEnv(gym.Env[ObsArray, ActArray]):
         costs: :class:`CostModel` or a dict of its fields (cost weights).
         degradation_acceleration: Factor ≥ 1 on the twin's fade (research runs); the
             degradation cost divides it out again.
+        stored_energy_value: Value the energy in storage (opt-in; see the module
+            docstring): ``None`` (off: stored energy is worth nothing when the episode
+            ends), ``"min_price"`` / ``"mean_price"`` (the episode's lowest / mean import
+            price) or a price [EUR/kWh]. Adds ``stored_energy_cost_eur`` to the reward.
         fleet_request: ``"net_load"`` or ``"peak_shaving"``: what
             :meth:`fleet_state` reports as ``demand_w`` (see the module docstring).
         randomize_initial_state: On reset, draw each pack's SoC uniformly in
@@ -298,6 +313,7 @@ class FleetEnv(gym.Env[ObsArray, ActArray]):
         current_limit_c_rate: float | None = 2.0,
         costs: CostModel | Mapping[str, float] | None = None,
         degradation_acceleration: float = 1.0,
+        stored_energy_value: str | float | None = None,
         fleet_request: str = "net_load",
         randomize_initial_state: bool | None = None,
         initial_soc_range: tuple[float, float] = (0.2, 0.9),
@@ -361,6 +377,10 @@ class FleetEnv(gym.Env[ObsArray, ActArray]):
         self.forecast_steps: int = int(forecast_steps)
         self.costs: CostModel = make_costs(costs)
         self.degradation_acceleration: float = float(degradation_acceleration)
+        self.stored_energy_value: str | float | None = check_stored_energy_value(
+            stored_energy_value
+        )
+        self._stored_price: float | None = None
         self.fleet_request: str = fleet_request
         self.randomize_initial_state: bool = bool(
             self.scenario.randomize_day
@@ -455,6 +475,14 @@ class FleetEnv(gym.Env[ObsArray, ActArray]):
         """Steps taken in the present episode."""
         return self._k
 
+    @property
+    def stored_energy_price_eur_per_kwh(self) -> float | None:
+        """The present episode's stored-energy price ``c_T`` [EUR/kWh] (``None``: not valued).
+
+        Known at reset (accounting data, like the feed-in price), from ``stored_energy_value``.
+        """
+        return self._stored_price
+
     def reset(
         self, *, seed: int | None = None, options: dict[str, Any] | None = None
     ) -> tuple[ObsArray, dict[str, Any]]:
@@ -512,6 +540,9 @@ class FleetEnv(gym.Env[ObsArray, ActArray]):
         self._states = self.twin.set_state(soc=soc, soh=soh, temperature_c=temperature)
         self._request_w = self._fleet_request_w(0)
         series = self._series
+        self._stored_price = stored_energy_price(
+            self.stored_energy_value, series.price_eur_per_kwh[: self.horizon_steps]
+        )
         info: dict[str, Any] = {
             "step": 0,
             "time_s": 0.0,
@@ -521,6 +552,8 @@ class FleetEnv(gym.Env[ObsArray, ActArray]):
             "grid_import_limit_w": series.grid_import_limit_w,
             "grid_export_limit_w": series.grid_export_limit_w,
             "demand_w": self._request_w,
+            "stored_energy_kwh": self._stored_kwh(self._states),
+            "stored_energy_price_eur_per_kwh": self._stored_price,
         }
         self._last_info = info
         return self._observation(), info
@@ -578,7 +611,14 @@ class FleetEnv(gym.Env[ObsArray, ActArray]):
                 f"{self.pack_names[i]}: {states.fault_reason[i] or 'fault'}"
                 for i in np.flatnonzero(faulted)
             )
-        total = energy_cost + degradation_cost + unserved_penalty + fault_penalty
+        stored_before = self._stored_kwh(before)
+        stored_after = self._stored_kwh(states, before)
+        stored_cost = (
+            0.0
+            if self._stored_price is None
+            else self._stored_price * (stored_before - stored_after)
+        )
+        total = energy_cost + degradation_cost + unserved_penalty + fault_penalty + stored_cost
         reward = -total
 
         self._request_w = self._fleet_request_w(min(self._k, series.n_samples - 1))
@@ -611,6 +651,8 @@ class FleetEnv(gym.Env[ObsArray, ActArray]):
             "degradation_cost_eur": degradation_cost,
             "unserved_penalty_eur": unserved_penalty,
             "fault_penalty_eur": fault_penalty,
+            "stored_energy_cost_eur": stored_cost,
+            "stored_energy_kwh": stored_after,
             "total_cost_eur": total,
             "soh_loss": float(soh_loss.sum()),
             "cost": float(cost),
@@ -665,6 +707,22 @@ class FleetEnv(gym.Env[ObsArray, ActArray]):
         if self._states is None:
             raise RuntimeError("call reset() first")
         return self._states
+
+    def _stored_kwh(self, states: Any, fallback: Any = None) -> float:
+        """Energy in storage of ``states`` [kWh].
+
+        A pack with a non-finite SoC or SoH counts as in ``fallback`` (the state before the
+        step), or as empty without one.
+        """
+        soc = np.asarray(states.soc, dtype=np.float64)
+        soh = np.asarray(states.soh, dtype=np.float64)
+        bad = ~(np.isfinite(soc) & np.isfinite(soh))
+        if bad.any():
+            soc_ok = np.asarray(fallback.soc if fallback is not None else np.zeros_like(soc))
+            soh_ok = np.asarray(fallback.soh if fallback is not None else np.zeros_like(soh))
+            soc = np.where(bad, np.nan_to_num(soc_ok), soc)
+            soh = np.where(bad, np.nan_to_num(soh_ok), soh)
+        return stored_energy_kwh(soc, soh, self.pack_energy_kwh)
 
     def _per_pack(self, value: Any, name: str) -> FloatArray:
         arr = np.asarray(value, dtype=np.float64)

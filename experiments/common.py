@@ -24,11 +24,13 @@ __all__ = [
     "ConfigError",
     "agent_factory",
     "compose_agent",
+    "decision_s",
     "env_kwargs",
     "init_wandb",
     "run_dir",
     "seed_everything",
     "shield_kwargs",
+    "train_env_kwargs",
     "validate",
 ]
 
@@ -179,6 +181,19 @@ def validate(cfg: DictConfig) -> None:
         make_scenario(scenario_spec(cfg.scenario))
     except (ValueError, TypeError) as exc:
         raise ConfigError(f"scenario: {exc}") from None
+    if cfg.train.get("scenario") is not None:
+        try:
+            make_scenario(scenario_spec(cfg.train.scenario))
+        except (ValueError, TypeError) as exc:
+            raise ConfigError(f"train.scenario: {exc}") from None
+    step = cfg.env.get("dt_s")
+    if cfg.env.get("decision_s") is not None and step is not None:
+        from pulsebms.envs.decision import substeps_of
+
+        try:
+            substeps_of(float(cfg.env.decision_s), float(step))
+        except ValueError as exc:
+            raise ConfigError(f"env.decision_s: {exc}") from None
     _validate_shield_settings(cfg)
     _validate_limits(cfg)
     import gymnasium as gym
@@ -197,23 +212,40 @@ def validate(cfg: DictConfig) -> None:
         )
 
 
+def decision_s(cfg: DictConfig) -> float | None:
+    """The learning agent's decision interval ``env.decision_s`` [s] (``None``: ``dt_s``)."""
+    value = cfg.env.get("decision_s")
+    return None if value is None else float(value)
+
+
+def train_env_kwargs(cfg: DictConfig) -> dict[str, Any]:
+    """:func:`env_kwargs` of the training env: the scenario is ``train.scenario`` if given."""
+    kwargs = env_kwargs(cfg)
+    scenario = cfg.train.get("scenario")
+    if scenario is not None:
+        kwargs["scenario"] = scenario_spec(scenario)
+    return kwargs
+
+
 def make_cfg_env_factory(cfg: DictConfig) -> EnvFactory:
-    """A factory of the run's (shielded) env."""
+    """A factory of the run's (shielded) training env: ``train.scenario``, ``env.decision_s``."""
     return make_env_factory(
         cfg.env.id,
         shield=bool(cfg.shield.enabled),
         shield_kwargs=shield_kwargs(cfg),
-        **env_kwargs(cfg),
+        decision_s=decision_s(cfg),
+        **train_env_kwargs(cfg),
     )
 
 
 def make_cfg_env(cfg: DictConfig) -> Any:
-    """One instance of the run's (shielded) env."""
+    """One instance of the run's (shielded) training env (see :func:`make_cfg_env_factory`)."""
     return make_env(
         cfg.env.id,
         shield=bool(cfg.shield.enabled),
         shield_kwargs=shield_kwargs(cfg),
-        **env_kwargs(cfg),
+        decision_s=decision_s(cfg),
+        **train_env_kwargs(cfg),
     )
 
 

@@ -247,13 +247,21 @@ class ScenarioConf:
 
 @dataclass
 class EnvConf:
-    """The environment: registered id and constructor arguments (``None``: env default)."""
+    """The environment: registered id and constructor arguments (``None``: env default).
+
+    ``dt_s`` is the plant and shield step; ``decision_s`` (``None``: ``dt_s``) the learning
+    agent's decision interval, a whole multiple of ``dt_s`` (each action held for
+    ``decision_s / dt_s`` plant steps: :class:`pulsebms.envs.decision.DecisionIntervalWrapper`
+    in training, :class:`pulsebms.envs.decision.DecisionIntervalPolicy` in evaluation).
+    The evaluation's baselines act at every plant step; the run's agent every ``decision_s``.
+    """
 
     name: str = "small"
     id: str = "PulseBMS/FleetSmall-v0"
     dt_s: float | None = None
     horizon_steps: int | None = None
     fidelity: str | None = "ecm"
+    decision_s: float | None = None
     kwargs: dict[str, Any] = field(default_factory=dict)
 
 
@@ -286,8 +294,14 @@ class LoggerConf:
 
 @dataclass
 class TrainLoopConf:
-    """Training budget, callbacks and threads."""
+    """Training budget, callbacks, threads, and the scenario training runs on.
 
+    ``scenario``: when given, the agent trains on it (e.g. ``randomized`` days) and is
+    evaluated on the run's ``scenario`` (days it never saw); ``None``: it trains on the
+    run's scenario.
+    """
+
+    scenario: ScenarioConf | None = None
     total_timesteps: int = 50_000
     n_envs: int = 1
     eval_freq: int = 0

@@ -22,7 +22,11 @@ Ratios are per (scenario, seed) episode; NaN where the reference is near zero.
 from __future__ import annotations
 
 import argparse
+import hashlib
+import json
+import logging
 import math
+import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import partial
@@ -30,6 +34,8 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from hydra.utils import instantiate
+from omegaconf import OmegaConf
 
 from pulsebms.agents.evaluation import NO_BATTERY, KPITable, PolicyFactory, evaluate_policies
 
@@ -37,11 +43,16 @@ __all__ = [
     "BENCHMARKS",
     "SuiteRow",
     "benchmark_config",
+    "fleet_groups",
     "format_table",
     "main",
     "run_suite",
     "suite_rows",
+    "train_config",
+    "train_suite_agent",
 ]
+
+log = logging.getLogger(__name__)
 
 BENCHMARKS: tuple[str, ...] = ("mild", "hot_spike", "cold", "pv_rich", "fleet20")
 """The benchmark scenarios, in table order (files of ``configs/benchmark/``)."""
@@ -185,44 +196,205 @@ def _fixed(policy: Any, env: Any) -> Any:
     return policy
 
 
-def _agent_factories(
-    cfg: Any,
+def train_config(name: str, agent: str = "ppo", overrides: Sequence[str] = ()) -> Any:
+    """The training config of benchmark ``name``'s fleet: ``experiment=suite`` + the benchmark.
+
+    The benchmark sets the env (plant step, decision interval, observation, fleet, limits);
+    :file:`configs/experiment/suite.yaml` the agent's hyperparameters, the budget and the
+    training scenario (``train.scenario``: randomised days, never a benchmark's day).
+
+    Args:
+        name: A benchmark whose fleet the agent is for.
+        agent: Agent-group option (an SB3 agent: ``ppo``, ``sac``, ``ppo_lagrangian``, ...).
+        overrides: More Hydra overrides (``agent.learning_rate=1e-4``, ...).
+
+    Returns:
+        The composed ``DictConfig``.
+    """
+    return benchmark_config(name, ["experiment=suite", f"agent={agent}", *overrides])
+
+
+def fleet_groups(benchmarks: Sequence[str]) -> dict[str, list[str]]:
+    """Benchmarks grouped by fleet (``fleet.name``): one trained agent serves each group.
+
+    Example:
+        >>> fleet_groups(["mild", "fleet20", "cold"])  # doctest: +SKIP
+        {'small_spread': ['mild', 'cold'], 'mixed20': ['fleet20']}
+    """
+    groups: dict[str, list[str]] = {}
+    for name in benchmarks:
+        groups.setdefault(str(benchmark_config(name).fleet.name), []).append(name)
+    return groups
+
+
+def _fingerprint(*parts: Any) -> str:
+    from omegaconf import OmegaConf
+
+    text = json.dumps(
+        [OmegaConf.to_container(p, resolve=True) if hasattr(p, "keys") else p for p in parts],
+        sort_keys=True,
+        default=str,
+    )
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def _train_cfg_key(cfg: Any) -> str:
+    """What a trained agent depends on: env, fleet, shield, agent, training loop, seed."""
+    return _fingerprint(cfg.env, cfg.fleet, cfg.shield, cfg.agent, cfg.train, int(cfg.seed))
+
+
+def train_suite_agent(
     name: str,
+    seed: int,
+    *,
+    agent: str = "ppo",
+    train_steps: int | None = None,
+    overrides: Sequence[str] = (),
+    out_dir: str | Path = "runs/suite",
+    progress: bool = False,
+    label: str | None = None,
+) -> Any:
+    """Train (or load, when the same run is on disk) the suite's agent for a benchmark's fleet.
+
+    The run folder is ``<out_dir>/agents/<fleet>/<label>_seed<seed>``; its ``suite_key``
+    file holds the fingerprint of the training config, so a finished run is loaded instead
+    of trained again (the suite command resumes), and a changed config trains anew.
+
+    Args:
+        name: A benchmark whose fleet (and env) the agent is trained for.
+        seed: Training seed (never an evaluation seed).
+        agent: SB3 agent option.
+        train_steps: Decisions to train (``None``: the preset's ``train.total_timesteps``).
+        overrides: More Hydra overrides of the training config.
+        out_dir: The suite's output folder.
+        progress: SB3 progress bar.
+        label: Name of the variant (``agent`` when ``None``): its run folder and rows.
+
+    Returns:
+        The trained deterministic policy (:class:`pulsebms.agents.policy.SB3Policy`), acting
+        every agent step of the training env (wrap it in a decision-interval policy to act
+        at the plant step).
+    """
+    from pulsebms.agents.sb3 import policy_from_run, train_agent
+    from pulsebms.experiments.common import make_cfg_env_factory, seed_everything
+
+    extra = [f"seed={seed}", *overrides]
+    if train_steps is not None:
+        extra.append(f"train.total_timesteps={train_steps}")
+    cfg = train_config(name, agent, extra)
+    run = Path(out_dir) / "agents" / str(cfg.fleet.name) / f"{label or agent}_seed{seed}"
+    key = _train_cfg_key(cfg)
+    marker = run / "suite_key"
+    if marker.is_file() and marker.read_text().strip() == key and (run / "model.zip").is_file():
+        log.info("suite: loading %s (trained before, same config)", run)
+        return policy_from_run(run)
+    seed_everything(seed, torch_threads=int(cfg.train.torch_threads))
+    config = instantiate(cfg.agent, _convert_="object")
+    log.info(
+        "suite: training %s on %s for %d steps", agent, cfg.fleet.name, cfg.train.total_timesteps
+    )
+    result = train_agent(
+        config,
+        make_cfg_env_factory(cfg),
+        total_timesteps=int(cfg.train.total_timesteps),
+        seed=seed,
+        out_dir=run,
+        n_envs=int(cfg.train.n_envs),
+        progress_bar=progress,
+    )
+    used = {k: cfg[k] for k in ("seed", "env", "fleet", "shield", "agent", "train")}
+    (run / "config_resolved.yaml").write_text(OmegaConf.to_yaml(OmegaConf.create(used)))
+    marker.write_text(key + "\n")
+    return result.policy
+
+
+def _agent_factories(
+    benchmarks: Sequence[str],
     *,
     checkpoint: str | None,
-    train_steps: int,
+    agent: str,
+    train_steps: int | None,
     train_seeds: Sequence[int],
+    overrides: Sequence[str],
     out_dir: Path,
-) -> dict[str, PolicyFactory]:
-    from pulsebms.experiments.common import env_kwargs, shield_kwargs
+    progress: bool,
+    label: str,
+) -> dict[str, dict[str, PolicyFactory]]:
+    """Per benchmark, name → factory of the evaluated agents (trained once per fleet)."""
+    from pulsebms.experiments.common import decision_s
+    from pulsebms.experiments.train import held_factory
 
+    out: dict[str, dict[str, PolicyFactory]] = {name: {} for name in benchmarks}
     if checkpoint:
         from pulsebms.experiments.evaluate import load_checkpoint_policy
 
         policy = load_checkpoint_policy(checkpoint)
+        for name in benchmarks:
+            held = held_factory(partial(_fixed, policy), decision_s(benchmark_config(name)))
+            out[name]["agent"] = held
+        return out
+    if train_steps is not None and train_steps <= 0:
+        return out
+    for group in fleet_groups(benchmarks).values():
+        for seed in train_seeds:
+            policy = train_suite_agent(
+                group[0],
+                int(seed),
+                agent=agent,
+                train_steps=train_steps,
+                overrides=overrides,
+                out_dir=out_dir,
+                progress=progress,
+                label=label,
+            )
+            for name in group:
+                held = held_factory(partial(_fixed, policy), decision_s(benchmark_config(name)))
+                out[name][f"{label}_seed{seed}"] = held
+    return out
 
-        return {"agent": partial(_fixed, policy)}
-    if train_steps <= 0:
-        return {}
-    from pulsebms.agents.env_factory import make_env_factory
-    from pulsebms.agents.sb3 import PPOConfig, train_agent
 
-    factories: dict[str, PolicyFactory] = {}
-    for seed in train_seeds:
-        result = train_agent(
-            PPOConfig(),
-            make_env_factory(
-                str(cfg.env.id),
-                shield=bool(cfg.shield.enabled),
-                shield_kwargs=shield_kwargs(cfg),
-                **env_kwargs(cfg),
-            ),
-            total_timesteps=train_steps,
-            seed=int(seed),
-            out_dir=out_dir / name / f"ppo_seed{seed}",
-        )
-        factories[f"ppo_seed{seed}"] = partial(_fixed, result.policy)
-    return factories
+def _episode_row(
+    name: str,
+    policy_name: str,
+    factory: PolicyFactory | None,
+    seed: int,
+    *,
+    cfg: Any,
+    cache_key: str,
+    out_dir: Path,
+    max_steps: int | None,
+) -> dict[str, Any]:
+    """One episode's KPI row, from the cache when the same episode was evaluated before."""
+    from pulsebms.agents.evaluation import _idle
+    from pulsebms.experiments.common import env_kwargs, shield_kwargs
+
+    path = out_dir / "episodes" / name / f"{policy_name}_seed{seed}.json"
+    if path.is_file():
+        try:
+            cached = json.loads(path.read_text())
+        except (OSError, ValueError):  # unreadable: evaluate again
+            cached = {}
+        if cached.get("key") == cache_key:
+            return dict(cached["row"])
+    reference = policy_name == NO_BATTERY
+    table = evaluate_policies(
+        {"_idle" if reference else policy_name: _idle if reference or factory is None else factory},
+        env_id=str(cfg.env.id),
+        seeds=[seed],
+        env_kwargs=env_kwargs(cfg),
+        shield=bool(cfg.shield.enabled),
+        shield_kwargs=shield_kwargs(cfg),
+        max_steps=max_steps,
+        progress=False,
+        no_battery=reference,
+    )
+    row = next(r for r in table.rows if r["policy"] == policy_name)
+    row = {**row, "scenario": name}
+    path.parent.mkdir(parents=True, exist_ok=True)
+    partial_path = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    partial_path.write_text(json.dumps({"key": cache_key, "row": row}, default=float))
+    partial_path.replace(path)  # atomic: suites running side by side never read half a file
+    return row
 
 
 def run_suite(
@@ -232,12 +404,22 @@ def run_suite(
     baselines: Sequence[str] = (*RULES, "mpc", ORACLE),
     max_steps: int | None = None,
     checkpoint: str | None = None,
-    train_steps: int = 0,
+    agent: str = "ppo",
+    train_steps: int | None = 0,
     train_seeds: Sequence[int] = (0, 1, 2),
+    train_overrides: Sequence[str] = (),
     out_dir: str | Path = "runs/suite",
     progress: bool = False,
+    label: str | None = None,
 ) -> list[SuiteRow]:
-    """Evaluate the baselines (and an agent) on every benchmark; the suite's rows.
+    """Evaluate the baselines (and trained agents) on every benchmark; the suite's rows.
+
+    Agents are trained once per fleet (:func:`train_suite_agent`, on the training scenario
+    of ``experiment=suite``: randomised days) and evaluated on every benchmark of that
+    fleet at the plant step, deciding every ``env.decision_s`` like in training. Every
+    (benchmark, policy, seed) episode is cached under ``<out_dir>/episodes`` (keyed by the
+    benchmark's config, the policy and, for agents, the training config), and trained agents
+    under ``<out_dir>/agents``: an interrupted suite resumes where it stopped.
 
     Args:
         benchmarks: Benchmark names.
@@ -246,48 +428,73 @@ def run_suite(
         max_steps: Cut episodes (``None``: the benchmark's full day).
         checkpoint: A trained agent (SB3 zip or RLlib folder) to evaluate as ``agent``; it
             must fit each benchmark's observation (the fleet's size).
-        train_steps: Train PPO for this many steps per training seed on each benchmark
-            (0: no training); rows ``ppo_seed<s>`` and their pooled ``ppo`` row.
+        agent: The SB3 agent option trained (``ppo``, ``sac``, ``ppo_lagrangian``, ...).
+        train_steps: Decisions to train per training seed and fleet (``None``: the suite
+            preset's budget; 0: no training); rows ``<agent>_seed<s>`` and their pooled
+            ``<agent>`` row (mean ± std over training seeds × evaluation seeds).
         train_seeds: Training seeds (≥ 3 for a seed-stable claim).
-        out_dir: Where the KPI tables (and models) go.
+        train_overrides: More Hydra overrides of the training config.
+        out_dir: Where the KPI tables, the cache and the models go.
         progress: Progress bars.
+        label: Name of the trained variant (``agent`` when ``None``; e.g. ``ppo_respect``
+            for a run with ``shield.settings.allocation=respect_split``): rows
+            ``<label>_seed<s>`` and ``<label>``, run folders ``<label>_seed<s>``.
 
     Returns:
         The rows of every benchmark.
     """
     from pulsebms.agents.workflow import baseline_factories
-    from pulsebms.experiments.common import env_kwargs, seed_everything, shield_kwargs
 
     out = Path(out_dir)
+    label = label or agent
+    agents = _agent_factories(
+        benchmarks,
+        checkpoint=checkpoint,
+        agent=agent,
+        train_steps=train_steps,
+        train_seeds=train_seeds,
+        overrides=train_overrides,
+        out_dir=out,
+        progress=progress,
+        label=label,
+    )
     rows: list[SuiteRow] = []
     for name in benchmarks:
         cfg = benchmark_config(name)
-        seed_everything(int(cfg.seed), torch_threads=int(cfg.train.torch_threads))
-        policies: dict[str, PolicyFactory] = dict(baseline_factories(list(baselines)))
-        agents = _agent_factories(
-            cfg,
-            name,
-            checkpoint=checkpoint,
-            train_steps=train_steps,
-            train_seeds=train_seeds,
-            out_dir=out,
-        )
-        policies.update(agents)
-        table = evaluate_policies(
-            policies,
-            env_id=str(cfg.env.id),
-            seeds=list(seeds),
-            baseline=next((b for b in baselines if b.startswith("rule")), None),
-            env_kwargs=env_kwargs(cfg),
-            shield=bool(cfg.shield.enabled),
-            shield_kwargs=shield_kwargs(cfg),
-            max_steps=max_steps,
-            progress=progress,
-        )
-        for row in table.rows:
-            row["scenario"] = name
-            if str(row["policy"]).startswith("ppo_seed"):  # pool the training seeds
-                table.rows.append({**row, "policy": "ppo"})
+        bench_key = _fingerprint(cfg.env, cfg.fleet, cfg.scenario, cfg.shield, max_steps)
+        policies: dict[str, PolicyFactory | None] = {NO_BATTERY: None}
+        policies.update(baseline_factories(list(baselines)))
+        policies.update(agents[name])
+        episodes: list[dict[str, Any]] = []
+        for policy_name, factory in policies.items():
+            key = bench_key
+            if policy_name in agents[name]:
+                if checkpoint:
+                    key = _fingerprint(bench_key, str(Path(checkpoint).resolve()))
+                else:
+                    seed = int(policy_name.rsplit("_seed", 1)[1])
+                    steps = [] if train_steps is None else [f"train.total_timesteps={train_steps}"]
+                    tcfg = train_config(name, agent, [f"seed={seed}", *train_overrides, *steps])
+                    key = _fingerprint(bench_key, _train_cfg_key(tcfg))
+            for seed in seeds:
+                episodes.append(
+                    _episode_row(
+                        name,
+                        policy_name,
+                        factory,
+                        int(seed),
+                        cfg=cfg,
+                        cache_key=key,
+                        out_dir=out,
+                        max_steps=max_steps,
+                    )
+                )
+        pooled = [
+            {**r, "policy": label}
+            for r in episodes
+            if str(r["policy"]).startswith(f"{label}_seed") and not checkpoint
+        ]
+        table = KPITable(rows=episodes + pooled, baseline=next(iter(baselines), NO_BATTERY))
         table.save(out / name)
         rows.extend(suite_rows(table, name))
     return rows
@@ -299,11 +506,30 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--quick", action="store_true", help="3 seeds (100, 101, 102)")
     parser.add_argument("--benchmarks", nargs="+", default=list(BENCHMARKS))
     parser.add_argument("--seeds", nargs="+", type=int, default=[100, 101, 102, 103, 104])
+    parser.add_argument(
+        "--baselines",
+        nargs="*",
+        default=[*RULES, "mpc", ORACLE],
+        help="baselines to evaluate (none: only the no-battery reference and the agents)",
+    )
     parser.add_argument("--checkpoint", default=None)
-    parser.add_argument("--train-steps", type=int, default=0)
+    parser.add_argument(
+        "--train",
+        action="store_true",
+        help="train the agent per fleet and training seed (experiment=suite) and evaluate it",
+    )
+    parser.add_argument("--agent", default="ppo", help="SB3 agent option trained with --train")
+    parser.add_argument("--label", default=None, help="name of the trained variant (--agent)")
+    parser.add_argument(
+        "--train-steps", type=int, default=None, help="decisions per training run (preset's)"
+    )
     parser.add_argument("--train-seeds", nargs="+", type=int, default=[0, 1, 2])
+    parser.add_argument(
+        "--train-override", action="append", default=[], help="Hydra override of training"
+    )
     parser.add_argument("--max-steps", type=int, default=None)
     parser.add_argument("--out-dir", default="runs/suite")
+    parser.add_argument("--progress", action="store_true")
     args = parser.parse_args(argv)
     unknown = sorted(set(args.benchmarks) - set(BENCHMARKS))
     if unknown:
@@ -311,14 +537,22 @@ def main(argv: Sequence[str] | None = None) -> int:
     seeds = args.seeds[:3] if args.quick else args.seeds
     if len(seeds) < 3:
         parser.error("give at least 3 seeds")
+    if set(seeds) & set(args.train_seeds) and args.train:
+        parser.error("evaluation seeds must differ from the training seeds")
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     rows = run_suite(
         args.benchmarks,
         seeds=seeds,
+        baselines=args.baselines,
         max_steps=args.max_steps,
         checkpoint=args.checkpoint,
-        train_steps=args.train_steps,
+        agent=args.agent,
+        train_steps=(args.train_steps if args.train else 0),
         train_seeds=args.train_seeds,
+        train_overrides=args.train_override,
         out_dir=args.out_dir,
+        progress=args.progress,
+        label=args.label,
     )
     print(format_table(rows))
     return 0

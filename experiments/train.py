@@ -46,17 +46,26 @@ from pulsebms.experiments.common import (
     ConfigError,
     agent_factory,
     compose_agent,
+    decision_s,
     env_kwargs,
     init_wandb,
     make_cfg_env_factory,
     run_dir,
     seed_everything,
     shield_kwargs,
+    train_env_kwargs,
     validate,
 )
 from pulsebms.experiments.schemas import register_configs
 
-__all__ = ["RLLIB_CHECKPOINT_DIR", "evaluate_run", "main", "ray_settings", "run_training"]
+__all__ = [
+    "RLLIB_CHECKPOINT_DIR",
+    "evaluate_run",
+    "held_factory",
+    "main",
+    "ray_settings",
+    "run_training",
+]
 
 log = logging.getLogger(__name__)
 
@@ -105,7 +114,7 @@ def _train_rllib(
         algo = build_rllib_algorithm(
             f"pulsebms.envs:{cfg.env.id}",  # the worker-safe id form (imports the envs)
             agent,
-            env_kwargs=env_kwargs(cfg),
+            env_kwargs=train_env_kwargs(cfg),
             shield=bool(cfg.shield.enabled),
             shield_kwargs=shield_kwargs(cfg),
             num_env_runners=settings.num_env_runners,
@@ -134,6 +143,25 @@ def _train_rllib(
     return run.checkpoint_path, run.policy(), extras
 
 
+def held_factory(factory: Any, decision_s: float | None) -> Any:
+    """``factory``'s policies acting every ``decision_s`` in an env stepped at its ``dt_s``.
+
+    The learning agent trained behind :class:`pulsebms.envs.decision.DecisionIntervalWrapper`
+    is evaluated at the plant step like every baseline, through
+    :class:`pulsebms.envs.decision.DecisionIntervalPolicy` (the same held actions); ``None``:
+    ``factory`` unchanged.
+    """
+    if decision_s is None:
+        return factory
+    from pulsebms.agents.env_factory import fleet_env
+    from pulsebms.envs.decision import DecisionIntervalPolicy, substeps_of
+
+    def make(env: Any) -> Any:
+        return DecisionIntervalPolicy(factory(env), substeps_of(decision_s, fleet_env(env).dt_s))
+
+    return make
+
+
 def evaluate_run(
     cfg: DictConfig, agent_policy_factory: Any | None, out_dir: Path, run: Any | None = None
 ) -> list[dict[str, Any]]:
@@ -152,7 +180,7 @@ def evaluate_run(
 
     policies: dict[str, Any] = {}
     if agent_policy_factory is not None:
-        policies[str(cfg.agent_name)] = agent_policy_factory
+        policies[str(cfg.agent_name)] = held_factory(agent_policy_factory, decision_s(cfg))
     for name in cfg.evaluation.baselines:
         if name not in policies:
             policies[str(name)] = agent_factory(compose_agent(str(name)))
@@ -213,6 +241,11 @@ def run_training(cfg: DictConfig, out_dir: str | Path | None = None) -> dict[str
         from pulsebms.agents.sb3 import PPOConfig, SACConfig, train_agent
 
         if isinstance(agent, RllibPPOConfig | RllibSACConfig):
+            if decision_s(cfg) is not None:
+                raise ConfigError(
+                    "env.decision_s: RLlib agents act at every env step (no decision-interval "
+                    "wrapper in the RLlib env builder yet); use an SB3 agent or env.decision_s=null"
+                )
             start = time.perf_counter()
             model_path, policy, extras = _train_rllib(cfg, agent, out, seed)
             result["train_seconds"] = time.perf_counter() - start

@@ -169,3 +169,60 @@ def test_oracle_plans_a_full_day_by_default_at_60_s_steps() -> None:
     assert oracle.act(obs).shape == (3,)
     assert oracle.last_status in ("optimal", "optimal_inaccurate")
     env.close()
+
+
+def test_the_plan_itself_stays_in_the_shields_admissible_set() -> None:
+    """Regression: the plan's first step stays in the shield's admissible set.
+
+    The first-step bounds were appended after the problem was built, so the plan's first
+    step ignored the shield's admissible set (the oracle then asked for what
+    the shield cut on a third of the hot day's steps).
+    """
+    from pulsebms.agents.env_factory import make_env
+    from pulsebms.agents.mpc import make_oracle_mpc
+
+    evening = {"base": "tou", "start_hour": 17.0}  # the peak price: the oracle discharges
+    env = make_env(
+        "PulseBMS/FleetSmall-v0", shield=False, scenario=evening, dt_s=900.0, horizon_steps=8
+    )
+    # One step, stored energy worth nothing: it discharges as far as it may.
+    oracle = make_oracle_mpc(env, horizon_steps=1, terminal_value_per_kwh=0.0)
+    rng = np.random.default_rng(2)
+    binding = 0
+    for _ in range(6):
+        obs, _ = env.reset(
+            seed=int(rng.integers(1000)),
+            # Hot packs near their limit: the shield derates them below the C-rate bound.
+            options={"soc": rng.uniform(0.5, 0.94, 3), "temperature_c": rng.uniform(48, 58, 3)},
+        )
+        admissible = oracle.shield.admissible(env.unwrapped.fleet_state())
+        first = oracle.plan(obs)[:, 0]
+        assert np.all(first >= admissible.lower - 1e-6)
+        assert np.all(first <= admissible.upper + 1e-6)
+        binding += int(np.any((admissible.upper < 0.9) & (np.abs(first - admissible.upper) < 1e-4)))
+    assert binding > 0  # the bound is reached on some state: the check is not vacuous
+    env.close()
+
+
+def test_with_a_stored_energy_price_the_plan_ends_at_the_episode_end() -> None:
+    """A spike after the episode's end is no reason to charge.
+
+    The plan stops at the end (no power past it) and values what is stored there at the env's price.
+    """
+    info = make_info(dt_s=60.0)
+    obs = make_obs([0.5, 0.5, 0.5], 1500.0)
+    config = MPCConfig(horizon_h=24.0, plan_step_s=900.0)
+
+    def plan(site: SiteInfo) -> np.ndarray:
+        policy = MPCPolicy(info, config, forecast=_EveningSpike(), site_fn=lambda: site)
+        out = policy.plan(obs)
+        assert policy.last_status in ("optimal", "optimal_inaccurate")
+        return out
+
+    past_end = plan(SiteInfo(2000.0, 2000.0, 0.0))  # no stored-energy price: old behaviour
+    assert np.sum(past_end[:, :600]) < -1.0  # charges for the spike 10 h ahead
+    ends = plan(SiteInfo(2000.0, 2000.0, 0.0, stored_energy_price_per_kwh=0.1, steps_left=300))
+    assert np.all(np.abs(ends[:, 316:]) < 1e-9)  # nothing past the block that holds the end
+    assert abs(float(np.sum(ends))) < 1e-2  # flat 0.1 until the end, energy worth 0.1: idle
+    valued = plan(SiteInfo(2000.0, 2000.0, 0.0, stored_energy_price_per_kwh=0.5, steps_left=300))
+    assert np.sum(valued[:, :300]) < -1.0  # stored energy worth more than it costs: charge

@@ -139,3 +139,58 @@ def test_train_agent_uses_gamma_from_hours_at_the_decision_interval(tmp_path: An
     result = train_agent(config, factory, total_timesteps=16, seed=0, out_dir=tmp_path)
     assert result.model.gamma == pytest.approx(1.0 - 1.0 / 24.0)
     assert result.model.get_env().gamma == pytest.approx(1.0 - 1.0 / 24.0)  # VecNormalize
+
+
+def test_make_env_takes_the_decision_interval() -> None:
+    env = make_env("PulseBMS/FleetSmall-v0", dt_s=DT_S, horizon_steps=HORIZON, decision_s=300.0)
+    assert isinstance(env, DecisionIntervalWrapper)
+    assert env.substeps == 5
+    assert agent_step_s(env) == 300.0
+    env.close()
+    with pytest.raises(ValueError, match="whole multiple"):
+        make_env("PulseBMS/FleetSmall-v0", dt_s=DT_S, decision_s=90.0)
+
+
+def test_held_policy_at_the_plant_step_acts_as_behind_the_wrapper() -> None:
+    """DecisionIntervalPolicy (evaluation at dt_s) = the wrapper (training): same episode."""
+    from pulsebms.envs.decision import DecisionIntervalPolicy, substeps_of
+
+    class Recorder:
+        def __init__(self) -> None:
+            self.seen: list[np.ndarray] = []
+            self.k = 0
+
+        def act(self, observation: np.ndarray) -> np.ndarray:
+            self.seen.append(np.asarray(observation).copy())
+            self.k += 1
+            return _actions(3, HORIZON)[self.k - 1]
+
+    behind, held = Recorder(), Recorder()
+    wrapped = DecisionIntervalWrapper(_env(), 300.0)
+    obs, _ = wrapped.reset(seed=5)
+    total_w = 0.0
+    while True:
+        obs, r, term, trunc, _ = wrapped.step(behind.act(obs))
+        total_w += float(r)
+        if term or trunc:
+            break
+    env = _env()
+    policy = DecisionIntervalPolicy(held, substeps_of(300.0, DT_S))
+    obs, _ = env.reset(seed=5)
+    total_p = 0.0
+    while True:
+        obs, r, term, trunc, _ = env.step(policy.act(obs))
+        total_p += float(r)
+        if term or trunc:
+            break
+    assert len(held.seen) == len(behind.seen) == 7
+    for a, b in zip(held.seen, behind.seen, strict=True):
+        np.testing.assert_array_equal(a, b)
+    assert total_p == pytest.approx(total_w, rel=1e-12)
+    policy.reset()
+    policy.act(obs)
+    assert len(held.seen) == 8  # a new episode decides at once
+    with pytest.raises(ValueError, match="substeps"):
+        DecisionIntervalPolicy(held, 0)
+    wrapped.close()
+    env.close()

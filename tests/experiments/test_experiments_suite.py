@@ -3,16 +3,21 @@
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
+import numpy as np
 import pytest
 
 from pulsebms.agents.evaluation import KPIS, NO_BATTERY, KPITable
 from pulsebms.experiments.suite import (
     BENCHMARKS,
     benchmark_config,
+    fleet_groups,
     format_table,
+    main,
     run_suite,
     suite_rows,
+    train_config,
 )
 
 
@@ -23,18 +28,22 @@ def test_every_benchmark_composes_validates_and_builds_its_env(name: str) -> Non
 
     cfg = benchmark_config(name)
     validate(cfg)
-    env = make_cfg_env(cfg)
+    env = make_cfg_env(cfg)  # the training env: 15-min decisions over the 5-min plant
     try:
         base = fleet_env(env)
-        assert base.dt_s == 900.0
+        assert (base.dt_s, base.horizon_steps, env.substeps) == (300.0, 288, 3)  # type: ignore[attr-defined]
+        assert base.stored_energy_value == "min_price"  # type: ignore[attr-defined]
+        assert "feed_in_price_per_kwh" in base.observation_layout.names  # FleetSite layout
+        assert env_kwargs(cfg)["scenario"]["base"] in ("default", "hot")
+        assert cfg.train.scenario is None  # a benchmark alone trains on its own day
         if name == "fleet20":
             energy = base.pack_energy_kwh  # type: ignore[attr-defined]
             assert len(energy) == 20
-            assert min(energy) >= 60.0
-            assert max(energy) <= 100.0
-            assert all(lim.current_max_a == 1000.0 for lim in base.pack_limits)
-        else:
-            assert env_kwargs(cfg)["scenario"]["base"] in ("default", "hot")
+            assert min(energy) >= 59.5  # stated 60–100 kWh, whole cells
+            assert max(energy) <= 100.5
+            capacity = np.asarray(base.ratings.capacity_ah)
+            limits = np.array([lim.current_max_a for lim in base.pack_limits])
+            assert np.all(limits >= capacity)  # scaled with the pack: 1 C binds, not 100 A
     finally:
         env.close()
 
@@ -64,7 +73,7 @@ def test_suite_rows_divide_per_episode_by_no_battery_best_rule_and_oracle() -> N
     assert "| s | agent | 2 | 0.500 ± 0.100 | 0.625 ± 0.125 | 1.250 ± 0.250 |" in table
 
 
-def test_quick_suite_prints_every_column_for_one_benchmark(tmp_path: object) -> None:
+def test_quick_suite_prints_every_column_for_one_benchmark(tmp_path: Path) -> None:
     rows = run_suite(
         ["mild"],
         seeds=[100, 101, 102],
@@ -72,6 +81,16 @@ def test_quick_suite_prints_every_column_for_one_benchmark(tmp_path: object) -> 
         max_steps=3,
         out_dir=str(tmp_path),
     )
+    cached = sorted(p.name for p in (tmp_path / "episodes" / "mild").iterdir())
+    assert len(cached) == 9  # (no battery, rule, oracle) × 3 seeds, one file per episode
+    again = run_suite(
+        ["mild"],
+        seeds=[100, 101, 102],
+        baselines=["rule_soc", "mpc_oracle"],
+        max_steps=3,
+        out_dir=str(tmp_path),
+    )
+    assert again == rows  # resumed from the cache: the same rows
     policies = [r.policy for r in rows]
     assert policies == [NO_BATTERY, "rule_soc", "mpc_oracle"]
     for r in rows:
@@ -80,3 +99,44 @@ def test_quick_suite_prints_every_column_for_one_benchmark(tmp_path: object) -> 
         assert not math.isnan(r.x_no_battery[0])
     assert rows[1].x_best_rule == (1.0, 0.0)
     assert rows[2].x_oracle == (1.0, 0.0)
+
+
+def test_training_config_is_the_benchmark_env_on_randomised_days() -> None:
+    assert fleet_groups(["mild", "fleet20", "cold"]) == {
+        "small_spread": ["mild", "cold"],
+        "mixed20": ["fleet20"],
+    }
+    cfg = train_config("hot_spike")
+    bench = benchmark_config("hot_spike")
+    assert cfg.env == bench.env  # same plant, decisions, observation and limits
+    assert cfg.fleet == bench.fleet
+    assert cfg.train.scenario.name == "randomized"  # never a benchmark's day
+    assert cfg.agent.gamma_horizon_h == 24.0
+
+
+def test_suite_trains_once_per_fleet_and_evaluates_held_out_seeds(tmp_path: Path) -> None:
+    tiny = ["agent.n_steps=16", "agent.batch_size=16", "agent.n_epochs=1", "train.n_envs=1"]
+    kwargs = {
+        "seeds": [100, 101, 102],
+        "baselines": ["rule_soc"],
+        "max_steps": 6,
+        "train_steps": 16,
+        "train_seeds": [0],
+        "train_overrides": tiny,
+        "out_dir": str(tmp_path),
+    }
+    rows = run_suite(["mild", "cold"], **kwargs)  # type: ignore[arg-type]
+    runs = list((tmp_path / "agents").glob("*/*/model.zip"))
+    assert [p.parent.name for p in runs] == ["ppo_seed0"]  # one agent for the fleet
+    by = {(r.scenario, r.policy): r for r in rows}
+    for scenario in ("mild", "cold"):
+        assert by[(scenario, "ppo")].episodes == 3  # pooled: 1 training × 3 evaluation seeds
+        assert by[(scenario, "ppo_seed0")].violations == (0.0, 0.0)
+    stamp = runs[0].stat().st_mtime_ns
+    assert run_suite(["mild", "cold"], **kwargs) == rows  # type: ignore[arg-type]
+    assert runs[0].stat().st_mtime_ns == stamp  # loaded, not trained again
+
+
+def test_main_refuses_training_seeds_among_the_evaluation_seeds() -> None:
+    with pytest.raises(SystemExit):
+        main(["--train", "--seeds", "0", "1", "2", "--train-seeds", "0"])

@@ -13,7 +13,7 @@ import pytest
 from pulsebms.envs.chemistry import get_chemistry
 from pulsebms.envs.pack import PackSpec
 from pulsebms.envs.twin import FleetTwin, make_twin
-from pulsebms.envs.twin.degradation import EmpiricalAgeing
+from pulsebms.envs.twin.degradation import RUN_IN_LOSS, EmpiricalAgeing
 from pulsebms.envs.twin.parameters import cell_facts
 from pulsebms.envs.twin.reference import ReferenceCell, ReferenceStall
 
@@ -317,6 +317,25 @@ def test_empirical_laws_match_their_papers_at_constant_stress() -> None:
         wang.update(np.array([1.1]), 3600.0, np.array([25.0]), np.array([3.3]), np.array([0.5]))
     expected = 31630 * np.exp(-(31700 - 370.3 * 0.5) / (8.314462618 * 298.15)) * 220**0.55
     assert wang.cycle_loss[0] * 100 == pytest.approx(expected, rel=1e-9)
+
+
+def test_reset_starts_fresh_packs_run_in_not_at_zero_age() -> None:
+    """Bug guard: a fresh pack's fade laws start run in, not at zero age.
+
+    A SoH-1 pack was put at zero age, where √t fades fastest (day one at
+    38 °C cost as much as ~40 average days); it now starts run in, and a pack with more
+    prior loss than the run-in starts where it did before.
+    """
+    hot = np.full(3, 38.0)
+    ageing = EmpiricalAgeing(["LFP", "LFP", "LFP"], np.full(3, 2.2))
+    ageing.reset(prior_loss=np.array([0.0, RUN_IN_LOSS, 0.05]))
+    assert ageing.calendar_loss.tolist() == pytest.approx([0.01, 0.01, 0.025])
+    ageing.update(np.zeros(3), 86400.0, hot, np.full(3, 3.3), np.full(3, 0.5))
+    fresh, run_in, aged = ageing.loss_fraction
+    assert fresh == run_in > aged > 0.0
+    zero_age = EmpiricalAgeing(["LFP"], np.array([2.2]))  # the law from t = 0 (no reset)
+    zero_age.update(np.zeros(1), 86400.0, hot[:1], np.full(1, 3.3), np.full(1, 0.5))
+    assert fresh < 0.2 * zero_age.loss_fraction[0]  # 0.06 % against 0.35 %
 
 
 # ---------------------------------------------------------------- memory
