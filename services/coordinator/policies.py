@@ -36,7 +36,10 @@ Example:
     >>> fleet = SiteFleet(fleet_observation_layout(("a", "b"), 2, 4000.0), ratings)
     >>> policy, name = make_policy("equal", fleet)
     >>> obs = np.zeros(fleet.layout.size, dtype=np.float32)
-    >>> obs[fleet.layout.slices["demand_w"]] = 2000.0 / 4000.0  # stored = W / Σ rated
+    >>> scale = fleet.layout.scales  # stored value × scale = physical value
+    >>> for field, value in [("soc", 0.5), ("soh", 1.0), ("temperature_c", 25.0),
+    ...                      ("cell_voltage_v", 3.3), ("demand_w", 2000.0)]:
+    ...     obs[fleet.layout.slices[field]] = value / scale[field]
     >>> name, policy.act(obs).tolist()
     ('rule_equal', [1.0, 0.3333333432674408])
 """
