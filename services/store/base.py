@@ -53,6 +53,7 @@ __all__ = [
     "ms_bound",
     "ms_range",
     "prepare_rows",
+    "schema_needs_migration",
     "split_by_pack",
     "to_ms",
     "validate_rows",
@@ -109,6 +110,34 @@ _OPTIONAL = tuple(c in OPTIONAL_COLUMNS for c in COLUMNS)
 
 class StoreError(RuntimeError):
     """A store that cannot be opened (newer schema, failed migration) or a malformed row."""
+
+
+def schema_needs_migration(version: int) -> bool:
+    """Whether a database at schema ``version`` must be migrated before use.
+
+    Args:
+        version: The version the database records.
+
+    Returns:
+        ``False`` for :data:`SCHEMA_VERSION`, ``True`` for version 1 (migrated in place).
+
+    Raises:
+        StoreError: A newer or unknown version (nothing is touched).
+
+    Example:
+        >>> schema_needs_migration(SCHEMA_VERSION), schema_needs_migration(1)
+        (False, True)
+    """
+    if version == SCHEMA_VERSION:
+        return False
+    if version == 1:
+        return True
+    raise StoreError(
+        f"database schema version {version} is "
+        + ("newer than" if version > SCHEMA_VERSION else "unknown to")
+        + f" this store (it reads {SCHEMA_VERSION} and migrates 1); "
+        + "use the pulsebms release that wrote it"
+    )
 
 
 def validate_rows(rows: Sequence[Row]) -> None:

@@ -35,6 +35,7 @@ from pulsebms.services.store.base import (
     empty_columns,
     ms_range,
     prepare_rows,
+    schema_needs_migration,
     split_by_pack,
     to_ms,
 )
@@ -156,18 +157,8 @@ class SqliteTelemetryStore:
                     db.execute(statement)
                 db.execute("INSERT INTO schema_version VALUES (?)", (SCHEMA_VERSION,))
                 return
-            version = int(found[0])
-            if version == SCHEMA_VERSION:
-                return
-            if version == 1:
+            if schema_needs_migration(int(found[0])):
                 self._migrate_v1(db)
-                return
-            raise StoreError(
-                f"database schema version {version} is "
-                + ("newer than" if version > SCHEMA_VERSION else "unknown to")
-                + f" this store (it reads {SCHEMA_VERSION} and migrates 1); "
-                + "use the pulsebms release that wrote it"
-            )
 
     def _migrate_v1(self, db: sqlite3.Connection) -> None:
         """Version 1 → 2 in place, inside the opening transaction (all or nothing).
