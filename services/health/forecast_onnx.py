@@ -7,7 +7,8 @@ inside the graph — with torch's ``torch.export``-based exporter (the project's
 ``windows`` (float32 ``[batch, lookback, n_inputs]``, raw features as
 :func:`~pulsebms.services.health.forecast.pack_inputs` builds them; the batch axis is
 dynamic) and one output ``soh`` (float32 ``[batch]``). The model's horizon, lookback, prior
-and NaN fill values travel as ONNX metadata, so the file alone is enough to forecast (:class:`OnnxForecaster`).
+and NaN fill values travel as ONNX metadata, so the file alone is enough to forecast
+(:class:`OnnxForecaster`).
 
 :func:`check_parity` runs both on the same windows and refuses the export
 (:class:`ParityError`) when they differ by more than ``atol`` anywhere.
