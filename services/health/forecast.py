@@ -5,7 +5,11 @@
 FEATURE_NAMES`), NaN filled forward within the pack and then by the training medians
 (:func:`prepare_inputs`). **Output.** SoH at cycle ``k + horizon``, as the last rolling
 capacity estimate (the *anchor*) plus a learned correction — the network learns how much
-more the pack will fade, not the level it is at.
+more the pack will fade, not the level it is at. With the fade-law prior
+(:attr:`TrainSettings.prior`) the anchor is the law's forecast and the network learns the
+law's error. The capacity inputs are read relative to the window's latest estimate, and
+the model is an ensemble of LSTMs, each early-stopped on its own fold of the training packs
+(:class:`TrainSettings`).
 
 :class:`SohLstm` (torch) holds the input normalisation in buffers, so the ONNX graph
 (:mod:`pulsebms.services.health.forecast_onnx`) takes raw features. Training
@@ -218,7 +222,10 @@ def make_windows(
 
 
 class SohLstm(nn.Module):
-    """LSTM over a window of cycles → SoH ``horizon`` cycles on (anchor + correction).
+    """LSTM(s) over a window of cycles → SoH ``horizon`` cycles on (anchor + correction).
+
+    With ``members > 1`` the model is an ensemble: each member (an LSTM and its head) gives
+    a correction and the model adds their mean to the anchor, all in one graph.
 
     Args:
         n_inputs: Features per cycle.
@@ -230,6 +237,9 @@ class SohLstm(nn.Module):
             last column with the fade-law prior).
         lookback: Cycles per window (stored for inference).
         prior: ``"capacity"`` or ``"fade_law"`` (how the inputs were built).
+        members: Ensemble members (LSTM + head each).
+        relative: Per input column, 1 where the network reads it relative to the window's
+            latest capacity estimate (column 0) rather than as a level; ``None``: none.
     """
 
     def __init__(
@@ -243,28 +253,50 @@ class SohLstm(nn.Module):
         anchor: int = 0,
         lookback: int = 16,
         prior: str = "capacity",
+        members: int = 1,
+        relative: FloatArray | None = None,
     ) -> None:
         super().__init__()
+        if members < 1:
+            raise ValueError(f"members must be >= 1, got {members}")
         self.horizon = int(horizon)
         self.anchor = int(anchor)
         self.lookback = int(lookback)
         self.prior = prior
-        self.lstm = nn.LSTM(n_inputs, hidden, batch_first=True)
-        out_layer = nn.Linear(hidden, 1)
-        # The output layer starts at zero: an untrained model forecasts its anchor.
-        nn.init.zeros_(out_layer.weight)
-        nn.init.zeros_(out_layer.bias)
-        self.head = nn.Sequential(nn.Linear(hidden, hidden), nn.Tanh(), out_layer)
+        self.lstms = nn.ModuleList(
+            nn.LSTM(n_inputs, hidden, batch_first=True) for _ in range(members)
+        )
+        self.heads = nn.ModuleList(self._head(hidden) for _ in range(members))
         self.mean: torch.Tensor
         self.std: torch.Tensor
         self.register_buffer("mean", torch.as_tensor(mean, dtype=torch.float32))
         self.register_buffer("std", torch.as_tensor(std, dtype=torch.float32))
+        self.relative: torch.Tensor
+        rel = np.zeros(n_inputs) if relative is None else np.asarray(relative, dtype=np.float64)
+        self.register_buffer("relative", torch.as_tensor(rel, dtype=torch.float32))
+
+    @staticmethod
+    def _head(hidden: int) -> nn.Module:
+        out_layer = nn.Linear(hidden, 1)
+        # The output layer starts at zero: an untrained model forecasts its anchor.
+        nn.init.zeros_(out_layer.weight)
+        nn.init.zeros_(out_layer.bias)
+        return nn.Sequential(nn.Linear(hidden, hidden), nn.Tanh(), out_layer)
+
+    @property
+    def members(self) -> int:
+        """Ensemble members."""
+        return len(self.lstms)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """``x``: raw features ``[batch, lookback, n_inputs]`` → SoH ``[batch]``."""
-        z = (x - self.mean) / self.std
-        out, _ = self.lstm(z)
-        correction: torch.Tensor = self.head(out[:, -1, :]).squeeze(-1)
+        level = x[:, -1:, :1]  # the latest capacity estimate
+        z = (x - self.relative * level - self.mean) / self.std
+        corrections = []
+        for lstm, head in zip(self.lstms, self.heads, strict=True):
+            out, _ = lstm(z)
+            corrections.append(head(out[:, -1, :]).squeeze(-1))
+        correction = torch.stack(corrections).mean(dim=0)
         anchor = x[:, -1, self.anchor]
         return anchor + 0.1 * correction
 
@@ -295,8 +327,18 @@ class TrainSettings:
         prior: What the network corrects: ``"capacity"`` (the latest rolling capacity
             estimate: a pure LSTM) or ``"fade_law"`` (the semi-empirical law's forecast,
             given as an extra input: a physics-informed hybrid).
-        val_fraction: Share of the training packs held back for validation; the weights
-            of the epoch with the lowest validation RMSE are kept (0: the last epoch's).
+        val_fraction: With one member, the share of the training packs held back for
+            validation; the weights of the epoch with the lowest validation RMSE are kept
+            (0: the last epoch's).
+        members: Ensemble members. With more than one, the training packs are dealt into
+            ``members`` folds: member ``k`` validates (early stopping) on fold ``k``, fits
+            on the others and starts from seed ``seed + k``; the model averages their
+            corrections. Every training pack thus serves for validation once, and the
+            forecast no longer hangs on one initialisation and one validation draw.
+        relative: Read the capacity estimate (and the fade-law prior) relative to the
+            window's latest capacity estimate: the network sees the shape of the recent
+            fade and the law's predicted drop, not the pack's level, so a pack at a SoH the
+            training packs never reached is no extrapolation in those inputs.
     """
 
     lookback: int = 16
@@ -310,6 +352,32 @@ class TrainSettings:
     threads: int = 1
     prior: str = "capacity"
     val_fraction: float = 0.2
+    members: int = 5
+    relative: bool = True
+
+
+def _split_packs(
+    packs: Sequence[int], settings: TrainSettings
+) -> list[tuple[list[int], list[int]]]:
+    """(fit packs, validation packs) of each member (see :class:`TrainSettings`)."""
+    order = np.random.default_rng(settings.seed).permutation(len(packs))
+    if settings.members == 1:
+        n_val = round(settings.val_fraction * len(packs)) if len(packs) >= 3 else 0
+        folds = [order[:n_val]]
+    elif len(packs) >= settings.members:
+        folds = [order[k :: settings.members] for k in range(settings.members)]
+    else:
+        folds = [order[:0]] * settings.members
+    out = []
+    for fold in folds:
+        val = set(int(j) for j in fold)
+        out.append(
+            (
+                [packs[j] for j in range(len(packs)) if j not in val],
+                [packs[j] for j in sorted(val)],
+            )
+        )
+    return out
 
 
 def train_forecaster(
@@ -324,12 +392,10 @@ def train_forecaster(
     Raises:
         ValueError: If the packs give no window (histories shorter than lookback + horizon).
     """
+    if settings.members < 1:
+        raise ValueError(f"members must be >= 1, got {settings.members}")
     stacked = np.concatenate([data.features[k][:, _INPUT_COLUMNS] for k in packs])
     fill = np.nan_to_num(np.nanmedian(stacked, axis=0), nan=0.0)
-    order = np.random.default_rng(settings.seed).permutation(len(packs))
-    n_val = round(settings.val_fraction * len(packs)) if len(packs) >= 3 else 0
-    val_packs = [packs[j] for j in sorted(order[:n_val])]
-    fit_packs = [packs[j] for j in sorted(order[n_val:])]
 
     def windows(which: Sequence[int]) -> ForecastWindows:
         return make_windows(
@@ -341,52 +407,82 @@ def train_forecaster(
             prior=settings.prior,
         )
 
-    win = windows(fit_packs)
-    val = windows(val_packs) if val_packs else None
-    if win.y.size == 0:
+    every = windows(packs)
+    if every.y.size == 0:
         raise ValueError(
             f"no training window: histories need more than lookback + horizon = "
             f"{settings.lookback + settings.horizon} cycles"
         )
-    flat = win.x.reshape(-1, win.x.shape[-1])
+    n_in = every.x.shape[-1]
+    anchor = 0 if settings.prior == "capacity" else n_in - 1
+    rel = np.zeros(n_in)
+    if settings.relative:
+        rel[0] = 1.0
+        rel[anchor] = 1.0
+    flat = (every.x - rel * every.x[:, -1:, :1]).reshape(-1, n_in)
     mean = flat.mean(axis=0)
     std = np.where(flat.std(axis=0) > 1e-9, flat.std(axis=0), 1.0)
-    with _torch_threads(settings.threads), torch.random.fork_rng(devices=[]):
-        torch.manual_seed(settings.seed)
-        n_in = win.x.shape[-1]
-        model = SohLstm(
+
+    def model_of(members: int) -> SohLstm:
+        return SohLstm(
             n_in,
             settings.hidden,
             mean,
             std,
             settings.horizon,
-            anchor=0 if settings.prior == "capacity" else n_in - 1,
+            anchor=anchor,
             lookback=settings.lookback,
             prior=settings.prior,
+            members=members,
+            relative=rel,
         )
-        opt = torch.optim.Adam(
-            model.parameters(), lr=settings.learning_rate, weight_decay=settings.weight_decay
-        )
-        x_t = torch.as_tensor(win.x, dtype=torch.float32)
-        y_t = torch.as_tensor(win.y, dtype=torch.float32)
-        gen = torch.Generator().manual_seed(settings.seed)
-        best_state = copy.deepcopy(model.state_dict())
-        best_val = _val_rmse(model, val)
-        for _ in range(settings.epochs):
-            model.train()
-            order_t = torch.randperm(y_t.shape[0], generator=gen)
-            for start in range(0, y_t.shape[0], settings.batch_size):
-                idx = order_t[start : start + settings.batch_size]
-                opt.zero_grad()
-                loss = torch.mean((model(x_t[idx]) - y_t[idx]) ** 2)
-                loss.backward()  # type: ignore[no-untyped-call]
-                opt.step()
-            score = _val_rmse(model, val)
-            if val is None or score < best_val:
-                best_val = score
-                best_state = copy.deepcopy(model.state_dict())
-        model.load_state_dict(best_state)
-    return model.eval(), fill
+
+    with _torch_threads(settings.threads), torch.random.fork_rng(devices=[]):
+        ensemble = model_of(settings.members)
+        for k, (fit_packs, val_packs) in enumerate(_split_packs(packs, settings)):
+            win = windows(fit_packs)
+            val = windows(val_packs) if val_packs else None
+            if val is not None and val.y.size == 0:
+                val = None  # no validation window: keep the last epoch
+            torch.manual_seed(settings.seed + k)
+            member = _train_member(model_of(1), win, val, settings, seed=settings.seed + k)
+            ensemble.lstms[k].load_state_dict(member.lstms[0].state_dict())
+            ensemble.heads[k].load_state_dict(member.heads[0].state_dict())
+    return ensemble.eval(), fill
+
+
+def _train_member(
+    model: SohLstm,
+    win: ForecastWindows,
+    val: ForecastWindows | None,
+    settings: TrainSettings,
+    *,
+    seed: int,
+) -> SohLstm:
+    """Train one member (batch order from ``seed``), keeping its best validation epoch."""
+    opt = torch.optim.Adam(
+        model.parameters(), lr=settings.learning_rate, weight_decay=settings.weight_decay
+    )
+    x_t = torch.as_tensor(win.x, dtype=torch.float32)
+    y_t = torch.as_tensor(win.y, dtype=torch.float32)
+    gen = torch.Generator().manual_seed(seed)
+    best_state = copy.deepcopy(model.state_dict())
+    best_val = _val_rmse(model, val)
+    for _ in range(settings.epochs):
+        model.train()
+        order_t = torch.randperm(y_t.shape[0], generator=gen)
+        for start in range(0, y_t.shape[0], settings.batch_size):
+            idx = order_t[start : start + settings.batch_size]
+            opt.zero_grad()
+            loss = torch.mean((model(x_t[idx]) - y_t[idx]) ** 2)
+            loss.backward()  # type: ignore[no-untyped-call]
+            opt.step()
+        score = _val_rmse(model, val)
+        if val is None or score < best_val:
+            best_val = score
+            best_state = copy.deepcopy(model.state_dict())
+    model.load_state_dict(best_state)
+    return model
 
 
 def _val_rmse(model: SohLstm, val: ForecastWindows | None) -> float:

@@ -1,13 +1,14 @@
 """The SoH forecaster as ONNX: export, an onnxruntime session, and the parity gate.
 
 :func:`export_forecaster` writes the trained :class:`~pulsebms.services.health.forecast.
-SohLstm` — input normalisation, LSTM, head and anchor all inside the graph — with torch's
-``torch.export``-based exporter (the project's exporter, :mod:`pulsebms.export.graph`, does the
-same for policies). The graph has one input ``windows`` (float32 ``[batch, lookback,
-n_inputs]``, raw features as :func:`~pulsebms.services.health.forecast.pack_inputs` builds
-them; the batch axis is dynamic) and one output ``soh`` (float32 ``[batch]``). The model's
-horizon, lookback, prior and NaN fill values travel as ONNX metadata, so the file alone is
-enough to forecast (:class:`OnnxForecaster`).
+SohLstm` — input normalisation, every ensemble member's LSTM and head, and the anchor all
+inside the graph — with torch's ``torch.export``-based exporter (the project's exporter,
+:mod:`pulsebms.export.graph`, does the same for policies). The graph has one input
+``windows`` (float32 ``[batch, lookback, n_inputs]``, raw features as
+:func:`~pulsebms.services.health.forecast.pack_inputs` builds them; the batch axis is
+dynamic) and one output ``soh`` (float32 ``[batch]``). The model's horizon, lookback, prior
+and NaN fill values travel as ONNX metadata, so the file alone is enough to forecast
+(:class:`OnnxForecaster`).
 
 :func:`check_parity` runs both on the same windows and refuses the export
 (:class:`ParityError`) when they differ by more than ``atol`` anywhere.

@@ -75,6 +75,8 @@ class MetricsConfig:
         horizon: Forecast horizon [cycles].
         lookback: Forecast input window [cycles].
         epochs: LSTM training epochs.
+        members: LSTM ensemble members (:attr:`~pulsebms.services.health.forecast.
+            TrainSettings.members`).
         top_k: Queue head compared by NDCG and precision.
     """
 
@@ -89,6 +91,7 @@ class MetricsConfig:
     horizon: int = 30
     lookback: int = 16
     epochs: int = 20
+    members: int = 5
     top_k: int = 5
 
     @classmethod
@@ -197,7 +200,11 @@ def run_metrics(config: MetricsConfig = MetricsConfig()) -> dict[str, Any]:
 
     t0 = time.perf_counter()
     settings = TrainSettings(
-        lookback=config.lookback, horizon=config.horizon, epochs=config.epochs, seed=config.seed
+        lookback=config.lookback,
+        horizon=config.horizon,
+        epochs=config.epochs,
+        seed=config.seed,
+        members=config.members,
     )
     lstm = evaluate_forecaster(data, train, test, settings)
     hybrid = evaluate_forecaster(data, train, test, replace(settings, prior="fade_law"))

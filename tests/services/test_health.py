@@ -21,6 +21,7 @@ from pulsebms.services.health.dataset import HealthDataset, split_packs
 from pulsebms.services.health.faults import FAULT_KINDS
 from pulsebms.services.health.fleet import FleetConfig, FleetHistory, generate_fleet
 from pulsebms.services.health.forecast import (
+    SohLstm,
     TrainSettings,
     evaluate_forecaster,
     make_windows,
@@ -37,7 +38,7 @@ from pulsebms.services.health.service import HealthModels, HealthService
 from pulsebms.services.store import SqliteTelemetryStore, StoreError
 
 _DAY_S = 86400.0
-_SETTINGS = TrainSettings(lookback=6, horizon=5, hidden=8, epochs=3, seed=2)
+_SETTINGS = TrainSettings(lookback=6, horizon=5, hidden=8, epochs=3, seed=2, members=3)
 
 
 @pytest.fixture(scope="module")
@@ -180,11 +181,27 @@ def test_forecaster_training_is_deterministic_and_exports_to_onnx(data: HealthDa
     b, _ = train_forecaster(data, packs, _SETTINGS)
     for (name, p), q in zip(a.state_dict().items(), b.state_dict().values(), strict=True):
         assert torch.equal(p, q), name
+    win = make_windows(data, [4, 5], lookback=6, horizon=5, fill=fill)
+    # The ensemble forecasts its members' mean correction on the anchor.
+    assert a.members == 3
+    single = []
+    for k in range(3):
+        m = SohLstm(win.x.shape[-1], 8, a.mean.numpy(), a.std.numpy(), 5, lookback=6,
+                    relative=a.relative.numpy())  # fmt: skip
+        m.lstms[0].load_state_dict(a.lstms[k].state_dict())
+        m.heads[0].load_state_dict(a.heads[k].state_dict())
+        single.append(m.predict(win.x))
+    assert np.ptp(np.array(single), axis=0).max() > 0  # the members differ
+    np.testing.assert_allclose(a.predict(win.x), np.mean(single, axis=0), atol=1e-6)
+    # The capacity estimate is read relative to its latest value: shifting the pack's
+    # level shifts the forecast by as much and leaves the predicted fade alone.
+    shifted = win.x.copy()
+    shifted[:, :, 0] -= 0.05
+    np.testing.assert_allclose(a.predict(shifted), a.predict(win.x) - 0.05, atol=1e-6)
     onnx_bytes = export_forecaster(a, fill=fill)
     session = OnnxForecaster(onnx_bytes)
     assert (session.horizon, session.lookback, session.prior) == (5, 6, "capacity")
     np.testing.assert_array_equal(session.fill, fill)
-    win = make_windows(data, [4, 5], lookback=6, horizon=5, fill=fill)
     assert check_parity(a, session, win.x) < 1e-5
     np.testing.assert_allclose(
         session.predict_fade(win.x), win.x[:, -1, 0] - session.predict(win.x), atol=1e-12
