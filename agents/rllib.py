@@ -109,6 +109,7 @@ from pulsebms.agents.rllib_env import (
     CompactInfo,
     make_rllib_env,
 )
+from pulsebms.agents.rllib_learner import PulsePPOTorchLearner
 from pulsebms.agents.rllib_module import PulsePPOTorchRLModule, log_std_model_config
 from pulsebms.agents.rllib_policy import DeployedRLlibPolicy, RLlibPolicy, rllib_torch_policy
 
@@ -527,6 +528,8 @@ def build_rllib_algorithm(
     )
     if isinstance(params, RllibPPOConfig):
         config = config.rl_module(rl_module_spec=RLModuleSpec(module_class=PulsePPOTorchRLModule))
+        if learner_class is None:
+            learner_class = PulsePPOTorchLearner
     elif params.rollout_fragment_length is not None:
         config = config.env_runners(rollout_fragment_length=int(params.rollout_fragment_length))
     if callbacks is not None:
