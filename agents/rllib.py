@@ -109,6 +109,7 @@ from pulsebms.agents.rllib_env import (
     CompactInfo,
     make_rllib_env,
 )
+from pulsebms.agents.rllib_env_runner import PulseEnvRunner
 from pulsebms.agents.rllib_learner import PulsePPOTorchLearner
 from pulsebms.agents.rllib_module import PulsePPOTorchRLModule, log_std_model_config
 from pulsebms.agents.rllib_policy import DeployedRLlibPolicy, RLlibPolicy, rllib_torch_policy
@@ -521,6 +522,7 @@ def build_rllib_algorithm(
             # RLlib hints an int; Ray schedules fractional CPUs (0.5) just as well.
             num_cpus_per_env_runner=num_cpus_per_env_runner,  # type: ignore[arg-type]
             env_to_module_connector=_mean_std_filter if params.normalize_observations else None,
+            env_runner_cls=PulseEnvRunner,
         )
         .learners(num_learners=0)
         .rl_module(model_config=_model_config(params))

@@ -181,3 +181,78 @@ def test_module_switches_mode_once_and_keeps_rllibs_outputs() -> None:
     torch.testing.assert_close(
         first[Columns.ACTION_DIST_INPUTS], trained[Columns.ACTION_DIST_INPUTS].detach()
     )
+
+
+def test_untimed_pipeline_keeps_the_result_and_only_the_total_timer() -> None:
+    from ray.rllib.connectors.connector_v2 import ConnectorV2
+    from ray.rllib.connectors.env_to_module import EnvToModulePipeline
+    from ray.rllib.utils.metrics.metrics_logger import MetricsLogger
+
+    from pulsebms.agents.rllib_env_runner import PieceUntimedEnvToModulePipeline, untime_pipeline
+
+    class AddOne(ConnectorV2):
+        def __call__(self, *, batch: dict[str, Any], **kwargs: Any) -> Any:
+            batch["n"] = batch.get("n", 0) + 1
+            return batch
+
+    outputs, logged = [], []
+    for untimed in (False, True):
+        pipeline = EnvToModulePipeline(connectors=[AddOne(), AddOne()])
+        if untimed:
+            assert untime_pipeline(pipeline) is pipeline
+            assert type(pipeline) is PieceUntimedEnvToModulePipeline
+        metrics = MetricsLogger()
+        outputs.append(
+            pipeline(
+                rl_module=None,
+                batch={},
+                episodes=[],
+                explore=True,
+                metrics=metrics,
+                metrics_prefix_key=("e2m",),
+            )
+        )
+        logged.append(metrics.peek(("e2m",)) if metrics.peek(("e2m",), default=None) else {})
+    assert outputs[0] == outputs[1] == {"n": 2}
+    assert "connector_pipeline_timer" in logged[0]
+    assert "connector_pipeline_timer" in logged[1]
+    assert "timers" in logged[0]  # RLlib's per-piece timers ...
+    assert "timers" not in logged[1]  # ... are what the untimed pipeline drops
+
+
+def test_build_uses_the_pulse_runner_learner_and_module(
+    tmp_path_factory: pytest.TempPathFactory,
+) -> None:
+    from pulsebms.agents.rllib import build_rllib_algorithm, ray_session
+    from pulsebms.agents.rllib_env_runner import (
+        PieceUntimedEnvToModulePipeline,
+        PieceUntimedModuleToEnvPipeline,
+        PulseEnvRunner,
+    )
+
+    ray_tmp = tmp_path_factory.mktemp("ray")  # short: Ray's socket paths are limited
+    with ray_session(num_cpus=1, temp_dir=ray_tmp):
+        algo = build_rllib_algorithm(
+            "pulsebms.envs:PulseBMS/FleetSmall-v0",
+            env_kwargs={"horizon_steps": 16, "dt_s": 900.0},
+            train_batch_size=32,
+            minibatch_size=16,
+            num_epochs=2,
+            num_envs_per_env_runner=2,
+            log_std_init=-0.5,
+            seed=0,
+        )
+        try:
+            runner = algo.env_runner
+            assert isinstance(runner, PulseEnvRunner)
+            assert type(runner._env_to_module) is PieceUntimedEnvToModulePipeline
+            assert type(runner._module_to_env) is PieceUntimedModuleToEnvPipeline
+            learner = algo.learner_group._learner
+            assert isinstance(learner, PulsePPOTorchLearner)
+            result = algo.train()
+            assert result["env_runners"]["num_env_steps_sampled"] == 32
+            assert np.isfinite(result["learners"][MODULE]["policy_loss"])
+            assert not runner.module.training  # the runner's module stays in eval mode
+            assert learner.module[MODULE].training
+        finally:
+            algo.stop()
