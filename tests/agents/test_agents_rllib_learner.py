@@ -220,6 +220,9 @@ def test_untimed_pipeline_keeps_the_result_and_only_the_total_timer() -> None:
     assert "timers" not in logged[1]  # ... are what the untimed pipeline drops
 
 
+@pytest.mark.filterwarnings(
+    "ignore:.*Overriding environment rllib-single-agent-env-v0 already in registry:UserWarning"
+)
 def test_build_uses_the_pulse_runner_learner_and_module(
     tmp_path_factory: pytest.TempPathFactory,
 ) -> None:
