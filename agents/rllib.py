@@ -40,7 +40,12 @@ forward pass and the episode bookkeeping *per vector step*, so stepping several 
 runner (``num_envs_per_env_runner``) divides that cost among them; the compact ``info``
 keeps gymnasium's vector-info merging and the episodes sent to the Learner small; the
 module (:class:`~pulsebms.agents.rllib_module.PulsePPOTorchRLModule`) skips RLlib's
-per-step ``eval()`` walk. ``pulsebms-bench ray`` measures the result against SB3.
+per-step ``eval()``/``train()`` walks; the EnvRunners
+(:class:`~pulsebms.agents.rllib_env_runner.PulseEnvRunner`) time each connector pipeline as
+a whole instead of every piece; PPO's Learner
+(:class:`~pulsebms.agents.rllib_learner.PulsePPOTorchLearner`) takes minibatches by index
+and checks gradients once per step (updates bit-identical to RLlib's).
+``pulsebms-bench ray`` measures the result against SB3.
 
 **Repeatability.** ``seed`` goes to ``config.debugging(seed=...)``: RLlib seeds Python, numpy
 and torch in the driver, in each Learner and in each EnvRunner (``seed + worker_index``),
