@@ -1,18 +1,23 @@
 """PulseBMS's PPO Learner for RLlib: RLlib's torch PPO Learner with cheaper per-minibatch work.
 
-:class:`PulsePPOTorchLearner` computes exactly RLlib's PPO update (same loss, same
-optimizer, same minibatches, same metrics); it only removes per-minibatch overhead that
-RLlib's generic torch Learner pays on every SGD step and that a small MLP policy on a CPU
-feels (``pulsebms-bench ray`` measures it against SB3's PPO):
+:class:`PulsePPOTorchLearner` computes RLlib's PPO update (same loss, same optimizer, same
+metrics) with less per-minibatch overhead than RLlib's generic torch Learner pays on every
+SGD step, which a small MLP policy on a CPU feels (``pulsebms-bench ray`` measures it
+against SB3's PPO):
 
 * **Minibatches by index.** RLlib's ``MiniBatchCyclicIterator`` slices the train batch
   (a ``SampleBatch`` of ~10 columns) and concatenates the slices for every minibatch, and
   shuffles by copying every column at each epoch's end. :class:`IndexedCyclicIterator`
   walks the same cycle over an index permutation instead (one gather per column and
   minibatch): the same minibatches, the same reshuffle points and the same
-  ``np.random.permutation`` draws as RLlib's iterator, so training is unchanged bit for bit.
+  ``np.random.permutation`` draws as RLlib's iterator (bit-identical on the same batch).
   Batches it does not cover (sequences with ``seq_lens``, columns that are not flat
   arrays or tensors) keep RLlib's iterator.
+* **Only the rows the loss uses.** RLlib's PPO train batch holds one masked bootstrap row
+  per episode chunk, spread over the minibatches, and every loss term takes a masked mean;
+  this Learner drops those rows before minibatching (:func:`without_masked_rows`), so each
+  minibatch holds ``minibatch_size`` rows the loss uses, as SB3's do (set
+  ``drop_masked_rows = False`` for RLlib's minibatches bit for bit).
 * **One finiteness check, not two per parameter.** RLlib's ``apply_gradients`` calls
   ``torch.isfinite(grad).all()`` on every parameter's gradient, then again on every
   parameter before the optimizer step: 2 × (number of parameter tensors) small kernels and
@@ -20,7 +25,6 @@ feels (``pulsebms-bench ray`` measures it against SB3's PPO):
   all gradients with one reduction; only when some gradient is not finite (or when grad
   scalers or torch LR schedulers are configured) does it hand over to RLlib's own
   ``apply_gradients``, which then zeroes the NaNs and warns as usual.
-
 * **Off-policyness once per update.** RLlib logs how many weight updates separate the
   samples from the Learner's weights on every minibatch, with a window of one (only the
   last value is reported); this Learner logs it for the first minibatch of each update.
@@ -41,15 +45,16 @@ Example:
 from __future__ import annotations
 
 from collections.abc import Iterable, Iterator
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 import torch
 from ray.rllib.algorithms.ppo.torch.ppo_torch_learner import PPOTorchLearner
+from ray.rllib.core.columns import Columns
 from ray.rllib.policy.sample_batch import MultiAgentBatch, SampleBatch
 from ray.rllib.utils.minibatch_utils import MiniBatchCyclicIterator
 
-__all__ = ["IndexedCyclicIterator", "PulsePPOTorchLearner", "all_finite"]
+__all__ = ["IndexedCyclicIterator", "PulsePPOTorchLearner", "all_finite", "without_masked_rows"]
 
 
 def all_finite(tensors: Iterable[torch.Tensor | None]) -> bool:
@@ -169,6 +174,48 @@ class IndexedCyclicIterator:
             yield MultiAgentBatch(minibatch, len(self._batch))
 
 
+def without_masked_rows(batch: MultiAgentBatch) -> MultiAgentBatch:
+    """The train batch without the rows its ``loss_mask`` excludes, and without the mask.
+
+    RLlib's PPO adds one extra time step to each episode chunk (the bootstrap observation of
+    the value targets) and masks it out of the loss with ``loss_mask``. Once the value
+    targets and advantages are computed (the learner connector, before minibatching), those
+    rows carry nothing the loss uses; RLlib still spreads them over the minibatches (one
+    chunk per env and runner: ~1 % of the rows at 4 envs and 1536 steps, which is why an
+    iteration ran 122 minibatches where SB3 runs 120), and every loss term then takes a
+    masked mean. Without them every minibatch holds ``minibatch_size`` rows the loss uses
+    and the loss takes plain means: the same objective per valid row, SB3's minibatch
+    count. A module whose rows are all masked is left as it is.
+
+    Example:
+        >>> from ray.rllib.core.columns import Columns
+        >>> batch = SampleBatch({"x": np.arange(4.0), Columns.LOSS_MASK: np.array(
+        ...     [True, False, True, True])}).as_multi_agent()
+        >>> dict(without_masked_rows(batch).policy_batches["default_policy"])
+        {'x': array([0., 2., 3.])}
+    """
+    batches: dict[Any, SampleBatch] = {}
+    for module_id, module_batch in batch.policy_batches.items():
+        if Columns.LOSS_MASK not in module_batch:
+            batches[module_id] = module_batch
+            continue
+        mask = module_batch[Columns.LOSS_MASK]
+        if isinstance(mask, torch.Tensor):
+            mask = mask.cpu().numpy()
+        keep = np.flatnonzero(np.asarray(mask, dtype=bool))
+        if keep.size == 0:
+            batches[module_id] = module_batch
+            continue
+        batches[module_id] = SampleBatch(  # type: ignore[no-untyped-call]  # RLlib is untyped
+            {
+                key: _take(value, keep)
+                for key, value in module_batch.items()
+                if key != Columns.LOSS_MASK
+            }
+        )
+    return MultiAgentBatch(batches, batch.env_steps())
+
+
 def _take(value: torch.Tensor | np.ndarray, index: np.ndarray) -> torch.Tensor | np.ndarray:
     if isinstance(value, torch.Tensor):
         return value[torch.from_numpy(index).to(value.device)]
@@ -177,7 +224,14 @@ def _take(value: torch.Tensor | np.ndarray, index: np.ndarray) -> torch.Tensor |
 
 
 class PulsePPOTorchLearner(PPOTorchLearner):
-    """RLlib's torch PPO Learner with index minibatches and one finiteness check per step."""
+    """RLlib's torch PPO Learner with index minibatches and one finiteness check per step.
+
+    Attributes:
+        drop_masked_rows: Take minibatches from the rows the loss uses only (see
+            :func:`without_masked_rows`); ``False``: RLlib's minibatches, bit for bit.
+    """
+
+    drop_masked_rows: ClassVar[bool] = True
 
     def _create_iterator_if_necessary(self, **kwargs: Any) -> Any:
         """RLlib's minibatch iterator, replaced by :class:`IndexedCyclicIterator` if it fits."""
@@ -185,8 +239,11 @@ class PulsePPOTorchLearner(PPOTorchLearner):
         if type(iterator) is MiniBatchCyclicIterator and IndexedCyclicIterator.supports(
             iterator._batch
         ):
+            batch = iterator._batch
+            if self.drop_masked_rows:
+                batch = without_masked_rows(batch)
             return IndexedCyclicIterator(
-                iterator._batch,
+                batch,
                 num_epochs=iterator._num_epochs,
                 minibatch_size=iterator._minibatch_size,
                 shuffle_batch_per_epoch=iterator._shuffle_batch_per_epoch,

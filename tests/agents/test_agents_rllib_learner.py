@@ -8,6 +8,7 @@ initial weights is the reference, bit for bit.
 from __future__ import annotations
 
 import warnings
+from collections.abc import Sequence
 from typing import Any
 
 import gymnasium as gym
@@ -22,7 +23,12 @@ from ray.rllib.evaluation.postprocessing import Postprocessing
 from ray.rllib.policy.sample_batch import MultiAgentBatch, SampleBatch
 from ray.rllib.utils.minibatch_utils import MiniBatchCyclicIterator
 
-from pulsebms.agents.rllib_learner import IndexedCyclicIterator, PulsePPOTorchLearner, all_finite
+from pulsebms.agents.rllib_learner import (
+    IndexedCyclicIterator,
+    PulsePPOTorchLearner,
+    all_finite,
+    without_masked_rows,
+)
 from pulsebms.agents.rllib_module import PulsePPOTorchRLModule, log_std_model_config
 
 OBS_SPACE = gym.spaces.Box(-1.0, 1.0, (5,), np.float32)
@@ -138,24 +144,67 @@ def _learner(cls: type[PPOTorchLearner]) -> Any:
         return config.build_learner(env=None)
 
 
+class _RLlibMinibatchesLearner(PulsePPOTorchLearner):
+    drop_masked_rows = False
+
+
+def _update(cls: type[PPOTorchLearner], columns: dict[str, np.ndarray]) -> tuple[Any, Any]:
+    learner = _learner(cls)
+    np.random.seed(1)  # noqa: NPY002  # RLlib shuffles minibatches with the global state
+    batch = MultiAgentBatch({MODULE: SampleBatch(dict(columns))}, env_steps=100)
+    result = learner.update(batch=batch, timesteps={"num_env_steps_sampled_lifetime": 100})
+    assert learner.module[MODULE].training
+    metrics = {k: float(np.asarray(v.peek())) for k, v in result[MODULE].items()}
+    return metrics, [p.detach().clone() for p in learner.module[MODULE].parameters()]
+
+
+LOSSES = ("policy_loss", "vf_loss", "entropy", "mean_kl_loss", "total_loss", "curr_kl_coeff")
+
+
+def _assert_same(a: tuple[Any, Any], b: tuple[Any, Any], keys: Sequence[str] = ()) -> None:
+    keys = keys or sorted(a[0])
+    assert {k: a[0][k] for k in keys} == pytest.approx(
+        {k: b[0][k] for k in keys}, abs=0, rel=0, nan_ok=True
+    )
+    for x, y in zip(a[1], b[1], strict=True):
+        assert torch.equal(x, y)
+    assert all(bool(torch.isfinite(p).all()) for p in b[1])
+
+
 @pytest.mark.parametrize("nan_obs", [False, True], ids=["finite", "nan-gradients"])
 def test_pulse_learner_updates_bit_for_bit_as_rllibs(nan_obs: bool) -> None:
     columns = _columns(100, seed=3)
     if nan_obs:  # NaN gradients: both take RLlib's path (NaNs zeroed, warning, step)
         columns[Columns.OBS][5, 0] = np.nan
-    results, weights = [], []
-    for cls in (PPOTorchLearner, PulsePPOTorchLearner):
-        learner = _learner(cls)
-        np.random.seed(1)  # noqa: NPY002  # RLlib shuffles minibatches with the global state
-        batch = MultiAgentBatch({MODULE: SampleBatch(dict(columns))}, env_steps=100)
-        result = learner.update(batch=batch, timesteps={"num_env_steps_sampled_lifetime": 100})
-        results.append({k: float(np.asarray(v.peek())) for k, v in result[MODULE].items()})
-        weights.append([p.detach().clone() for p in learner.module[MODULE].parameters()])
-        assert learner.module[MODULE].training
-    assert results[0] == pytest.approx(results[1], abs=0, rel=0, nan_ok=True)
-    for a, b in zip(*weights, strict=True):
-        assert torch.equal(a, b)
-    assert all(bool(torch.isfinite(p).all()) for p in weights[1])
+    # With RLlib's minibatches (masked rows kept), the update is RLlib's, bit for bit.
+    _assert_same(_update(PPOTorchLearner, columns), _update(_RLlibMinibatchesLearner, columns))
+    # By default the masked rows go first: RLlib's update of the batch without them.
+    keep = columns[Columns.LOSS_MASK]
+    assert 0 < keep.sum() < 100
+    valid = {k: v[keep] for k, v in columns.items() if k != Columns.LOSS_MASK}
+    # Same weights and losses; the reported row counts (and vf_explained_var) are not
+    # compared: RLlib's step counters still count the masked rows of the batch.
+    _assert_same(_update(PPOTorchLearner, valid), _update(PulsePPOTorchLearner, columns), LOSSES)
+
+
+def test_without_masked_rows_keeps_the_rest_and_all_masked_modules() -> None:
+    columns = _columns(10)
+    columns[Columns.LOSS_MASK][:] = True
+    columns[Columns.LOSS_MASK][[2, 7]] = False
+    torch_columns = {k: torch.from_numpy(v) for k, v in columns.items()}
+    all_masked = {Columns.OBS: np.zeros((3, 5)), Columns.LOSS_MASK: np.zeros(3, bool)}
+    batch = MultiAgentBatch(
+        {MODULE: SampleBatch(torch_columns), "other": SampleBatch(all_masked)}, env_steps=13
+    )
+    out = without_masked_rows(batch)
+    assert out.env_steps() == 13
+    kept = out.policy_batches[MODULE]
+    assert Columns.LOSS_MASK not in kept
+    assert len(kept) == 8
+    np.testing.assert_array_equal(
+        kept[Columns.OBS].numpy(), np.delete(columns[Columns.OBS], [2, 7], axis=0)
+    )
+    assert len(out.policy_batches["other"]) == 3  # nothing valid: left as RLlib has it
 
 
 def test_module_switches_mode_once_and_keeps_rllibs_outputs() -> None:
