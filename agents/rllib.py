@@ -40,7 +40,12 @@ forward pass and the episode bookkeeping *per vector step*, so stepping several 
 runner (``num_envs_per_env_runner``) divides that cost among them; the compact ``info``
 keeps gymnasium's vector-info merging and the episodes sent to the Learner small; the
 module (:class:`~pulsebms.agents.rllib_module.PulsePPOTorchRLModule`) skips RLlib's
-per-step ``eval()`` walk. ``pulsebms-bench ray`` measures the result against SB3.
+per-step ``eval()``/``train()`` walks; the EnvRunners
+(:class:`~pulsebms.agents.rllib_env_runner.PulseEnvRunner`) time each connector pipeline as
+a whole instead of every piece; PPO's Learner
+(:class:`~pulsebms.agents.rllib_learner.PulsePPOTorchLearner`) takes minibatches by index
+and checks gradients once per step (updates bit-identical to RLlib's).
+``pulsebms-bench ray`` measures the result against SB3.
 
 **Repeatability.** ``seed`` goes to ``config.debugging(seed=...)``: RLlib seeds Python, numpy
 and torch in the driver, in each Learner and in each EnvRunner (``seed + worker_index``),
@@ -109,6 +114,8 @@ from pulsebms.agents.rllib_env import (
     CompactInfo,
     make_rllib_env,
 )
+from pulsebms.agents.rllib_env_runner import PulseEnvRunner
+from pulsebms.agents.rllib_learner import PulsePPOTorchLearner
 from pulsebms.agents.rllib_module import PulsePPOTorchRLModule, log_std_model_config
 from pulsebms.agents.rllib_policy import DeployedRLlibPolicy, RLlibPolicy, rllib_torch_policy
 
@@ -520,6 +527,7 @@ def build_rllib_algorithm(
             # RLlib hints an int; Ray schedules fractional CPUs (0.5) just as well.
             num_cpus_per_env_runner=num_cpus_per_env_runner,  # type: ignore[arg-type]
             env_to_module_connector=_mean_std_filter if params.normalize_observations else None,
+            env_runner_cls=PulseEnvRunner,
         )
         .learners(num_learners=0)
         .rl_module(model_config=_model_config(params))
@@ -527,6 +535,8 @@ def build_rllib_algorithm(
     )
     if isinstance(params, RllibPPOConfig):
         config = config.rl_module(rl_module_spec=RLModuleSpec(module_class=PulsePPOTorchRLModule))
+        if learner_class is None:
+            learner_class = PulsePPOTorchLearner
     elif params.rollout_fragment_length is not None:
         config = config.env_runners(rollout_fragment_length=int(params.rollout_fragment_length))
     if callbacks is not None:

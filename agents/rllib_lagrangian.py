@@ -51,7 +51,6 @@ import numpy as np
 import torch
 from ray.rllib.algorithms import Algorithm, AlgorithmConfig
 from ray.rllib.algorithms.ppo import PPOConfig
-from ray.rllib.algorithms.ppo.torch.ppo_torch_learner import PPOTorchLearner
 from ray.rllib.connectors.connector_v2 import ConnectorV2
 from ray.rllib.core.columns import Columns
 from ray.rllib.core.rl_module.rl_module import RLModuleSpec
@@ -71,6 +70,7 @@ from pulsebms.agents.lagrangian import (
 )
 from pulsebms.agents.rllib import build_rllib_algorithm
 from pulsebms.agents.rllib_env import DEFAULT_INFO_KEYS, compact_info, make_fleet_env
+from pulsebms.agents.rllib_learner import PulsePPOTorchLearner
 from pulsebms.agents.rllib_module import PulsePPOTorchRLModule
 
 __all__ = [
@@ -262,7 +262,7 @@ class CostGeneralAdvantageEstimation(ConnectorV2):
         return batch
 
 
-class PPOLagrangianTorchLearner(PPOTorchLearner):
+class PPOLagrangianTorchLearner(PulsePPOTorchLearner):
     """PPO's torch learner with a cost critic loss and a Lagrange multiplier in its state.
 
     Reads :class:`LagrangianSettings` from ``config.learner_config_dict`` (set by

@@ -10,9 +10,14 @@
 * **Exportable free log-std.** RLlib's free-log-std head repeats the log-std ``len(batch)``
   times, which fixes the batch size of an ONNX export; this module's head broadcasts it
   (same values, same parameters, same checkpoint layout).
-* **One mode switch, not one per step.** RLlib's torch module calls ``self.eval()`` (a walk
-  over every sub-module) before each inference or exploration pass, i.e. once per env
-  step on an EnvRunner; this module switches only when it is in training mode.
+* **One mode switch, not two per pass.** RLlib's torch module calls ``self.eval()`` before
+  each inference or exploration pass and ``self.train()`` after it (each a walk over every
+  sub-module; a fresh module is in training mode, so an EnvRunner paid both walks on every
+  env step), and ``self.train()`` before each training pass (once per SGD minibatch in the
+  Learner). This module's passes put it in the mode they need only when it is in the
+  other one, and leave it there: an EnvRunner switches to eval mode once, a Learner stays
+  in training mode. (The policy MLPs have no dropout or batch norm: the mode changes no
+  output.)
 
 Checkpoints name this class, so :class:`~pulsebms.agents.rllib_policy.RLlibPolicy` and the
 exporter load it like the default module (the action-distribution inputs keep RLlib's
@@ -37,6 +42,7 @@ from typing import Any
 import torch
 from ray.rllib.algorithms.ppo.torch.default_ppo_torch_rl_module import DefaultPPOTorchRLModule
 from ray.rllib.core.models.torch.heads import TorchFreeLogStdMLPHead
+from ray.rllib.core.rl_module.rl_module import RLModule
 
 __all__ = ["LOG_STD_INIT", "PulsePPOTorchRLModule", "log_std_model_config"]
 
@@ -95,13 +101,20 @@ class PulsePPOTorchRLModule(DefaultPPOTorchRLModule):
             log_std.fill_(float(init))
 
     def forward_inference(self, batch: dict[str, Any], **kwargs: Any) -> dict[str, Any]:
-        """RLlib's inference pass; switches to eval mode only if in training mode."""
+        """RLlib's inference pass in eval mode; switches mode only if in training mode."""
         if self.training:
-            return super().forward_inference(batch, **kwargs)
+            self.eval()
         return self._forward_inference(batch, **kwargs)
 
     def forward_exploration(self, batch: dict[str, Any], **kwargs: Any) -> dict[str, Any]:
-        """RLlib's exploration pass; switches to eval mode only if in training mode."""
+        """RLlib's exploration pass in eval mode; switches mode only if in training mode."""
         if self.training:
-            return super().forward_exploration(batch, **kwargs)
+            self.eval()
         return self._forward_exploration(batch, **kwargs)
+
+    def forward_train(self, batch: dict[str, Any], **kwargs: Any) -> dict[str, Any]:
+        """RLlib's training pass in training mode; switches mode only if in eval mode."""
+        if not self.training:
+            self.train()
+        # RLModule's forward_train: the inference-only check, then _forward_train.
+        return RLModule.forward_train(self, batch, **kwargs)

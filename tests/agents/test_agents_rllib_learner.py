@@ -1,0 +1,310 @@
+"""PulsePPOTorchLearner and PulsePPOTorchRLModule change RLlib's cost, never its results.
+
+The Learner is built without a Ray runtime (``AlgorithmConfig.build_learner``) and updated
+on a hand-made PPO train batch; RLlib's own ``PPOTorchLearner`` on the same batch, seeds and
+initial weights is the reference, bit for bit.
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Sequence
+from typing import Any
+
+import gymnasium as gym
+import numpy as np
+import pytest
+import torch
+from ray.rllib.algorithms.ppo import PPOConfig
+from ray.rllib.algorithms.ppo.torch.ppo_torch_learner import PPOTorchLearner
+from ray.rllib.core.columns import Columns
+from ray.rllib.core.rl_module.rl_module import RLModuleSpec
+from ray.rllib.evaluation.postprocessing import Postprocessing
+from ray.rllib.policy.sample_batch import MultiAgentBatch, SampleBatch
+from ray.rllib.utils.minibatch_utils import MiniBatchCyclicIterator
+
+from pulsebms.agents.rllib_learner import (
+    IndexedCyclicIterator,
+    PulsePPOTorchLearner,
+    all_finite,
+    without_masked_rows,
+)
+from pulsebms.agents.rllib_module import PulsePPOTorchRLModule, log_std_model_config
+
+OBS_SPACE = gym.spaces.Box(-1.0, 1.0, (5,), np.float32)
+ACT_SPACE = gym.spaces.Box(-1.0, 1.0, (2,), np.float32)
+MODULE = "default_policy"
+
+
+def _columns(n: int, seed: int = 0) -> dict[str, np.ndarray]:
+    rng = np.random.default_rng(seed)
+
+    def normal(*shape: int) -> np.ndarray:
+        return rng.normal(size=(n, *shape)).astype(np.float32)
+
+    return {
+        Columns.OBS: normal(5),
+        Columns.ACTIONS: normal(2),
+        Columns.ACTION_LOGP: normal(),
+        Columns.ACTION_DIST_INPUTS: normal(4),
+        Postprocessing.ADVANTAGES: normal(),
+        Postprocessing.VALUE_TARGETS: normal(),
+        Columns.VF_PREDS: normal(),
+        Columns.LOSS_MASK: rng.random(n) > 0.1,
+    }
+
+
+def _minibatches(iterator: Any) -> list[dict[str, np.ndarray]]:
+    out = []
+    for minibatch in iterator:
+        batch = minibatch.policy_batches[MODULE]
+        out.append({k: np.asarray(v).copy() for k, v in batch.items()})
+    return out
+
+
+@pytest.mark.parametrize(
+    ("rows", "minibatch_size", "num_epochs", "shuffle", "total"),
+    [
+        (100, 32, 3, True, 0),  # minibatches run across pass ends, reshuffled there
+        (128, 32, 2, True, 0),  # a batch of whole minibatches
+        (7, 16, 2, True, 0),  # a minibatch larger than the batch
+        (100, 32, 2, False, 0),
+        (50, 16, 1, True, 9),  # a fixed number of minibatches
+    ],
+)
+def test_indexed_iterator_yields_rllibs_minibatches(
+    rows: int, minibatch_size: int, num_epochs: int, shuffle: bool, total: int
+) -> None:
+    columns = _columns(rows)
+    columns["weights_seq_no"] = np.arange(rows)  # an integer column too
+    runs = []
+    for cls in (MiniBatchCyclicIterator, IndexedCyclicIterator):
+        batch = MultiAgentBatch({MODULE: SampleBatch(dict(columns))}, env_steps=rows)
+        np.random.seed(7)  # noqa: NPY002  # both shuffle with the global numpy state, as RLlib does
+        runs.append(
+            _minibatches(
+                cls(
+                    batch,
+                    num_epochs=num_epochs,
+                    minibatch_size=minibatch_size,
+                    shuffle_batch_per_epoch=shuffle,
+                    num_total_minibatches=total,
+                )
+            )
+        )
+        runs[-1].append({"next_draw": np.random.random(1)})  # noqa: NPY002  # same RNG use after
+    rllib, indexed = runs
+    assert len(indexed) == len(rllib) > 1
+    for a, b in zip(rllib, indexed, strict=True):
+        assert a.keys() == b.keys()
+        for key in a:
+            np.testing.assert_array_equal(a[key], b[key], err_msg=key)
+
+
+def test_indexed_iterator_gathers_torch_columns_and_rejects_what_it_does_not_cover() -> None:
+    torch_batch = SampleBatch({k: torch.from_numpy(v) for k, v in _columns(10).items()})
+    multi = MultiAgentBatch({MODULE: torch_batch}, env_steps=10)
+    assert IndexedCyclicIterator.supports(multi)
+    first = next(iter(IndexedCyclicIterator(multi, minibatch_size=4, num_epochs=1)))
+    obs = first.policy_batches[MODULE][Columns.OBS]
+    assert isinstance(obs, torch.Tensor)
+    assert obs.shape == (4, 5)
+
+    with_lists = SampleBatch({Columns.OBS: np.zeros((3, 5)), Columns.INFOS: [{}, {}, {}]})
+    assert not IndexedCyclicIterator.supports(MultiAgentBatch({MODULE: with_lists}, 3))
+    with pytest.raises(ValueError, match="empty"):
+        IndexedCyclicIterator(
+            MultiAgentBatch({MODULE: SampleBatch({Columns.OBS: np.zeros((0, 5))})}, 0),
+            minibatch_size=4,
+        )
+
+
+def test_all_finite() -> None:
+    assert all_finite([torch.ones(3), None, torch.zeros(2, 2)])
+    assert all_finite([])
+    assert not all_finite([torch.ones(3), torch.tensor([1.0, float("inf")])])
+    assert not all_finite([torch.tensor([[float("nan")]])])
+
+
+def _learner(cls: type[PPOTorchLearner]) -> Any:
+    config = (
+        PPOConfig()
+        .api_stack(enable_rl_module_and_learner=True, enable_env_runner_and_connector_v2=True)
+        .environment(observation_space=OBS_SPACE, action_space=ACT_SPACE)
+        .training(minibatch_size=32, num_epochs=3, train_batch_size_per_learner=100)
+        .rl_module(
+            rl_module_spec=RLModuleSpec(module_class=PulsePPOTorchRLModule),
+            model_config={"fcnet_hiddens": [8], **log_std_model_config(-0.5)},
+        )
+        .learners(learner_class=cls)
+    )
+    torch.manual_seed(0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return config.build_learner(env=None)
+
+
+class _RLlibMinibatchesLearner(PulsePPOTorchLearner):
+    drop_masked_rows = False
+
+
+def _update(cls: type[PPOTorchLearner], columns: dict[str, np.ndarray]) -> tuple[Any, Any]:
+    learner = _learner(cls)
+    np.random.seed(1)  # noqa: NPY002  # RLlib shuffles minibatches with the global state
+    batch = MultiAgentBatch({MODULE: SampleBatch(dict(columns))}, env_steps=100)
+    result = learner.update(batch=batch, timesteps={"num_env_steps_sampled_lifetime": 100})
+    assert learner.module[MODULE].training
+    metrics = {k: float(np.asarray(v.peek())) for k, v in result[MODULE].items()}
+    return metrics, [p.detach().clone() for p in learner.module[MODULE].parameters()]
+
+
+LOSSES = ("policy_loss", "vf_loss", "entropy", "mean_kl_loss", "total_loss", "curr_kl_coeff")
+
+
+def _assert_same(a: tuple[Any, Any], b: tuple[Any, Any], keys: Sequence[str] = ()) -> None:
+    keys = keys or sorted(a[0])
+    assert {k: a[0][k] for k in keys} == pytest.approx(
+        {k: b[0][k] for k in keys}, abs=0, rel=0, nan_ok=True
+    )
+    for x, y in zip(a[1], b[1], strict=True):
+        assert torch.equal(x, y)
+    assert all(bool(torch.isfinite(p).all()) for p in b[1])
+
+
+@pytest.mark.parametrize("nan_obs", [False, True], ids=["finite", "nan-gradients"])
+def test_pulse_learner_updates_bit_for_bit_as_rllibs(nan_obs: bool) -> None:
+    columns = _columns(100, seed=3)
+    if nan_obs:  # NaN gradients: both take RLlib's path (NaNs zeroed, warning, step)
+        columns[Columns.OBS][5, 0] = np.nan
+    # With RLlib's minibatches (masked rows kept), the update is RLlib's, bit for bit.
+    _assert_same(_update(PPOTorchLearner, columns), _update(_RLlibMinibatchesLearner, columns))
+    # By default the masked rows go first: RLlib's update of the batch without them.
+    keep = columns[Columns.LOSS_MASK]
+    assert 0 < keep.sum() < 100
+    valid = {k: v[keep] for k, v in columns.items() if k != Columns.LOSS_MASK}
+    # Same weights and losses; the reported row counts (and vf_explained_var) are not
+    # compared: RLlib's step counters still count the masked rows of the batch.
+    _assert_same(_update(PPOTorchLearner, valid), _update(PulsePPOTorchLearner, columns), LOSSES)
+
+
+def test_without_masked_rows_keeps_the_rest_and_all_masked_modules() -> None:
+    columns = _columns(10)
+    columns[Columns.LOSS_MASK][:] = True
+    columns[Columns.LOSS_MASK][[2, 7]] = False
+    torch_columns = {k: torch.from_numpy(v) for k, v in columns.items()}
+    all_masked = {Columns.OBS: np.zeros((3, 5)), Columns.LOSS_MASK: np.zeros(3, bool)}
+    batch = MultiAgentBatch(
+        {MODULE: SampleBatch(torch_columns), "other": SampleBatch(all_masked)}, env_steps=13
+    )
+    out = without_masked_rows(batch)
+    assert out.env_steps() == 13
+    kept = out.policy_batches[MODULE]
+    assert Columns.LOSS_MASK not in kept
+    assert len(kept) == 8
+    np.testing.assert_array_equal(
+        kept[Columns.OBS].numpy(), np.delete(columns[Columns.OBS], [2, 7], axis=0)
+    )
+    assert len(out.policy_batches["other"]) == 3  # nothing valid: left as RLlib has it
+
+
+def test_module_switches_mode_once_and_keeps_rllibs_outputs() -> None:
+    torch.manual_seed(0)
+    module = PulsePPOTorchRLModule(
+        observation_space=OBS_SPACE,
+        action_space=ACT_SPACE,
+        model_config={"fcnet_hiddens": [8], **log_std_model_config(-0.5)},
+    )
+    obs = {Columns.OBS: torch.from_numpy(_columns(6)[Columns.OBS])}
+    assert module.training  # a fresh module, as on an EnvRunner
+    switches = []
+    module.pi.register_forward_pre_hook(lambda m, _: switches.append(m.training))
+    with torch.no_grad():
+        first = module.forward_exploration(obs)
+        again = module.forward_inference(obs)
+    assert not module.training
+    assert switches == [False, False]
+    trained = module.forward_train(obs)
+    assert module.training
+    assert switches[-1] is True
+    torch.testing.assert_close(first[Columns.ACTION_DIST_INPUTS], again[Columns.ACTION_DIST_INPUTS])
+    torch.testing.assert_close(
+        first[Columns.ACTION_DIST_INPUTS], trained[Columns.ACTION_DIST_INPUTS].detach()
+    )
+
+
+def test_untimed_pipeline_keeps_the_result_and_only_the_total_timer() -> None:
+    from ray.rllib.connectors.connector_v2 import ConnectorV2
+    from ray.rllib.connectors.env_to_module import EnvToModulePipeline
+    from ray.rllib.utils.metrics.metrics_logger import MetricsLogger
+
+    from pulsebms.agents.rllib_env_runner import PieceUntimedEnvToModulePipeline, untime_pipeline
+
+    class AddOne(ConnectorV2):
+        def __call__(self, *, batch: dict[str, Any], **kwargs: Any) -> Any:
+            batch["n"] = batch.get("n", 0) + 1
+            return batch
+
+    outputs, logged = [], []
+    for untimed in (False, True):
+        pipeline = EnvToModulePipeline(connectors=[AddOne(), AddOne()])
+        if untimed:
+            assert untime_pipeline(pipeline) is pipeline
+            assert type(pipeline) is PieceUntimedEnvToModulePipeline
+        metrics = MetricsLogger()
+        outputs.append(
+            pipeline(
+                rl_module=None,
+                batch={},
+                episodes=[],
+                explore=True,
+                metrics=metrics,
+                metrics_prefix_key=("e2m",),
+            )
+        )
+        logged.append(metrics.peek(("e2m",)) if metrics.peek(("e2m",), default=None) else {})
+    assert outputs[0] == outputs[1] == {"n": 2}
+    assert "connector_pipeline_timer" in logged[0]
+    assert "connector_pipeline_timer" in logged[1]
+    assert "timers" in logged[0]  # RLlib's per-piece timers ...
+    assert "timers" not in logged[1]  # ... are what the untimed pipeline drops
+
+
+@pytest.mark.filterwarnings(
+    "ignore:.*Overriding environment rllib-single-agent-env-v0 already in registry:UserWarning"
+)
+def test_build_uses_the_pulse_runner_learner_and_module(
+    tmp_path_factory: pytest.TempPathFactory,
+) -> None:
+    from pulsebms.agents.rllib import build_rllib_algorithm, ray_session
+    from pulsebms.agents.rllib_env_runner import (
+        PieceUntimedEnvToModulePipeline,
+        PieceUntimedModuleToEnvPipeline,
+        PulseEnvRunner,
+    )
+
+    ray_tmp = tmp_path_factory.mktemp("ray")  # short: Ray's socket paths are limited
+    with ray_session(num_cpus=1, temp_dir=ray_tmp):
+        algo = build_rllib_algorithm(
+            "pulsebms.envs:PulseBMS/FleetSmall-v0",
+            env_kwargs={"horizon_steps": 16, "dt_s": 900.0},
+            train_batch_size=32,
+            minibatch_size=16,
+            num_epochs=2,
+            num_envs_per_env_runner=2,
+            log_std_init=-0.5,
+            seed=0,
+        )
+        try:
+            runner = algo.env_runner
+            assert isinstance(runner, PulseEnvRunner)
+            assert type(runner._env_to_module) is PieceUntimedEnvToModulePipeline
+            assert type(runner._module_to_env) is PieceUntimedModuleToEnvPipeline
+            learner = algo.learner_group._learner
+            assert isinstance(learner, PulsePPOTorchLearner)
+            result = algo.train()
+            assert result["env_runners"]["num_env_steps_sampled"] == 32
+            assert np.isfinite(result["learners"][MODULE]["policy_loss"])
+            assert not runner.module.training  # the runner's module stays in eval mode
+            assert learner.module[MODULE].training
+        finally:
+            algo.stop()
