@@ -184,8 +184,10 @@ def test_training_joins_a_real_cluster_by_address(ray_head: Head, tmp_path: Path
     assert policy.act(obs) in gym.spaces.Box(-1.0, 1.0, (3,), np.float32)
     # The EnvRunner actor ran on the head's node (its worker log is in the head's session).
     logs = ray_head.temp_dir / "session_latest" / "logs"
+    from pulsebms.agents.rllib_env_runner import PulseEnvRunner
+
     runner_logs = [
-        p for p in logs.glob("worker-*") if "SingleAgentEnvRunner" in p.read_text(errors="replace")
+        p for p in logs.glob("worker-*") if PulseEnvRunner.__name__ in p.read_text(errors="replace")
     ]
     assert runner_logs, sorted(p.name for p in logs.iterdir())
     # Disconnecting the driver left the cluster running.
