@@ -14,7 +14,7 @@ import warnings
 import onnx
 import torch
 
-__all__ = ["DEFAULT_OPSET", "INPUT_NAME", "OUTPUT_NAME", "to_onnx"]
+__all__ = ["DEFAULT_OPSET", "INPUT_NAME", "OUTPUT_NAME", "export_proto", "to_onnx"]
 
 INPUT_NAME = "observation"
 """Name of the graph input."""
@@ -36,6 +36,59 @@ def _strip_metadata(model: onnx.ModelProto) -> None:
         del init.metadata_props[:]
 
 
+def export_proto(
+    module: torch.nn.Module,
+    example: tuple[torch.Tensor, ...],
+    *,
+    input_name: str = INPUT_NAME,
+    output_name: str = OUTPUT_NAME,
+    opset: int = DEFAULT_OPSET,
+) -> onnx.ModelProto:
+    """Export ``module`` with a dynamic batch axis (axis 0 of its one input), metadata stripped.
+
+    Args:
+        module: The module (put in eval mode); ``forward`` takes one batched tensor.
+        example: One example input (batch ≥ 2, so the batch axis stays symbolic).
+        input_name: Name of the graph input.
+        output_name: Name of the graph output.
+        opset: ONNX opset.
+
+    Returns:
+        The exported model, not yet checked or serialised (callers may add metadata).
+
+    Raises:
+        RuntimeError: If torch cannot export the module.
+    """
+    batch = torch.export.Dim("batch")
+    exporter_log = logging.getLogger("torch.onnx")
+    level = exporter_log.level
+    exporter_log.setLevel(logging.ERROR)  # "torchvision is not installed" notices
+    try:
+        with warnings.catch_warnings(), torch.no_grad():
+            # torch's own deprecations inside its exporter are not ours to fix.
+            warnings.simplefilter("ignore", category=DeprecationWarning)
+            warnings.simplefilter("ignore", category=FutureWarning)
+            warnings.simplefilter("ignore", category=UserWarning)
+            program = torch.onnx.export(
+                module.eval(),
+                example,
+                dynamo=True,
+                input_names=[input_name],
+                output_names=[output_name],
+                dynamic_shapes=({0: batch},),
+                opset_version=opset,
+                optimize=True,
+                verbose=False,
+            )
+    finally:
+        exporter_log.setLevel(level)
+    if program is None:
+        raise RuntimeError("torch.onnx.export returned no program")
+    model = program.model_proto
+    _strip_metadata(model)
+    return model
+
+
 def to_onnx(module: torch.nn.Module, observation_size: int, *, opset: int = DEFAULT_OPSET) -> bytes:
     """Export ``module`` (``[batch, obs] -> [batch, act]``) to ONNX bytes.
 
@@ -51,32 +104,6 @@ def to_onnx(module: torch.nn.Module, observation_size: int, *, opset: int = DEFA
         RuntimeError: If torch cannot export the module.
     """
     example = (torch.zeros(2, observation_size, dtype=torch.float32),)
-    batch = torch.export.Dim("batch")
-    exporter_log = logging.getLogger("torch.onnx")
-    level = exporter_log.level
-    exporter_log.setLevel(logging.ERROR)  # "torchvision is not installed" notices
-    try:
-        with warnings.catch_warnings(), torch.no_grad():
-            # torch's own deprecations inside its exporter are not ours to fix.
-            warnings.simplefilter("ignore", category=DeprecationWarning)
-            warnings.simplefilter("ignore", category=FutureWarning)
-            warnings.simplefilter("ignore", category=UserWarning)
-            program = torch.onnx.export(
-                module.eval(),
-                example,
-                dynamo=True,
-                input_names=[INPUT_NAME],
-                output_names=[OUTPUT_NAME],
-                dynamic_shapes=({0: batch},),
-                opset_version=opset,
-                optimize=True,
-                verbose=False,
-            )
-    finally:
-        exporter_log.setLevel(level)
-    if program is None:
-        raise RuntimeError("torch.onnx.export returned no program")
-    model = program.model_proto
-    _strip_metadata(model)
+    model = export_proto(module, example, opset=opset)
     onnx.checker.check_model(model, full_check=True)
     return bytes(model.SerializeToString(deterministic=True))

@@ -30,8 +30,6 @@ Example:
 from __future__ import annotations
 
 import json
-import logging
-import warnings
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -50,6 +48,7 @@ __all__ = [
     "ParityError",
     "check_parity",
     "export_forecaster",
+    "max_abs_difference",
 ]
 
 INPUT_NAME = "windows"
@@ -61,7 +60,25 @@ _META_KEY = "pulsebms.health.forecaster"
 
 
 class ParityError(RuntimeError):
-    """onnxruntime and torch disagree on the forecaster's output."""
+    """An ONNX export and the model it came from disagree (torch or scikit-learn)."""
+
+
+def max_abs_difference(ours: FloatArray, ref: FloatArray, *, atol: float, reference: str) -> float:
+    """Largest |``ref`` − ``ours``| (0 for no rows); raises when above ``atol``.
+
+    Args:
+        ours: The onnxruntime outputs.
+        ref: The source model's outputs for the same rows.
+        atol: Largest difference accepted.
+        reference: Name of the source model's library, for the error.
+
+    Raises:
+        ParityError: If the two disagree by more than ``atol``.
+    """
+    worst = float(np.max(np.abs(np.asarray(ours) - np.asarray(ref)))) if np.size(ours) else 0.0
+    if not worst <= atol:
+        raise ParityError(f"onnxruntime differs from {reference} by {worst:.3g} > {atol:.3g}")
+    return worst
 
 
 def export_forecaster(model: SohLstm, *, fill: FloatArray) -> bytes:
@@ -80,38 +97,13 @@ def export_forecaster(model: SohLstm, *, fill: FloatArray) -> bytes:
     import onnx
     import torch
 
+    from pulsebms.export.graph import export_proto
+
     n_inputs = int(model.mean.numel())
     example = (torch.zeros(2, model.lookback, n_inputs, dtype=torch.float32),)
-    batch = torch.export.Dim("batch")
-    exporter_log = logging.getLogger("torch.onnx")
-    level = exporter_log.level
-    exporter_log.setLevel(logging.ERROR)
-    try:
-        with warnings.catch_warnings(), torch.no_grad():
-            # torch's own notices inside its exporter are not ours to fix.
-            warnings.simplefilter("ignore", category=DeprecationWarning)
-            warnings.simplefilter("ignore", category=FutureWarning)
-            warnings.simplefilter("ignore", category=UserWarning)
-            program = torch.onnx.export(
-                model.eval(),
-                example,
-                dynamo=True,
-                input_names=[INPUT_NAME],
-                output_names=[OUTPUT_NAME],
-                dynamic_shapes=({0: batch},),
-                opset_version=_OPSET,
-                optimize=True,
-                verbose=False,
-            )
-    finally:
-        exporter_log.setLevel(level)
-    if program is None:
-        raise RuntimeError("torch.onnx.export returned no program")
-    proto = program.model_proto
-    del proto.metadata_props[:]
-    for node in proto.graph.node:
-        del node.metadata_props[:]
-        node.doc_string = ""
+    proto = export_proto(
+        model, example, input_name=INPUT_NAME, output_name=OUTPUT_NAME, opset=_OPSET
+    )
     meta = {
         "horizon_cycles": model.horizon,
         "lookback_cycles": model.lookback,
@@ -205,7 +197,4 @@ def check_parity(
     ours = onnx_model.predict(windows)
     with torch.no_grad():
         ref = model.eval()(torch.as_tensor(np.asarray(windows, dtype=np.float32))).numpy()
-    worst = float(np.max(np.abs(ours - ref))) if ours.size else 0.0
-    if not worst <= atol:
-        raise ParityError(f"onnxruntime differs from torch by {worst:.3g} > {atol:.3g}")
-    return worst
+    return max_abs_difference(ours, ref, atol=atol, reference="torch")

@@ -43,7 +43,7 @@ import onnxruntime as ort
 
 from pulsebms.core.types import FloatArray
 from pulsebms.services.health.features import FEATURE_NAMES
-from pulsebms.services.health.forecast_onnx import ParityError
+from pulsebms.services.health.forecast_onnx import max_abs_difference
 from pulsebms.services.health.score import HealthScoreModel
 
 __all__ = [
@@ -263,7 +263,4 @@ def check_score_parity(
     """
     ours = onnx_model.predict(x)
     ref = model.predict(np.asarray(x, dtype=np.float64))
-    worst = float(np.max(np.abs(ours - ref))) if ours.size else 0.0
-    if not worst <= atol:
-        raise ParityError(f"onnxruntime differs from scikit-learn by {worst:.3g} > {atol:.3g}")
-    return worst
+    return max_abs_difference(ours, ref, atol=atol, reference="scikit-learn")
