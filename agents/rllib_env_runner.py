@@ -33,6 +33,8 @@ from ray.rllib.connectors.module_to_env import ModuleToEnvPipeline
 from ray.rllib.env.single_agent_env_runner import SingleAgentEnvRunner
 from ray.rllib.utils.metrics import CONNECTOR_PIPELINE_TIMER
 
+from pulsebms.agents.rllib_connectors import batch_module_to_env
+
 __all__ = [
     "PieceUntimedEnvToModulePipeline",
     "PieceUntimedModuleToEnvPipeline",
@@ -84,9 +86,20 @@ def untime_pipeline(pipeline: ConnectorV2 | None) -> ConnectorV2 | None:
 
 
 class PulseEnvRunner(SingleAgentEnvRunner):
-    """RLlib's single-agent EnvRunner with connector pipelines timed as a whole only."""
+    """RLlib's single-agent EnvRunner with batched, whole-pipeline-timed connectors.
+
+    Its module-to-env pipeline, when it is RLlib's default one for a stateless module,
+    runs batched over the env vector
+    (:func:`~pulsebms.agents.rllib_connectors.batch_module_to_env`).
+    """
 
     def __init__(self, *, config: Any, **kwargs: Any) -> None:
         super().__init__(config=config, **kwargs)
         untime_pipeline(self._env_to_module)
         untime_pipeline(self._module_to_env)
+        module = self.module
+        batch_module_to_env(
+            self._module_to_env,
+            stateful=module is None or bool(module.is_stateful()),
+            multi_agent=False,
+        )
