@@ -185,8 +185,9 @@ class MeanStdFilter(rllib_mean_std_filter.MeanStdFilter):
     ) -> Any:
         """Update the statistics with every env's newest observation and normalise them."""
         if self._filters is None:
-            self._init_new_filters()
-        obs_filter = None if self._multi_agent else self._filters.get(None)
+            self._init_new_filters()  # type: ignore[no-untyped-call]  # RLlib is untyped
+        filters = self._filters or {}
+        obs_filter = None if self._multi_agent else filters.get(None)
         if (
             obs_filter is None
             or obs_filter.no_preprocessor
@@ -204,7 +205,10 @@ class MeanStdFilter(rllib_mean_std_filter.MeanStdFilter):
         rows = np.stack([np.asarray(e.get_observations(indices=-1)) for e in episodes])
         stats: RunningStat = obs_filter.running_stats
         if self._update_stats:
-            push_rows(obs_filter.buffer, rows)
+            buffer = obs_filter.buffer
+            if not isinstance(buffer, RunningStat):  # pragma: no cover - a flat Box filter's
+                raise TypeError(f"expected a RunningStat buffer, got {type(buffer).__name__}")
+            push_rows(buffer, rows)
             means, sums_sq, counts = push_rows(stats, rows)
         else:
             means = stats.mean_array[None]
@@ -253,16 +257,18 @@ class BatchedNormalizeAndClipActions(NormalizeAndClipActions):
         self,
         *,
         rl_module: Any,
-        batch: dict[str, Any],
+        batch: dict[str, Any] | None,
         episodes: list[Any],
         explore: bool | None = None,
         shared_data: dict[str, Any] | None = None,
         **kwargs: Any,
     ) -> Any:
         """Add ``actions_for_env``: the unsquashed or clipped actions of every env."""
-        actions = batch.get(Columns.ACTIONS)
-        if not isinstance(actions, np.ndarray) or (
-            episodes and isinstance(episodes[0], MultiAgentEpisode)
+        actions = None if batch is None else batch.get(Columns.ACTIONS)
+        if (
+            batch is None
+            or not isinstance(actions, np.ndarray)
+            or (episodes and isinstance(episodes[0], MultiAgentEpisode))
         ):
             return super().__call__(
                 rl_module=rl_module,
@@ -273,9 +279,13 @@ class BatchedNormalizeAndClipActions(NormalizeAndClipActions):
                 **kwargs,
             )
         if self.normalize_actions:
-            batch[Columns.ACTIONS_FOR_ENV] = unsquash_action(actions, self._action_space_struct)
+            batch[Columns.ACTIONS_FOR_ENV] = unsquash_action(  # type: ignore[no-untyped-call]  # RLlib is untyped
+                actions, self._action_space_struct
+            )
         elif self.clip_actions:
-            batch[Columns.ACTIONS_FOR_ENV] = clip_action(actions, self._action_space_struct)
+            batch[Columns.ACTIONS_FOR_ENV] = clip_action(  # type: ignore[no-untyped-call]  # RLlib is untyped
+                actions, self._action_space_struct
+            )
         return batch
 
     def get_ctor_args_and_kwargs(self) -> tuple[tuple[Any, ...], dict[str, Any]]:
@@ -346,7 +356,9 @@ def batch_module_to_env(pipeline: Any, *, stateful: bool, multi_agent: bool) -> 
     kinds = tuple(type(piece) for piece in pieces)
     if kinds != (GetActions, TensorToNumpy, *_DEFAULT_TAIL):
         return False
-    actions: NormalizeAndClipActions = pieces[4]
+    actions = pieces[4]
+    if not isinstance(actions, NormalizeAndClipActions):  # pragma: no cover - kinds checked
+        return False
     batched = BatchedNormalizeAndClipActions(
         input_observation_space=actions.input_observation_space,
         input_action_space=actions.input_action_space,
