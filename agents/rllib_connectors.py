@@ -7,9 +7,10 @@ episodes in Python: the ``MeanStdFilter`` pushes and normalises one observation 
 deep-copies the actions and unsquashes/clips them env by env, and
 ``UnBatchToIndividualItems`` → ``RemoveSingleTsTimeRankFromBatch`` → ``ListifyDataForVectorEnv``
 split every column into per-episode items only to stack the actions back into one array.
-On the quick fleet with 4 envs per runner these loops were most of the runner's own
-overhead per env step (``pulsebms-bench ray``). The pieces here compute the same results
-with one vectorised operation per vector step:
+On the quick fleet with 4 envs per runner these loops, and the action distribution objects
+built per step, were most of the runner's own overhead per env step (``pulsebms-bench
+ray``). The pieces here compute the same results with one vectorised operation per vector
+step:
 
 * :class:`BatchedMeanStdFilter` (env → module): RLlib's ``MeanStdFilter`` connector (same
   class hierarchy, same state, same checkpoints) whose update and normalisation run over
@@ -18,6 +19,11 @@ with one vectorised operation per vector step:
   feature vectors), and so is every normalised observation: each env's observation is
   normalised with the statistics after its own push, as RLlib's loop does, but in one
   array operation.
+* :class:`GaussianGetActions` (module → env): RLlib's ``GetActions`` that, for a
+  diagonal-Gaussian exploration policy, samples the actions and takes their
+  log-probabilities with the torch operations ``torch.distributions.Normal`` runs, without
+  building the distribution objects on every step (the same values, the same random
+  draws).
 * :class:`BatchedNormalizeAndClipActions` (module → env): RLlib's ``NormalizeAndClipActions``
   applied once to the ``[n, act]`` action batch (RLlib's own ``unsquash_action`` /
   ``clip_action``, which broadcast), before unbatching; same settings and class hierarchy,
@@ -27,7 +33,7 @@ with one vectorised operation per vector step:
   per-env rows) taken straight from the batch, in place of the unbatch → re-listify round
   trip. Only for single-agent, stateless modules (no time rank to remove).
 
-:func:`batch_module_to_env` rewrites a module-to-env pipeline to use the last two when it
+:func:`batch_module_to_env` rewrites a module-to-env pipeline to use the last three when it
 is exactly RLlib's default single-agent pipeline (no user pieces); any other pipeline is
 left as it is. :class:`~pulsebms.agents.rllib_env_runner.PulseEnvRunner` calls it, and
 :func:`pulsebms.agents.rllib.build_rllib_algorithm` uses :class:`BatchedMeanStdFilter` for
@@ -43,11 +49,25 @@ Example:
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import numpy as np
+import torch
+from ray.rllib.connectors.common.add_observations_from_episodes_to_batch import (
+    AddObservationsFromEpisodesToBatch,
+)
+from ray.rllib.connectors.common.add_states_from_episodes_to_batch import (
+    AddStatesFromEpisodesToBatch,
+)
+from ray.rllib.connectors.common.add_time_dim_to_batch_and_zero_pad import (
+    AddTimeDimToBatchAndZeroPad,
+)
+from ray.rllib.connectors.common.batch_individual_items import BatchIndividualItems
+from ray.rllib.connectors.common.numpy_to_tensor import NumpyToTensor
 from ray.rllib.connectors.common.tensor_to_numpy import TensorToNumpy
 from ray.rllib.connectors.connector_v2 import ConnectorV2
+from ray.rllib.connectors.env_to_module import EnvToModulePipeline
 from ray.rllib.connectors.env_to_module import mean_std_filter as rllib_mean_std_filter
 from ray.rllib.connectors.module_to_env.get_actions import GetActions
 from ray.rllib.connectors.module_to_env.listify_data_for_vector_env import (
@@ -64,16 +84,20 @@ from ray.rllib.connectors.module_to_env.unbatch_to_individual_items import (
     UnBatchToIndividualItems,
 )
 from ray.rllib.core.columns import Columns
+from ray.rllib.core.distribution.torch.torch_distribution import TorchDiagGaussian
 from ray.rllib.env.multi_agent_episode import MultiAgentEpisode
 from ray.rllib.utils.filter import RunningStat
 from ray.rllib.utils.numpy import SMALL_NUMBER
 from ray.rllib.utils.spaces.space_utils import clip_action, unsquash_action
 
 __all__ = [
+    "BatchObservationsForModule",
     "BatchedMeanStdFilter",
     "BatchedNormalizeAndClipActions",
+    "GaussianGetActions",
     "ListifyBatchForVectorEnv",
     "MeanStdFilter",
+    "batch_env_to_module",
     "batch_module_to_env",
     "push_rows",
     "running_stds",
@@ -298,6 +322,42 @@ class BatchedNormalizeAndClipActions(NormalizeAndClipActions):
         }
 
 
+_HALF_LOG_2PI = math.log(math.sqrt(2 * math.pi))
+
+
+class GaussianGetActions(GetActions):
+    """RLlib's ``GetActions`` with a direct path for diagonal-Gaussian exploration.
+
+    RLlib builds a ``TorchDiagGaussian`` (a ``torch.distributions.Normal`` inside, with its
+    argument broadcasting) from the module's outputs on every vector step, samples it and
+    takes the sample's log-probability through it. For a module whose exploration
+    distribution is exactly ``TorchDiagGaussian`` this piece computes the same two
+    tensors with the same torch operations, in the same order, without the objects:
+    ``actions = torch.normal(loc, exp(log_std))`` (the same random draw) and
+    ``logp = Σ −(a − loc)² / (2σ²) − log σ − log √(2π)`` (``Normal.log_prob``). Anything
+    else (inference, other distributions, actions already present, multi-agent) is
+    RLlib's own code.
+    """
+
+    def _get_actions(self, batch: dict[str, Any], sa_rl_module: Any, explore: Any) -> None:
+        if (
+            not explore
+            or Columns.ACTIONS in batch
+            or Columns.ACTION_LOGP in batch
+            or Columns.ACTION_DIST_INPUTS not in batch
+            or sa_rl_module.get_exploration_action_dist_cls() is not TorchDiagGaussian
+        ):
+            super()._get_actions(batch, sa_rl_module, explore)  # type: ignore[no-untyped-call]  # RLlib is untyped
+            return
+        loc, log_std = batch[Columns.ACTION_DIST_INPUTS].chunk(2, dim=-1)
+        scale = log_std.exp()  # TorchDiagGaussian.from_logits
+        with torch.no_grad():  # Normal.sample
+            actions = torch.normal(loc, scale)
+        batch[Columns.ACTIONS] = actions
+        logp = -((actions - loc) ** 2) / (2 * scale**2) - scale.log() - _HALF_LOG_2PI
+        batch[Columns.ACTION_LOGP] = logp.sum(-1)
+
+
 class ListifyBatchForVectorEnv(ConnectorV2):
     """The module's batched output as the per-env data a single-agent vector EnvRunner reads.
 
@@ -325,6 +385,116 @@ class ListifyBatchForVectorEnv(ConnectorV2):
         return batch
 
 
+class BatchObservationsForModule(ConnectorV2):
+    """Every env's newest observation as one ``[n, obs]`` tensor: the module's input batch.
+
+    What RLlib's ``AddObservationsFromEpisodesToBatch`` → ``AddTimeDimToBatchAndZeroPad`` →
+    ``AddStatesFromEpisodesToBatch`` → ``BatchIndividualItems`` → ``NumpyToTensor`` give a
+    single-agent, stateless module on the CPU (``{"obs": tensor}``, one row per episode in
+    the episodes' order, float64 cast to float32; the episode order is memorised in
+    ``shared_data`` as ``BatchIndividualItems`` does), with one stack and one tensor
+    conversion instead of per-episode batch items. A batch that already holds data is
+    passed through RLlib's pieces, given as ``fallback``.
+
+    Args:
+        fallback: RLlib's pieces this one stands for (run, in order, for other batches).
+    """
+
+    def __init__(
+        self,
+        input_observation_space: Any = None,
+        input_action_space: Any = None,
+        *,
+        fallback: list[ConnectorV2] | None = None,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(input_observation_space, input_action_space, **kwargs)
+        self._fallback = list(fallback or [])
+
+    def __call__(
+        self,
+        *,
+        rl_module: Any,
+        batch: dict[str, Any],
+        episodes: list[Any],
+        explore: bool | None = None,
+        shared_data: dict[str, Any] | None = None,
+        **kwargs: Any,
+    ) -> Any:
+        """``{"obs": [n, obs] tensor}`` from the episodes' last observations."""
+        if batch or not episodes or isinstance(episodes[0], MultiAgentEpisode):
+            for piece in self._fallback:
+                batch = piece(
+                    rl_module=rl_module,
+                    batch=batch,
+                    episodes=episodes,
+                    explore=explore,
+                    shared_data=shared_data,
+                    **kwargs,
+                )
+            return batch
+        obs = torch.from_numpy(np.stack([e.get_observations(-1) for e in episodes]))
+        if obs.is_floating_point() and obs.dtype != torch.float16:
+            obs = obs.float()  # NumpyToTensor's cast (a no-op for float32)
+        if shared_data is not None:
+            shared_data["memorized_map_structure"] = [e.id_ for e in episodes]
+        return {Columns.OBS: obs}
+
+    def get_ctor_args_and_kwargs(self) -> tuple[tuple[Any, ...], dict[str, Any]]:
+        """The constructor arguments (checkpoints rebuild the piece from them)."""
+        return (self.input_observation_space, self.input_action_space), {
+            "fallback": list(self._fallback)
+        }
+
+
+_ENV_TO_MODULE_TAIL = (
+    AddObservationsFromEpisodesToBatch,
+    AddTimeDimToBatchAndZeroPad,
+    AddStatesFromEpisodesToBatch,
+    BatchIndividualItems,
+    NumpyToTensor,
+)
+
+
+def batch_env_to_module(pipeline: Any, *, stateful: bool, multi_agent: bool) -> bool:
+    """Rewrite the default tail of an env-to-module pipeline to its batched form (in place).
+
+    The pieces RLlib appends after the user's (``AddObservationsFromEpisodesToBatch,
+    AddTimeDimToBatchAndZeroPad, AddStatesFromEpisodesToBatch, BatchIndividualItems,
+    NumpyToTensor``) become one :class:`BatchObservationsForModule`; the user's pieces
+    before them (the observation filter) stay. Pipelines of stateful modules, multi-agent
+    envs, with tensors for a device other than the CPU or pinned memory, or without
+    exactly that tail are left unchanged.
+
+    Args:
+        pipeline: The EnvRunner's env-to-module pipeline.
+        stateful: Whether the RLModule is stateful (recurrent).
+        multi_agent: Whether the env is multi-agent.
+
+    Returns:
+        Whether the pipeline was rewritten.
+    """
+    if stateful or multi_agent or not isinstance(pipeline, EnvToModulePipeline):
+        return False
+    pieces = list(pipeline.connectors)
+    tail = pieces[-len(_ENV_TO_MODULE_TAIL) :]
+    if tuple(type(piece) for piece in tail) != _ENV_TO_MODULE_TAIL:
+        return False
+    to_tensor = tail[-1]
+    device = getattr(to_tensor, "_device", None)
+    if getattr(to_tensor, "_pin_memory", False) or (
+        device is not None and torch.device(device).type != "cpu"
+    ):
+        return False
+    fused = BatchObservationsForModule(
+        input_observation_space=tail[0].input_observation_space,
+        input_action_space=tail[0].input_action_space,
+        fallback=tail,
+    )
+    pipeline.connectors = [*pieces[: -len(_ENV_TO_MODULE_TAIL)], fused]
+    return True
+
+
 _DEFAULT_TAIL = (
     UnBatchToIndividualItems,
     RemoveSingleTsTimeRankFromBatch,
@@ -337,9 +507,9 @@ def batch_module_to_env(pipeline: Any, *, stateful: bool, multi_agent: bool) -> 
     """Rewrite RLlib's default module-to-env pipeline to its batched equivalent (in place).
 
     ``GetActions, TensorToNumpy, UnBatchToIndividualItems, RemoveSingleTsTimeRankFromBatch,
-    NormalizeAndClipActions, ListifyDataForVectorEnv`` becomes ``GetActions, TensorToNumpy,
-    BatchedNormalizeAndClipActions, ListifyBatchForVectorEnv``, with the same action
-    settings. Pipelines with other pieces, of stateful modules or multi-agent envs are
+    NormalizeAndClipActions, ListifyDataForVectorEnv`` becomes ``GaussianGetActions,
+    TensorToNumpy, BatchedNormalizeAndClipActions, ListifyBatchForVectorEnv``, with the
+    same action settings. Pipelines with other pieces, of stateful modules or multi-agent envs are
     left unchanged.
 
     Args:
@@ -369,5 +539,9 @@ def batch_module_to_env(pipeline: Any, *, stateful: bool, multi_agent: bool) -> 
         input_observation_space=batched.observation_space,
         input_action_space=batched.action_space,
     )
-    pipeline.connectors = [*pieces[:2], batched, listify]
+    get_actions = GaussianGetActions(
+        input_observation_space=pieces[0].input_observation_space,
+        input_action_space=pieces[0].input_action_space,
+    )
+    pipeline.connectors = [get_actions, pieces[1], batched, listify]
     return True

@@ -26,6 +26,8 @@ from ray.rllib.utils.spaces.space_utils import clip_action, unsquash_action
 from pulsebms.agents.rllib_connectors import (
     BatchedMeanStdFilter,
     BatchedNormalizeAndClipActions,
+    BatchObservationsForModule,
+    GaussianGetActions,
     ListifyBatchForVectorEnv,
     batch_module_to_env,
     push_rows,
@@ -63,6 +65,16 @@ def test_push_rows_is_rllibs_push_bit_for_bit() -> None:
         np.testing.assert_array_equal(running_stds(sums_sq, counts), np.stack(expected_std))
     with pytest.raises(ValueError, match="shape"):
         push_rows(batched, np.zeros((2, 5)))
+
+
+def _module() -> Any:
+    from pulsebms.agents.rllib_module import PulsePPOTorchRLModule, log_std_model_config
+
+    return PulsePPOTorchRLModule(
+        observation_space=OBS,
+        action_space=ACT,
+        model_config={"fcnet_hiddens": [8], **log_std_model_config(-0.7)},
+    )
 
 
 def _filter(cls: type, **kwargs: Any) -> Any:
@@ -166,6 +178,22 @@ def test_batched_actions_are_rllibs_unsquash_or_clip_per_action() -> None:
         np.testing.assert_array_equal(batch[Columns.ACTIONS_FOR_ENV], expected)
 
 
+@pytest.mark.parametrize("explore", [True, False])
+def test_gaussian_get_actions_draws_what_rllibs_get_actions_draws(explore: bool) -> None:
+    from ray.rllib.connectors.module_to_env.get_actions import GetActions
+
+    module = _module()
+    obs = torch.from_numpy(np.random.default_rng(3).normal(size=(5, 6)).astype(np.float32))
+    outputs = []
+    for piece in (GetActions(), GaussianGetActions()):
+        torch.manual_seed(11)
+        batch = dict(module.forward_exploration({Columns.OBS: obs}))
+        out = piece(rl_module=module, batch=batch, episodes=[None], explore=explore)
+        outputs.append((out[Columns.ACTIONS], out[Columns.ACTION_LOGP], torch.rand(1)))
+    for ours, theirs in zip(outputs[1], outputs[0], strict=True):
+        assert torch.equal(ours, theirs)  # same values, same random draws consumed
+
+
 def test_listify_gives_per_env_rows_and_batched_actions() -> None:
     actions = np.arange(6.0).reshape(2, 3)
     batch = {
@@ -176,6 +204,39 @@ def test_listify_gives_per_env_rows_and_batched_actions() -> None:
     out = ListifyBatchForVectorEnv()(rl_module=None, batch=batch, episodes=[])
     assert out[Columns.ACTIONS] is actions
     assert [float(x) for x in out[Columns.ACTION_LOGP]] == [-1.0, -2.0]
+
+
+def test_observations_batch_like_rllibs_default_pieces() -> None:
+    from ray.rllib.algorithms.ppo import PPOConfig
+
+    from pulsebms.agents.rllib_connectors import batch_env_to_module
+
+    config = PPOConfig().environment(observation_space=OBS, action_space=ACT)
+    pipelines = [
+        config.build_env_to_module_connector(spaces={"__env__": (OBS, ACT)}) for _ in range(2)
+    ]
+    assert batch_env_to_module(pipelines[1], stateful=True, multi_agent=False) is False
+    assert batch_env_to_module(pipelines[1], stateful=False, multi_agent=False) is True
+    (fused,) = pipelines[1].connectors
+    assert isinstance(fused, BatchObservationsForModule)
+    rows = np.random.default_rng(4).normal(size=(3, 6)).astype(np.float32)
+    module = _module()
+    outputs, shared = [], []
+    for pipeline in pipelines:
+        shared.append({})
+        outputs.append(
+            pipeline(
+                rl_module=module,
+                batch={},
+                episodes=_episodes(rows),
+                explore=True,
+                shared_data=shared[-1],
+            )
+        )
+    assert list(outputs[1]) == [Columns.OBS]
+    assert torch.equal(outputs[1][Columns.OBS], outputs[0][Columns.OBS])
+    assert outputs[1][Columns.OBS].dtype == torch.float32
+    assert len(shared[1]["memorized_map_structure"]) == 3
 
 
 def test_only_rllibs_default_stateless_pipeline_is_rewritten() -> None:
@@ -193,7 +254,7 @@ def test_only_rllibs_default_stateless_pipeline_is_rewritten() -> None:
     assert batch_module_to_env(pipeline, stateful=False, multi_agent=True) is False
     assert batch_module_to_env(pipeline, stateful=False, multi_agent=False) is True
     kinds = [type(p) for p in pipeline.connectors]
-    assert kinds[0] is GetActions
+    assert kinds[0] is GaussianGetActions
     assert kinds[2:] == [
         BatchedNormalizeAndClipActions,
         ListifyBatchForVectorEnv,
@@ -206,6 +267,8 @@ def test_only_rllibs_default_stateless_pipeline_is_rewritten() -> None:
 
 
 def _sample(runner_cls: type | None, filter_cls: type, seed: int) -> tuple[Any, Any]:
+    from ray.rllib.env.single_agent_env_runner import SingleAgentEnvRunner
+
     from pulsebms.agents.rllib import build_rllib_algorithm
 
     def hook(config: Any) -> Any:
@@ -231,6 +294,15 @@ def _sample(runner_cls: type | None, filter_cls: type, seed: int) -> tuple[Any, 
     )
     try:
         runner = algo.env_runner
+        if runner_cls is not SingleAgentEnvRunner:  # the batched pieces are the ones running
+            assert [type(p) for p in runner._env_to_module.connectors] == [
+                BatchedMeanStdFilter,
+                BatchObservationsForModule,
+            ]
+            assert [type(p) for p in runner._module_to_env.connectors][::2] == [
+                GaussianGetActions,
+                BatchedNormalizeAndClipActions,
+            ]
         torch.manual_seed(seed)
         episodes = runner.sample(num_timesteps=60, explore=True)
         done = [e for e in episodes if e.is_done]
@@ -295,3 +367,49 @@ def test_pieces_rebuild_from_their_checkpoints(tmp_path: Any) -> None:
     assert restored_filter.clip_by_value == 5.0
     restored_actions = ConnectorV2.from_checkpoint(tmp_path / type(actions).__name__)
     assert (restored_actions.normalize_actions, restored_actions.clip_actions) == (False, True)
+
+
+class _StepCounter:
+    calls = 0
+
+
+def _count_steps_callback() -> type:
+    from pulsebms.agents.rllib import EpisodeCostCallback
+
+    class CountSteps(EpisodeCostCallback):
+        def on_episode_step(self, **kwargs: Any) -> None:
+            _StepCounter.calls += 1
+
+    return CountSteps
+
+
+@pytest.mark.filterwarnings(
+    "ignore:.*Overriding environment rllib-single-agent-env-v0 already in registry:UserWarning"
+)
+def test_step_callbacks_are_skipped_only_when_nothing_handles_them(
+    tmp_path_factory: pytest.TempPathFactory,
+) -> None:
+    from pulsebms.agents.rllib import build_rllib_algorithm, ray_session
+
+    with ray_session(num_cpus=1, temp_dir=tmp_path_factory.mktemp("ray")):
+        for callbacks, handled in ((None, False), (_count_steps_callback(), True)):
+            kwargs = {} if callbacks is None else {"callbacks": callbacks}
+            algo = build_rllib_algorithm(
+                "pulsebms.envs:PulseBMS/FleetSmall-v0",
+                env_kwargs={"horizon_steps": 8, "dt_s": 900.0, "fidelity": "ecm"},
+                train_batch_size=16,
+                minibatch_size=16,
+                num_epochs=1,
+                hidden_sizes=(8,),
+                num_envs_per_env_runner=2,
+                **kwargs,
+            )
+            try:
+                runner = algo.env_runner
+                assert runner._step_callbacks_are_noops is not handled
+                _StepCounter.calls = 0
+                runner.sample(num_timesteps=16, explore=True)
+                # one call per env step (the two resets call on_episode_start instead)
+                assert _StepCounter.calls == (16 if handled else 0)
+            finally:
+                algo.stop()
