@@ -40,9 +40,7 @@ left as it is. :class:`~pulsebms.agents.rllib_env_runner.PulseEnvRunner` calls i
 ``normalize_observations``.
 
 Example:
-    >>> import gymnasium as gym
-    >>> space = gym.spaces.Box(-1.0, 1.0, (2,), np.float32)
-    >>> piece = BatchedMeanStdFilter(input_observation_space=space, input_action_space=space)
+    >>> piece = BatchedMeanStdFilter()  # the EnvRunner sets its spaces
     >>> isinstance(piece, rllib_mean_std_filter.MeanStdFilter), type(piece).__name__
     (True, 'MeanStdFilter')
 """
@@ -104,7 +102,9 @@ __all__ = [
 ]
 
 
-def push_rows(stats: RunningStat, rows: np.ndarray) -> tuple[np.ndarray, ...]:
+def push_rows(
+    stats: RunningStat, rows: np.ndarray, *, snapshots: bool = True
+) -> tuple[np.ndarray, ...]:
     """Push ``rows`` into ``stats`` one after another, as ``RunningStat.push`` does each.
 
     The arithmetic is RLlib's Welford update, operation for operation (so the state is
@@ -116,6 +116,8 @@ def push_rows(stats: RunningStat, rows: np.ndarray) -> tuple[np.ndarray, ...]:
         stats: The running statistics (updated in place: counts, means, sums of squares
             and their deltas since the last sync).
         rows: ``[k, *stats.shape]`` values.
+        snapshots: Record the statistics after each push (``False``: only update them,
+            and return empty arrays).
 
     Returns:
         ``(means, sums_sq, counts)`` after each push: ``[k, *shape]`` float64 means,
@@ -139,9 +141,10 @@ def push_rows(stats: RunningStat, rows: np.ndarray) -> tuple[np.ndarray, ...]:
     mean_delta = stats.mean_delta_array
     sum_sq = stats.sum_sq_diff_array
     sum_sq_delta = stats.sum_sq_diff_delta_array
-    means = np.empty((rows.shape[0], *mean.shape), dtype=np.float64)
+    k = rows.shape[0] if snapshots else 0
+    means = np.empty((k, *mean.shape), dtype=np.float64)
     sums_sq = np.empty_like(means)
-    counts = np.empty(rows.shape[0], dtype=np.float64)
+    counts = np.empty(k, dtype=np.float64)
     for i, x in enumerate(rows):
         stats.num_pushes += 1
         stats.num_pushes_delta += 1
@@ -157,9 +160,10 @@ def push_rows(stats: RunningStat, rows: np.ndarray) -> tuple[np.ndarray, ...]:
             spread = delta * (x - mean)
             sum_sq[...] += spread
             sum_sq_delta[...] += spread
-        means[i] = mean
-        sums_sq[i] = sum_sq
-        counts[i] = n
+        if snapshots:
+            means[i] = mean
+            sums_sq[i] = sum_sq
+            counts[i] = n
     return means, sums_sq, counts
 
 
@@ -232,7 +236,7 @@ class MeanStdFilter(rllib_mean_std_filter.MeanStdFilter):
             buffer = obs_filter.buffer
             if not isinstance(buffer, RunningStat):  # pragma: no cover - a flat Box filter's
                 raise TypeError(f"expected a RunningStat buffer, got {type(buffer).__name__}")
-            push_rows(buffer, rows)
+            push_rows(buffer, rows, snapshots=False)
             means, sums_sq, counts = push_rows(stats, rows)
         else:
             means = stats.mean_array[None]

@@ -51,7 +51,7 @@ def _state_arrays(stats: RunningStat) -> list[Any]:
 
 def test_push_rows_is_rllibs_push_bit_for_bit() -> None:
     rng = np.random.default_rng(0)
-    reference, batched = RunningStat((6,)), RunningStat((6,))
+    reference, batched, plain = RunningStat((6,)), RunningStat((6,)), RunningStat((6,))
     for k in (1, 4, 3, 7):  # several vector steps, from an empty and a filled state
         rows = (rng.normal(size=(k, 6)) * rng.uniform(0.1, 100.0, size=6)).astype(np.float32)
         expected_std = []
@@ -59,7 +59,8 @@ def test_push_rows_is_rllibs_push_bit_for_bit() -> None:
             reference.push(row)
             expected_std.append(reference.std)
         means, sums_sq, counts = push_rows(batched, rows)
-        assert _state_arrays(batched) == _state_arrays(reference)
+        assert push_rows(plain, rows, snapshots=False)[0].size == 0
+        assert _state_arrays(batched) == _state_arrays(reference) == _state_arrays(plain)
         assert counts[-1] == reference.num_pushes
         np.testing.assert_array_equal(means[-1], reference.mean)
         np.testing.assert_array_equal(running_stds(sums_sq, counts), np.stack(expected_std))
