@@ -87,7 +87,6 @@ from ray.rllib.algorithms.ppo import PPOConfig
 from ray.rllib.algorithms.sac import SACConfig
 from ray.rllib.callbacks.callbacks import RLlibCallback
 from ray.rllib.connectors.connector_v2 import ConnectorV2
-from ray.rllib.connectors.env_to_module import MeanStdFilter
 from ray.rllib.core import DEFAULT_MODULE_ID
 from ray.rllib.core.learner import Learner
 from ray.rllib.core.rl_module.rl_module import RLModuleSpec
@@ -107,6 +106,7 @@ from pulsebms.agents.rllib_config import (
     RllibPPOConfig,
     RllibSACConfig,
 )
+from pulsebms.agents.rllib_connectors import BatchedMeanStdFilter
 from pulsebms.agents.rllib_env import (
     DEFAULT_INFO_KEYS,
     EPISODE_TOTALS,
@@ -162,8 +162,13 @@ register_env(RLLIB_ENV_NAME, make_rllib_env)
 
 
 def _mean_std_filter(env: Any = None, spaces: Any = None, device: Any = None) -> ConnectorV2:
-    """Env-to-module connector factory (module level, so remote EnvRunners can unpickle it)."""
-    return MeanStdFilter()
+    """Env-to-module connector factory (module level, so remote EnvRunners can unpickle it).
+
+    RLlib's ``MeanStdFilter``, updated and applied over the whole env vector at once
+    (:class:`~pulsebms.agents.rllib_connectors.BatchedMeanStdFilter`: same statistics,
+    same state and checkpoints).
+    """
+    return BatchedMeanStdFilter()
 
 
 def _quiet_ray_loggers(level: int) -> None:
@@ -400,6 +405,9 @@ def _algorithm_config(agent: RllibAgentConfig) -> AlgorithmConfig:
         lambda_=agent.lambda_,
         clip_param=agent.clip_param,
         vf_clip_param=agent.vf_clip_param,
+        use_kl_loss=bool(agent.use_kl_loss),
+        kl_coeff=agent.kl_coeff,
+        grad_clip=agent.grad_clip,
         entropy_coeff=agent.entropy_coeff,
     )
 

@@ -49,7 +49,12 @@ class RllibPPOConfig:
         gamma: Discount factor per control interval.
         lambda_: GAE λ.
         clip_param: PPO ratio clip.
-        vf_clip_param: Clip of the value-function loss, in reward units.
+        vf_clip_param: Clip of the value-function loss, in reward units (``inf``: no clip,
+            as SB3's PPO with ``clip_range_vf=None``).
+        use_kl_loss: Add RLlib's adaptive KL penalty to the PPO loss (SB3's PPO has none).
+        kl_coeff: Initial coefficient of the KL penalty (with ``use_kl_loss``).
+        grad_clip: Clip of the gradients' global norm per SGD step (``None``: none, RLlib's
+            default; SB3's PPO clips at ``max_grad_norm=0.5``).
         entropy_coeff: Entropy bonus; 0 for continuous actions unless exploration stalls.
         hidden_sizes: Hidden layer widths of the actor and critic MLPs (tanh).
         normalize_observations: RLlib's ``MeanStdFilter`` env-to-module connector (its
@@ -62,8 +67,8 @@ class RllibPPOConfig:
             RLlib's default (the network outputs the log-std, starting near 0, σ ≈ 1).
 
     Raises:
-        ValueError: If a size or rate is not positive, or ``minibatch_size`` exceeds
-            ``train_batch_size``.
+        ValueError: If a size, rate or clip is not positive, ``kl_coeff`` is negative, or
+            ``minibatch_size`` exceeds ``train_batch_size``.
     """
 
     algorithm: ClassVar[str] = "PPO"
@@ -76,6 +81,9 @@ class RllibPPOConfig:
     lambda_: float = 0.95
     clip_param: float = 0.2
     vf_clip_param: float = 10.0
+    use_kl_loss: bool = True
+    kl_coeff: float = 0.2
+    grad_clip: float | None = None
     entropy_coeff: float = 0.0
     hidden_sizes: Sequence[int] = (64, 64)
     normalize_observations: bool = True
@@ -85,6 +93,11 @@ class RllibPPOConfig:
     def __post_init__(self) -> None:
         if self.log_std_init is not None and not math.isfinite(self.log_std_init):
             raise ValueError(f"RllibPPOConfig.log_std_init must be finite, got {self.log_std_init}")
+        if self.grad_clip is not None:
+            _positive("RllibPPOConfig", grad_clip=self.grad_clip)
+        if self.kl_coeff < 0:
+            raise ValueError(f"RllibPPOConfig.kl_coeff must be ≥ 0, got {self.kl_coeff}")
+        _positive("RllibPPOConfig", vf_clip_param=self.vf_clip_param)
         _positive(
             "RllibPPOConfig",
             train_batch_size=self.train_batch_size,

@@ -1,4 +1,4 @@
-"""PulseBMS's EnvRunner for RLlib: RLlib's single-agent EnvRunner without per-piece timers.
+"""PulseBMS's EnvRunner for RLlib: batched connectors, no per-piece timers, no no-op callbacks.
 
 On every vector step an RLlib EnvRunner runs two connector pipelines (env → module, ~7
 pieces; module → env, ~7 pieces), and RLlib's pipeline opens a ``MetricsLogger`` timer
@@ -13,8 +13,13 @@ their pieces without the metrics logger: the per-piece ``timers/connector_timers
 the ``env_to_module_sum_episodes_length_in/out`` entries are no longer reported. Sampling,
 actions, episodes and the connectors' states (``MeanStdFilter``, in checkpoints) are
 unchanged. No connector piece of RLlib's default pipelines logs metrics of its own.
-:func:`pulsebms.agents.rllib.build_rllib_algorithm` uses it unless a config hook sets
-another ``env_runner_cls``.
+
+It also runs RLlib's default connector pieces in their batched form
+(:mod:`pulsebms.agents.rllib_connectors`: one operation over the env vector instead of one
+per env; the same samples, bit for bit) when the module is stateless and the pipelines
+are RLlib's defaults, and skips RLlib's per-env ``on_episode_step`` callback calls when no
+callback handles them. :func:`pulsebms.agents.rllib.build_rllib_algorithm` uses it unless a
+config hook sets another ``env_runner_cls``.
 
 Example:
     >>> from ray.rllib.connectors.env_to_module import EnvToModulePipeline
@@ -27,11 +32,14 @@ from __future__ import annotations
 
 from typing import Any
 
+from ray.rllib.callbacks.callbacks import RLlibCallback
 from ray.rllib.connectors.connector_v2 import ConnectorV2
 from ray.rllib.connectors.env_to_module import EnvToModulePipeline
 from ray.rllib.connectors.module_to_env import ModuleToEnvPipeline
 from ray.rllib.env.single_agent_env_runner import SingleAgentEnvRunner
 from ray.rllib.utils.metrics import CONNECTOR_PIPELINE_TIMER
+
+from pulsebms.agents.rllib_connectors import batch_env_to_module, batch_module_to_env
 
 __all__ = [
     "PieceUntimedEnvToModulePipeline",
@@ -84,9 +92,33 @@ def untime_pipeline(pipeline: ConnectorV2 | None) -> ConnectorV2 | None:
 
 
 class PulseEnvRunner(SingleAgentEnvRunner):
-    """RLlib's single-agent EnvRunner with connector pipelines timed as a whole only."""
+    """RLlib's single-agent EnvRunner with batched, whole-pipeline-timed connectors.
+
+    Its pipelines' default pieces, for a stateless module, run batched over the env vector
+    (:func:`~pulsebms.agents.rllib_connectors.batch_env_to_module`,
+    :func:`~pulsebms.agents.rllib_connectors.batch_module_to_env`).
+    """
 
     def __init__(self, *, config: Any, **kwargs: Any) -> None:
         super().__init__(config=config, **kwargs)
         untime_pipeline(self._env_to_module)
         untime_pipeline(self._module_to_env)
+        module = self.module
+        stateful = module is None or bool(module.is_stateful())
+        batch_env_to_module(self._env_to_module, stateful=stateful, multi_agent=False)
+        batch_module_to_env(self._module_to_env, stateful=stateful, multi_agent=False)
+        self._step_callbacks_are_noops = not self.config.callbacks_on_episode_step and all(
+            type(callback).on_episode_step is RLlibCallback.on_episode_step
+            for callback in self._callbacks
+        )
+
+    def _make_on_episode_callback(self, which: str, idx: int, episodes: list[Any]) -> None:
+        """RLlib's episode callbacks, skipping ``on_episode_step`` when nothing handles it.
+
+        RLlib builds the callbacks' keyword arguments and calls every callback object for
+        every env on every step; when no callback class overrides ``on_episode_step`` and
+        no ``callbacks_on_episode_step`` function is configured, those calls do nothing.
+        """
+        if which == "on_episode_step" and self._step_callbacks_are_noops:
+            return
+        super()._make_on_episode_callback(which, idx, episodes)

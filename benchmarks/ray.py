@@ -5,7 +5,17 @@ In one process, on the same shielded env (``PulseBMS/FleetSmall-v0`` with its de
 work: train batch, minibatch, epochs, a 64-64 tanh actor and critic, observation
 normalisation, the same initial exploration noise (log-std −0.5, SB3's default, on both:
 the shield's work depends on the actions) and the same number of envs per sampler, stepped
-as one vector with one batched policy forward per step, torch on one thread everywhere:
+as one vector with one batched policy forward per step, torch on one thread everywhere.
+
+**The same loss on both.** SB3's PPO loss has no KL term, clips the gradients' global norm
+at 0.5 (``max_grad_norm``) and does not clip the value loss (``clip_range_vf=None``);
+RLlib's default PPO loss adds an adaptive KL penalty (``use_kl_loss``, coefficient 0.2, one
+more distribution and KL per minibatch), clips the value loss at 10 and does not clip
+gradients. By default the RLlib PPO here is configured as SB3's (``use_kl_loss=False``,
+``grad_clip=0.5``, ``vf_clip_param=inf``: config choices of
+:class:`~pulsebms.agents.rllib_config.RllibPPOConfig`, whose defaults stay RLlib's), so both
+sides do the same update work; ``--rllib-loss`` measures RLlib's default loss instead.
+
 
 * **SB3 PPO**: ``n_envs`` envs in one ``DummyVecEnv`` (+ ``VecNormalize``), in this process;
 * **RLlib 1 runner**: one remote EnvRunner stepping ``n_envs`` envs as one gymnasium
@@ -60,6 +70,8 @@ ENV_ID = "PulseBMS/FleetSmall-v0"
 ENV_KWARGS: dict[str, Any] = {"dt_s": 900.0, "horizon_steps": 96, "fidelity": "ecm"}
 LOG_STD_INIT = -0.5
 """Initial log-std of both PPOs (SB3's PPOConfig default)."""
+SB3_LOSS: dict[str, Any] = {"use_kl_loss": False, "grad_clip": 0.5, "vf_clip_param": float("inf")}
+"""RLlib PPO settings of SB3's PPO loss (no KL term, grad-norm clip 0.5, no value clip)."""
 BENCH_ENV_NAME = "pulsebms-bench-fleet"
 """RLlib env creator of the benchmark: the PulseBMS creator with :class:`_EnvClock`."""
 
@@ -187,7 +199,15 @@ class _RLlib:
     """RLlib PPO on remote EnvRunners, the Learner in this process."""
 
     def __init__(
-        self, *, runners: int, n_envs: int, batch: int, minibatch: int, epochs: int, seed: int
+        self,
+        *,
+        runners: int,
+        n_envs: int,
+        batch: int,
+        minibatch: int,
+        epochs: int,
+        seed: int,
+        loss: Mapping[str, Any] | None = None,
     ):
         from ray.tune.registry import register_env
 
@@ -204,6 +224,7 @@ class _RLlib:
             num_epochs=epochs,
             hidden_sizes=(64, 64),
             log_std_init=LOG_STD_INIT,
+            **dict(loss or {}),
         )
         self.algo: Any = build_rllib_algorithm(
             f"pulsebms.envs:{ENV_ID}",
@@ -357,6 +378,12 @@ def main(argv: list[str] | None = None) -> int:
         "--rounds", type=int, default=0, help="timed rounds per phase (0: 5 sample / 3 train)"
     )
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--rllib-loss",
+        action="store_true",
+        help="RLlib's default PPO loss (KL penalty, value-loss clip 10, no grad clip) "
+        "instead of SB3's",
+    )
     args = parser.parse_args(argv)
     # ---- seeding: every learner and sampler below is seeded with args.seed.
     import torch
@@ -382,6 +409,15 @@ def main(argv: list[str] | None = None) -> int:
         f"{work['minibatch']}, epochs={work['epochs']}, log_std_init={LOG_STD_INIT}, "
         f"rounds sample/train={sample_rounds}/{train_rounds}, quick={quick}"
     )
+    loss = {} if args.rllib_loss else SB3_LOSS
+    print(
+        "RLlib PPO loss: "
+        + (
+            "RLlib's default (KL penalty 0.2, value-loss clip 10, no grad clip)"
+            if args.rllib_loss
+            else f"as SB3's PPO ({loss}; SB3: no KL term, max_grad_norm 0.5, no value clip)"
+        )
+    )
     from pulsebms.agents.rllib import ray_session
 
     rows = {name: _Row() for name in ("sb3_ppo", "rllib_1_runner", "rllib_2_runners")}
@@ -393,8 +429,8 @@ def main(argv: list[str] | None = None) -> int:
     ):
         try:
             samplers["sb3_ppo"] = _SB3(**work)
-            samplers["rllib_1_runner"] = _RLlib(runners=1, **work)
-            samplers["rllib_2_runners"] = _RLlib(runners=2, **work)
+            samplers["rllib_1_runner"] = _RLlib(runners=1, loss=loss, **work)
+            samplers["rllib_2_runners"] = _RLlib(runners=2, loss=loss, **work)
             _rounds(samplers, "sample", sample_rounds, rows)
             _rounds(samplers, "train", train_rounds, rows)
         finally:
@@ -415,6 +451,7 @@ def main(argv: list[str] | None = None) -> int:
         "envs_per_sampler": n_envs,
         "batch": batch,
         "epochs": work["epochs"],
+        "rllib_loss": "rllib_default" if args.rllib_loss else "sb3",
         **{name: {k: round(v, 3) for k, v in f.items()} for name, f in summary.items()},
         **{k: round(v, 3) for k, v in ratios.items()},
     }

@@ -38,6 +38,8 @@ def test_ray_benchmark_prints_finite_throughput_for_each_sampler(
         assert row["sample_overhead_ms_per_step"] > 0, name
         assert row["learn_ms_per_step"] > 0, name
     assert result["envs_per_sampler"] == 2
+    assert result["rllib_loss"] == "sb3"  # RLlib's PPO configured with SB3's loss
+    assert "RLlib PPO loss: as SB3's PPO" in out
     for key in ("sample_wall_2_over_1_runner", "train_busy_1_runner_over_sb3"):
         assert math.isfinite(result[key]), key
 
