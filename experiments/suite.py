@@ -549,6 +549,7 @@ def run_suite(
     progress: bool = False,
     label: str | None = None,
     experiment: str = "suite",
+    held_baselines: Sequence[str] = (),
 ) -> list[SuiteRow]:
     """Evaluate the baselines (and trained agents) on every benchmark; the suite's rows.
 
@@ -579,11 +580,15 @@ def run_suite(
             ``<label>_seed<s>`` and ``<label>``, run folders ``<label>_seed<s>``.
         experiment: The training recipe (:func:`train_config`; ``suite_mpc_bc``: clone the
             forecast MPC, then fine-tune with shielded PPO).
+        held_baselines: Baselines also evaluated deciding every ``env.decision_s`` like the
+            agent (rows ``<name>_held``; e.g. ``mpc``: the teacher as the agent sees it).
 
     Returns:
         The rows of every benchmark.
     """
     from pulsebms.agents.workflow import baseline_factories
+    from pulsebms.experiments.common import decision_s
+    from pulsebms.experiments.train import held_factory
 
     out = Path(out_dir)
     label = label or agent
@@ -605,6 +610,9 @@ def run_suite(
         bench_key = _fingerprint(cfg.env, cfg.fleet, cfg.scenario, cfg.shield, max_steps)
         policies: dict[str, PolicyFactory | None] = {NO_BATTERY: None}
         policies.update(baseline_factories(list(baselines)))
+        for held in held_baselines:
+            teacher = baseline_factories([held])[held]
+            policies[f"{held}_held"] = held_factory(teacher, decision_s(cfg))
         policies.update(agents[name])
         episodes: list[dict[str, Any]] = []
         for policy_name, factory in policies.items():
@@ -658,6 +666,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         default=[*RULES, "mpc", ORACLE],
         help="baselines to evaluate (none: only the no-battery reference and the agents)",
     )
+    parser.add_argument(
+        "--held-baselines",
+        nargs="*",
+        default=[],
+        help="baselines also evaluated deciding every env.decision_s like the agent (<name>_held)",
+    )
     parser.add_argument("--checkpoint", default=None)
     parser.add_argument(
         "--train",
@@ -706,6 +720,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         progress=args.progress,
         label=args.label,
         experiment=args.experiment,
+        held_baselines=args.held_baselines,
     )
     print(format_table(rows))
     return 0
