@@ -18,6 +18,9 @@ it), exported and run on the edge like any PPO policy:
   fine-tuning sees the same normalisation), MSE of the actor mean to the teacher's actions,
   a low log-std for fine-tuning, and the critic fitted to the demonstrations' discounted
   (normalised, penalised) returns so the first PPO updates do not wreck the cloned actor.
+* :class:`FreezeActor`: an SB3 callback that keeps the actor (mean and log-std) fixed for
+  the first PPO updates, so the critic learns the cloned policy's values on its own states
+  before the actor moves.
 * :class:`Demonstrations`: the data, saved to and loaded from ``.npz``.
 
 :func:`pulsebms.agents.sb3.train_agent` takes :func:`clone_into` as its ``warm_start``
@@ -49,6 +52,7 @@ import numpy as np
 import torch
 from numpy.typing import NDArray
 from stable_baselines3.common.base_class import BaseAlgorithm
+from stable_baselines3.common.callbacks import BaseCallback
 from stable_baselines3.common.policies import ActorCriticPolicy
 from stable_baselines3.common.vec_env import VecNormalize
 
@@ -58,6 +62,7 @@ from pulsebms.agents.type_aliases import Policy
 __all__ = [
     "CloneReport",
     "Demonstrations",
+    "FreezeActor",
     "ImitationConfig",
     "action_mse",
     "clone_into",
@@ -374,10 +379,7 @@ def clone_into(
         return list(torch.split(order, cfg.batch_size))
 
     policy.set_training_mode(True)
-    actor_params = [
-        *policy.mlp_extractor.policy_net.parameters(),
-        *policy.action_net.parameters(),
-    ]
+    actor_params = _actor_parameters(policy)[:-1]  # the mean; log-std is set below
     optimizer = torch.optim.Adam(actor_params, lr=cfg.learning_rate)
     for _ in range(cfg.epochs):
         for idx in batches():
@@ -438,3 +440,48 @@ def _fit_critic(
                 optimizer.step()
                 loss_value = float(loss.detach())
     return loss_value
+
+
+def _actor_parameters(policy: ActorCriticPolicy) -> list[torch.nn.Parameter]:
+    return [
+        *policy.mlp_extractor.policy_net.parameters(),
+        *policy.action_net.parameters(),
+        policy.log_std,
+    ]
+
+
+class FreezeActor(BaseCallback):
+    """Keep a PPO actor fixed (no gradient) for its first ``steps`` environment steps.
+
+    Fine-tuning a cloned actor with a critic that has not seen the actor's own states moves
+    the actor along noisy advantages; with the actor frozen the first updates fit only the
+    critic (and its shared optimizer state), then the actor is released.
+
+    Args:
+        steps: Environment steps (decisions, over all envs) before the actor trains.
+    """
+
+    def __init__(self, steps: int) -> None:
+        super().__init__()
+        if steps < 0:
+            raise ValueError(f"steps must be >= 0, got {steps}")
+        self.steps = int(steps)
+        self.frozen = False
+
+    def _set(self, frozen: bool) -> None:
+        policy = self.model.policy
+        if not isinstance(policy, ActorCriticPolicy):
+            raise TypeError("FreezeActor needs an actor-critic policy")
+        for parameter in _actor_parameters(policy):
+            parameter.requires_grad_(not frozen)
+        self.frozen = frozen
+
+    def _on_training_start(self) -> None:
+        self._set(self.steps > 0)
+
+    def _on_rollout_end(self) -> None:
+        if self.frozen and self.model.num_timesteps >= self.steps:
+            self._set(False)
+
+    def _on_step(self) -> bool:
+        return True

@@ -303,7 +303,8 @@ class ImitationConf:
     cloned into the agent's actor (the remaining fields: :class:`ImitationConfig`), then the
     agent trains ``train.total_timesteps`` decisions (0: the cloned policy as it is).
     ``dagger_rounds`` rounds of ``dagger_days`` days then add the states the cloned policy
-    visits, labelled by the teacher, and clone again.
+    visits, labelled by the teacher, and clone again. ``actor_frozen_steps``: the first
+    decisions of fine-tuning train only the critic (:class:`pulsebms.agents.imitation.FreezeActor`).
     """
 
     teacher: str = "mpc"
@@ -317,6 +318,7 @@ class ImitationConf:
     log_std: float = -2.3
     critic_epochs: int = 10
     critic_rounds: int = 3
+    actor_frozen_steps: int = 0
 
 
 @dataclass

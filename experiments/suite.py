@@ -308,8 +308,13 @@ def train_suite_agent(
     seed_everything(seed, torch_threads=int(cfg.train.torch_threads))
     config = instantiate(cfg.agent, _convert_="object")
     warm_start = None
+    callbacks: list[Any] = []
     if cfg.train.get("imitation") is not None:
+        from pulsebms.agents.imitation import FreezeActor
+
         warm_start = imitation_warm_start(cfg, out_dir=out_dir, run_dir=run)
+        if int(cfg.train.imitation.actor_frozen_steps) > 0:
+            callbacks.append(FreezeActor(int(cfg.train.imitation.actor_frozen_steps)))
     log.info(
         "suite: training %s on %s for %d steps", agent, cfg.fleet.name, cfg.train.total_timesteps
     )
@@ -322,6 +327,7 @@ def train_suite_agent(
         n_envs=int(cfg.train.n_envs),
         progress_bar=progress,
         warm_start=warm_start,
+        callbacks=callbacks,
     )
     used = {k: cfg[k] for k in ("seed", "env", "fleet", "shield", "agent", "train")}
     (run / "config_resolved.yaml").write_text(OmegaConf.to_yaml(OmegaConf.create(used)))

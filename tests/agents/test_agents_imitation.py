@@ -8,6 +8,7 @@ from typing import Any
 
 import numpy as np
 import pytest
+import torch
 
 from pulsebms.agents.env_factory import make_env_factory
 from pulsebms.agents.imitation import (
@@ -159,3 +160,23 @@ def test_warm_started_run_without_rl_saves_the_clone(demos: Demonstrations, tmp_
     )
     with pytest.raises(ValueError, match="total_timesteps"):
         train_agent(CONFIG, FACTORY, total_timesteps=0, out_dir=tmp_path / "x")
+
+
+@pytest.mark.parametrize("frozen_steps", [10**6, 32])
+def test_freeze_actor_trains_only_the_critic_until_released(frozen_steps: int) -> None:
+    from pulsebms.agents.imitation import FreezeActor
+
+    model = _model()
+    policy = model.policy
+    actor0 = [p.detach().clone() for p in policy.action_net.parameters()]
+    critic0 = [p.detach().clone() for p in policy.value_net.parameters()]
+    model.learn(total_timesteps=96, callback=FreezeActor(frozen_steps))
+    actor_moved = any(
+        not torch.equal(a, p) for a, p in zip(actor0, policy.action_net.parameters(), strict=True)
+    )
+    critic_moved = any(
+        not torch.equal(a, p) for a, p in zip(critic0, policy.value_net.parameters(), strict=True)
+    )
+    assert critic_moved
+    assert actor_moved == (frozen_steps < 96)
+    assert all(p.requires_grad for p in policy.parameters()) == (frozen_steps < 96)
