@@ -67,6 +67,8 @@ __all__ = [
     "action_mse",
     "clone_into",
     "collect_demonstrations",
+    "load_clone",
+    "save_clone",
 ]
 
 FloatArray = NDArray[np.float64]
@@ -485,3 +487,36 @@ class FreezeActor(BaseCallback):
 
     def _on_step(self) -> bool:
         return True
+
+
+def save_clone(model: BaseAlgorithm, path: str | Path) -> Path:
+    """Save a cloned model's policy weights and normaliser statistics (atomically).
+
+    With :func:`load_clone` a fine-tune starts from exactly the clone that was evaluated,
+    without cloning again.
+    """
+    venv = model.get_env()
+    if not isinstance(venv, VecNormalize) or isinstance(venv.obs_rms, dict):
+        raise TypeError("save_clone needs the model's env behind VecNormalize (Box observations)")
+    state = {
+        "policy": model.policy.state_dict(),
+        "obs_rms": (venv.obs_rms.mean, venv.obs_rms.var, venv.obs_rms.count),
+        "ret_rms": (venv.ret_rms.mean, venv.ret_rms.var, venv.ret_rms.count),
+    }
+    target = Path(path)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = target.with_name(f".{target.name}.tmp")
+    torch.save(state, tmp)
+    tmp.replace(target)
+    return target
+
+
+def load_clone(model: BaseAlgorithm, path: str | Path) -> None:
+    """Load what :func:`save_clone` wrote into ``model`` (same policy class and sizes)."""
+    venv = model.get_env()
+    if not isinstance(venv, VecNormalize) or isinstance(venv.obs_rms, dict):
+        raise TypeError("load_clone needs the model's env behind VecNormalize (Box observations)")
+    state = torch.load(Path(path), map_location=model.policy.device, weights_only=False)
+    model.policy.load_state_dict(state["policy"])
+    venv.obs_rms.mean, venv.obs_rms.var, venv.obs_rms.count = state["obs_rms"]
+    venv.ret_rms.mean, venv.ret_rms.var, venv.ret_rms.count = state["ret_rms"]

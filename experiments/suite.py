@@ -394,7 +394,10 @@ def imitation_warm_start(
     (:func:`pulsebms.agents.imitation.clone_into`, with the agent's fixed cost penalty),
     then runs ``dagger_rounds`` DAgger rounds (the cloned policy acts on ``dagger_days`` new
     training days per round, the teacher labels, the union is cloned again). The clone
-    reports go to ``<run_dir>/imitation.json``.
+    reports go to ``<run_dir>/imitation.json``. The clone (weights and normaliser) is cached
+    under ``<out_dir>/clones/<fleet>/`` by what it depends on (env, fleet, shield, training
+    days, ``train.imitation``, the agent's network and seed; not PPO's update settings), so
+    a fine-tune starts from exactly the clone evaluated on its own.
 
     Args:
         cfg: A training config with ``train.imitation``.
@@ -409,9 +412,11 @@ def imitation_warm_start(
         ImitationConfig,
         clone_into,
         collect_demonstrations,
+        load_clone,
+        save_clone,
     )
     from pulsebms.agents.policy import SB3Policy
-    from pulsebms.experiments.common import make_cfg_env_factory
+    from pulsebms.experiments.common import make_cfg_env_factory, plain_dict
 
     im = cfg.train.imitation
     settings = ImitationConfig(
@@ -425,7 +430,24 @@ def imitation_warm_start(
     penalty = float(cfg.agent.get("cost_penalty", 0.0) or 0.0)
     seed = int(cfg.seed)
 
+    # PPO's update settings and the initial log-std (the clone sets its own) leave it alone.
+    update_only = {"learning_rate", "n_epochs", "clip_range", "batch_size", "n_steps"}
+    update_only.add("log_std_init")
+    agent_init = {k: v for k, v in plain_dict(cfg.agent).items() if k not in update_only}
+    clone_key = _fingerprint(
+        cfg.env, cfg.fleet, cfg.shield, cfg.train.get("scenario"), im, agent_init, seed
+    )
+    clone_path = Path(out_dir) / "clones" / str(cfg.fleet.name) / f"{clone_key}_seed{seed}.pt"
+
     def warm_start(model: Any) -> None:
+        if clone_path.is_file():
+            log.info("suite: loading the clone %s", clone_path)
+            load_clone(model, clone_path)
+            if run_dir is not None and clone_path.with_suffix(".json").is_file():
+                Path(run_dir).mkdir(parents=True, exist_ok=True)
+                text = clone_path.with_suffix(".json").read_text()
+                (Path(run_dir) / "imitation.json").write_text(text)
+            return
         demos = suite_demonstrations(cfg, out_dir)
         reports = [clone_into(model, demos, settings, cost_penalty=penalty, seed=seed)]
         log.info("suite: cloned %s: %s", im.teacher, reports[-1])
@@ -441,10 +463,12 @@ def imitation_warm_start(
             demos = Demonstrations.concat([demos, visited])
             reports.append(clone_into(model, demos, settings, cost_penalty=penalty, seed=seed))
             log.info("suite: DAgger round %d: %s", round_ + 1, reports[-1])
+        text = json.dumps([r.__dict__ for r in reports], indent=1, default=float) + "\n"
+        save_clone(model, clone_path)
+        clone_path.with_suffix(".json").write_text(text)
         if run_dir is not None:
             Path(run_dir).mkdir(parents=True, exist_ok=True)
-            text = json.dumps([r.__dict__ for r in reports], indent=1, default=float)
-            (Path(run_dir) / "imitation.json").write_text(text + "\n")
+            (Path(run_dir) / "imitation.json").write_text(text)
 
     return warm_start
 

@@ -180,3 +180,19 @@ def test_freeze_actor_trains_only_the_critic_until_released(frozen_steps: int) -
     assert critic_moved
     assert actor_moved == (frozen_steps < 96)
     assert all(p.requires_grad for p in policy.parameters()) == (frozen_steps < 96)
+
+
+def test_a_saved_clone_loads_into_a_fresh_model(demos: Demonstrations, tmp_path: Path) -> None:
+    from pulsebms.agents.imitation import load_clone, save_clone
+
+    cloned = _model(seed=0)
+    clone_into(cloned, demos, ImitationConfig(epochs=5, critic_rounds=0), seed=0)
+    fresh = _model(seed=1)
+    obs = demos.observations[:8]
+    before = [SB3Policy(fresh, fresh.get_env()).act(o) for o in obs]
+    load_clone(fresh, save_clone(cloned, tmp_path / "clone.pt"))
+    expected = [SB3Policy(cloned, cloned.get_env()).act(o) for o in obs]
+    np.testing.assert_array_equal(
+        np.stack([SB3Policy(fresh, fresh.get_env()).act(o) for o in obs]), np.stack(expected)
+    )
+    assert not np.allclose(np.stack(before), np.stack(expected))
