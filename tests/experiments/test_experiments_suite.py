@@ -159,6 +159,8 @@ def test_mpc_bc_recipe_clones_the_forecast_mpc_and_caches_its_demonstrations(
         suite_demonstrations(oracle, tmp_path)
     tiny = [
         "train.imitation.demo_days=1",
+        "train.imitation.dagger_rounds=1",
+        "train.imitation.dagger_days=1",
         "train.imitation.epochs=20",
         "train.imitation.critic_epochs=1",
         "train.total_timesteps=0",  # the cloned policy as it is
@@ -176,11 +178,11 @@ def test_mpc_bc_recipe_clones_the_forecast_mpc_and_caches_its_demonstrations(
         label="mpc_bc",
     )
     assert len(list((tmp_path / "demos" / "small_spread").glob("mpc_*.npz"))) == 1
-    (report,) = json.loads(
-        (tmp_path / "agents/small_spread/mpc_bc_seed0/imitation.json").read_text()
-    )
-    assert report["rows"] == 96  # one day of 15-min decisions
-    assert report["mse_after"] < report["mse_before"]
+    path = tmp_path / "agents/small_spread/mpc_bc_seed0/imitation.json"
+    reports = json.loads(path.read_text())
+    assert [r["rows"] for r in reports] == [96, 192]  # a day of 15-min decisions, + DAgger's
+    assert all(r["mse_after"] < r["mse_before"] for r in reports)
+    assert len(list((tmp_path / "clones" / "small_spread").glob("*_seed0.pt"))) == 1
     by = {r.policy: r for r in rows}
     assert by["mpc_bc"].episodes == 3
     assert by["mpc_bc"].violations == (0.0, 0.0)
