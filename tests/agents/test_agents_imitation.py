@@ -142,7 +142,8 @@ def test_warm_started_run_without_rl_saves_the_clone(demos: Demonstrations, tmp_
     reports = []
 
     def warm(model: Any) -> None:
-        reports.append(clone_into(model, demos, CLONE, cost_penalty=1.0, seed=0))
+        quick = ImitationConfig(epochs=5, critic_rounds=0)
+        reports.append(clone_into(model, demos, quick, cost_penalty=1.0, seed=0))
 
     result = train_agent(
         CONFIG, FACTORY, total_timesteps=0, seed=0, out_dir=tmp_path, warm_start=warm
