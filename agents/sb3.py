@@ -424,6 +424,7 @@ def train_agent(
     progress_bar: bool = False,
     callbacks: Sequence[BaseCallback] = (),
     extra_callback: Callable[[BaseAlgorithm], None] | None = None,
+    warm_start: Callable[[BaseAlgorithm], None] | None = None,
 ) -> TrainResult:
     """Train PPO or SAC behind the shield, VecNormalize and the optional Lagrangian penalty.
 
@@ -445,14 +446,18 @@ def train_agent(
         progress_bar: Show SB3's rich progress bar.
         callbacks: Further SB3 callbacks.
         extra_callback: Called with the model after training (e.g. to log to the caller).
+        warm_start: Called with the built model (its env the training ``VecNormalize``)
+            before learning, e.g. behaviour cloning
+            (:func:`pulsebms.agents.imitation.clone_into`).
 
     Returns:
         The trained model, its deterministic policy and the paths written.
 
     Raises:
-        ValueError: If ``total_timesteps`` < 1.
+        ValueError: If ``total_timesteps`` < 1 (< 0 with ``warm_start``: 0 saves the
+            warm-started model untrained).
     """
-    if total_timesteps < 1:
+    if total_timesteps < (0 if warm_start is not None else 1):
         raise ValueError(f"total_timesteps must be >= 1, got {total_timesteps}")
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -471,6 +476,8 @@ def train_agent(
     )
     logger = make_logger(out, log_formats, wandb_run=wandb_run)
     model = build_model(config, venv, seed=seed, logger=logger)
+    if warm_start is not None:
+        warm_start(model)
     cbs: list[BaseCallback] = list(callbacks)
     if safe and config.lagrangian_lr > 0:
         every = config.lagrangian_every if isinstance(config, SACConfig) else None
@@ -505,11 +512,12 @@ def train_agent(
             )
         )
     try:
-        model.learn(
-            total_timesteps=total_timesteps,
-            callback=CallbackList(cbs) if cbs else None,
-            progress_bar=progress_bar,
-        )
+        if total_timesteps > 0:
+            model.learn(
+                total_timesteps=total_timesteps,
+                callback=CallbackList(cbs) if cbs else None,
+                progress_bar=progress_bar,
+            )
     finally:
         logger.close()
     model_path = save_agent(model, out)

@@ -52,6 +52,7 @@ __all__ = [
     "EvalConf",
     "ExperimentConf",
     "FleetConf",
+    "ImitationConf",
     "LoggerConf",
     "MPCAgentConf",
     "PPOAgentConf",
@@ -293,15 +294,44 @@ class LoggerConf:
 
 
 @dataclass
+class ImitationConf:
+    """Learn from a teacher before RL (``train.imitation``; :mod:`pulsebms.agents.imitation`).
+
+    The teacher (a baseline, the forecast ``mpc`` by default) is rolled on ``demo_days``
+    training days (reset seeds ``demo_seed``, ``demo_seed + 1``, ...; keep them apart from
+    evaluation seeds), deciding every ``env.decision_s`` like the agent; its actions are
+    cloned into the agent's actor (the remaining fields: :class:`ImitationConfig`), then the
+    agent trains ``train.total_timesteps`` decisions (0: the cloned policy as it is).
+    ``dagger_rounds`` rounds of ``dagger_days`` days then add the states the cloned policy
+    visits, labelled by the teacher, and clone again. ``actor_frozen_steps``: the first
+    decisions of fine-tuning train only the critic (:class:`pulsebms.agents.imitation.FreezeActor`).
+    """
+
+    teacher: str = "mpc"
+    demo_days: int = 200
+    demo_seed: int = 50_000
+    dagger_rounds: int = 0
+    dagger_days: int = 50
+    epochs: int = 30
+    batch_size: int = 256
+    learning_rate: float = 1e-3
+    log_std: float = -2.3
+    critic_epochs: int = 10
+    critic_rounds: int = 3
+    actor_frozen_steps: int = 0
+
+
+@dataclass
 class TrainLoopConf:
     """Training budget, callbacks, threads, and the scenario training runs on.
 
     ``scenario``: when given, the agent trains on it (e.g. ``randomized`` days) and is
     evaluated on the run's ``scenario`` (days it never saw); ``None``: it trains on the
-    run's scenario.
+    run's scenario. ``imitation``: clone a teacher into the agent first (``None``: RL only).
     """
 
     scenario: ScenarioConf | None = None
+    imitation: ImitationConf | None = None
     total_timesteps: int = 50_000
     n_envs: int = 1
     eval_freq: int = 0

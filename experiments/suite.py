@@ -45,8 +45,10 @@ __all__ = [
     "benchmark_config",
     "fleet_groups",
     "format_table",
+    "imitation_warm_start",
     "main",
     "run_suite",
+    "suite_demonstrations",
     "suite_rows",
     "train_config",
     "train_suite_agent",
@@ -196,7 +198,9 @@ def _fixed(policy: Any, env: Any) -> Any:
     return policy
 
 
-def train_config(name: str, agent: str = "ppo", overrides: Sequence[str] = ()) -> Any:
+def train_config(
+    name: str, agent: str = "ppo", overrides: Sequence[str] = (), *, experiment: str = "suite"
+) -> Any:
     """The training config of benchmark ``name``'s fleet: ``experiment=suite`` + the benchmark.
 
     The benchmark sets the env (plant step, decision interval, observation, fleet, limits);
@@ -207,11 +211,13 @@ def train_config(name: str, agent: str = "ppo", overrides: Sequence[str] = ()) -
         name: A benchmark whose fleet the agent is for.
         agent: Agent-group option (an SB3 agent: ``ppo``, ``sac``, ``ppo_lagrangian``, ...).
         overrides: More Hydra overrides (``agent.learning_rate=1e-4``, ...).
+        experiment: The training recipe (a file of ``configs/experiment/``: ``suite``, or
+            ``suite_mpc_bc`` to clone the forecast MPC first and fine-tune it).
 
     Returns:
         The composed ``DictConfig``.
     """
-    return benchmark_config(name, ["experiment=suite", f"agent={agent}", *overrides])
+    return benchmark_config(name, [f"experiment={experiment}", f"agent={agent}", *overrides])
 
 
 def fleet_groups(benchmarks: Sequence[str]) -> dict[str, list[str]]:
@@ -231,7 +237,7 @@ def _fingerprint(*parts: Any) -> str:
     from omegaconf import OmegaConf
 
     text = json.dumps(
-        [OmegaConf.to_container(p, resolve=True) if hasattr(p, "keys") else p for p in parts],
+        [OmegaConf.to_container(p, resolve=True) if OmegaConf.is_config(p) else p for p in parts],
         sort_keys=True,
         default=str,
     )
@@ -239,8 +245,15 @@ def _fingerprint(*parts: Any) -> str:
 
 
 def _train_cfg_key(cfg: Any) -> str:
-    """What a trained agent depends on: env, fleet, shield, agent, training loop, seed."""
-    return _fingerprint(cfg.env, cfg.fleet, cfg.shield, cfg.agent, cfg.train, int(cfg.seed))
+    """What a trained agent depends on: env, fleet, shield, agent, training loop, seed.
+
+    A training loop without ``imitation`` fingerprints as before that field existed (so
+    agents trained then are still found).
+    """
+    train = OmegaConf.to_container(cfg.train, resolve=True)
+    if isinstance(train, dict) and train.get("imitation") is None:
+        train.pop("imitation", None)
+    return _fingerprint(cfg.env, cfg.fleet, cfg.shield, cfg.agent, train, int(cfg.seed))
 
 
 def train_suite_agent(
@@ -253,6 +266,7 @@ def train_suite_agent(
     out_dir: str | Path = "runs/suite",
     progress: bool = False,
     label: str | None = None,
+    experiment: str = "suite",
 ) -> Any:
     """Train (or load, when the same run is on disk) the suite's agent for a benchmark's fleet.
 
@@ -269,6 +283,9 @@ def train_suite_agent(
         out_dir: The suite's output folder.
         progress: SB3 progress bar.
         label: Name of the variant (``agent`` when ``None``): its run folder and rows.
+        experiment: The training recipe (:func:`train_config`). With ``train.imitation``
+            the teacher's demonstrations (cached under ``<out_dir>/demos``) are cloned into
+            the agent before it trains (:func:`imitation_warm_start`).
 
     Returns:
         The trained deterministic policy (:class:`pulsebms.agents.policy.SB3Policy`), acting
@@ -281,7 +298,7 @@ def train_suite_agent(
     extra = [f"seed={seed}", *overrides]
     if train_steps is not None:
         extra.append(f"train.total_timesteps={train_steps}")
-    cfg = train_config(name, agent, extra)
+    cfg = train_config(name, agent, extra, experiment=experiment)
     run = Path(out_dir) / "agents" / str(cfg.fleet.name) / f"{label or agent}_seed{seed}"
     key = _train_cfg_key(cfg)
     marker = run / "suite_key"
@@ -290,6 +307,14 @@ def train_suite_agent(
         return policy_from_run(run)
     seed_everything(seed, torch_threads=int(cfg.train.torch_threads))
     config = instantiate(cfg.agent, _convert_="object")
+    warm_start = None
+    callbacks: list[Any] = []
+    if cfg.train.get("imitation") is not None:
+        from pulsebms.agents.imitation import FreezeActor
+
+        warm_start = imitation_warm_start(cfg, out_dir=out_dir, run_dir=run)
+        if int(cfg.train.imitation.actor_frozen_steps) > 0:
+            callbacks.append(FreezeActor(int(cfg.train.imitation.actor_frozen_steps)))
     log.info(
         "suite: training %s on %s for %d steps", agent, cfg.fleet.name, cfg.train.total_timesteps
     )
@@ -301,11 +326,151 @@ def train_suite_agent(
         out_dir=run,
         n_envs=int(cfg.train.n_envs),
         progress_bar=progress,
+        warm_start=warm_start,
+        callbacks=callbacks,
     )
     used = {k: cfg[k] for k in ("seed", "env", "fleet", "shield", "agent", "train")}
     (run / "config_resolved.yaml").write_text(OmegaConf.to_yaml(OmegaConf.create(used)))
     marker.write_text(key + "\n")
     return result.policy
+
+
+def _teacher_factory(cfg: Any) -> PolicyFactory:
+    from pulsebms.agents.workflow import baseline_factories
+
+    teacher = str(cfg.train.imitation.teacher)
+    if teacher == ORACLE:
+        raise ValueError("the teacher must not see the true future: use the forecast 'mpc'")
+    return baseline_factories([teacher])[teacher]
+
+
+def suite_demonstrations(cfg: Any, out_dir: str | Path = "runs/suite") -> Any:
+    """The teacher's demonstrations on the training days of ``cfg`` (cached on disk).
+
+    ``train.imitation.demo_days`` episodes of the training env (``train.scenario``: randomised
+    days, the agent's decision interval and training shield), reset seeds ``demo_seed`` on;
+    cached as ``<out_dir>/demos/<fleet>/<teacher>_<key>.npz`` (``key``: what they depend on),
+    so every training seed and a resumed suite reuse them.
+
+    Args:
+        cfg: A training config with ``train.imitation`` (:func:`train_config`).
+        out_dir: The suite's output folder.
+
+    Returns:
+        The :class:`pulsebms.agents.imitation.Demonstrations`.
+    """
+    from pulsebms.agents.imitation import Demonstrations, collect_demonstrations
+    from pulsebms.experiments.common import make_cfg_env_factory
+
+    im = cfg.train.imitation
+    key = _fingerprint(
+        cfg.env,
+        cfg.fleet,
+        cfg.shield,
+        cfg.train.get("scenario"),
+        str(im.teacher),
+        int(im.demo_days),
+        int(im.demo_seed),
+    )
+    path = Path(out_dir) / "demos" / str(cfg.fleet.name) / f"{im.teacher}_{key}.npz"
+    if path.is_file():
+        try:
+            return Demonstrations.load(path)
+        except (OSError, ValueError, KeyError):  # unreadable: collect again
+            log.warning("suite: demonstrations %s unreadable, collecting again", path)
+    seeds = range(int(im.demo_seed), int(im.demo_seed) + int(im.demo_days))
+    log.info("suite: %s demonstrations on %d training days -> %s", im.teacher, len(seeds), path)
+    demos = collect_demonstrations(make_cfg_env_factory(cfg), _teacher_factory(cfg), list(seeds))
+    demos.save(path)
+    return demos
+
+
+def imitation_warm_start(
+    cfg: Any, *, out_dir: str | Path = "runs/suite", run_dir: str | Path | None = None
+) -> Any:
+    """The ``warm_start`` of :func:`pulsebms.agents.sb3.train_agent` for ``train.imitation``.
+
+    Clones the teacher's demonstrations (:func:`suite_demonstrations`) into the model
+    (:func:`pulsebms.agents.imitation.clone_into`, with the agent's fixed cost penalty),
+    then runs ``dagger_rounds`` DAgger rounds (the cloned policy acts on ``dagger_days`` new
+    training days per round, the teacher labels, the union is cloned again). The clone
+    reports go to ``<run_dir>/imitation.json``. The clone (weights and normaliser) is cached
+    under ``<out_dir>/clones/<fleet>/`` by what it depends on (env, fleet, shield, training
+    days, ``train.imitation``, the agent's network and seed; not PPO's update settings), so
+    a fine-tune starts from exactly the clone evaluated on its own.
+
+    Args:
+        cfg: A training config with ``train.imitation``.
+        out_dir: The suite's output folder (the demonstration cache).
+        run_dir: Where to write the reports (``None``: nowhere).
+
+    Returns:
+        ``model -> None``.
+    """
+    from pulsebms.agents.imitation import (
+        Demonstrations,
+        ImitationConfig,
+        clone_into,
+        collect_demonstrations,
+        load_clone,
+        save_clone,
+    )
+    from pulsebms.agents.policy import SB3Policy
+    from pulsebms.experiments.common import make_cfg_env_factory, plain_dict
+
+    im = cfg.train.imitation
+    settings = ImitationConfig(
+        epochs=int(im.epochs),
+        batch_size=int(im.batch_size),
+        learning_rate=float(im.learning_rate),
+        log_std=float(im.log_std),
+        critic_epochs=int(im.critic_epochs),
+        critic_rounds=int(im.critic_rounds),
+    )
+    penalty = float(cfg.agent.get("cost_penalty", 0.0) or 0.0)
+    seed = int(cfg.seed)
+
+    # PPO's update settings and the initial log-std (the clone sets its own) leave it alone.
+    update_only = {"learning_rate", "n_epochs", "clip_range", "batch_size", "n_steps"}
+    update_only.add("log_std_init")
+    agent_init = {k: v for k, v in plain_dict(cfg.agent).items() if k not in update_only}
+    clone_key = _fingerprint(
+        cfg.env, cfg.fleet, cfg.shield, cfg.train.get("scenario"), im, agent_init, seed
+    )
+    clone_path = Path(out_dir) / "clones" / str(cfg.fleet.name) / f"{clone_key}_seed{seed}.pt"
+
+    def warm_start(model: Any) -> None:
+        if clone_path.is_file():
+            log.info("suite: loading the clone %s", clone_path)
+            load_clone(model, clone_path)
+            if run_dir is not None and clone_path.with_suffix(".json").is_file():
+                Path(run_dir).mkdir(parents=True, exist_ok=True)
+                text = clone_path.with_suffix(".json").read_text()
+                (Path(run_dir) / "imitation.json").write_text(text)
+            return
+        demos = suite_demonstrations(cfg, out_dir)
+        reports = [clone_into(model, demos, settings, cost_penalty=penalty, seed=seed)]
+        log.info("suite: cloned %s: %s", im.teacher, reports[-1])
+        first = int(im.demo_seed) + int(im.demo_days) + seed * 10_000
+        for round_ in range(int(im.dagger_rounds)):
+            start = first + round_ * int(im.dagger_days)
+            visited = collect_demonstrations(
+                make_cfg_env_factory(cfg),
+                _teacher_factory(cfg),
+                list(range(start, start + int(im.dagger_days))),
+                student=SB3Policy(model, model.get_env()),
+            )
+            demos = Demonstrations.concat([demos, visited])
+            reports.append(clone_into(model, demos, settings, cost_penalty=penalty, seed=seed))
+            log.info("suite: DAgger round %d: %s", round_ + 1, reports[-1])
+        text = json.dumps([r.__dict__ for r in reports], indent=1, default=float) + "\n"
+        save_clone(model, clone_path)
+        clone_path.with_suffix(".json").write_text(text)
+        if run_dir is not None:
+            Path(run_dir).mkdir(parents=True, exist_ok=True)
+            (Path(run_dir) / "imitation.json").write_text(text)
+
+    return warm_start
 
 
 def _agent_factories(
@@ -319,6 +484,7 @@ def _agent_factories(
     out_dir: Path,
     progress: bool,
     label: str,
+    experiment: str = "suite",
 ) -> dict[str, dict[str, PolicyFactory]]:
     """Per benchmark, name → factory of the evaluated agents (trained once per fleet)."""
     from pulsebms.experiments.common import decision_s
@@ -346,6 +512,7 @@ def _agent_factories(
                 out_dir=out_dir,
                 progress=progress,
                 label=label,
+                experiment=experiment,
             )
             for name in group:
                 held = held_factory(partial(_fixed, policy), decision_s(benchmark_config(name)))
@@ -411,6 +578,8 @@ def run_suite(
     out_dir: str | Path = "runs/suite",
     progress: bool = False,
     label: str | None = None,
+    experiment: str = "suite",
+    held_baselines: Sequence[str] = (),
 ) -> list[SuiteRow]:
     """Evaluate the baselines (and trained agents) on every benchmark; the suite's rows.
 
@@ -439,11 +608,17 @@ def run_suite(
         label: Name of the trained variant (``agent`` when ``None``; e.g. ``ppo_respect``
             for a run with ``shield.settings.allocation=respect_split``): rows
             ``<label>_seed<s>`` and ``<label>``, run folders ``<label>_seed<s>``.
+        experiment: The training recipe (:func:`train_config`; ``suite_mpc_bc``: clone the
+            forecast MPC, then fine-tune with shielded PPO).
+        held_baselines: Baselines also evaluated deciding every ``env.decision_s`` like the
+            agent (rows ``<name>_held``; e.g. ``mpc``: the teacher as the agent sees it).
 
     Returns:
         The rows of every benchmark.
     """
     from pulsebms.agents.workflow import baseline_factories
+    from pulsebms.experiments.common import decision_s
+    from pulsebms.experiments.train import held_factory
 
     out = Path(out_dir)
     label = label or agent
@@ -457,6 +632,7 @@ def run_suite(
         out_dir=out,
         progress=progress,
         label=label,
+        experiment=experiment,
     )
     rows: list[SuiteRow] = []
     for name in benchmarks:
@@ -464,6 +640,9 @@ def run_suite(
         bench_key = _fingerprint(cfg.env, cfg.fleet, cfg.scenario, cfg.shield, max_steps)
         policies: dict[str, PolicyFactory | None] = {NO_BATTERY: None}
         policies.update(baseline_factories(list(baselines)))
+        for held in held_baselines:
+            teacher = baseline_factories([held])[held]
+            policies[f"{held}_held"] = held_factory(teacher, decision_s(cfg))
         policies.update(agents[name])
         episodes: list[dict[str, Any]] = []
         for policy_name, factory in policies.items():
@@ -474,7 +653,12 @@ def run_suite(
                 else:
                     seed = int(policy_name.rsplit("_seed", 1)[1])
                     steps = [] if train_steps is None else [f"train.total_timesteps={train_steps}"]
-                    tcfg = train_config(name, agent, [f"seed={seed}", *train_overrides, *steps])
+                    tcfg = train_config(
+                        name,
+                        agent,
+                        [f"seed={seed}", *train_overrides, *steps],
+                        experiment=experiment,
+                    )
                     key = _fingerprint(bench_key, _train_cfg_key(tcfg))
             for seed in seeds:
                 episodes.append(
@@ -512,6 +696,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         default=[*RULES, "mpc", ORACLE],
         help="baselines to evaluate (none: only the no-battery reference and the agents)",
     )
+    parser.add_argument(
+        "--held-baselines",
+        nargs="*",
+        default=[],
+        help="baselines also evaluated deciding every env.decision_s like the agent (<name>_held)",
+    )
     parser.add_argument("--checkpoint", default=None)
     parser.add_argument(
         "--train",
@@ -520,6 +710,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     parser.add_argument("--agent", default="ppo", help="SB3 agent option trained with --train")
     parser.add_argument("--label", default=None, help="name of the trained variant (--agent)")
+    parser.add_argument(
+        "--experiment",
+        default="suite",
+        help="training recipe (configs/experiment/): suite, or suite_mpc_bc (clone the MPC, "
+        "then fine-tune)",
+    )
     parser.add_argument(
         "--train-steps", type=int, default=None, help="decisions per training run (preset's)"
     )
@@ -553,6 +749,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         out_dir=args.out_dir,
         progress=args.progress,
         label=args.label,
+        experiment=args.experiment,
+        held_baselines=args.held_baselines,
     )
     print(format_table(rows))
     return 0

@@ -140,3 +140,49 @@ def test_suite_trains_once_per_fleet_and_evaluates_held_out_seeds(tmp_path: Path
 def test_main_refuses_training_seeds_among_the_evaluation_seeds() -> None:
     with pytest.raises(SystemExit):
         main(["--train", "--seeds", "0", "1", "2", "--train-seeds", "0"])
+
+
+def test_mpc_bc_recipe_clones_the_forecast_mpc_and_caches_its_demonstrations(
+    tmp_path: Path,
+) -> None:
+    import json
+
+    from pulsebms.experiments.suite import suite_demonstrations
+
+    cfg = train_config("mild", experiment="suite_mpc_bc")
+    assert cfg.train.imitation.teacher == "mpc"  # the forecast MPC, never the oracle
+    assert cfg.train.scenario.name == "randomized"  # demonstrations on training days
+    oracle = train_config(
+        "mild", overrides=["train.imitation.teacher=mpc_oracle"], experiment="suite_mpc_bc"
+    )
+    with pytest.raises(ValueError, match="true future"):
+        suite_demonstrations(oracle, tmp_path)
+    tiny = [
+        "train.imitation.demo_days=1",
+        "train.imitation.dagger_rounds=1",
+        "train.imitation.dagger_days=1",
+        "train.imitation.epochs=20",
+        "train.imitation.critic_epochs=1",
+        "train.total_timesteps=0",  # the cloned policy as it is
+    ]
+    rows = run_suite(
+        ["mild"],
+        seeds=[100, 101, 102],
+        baselines=["rule_soc"],
+        max_steps=6,
+        train_steps=None,
+        train_seeds=[0],
+        train_overrides=tiny,
+        out_dir=tmp_path,
+        experiment="suite_mpc_bc",
+        label="mpc_bc",
+    )
+    assert len(list((tmp_path / "demos" / "small_spread").glob("mpc_*.npz"))) == 1
+    path = tmp_path / "agents/small_spread/mpc_bc_seed0/imitation.json"
+    reports = json.loads(path.read_text())
+    assert [r["rows"] for r in reports] == [96, 192]  # a day of 15-min decisions, + DAgger's
+    assert all(r["mse_after"] < r["mse_before"] for r in reports)
+    assert len(list((tmp_path / "clones" / "small_spread").glob("*_seed0.pt"))) == 1
+    by = {r.policy: r for r in rows}
+    assert by["mpc_bc"].episodes == 3
+    assert by["mpc_bc"].violations == (0.0, 0.0)
