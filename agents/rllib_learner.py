@@ -307,10 +307,10 @@ class PulsePPOTorchLearner(PPOTorchLearner):
         ``drop_masked_rows = False``) and critic-less modules take RLlib's own loss.
         """
         if Columns.LOSS_MASK in batch or not config.use_critic:
-            loss: torch.Tensor = super().compute_loss_for_module(
+            loss: Any = super().compute_loss_for_module(
                 module_id=module_id, config=config, batch=batch, fwd_out=fwd_out
             )
-            return loss
+            return loss  # type: ignore[no-any-return]  # RLlib types it tensor | array
         module: Any = self.module[module_id].unwrapped()
         curr_action_dist = module.get_train_action_dist_cls().from_logits(
             fwd_out[Columns.ACTION_DIST_INPUTS]
