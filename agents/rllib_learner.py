@@ -59,6 +59,15 @@ from ray.rllib.core.columns import Columns
 from ray.rllib.core.learner.learner import ENTROPY_KEY, POLICY_LOSS_KEY, VF_LOSS_KEY
 from ray.rllib.evaluation.postprocessing import Postprocessing
 from ray.rllib.policy.sample_batch import MultiAgentBatch, SampleBatch
+from ray.rllib.utils.metrics import (
+    ALL_MODULES,
+    MODULE_TRAIN_BATCH_SIZE_MEAN,
+    NUM_ENV_STEPS_TRAINED,
+    NUM_ENV_STEPS_TRAINED_LIFETIME,
+    NUM_MODULE_STEPS_TRAINED,
+    NUM_MODULE_STEPS_TRAINED_LIFETIME,
+    WEIGHTS_SEQ_NO,
+)
 from ray.rllib.utils.minibatch_utils import MiniBatchCyclicIterator
 from ray.rllib.utils.torch_utils import explained_variance
 
@@ -277,6 +286,9 @@ class PulsePPOTorchLearner(PPOTorchLearner):
         super().build()
         self._pending_loss_metrics: dict[Any, dict[str, torch.Tensor]] = {}
         self._pending_grad_norms: dict[tuple[Any, str], torch.Tensor] = {}
+        # Per module: [minibatches, rows]; and the env steps of the update's minibatches.
+        self._pending_module_steps: dict[Any, list[int]] = {}
+        self._pending_env_steps = 0
 
     def configure_optimizers_for_module(self, module_id: Any, config: Any = None) -> None:
         """RLlib's optimizer (Adam over the module's parameters) with ``foreach=True``.
@@ -383,6 +395,55 @@ class PulsePPOTorchLearner(PPOTorchLearner):
             out.update(to_clip)
         return out
 
+    def _log_steps_trained_metrics(self, batch: MultiAgentBatch) -> None:
+        """Count the minibatch's rows; :meth:`_flush_steps_trained_metrics` logs them."""
+        for module_id, module_batch in batch.policy_batches.items():
+            counts = self._pending_module_steps.setdefault(module_id, [0, 0])
+            counts[0] += 1
+            counts[1] += len(module_batch)
+        self._pending_env_steps += batch.env_steps()
+
+    def _flush_steps_trained_metrics(self) -> None:
+        """RLlib's steps-trained metrics for the whole update, logged once.
+
+        RLlib logs eight values per minibatch; the sums (steps trained, this update and
+        lifetime) are the same when logged once with the update's totals, the weights
+        number is the same for every minibatch of an update, and the mean minibatch size
+        is logged as the update's mean (RLlib's figure whenever all minibatches of an
+        update have one size, as the cyclic iterator makes them). The throughput figures
+        RLlib derives from the lifetime counters are then rates between updates rather
+        than between minibatches.
+        """
+        log = self.metrics.log_value
+        for module_id, (minibatches, rows) in self._pending_module_steps.items():
+            log((module_id, WEIGHTS_SEQ_NO), self._weights_seq_no, window=1)
+            log((module_id, MODULE_TRAIN_BATCH_SIZE_MEAN), rows / minibatches, reduce="mean")
+            log((module_id, NUM_MODULE_STEPS_TRAINED), rows, reduce="sum")
+            log(
+                (module_id, NUM_MODULE_STEPS_TRAINED_LIFETIME),
+                rows,
+                reduce="lifetime_sum",
+                with_throughput=True,
+            )
+            log((ALL_MODULES, NUM_MODULE_STEPS_TRAINED), rows, reduce="sum", with_throughput=True)
+            log(
+                (ALL_MODULES, NUM_MODULE_STEPS_TRAINED_LIFETIME),
+                rows,
+                reduce="lifetime_sum",
+                with_throughput=True,
+            )
+        if self._pending_module_steps:
+            env_steps = self._pending_env_steps
+            log((ALL_MODULES, NUM_ENV_STEPS_TRAINED), env_steps, reduce="sum", with_throughput=True)
+            log(
+                (ALL_MODULES, NUM_ENV_STEPS_TRAINED_LIFETIME),
+                env_steps,
+                reduce="lifetime_sum",
+                with_throughput=True,
+            )
+        self._pending_module_steps.clear()
+        self._pending_env_steps = 0
+
     def after_gradient_based_update(self, *, timesteps: dict[str, Any]) -> None:
         """Log the update's last loss metrics and gradient norms, then RLlib's hooks.
 
@@ -409,6 +470,7 @@ class PulsePPOTorchLearner(PPOTorchLearner):
             self.metrics.log_value(key=key, value=norm, window=1)
         self._pending_loss_metrics.clear()
         self._pending_grad_norms.clear()
+        self._flush_steps_trained_metrics()
         super().after_gradient_based_update(timesteps=timesteps)
 
     def _create_iterator_if_necessary(self, **kwargs: Any) -> Any:

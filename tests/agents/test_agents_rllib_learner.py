@@ -21,6 +21,7 @@ from ray.rllib.core.columns import Columns
 from ray.rllib.core.rl_module.rl_module import RLModuleSpec
 from ray.rllib.evaluation.postprocessing import Postprocessing
 from ray.rllib.policy.sample_batch import MultiAgentBatch, SampleBatch
+from ray.rllib.utils.metrics import ALL_MODULES
 from ray.rllib.utils.minibatch_utils import MiniBatchCyclicIterator
 
 from pulsebms.agents.rllib_learner import (
@@ -167,6 +168,9 @@ def _update(
     )
     assert learner.module[MODULE].training
     metrics = {k: float(np.asarray(v.peek())) for k, v in result[MODULE].items()}
+    for key, stats in result[ALL_MODULES].items():  # the steps-trained counters
+        if "steps_trained" in key:
+            metrics[f"all/{key}"] = float(np.asarray(stats.peek()))
     return metrics, [p.detach().clone() for p in learner.module[MODULE].parameters()]
 
 
