@@ -96,8 +96,15 @@ def all_finite(tensors: Iterable[torch.Tensor | None]) -> bool:
     return bool(torch.isfinite(torch.cat(flat)).all())
 
 
-def clip_by_global_norm(grads: list[torch.Tensor], grad_clip: float) -> torch.Tensor:
-    """Scale ``grads`` in place to a global L2 norm of at most ``grad_clip``; return the norm.
+def clip_by_global_norm(
+    grads: list[torch.Tensor], grad_clip: float
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Scale ``grads`` in place to a global L2 norm of at most ``grad_clip``.
+
+    Returns:
+        The global norm (RLlib's figure) and a boolean tensor: whether every gradient's
+        norm is finite, which implies every gradient is finite (a non-finite element makes
+        its tensor's norm inf or NaN), so the caller needs no separate finiteness check.
 
     RLlib's ``clip_gradients(grad_clip_by="global_norm")`` arithmetic (the same per-tensor
     norms with non-finite norms replaced, the same ``grad_clip / max(norm + 1e-6,
@@ -107,18 +114,20 @@ def clip_by_global_norm(grads: list[torch.Tensor], grad_clip: float) -> torch.Te
 
     Example:
         >>> g = [torch.tensor([3.0]), torch.tensor([4.0])]
-        >>> float(clip_by_global_norm(g, 1.0)), [round(float(x), 4) for x in torch.cat(g)]
-        (5.0, [0.6, 0.8])
+        >>> norm, finite = clip_by_global_norm(g, 1.0)
+        >>> float(norm), bool(finite), [round(float(x), 4) for x in torch.cat(g)]
+        (5.0, True, [0.6, 0.8])
     """
     if not grads:
-        return torch.tensor(0.0)
-    norms = torch._foreach_norm(grads, 2.0)
+        return torch.tensor(0.0), torch.tensor(True)
+    norms = torch.stack(torch._foreach_norm(grads, 2.0))
+    finite = torch.isfinite(norms).all()
     total_norm: torch.Tensor = torch.norm(
-        torch.stack(norms).nan_to_num(neginf=-10e8, posinf=10e8), 2.0
+        norms.nan_to_num(neginf=-10e8, posinf=10e8), 2.0
     ).nan_to_num(neginf=-10e8, posinf=10e8)
     clip_coeff = torch.clamp(grad_clip / torch.clamp(total_norm + 1e-6, min=grad_clip), max=1.0)
     torch._foreach_mul_(grads, clip_coeff)
-    return total_norm
+    return total_norm, finite
 
 
 class IndexedCyclicIterator:
@@ -289,6 +298,8 @@ class PulsePPOTorchLearner(PPOTorchLearner):
         # Per module: [minibatches, rows]; and the env steps of the update's minibatches.
         self._pending_module_steps: dict[Any, list[int]] = {}
         self._pending_env_steps = 0
+        # Gradients (param refs) whose finiteness the global-norm clip has established.
+        self._grads_known_finite: set[Any] = set()
 
     def configure_optimizers_for_module(self, module_id: Any, config: Any = None) -> None:
         """RLlib's optimizer (Adam over the module's parameters) with ``foreach=True``.
@@ -389,9 +400,10 @@ class PulsePPOTorchLearner(PPOTorchLearner):
         for optimizer_name, optimizer in self.get_optimizers_for_module(module_id):
             to_clip = self.filter_param_dict_for_optimizer(module_gradients_dict, optimizer)
             present = [g for g in to_clip.values() if g is not None]
-            self._pending_grad_norms[(module_id, f"gradients_{optimizer_name}_global_norm")] = (
-                clip_by_global_norm(present, config.grad_clip)
-            )
+            norm, finite = clip_by_global_norm(present, config.grad_clip)
+            self._pending_grad_norms[(module_id, f"gradients_{optimizer_name}_global_norm")] = norm
+            if finite:  # clipped by a finite factor: still finite (see apply_gradients)
+                self._grads_known_finite.update(to_clip)
             out.update(to_clip)
         return out
 
@@ -503,14 +515,18 @@ class PulsePPOTorchLearner(PPOTorchLearner):
 
         Falls back to RLlib's ``apply_gradients`` (per-parameter NaN handling and warnings)
         if a gradient is not finite, or if grad scalers or torch LR schedulers are in use.
+        Gradients the global-norm clip found finite (all per-tensor norms finite) skip
+        the check: a finite gradient times a finite clip factor stays finite.
 
         Args:
             gradients_dict: Parameter id → gradient (from ``compute_gradients``).
         """
+        known_finite = self._grads_known_finite.issuperset(gradients_dict)
+        self._grads_known_finite.clear()
         if (
             self._grad_scalers is not None
             or self._lr_scheduler_classes is not None
-            or not all_finite(gradients_dict.values())
+            or not (known_finite or all_finite(gradients_dict.values()))
         ):
             super().apply_gradients(gradients_dict)
             return

@@ -7,6 +7,7 @@ initial weights is the reference, bit for bit.
 
 from __future__ import annotations
 
+import math
 import warnings
 from collections.abc import Sequence
 from typing import Any
@@ -365,7 +366,8 @@ def test_clip_by_global_norm_is_rllibs_global_norm_clip(scale: float) -> None:
     grads[1][0] = scale
     ours = [g.clone() for g in grads]
     theirs = {i: g.clone() for i, g in enumerate(grads)}
-    norm = clip_by_global_norm(ours, 0.5)
+    norm, finite = clip_by_global_norm(ours, 0.5)
+    assert bool(finite) == math.isfinite(scale)
     their_norm = clip_gradients(theirs, grad_clip=0.5, grad_clip_by="global_norm")
     assert torch.equal(norm, their_norm)
     for a, b in zip(ours, theirs.values(), strict=True):
