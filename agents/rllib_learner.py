@@ -317,6 +317,20 @@ class PulsePPOTorchLearner(PPOTorchLearner):
             lr_or_lr_schedule=config.lr,
         )
 
+    def _set_optimizer_state(self, state: dict[str, Any]) -> None:
+        """RLlib's optimizer restore; Adam restored from older checkpoints stays foreach.
+
+        ``load_state_dict`` takes the param-group settings from the checkpoint, and
+        checkpoints written before this Learner used ``foreach=True`` hold ``None``
+        (torch's per-parameter loop on CPU): the same results, restored to the faster path.
+        """
+        super()._set_optimizer_state(state)
+        for optimizer in self._named_optimizers.values():
+            if isinstance(optimizer, torch.optim.Adam):
+                for group in optimizer.param_groups:
+                    if group.get("foreach") is None:
+                        group["foreach"] = True
+
     def compute_loss_for_module(
         self, *, module_id: Any, config: Any, batch: dict[str, Any], fwd_out: dict[str, Any]
     ) -> torch.Tensor:

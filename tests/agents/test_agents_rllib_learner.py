@@ -372,3 +372,16 @@ def test_clip_by_global_norm_is_rllibs_global_norm_clip(scale: float) -> None:
     assert torch.equal(norm, their_norm)
     for a, b in zip(ours, theirs.values(), strict=True):
         assert torch.equal(a, b) or (a.isnan() == b.isnan()).all()
+
+
+def test_adam_is_foreach_also_after_restoring_an_older_checkpoint() -> None:
+    learner = _learner(PulsePPOTorchLearner)
+    (optimizer,) = learner._named_optimizers.values()
+    assert isinstance(optimizer, torch.optim.Adam)
+    assert optimizer.param_groups[0]["foreach"] is True
+    state = learner._get_optimizer_state()
+    for saved in state.values():  # as written by RLlib's learner: torch's default
+        for group in saved["state"]["param_groups"]:
+            group["foreach"] = None
+    learner._set_optimizer_state(state)
+    assert all(group["foreach"] is True for group in optimizer.param_groups)
