@@ -25,6 +25,14 @@ against SB3's PPO):
   all gradients with one reduction; only when some gradient is not finite (or when grad
   scalers or torch LR schedulers are configured) does it hand over to RLlib's own
   ``apply_gradients``, which then zeroes the NaNs and warns as usual.
+* **Multi-tensor optimizer and clip.** Adam runs with ``foreach=True`` (torch's CPU default
+  loops over the parameters in Python); the global-norm gradient clip runs as two
+  ``torch._foreach_*`` calls (:func:`clip_by_global_norm`), whose per-tensor norms also
+  establish that every gradient is finite. Same arithmetic, bit-identical weights.
+* **Metrics once per update.** RLlib reduces and logs the PPO loss metrics and the
+  gradient norm on every minibatch with a window of one, and eight steps-trained counters
+  per minibatch; this Learner logs the same reported values (the last minibatch's terms,
+  the update's sums) once per update.
 * **Off-policyness once per update.** RLlib logs how many weight updates separate the
   samples from the Learner's weights on every minibatch, with a window of one (only the
   last value is reported); this Learner logs it for the first minibatch of each update.
