@@ -25,6 +25,14 @@ against SB3's PPO):
   all gradients with one reduction; only when some gradient is not finite (or when grad
   scalers or torch LR schedulers are configured) does it hand over to RLlib's own
   ``apply_gradients``, which then zeroes the NaNs and warns as usual.
+* **Multi-tensor optimizer and clip.** Adam runs with ``foreach=True`` (torch's CPU default
+  loops over the parameters in Python); the global-norm gradient clip runs as two
+  ``torch._foreach_*`` calls (:func:`clip_by_global_norm`), whose per-tensor norms also
+  establish that every gradient is finite. Same arithmetic, bit-identical weights.
+* **Metrics once per update.** RLlib reduces and logs the PPO loss metrics and the
+  gradient norm on every minibatch with a window of one, and eight steps-trained counters
+  per minibatch; this Learner logs the same reported values (the last minibatch's terms,
+  the update's sums) once per update.
 * **Off-policyness once per update.** RLlib logs how many weight updates separate the
   samples from the Learner's weights on every minibatch, with a window of one (only the
   last value is reported); this Learner logs it for the first minibatch of each update.
@@ -49,12 +57,35 @@ from typing import Any, ClassVar
 
 import numpy as np
 import torch
+from ray.rllib.algorithms.ppo.ppo import (
+    LEARNER_RESULTS_KL_KEY,
+    LEARNER_RESULTS_VF_EXPLAINED_VAR_KEY,
+    LEARNER_RESULTS_VF_LOSS_UNCLIPPED_KEY,
+)
 from ray.rllib.algorithms.ppo.torch.ppo_torch_learner import PPOTorchLearner
+from ray.rllib.core import ALL_MODULES
 from ray.rllib.core.columns import Columns
+from ray.rllib.core.learner.learner import ENTROPY_KEY, POLICY_LOSS_KEY, VF_LOSS_KEY
+from ray.rllib.evaluation.postprocessing import Postprocessing
 from ray.rllib.policy.sample_batch import MultiAgentBatch, SampleBatch
+from ray.rllib.utils.metrics import (
+    MODULE_TRAIN_BATCH_SIZE_MEAN,
+    NUM_ENV_STEPS_TRAINED,
+    NUM_ENV_STEPS_TRAINED_LIFETIME,
+    NUM_MODULE_STEPS_TRAINED,
+    NUM_MODULE_STEPS_TRAINED_LIFETIME,
+    WEIGHTS_SEQ_NO,
+)
 from ray.rllib.utils.minibatch_utils import MiniBatchCyclicIterator
+from ray.rllib.utils.torch_utils import explained_variance
 
-__all__ = ["IndexedCyclicIterator", "PulsePPOTorchLearner", "all_finite", "without_masked_rows"]
+__all__ = [
+    "IndexedCyclicIterator",
+    "PulsePPOTorchLearner",
+    "all_finite",
+    "clip_by_global_norm",
+    "without_masked_rows",
+]
 
 
 def all_finite(tensors: Iterable[torch.Tensor | None]) -> bool:
@@ -71,6 +102,40 @@ def all_finite(tensors: Iterable[torch.Tensor | None]) -> bool:
     if not flat:
         return True
     return bool(torch.isfinite(torch.cat(flat)).all())
+
+
+def clip_by_global_norm(
+    grads: list[torch.Tensor], grad_clip: float
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Scale ``grads`` in place to a global L2 norm of at most ``grad_clip``.
+
+    Returns:
+        The global norm (RLlib's figure) and a boolean tensor: whether every gradient's
+        norm is finite, which implies every gradient is finite (a non-finite element makes
+        its tensor's norm inf or NaN), so the caller needs no separate finiteness check.
+
+    RLlib's ``clip_gradients(grad_clip_by="global_norm")`` arithmetic (the same per-tensor
+    norms with non-finite norms replaced, the same ``grad_clip / max(norm + 1e-6,
+    grad_clip)`` factor capped at 1, the same in-place products: bit-identical results),
+    with the per-tensor norms and products as two ``torch._foreach_*`` calls instead of a
+    Python loop of kernels per gradient (what ``torch.nn.utils.clip_grad_norm_`` does).
+
+    Example:
+        >>> g = [torch.tensor([3.0]), torch.tensor([4.0])]
+        >>> norm, finite = clip_by_global_norm(g, 1.0)
+        >>> float(norm), bool(finite), [round(float(x), 4) for x in torch.cat(g)]
+        (5.0, True, [0.6, 0.8])
+    """
+    if not grads:
+        return torch.tensor(0.0), torch.tensor(True)
+    norms = torch.stack(torch._foreach_norm(grads, 2.0))
+    finite = torch.isfinite(norms).all()
+    total_norm: torch.Tensor = torch.norm(
+        norms.nan_to_num(neginf=-10e8, posinf=10e8), 2.0
+    ).nan_to_num(neginf=-10e8, posinf=10e8)
+    clip_coeff = torch.clamp(grad_clip / torch.clamp(total_norm + 1e-6, min=grad_clip), max=1.0)
+    torch._foreach_mul_(grads, clip_coeff)
+    return total_norm, finite
 
 
 class IndexedCyclicIterator:
@@ -233,6 +298,215 @@ class PulsePPOTorchLearner(PPOTorchLearner):
 
     drop_masked_rows: ClassVar[bool] = True
 
+    def build(self) -> None:
+        """Build as RLlib does, with empty stores for the metrics logged once per update."""
+        super().build()
+        self._pending_loss_metrics: dict[Any, dict[str, torch.Tensor]] = {}
+        self._pending_grad_norms: dict[tuple[Any, str], torch.Tensor] = {}
+        # Per module: [minibatches, rows]; and the env steps of the update's minibatches.
+        self._pending_module_steps: dict[Any, list[int]] = {}
+        self._pending_env_steps = 0
+        # Gradients (param refs) whose finiteness the global-norm clip has established.
+        self._grads_known_finite: set[Any] = set()
+
+    def configure_optimizers_for_module(self, module_id: Any, config: Any = None) -> None:
+        """RLlib's optimizer (Adam over the module's parameters) with ``foreach=True``.
+
+        The multi-tensor Adam step runs one ``torch._foreach_*`` kernel per update term
+        for all parameters, where torch's CPU default loops over the parameters in Python
+        (about ten kernels per parameter): the same arithmetic, bit-identical weights.
+        """
+        modules: Any = self._module
+        params = self.get_parameters(modules[module_id])
+        self.register_optimizer(
+            module_id=module_id,
+            optimizer=torch.optim.Adam(params, foreach=True),
+            params=params,
+            lr_or_lr_schedule=config.lr,
+        )
+
+    def _set_optimizer_state(self, state: dict[str, Any]) -> None:
+        """RLlib's optimizer restore; Adam restored from older checkpoints stays foreach.
+
+        ``load_state_dict`` takes the param-group settings from the checkpoint, and
+        checkpoints written before this Learner used ``foreach=True`` hold ``None``
+        (torch's per-parameter loop on CPU): the same results, restored to the faster path.
+        """
+        super()._set_optimizer_state(state)
+        for optimizer in self._named_optimizers.values():
+            if isinstance(optimizer, torch.optim.Adam):
+                for group in optimizer.param_groups:
+                    if group.get("foreach") is None:
+                        group["foreach"] = True
+
+    def compute_loss_for_module(
+        self, *, module_id: Any, config: Any, batch: dict[str, Any], fwd_out: dict[str, Any]
+    ) -> torch.Tensor:
+        """RLlib's PPO loss; its metrics are reduced and logged once per update.
+
+        RLlib reduces and logs six loss metrics on every minibatch with a window of one,
+        so only the last minibatch's values are ever reported; this keeps the last
+        minibatch's (detached) terms and logs the same six values from them once, at the
+        end of the update (:meth:`after_gradient_based_update`). The loss itself is
+        RLlib's, term for term. Batches with a ``loss_mask`` (sequences, or
+        ``drop_masked_rows = False``) and critic-less modules take RLlib's own loss.
+        """
+        if Columns.LOSS_MASK in batch or not config.use_critic:
+            loss: Any = super().compute_loss_for_module(
+                module_id=module_id, config=config, batch=batch, fwd_out=fwd_out
+            )
+            return loss  # type: ignore[no-any-return]  # RLlib types it tensor | array
+        module: Any = self.module[module_id].unwrapped()
+        curr_action_dist = module.get_train_action_dist_cls().from_logits(
+            fwd_out[Columns.ACTION_DIST_INPUTS]
+        )
+        logp_ratio = torch.exp(
+            curr_action_dist.logp(batch[Columns.ACTIONS]) - batch[Columns.ACTION_LOGP]
+        )
+        mean_kl_loss: Any
+        if config.use_kl_loss:
+            prev_action_dist = module.get_exploration_action_dist_cls().from_logits(
+                batch[Columns.ACTION_DIST_INPUTS]
+            )
+            mean_kl_loss = torch.mean(prev_action_dist.kl(curr_action_dist))
+        else:
+            mean_kl_loss = torch.tensor(0.0, device=logp_ratio.device)
+        curr_entropy = curr_action_dist.entropy()
+        advantages = batch[Postprocessing.ADVANTAGES]
+        surrogate_loss = torch.min(
+            advantages * logp_ratio,
+            advantages * torch.clamp(logp_ratio, 1 - config.clip_param, 1 + config.clip_param),
+        )
+        value_fn_out = module.compute_values(batch, embeddings=fwd_out.get(Columns.EMBEDDINGS))
+        value_targets = batch[Postprocessing.VALUE_TARGETS]
+        vf_loss = torch.pow(value_fn_out - value_targets, 2.0)
+        # A square is >= 0 (or NaN): clamping it into [0, inf] changes nothing.
+        vf_loss_clipped = (
+            vf_loss
+            if config.vf_clip_param == float("inf")
+            else torch.clamp(vf_loss, 0, config.vf_clip_param)
+        )
+        entropy_coeff = self.entropy_coeff_schedulers_per_module[module_id].get_current_value()
+        total_loss = torch.mean(
+            -surrogate_loss + config.vf_loss_coeff * vf_loss_clipped - entropy_coeff * curr_entropy
+        )
+        if config.use_kl_loss:
+            kl_coeff: Any = self.curr_kl_coeffs_per_module[module_id]
+            total_loss += kl_coeff * mean_kl_loss
+        self._pending_loss_metrics[module_id] = {
+            "surrogate": surrogate_loss.detach(),
+            "vf_clipped": vf_loss_clipped.detach(),
+            "vf": vf_loss.detach(),
+            "values": value_fn_out.detach(),
+            "targets": value_targets,
+            "entropy": curr_entropy.detach(),
+            "kl": mean_kl_loss.detach(),
+        }
+        return total_loss
+
+    def postprocess_gradients_for_module(
+        self, *, module_id: Any, config: Any = None, module_gradients_dict: dict[Any, Any]
+    ) -> dict[Any, Any]:
+        """RLlib's global-norm clip in one pass (:func:`clip_by_global_norm`), norm logged once.
+
+        RLlib logs each optimizer's global gradient norm on every minibatch with a window
+        of one; this keeps the last one and logs it at the end of the update. Other clip
+        modes (and no clip) are RLlib's.
+        """
+        if not config.grad_clip or config.grad_clip_by != "global_norm":
+            grads: dict[Any, Any] = super().postprocess_gradients_for_module(
+                module_id=module_id, config=config, module_gradients_dict=module_gradients_dict
+            )
+            return grads
+        out: dict[Any, Any] = {}
+        for optimizer_name, optimizer in self.get_optimizers_for_module(module_id):
+            to_clip = self.filter_param_dict_for_optimizer(module_gradients_dict, optimizer)
+            present = [g for g in to_clip.values() if g is not None]
+            norm, finite = clip_by_global_norm(present, config.grad_clip)
+            self._pending_grad_norms[(module_id, f"gradients_{optimizer_name}_global_norm")] = norm
+            if finite:  # clipped by a finite factor: still finite (see apply_gradients)
+                self._grads_known_finite.update(to_clip)
+            out.update(to_clip)
+        return out
+
+    def _log_steps_trained_metrics(self, batch: MultiAgentBatch) -> None:
+        """Count the minibatch's rows; :meth:`_flush_steps_trained_metrics` logs them."""
+        for module_id, module_batch in batch.policy_batches.items():
+            counts = self._pending_module_steps.setdefault(module_id, [0, 0])
+            counts[0] += 1
+            counts[1] += len(module_batch)
+        self._pending_env_steps += batch.env_steps()
+
+    def _flush_steps_trained_metrics(self) -> None:
+        """RLlib's steps-trained metrics for the whole update, logged once.
+
+        RLlib logs eight values per minibatch; the sums (steps trained, this update and
+        lifetime) are the same when logged once with the update's totals, the weights
+        number is the same for every minibatch of an update, and the mean minibatch size
+        is logged as the update's mean (RLlib's figure whenever all minibatches of an
+        update have one size, as the cyclic iterator makes them). The throughput figures
+        RLlib derives from the lifetime counters are then rates between updates rather
+        than between minibatches.
+        """
+        log = self.metrics.log_value
+        for module_id, (minibatches, rows) in self._pending_module_steps.items():
+            log((module_id, WEIGHTS_SEQ_NO), self._weights_seq_no, window=1)
+            log((module_id, MODULE_TRAIN_BATCH_SIZE_MEAN), rows / minibatches, reduce="mean")
+            log((module_id, NUM_MODULE_STEPS_TRAINED), rows, reduce="sum")
+            log(
+                (module_id, NUM_MODULE_STEPS_TRAINED_LIFETIME),
+                rows,
+                reduce="lifetime_sum",
+                with_throughput=True,
+            )
+            log((ALL_MODULES, NUM_MODULE_STEPS_TRAINED), rows, reduce="sum", with_throughput=True)
+            log(
+                (ALL_MODULES, NUM_MODULE_STEPS_TRAINED_LIFETIME),
+                rows,
+                reduce="lifetime_sum",
+                with_throughput=True,
+            )
+        if self._pending_module_steps:
+            env_steps = self._pending_env_steps
+            log((ALL_MODULES, NUM_ENV_STEPS_TRAINED), env_steps, reduce="sum", with_throughput=True)
+            log(
+                (ALL_MODULES, NUM_ENV_STEPS_TRAINED_LIFETIME),
+                env_steps,
+                reduce="lifetime_sum",
+                with_throughput=True,
+            )
+        self._pending_module_steps.clear()
+        self._pending_env_steps = 0
+
+    def after_gradient_based_update(self, *, timesteps: dict[str, Any]) -> None:
+        """Log the update's last loss metrics and gradient norms, then RLlib's hooks.
+
+        The values RLlib would report (window one: the last minibatch's), reduced from
+        the kept terms with RLlib's own expressions; logged before PPO's hook, which reads
+        the KL metric to adapt the KL coefficient.
+        """
+        for module_id, terms in self._pending_loss_metrics.items():
+            self.metrics.log_dict(
+                {
+                    POLICY_LOSS_KEY: -torch.mean(terms["surrogate"]),
+                    VF_LOSS_KEY: torch.mean(terms["vf_clipped"]),
+                    LEARNER_RESULTS_VF_LOSS_UNCLIPPED_KEY: torch.mean(terms["vf"]),
+                    LEARNER_RESULTS_VF_EXPLAINED_VAR_KEY: explained_variance(
+                        terms["targets"], terms["values"]
+                    ),
+                    ENTROPY_KEY: torch.mean(terms["entropy"]),
+                    LEARNER_RESULTS_KL_KEY: terms["kl"],
+                },
+                key=module_id,
+                window=1,
+            )
+        for key, norm in self._pending_grad_norms.items():
+            self.metrics.log_value(key=key, value=norm, window=1)
+        self._pending_loss_metrics.clear()
+        self._pending_grad_norms.clear()
+        self._flush_steps_trained_metrics()
+        super().after_gradient_based_update(timesteps=timesteps)
+
     def _create_iterator_if_necessary(self, **kwargs: Any) -> Any:
         """RLlib's minibatch iterator, replaced by :class:`IndexedCyclicIterator` if it fits."""
         iterator = super()._create_iterator_if_necessary(**kwargs)
@@ -263,14 +537,18 @@ class PulsePPOTorchLearner(PPOTorchLearner):
 
         Falls back to RLlib's ``apply_gradients`` (per-parameter NaN handling and warnings)
         if a gradient is not finite, or if grad scalers or torch LR schedulers are in use.
+        Gradients the global-norm clip found finite (all per-tensor norms finite) skip
+        the check: a finite gradient times a finite clip factor stays finite.
 
         Args:
             gradients_dict: Parameter id → gradient (from ``compute_gradients``).
         """
+        known_finite = self._grads_known_finite.issuperset(gradients_dict)
+        self._grads_known_finite.clear()
         if (
             self._grad_scalers is not None
             or self._lr_scheduler_classes is not None
-            or not all_finite(gradients_dict.values())
+            or not (known_finite or all_finite(gradients_dict.values()))
         ):
             super().apply_gradients(gradients_dict)
             return

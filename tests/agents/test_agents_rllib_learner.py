@@ -7,6 +7,7 @@ initial weights is the reference, bit for bit.
 
 from __future__ import annotations
 
+import math
 import warnings
 from collections.abc import Sequence
 from typing import Any
@@ -17,6 +18,7 @@ import pytest
 import torch
 from ray.rllib.algorithms.ppo import PPOConfig
 from ray.rllib.algorithms.ppo.torch.ppo_torch_learner import PPOTorchLearner
+from ray.rllib.core import ALL_MODULES
 from ray.rllib.core.columns import Columns
 from ray.rllib.core.rl_module.rl_module import RLModuleSpec
 from ray.rllib.evaluation.postprocessing import Postprocessing
@@ -126,12 +128,16 @@ def test_all_finite() -> None:
     assert not all_finite([torch.tensor([[float("nan")]])])
 
 
-def _learner(cls: type[PPOTorchLearner]) -> Any:
+# SB3's PPO loss, as `pulsebms-bench ray` configures RLlib: no KL, global-norm clip, no vf clip.
+SB3_LOSS = {"use_kl_loss": False, "grad_clip": 0.5, "vf_clip_param": float("inf")}
+
+
+def _learner(cls: type[PPOTorchLearner], **training: Any) -> Any:
     config = (
         PPOConfig()
         .api_stack(enable_rl_module_and_learner=True, enable_env_runner_and_connector_v2=True)
         .environment(observation_space=OBS_SPACE, action_space=ACT_SPACE)
-        .training(minibatch_size=32, num_epochs=3, train_batch_size_per_learner=100)
+        .training(minibatch_size=32, num_epochs=3, train_batch_size_per_learner=100, **training)
         .rl_module(
             rl_module_spec=RLModuleSpec(module_class=PulsePPOTorchRLModule),
             model_config={"fcnet_hiddens": [8], **log_std_model_config(-0.5)},
@@ -148,21 +154,41 @@ class _RLlibMinibatchesLearner(PulsePPOTorchLearner):
     drop_masked_rows = False
 
 
-def _update(cls: type[PPOTorchLearner], columns: dict[str, np.ndarray]) -> tuple[Any, Any]:
-    learner = _learner(cls)
+def _update(
+    cls: type[PPOTorchLearner], columns: dict[str, np.ndarray], **training: Any
+) -> tuple[Any, Any]:
+    learner = _learner(cls, **training)
     np.random.seed(1)  # noqa: NPY002  # RLlib shuffles minibatches with the global state
     batch = MultiAgentBatch({MODULE: SampleBatch(dict(columns))}, env_steps=100)
-    result = learner.update(batch=batch, timesteps={"num_env_steps_sampled_lifetime": 100})
+    result = learner.update(  # 9 minibatches: several Adam steps from one state
+        batch=batch,
+        timesteps={"num_env_steps_sampled_lifetime": 100},
+        minibatch_size=32,
+        num_epochs=3,
+        shuffle_batch_per_epoch=True,
+    )
     assert learner.module[MODULE].training
     metrics = {k: float(np.asarray(v.peek())) for k, v in result[MODULE].items()}
+    for key, stats in result[ALL_MODULES].items():  # the steps-trained counters
+        if "steps_trained" in key:
+            metrics[f"all/{key}"] = float(np.asarray(stats.peek()))
     return metrics, [p.detach().clone() for p in learner.module[MODULE].parameters()]
 
 
-LOSSES = ("policy_loss", "vf_loss", "entropy", "mean_kl_loss", "total_loss", "curr_kl_coeff")
+LOSSES = (
+    "policy_loss",
+    "vf_loss",
+    "vf_loss_unclipped",
+    "entropy",
+    "mean_kl_loss",
+    "total_loss",
+    "curr_kl_coeff",
+)
 
 
 def _assert_same(a: tuple[Any, Any], b: tuple[Any, Any], keys: Sequence[str] = ()) -> None:
-    keys = keys or sorted(a[0])
+    assert sorted(a[0]) == sorted(b[0])  # the same metric names
+    keys = [k for k in keys if k in a[0]] or sorted(a[0])
     assert {k: a[0][k] for k in keys} == pytest.approx(
         {k: b[0][k] for k in keys}, abs=0, rel=0, nan_ok=True
     )
@@ -171,20 +197,39 @@ def _assert_same(a: tuple[Any, Any], b: tuple[Any, Any], keys: Sequence[str] = (
     assert all(bool(torch.isfinite(p).all()) for p in b[1])
 
 
-@pytest.mark.parametrize("nan_obs", [False, True], ids=["finite", "nan-gradients"])
-def test_pulse_learner_updates_bit_for_bit_as_rllibs(nan_obs: bool) -> None:
+@pytest.mark.parametrize(
+    ("nan_obs", "loss"),
+    [(False, {}), (False, SB3_LOSS), (True, SB3_LOSS)],
+    ids=["finite-rllib-loss", "finite-sb3-loss", "nan-gradients-sb3-loss"],
+)
+def test_pulse_learner_updates_bit_for_bit_as_rllibs(nan_obs: bool, loss: dict[str, Any]) -> None:
     columns = _columns(100, seed=3)
     if nan_obs:  # NaN gradients: both take RLlib's path (NaNs zeroed, warning, step)
         columns[Columns.OBS][5, 0] = np.nan
     # With RLlib's minibatches (masked rows kept), the update is RLlib's, bit for bit.
-    _assert_same(_update(PPOTorchLearner, columns), _update(_RLlibMinibatchesLearner, columns))
+    _assert_same(
+        _update(PPOTorchLearner, columns, **loss),
+        _update(_RLlibMinibatchesLearner, columns, **loss),
+    )
     # By default the masked rows go first: RLlib's update of the batch without them.
     keep = columns[Columns.LOSS_MASK]
     assert 0 < keep.sum() < 100
     valid = {k: v[keep] for k, v in columns.items() if k != Columns.LOSS_MASK}
+    # Without a loss mask, the loss metrics are reduced once per update (see above):
+    # every metric RLlib reports, bit for bit.
+    _assert_same(
+        _update(PPOTorchLearner, valid, **loss), _update(PulsePPOTorchLearner, valid, **loss)
+    )
     # Same weights and losses; the reported row counts (and vf_explained_var) are not
     # compared: RLlib's step counters still count the masked rows of the batch.
-    _assert_same(_update(PPOTorchLearner, valid), _update(PulsePPOTorchLearner, columns), LOSSES)
+    # The loss metrics, logged once per update from the last minibatch's terms, and the
+    # global gradient norm (logged once too) are RLlib's values.
+    keys = [*LOSSES, "vf_explained_var", "gradients_default_optimizer_global_norm"]
+    _assert_same(
+        _update(PPOTorchLearner, valid, **loss),
+        _update(PulsePPOTorchLearner, columns, **loss),
+        keys,
+    )
 
 
 def test_without_masked_rows_keeps_the_rest_and_all_masked_modules() -> None:
@@ -308,3 +353,35 @@ def test_build_uses_the_pulse_runner_learner_and_module(
             assert learner.module[MODULE].training
         finally:
             algo.stop()
+
+
+@pytest.mark.parametrize("scale", [1e-3, 1.0, 1e3, float("inf"), float("nan")])
+def test_clip_by_global_norm_is_rllibs_global_norm_clip(scale: float) -> None:
+    from ray.rllib.utils.torch_utils import clip_gradients
+
+    from pulsebms.agents.rllib_learner import clip_by_global_norm
+
+    gen = torch.Generator().manual_seed(0)
+    grads = [torch.randn(shape, generator=gen) for shape in [(8, 5), (8,), (4, 8), (4,)]]
+    grads[1][0] = scale
+    ours = [g.clone() for g in grads]
+    theirs = {i: g.clone() for i, g in enumerate(grads)}
+    norm, finite = clip_by_global_norm(ours, 0.5)
+    assert bool(finite) == math.isfinite(scale)
+    their_norm = clip_gradients(theirs, grad_clip=0.5, grad_clip_by="global_norm")
+    assert torch.equal(norm, their_norm)
+    for a, b in zip(ours, theirs.values(), strict=True):
+        assert torch.equal(a, b) or (a.isnan() == b.isnan()).all()
+
+
+def test_adam_is_foreach_also_after_restoring_an_older_checkpoint() -> None:
+    learner = _learner(PulsePPOTorchLearner)
+    (optimizer,) = learner._named_optimizers.values()
+    assert isinstance(optimizer, torch.optim.Adam)
+    assert optimizer.param_groups[0]["foreach"] is True
+    state = learner._get_optimizer_state()
+    for saved in state.values():  # as written by RLlib's learner: torch's default
+        for group in saved["state"]["param_groups"]:
+            group["foreach"] = None
+    learner._set_optimizer_state(state)
+    assert all(group["foreach"] is True for group in optimizer.param_groups)
