@@ -81,7 +81,10 @@ def test_fleet_run_rebalances_falls_back_and_loses_nothing(
         manifest,
         n_edges=2,
         n_ticks=12,
-        speed=3000.0,  # 0.1 s per 300 s tick
+        # 0.3 s per 300 s tick: edge-1's 5-tick cut lasts 1.5 s of wall time, room for the
+        # last will → coordinator → rebalance path on a loaded CI machine (at 0.1 s per tick
+        # it missed the window once under load 4).
+        speed=1000.0,
         allocation_timeout_s=600.0,
         events=events,
         workdir=tmp_path,
