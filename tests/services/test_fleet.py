@@ -81,10 +81,7 @@ def test_fleet_run_rebalances_falls_back_and_loses_nothing(
         manifest,
         n_edges=2,
         n_ticks=12,
-        # 0.3 s per 300 s tick: edge-1's 5-tick cut lasts 1.5 s of wall time, room for the
-        # last will → coordinator → rebalance path on a loaded CI machine (at 0.1 s per tick
-        # it missed the window once under load 4).
-        speed=1000.0,
+        speed=1000.0,  # 0.3 s per 300 s tick: room for the coordinator thread under load
         allocation_timeout_s=600.0,
         events=events,
         workdir=tmp_path,
@@ -123,7 +120,18 @@ def test_fleet_run_rebalances_falls_back_and_loses_nothing(
     edge1 = {f"edge-1/edge-1-{name}" for name in ("lfp-0", "nmc-1", "lco-2")}
     during = [a for a in report.allocations if cut_from < a["time_s"] < cut_to]
     assert during
-    assert any(a["reason"] == "rebalance" for a in during)  # within seconds, not a period
+    # The cut is answered by a rebalance that leaves edge-1 out — within seconds, not a
+    # period. It may carry the cut's own time: when the last will arrives before the
+    # coordinator's thread has run a rebalance still pending from the start-up, that one
+    # plan takes in both changes (one debounce for both).
+    answered = [
+        a
+        for a in report.allocations
+        if cut_from <= a["time_s"] < cut_to
+        and a["reason"] == "rebalance"
+        and edge1 <= set(a["excluded"])
+    ]
+    assert answered
     for alloc in during:  # edge-1 is offline: left out, its packs get nothing
         assert edge1 <= set(alloc["excluded"])
         assert all(alloc["setpoints"].get(p, 0.0) == 0.0 for p in edge1)
