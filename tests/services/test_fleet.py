@@ -120,18 +120,18 @@ def test_fleet_run_rebalances_falls_back_and_loses_nothing(
     edge1 = {f"edge-1/edge-1-{name}" for name in ("lfp-0", "nmc-1", "lco-2")}
     during = [a for a in report.allocations if cut_from < a["time_s"] < cut_to]
     assert during
-    # The cut is answered by a rebalance that leaves edge-1 out — within seconds, not a
-    # period. It may carry the cut's own time: when the last will arrives before the
-    # coordinator's thread has run a rebalance still pending from the start-up, that one
-    # plan takes in both changes (one debounce for both).
+    # The cut is answered by a plan that leaves edge-1 out — within seconds, not a period.
+    # It may carry the cut's own time: when the last will arrives before the coordinator's
+    # thread has run a plan still pending from the start-up (on a loaded machine even the
+    # first, "initial" one), that one plan takes in both changes (one debounce for both).
     answered = [
         a
         for a in report.allocations
         if cut_from <= a["time_s"] < cut_to
-        and a["reason"] == "rebalance"
+        and a["reason"] in ("rebalance", "initial")
         and edge1 <= set(a["excluded"])
     ]
-    assert answered
+    assert answered, [(a["time_s"], a["reason"], len(a["excluded"])) for a in report.allocations]
     for alloc in during:  # edge-1 is offline: left out, its packs get nothing
         assert edge1 <= set(alloc["excluded"])
         assert all(alloc["setpoints"].get(p, 0.0) == 0.0 for p in edge1)
