@@ -499,7 +499,7 @@ def imitation_warm_start(
     spike_share = float(im.spike_dagger_share)
     if not 0.0 <= spike_share <= 1.0:
         raise ValueError(f"train.imitation.spike_dagger_share must be in [0, 1], got {spike_share}")
-    spiky = spike_config(cfg) if spike_share > 0 else None
+    spiky = spike_config(cfg) if spike_share > 0 else cfg  # cfg: no spiky days
     clone_path = Path(out_dir) / "clones" / str(cfg.fleet.name) / f"{clone_key}_seed{seed}.pt"
 
     def warm_start(model: Any) -> None:
