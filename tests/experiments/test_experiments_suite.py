@@ -217,6 +217,12 @@ def test_spike_aware_demonstrations_add_spiky_training_days_and_keep_old_caches(
     assert len(list((tmp_path / "demos/small_spread").glob("mpc_spike_*.npz"))) == 1
     again = suite_demonstrations(cfg, tmp_path)  # from the cache, the same rows
     np.testing.assert_array_equal(again.actions, demos.actions)
+    hot = make_scenario(
+        train_env_kwargs(spike_config(train_config("mild", experiment="suite_mpc_bc_hot")))[
+            "scenario"
+        ]
+    )
+    assert (hot.ambient_c, hot.price_spike_probability) == (30.0, 0.02)  # any Scenario field
     no_days = train_config("mild", overrides=["train.scenario=null"], experiment="suite_mpc_bc")
     with pytest.raises(ValueError, match=r"train\.scenario"):
         spike_config(no_days)
