@@ -22,6 +22,7 @@ Ratios are per (scenario, seed) episode; NaN where the reference is near zero.
 from __future__ import annotations
 
 import argparse
+import copy
 import hashlib
 import json
 import logging
@@ -35,19 +36,21 @@ from typing import Any
 
 import numpy as np
 from hydra.utils import instantiate
-from omegaconf import OmegaConf
+from omegaconf import OmegaConf, open_dict
 
 from pulsebms.agents.evaluation import NO_BATTERY, KPITable, PolicyFactory, evaluate_policies
 
 __all__ = [
     "BENCHMARKS",
     "SuiteRow",
+    "agent_decision_s",
     "benchmark_config",
     "fleet_groups",
     "format_table",
     "imitation_warm_start",
     "main",
     "run_suite",
+    "spike_config",
     "suite_demonstrations",
     "suite_rows",
     "train_config",
@@ -253,7 +256,48 @@ def _train_cfg_key(cfg: Any) -> str:
     train = OmegaConf.to_container(cfg.train, resolve=True)
     if isinstance(train, dict) and train.get("imitation") is None:
         train.pop("imitation", None)
+    elif isinstance(train, dict):
+        train["imitation"] = _imitation_key(cfg.train.imitation)
     return _fingerprint(cfg.env, cfg.fleet, cfg.shield, cfg.agent, train, int(cfg.seed))
+
+
+_SPIKE_FIELDS = ("spike_days", "spike_seed", "spike_dagger_share", "spike_params")
+
+
+def _spiky(im: Any) -> bool:
+    return int(im.get("spike_days", 0)) > 0 or float(im.get("spike_dagger_share", 0.0)) > 0
+
+
+def _imitation_key(im: Any) -> Any:
+    """``train.imitation`` as fingerprinted: without spike days, as before they existed.
+
+    So clones and agents trained before the spike fields were added are still found.
+    """
+    plain = OmegaConf.to_container(im, resolve=True)
+    if isinstance(plain, dict) and not _spiky(im):
+        for name in _SPIKE_FIELDS:
+            plain.pop(name, None)
+    return plain
+
+
+def spike_config(cfg: Any) -> Any:
+    """``cfg`` with ``train.imitation.spike_params`` merged into ``train.scenario.params``.
+
+    The env of the spike-aware demonstration days (:class:`ImitationConf`).
+
+    Raises:
+        ValueError: If ``cfg`` has no ``train.scenario`` (spike days need randomised days).
+    """
+    if cfg.train.get("scenario") is None:
+        raise ValueError("spike-aware demonstrations need train.scenario (randomised days)")
+    spiky = copy.deepcopy(cfg)
+    params = OmegaConf.to_container(spiky.train.scenario.get("params") or {}, resolve=True)
+    spike = OmegaConf.to_container(spiky.train.imitation.spike_params, resolve=True)
+    if not isinstance(params, dict) or not isinstance(spike, dict):
+        raise ValueError("train.scenario.params and train.imitation.spike_params must be maps")
+    with open_dict(spiky):
+        spiky.train.scenario.params = {**params, **spike}
+    return spiky
 
 
 def train_suite_agent(
@@ -359,28 +403,37 @@ def suite_demonstrations(cfg: Any, out_dir: str | Path = "runs/suite") -> Any:
     Returns:
         The :class:`pulsebms.agents.imitation.Demonstrations`.
     """
+    from pulsebms.agents.imitation import Demonstrations
+
+    im = cfg.train.imitation
+    parts = [_cached_demonstrations(cfg, int(im.demo_seed), int(im.demo_days), out_dir, "")]
+    if int(im.spike_days) > 0:
+        spiky = spike_config(cfg)
+        days = int(im.spike_days)
+        parts.append(_cached_demonstrations(spiky, int(im.spike_seed), days, out_dir, "spike_"))
+    return parts[0] if len(parts) == 1 else Demonstrations.concat(parts)
+
+
+def _cached_demonstrations(
+    cfg: Any, first_seed: int, days: int, out_dir: str | Path, tag: str
+) -> Any:
+    """The teacher on ``days`` training days of ``cfg`` from reset seed ``first_seed``."""
     from pulsebms.agents.imitation import Demonstrations, collect_demonstrations
     from pulsebms.experiments.common import make_cfg_env_factory
 
-    im = cfg.train.imitation
+    teacher = str(cfg.train.imitation.teacher)
     key = _fingerprint(
-        cfg.env,
-        cfg.fleet,
-        cfg.shield,
-        cfg.train.get("scenario"),
-        str(im.teacher),
-        int(im.demo_days),
-        int(im.demo_seed),
+        cfg.env, cfg.fleet, cfg.shield, cfg.train.get("scenario"), teacher, days, first_seed
     )
-    path = Path(out_dir) / "demos" / str(cfg.fleet.name) / f"{im.teacher}_{key}.npz"
+    path = Path(out_dir) / "demos" / str(cfg.fleet.name) / f"{teacher}_{tag}{key}.npz"
     if path.is_file():
         try:
             return Demonstrations.load(path)
         except (OSError, ValueError, KeyError):  # unreadable: collect again
             log.warning("suite: demonstrations %s unreadable, collecting again", path)
-    seeds = range(int(im.demo_seed), int(im.demo_seed) + int(im.demo_days))
-    log.info("suite: %s demonstrations on %d training days -> %s", im.teacher, len(seeds), path)
-    demos = collect_demonstrations(make_cfg_env_factory(cfg), _teacher_factory(cfg), list(seeds))
+    seeds = list(range(first_seed, first_seed + days))
+    log.info("suite: %s demonstrations on %d training days -> %s", teacher, days, path)
+    demos = collect_demonstrations(make_cfg_env_factory(cfg), _teacher_factory(cfg), seeds)
     demos.save(path)
     return demos
 
@@ -435,8 +488,18 @@ def imitation_warm_start(
     update_only.add("log_std_init")
     agent_init = {k: v for k, v in plain_dict(cfg.agent).items() if k not in update_only}
     clone_key = _fingerprint(
-        cfg.env, cfg.fleet, cfg.shield, cfg.train.get("scenario"), im, agent_init, seed
+        cfg.env,
+        cfg.fleet,
+        cfg.shield,
+        cfg.train.get("scenario"),
+        _imitation_key(im),
+        agent_init,
+        seed,
     )
+    spike_share = float(im.spike_dagger_share)
+    if not 0.0 <= spike_share <= 1.0:
+        raise ValueError(f"train.imitation.spike_dagger_share must be in [0, 1], got {spike_share}")
+    spiky = spike_config(cfg) if spike_share > 0 else cfg  # cfg: no spiky days
     clone_path = Path(out_dir) / "clones" / str(cfg.fleet.name) / f"{clone_key}_seed{seed}.pt"
 
     def warm_start(model: Any) -> None:
@@ -454,13 +517,20 @@ def imitation_warm_start(
         first = int(im.demo_seed) + int(im.demo_days) + seed * 10_000
         for round_ in range(int(im.dagger_rounds)):
             start = first + round_ * int(im.dagger_days)
-            visited = collect_demonstrations(
-                make_cfg_env_factory(cfg),
-                _teacher_factory(cfg),
-                list(range(start, start + int(im.dagger_days))),
-                student=SB3Policy(model, model.get_env()),
-            )
-            demos = Demonstrations.concat([demos, visited])
+            seeds = list(range(start, start + int(im.dagger_days)))
+            n_spike = round(spike_share * len(seeds))  # the round's first days: spiky
+            visited = [demos]
+            for days_cfg, days in ((spiky, seeds[:n_spike]), (cfg, seeds[n_spike:])):
+                if days:
+                    visited.append(
+                        collect_demonstrations(
+                            make_cfg_env_factory(days_cfg),
+                            _teacher_factory(days_cfg),
+                            days,
+                            student=SB3Policy(model, model.get_env()),
+                        )
+                    )
+            demos = Demonstrations.concat(visited)
             reports.append(clone_into(model, demos, settings, cost_penalty=penalty, seed=seed))
             log.info("suite: DAgger round %d: %s", round_ + 1, reports[-1])
         text = json.dumps([r.__dict__ for r in reports], indent=1, default=float) + "\n"
@@ -514,10 +584,49 @@ def _agent_factories(
                 label=label,
                 experiment=experiment,
             )
+            # the interval it trained at (env.decision_s of its recipe and overrides), which
+            # a recipe variant may set apart from the benchmark's
+            every_s = agent_decision_s(
+                group[0],
+                int(seed),
+                agent=agent,
+                train_steps=train_steps,
+                overrides=overrides,
+                experiment=experiment,
+            )
             for name in group:
-                held = held_factory(partial(_fixed, policy), decision_s(benchmark_config(name)))
-                out[name][f"{label}_seed{seed}"] = held
+                out[name][f"{label}_seed{seed}"] = held_factory(partial(_fixed, policy), every_s)
     return out
+
+
+def agent_decision_s(
+    name: str,
+    seed: int,
+    *,
+    agent: str = "ppo",
+    train_steps: int | None = None,
+    overrides: Sequence[str] = (),
+    experiment: str = "suite",
+) -> float | None:
+    """The decision interval [s] the suite's agent for ``name``'s fleet trains at.
+
+    The suite evaluates it at that interval (through
+    :class:`pulsebms.envs.decision.DecisionIntervalPolicy`), not the benchmark's: a recipe
+    variant with ``env.decision_s=300`` decides at every plant step.
+
+    Example:
+        >>> agent_decision_s("mild", 0)
+        900.0
+        >>> agent_decision_s("mild", 0, overrides=["env.decision_s=300"])
+        300.0
+    """
+    from pulsebms.experiments.common import decision_s
+
+    extra = [f"seed={seed}", *overrides]
+    if train_steps is not None:
+        extra.append(f"train.total_timesteps={train_steps}")
+    every_s: float | None = decision_s(train_config(name, agent, extra, experiment=experiment))
+    return every_s
 
 
 def _episode_row(

@@ -186,3 +186,51 @@ def test_mpc_bc_recipe_clones_the_forecast_mpc_and_caches_its_demonstrations(
     by = {r.policy: r for r in rows}
     assert by["mpc_bc"].episodes == 3
     assert by["mpc_bc"].violations == (0.0, 0.0)
+
+
+def test_spike_aware_demonstrations_add_spiky_training_days_and_keep_old_caches(
+    tmp_path: Path,
+) -> None:
+    from pulsebms.envs.scenarios import make_scenario
+    from pulsebms.experiments.common import train_env_kwargs
+    from pulsebms.experiments.suite import _imitation_key, spike_config, suite_demonstrations
+
+    plain = train_config("mild", experiment="suite_mpc_bc")
+    assert "spike_days" not in _imitation_key(plain.train.imitation)  # old clones still found
+    cfg = train_config(
+        "mild",
+        overrides=[
+            "train.imitation.demo_days=1",
+            "train.imitation.spike_days=1",
+            "env.horizon_steps=12",  # hour-long days: 4 decisions each
+        ],
+        experiment="suite_mpc_bc_spike",
+    )
+    assert _imitation_key(cfg.train.imitation)["spike_days"] == 1
+    spiky = spike_config(cfg)
+    scenario = make_scenario(train_env_kwargs(spiky)["scenario"])
+    assert scenario.price_spike_probability == 0.1  # forced up from the preset's 0.02
+    assert scenario.day_pv_level_range == (0.3, 3.2)  # the rest of train.scenario kept
+    assert "price_spike_probability" not in cfg.train.scenario.params  # cfg left alone
+    demos = suite_demonstrations(cfg, tmp_path)
+    assert (len(demos), demos.n_episodes) == (8, 2)  # a plain day, then a spiky one
+    assert len(list((tmp_path / "demos/small_spread").glob("mpc_spike_*.npz"))) == 1
+    again = suite_demonstrations(cfg, tmp_path)  # from the cache, the same rows
+    np.testing.assert_array_equal(again.actions, demos.actions)
+    hot = make_scenario(
+        train_env_kwargs(spike_config(train_config("mild", experiment="suite_mpc_bc_hot")))[
+            "scenario"
+        ]
+    )
+    assert (hot.ambient_c, hot.price_spike_probability) == (30.0, 0.02)  # any Scenario field
+    no_days = train_config("mild", overrides=["train.scenario=null"], experiment="suite_mpc_bc")
+    with pytest.raises(ValueError, match=r"train\.scenario"):
+        spike_config(no_days)
+
+
+def test_the_suite_evaluates_an_agent_at_the_interval_it_trained_at() -> None:
+    from pulsebms.experiments.suite import agent_decision_s
+
+    assert agent_decision_s("hot_spike", 0) == 900.0  # the benchmark's 15-min decisions
+    every_step = agent_decision_s("hot_spike", 1, overrides=["env.decision_s=300"])
+    assert every_step == 300.0
