@@ -46,7 +46,12 @@ coordinator sees it offline and rebalances the other edges' packs; the edge keep
 controlling its packs on CAN and, once the allocation is stale, falls back), restored at
 half-way (it reconnects, its queued telemetry is delivered, the coordinator rebalances
 again), and at three quarters a pack of the first edge stops sending telemetry (the edge
-puts it safe; the coordinator leaves it out).
+puts it safe; the coordinator leaves it out). A network cut takes effect before the clock
+moves on: the loop waits (up to :data:`LAST_WILL_WAIT_S` wall seconds) until the
+coordinator has seen the edge's last will, since the broker's sub-second delivery would
+otherwise stretch into simulated minutes at a high speed-up (0.3 s of wall time is a whole
+300 s tick at ``speed=1000``) and the coordinator would plan a tick with the cut edge still
+in it.
 
 :class:`FleetReport` holds the summary (allocations, rebalances, violations, telemetry
 sent and received, fallbacks) and per-tick traces for plots. A run is ``ok`` when no limit
@@ -75,6 +80,7 @@ import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any, Literal
 
@@ -539,6 +545,25 @@ def _host_port(text: str) -> tuple[str, int]:
     return host, int(port)
 
 
+LAST_WILL_WAIT_S = 5.0
+"""Longest wall time the loop waits for the coordinator to see a cut edge's last will."""
+
+
+def _wait_for(done: Callable[[], bool], *, timeout_s: float, poll_s: float = 0.005) -> bool:
+    """Poll ``done`` until it holds or ``timeout_s`` wall seconds pass; whether it held."""
+    deadline = time.monotonic() + timeout_s
+    while not done():
+        if time.monotonic() >= deadline:
+            return False
+        time.sleep(poll_s)
+    return True
+
+
+def _offline_events_above(coordinator: Coordinator, count: int) -> bool:
+    """Whether the coordinator has seen more than ``count`` devices go offline."""
+    return int(coordinator.summary()["offline_events"]) > count
+
+
 def run_fleet(
     manifest_path: str | Path | None = None,
     *,
@@ -810,7 +835,13 @@ def run_fleet(
         for tick in range(n_ticks):
             for ev in by_tick.get(tick, ()):
                 if ev.kind == "edge_offline":
+                    seen = int(coordinator.summary()["offline_events"])
                     edges[ev.edge].line.cut()
+                    if not _wait_for(
+                        partial(_offline_events_above, coordinator, seen),
+                        timeout_s=LAST_WILL_WAIT_S,
+                    ):
+                        say(f"warning: no last will seen {LAST_WILL_WAIT_S:g} s after the cut")
                 elif ev.kind == "edge_online":
                     edges[ev.edge].line.restore()
                 happened.append(ev.describe(devices))
