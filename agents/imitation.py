@@ -44,6 +44,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -383,12 +384,7 @@ def clone_into(
     policy.set_training_mode(True)
     actor_params = _actor_parameters(policy)[:-1]  # the mean; log-std is set below
     optimizer = torch.optim.Adam(actor_params, lr=cfg.learning_rate)
-    for _ in range(cfg.epochs):
-        for idx in batches():
-            loss = torch.mean((_actor_mean(policy, obs_t[idx]) - act_t[idx]) ** 2)
-            optimizer.zero_grad()
-            loss.backward()  # type: ignore[no-untyped-call]  # torch leaves it unannotated
-            optimizer.step()
+    _fit_mse(optimizer, partial(_actor_mean, policy), obs_t, act_t, batches, epochs=cfg.epochs)
     with torch.no_grad():
         policy.log_std.fill_(cfg.log_std)
     critic_mse = math.nan
@@ -425,23 +421,39 @@ def _fit_critic(
     for f, lst in zip(first, last, strict=True):
         steps_left[f : lst + 1] = np.arange(lst - f + 1, 0, -1)
     mc = demos.discounted_returns(gamma, rewards)
+    episode = np.cumsum(starts) - 1  # each row's episode
     loss_value = math.nan
     for round_ in range(cfg.critic_rounds):
         targets = mc.copy()
         if round_ > 0:  # the episode's last state's value stands for what follows the day
             with torch.no_grad():
                 tail = _value(policy, obs_t[last]).cpu().numpy().astype(np.float64)
-            episode = np.cumsum(starts) - 1
             targets = mc + gamma**steps_left * tail[episode]
         target_t = torch.as_tensor(targets, dtype=torch.float32, device=policy.device)
-        for _ in range(cfg.critic_epochs):
-            for idx in batches():
-                loss = torch.mean((_value(policy, obs_t[idx]) - target_t[idx]) ** 2)
-                optimizer.zero_grad()
-                loss.backward()  # type: ignore[no-untyped-call]  # torch leaves it unannotated
-                optimizer.step()
-                loss_value = float(loss.detach())
+        loss_value = _fit_mse(
+            optimizer, partial(_value, policy), obs_t, target_t, batches, epochs=cfg.critic_epochs
+        )
     return loss_value
+
+
+def _fit_mse(
+    optimizer: torch.optim.Optimizer,
+    predict: Callable[[torch.Tensor], torch.Tensor],
+    inputs: torch.Tensor,
+    targets: torch.Tensor,
+    batches: Callable[[], list[torch.Tensor]],
+    *,
+    epochs: int,
+) -> float:
+    """Minimise the mean squared error of ``predict`` over minibatches; the last loss."""
+    loss = None
+    for _ in range(epochs):
+        for idx in batches():
+            loss = torch.mean((predict(inputs[idx]) - targets[idx]) ** 2)
+            optimizer.zero_grad()
+            loss.backward()  # type: ignore[no-untyped-call]  # torch leaves it unannotated
+            optimizer.step()
+    return math.nan if loss is None else float(loss.detach())
 
 
 def _actor_parameters(policy: ActorCriticPolicy) -> list[torch.nn.Parameter]:

@@ -339,10 +339,7 @@ def train_suite_agent(
     from pulsebms.agents.sb3 import policy_from_run, train_agent
     from pulsebms.experiments.common import make_cfg_env_factory, seed_everything
 
-    extra = [f"seed={seed}", *overrides]
-    if train_steps is not None:
-        extra.append(f"train.total_timesteps={train_steps}")
-    cfg = train_config(name, agent, extra, experiment=experiment)
+    cfg = _agent_train_config(name, seed, agent, train_steps, overrides, experiment)
     run = Path(out_dir) / "agents" / str(cfg.fleet.name) / f"{label or agent}_seed{seed}"
     key = _train_cfg_key(cfg)
     marker = run / "suite_key"
@@ -622,11 +619,24 @@ def agent_decision_s(
     """
     from pulsebms.experiments.common import decision_s
 
+    cfg = _agent_train_config(name, seed, agent, train_steps, overrides, experiment)
+    every_s: float | None = decision_s(cfg)
+    return every_s
+
+
+def _agent_train_config(
+    name: str,
+    seed: int,
+    agent: str,
+    train_steps: int | None,
+    overrides: Sequence[str],
+    experiment: str,
+) -> Any:
+    """The training config of the suite's agent for ``name``'s fleet and ``seed``."""
     extra = [f"seed={seed}", *overrides]
     if train_steps is not None:
         extra.append(f"train.total_timesteps={train_steps}")
-    every_s: float | None = decision_s(train_config(name, agent, extra, experiment=experiment))
-    return every_s
+    return train_config(name, agent, extra, experiment=experiment)
 
 
 def _episode_row(
