@@ -52,7 +52,7 @@ Example:
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Mapping
 from typing import Any, ClassVar
 
 import numpy as np
@@ -233,7 +233,7 @@ class IndexedCyclicIterator:
                 start[mid] = s + need
                 index = parts[0] if len(parts) == 1 else np.concatenate(parts)
                 minibatch[mid] = SampleBatch(  # type: ignore[no-untyped-call]  # RLlib is untyped
-                    {key: _take(value, index) for key, value in module_batch.items()}
+                    _take_rows(module_batch, index)
                 )
             made += 1
             yield MultiAgentBatch(minibatch, len(self._batch))
@@ -271,20 +271,29 @@ def without_masked_rows(batch: MultiAgentBatch) -> MultiAgentBatch:
         if keep.size == 0:
             batches[module_id] = module_batch
             continue
+        columns = {key: value for key, value in module_batch.items() if key != Columns.LOSS_MASK}
         batches[module_id] = SampleBatch(  # type: ignore[no-untyped-call]  # RLlib is untyped
-            {
-                key: _take(value, keep)
-                for key, value in module_batch.items()
-                if key != Columns.LOSS_MASK
-            }
+            _take_rows(columns, keep)
         )
     return MultiAgentBatch(batches, batch.env_steps())
 
 
-def _take(value: torch.Tensor | np.ndarray, index: np.ndarray) -> torch.Tensor | np.ndarray:
-    if isinstance(value, torch.Tensor):
-        return value[torch.from_numpy(index).to(value.device)]
-    taken: np.ndarray = value[index]
+def _take_rows(
+    columns: Mapping[str, torch.Tensor | np.ndarray], index: np.ndarray
+) -> dict[str, torch.Tensor | np.ndarray]:
+    """The rows ``index`` (int64) of every column: ``index_select`` on tensors, with one
+    index tensor per device for all of them (not one conversion and advanced indexing per
+    column: ~2× cheaper per minibatch of ~10 columns), numpy indexing on arrays."""
+    on_device: dict[torch.device, torch.Tensor] = {}
+    taken: dict[str, torch.Tensor | np.ndarray] = {}
+    for key, value in columns.items():
+        if isinstance(value, torch.Tensor):
+            rows = on_device.get(value.device)
+            if rows is None:
+                rows = on_device[value.device] = torch.from_numpy(index).to(value.device)
+            taken[key] = value.index_select(0, rows)
+        else:
+            taken[key] = value[index]
     return taken
 
 
