@@ -281,9 +281,12 @@ def without_masked_rows(batch: MultiAgentBatch) -> MultiAgentBatch:
 def _take_rows(
     columns: Mapping[str, torch.Tensor | np.ndarray], index: np.ndarray
 ) -> dict[str, torch.Tensor | np.ndarray]:
-    """The rows ``index`` (int64) of every column: ``index_select`` on tensors, with one
-    index tensor per device for all of them (not one conversion and advanced indexing per
-    column: ~2× cheaper per minibatch of ~10 columns), numpy indexing on arrays."""
+    """The rows ``index`` (int64) of every column.
+
+    ``index_select`` on tensors, with one index tensor per device for all of them (not one
+    conversion and advanced indexing per column: ~2× cheaper per minibatch of ~10
+    columns); numpy indexing on arrays.
+    """
     on_device: dict[torch.device, torch.Tensor] = {}
     taken: dict[str, torch.Tensor | np.ndarray] = {}
     for key, value in columns.items():
