@@ -79,6 +79,8 @@ from ray.rllib.utils.metrics import (
 from ray.rllib.utils.minibatch_utils import MiniBatchCyclicIterator
 from ray.rllib.utils.torch_utils import explained_variance
 
+from pulsebms.agents.rllib_gae import batch_learner_connector
+
 __all__ = [
     "IndexedCyclicIterator",
     "PulsePPOTorchLearner",
@@ -311,8 +313,17 @@ class PulsePPOTorchLearner(PPOTorchLearner):
     drop_masked_rows: ClassVar[bool] = True
 
     def build(self) -> None:
-        """Build as RLlib does, with empty stores for the metrics logged once per update."""
+        """Build as RLlib does, with empty stores for the metrics logged once per update.
+
+        RLlib's GAE piece of the default learner pipeline becomes the batched one
+        (:func:`~pulsebms.agents.rllib_gae.batch_learner_connector`) when every module is
+        stateless.
+        """
         super().build()
+        if self.config.add_default_connectors_to_learner_pipeline:
+            modules: Any = self.module
+            stateful = any(m.is_stateful() for m in modules._rl_modules.values())
+            batch_learner_connector(self._learner_connector, stateful=stateful)
         self._pending_loss_metrics: dict[Any, dict[str, torch.Tensor]] = {}
         self._pending_grad_norms: dict[tuple[Any, str], torch.Tensor] = {}
         # Per module: [minibatches, rows]; and the env steps of the update's minibatches.
