@@ -423,6 +423,12 @@ def main(argv: list[str] | None = None) -> int:
         help="RLlib's default PPO loss (KL penalty, value-loss clip 10, no grad clip) "
         "instead of SB3's",
     )
+    parser.add_argument(
+        "--ray-metrics",
+        action="store_true",
+        help="keep Ray's metrics collection on (Ray's default); off by default, as "
+        "pulsebms-train's ray.metrics=false",
+    )
     args = parser.parse_args(argv)
     # ---- seeding: every learner and sampler below is seeded with args.seed.
     import torch
@@ -457,6 +463,12 @@ def main(argv: list[str] | None = None) -> int:
             else f"as SB3's PPO ({loss}; SB3: no KL term, max_grad_norm 0.5, no value clip)"
         )
     )
+    metrics = bool(args.ray_metrics)
+    print(
+        f"Ray metrics collection: {'on' if metrics else 'off'} (ray_session(metrics="
+        f"{metrics}), as pulsebms-train ray.metrics={str(metrics).lower()}"
+        f"{'' if metrics else ', its default'})"
+    )
     from pulsebms.agents.rllib import ray_session
 
     names = ("sb3_ppo", "rllib_local_runner", "rllib_1_runner", "rllib_2_runners")
@@ -465,7 +477,7 @@ def main(argv: list[str] | None = None) -> int:
     # Three runner actors of one (logical) CPU each; idle ones cost no CPU.
     with (
         tempfile.TemporaryDirectory(prefix="pb-bench-", dir="/tmp") as temp,
-        ray_session(num_cpus=max(3, os.cpu_count() or 3), temp_dir=temp),
+        ray_session(num_cpus=max(3, os.cpu_count() or 3), temp_dir=temp, metrics=metrics),
     ):
         try:
             samplers["sb3_ppo"] = _SB3(**work)
@@ -495,6 +507,7 @@ def main(argv: list[str] | None = None) -> int:
         "batch": batch,
         "epochs": work["epochs"],
         "rllib_loss": "rllib_default" if args.rllib_loss else "sb3",
+        "ray_metrics": metrics,
         **{name: {k: round(v, 3) for k, v in f.items()} for name, f in summary.items()},
         **{k: round(v, 3) for k, v in ratios.items()},
     }
