@@ -247,12 +247,13 @@ def ray_session(
 
     Sets ``RAY_USAGE_STATS_ENABLED=0`` (no usage reports: the build machines have no
     network) and ``RAY_AUTH_MODE=disabled`` (a local cluster needs no token) in
-    ``os.environ`` unless already set, starts no dashboard, forwards no worker logs to the
-    driver, sets the ``ray`` loggers to ``log_level`` and ignores Ray's own
-    deprecation warnings inside the block. Python's root logging configuration is left
-    alone. ``ray.shutdown()`` runs on the way out, also when the block raises; for a joined
-    cluster it only disconnects this driver (the cluster keeps running). If Ray is already
-    initialised in this process (by the caller), it is reused and left running.
+    ``os.environ`` unless already set, starts no dashboard and (unless ``metrics``) no
+    metrics collection in a local Ray, forwards no worker logs to the driver, sets the
+    ``ray`` loggers to ``log_level`` and ignores Ray's own deprecation warnings inside the
+    block. Python's root logging configuration is left alone. ``ray.shutdown()`` runs on the
+    way out, also when the block raises; for a joined cluster it only disconnects this
+    driver (the cluster keeps running). If Ray is already initialised in this process (by
+    the caller), it is reused and left running.
 
     Args:
         address: ``None`` or ``"local"``: a private local Ray. ``"auto"``: the cluster
