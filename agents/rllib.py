@@ -136,6 +136,7 @@ __all__ = [
     "RllibRun",
     "RllibSACConfig",
     "build_rllib_algorithm",
+    "local_system_config",
     "make_rllib_env",
     "ray_session",
     "rllib_torch_policy",
@@ -207,6 +208,29 @@ def _start_local_ray(**kwargs: Any) -> None:
                         child.kill()
 
 
+def local_system_config(*, worker_niceness: int = 0, metrics: bool = False) -> dict[str, Any]:
+    """Ray's ``_system_config`` for a local Ray that :func:`ray_session` starts.
+
+    * ``worker_niceness``: Ray starts worker processes (the EnvRunners) 15 nice levels
+      below the driver; on a busy machine they then starve, and sampling is the job.
+    * ``enable_metrics_collection: False`` unless ``metrics``: every process's Ray
+      metrics (``ray.util.metrics`` counters and timers; RLlib records some per env
+      step and per minibatch) return without recording, and the metrics agent exports
+      nothing. With ``metrics`` the key is left out, so Ray's default applies (on, or
+      ``RAY_enable_metrics_collection`` from the environment).
+
+    Example:
+        >>> local_system_config()
+        {'worker_niceness': 0, 'enable_metrics_collection': False}
+        >>> local_system_config(worker_niceness=5, metrics=True)
+        {'worker_niceness': 5}
+    """
+    config: dict[str, Any] = {"worker_niceness": int(worker_niceness)}
+    if not metrics:
+        config["enable_metrics_collection"] = False
+    return config
+
+
 @contextlib.contextmanager
 def ray_session(
     *,
@@ -217,17 +241,19 @@ def ray_session(
     include_dashboard: bool = False,
     log_level: str = "ERROR",
     worker_niceness: int = 0,
+    metrics: bool = False,
 ) -> Iterator[None]:
     """Run a block inside a quiet Ray runtime (local or a cluster) and always shut it down.
 
     Sets ``RAY_USAGE_STATS_ENABLED=0`` (no usage reports: the build machines have no
     network) and ``RAY_AUTH_MODE=disabled`` (a local cluster needs no token) in
-    ``os.environ`` unless already set, starts no dashboard, forwards no worker logs to the
-    driver, sets the ``ray`` loggers to ``log_level`` and ignores Ray's own
-    deprecation warnings inside the block. Python's root logging configuration is left
-    alone. ``ray.shutdown()`` runs on the way out, also when the block raises; for a joined
-    cluster it only disconnects this driver (the cluster keeps running). If Ray is already
-    initialised in this process (by the caller), it is reused and left running.
+    ``os.environ`` unless already set, starts no dashboard and (unless ``metrics``) no
+    metrics collection in a local Ray, forwards no worker logs to the driver, sets the
+    ``ray`` loggers to ``log_level`` and ignores Ray's own deprecation warnings inside the
+    block. Python's root logging configuration is left alone. ``ray.shutdown()`` runs on the
+    way out, also when the block raises; for a joined cluster it only disconnects this
+    driver (the cluster keeps running). If Ray is already initialised in this process (by
+    the caller), it is reused and left running.
 
     Args:
         address: ``None`` or ``"local"``: a private local Ray. ``"auto"``: the cluster
@@ -248,6 +274,15 @@ def ray_session(
             over the driver's. Ray's own default is 15, which on a machine shared with
             other jobs starves the runners (they are the training's main work); 0 runs them
             at the driver's priority. Ignored when joining a cluster (set by ``ray start``).
+        metrics: Ray's metrics collection in a local Ray. ``False`` (the default) starts
+            it with Ray's ``enable_metrics_collection`` system setting off: the counters
+            and timers Ray and RLlib record (``ray.util.metrics``) return without
+            recording in every process of the session, and the node's metrics agent
+            exports nothing (no Prometheus endpoint). Nothing reads them without a
+            dashboard or a Prometheus scraping the node. ``True`` leaves Ray's default
+            (on, or what ``RAY_enable_metrics_collection`` in the environment says).
+            Ignored when joining a cluster: its processes keep the setting the cluster
+            was started with.
 
     Yields:
         Nothing; Ray is initialised inside the block.
@@ -284,9 +319,9 @@ def ray_session(
                 _start_local_ray(
                     num_cpus=num_cpus,
                     include_dashboard=include_dashboard,
-                    # Ray starts worker processes (EnvRunners) 15 nice levels below the
-                    # driver; on a busy machine they then starve, and sampling is the job.
-                    _system_config={"worker_niceness": int(worker_niceness)},
+                    _system_config=local_system_config(
+                        worker_niceness=worker_niceness, metrics=metrics
+                    ),
                     log_to_driver=False,
                     ignore_reinit_error=True,
                     configure_logging=False,

@@ -220,6 +220,13 @@ class RaySettings:
             to real problems; RLlib's deprecation chatter is silenced below ``ERROR`` too).
         temp_dir: Session folder of a local Ray (``None``: Ray's default ``/tmp/ray``);
             keep it short (Unix socket paths are limited to ~107 characters).
+        metrics: Ray's own metrics collection (Prometheus counters and timers that Ray and
+            RLlib record in every process, exported through each node's metrics agent).
+            Off (the default) for a local Ray: nothing reads them when no dashboard or
+            Prometheus runs, and recording them costs a little CPU in every process.
+            ``True`` keeps Ray's default (on). Applies to a local Ray only: a joined cluster
+            keeps the setting it was started with (``RAY_enable_metrics_collection=0`` in
+            the environment of ``ray start`` turns it off there). See docs/ray.md.
 
     Raises:
         ValueError: If a count is negative or ``address`` is empty.
@@ -233,6 +240,7 @@ class RaySettings:
     include_dashboard: bool = False
     log_level: str = "ERROR"
     temp_dir: str | None = None
+    metrics: bool = False
 
     def __post_init__(self) -> None:
         if self.address is not None and not str(self.address).strip():

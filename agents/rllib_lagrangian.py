@@ -278,6 +278,7 @@ class PPOLagrangianTorchLearner(PulsePPOTorchLearner):
             settings = LagrangianSettings(**dict(settings or {}))
         self.lagrangian = settings
         self.multiplier = settings.multiplier()
+        self._pending_cost_vf_loss: dict[Any, torch.Tensor] = {}
         if self._learner_connector is not None:
             self._learner_connector.append(
                 CostGeneralAdvantageEstimation(
@@ -309,8 +310,16 @@ class PPOLagrangianTorchLearner(PulsePPOTorchLearner):
             cost_vf_loss = torch.sum(error[mask]) / torch.sum(mask)
         else:
             cost_vf_loss = torch.mean(error)
-        self.metrics.log_value((module_id, "cost_vf_loss"), cost_vf_loss.item(), window=1)
+        # Logged once per update (window one: the last minibatch's value), not per minibatch.
+        self._pending_cost_vf_loss[module_id] = cost_vf_loss.detach()
         return total + self.lagrangian.cost_vf_coeff * cost_vf_loss
+
+    def after_gradient_based_update(self, *, timesteps: dict[str, Any]) -> None:
+        """Log the update's last cost critic loss (one sync per update), then PPO's hooks."""
+        for module_id, cost_vf_loss in self._pending_cost_vf_loss.items():
+            self.metrics.log_value((module_id, "cost_vf_loss"), cost_vf_loss.item(), window=1)
+        self._pending_cost_vf_loss.clear()
+        super().after_gradient_based_update(timesteps=timesteps)
 
     def get_state(self, *args: Any, **kwargs: Any) -> dict[str, Any]:
         """The learner's state plus λ's."""

@@ -52,7 +52,7 @@ Example:
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Mapping
 from typing import Any, ClassVar
 
 import numpy as np
@@ -78,6 +78,8 @@ from ray.rllib.utils.metrics import (
 )
 from ray.rllib.utils.minibatch_utils import MiniBatchCyclicIterator
 from ray.rllib.utils.torch_utils import explained_variance
+
+from pulsebms.agents.rllib_gae import batch_learner_connector
 
 __all__ = [
     "IndexedCyclicIterator",
@@ -233,7 +235,7 @@ class IndexedCyclicIterator:
                 start[mid] = s + need
                 index = parts[0] if len(parts) == 1 else np.concatenate(parts)
                 minibatch[mid] = SampleBatch(  # type: ignore[no-untyped-call]  # RLlib is untyped
-                    {key: _take(value, index) for key, value in module_batch.items()}
+                    _take_rows(module_batch, index)
                 )
             made += 1
             yield MultiAgentBatch(minibatch, len(self._batch))
@@ -271,20 +273,32 @@ def without_masked_rows(batch: MultiAgentBatch) -> MultiAgentBatch:
         if keep.size == 0:
             batches[module_id] = module_batch
             continue
+        columns = {key: value for key, value in module_batch.items() if key != Columns.LOSS_MASK}
         batches[module_id] = SampleBatch(  # type: ignore[no-untyped-call]  # RLlib is untyped
-            {
-                key: _take(value, keep)
-                for key, value in module_batch.items()
-                if key != Columns.LOSS_MASK
-            }
+            _take_rows(columns, keep)
         )
     return MultiAgentBatch(batches, batch.env_steps())
 
 
-def _take(value: torch.Tensor | np.ndarray, index: np.ndarray) -> torch.Tensor | np.ndarray:
-    if isinstance(value, torch.Tensor):
-        return value[torch.from_numpy(index).to(value.device)]
-    taken: np.ndarray = value[index]
+def _take_rows(
+    columns: Mapping[str, torch.Tensor | np.ndarray], index: np.ndarray
+) -> dict[str, torch.Tensor | np.ndarray]:
+    """The rows ``index`` (int64) of every column.
+
+    ``index_select`` on tensors, with one index tensor per device for all of them (not one
+    conversion and advanced indexing per column: ~2× cheaper per minibatch of ~10
+    columns); numpy indexing on arrays.
+    """
+    on_device: dict[torch.device, torch.Tensor] = {}
+    taken: dict[str, torch.Tensor | np.ndarray] = {}
+    for key, value in columns.items():
+        if isinstance(value, torch.Tensor):
+            rows = on_device.get(value.device)
+            if rows is None:
+                rows = on_device[value.device] = torch.from_numpy(index).to(value.device)
+            taken[key] = value.index_select(0, rows)
+        else:
+            taken[key] = value[index]
     return taken
 
 
@@ -299,8 +313,17 @@ class PulsePPOTorchLearner(PPOTorchLearner):
     drop_masked_rows: ClassVar[bool] = True
 
     def build(self) -> None:
-        """Build as RLlib does, with empty stores for the metrics logged once per update."""
+        """Build as RLlib does, with empty stores for the metrics logged once per update.
+
+        RLlib's GAE piece of the default learner pipeline becomes the batched one
+        (:func:`~pulsebms.agents.rllib_gae.batch_learner_connector`) when every module is
+        stateless.
+        """
         super().build()
+        if self.config.add_default_connectors_to_learner_pipeline:
+            modules: Any = self.module
+            stateful = any(m.is_stateful() for m in modules._rl_modules.values())
+            batch_learner_connector(self._learner_connector, stateful=stateful)
         self._pending_loss_metrics: dict[Any, dict[str, torch.Tensor]] = {}
         self._pending_grad_norms: dict[tuple[Any, str], torch.Tensor] = {}
         # Per module: [minibatches, rows]; and the env steps of the update's minibatches.

@@ -18,8 +18,14 @@ sides do the same update work; ``--rllib-loss`` measures RLlib's default loss in
 
 
 * **SB3 PPO**: ``n_envs`` envs in one ``DummyVecEnv`` (+ ``VecNormalize``), in this process;
-* **RLlib 1 runner**: one remote EnvRunner stepping ``n_envs`` envs as one gymnasium
-  vector, the Learner in this process;
+* **RLlib 1 runner** (``rllib_1_runner``, the issue's "1 runner"): ``num_env_runners=1``,
+  one *remote* EnvRunner (its own process, a Ray actor) stepping ``n_envs`` envs as one
+  gymnasium vector; the Learner in this process. Each iteration the episodes go to the
+  Learner and the weights and filter statistics back through Ray's object store;
+* **RLlib local runner** (``rllib_local_runner``): ``num_env_runners=0``, the driver's
+  own local EnvRunner samples the same ``n_envs`` envs in this process, as SB3 does: the
+  same RLlib sampling and Learner without Ray's transfers (the difference to the 1-runner
+  row is what the remote process costs, not a replacement of it);
 * **RLlib 2 runners**: two remote EnvRunners of ``n_envs`` envs each.
 
 Two phases, each measured in **interleaved rounds** (every round runs each sampler once, in
@@ -35,8 +41,9 @@ Each phase gives two throughputs in env steps per second:
 
 * ``wall``: steps / wall time, as this machine gave it (median over rounds; ratios are the
   median of per-round ratios of blocks run back to back);
-* ``busy``: steps / the CPU time of the critical path: SB3's process; the busiest runner
-  (sampling) plus this process (the Learner, after sampling). That is the wall time with a
+* ``busy``: steps / the CPU time of the critical path: SB3's process (and the local
+  runner's: the same process); the busiest runner (sampling) plus this process (the
+  Learner, after sampling). That is the wall time with a
   free core per process, a load-independent measure of the work per step; on a machine
   with fewer free cores than runners + Learner, ``wall`` is lower.
 
@@ -196,7 +203,7 @@ class _SB3:
 
 
 class _RLlib:
-    """RLlib PPO on remote EnvRunners, the Learner in this process."""
+    """RLlib PPO on remote EnvRunners (or, ``runners=0``, the local one), the Learner here."""
 
     def __init__(
         self,
@@ -239,7 +246,21 @@ class _RLlib:
         if group is None:  # pragma: no cover - built with remote env runners
             raise RuntimeError("the algorithm has no EnvRunner group")
         self.group = group
-        self.per_runner = batch // runners
+        self.local = runners == 0
+        self.per_runner = batch // max(runners, 1)
+        self._local_sample_cpu_s = 0.0
+        if self.local:  # time the local runner's sampling inside algo.train()
+            runner = self.algo.env_runner
+            sample = runner.sample
+
+            def timed_sample(*args: Any, **kwargs: Any) -> Any:
+                start = time.process_time()
+                try:
+                    return sample(*args, **kwargs)
+                finally:
+                    self._local_sample_cpu_s += time.process_time() - start
+
+            runner.sample = timed_sample
 
     def _runner_clocks(self) -> list[tuple[float, float]]:
         clocks: list[tuple[float, float]] = self.group.foreach_env_runner(
@@ -249,6 +270,13 @@ class _RLlib:
 
     def sample(self) -> Block:
         per_runner = self.per_runner
+        if self.local:
+            cpu, env = _process_clock()
+            start = time.perf_counter()
+            episodes = self.algo.env_runner.sample(num_timesteps=per_runner, explore=True)
+            wall = time.perf_counter() - start
+            cpu2, env2 = _process_clock()
+            return Block(int(sum(len(e) for e in episodes)), wall, cpu2 - cpu, env2 - env)
 
         def sample(runner: Any) -> tuple[int, float, float]:
             cpu, env = _process_clock()
@@ -266,6 +294,16 @@ class _RLlib:
     def train(self) -> Block:
         from ray.rllib.utils.metrics import ENV_RUNNER_RESULTS, NUM_ENV_STEPS_SAMPLED
 
+        if self.local:
+            cpu, env = _process_clock()
+            self._local_sample_cpu_s = 0.0
+            start = time.perf_counter()
+            result = self.algo.train()
+            wall = time.perf_counter() - start
+            cpu2, env2 = _process_clock()
+            steps = int(result[ENV_RUNNER_RESULTS][NUM_ENV_STEPS_SAMPLED])
+            learner = cpu2 - cpu - self._local_sample_cpu_s
+            return Block(steps, wall, cpu2 - cpu, env2 - env, learner)
         before = self._runner_clocks()
         cpu = time.process_time()
         start = time.perf_counter()
@@ -324,6 +362,7 @@ def _ratios(
     rows: Mapping[str, _Row], summary: Mapping[str, Mapping[str, float]]
 ) -> dict[str, float]:
     pairs = {"1_runner_over_sb3": ("rllib_1_runner", "sb3_ppo")}
+    pairs["local_runner_over_sb3"] = ("rllib_local_runner", "sb3_ppo")
     pairs["2_over_1_runner"] = ("rllib_2_runners", "rllib_1_runner")
     out: dict[str, float] = {}
     for label, (num, den) in pairs.items():
@@ -384,6 +423,12 @@ def main(argv: list[str] | None = None) -> int:
         help="RLlib's default PPO loss (KL penalty, value-loss clip 10, no grad clip) "
         "instead of SB3's",
     )
+    parser.add_argument(
+        "--ray-metrics",
+        action="store_true",
+        help="keep Ray's metrics collection on (Ray's default); off by default, as "
+        "pulsebms-train's ray.metrics=false",
+    )
     args = parser.parse_args(argv)
     # ---- seeding: every learner and sampler below is seeded with args.seed.
     import torch
@@ -418,17 +463,25 @@ def main(argv: list[str] | None = None) -> int:
             else f"as SB3's PPO ({loss}; SB3: no KL term, max_grad_norm 0.5, no value clip)"
         )
     )
+    metrics = bool(args.ray_metrics)
+    print(
+        f"Ray metrics collection: {'on' if metrics else 'off'} (ray_session(metrics="
+        f"{metrics}), as pulsebms-train ray.metrics={str(metrics).lower()}"
+        f"{'' if metrics else ', its default'})"
+    )
     from pulsebms.agents.rllib import ray_session
 
-    rows = {name: _Row() for name in ("sb3_ppo", "rllib_1_runner", "rllib_2_runners")}
+    names = ("sb3_ppo", "rllib_local_runner", "rllib_1_runner", "rllib_2_runners")
+    rows = {name: _Row() for name in names}
     samplers: dict[str, Any] = {}
     # Three runner actors of one (logical) CPU each; idle ones cost no CPU.
     with (
         tempfile.TemporaryDirectory(prefix="pb-bench-", dir="/tmp") as temp,
-        ray_session(num_cpus=max(3, os.cpu_count() or 3), temp_dir=temp),
+        ray_session(num_cpus=max(3, os.cpu_count() or 3), temp_dir=temp, metrics=metrics),
     ):
         try:
             samplers["sb3_ppo"] = _SB3(**work)
+            samplers["rllib_local_runner"] = _RLlib(runners=0, loss=loss, **work)
             samplers["rllib_1_runner"] = _RLlib(runners=1, loss=loss, **work)
             samplers["rllib_2_runners"] = _RLlib(runners=2, loss=loss, **work)
             _rounds(samplers, "sample", sample_rounds, rows)
@@ -442,7 +495,9 @@ def main(argv: list[str] | None = None) -> int:
     for key, value in ratios.items():
         print(f"{key:>30}: {value:5.2f}×")
     print(
-        "targets: 1 runner ≥ SB3 (ratio ≥ 1), 2 runners ≥ 1.6× 1 runner; "
+        "targets: 1 runner ≥ SB3 (ratio ≥ 1), 2 runners ≥ 1.6× 1 runner; 1 runner = one "
+        "remote EnvRunner process (num_env_runners=1), the local runner row "
+        "(num_env_runners=0, sampling in this process) is for reference; "
         f"{os.cpu_count()} cores, load {_load()}"
     )
     result = {
@@ -452,6 +507,7 @@ def main(argv: list[str] | None = None) -> int:
         "batch": batch,
         "epochs": work["epochs"],
         "rllib_loss": "rllib_default" if args.rllib_loss else "sb3",
+        "ray_metrics": metrics,
         **{name: {k: round(v, 3) for k, v in f.items()} for name, f in summary.items()},
         **{k: round(v, 3) for k, v in ratios.items()},
     }

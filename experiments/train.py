@@ -110,6 +110,7 @@ def _train_rllib(
         temp_dir=settings.temp_dir,
         include_dashboard=settings.include_dashboard,
         log_level=settings.log_level,
+        metrics=settings.metrics,
     ):
         algo = build_rllib_algorithm(
             f"pulsebms.envs:{cfg.env.id}",  # the worker-safe id form (imports the envs)

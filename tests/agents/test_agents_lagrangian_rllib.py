@@ -77,7 +77,21 @@ def test_rllib_lambda_follows_the_limit_and_the_cost_critic_learns(ray_tmp: Path
             assert lams == pytest.approx([0.2, 0.1, 0.0, 0.0])
             assert learner.get_state()["pulsebms_lagrangian"]["value"] == 0.0
             first_loss = _learner_metric(results[0], "cost_vf_loss")
-            for _ in range(12):
+            # The reported cost critic loss is the last minibatch's (logged once per update).
+            per_minibatch: list[float] = []
+            compute_loss = learner.compute_loss_for_module
+
+            def recording(**kwargs: Any) -> Any:
+                loss = compute_loss(**kwargs)
+                per_minibatch.append(learner._pending_cost_vf_loss[kwargs["module_id"]].item())
+                return loss
+
+            learner.compute_loss_for_module = recording
+            result = algo.train()
+            del learner.compute_loss_for_module
+            assert len(per_minibatch) == 20  # 10 epochs of 2 minibatches
+            assert _learner_metric(result, "cost_vf_loss") == per_minibatch[-1]
+            for _ in range(11):
                 last = algo.train()
             assert _learner_metric(last, "cost_vf_loss") < 0.2 * first_loss
             module = learner.module["default_policy"]

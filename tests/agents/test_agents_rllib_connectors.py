@@ -307,6 +307,7 @@ def _sample(runner_cls: type | None, filter_cls: type, seed: int) -> tuple[Any, 
         torch.manual_seed(seed)
         episodes = runner.sample(num_timesteps=60, explore=True)
         done = [e for e in episodes if e.is_done]
+        infos = [list(e.get_infos()) for e in episodes]
         return [
             (
                 np.asarray(e.get_observations()),
@@ -315,7 +316,7 @@ def _sample(runner_cls: type | None, filter_cls: type, seed: int) -> tuple[Any, 
                 np.asarray(e.get_extra_model_outputs(Columns.ACTION_LOGP)),
             )
             for e in episodes
-        ], (len(done), runner._env_to_module.get_state())
+        ], (len(done), runner._env_to_module.get_state(), infos)
     finally:
         algo.stop()
 
@@ -332,14 +333,84 @@ def test_pulse_runner_samples_what_rllibs_runner_samples(
     from pulsebms.agents.rllib_env_runner import PulseEnvRunner
 
     with ray_session(num_cpus=1, temp_dir=tmp_path_factory.mktemp("ray")):
-        reference, (ref_done, ref_state) = _sample(SingleAgentEnvRunner, RLlibMeanStdFilter, 3)
-        batched, (done, state) = _sample(PulseEnvRunner, BatchedMeanStdFilter, 3)
+        reference, (ref_done, ref_state, ref_infos) = _sample(
+            SingleAgentEnvRunner, RLlibMeanStdFilter, 3
+        )
+        batched, (done, state, infos) = _sample(PulseEnvRunner, BatchedMeanStdFilter, 3)
     assert done == ref_done > 0  # whole episodes (auto-resets) are in the comparison
     assert len(batched) == len(reference)
     for ours, theirs in zip(batched, reference, strict=True):
         for a, b in zip(ours, theirs, strict=True):
             np.testing.assert_array_equal(a, b)
     assert state == ref_state  # the filter's statistics, identical
+    # The same infos (episode totals at the ends included), as Python scalars.
+    assert infos == ref_infos
+    assert any("episode_totals" in info for episode in infos for info in episode)
+    assert {type(v) for e in ref_infos for info in e for v in info.values()} >= {np.float64}
+    assert _leaf_types(infos) <= {float, int}
+
+
+def _leaf_types(infos: list[list[dict[str, Any]]]) -> set[type]:
+    types: set[type] = set()
+    stack: list[Any] = [info for episode in infos for info in episode]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, dict):
+            stack.extend(item.values())
+        else:
+            types.add(type(item))
+    return types
+
+
+def test_scalar_info_split_is_gymnasiums_with_python_scalars() -> None:
+    from gymnasium.wrappers.vector import DictInfoToList
+
+    from pulsebms.agents.rllib_env_runner import ScalarDictInfoToList
+
+    on, off = np.array([True, False, True]), np.array([False, True, False])
+    vector_infos: dict[str, Any] = {
+        "cost": np.array([0.25, 0.0, 1.5]),
+        "_cost": on,
+        "low": np.array([0.1, 0.2, 0.3], np.float32),
+        "_low": np.ones(3, bool),
+        "count": np.array([3, 0, 7], np.int64),
+        "_count": on,
+        "flag": np.array([True, False, True]),
+        "_flag": off,
+        "pack_soc": np.arange(6.0).reshape(3, 2),  # per-env arrays stay arrays
+        "_pack_soc": on,
+        "reason": np.array(["a", None, "c"], dtype=object),
+        "_reason": on,
+        "episode_totals": {"cost": np.array([0.0, 2.0, 0.0]), "_cost": off},
+        "_episode_totals": off,
+        "no_mask": np.array([1.0, 2.0, 3.0]),
+    }
+    envs = gym.make_vec("CartPole-v1", num_envs=3)
+    try:
+        reference = DictInfoToList(envs)._convert_info_to_list(vector_infos)
+        split = ScalarDictInfoToList(envs)
+        ours = split.vector_infos_to_list(vector_infos)
+        with pytest.raises(ValueError, match="does not have 3 envs"):
+            split.vector_infos_to_list({"cost": np.zeros(2)})
+    finally:
+        envs.close()
+    assert [list(info) for info in ours] == [list(info) for info in reference]
+    for mine, theirs in zip(ours, reference, strict=True):
+        for key, value in theirs.items():
+            if isinstance(value, np.ndarray):
+                np.testing.assert_array_equal(mine[key], value)
+                assert isinstance(mine[key], np.ndarray)
+            elif isinstance(value, np.generic):
+                assert mine[key] == value
+                assert type(mine[key]) is type(value.item())
+            else:
+                assert mine[key] == value
+    assert ours[1] == {
+        "low": np.float32(0.2).item(),
+        "flag": False,
+        "episode_totals": {"cost": 2.0},
+        "no_mask": 2.0,
+    }
 
 
 def test_pieces_rebuild_from_their_checkpoints(tmp_path: Any) -> None:

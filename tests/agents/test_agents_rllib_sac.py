@@ -121,8 +121,9 @@ def ray_tmp() -> Iterator[Path]:
 @pytest.mark.slow
 def test_session_shuts_ray_down_when_the_block_raises(ray_tmp: Path) -> None:
     import ray
+    from ray._private.state import state as ray_state  # the GCS's system config
 
-    seen: dict[str, float] = {}
+    seen: dict[str, float | None] = {}
 
     @ray.remote
     def niceness() -> int:
@@ -133,12 +134,20 @@ def test_session_shuts_ray_down_when_the_block_raises(ray_tmp: Path) -> None:
             seen["cpus"] = ray.cluster_resources()["CPU"]
             # Workers (EnvRunners) run at the driver's priority, not Ray's +15.
             seen["worker_niceness"] = ray.get(niceness.remote()) - os.nice(0)
+            # The system config every Ray process of the session reads (from the GCS):
+            # Ray's metrics collection off (metrics=False, the default).
+            system = ray_state.get_system_config()
+            seen["enable_metrics_collection"] = system.get("enable_metrics_collection")
             raise RuntimeError("boom")
 
     with pytest.raises(RuntimeError, match="boom"):
         fail_inside()
-    assert seen == {"cpus": 2.0, "worker_niceness": 0}
+    assert seen == {"cpus": 2.0, "worker_niceness": 0, "enable_metrics_collection": False}
     assert not ray.is_initialized()
+    # Each process that read it skipped its metrics: the raylet logs that it did.
+    raylet_logs = list(ray_tmp.glob("session_*/logs/raylet.out"))
+    assert raylet_logs
+    assert all("Disabled stats" in log.read_text() for log in raylet_logs)
 
 
 @dataclass(frozen=True)

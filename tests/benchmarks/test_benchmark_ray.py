@@ -25,7 +25,7 @@ def test_ray_benchmark_prints_finite_throughput_for_each_sampler(
     result_lines = [line for line in out.splitlines() if line.startswith("RESULT ")]
     assert result_lines, out[-2000:]
     result = json.loads(result_lines[-1][len("RESULT ") :])
-    for name in ("sb3_ppo", "rllib_1_runner", "rllib_2_runners"):
+    for name in ("sb3_ppo", "rllib_local_runner", "rllib_1_runner", "rllib_2_runners"):
         row = result[name]
         for phase in ("sample", "train"):
             for kind in ("wall", "busy"):
@@ -39,8 +39,15 @@ def test_ray_benchmark_prints_finite_throughput_for_each_sampler(
         assert row["learn_ms_per_step"] > 0, name
     assert result["envs_per_sampler"] == 2
     assert result["rllib_loss"] == "sb3"  # RLlib's PPO configured with SB3's loss
+    assert result["ray_metrics"] is False  # as pulsebms-train's default ray.metrics=false
+    assert "Ray metrics collection: off" in out
     assert "RLlib PPO loss: as SB3's PPO" in out
-    for key in ("sample_wall_2_over_1_runner", "train_busy_1_runner_over_sb3"):
+    assert "1 runner = one remote EnvRunner process (num_env_runners=1)" in out
+    for key in (
+        "sample_wall_2_over_1_runner",
+        "train_busy_1_runner_over_sb3",
+        "train_busy_local_runner_over_sb3",
+    ):
         assert math.isfinite(result[key]), key
 
 

@@ -86,6 +86,14 @@ def test_ray_group_selects_where_ray_runs(
     assert settings.address == address
     assert settings.joins_cluster is joins
     assert settings.include_dashboard is False
+    assert settings.metrics is False  # Ray's own metrics collection off by default
+
+
+@pytest.mark.usefixtures("hydra_ctx")
+def test_ray_metrics_can_be_turned_back_on() -> None:
+    from pulsebms.experiments.train import ray_settings
+
+    assert ray_settings(compose_config("agent=rllib_ppo", "ray.metrics=true")).metrics is True
 
 
 @pytest.mark.usefixtures("hydra_ctx")
@@ -140,6 +148,11 @@ def test_train_eval_export_round_trip(tmp_path: Path) -> None:
     cfg = compose_config("agent=rllib_ppo", *TINY, *TINY_PPO, f"ray.temp_dir={temp}")
     try:
         result = run_training(cfg, tmp_path / "train")
+        # ray.metrics (false by default) reached the local Ray the training ran on: its
+        # raylet started with metrics collection off.
+        raylet_logs = list(temp.glob("session_*/logs/raylet.out"))
+        assert raylet_logs
+        assert all("Disabled stats" in log.read_text() for log in raylet_logs)
     finally:
         shutil.rmtree(temp, ignore_errors=True)
     assert not ray.is_initialized()  # the session was shut down
