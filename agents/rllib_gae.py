@@ -18,7 +18,8 @@ function, and its value forward without autograd (the same values; RLlib records
 it never uses). :func:`batch_learner_connector` puts it in place of RLlib's piece in a
 Learner's default pipeline when every module is stateless;
 :class:`~pulsebms.agents.rllib_learner.PulsePPOTorchLearner` does so when it is built.
-PPO-Lagrangian's cost GAE (:mod:`pulsebms.agents.rllib_lagrangian`) uses the function too.
+PPO-Lagrangian's cost GAE (:mod:`pulsebms.agents.rllib_lagrangian`) keeps RLlib's function
+(its flags arrive as float32: this recursion would round its targets differently).
 
 Example:
     >>> values = np.array([1.0, 2.0, 0.5], np.float32)  # the last row: bootstrap step
