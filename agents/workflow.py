@@ -32,6 +32,7 @@ if TYPE_CHECKING:  # annotations only: importing SB3 is slow
 
 __all__ = [
     "BASELINES",
+    "EXTRA_BASELINES",
     "baseline_factories",
     "compare_with_baselines",
     "full_day_steps",
@@ -39,7 +40,14 @@ __all__ = [
 ]
 
 BASELINES = ("rule_equal", "rule_soc", "rule_health", "mpc", "mpc_oracle")
-"""Names accepted by :func:`baseline_factories`."""
+"""The default baselines of :func:`baseline_factories` and :func:`compare_with_baselines`."""
+
+EXTRA_BASELINES = ("mpc_day",)
+"""Baselines :func:`baseline_factories` also knows, evaluated only when named: ``mpc_day``,
+the MPC on the observation's own forecast with a full-day horizon (24 h, planned on a 900 s
+grid after the first step: the MPC-oracle's grid). On an env whose forecast is perfect
+(every benchmark of ``configs/benchmark/``) it plans exactly what the oracle plans; with a
+noisy forecast it is the causal full-day controller."""
 
 
 def baseline_factories(
@@ -51,8 +59,9 @@ def baseline_factories(
     """Factories ``env -> Policy`` of the named baselines with their default settings.
 
     Args:
-        names: Any of :data:`BASELINES`.
-        mpc_horizon_steps: Horizon of the (forecast) MPC.
+        names: Any of :data:`BASELINES` and :data:`EXTRA_BASELINES`.
+        mpc_horizon_steps: Horizon of the (forecast) MPC ``mpc`` in control steps (24:
+            2 h at the benchmarks' 5-min steps; ``mpc_day`` plans 24 h).
         oracle_horizon_steps: Horizon of the MPC-oracle; ``None``: one full day
             (:func:`pulsebms.agents.mpc.make_oracle_mpc`: 24 h, planned on a 900 s grid after
             the first step), so the oracle is the full-day reference and not the forecast
@@ -72,6 +81,7 @@ def baseline_factories(
         "rule_soc": partial(make_rule_policy, kind="soc"),
         "rule_health": partial(make_rule_policy, kind="health"),
         "mpc": partial(make_mpc, horizon_steps=mpc_horizon_steps),
+        "mpc_day": partial(_full_day_mpc, name="mpc_day"),
         "mpc_oracle": partial(_oracle, horizon_steps=oracle_horizon_steps),
     }
     unknown = [n for n in names if n not in known]
@@ -191,6 +201,13 @@ def full_day_steps(env: gym.Env[Any, Any]) -> int:
     from pulsebms.agents.env_factory import fleet_env
 
     return max(1, round(86_400.0 / float(fleet_env(env).dt_s)))
+
+
+def _full_day_mpc(env: gym.Env[Any, Any], *, name: str) -> Policy:
+    """The MPC on the observation's forecast, planning a full day like the oracle."""
+    from pulsebms.agents.mpc import ORACLE_HORIZON_H, ORACLE_PLAN_STEP_S, make_mpc
+
+    return make_mpc(env, horizon_h=ORACLE_HORIZON_H, plan_step_s=ORACLE_PLAN_STEP_S, name=name)
 
 
 def _oracle(env: gym.Env[Any, Any], *, horizon_steps: int | None) -> Policy:

@@ -27,6 +27,14 @@ of std ``day_ambient_weather_c``), the levels of load, PV and import price (each
 drawn uniformly in its ``day_*_level_range``), and, in :class:`~pulsebms.envs.FleetEnv`,
 the fleet's initial state (``randomize_initial_state`` defaults to on). A scenario
 without ``randomize_day`` draws nothing more, so its seeded series are unchanged.
+
+Price events (``price_event_start_h``, off by default) add an announced demand-response
+event to any price source: every day of the episode, for a duration drawn in
+``price_event_duration_h`` from a start hour drawn in ``price_event_start_h``, the import
+price is at least a level drawn in ``price_event_price_eur_per_kwh`` (after the randomised
+day's price level). The event is drawn once per episode from its own child generator, after
+every other draw, so a scenario without it keeps its seeded series, and the forecasts see
+it like any other price.
 """
 
 from __future__ import annotations
@@ -127,6 +135,10 @@ class Scenario:
             (``randomize_day``; synthetic and constant ambient only).
         day_ambient_weather_c: Std of the day's ambient offset [K] (``randomize_day``;
             synthetic and constant ambient only).
+        price_event_start_h: Range ``(low, high)`` of the local hour a daily price event
+            starts at (see the module docstring); ``None``: no event.
+        price_event_duration_h: Range of the event's duration [h], ``0 < low <= high <= 24``.
+        price_event_price_eur_per_kwh: Range of the event's import price floor [EUR/kWh].
 
     Example:
         >>> Scenario.from_any("tou").price
@@ -169,6 +181,9 @@ class Scenario:
     day_price_level_range: tuple[float, float] = (0.7, 1.5)
     day_ambient_season_c: float = 10.0
     day_ambient_weather_c: float = 3.0
+    price_event_start_h: tuple[float, float] | None = None
+    price_event_duration_h: tuple[float, float] = (1.5, 3.0)
+    price_event_price_eur_per_kwh: tuple[float, float] = (0.8, 1.6)
 
     def __post_init__(self) -> None:
         _check_choice("load", self.load, LOAD_SOURCES)
@@ -183,6 +198,20 @@ class Scenario:
             raise ValueError(f"Scenario.randomize_day must be a bool, got {self.randomize_day!r}")
         for name in ("day_load_level_range", "day_pv_level_range", "day_price_level_range"):
             object.__setattr__(self, name, _level_range(name, getattr(self, name)))
+        if self.price_event_start_h is not None:
+            start = _level_range("price_event_start_h", self.price_event_start_h)
+            if not start[1] < 24.0:
+                raise ValueError(f"Scenario.price_event_start_h must lie in [0, 24), got {start!r}")
+            object.__setattr__(self, "price_event_start_h", start)
+        duration = _level_range("price_event_duration_h", self.price_event_duration_h)
+        if not (duration[0] > 0.0 and duration[1] <= 24.0):
+            raise ValueError(
+                f"Scenario.price_event_duration_h must satisfy 0 < low <= high <= 24, "
+                f"got {duration!r}"
+            )
+        object.__setattr__(self, "price_event_duration_h", duration)
+        name = "price_event_price_eur_per_kwh"
+        object.__setattr__(self, name, _level_range(name, getattr(self, name)))
         for name in ("day_ambient_season_c", "day_ambient_weather_c"):
             if not (math.isfinite(getattr(self, name)) and getattr(self, name) >= 0.0):
                 value = getattr(self, name)

@@ -119,7 +119,8 @@ def build_series(
     """Generate one episode's signals from a scenario with a seeded generator.
 
     Draws happen in a fixed order (start day, load, PV, price, ambient, then the
-    randomised day's factors when ``scenario.randomize_day``) whatever the sources, so
+    randomised day's factors when ``scenario.randomize_day``, then the price event when
+    ``scenario.price_event_start_h`` is set) whatever the sources, so
     changing one source does not reshuffle the others' randomness, and a randomised day
     is the same base day as the plain scenario's for the same generator state.
 
@@ -291,6 +292,16 @@ def build_series(
             ("ambient_offset_c", float(shift[0])),
         )
 
+    if scenario.price_event_start_h is not None:
+        event = _draw_price_event(scenario, scenario.price_event_start_h, rng)
+        price = _apply_price_event(np.asarray(price, dtype=np.float64), hour_of_day, event)
+        day_draws = (
+            *day_draws,
+            ("price_event_start_h", event[0]),
+            ("price_event_duration_h", event[1]),
+            ("price_event_price_eur_per_kwh", event[2]),
+        )
+
     arrays = {
         "load_w": load_w,
         "pv_w": pv_w,
@@ -335,3 +346,30 @@ def _draw_day(scenario: Scenario, rng: np.random.Generator) -> _Day:
         price_level=float(day_rng.uniform(*scenario.day_price_level_range)),
         weather_c=float(scenario.day_ambient_weather_c * day_rng.standard_normal()),
     )
+
+
+def _draw_price_event(
+    scenario: Scenario, start_h: tuple[float, float], rng: np.random.Generator
+) -> tuple[float, float, float]:
+    """Draw a price event's ``(start_h, duration_h, price)`` from one child generator."""
+    event_rng = np.random.default_rng(int(rng.integers(0, 2**63 - 1)))
+    return (
+        float(event_rng.uniform(*start_h)),
+        float(event_rng.uniform(*scenario.price_event_duration_h)),
+        float(event_rng.uniform(*scenario.price_event_price_eur_per_kwh)),
+    )
+
+
+def _apply_price_event(
+    price: FloatArray, hour_of_day: FloatArray, event: tuple[float, float, float]
+) -> FloatArray:
+    """The price with the event's floor on every sample whose start lies in the event.
+
+    Example:
+        >>> hours = np.arange(0.0, 24.0, 6.0)
+        >>> _apply_price_event(np.full(4, 0.3), hours, (11.0, 2.0, 1.2)).tolist()
+        [0.3, 0.3, 1.2, 0.3]
+    """
+    start, duration, level = event
+    inside = np.mod(hour_of_day - start, 24.0) < duration
+    return np.where(inside, np.maximum(price, level), price)

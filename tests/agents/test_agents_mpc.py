@@ -226,3 +226,49 @@ def test_with_a_stored_energy_price_the_plan_ends_at_the_episode_end() -> None:
     assert abs(float(np.sum(ends))) < 1e-2  # flat 0.1 until the end, energy worth 0.1: idle
     valued = plan(SiteInfo(2000.0, 2000.0, 0.0, stored_energy_price_per_kwh=0.5, steps_left=300))
     assert np.sum(valued[:, :300]) < -1.0  # stored energy worth more than it costs: charge
+
+
+def test_mpc_day_reads_the_observation_and_plans_what_the_oracle_plans() -> None:
+    """``mpc_day``: the full-day MPC on the observation's forecast (issue 12's cold gap).
+
+    With a perfect 24 h forecast in the observation it acts exactly like the MPC-oracle
+    (the benchmarks' ``mpc`` differs from the oracle by its 24-step horizon, not by what it
+    knows); with a noisy forecast it acts on the forecast, not on the true future.
+    """
+    from pulsebms.agents.env_factory import make_env
+    from pulsebms.agents.workflow import BASELINES, EXTRA_BASELINES, baseline_factories
+
+    assert "mpc_day" in EXTRA_BASELINES
+    assert "mpc_day" not in BASELINES
+    acted: dict[str, list[np.ndarray]] = {}
+    for forecast in ("perfect", "noisy"):
+        env = make_env(
+            "PulseBMS/FleetSmall-v0",
+            shield=False,
+            scenario={
+                "base": "tou",
+                "forecast": forecast,
+                "forecast_noise": 0.2,
+                "start_hour": 13.0,
+            },
+            dt_s=1800.0,
+            horizon_steps=12,
+            forecast_h=24.0,
+            site_observation=True,
+            stored_energy_value="min_price",
+        )
+        factories = baseline_factories(["mpc_day", "mpc_oracle"])
+        day, oracle = factories["mpc_day"](env), factories["mpc_oracle"](env)
+        assert getattr(day, "name", "") == "mpc_day"
+        assert getattr(day, "horizon_steps", 0) == 48
+        obs, _ = env.reset(seed=3)
+        pairs = []
+        for _ in range(4):
+            a_day, a_oracle = day.act(obs), oracle.act(obs)
+            pairs.append(np.stack([a_day, a_oracle]))
+            obs, *_ = env.step(a_oracle)
+        acted[forecast] = pairs
+        env.close()
+    for pair in acted["perfect"]:
+        np.testing.assert_allclose(pair[0], pair[1], atol=1e-6)
+    assert max(float(np.max(np.abs(p[0] - p[1]))) for p in acted["noisy"]) > 1e-3

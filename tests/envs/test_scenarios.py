@@ -342,3 +342,43 @@ def test_randomize_day_is_the_plain_day_times_the_drawn_factors() -> None:
     assert dict(fixed.day_draws)["price_level"] == 1.2  # lists from Hydra become ranges
     with pytest.raises(ValueError, match="day_pv_level_range"):
         make_scenario({**base, "day_pv_level_range": [2.0, 1.0]})
+
+
+def test_price_event_puts_an_announced_evening_spike_in_its_window() -> None:
+    """A daily price event: drawn in its window, only the price changes, seeded."""
+    base = {"base": "randomized", "ambient_c": 30.0}
+    event = {**base, "price_event_start_h": [16.0, 21.0], "price_event_duration_h": [1.5, 3.0]}
+    starts = []
+    for seed in range(6):
+        plain, spiky = _series(base, seed=seed, n=576), _series(event, seed=seed, n=576)
+        for name in ("load_w", "pv_w", "ambient_c"):  # the event draws after everything else
+            np.testing.assert_array_equal(getattr(plain, name), getattr(spiky, name))
+        draws = dict(spiky.day_draws)
+        start, hours, level = (
+            draws["price_event_start_h"],
+            draws["price_event_duration_h"],
+            draws["price_event_price_eur_per_kwh"],
+        )
+        assert 16.0 <= start <= 21.0
+        assert 1.5 <= hours <= 3.0
+        assert 0.8 <= level <= 1.6
+        inside = np.mod(spiky.hour_of_day - start, 24.0) < hours
+        assert abs(int(inside.sum()) - 24.0 * hours) <= 2  # two days of 5-min samples
+        np.testing.assert_array_equal(
+            spiky.price_eur_per_kwh[~inside], plain.price_eur_per_kwh[~inside]
+        )
+        assert np.all(spiky.price_eur_per_kwh[inside] >= level - 1e-12)
+        starts.append(start)
+        np.testing.assert_array_equal(
+            spiky.price_eur_per_kwh, _series(event, seed=seed, n=576).price_eur_per_kwh
+        )
+    assert len(set(starts)) == len(starts)  # a new event every episode
+    assert make_scenario(base).price_event_start_h is None  # off by default
+    for bad, match in (
+        ({"price_event_start_h": [20.0, 25.0]}, "price_event_start_h"),
+        ({"price_event_start_h": [18.0, 17.0]}, "price_event_start_h"),
+        ({"price_event_duration_h": [0.0, 2.0]}, "price_event_duration_h"),
+        ({"price_event_price_eur_per_kwh": [-1.0, 1.0]}, "price_event_price"),
+    ):
+        with pytest.raises(ValueError, match=match):
+            make_scenario({**base, **bad})
