@@ -312,6 +312,13 @@ class ImitationConf:
     round's days are drawn from ``train.scenario`` with ``spike_params`` merged into its
     params (default: a price spike chance of 0.1 per hour, ≥ 1 spike on ~92 % of days instead
     of ~38 %). Deterministic per seed; 0 and 0.0 (the defaults): none.
+
+    ``spike_sets``: more sets of such days beside the ``spike_*`` one, each a map with
+    ``days``, ``seed``, ``dagger_share`` and ``params`` (same meaning), so one recipe can mix
+    kinds of days (e.g. hot days and hot days with a demand-response event). Each DAgger
+    round's first ``spike_dagger_share`` of days are the ``spike_*`` set's, the next
+    ``dagger_share`` of each set's in order, the rest plain; the shares sum to at most 1.
+    Empty (the default): none.
     """
 
     teacher: str = "mpc"
@@ -330,6 +337,7 @@ class ImitationConf:
     spike_seed: int = 90_000
     spike_dagger_share: float = 0.0
     spike_params: dict[str, Any] = field(default_factory=lambda: {"price_spike_probability": 0.1})
+    spike_sets: list[dict[str, Any]] = field(default_factory=list)
 
 
 @dataclass

@@ -262,10 +262,64 @@ def _train_cfg_key(cfg: Any) -> str:
 
 
 _SPIKE_FIELDS = ("spike_days", "spike_seed", "spike_dagger_share", "spike_params")
+_SET_FIELDS = ("days", "seed", "dagger_share", "params")
 
 
 def _spiky(im: Any) -> bool:
     return int(im.get("spike_days", 0)) > 0 or float(im.get("spike_dagger_share", 0.0)) > 0
+
+
+def spike_sets(im: Any) -> list[dict[str, Any]]:
+    """Every set of extra teacher days of ``train.imitation`` (:class:`ImitationConf`).
+
+    The ``spike_*`` fields' set first (when it has days or a DAgger share), then
+    ``spike_sets`` in order; each a dict with ``days``, ``seed``, ``dagger_share`` and
+    ``params``.
+
+    Raises:
+        ValueError: If a set is malformed, a share is outside [0, 1] or the shares sum
+            to more than 1.
+    """
+    sets: list[dict[str, Any]] = []
+    if _spiky(im):
+        sets.append(
+            {
+                "days": im.spike_days,
+                "seed": im.spike_seed,
+                "dagger_share": im.spike_dagger_share,
+                "params": im.spike_params,
+            }
+        )
+    extra = im.get("spike_sets") or []
+    if OmegaConf.is_config(extra):
+        extra = OmegaConf.to_container(extra, resolve=True)
+    if not isinstance(extra, list):
+        raise ValueError("train.imitation.spike_sets must be a list of maps")
+    for i, entry in enumerate(extra):
+        if not isinstance(entry, dict) or sorted(entry) != sorted(_SET_FIELDS):
+            raise ValueError(
+                f"train.imitation.spike_sets[{i}] must be a map with keys {_SET_FIELDS}"
+            )
+        sets.append(dict(entry))
+    out: list[dict[str, Any]] = []
+    for entry in sets:
+        params = entry["params"]
+        if OmegaConf.is_config(params):
+            params = OmegaConf.to_container(params, resolve=True)
+        if not isinstance(params, dict):
+            raise ValueError("train.imitation spike params must be maps")
+        share = float(entry["dagger_share"])
+        if not 0.0 <= share <= 1.0:
+            raise ValueError(f"train.imitation DAgger shares must be in [0, 1], got {share}")
+        days = int(entry["days"])
+        if days < 0:
+            raise ValueError(f"train.imitation spike days must be >= 0, got {days}")
+        out.append(
+            {"days": days, "seed": int(entry["seed"]), "dagger_share": share, "params": params}
+        )
+    if sum(e["dagger_share"] for e in out) > 1.0 + 1e-9:
+        raise ValueError("train.imitation DAgger shares of the spike sets sum to more than 1")
+    return out
 
 
 def _imitation_key(im: Any) -> Any:
@@ -274,16 +328,22 @@ def _imitation_key(im: Any) -> Any:
     So clones and agents trained before the spike fields were added are still found.
     """
     plain = OmegaConf.to_container(im, resolve=True)
+    if isinstance(plain, dict) and not plain.get("spike_sets"):
+        plain.pop("spike_sets", None)  # so clones from before the field are still found
     if isinstance(plain, dict) and not _spiky(im):
         for name in _SPIKE_FIELDS:
             plain.pop(name, None)
     return plain
 
 
-def spike_config(cfg: Any) -> Any:
-    """``cfg`` with ``train.imitation.spike_params`` merged into ``train.scenario.params``.
+def spike_config(cfg: Any, spike_params: Any = None) -> Any:
+    """``cfg`` with ``spike_params`` merged into ``train.scenario.params``.
 
     The env of the spike-aware demonstration days (:class:`ImitationConf`).
+
+    Args:
+        cfg: A training config.
+        spike_params: The Scenario fields to set (``None``: ``train.imitation.spike_params``).
 
     Raises:
         ValueError: If ``cfg`` has no ``train.scenario`` (spike days need randomised days).
@@ -292,7 +352,13 @@ def spike_config(cfg: Any) -> Any:
         raise ValueError("spike-aware demonstrations need train.scenario (randomised days)")
     spiky = copy.deepcopy(cfg)
     params = OmegaConf.to_container(spiky.train.scenario.get("params") or {}, resolve=True)
-    spike = OmegaConf.to_container(spiky.train.imitation.spike_params, resolve=True)
+    if spike_params is None:
+        spike_params = spiky.train.imitation.spike_params
+    spike = (
+        OmegaConf.to_container(spike_params, resolve=True)
+        if OmegaConf.is_config(spike_params)
+        else copy.deepcopy(spike_params)
+    )
     if not isinstance(params, dict) or not isinstance(spike, dict):
         raise ValueError("train.scenario.params and train.imitation.spike_params must be maps")
     with open_dict(spiky):
@@ -404,10 +470,12 @@ def suite_demonstrations(cfg: Any, out_dir: str | Path = "runs/suite") -> Any:
 
     im = cfg.train.imitation
     parts = [_cached_demonstrations(cfg, int(im.demo_seed), int(im.demo_days), out_dir, "")]
-    if int(im.spike_days) > 0:
-        spiky = spike_config(cfg)
-        days = int(im.spike_days)
-        parts.append(_cached_demonstrations(spiky, int(im.spike_seed), days, out_dir, "spike_"))
+    for entry in spike_sets(im):
+        if entry["days"] > 0:
+            spiky = spike_config(cfg, entry["params"])
+            parts.append(
+                _cached_demonstrations(spiky, entry["seed"], entry["days"], out_dir, "spike_")
+            )
     return parts[0] if len(parts) == 1 else Demonstrations.concat(parts)
 
 
@@ -493,10 +561,12 @@ def imitation_warm_start(
         agent_init,
         seed,
     )
-    spike_share = float(im.spike_dagger_share)
-    if not 0.0 <= spike_share <= 1.0:
-        raise ValueError(f"train.imitation.spike_dagger_share must be in [0, 1], got {spike_share}")
-    spiky = spike_config(cfg) if spike_share > 0 else cfg  # cfg: no spiky days
+    # (share of each DAgger round, env of its days) per spike set; the rest: plain days
+    dagger_sets = [
+        (entry["dagger_share"], spike_config(cfg, entry["params"]))
+        for entry in spike_sets(im)
+        if entry["dagger_share"] > 0
+    ]
     clone_path = Path(out_dir) / "clones" / str(cfg.fleet.name) / f"{clone_key}_seed{seed}.pt"
 
     def warm_start(model: Any) -> None:
@@ -515,9 +585,15 @@ def imitation_warm_start(
         for round_ in range(int(im.dagger_rounds)):
             start = first + round_ * int(im.dagger_days)
             seeds = list(range(start, start + int(im.dagger_days)))
-            n_spike = round(spike_share * len(seeds))  # the round's first days: spiky
+            split: list[tuple[Any, list[int]]] = []
+            taken = 0
+            for share, spiky in dagger_sets:  # the round's first days: spiky
+                n_spike = min(round(share * len(seeds)), len(seeds) - taken)
+                split.append((spiky, seeds[taken : taken + n_spike]))
+                taken += n_spike
+            split.append((cfg, seeds[taken:]))
             visited = [demos]
-            for days_cfg, days in ((spiky, seeds[:n_spike]), (cfg, seeds[n_spike:])):
+            for days_cfg, days in split:
                 if days:
                     visited.append(
                         collect_demonstrations(

@@ -228,6 +228,53 @@ def test_spike_aware_demonstrations_add_spiky_training_days_and_keep_old_caches(
         spike_config(no_days)
 
 
+def test_spike_sets_mix_kinds_of_days_and_keep_each_recipes_cache(tmp_path: Path) -> None:
+    from pulsebms.envs.scenarios import make_scenario
+    from pulsebms.experiments.common import train_env_kwargs
+    from pulsebms.experiments.suite import (
+        _imitation_key,
+        spike_config,
+        spike_sets,
+        suite_demonstrations,
+    )
+
+    hot = train_config("mild", experiment="suite_mpc_bc_hot")
+    assert "spike_sets" not in _imitation_key(hot.train.imitation)  # old hot clones found
+    mixed = train_config("mild", experiment="suite_mpc_bc_hotdr")
+    sets = spike_sets(mixed.train.imitation)
+    assert [(s["days"], s["seed"], s["dagger_share"]) for s in sets] == [
+        (100, 90000, 0.25),
+        (100, 70000, 0.25),
+    ]
+    event = make_scenario(train_env_kwargs(spike_config(mixed, sets[1]["params"]))["scenario"])
+    assert (event.ambient_c, event.price_event_start_h) == (30.0, (16.0, 21.0))
+    assert (
+        make_scenario(train_env_kwargs(spike_config(mixed))["scenario"]).price_event_start_h is None
+    )
+    tiny = [
+        "train.imitation.demo_days=1",
+        "train.imitation.spike_days=1",
+        "train.imitation.spike_sets.0.days=1",
+        "env.horizon_steps=12",  # hour-long days: 4 decisions each
+    ]
+    cfg = train_config("mild", overrides=tiny, experiment="suite_mpc_bc_hotdr")
+    demos = suite_demonstrations(cfg, tmp_path)
+    assert (len(demos), demos.n_episodes) == (12, 3)  # plain, hot, hot with an event
+    assert len(list((tmp_path / "demos/small_spread").glob("mpc_spike_*.npz"))) == 2
+    bad = train_config(
+        "mild",
+        overrides=["train.imitation.spike_sets.0.dagger_share=0.8"],
+        experiment="suite_mpc_bc_hotdr",
+    )
+    with pytest.raises(ValueError, match="sum to more than 1"):
+        spike_sets(bad.train.imitation)
+    malformed = train_config(
+        "mild", overrides=["train.imitation.spike_sets=[{days: 1}]"], experiment="suite_mpc_bc_hot"
+    )
+    with pytest.raises(ValueError, match=r"spike_sets\[0\]"):
+        spike_sets(malformed.train.imitation)
+
+
 def test_the_suite_evaluates_an_agent_at_the_interval_it_trained_at() -> None:
     from pulsebms.experiments.suite import agent_decision_s
 
