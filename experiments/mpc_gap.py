@@ -47,6 +47,7 @@ __all__ = ["ForecastErrors", "NoisyTrueForecast", "Variant", "main", "run_varian
 
 _COSTS = ("energy_cost_eur", "degradation_cost_eur", "unserved_penalty_eur", "total_cost_eur")
 ERROR_MODES = ("fresh", "consistent")
+_BASELINE_OF_HORIZON = {"h2": "mpc", "h24": "mpc_day"}
 SIGNALS = ("net", "price", "netprice")
 
 
@@ -153,12 +154,7 @@ def run_variant(
     """
     from pulsebms.agents.env_factory import make_env
     from pulsebms.agents.evaluation import behind_shield
-    from pulsebms.agents.mpc import (
-        ORACLE_HORIZON_H,
-        ORACLE_PLAN_STEP_S,
-        make_mpc,
-        make_oracle_mpc,
-    )
+    from pulsebms.agents.workflow import baseline_factories
     from pulsebms.experiments.common import env_kwargs, shield_kwargs
     from pulsebms.experiments.suite import benchmark_config
 
@@ -170,15 +166,14 @@ def run_variant(
         **env_kwargs(cfg),
     )
     try:
+        # the suite's own baselines: h2 is `mpc`, h24 `mpc_day`, "oracle" `mpc_oracle`
         if variant == "oracle":
-            mpc = make_oracle_mpc(env)
+            mpc = baseline_factories(("mpc_oracle",))["mpc_oracle"](env)
         else:
             v = Variant.parse(variant) if isinstance(variant, str) else variant
-            if v.horizon == "h2":
-                mpc = make_mpc(env, horizon_steps=24)
-            else:
-                mpc = make_mpc(env, horizon_h=ORACLE_HORIZON_H, plan_step_s=ORACLE_PLAN_STEP_S)
-            mpc.forecast = NoisyTrueForecast(
+            name = _BASELINE_OF_HORIZON[v.horizon]
+            mpc = baseline_factories((name,))[name](env)
+            mpc.forecast = NoisyTrueForecast(  # type: ignore[attr-defined]
                 env, ForecastErrors(v.sigma, v.signals, v.errors, seed=seed + 7)
             )
         policy = behind_shield(mpc)
