@@ -281,3 +281,29 @@ def test_the_suite_evaluates_an_agent_at_the_interval_it_trained_at() -> None:
     assert agent_decision_s("hot_spike", 0) == 900.0  # the benchmark's 15-min decisions
     every_step = agent_decision_s("hot_spike", 1, overrides=["env.decision_s=300"])
     assert every_step == 300.0
+
+
+def test_ensemble_size_keeps_single_agents_fingerprints_and_names_the_ensemble() -> None:
+    from pulsebms.experiments.suite import _train_cfg_key, ensemble_size
+
+    base = ["seed=0", "train.total_timesteps=0"]
+    single = train_config("mild", overrides=base, experiment="suite_mpc_bc_hotdr")
+    one = train_config(
+        "mild",
+        overrides=[*base, "train.imitation.ensemble_size=1"],
+        experiment="suite_mpc_bc_hotdr",
+    )
+    three = train_config(
+        "mild",
+        overrides=[*base, "train.imitation.ensemble_size=3"],
+        experiment="suite_mpc_bc_hotdr",
+    )
+    assert (ensemble_size(single), ensemble_size(three)) == (1, 3)
+    assert _train_cfg_key(one) == _train_cfg_key(single)  # K = 1: today's agents and clones
+    assert _train_cfg_key(three) != _train_cfg_key(single)
+    assert ensemble_size(train_config("mild")) == 1  # no imitation: a single agent
+    zero = train_config(
+        "mild", overrides=[*base, "train.imitation.ensemble_size=0"], experiment="suite_mpc_bc"
+    )
+    with pytest.raises(ValueError, match="ensemble_size"):
+        ensemble_size(zero)
