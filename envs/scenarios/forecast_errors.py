@@ -9,7 +9,7 @@ shrinks::
     net load:  truth + σ · site_peak_load_w · Z                (additive)
     price:     truth · (1 + σ · Z)                             (multiplicative)
 
-This is the martingale model of forecast evolution (Graves, Meal, Dasu & Qiu 1986; Heath &
+This is the martingale model of forecast evolution (Graves et al. 1986; Heath &
 Jackson 1994): the forecasts of one target form a martingale that ends at the truth. So
 
 * the error at lead ``j`` has std ``σ·√j`` (the spread law of the forecasts before this
