@@ -118,9 +118,13 @@ class Scenario:
         start_day: Day of year (0-based) the episode starts on; ``None`` draws it from the
             env's seeded generator at every reset.
         start_hour: Local hour of day the episode starts at.
-        forecast: ``"perfect"`` or ``"noisy"`` forecasts of net load and price.
-        forecast_noise: Relative std of a noisy forecast one step ahead; it grows with the
-            square root of the lead.
+        forecast: ``"perfect"`` or ``"noisy"`` forecasts of net load and price. Noisy
+            forecasts follow the martingale model of forecast evolution
+            (:mod:`pulsebms.envs.scenarios.forecast_errors`): each target sample's error is
+            drawn once per episode, one innovation revealed per step as the lead shrinks.
+        forecast_noise: Relative std of a noisy forecast one step ahead (× the site peak
+            load for net load, × the true price for price); at lead ``j`` steps it is
+            ``forecast_noise·√j``. Finite and ≥ 0.
         csv_path: Path of a user's CSV for any ``"csv"`` source (see
             :func:`pulsebms.envs.scenarios.load_csv_profile`).
         csv_scale: ``"fleet"`` (scale the CSV's load and PV to the fleet like every other
@@ -219,6 +223,8 @@ class Scenario:
         for name in ("load_noise", "price_volatility", "forecast_noise", "pv_peak_ratio"):
             if not getattr(self, name) >= 0.0:
                 raise ValueError(f"Scenario.{name} must be >= 0, got {getattr(self, name)}")
+        if not math.isfinite(self.forecast_noise):
+            raise ValueError(f"Scenario.forecast_noise must be finite, got {self.forecast_noise}")
         for name in ("peak_load_ratio", "grid_import_ratio", "grid_export_ratio"):
             if not getattr(self, name) > 0.0:
                 raise ValueError(f"Scenario.{name} must be > 0, got {getattr(self, name)}")
