@@ -10,7 +10,8 @@ benchmark's day (its env and evaluation shield, evaluation seeds 100–102) and 
 then a last line ``RESULT {json}``. A variant is ``<horizon>:<sigma>:<signals>:<errors>``:
 ``h2`` (the suite's ``mpc``: 24 steps of 5 min) or ``h24`` (a full day on the oracle's
 900 s grid, ``mpc_day``); the forecast the MPC plans on is the scenario's true future plus
-errors of std ``sigma·√lead`` × the site peak for net load, × the price for price, on
+errors of std ``sigma·√(lead in hours)`` (``sigma``: the relative std one hour ahead, as
+``Scenario.forecast_noise_1h``) × the site peak for net load, × the price for price, on
 ``net``, ``price`` or ``netprice``. ``evolving`` errors are the env's own noisy-forecast
 model (:class:`pulsebms.envs.scenarios.ForecastErrors`: the martingale model of forecast
 evolution, drawn once per episode; consecutive issues of one target differ by one
@@ -99,7 +100,8 @@ class VariantErrors:
     """Standardised forecast errors (2 signals × leads) of a variant: evolving or fresh.
 
     Args:
-        sigma: Relative error std one step ahead (grows with √lead; lead 0 is exact).
+        sigma: Relative error std one control interval ahead (grows with √lead; lead 0 is
+            exact); :func:`run_variant` converts a variant's per-hour sigma to it.
         signals: Which signals get errors: ``net``, ``price`` or ``netprice``.
         errors: ``evolving`` (the env's model, :class:`pulsebms.envs.scenarios.ForecastErrors`,
             drawn once per episode at the first call) or ``fresh`` (new independent draws
@@ -193,8 +195,10 @@ def run_variant(
             v = Variant.parse(variant) if isinstance(variant, str) else variant
             name = _BASELINE_OF_HORIZON[v.horizon]
             mpc = baseline_factories((name,))[name](env)
+            # sigma is per hour; the errors' leads count the env's control intervals
+            per_interval = v.sigma * np.sqrt(float(env.unwrapped.dt_s) / 3600.0)  # type: ignore[attr-defined]
             mpc.forecast = NoisyTrueForecast(  # type: ignore[attr-defined]
-                env, VariantErrors(v.sigma, v.signals, v.errors, seed=seed + 7)
+                env, VariantErrors(per_interval, v.signals, v.errors, seed=seed + 7)
             )
         policy = behind_shield(mpc)
         obs, _ = env.reset(seed=seed)

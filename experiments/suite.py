@@ -8,7 +8,7 @@ Command line::
     python -m pulsebms.experiments.suite --train-steps 150000 --train-seeds 0 1 2  # + PPO
     python -m pulsebms.experiments.suite --quick --variant noisy05 \
         --bench-override +scenario.params.forecast=noisy \
-        --bench-override +scenario.params.forecast_noise=0.05   # a variant of every benchmark
+        --bench-override +scenario.params.forecast_noise_1h=0.05   # a variant of every benchmark
 
 Each benchmark is a Hydra config (``+benchmark=<name>`` on top of the primary config), so
 ``pulsebms-train +benchmark=hot_spike`` trains on exactly the env the suite evaluates.

@@ -9,11 +9,13 @@ shrinks::
     net load:  truth + σ · site_peak_load_w · Z                (additive)
     price:     truth · (1 + σ · Z)                             (multiplicative)
 
+with ``σ = forecast_noise_1h · √(dt_s / 3600)`` the std one control interval ahead, so
+the spread is stated per hour whatever the interval.
+
 This is the martingale model of forecast evolution (Graves et al. 1986; Heath &
 Jackson 1994): the forecasts of one target form a martingale that ends at the truth. So
 
-* the error at lead ``j`` has std ``σ·√j`` (the spread law of the forecasts before this
-  model, unchanged in marginal; ``j`` counts control intervals, not hours);
+* the error at lead ``j`` has std ``σ·√j`` = ``forecast_noise_1h·√(lead in hours)``;
 * the forecast of ``t`` issued at ``k + 1`` differs from the one issued at ``k`` by exactly
   one innovation, ``σ·η[t, j − 1]`` (times the site peak or the price): independent of
   everything seen before;

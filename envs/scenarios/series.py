@@ -53,7 +53,8 @@ class ScenarioSeries:
         grid_import_limit_w: Grid import limit [W].
         grid_export_limit_w: Grid export limit [W].
         forecast: ``"perfect"`` or ``"noisy"``.
-        forecast_noise: Relative std of a one-step-ahead noisy forecast.
+        forecast_noise_1h: Relative std of a noisy forecast one hour ahead (it grows with
+            the square root of the lead time).
         day_draws: The randomised day's draws (``Scenario.randomize_day``) as
             ``(name, value)`` pairs: ``load_level``, ``pv_level``, ``price_level``,
             ``ambient_offset_c`` (the season and weather shift at the episode start);
@@ -77,7 +78,7 @@ class ScenarioSeries:
     grid_import_limit_w: float
     grid_export_limit_w: float
     forecast: str
-    forecast_noise: float
+    forecast_noise_1h: float
     day_draws: tuple[tuple[str, float], ...] = ()
     forecast_errors: ForecastErrors | None = None
 
@@ -120,10 +121,11 @@ class ScenarioSeries:
 
         Perfect forecasts are the true future values. Noisy ones are the truth plus the
         episode's errors (:mod:`pulsebms.envs.scenarios.forecast_errors`: the martingale
-        model of forecast evolution): at lead ``j`` an error of std ``forecast_noise·√j``
-        times the site peak load (net load, additive) or times the true price (price,
-        multiplicative); the forecasts of one target issued at consecutive samples differ
-        by one independent innovation. Reading a forecast draws nothing.
+        model of forecast evolution): at a lead of ``j`` samples (``j·dt_s`` seconds) an
+        error of std ``forecast_noise_1h·√(j·dt_s / 3600)`` times the site peak load (net
+        load, additive) or times the true price (price, multiplicative); the forecasts of
+        one target issued at consecutive samples differ by one independent innovation.
+        Reading a forecast draws nothing.
 
         Args:
             k: Index of the current sample.
@@ -146,8 +148,9 @@ class ScenarioSeries:
                     "noisy forecasts need the episode's errors: call with_forecast_errors() first"
                 )
             z_net, z_price = self.forecast_errors.at(k, n_ahead)
-            net += self.forecast_noise * self.site_peak_load_w * z_net
-            price *= 1.0 + self.forecast_noise * z_price
+            sigma_per_sample = self.forecast_noise_1h * np.sqrt(self.dt_s / 3600.0)
+            net += sigma_per_sample * self.site_peak_load_w * z_net
+            price *= 1.0 + sigma_per_sample * z_price
         return net, price
 
 
@@ -364,7 +367,7 @@ def build_series(
         grid_import_limit_w=float(scenario.grid_import_ratio * peak_w),
         grid_export_limit_w=float(scenario.grid_export_ratio * peak_w),
         forecast=scenario.forecast,
-        forecast_noise=scenario.forecast_noise,
+        forecast_noise_1h=scenario.forecast_noise_1h,
         day_draws=day_draws,
         load_w=arrays["load_w"],
         pv_w=arrays["pv_w"],

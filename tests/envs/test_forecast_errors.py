@@ -14,28 +14,33 @@ from env_stubs import stub_factory
 from pulsebms.envs import FleetEnv
 from pulsebms.envs.scenarios import ForecastErrors, Scenario, build_series, make_scenario
 
-SIGMA = 0.05
+SIGMA = 0.05  # relative std one hour ahead
+DT_S = 900.0
+SIGMA_SAMPLE = SIGMA * np.sqrt(DT_S / 3600.0)  # one control interval ahead
 N_TARGETS = 4000  # targets per statistic: std of a sample std ≈ 1/√(2·4000) ≈ 1.1 %
 MAX_LEAD = 12
 SMALL = [{"chemistry": "LFP"}, {"chemistry": "NMC"}, {"chemistry": "LCO"}]
 
 
-def _noisy_series(seed: int = 0, n: int = N_TARGETS + MAX_LEAD + 1):
+def _noisy_series(seed: int = 0, n: int = N_TARGETS + MAX_LEAD + 1, dt_s: float = DT_S):
     """A long noisy series with its errors drawn (constant load: the truth is easy to read)."""
     scenario = make_scenario(
-        {"base": "tou", "load": "constant", "forecast": "noisy", "forecast_noise": SIGMA}
+        {"base": "tou", "load": "constant", "forecast": "noisy", "forecast_noise_1h": SIGMA}
     )
     series = build_series(
-        scenario, n_samples=n, dt_s=900.0, fleet_rated_power_w=1e4, rng=np.random.default_rng(seed)
+        scenario, n_samples=n, dt_s=dt_s, fleet_rated_power_w=1e4, rng=np.random.default_rng(seed)
     )
     return series.with_forecast_errors(MAX_LEAD, np.random.default_rng(seed + 1))
 
 
-def _standardised_forecasts(series) -> tuple[np.ndarray, np.ndarray]:
+def _standardised_forecasts(
+    series, sigma_sample: float = SIGMA_SAMPLE
+) -> tuple[np.ndarray, np.ndarray]:
     """``F[k, j-1]``: the standardised error of the forecast issued at ``k``, lead ``j``.
 
     Read through :meth:`ScenarioSeries.forecast_at` (what the env observes): net load
-    ``(forecast − truth) / (σ · peak)``, price ``(forecast / truth − 1) / σ``.
+    ``(forecast − truth) / (σ · peak)``, price ``(forecast / truth − 1) / σ``, with ``σ``
+    the std one control interval ahead.
     """
     n_issue = series.n_samples - MAX_LEAD - 1
     net = np.empty((n_issue, MAX_LEAD))
@@ -43,8 +48,8 @@ def _standardised_forecasts(series) -> tuple[np.ndarray, np.ndarray]:
     for k in range(n_issue):
         f_net, f_price = series.forecast_at(k, MAX_LEAD)
         idx = np.arange(k + 1, k + 1 + MAX_LEAD)
-        net[k] = (f_net - series.net_load_w[idx]) / (SIGMA * series.site_peak_load_w)
-        price[k] = (f_price / series.price_eur_per_kwh[idx] - 1.0) / SIGMA
+        net[k] = (f_net - series.net_load_w[idx]) / (sigma_sample * series.site_peak_load_w)
+        price[k] = (f_price / series.price_eur_per_kwh[idx] - 1.0) / sigma_sample
     return net, price
 
 
@@ -60,6 +65,17 @@ def test_error_std_grows_with_the_square_root_of_the_lead(forecasts) -> None:
         leads = np.arange(1, MAX_LEAD + 1)
         np.testing.assert_allclose(z.std(axis=0) / np.sqrt(leads), 1.0, atol=0.05)
         assert np.all(np.abs(z.mean(axis=0)) < 5.0 * np.sqrt(leads / len(z)))
+
+
+@pytest.mark.parametrize("dt_s", [300.0, 1800.0])
+def test_spread_is_stated_per_hour_whatever_the_control_interval(dt_s: float) -> None:
+    # The forecast of the sample one hour ahead has relative std SIGMA at every dt_s (12
+    # samples ahead at 5-min steps, 2 at 30-min steps): the spread counts hours, not steps.
+    lead_1h = round(3600.0 / dt_s)
+    series = _noisy_series(seed=3, dt_s=dt_s)
+    z = _standardised_forecasts(series, sigma_sample=SIGMA)  # in units of the 1-h std
+    for errors in z:
+        np.testing.assert_allclose(errors[:, lead_1h - 1].std(), 1.0, atol=0.05)
 
 
 def test_consecutive_forecasts_of_one_target_differ_by_one_innovation(forecasts) -> None:
@@ -134,7 +150,7 @@ def _env(forecast: str, **kwargs) -> FleetEnv:
         twin_factory=stub_factory(),
         horizon_steps=24,
         forecast_steps=6,
-        scenario={"base": "stochastic", "forecast": forecast, "forecast_noise": 0.1},
+        scenario={"base": "stochastic", "forecast": forecast, "forecast_noise_1h": 0.1},
         randomize_initial_state=True,
         **kwargs,
     )
@@ -180,7 +196,10 @@ def test_env_observes_the_evolving_forecast_of_one_target() -> None:
     for k in range(6):
         seen.append(float(obs[sl][target - k - 1]) * scale)
         obs = env.step(np.zeros(3, dtype=np.float32))[0]
-    err = (np.array(seen) - env.series.net_load_w[target]) / (0.1 * env.series.site_peak_load_w)
+    sigma_sample = 0.1 * np.sqrt(env.series.dt_s / 3600.0)  # forecast_noise_1h, per interval
+    err = (np.array(seen) - env.series.net_load_w[target]) / (
+        sigma_sample * env.series.site_peak_load_w
+    )
     expected = env.series.forecast_errors.net_load[target, 5::-1]  # leads 6 … 1
     np.testing.assert_allclose(err, expected, atol=1e-4)  # the observation is float32
 
@@ -189,14 +208,19 @@ def test_env_observes_the_evolving_forecast_of_one_target() -> None:
     ("fields", "match"),
     [
         ({"forecast": "fresh"}, "Scenario.forecast must be one of"),
-        ({"forecast_noise": -0.1}, "forecast_noise must be >= 0"),
-        ({"forecast_noise": float("nan")}, "forecast_noise must be >= 0"),
-        ({"forecast_noise": float("inf")}, "forecast_noise must be finite"),
+        ({"forecast_noise_1h": -0.1}, "forecast_noise_1h must be >= 0"),
+        ({"forecast_noise_1h": float("nan")}, "forecast_noise_1h must be >= 0"),
+        ({"forecast_noise_1h": float("inf")}, "forecast_noise_1h must be finite"),
     ],
 )
 def test_bad_forecast_config_is_a_clear_error(fields, match) -> None:
     with pytest.raises(ValueError, match=match):
         Scenario(**fields)
+
+
+def test_the_per_interval_field_name_says_what_replaced_it() -> None:
+    with pytest.raises(ValueError, match=r"replaced by 'forecast_noise_1h'.*√\(3600 / dt_s\)"):
+        make_scenario({"base": "stochastic", "forecast_noise": 0.05})
 
 
 def test_misuse_of_the_errors_is_a_clear_error() -> None:

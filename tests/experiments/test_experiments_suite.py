@@ -145,7 +145,10 @@ def test_a_variant_of_the_benchmarks_is_named_apart_and_changes_only_what_it_ove
     noisy = run_suite(
         ["mild"],
         out_dir=str(tmp_path),
-        bench_overrides=["+scenario.params.forecast=noisy", "+scenario.params.forecast_noise=0.2"],
+        bench_overrides=[
+            "+scenario.params.forecast=noisy",
+            "+scenario.params.forecast_noise_1h=0.2",
+        ],
         variant="noisy",
         **kwargs,  # type: ignore[arg-type]
     )
