@@ -8,6 +8,7 @@ initial weights is the reference, bit for bit.
 from __future__ import annotations
 
 import math
+import os
 import warnings
 from collections.abc import Sequence
 from typing import Any
@@ -446,6 +447,8 @@ def test_compiled_update_repeats_bit_for_bit_and_stays_close_to_eager() -> None:
     from pulsebms.agents.rllib import cpp_compiler_available
 
     if not cpp_compiler_available():  # inductor writes C++; build_rllib_algorithm refuses
+        if os.environ.get("CI"):  # .ci/run installs g++: never green by skipping there
+            pytest.fail("no C++ compiler for torch's inductor on CI (.ci/run installs g++)")
         pytest.skip("no C++ compiler for torch's inductor on this machine")
     columns = _columns(100, seed=3)
     compiled = _update(PulsePPOTorchLearner, columns, compile_update=True, **SB3_LOSS)
