@@ -83,6 +83,7 @@ from typing import Any
 import gymnasium as gym
 import ray
 from ray.rllib.algorithms import Algorithm, AlgorithmConfig
+from ray.rllib.algorithms.algorithm_config import TorchCompileWhatToCompile
 from ray.rllib.algorithms.ppo import PPOConfig
 from ray.rllib.algorithms.sac import SACConfig
 from ray.rllib.callbacks.callbacks import RLlibCallback
@@ -115,7 +116,7 @@ from pulsebms.agents.rllib_env import (
     make_rllib_env,
 )
 from pulsebms.agents.rllib_env_runner import PulseEnvRunner
-from pulsebms.agents.rllib_learner import PulsePPOTorchLearner
+from pulsebms.agents.rllib_learner import FUSED_ADAM_KEY, PulsePPOTorchLearner
 from pulsebms.agents.rllib_module import PulsePPOTorchRLModule, log_std_model_config
 from pulsebms.agents.rllib_policy import DeployedRLlibPolicy, RLlibPolicy, rllib_torch_policy
 
@@ -136,6 +137,7 @@ __all__ = [
     "RllibRun",
     "RllibSACConfig",
     "build_rllib_algorithm",
+    "cpp_compiler_available",
     "local_system_config",
     "make_rllib_env",
     "ray_session",
@@ -463,6 +465,8 @@ def build_rllib_algorithm(
     config_hook: ConfigHook | None = None,
     callbacks: type[RLlibCallback] | None = EpisodeCostCallback,
     info_keys: Sequence[str] | None = DEFAULT_INFO_KEYS,
+    torch_compile_learner: bool = False,
+    fused_adam: bool = False,
     **hyperparameters: Any,
 ) -> Algorithm:
     """Build an RLlib algorithm (new API stack) training on a shielded PulseBMS env.
@@ -512,6 +516,16 @@ def build_rllib_algorithm(
         info_keys: ``info`` entries the EnvRunners keep per step
             (:class:`~pulsebms.agents.rllib_env.CompactInfo`); ``None`` keeps all of them
             (slower sampling; for callbacks of your own that read more).
+        torch_compile_learner: Compile the PPO Learner's whole per-minibatch update
+            (forward, loss, backward, optimizer step) with ``torch.compile`` (inductor):
+            RLlib's ``torch_compile_learner`` with ``what_to_compile="complete_update"``.
+            The first update runs eagerly, the next ones compile (seconds; once more
+            when a guarded counter changes). Seeded runs stay bit-for-bit repeatable, but
+            the weights differ from eager ones in the last bits from the first compiled
+            update on. PPO Learners only. See docs/ray.md, "Seventh round".
+        fused_adam: Adam with torch's fused kernel in the PPO Learner (instead of the
+            multi-tensor ``foreach`` step): cheaper, repeatable, other rounding. PPO
+            Learners only.
         **hyperparameters: Field overrides of ``agent`` (``train_batch_size=64``, ...): the
             keyword form of earlier versions.
 
@@ -519,8 +533,11 @@ def build_rllib_algorithm(
         The built algorithm (call :func:`train_rllib`, then ``stop()`` it).
 
     Raises:
+        RuntimeError: If ``torch_compile_learner`` is set and no C++ compiler is found.
         ValueError: If ``algorithm`` is unknown or contradicts ``agent``, or a size is not
-            positive, or ``minibatch_size`` exceeds ``train_batch_size``.
+            positive, or ``minibatch_size`` exceeds ``train_batch_size``, or
+            ``torch_compile_learner``/``fused_adam`` is asked of a Learner that is not a
+            :class:`~pulsebms.agents.rllib_learner.PulsePPOTorchLearner`.
         TypeError: If a hyperparameter override names no field of ``agent``.
 
     Example:
@@ -586,11 +603,46 @@ def build_rllib_algorithm(
         config = config.callbacks(callbacks)
     if learner_class is not None:
         config = config.learners(learner_class=learner_class)
+    if torch_compile_learner or fused_adam:
+        if learner_class is None or not issubclass(learner_class, PulsePPOTorchLearner):
+            raise ValueError(
+                "torch_compile_learner and fused_adam are measured and tested for PPO "
+                f"Learners (PulsePPOTorchLearner) only, not {params.algorithm}"
+            )
+        if fused_adam:
+            config = config.learners(learner_config_dict={FUSED_ADAM_KEY: True})
+        if torch_compile_learner:
+            if not cpp_compiler_available():
+                raise RuntimeError(
+                    "torch_compile_learner needs a C++ compiler for torch's inductor "
+                    "backend (g++ or clang++ on PATH, or CXX); none was found"
+                )
+            config = config.framework(
+                torch_compile_learner=True,
+                torch_compile_learner_what_to_compile=TorchCompileWhatToCompile.COMPLETE_UPDATE,
+                torch_compile_learner_dynamo_backend="inductor",
+            )
     if config_hook is not None:
         config = config_hook(config)
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", category=DeprecationWarning, module=r"ray(\.|$)")
         return config.build_algo()
+
+
+def cpp_compiler_available() -> bool:
+    """Whether a C++ compiler for torch's inductor backend is on this machine.
+
+    ``torch.compile`` on CPU (``ray.torch_compile_learner``) writes and compiles C++;
+    inductor takes ``$CXX`` if set, else a ``g++``/``c++``/``clang++`` on ``PATH``.
+
+    Example:
+        >>> isinstance(cpp_compiler_available(), bool)
+        True
+    """
+    import shutil
+
+    candidates = [os.environ.get("CXX"), "g++", "c++", "clang++"]
+    return any(name and shutil.which(name) for name in candidates)
 
 
 @dataclass(frozen=True)

@@ -227,6 +227,14 @@ class RaySettings:
             ``True`` keeps Ray's default (on). Applies to a local Ray only: a joined cluster
             keeps the setting it was started with (``RAY_enable_metrics_collection=0`` in
             the environment of ``ray start`` turns it off there). See docs/ray.md.
+        torch_compile_learner: Compile the PPO Learner's per-minibatch update with
+            ``torch.compile`` (inductor; a C++ compiler must be installed). Off: RLlib's
+            eager update. On: seconds of compiling in the first iterations, then a
+            cheaper update; seeded runs repeat bit for bit, but not the eager run's
+            weights. PPO agents only (``rllib_ppo``, ``rllib_ppo_lagrangian``).
+        fused_adam: Adam with torch's fused kernel in the PPO Learner (off: the
+            ``foreach`` multi-tensor step, RLlib's arithmetic). Repeatable, other rounding.
+            PPO agents only.
 
     Raises:
         ValueError: If a count is negative or ``address`` is empty.
@@ -241,6 +249,8 @@ class RaySettings:
     log_level: str = "ERROR"
     temp_dir: str | None = None
     metrics: bool = False
+    torch_compile_learner: bool = False
+    fused_adam: bool = False
 
     def __post_init__(self) -> None:
         if self.address is not None and not str(self.address).strip():

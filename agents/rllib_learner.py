@@ -29,6 +29,7 @@ against SB3's PPO):
   loops over the parameters in Python); the global-norm gradient clip runs as two
   ``torch._foreach_*`` calls (:func:`clip_by_global_norm`), whose per-tensor norms also
   establish that every gradient is finite. Same arithmetic, bit-identical weights.
+  Opt-in (``ray.fused_adam``): torch's fused Adam kernel, cheaper still, with other rounding.
 * **Metrics once per update.** RLlib reduces and logs the PPO loss metrics and the
   gradient norm on every minibatch with a window of one, and eight steps-trained counters
   per minibatch; this Learner logs the same reported values (the last minibatch's terms,
@@ -82,6 +83,7 @@ from ray.rllib.utils.torch_utils import explained_variance
 from pulsebms.agents.rllib_gae import batch_learner_connector
 
 __all__ = [
+    "FUSED_ADAM_KEY",
     "IndexedCyclicIterator",
     "PulsePPOTorchLearner",
     "all_finite",
@@ -302,6 +304,10 @@ def _take_rows(
     return taken
 
 
+FUSED_ADAM_KEY = "fused_adam"
+"""``learner_config_dict`` key: Adam with torch's fused kernel (see ``ray.fused_adam``)."""
+
+
 class PulsePPOTorchLearner(PPOTorchLearner):
     """RLlib's torch PPO Learner with index minibatches and one finiteness check per step.
 
@@ -332,35 +338,51 @@ class PulsePPOTorchLearner(PPOTorchLearner):
         # Gradients (param refs) whose finiteness the global-norm clip has established.
         self._grads_known_finite: set[Any] = set()
 
+    @property
+    def fused_adam(self) -> bool:
+        """Whether Adam runs torch's fused kernel (``learner_config_dict["fused_adam"]``)."""
+        return bool(self.config.learner_config_dict.get(FUSED_ADAM_KEY, False))
+
+    def _adam_kernel(self) -> dict[str, bool | None]:
+        """Adam's kernel flags: fused, or the multi-tensor foreach step."""
+        if self.fused_adam:
+            return {"fused": True, "foreach": False}
+        return {"fused": None, "foreach": True}
+
     def configure_optimizers_for_module(self, module_id: Any, config: Any = None) -> None:
         """RLlib's optimizer (Adam over the module's parameters) with ``foreach=True``.
 
         The multi-tensor Adam step runs one ``torch._foreach_*`` kernel per update term
         for all parameters, where torch's CPU default loops over the parameters in Python
         (about ten kernels per parameter): the same arithmetic, bit-identical weights.
+        With ``learner_config_dict["fused_adam"]`` (``ray.fused_adam``), torch's fused
+        Adam kernel instead (one kernel for the whole step; cheaper, repeatable run to run,
+        but its rounding differs from the foreach step in the last bits).
         """
         modules: Any = self._module
         params = self.get_parameters(modules[module_id])
+        kernel = self._adam_kernel()
         self.register_optimizer(
             module_id=module_id,
-            optimizer=torch.optim.Adam(params, foreach=True),
+            optimizer=torch.optim.Adam(params, foreach=kernel["foreach"], fused=kernel["fused"]),
             params=params,
             lr_or_lr_schedule=config.lr,
         )
 
     def _set_optimizer_state(self, state: dict[str, Any]) -> None:
-        """RLlib's optimizer restore; Adam restored from older checkpoints stays foreach.
+        """RLlib's optimizer restore; Adam keeps this Learner's kernel (foreach or fused).
 
         ``load_state_dict`` takes the param-group settings from the checkpoint, and
         checkpoints written before this Learner used ``foreach=True`` hold ``None``
-        (torch's per-parameter loop on CPU): the same results, restored to the faster path.
+        (torch's per-parameter loop on CPU), those of a fused-Adam run ``fused=True``:
+        the moments and step counts are restored as saved, the kernel is this Learner's.
         """
         super()._set_optimizer_state(state)
+        kernel = self._adam_kernel()
         for optimizer in self._named_optimizers.values():
             if isinstance(optimizer, torch.optim.Adam):
                 for group in optimizer.param_groups:
-                    if group.get("foreach") is None:
-                        group["foreach"] = True
+                    group.update(kernel)
 
     def compute_loss_for_module(
         self, *, module_id: Any, config: Any, batch: dict[str, Any], fwd_out: dict[str, Any]

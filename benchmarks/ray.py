@@ -77,6 +77,10 @@ ENV_ID = "PulseBMS/FleetSmall-v0"
 ENV_KWARGS: dict[str, Any] = {"dt_s": 900.0, "horizon_steps": 96, "fidelity": "ecm"}
 LOG_STD_INIT = -0.5
 """Initial log-std of both PPOs (SB3's PPOConfig default)."""
+COMPILE_WARMUP_ITERATIONS = 4
+"""Training iterations run before the rounds with ``--compile-learner``: the first update
+runs eagerly, the second compiles, the next recompile once for a counter dynamo guards."""
+
 SB3_LOSS: dict[str, Any] = {"use_kl_loss": False, "grad_clip": 0.5, "vf_clip_param": float("inf")}
 """RLlib PPO settings of SB3's PPO loss (no KL term, grad-norm clip 0.5, no value clip)."""
 BENCH_ENV_NAME = "pulsebms-bench-fleet"
@@ -215,6 +219,8 @@ class _RLlib:
         epochs: int,
         seed: int,
         loss: Mapping[str, Any] | None = None,
+        compile_learner: bool = False,
+        fused_adam: bool = False,
     ):
         from ray.tune.registry import register_env
 
@@ -241,6 +247,8 @@ class _RLlib:
             num_envs_per_env_runner=n_envs,
             seed=seed,
             config_hook=timed_env,
+            torch_compile_learner=compile_learner,
+            fused_adam=fused_adam,
         )
         group = self.algo.env_runner_group
         if group is None:  # pragma: no cover - built with remote env runners
@@ -261,6 +269,14 @@ class _RLlib:
                     self._local_sample_cpu_s += time.process_time() - start
 
             runner.sample = timed_sample
+
+        self.compile_warmup_s = 0.0
+        if compile_learner:  # compile outside the timed rounds (the bench's warm-up is one)
+            algo: Any = self.algo
+            start = time.perf_counter()
+            for _ in range(COMPILE_WARMUP_ITERATIONS):
+                algo.train()
+            self.compile_warmup_s = time.perf_counter() - start
 
     def _runner_clocks(self) -> list[tuple[float, float]]:
         clocks: list[tuple[float, float]] = self.group.foreach_env_runner(
@@ -429,6 +445,17 @@ def main(argv: list[str] | None = None) -> int:
         help="keep Ray's metrics collection on (Ray's default); off by default, as "
         "pulsebms-train's ray.metrics=false",
     )
+    parser.add_argument(
+        "--compile-learner",
+        action="store_true",
+        help="RLlib rows: the PPO Learner's update compiled with torch.compile (inductor; "
+        "ray.torch_compile_learner=true); compile time reported, not timed",
+    )
+    parser.add_argument(
+        "--fused-adam",
+        action="store_true",
+        help="RLlib rows: torch's fused Adam in the PPO Learner (ray.fused_adam=true)",
+    )
     args = parser.parse_args(argv)
     # ---- seeding: every learner and sampler below is seeded with args.seed.
     import torch
@@ -469,6 +496,11 @@ def main(argv: list[str] | None = None) -> int:
         f"{metrics}), as pulsebms-train ray.metrics={str(metrics).lower()}"
         f"{'' if metrics else ', its default'})"
     )
+    compile_learner, fused_adam = bool(args.compile_learner), bool(args.fused_adam)
+    print(
+        f"RLlib Learner: torch.compile {'on' if compile_learner else 'off'}, Adam "
+        f"{'fused' if fused_adam else 'foreach'} (SB3: eager, Adam's default)"
+    )
     from pulsebms.agents.rllib import ray_session
 
     names = ("sb3_ppo", "rllib_local_runner", "rllib_1_runner", "rllib_2_runners")
@@ -481,9 +513,24 @@ def main(argv: list[str] | None = None) -> int:
     ):
         try:
             samplers["sb3_ppo"] = _SB3(**work)
-            samplers["rllib_local_runner"] = _RLlib(runners=0, loss=loss, **work)
-            samplers["rllib_1_runner"] = _RLlib(runners=1, loss=loss, **work)
-            samplers["rllib_2_runners"] = _RLlib(runners=2, loss=loss, **work)
+            for name, runners in (
+                ("rllib_local_runner", 0),
+                ("rllib_1_runner", 1),
+                ("rllib_2_runners", 2),
+            ):
+                samplers[name] = _RLlib(
+                    runners=runners,
+                    loss=loss,
+                    compile_learner=compile_learner,
+                    fused_adam=fused_adam,
+                    **work,
+                )
+            if compile_learner:
+                warmups = {n: s.compile_warmup_s for n, s in samplers.items() if n != "sb3_ppo"}
+                print(
+                    f"compile warm-up ({COMPILE_WARMUP_ITERATIONS} iterations each, wall s): "
+                    + ", ".join(f"{n} {t:.1f}" for n, t in warmups.items())
+                )
             _rounds(samplers, "sample", sample_rounds, rows)
             _rounds(samplers, "train", train_rounds, rows)
         finally:
@@ -508,6 +555,8 @@ def main(argv: list[str] | None = None) -> int:
         "epochs": work["epochs"],
         "rllib_loss": "rllib_default" if args.rllib_loss else "sb3",
         "ray_metrics": metrics,
+        "compile_learner": compile_learner,
+        "fused_adam": fused_adam,
         **{name: {k: round(v, 3) for k, v in f.items()} for name, f in summary.items()},
         **{k: round(v, 3) for k, v in ratios.items()},
     }

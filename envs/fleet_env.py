@@ -490,7 +490,11 @@ class FleetEnv(gym.Env[ObsArray, ActArray]):
 
         Args:
             seed: Seeds the env's generator (``self.np_random``); all randomness of the
-                episode (scenario, noisy forecasts, randomised initial state) comes from it.
+                episode comes from it, drawn in this order: the scenario series
+                (:func:`~pulsebms.envs.scenarios.build_series`), the randomised initial
+                state, then a noisy forecast's errors (one draw: the seed of their child
+                generator, :meth:`~pulsebms.envs.scenarios.ScenarioSeries.with_forecast_errors`).
+                Nothing is drawn during the episode.
             options: Optional digital-twin synchronisation: ``"soc"``, ``"soh"``,
                 ``"temperature_c"`` (one value or one per pack) override the initial state
                 after randomisation; ``"randomize_initial_state"`` (bool) overrides the
@@ -538,6 +542,9 @@ class FleetEnv(gym.Env[ObsArray, ActArray]):
             temperature = self._per_pack(opts["temperature_c"], "temperature_c")
         soh = self._per_pack(opts["soh"], "soh") if "soh" in opts else None
         self._states = self.twin.set_state(soc=soc, soh=soh, temperature_c=temperature)
+        # Last draw of the reset: a seed's day and fleet state are the same whatever the
+        # forecast (perfect forecasts draw nothing).
+        self._series = self._series.with_forecast_errors(self.forecast_steps, rng)
         self._request_w = self._fleet_request_w(0)
         series = self._series
         self._stored_price = stored_energy_price(
@@ -795,7 +802,7 @@ class FleetEnv(gym.Env[ObsArray, ActArray]):
         s = self._require_states()
         series = self.series
         k = min(self._k, series.n_samples - 1)
-        fc_net, fc_price = series.forecast_at(k, self.forecast_steps, self.np_random)
+        fc_net, fc_price = series.forecast_at(k, self.forecast_steps)
         inputs = ObservationInputs.from_readings(
             s,
             capacity_ah=self._capacity_ah,

@@ -10,19 +10,23 @@ benchmark's day (its env and evaluation shield, evaluation seeds 100–102) and 
 then a last line ``RESULT {json}``. A variant is ``<horizon>:<sigma>:<signals>:<errors>``:
 ``h2`` (the suite's ``mpc``: 24 steps of 5 min) or ``h24`` (a full day on the oracle's
 900 s grid, ``mpc_day``); the forecast the MPC plans on is the scenario's true future plus
-the env's noise model (:meth:`pulsebms.envs.scenarios.ScenarioSeries.forecast_at`: lead
-``j`` error of std ``sigma·√j`` × the site peak for net load, × the price for price) on
-``net``, ``price`` or ``netprice``; ``fresh`` errors are drawn anew at every step (what
-the env does), ``consistent`` ones once per episode and target sample, so a target's error
-keeps its sign between issues and shrinks with the lead (what a real forecaster does).
-``h24:0:netprice:fresh`` is the oracle itself (a check). See docs/benchmarks.md, *The cold
-gap is the forecast MPC's 2-h horizon*.
+errors of std ``sigma·√(lead in hours)`` (``sigma``: the relative std one hour ahead, as
+``Scenario.forecast_noise_1h``) × the site peak for net load, × the price for price, on
+``net``, ``price`` or ``netprice``. ``evolving`` errors are the env's own noisy-forecast
+model (:class:`pulsebms.envs.scenarios.ForecastErrors`: the martingale model of forecast
+evolution, drawn once per episode; consecutive issues of one target differ by one
+innovation); ``fresh`` ones are drawn anew at every step (the env's model before it: the
+mean of repeated issues of one target beats the latest one, an artefact kept here only to
+measure it). ``h24:0:netprice:fresh`` is the oracle itself (a check). See
+docs/benchmarks.md, *The cold gap is the forecast MPC's 2-h horizon*.
 
 Example:
     >>> import numpy as np
-    >>> errors = ForecastErrors(0.1, "netprice", "consistent", seed=0)
-    >>> a, b = errors.draw(k=10, n=4, n_samples=50), errors.draw(k=11, n=4, n_samples=50)
-    >>> bool(np.all(np.sign(a[:, 2:]) == np.sign(b[:, 1:3])))  # same target, same sign
+    >>> errors = VariantErrors(0.1, "netprice", "evolving", seed=0)
+    >>> a = errors.draw(k=10, n=4, n_samples=50)
+    >>> a[:, 0].tolist()  # now is known
+    [0.0, 0.0]
+    >>> bool(np.array_equal(a, errors.draw(k=10, n=4, n_samples=50)))  # drawn once
     True
 """
 
@@ -37,16 +41,17 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from pulsebms.core.types import FloatArray
+from pulsebms.envs.scenarios import ForecastErrors
 
 if TYPE_CHECKING:  # annotations only
     import gymnasium as gym
 
     from pulsebms.agents.observation import FleetObservation
 
-__all__ = ["ForecastErrors", "NoisyTrueForecast", "Variant", "main", "run_variant"]
+__all__ = ["NoisyTrueForecast", "Variant", "VariantErrors", "main", "run_variant"]
 
 _COSTS = ("energy_cost_eur", "degradation_cost_eur", "unserved_penalty_eur", "total_cost_eur")
-ERROR_MODES = ("fresh", "consistent")
+ERROR_MODES = ("fresh", "evolving")
 _BASELINE_OF_HORIZON = {"h2": "mpc", "h24": "mpc_day"}
 SIGNALS = ("net", "price", "netprice")
 
@@ -56,8 +61,8 @@ class Variant:
     """One MPC variant: horizon, noise level, the noisy signals, the error model.
 
     Example:
-        >>> Variant.parse("h24:0.05:price:consistent")
-        Variant(horizon='h24', sigma=0.05, signals='price', errors='consistent')
+        >>> Variant.parse("h24:0.05:price:evolving")
+        Variant(horizon='h24', sigma=0.05, signals='price', errors='evolving')
     """
 
     horizon: str
@@ -67,13 +72,19 @@ class Variant:
 
     @classmethod
     def parse(cls, text: str) -> Variant:
-        """``<h2|h24>:<sigma>:<net|price|netprice>:<fresh|consistent>``."""
+        """``<h2|h24>:<sigma>:<net|price|netprice>:<fresh|evolving>``."""
         parts = text.split(":")
         if len(parts) != 4:
             raise ValueError(f"variant {text!r}: want <h2|h24>:<sigma>:<signals>:<errors>")
         horizon, sigma, signals, errors = parts
         if horizon not in ("h2", "h24"):
             raise ValueError(f"variant {text!r}: horizon must be h2 or h24")
+        if errors == "consistent":
+            raise ValueError(
+                f"variant {text!r}: 'consistent' errors (one normal per target × √lead) are "
+                "gone: two consecutive issues of a target revealed its error exactly. Use "
+                "'evolving', the env's own model (the martingale model of forecast evolution)"
+            )
         if signals not in SIGNALS or errors not in ERROR_MODES:
             raise ValueError(f"variant {text!r}: signals in {SIGNALS}, errors in {ERROR_MODES}")
         value = float(sigma)
@@ -85,14 +96,16 @@ class Variant:
         return f"{self.horizon}:{self.sigma:g}:{self.signals}:{self.errors}"
 
 
-class ForecastErrors:
-    """Standardised forecast errors (2 signals × leads), fresh or consistent between issues.
+class VariantErrors:
+    """Standardised forecast errors (2 signals × leads) of a variant: evolving or fresh.
 
     Args:
-        sigma: Relative error std one step ahead (grows with √lead; lead 0 is exact).
+        sigma: Relative error std one control interval ahead (grows with √lead; lead 0 is
+            exact); :func:`run_variant` converts a variant's per-hour sigma to it.
         signals: Which signals get errors: ``net``, ``price`` or ``netprice``.
-        errors: ``fresh`` (new draws at every call) or ``consistent`` (one draw per target
-            sample for the whole episode).
+        errors: ``evolving`` (the env's model, :class:`pulsebms.envs.scenarios.ForecastErrors`,
+            drawn once per episode at the first call) or ``fresh`` (new independent draws
+            at every call).
         seed: Seed of the errors' generator.
     """
 
@@ -101,19 +114,28 @@ class ForecastErrors:
             raise ValueError(f"errors in {ERROR_MODES}, signals in {SIGNALS}")
         self.sigma, self.signals, self.errors = float(sigma), signals, errors
         self._rng = np.random.default_rng(seed)
-        self._z: FloatArray | None = None
+        self.env_errors: ForecastErrors | None = None
+        self._started = False
 
     def draw(self, k: int, n: int, n_samples: int) -> FloatArray:
         """Errors ``(2, n)`` (net load, price) of samples ``k … k+n−1`` issued at ``k``."""
-        if self._z is None:  # the episode's consistent errors, drawn first in both modes
-            self._z = self._rng.standard_normal((2, n_samples + n + 2))
-        if self.errors == "fresh":
+        if not self._started:
+            self._started = True
+            if self.errors == "evolving":  # one row per target the episode can ask for
+                self.env_errors = ForecastErrors.draw(
+                    n_samples=n_samples + n, max_lead=max(n - 1, 0), rng=self._rng
+                )
+            else:  # the draw fresh variants began with before, so their figures reproduce
+                self._rng.standard_normal((2, n_samples + n + 2))
+        if self.env_errors is None:  # fresh: σ·√lead·(a new standard normal)
             z = self._rng.standard_normal((2, n))
+            scaled = self.sigma * np.sqrt(np.arange(n, dtype=np.float64)) * z
         else:
-            if self._z.shape[1] < k + n:
-                raise ValueError(f"sample {k + n} is past the episode's {n_samples} samples")
-            z = self._z[:, k : k + n]
-        scaled = self.sigma * np.sqrt(np.arange(n, dtype=np.float64)) * z
+            if k + n > self.env_errors.n_samples or n - 1 > self.env_errors.max_lead:
+                raise ValueError(f"samples {k}…{k + n - 1} are past the errors drawn")
+            scaled = np.zeros((2, n))
+            scaled[0, 1:], scaled[1, 1:] = self.env_errors.at(k, n - 1)
+            scaled *= self.sigma
         scaled[0] *= "net" in self.signals
         scaled[1] *= "price" in self.signals
         return np.asarray(scaled, dtype=np.float64)
@@ -127,7 +149,7 @@ class NoisyTrueForecast:
         errors: The error model.
     """
 
-    def __init__(self, env: gym.Env[Any, Any], errors: ForecastErrors) -> None:
+    def __init__(self, env: gym.Env[Any, Any], errors: VariantErrors) -> None:
         self._base: Any = env.unwrapped
         self.errors = errors
 
@@ -173,8 +195,10 @@ def run_variant(
             v = Variant.parse(variant) if isinstance(variant, str) else variant
             name = _BASELINE_OF_HORIZON[v.horizon]
             mpc = baseline_factories((name,))[name](env)
+            # sigma is per hour; the errors' leads count the env's control intervals
+            per_interval = v.sigma * np.sqrt(float(env.unwrapped.dt_s) / 3600.0)  # type: ignore[attr-defined]
             mpc.forecast = NoisyTrueForecast(  # type: ignore[attr-defined]
-                env, ForecastErrors(v.sigma, v.signals, v.errors, seed=seed + 7)
+                env, VariantErrors(per_interval, v.signals, v.errors, seed=seed + 7)
             )
         policy = behind_shield(mpc)
         obs, _ = env.reset(seed=seed)
@@ -203,7 +227,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "--variants",
         nargs="+",
         default=["h2:0:net:fresh", "h24:0:net:fresh", "h24:0.05:netprice:fresh"],
-        help="<h2|h24>:<sigma>:<net|price|netprice>:<fresh|consistent>",
+        help="<h2|h24>:<sigma>:<net|price|netprice>:<fresh|evolving>",
     )
     parser.add_argument("--max-steps", type=int, default=None)
     args = parser.parse_args(argv)

@@ -6,6 +6,9 @@ Command line::
     python -m pulsebms.experiments.suite --seeds 100 101 102 103 104
     python -m pulsebms.experiments.suite --checkpoint runs/.../model.zip   # + that agent
     python -m pulsebms.experiments.suite --train-steps 150000 --train-seeds 0 1 2  # + PPO
+    python -m pulsebms.experiments.suite --quick --variant noisy05 \
+        --bench-override +scenario.params.forecast=noisy \
+        --bench-override +scenario.params.forecast_noise_1h=0.05   # a variant of every benchmark
 
 Each benchmark is a Hydra config (``+benchmark=<name>`` on top of the primary config), so
 ``pulsebms-train +benchmark=hot_spike`` trains on exactly the env the suite evaluates.
@@ -17,6 +20,8 @@ episode) and pre-shield violations (share of steps whose request the shield pred
 violate a limit), with shield interventions (pack-steps) beside them. Every policy is
 behind the same shield accounting (:func:`pulsebms.agents.evaluation.behind_shield`).
 Ratios are per (scenario, seed) episode; NaN where the reference is near zero.
+A variant (``--variant NAME --bench-override ...``: Hydra overrides of every benchmark's
+config) is reported as ``<benchmark>@<NAME>``, never under the benchmark's own name.
 """
 
 from __future__ import annotations
@@ -875,6 +880,8 @@ def run_suite(
     label: str | None = None,
     experiment: str = "suite",
     held_baselines: Sequence[str] = (),
+    bench_overrides: Sequence[str] = (),
+    variant: str | None = None,
 ) -> list[SuiteRow]:
     """Evaluate the baselines (and trained agents) on every benchmark; the suite's rows.
 
@@ -907,14 +914,26 @@ def run_suite(
             forecast MPC, then fine-tune with shielded PPO).
         held_baselines: Baselines also evaluated deciding every ``env.decision_s`` like the
             agent (rows ``<name>_held``; e.g. ``mpc``: the teacher as the agent sees it).
+        bench_overrides: Hydra overrides of every benchmark's config (e.g.
+            ``+scenario.params.forecast=noisy``): a variant of the benchmarks.
+        variant: The variant's name, required with ``bench_overrides``: its rows, tables
+            and cached episodes are ``<benchmark>@<variant>``.
 
     Returns:
         The rows of every benchmark.
+
+    Raises:
+        ValueError: On ``bench_overrides`` without a ``variant``, or a variant name that
+            is not a plain word (letters, digits, ``_``, ``-``, ``.``).
     """
     from pulsebms.agents.workflow import baseline_factories
     from pulsebms.experiments.common import decision_s
     from pulsebms.experiments.train import held_factory
 
+    if bench_overrides and not variant:
+        raise ValueError("name the variant the bench_overrides make (variant=...)")
+    if variant is not None and not all(c.isalnum() or c in "_-." for c in variant):
+        raise ValueError(f"variant must be a plain word (letters, digits, _ - .), got {variant!r}")
     out = Path(out_dir)
     label = label or agent
     agents = _agent_factories(
@@ -930,26 +949,27 @@ def run_suite(
         experiment=experiment,
     )
     rows: list[SuiteRow] = []
-    for name in benchmarks:
-        cfg = benchmark_config(name)
+    for bench in benchmarks:
+        cfg = benchmark_config(bench, bench_overrides)
+        name = f"{bench}@{variant}" if variant else bench
         bench_key = _fingerprint(cfg.env, cfg.fleet, cfg.scenario, cfg.shield, max_steps)
         policies: dict[str, PolicyFactory | None] = {NO_BATTERY: None}
         policies.update(baseline_factories(list(baselines)))
         for held in held_baselines:
             teacher = baseline_factories([held])[held]
             policies[f"{held}_held"] = held_factory(teacher, decision_s(cfg))
-        policies.update(agents[name])
+        policies.update(agents[bench])
         episodes: list[dict[str, Any]] = []
         for policy_name, factory in policies.items():
             key = bench_key
-            if policy_name in agents[name]:
+            if policy_name in agents[bench]:
                 if checkpoint:
                     key = _fingerprint(bench_key, str(Path(checkpoint).resolve()))
                 else:
                     seed = int(policy_name.rsplit("_seed", 1)[1])
                     steps = [] if train_steps is None else [f"train.total_timesteps={train_steps}"]
                     tcfg = train_config(
-                        name,
+                        bench,
                         agent,
                         [f"seed={seed}", *train_overrides, *steps],
                         experiment=experiment,
@@ -1018,6 +1038,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument(
         "--train-override", action="append", default=[], help="Hydra override of training"
     )
+    parser.add_argument(
+        "--bench-override",
+        action="append",
+        default=[],
+        help="Hydra override of every benchmark (a variant: needs --variant), e.g. "
+        "+scenario.params.forecast=noisy",
+    )
+    parser.add_argument(
+        "--variant", default=None, help="name of the benchmarks' variant: rows <benchmark>@<name>"
+    )
     parser.add_argument("--max-steps", type=int, default=None)
     parser.add_argument("--out-dir", default="runs/suite")
     parser.add_argument("--progress", action="store_true")
@@ -1030,6 +1060,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.error("give at least 3 seeds")
     if set(seeds) & set(args.train_seeds) and args.train:
         parser.error("evaluation seeds must differ from the training seeds")
+    if args.bench_override and not args.variant:
+        parser.error("--bench-override makes a variant of the benchmarks: name it (--variant)")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     rows = run_suite(
         args.benchmarks,
@@ -1046,6 +1078,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         label=args.label,
         experiment=args.experiment,
         held_baselines=args.held_baselines,
+        bench_overrides=args.bench_override,
+        variant=args.variant,
     )
     print(format_table(rows))
     return 0

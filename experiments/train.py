@@ -122,6 +122,8 @@ def _train_rllib(
             num_envs_per_env_runner=settings.num_envs_per_env_runner,
             num_cpus_per_env_runner=settings.num_cpus_per_env_runner,
             seed=seed,
+            torch_compile_learner=settings.torch_compile_learner,
+            fused_adam=settings.fused_adam,
         )
         try:
             run = train_rllib(

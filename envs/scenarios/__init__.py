@@ -2,6 +2,8 @@
 
 A :class:`Scenario` is plain data (build it from a preset name or a dict with
 :func:`make_scenario`); :func:`build_series` turns it into one episode's seeded series.
+Noisy forecasts of net load and price evolve like a real forecaster's
+(:class:`ForecastErrors`: the martingale model of forecast evolution).
 Real profiles come from libraries that ship their data: BDEW standard load profiles
 (demandlib) and TMY3 weather years with a pvlib PV model (pvlib). A user's own
 measurements load from CSV (:func:`load_csv_profile`).
@@ -21,6 +23,7 @@ from pulsebms.envs.scenarios.csv_loader import (
     CsvProfileError,
     load_csv_profile,
 )
+from pulsebms.envs.scenarios.forecast_errors import ForecastErrors
 from pulsebms.envs.scenarios.profiles import (
     AnnualProfile,
     bdew_load_profile,
@@ -52,6 +55,7 @@ __all__ = [
     "AnnualProfile",
     "CsvProfile",
     "CsvProfileError",
+    "ForecastErrors",
     "Scenario",
     "ScenarioSeries",
     "bdew_load_profile",

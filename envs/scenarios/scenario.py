@@ -118,9 +118,15 @@ class Scenario:
         start_day: Day of year (0-based) the episode starts on; ``None`` draws it from the
             env's seeded generator at every reset.
         start_hour: Local hour of day the episode starts at.
-        forecast: ``"perfect"`` or ``"noisy"`` forecasts of net load and price.
-        forecast_noise: Relative std of a noisy forecast one step ahead; it grows with the
-            square root of the lead.
+        forecast: ``"perfect"`` or ``"noisy"`` forecasts of net load and price. Noisy
+            forecasts follow the martingale model of forecast evolution
+            (:mod:`pulsebms.envs.scenarios.forecast_errors`): each target sample's error is
+            drawn once per episode, one innovation revealed per step as the lead shrinks.
+        forecast_noise_1h: Relative std of a noisy forecast one **hour** ahead (× the site
+            peak load for net load, × the true price for price); at a lead of ``h`` hours it
+            is ``forecast_noise_1h·√h``, whatever the control interval (0.05: 5 % one hour
+            ahead, ≈ 24 % a day ahead). Finite and ≥ 0. (Replaces ``forecast_noise``, which
+            was stated per control interval.)
         csv_path: Path of a user's CSV for any ``"csv"`` source (see
             :func:`pulsebms.envs.scenarios.load_csv_profile`).
         csv_scale: ``"fleet"`` (scale the CSV's load and PV to the fleet like every other
@@ -172,7 +178,7 @@ class Scenario:
     start_day: int | None = None
     start_hour: float = 0.0
     forecast: str = "perfect"
-    forecast_noise: float = 0.05
+    forecast_noise_1h: float = 0.05
     csv_path: str | None = None
     csv_scale: str = "fleet"
     randomize_day: bool = False
@@ -216,9 +222,13 @@ class Scenario:
             if not (math.isfinite(getattr(self, name)) and getattr(self, name) >= 0.0):
                 value = getattr(self, name)
                 raise ValueError(f"Scenario.{name} must be finite and >= 0, got {value}")
-        for name in ("load_noise", "price_volatility", "forecast_noise", "pv_peak_ratio"):
+        for name in ("load_noise", "price_volatility", "forecast_noise_1h", "pv_peak_ratio"):
             if not getattr(self, name) >= 0.0:
                 raise ValueError(f"Scenario.{name} must be >= 0, got {getattr(self, name)}")
+        if not math.isfinite(self.forecast_noise_1h):
+            raise ValueError(
+                f"Scenario.forecast_noise_1h must be finite, got {self.forecast_noise_1h}"
+            )
         for name in ("peak_load_ratio", "grid_import_ratio", "grid_export_ratio"):
             if not getattr(self, name) > 0.0:
                 raise ValueError(f"Scenario.{name} must be > 0, got {getattr(self, name)}")
@@ -353,6 +363,13 @@ def make_scenario(spec: str | Mapping[str, Any] | Scenario) -> Scenario:
         base = make_scenario(str(base_name)) if base_name is not None else Scenario()
         known = {f.name for f in dataclasses.fields(Scenario)}
         unknown = sorted(set(fields) - known)
+        if "forecast_noise" in unknown:
+            raise ValueError(
+                "Scenario field 'forecast_noise' (per control interval) was replaced by "
+                "'forecast_noise_1h': the relative forecast error std one hour ahead, growing "
+                "with √(lead in hours); at dt_s seconds per step, forecast_noise_1h = "
+                "forecast_noise · √(3600 / dt_s) keeps the old spread"
+            )
         if unknown:
             raise ValueError(f"unknown Scenario field(s) {unknown}; known fields: {sorted(known)}")
         if "tou_schedule" in fields:

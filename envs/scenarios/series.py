@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 
 import numpy as np
 
 from pulsebms.core.types import FloatArray
 from pulsebms.envs.scenarios.csv_loader import CsvProfile, load_csv_profile
+from pulsebms.envs.scenarios.forecast_errors import ForecastErrors
 from pulsebms.envs.scenarios.profiles import (
     bdew_load_profile,
     tmy3_ambient_profile,
@@ -51,11 +53,15 @@ class ScenarioSeries:
         grid_import_limit_w: Grid import limit [W].
         grid_export_limit_w: Grid export limit [W].
         forecast: ``"perfect"`` or ``"noisy"``.
-        forecast_noise: Relative std of a one-step-ahead noisy forecast.
+        forecast_noise_1h: Relative std of a noisy forecast one hour ahead (it grows with
+            the square root of the lead time).
         day_draws: The randomised day's draws (``Scenario.randomize_day``) as
             ``(name, value)`` pairs: ``load_level``, ``pv_level``, ``price_level``,
             ``ambient_offset_c`` (the season and weather shift at the episode start);
             empty otherwise.
+        forecast_errors: The episode's noisy-forecast errors
+            (:class:`~pulsebms.envs.scenarios.ForecastErrors`), set by
+            :meth:`with_forecast_errors`; ``None`` for perfect forecasts and until drawn.
     """
 
     dt_s: float
@@ -72,39 +78,79 @@ class ScenarioSeries:
     grid_import_limit_w: float
     grid_export_limit_w: float
     forecast: str
-    forecast_noise: float
+    forecast_noise_1h: float
     day_draws: tuple[tuple[str, float], ...] = ()
+    forecast_errors: ForecastErrors | None = None
 
     @property
     def n_samples(self) -> int:
         """Number of samples (horizon plus forecast length)."""
         return int(self.load_w.shape[0])
 
-    def forecast_at(
-        self, k: int, n_ahead: int, rng: np.random.Generator
-    ) -> tuple[FloatArray, FloatArray]:
+    def with_forecast_errors(self, max_lead: int, rng: np.random.Generator) -> ScenarioSeries:
+        """The series with its episode's noisy-forecast errors drawn (once per episode).
+
+        Perfect forecasts draw nothing and return the series itself. Noisy ones draw one
+        integer from ``rng`` (the seed of a child generator), then from that child the
+        innovations of net load and of price (:meth:`ForecastErrors.draw`), so ``rng``
+        advances by one draw whatever the forecast's length.
+
+        Args:
+            max_lead: Longest lead the episode's forecasts will ask for (the forecast length).
+            rng: The caller's seeded generator (the env's ``np_random``).
+
+        Returns:
+            The series with :attr:`forecast_errors` set (noisy), or ``self`` (perfect).
+
+        Example:
+            >>> import numpy as np
+            >>> from pulsebms.envs.scenarios import make_scenario
+            >>> s = build_series(make_scenario("stochastic"), n_samples=8, dt_s=900.0,
+            ...                  fleet_rated_power_w=1e4, rng=np.random.default_rng(0))
+            >>> s.with_forecast_errors(3, np.random.default_rng(1)).forecast_errors.max_lead
+            3
+        """
+        if self.forecast != "noisy":
+            return self
+        child = np.random.default_rng(int(rng.integers(0, 2**63 - 1)))
+        errors = ForecastErrors.draw(n_samples=self.n_samples, max_lead=max_lead, rng=child)
+        return dataclasses.replace(self, forecast_errors=errors)
+
+    def forecast_at(self, k: int, n_ahead: int) -> tuple[FloatArray, FloatArray]:
         """Forecast net load [W] and import price [EUR/kWh] for samples ``k+1 … k+n_ahead``.
 
-        Perfect forecasts are the true future values. Noisy ones add, at lead ``j``, a
-        Gaussian error of std ``forecast_noise·√j`` times the site peak load (net load) or
-        times the true price (price), drawn from ``rng``. Perfect forecasts draw nothing.
+        Perfect forecasts are the true future values. Noisy ones are the truth plus the
+        episode's errors (:mod:`pulsebms.envs.scenarios.forecast_errors`: the martingale
+        model of forecast evolution): at a lead of ``j`` samples (``j·dt_s`` seconds) an
+        error of std ``forecast_noise_1h·√(j·dt_s / 3600)`` times the site peak load (net
+        load, additive) or times the true price (price, multiplicative); the forecasts of
+        one target issued at consecutive samples differ by one independent innovation.
+        Reading a forecast draws nothing.
 
         Args:
             k: Index of the current sample.
             n_ahead: Forecast length (0 gives empty arrays).
-            rng: The caller's seeded generator.
 
         Returns:
             ``(net_load_w, price_eur_per_kwh)``, each of shape ``(n_ahead,)``.
+
+        Raises:
+            RuntimeError: Noisy forecasts whose errors were not drawn
+                (:meth:`with_forecast_errors`).
+            ValueError: If ``n_ahead`` exceeds the drawn errors' ``max_lead``.
         """
         idx = np.minimum(np.arange(k + 1, k + 1 + n_ahead), self.n_samples - 1)
         net = self.net_load_w[idx].copy()
         price = self.price_eur_per_kwh[idx].copy()
         if self.forecast == "noisy" and n_ahead:
-            spread = self.forecast_noise * np.sqrt(np.arange(1, n_ahead + 1))
-            noise = rng.standard_normal((2, n_ahead))
-            net += spread * self.site_peak_load_w * noise[0]
-            price *= 1.0 + spread * noise[1]
+            if self.forecast_errors is None:
+                raise RuntimeError(
+                    "noisy forecasts need the episode's errors: call with_forecast_errors() first"
+                )
+            z_net, z_price = self.forecast_errors.at(k, n_ahead)
+            sigma_per_sample = self.forecast_noise_1h * np.sqrt(self.dt_s / 3600.0)
+            net += sigma_per_sample * self.site_peak_load_w * z_net
+            price *= 1.0 + sigma_per_sample * z_price
         return net, price
 
 
@@ -321,9 +367,14 @@ def build_series(
         grid_import_limit_w=float(scenario.grid_import_ratio * peak_w),
         grid_export_limit_w=float(scenario.grid_export_ratio * peak_w),
         forecast=scenario.forecast,
-        forecast_noise=scenario.forecast_noise,
+        forecast_noise_1h=scenario.forecast_noise_1h,
         day_draws=day_draws,
-        **arrays,
+        load_w=arrays["load_w"],
+        pv_w=arrays["pv_w"],
+        net_load_w=arrays["net_load_w"],
+        price_eur_per_kwh=arrays["price_eur_per_kwh"],
+        ambient_c=arrays["ambient_c"],
+        hour_of_day=arrays["hour_of_day"],
     )
 
 

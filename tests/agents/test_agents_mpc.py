@@ -248,7 +248,7 @@ def test_mpc_day_reads_the_observation_and_plans_what_the_oracle_plans() -> None
             scenario={
                 "base": "tou",
                 "forecast": forecast,
-                "forecast_noise": 0.2,
+                "forecast_noise_1h": 0.2,
                 "start_hour": 13.0,
             },
             dt_s=1800.0,

@@ -8,6 +8,7 @@ initial weights is the reference, bit for bit.
 from __future__ import annotations
 
 import math
+import os
 import warnings
 from collections.abc import Sequence
 from typing import Any
@@ -16,6 +17,7 @@ import gymnasium as gym
 import numpy as np
 import pytest
 import torch
+from ray.rllib.algorithms.algorithm_config import TorchCompileWhatToCompile
 from ray.rllib.algorithms.ppo import PPOConfig
 from ray.rllib.algorithms.ppo.torch.ppo_torch_learner import PPOTorchLearner
 from ray.rllib.core import ALL_MODULES
@@ -26,6 +28,7 @@ from ray.rllib.policy.sample_batch import MultiAgentBatch, SampleBatch
 from ray.rllib.utils.minibatch_utils import MiniBatchCyclicIterator
 
 from pulsebms.agents.rllib_learner import (
+    FUSED_ADAM_KEY,
     IndexedCyclicIterator,
     PulsePPOTorchLearner,
     all_finite,
@@ -132,7 +135,13 @@ def test_all_finite() -> None:
 SB3_LOSS = {"use_kl_loss": False, "grad_clip": 0.5, "vf_clip_param": float("inf")}
 
 
-def _learner(cls: type[PPOTorchLearner], **training: Any) -> Any:
+def _learner(
+    cls: type[PPOTorchLearner],
+    *,
+    learner_config: dict[str, Any] | None = None,
+    compile_update: bool = False,
+    **training: Any,
+) -> Any:
     config = (
         PPOConfig()
         .api_stack(enable_rl_module_and_learner=True, enable_env_runner_and_connector_v2=True)
@@ -142,8 +151,14 @@ def _learner(cls: type[PPOTorchLearner], **training: Any) -> Any:
             rl_module_spec=RLModuleSpec(module_class=PulsePPOTorchRLModule),
             model_config={"fcnet_hiddens": [8], **log_std_model_config(-0.5)},
         )
-        .learners(learner_class=cls)
+        .learners(learner_class=cls, learner_config_dict=dict(learner_config or {}))
     )
+    if compile_update:  # as build_rllib_algorithm(torch_compile_learner=True) sets it
+        config = config.framework(
+            torch_compile_learner=True,
+            torch_compile_learner_what_to_compile=TorchCompileWhatToCompile.COMPLETE_UPDATE,
+            torch_compile_learner_dynamo_backend="inductor",
+        )
     torch.manual_seed(0)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
@@ -155,9 +170,16 @@ class _RLlibMinibatchesLearner(PulsePPOTorchLearner):
 
 
 def _update(
-    cls: type[PPOTorchLearner], columns: dict[str, np.ndarray], **training: Any
+    cls: type[PPOTorchLearner],
+    columns: dict[str, np.ndarray],
+    *,
+    learner_config: dict[str, Any] | None = None,
+    compile_update: bool = False,
+    **training: Any,
 ) -> tuple[Any, Any]:
-    learner = _learner(cls, **training)
+    learner = _learner(
+        cls, learner_config=learner_config, compile_update=compile_update, **training
+    )
     np.random.seed(1)  # noqa: NPY002  # RLlib shuffles minibatches with the global state
     batch = MultiAgentBatch({MODULE: SampleBatch(dict(columns))}, env_steps=100)
     result = learner.update(  # 9 minibatches: several Adam steps from one state
@@ -385,3 +407,64 @@ def test_adam_is_foreach_also_after_restoring_an_older_checkpoint() -> None:
             group["foreach"] = None
     learner._set_optimizer_state(state)
     assert all(group["foreach"] is True for group in optimizer.param_groups)
+
+
+def test_fused_adam_is_an_opt_in_that_repeats_and_survives_restores() -> None:
+    fused = {FUSED_ADAM_KEY: True}
+    learner = _learner(PulsePPOTorchLearner, learner_config=fused)
+    (optimizer,) = learner._named_optimizers.values()
+    assert optimizer.param_groups[0]["fused"] is True
+    assert not optimizer.param_groups[0]["foreach"]
+    # A checkpoint of the default (foreach) Learner restores into a fused one and back:
+    # the moments as saved, the kernel the restoring Learner's.
+    default = _learner(PulsePPOTorchLearner)
+    learner._set_optimizer_state(default._get_optimizer_state())
+    assert optimizer.param_groups[0]["fused"] is True
+    assert not optimizer.param_groups[0]["foreach"]
+    default._set_optimizer_state(learner._get_optimizer_state())
+    (default_optimizer,) = default._named_optimizers.values()
+    assert default_optimizer.param_groups[0]["foreach"] is True
+    assert not default_optimizer.param_groups[0]["fused"]
+    # Nine Adam steps: the same weights run to run; next to the foreach step's only
+    # rounding apart (the kernels order the same arithmetic differently).
+    columns = _columns(100, seed=3)
+    first = _update(PulsePPOTorchLearner, columns, learner_config=fused, **SB3_LOSS)
+    _assert_same(first, _update(PulsePPOTorchLearner, columns, learner_config=fused, **SB3_LOSS))
+    eager = _update(PulsePPOTorchLearner, columns, **SB3_LOSS)
+    for x, y in zip(first[1], eager[1], strict=True):
+        torch.testing.assert_close(x, y, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.slow  # inductor compiles the update's graphs: ~10-20 s of one core
+@pytest.mark.filterwarnings("ignore:.*record_function.*:UserWarning")
+def test_compiled_update_repeats_bit_for_bit_and_stays_close_to_eager() -> None:
+    """``ray.torch_compile_learner``: RLlib's compiled complete update on the PPO Learner.
+
+    One update of nine minibatches: the first runs eagerly (RLlib's rule), the next ones
+    through the compiled graphs. Two compiled Learners agree bit for bit; against the
+    eager Learner the weights are close, not equal (inductor's kernels round differently).
+    """
+    from pulsebms.agents.rllib import cpp_compiler_available
+
+    if not cpp_compiler_available():  # inductor writes C++; build_rllib_algorithm refuses
+        if os.environ.get("CI"):  # .ci/run installs g++: never green by skipping there
+            pytest.fail("no C++ compiler for torch's inductor on CI (.ci/run installs g++)")
+        pytest.skip("no C++ compiler for torch's inductor on this machine")
+    columns = _columns(100, seed=3)
+    compiled = _update(PulsePPOTorchLearner, columns, compile_update=True, **SB3_LOSS)
+    _assert_same(compiled, _update(PulsePPOTorchLearner, columns, compile_update=True, **SB3_LOSS))
+    eager = _update(PulsePPOTorchLearner, columns, **SB3_LOSS)
+    for x, y in zip(compiled[1], eager[1], strict=True):
+        torch.testing.assert_close(x, y, rtol=1e-4, atol=1e-5)
+    assert compiled[0]["policy_loss"] == pytest.approx(eager[0]["policy_loss"], rel=1e-4)
+
+
+@pytest.mark.parametrize("option", ["torch_compile_learner", "fused_adam"])
+def test_learner_speed_options_are_refused_where_not_measured(option: str) -> None:
+    from pulsebms.agents.rllib import build_rllib_algorithm
+    from pulsebms.agents.rllib_config import RllibSACConfig
+
+    with pytest.raises(ValueError, match="PPO Learners"):  # before any Ray is needed
+        build_rllib_algorithm(
+            "pulsebms.envs:PulseBMS/FleetSmall-v0", RllibSACConfig(), **{option: True}
+        )

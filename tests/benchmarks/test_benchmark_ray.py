@@ -40,6 +40,10 @@ def test_ray_benchmark_prints_finite_throughput_for_each_sampler(
     assert result["envs_per_sampler"] == 2
     assert result["rllib_loss"] == "sb3"  # RLlib's PPO configured with SB3's loss
     assert result["ray_metrics"] is False  # as pulsebms-train's default ray.metrics=false
+    # RLlib's eager update and foreach Adam unless --compile-learner / --fused-adam.
+    assert result["compile_learner"] is False
+    assert result["fused_adam"] is False
+    assert "RLlib Learner: torch.compile off, Adam foreach" in out
     assert "Ray metrics collection: off" in out
     assert "RLlib PPO loss: as SB3's PPO" in out
     assert "1 runner = one remote EnvRunner process (num_env_runners=1)" in out

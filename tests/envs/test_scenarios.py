@@ -102,16 +102,16 @@ def test_stochastic_price_varies_around_tou() -> None:
 
 
 def test_noisy_forecast_is_seeded_and_perfect_is_exact() -> None:
+    # The error model itself: tests/envs/test_forecast_errors.py.
     perfect = _series("default")
-    net, price = perfect.forecast_at(5, 4, np.random.default_rng(0))
+    net, price = perfect.forecast_at(5, 4)
     np.testing.assert_array_equal(net, perfect.net_load_w[6:10])
     np.testing.assert_array_equal(price, perfect.price_eur_per_kwh[6:10])
     noisy = _series("stochastic")
-    f1 = noisy.forecast_at(5, 4, np.random.default_rng(1))
-    f2 = noisy.forecast_at(5, 4, np.random.default_rng(1))
+    f1 = noisy.with_forecast_errors(4, np.random.default_rng(1)).forecast_at(5, 4)
+    f2 = noisy.with_forecast_errors(4, np.random.default_rng(1)).forecast_at(5, 4)
     np.testing.assert_array_equal(f1[0], f2[0])
     assert not np.array_equal(f1[0], noisy.net_load_w[6:10])
-    assert noisy.forecast_at(5, 0, np.random.default_rng(1))[0].shape == (0,)
 
 
 def test_bdew_profile_annual_energy_and_shape() -> None:

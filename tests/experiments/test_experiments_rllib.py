@@ -87,6 +87,9 @@ def test_ray_group_selects_where_ray_runs(
     assert settings.joins_cluster is joins
     assert settings.include_dashboard is False
     assert settings.metrics is False  # Ray's own metrics collection off by default
+    # RLlib's eager update with the foreach Adam unless asked otherwise (other rounding).
+    assert settings.torch_compile_learner is False
+    assert settings.fused_adam is False
 
 
 @pytest.mark.usefixtures("hydra_ctx")
@@ -94,6 +97,17 @@ def test_ray_metrics_can_be_turned_back_on() -> None:
     from pulsebms.experiments.train import ray_settings
 
     assert ray_settings(compose_config("agent=rllib_ppo", "ray.metrics=true")).metrics is True
+
+
+@pytest.mark.usefixtures("hydra_ctx")
+def test_learner_speed_options_compose() -> None:
+    from pulsebms.experiments.train import ray_settings
+
+    settings = ray_settings(
+        compose_config("agent=rllib_ppo", "ray.torch_compile_learner=true", "ray.fused_adam=true")
+    )
+    assert settings.torch_compile_learner is True
+    assert settings.fused_adam is True
 
 
 @pytest.mark.usefixtures("hydra_ctx")

@@ -137,6 +137,37 @@ def test_suite_trains_once_per_fleet_and_evaluates_held_out_seeds(tmp_path: Path
     assert runs[0].stat().st_mtime_ns == stamp  # loaded, not trained again
 
 
+def test_a_variant_of_the_benchmarks_is_named_apart_and_changes_only_what_it_overrides(
+    tmp_path: Path,
+) -> None:
+    kwargs = {"seeds": [100], "baselines": ["rule_soc", "mpc"], "max_steps": 2}
+    plain = run_suite(["mild"], out_dir=str(tmp_path), **kwargs)  # type: ignore[arg-type]
+    noisy = run_suite(
+        ["mild"],
+        out_dir=str(tmp_path),
+        bench_overrides=[
+            "+scenario.params.forecast=noisy",
+            "+scenario.params.forecast_noise_1h=0.2",
+        ],
+        variant="noisy",
+        **kwargs,  # type: ignore[arg-type]
+    )
+    assert {r.scenario for r in noisy} == {"mild@noisy"}
+    assert (tmp_path / "episodes" / "mild@noisy").is_dir()
+    assert (tmp_path / "mild@noisy").is_dir()  # its own KPI table
+    # Total cost / the same day's no-battery cost: the same day, so the rule (it reads no
+    # forecast) costs the same, and the MPC, planning on the noisy forecast, does not.
+    ratio = {(r.scenario, r.policy): r.x_no_battery[0] for r in plain + noisy}
+    assert ratio[("mild", "rule_soc")] == ratio[("mild@noisy", "rule_soc")]
+    assert ratio[("mild", "mpc")] != ratio[("mild@noisy", "mpc")]
+    with pytest.raises(ValueError, match="name the variant"):
+        run_suite(["mild"], bench_overrides=["+scenario.params.forecast=noisy"], **kwargs)  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="plain word"):
+        run_suite(["mild"], variant="a/b", **kwargs)  # type: ignore[arg-type]
+    with pytest.raises(SystemExit):
+        main(["--bench-override", "+scenario.params.forecast=noisy"])
+
+
 def test_main_refuses_training_seeds_among_the_evaluation_seeds() -> None:
     with pytest.raises(SystemExit):
         main(["--train", "--seeds", "0", "1", "2", "--train-seeds", "0"])
