@@ -319,6 +319,13 @@ class ImitationConf:
     round's first ``spike_dagger_share`` of days are the ``spike_*`` set's, the next
     ``dagger_share`` of each set's in order, the rest plain; the shares sum to at most 1.
     Empty (the default): none.
+
+    ``ensemble_size``: the agent of training seed ``s`` is the average of the deterministic
+    actions of ``ensemble_size`` agents of this recipe, trained (cloned, DAgger, fine-tune:
+    each its own) with seeds ``s, s + 1000, ...``
+    (:func:`pulsebms.agents.ensemble.member_seeds`,
+    :class:`pulsebms.agents.ensemble.EnsemblePolicy`); exported as one ONNX graph. 1 (the
+    default): the single agent, fingerprinted as before the field existed.
     """
 
     teacher: str = "mpc"
@@ -338,6 +345,7 @@ class ImitationConf:
     spike_dagger_share: float = 0.0
     spike_params: dict[str, Any] = field(default_factory=lambda: {"price_spike_probability": 0.1})
     spike_sets: list[dict[str, Any]] = field(default_factory=list)
+    ensemble_size: int = 1
 
 
 @dataclass

@@ -50,6 +50,7 @@ __all__ = [
     "SuiteRow",
     "agent_decision_s",
     "benchmark_config",
+    "ensemble_size",
     "fleet_groups",
     "format_table",
     "imitation_warm_start",
@@ -330,11 +331,14 @@ def spike_sets(im: Any) -> list[dict[str, Any]]:
 def _imitation_key(im: Any) -> Any:
     """``train.imitation`` as fingerprinted: without spike days, as before they existed.
 
-    So clones and agents trained before the spike fields were added are still found.
+    So clones and agents trained before the spike fields (or ``ensemble_size``) were added
+    are still found.
     """
     plain = OmegaConf.to_container(im, resolve=True)
     if isinstance(plain, dict) and not plain.get("spike_sets"):
         plain.pop("spike_sets", None)  # so clones from before the field are still found
+    if isinstance(plain, dict) and int(plain.get("ensemble_size", 1)) == 1:
+        plain.pop("ensemble_size", None)  # a single agent, as before the field existed
     if isinstance(plain, dict) and not _spiky(im):
         for name in _SPIKE_FIELDS:
             plain.pop(name, None)
@@ -414,6 +418,22 @@ def train_suite_agent(
     run = Path(out_dir) / "agents" / str(cfg.fleet.name) / f"{label or agent}_seed{seed}"
     key = _train_cfg_key(cfg)
     marker = run / "suite_key"
+    size = ensemble_size(cfg)
+    if size > 1:
+        return _train_suite_ensemble(
+            name,
+            seed,
+            size,
+            agent=agent,
+            train_steps=train_steps,
+            overrides=overrides,
+            out_dir=out_dir,
+            progress=progress,
+            label=label or agent,
+            experiment=experiment,
+            run=run,
+            key=key,
+        )
     if marker.is_file() and marker.read_text().strip() == key and (run / "model.zip").is_file():
         log.info("suite: loading %s (trained before, same config)", run)
         return policy_from_run(run)
@@ -445,6 +465,86 @@ def train_suite_agent(
     (run / "config_resolved.yaml").write_text(OmegaConf.to_yaml(OmegaConf.create(used)))
     marker.write_text(key + "\n")
     return result.policy
+
+
+def ensemble_size(cfg: Any) -> int:
+    """``train.imitation.ensemble_size`` of a training config (1 without imitation).
+
+    Raises:
+        ValueError: If it is < 1.
+
+    Example:
+        >>> ensemble_size(train_config("mild", "ppo", experiment="suite_mpc_bc"))
+        1
+    """
+    im = cfg.train.get("imitation")
+    size = 1 if im is None else int(im.get("ensemble_size", 1))
+    if size < 1:
+        raise ValueError(f"train.imitation.ensemble_size must be >= 1, got {size}")
+    return size
+
+
+def _train_suite_ensemble(
+    name: str,
+    seed: int,
+    size: int,
+    *,
+    agent: str,
+    train_steps: int | None,
+    overrides: Sequence[str],
+    out_dir: str | Path,
+    progress: bool,
+    label: str,
+    experiment: str,
+    run: Path,
+    key: str,
+) -> Any:
+    """The ensemble agent of :func:`train_suite_agent` (``train.imitation.ensemble_size`` > 1).
+
+    Member ``k`` is the single agent of the same recipe and overrides with
+    ``ensemble_size=1`` and seed ``seed + 1000 k``
+    (:func:`pulsebms.agents.ensemble.member_seeds`), trained (or loaded) in its own run
+    folder ``<label>_member_seed<s_k>``; its clone is the single recipe's (the clone cache
+    is shared, so member 0 is the clone of training seed ``seed`` itself). Each member runs
+    its own DAgger rounds on its own days: the members' errors stay as independent as the
+    single agents' (which is what averaging needs), and each member is exactly a single
+    agent measured on its own. The ensemble folder ``run`` holds copies of the members'
+    files and ``ensemble.json`` (:func:`pulsebms.agents.ensemble.save_ensemble`): one
+    checkpoint for ``pulsebms-export``.
+    """
+    from pulsebms.agents.ensemble import (
+        ENSEMBLE_FILE,
+        EnsembleMember,
+        EnsemblePolicy,
+        member_seeds,
+        save_ensemble,
+    )
+
+    marker = run / "suite_key"
+    if marker.is_file() and marker.read_text().strip() == key and (run / ENSEMBLE_FILE).is_file():
+        log.info("suite: loading the ensemble %s (trained before, same config)", run)
+        return EnsemblePolicy.load(run)
+    members: list[EnsembleMember] = []
+    for member_seed in member_seeds(seed, size):
+        train_suite_agent(
+            name,
+            member_seed,
+            agent=agent,
+            train_steps=train_steps,
+            overrides=[*overrides, "train.imitation.ensemble_size=1"],
+            out_dir=out_dir,
+            progress=progress,
+            label=f"{label}_member",
+            experiment=experiment,
+        )
+        member_run = run.parent / f"{label}_member_seed{member_seed}"
+        norm = member_run / "model_vecnormalize.pkl"
+        members.append(
+            EnsembleMember(member_run / "model.zip", norm if norm.is_file() else None, member_seed)
+        )
+    save_ensemble(run, members, info={"label": label, "seed": seed, "size": size})
+    marker.write_text(key + "\n")
+    return EnsemblePolicy.load(run)
 
 
 def _teacher_factory(cfg: Any) -> PolicyFactory:

@@ -65,7 +65,10 @@ def build_parser() -> argparse.ArgumentParser:
         description="Export a trained policy to policy.onnx + manifest.json for pulsebms-edge, "
         "refusing any model whose onnxruntime actions differ from the source policy.",
     )
-    p.add_argument("checkpoint", help="SB3 .zip file or RLlib algorithm checkpoint directory")
+    p.add_argument(
+        "checkpoint",
+        help="SB3 .zip file, RLlib algorithm checkpoint directory or ensemble folder",
+    )
     p.add_argument("--out", required=True, help="output directory")
     fleet = p.add_mutually_exclusive_group(required=True)
     fleet.add_argument("--env-id", help="Gymnasium id of the training env (reads layout, ...)")
@@ -75,7 +78,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--vecnormalize",
         help="SB3 VecNormalize pickle (default: beside the zip; RLlib: from the checkpoint)",
     )
-    p.add_argument("--kind", default="auto", choices=("auto", "sb3", "rllib"))
+    p.add_argument("--kind", default="auto", choices=("auto", "sb3", "rllib", "ensemble"))
     p.add_argument("--shield", type=_json_object, default={}, help="JSON shield settings")
     p.add_argument("--n-parity", type=_count, default=1000, help="sampled parity observations")
     p.add_argument("--tolerance", type=_tolerance, default=1e-5, help="max |onnx - source|")

@@ -277,7 +277,7 @@ def export_checkpoint(
         env_kwargs: Keyword arguments of ``gymnasium.make``.
         normalization: ``VecNormalize`` pickle (looked up beside the zip when ``None``);
             SB3 only (an RLlib checkpoint holds its ``MeanStdFilter`` statistics).
-        kind: Checkpoint kind (``auto``, ``sb3``, ``rllib``).
+        kind: Checkpoint kind (``auto``, ``sb3``, ``rllib``, ``ensemble``).
         shield: Shield settings to record (with an env).
         **kwargs: Passed to :func:`export_policy`.
 

@@ -89,9 +89,22 @@ def _load_rllib(checkpoint: Path, normalization: Path | None) -> PolicySource:
     return source
 
 
+def _load_ensemble(checkpoint: Path, normalization: Path | None) -> PolicySource:
+    if normalization is not None:
+        raise ValueError(
+            "an ensemble folder carries each member's observation statistics; a separate "
+            f"normalisation file ({normalization}) is only for a single SB3 model"
+        )
+    from pulsebms.export.ensemble import EnsembleSource
+
+    source: PolicySource = EnsembleSource.load(checkpoint)
+    return source
+
+
 LOADERS: dict[str, Callable[[Path, Path | None], PolicySource]] = {
     "sb3": _load_sb3,
     "rllib": _load_rllib,
+    "ensemble": _load_ensemble,
 }
 """Checkpoint kind → loader ``(checkpoint, normalization_stats) -> PolicySource``."""
 
@@ -99,23 +112,32 @@ LOADERS: dict[str, Callable[[Path, Path | None], PolicySource]] = {
 RLLIB_MARKERS = ("rllib_checkpoint.json", "algorithm_state.pkl")
 """Files of which at least one sits at the top of an RLlib algorithm checkpoint directory."""
 
+ENSEMBLE_MARKER = "ensemble.json"
+"""The file of an ensemble folder (:data:`pulsebms.agents.ensemble.ENSEMBLE_FILE`)."""
+
 
 def detect_kind(checkpoint: Path) -> str:
-    """Guess the checkpoint kind: an SB3 ``.zip``, or an RLlib checkpoint directory.
+    """Guess the checkpoint kind: an SB3 ``.zip``, an RLlib checkpoint or an ensemble.
 
-    A directory holding any of :data:`RLLIB_MARKERS` is ``"rllib"``.
+    A directory holding any of :data:`RLLIB_MARKERS` is ``"rllib"``; a directory holding
+    :data:`ENSEMBLE_MARKER`, or that file itself, is ``"ensemble"``
+    (:mod:`pulsebms.export.ensemble`).
 
     Raises:
-        ValueError: If the path is neither.
+        ValueError: If the path is none of them.
     """
     if checkpoint.is_file() and checkpoint.suffix == ".zip":
         return "sb3"
+    if (checkpoint.is_dir() and (checkpoint / ENSEMBLE_MARKER).is_file()) or (
+        checkpoint.is_file() and checkpoint.name == ENSEMBLE_MARKER
+    ):
+        return "ensemble"
     if checkpoint.is_dir() and any((checkpoint / m).is_file() for m in RLLIB_MARKERS):
         return "rllib"
     raise ValueError(
-        f"cannot tell the kind of checkpoint {checkpoint}: expected an SB3 .zip file or an "
-        "RLlib algorithm checkpoint directory (holding rllib_checkpoint.json; pass kind= "
-        "explicitly)"
+        f"cannot tell the kind of checkpoint {checkpoint}: expected an SB3 .zip file, an "
+        "RLlib algorithm checkpoint directory (holding rllib_checkpoint.json) or an ensemble "
+        "folder (holding ensemble.json); pass kind= explicitly"
     )
 
 
@@ -168,12 +190,14 @@ def load_source(
 
     Args:
         checkpoint: SB3 ``.zip``, or an RLlib algorithm checkpoint directory
-            (``Algorithm.save_to_path``, e.g. from :func:`pulsebms.agents.rllib.train_rllib`).
+            (``Algorithm.save_to_path``, e.g. from :func:`pulsebms.agents.rllib.train_rllib`),
+            or an ensemble folder (:func:`pulsebms.agents.ensemble.save_ensemble`).
         normalization: Observation-normalisation statistics (SB3 ``VecNormalize`` pickle);
             for SB3, looked up beside the zip (``<stem>_vecnormalize.pkl``,
             ``vecnormalize.pkl``) when ``None``. Must be ``None`` for RLlib (the
-            ``MeanStdFilter`` statistics are read from the checkpoint).
-        kind: ``"auto"``, ``"sb3"`` or ``"rllib"``.
+            ``MeanStdFilter`` statistics are read from the checkpoint) and for an
+            ensemble (each member's is in its folder).
+        kind: ``"auto"``, ``"sb3"``, ``"rllib"`` or ``"ensemble"``.
 
     Returns:
         The loaded source.

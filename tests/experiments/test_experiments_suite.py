@@ -312,3 +312,64 @@ def test_the_suite_evaluates_an_agent_at_the_interval_it_trained_at() -> None:
     assert agent_decision_s("hot_spike", 0) == 900.0  # the benchmark's 15-min decisions
     every_step = agent_decision_s("hot_spike", 1, overrides=["env.decision_s=300"])
     assert every_step == 300.0
+
+
+def test_ensemble_size_keeps_single_agents_fingerprints_and_names_the_ensemble() -> None:
+    from pulsebms.experiments.suite import _train_cfg_key, ensemble_size
+
+    base = ["seed=0", "train.total_timesteps=0"]
+    single = train_config("mild", overrides=base, experiment="suite_mpc_bc_hotdr")
+    one = train_config(
+        "mild",
+        overrides=[*base, "train.imitation.ensemble_size=1"],
+        experiment="suite_mpc_bc_hotdr",
+    )
+    three = train_config(
+        "mild",
+        overrides=[*base, "train.imitation.ensemble_size=3"],
+        experiment="suite_mpc_bc_hotdr",
+    )
+    assert (ensemble_size(single), ensemble_size(three)) == (1, 3)
+    assert _train_cfg_key(one) == _train_cfg_key(single)  # K = 1: today's agents and clones
+    assert _train_cfg_key(three) != _train_cfg_key(single)
+    assert ensemble_size(train_config("mild")) == 1  # no imitation: a single agent
+    zero = train_config(
+        "mild", overrides=[*base, "train.imitation.ensemble_size=0"], experiment="suite_mpc_bc"
+    )
+    with pytest.raises(ValueError, match="ensemble_size"):
+        ensemble_size(zero)
+
+
+def test_suite_ensemble_averages_members_cloned_with_derived_seeds(tmp_path: Path) -> None:
+    from pulsebms.agents.ensemble import EnsemblePolicy, load_ensemble_members
+    from pulsebms.experiments.suite import train_suite_agent
+
+    tiny = [
+        "train.imitation.demo_days=1",
+        "train.imitation.dagger_rounds=0",
+        "train.imitation.epochs=5",
+        "train.imitation.critic_epochs=1",
+        "env.horizon_steps=12",  # hour-long days: 4 decisions each
+        "train.total_timesteps=0",
+    ]
+    kwargs = {"out_dir": tmp_path, "experiment": "suite_mpc_bc", "label": "bc"}
+    ensemble = train_suite_agent(
+        "mild", 1, overrides=[*tiny, "train.imitation.ensemble_size=2"], **kwargs
+    )
+    assert isinstance(ensemble, EnsemblePolicy)
+    assert len(ensemble) == 2
+    runs = tmp_path / "agents/small_spread"
+    members = load_ensemble_members(runs / "bc_seed1")
+    assert [m.seed for m in members] == [1, 1001]
+    clones = sorted(p.name.rsplit("_", 1)[1] for p in (tmp_path / "clones").rglob("*.pt"))
+    assert clones == ["seed1.pt", "seed1001.pt"]  # each member its own clone
+    single = train_suite_agent("mild", 1, overrides=tiny, **kwargs)  # K = 1: member 0 itself
+    obs = np.linspace(-1.0, 1.0, ensemble.members[0].model.observation_space.shape[0])
+    np.testing.assert_array_equal(single.act(obs), ensemble.members[0].act(obs))
+    assert len(list((tmp_path / "clones").rglob("*.pt"))) == 2  # loaded, not cloned again
+    acts = np.stack([m.act(obs) for m in ensemble.members])
+    np.testing.assert_allclose(ensemble.act(obs), acts.mean(axis=0), atol=1e-6)
+    again = train_suite_agent(
+        "mild", 1, overrides=[*tiny, "train.imitation.ensemble_size=2"], **kwargs
+    )
+    np.testing.assert_array_equal(again.act(obs), ensemble.act(obs))  # loaded from its folder
