@@ -77,12 +77,19 @@ def _load_sb3(checkpoint: Path, normalization: Path | None) -> PolicySource:
     return source
 
 
-def _load_rllib(checkpoint: Path, normalization: Path | None) -> PolicySource:
+def _refuse_normalization(normalization: Path | None, carrier: str) -> None:
+    """A clear error when a normalisation file is given for a checkpoint that carries its own."""
     if normalization is not None:
         raise ValueError(
-            "an RLlib checkpoint carries its own observation statistics (MeanStdFilter); "
-            f"a separate normalisation file ({normalization}) is only for SB3"
+            f"{carrier}; a separate normalisation file ({normalization}) is only for SB3 "
+            "(a single model)"
         )
+
+
+def _load_rllib(checkpoint: Path, normalization: Path | None) -> PolicySource:
+    _refuse_normalization(
+        normalization, "an RLlib checkpoint carries its own observation statistics (MeanStdFilter)"
+    )
     from pulsebms.export.rllib import RLlibSource  # imports ray: only for RLlib checkpoints
 
     source: PolicySource = RLlibSource.load(checkpoint)
@@ -90,11 +97,9 @@ def _load_rllib(checkpoint: Path, normalization: Path | None) -> PolicySource:
 
 
 def _load_ensemble(checkpoint: Path, normalization: Path | None) -> PolicySource:
-    if normalization is not None:
-        raise ValueError(
-            "an ensemble folder carries each member's observation statistics; a separate "
-            f"normalisation file ({normalization}) is only for a single SB3 model"
-        )
+    _refuse_normalization(
+        normalization, "an ensemble folder carries each member's observation statistics"
+    )
     from pulsebms.export.ensemble import EnsembleSource
 
     source: PolicySource = EnsembleSource.load(checkpoint)

@@ -409,6 +409,23 @@ def test_adam_is_foreach_also_after_restoring_an_older_checkpoint() -> None:
     assert all(group["foreach"] is True for group in optimizer.param_groups)
 
 
+def _assert_repeats_and_close_to_eager(
+    option: dict[str, Any], *, rtol: float, atol: float
+) -> tuple[tuple[Any, Any], tuple[Any, Any]]:
+    """Nine Adam steps with a Learner ``option``: bit for bit run to run, close to eager.
+
+    Returns:
+        ``(with the option, eager)``: each ``(metrics, weights)`` of :func:`_update`.
+    """
+    columns = _columns(100, seed=3)
+    first = _update(PulsePPOTorchLearner, columns, **option, **SB3_LOSS)
+    _assert_same(first, _update(PulsePPOTorchLearner, columns, **option, **SB3_LOSS))
+    eager = _update(PulsePPOTorchLearner, columns, **SB3_LOSS)
+    for x, y in zip(first[1], eager[1], strict=True):
+        torch.testing.assert_close(x, y, rtol=rtol, atol=atol)
+    return first, eager
+
+
 def test_fused_adam_is_an_opt_in_that_repeats_and_survives_restores() -> None:
     fused = {FUSED_ADAM_KEY: True}
     learner = _learner(PulsePPOTorchLearner, learner_config=fused)
@@ -427,12 +444,7 @@ def test_fused_adam_is_an_opt_in_that_repeats_and_survives_restores() -> None:
     assert not default_optimizer.param_groups[0]["fused"]
     # Nine Adam steps: the same weights run to run; next to the foreach step's only
     # rounding apart (the kernels order the same arithmetic differently).
-    columns = _columns(100, seed=3)
-    first = _update(PulsePPOTorchLearner, columns, learner_config=fused, **SB3_LOSS)
-    _assert_same(first, _update(PulsePPOTorchLearner, columns, learner_config=fused, **SB3_LOSS))
-    eager = _update(PulsePPOTorchLearner, columns, **SB3_LOSS)
-    for x, y in zip(first[1], eager[1], strict=True):
-        torch.testing.assert_close(x, y, rtol=1e-5, atol=1e-6)
+    _assert_repeats_and_close_to_eager({"learner_config": fused}, rtol=1e-5, atol=1e-6)
 
 
 @pytest.mark.slow  # inductor compiles the update's graphs: ~10-20 s of one core
@@ -450,12 +462,9 @@ def test_compiled_update_repeats_bit_for_bit_and_stays_close_to_eager() -> None:
         if os.environ.get("CI"):  # .ci/run installs g++: never green by skipping there
             pytest.fail("no C++ compiler for torch's inductor on CI (.ci/run installs g++)")
         pytest.skip("no C++ compiler for torch's inductor on this machine")
-    columns = _columns(100, seed=3)
-    compiled = _update(PulsePPOTorchLearner, columns, compile_update=True, **SB3_LOSS)
-    _assert_same(compiled, _update(PulsePPOTorchLearner, columns, compile_update=True, **SB3_LOSS))
-    eager = _update(PulsePPOTorchLearner, columns, **SB3_LOSS)
-    for x, y in zip(compiled[1], eager[1], strict=True):
-        torch.testing.assert_close(x, y, rtol=1e-4, atol=1e-5)
+    compiled, eager = _assert_repeats_and_close_to_eager(
+        {"compile_update": True}, rtol=1e-4, atol=1e-5
+    )
     assert compiled[0]["policy_loss"] == pytest.approx(eager[0]["policy_loss"], rel=1e-4)
 
 
