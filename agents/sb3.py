@@ -80,6 +80,7 @@ __all__ = [
     "policy_from_run",
     "save_agent",
     "train_agent",
+    "vec_normalize_file",
 ]
 
 
@@ -322,6 +323,17 @@ def build_model(
     return model
 
 
+def vec_normalize_file(model_path: str | Path) -> Path:
+    """Where :func:`save_agent` writes a model's ``VecNormalize`` statistics: beside its zip.
+
+    Example:
+        >>> vec_normalize_file("runs/a/model.zip").as_posix()
+        'runs/a/model_vecnormalize.pkl'
+    """
+    path = Path(model_path)
+    return path.with_name(f"{path.stem}_vecnormalize.pkl")
+
+
 def save_agent(model: BaseAlgorithm, out_dir: str | Path, *, stem: str = "model") -> Path:
     """Save ``<stem>.zip`` and (if present) ``<stem>_vecnormalize.pkl`` into ``out_dir``.
 
@@ -339,7 +351,7 @@ def save_agent(model: BaseAlgorithm, out_dir: str | Path, *, stem: str = "model"
     model.save(path)
     venv = model.get_vec_normalize_env()
     if venv is not None:
-        venv.save(str(out / f"{stem}_vecnormalize.pkl"))
+        venv.save(str(vec_normalize_file(path)))
     return path
 
 
@@ -373,9 +385,7 @@ def load_agent(
     if model is None:
         raise ValueError(f"{path} is not a PPO, PPO-Lagrangian or SAC model ({'; '.join(errors)})")
     vn_path = (
-        Path(vec_normalize_path)
-        if vec_normalize_path is not None
-        else path.with_name(f"{path.stem}_vecnormalize.pkl")
+        Path(vec_normalize_path) if vec_normalize_path is not None else vec_normalize_file(path)
     )
     vec_normalize: VecNormalize | None = None
     if vn_path.is_file():
@@ -566,5 +576,5 @@ def policy_from_run(out_dir: str | Path, *, best: bool = False) -> SB3Policy:
     """
     out = Path(out_dir)
     model_path = out / "eval" / "best_model.zip" if best else out / "model.zip"
-    model, vec_normalize = load_agent(model_path, out / "model_vecnormalize.pkl")
+    model, vec_normalize = load_agent(model_path, vec_normalize_file(out / "model.zip"))
     return SB3Policy(model, vec_normalize)

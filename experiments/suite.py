@@ -415,7 +415,7 @@ def train_suite_agent(
     from pulsebms.experiments.common import make_cfg_env_factory, seed_everything
 
     cfg = _agent_train_config(name, seed, agent, train_steps, overrides, experiment)
-    run = Path(out_dir) / "agents" / str(cfg.fleet.name) / f"{label or agent}_seed{seed}"
+    run = _agent_run_dir(out_dir, str(cfg.fleet.name), label or agent, seed)
     key = _train_cfg_key(cfg)
     marker = run / "suite_key"
     size = ensemble_size(cfg)
@@ -465,6 +465,11 @@ def train_suite_agent(
     (run / "config_resolved.yaml").write_text(OmegaConf.to_yaml(OmegaConf.create(used)))
     marker.write_text(key + "\n")
     return result.policy
+
+
+def _agent_run_dir(out_dir: str | Path, fleet: str, label: str, seed: int) -> Path:
+    """The run folder of the suite's agent ``label`` for training seed ``seed`` on ``fleet``."""
+    return Path(out_dir) / "agents" / fleet / f"{label}_seed{seed}"
 
 
 def ensemble_size(cfg: Any) -> int:
@@ -519,6 +524,7 @@ def _train_suite_ensemble(
         member_seeds,
         save_ensemble,
     )
+    from pulsebms.agents.sb3 import vec_normalize_file
 
     marker = run / "suite_key"
     if marker.is_file() and marker.read_text().strip() == key and (run / ENSEMBLE_FILE).is_file():
@@ -537,11 +543,10 @@ def _train_suite_ensemble(
             label=f"{label}_member",
             experiment=experiment,
         )
-        member_run = run.parent / f"{label}_member_seed{member_seed}"
-        norm = member_run / "model_vecnormalize.pkl"
-        members.append(
-            EnsembleMember(member_run / "model.zip", norm if norm.is_file() else None, member_seed)
-        )
+        model = _agent_run_dir(out_dir, run.parent.name, f"{label}_member", member_seed)
+        model /= "model.zip"
+        norm = vec_normalize_file(model)
+        members.append(EnsembleMember(model, norm if norm.is_file() else None, member_seed))
     save_ensemble(run, members, info={"label": label, "seed": seed, "size": size})
     marker.write_text(key + "\n")
     return EnsemblePolicy.load(run)

@@ -84,10 +84,8 @@ class EnsembleSource:
             ValueError: If the file is not an ensemble or a member is no SB3 model.
         """
         path = Path(checkpoint)
-        folder = path if path.is_dir() else path.parent
-        members = load_ensemble_members(folder if path.is_dir() else path)
-        sources = [SB3Source.load(m.model, m.vec_normalize) for m in members]
-        return cls(sources, folder)
+        sources = [SB3Source.load(m.model, m.vec_normalize) for m in load_ensemble_members(path)]
+        return cls(sources, path if path.is_dir() else path.parent)
 
     def torch_policy(self) -> torch.nn.Module:
         """The members' deployed functions, averaged, as one module (eval mode, CPU)."""
