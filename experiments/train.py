@@ -111,6 +111,7 @@ def _train_rllib(
         include_dashboard=settings.include_dashboard,
         log_level=settings.log_level,
         metrics=settings.metrics,
+        task_events=settings.task_events,
     ):
         algo = build_rllib_algorithm(
             f"pulsebms.envs:{cfg.env.id}",  # the worker-safe id form (imports the envs)

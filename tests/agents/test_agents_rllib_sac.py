@@ -138,11 +138,18 @@ def test_session_shuts_ray_down_when_the_block_raises(ray_tmp: Path) -> None:
             # Ray's metrics collection off (metrics=False, the default).
             system = ray_state.get_system_config()
             seen["enable_metrics_collection"] = system.get("enable_metrics_collection")
+            # No task events (task_events=False, the default): the buffer is off.
+            seen["task_events_report_interval_ms"] = system.get("task_events_report_interval_ms")
             raise RuntimeError("boom")
 
     with pytest.raises(RuntimeError, match="boom"):
         fail_inside()
-    assert seen == {"cpus": 2.0, "worker_niceness": 0, "enable_metrics_collection": False}
+    assert seen == {
+        "cpus": 2.0,
+        "worker_niceness": 0,
+        "enable_metrics_collection": False,
+        "task_events_report_interval_ms": 0,
+    }
     assert not ray.is_initialized()
     # Each process that read it skipped its metrics: the raylet logs that it did.
     raylet_logs = list(ray_tmp.glob("session_*/logs/raylet.out"))

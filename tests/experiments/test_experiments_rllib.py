@@ -87,6 +87,7 @@ def test_ray_group_selects_where_ray_runs(
     assert settings.joins_cluster is joins
     assert settings.include_dashboard is False
     assert settings.metrics is False  # Ray's own metrics collection off by default
+    assert settings.task_events is False  # and its task events
     # RLlib's eager update with the foreach Adam unless asked otherwise (other rounding).
     assert settings.torch_compile_learner is False
     assert settings.fused_adam is False
@@ -97,6 +98,8 @@ def test_ray_metrics_can_be_turned_back_on() -> None:
     from pulsebms.experiments.train import ray_settings
 
     assert ray_settings(compose_config("agent=rllib_ppo", "ray.metrics=true")).metrics is True
+    on = ray_settings(compose_config("agent=rllib_ppo", "ray.task_events=true"))
+    assert on.task_events is True
 
 
 @pytest.mark.usefixtures("hydra_ctx")
