@@ -634,7 +634,9 @@ def build_rllib_algorithm(
             if not cpp_compiler_available():
                 raise RuntimeError(
                     "torch_compile_learner needs a C++ compiler for torch's inductor "
-                    "backend (g++ or clang++ on PATH, or CXX); none was found"
+                    "backend (g++ or clang++ on PATH, or CXX); none was found. Install "
+                    "one, or train with the eager Learner: ray.torch_compile_learner=false "
+                    "(other rounding, so other weights than a compiled run's)"
                 )
             config = config.framework(
                 torch_compile_learner=True,
