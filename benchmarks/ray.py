@@ -633,6 +633,8 @@ def _account(
         "iterations": int(args.iterations),
         "sb3_ms_per_step": round(out["sb3_total_ms_per_step"], 4),
         "rllib_ms_per_step": round(out["rllib_total_ms_per_step"], 4),
+        "sb3_gc_ms_per_step": round(out["sb3_gc_ms_per_step"], 4),
+        "rllib_gc_ms_per_step": round(out["rllib_gc_ms_per_step"], 4),
         "items": [[w, where, round(a, 4), round(b, 4)] for w, where, a, b in out["items"]],
         "spans": {
             k: {n: round(v, 4) for n, v in out[k].items()} for k in ("sb3", "driver", "runner")

@@ -82,6 +82,38 @@ class Spans:
         return dict(self.cpu_s)
 
 
+class GcClock:
+    """Thread CPU of Python's garbage collections in this process (``gc.callbacks``).
+
+    Collections run inside whatever span allocated when a threshold was crossed, so this is
+    an "of which" figure across the spans, not an item of its own.
+    """
+
+    def __init__(self) -> None:
+        import gc
+
+        self.cpu_s = 0.0
+        self.collections = 0
+        self._start = 0.0
+        gc.callbacks.append(self._callback)
+
+    def _callback(self, phase: str, info: Mapping[str, Any]) -> None:
+        if phase == "start":
+            self._start = time.thread_time()
+        else:
+            self.cpu_s += time.thread_time() - self._start
+            self.collections += 1
+
+
+_GC: list[GcClock] = []
+
+
+def _gc_cpu_s() -> float:
+    if not _GC:
+        _GC.append(GcClock())
+    return _GC[0].cpu_s
+
+
 _RUNNER_SPANS: list[Spans] = []
 """The spans installed in this process's EnvRunner (one; in the runner actor)."""
 
@@ -98,6 +130,7 @@ def _clocks(spans: Spans) -> dict[str, float]:
         "_process": time.process_time(),
         "_thread": time.thread_time(),
         "_env": _env_cpu_s(),
+        "_gc": _gc_cpu_s(),
         "_wall": time.perf_counter(),
     }
 
@@ -403,6 +436,10 @@ def account(
         ),
         "sb3_wall_ms_per_step": statistics.median(s["_wall"] for s in ss),
         "rllib_wall_ms_per_step": statistics.median(d["_wall"] for d in ds),
+        "sb3_gc_ms_per_step": statistics.median(s["_gc"] for s in ss),
+        "rllib_gc_ms_per_step": statistics.median(
+            d["_gc"] + r["_gc"] for d, r in zip(ds, rs, strict=True)
+        ),
     }
 
 
@@ -418,6 +455,10 @@ def print_account(out: Mapping[str, Any], write: Callable[[str], None] = print) 
     write(
         f"{'processes CPU (SB3 process; RLlib driver + runner)':<86} {'':<8} "
         f"{out['sb3_total_ms_per_step']:7.4f} {out['rllib_total_ms_per_step']:7.4f}"
+    )
+    write(
+        f"{'of which Python garbage collection (inside the items above)':<86} {'':<8} "
+        f"{out['sb3_gc_ms_per_step']:7.4f} {out['rllib_gc_ms_per_step']:7.4f}"
     )
     write(
         f"{'wall per env step (SB3 learn(); RLlib train())':<86} {'':<8} "
