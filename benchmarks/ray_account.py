@@ -360,7 +360,7 @@ def account_table(
         "main thread, rest (SB3: learn() setup, logger | RLlib: train(), training_step rest)",
         "driver",
         rest(s, SPANS_SB3),
-        rest(d, SPANS_DRIVER),
+        rest(d, SPANS_DRIVER) + g(d, "train", "training_step"),
     )
     add(
         "process's other threads (Ray core worker, torch)",

@@ -106,10 +106,14 @@ def test_ray_benchmark_accounts_an_iteration_on_both_sides(
     assert sum(v[1] for v in items.values()) == pytest.approx(result["rllib_ms_per_step"], abs=1e-3)
 
 
-@pytest.mark.slow
+@pytest.mark.slow  # inductor compiles the update: ~10-25 s of one core
 @pytest.mark.filterwarnings(
     "ignore:.*Overriding environment rllib-single-agent-env-v0 already in registry:UserWarning"
 )
+# torch's dynamo, imported by the first torch.compile of the process, and its note on the
+# profiler scopes it skips.
+@pytest.mark.filterwarnings("ignore:.*torch.jit.script_method.*:DeprecationWarning")
+@pytest.mark.filterwarnings("ignore:.*record_function.*:UserWarning")
 def test_ray_benchmark_long_run_trains_eager_and_compiled_to_the_budget(
     capsys: pytest.CaptureFixture[str],
 ) -> None:
