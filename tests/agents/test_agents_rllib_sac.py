@@ -155,6 +155,11 @@ def test_session_shuts_ray_down_when_the_block_raises(ray_tmp: Path) -> None:
     raylet_logs = list(ray_tmp.glob("session_*/logs/raylet.out"))
     assert raylet_logs
     assert all("Disabled stats" in log.read_text() for log in raylet_logs)
+    # The driver and the workers kept no task events: their core workers say so.
+    core_logs = list(ray_tmp.glob("session_*/logs/python-core-*.log"))
+    assert any("core-driver" in log.name for log in core_logs)
+    assert any("core-worker" in log.name for log in core_logs)
+    assert all("Task Event Buffer is disabled" in log.read_text() for log in core_logs)
 
 
 @dataclass(frozen=True)
