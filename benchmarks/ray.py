@@ -544,7 +544,12 @@ def main(argv: list[str] | None = None) -> int:
     # Three runner actors of one (logical) CPU each; idle ones cost no CPU.
     with (
         tempfile.TemporaryDirectory(prefix="pb-bench-", dir="/tmp") as temp,
-        ray_session(num_cpus=max(3, os.cpu_count() or 3), temp_dir=temp, **session),
+        ray_session(
+            num_cpus=max(3, os.cpu_count() or 3),
+            temp_dir=temp,
+            metrics=session["metrics"],
+            task_events=session["task_events"],
+        ),
     ):
         try:
             samplers["sb3_ppo"] = _SB3(**work)
@@ -614,7 +619,12 @@ def _account(
     load_start = _load()
     with (
         tempfile.TemporaryDirectory(prefix="pb-bench-", dir="/tmp") as temp,
-        ray_session(num_cpus=max(2, os.cpu_count() or 2), temp_dir=temp, **session),
+        ray_session(
+            num_cpus=max(2, os.cpu_count() or 2),
+            temp_dir=temp,
+            metrics=session["metrics"],
+            task_events=session["task_events"],
+        ),
     ):
         out = account(
             iterations=int(args.iterations), loss=loss, compile_learner=compile_learner, **work
@@ -657,7 +667,12 @@ def _long(
     load_start = _load()
     with (
         tempfile.TemporaryDirectory(prefix="pb-bench-", dir="/tmp") as temp,
-        ray_session(num_cpus=max(3, os.cpu_count() or 3), temp_dir=temp, **session),
+        ray_session(
+            num_cpus=max(3, os.cpu_count() or 3),
+            temp_dir=temp,
+            metrics=session["metrics"],
+            task_events=session["task_events"],
+        ),
     ):
         out = long_run(
             total_steps=int(args.long), loss=loss, cold_cache=bool(args.cold_cache), **work

@@ -29,6 +29,9 @@ from typing import Any
 __all__ = ["Spans", "account", "account_table"]
 
 
+_MISSING = object()
+
+
 class Spans:
     """Exclusive CPU time of named, possibly nested spans (thread CPU of the calling thread).
 
@@ -47,6 +50,7 @@ class Spans:
         self.cpu_s: dict[str, float] = defaultdict(float)
         self.calls: dict[str, int] = defaultdict(int)
         self._children_s: list[float] = []  # per open span: CPU of the spans inside it
+        self._patched: list[tuple[Any, str, Any]] = []  # (owner, attribute, original)
 
     def timed(self, name: str, call: Callable[..., Any]) -> Callable[..., Any]:
         """``call`` wrapped so that its exclusive thread CPU time adds to ``name``."""
@@ -68,8 +72,18 @@ class Spans:
         return wrapped
 
     def patch(self, owner: Any, attr: str, name: str) -> None:
-        """Replace ``owner.attr`` by its timed version."""
+        """Replace ``owner.attr`` by its timed version (until :meth:`restore`)."""
+        self._patched.append((owner, attr, owner.__dict__.get(attr, _MISSING)))
         setattr(owner, attr, self.timed(name, getattr(owner, attr)))
+
+    def restore(self) -> None:
+        """Undo :meth:`patch` (module functions and instance attributes alike)."""
+        for owner, attr, original in reversed(self._patched):
+            if original is _MISSING:
+                delattr(owner, attr)
+            else:
+                setattr(owner, attr, original)
+        self._patched.clear()
 
     def patch_call(self, obj: Any, name: str) -> None:
         """Time ``obj(...)`` (its class's ``__call__``) for this object only."""
@@ -179,17 +193,17 @@ def _install_sb3_spans(sb3: Any, spans: Spans) -> None:
 def _install_rllib_driver_spans(algo: Any, spans: Spans) -> None:
     import ray.rllib.algorithms.ppo.ppo as ppo_module
 
-    ppo_module.synchronous_parallel_sample = spans.timed(  # type: ignore[attr-defined]
-        "sample_wait_and_receive", ppo_module.synchronous_parallel_sample
-    )
     import pulsebms.agents.rllib_learner as learner_module
+
+    # PPO's training_step calls the module-level name: time the calls through it.
+    spans.patch(ppo_module, "synchronous_parallel_sample", "sample_wait_and_receive")
 
     learner = algo.learner_group._learner
     spans.patch(algo.learner_group, "update", "learner_update")
     spans.patch(learner, "update", "learner_update_inner")
     spans.patch(learner, "_create_iterator_if_necessary", "make_batch_and_iterator")
     spans.patch_call(learner._learner_connector, "learner_connector")
-    learner_module._take_rows = spans.timed("take_rows", learner_module._take_rows)  # type: ignore[attr-defined]
+    spans.patch(learner_module, "_take_rows", "take_rows")  # the iterator's row gather
     spans.patch(learner, "_log_metrics", "ray_metrics_per_minibatch")
     spans.patch(learner, "_log_steps_trained_metrics", "steps_trained_per_minibatch")
     spans.patch(learner, "_set_slicing_by_batch_id", "slicing_flags")
@@ -389,12 +403,17 @@ def account(
     """
     from pulsebms.benchmarks.ray import _SB3, _RLlib
 
-    work = {"n_envs": n_envs, "batch": batch, "minibatch": minibatch, "epochs": epochs}
+    work: dict[str, Any] = {
+        "n_envs": n_envs,
+        "batch": batch,
+        "minibatch": minibatch,
+        "epochs": epochs,
+    }
     sb3 = _SB3(seed=seed, **work)
     rl = _RLlib(runners=1, seed=seed, loss=loss, compile_learner=compile_learner, **work)
+    sb3_spans, driver_spans = Spans(), Spans()
     try:
         on_main = rl.group.foreach_env_runner(_install_runner_spans, local_env_runner=False)
-        sb3_spans, driver_spans = Spans(), Spans()
         _install_sb3_spans(sb3, sb3_spans)
         _install_rllib_driver_spans(rl.algo, driver_spans)
         _sb3_iteration(sb3, sb3_spans)  # warm-up, both
@@ -411,6 +430,7 @@ def account(
                     driver_rows.append((steps, driver))
                     runner_rows.append((steps, runner))
     finally:
+        driver_spans.restore()  # the module-level functions patched in this process
         sb3.close()
         rl.close()
     ss, ds, rs = _per_step_ms(sb3_rows), _per_step_ms(driver_rows), _per_step_ms(runner_rows)

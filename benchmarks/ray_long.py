@@ -54,7 +54,12 @@ def long_run(
 
     from pulsebms.benchmarks.ray import _RLlib
 
-    work = {"n_envs": n_envs, "batch": batch, "minibatch": minibatch, "epochs": epochs}
+    work: dict[str, Any] = {
+        "n_envs": n_envs,
+        "batch": batch,
+        "minibatch": minibatch,
+        "epochs": epochs,
+    }
     stats: dict[str, dict[str, Any]] = {}
     algos: dict[str, _RLlib] = {}
     saved_cache = os.environ.get("TORCHINDUCTOR_CACHE_DIR")

@@ -138,6 +138,7 @@ def _train_rllib(
         settings.num_env_runners,
         settings.num_envs_per_env_runner,
     )
+    options = learner_speed_options(settings, agent)
     with ray_session(
         address=settings.address,
         num_cpus=settings.num_cpus,
@@ -157,7 +158,8 @@ def _train_rllib(
             num_envs_per_env_runner=settings.num_envs_per_env_runner,
             num_cpus_per_env_runner=settings.num_cpus_per_env_runner,
             seed=seed,
-            **learner_speed_options(settings, agent),
+            torch_compile_learner=options["torch_compile_learner"],
+            fused_adam=options["fused_adam"],
         )
         try:
             run = train_rllib(

@@ -127,3 +127,28 @@ def test_ray_benchmark_long_run_trains_eager_and_compiled_to_the_budget(
         assert run["iterations"] == 3  # 64 env steps per iteration
         assert run["total_s"] == pytest.approx(run["build_s"] + run["train_s"], abs=0.02)
     assert result["speedup"] > 0
+
+
+def test_account_spans_are_exclusive_and_patches_come_off() -> None:
+    import types
+
+    from pulsebms.benchmarks.ray_account import Spans
+
+    module = types.SimpleNamespace(inner=lambda: sum(range(20_000)))
+
+    class Owner:
+        def outer(self) -> int:
+            return int(module.inner()) + 1
+
+    owner, spans = Owner(), Spans()
+    spans.patch(module, "inner", "inner")
+    spans.patch(owner, "outer", "outer")
+    for _ in range(20):
+        owner.outer()
+    assert spans.calls == {"inner": 20, "outer": 20}
+    # The outer span excludes the inner one: each is its own, neither is counted twice.
+    assert 0 <= spans.cpu_s["outer"] < spans.cpu_s["inner"]
+    spans.restore()
+    assert "outer" not in vars(owner)  # the class's method again
+    assert owner.outer() == sum(range(20_000)) + 1
+    assert spans.calls == {"inner": 20, "outer": 20}  # no longer timed
