@@ -113,6 +113,11 @@ def learner_speed_options(settings: RaySettings, agent: RllibAgentConfig) -> dic
         "fused_adam": bool(settings.fused_adam),
     }
     if isinstance(agent, RllibPPOConfig):
+        if wanted["torch_compile_learner"]:
+            log.info(
+                "ray.torch_compile_learner: the PPO Learner's update is compiled (inductor); "
+                "the first iterations take seconds longer"
+            )
         return wanted
     for name, on in wanted.items():
         if on:
