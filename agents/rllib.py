@@ -210,7 +210,9 @@ def _start_local_ray(**kwargs: Any) -> None:
                         child.kill()
 
 
-def local_system_config(*, worker_niceness: int = 0, metrics: bool = False) -> dict[str, Any]:
+def local_system_config(
+    *, worker_niceness: int = 0, metrics: bool = False, task_events: bool = False
+) -> dict[str, Any]:
     """Ray's ``_system_config`` for a local Ray that :func:`ray_session` starts.
 
     * ``worker_niceness``: Ray starts worker processes (the EnvRunners) 15 nice levels
@@ -220,16 +222,25 @@ def local_system_config(*, worker_niceness: int = 0, metrics: bool = False) -> d
       step and per minibatch) return without recording, and the metrics agent exports
       nothing. With ``metrics`` the key is left out, so Ray's default applies (on, or
       ``RAY_enable_metrics_collection`` from the environment).
+    * ``task_events_report_interval_ms: 0`` unless ``task_events``: no process records
+      task state events (submitted, running, finished, per remote call and actor task)
+      or sends them to the GCS every second; they feed only the dashboard's task views
+      and the state API (``ray list tasks``, ``ray timeline``), which a session without
+      a dashboard does not serve. With ``task_events`` the key is left out (Ray's
+      default: on).
 
     Example:
         >>> local_system_config()
-        {'worker_niceness': 0, 'enable_metrics_collection': False}
-        >>> local_system_config(worker_niceness=5, metrics=True)
+        {'worker_niceness': 0, 'enable_metrics_collection': False, \
+'task_events_report_interval_ms': 0}
+        >>> local_system_config(worker_niceness=5, metrics=True, task_events=True)
         {'worker_niceness': 5}
     """
     config: dict[str, Any] = {"worker_niceness": int(worker_niceness)}
     if not metrics:
         config["enable_metrics_collection"] = False
+    if not task_events:
+        config["task_events_report_interval_ms"] = 0
     return config
 
 
@@ -244,18 +255,19 @@ def ray_session(
     log_level: str = "ERROR",
     worker_niceness: int = 0,
     metrics: bool = False,
+    task_events: bool = False,
 ) -> Iterator[None]:
     """Run a block inside a quiet Ray runtime (local or a cluster) and always shut it down.
 
     Sets ``RAY_USAGE_STATS_ENABLED=0`` (no usage reports: the build machines have no
     network) and ``RAY_AUTH_MODE=disabled`` (a local cluster needs no token) in
-    ``os.environ`` unless already set, starts no dashboard and (unless ``metrics``) no
-    metrics collection in a local Ray, forwards no worker logs to the driver, sets the
-    ``ray`` loggers to ``log_level`` and ignores Ray's own deprecation warnings inside the
-    block. Python's root logging configuration is left alone. ``ray.shutdown()`` runs on the
-    way out, also when the block raises; for a joined cluster it only disconnects this
-    driver (the cluster keeps running). If Ray is already initialised in this process (by
-    the caller), it is reused and left running.
+    ``os.environ`` unless already set, starts no dashboard and (unless ``metrics`` /
+    ``task_events``) no metrics collection and no task events in a local Ray, forwards no
+    worker logs to the driver, sets the ``ray`` loggers to ``log_level`` and ignores Ray's
+    own deprecation warnings inside the block. Python's root logging configuration is left
+    alone. ``ray.shutdown()`` runs on the way out, also when the block raises; for a joined
+    cluster it only disconnects this driver (the cluster keeps running). If Ray is already
+    initialised in this process (by the caller), it is reused and left running.
 
     Args:
         address: ``None`` or ``"local"``: a private local Ray. ``"auto"``: the cluster
@@ -285,6 +297,13 @@ def ray_session(
             (on, or what ``RAY_enable_metrics_collection`` in the environment says).
             Ignored when joining a cluster: its processes keep the setting the cluster
             was started with.
+        task_events: Ray's task events in a local Ray. ``False`` (the default) starts it
+            with ``task_events_report_interval_ms`` 0: no process records a state event
+            per task or actor call, nor reports them to the GCS each second (they feed
+            the dashboard's task views and ``ray list tasks``/``ray timeline``, which need
+            a dashboard). ``True`` keeps Ray's default (on). Ignored when joining a
+            cluster (``RAY_task_events_report_interval_ms=0`` in the environment of
+            ``ray start`` turns them off there).
 
     Yields:
         Nothing; Ray is initialised inside the block.
@@ -322,7 +341,7 @@ def ray_session(
                     num_cpus=num_cpus,
                     include_dashboard=include_dashboard,
                     _system_config=local_system_config(
-                        worker_niceness=worker_niceness, metrics=metrics
+                        worker_niceness=worker_niceness, metrics=metrics, task_events=task_events
                     ),
                     log_to_driver=False,
                     ignore_reinit_error=True,
@@ -615,7 +634,9 @@ def build_rllib_algorithm(
             if not cpp_compiler_available():
                 raise RuntimeError(
                     "torch_compile_learner needs a C++ compiler for torch's inductor "
-                    "backend (g++ or clang++ on PATH, or CXX); none was found"
+                    "backend (g++ or clang++ on PATH, or CXX); none was found. Install "
+                    "one, or train with the eager Learner: ray.torch_compile_learner=false "
+                    "(other rounding, so other weights than a compiled run's)"
                 )
             config = config.framework(
                 torch_compile_learner=True,

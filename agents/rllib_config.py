@@ -227,6 +227,12 @@ class RaySettings:
             ``True`` keeps Ray's default (on). Applies to a local Ray only: a joined cluster
             keeps the setting it was started with (``RAY_enable_metrics_collection=0`` in
             the environment of ``ray start`` turns it off there). See docs/ray.md.
+        task_events: Ray's task events (a state event per task and actor call, reported
+            to the GCS each second, for the dashboard's task views and ``ray list
+            tasks``). Off (the default) for a local Ray: nothing reads them without a
+            dashboard, and recording them costs CPU in the driver and every runner on
+            every remote call. ``True`` keeps Ray's default (on). Local Ray only, as
+            ``metrics``.
         torch_compile_learner: Compile the PPO Learner's per-minibatch update with
             ``torch.compile`` (inductor; a C++ compiler must be installed). Off: RLlib's
             eager update. On: seconds of compiling in the first iterations, then a
@@ -249,6 +255,7 @@ class RaySettings:
     log_level: str = "ERROR"
     temp_dir: str | None = None
     metrics: bool = False
+    task_events: bool = False
     torch_compile_learner: bool = False
     fused_adam: bool = False
 

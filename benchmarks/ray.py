@@ -446,6 +446,12 @@ def main(argv: list[str] | None = None) -> int:
         "pulsebms-train's ray.metrics=false",
     )
     parser.add_argument(
+        "--ray-task-events",
+        action="store_true",
+        help="keep Ray's task events on (Ray's default); off by default, as "
+        "pulsebms-train's ray.task_events=false",
+    )
+    parser.add_argument(
         "--compile-learner",
         action="store_true",
         help="RLlib rows: the PPO Learner's update compiled with torch.compile (inductor; "
@@ -456,6 +462,24 @@ def main(argv: list[str] | None = None) -> int:
         action="store_true",
         help="RLlib rows: torch's fused Adam in the PPO Learner (ray.fused_adam=true)",
     )
+    parser.add_argument(
+        "--account",
+        action="store_true",
+        help="instead of the rounds: CPU per env step of named pieces of a training "
+        "iteration, SB3 against RLlib on 1 remote runner (pulsebms.benchmarks.ray_account)",
+    )
+    parser.add_argument(
+        "--iterations", type=int, default=8, help="--account: training iterations of each"
+    )
+    parser.add_argument(
+        "--long",
+        type=int,
+        default=0,
+        metavar="STEPS",
+        help="instead of the rounds: wall time of two RLlib PPO runs of STEPS env steps, "
+        "eager and compiled Learner, trained alternately (pulsebms.benchmarks.ray_long)",
+    )
+    parser.add_argument("--cold-cache", action="store_true", help="--long: a fresh inductor cache")
     args = parser.parse_args(argv)
     # ---- seeding: every learner and sampler below is seeded with args.seed.
     import torch
@@ -496,6 +520,13 @@ def main(argv: list[str] | None = None) -> int:
         f"{metrics}), as pulsebms-train ray.metrics={str(metrics).lower()}"
         f"{'' if metrics else ', its default'})"
     )
+    task_events = bool(args.ray_task_events)
+    print(
+        f"Ray task events: {'on' if task_events else 'off'} (ray_session(task_events="
+        f"{task_events}), as pulsebms-train ray.task_events={str(task_events).lower()}"
+        f"{'' if task_events else ', its default'})"
+    )
+    session = {"metrics": metrics, "task_events": task_events}
     compile_learner, fused_adam = bool(args.compile_learner), bool(args.fused_adam)
     print(
         f"RLlib Learner: torch.compile {'on' if compile_learner else 'off'}, Adam "
@@ -503,13 +534,22 @@ def main(argv: list[str] | None = None) -> int:
     )
     from pulsebms.agents.rllib import ray_session
 
+    if args.account:
+        return _account(args, work, loss, session, compile_learner)
+    if args.long:
+        return _long(args, work, loss, session)
     names = ("sb3_ppo", "rllib_local_runner", "rllib_1_runner", "rllib_2_runners")
     rows = {name: _Row() for name in names}
     samplers: dict[str, Any] = {}
     # Three runner actors of one (logical) CPU each; idle ones cost no CPU.
     with (
         tempfile.TemporaryDirectory(prefix="pb-bench-", dir="/tmp") as temp,
-        ray_session(num_cpus=max(3, os.cpu_count() or 3), temp_dir=temp, metrics=metrics),
+        ray_session(
+            num_cpus=max(3, os.cpu_count() or 3),
+            temp_dir=temp,
+            metrics=session["metrics"],
+            task_events=session["task_events"],
+        ),
     ):
         try:
             samplers["sb3_ppo"] = _SB3(**work)
@@ -555,10 +595,107 @@ def main(argv: list[str] | None = None) -> int:
         "epochs": work["epochs"],
         "rllib_loss": "rllib_default" if args.rllib_loss else "sb3",
         "ray_metrics": metrics,
+        "ray_task_events": task_events,
         "compile_learner": compile_learner,
         "fused_adam": fused_adam,
         **{name: {k: round(v, 3) for k, v in f.items()} for name, f in summary.items()},
         **{k: round(v, 3) for k, v in ratios.items()},
+    }
+    print("RESULT " + json.dumps(result, sort_keys=True))
+    return 0
+
+
+def _account(
+    args: argparse.Namespace,
+    work: Mapping[str, Any],
+    loss: Mapping[str, Any],
+    session: Mapping[str, bool],
+    compile_learner: bool,
+) -> int:
+    """``--account``: :func:`pulsebms.benchmarks.ray_account.account`, printed."""
+    from pulsebms.agents.rllib import ray_session
+    from pulsebms.benchmarks.ray_account import account, print_account
+
+    load_start = _load()
+    with (
+        tempfile.TemporaryDirectory(prefix="pb-bench-", dir="/tmp") as temp,
+        ray_session(
+            num_cpus=max(2, os.cpu_count() or 2),
+            temp_dir=temp,
+            metrics=session["metrics"],
+            task_events=session["task_events"],
+        ),
+    ):
+        out = account(
+            iterations=int(args.iterations), loss=loss, compile_learner=compile_learner, **work
+        )
+    print(f"CPU ms per env step, medians of {args.iterations} iterations each, interleaved")
+    print_account(out)
+    print(
+        f"load {load_start} → {_load()}; runner task on its main thread: "
+        f"{out['runner_task_on_main_thread']}"
+    )
+    result = {
+        "load": _load(),
+        "envs_per_sampler": work["n_envs"],
+        "batch": work["batch"],
+        "compile_learner": compile_learner,
+        "iterations": int(args.iterations),
+        "sb3_ms_per_step": round(out["sb3_total_ms_per_step"], 4),
+        "rllib_ms_per_step": round(out["rllib_total_ms_per_step"], 4),
+        "sb3_gc_ms_per_step": round(out["sb3_gc_ms_per_step"], 4),
+        "rllib_gc_ms_per_step": round(out["rllib_gc_ms_per_step"], 4),
+        "items": [[w, where, round(a, 4), round(b, 4)] for w, where, a, b in out["items"]],
+        "spans": {
+            k: {n: round(v, 4) for n, v in out[k].items()} for k in ("sb3", "driver", "runner")
+        },
+    }
+    print("RESULT " + json.dumps(result, sort_keys=True))
+    return 0
+
+
+def _long(
+    args: argparse.Namespace,
+    work: Mapping[str, Any],
+    loss: Mapping[str, Any],
+    session: Mapping[str, bool],
+) -> int:
+    """``--long``: :func:`pulsebms.benchmarks.ray_long.long_run`, printed."""
+    from pulsebms.agents.rllib import ray_session
+    from pulsebms.benchmarks.ray_long import long_run
+
+    load_start = _load()
+    with (
+        tempfile.TemporaryDirectory(prefix="pb-bench-", dir="/tmp") as temp,
+        ray_session(
+            num_cpus=max(3, os.cpu_count() or 3),
+            temp_dir=temp,
+            metrics=session["metrics"],
+            task_events=session["task_events"],
+        ),
+    ):
+        out = long_run(
+            total_steps=int(args.long), loss=loss, cold_cache=bool(args.cold_cache), **work
+        )
+    for name in ("eager", "compiled"):
+        f = out[name]
+        print(
+            f"{name:>9}: build {f['build_s']:.1f} s + train {f['train_s']:.1f} s = "
+            f"{f['total_s']:.1f} s wall, {f['iterations']} iterations, {f['steps']} steps, "
+            f"first 4 iterations {f['first4_s']:.1f} s, median iteration "
+            f"{f['median_iter_s']:.3f} s, episode return {f['episode_return_mean']}"
+        )
+    print(
+        f"eager / compiled wall (builds included): {out['speedup']:.3f}×; "
+        f"inductor cache {'cold' if args.cold_cache else 'as found'}; "
+        f"load {load_start} → {_load()}"
+    )
+    result = {
+        "load": _load(),
+        "envs_per_sampler": work["n_envs"],
+        "batch": work["batch"],
+        "cold_cache": bool(args.cold_cache),
+        **out,
     }
     print("RESULT " + json.dumps(result, sort_keys=True))
     return 0

@@ -62,6 +62,7 @@ __all__ = [
     "RLLIB_CHECKPOINT_DIR",
     "evaluate_run",
     "held_factory",
+    "learner_speed_options",
     "main",
     "ray_settings",
     "run_training",
@@ -90,6 +91,44 @@ def ray_settings(cfg: DictConfig) -> RaySettings:
     return settings
 
 
+def learner_speed_options(settings: RaySettings, agent: RllibAgentConfig) -> dict[str, bool]:
+    """``ray.torch_compile_learner`` and ``ray.fused_adam`` as this agent's Learner takes them.
+
+    Both were measured and are supported for the PPO Learners (``rllib_ppo``,
+    ``rllib_ppo_lagrangian``); other agents (``rllib_sac``) train with RLlib's own eager
+    Learner whatever the ``ray`` group says, and the run's log says so. That lets a ``ray``
+    preset turn the compiled Learner on for the long PPO runs it is made for
+    (``ray=cluster``) and still serve SAC. Given the config, the choice is fixed: it never
+    depends on the machine (without a C++ compiler a compiled PPO Learner is an error, see
+    :func:`pulsebms.agents.rllib.build_rllib_algorithm`).
+
+    Example:
+        >>> learner_speed_options(RaySettings(torch_compile_learner=True), RllibSACConfig())
+        {'torch_compile_learner': False, 'fused_adam': False}
+        >>> learner_speed_options(RaySettings(torch_compile_learner=True), RllibPPOConfig())
+        {'torch_compile_learner': True, 'fused_adam': False}
+    """
+    wanted = {
+        "torch_compile_learner": bool(settings.torch_compile_learner),
+        "fused_adam": bool(settings.fused_adam),
+    }
+    if isinstance(agent, RllibPPOConfig):
+        if wanted["torch_compile_learner"]:
+            log.info(
+                "ray.torch_compile_learner: the PPO Learner's update is compiled (inductor); "
+                "the first iterations take seconds longer"
+            )
+        return wanted
+    for name, on in wanted.items():
+        if on:
+            log.info(
+                "ray.%s applies to the PPO Learners only: %s trains with RLlib's eager Learner",
+                name,
+                agent.algorithm,
+            )
+    return dict.fromkeys(wanted, False)
+
+
 def _train_rllib(
     cfg: DictConfig, agent: RllibAgentConfig, out: Path, seed: int
 ) -> tuple[Path, Any, dict[str, Any]]:
@@ -104,6 +143,7 @@ def _train_rllib(
         settings.num_env_runners,
         settings.num_envs_per_env_runner,
     )
+    options = learner_speed_options(settings, agent)
     with ray_session(
         address=settings.address,
         num_cpus=settings.num_cpus,
@@ -111,6 +151,7 @@ def _train_rllib(
         include_dashboard=settings.include_dashboard,
         log_level=settings.log_level,
         metrics=settings.metrics,
+        task_events=settings.task_events,
     ):
         algo = build_rllib_algorithm(
             f"pulsebms.envs:{cfg.env.id}",  # the worker-safe id form (imports the envs)
@@ -122,8 +163,8 @@ def _train_rllib(
             num_envs_per_env_runner=settings.num_envs_per_env_runner,
             num_cpus_per_env_runner=settings.num_cpus_per_env_runner,
             seed=seed,
-            torch_compile_learner=settings.torch_compile_learner,
-            fused_adam=settings.fused_adam,
+            torch_compile_learner=options["torch_compile_learner"],
+            fused_adam=options["fused_adam"],
         )
         try:
             run = train_rllib(

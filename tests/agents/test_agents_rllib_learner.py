@@ -11,6 +11,7 @@ import math
 import os
 import warnings
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 import gymnasium as gym
@@ -476,4 +477,25 @@ def test_learner_speed_options_are_refused_where_not_measured(option: str) -> No
     with pytest.raises(ValueError, match="PPO Learners"):  # before any Ray is needed
         build_rllib_algorithm(
             "pulsebms.envs:PulseBMS/FleetSmall-v0", RllibSACConfig(), **{option: True}
+        )
+
+
+def test_compiled_learner_without_a_cpp_compiler_is_a_clear_error(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """No C++ compiler: ``torch_compile_learner`` is refused before any Ray work starts.
+
+    Not a silent fall back to the eager update: the two round differently, so the same
+    config would train other weights on a machine without g++.
+    """
+    from pulsebms.agents.rllib import RllibPPOConfig, build_rllib_algorithm, cpp_compiler_available
+
+    monkeypatch.delenv("CXX", raising=False)
+    monkeypatch.setenv("PATH", str(tmp_path))  # an empty folder: no g++, c++, clang++
+    assert not cpp_compiler_available()
+    with pytest.raises(RuntimeError, match=r"C\+\+ compiler.*torch_compile_learner=false"):
+        build_rllib_algorithm(
+            "pulsebms.envs:PulseBMS/FleetSmall-v0",
+            RllibPPOConfig(train_batch_size=64, minibatch_size=32),
+            torch_compile_learner=True,
         )

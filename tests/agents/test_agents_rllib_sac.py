@@ -138,16 +138,28 @@ def test_session_shuts_ray_down_when_the_block_raises(ray_tmp: Path) -> None:
             # Ray's metrics collection off (metrics=False, the default).
             system = ray_state.get_system_config()
             seen["enable_metrics_collection"] = system.get("enable_metrics_collection")
+            # No task events (task_events=False, the default): the buffer is off.
+            seen["task_events_report_interval_ms"] = system.get("task_events_report_interval_ms")
             raise RuntimeError("boom")
 
     with pytest.raises(RuntimeError, match="boom"):
         fail_inside()
-    assert seen == {"cpus": 2.0, "worker_niceness": 0, "enable_metrics_collection": False}
+    assert seen == {
+        "cpus": 2.0,
+        "worker_niceness": 0,
+        "enable_metrics_collection": False,
+        "task_events_report_interval_ms": 0,
+    }
     assert not ray.is_initialized()
     # Each process that read it skipped its metrics: the raylet logs that it did.
     raylet_logs = list(ray_tmp.glob("session_*/logs/raylet.out"))
     assert raylet_logs
     assert all("Disabled stats" in log.read_text() for log in raylet_logs)
+    # The driver and the workers kept no task events: their core workers say so.
+    core_logs = list(ray_tmp.glob("session_*/logs/python-core-*.log"))
+    assert any("core-driver" in log.name for log in core_logs)
+    assert any("core-worker" in log.name for log in core_logs)
+    assert all("Task Event Buffer is disabled" in log.read_text() for log in core_logs)
 
 
 @dataclass(frozen=True)

@@ -40,11 +40,13 @@ def test_ray_benchmark_prints_finite_throughput_for_each_sampler(
     assert result["envs_per_sampler"] == 2
     assert result["rllib_loss"] == "sb3"  # RLlib's PPO configured with SB3's loss
     assert result["ray_metrics"] is False  # as pulsebms-train's default ray.metrics=false
+    assert result["ray_task_events"] is False  # as its default ray.task_events=false
     # RLlib's eager update and foreach Adam unless --compile-learner / --fused-adam.
     assert result["compile_learner"] is False
     assert result["fused_adam"] is False
     assert "RLlib Learner: torch.compile off, Adam foreach" in out
     assert "Ray metrics collection: off" in out
+    assert "Ray task events: off" in out
     assert "RLlib PPO loss: as SB3's PPO" in out
     assert "1 runner = one remote EnvRunner process (num_env_runners=1)" in out
     for key in (
@@ -58,3 +60,95 @@ def test_ray_benchmark_prints_finite_throughput_for_each_sampler(
 def test_batch_must_split_over_two_runners() -> None:
     with pytest.raises(SystemExit):
         bench.main(["--envs", "4", "--batch", "100"])
+
+
+def test_account_items_add_up_to_the_processes_cpu() -> None:
+    from pulsebms.benchmarks.ray_account import account_table
+
+    sb3 = {"_process": 1.0, "_thread": 0.96, "_env": 0.6, "vec_env_step": 0.66, "rollout": 0.02}
+    sb3 |= {"policy_forward": 0.05, "buffer_add": 0.01, "gae": 0.002, "train": 0.1}
+    driver = {"_process": 0.13, "_thread": 0.125, "minibatch_update": 0.1}
+    driver |= {"learner_connector": 0.003, "sync_weights": 0.001, "take_rows": 0.004}
+    runner = {"_process": 0.8, "_thread": 0.79, "_env": 0.6, "env_vector_step": 0.62}
+    runner |= {"module_forward": 0.03, "env_to_module": 0.03, "sample": 0.02}
+    rows = account_table(sb3, driver, runner)
+    assert sum(r[2] for r in rows) == pytest.approx(sb3["_process"])
+    assert sum(r[3] for r in rows) == pytest.approx(driver["_process"] + runner["_process"])
+    by_name = {r[0]: r for r in rows}
+    env = by_name["env (shielded FleetEnv, same wrapper)"]
+    assert env[2:] == (0.6, 0.6)
+    vector = next(r for name, r in by_name.items() if name.startswith("vector env"))
+    assert vector[2:] == pytest.approx((0.06, 0.02))
+
+
+@pytest.mark.slow
+@pytest.mark.filterwarnings(
+    "ignore:.*Overriding environment rllib-single-agent-env-v0 already in registry:UserWarning"
+)
+def test_ray_benchmark_accounts_an_iteration_on_both_sides(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    argv = ["--quick", "--envs", "2", "--batch", "64", "--account", "--iterations", "1"]
+    assert bench.main(argv) == 0
+    out = capsys.readouterr().out
+    result = json.loads(out.splitlines()[-1][len("RESULT ") :])
+    items = {what: (sb3, rllib) for what, _, sb3, rllib in result["items"]}
+    # The same env in both, timed in SB3's process and in the remote runner.
+    assert all(v > 0 for v in items["env (shielded FleetEnv, same wrapper)"])
+    steps = next(v for k, v in items.items() if k.startswith("minibatch steps"))
+    assert all(v > 0 for v in steps)
+    # RLlib-only items were timed in the runner actor and in the driver.
+    assert items["runner: set_state (weights, filter state, counters)"][1] > 0
+    assert items["driver: weight sync to the runner"][1] > 0
+    assert items["runner: set_state (weights, filter state, counters)"][0] == 0
+    # Exclusive items: they add up to the processes' CPU (one iteration: no medians).
+    assert sum(v[0] for v in items.values()) == pytest.approx(result["sb3_ms_per_step"], abs=1e-3)
+    assert sum(v[1] for v in items.values()) == pytest.approx(result["rllib_ms_per_step"], abs=1e-3)
+
+
+@pytest.mark.slow  # inductor compiles the update: ~10-25 s of one core
+@pytest.mark.filterwarnings(
+    "ignore:.*Overriding environment rllib-single-agent-env-v0 already in registry:UserWarning"
+)
+# torch's dynamo, imported by the first torch.compile of the process, and its note on the
+# profiler scopes it skips.
+@pytest.mark.filterwarnings("ignore:.*torch.jit.script_method.*:DeprecationWarning")
+@pytest.mark.filterwarnings("ignore:.*record_function.*:UserWarning")
+def test_ray_benchmark_long_run_trains_eager_and_compiled_to_the_budget(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    argv = ["--quick", "--envs", "2", "--batch", "64", "--long", "192"]
+    assert bench.main(argv) == 0
+    out = capsys.readouterr().out
+    result = json.loads(out.splitlines()[-1][len("RESULT ") :])
+    for name in ("eager", "compiled"):
+        run = result[name]
+        assert run["steps"] >= 192
+        assert run["iterations"] == 3  # 64 env steps per iteration
+        assert run["total_s"] == pytest.approx(run["build_s"] + run["train_s"], abs=0.02)
+    assert result["speedup"] > 0
+
+
+def test_account_spans_are_exclusive_and_patches_come_off() -> None:
+    import types
+
+    from pulsebms.benchmarks.ray_account import Spans
+
+    module = types.SimpleNamespace(inner=lambda: sum(range(20_000)))
+
+    class Owner:
+        def outer(self) -> int:
+            return int(module.inner()) + 1
+
+    owner, spans = Owner(), Spans()
+    spans.patch(module, "inner", "inner")
+    spans.patch(owner, "outer", "outer")
+    for _ in range(20):
+        owner.outer()
+    assert spans.calls == {"inner": 20, "outer": 20}
+    # The outer span excludes the inner one: each is its own, neither is counted twice.
+    assert 0 <= spans.cpu_s["outer"] < spans.cpu_s["inner"]
+    spans.restore()
+    assert "outer" not in vars(owner)  # the class's method again
+    assert owner.outer() == sum(range(20_000)) + 1
+    assert spans.calls == {"inner": 20, "outer": 20}  # no longer timed

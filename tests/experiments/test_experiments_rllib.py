@@ -87,8 +87,10 @@ def test_ray_group_selects_where_ray_runs(
     assert settings.joins_cluster is joins
     assert settings.include_dashboard is False
     assert settings.metrics is False  # Ray's own metrics collection off by default
-    # RLlib's eager update with the foreach Adam unless asked otherwise (other rounding).
-    assert settings.torch_compile_learner is False
+    assert settings.task_events is False  # and its task events
+    # RLlib's eager update with the foreach Adam unless asked otherwise (other rounding);
+    # the cluster preset, made for long runs, compiles the PPO Learner's update.
+    assert settings.torch_compile_learner is (overrides == ("ray=cluster",))
     assert settings.fused_adam is False
 
 
@@ -97,6 +99,35 @@ def test_ray_metrics_can_be_turned_back_on() -> None:
     from pulsebms.experiments.train import ray_settings
 
     assert ray_settings(compose_config("agent=rllib_ppo", "ray.metrics=true")).metrics is True
+    on = ray_settings(compose_config("agent=rllib_ppo", "ray.task_events=true"))
+    assert on.task_events is True
+
+
+@pytest.mark.usefixtures("hydra_ctx")
+@pytest.mark.parametrize(
+    ("overrides", "compiled"),
+    [
+        (("agent=rllib_ppo",), False),
+        (("agent=rllib_ppo", "ray=cluster"), True),
+        (("agent=rllib_ppo_lagrangian", "ray=cluster"), True),
+        (("agent=rllib_ppo", "ray=cluster", "ray.torch_compile_learner=false"), False),
+        # SAC's Learner is RLlib's own: the cluster preset serves it eagerly.
+        (("agent=rllib_sac", "ray=cluster"), False),
+        (("agent=rllib_sac", "ray.torch_compile_learner=true", "ray.fused_adam=true"), False),
+    ],
+)
+def test_learner_speed_options_reach_the_ppo_learners_only(
+    overrides: tuple[str, ...], compiled: bool
+) -> None:
+    from hydra.utils import instantiate
+
+    from pulsebms.experiments.train import learner_speed_options, ray_settings
+
+    cfg = compose_config(*overrides)
+    agent = instantiate(cfg.agent, _convert_="object")  # as pulsebms-train does
+    options = learner_speed_options(ray_settings(cfg), agent)
+    assert options["torch_compile_learner"] is compiled
+    assert options["fused_adam"] is ("ray.fused_adam=true" in overrides and compiled)
 
 
 @pytest.mark.usefixtures("hydra_ctx")
