@@ -326,6 +326,11 @@ class ImitationConf:
     (:func:`pulsebms.agents.ensemble.member_seeds`,
     :class:`pulsebms.agents.ensemble.EnsemblePolicy`); exported as one ONNX graph. 1 (the
     default): the single agent, fingerprinted as before the field existed.
+
+    ``dagger_policy``: who acts in an ensemble's DAgger rounds. ``member`` (the default):
+    each member its own DAgger, as a single agent. ``ensemble``: the ensemble's averaged
+    action acts, the teacher labels the states it visits, every member clones the one
+    aggregate (:func:`pulsebms.experiments.suite.dagger_policy`).
     """
 
     teacher: str = "mpc"
@@ -346,6 +351,7 @@ class ImitationConf:
     spike_params: dict[str, Any] = field(default_factory=lambda: {"price_spike_probability": 0.1})
     spike_sets: list[dict[str, Any]] = field(default_factory=list)
     ensemble_size: int = 1
+    dagger_policy: str = "member"
 
 
 @dataclass

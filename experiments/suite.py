@@ -47,9 +47,11 @@ from pulsebms.agents.evaluation import NO_BATTERY, KPITable, PolicyFactory, eval
 
 __all__ = [
     "BENCHMARKS",
+    "DAGGER_POLICIES",
     "SuiteRow",
     "agent_decision_s",
     "benchmark_config",
+    "dagger_policy",
     "ensemble_size",
     "fleet_groups",
     "format_table",
@@ -72,6 +74,9 @@ RULES: tuple[str, ...] = ("rule_equal", "rule_soc", "rule_health")
 """The rule baselines; the best of them on a scenario is the ``× best rule`` reference."""
 
 ORACLE = "mpc_oracle"
+
+DAGGER_POLICIES: tuple[str, ...] = ("member", "ensemble")
+"""Who acts in an ensemble's DAgger rounds (``train.imitation.dagger_policy``)."""
 
 
 def benchmark_config(name: str, overrides: Sequence[str] = ()) -> Any:
@@ -331,10 +336,12 @@ def spike_sets(im: Any) -> list[dict[str, Any]]:
 def _imitation_key(im: Any) -> Any:
     """``train.imitation`` as fingerprinted: without spike days, as before they existed.
 
-    So clones and agents trained before the spike fields (or ``ensemble_size``) were added
-    are still found.
+    So clones and agents trained before the spike fields (or ``ensemble_size``,
+    ``dagger_policy``) were added are still found.
     """
     plain = OmegaConf.to_container(im, resolve=True)
+    if isinstance(plain, dict) and plain.get("dagger_policy", "member") == "member":
+        plain.pop("dagger_policy", None)  # each member its own DAgger, as before the field
     if isinstance(plain, dict) and not plain.get("spike_sets"):
         plain.pop("spike_sets", None)  # so clones from before the field are still found
     if isinstance(plain, dict) and int(plain.get("ensemble_size", 1)) == 1:
@@ -386,6 +393,7 @@ def train_suite_agent(
     progress: bool = False,
     label: str | None = None,
     experiment: str = "suite",
+    clone_file: str | Path | None = None,
 ) -> Any:
     """Train (or load, when the same run is on disk) the suite's agent for a benchmark's fleet.
 
@@ -405,6 +413,9 @@ def train_suite_agent(
         experiment: The training recipe (:func:`train_config`). With ``train.imitation``
             the teacher's demonstrations (cached under ``<out_dir>/demos``) are cloned into
             the agent before it trains (:func:`imitation_warm_start`).
+        clone_file: The clone to start from, made elsewhere (an ensemble member's, cloned
+            by the ensemble's DAgger: ``train.imitation.dagger_policy: ensemble``); part of
+            the run's fingerprint. ``None``: the recipe's own clone.
 
     Returns:
         The trained deterministic policy (:class:`pulsebms.agents.policy.SB3Policy`), acting
@@ -417,6 +428,8 @@ def train_suite_agent(
     cfg = _agent_train_config(name, seed, agent, train_steps, overrides, experiment)
     run = _agent_run_dir(out_dir, str(cfg.fleet.name), label or agent, seed)
     key = _train_cfg_key(cfg)
+    if clone_file is not None:
+        key = _fingerprint(key, Path(clone_file).name)  # the name holds the clone's key
     marker = run / "suite_key"
     size = ensemble_size(cfg)
     if size > 1:
@@ -444,7 +457,7 @@ def train_suite_agent(
     if cfg.train.get("imitation") is not None:
         from pulsebms.agents.imitation import FreezeActor
 
-        warm_start = imitation_warm_start(cfg, out_dir=out_dir, run_dir=run)
+        warm_start = imitation_warm_start(cfg, out_dir=out_dir, run_dir=run, clone_file=clone_file)
         if int(cfg.train.imitation.actor_frozen_steps) > 0:
             callbacks.append(FreezeActor(int(cfg.train.imitation.actor_frozen_steps)))
     log.info(
@@ -489,6 +502,34 @@ def ensemble_size(cfg: Any) -> int:
     return size
 
 
+def dagger_policy(cfg: Any) -> str:
+    """``train.imitation.dagger_policy`` of a training config: who acts in the DAgger rounds.
+
+    ``member`` (the default, and the only meaning for a single agent): every member of an
+    ensemble runs its own DAgger on its own days, so it is exactly the single agent of its
+    seed. ``ensemble``: the ensemble (the mean of its members' actions, what the deployer
+    runs) acts in each round, the teacher labels the states *it* visits, and every member
+    is cloned again on that one aggregate (each keeping its own seed, so its own
+    initialisation and minibatch order, and its errors partly its own). DAgger's guarantee
+    is about the learner's own state distribution; the learner deployed is the ensemble,
+    whose states (an average of members that each drift their own way) no member visits.
+
+    Raises:
+        ValueError: If it is not one of :data:`DAGGER_POLICIES`.
+
+    Example:
+        >>> dagger_policy(train_config("mild", "ppo", experiment="suite_mpc_bc"))
+        'member'
+    """
+    im = cfg.train.get("imitation")
+    policy = "member" if im is None else str(im.get("dagger_policy", "member"))
+    if policy not in DAGGER_POLICIES:
+        raise ValueError(
+            f"train.imitation.dagger_policy must be one of {DAGGER_POLICIES}, got {policy!r}"
+        )
+    return policy
+
+
 def _train_suite_ensemble(
     name: str,
     seed: int,
@@ -516,6 +557,10 @@ def _train_suite_ensemble(
     agent measured on its own. The ensemble folder ``run`` holds copies of the members'
     files and ``ensemble.json`` (:func:`pulsebms.agents.ensemble.save_ensemble`): one
     checkpoint for ``pulsebms-export``.
+
+    With ``train.imitation.dagger_policy: ensemble`` the members' clones come from one
+    DAgger of the ensemble itself (:func:`_ensemble_dagger_clones`); each member then
+    starts from its clone (and fine-tunes on its own, if the recipe does).
     """
     from pulsebms.agents.ensemble import (
         ENSEMBLE_FILE,
@@ -530,18 +575,29 @@ def _train_suite_ensemble(
     if marker.is_file() and marker.read_text().strip() == key and (run / ENSEMBLE_FILE).is_file():
         log.info("suite: loading the ensemble %s (trained before, same config)", run)
         return EnsemblePolicy.load(run)
+    seeds = member_seeds(seed, size)
+    member_overrides = [*overrides, "train.imitation.ensemble_size=1"]
+    clone_files: list[Path | None] = [None] * size
+    cfg = _agent_train_config(name, seed, agent, train_steps, overrides, experiment)
+    if dagger_policy(cfg) == "ensemble":
+        member_cfgs = [
+            _agent_train_config(name, s, agent, train_steps, member_overrides, experiment)
+            for s in seeds
+        ]
+        clone_files = list(_ensemble_dagger_clones(cfg, member_cfgs, out_dir))
     members: list[EnsembleMember] = []
-    for member_seed in member_seeds(seed, size):
+    for member_seed, clone_file in zip(seeds, clone_files, strict=True):
         train_suite_agent(
             name,
             member_seed,
             agent=agent,
             train_steps=train_steps,
-            overrides=[*overrides, "train.imitation.ensemble_size=1"],
+            overrides=member_overrides,
             out_dir=out_dir,
             progress=progress,
             label=f"{label}_member",
             experiment=experiment,
+            clone_file=clone_file,
         )
         model = _agent_run_dir(out_dir, run.parent.name, f"{label}_member", member_seed)
         model /= "model.zip"
@@ -613,8 +669,94 @@ def _cached_demonstrations(
     return demos
 
 
+def _imitation_settings(cfg: Any) -> Any:
+    """The :class:`pulsebms.agents.imitation.ImitationConfig` of ``train.imitation``."""
+    from pulsebms.agents.imitation import ImitationConfig
+
+    im = cfg.train.imitation
+    return ImitationConfig(
+        epochs=int(im.epochs),
+        batch_size=int(im.batch_size),
+        learning_rate=float(im.learning_rate),
+        log_std=float(im.log_std),
+        critic_epochs=int(im.critic_epochs),
+        critic_rounds=int(im.critic_rounds),
+    )
+
+
+def _clone_key(cfg: Any) -> str:
+    """The fingerprint of what a clone of ``cfg`` depends on.
+
+    Env, fleet, shield, training days, ``train.imitation``, the agent's network and the
+    seed (not PPO's update settings, nor the initial log-std: the clone sets its own).
+    """
+    from pulsebms.experiments.common import plain_dict
+
+    update_only = {"learning_rate", "n_epochs", "clip_range", "batch_size", "n_steps"}
+    update_only.add("log_std_init")
+    agent_init = {k: v for k, v in plain_dict(cfg.agent).items() if k not in update_only}
+    return _fingerprint(
+        cfg.env,
+        cfg.fleet,
+        cfg.shield,
+        cfg.train.get("scenario"),
+        _imitation_key(cfg.train.imitation),
+        agent_init,
+        int(cfg.seed),
+    )
+
+
+def _dagger_round(cfg: Any, round_: int, demos: Any, student: Any) -> Any:
+    """``demos`` plus DAgger round ``round_`` of ``cfg``: ``student`` acts, the teacher labels.
+
+    The round's ``dagger_days`` days are reset seeds ``demo_seed + demo_days + 10 000 seed
+    + round_ · dagger_days`` on (``seed``: ``cfg.seed``); the first of them are each spike
+    set's days (its ``dagger_share``), the rest plain training days.
+    """
+    from pulsebms.agents.imitation import Demonstrations, collect_demonstrations
+    from pulsebms.experiments.common import make_cfg_env_factory
+
+    im = cfg.train.imitation
+    first = int(im.demo_seed) + int(im.demo_days) + int(cfg.seed) * 10_000
+    start = first + round_ * int(im.dagger_days)
+    seeds = list(range(start, start + int(im.dagger_days)))
+    split: list[tuple[Any, list[int]]] = []
+    taken = 0
+    for entry in spike_sets(im):  # the round's first days: spiky
+        if entry["dagger_share"] <= 0:
+            continue
+        n_spike = min(round(entry["dagger_share"] * len(seeds)), len(seeds) - taken)
+        split.append((spike_config(cfg, entry["params"]), seeds[taken : taken + n_spike]))
+        taken += n_spike
+    split.append((cfg, seeds[taken:]))
+    visited = [demos]
+    for days_cfg, days in split:
+        if days:
+            visited.append(
+                collect_demonstrations(
+                    make_cfg_env_factory(days_cfg),
+                    _teacher_factory(days_cfg),
+                    days,
+                    student=student,
+                )
+            )
+    return Demonstrations.concat(visited)
+
+
+def _write_reports(reports: Sequence[Any], *paths: Path | None) -> None:
+    text = json.dumps([r.__dict__ for r in reports], indent=1, default=float) + "\n"
+    for path in paths:
+        if path is not None:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text(text)
+
+
 def imitation_warm_start(
-    cfg: Any, *, out_dir: str | Path = "runs/suite", run_dir: str | Path | None = None
+    cfg: Any,
+    *,
+    out_dir: str | Path = "runs/suite",
+    run_dir: str | Path | None = None,
+    clone_file: str | Path | None = None,
 ) -> Any:
     """The ``warm_start`` of :func:`pulsebms.agents.sb3.train_agent` for ``train.imitation``.
 
@@ -631,55 +773,31 @@ def imitation_warm_start(
         cfg: A training config with ``train.imitation``.
         out_dir: The suite's output folder (the demonstration cache).
         run_dir: Where to write the reports (``None``: nowhere).
+        clone_file: Start from this clone, made elsewhere (an ensemble member's, by the
+            ensemble's own DAgger: :func:`train_suite_agent`), instead of cloning.
 
     Returns:
         ``model -> None``.
+
+    Raises:
+        FileNotFoundError: When the returned function runs and ``clone_file`` is missing.
     """
-    from pulsebms.agents.imitation import (
-        Demonstrations,
-        ImitationConfig,
-        clone_into,
-        collect_demonstrations,
-        load_clone,
-        save_clone,
-    )
+    from pulsebms.agents.imitation import clone_into, load_clone, save_clone
     from pulsebms.agents.policy import SB3Policy
-    from pulsebms.experiments.common import make_cfg_env_factory, plain_dict
 
     im = cfg.train.imitation
-    settings = ImitationConfig(
-        epochs=int(im.epochs),
-        batch_size=int(im.batch_size),
-        learning_rate=float(im.learning_rate),
-        log_std=float(im.log_std),
-        critic_epochs=int(im.critic_epochs),
-        critic_rounds=int(im.critic_rounds),
-    )
+    settings = _imitation_settings(cfg)
     penalty = float(cfg.agent.get("cost_penalty", 0.0) or 0.0)
     seed = int(cfg.seed)
-
-    # PPO's update settings and the initial log-std (the clone sets its own) leave it alone.
-    update_only = {"learning_rate", "n_epochs", "clip_range", "batch_size", "n_steps"}
-    update_only.add("log_std_init")
-    agent_init = {k: v for k, v in plain_dict(cfg.agent).items() if k not in update_only}
-    clone_key = _fingerprint(
-        cfg.env,
-        cfg.fleet,
-        cfg.shield,
-        cfg.train.get("scenario"),
-        _imitation_key(im),
-        agent_init,
-        seed,
-    )
-    # (share of each DAgger round, env of its days) per spike set; the rest: plain days
-    dagger_sets = [
-        (entry["dagger_share"], spike_config(cfg, entry["params"]))
-        for entry in spike_sets(im)
-        if entry["dagger_share"] > 0
-    ]
-    clone_path = Path(out_dir) / "clones" / str(cfg.fleet.name) / f"{clone_key}_seed{seed}.pt"
+    if clone_file is not None:
+        clone_path = Path(clone_file)
+    else:
+        clone_path = Path(out_dir) / "clones" / str(cfg.fleet.name)
+        clone_path /= f"{_clone_key(cfg)}_seed{seed}.pt"
 
     def warm_start(model: Any) -> None:
+        if clone_file is not None and not clone_path.is_file():
+            raise FileNotFoundError(f"the clone {clone_path} to start from is missing")
         if clone_path.is_file():
             log.info("suite: loading the clone %s", clone_path)
             load_clone(model, clone_path)
@@ -691,39 +809,92 @@ def imitation_warm_start(
         demos = suite_demonstrations(cfg, out_dir)
         reports = [clone_into(model, demos, settings, cost_penalty=penalty, seed=seed)]
         log.info("suite: cloned %s: %s", im.teacher, reports[-1])
-        first = int(im.demo_seed) + int(im.demo_days) + seed * 10_000
         for round_ in range(int(im.dagger_rounds)):
-            start = first + round_ * int(im.dagger_days)
-            seeds = list(range(start, start + int(im.dagger_days)))
-            split: list[tuple[Any, list[int]]] = []
-            taken = 0
-            for share, spiky in dagger_sets:  # the round's first days: spiky
-                n_spike = min(round(share * len(seeds)), len(seeds) - taken)
-                split.append((spiky, seeds[taken : taken + n_spike]))
-                taken += n_spike
-            split.append((cfg, seeds[taken:]))
-            visited = [demos]
-            for days_cfg, days in split:
-                if days:
-                    visited.append(
-                        collect_demonstrations(
-                            make_cfg_env_factory(days_cfg),
-                            _teacher_factory(days_cfg),
-                            days,
-                            student=SB3Policy(model, model.get_env()),
-                        )
-                    )
-            demos = Demonstrations.concat(visited)
+            demos = _dagger_round(cfg, round_, demos, SB3Policy(model, model.get_env()))
             reports.append(clone_into(model, demos, settings, cost_penalty=penalty, seed=seed))
             log.info("suite: DAgger round %d: %s", round_ + 1, reports[-1])
-        text = json.dumps([r.__dict__ for r in reports], indent=1, default=float) + "\n"
         save_clone(model, clone_path)
-        clone_path.with_suffix(".json").write_text(text)
-        if run_dir is not None:
-            Path(run_dir).mkdir(parents=True, exist_ok=True)
-            (Path(run_dir) / "imitation.json").write_text(text)
+        run_report = None if run_dir is None else Path(run_dir) / "imitation.json"
+        _write_reports(reports, clone_path.with_suffix(".json"), run_report)
 
     return warm_start
+
+
+def _ensemble_dagger_clones(
+    cfg: Any, member_cfgs: Sequence[Any], out_dir: str | Path
+) -> list[Path]:
+    """The members' clones of an ensemble whose DAgger rounds the *ensemble* acts in.
+
+    ``train.imitation.dagger_policy: ensemble`` (:func:`dagger_policy`). Each member (its
+    config in ``member_cfgs``: its own seed, so its own initialisation and minibatch order)
+    is cloned on the demonstrations; then every DAgger round rolls out the ensemble (the
+    mean of the members' actions, what the deployer runs) on the round's days of the
+    ensemble's seed, the teacher labels the visited states, and every member is cloned
+    again on the same aggregate. Cached as ``<out_dir>/clones/<fleet>/<key>_ens<seed>_member
+    <seed_k>.pt`` (``key``: :func:`_clone_key` of the ensemble's config, which holds the
+    ensemble size, the DAgger policy and the ensemble's seed); computed only when one is
+    missing.
+
+    Args:
+        cfg: The ensemble's training config (``ensemble_size`` > 1, its training seed).
+        member_cfgs: Each member's single-agent config, in member order.
+        out_dir: The suite's output folder.
+
+    Returns:
+        The members' clone files, in member order.
+    """
+    import tempfile
+
+    from pulsebms.agents.ensemble import EnsemblePolicy
+    from pulsebms.agents.imitation import clone_into, save_clone
+    from pulsebms.agents.policy import SB3Policy
+    from pulsebms.agents.sb3 import train_agent
+    from pulsebms.experiments.common import make_cfg_env_factory, seed_everything
+
+    folder = Path(out_dir) / "clones" / str(cfg.fleet.name)
+    group = f"{_clone_key(cfg)}_ens{int(cfg.seed)}"
+    paths = [folder / f"{group}_member{int(m.seed)}.pt" for m in member_cfgs]
+    if all(p.is_file() for p in paths):
+        return paths
+    im = cfg.train.imitation
+    settings = _imitation_settings(cfg)
+    penalty = float(cfg.agent.get("cost_penalty", 0.0) or 0.0)
+    demos = suite_demonstrations(cfg, out_dir)
+    models: list[Any] = []
+    reports: list[list[Any]] = []
+    for member in member_cfgs:
+        seed = int(member.seed)
+        seed_everything(seed, torch_threads=int(member.train.torch_threads))
+        first: list[Any] = []
+
+        def clone(model: Any, seed: int = seed, first: list[Any] = first) -> None:
+            first.append(clone_into(model, demos, settings, cost_penalty=penalty, seed=seed))
+
+        with tempfile.TemporaryDirectory() as scratch:  # the model as train_agent builds it
+            result = train_agent(
+                instantiate(member.agent, _convert_="object"),
+                make_cfg_env_factory(member),
+                total_timesteps=0,
+                seed=seed,
+                out_dir=scratch,
+                n_envs=int(member.train.n_envs),
+                warm_start=clone,
+            )
+        models.append(result.model)
+        reports.append(first)
+        log.info("suite: ensemble member %d cloned %s: %s", seed, im.teacher, first[-1])
+    for round_ in range(int(im.dagger_rounds)):
+        student = EnsemblePolicy([SB3Policy(m, m.get_env()) for m in models])
+        demos = _dagger_round(cfg, round_, demos, student)
+        for model, member, member_reports in zip(models, member_cfgs, reports, strict=True):
+            member_reports.append(
+                clone_into(model, demos, settings, cost_penalty=penalty, seed=int(member.seed))
+            )
+        log.info("suite: ensemble DAgger round %d: %s", round_ + 1, [r[-1] for r in reports])
+    for model, path, member_reports in zip(models, paths, reports, strict=True):
+        save_clone(model, path)
+        _write_reports(member_reports, path.with_suffix(".json"))
+    return paths
 
 
 def _agent_factories(

@@ -373,3 +373,67 @@ def test_suite_ensemble_averages_members_cloned_with_derived_seeds(tmp_path: Pat
         "mild", 1, overrides=[*tiny, "train.imitation.ensemble_size=2"], **kwargs
     )
     np.testing.assert_array_equal(again.act(obs), ensemble.act(obs))  # loaded from its folder
+
+
+def test_dagger_policy_member_keeps_fingerprints_and_ensemble_names_a_new_recipe() -> None:
+    from pulsebms.experiments.suite import _train_cfg_key, dagger_policy
+
+    base = ["seed=0", "train.total_timesteps=0"]
+
+    def key(*extra: str) -> str:
+        return _train_cfg_key(
+            train_config("mild", overrides=[*base, *extra], experiment="suite_mpc_bc_hotdr")
+        )
+
+    # the fingerprints of the cached single hotdr agent and K = 3 ensemble (before the field)
+    assert key() == key("train.imitation.dagger_policy=member") == "2762e70fa75f3019"
+    ens3 = "train.imitation.ensemble_size=3"
+    assert key(ens3) == key(ens3, "train.imitation.dagger_policy=member") == "1df670b8f4b7acc9"
+    assert key(ens3, "train.imitation.dagger_policy=ensemble") != key(ens3)
+    assert dagger_policy(train_config("mild")) == "member"  # no imitation
+    bad = train_config(
+        "mild", overrides=["train.imitation.dagger_policy=all"], experiment="suite_mpc_bc"
+    )
+    with pytest.raises(ValueError, match="dagger_policy"):
+        dagger_policy(bad)
+
+
+def test_ensemble_dagger_clones_every_member_on_the_ensembles_own_states(tmp_path: Path) -> None:
+    import json
+
+    from pulsebms.agents.ensemble import EnsemblePolicy
+    from pulsebms.experiments.suite import train_suite_agent
+
+    tiny = [
+        "train.imitation.demo_days=1",
+        "train.imitation.dagger_rounds=1",
+        "train.imitation.dagger_days=1",
+        "train.imitation.epochs=3",
+        "train.imitation.critic_epochs=1",
+        "env.horizon_steps=12",  # hour-long days: 4 decisions each
+        "train.total_timesteps=0",
+        "train.imitation.ensemble_size=2",
+    ]
+    by_ensemble = [*tiny, "train.imitation.dagger_policy=ensemble"]
+    kwargs = {"out_dir": tmp_path, "experiment": "suite_mpc_bc"}
+
+    def obs_means(ensemble: EnsemblePolicy) -> list[np.ndarray]:
+        return [np.array(m.vec_normalize.obs_rms.mean) for m in ensemble.members]  # type: ignore[attr-defined]
+
+    ensemble = train_suite_agent("mild", 1, overrides=by_ensemble, label="ens", **kwargs)
+    assert isinstance(ensemble, EnsemblePolicy)
+    assert len(ensemble) == 2
+    clones = sorted(p.name.split("_", 1)[1] for p in (tmp_path / "clones").rglob("*.pt"))
+    assert clones == ["ens1_member1.pt", "ens1_member1001.pt"]
+    reports = [json.loads(p.read_text()) for p in sorted((tmp_path / "clones").rglob("*.json"))]
+    assert [[r["rows"] for r in rep] for rep in reports] == [[4, 8], [4, 8]]  # clone, 1 round
+    shared = obs_means(ensemble)  # one aggregate: the same normaliser statistics
+    np.testing.assert_array_equal(shared[0], shared[1])
+    acts = [m.act(shared[0]) for m in ensemble.members]
+    assert not np.array_equal(acts[0], acts[1])  # yet each member its own network
+    own = train_suite_agent("mild", 1, overrides=tiny, label="own", **kwargs)  # own DAgger
+    assert not np.array_equal(*obs_means(own))  # each member its own days and states
+    again = train_suite_agent("mild", 1, overrides=by_ensemble, label="ens", **kwargs)
+    obs = np.linspace(-1.0, 1.0, shared[0].shape[0])
+    np.testing.assert_array_equal(again.act(obs), ensemble.act(obs))  # loaded, not retrained
+    assert len(list((tmp_path / "clones").rglob("*.pt"))) == 4
