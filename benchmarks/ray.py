@@ -60,12 +60,13 @@ Example:
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import statistics
 import tempfile
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -532,8 +533,6 @@ def main(argv: list[str] | None = None) -> int:
         f"RLlib Learner: torch.compile {'on' if compile_learner else 'off'}, Adam "
         f"{'fused' if fused_adam else 'foreach'} (SB3: eager, Adam's default)"
     )
-    from pulsebms.agents.rllib import ray_session
-
     if args.account:
         return _account(args, work, loss, session, compile_learner)
     if args.long:
@@ -542,15 +541,7 @@ def main(argv: list[str] | None = None) -> int:
     rows = {name: _Row() for name in names}
     samplers: dict[str, Any] = {}
     # Three runner actors of one (logical) CPU each; idle ones cost no CPU.
-    with (
-        tempfile.TemporaryDirectory(prefix="pb-bench-", dir="/tmp") as temp,
-        ray_session(
-            num_cpus=max(3, os.cpu_count() or 3),
-            temp_dir=temp,
-            metrics=session["metrics"],
-            task_events=session["task_events"],
-        ),
-    ):
+    with _bench_ray(session, min_cpus=3):
         try:
             samplers["sb3_ppo"] = _SB3(**work)
             for name, runners in (
@@ -605,6 +596,28 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
+@contextlib.contextmanager
+def _bench_ray(session: Mapping[str, bool], *, min_cpus: int) -> Iterator[None]:
+    """A private local Ray for one bench mode, in a temp folder, always shut down.
+
+    ``min_cpus`` logical CPUs at least (runner actors of one CPU each; idle ones cost
+    nothing), the machine's count if more; ``session``: its ``metrics`` and
+    ``task_events`` settings (:func:`pulsebms.agents.rllib.ray_session`).
+    """
+    from pulsebms.agents.rllib import ray_session
+
+    with (
+        tempfile.TemporaryDirectory(prefix="pb-bench-", dir="/tmp") as temp,
+        ray_session(
+            num_cpus=max(min_cpus, os.cpu_count() or min_cpus),
+            temp_dir=temp,
+            metrics=session["metrics"],
+            task_events=session["task_events"],
+        ),
+    ):
+        yield
+
+
 def _account(
     args: argparse.Namespace,
     work: Mapping[str, Any],
@@ -613,19 +626,10 @@ def _account(
     compile_learner: bool,
 ) -> int:
     """``--account``: :func:`pulsebms.benchmarks.ray_account.account`, printed."""
-    from pulsebms.agents.rllib import ray_session
     from pulsebms.benchmarks.ray_account import account, print_account
 
     load_start = _load()
-    with (
-        tempfile.TemporaryDirectory(prefix="pb-bench-", dir="/tmp") as temp,
-        ray_session(
-            num_cpus=max(2, os.cpu_count() or 2),
-            temp_dir=temp,
-            metrics=session["metrics"],
-            task_events=session["task_events"],
-        ),
-    ):
+    with _bench_ray(session, min_cpus=2):
         out = account(
             iterations=int(args.iterations), loss=loss, compile_learner=compile_learner, **work
         )
@@ -661,19 +665,10 @@ def _long(
     session: Mapping[str, bool],
 ) -> int:
     """``--long``: :func:`pulsebms.benchmarks.ray_long.long_run`, printed."""
-    from pulsebms.agents.rllib import ray_session
     from pulsebms.benchmarks.ray_long import long_run
 
     load_start = _load()
-    with (
-        tempfile.TemporaryDirectory(prefix="pb-bench-", dir="/tmp") as temp,
-        ray_session(
-            num_cpus=max(3, os.cpu_count() or 3),
-            temp_dir=temp,
-            metrics=session["metrics"],
-            task_events=session["task_events"],
-        ),
-    ):
+    with _bench_ray(session, min_cpus=3):
         out = long_run(
             total_steps=int(args.long), loss=loss, cold_cache=bool(args.cold_cache), **work
         )
