@@ -222,6 +222,7 @@ class _RLlib:
         loss: Mapping[str, Any] | None = None,
         compile_learner: bool = False,
         fused_adam: bool = False,
+        compile_warmup_iterations: int = COMPILE_WARMUP_ITERATIONS,
     ):
         from ray.tune.registry import register_env
 
@@ -275,7 +276,7 @@ class _RLlib:
         if compile_learner:  # compile outside the timed rounds (the bench's warm-up is one)
             algo: Any = self.algo
             start = time.perf_counter()
-            for _ in range(COMPILE_WARMUP_ITERATIONS):
+            for _ in range(compile_warmup_iterations):
                 algo.train()
             self.compile_warmup_s = time.perf_counter() - start
 
@@ -631,7 +632,7 @@ def _account(
     load_start = _load()
     with _bench_ray(session, min_cpus=2):
         out = account(
-            iterations=int(args.iterations), loss=loss, compile_learner=compile_learner, **work
+            iterations=int(args.iterations), work=work, loss=loss, compile_learner=compile_learner
         )
     print(f"CPU ms per env step, medians of {args.iterations} iterations each, interleaved")
     print_account(out)
@@ -670,7 +671,7 @@ def _long(
     load_start = _load()
     with _bench_ray(session, min_cpus=3):
         out = long_run(
-            total_steps=int(args.long), loss=loss, cold_cache=bool(args.cold_cache), **work
+            total_steps=int(args.long), work=work, loss=loss, cold_cache=bool(args.cold_cache)
         )
     for name in ("eager", "compiled"):
         f = out[name]

@@ -388,29 +388,21 @@ def account_table(
 def account(
     *,
     iterations: int,
-    n_envs: int,
-    batch: int,
-    minibatch: int,
-    epochs: int,
-    seed: int,
+    work: Mapping[str, Any],
     loss: Mapping[str, Any],
     compile_learner: bool = False,
 ) -> dict[str, Any]:
     """Build SB3 and RLlib (1 remote runner), alternate ``iterations`` training iterations.
 
-    Call inside a :func:`~pulsebms.agents.rllib.ray_session`. Returns the per-process span
-    medians (ms per env step) and the exclusive items of :func:`account_table`.
+    Call inside a :func:`~pulsebms.agents.rllib.ray_session`. ``work``: the bench's
+    settings (``n_envs``, ``batch``, ``minibatch``, ``epochs``, ``seed``). Returns the
+    per-process span medians (ms per env step) and the exclusive items of
+    :func:`account_table`.
     """
     from pulsebms.benchmarks.ray import _SB3, _RLlib
 
-    work: dict[str, Any] = {
-        "n_envs": n_envs,
-        "batch": batch,
-        "minibatch": minibatch,
-        "epochs": epochs,
-    }
-    sb3 = _SB3(seed=seed, **work)
-    rl = _RLlib(runners=1, seed=seed, loss=loss, compile_learner=compile_learner, **work)
+    sb3 = _SB3(**work)
+    rl = _RLlib(runners=1, loss=loss, compile_learner=compile_learner, **work)
     sb3_spans, driver_spans = Spans(), Spans()
     try:
         on_main = rl.group.foreach_env_runner(_install_runner_spans, local_env_runner=False)

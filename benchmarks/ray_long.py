@@ -28,17 +28,15 @@ __all__ = ["long_run"]
 def long_run(
     *,
     total_steps: int,
-    n_envs: int,
-    batch: int,
-    minibatch: int,
-    epochs: int,
-    seed: int,
+    work: Mapping[str, Any],
     loss: Mapping[str, Any],
     cold_cache: bool = False,
 ) -> dict[str, Any]:
     """Train eager and compiled RLlib PPO alternately to ``total_steps`` env steps each.
 
     Call inside a :func:`~pulsebms.agents.rllib.ray_session` with room for two runners.
+    ``work``: the bench's settings (``n_envs``, ``batch``, ``minibatch``, ``epochs``,
+    ``seed``).
 
     Returns:
         Per variant (``eager``, ``compiled``): ``build_s`` and ``train_s`` (wall), the
@@ -54,12 +52,6 @@ def long_run(
 
     from pulsebms.benchmarks.ray import _RLlib
 
-    work: dict[str, Any] = {
-        "n_envs": n_envs,
-        "batch": batch,
-        "minibatch": minibatch,
-        "epochs": epochs,
-    }
     stats: dict[str, dict[str, Any]] = {}
     algos: dict[str, _RLlib] = {}
     saved_cache = os.environ.get("TORCHINDUCTOR_CACHE_DIR")
@@ -69,10 +61,14 @@ def long_run(
         try:
             for name in ("eager", "compiled"):
                 start = time.perf_counter()
-                if name == "eager":
-                    algos[name] = _RLlib(runners=1, seed=seed, loss=loss, **work)
-                else:  # its compile happens in its first iterations, timed below
-                    algos[name] = _build_compiled(seed=seed, loss=loss, **work)
+                # the compiled one compiles in its first iterations, timed below: no warm-up
+                algos[name] = _RLlib(
+                    runners=1,
+                    loss=loss,
+                    compile_learner=name == "compiled",
+                    compile_warmup_iterations=0,
+                    **work,
+                )
                 stats[name] = {"build_s": time.perf_counter() - start, "iterations": []}
             done = dict.fromkeys(algos, 0)
             last_return: dict[str, float] = {}
@@ -114,15 +110,3 @@ def long_run(
         }
     out["speedup"] = round(out["eager"]["total_s"] / out["compiled"]["total_s"], 4)
     return out
-
-
-def _build_compiled(**kwargs: Any) -> Any:
-    """The benchmark's RLlib PPO with the compiled Learner, without its untimed warm-up."""
-    from pulsebms.benchmarks import ray as bench
-
-    saved = bench.COMPILE_WARMUP_ITERATIONS
-    bench.COMPILE_WARMUP_ITERATIONS = 0  # the compile is part of what this measures
-    try:
-        return bench._RLlib(runners=1, compile_learner=True, **kwargs)
-    finally:
-        bench.COMPILE_WARMUP_ITERATIONS = saved
