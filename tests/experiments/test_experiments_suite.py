@@ -347,7 +347,7 @@ def test_hold_mode_travels_with_the_recipe_and_the_default_keeps_every_fingerpri
     assert _clone_key(grid) != _clone_key(cfg)
     assert agent_hold_mode("cold", 2, overrides=["env.hold_mode=import_cap"]) == "import_cap"
     bad = train_config("mild", overrides=["env.hold_mode=power"])
-    with pytest.raises(ConfigError, match="env.hold_mode"):
+    with pytest.raises(ConfigError, match=r"env\.hold_mode"):
         validate(bad)
 
 
