@@ -34,6 +34,20 @@ against SB3's PPO):
   gradient norm on every minibatch with a window of one, and eight steps-trained counters
   per minibatch; this Learner logs the same reported values (the last minibatch's terms,
   the update's sums) once per update.
+* **Its own minibatch loop.** RLlib's ``Learner.update`` builds a ``SampleBatch`` and a
+  ``MultiAgentBatch`` per minibatch and runs a module-id check, two Prometheus counters,
+  the steps-trained counters and the slicing flags per minibatch; its ``_update`` keys the
+  gradients by parameter in three dicts per step (computed, filtered per optimizer, set
+  back on the parameters). :meth:`PulsePPOTorchLearner.update` runs the same steps in the
+  same order on plain dicts of rows gathered once per column and pass
+  (:meth:`IndexedCyclicIterator.column_minibatches`), does the bookkeeping once per update
+  with the update's totals, and, for one module with one optimizer, steps with the
+  parameters in a list (:meth:`PulsePPOTorchLearner._gradient_step`). Bit-identical
+  weights and metrics (tested); ``own_update_loop = False`` restores RLlib's loop.
+* **The Gaussian's terms as tensor ops.** The loss's log-prob, entropy and KL of RLlib's
+  ``TorchDiagGaussian`` run through a ``torch.distributions.Normal`` built per minibatch;
+  :class:`DiagGaussianTerms` runs the same operations on the same tensors (bit-identical
+  values and gradients).
 * **Off-policyness once per update.** RLlib logs how many weight updates separate the
   samples from the Learner's weights on every minibatch, with a window of one (only the
   last value is reported); this Learner logs it for the first minibatch of each update.
@@ -88,8 +102,10 @@ from pulsebms.agents.rllib_gae import batch_learner_connector
 
 __all__ = [
     "FUSED_ADAM_KEY",
+    "DiagGaussianTerms",
     "IndexedCyclicIterator",
     "PulsePPOTorchLearner",
+    "RLlibLoopPPOTorchLearner",
     "all_finite",
     "clip_by_global_norm",
     "without_masked_rows",
@@ -451,13 +467,6 @@ class DiagGaussianTerms:
         return summed
 
 
-def _action_dist(dist_cls: Any, logits: torch.Tensor) -> Any:
-    """:class:`DiagGaussianTerms` for RLlib's ``TorchDiagGaussian``, else RLlib's object."""
-    if dist_cls is TorchDiagGaussian:
-        return DiagGaussianTerms(logits)
-    return dist_cls.from_logits(logits)
-
-
 FUSED_ADAM_KEY = "fused_adam"
 """``learner_config_dict`` key: Adam with torch's fused kernel (see ``ray.fused_adam``)."""
 
@@ -468,10 +477,17 @@ class PulsePPOTorchLearner(PPOTorchLearner):
     Attributes:
         drop_masked_rows: Take minibatches from the rows the loss uses only (see
             :func:`without_masked_rows`); ``False``: RLlib's minibatches, bit for bit.
+        own_update_loop: Run the epochs × minibatches loop in :meth:`update` (one gather
+            per column and pass, bookkeeping once per update, :meth:`_gradient_step`);
+            ``False``: RLlib's ``Learner.update`` loop. The same weights and metrics.
+        gaussian_terms: Compute the diagonal Gaussian's log-prob, entropy and KL with
+            :class:`DiagGaussianTerms`; ``False``: RLlib's distribution objects. The same
+            values and gradients.
     """
 
     drop_masked_rows: ClassVar[bool] = True
     own_update_loop: ClassVar[bool] = True
+    gaussian_terms: ClassVar[bool] = True
 
     def build(self) -> None:
         """Build as RLlib does, with empty stores for the metrics logged once per update.
@@ -557,7 +573,7 @@ class PulsePPOTorchLearner(PPOTorchLearner):
             )
             return loss  # type: ignore[no-any-return]  # RLlib types it tensor | array
         module: Any = self.module[module_id].unwrapped()
-        curr_action_dist = _action_dist(
+        curr_action_dist = self._action_dist(
             module.get_train_action_dist_cls(), fwd_out[Columns.ACTION_DIST_INPUTS]
         )
         logp_ratio = torch.exp(
@@ -565,7 +581,7 @@ class PulsePPOTorchLearner(PPOTorchLearner):
         )
         mean_kl_loss: Any
         if config.use_kl_loss:
-            prev_action_dist = _action_dist(
+            prev_action_dist = self._action_dist(
                 module.get_exploration_action_dist_cls(), batch[Columns.ACTION_DIST_INPUTS]
             )
             mean_kl_loss = torch.mean(prev_action_dist.kl(curr_action_dist))
@@ -948,6 +964,16 @@ class PulsePPOTorchLearner(PPOTorchLearner):
             PPOTorchLearner.apply_gradients(self, dict(grads))
         return loss_per_module
 
+    def _action_dist(self, dist_cls: Any, logits: torch.Tensor) -> Any:
+        """The loss's action distribution: :class:`DiagGaussianTerms` or RLlib's object.
+
+        :class:`DiagGaussianTerms` for RLlib's ``TorchDiagGaussian`` unless
+        ``gaussian_terms`` is ``False``; any other class's ``from_logits``.
+        """
+        if self.gaussian_terms and dist_cls is TorchDiagGaussian:
+            return DiagGaussianTerms(logits)
+        return dist_cls.from_logits(logits)
+
     def _create_iterator_if_necessary(self, **kwargs: Any) -> Any:
         """RLlib's minibatch iterator, replaced by :class:`IndexedCyclicIterator` if it fits."""
         iterator = super()._create_iterator_if_necessary(**kwargs)
@@ -999,3 +1025,16 @@ class PulsePPOTorchLearner(PPOTorchLearner):
         for module_id, optimizer_names in self._module_optimizers.items():
             for name in optimizer_names:
                 self.get_optimizer(module_id, name).step()
+
+
+class RLlibLoopPPOTorchLearner(PulsePPOTorchLearner):
+    """:class:`PulsePPOTorchLearner` with RLlib's ``Learner.update`` loop and distributions.
+
+    The Learner as it was before its own minibatch loop and :class:`DiagGaussianTerms`
+    (``own_update_loop = False``, ``gaussian_terms = False``): the same weights and
+    metrics at a higher cost per minibatch. The baseline of ``pulsebms-bench ray
+    --ab-learner`` / ``--rllib-update-loop``.
+    """
+
+    own_update_loop: ClassVar[bool] = False
+    gaussian_terms: ClassVar[bool] = False

@@ -32,6 +32,7 @@ from pulsebms.agents.rllib_learner import (
     FUSED_ADAM_KEY,
     IndexedCyclicIterator,
     PulsePPOTorchLearner,
+    RLlibLoopPPOTorchLearner,
     all_finite,
     without_masked_rows,
 )
@@ -280,10 +281,6 @@ def test_pulse_learner_updates_bit_for_bit_as_rllibs(nan_obs: bool, loss: dict[s
     )
 
 
-class _RLlibLoopLearner(PulsePPOTorchLearner):
-    own_update_loop = False  # RLlib's Learner.update loop (round 8's path)
-
-
 class _OwnClipLearner(PulsePPOTorchLearner):
     """Overrides a gradient hook: the own loop must call RLlib's ``_update`` and its hooks."""
 
@@ -297,7 +294,7 @@ class _OwnClipLearner(PulsePPOTorchLearner):
 @pytest.mark.parametrize("loss", [{}, SB3_LOSS], ids=["rllib-loss", "sb3-loss"])
 def test_own_update_loop_is_rllibs_loop_bit_for_bit(loss: dict[str, Any]) -> None:
     columns = _columns(100, seed=5)  # with masked rows; 9 minibatches over 3 passes
-    reference = _update(_RLlibLoopLearner, columns, **loss)
+    reference = _update(RLlibLoopPPOTorchLearner, columns, **loss)
     _assert_same(reference, _update(PulsePPOTorchLearner, columns, **loss))
     _OwnClipLearner.calls = 0
     _assert_same(reference, _update(_OwnClipLearner, columns, **loss))
