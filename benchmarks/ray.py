@@ -50,8 +50,13 @@ Each phase gives two throughputs in env steps per second:
 Per sampler it also prints the env's own CPU time per step (a timing wrapper in front of
 the shielded env, the same in both) and the rest, the sampler's overhead per step; for
 training, the update's CPU time per env step. Targets (issue 11): RLlib 1 runner ≥ SB3;
-2 runners ≥ 1.6× 1 runner. They are printed, not asserted. The last line is
-``RESULT {json}``.
+2 runners ≥ 1.6× 1 runner. They are printed, not asserted: a **verdict** per training
+ratio (busy and wall) gives the median of the per-round ratios, a 95 % two-stage bootstrap
+interval (:func:`bootstrap_median_interval`) and whether the target is met (the interval at
+or above it), not met (below it) or not shown (inside it). ``--repeat N`` builds and runs
+the samplers N times (seeds ``seed`` … ``seed+N-1``), so that the interval holds the
+run-to-run spread (other policies, other shield work, other load), not only the rounds'.
+The last line is ``RESULT {json}``.
 
 Example:
     $ pulsebms-bench ray --quick
