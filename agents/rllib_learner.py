@@ -892,7 +892,7 @@ class PulsePPOTorchLearner(PPOTorchLearner):
         cls = type(self)
         if any(
             getattr(cls, name) is not getattr(PulsePPOTorchLearner, name)
-            for name in (self._GRADIENT_HOOKS)
+            for name in self._GRADIENT_HOOKS
         ):
             return None
         if (
@@ -947,6 +947,8 @@ class PulsePPOTorchLearner(PPOTorchLearner):
         optimizer.zero_grad(set_to_none=True)
         loss = loss_per_module[module_id]
         if loss.grad_fn is None:  # every parameter frozen: RLlib steps with no gradients
+            if clip is not None:  # and its clip logs the norm of none: 0
+                self._pending_grad_norms[norm_key] = clip_by_global_norm([], clip)[0]
             PPOTorchLearner.apply_gradients(self, {})
             return loss_per_module
         loss.backward()

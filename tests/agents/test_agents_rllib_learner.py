@@ -305,6 +305,26 @@ def test_own_update_loop_is_rllibs_loop_bit_for_bit(loss: dict[str, Any]) -> Non
     assert _learner(_OwnClipLearner, **loss)._gradient_step_plan(batch) is None
 
 
+def test_own_update_loop_with_every_parameter_frozen_is_rllibs_loop() -> None:
+    columns = _columns(40, seed=2)
+    runs = []
+    for cls in (RLlibLoopPPOTorchLearner, PulsePPOTorchLearner):
+        learner = _learner(cls, **SB3_LOSS)
+        for param in learner.module[MODULE].parameters():
+            param.requires_grad_(False)  # the loss has no graph: no gradients, a bare step
+        np.random.seed(1)  # noqa: NPY002
+        result = learner.update(
+            batch=MultiAgentBatch({MODULE: SampleBatch(dict(columns))}, env_steps=40),
+            timesteps={"num_env_steps_sampled_lifetime": 40},
+            minibatch_size=16,
+            num_epochs=2,
+            shuffle_batch_per_epoch=True,
+        )
+        metrics = {k: float(np.asarray(v.peek())) for k, v in result[MODULE].items()}
+        runs.append((metrics, [p.clone() for p in learner.module[MODULE].parameters()]))
+    _assert_same(*runs)
+
+
 def test_diag_gaussian_terms_are_torch_diag_gaussians_bit_for_bit() -> None:
     from ray.rllib.core.distribution.torch.torch_distribution import TorchDiagGaussian
 
