@@ -442,18 +442,27 @@ def test_build_uses_the_pulse_runner_learner_and_module(
         PulseEnvRunner,
     )
 
-    ray_tmp = tmp_path_factory.mktemp("ray")  # short: Ray's socket paths are limited
-    with ray_session(num_cpus=1, temp_dir=ray_tmp):
-        algo = build_rllib_algorithm(
+    def build(learner_class: type | None = None) -> Any:
+        return build_rllib_algorithm(
             "pulsebms.envs:PulseBMS/FleetSmall-v0",
             env_kwargs={"horizon_steps": 16, "dt_s": 900.0},
             train_batch_size=32,
-            minibatch_size=16,
+            minibatch_size=20,  # minibatches across pass ends
             num_epochs=2,
             num_envs_per_env_runner=2,
             log_std_init=-0.5,
             seed=0,
+            learner_class=learner_class,
         )
+
+    def trained(algo: Any) -> tuple[list[torch.Tensor], str]:
+        learner = algo.learner_group._learner
+        weights = [p.detach().clone() for p in learner.module[MODULE].parameters()]
+        return weights, repr(algo.env_runner.get_state(components="env_to_module_connector"))
+
+    ray_tmp = tmp_path_factory.mktemp("ray")  # short: Ray's socket paths are limited
+    with ray_session(num_cpus=1, temp_dir=ray_tmp):
+        algo = build()
         try:
             runner = algo.env_runner
             assert isinstance(runner, PulseEnvRunner)
@@ -466,8 +475,22 @@ def test_build_uses_the_pulse_runner_learner_and_module(
             assert np.isfinite(result["learners"][MODULE]["policy_loss"])
             assert not runner.module.training  # the runner's module stays in eval mode
             assert learner.module[MODULE].training
+            algo.train()
+            own = trained(algo)
         finally:
             algo.stop()
+        # Seeded training with RLlib's Learner.update loop: the same weights and filter.
+        reference = build(RLlibLoopPPOTorchLearner)
+        try:
+            assert type(reference.learner_group._learner) is RLlibLoopPPOTorchLearner
+            for _ in range(2):
+                reference.train()
+            rllibs = trained(reference)
+        finally:
+            reference.stop()
+    for a, b in zip(own[0], rllibs[0], strict=True):
+        assert torch.equal(a, b)
+    assert own[1] == rllibs[1]
 
 
 @pytest.mark.parametrize("scale", [1e-3, 1.0, 1e3, float("inf"), float("nan")])
