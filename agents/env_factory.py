@@ -21,6 +21,7 @@ def make_env(
     shield: bool = True,
     shield_kwargs: Mapping[str, Any] | None = None,
     decision_s: float | None = None,
+    hold_mode: str = "action",
     **env_kwargs: Any,
 ) -> gym.Env[Any, Any]:
     """Make a registered PulseBMS environment, with the constraint shield in front of it.
@@ -39,6 +40,9 @@ def make_env(
             :class:`pulsebms.envs.decision.DecisionIntervalWrapper`, so each action is held
             for ``decision_s / dt_s`` plant steps, the shield projecting it at every one
             (``agent → decision → shield → env``). ``None``: act every ``dt_s``.
+        hold_mode: What is held between decisions (:mod:`pulsebms.envs.hold`): ``action``
+            (default) the set-points, ``grid`` the decision's grid exchange, ``import_cap``
+            the set-points raised to cover imports above the site's limit.
         **env_kwargs: Constructor arguments of the env in plain data (``fleet``,
             ``scenario``, ``dt_s``, ``horizon_steps``, ``fidelity``, ...).
 
@@ -46,7 +50,8 @@ def make_env(
         The environment.
 
     Raises:
-        ValueError: If ``decision_s`` is not a whole multiple of the env's ``dt_s``.
+        ValueError: If ``decision_s`` is not a whole multiple of the env's ``dt_s``, or on
+            an unknown ``hold_mode``.
 
     Example:
         >>> env = make_env("PulseBMS/FleetSmall-v0", dt_s=300.0, decision_s=900.0)
@@ -63,7 +68,7 @@ def make_env(
         from pulsebms.safety import ShieldWrapper
 
         env = ShieldWrapper(env, **wrapper_kwargs)
-    return with_decision_interval(env, decision_s)
+    return with_decision_interval(env, decision_s, hold_mode)
 
 
 def route_limits(
@@ -111,6 +116,7 @@ def make_env_factory(
     shield: bool = True,
     shield_kwargs: Mapping[str, Any] | None = None,
     decision_s: float | None = None,
+    hold_mode: str = "action",
     **env_kwargs: Any,
 ) -> EnvFactory:
     """A picklable-enough closure over :func:`make_env` (for SB3 vectorised envs).
@@ -120,6 +126,7 @@ def make_env_factory(
         shield: See :func:`make_env`.
         shield_kwargs: See :func:`make_env`.
         decision_s: See :func:`make_env`.
+        hold_mode: See :func:`make_env`.
         **env_kwargs: See :func:`make_env`.
 
     Returns:
@@ -132,6 +139,7 @@ def make_env_factory(
             shield=shield,
             shield_kwargs=shield_kwargs,
             decision_s=decision_s,
+            hold_mode=hold_mode,
             **env_kwargs,
         )
 

@@ -24,6 +24,12 @@ Per agent step:
 
 The wrapper holds no randomness: a seeded reset gives the same episode as the inner env.
 
+``hold_mode`` says what is held between decisions (:mod:`pulsebms.envs.hold`): ``action``
+(the default) the per-pack set-points; ``grid`` the decision's grid exchange (a fast loop
+moves the fleet power with the net load); ``import_cap`` the set-points, raised to cover
+any import above the site's limit. The loop reads only the observation of the plant step
+about to be taken (the net load now, the import limit), like a site meter.
+
 For evaluation at the plant step (KPIs counted per plant step, every policy in the same
 env), :class:`DecisionIntervalPolicy` does the same from the policy's side: it asks the
 policy every ``substeps`` calls and holds the action in between, so a policy trained behind
@@ -44,7 +50,10 @@ from typing import Any, Protocol, SupportsFloat
 import gymnasium as gym
 import numpy as np
 
+from pulsebms.envs.hold import HOLD_MODES, PlantLoop, check_hold_mode, plant_loop
+
 __all__ = [
+    "HOLD_MODES",
     "SUMMED_INFO_KEYS",
     "DecisionIntervalPolicy",
     "DecisionIntervalWrapper",
@@ -103,57 +112,94 @@ class DecisionIntervalWrapper(gym.Wrapper[Any, Any, Any, Any]):
         env: The (shielded) fleet env; ``env.unwrapped.dt_s`` is its plant step.
         decision_s: The agent's decision interval [s]: a whole multiple of ``dt_s``
             (within 1e-6 relative).
+        hold_mode: What is held between decisions (:data:`HOLD_MODES`; see
+            :mod:`pulsebms.envs.hold`). ``action`` (default): the set-points.
 
     Raises:
-        ValueError: If ``decision_s`` is not a finite positive whole multiple of ``dt_s``.
+        ValueError: If ``decision_s`` is not a finite positive whole multiple of ``dt_s``,
+            or on an unknown ``hold_mode`` (or ``import_cap`` on an observation without
+            the grid import limit).
     """
 
-    def __init__(self, env: gym.Env[Any, Any], decision_s: float) -> None:
+    def __init__(
+        self, env: gym.Env[Any, Any], decision_s: float, hold_mode: str = "action"
+    ) -> None:
         super().__init__(env)
         dt_s = float(env.unwrapped.dt_s)  # type: ignore[attr-defined]
         self.substeps: int = substeps_of(decision_s, dt_s)
         self.dt_s: float = dt_s
         self.decision_s: float = float(decision_s)
+        self.hold_mode: str = check_hold_mode(hold_mode)
+        self._loop: PlantLoop | None = plant_loop(env, hold_mode)
+        self._obs: Any = None
+
+    def reset(
+        self, *, seed: int | None = None, options: dict[str, Any] | None = None
+    ) -> tuple[Any, dict[str, Any]]:
+        """Reset the inner env (the plant loop keeps its observation)."""
+        obs, info = self.env.reset(seed=seed, options=options)
+        self._obs = obs
+        return obs, info
 
     def step(self, action: Any) -> tuple[Any, SupportsFloat, bool, bool, dict[str, Any]]:
-        """Step the inner env up to :attr:`substeps` times with ``action`` held."""
+        """Step the inner env up to :attr:`substeps` times, holding ``action`` (its mode)."""
+        loop = self._loop
+        if loop is not None and self._obs is None:
+            raise RuntimeError("call reset() before step()")
+        decided_obs = self._obs
         reward = 0.0
         infos: list[dict[str, Any]] = []
         terminated = truncated = False
-        obs: Any = None
-        for _ in range(self.substeps):
-            obs, r, terminated, truncated, info = self.env.step(action)
+        obs: Any = decided_obs
+        for j in range(self.substeps):
+            held = action if loop is None else loop.action(action, decided_obs, obs, first=j == 0)
+            obs, r, terminated, truncated, info = self.env.step(held)
             reward += float(r)
             infos.append(info)
             if terminated or truncated:
                 break
+        self._obs = obs
         out = _aggregate(infos)
         out["decision"] = {
             "substeps": len(infos),
             "dt_s": self.dt_s,
             "decision_s": self.decision_s,
         }
+        if loop is not None:  # absent in the default mode: info as before the field
+            out["decision"]["hold_mode"] = self.hold_mode
         return obs, reward, terminated, truncated, out
 
 
-def with_decision_interval(env: gym.Env[Any, Any], decision_s: float | None) -> gym.Env[Any, Any]:
+def with_decision_interval(
+    env: gym.Env[Any, Any], decision_s: float | None, hold_mode: str = "action"
+) -> gym.Env[Any, Any]:
     """``env`` wrapped in :class:`DecisionIntervalWrapper` (unchanged for ``None``).
 
     A ``decision_s`` equal to the env's ``dt_s`` still wraps (one sub-step: same episode,
-    with ``info["decision"]`` added).
+    with ``info["decision"]`` added). With ``decision_s=None`` and a ``hold_mode`` other
+    than ``action`` it wraps at ``dt_s`` (``import_cap`` acts at every step; ``grid`` then
+    changes nothing).
     """
-    return env if decision_s is None else DecisionIntervalWrapper(env, decision_s)
+    if decision_s is None and check_hold_mode(hold_mode) == "action":
+        return env
+    every_s = float(env.unwrapped.dt_s) if decision_s is None else decision_s  # type: ignore[attr-defined]
+    return DecisionIntervalWrapper(env, every_s, hold_mode)
 
 
 def decision_env_factory(
-    factory: Callable[[], gym.Env[Any, Any]], decision_s: float | None
+    factory: Callable[[], gym.Env[Any, Any]],
+    decision_s: float | None,
+    hold_mode: str = "action",
 ) -> Callable[[], gym.Env[Any, Any]]:
-    """A zero-argument env factory whose envs act every ``decision_s`` (``None``: ``factory``)."""
-    if decision_s is None:
+    """A zero-argument env factory whose envs act every ``decision_s`` (``None``: ``factory``).
+
+    ``hold_mode``: see :class:`DecisionIntervalWrapper` (and :func:`with_decision_interval`).
+    """
+    if decision_s is None and check_hold_mode(hold_mode) == "action":
         return factory
 
     def make() -> gym.Env[Any, Any]:
-        return DecisionIntervalWrapper(factory(), decision_s)
+        return with_decision_interval(factory(), decision_s, hold_mode)
 
     return make
 
@@ -211,6 +257,9 @@ class DecisionIntervalPolicy:
         policy: Any object with ``act(observation)`` (and optionally ``reset()``).
         substeps: Plant steps per decision (:func:`substeps_of`).
         name: Label in KPI tables (the policy's own ``name`` when ``None``).
+        loop: The plant loop of a hold mode other than ``action``
+            (:func:`pulsebms.envs.hold.plant_loop` of the env it acts in): what the wrapper
+            with that ``hold_mode`` would send at each plant step. ``None``: the action held.
 
     Raises:
         ValueError: If ``substeps`` < 1.
@@ -226,27 +275,46 @@ class DecisionIntervalPolicy:
         [1.0, 1.0, 1.0, 2.0, 2.0, 2.0, 3.0]
     """
 
-    def __init__(self, policy: _Acting, substeps: int, *, name: str | None = None) -> None:
+    def __init__(
+        self,
+        policy: _Acting,
+        substeps: int,
+        *,
+        name: str | None = None,
+        loop: PlantLoop | None = None,
+    ) -> None:
         if int(substeps) != substeps or substeps < 1:
             raise ValueError(f"substeps must be an integer >= 1, got {substeps!r}")
         self.policy = policy
         self.substeps = int(substeps)
         self.name = name or str(getattr(policy, "name", type(policy).__name__))
+        self.loop = loop
         self._held: Any = None
+        self._decided_obs: Any = None
         self._age = 0
+
+    @property
+    def hold_mode(self) -> str:
+        """The hold mode (``action`` without a plant loop)."""
+        return "action" if self.loop is None else self.loop.mode
 
     def reset(self) -> None:
         """Forget the held action (a new episode decides at its first step)."""
         self._held = None
+        self._decided_obs = None
         self._age = 0
         reset = getattr(self.policy, "reset", None)
         if callable(reset):
             reset()
 
     def act(self, observation: Any) -> Any:
-        """The policy's action at a decision step, else the held one."""
+        """The policy's action at a decision step, else the held one (its plant loop's)."""
         if self._held is None or self._age >= self.substeps:
             self._held = self.policy.act(observation)
+            self._decided_obs = observation
             self._age = 0
+        first = self._age == 0
         self._age += 1
-        return self._held
+        if self.loop is None:
+            return self._held
+        return self.loop.action(self._held, self._decided_obs, observation, first=first)

@@ -26,6 +26,7 @@ __all__ = [
     "compose_agent",
     "decision_s",
     "env_kwargs",
+    "hold_mode",
     "init_wandb",
     "run_dir",
     "seed_everything",
@@ -194,6 +195,12 @@ def validate(cfg: DictConfig) -> None:
             substeps_of(float(cfg.env.decision_s), float(step))
         except ValueError as exc:
             raise ConfigError(f"env.decision_s: {exc}") from None
+    from pulsebms.envs.hold import check_hold_mode
+
+    try:
+        check_hold_mode(hold_mode(cfg))
+    except ValueError as exc:
+        raise ConfigError(f"env.hold_mode: {exc}") from None
     _validate_shield_settings(cfg)
     _validate_limits(cfg)
     import gymnasium as gym
@@ -218,6 +225,11 @@ def decision_s(cfg: DictConfig) -> float | None:
     return None if value is None else float(value)
 
 
+def hold_mode(cfg: DictConfig) -> str:
+    """What the agent's decision holds between decisions, ``env.hold_mode`` (``action``)."""
+    return str(cfg.env.get("hold_mode", "action") or "action")
+
+
 def train_env_kwargs(cfg: DictConfig) -> dict[str, Any]:
     """:func:`env_kwargs` of the training env: the scenario is ``train.scenario`` if given."""
     kwargs = env_kwargs(cfg)
@@ -234,6 +246,7 @@ def make_cfg_env_factory(cfg: DictConfig) -> EnvFactory:
         shield=bool(cfg.shield.enabled),
         shield_kwargs=shield_kwargs(cfg),
         decision_s=decision_s(cfg),
+        hold_mode=hold_mode(cfg),
         **train_env_kwargs(cfg),
     )
 
@@ -245,6 +258,7 @@ def make_cfg_env(cfg: DictConfig) -> Any:
         shield=bool(cfg.shield.enabled),
         shield_kwargs=shield_kwargs(cfg),
         decision_s=decision_s(cfg),
+        hold_mode=hold_mode(cfg),
         **train_env_kwargs(cfg),
     )
 

@@ -255,6 +255,10 @@ class EnvConf:
     ``decision_s / dt_s`` plant steps: :class:`pulsebms.envs.decision.DecisionIntervalWrapper`
     in training, :class:`pulsebms.envs.decision.DecisionIntervalPolicy` in evaluation).
     The evaluation's baselines act at every plant step; the run's agent every ``decision_s``.
+    ``hold_mode`` (:data:`pulsebms.envs.hold.HOLD_MODES`) says what a decision holds between
+    decisions, in training and evaluation alike: ``action`` (default) the set-points,
+    ``grid`` the decision's grid exchange, ``import_cap`` the set-points raised to cover
+    imports above the site's limit (:mod:`pulsebms.envs.hold`).
     """
 
     name: str = "small"
@@ -263,6 +267,7 @@ class EnvConf:
     horizon_steps: int | None = None
     fidelity: str | None = "ecm"
     decision_s: float | None = None
+    hold_mode: str = "action"
     kwargs: dict[str, Any] = field(default_factory=dict)
 
 

@@ -44,6 +44,7 @@ from hydra.utils import instantiate
 from omegaconf import OmegaConf, open_dict
 
 from pulsebms.agents.evaluation import NO_BATTERY, KPITable, PolicyFactory, evaluate_policies
+from pulsebms.envs.hold import HOLD_MODES
 
 __all__ = [
     "BENCHMARKS",
@@ -258,6 +259,18 @@ def _fingerprint(*parts: Any) -> str:
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
+def _env_key(env: Any) -> Any:
+    """``cfg.env`` as fingerprinted: without ``hold_mode`` when it is the default ``action``.
+
+    So every agent, clone, demonstration and episode cached before the field existed is
+    still found (:mod:`pulsebms.envs.hold`).
+    """
+    plain = OmegaConf.to_container(env, resolve=True) if OmegaConf.is_config(env) else env
+    if isinstance(plain, dict) and plain.get("hold_mode", "action") == "action":
+        plain = {k: v for k, v in plain.items() if k != "hold_mode"}
+    return plain
+
+
 def _train_cfg_key(cfg: Any) -> str:
     """What a trained agent depends on: env, fleet, shield, agent, training loop, seed.
 
@@ -269,7 +282,7 @@ def _train_cfg_key(cfg: Any) -> str:
         train.pop("imitation", None)
     elif isinstance(train, dict):
         train["imitation"] = _imitation_key(cfg.train.imitation)
-    return _fingerprint(cfg.env, cfg.fleet, cfg.shield, cfg.agent, train, int(cfg.seed))
+    return _fingerprint(_env_key(cfg.env), cfg.fleet, cfg.shield, cfg.agent, train, int(cfg.seed))
 
 
 _SPIKE_FIELDS = ("spike_days", "spike_seed", "spike_dagger_share", "spike_params")
@@ -654,7 +667,13 @@ def _cached_demonstrations(
 
     teacher = str(cfg.train.imitation.teacher)
     key = _fingerprint(
-        cfg.env, cfg.fleet, cfg.shield, cfg.train.get("scenario"), teacher, days, first_seed
+        _env_key(cfg.env),
+        cfg.fleet,
+        cfg.shield,
+        cfg.train.get("scenario"),
+        teacher,
+        days,
+        first_seed,
     )
     path = Path(out_dir) / "demos" / str(cfg.fleet.name) / f"{teacher}_{tag}{key}.npz"
     if path.is_file():
@@ -696,7 +715,7 @@ def _clone_key(cfg: Any) -> str:
     update_only.add("log_std_init")
     agent_init = {k: v for k, v in plain_dict(cfg.agent).items() if k not in update_only}
     return _fingerprint(
-        cfg.env,
+        _env_key(cfg.env),
         cfg.fleet,
         cfg.shield,
         cfg.train.get("scenario"),
@@ -909,9 +928,15 @@ def _agent_factories(
     progress: bool,
     label: str,
     experiment: str = "suite",
+    eval_hold_mode: str | None = None,
+    row_label: str | None = None,
 ) -> dict[str, dict[str, PolicyFactory]]:
-    """Per benchmark, name → factory of the evaluated agents (trained once per fleet)."""
-    from pulsebms.experiments.common import decision_s
+    """Per benchmark, name → factory of the evaluated agents (trained once per fleet).
+
+    Each agent decides every ``env.decision_s`` and holds in the ``env.hold_mode`` of its
+    recipe (``eval_hold_mode``: another mode, rows ``row_label``).
+    """
+    from pulsebms.experiments.common import decision_s, hold_mode
     from pulsebms.experiments.train import held_factory
 
     out: dict[str, dict[str, PolicyFactory]] = {name: {} for name in benchmarks}
@@ -920,7 +945,9 @@ def _agent_factories(
 
         policy = load_checkpoint_policy(checkpoint)
         for name in benchmarks:
-            held = held_factory(partial(_fixed, policy), decision_s(benchmark_config(name)))
+            cfg = benchmark_config(name)
+            mode = eval_hold_mode or hold_mode(cfg)
+            held = held_factory(partial(_fixed, policy), decision_s(cfg), mode)
             out[name]["agent"] = held
         return out
     if train_steps is not None and train_steps <= 0:
@@ -948,8 +975,33 @@ def _agent_factories(
                 overrides=overrides,
                 experiment=experiment,
             )
+            mode = eval_hold_mode or agent_hold_mode(
+                group[0],
+                int(seed),
+                agent=agent,
+                train_steps=train_steps,
+                overrides=overrides,
+                experiment=experiment,
+            )
+            log.info(
+                "suite: %s_seed%d decides every %s s, holds %s (trained holding %s)",
+                row_label or label,
+                seed,
+                every_s,
+                mode,
+                agent_hold_mode(
+                    group[0],
+                    int(seed),
+                    agent=agent,
+                    train_steps=train_steps,
+                    overrides=overrides,
+                    experiment=experiment,
+                ),
+            )
             for name in group:
-                out[name][f"{label}_seed{seed}"] = held_factory(partial(_fixed, policy), every_s)
+                out[name][f"{row_label or label}_seed{seed}"] = held_factory(
+                    partial(_fixed, policy), every_s, mode
+                )
     return out
 
 
@@ -979,6 +1031,32 @@ def agent_decision_s(
     cfg = _agent_train_config(name, seed, agent, train_steps, overrides, experiment)
     every_s: float | None = decision_s(cfg)
     return every_s
+
+
+def agent_hold_mode(
+    name: str,
+    seed: int,
+    *,
+    agent: str = "ppo",
+    train_steps: int | None = None,
+    overrides: Sequence[str] = (),
+    experiment: str = "suite",
+) -> str:
+    """What the suite's agent for ``name``'s fleet holds between decisions in training.
+
+    ``env.hold_mode`` of its recipe and overrides (:mod:`pulsebms.envs.hold`); the suite
+    evaluates it in that mode (like :func:`agent_decision_s`).
+
+    Example:
+        >>> agent_hold_mode("mild", 0)
+        'action'
+        >>> agent_hold_mode("mild", 0, overrides=["env.hold_mode=grid"])
+        'grid'
+    """
+    from pulsebms.experiments.common import hold_mode
+
+    cfg = _agent_train_config(name, seed, agent, train_steps, overrides, experiment)
+    return hold_mode(cfg)
 
 
 def _agent_train_config(
@@ -1058,6 +1136,8 @@ def run_suite(
     held_baselines: Sequence[str] = (),
     bench_overrides: Sequence[str] = (),
     variant: str | None = None,
+    held_mode: str = "action",
+    eval_hold_mode: str | None = None,
 ) -> list[SuiteRow]:
     """Evaluate the baselines (and trained agents) on every benchmark; the suite's rows.
 
@@ -1094,15 +1174,23 @@ def run_suite(
             ``+scenario.params.forecast=noisy``): a variant of the benchmarks.
         variant: The variant's name, required with ``bench_overrides``: its rows, tables
             and cached episodes are ``<benchmark>@<variant>``.
+        held_mode: What the ``held_baselines`` hold between decisions
+            (:mod:`pulsebms.envs.hold`): ``action`` (rows ``<name>_held``), ``grid`` or
+            ``import_cap`` (rows ``<name>_held_<mode>``).
+        eval_hold_mode: Evaluate the trained agents holding in this mode instead of the
+            ``env.hold_mode`` they trained in (rows ``<label>_hold<mode>_seed<s>`` and
+            ``<label>_hold<mode>``; ``None``: the mode they trained in, rows as before).
 
     Returns:
         The rows of every benchmark.
 
     Raises:
-        ValueError: On ``bench_overrides`` without a ``variant``, or a variant name that
-            is not a plain word (letters, digits, ``_``, ``-``, ``.``).
+        ValueError: On ``bench_overrides`` without a ``variant``, a variant name that
+            is not a plain word (letters, digits, ``_``, ``-``, ``.``), or an unknown hold
+            mode.
     """
     from pulsebms.agents.workflow import baseline_factories
+    from pulsebms.envs.hold import check_hold_mode
     from pulsebms.experiments.common import decision_s
     from pulsebms.experiments.train import held_factory
 
@@ -1110,8 +1198,14 @@ def run_suite(
         raise ValueError("name the variant the bench_overrides make (variant=...)")
     if variant is not None and not all(c.isalnum() or c in "_-." for c in variant):
         raise ValueError(f"variant must be a plain word (letters, digits, _ - .), got {variant!r}")
+    check_hold_mode(held_mode)
+    if eval_hold_mode is not None:
+        check_hold_mode(eval_hold_mode)
     out = Path(out_dir)
     label = label or agent
+    train_label = label
+    if eval_hold_mode is not None:
+        label = f"{label}_hold{eval_hold_mode}"
     agents = _agent_factories(
         benchmarks,
         checkpoint=checkpoint,
@@ -1121,19 +1215,22 @@ def run_suite(
         overrides=train_overrides,
         out_dir=out,
         progress=progress,
-        label=label,
+        label=train_label,
         experiment=experiment,
+        eval_hold_mode=eval_hold_mode,
+        row_label=label,
     )
+    held_suffix = "_held" if held_mode == "action" else f"_held_{held_mode}"
     rows: list[SuiteRow] = []
     for bench in benchmarks:
         cfg = benchmark_config(bench, bench_overrides)
         name = f"{bench}@{variant}" if variant else bench
-        bench_key = _fingerprint(cfg.env, cfg.fleet, cfg.scenario, cfg.shield, max_steps)
+        bench_key = _fingerprint(_env_key(cfg.env), cfg.fleet, cfg.scenario, cfg.shield, max_steps)
         policies: dict[str, PolicyFactory | None] = {NO_BATTERY: None}
         policies.update(baseline_factories(list(baselines)))
         for held in held_baselines:
             teacher = baseline_factories([held])[held]
-            policies[f"{held}_held"] = held_factory(teacher, decision_s(cfg))
+            policies[f"{held}{held_suffix}"] = held_factory(teacher, decision_s(cfg), held_mode)
         policies.update(agents[bench])
         episodes: list[dict[str, Any]] = []
         for policy_name, factory in policies.items():
@@ -1151,6 +1248,8 @@ def run_suite(
                         experiment=experiment,
                     )
                     key = _fingerprint(bench_key, _train_cfg_key(tcfg))
+                    if eval_hold_mode is not None:
+                        key = _fingerprint(key, f"hold_mode={eval_hold_mode}")
             for seed in seeds:
                 episodes.append(
                     _episode_row(
@@ -1192,6 +1291,20 @@ def main(argv: Sequence[str] | None = None) -> int:
         nargs="*",
         default=[],
         help="baselines also evaluated deciding every env.decision_s like the agent (<name>_held)",
+    )
+    parser.add_argument(
+        "--held-mode",
+        default="action",
+        choices=list(HOLD_MODES),
+        help="what the --held-baselines hold between decisions (rows <name>_held_<mode> "
+        "unless action)",
+    )
+    parser.add_argument(
+        "--agent-hold-mode",
+        default=None,
+        choices=list(HOLD_MODES),
+        help="evaluate the trained agents holding in this mode instead of the env.hold_mode "
+        "they trained in (rows <label>_hold<mode>)",
     )
     parser.add_argument("--checkpoint", default=None)
     parser.add_argument(
@@ -1256,7 +1369,32 @@ def main(argv: Sequence[str] | None = None) -> int:
         held_baselines=args.held_baselines,
         bench_overrides=args.bench_override,
         variant=args.variant,
+        held_mode=args.held_mode,
+        eval_hold_mode=args.agent_hold_mode,
     )
+    if args.train and args.train_seeds and (args.train_steps is None or args.train_steps > 0):
+        trained = agent_hold_mode(
+            args.benchmarks[0],
+            int(args.train_seeds[0]),
+            agent=args.agent,
+            train_steps=args.train_steps,
+            overrides=args.train_override,
+            experiment=args.experiment,
+        )
+        every_s = agent_decision_s(
+            args.benchmarks[0],
+            int(args.train_seeds[0]),
+            agent=args.agent,
+            train_steps=args.train_steps,
+            overrides=args.train_override,
+            experiment=args.experiment,
+        )
+        print(
+            f"agent {args.label or args.agent}: decides every {every_s} s, trained holding "
+            f"{trained}, evaluated holding {args.agent_hold_mode or trained}"
+        )
+    if args.held_baselines:
+        print(f"held baselines {args.held_baselines}: holding {args.held_mode}")
     print(format_table(rows))
     return 0
 

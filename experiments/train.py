@@ -48,6 +48,7 @@ from pulsebms.experiments.common import (
     compose_agent,
     decision_s,
     env_kwargs,
+    hold_mode,
     init_wandb,
     make_cfg_env_factory,
     run_dir,
@@ -187,21 +188,30 @@ def _train_rllib(
     return run.checkpoint_path, run.policy(), extras
 
 
-def held_factory(factory: Any, decision_s: float | None) -> Any:
+def held_factory(factory: Any, decision_s: float | None, hold_mode: str = "action") -> Any:
     """``factory``'s policies acting every ``decision_s`` in an env stepped at its ``dt_s``.
 
     The learning agent trained behind :class:`pulsebms.envs.decision.DecisionIntervalWrapper`
     is evaluated at the plant step like every baseline, through
-    :class:`pulsebms.envs.decision.DecisionIntervalPolicy` (the same held actions); ``None``:
-    ``factory`` unchanged.
+    :class:`pulsebms.envs.decision.DecisionIntervalPolicy` (the same held actions, and with
+    a ``hold_mode`` other than ``action`` the same plant loop,
+    :func:`pulsebms.envs.hold.plant_loop`); ``None`` with ``action``: ``factory`` unchanged
+    (``None`` with another mode: the loop at every plant step).
     """
-    if decision_s is None:
+    from pulsebms.envs.hold import check_hold_mode
+
+    if decision_s is None and check_hold_mode(hold_mode) == "action":
         return factory
     from pulsebms.agents.env_factory import fleet_env
     from pulsebms.envs.decision import DecisionIntervalPolicy, substeps_of
+    from pulsebms.envs.hold import plant_loop
 
     def make(env: Any) -> Any:
-        return DecisionIntervalPolicy(factory(env), substeps_of(decision_s, fleet_env(env).dt_s))
+        dt_s = fleet_env(env).dt_s
+        every_s = dt_s if decision_s is None else decision_s
+        return DecisionIntervalPolicy(
+            factory(env), substeps_of(every_s, dt_s), loop=plant_loop(env, hold_mode)
+        )
 
     return make
 
@@ -224,7 +234,9 @@ def evaluate_run(
 
     policies: dict[str, Any] = {}
     if agent_policy_factory is not None:
-        policies[str(cfg.agent_name)] = held_factory(agent_policy_factory, decision_s(cfg))
+        policies[str(cfg.agent_name)] = held_factory(
+            agent_policy_factory, decision_s(cfg), hold_mode(cfg)
+        )
     for name in cfg.evaluation.baselines:
         if name not in policies:
             policies[str(name)] = agent_factory(compose_agent(str(name)))
@@ -289,6 +301,11 @@ def run_training(cfg: DictConfig, out_dir: str | Path | None = None) -> dict[str
                 raise ConfigError(
                     "env.decision_s: RLlib agents act at every env step (no decision-interval "
                     "wrapper in the RLlib env builder yet); use an SB3 agent or env.decision_s=null"
+                )
+            if hold_mode(cfg) != "action":
+                raise ConfigError(
+                    "env.hold_mode: RLlib agents act at every env step (no plant loop in the "
+                    "RLlib env builder yet); use an SB3 agent or env.hold_mode=action"
                 )
             start = time.perf_counter()
             model_path, policy, extras = _train_rllib(cfg, agent, out, seed)

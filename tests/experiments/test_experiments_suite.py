@@ -314,6 +314,43 @@ def test_the_suite_evaluates_an_agent_at_the_interval_it_trained_at() -> None:
     assert every_step == 300.0
 
 
+def test_hold_mode_travels_with_the_recipe_and_the_default_keeps_every_fingerprint() -> None:
+    """The default hold mode fingerprints as before the field (pinned: cached agents stay)."""
+    from pulsebms.experiments.common import ConfigError, validate
+    from pulsebms.experiments.suite import (
+        _clone_key,
+        _env_key,
+        _fingerprint,
+        _train_cfg_key,
+        agent_hold_mode,
+    )
+
+    recipe = [
+        "seed=2",
+        "train.total_timesteps=0",
+        "train.imitation.teacher=mpc_day",
+        "train.imitation.ensemble_size=3",
+    ]
+    cfg = train_config("cold", overrides=recipe, experiment="suite_mpc_bc_hotdr")
+    assert cfg.env.hold_mode == "action"
+    # the keys of the hotdr K = 3 ensemble of training seed 2 and of cold, as cached before
+    assert _train_cfg_key(cfg) == "79e0a6d654eeb4d6"
+    assert _clone_key(cfg) == "accf8dee7ace0102"
+    bench = benchmark_config("cold")
+    assert _fingerprint(_env_key(bench.env), bench.fleet, bench.scenario, bench.shield, None) == (
+        "d4239d8093f30876"
+    )
+    grid = train_config(
+        "cold", overrides=[*recipe, "env.hold_mode=grid"], experiment="suite_mpc_bc_hotdr"
+    )
+    assert _train_cfg_key(grid) != _train_cfg_key(cfg)
+    assert _clone_key(grid) != _clone_key(cfg)
+    assert agent_hold_mode("cold", 2, overrides=["env.hold_mode=import_cap"]) == "import_cap"
+    bad = train_config("mild", overrides=["env.hold_mode=power"])
+    with pytest.raises(ConfigError, match=r"env\.hold_mode"):
+        validate(bad)
+
+
 def test_ensemble_size_keeps_single_agents_fingerprints_and_names_the_ensemble() -> None:
     from pulsebms.experiments.suite import _train_cfg_key, ensemble_size
 
