@@ -92,6 +92,7 @@ __all__ = [
     "BatchObservationsForModule",
     "BatchedMeanStdFilter",
     "BatchedNormalizeAndClipActions",
+    "FlatTensorToNumpy",
     "GaussianGetActions",
     "ListifyBatchForVectorEnv",
     "MeanStdFilter",
@@ -362,6 +363,64 @@ class GaussianGetActions(GetActions):
         batch[Columns.ACTION_LOGP] = logp.sum(-1)
 
 
+class FlatTensorToNumpy(TensorToNumpy):
+    """RLlib's ``TensorToNumpy`` with a direct path for a flat batch of CPU tensors.
+
+    RLlib converts the module's outputs with ``convert_to_numpy``: a dm-tree
+    ``map_structure`` over the batch, calling a Python mapping per leaf. After the batched
+    ``GaussianGetActions`` the batch is a flat dict of CPU tensors (action-distribution
+    inputs, actions, log-probs); for such a batch this piece does what that mapping does per
+    leaf (``detach().cpu().numpy()``, then float64 → float32 and int64 → int32, RLlib's
+    ``reduce_type``) in one dict comprehension: the same arrays, the same dtypes. Any other
+    batch (nested, 0-d tensors, non-tensors, other devices) is RLlib's.
+
+    Example:
+        >>> import torch
+        >>> out = FlatTensorToNumpy()(rl_module=None, batch={"a": torch.ones(2, 1,
+        ...     dtype=torch.float64)}, episodes=[])
+        >>> out["a"].dtype, out["a"].shape
+        (dtype('float32'), (2, 1))
+    """
+
+    def __call__(
+        self,
+        *,
+        rl_module: Any,
+        batch: dict[str, Any],
+        episodes: list[Any],
+        explore: bool | None = None,
+        shared_data: dict[str, Any] | None = None,
+        **kwargs: Any,
+    ) -> Any:
+        """Convert every column, one tensor → array each (see the class docstring)."""
+        cpu = _CPU
+        if not all(
+            type(value) is torch.Tensor and value.ndim > 0 and value.device == cpu
+            for value in batch.values()
+        ):
+            return super().__call__(
+                rl_module=rl_module,
+                batch=batch,
+                episodes=episodes,
+                explore=explore,
+                shared_data=shared_data,
+                **kwargs,
+            )
+        return {key: _reduced_array(value.detach().numpy()) for key, value in batch.items()}
+
+
+_CPU = torch.device("cpu")
+
+
+def _reduced_array(array: np.ndarray) -> np.ndarray:
+    """RLlib's ``convert_to_numpy(reduce_type=True)`` per array: 64-bit floats/ints to 32."""
+    if np.issubdtype(array.dtype, np.floating):
+        return array.astype(np.float32)
+    if np.issubdtype(array.dtype, int):
+        return array.astype(np.int32)
+    return array
+
+
 class ListifyBatchForVectorEnv(ConnectorV2):
     """The module's batched output as the per-env data a single-agent vector EnvRunner reads.
 
@@ -512,7 +571,7 @@ def batch_module_to_env(pipeline: Any, *, stateful: bool, multi_agent: bool) -> 
 
     ``GetActions, TensorToNumpy, UnBatchToIndividualItems, RemoveSingleTsTimeRankFromBatch,
     NormalizeAndClipActions, ListifyDataForVectorEnv`` becomes ``GaussianGetActions,
-    TensorToNumpy, BatchedNormalizeAndClipActions, ListifyBatchForVectorEnv``, with the
+    FlatTensorToNumpy, BatchedNormalizeAndClipActions, ListifyBatchForVectorEnv``, with the
     same action settings. Pipelines with other pieces, of stateful modules or multi-agent envs are
     left unchanged.
 
@@ -547,5 +606,9 @@ def batch_module_to_env(pipeline: Any, *, stateful: bool, multi_agent: bool) -> 
         input_observation_space=pieces[0].input_observation_space,
         input_action_space=pieces[0].input_action_space,
     )
-    pipeline.connectors = [get_actions, pieces[1], batched, listify]
+    to_numpy = FlatTensorToNumpy(
+        input_observation_space=pieces[1].input_observation_space,
+        input_action_space=pieces[1].input_action_space,
+    )
+    pipeline.connectors = [get_actions, to_numpy, batched, listify]
     return True

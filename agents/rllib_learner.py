@@ -34,6 +34,20 @@ against SB3's PPO):
   gradient norm on every minibatch with a window of one, and eight steps-trained counters
   per minibatch; this Learner logs the same reported values (the last minibatch's terms,
   the update's sums) once per update.
+* **Its own minibatch loop.** RLlib's ``Learner.update`` builds a ``SampleBatch`` and a
+  ``MultiAgentBatch`` per minibatch and runs a module-id check, two Prometheus counters,
+  the steps-trained counters and the slicing flags per minibatch; its ``_update`` keys the
+  gradients by parameter in three dicts per step (computed, filtered per optimizer, set
+  back on the parameters). :meth:`PulsePPOTorchLearner.update` runs the same steps in the
+  same order on plain dicts of rows gathered once per column and pass
+  (:meth:`IndexedCyclicIterator.column_minibatches`), does the bookkeeping once per update
+  with the update's totals, and, for one module with one optimizer, steps with the
+  parameters in a list (:meth:`PulsePPOTorchLearner._gradient_step`). Bit-identical
+  weights and metrics (tested); ``own_update_loop = False`` restores RLlib's loop.
+* **The Gaussian's terms as tensor ops.** The loss's log-prob, entropy and KL of RLlib's
+  ``TorchDiagGaussian`` run through a ``torch.distributions.Normal`` built per minibatch;
+  :class:`DiagGaussianTerms` runs the same operations on the same tensors (bit-identical
+  values and gradients).
 * **Off-policyness once per update.** RLlib logs how many weight updates separate the
   samples from the Learner's weights on every minibatch, with a window of one (only the
   last value is reported); this Learner logs it for the first minibatch of each update.
@@ -53,6 +67,7 @@ Example:
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable, Iterator, Mapping
 from typing import Any, ClassVar
 
@@ -66,7 +81,9 @@ from ray.rllib.algorithms.ppo.ppo import (
 from ray.rllib.algorithms.ppo.torch.ppo_torch_learner import PPOTorchLearner
 from ray.rllib.core import ALL_MODULES
 from ray.rllib.core.columns import Columns
+from ray.rllib.core.distribution.torch.torch_distribution import TorchDiagGaussian
 from ray.rllib.core.learner.learner import ENTROPY_KEY, POLICY_LOSS_KEY, VF_LOSS_KEY
+from ray.rllib.core.learner.training_data import TrainingData
 from ray.rllib.evaluation.postprocessing import Postprocessing
 from ray.rllib.policy.sample_batch import MultiAgentBatch, SampleBatch
 from ray.rllib.utils.metrics import (
@@ -77,6 +94,7 @@ from ray.rllib.utils.metrics import (
     NUM_MODULE_STEPS_TRAINED_LIFETIME,
     WEIGHTS_SEQ_NO,
 )
+from ray.rllib.utils.metrics.ray_metrics import TimerAndPrometheusLogger
 from ray.rllib.utils.minibatch_utils import MiniBatchCyclicIterator
 from ray.rllib.utils.torch_utils import explained_variance
 
@@ -84,8 +102,10 @@ from pulsebms.agents.rllib_gae import batch_learner_connector
 
 __all__ = [
     "FUSED_ADAM_KEY",
+    "DiagGaussianTerms",
     "IndexedCyclicIterator",
     "PulsePPOTorchLearner",
+    "RLlibLoopPPOTorchLearner",
     "all_finite",
     "clip_by_global_norm",
     "without_masked_rows",
@@ -242,6 +262,100 @@ class IndexedCyclicIterator:
             made += 1
             yield MultiAgentBatch(minibatch, len(self._batch))
 
+    def column_minibatches(self) -> Iterator[dict[Any, dict[str, torch.Tensor | np.ndarray]]]:
+        """The same minibatches as plain ``{module_id: {column: rows}}`` dicts, gathered per pass.
+
+        Walks the same cycle as :meth:`__iter__` (the same rows in the same order, the same
+        ``np.random.permutation`` draws at the same points), but gathers each column once
+        per pass over a module's batch (one ``index_select`` of the whole batch after each
+        reshuffle, none for the unshuffled first pass) and takes every minibatch as slices
+        of that copy (a minibatch running across a pass end: the two slices concatenated):
+        ~10 gathers per pass instead of ~10 per minibatch, and no ``SampleBatch`` or
+        ``MultiAgentBatch`` per minibatch. Every minibatch column is contiguous and holds
+        the values :meth:`__iter__` yields, element for element.
+
+        Example:
+            >>> batch = SampleBatch({"obs": np.arange(5.0)}).as_multi_agent()
+            >>> it = IndexedCyclicIterator(batch, num_epochs=2, minibatch_size=4,
+            ...                            shuffle_batch_per_epoch=False)
+            >>> [mb["default_policy"]["obs"].tolist() for mb in it.column_minibatches()]
+            [[0.0, 1.0, 2.0, 3.0], [4.0, 0.0, 1.0, 2.0], [3.0, 4.0, 0.0, 1.0]]
+        """
+        batches = self._batch.policy_batches
+        columns = {mid: dict(b) for mid, b in batches.items()}
+        order = {mid: np.arange(len(b)) for mid, b in batches.items()}
+        # The current pass's rows in order: the batch itself until the first reshuffle.
+        passes: dict[Any, dict[str, torch.Tensor | np.ndarray] | None] = dict(columns)
+        start = dict.fromkeys(batches, 0)
+        covered = dict.fromkeys(batches, 0)
+        made = 0
+        while (self._num_total_minibatches == 0 and min(covered.values()) < self._num_epochs) or (
+            self._num_total_minibatches > 0 and made < self._num_total_minibatches
+        ):
+            minibatch: dict[Any, dict[str, torch.Tensor | np.ndarray]] = {}
+            for mid, module_columns in columns.items():
+                size = len(order[mid])
+                s, need = start[mid], self._minibatch_size
+                pieces: list[dict[str, torch.Tensor | np.ndarray]] = []
+                while s + need >= size:  # the rest of this pass, then wrap (and reshuffle)
+                    if s < size:
+                        pieces.append(
+                            _slice_rows(
+                                _current_pass(passes, mid, module_columns, order[mid]), s, size
+                            )
+                        )
+                    need -= size - s
+                    s = 0
+                    covered[mid] += 1
+                    if self._shuffle:
+                        # The draws of __iter__ (and RLlib's SampleBatch.shuffle), in order.
+                        order[mid] = order[mid][np.random.permutation(size)]  # noqa: NPY002
+                        passes[mid] = None  # gathered when its first row is needed
+                if need > 0:
+                    pieces.append(
+                        _slice_rows(
+                            _current_pass(passes, mid, module_columns, order[mid]), s, s + need
+                        )
+                    )
+                start[mid] = s + need
+                minibatch[mid] = pieces[0] if len(pieces) == 1 else _concat_rows(pieces)
+            made += 1
+            yield minibatch
+
+
+def _current_pass(
+    passes: dict[Any, dict[str, torch.Tensor | np.ndarray] | None],
+    module_id: Any,
+    columns: Mapping[str, torch.Tensor | np.ndarray],
+    order: np.ndarray,
+) -> dict[str, torch.Tensor | np.ndarray]:
+    """The module's rows in the current pass's order, gathered once per pass."""
+    rows = passes[module_id]
+    if rows is None:
+        rows = passes[module_id] = _take_rows(columns, order)
+    return rows
+
+
+def _slice_rows(
+    columns: Mapping[str, torch.Tensor | np.ndarray], start: int, stop: int
+) -> dict[str, torch.Tensor | np.ndarray]:
+    """Rows ``start:stop`` of every column (views, contiguous: the rows are leading)."""
+    return {key: value[start:stop] for key, value in columns.items()}
+
+
+def _concat_rows(
+    pieces: list[dict[str, torch.Tensor | np.ndarray]],
+) -> dict[str, torch.Tensor | np.ndarray]:
+    """The pieces' rows one after the other, column by column."""
+    out: dict[str, torch.Tensor | np.ndarray] = {}
+    for key, first in pieces[0].items():
+        parts = [piece[key] for piece in pieces]
+        if isinstance(first, torch.Tensor):
+            out[key] = torch.cat(parts)  # type: ignore[arg-type]  # all pieces are one kind
+        else:
+            out[key] = np.concatenate(parts)
+    return out
+
 
 def without_masked_rows(batch: MultiAgentBatch) -> MultiAgentBatch:
     """The train batch without the rows its ``loss_mask`` excludes, and without the mask.
@@ -304,6 +418,55 @@ def _take_rows(
     return taken
 
 
+_HALF_LOG_2PI = math.log(math.sqrt(2 * math.pi))
+_NORMAL_ENTROPY_CONST = 0.5 + 0.5 * math.log(2 * math.pi)
+
+
+class DiagGaussianTerms:
+    """``TorchDiagGaussian``'s log-prob, entropy and KL as the tensor ops it runs.
+
+    RLlib's diagonal Gaussian wraps a ``torch.distributions.Normal`` (built on every
+    minibatch, twice with the KL term) and reaches ``Normal.log_prob``/``entropy`` and
+    ``kl_divergence``'s normal-normal rule through two layers of objects; these are the
+    same operations on the same tensors in the same order (``from_logits``' chunk and
+    ``exp``, ``Normal``'s argument broadcast, then each formula as torch writes it, summed
+    over the action dimension), so values and gradients are bit-identical (tested).
+
+    Example:
+        >>> logits = torch.tensor([[0.0, 1.0, 0.0, 0.5]])
+        >>> from ray.rllib.core.distribution.torch.torch_distribution import TorchDiagGaussian
+        >>> a, b = DiagGaussianTerms(logits), TorchDiagGaussian.from_logits(logits)
+        >>> x = torch.tensor([[0.3, 0.2]])
+        >>> bool(torch.equal(a.logp(x), b.logp(x))), bool(torch.equal(a.entropy(), b.entropy()))
+        (True, True)
+    """
+
+    __slots__ = ("loc", "scale")
+
+    def __init__(self, logits: torch.Tensor) -> None:
+        loc, log_std = logits.chunk(2, dim=-1)
+        broadcast: Any = torch.broadcast_tensors  # Normal's broadcast_all (torch types it loosely)
+        self.loc, self.scale = broadcast(loc, log_std.exp())
+
+    def logp(self, value: torch.Tensor) -> torch.Tensor:
+        """``Normal.log_prob`` summed over the last dimension."""
+        var = self.scale**2
+        log_prob = -((value - self.loc) ** 2) / (2 * var) - self.scale.log() - _HALF_LOG_2PI
+        summed: torch.Tensor = log_prob.sum(-1)
+        return summed
+
+    def entropy(self) -> torch.Tensor:
+        """``Normal.entropy`` summed over the last dimension."""
+        return (_NORMAL_ENTROPY_CONST + torch.log(self.scale)).sum(-1)
+
+    def kl(self, other: DiagGaussianTerms) -> torch.Tensor:
+        """``kl_divergence(Normal, Normal)``, ``self`` ‖ ``other``, summed over the last dim."""
+        var_ratio = (self.scale / other.scale).pow(2)
+        t1 = ((self.loc - other.loc) / other.scale).pow(2)
+        summed: torch.Tensor = (0.5 * (var_ratio + t1 - 1 - var_ratio.log())).sum(-1)
+        return summed
+
+
 FUSED_ADAM_KEY = "fused_adam"
 """``learner_config_dict`` key: Adam with torch's fused kernel (see ``ray.fused_adam``)."""
 
@@ -314,9 +477,17 @@ class PulsePPOTorchLearner(PPOTorchLearner):
     Attributes:
         drop_masked_rows: Take minibatches from the rows the loss uses only (see
             :func:`without_masked_rows`); ``False``: RLlib's minibatches, bit for bit.
+        own_update_loop: Run the epochs × minibatches loop in :meth:`update` (one gather
+            per column and pass, bookkeeping once per update, :meth:`_gradient_step`);
+            ``False``: RLlib's ``Learner.update`` loop. The same weights and metrics.
+        gaussian_terms: Compute the diagonal Gaussian's log-prob, entropy and KL with
+            :class:`DiagGaussianTerms`; ``False``: RLlib's distribution objects. The same
+            values and gradients.
     """
 
     drop_masked_rows: ClassVar[bool] = True
+    own_update_loop: ClassVar[bool] = True
+    gaussian_terms: ClassVar[bool] = True
 
     def build(self) -> None:
         """Build as RLlib does, with empty stores for the metrics logged once per update.
@@ -402,16 +573,16 @@ class PulsePPOTorchLearner(PPOTorchLearner):
             )
             return loss  # type: ignore[no-any-return]  # RLlib types it tensor | array
         module: Any = self.module[module_id].unwrapped()
-        curr_action_dist = module.get_train_action_dist_cls().from_logits(
-            fwd_out[Columns.ACTION_DIST_INPUTS]
+        curr_action_dist = self._action_dist(
+            module.get_train_action_dist_cls(), fwd_out[Columns.ACTION_DIST_INPUTS]
         )
         logp_ratio = torch.exp(
             curr_action_dist.logp(batch[Columns.ACTIONS]) - batch[Columns.ACTION_LOGP]
         )
         mean_kl_loss: Any
         if config.use_kl_loss:
-            prev_action_dist = module.get_exploration_action_dist_cls().from_logits(
-                batch[Columns.ACTION_DIST_INPUTS]
+            prev_action_dist = self._action_dist(
+                module.get_exploration_action_dist_cls(), batch[Columns.ACTION_DIST_INPUTS]
             )
             mean_kl_loss = torch.mean(prev_action_dist.kl(curr_action_dist))
         else:
@@ -552,6 +723,259 @@ class PulsePPOTorchLearner(PPOTorchLearner):
         self._flush_steps_trained_metrics()
         super().after_gradient_based_update(timesteps=timesteps)
 
+    def update(  # RLlib's signature
+        self,
+        batch: MultiAgentBatch | None = None,
+        batches: list[MultiAgentBatch] | None = None,
+        batch_refs: list[Any] | None = None,
+        episodes: list[Any] | None = None,
+        episodes_refs: list[Any] | None = None,
+        data_iterators: list[Any] | None = None,
+        training_data: TrainingData | None = None,
+        *,
+        timesteps: dict[str, Any] | None = None,
+        num_total_minibatches: int = 0,
+        num_epochs: int = 1,
+        minibatch_size: int | None = None,
+        shuffle_batch_per_epoch: bool = False,
+        _no_metrics_reduce: bool = False,
+        **kwargs: Any,
+    ) -> Any:
+        """RLlib's ``Learner.update`` (epochs × minibatches of SGD), its loop run here.
+
+        The same steps in the same order as RLlib's: ``before_gradient_based_update``,
+        the train batch from the learner connector, the weights number, then one
+        gradient step per minibatch of the cycle (:meth:`_create_iterator_if_necessary`),
+        the last minibatch's total loss, ``after_gradient_based_update`` and the metrics
+        reduce. What differs is the per-minibatch work around the gradient step
+        (:meth:`_run_column_minibatches`): the minibatches come from
+        :meth:`IndexedCyclicIterator.column_minibatches` (one gather per column and
+        pass, plain dicts), the module-id check, Ray's two Prometheus counters and the
+        steps-trained counters run once per update with the update's totals, and with
+        one module and one optimizer the step itself skips RLlib's per-minibatch
+        gradient dicts (:meth:`_gradient_step`). Seeded weights and every reported
+        metric are those of RLlib's loop, bit for bit (tested).
+
+        RLlib's own ``update`` runs instead for data iterators (Ray Data), a compiled
+        update (``torch_compile_learner``) and when ``own_update_loop`` is ``False``.
+        """
+        if (
+            not self.own_update_loop
+            or data_iterators
+            or (training_data is not None and training_data.data_iterators)
+            or self._torch_compile_complete_update
+        ):
+            return super().update(
+                batch=batch,
+                batches=batches,
+                batch_refs=batch_refs,
+                episodes=episodes,
+                episodes_refs=episodes_refs,
+                data_iterators=data_iterators,
+                training_data=training_data,
+                timesteps=timesteps,
+                num_total_minibatches=num_total_minibatches,
+                num_epochs=num_epochs,
+                minibatch_size=minibatch_size,
+                shuffle_batch_per_epoch=shuffle_batch_per_epoch,
+                _no_metrics_reduce=_no_metrics_reduce,
+                **kwargs,
+            )
+        self._check_is_built()
+        self.before_gradient_based_update(timesteps=timesteps or {})
+        if training_data is None:
+            training_data = TrainingData(
+                batch=batch,
+                batches=batches,
+                batch_refs=batch_refs,
+                episodes=episodes,
+                episodes_refs=episodes_refs,
+            )
+        training_data.validate()  # type: ignore[no-untyped-call]  # RLlib is untyped
+        training_data.solve_refs()  # type: ignore[no-untyped-call]  # RLlib is untyped
+        if training_data.batches is not None:  # pragma: no cover - RLlib's own invariant
+            raise ValueError("Learner.update: training_data.batches must be None")
+        self._weights_seq_no += 1
+        iterator = self._create_iterator_if_necessary(
+            training_data=training_data,
+            num_total_minibatches=num_total_minibatches,
+            num_epochs=num_epochs,
+            minibatch_size=minibatch_size,
+            shuffle_batch_per_epoch=shuffle_batch_per_epoch,
+            **kwargs,
+        )
+        if isinstance(iterator, IndexedCyclicIterator):
+            loss_per_module = self._run_column_minibatches(iterator)
+        else:
+            loss_per_module = self._run_minibatches(iterator)
+        # RLlib logs the total loss of the last minibatch only (window one).
+        for module_id, loss in loss_per_module.items():
+            self.metrics.log_value(key=(module_id, self.TOTAL_LOSS_KEY), value=loss, window=1)
+        self.after_gradient_based_update(timesteps=timesteps or {})
+        if _no_metrics_reduce:
+            return None
+        return self.metrics.reduce()
+
+    def _check_module_ids(self, module_ids: Iterable[Any]) -> None:
+        """RLlib's check: every module id of the batch is one of this Learner's modules."""
+        unknown = set(module_ids) - set(self.module.keys())
+        if unknown:
+            raise ValueError(
+                f"Batch contains one or more ModuleIDs ({unknown}) that are not in this Learner!"
+            )
+
+    def _run_minibatches(self, iterator: Iterable[MultiAgentBatch]) -> dict[Any, Any]:
+        """RLlib's per-minibatch steps over RLlib's iterator (batches the index cycle skips)."""
+        loss_per_module: dict[Any, Any] = {}
+        for minibatch in iterator:
+            self._check_module_ids(minibatch.policy_batches)
+            with TimerAndPrometheusLogger(self._metrics_learner_inner_update):
+                _, loss_per_module, _ = self._update(minibatch.policy_batches)
+            self._log_metrics(batch=minibatch)
+            self._log_steps_trained_metrics(minibatch)
+            self._set_slicing_by_batch_id(minibatch, value=False)
+        return loss_per_module
+
+    def _run_column_minibatches(self, iterator: IndexedCyclicIterator) -> dict[Any, Any]:
+        """The minibatch loop over the index cycle, the per-update bookkeeping done once.
+
+        RLlib's per-minibatch Prometheus histogram of the step's time is kept (one
+        observation per minibatch); its two counters and the steps-trained counters get
+        the update's sums once (the same totals: every minibatch counts the whole batch's
+        env steps, as RLlib's iterators report them, and its own rows).
+        """
+        batch = iterator._batch
+        self._check_module_ids(batch.policy_batches)
+        step = self._gradient_step_plan(batch)
+        timer = self._metrics_learner_inner_update
+        loss_per_module: dict[Any, Any] = {}
+        made = 0
+        rows = dict.fromkeys(batch.policy_batches, 0)
+        for minibatch in iterator.column_minibatches():
+            with TimerAndPrometheusLogger(timer):
+                if step is None:
+                    _, loss_per_module, _ = self._update(minibatch)
+                else:
+                    loss_per_module = self._gradient_step(minibatch, *step)
+            made += 1
+            for module_id, columns in minibatch.items():
+                rows[module_id] += len(next(iter(columns.values())))
+        env_steps = made * int(batch.env_steps())
+        if env_steps > 0:
+            self._metrics_all_modules_num_env_steps_trained.inc(value=env_steps)
+            self._metrics_all_modules_num_module_steps_trained.inc(value=sum(rows.values()))
+        for module_id, count in rows.items():
+            counts = self._pending_module_steps.setdefault(module_id, [0, 0])
+            counts[0] += made
+            counts[1] += count
+        self._pending_env_steps += env_steps
+        return loss_per_module
+
+    _GRADIENT_HOOKS: ClassVar[tuple[str, ...]] = (
+        "_update",
+        "_uncompiled_update",
+        "compute_gradients",
+        "postprocess_gradients",
+        "postprocess_gradients_for_module",
+        "apply_gradients",
+        "filter_param_dict_for_optimizer",
+    )
+
+    def _gradient_step_plan(self, batch: MultiAgentBatch) -> tuple[Any, ...] | None:
+        """What :meth:`_gradient_step` needs, or ``None`` where RLlib's ``_update`` must run.
+
+        The lean step covers one module with one optimizer, no grad scaler, no torch LR
+        scheduler, one Learner (no DDP), gradients clipped by global norm or not at all
+        (without gradient logging), and a class that keeps this Learner's gradient hooks
+        (a subclass overriding one of them gets RLlib's ``_update`` and its hooks).
+        """
+        cls = type(self)
+        if any(
+            getattr(cls, name) is not getattr(PulsePPOTorchLearner, name)
+            for name in self._GRADIENT_HOOKS
+        ):
+            return None
+        if (
+            self._grad_scalers is not None
+            or self._lr_scheduler_classes is not None
+            or self.config.num_learners > 1
+            or len(batch.policy_batches) != 1
+            or len(self._module_optimizers) != 1
+        ):
+            return None
+        (module_id,) = batch.policy_batches
+        optimizers = self.get_optimizers_for_module(module_id)
+        if len(optimizers) != 1:
+            return None
+        ((name, optimizer),) = optimizers
+        config = self.config.get_config_for_module(module_id)
+        clip: float | None
+        if config.grad_clip and config.grad_clip_by == "global_norm":
+            clip = float(config.grad_clip)  # postprocess_gradients_for_module's clip
+        elif config.grad_clip is None and not config.log_gradients:
+            clip = None  # RLlib passes the gradients through
+        else:
+            return None
+        refs = list(self._optimizer_parameters[optimizer])
+        params = [self._params[ref] for ref in refs]
+        norm_key = (module_id, f"gradients_{name}_global_norm")
+        return module_id, optimizer, refs, params, clip, norm_key
+
+    def _gradient_step(
+        self,
+        minibatch: dict[Any, dict[str, Any]],
+        module_id: Any,
+        optimizer: torch.optim.Optimizer,
+        refs: list[Any],
+        params: list[torch.Tensor],
+        clip: float | None,
+        norm_key: tuple[Any, str],
+    ) -> dict[Any, Any]:
+        """One SGD step on ``minibatch``: RLlib's ``_uncompiled_update`` for one module.
+
+        The same calls on the same tensors in the same order (off-policyness, the
+        module's ``forward_train``, :meth:`compute_losses`, gradients zeroed and the
+        loss backpropagated, the global-norm clip of :meth:`postprocess_gradients_for_module`,
+        the optimizer step), without RLlib's per-step dicts of gradients keyed by
+        parameter, filtered per optimizer and set back on the parameters they came
+        from. A non-finite gradient goes to RLlib's ``apply_gradients`` (NaNs zeroed,
+        warning), as in :meth:`apply_gradients`.
+        """
+        self._compute_off_policyness(minibatch)
+        fwd_out = self.module.forward_train(minibatch)
+        loss_per_module: dict[Any, Any] = self.compute_losses(fwd_out=fwd_out, batch=minibatch)
+        optimizer.zero_grad(set_to_none=True)
+        loss = loss_per_module[module_id]
+        if loss.grad_fn is None:  # every parameter frozen: RLlib steps with no gradients
+            if clip is not None:  # and its clip logs the norm of none: 0
+                self._pending_grad_norms[norm_key] = clip_by_global_norm([], clip)[0]
+            PPOTorchLearner.apply_gradients(self, {})
+            return loss_per_module
+        loss.backward()
+        grads = [(ref, p.grad) for ref, p in zip(refs, params, strict=True) if p.grad is not None]
+        present = [grad for _, grad in grads]
+        if clip is not None:
+            norm, finite = clip_by_global_norm(present, clip)
+            self._pending_grad_norms[norm_key] = norm
+            ok = bool(finite)
+        else:
+            ok = all_finite(present)
+        if ok:
+            optimizer.step()
+        else:
+            PPOTorchLearner.apply_gradients(self, dict(grads))
+        return loss_per_module
+
+    def _action_dist(self, dist_cls: Any, logits: torch.Tensor) -> Any:
+        """The loss's action distribution: :class:`DiagGaussianTerms` or RLlib's object.
+
+        :class:`DiagGaussianTerms` for RLlib's ``TorchDiagGaussian`` unless
+        ``gaussian_terms`` is ``False``; any other class's ``from_logits``.
+        """
+        if self.gaussian_terms and dist_cls is TorchDiagGaussian:
+            return DiagGaussianTerms(logits)
+        return dist_cls.from_logits(logits)
+
     def _create_iterator_if_necessary(self, **kwargs: Any) -> Any:
         """RLlib's minibatch iterator, replaced by :class:`IndexedCyclicIterator` if it fits."""
         iterator = super()._create_iterator_if_necessary(**kwargs)
@@ -603,3 +1027,16 @@ class PulsePPOTorchLearner(PPOTorchLearner):
         for module_id, optimizer_names in self._module_optimizers.items():
             for name in optimizer_names:
                 self.get_optimizer(module_id, name).step()
+
+
+class RLlibLoopPPOTorchLearner(PulsePPOTorchLearner):
+    """:class:`PulsePPOTorchLearner` with RLlib's ``Learner.update`` loop and distributions.
+
+    The Learner as it was before its own minibatch loop and :class:`DiagGaussianTerms`
+    (``own_update_loop = False``, ``gaussian_terms = False``): the same weights and
+    metrics at a higher cost per minibatch. The baseline of ``pulsebms-bench ray
+    --ab-learner`` / ``--rllib-update-loop``.
+    """
+
+    own_update_loop: ClassVar[bool] = False
+    gaussian_terms: ClassVar[bool] = False

@@ -50,8 +50,13 @@ Each phase gives two throughputs in env steps per second:
 Per sampler it also prints the env's own CPU time per step (a timing wrapper in front of
 the shielded env, the same in both) and the rest, the sampler's overhead per step; for
 training, the update's CPU time per env step. Targets (issue 11): RLlib 1 runner ≥ SB3;
-2 runners ≥ 1.6× 1 runner. They are printed, not asserted. The last line is
-``RESULT {json}``.
+2 runners ≥ 1.6× 1 runner. They are printed, not asserted: a **verdict** per training
+ratio (busy and wall) gives the median of the per-round ratios, a 95 % two-stage bootstrap
+interval (:func:`bootstrap_median_interval`) and whether the target is met (the interval at
+or above it), not met (below it) or not shown (inside it). ``--repeat N`` builds and runs
+the samplers N times (seeds ``seed`` … ``seed+N-1``), so that the interval holds the
+run-to-run spread (other policies, other shield work, other load), not only the rounds'.
+The last line is ``RESULT {json}``.
 
 Example:
     $ pulsebms-bench ray --quick
@@ -72,7 +77,7 @@ from typing import Any
 
 import gymnasium as gym
 
-__all__ = ["Block", "main"]
+__all__ = ["Block", "bootstrap_median_interval", "main", "round_ratios"]
 
 ENV_ID = "PulseBMS/FleetSmall-v0"
 ENV_KWARGS: dict[str, Any] = {"dt_s": 900.0, "horizon_steps": 96, "fidelity": "ecm"}
@@ -223,6 +228,7 @@ class _RLlib:
         compile_learner: bool = False,
         fused_adam: bool = False,
         compile_warmup_iterations: int = COMPILE_WARMUP_ITERATIONS,
+        learner_class: type[Any] | None = None,
     ):
         from ray.tune.registry import register_env
 
@@ -251,6 +257,7 @@ class _RLlib:
             config_hook=timed_env,
             torch_compile_learner=compile_learner,
             fused_adam=fused_adam,
+            learner_class=learner_class,
         )
         group = self.algo.env_runner_group
         if group is None:  # pragma: no cover - built with remote env runners
@@ -465,6 +472,27 @@ def main(argv: list[str] | None = None) -> int:
         help="RLlib rows: torch's fused Adam in the PPO Learner (ray.fused_adam=true)",
     )
     parser.add_argument(
+        "--repeat",
+        type=int,
+        default=1,
+        metavar="N",
+        help="build and run the samplers N times (seeds seed..seed+N-1) and give the verdict "
+        "over all runs' per-round ratios (median, 95%% bootstrap interval over runs and "
+        "rounds)",
+    )
+    parser.add_argument(
+        "--rllib-update-loop",
+        action="store_true",
+        help="RLlib rows: RLlib's Learner.update loop and distribution objects "
+        "(RLlibLoopPPOTorchLearner, the Learner before round 9) instead of the Learner's own",
+    )
+    parser.add_argument(
+        "--ab-learner",
+        action="store_true",
+        help="add a row: RLlib 1 runner with RLlibLoopPPOTorchLearner (A/B of the Learner's "
+        "own loop, interleaved in the same rounds)",
+    )
+    parser.add_argument(
         "--account",
         action="store_true",
         help="instead of the rounds: CPU per env step of named pieces of a training "
@@ -535,44 +563,41 @@ def main(argv: list[str] | None = None) -> int:
         f"{'fused' if fused_adam else 'foreach'} (SB3: eager, Adam's default)"
     )
     if args.account:
-        return _account(args, work, loss, session, compile_learner)
+        return _account(
+            args, work, loss, session, compile_learner, _learner_class(args.rllib_update_loop)
+        )
     if args.long:
         return _long(args, work, loss, session)
-    names = ("sb3_ppo", "rllib_local_runner", "rllib_1_runner", "rllib_2_runners")
-    rows = {name: _Row() for name in names}
-    samplers: dict[str, Any] = {}
-    # Three runner actors of one (logical) CPU each; idle ones cost no CPU.
-    with _bench_ray(session, min_cpus=3):
-        try:
-            samplers["sb3_ppo"] = _SB3(**work)
-            for name, runners in (
-                ("rllib_local_runner", 0),
-                ("rllib_1_runner", 1),
-                ("rllib_2_runners", 2),
-            ):
-                samplers[name] = _RLlib(
-                    runners=runners,
-                    loss=loss,
-                    compile_learner=compile_learner,
-                    fused_adam=fused_adam,
-                    **work,
-                )
-            if compile_learner:
-                warmups = {n: s.compile_warmup_s for n, s in samplers.items() if n != "sb3_ppo"}
-                print(
-                    f"compile warm-up ({COMPILE_WARMUP_ITERATIONS} iterations each, wall s): "
-                    + ", ".join(f"{n} {t:.1f}" for n, t in warmups.items())
-                )
-            _rounds(samplers, "sample", sample_rounds, rows)
-            _rounds(samplers, "train", train_rounds, rows)
-        finally:
-            for sampler in samplers.values():
-                sampler.close()
+    learner_class = _learner_class(bool(args.rllib_update_loop))
+    repeats = int(args.repeat)
+    if repeats < 1:
+        parser.error("--repeat must be >= 1")
+    runs: list[dict[str, _Row]] = []
+    for index in range(repeats):
+        seed = int(work["seed"]) + index
+        if repeats > 1:
+            print(f"run {index + 1}/{repeats}: seed {seed}, load {_load()}", flush=True)
+        runs.append(
+            _one_run(
+                {**work, "seed": seed},
+                loss=loss,
+                session=session,
+                compile_learner=compile_learner,
+                fused_adam=fused_adam,
+                learner_class=learner_class,
+                ab_learner=bool(args.ab_learner),
+                rounds=(sample_rounds, train_rounds),
+            )
+        )
+    rows = _pooled(runs)
     summary = _summary(rows)
     ratios = _ratios(rows, summary)
     _print_table(summary, print)
     for key, value in ratios.items():
         print(f"{key:>30}: {value:5.2f}×")
+    verdicts = _verdicts(runs)
+    for line in _verdict_lines(verdicts, repeats=repeats, rounds=train_rounds):
+        print(line)
     print(
         "targets: 1 runner ≥ SB3 (ratio ≥ 1), 2 runners ≥ 1.6× 1 runner; 1 runner = one "
         "remote EnvRunner process (num_env_runners=1), the local runner row "
@@ -590,11 +615,207 @@ def main(argv: list[str] | None = None) -> int:
         "ray_task_events": task_events,
         "compile_learner": compile_learner,
         "fused_adam": fused_adam,
+        "learner_loop": "rllib" if args.rllib_update_loop else "own",
+        "repeat": repeats,
         **{name: {k: round(v, 3) for k, v in f.items()} for name, f in summary.items()},
         **{k: round(v, 3) for k, v in ratios.items()},
+        "verdict": verdicts,
     }
     print("RESULT " + json.dumps(result, sort_keys=True))
     return 0
+
+
+def _learner_class(rllib_update_loop: bool) -> type[Any] | None:
+    """The RLlib rows' Learner: the default, or RLlib's loop (``--rllib-update-loop``)."""
+    if not rllib_update_loop:
+        return None
+    from pulsebms.agents.rllib_learner import RLlibLoopPPOTorchLearner
+
+    cls: type[Any] = RLlibLoopPPOTorchLearner
+    return cls
+
+
+AB_ROW = "rllib_1_runner_rllib_loop"
+"""``--ab-learner``'s row: RLlib 1 runner with :class:`RLlibLoopPPOTorchLearner`."""
+
+
+def _one_run(
+    work: Mapping[str, Any],
+    *,
+    loss: Mapping[str, Any],
+    session: Mapping[str, bool],
+    compile_learner: bool,
+    fused_adam: bool,
+    learner_class: type[Any] | None,
+    ab_learner: bool,
+    rounds: tuple[int, int],
+) -> dict[str, _Row]:
+    """Build every sampler in a private Ray, run the interleaved rounds, close them."""
+    names = ["sb3_ppo", "rllib_local_runner", "rllib_1_runner", "rllib_2_runners"]
+    specs: list[tuple[str, int, type[Any] | None]] = [
+        ("rllib_local_runner", 0, learner_class),
+        ("rllib_1_runner", 1, learner_class),
+        ("rllib_2_runners", 2, learner_class),
+    ]
+    if ab_learner:
+        from pulsebms.agents.rllib_learner import RLlibLoopPPOTorchLearner
+
+        names.append(AB_ROW)
+        specs.append((AB_ROW, 1, RLlibLoopPPOTorchLearner))
+    rows = {name: _Row() for name in names}
+    samplers: dict[str, Any] = {}
+    # Runner actors of one (logical) CPU each; idle ones cost no CPU.
+    with _bench_ray(session, min_cpus=3 + int(ab_learner)):
+        try:
+            samplers["sb3_ppo"] = _SB3(**work)
+            for name, runners, cls in specs:
+                samplers[name] = _RLlib(
+                    runners=runners,
+                    loss=loss,
+                    compile_learner=compile_learner,
+                    fused_adam=fused_adam,
+                    learner_class=cls,
+                    **work,
+                )
+            if compile_learner:
+                warmups = {n: s.compile_warmup_s for n, s in samplers.items() if n != "sb3_ppo"}
+                print(
+                    f"compile warm-up ({COMPILE_WARMUP_ITERATIONS} iterations each, wall s): "
+                    + ", ".join(f"{n} {t:.1f}" for n, t in warmups.items())
+                )
+            _rounds(samplers, "sample", rounds[0], rows)
+            _rounds(samplers, "train", rounds[1], rows)
+        finally:
+            for sampler in samplers.values():
+                sampler.close()
+    return rows
+
+
+def _pooled(runs: list[dict[str, _Row]]) -> dict[str, _Row]:
+    """Every run's blocks, per sampler, one run after the other."""
+    pooled = {name: _Row() for name in runs[0]}
+    for rows in runs:
+        for name, row in rows.items():
+            pooled[name].sample.extend(row.sample)
+            pooled[name].train.extend(row.train)
+    return pooled
+
+
+def round_ratios(num: list[Block], den: list[Block], kind: str) -> list[float]:
+    """Per-round ratios of two samplers' throughputs (blocks of the same rounds, in order)."""
+    return [_rate(a, kind) / _rate(b, kind) for a, b in zip(num, den, strict=True)]
+
+
+def bootstrap_median_interval(
+    groups: list[list[float]], *, level: float = 0.95, resamples: int = 4000, seed: int = 0
+) -> tuple[float, float, float]:
+    """The median of all values and a percentile bootstrap interval for it.
+
+    Two-stage (cluster) bootstrap for rounds nested in runs: each resample draws the runs
+    with replacement, then each drawn run's rounds with replacement, and takes the median
+    of the values drawn. Run-to-run differences (another build, another seed, another
+    load) then widen the interval as they should; with one run it is the ordinary
+    bootstrap of that run's rounds (the run-to-run spread is then not covered). Seeded:
+    the same values give the same interval.
+
+    Args:
+        groups: Per run, its per-round values (each non-empty).
+        level: Coverage of the interval.
+        resamples: Bootstrap resamples.
+        seed: Seed of the resampling.
+
+    Returns:
+        ``(median, low, high)``.
+
+    Raises:
+        ValueError: Without values, or with an empty run.
+
+    Example:
+        >>> m, lo, hi = bootstrap_median_interval([[1.0, 1.1, 0.9], [1.2, 1.0, 1.05]])
+        >>> m, lo <= m <= hi
+        (1.025, True)
+    """
+    import numpy as np
+
+    if not groups or any(len(g) == 0 for g in groups):
+        raise ValueError("bootstrap_median_interval needs at least one run, each with values")
+    arrays = [np.asarray(g, dtype=float) for g in groups]
+    median = float(np.median(np.concatenate(arrays)))
+    rng = np.random.default_rng(seed)
+    medians = np.empty(resamples)
+    for i in range(resamples):
+        picked = rng.integers(len(arrays), size=len(arrays))
+        drawn = [arrays[j][rng.integers(len(arrays[j]), size=len(arrays[j]))] for j in picked]
+        medians[i] = np.median(np.concatenate(drawn))
+    tail = (1.0 - level) / 2.0
+    low, high = np.quantile(medians, [tail, 1.0 - tail])
+    return median, float(low), float(high)
+
+
+MIN_VERDICT_ROUNDS = 8
+"""Fewer training rounds (over all runs) give an interval but no verdict on the target."""
+
+VERDICT_PAIRS: dict[str, tuple[str, str, float | None]] = {
+    "train_1_runner_over_sb3": ("rllib_1_runner", "sb3_ppo", 1.0),
+    "train_2_over_1_runner": ("rllib_2_runners", "rllib_1_runner", 1.6),
+    "train_own_loop_over_rllib_loop": ("rllib_1_runner", AB_ROW, None),
+}
+"""Training ratios the verdict covers: (numerator, denominator, target or None)."""
+
+
+def _verdicts(runs: list[dict[str, _Row]]) -> dict[str, dict[str, Any]]:
+    """Per training ratio and kind: median, 95 % interval, target and whether it is met."""
+    out: dict[str, dict[str, Any]] = {}
+    for label, (num, den, target) in VERDICT_PAIRS.items():
+        if num not in runs[0] or den not in runs[0]:
+            continue
+        for kind in ("busy", "wall"):
+            groups = [round_ratios(r[num].train, r[den].train, kind) for r in runs]
+            median, low, high = bootstrap_median_interval(groups)
+            if target is None:
+                verdict = "no target"
+            elif sum(len(g) for g in groups) < MIN_VERDICT_ROUNDS:
+                verdict = "too few rounds"
+            elif low >= target:
+                verdict = "met"
+            elif high < target:
+                verdict = "not met"
+            else:
+                verdict = "not shown"
+            out[f"{label}_{kind}"] = {
+                "median": round(median, 3),
+                "low": round(low, 3),
+                "high": round(high, 3),
+                "target": target,
+                "verdict": verdict,
+                "rounds": sum(len(g) for g in groups),
+            }
+    return out
+
+
+def _verdict_lines(
+    verdicts: Mapping[str, Mapping[str, Any]], *, repeats: int, rounds: int
+) -> list[str]:
+    """The verdict, one line per ratio: median [95 % interval], target, met or not."""
+    meaning = {
+        "met": "met (the interval lies at or above the target)",
+        "not met": "not met (the interval lies below the target)",
+        "not shown": "not shown (the interval contains the target)",
+        "no target": "",
+        "too few rounds": f"no verdict (fewer than {MIN_VERDICT_ROUNDS} rounds in all)",
+    }
+    lines = [
+        f"verdict: training ratios, median of per-round ratios over {repeats} run(s) × "
+        f"{rounds} round(s), 95 % two-stage bootstrap interval (runs, then rounds)"
+        + ("" if repeats > 1 else "; one run: the run-to-run spread is not in the interval")
+    ]
+    for key, v in verdicts.items():
+        target = "" if v["target"] is None else f", target ≥ {v['target']}: "
+        lines.append(
+            f"  {key:>36}: {v['median']:.3f}× [{v['low']:.3f}, {v['high']:.3f}]"
+            f"{target}{meaning[v['verdict']]}"
+        )
+    return lines
 
 
 @contextlib.contextmanager
@@ -625,6 +846,7 @@ def _account(
     loss: Mapping[str, Any],
     session: Mapping[str, bool],
     compile_learner: bool,
+    learner_class: type[Any] | None = None,
 ) -> int:
     """``--account``: :func:`pulsebms.benchmarks.ray_account.account`, printed."""
     from pulsebms.benchmarks.ray_account import account, print_account
@@ -632,7 +854,11 @@ def _account(
     load_start = _load()
     with _bench_ray(session, min_cpus=2):
         out = account(
-            iterations=int(args.iterations), work=work, loss=loss, compile_learner=compile_learner
+            iterations=int(args.iterations),
+            work=work,
+            loss=loss,
+            compile_learner=compile_learner,
+            learner_class=learner_class,
         )
     print(f"CPU ms per env step, medians of {args.iterations} iterations each, interleaved")
     print_account(out)
@@ -645,6 +871,7 @@ def _account(
         "envs_per_sampler": work["n_envs"],
         "batch": work["batch"],
         "compile_learner": compile_learner,
+        "learner_loop": "rllib" if learner_class is not None else "own",
         "iterations": int(args.iterations),
         "sb3_ms_per_step": round(out["sb3_total_ms_per_step"], 4),
         "rllib_ms_per_step": round(out["rllib_total_ms_per_step"], 4),

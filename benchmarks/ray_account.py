@@ -208,6 +208,7 @@ def _install_rllib_driver_spans(algo: Any, spans: Spans) -> None:
     spans.patch(learner, "_log_steps_trained_metrics", "steps_trained_per_minibatch")
     spans.patch(learner, "_set_slicing_by_batch_id", "slicing_flags")
     spans.patch(learner, "_update", "minibatch_update")
+    spans.patch(learner, "_gradient_step", "minibatch_update")  # the own loop's step
     spans.patch(learner, "after_gradient_based_update", "after_update")
     spans.patch(learner.metrics, "reduce", "learner_metrics_reduce")
     spans.patch(algo.env_runner_group, "sync_weights", "sync_weights")
@@ -391,6 +392,7 @@ def account(
     work: Mapping[str, Any],
     loss: Mapping[str, Any],
     compile_learner: bool = False,
+    learner_class: type[Any] | None = None,
 ) -> dict[str, Any]:
     """Build SB3 and RLlib (1 remote runner), alternate ``iterations`` training iterations.
 
@@ -402,7 +404,13 @@ def account(
     from pulsebms.benchmarks.ray import _SB3, _RLlib
 
     sb3 = _SB3(**work)
-    rl = _RLlib(runners=1, loss=loss, compile_learner=compile_learner, **work)
+    rl = _RLlib(
+        runners=1,
+        loss=loss,
+        compile_learner=compile_learner,
+        learner_class=learner_class,
+        **work,
+    )
     sb3_spans, driver_spans = Spans(), Spans()
     try:
         on_main = rl.group.foreach_env_runner(_install_runner_spans, local_env_runner=False)

@@ -27,6 +27,7 @@ from pulsebms.agents.rllib_connectors import (
     BatchedMeanStdFilter,
     BatchedNormalizeAndClipActions,
     BatchObservationsForModule,
+    FlatTensorToNumpy,
     GaussianGetActions,
     ListifyBatchForVectorEnv,
     batch_module_to_env,
@@ -195,6 +196,31 @@ def test_gaussian_get_actions_draws_what_rllibs_get_actions_draws(explore: bool)
         assert torch.equal(ours, theirs)  # same values, same random draws consumed
 
 
+def test_flat_tensor_to_numpy_converts_as_rllibs_piece() -> None:
+    from ray.rllib.connectors.common.tensor_to_numpy import TensorToNumpy
+
+    generator = torch.Generator().manual_seed(0)
+    flat = {
+        "actions": torch.randn(4, 2, generator=generator),
+        "action_logp": torch.randn(4, generator=generator, dtype=torch.float64),
+        "steps": torch.arange(4),
+        "done": torch.tensor([True, False, True, False]),
+    }
+    nested = {"outer": {"x": torch.ones(2)}, "scalar": torch.tensor(1.0)}
+    for batch in (flat, nested):
+        ours = FlatTensorToNumpy()(rl_module=None, batch=dict(batch), episodes=[])
+        rllibs = TensorToNumpy()(rl_module=None, batch=dict(batch), episodes=[])
+        assert ours.keys() == rllibs.keys()
+        for key in ours:
+            if isinstance(ours[key], dict):
+                np.testing.assert_array_equal(ours[key]["x"], rllibs[key]["x"])
+                continue
+            assert type(ours[key]) is type(rllibs[key])
+            if isinstance(ours[key], np.ndarray):
+                assert ours[key].dtype == rllibs[key].dtype, key
+            np.testing.assert_array_equal(ours[key], rllibs[key], err_msg=key)
+
+
 def test_listify_gives_per_env_rows_and_batched_actions() -> None:
     actions = np.arange(6.0).reshape(2, 3)
     batch = {
@@ -256,6 +282,7 @@ def test_only_rllibs_default_stateless_pipeline_is_rewritten() -> None:
     assert batch_module_to_env(pipeline, stateful=False, multi_agent=False) is True
     kinds = [type(p) for p in pipeline.connectors]
     assert kinds[0] is GaussianGetActions
+    assert kinds[1] is FlatTensorToNumpy
     assert kinds[2:] == [
         BatchedNormalizeAndClipActions,
         ListifyBatchForVectorEnv,

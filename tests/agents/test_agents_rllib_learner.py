@@ -32,6 +32,7 @@ from pulsebms.agents.rllib_learner import (
     FUSED_ADAM_KEY,
     IndexedCyclicIterator,
     PulsePPOTorchLearner,
+    RLlibLoopPPOTorchLearner,
     all_finite,
     without_masked_rows,
 )
@@ -84,27 +85,38 @@ def test_indexed_iterator_yields_rllibs_minibatches(
     columns = _columns(rows)
     columns["weights_seq_no"] = np.arange(rows)  # an integer column too
     runs = []
-    for cls in (MiniBatchCyclicIterator, IndexedCyclicIterator):
+    for cls, columns_only in (
+        (MiniBatchCyclicIterator, False),
+        (IndexedCyclicIterator, False),
+        (IndexedCyclicIterator, True),  # the Learner's loop: gathered per pass, plain dicts
+    ):
         batch = MultiAgentBatch({MODULE: SampleBatch(dict(columns))}, env_steps=rows)
-        np.random.seed(7)  # noqa: NPY002  # both shuffle with the global numpy state, as RLlib does
-        runs.append(
-            _minibatches(
-                cls(
-                    batch,
-                    num_epochs=num_epochs,
-                    minibatch_size=minibatch_size,
-                    shuffle_batch_per_epoch=shuffle,
-                    num_total_minibatches=total,
-                )
-            )
+        np.random.seed(7)  # noqa: NPY002  # all shuffle with the global numpy state, as RLlib does
+        iterator = cls(
+            batch,
+            num_epochs=num_epochs,
+            minibatch_size=minibatch_size,
+            shuffle_batch_per_epoch=shuffle,
+            num_total_minibatches=total,
         )
+        if columns_only:
+            runs.append(
+                [
+                    {k: np.asarray(v).copy() for k, v in mb[MODULE].items()}
+                    for mb in iterator.column_minibatches()
+                ]
+            )
+        else:
+            runs.append(_minibatches(iterator))
         runs[-1].append({"next_draw": np.random.random(1)})  # noqa: NPY002  # same RNG use after
-    rllib, indexed = runs
-    assert len(indexed) == len(rllib) > 1
-    for a, b in zip(rllib, indexed, strict=True):
-        assert a.keys() == b.keys()
-        for key in a:
-            np.testing.assert_array_equal(a[key], b[key], err_msg=key)
+    rllib = runs[0]
+    assert len(rllib) > 1
+    for other in runs[1:]:
+        assert len(other) == len(rllib)
+        for a, b in zip(rllib, other, strict=True):
+            assert a.keys() == b.keys()
+            for key in a:
+                np.testing.assert_array_equal(a[key], b[key], err_msg=key)
 
 
 def test_indexed_iterator_gathers_torch_columns_and_rejects_what_it_does_not_cover() -> None:
@@ -115,6 +127,20 @@ def test_indexed_iterator_gathers_torch_columns_and_rejects_what_it_does_not_cov
     obs = first.policy_batches[MODULE][Columns.OBS]
     assert isinstance(obs, torch.Tensor)
     assert obs.shape == (4, 5)
+
+    # The Learner's path: tensor minibatches, contiguous, across pass ends too.
+    np.random.seed(3)  # noqa: NPY002
+    gathered = list(
+        IndexedCyclicIterator(multi, minibatch_size=4, num_epochs=2).column_minibatches()
+    )
+    np.random.seed(3)  # noqa: NPY002
+    indexed = list(IndexedCyclicIterator(multi, minibatch_size=4, num_epochs=2))
+    assert len(gathered) == len(indexed) == 5  # 20 rows: the third runs across a pass end
+    for plain, batch in zip(gathered, indexed, strict=True):
+        for key, value in plain[MODULE].items():
+            assert isinstance(value, torch.Tensor)
+            assert value.is_contiguous()
+            assert torch.equal(value, batch.policy_batches[MODULE][key])
 
     with_lists = SampleBatch({Columns.OBS: np.zeros((3, 5)), Columns.INFOS: [{}, {}, {}]})
     assert not IndexedCyclicIterator.supports(MultiAgentBatch({MODULE: with_lists}, 3))
@@ -255,6 +281,72 @@ def test_pulse_learner_updates_bit_for_bit_as_rllibs(nan_obs: bool, loss: dict[s
     )
 
 
+class _OwnClipLearner(PulsePPOTorchLearner):
+    """Overrides a gradient hook: the own loop must call RLlib's ``_update`` and its hooks."""
+
+    calls = 0
+
+    def postprocess_gradients_for_module(self, **kwargs: Any) -> dict[Any, Any]:
+        type(self).calls += 1
+        return super().postprocess_gradients_for_module(**kwargs)
+
+
+@pytest.mark.parametrize("loss", [{}, SB3_LOSS], ids=["rllib-loss", "sb3-loss"])
+def test_own_update_loop_is_rllibs_loop_bit_for_bit(loss: dict[str, Any]) -> None:
+    columns = _columns(100, seed=5)  # with masked rows; 9 minibatches over 3 passes
+    reference = _update(RLlibLoopPPOTorchLearner, columns, **loss)
+    _assert_same(reference, _update(PulsePPOTorchLearner, columns, **loss))
+    _OwnClipLearner.calls = 0
+    _assert_same(reference, _update(_OwnClipLearner, columns, **loss))
+    assert _OwnClipLearner.calls == 9  # one per minibatch, through RLlib's _update
+    # The default Learner takes the lean gradient step for these losses.
+    batch = MultiAgentBatch({MODULE: SampleBatch(dict(columns))}, env_steps=100)
+    assert _learner(PulsePPOTorchLearner, **loss)._gradient_step_plan(batch) is not None
+    assert _learner(_OwnClipLearner, **loss)._gradient_step_plan(batch) is None
+
+
+def test_own_update_loop_with_every_parameter_frozen_is_rllibs_loop() -> None:
+    columns = _columns(40, seed=2)
+    runs = []
+    for cls in (RLlibLoopPPOTorchLearner, PulsePPOTorchLearner):
+        learner = _learner(cls, **SB3_LOSS)
+        for param in learner.module[MODULE].parameters():
+            param.requires_grad_(False)  # the loss has no graph: no gradients, a bare step
+        np.random.seed(1)  # noqa: NPY002
+        result = learner.update(
+            batch=MultiAgentBatch({MODULE: SampleBatch(dict(columns))}, env_steps=40),
+            timesteps={"num_env_steps_sampled_lifetime": 40},
+            minibatch_size=16,
+            num_epochs=2,
+            shuffle_batch_per_epoch=True,
+        )
+        metrics = {k: float(np.asarray(v.peek())) for k, v in result[MODULE].items()}
+        runs.append((metrics, [p.clone() for p in learner.module[MODULE].parameters()]))
+    _assert_same(*runs)
+
+
+def test_diag_gaussian_terms_are_torch_diag_gaussians_bit_for_bit() -> None:
+    from ray.rllib.core.distribution.torch.torch_distribution import TorchDiagGaussian
+
+    from pulsebms.agents.rllib_learner import DiagGaussianTerms
+
+    generator = torch.Generator().manual_seed(0)
+    logits = torch.randn(64, 6, generator=generator)
+    prev = torch.randn(64, 6, generator=generator)
+    actions = torch.randn(64, 3, generator=generator)
+    outs = []
+    for make in (TorchDiagGaussian.from_logits, DiagGaussianTerms):
+        x = logits.clone().requires_grad_(True)
+        dist, old = make(x), make(prev)
+        terms = (dist.logp(actions), dist.entropy(), old.kl(dist))
+        total = sum(t.square().sum() for t in terms)
+        assert isinstance(total, torch.Tensor)
+        total.backward()
+        outs.append((*(t.detach() for t in terms), x.grad))
+    for a, b in zip(*outs, strict=True):
+        assert torch.equal(a, b)
+
+
 def test_without_masked_rows_keeps_the_rest_and_all_masked_modules() -> None:
     columns = _columns(10)
     columns[Columns.LOSS_MASK][:] = True
@@ -350,18 +442,27 @@ def test_build_uses_the_pulse_runner_learner_and_module(
         PulseEnvRunner,
     )
 
-    ray_tmp = tmp_path_factory.mktemp("ray")  # short: Ray's socket paths are limited
-    with ray_session(num_cpus=1, temp_dir=ray_tmp):
-        algo = build_rllib_algorithm(
+    def build(learner_class: type | None = None) -> Any:
+        return build_rllib_algorithm(
             "pulsebms.envs:PulseBMS/FleetSmall-v0",
             env_kwargs={"horizon_steps": 16, "dt_s": 900.0},
             train_batch_size=32,
-            minibatch_size=16,
+            minibatch_size=20,  # minibatches across pass ends
             num_epochs=2,
             num_envs_per_env_runner=2,
             log_std_init=-0.5,
             seed=0,
+            learner_class=learner_class,
         )
+
+    def trained(algo: Any) -> tuple[list[torch.Tensor], str]:
+        learner = algo.learner_group._learner
+        weights = [p.detach().clone() for p in learner.module[MODULE].parameters()]
+        return weights, repr(algo.env_runner.get_state(components="env_to_module_connector"))
+
+    ray_tmp = tmp_path_factory.mktemp("ray")  # short: Ray's socket paths are limited
+    with ray_session(num_cpus=1, temp_dir=ray_tmp):
+        algo = build()
         try:
             runner = algo.env_runner
             assert isinstance(runner, PulseEnvRunner)
@@ -374,8 +475,22 @@ def test_build_uses_the_pulse_runner_learner_and_module(
             assert np.isfinite(result["learners"][MODULE]["policy_loss"])
             assert not runner.module.training  # the runner's module stays in eval mode
             assert learner.module[MODULE].training
+            algo.train()
+            own = trained(algo)
         finally:
             algo.stop()
+        # Seeded training with RLlib's Learner.update loop: the same weights and filter.
+        reference = build(RLlibLoopPPOTorchLearner)
+        try:
+            assert type(reference.learner_group._learner) is RLlibLoopPPOTorchLearner
+            for _ in range(2):
+                reference.train()
+            rllibs = trained(reference)
+        finally:
+            reference.stop()
+    for a, b in zip(own[0], rllibs[0], strict=True):
+        assert torch.equal(a, b)
+    assert own[1] == rllibs[1]
 
 
 @pytest.mark.parametrize("scale", [1e-3, 1.0, 1e3, float("inf"), float("nan")])

@@ -49,12 +49,55 @@ def test_ray_benchmark_prints_finite_throughput_for_each_sampler(
     assert "Ray task events: off" in out
     assert "RLlib PPO loss: as SB3's PPO" in out
     assert "1 runner = one remote EnvRunner process (num_env_runners=1)" in out
+    assert result["learner_loop"] == "own"
+    assert result["repeat"] == 1
+    verdict = result["verdict"]["train_1_runner_over_sb3_busy"]
+    assert verdict["low"] <= verdict["median"] <= verdict["high"]
+    assert verdict["verdict"] == "too few rounds"  # one round: an interval, no claim
+    assert "verdict: training ratios" in out
     for key in (
         "sample_wall_2_over_1_runner",
         "train_busy_1_runner_over_sb3",
         "train_busy_local_runner_over_sb3",
     ):
         assert math.isfinite(result[key]), key
+
+
+def _run(train_rates: dict[str, list[float]]) -> dict[str, bench._Row]:
+    """One run's rows: training blocks of 1000 steps at the given busy (= wall) rates."""
+    rows = {name: bench._Row() for name in train_rates}
+    for name, rates in train_rates.items():
+        rows[name].train = [bench.Block(1000, 1000 / r, 1000 / r, 0.0) for r in rates]
+    return rows
+
+
+def test_verdict_is_the_median_ratio_with_an_interval_against_the_target() -> None:
+    sb3 = [1000.0, 1010.0, 990.0, 1000.0, 1005.0]
+    faster = [1100.0, 1090.0, 1120.0, 1105.0, 1095.0]  # ~1.1x in every round of every run
+    runs = [
+        _run({"sb3_ppo": sb3, "rllib_1_runner": faster, "rllib_2_runners": [1650.0] * 5})
+        for _ in range(3)
+    ]
+    verdicts = bench._verdicts(runs)
+    one = verdicts["train_1_runner_over_sb3_busy"]
+    assert one["verdict"] == "met"
+    assert one["low"] <= one["median"] <= one["high"]
+    assert one["low"] > 1.0
+    assert one["rounds"] == 15
+    assert verdicts["train_2_over_1_runner_busy"]["verdict"] == "not met"  # ~1.5x < 1.6
+    assert "train_own_loop_over_rllib_loop_busy" not in verdicts  # no --ab-learner row
+    # Runs on either side of parity: the interval contains 1, nothing is claimed.
+    mixed = [
+        _run({"sb3_ppo": sb3, "rllib_1_runner": [r * f for r in sb3], "rllib_2_runners": sb3})
+        for f in (0.92, 1.08, 0.97, 1.03)
+    ]
+    assert bench._verdicts(mixed)["train_1_runner_over_sb3_busy"]["verdict"] == "not shown"
+    # Seeded: the same values give the same interval.
+    assert bench._verdicts(mixed) == bench._verdicts(mixed)
+    lines = bench._verdict_lines(verdicts, repeats=3, rounds=5)
+    assert any("train_1_runner_over_sb3_busy" in line and "met (" in line for line in lines)
+    with pytest.raises(ValueError, match="at least one run"):
+        bench.bootstrap_median_interval([[1.0], []])
 
 
 def test_batch_must_split_over_two_runners() -> None:
