@@ -37,7 +37,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 from hydra.utils import instantiate
@@ -49,8 +49,9 @@ from pulsebms.envs.hold import HOLD_MODES
 __all__ = [
     "BENCHMARKS",
     "DAGGER_POLICIES",
+    "AgentExecution",
     "SuiteRow",
-    "agent_decision_s",
+    "agent_execution",
     "benchmark_config",
     "dagger_policy",
     "ensemble_size",
@@ -965,9 +966,10 @@ def _agent_factories(
                 label=label,
                 experiment=experiment,
             )
-            # the interval it trained at (env.decision_s of its recipe and overrides), which
-            # a recipe variant may set apart from the benchmark's
-            every_s = agent_decision_s(
+            # the interval and hold mode it trained with (env.decision_s / env.hold_mode of
+            # its recipe and overrides), which a recipe variant may set apart from the
+            # benchmark's
+            trained = agent_execution(
                 group[0],
                 int(seed),
                 agent=agent,
@@ -975,28 +977,15 @@ def _agent_factories(
                 overrides=overrides,
                 experiment=experiment,
             )
-            mode = eval_hold_mode or agent_hold_mode(
-                group[0],
-                int(seed),
-                agent=agent,
-                train_steps=train_steps,
-                overrides=overrides,
-                experiment=experiment,
-            )
+            every_s = trained.decision_s
+            mode = eval_hold_mode or trained.hold_mode
             log.info(
                 "suite: %s_seed%d decides every %s s, holds %s (trained holding %s)",
                 row_label or label,
                 seed,
                 every_s,
                 mode,
-                agent_hold_mode(
-                    group[0],
-                    int(seed),
-                    agent=agent,
-                    train_steps=train_steps,
-                    overrides=overrides,
-                    experiment=experiment,
-                ),
+                trained.hold_mode,
             )
             for name in group:
                 out[name][f"{row_label or label}_seed{seed}"] = held_factory(
@@ -1005,7 +994,20 @@ def _agent_factories(
     return out
 
 
-def agent_decision_s(
+class AgentExecution(NamedTuple):
+    """How the suite's agent acts: what its recipe trained with.
+
+    Attributes:
+        decision_s: Its decision interval [s] (``env.decision_s``; ``None``: every plant step).
+        hold_mode: What it holds between decisions (``env.hold_mode``,
+            :mod:`pulsebms.envs.hold`).
+    """
+
+    decision_s: float | None
+    hold_mode: str
+
+
+def agent_execution(
     name: str,
     seed: int,
     *,
@@ -1013,50 +1015,24 @@ def agent_decision_s(
     train_steps: int | None = None,
     overrides: Sequence[str] = (),
     experiment: str = "suite",
-) -> float | None:
-    """The decision interval [s] the suite's agent for ``name``'s fleet trains at.
+) -> AgentExecution:
+    """The decision interval and hold mode the suite's agent for ``name``'s fleet trains with.
 
-    The suite evaluates it at that interval (through
-    :class:`pulsebms.envs.decision.DecisionIntervalPolicy`), not the benchmark's: a recipe
-    variant with ``env.decision_s=300`` decides at every plant step.
-
-    Example:
-        >>> agent_decision_s("mild", 0)
-        900.0
-        >>> agent_decision_s("mild", 0, overrides=["env.decision_s=300"])
-        300.0
-    """
-    from pulsebms.experiments.common import decision_s
-
-    cfg = _agent_train_config(name, seed, agent, train_steps, overrides, experiment)
-    every_s: float | None = decision_s(cfg)
-    return every_s
-
-
-def agent_hold_mode(
-    name: str,
-    seed: int,
-    *,
-    agent: str = "ppo",
-    train_steps: int | None = None,
-    overrides: Sequence[str] = (),
-    experiment: str = "suite",
-) -> str:
-    """What the suite's agent for ``name``'s fleet holds between decisions in training.
-
-    ``env.hold_mode`` of its recipe and overrides (:mod:`pulsebms.envs.hold`); the suite
-    evaluates it in that mode (like :func:`agent_decision_s`).
+    The suite evaluates it the same way (through
+    :class:`pulsebms.envs.decision.DecisionIntervalPolicy`), not at the benchmark's
+    interval: a recipe variant with ``env.decision_s=300`` decides at every plant step, one
+    with ``env.hold_mode=import_cap`` keeps its plant loop.
 
     Example:
-        >>> agent_hold_mode("mild", 0)
-        'action'
-        >>> agent_hold_mode("mild", 0, overrides=["env.hold_mode=grid"])
-        'grid'
+        >>> agent_execution("mild", 0)
+        AgentExecution(decision_s=900.0, hold_mode='action')
+        >>> agent_execution("mild", 0, overrides=["env.decision_s=300", "env.hold_mode=grid"])
+        AgentExecution(decision_s=300.0, hold_mode='grid')
     """
-    from pulsebms.experiments.common import hold_mode
+    from pulsebms.experiments.common import decision_s, hold_mode
 
     cfg = _agent_train_config(name, seed, agent, train_steps, overrides, experiment)
-    return hold_mode(cfg)
+    return AgentExecution(decision_s(cfg), hold_mode(cfg))
 
 
 def _agent_train_config(
@@ -1373,15 +1349,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         eval_hold_mode=args.agent_hold_mode,
     )
     if args.train and args.train_seeds and (args.train_steps is None or args.train_steps > 0):
-        trained = agent_hold_mode(
-            args.benchmarks[0],
-            int(args.train_seeds[0]),
-            agent=args.agent,
-            train_steps=args.train_steps,
-            overrides=args.train_override,
-            experiment=args.experiment,
-        )
-        every_s = agent_decision_s(
+        trained = agent_execution(
             args.benchmarks[0],
             int(args.train_seeds[0]),
             agent=args.agent,
@@ -1390,8 +1358,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             experiment=args.experiment,
         )
         print(
-            f"agent {args.label or args.agent}: decides every {every_s} s, trained holding "
-            f"{trained}, evaluated holding {args.agent_hold_mode or trained}"
+            f"agent {args.label or args.agent}: decides every {trained.decision_s} s, trained "
+            f"holding {trained.hold_mode}, evaluated holding "
+            f"{args.agent_hold_mode or trained.hold_mode}"
         )
     if args.held_baselines:
         print(f"held baselines {args.held_baselines}: holding {args.held_mode}")

@@ -307,11 +307,12 @@ def test_spike_sets_mix_kinds_of_days_and_keep_each_recipes_cache(tmp_path: Path
 
 
 def test_the_suite_evaluates_an_agent_at_the_interval_it_trained_at() -> None:
-    from pulsebms.experiments.suite import agent_decision_s
+    from pulsebms.experiments.suite import agent_execution
 
-    assert agent_decision_s("hot_spike", 0) == 900.0  # the benchmark's 15-min decisions
-    every_step = agent_decision_s("hot_spike", 1, overrides=["env.decision_s=300"])
-    assert every_step == 300.0
+    # the benchmark's 15-min decisions, the set-points held
+    assert agent_execution("hot_spike", 0) == (900.0, "action")
+    every_step = agent_execution("hot_spike", 1, overrides=["env.decision_s=300"])
+    assert every_step.decision_s == 300.0
 
 
 def test_hold_mode_travels_with_the_recipe_and_the_default_keeps_every_fingerprint() -> None:
@@ -322,7 +323,7 @@ def test_hold_mode_travels_with_the_recipe_and_the_default_keeps_every_fingerpri
         _env_key,
         _fingerprint,
         _train_cfg_key,
-        agent_hold_mode,
+        agent_execution,
     )
 
     recipe = [
@@ -345,7 +346,8 @@ def test_hold_mode_travels_with_the_recipe_and_the_default_keeps_every_fingerpri
     )
     assert _train_cfg_key(grid) != _train_cfg_key(cfg)
     assert _clone_key(grid) != _clone_key(cfg)
-    assert agent_hold_mode("cold", 2, overrides=["env.hold_mode=import_cap"]) == "import_cap"
+    capped = agent_execution("cold", 2, overrides=["env.hold_mode=import_cap"])
+    assert capped.hold_mode == "import_cap"
     bad = train_config("mild", overrides=["env.hold_mode=power"])
     with pytest.raises(ConfigError, match=r"env\.hold_mode"):
         validate(bad)
