@@ -157,27 +157,17 @@ def cost_split(
 
 
 def agent_factory_from(path: str | Path) -> PolicyFactory:
-    """A trained agent as a factory: an ensemble folder (``ensemble.json``) or SB3 zip/run.
+    """A trained agent as a factory: whatever ``pulsebms-eval`` loads.
+
+    :func:`pulsebms.experiments.evaluate.load_checkpoint_policy`: an ensemble or SB3 run
+    folder, an SB3 ``.zip``, an RLlib checkpoint folder.
 
     Raises:
-        FileNotFoundError: If nothing loadable is at ``path``.
+        ConfigError: If nothing loadable is at ``path``.
     """
-    from pulsebms.agents.ensemble import ENSEMBLE_FILE, EnsemblePolicy
+    from pulsebms.experiments.evaluate import load_checkpoint_policy
 
-    where = Path(path)
-    policy: Any
-    if (where / ENSEMBLE_FILE).is_file():
-        policy = EnsemblePolicy.load(where)
-    elif (where / "model.zip").is_file():
-        from pulsebms.agents.sb3 import policy_from_run
-
-        policy = policy_from_run(where)
-    elif where.is_file() and where.suffix == ".zip":
-        from pulsebms.agents.policy import SB3Policy
-
-        policy = SB3Policy.load(where)
-    else:
-        raise FileNotFoundError(f"no ensemble, SB3 run or .zip at {where}")
+    policy = load_checkpoint_policy(path)
 
     def make(env: Any) -> Any:
         return policy

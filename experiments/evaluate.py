@@ -37,13 +37,16 @@ log = logging.getLogger(__name__)
 
 
 def load_checkpoint_policy(path: str | Path) -> Policy:
-    """A trained checkpoint as a policy: an SB3 ``model.zip`` or an RLlib checkpoint folder.
+    """A trained checkpoint as a policy: an SB3 ``.zip`` or run folder, an ensemble or RLlib folder.
 
     The SB3 file loads as :class:`pulsebms.agents.policy.SB3Policy` (its ``VecNormalize``
-    statistics from beside the zip); the folder (``Algorithm.save_to_path``, the
-    ``rllib_checkpoint/`` of a ``pulsebms-train agent=rllib_*`` run) as
-    :class:`pulsebms.agents.rllib_policy.RLlibPolicy`, without a Ray runtime. Both act
-    deterministically and go through the same KPI harness.
+    statistics from beside the zip), an SB3 run folder (its ``model.zip``) through
+    :func:`pulsebms.agents.sb3.policy_from_run`, an ensemble folder (its
+    ``ensemble.json``, :func:`pulsebms.agents.ensemble.save_ensemble`) as
+    :class:`pulsebms.agents.ensemble.EnsemblePolicy`; any other folder
+    (``Algorithm.save_to_path``, the ``rllib_checkpoint/`` of a ``pulsebms-train
+    agent=rllib_*`` run) as :class:`pulsebms.agents.rllib_policy.RLlibPolicy`, without a Ray
+    runtime. All act deterministically and go through the same KPI harness.
 
     Args:
         path: The checkpoint.
@@ -56,6 +59,14 @@ def load_checkpoint_policy(path: str | Path) -> Policy:
     """
     checkpoint = Path(path)
     if checkpoint.is_dir():
+        from pulsebms.agents.ensemble import ENSEMBLE_FILE, EnsemblePolicy
+
+        if (checkpoint / ENSEMBLE_FILE).is_file():
+            return EnsemblePolicy.load(checkpoint)
+        if (checkpoint / "model.zip").is_file():
+            from pulsebms.agents.sb3 import policy_from_run
+
+            return policy_from_run(checkpoint)
         from pulsebms.agents.rllib_policy import RLlibPolicy
 
         try:
