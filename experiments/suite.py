@@ -1137,7 +1137,8 @@ def run_suite(
             ``<agent>`` row (mean ± std over training seeds × evaluation seeds).
         train_seeds: Training seeds (≥ 3 for a seed-stable claim).
         train_overrides: More Hydra overrides of the training config.
-        out_dir: Where the KPI tables, the cache and the models go.
+        out_dir: Where the KPI tables (``<benchmark>/<stem>.{csv,md}``, :func:`table_stem`),
+            the cache and the models go.
         progress: Progress bars.
         label: Name of the trained variant (``agent`` when ``None``; e.g. ``ppo_respect``
             for a run with ``shield.settings.allocation=respect_split``): rows
@@ -1245,9 +1246,29 @@ def run_suite(
             if str(r["policy"]).startswith(f"{label}_seed") and not checkpoint
         ]
         table = KPITable(rows=episodes + pooled, baseline=next(iter(baselines), NO_BATTERY))
-        table.save(out / name)
+        table.save(out / name, stem=table_stem(label if agents[bench] else None))
         rows.extend(suite_rows(table, name))
     return rows
+
+
+def table_stem(label: str | None) -> str:
+    """The file stem of a benchmark's KPI table under ``<out_dir>/<benchmark>/``.
+
+    A run that evaluates agents writes ``kpis_<label>.{csv,md}`` (and
+    ``kpis_<label>_episodes.csv``), so suite runs of different agent variants side by side
+    keep their own tables; a run of baselines only writes ``kpis.*``.
+
+    Args:
+        label: The agents' row label (``None``: no agent evaluated).
+
+    Returns:
+        The stem.
+
+    Example:
+        >>> table_stem(None), table_stem("mpcday_bc_hotdr_cap_ens3")
+        ('kpis', 'kpis_mpcday_bc_hotdr_cap_ens3')
+    """
+    return "kpis" if label is None else f"kpis_{label}"
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -91,6 +91,11 @@ def test_quick_suite_prints_every_column_for_one_benchmark(tmp_path: Path) -> No
         out_dir=str(tmp_path),
     )
     assert again == rows  # resumed from the cache: the same rows
+    assert sorted(p.name for p in (tmp_path / "mild").iterdir()) == [
+        "kpis.csv",
+        "kpis.md",
+        "kpis_episodes.csv",
+    ]  # baselines only: the plain table
     policies = [r.policy for r in rows]
     assert policies == [NO_BATTERY, "rule_soc", "mpc_oracle"]
     for r in rows:
@@ -133,6 +138,9 @@ def test_suite_trains_once_per_fleet_and_evaluates_held_out_seeds(tmp_path: Path
         assert by[(scenario, "ppo")].episodes == 3  # pooled: 1 training × 3 evaluation seeds
         assert by[(scenario, "ppo_seed0")].violations == (0.0, 0.0)
     stamp = runs[0].stat().st_mtime_ns
+    for scenario in ("mild", "cold"):  # the agent's own table, not a baselines-only run's
+        assert "| ppo |" in (tmp_path / scenario / "kpis_ppo.md").read_text()
+        assert not (tmp_path / scenario / "kpis.md").exists()
     assert run_suite(["mild", "cold"], **kwargs) == rows  # type: ignore[arg-type]
     assert runs[0].stat().st_mtime_ns == stamp  # loaded, not trained again
 
