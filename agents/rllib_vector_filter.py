@@ -2,7 +2,7 @@
 
 :class:`VectorStepMeanStdFilter` is an env-to-module connector with the state, constructor
 and checkpoints of RLlib's ``MeanStdFilter`` (a running mean and variance per observation
-feature, normalising ``(x − mean) / (std + 1e-8)`` clipped at ±10) whose statistics are
+feature, normalising ``(x − mean) / (std + 1e-6)`` clipped at ±10) whose statistics are
 updated **once per vector step**, from the stacked newest observations of all ``n`` envs,
 with Chan et al.'s parallel combination of counts, means and sums of squared deviations
 (the formula of Stable-Baselines3's ``RunningMeanStd`` behind ``VecNormalize``, and of
@@ -59,7 +59,7 @@ from ray.rllib.env.multi_agent_episode import MultiAgentEpisode
 from ray.rllib.utils.filter import RunningStat
 from ray.rllib.utils.numpy import SMALL_NUMBER
 
-from pulsebms.agents.rllib_connectors import MeanStdFilter, running_stds
+from pulsebms.agents.rllib_connectors import MeanStdFilter
 
 __all__ = ["VectorStepMeanStdFilter", "combine_rows"]
 
@@ -122,6 +122,16 @@ def _combined(
     return n, mean_a + delta * (n_b / n), sq_a + sq_b + delta * delta * (n_a * n_b / n)
 
 
+def _running_std(stats: RunningStat) -> np.ndarray:
+    """``RunningStat.std`` (float32 unbiased variance, 0 below two pushes, its square root)."""
+    n = stats.num_pushes
+    if n <= 1:
+        return np.zeros(stats.mean_array.shape, dtype=np.float32)
+    var = (stats.sum_sq_diff_array / (float(n) - 1.0)).astype(np.float32)
+    std: np.ndarray = np.sqrt(np.maximum(var, np.float32(0.0)))
+    return std
+
+
 class VectorStepMeanStdFilter(MeanStdFilter):
     """RLlib's ``MeanStdFilter`` with its statistics updated once per vector step.
 
@@ -166,8 +176,7 @@ class VectorStepMeanStdFilter(MeanStdFilter):
         if obs_filter.demean:
             normalized = normalized - stats.mean_array
         if obs_filter.destd:
-            std = running_stds(stats.sum_sq_diff_array[None], np.array([float(stats.num_pushes)]))
-            normalized = normalized / (std + SMALL_NUMBER)
+            normalized = normalized / (_running_std(stats) + SMALL_NUMBER)
         if obs_filter.clip:
             normalized = np.clip(normalized, -obs_filter.clip, obs_filter.clip)
         normalized = normalized.astype(rows.dtype)

@@ -185,7 +185,7 @@ def test_seeded_sampling_behind_the_vector_filter_repeats(
         )
         try:
             runner = algo.env_runner
-            assert [type(p) for p in runner._env_to_module.connectors][0] is VectorStepMeanStdFilter
+            assert type(runner._env_to_module.connectors[0]) is VectorStepMeanStdFilter
             torch.manual_seed(5)
             episodes = runner.sample(num_timesteps=45, explore=True)
             rows = [np.asarray(e.get_observations()) for e in episodes]

@@ -205,8 +205,11 @@ def test_graph_holds_filter_deterministic_action_and_clipping(
 def test_graph_normalises_as_the_runners_vector_step_filter(
     rllib_checkpoint: Path, reference, tmp_path: Path
 ) -> None:  # type: ignore[no-untyped-def]
-    """The default filter's checkpoint: ONNX on raw observations = the module on the
-    observations the runner's own (frozen) filter normalised."""
+    """The default filter's checkpoint normalises in ONNX as the runner's own filter does.
+
+    ONNX on raw observations against the module on the observations the checkpoint's
+    runner filter (frozen) normalised.
+    """
     from ray.rllib.connectors.connector_v2 import ConnectorV2
     from ray.rllib.core import COMPONENT_ENV_RUNNER, COMPONENT_ENV_TO_MODULE_CONNECTOR
     from ray.rllib.env.single_agent_episode import SingleAgentEpisode
