@@ -821,6 +821,16 @@ def bootstrap_median_interval(
 
 ENV_EQUALISED = "busy_env_equalised"
 """Verdict kind of :func:`env_equalised_round_ratios` (the second verdict block)."""
+ENV_EQUALISED_PAIRS = frozenset(
+    {
+        "train_1_runner_over_sb3",
+        "train_own_loop_over_rllib_loop",
+        "train_vector_over_per_row_filter",
+    }
+)
+"""Ratios whose two samplers step all their envs in one process each (SB3, one runner), so
+that each block's env CPU is that of all its steps; with 2 runners it is the busiest
+runner's, half the steps', and pooling it with one runner's would mean nothing."""
 
 MIN_VERDICT_ROUNDS = 8
 """Fewer training rounds (over all runs) give an interval but no verdict on the target."""
@@ -841,6 +851,8 @@ def _verdicts(runs: list[dict[str, _Row]]) -> dict[str, dict[str, Any]]:
         if num not in runs[0] or den not in runs[0]:
             continue
         for kind in ("busy", "wall", ENV_EQUALISED):
+            if kind == ENV_EQUALISED and label not in ENV_EQUALISED_PAIRS:
+                continue
             groups = [
                 env_equalised_round_ratios(r[num].train, r[den].train)
                 if kind == ENV_EQUALISED

@@ -145,6 +145,8 @@ def test_env_equalised_verdict_takes_the_envs_cost_out_of_the_ratio() -> None:
     eq = verdicts["train_1_runner_over_sb3_busy_env_equalised"]
     assert 1.0 < eq["low"] <= eq["median"] <= eq["high"] < 1.05
     assert eq["verdict"] == "met"
+    # Two runners' env CPU is the busiest runner's (half the steps): not equalised.
+    assert "train_2_over_1_runner_busy_env_equalised" not in verdicts
     lines = bench._verdict_lines(verdicts, repeats=3, rounds=5)
     title = lines.index(bench.ENV_EQUALISED_TITLE)
     assert all("env_equalised" not in line for line in lines[:title])
