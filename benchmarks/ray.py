@@ -85,6 +85,7 @@ __all__ = [
     "env_equalised_round_ratios",
     "main",
     "round_ratios",
+    "runs_from_blocks",
 ]
 
 ENV_ID = "PulseBMS/FleetSmall-v0"
@@ -657,6 +658,7 @@ def main(argv: list[str] | None = None) -> int:
         **{name: {k: round(v, 3) for k, v in f.items()} for name, f in summary.items()},
         **{k: round(v, 3) for k, v in ratios.items()},
         "verdict": verdicts,
+        "train_blocks": _train_blocks(runs),
     }
     print("RESULT " + json.dumps(result, sort_keys=True))
     return 0
@@ -744,6 +746,47 @@ def _pooled(runs: list[dict[str, _Row]]) -> dict[str, _Row]:
             pooled[name].sample.extend(row.sample)
             pooled[name].train.extend(row.train)
     return pooled
+
+
+TRAIN_BLOCK_FIELDS = ("steps", "wall_s", "busy_s", "env_s", "learn_s")
+"""Fields of each training block in the ``RESULT`` line's ``train_blocks``."""
+
+
+def _train_blocks(runs: list[dict[str, _Row]]) -> dict[str, list[list[list[float]]]]:
+    """Per sampler, per run, per round: the training block's :data:`TRAIN_BLOCK_FIELDS`.
+
+    In the ``RESULT`` line, so that the verdicts of several invocations can be pooled
+    (``_verdicts(_runs_from_blocks(...))``) with the env-equalised ratio included.
+    """
+    return {
+        name: [
+            [[float(getattr(b, f)) for f in TRAIN_BLOCK_FIELDS] for b in run[name].train]
+            for run in runs
+        ]
+        for name in runs[0]
+    }
+
+
+def runs_from_blocks(blocks: Mapping[str, list[list[list[float]]]]) -> list[dict[str, _Row]]:
+    """The runs of a ``RESULT`` line's ``train_blocks`` (training blocks only), for pooling.
+
+    Example:
+        >>> rows = runs_from_blocks({"a": [[[100, 1.0, 0.9, 0.5, 0.2]]]})
+        >>> rows[0]["a"].train[0].busy_s
+        0.9
+    """
+    names = list(blocks)
+    n_runs = len(blocks[names[0]]) if names else 0
+    runs: list[dict[str, _Row]] = []
+    for i in range(n_runs):
+        run = {name: _Row() for name in names}
+        for name in names:
+            run[name].train = [
+                Block(int(b[0]), float(b[1]), float(b[2]), float(b[3]), float(b[4]))
+                for b in blocks[name][i]
+            ]
+        runs.append(run)
+    return runs
 
 
 def round_ratios(num: list[Block], den: list[Block], kind: str) -> list[float]:

@@ -66,6 +66,8 @@ def test_ray_benchmark_prints_finite_throughput_for_each_sampler(
     # The second verdict block: env-equalised, labelled, after the headline lines.
     equalised = result["verdict"]["train_1_runner_over_sb3_busy_env_equalised"]
     assert equalised["low"] <= equalised["median"] <= equalised["high"]
+    # The training blocks travel in the RESULT line: the verdicts can be pooled from them.
+    assert bench._verdicts(bench.runs_from_blocks(result["train_blocks"])) == result["verdict"]
     lines = out.splitlines()
     title = lines.index(bench.ENV_EQUALISED_TITLE)
     assert title > lines.index(next(x for x in lines if "train_1_runner_over_sb3_busy:" in x))
