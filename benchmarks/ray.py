@@ -56,7 +56,13 @@ interval (:func:`bootstrap_median_interval`) and whether the target is met (the 
 or above it), not met (below it) or not shown (inside it). ``--repeat N`` builds and runs
 the samplers N times (seeds ``seed`` … ``seed+N-1``), so that the interval holds the
 run-to-run spread (other policies, other shield work, other load), not only the rounds'.
-The last line is ``RESULT {json}``.
+A second, labelled verdict block gives the **env-equalised** ratios of samplers that step
+all their envs in one process (:func:`env_equalised_round_ratios`: each round's env CPU
+per step on both sides replaced by the pair's pooled one, the env's action-dependent cost
+taken out); the raw ratio stays the headline. ``--ab-filter`` adds RLlib 1 runner with
+RLlib's per-row observation filter (``observation_filter="per_row"``) to the same rounds.
+The last line is ``RESULT {json}``; its ``train_blocks`` let :func:`runs_from_blocks`
+pool several invocations into one verdict.
 
 Example:
     $ pulsebms-bench ray --quick
