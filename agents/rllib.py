@@ -3,8 +3,11 @@
 The RLlib side of PulseBMS, for users who outgrow one machine. It mirrors
 :mod:`pulsebms.agents.sb3`: the training environment is the FleetEnv behind
 :class:`pulsebms.safety.ShieldWrapper` (made by :func:`pulsebms.agents.env_factory.make_env`
-inside every EnvRunner), observations are normalised by RLlib's ``MeanStdFilter``
-env-to-module connector (the counterpart of SB3's ``VecNormalize``), and a trained
+inside every EnvRunner), observations are normalised by a ``MeanStdFilter``
+env-to-module connector (the counterpart of SB3's ``VecNormalize``; by default
+:class:`~pulsebms.agents.rllib_vector_filter.VectorStepMeanStdFilter`, statistics updated
+once per vector step as ``VecNormalize`` does, ``observation_filter="per_row"``: RLlib's
+arithmetic), and a trained
 checkpoint acts through the one :class:`~pulsebms.agents.type_aliases.Policy` protocol.
 
 Pieces:
@@ -119,6 +122,7 @@ from pulsebms.agents.rllib_env_runner import PulseEnvRunner
 from pulsebms.agents.rllib_learner import FUSED_ADAM_KEY, PulsePPOTorchLearner
 from pulsebms.agents.rllib_module import PulsePPOTorchRLModule, log_std_model_config
 from pulsebms.agents.rllib_policy import DeployedRLlibPolicy, RLlibPolicy, rllib_torch_policy
+from pulsebms.agents.rllib_vector_filter import VectorStepMeanStdFilter
 
 # RLlibPolicy, DeployedRLlibPolicy and rllib_torch_policy (loading a checkpoint for
 # evaluation and export) live in pulsebms.agents.rllib_policy; re-exported here.
@@ -172,6 +176,26 @@ def _mean_std_filter(env: Any = None, spaces: Any = None, device: Any = None) ->
     same state and checkpoints).
     """
     return BatchedMeanStdFilter()
+
+
+def _vector_step_mean_std_filter(
+    env: Any = None, spaces: Any = None, device: Any = None
+) -> ConnectorV2:
+    """Env-to-module connector factory of the default observation filter (module level).
+
+    :class:`~pulsebms.agents.rllib_vector_filter.VectorStepMeanStdFilter`: RLlib's
+    ``MeanStdFilter`` state and checkpoints, statistics updated once per vector step.
+    """
+    return VectorStepMeanStdFilter()
+
+
+def _observation_filter(params: RllibAgentConfig) -> Callable[..., ConnectorV2] | None:
+    """The env-to-module connector factory ``params`` ask for (``None``: no filter)."""
+    if not params.normalize_observations:
+        return None
+    if params.observation_filter == "per_row":
+        return _mean_std_filter
+    return _vector_step_mean_std_filter
 
 
 def _quiet_ray_loggers(level: int) -> None:
@@ -605,7 +629,7 @@ def build_rllib_algorithm(
             num_envs_per_env_runner=num_envs_per_env_runner,
             # RLlib hints an int; Ray schedules fractional CPUs (0.5) just as well.
             num_cpus_per_env_runner=num_cpus_per_env_runner,  # type: ignore[arg-type]
-            env_to_module_connector=_mean_std_filter if params.normalize_observations else None,
+            env_to_module_connector=_observation_filter(params),
             env_runner_cls=PulseEnvRunner,
         )
         .learners(num_learners=0)

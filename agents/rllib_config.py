@@ -27,13 +27,30 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import ClassVar
 
-__all__ = ["RaySettings", "RllibAgentConfig", "RllibPPOConfig", "RllibSACConfig"]
+__all__ = [
+    "OBSERVATION_FILTERS",
+    "RaySettings",
+    "RllibAgentConfig",
+    "RllibPPOConfig",
+    "RllibSACConfig",
+]
 
 
 def _positive(owner: str, **values: float) -> None:
     for name, value in values.items():
         if not value > 0:
             raise ValueError(f"{owner}.{name} must be > 0, got {value}")
+
+
+OBSERVATION_FILTERS = ("vector_step", "per_row")
+"""Values of ``observation_filter`` (see :class:`RllibPPOConfig`)."""
+
+
+def _filter_name(owner: str, name: str) -> None:
+    if name not in OBSERVATION_FILTERS:
+        raise ValueError(
+            f"{owner}.observation_filter must be one of {OBSERVATION_FILTERS}, got {name!r}"
+        )
 
 
 @dataclass(frozen=True)
@@ -59,6 +76,13 @@ class RllibPPOConfig:
         hidden_sizes: Hidden layer widths of the actor and critic MLPs (tanh).
         normalize_observations: RLlib's ``MeanStdFilter`` env-to-module connector (its
             statistics are saved in the checkpoint and applied, frozen, at evaluation).
+        observation_filter: How that filter updates its statistics: ``"vector_step"``
+            (default) once per vector step from all envs' observations, with the parallel
+            mean/variance formula, as SB3's ``VecNormalize``
+            (:class:`~pulsebms.agents.rllib_vector_filter.VectorStepMeanStdFilter`);
+            ``"per_row"``: RLlib's ``MeanStdFilter`` arithmetic, one Welford push per env,
+            bit for bit (:class:`~pulsebms.agents.rllib_connectors.BatchedMeanStdFilter`).
+            Both keep the same state and checkpoints.
         gamma_horizon_h: Effective horizon in hours; when given it replaces ``gamma`` by
             ``1 − step_h / gamma_horizon_h`` at the agent's step
             (:func:`pulsebms.agents.discount.resolve_gamma`).
@@ -67,8 +91,9 @@ class RllibPPOConfig:
             RLlib's default (the network outputs the log-std, starting near 0, σ ≈ 1).
 
     Raises:
-        ValueError: If a size, rate or clip is not positive, ``kl_coeff`` is negative, or
-            ``minibatch_size`` exceeds ``train_batch_size``.
+        ValueError: If a size, rate or clip is not positive, ``kl_coeff`` is negative,
+            ``minibatch_size`` exceeds ``train_batch_size`` or ``observation_filter`` is
+            not one of :data:`OBSERVATION_FILTERS`.
     """
 
     algorithm: ClassVar[str] = "PPO"
@@ -87,10 +112,12 @@ class RllibPPOConfig:
     entropy_coeff: float = 0.0
     hidden_sizes: Sequence[int] = (64, 64)
     normalize_observations: bool = True
+    observation_filter: str = "vector_step"
     gamma_horizon_h: float | None = None
     log_std_init: float | None = None
 
     def __post_init__(self) -> None:
+        _filter_name("RllibPPOConfig", self.observation_filter)
         if self.log_std_init is not None and not math.isfinite(self.log_std_init):
             raise ValueError(f"RllibPPOConfig.log_std_init must be finite, got {self.log_std_init}")
         if self.grad_clip is not None:
@@ -143,10 +170,12 @@ class RllibSACConfig:
             ``training_intensity`` to keep updates per sampled step.
         hidden_sizes: Hidden layer widths of the policy and Q MLPs (relu).
         normalize_observations: RLlib's ``MeanStdFilter`` (see :class:`RllibPPOConfig`).
+        observation_filter: See :class:`RllibPPOConfig`.
         gamma_horizon_h: See :class:`RllibPPOConfig`.
 
     Raises:
-        ValueError: If a size or rate is not positive, or α/β is outside [0, 1].
+        ValueError: If a size or rate is not positive, α/β is outside [0, 1] or
+            ``observation_filter`` is not one of :data:`OBSERVATION_FILTERS`.
     """
 
     algorithm: ClassVar[str] = "SAC"
@@ -167,10 +196,12 @@ class RllibSACConfig:
     training_intensity: float | None = None
     hidden_sizes: Sequence[int] = (64, 64)
     normalize_observations: bool = True
+    observation_filter: str = "vector_step"
     gamma_horizon_h: float | None = None
     rollout_fragment_length: int | None = None
 
     def __post_init__(self) -> None:
+        _filter_name("RllibSACConfig", self.observation_filter)
         if self.rollout_fragment_length is not None and self.rollout_fragment_length < 1:
             raise ValueError(
                 "RllibSACConfig.rollout_fragment_length must be >= 1 or None, got "

@@ -37,7 +37,9 @@ step:
 is exactly RLlib's default single-agent pipeline (no user pieces); any other pipeline is
 left as it is. :class:`~pulsebms.agents.rllib_env_runner.PulseEnvRunner` calls it, and
 :func:`pulsebms.agents.rllib.build_rllib_algorithm` uses :class:`BatchedMeanStdFilter` for
-``normalize_observations``.
+``normalize_observations`` with ``observation_filter="per_row"`` (the default is
+:class:`~pulsebms.agents.rllib_vector_filter.VectorStepMeanStdFilter`, one statistics update
+per vector step).
 
 Example:
     >>> piece = BatchedMeanStdFilter()  # the EnvRunner sets its spaces

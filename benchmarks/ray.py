@@ -56,7 +56,13 @@ interval (:func:`bootstrap_median_interval`) and whether the target is met (the 
 or above it), not met (below it) or not shown (inside it). ``--repeat N`` builds and runs
 the samplers N times (seeds ``seed`` … ``seed+N-1``), so that the interval holds the
 run-to-run spread (other policies, other shield work, other load), not only the rounds'.
-The last line is ``RESULT {json}``.
+A second, labelled verdict block gives the **env-equalised** ratios of samplers that step
+all their envs in one process (:func:`env_equalised_round_ratios`: each round's env CPU
+per step on both sides replaced by the pair's pooled one, the env's action-dependent cost
+taken out); the raw ratio stays the headline. ``--ab-filter`` adds RLlib 1 runner with
+RLlib's per-row observation filter (``observation_filter="per_row"``) to the same rounds.
+The last line is ``RESULT {json}``; its ``train_blocks`` let :func:`runs_from_blocks`
+pool several invocations into one verdict.
 
 Example:
     $ pulsebms-bench ray --quick
@@ -77,7 +83,16 @@ from typing import Any
 
 import gymnasium as gym
 
-__all__ = ["Block", "bootstrap_median_interval", "main", "round_ratios"]
+from pulsebms.agents.rllib_config import OBSERVATION_FILTERS
+
+__all__ = [
+    "Block",
+    "bootstrap_median_interval",
+    "env_equalised_round_ratios",
+    "main",
+    "round_ratios",
+    "runs_from_blocks",
+]
 
 ENV_ID = "PulseBMS/FleetSmall-v0"
 ENV_KWARGS: dict[str, Any] = {"dt_s": 900.0, "horizon_steps": 96, "fidelity": "ecm"}
@@ -229,6 +244,7 @@ class _RLlib:
         fused_adam: bool = False,
         compile_warmup_iterations: int = COMPILE_WARMUP_ITERATIONS,
         learner_class: type[Any] | None = None,
+        observation_filter: str = "vector_step",
     ):
         from ray.tune.registry import register_env
 
@@ -245,6 +261,7 @@ class _RLlib:
             num_epochs=epochs,
             hidden_sizes=(64, 64),
             log_std_init=LOG_STD_INIT,
+            observation_filter=observation_filter,
             **dict(loss or {}),
         )
         self.algo: Any = build_rllib_algorithm(
@@ -493,6 +510,19 @@ def main(argv: list[str] | None = None) -> int:
         "own loop, interleaved in the same rounds)",
     )
     parser.add_argument(
+        "--observation-filter",
+        choices=OBSERVATION_FILTERS,
+        default="vector_step",
+        help="RLlib rows' observation filter (agent config observation_filter): statistics "
+        "once per vector step (default) or RLlib's per-row MeanStdFilter arithmetic",
+    )
+    parser.add_argument(
+        "--ab-filter",
+        action="store_true",
+        help="add a row: RLlib 1 runner with the per-row filter (observation_filter=per_row; "
+        "A/B of the vector-step filter, interleaved in the same rounds)",
+    )
+    parser.add_argument(
         "--account",
         action="store_true",
         help="instead of the rounds: CPU per env step of named pieces of a training "
@@ -562,9 +592,20 @@ def main(argv: list[str] | None = None) -> int:
         f"RLlib Learner: torch.compile {'on' if compile_learner else 'off'}, Adam "
         f"{'fused' if fused_adam else 'foreach'} (SB3: eager, Adam's default)"
     )
+    observation_filter = str(args.observation_filter)
+    print(
+        f"RLlib observation filter: {observation_filter} (SB3: VecNormalize, once per vector "
+        "step)" + (f"; A/B row {AB_FILTER_ROW}: per_row" if args.ab_filter else "")
+    )
     if args.account:
         return _account(
-            args, work, loss, session, compile_learner, _learner_class(args.rllib_update_loop)
+            args,
+            work,
+            loss,
+            session,
+            compile_learner,
+            _learner_class(args.rllib_update_loop),
+            observation_filter=observation_filter,
         )
     if args.long:
         return _long(args, work, loss, session)
@@ -586,6 +627,8 @@ def main(argv: list[str] | None = None) -> int:
                 fused_adam=fused_adam,
                 learner_class=learner_class,
                 ab_learner=bool(args.ab_learner),
+                ab_filter=bool(args.ab_filter),
+                observation_filter=observation_filter,
                 rounds=(sample_rounds, train_rounds),
             )
         )
@@ -616,10 +659,12 @@ def main(argv: list[str] | None = None) -> int:
         "compile_learner": compile_learner,
         "fused_adam": fused_adam,
         "learner_loop": "rllib" if args.rllib_update_loop else "own",
+        "observation_filter": observation_filter,
         "repeat": repeats,
         **{name: {k: round(v, 3) for k, v in f.items()} for name, f in summary.items()},
         **{k: round(v, 3) for k, v in ratios.items()},
         "verdict": verdicts,
+        "train_blocks": _train_blocks(runs),
     }
     print("RESULT " + json.dumps(result, sort_keys=True))
     return 0
@@ -637,6 +682,8 @@ def _learner_class(rllib_update_loop: bool) -> type[Any] | None:
 
 AB_ROW = "rllib_1_runner_rllib_loop"
 """``--ab-learner``'s row: RLlib 1 runner with :class:`RLlibLoopPPOTorchLearner`."""
+AB_FILTER_ROW = "rllib_1_runner_per_row_filter"
+"""``--ab-filter``'s row: RLlib 1 runner with ``observation_filter="per_row"``."""
 
 
 def _one_run(
@@ -649,32 +696,38 @@ def _one_run(
     learner_class: type[Any] | None,
     ab_learner: bool,
     rounds: tuple[int, int],
+    ab_filter: bool = False,
+    observation_filter: str = "vector_step",
 ) -> dict[str, _Row]:
     """Build every sampler in a private Ray, run the interleaved rounds, close them."""
     names = ["sb3_ppo", "rllib_local_runner", "rllib_1_runner", "rllib_2_runners"]
-    specs: list[tuple[str, int, type[Any] | None]] = [
-        ("rllib_local_runner", 0, learner_class),
-        ("rllib_1_runner", 1, learner_class),
-        ("rllib_2_runners", 2, learner_class),
+    specs: list[tuple[str, int, type[Any] | None, str]] = [
+        ("rllib_local_runner", 0, learner_class, observation_filter),
+        ("rllib_1_runner", 1, learner_class, observation_filter),
+        ("rllib_2_runners", 2, learner_class, observation_filter),
     ]
     if ab_learner:
         from pulsebms.agents.rllib_learner import RLlibLoopPPOTorchLearner
 
         names.append(AB_ROW)
-        specs.append((AB_ROW, 1, RLlibLoopPPOTorchLearner))
+        specs.append((AB_ROW, 1, RLlibLoopPPOTorchLearner, observation_filter))
+    if ab_filter:
+        names.append(AB_FILTER_ROW)
+        specs.append((AB_FILTER_ROW, 1, learner_class, "per_row"))
     rows = {name: _Row() for name in names}
     samplers: dict[str, Any] = {}
     # Runner actors of one (logical) CPU each; idle ones cost no CPU.
-    with _bench_ray(session, min_cpus=3 + int(ab_learner)):
+    with _bench_ray(session, min_cpus=3 + int(ab_learner) + int(ab_filter)):
         try:
             samplers["sb3_ppo"] = _SB3(**work)
-            for name, runners, cls in specs:
+            for name, runners, cls, obs_filter in specs:
                 samplers[name] = _RLlib(
                     runners=runners,
                     loss=loss,
                     compile_learner=compile_learner,
                     fused_adam=fused_adam,
                     learner_class=cls,
+                    observation_filter=obs_filter,
                     **work,
                 )
             if compile_learner:
@@ -701,9 +754,72 @@ def _pooled(runs: list[dict[str, _Row]]) -> dict[str, _Row]:
     return pooled
 
 
+TRAIN_BLOCK_FIELDS = ("steps", "wall_s", "busy_s", "env_s", "learn_s")
+"""Fields of each training block in the ``RESULT`` line's ``train_blocks``."""
+
+
+def _train_blocks(runs: list[dict[str, _Row]]) -> dict[str, list[list[list[float]]]]:
+    """Per sampler, per run, per round: the training block's :data:`TRAIN_BLOCK_FIELDS`.
+
+    In the ``RESULT`` line, so that the verdicts of several invocations can be pooled
+    (``_verdicts(_runs_from_blocks(...))``) with the env-equalised ratio included.
+    """
+    return {
+        name: [
+            [[float(getattr(b, f)) for f in TRAIN_BLOCK_FIELDS] for b in run[name].train]
+            for run in runs
+        ]
+        for name in runs[0]
+    }
+
+
+def runs_from_blocks(blocks: Mapping[str, list[list[list[float]]]]) -> list[dict[str, _Row]]:
+    """The runs of a ``RESULT`` line's ``train_blocks`` (training blocks only), for pooling.
+
+    Example:
+        >>> rows = runs_from_blocks({"a": [[[100, 1.0, 0.9, 0.5, 0.2]]]})
+        >>> rows[0]["a"].train[0].busy_s
+        0.9
+    """
+    names = list(blocks)
+    n_runs = len(blocks[names[0]]) if names else 0
+    runs: list[dict[str, _Row]] = []
+    for i in range(n_runs):
+        run = {name: _Row() for name in names}
+        for name in names:
+            run[name].train = [
+                Block(int(b[0]), float(b[1]), float(b[2]), float(b[3]), float(b[4]))
+                for b in blocks[name][i]
+            ]
+        runs.append(run)
+    return runs
+
+
 def round_ratios(num: list[Block], den: list[Block], kind: str) -> list[float]:
     """Per-round ratios of two samplers' throughputs (blocks of the same rounds, in order)."""
     return [_rate(a, kind) / _rate(b, kind) for a, b in zip(num, den, strict=True)]
+
+
+def env_equalised_round_ratios(num: list[Block], den: list[Block]) -> list[float]:
+    """Per-round busy ratios with both samplers' env CPU per step set to the round's pooled one.
+
+    The env is the same code on both sides; its cost per step follows each policy's
+    actions (the shield's work), the main source of run-to-run spread. Each round's env
+    CPU of both blocks is replaced by ``steps × (env_num + env_den) / (steps_num +
+    steps_den)``, which leaves each side's own machinery (busy − env) as measured.
+
+    Example:
+        >>> a, b = Block(100, 1.0, 1.0, 0.6), Block(100, 1.0, 1.0, 0.4)  # same busy time
+        >>> round_ratios([a], [b], "busy"), round(env_equalised_round_ratios([a], [b])[0], 4)
+        ([1.0], 1.2222)
+    """
+    out = []
+    for a, b in zip(num, den, strict=True):
+        env_per_step = (a.env_s + b.env_s) / (a.steps + b.steps)
+        busy_a = a.busy_s - a.env_s + env_per_step * a.steps
+        busy_b = b.busy_s - b.env_s + env_per_step * b.steps
+        out.append((a.steps / busy_a) / (b.steps / busy_b))
+    return out
 
 
 def bootstrap_median_interval(
@@ -752,6 +868,19 @@ def bootstrap_median_interval(
     return median, float(low), float(high)
 
 
+ENV_EQUALISED = "busy_env_equalised"
+"""Verdict kind of :func:`env_equalised_round_ratios` (the second verdict block)."""
+ENV_EQUALISED_PAIRS = frozenset(
+    {
+        "train_1_runner_over_sb3",
+        "train_own_loop_over_rllib_loop",
+        "train_vector_over_per_row_filter",
+    }
+)
+"""Ratios whose two samplers step all their envs in one process each (SB3, one runner), so
+that each block's env CPU is that of all its steps; with 2 runners it is the busiest
+runner's, half the steps', and pooling it with one runner's would mean nothing."""
+
 MIN_VERDICT_ROUNDS = 8
 """Fewer training rounds (over all runs) give an interval but no verdict on the target."""
 
@@ -759,6 +888,7 @@ VERDICT_PAIRS: dict[str, tuple[str, str, float | None]] = {
     "train_1_runner_over_sb3": ("rllib_1_runner", "sb3_ppo", 1.0),
     "train_2_over_1_runner": ("rllib_2_runners", "rllib_1_runner", 1.6),
     "train_own_loop_over_rllib_loop": ("rllib_1_runner", AB_ROW, None),
+    "train_vector_over_per_row_filter": ("rllib_1_runner", AB_FILTER_ROW, None),
 }
 """Training ratios the verdict covers: (numerator, denominator, target or None)."""
 
@@ -769,8 +899,15 @@ def _verdicts(runs: list[dict[str, _Row]]) -> dict[str, dict[str, Any]]:
     for label, (num, den, target) in VERDICT_PAIRS.items():
         if num not in runs[0] or den not in runs[0]:
             continue
-        for kind in ("busy", "wall"):
-            groups = [round_ratios(r[num].train, r[den].train, kind) for r in runs]
+        for kind in ("busy", "wall", ENV_EQUALISED):
+            if kind == ENV_EQUALISED and label not in ENV_EQUALISED_PAIRS:
+                continue
+            groups = [
+                env_equalised_round_ratios(r[num].train, r[den].train)
+                if kind == ENV_EQUALISED
+                else round_ratios(r[num].train, r[den].train, kind)
+                for r in runs
+            ]
             median, low, high = bootstrap_median_interval(groups)
             if target is None:
                 verdict = "no target"
@@ -809,13 +946,25 @@ def _verdict_lines(
         f"{rounds} round(s), 95 % two-stage bootstrap interval (runs, then rounds)"
         + ("" if repeats > 1 else "; one run: the run-to-run spread is not in the interval")
     ]
-    for key, v in verdicts.items():
-        target = "" if v["target"] is None else f", target ≥ {v['target']}: "
-        lines.append(
-            f"  {key:>36}: {v['median']:.3f}× [{v['low']:.3f}, {v['high']:.3f}]"
-            f"{target}{meaning[v['verdict']]}"
-        )
+    headline = {k: v for k, v in verdicts.items() if not k.endswith(ENV_EQUALISED)}
+    equalised = {k: v for k, v in verdicts.items() if k.endswith(ENV_EQUALISED)}
+    for block, title in ((headline, None), (equalised, ENV_EQUALISED_TITLE)):
+        if title is not None and block:
+            lines.append(title)
+        for key, v in block.items():
+            target = "" if v["target"] is None else f", target ≥ {v['target']}: "
+            lines.append(
+                f"  {key:>46}: {v['median']:.3f}× [{v['low']:.3f}, {v['high']:.3f}]"
+                f"{target}{meaning[v['verdict']]}"
+            )
     return lines
+
+
+ENV_EQUALISED_TITLE = (
+    "verdict, env-equalised (not the headline: each round's env CPU per step on both sides "
+    "replaced by the two samplers' pooled env CPU per step; the frameworks' own machinery "
+    "against the target, the env's action-dependent cost taken out)"
+)
 
 
 @contextlib.contextmanager
@@ -847,6 +996,8 @@ def _account(
     session: Mapping[str, bool],
     compile_learner: bool,
     learner_class: type[Any] | None = None,
+    *,
+    observation_filter: str = "vector_step",
 ) -> int:
     """``--account``: :func:`pulsebms.benchmarks.ray_account.account`, printed."""
     from pulsebms.benchmarks.ray_account import account, print_account
@@ -859,6 +1010,7 @@ def _account(
             loss=loss,
             compile_learner=compile_learner,
             learner_class=learner_class,
+            observation_filter=observation_filter,
         )
     print(f"CPU ms per env step, medians of {args.iterations} iterations each, interleaved")
     print_account(out)
@@ -872,6 +1024,7 @@ def _account(
         "batch": work["batch"],
         "compile_learner": compile_learner,
         "learner_loop": "rllib" if learner_class is not None else "own",
+        "observation_filter": observation_filter,
         "iterations": int(args.iterations),
         "sb3_ms_per_step": round(out["sb3_total_ms_per_step"], 4),
         "rllib_ms_per_step": round(out["rllib_total_ms_per_step"], 4),

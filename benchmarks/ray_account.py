@@ -393,11 +393,13 @@ def account(
     loss: Mapping[str, Any],
     compile_learner: bool = False,
     learner_class: type[Any] | None = None,
+    observation_filter: str = "vector_step",
 ) -> dict[str, Any]:
     """Build SB3 and RLlib (1 remote runner), alternate ``iterations`` training iterations.
 
     Call inside a :func:`~pulsebms.agents.rllib.ray_session`. ``work``: the bench's
-    settings (``n_envs``, ``batch``, ``minibatch``, ``epochs``, ``seed``). Returns the
+    settings (``n_envs``, ``batch``, ``minibatch``, ``epochs``, ``seed``);
+    ``observation_filter``: the RLlib agent config's. Returns the
     per-process span medians (ms per env step) and the exclusive items of
     :func:`account_table`.
     """
@@ -409,6 +411,7 @@ def account(
         loss=loss,
         compile_learner=compile_learner,
         learner_class=learner_class,
+        observation_filter=observation_filter,
         **work,
     )
     sb3_spans, driver_spans = Spans(), Spans()

@@ -20,12 +20,14 @@ from pulsebms.benchmarks import ray as bench
 def test_ray_benchmark_prints_finite_throughput_for_each_sampler(
     capsys: pytest.CaptureFixture[str],
 ) -> None:
-    assert bench.main(["--quick", "--envs", "2", "--batch", "64", "--rounds", "1"]) == 0
+    argv = ["--quick", "--envs", "2", "--batch", "64", "--rounds", "1", "--ab-filter"]
+    assert bench.main(argv) == 0
     out = capsys.readouterr().out
     result_lines = [line for line in out.splitlines() if line.startswith("RESULT ")]
     assert result_lines, out[-2000:]
     result = json.loads(result_lines[-1][len("RESULT ") :])
-    for name in ("sb3_ppo", "rllib_local_runner", "rllib_1_runner", "rllib_2_runners"):
+    names = ("sb3_ppo", "rllib_local_runner", "rllib_1_runner", "rllib_2_runners")
+    for name in (*names, bench.AB_FILTER_ROW):
         row = result[name]
         for phase in ("sample", "train"):
             for kind in ("wall", "busy"):
@@ -55,6 +57,20 @@ def test_ray_benchmark_prints_finite_throughput_for_each_sampler(
     assert verdict["low"] <= verdict["median"] <= verdict["high"]
     assert verdict["verdict"] == "too few rounds"  # one round: an interval, no claim
     assert "verdict: training ratios" in out
+    # --ab-filter: the per-row filter as a fifth sampler; the default is the vector-step one.
+    assert result["observation_filter"] == "vector_step"
+    assert f"A/B row {bench.AB_FILTER_ROW}: per_row" in out
+    ab = result["verdict"]["train_vector_over_per_row_filter_busy"]
+    assert ab["target"] is None
+    assert ab["low"] <= ab["median"] <= ab["high"]
+    # The second verdict block: env-equalised, labelled, after the headline lines.
+    equalised = result["verdict"]["train_1_runner_over_sb3_busy_env_equalised"]
+    assert equalised["low"] <= equalised["median"] <= equalised["high"]
+    # The training blocks travel in the RESULT line: the verdicts can be pooled from them.
+    assert bench._verdicts(bench.runs_from_blocks(result["train_blocks"])) == result["verdict"]
+    lines = out.splitlines()
+    title = lines.index(bench.ENV_EQUALISED_TITLE)
+    assert title > lines.index(next(x for x in lines if "train_1_runner_over_sb3_busy:" in x))
     for key in (
         "sample_wall_2_over_1_runner",
         "train_busy_1_runner_over_sb3",
@@ -98,6 +114,45 @@ def test_verdict_is_the_median_ratio_with_an_interval_against_the_target() -> No
     assert any("train_1_runner_over_sb3_busy" in line and "met (" in line for line in lines)
     with pytest.raises(ValueError, match="at least one run"):
         bench.bootstrap_median_interval([[1.0], []])
+
+
+def test_env_equalised_verdict_takes_the_envs_cost_out_of_the_ratio() -> None:
+    """RLlib's machinery 5 % cheaper, the env's cost spread: only the equalised ratio sees it."""
+
+    def blocks(env_ms: list[float], machinery_ms: float) -> list[bench.Block]:
+        return [
+            bench.Block(1000, (e + machinery_ms) * 1e-3 * 1000, (e + machinery_ms), e)
+            for e in env_ms
+        ]
+
+    env_sb3 = [0.50, 0.62, 0.55, 0.70, 0.58]
+    env_rllib = [0.66, 0.51, 0.75, 0.53, 0.60]  # other actions, other shield work
+    runs = []
+    for shift in (0.0, 0.05, -0.04):
+        rows = {name: bench._Row() for name in ("sb3_ppo", "rllib_1_runner", "rllib_2_runners")}
+        rows["sb3_ppo"].train = blocks([e + shift for e in env_sb3], 0.40)
+        rows["rllib_1_runner"].train = blocks([e - shift for e in env_rllib], 0.38)
+        rows["rllib_2_runners"].train = blocks(env_sb3, 0.10)
+        runs.append(rows)
+    raw = bench.round_ratios(runs[0]["rllib_1_runner"].train, runs[0]["sb3_ppo"].train, "busy")
+    assert max(raw) > 1.05  # the env's spread in the raw ratio
+    assert min(raw) < 0.95
+    equalised = bench.env_equalised_round_ratios(
+        runs[0]["rllib_1_runner"].train, runs[0]["sb3_ppo"].train
+    )
+    pooled = [(a + b) / 2 for a, b in zip(env_rllib, env_sb3, strict=True)]
+    assert equalised == pytest.approx([(p + 0.40) / (p + 0.38) for p in pooled], rel=1e-12)
+    verdicts = bench._verdicts(runs)
+    assert verdicts["train_1_runner_over_sb3_busy"]["verdict"] == "not shown"
+    eq = verdicts["train_1_runner_over_sb3_busy_env_equalised"]
+    assert 1.0 < eq["low"] <= eq["median"] <= eq["high"] < 1.05
+    assert eq["verdict"] == "met"
+    # Two runners' env CPU is the busiest runner's (half the steps): not equalised.
+    assert "train_2_over_1_runner_busy_env_equalised" not in verdicts
+    lines = bench._verdict_lines(verdicts, repeats=3, rounds=5)
+    title = lines.index(bench.ENV_EQUALISED_TITLE)
+    assert all("env_equalised" not in line for line in lines[:title])
+    assert all("env_equalised" in line for line in lines[title + 1 :])
 
 
 def test_batch_must_split_over_two_runners() -> None:

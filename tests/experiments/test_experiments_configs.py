@@ -8,7 +8,11 @@ import sys
 from pathlib import Path
 
 import pytest
-from hydra.errors import ConfigCompositionException, MissingConfigException
+from hydra.errors import (
+    ConfigCompositionException,
+    InstantiationException,
+    MissingConfigException,
+)
 from hydra.utils import instantiate
 from hydra_helpers import compose_config
 from omegaconf import DictConfig
@@ -70,6 +74,18 @@ def test_every_agent_option_instantiates(agent: str) -> None:
         assert obj(env).act(obs).shape == env.action_space.shape
     finally:
         env.close()
+
+
+@pytest.mark.usefixtures("hydra_ctx")
+@pytest.mark.parametrize("agent", ["rllib_ppo", "rllib_sac", "rllib_ppo_lagrangian"])
+def test_rllib_observation_filter_is_a_config_switch(agent: str) -> None:
+    default = instantiate(compose_config(f"agent={agent}").agent, _convert_="object")
+    assert default.observation_filter == "vector_step"
+    cfg = compose_config(f"agent={agent}", "agent.observation_filter=per_row")
+    assert instantiate(cfg.agent, _convert_="object").observation_filter == "per_row"
+    bad = compose_config(f"agent={agent}", "agent.observation_filter=welford")
+    with pytest.raises(InstantiationException, match="observation_filter must be one of"):
+        instantiate(bad.agent, _convert_="object")
 
 
 @pytest.mark.usefixtures("hydra_ctx")

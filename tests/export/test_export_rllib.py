@@ -202,6 +202,54 @@ def test_graph_holds_filter_deterministic_action_and_clipping(
 
 
 @pytest.mark.slow
+def test_graph_normalises_as_the_runners_vector_step_filter(
+    rllib_checkpoint: Path, reference, tmp_path: Path
+) -> None:  # type: ignore[no-untyped-def]
+    """The default filter's checkpoint normalises in ONNX as the runner's own filter does.
+
+    ONNX on raw observations against the module on the observations the checkpoint's
+    runner filter (frozen) normalised.
+    """
+    from ray.rllib.connectors.connector_v2 import ConnectorV2
+    from ray.rllib.core import COMPONENT_ENV_RUNNER, COMPONENT_ENV_TO_MODULE_CONNECTOR
+    from ray.rllib.env.single_agent_episode import SingleAgentEpisode
+
+    from pulsebms.agents.rllib import RLlibPolicy
+    from pulsebms.agents.rllib_vector_filter import VectorStepMeanStdFilter
+
+    pipeline = ConnectorV2.from_checkpoint(
+        (rllib_checkpoint / COMPONENT_ENV_RUNNER / COMPONENT_ENV_TO_MODULE_CONNECTOR).as_posix()
+    )
+    (trained,) = [p for p in pipeline.connectors if isinstance(p, VectorStepMeanStdFilter)]
+    frozen = VectorStepMeanStdFilter(update_stats=False)
+    frozen.input_observation_space = trained.input_observation_space
+    frozen.input_action_space = trained.input_action_space
+    frozen.set_state(trained.get_state())
+    obs = parity_observations(load_source(rllib_checkpoint), 64, seed=5)
+    episodes = []
+    for row in obs:
+        episode = SingleAgentEpisode(observation_space=frozen.input_observation_space)
+        episode.add_env_reset(observation=row)
+        episodes.append(episode)
+    frozen(rl_module=None, batch={}, episodes=episodes)
+    normalised = np.stack([e.get_observations(-1) for e in episodes])
+    assert not np.allclose(normalised, obs)  # the statistics do something
+    module_only = RLlibPolicy(
+        reference.module,
+        action_space=reference.action_space,
+        observation_space=reference.observation_space,
+        observation_filter=None,
+        normalize_actions=reference.normalize_actions,
+        clip_actions=reference.clip_actions,
+    )
+    result = export_checkpoint(
+        rllib_checkpoint, tmp_path, env_id=ENV_ID, env_kwargs=ENV_KWARGS, n_parity=20
+    )
+    got = onnx_actions(result.model_path.read_bytes(), obs)
+    np.testing.assert_allclose(got, module_only.predict(normalised), atol=ATOL, rtol=0)
+
+
+@pytest.mark.slow
 def test_manifest_records_the_rllib_checkpoint(rllib_checkpoint: Path, tmp_path: Path) -> None:
     result = export_checkpoint(
         rllib_checkpoint, tmp_path, env_id=ENV_ID, env_kwargs=ENV_KWARGS, n_parity=20
