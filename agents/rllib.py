@@ -126,6 +126,8 @@ from pulsebms.agents.rllib_vector_filter import VectorStepMeanStdFilter
 
 # RLlibPolicy, DeployedRLlibPolicy and rllib_torch_policy (loading a checkpoint for
 # evaluation and export) live in pulsebms.agents.rllib_policy; re-exported here.
+_LOG = logging.getLogger(__name__)
+
 __all__ = [
     "ALGORITHMS",
     "DEFAULT_INFO_KEYS",
@@ -144,6 +146,7 @@ __all__ = [
     "cpp_compiler_available",
     "local_system_config",
     "make_rllib_env",
+    "observation_filter_caveat",
     "ray_session",
     "rllib_torch_policy",
     "train_rllib",
@@ -196,6 +199,44 @@ def _observation_filter(params: RllibAgentConfig) -> Callable[..., ConnectorV2] 
     if params.observation_filter == "per_row":
         return _mean_std_filter
     return _vector_step_mean_std_filter
+
+
+def observation_filter_caveat(params: RllibAgentConfig, num_env_runners: int) -> str | None:
+    """Why ``params``' observation filter is a poor choice with remote runners, if it is.
+
+    RLlib's per-row ``MeanStdFilter`` (``observation_filter="per_row"``) keeps the rows
+    since the last synchronisation as increments of the running mean, which RLlib's merge
+    reads as their mean: from the second synchronisation on, the driver's merged statistics
+    (and the ones it sends back to every remote EnvRunner) are wrong (docs/ray.md, "Tenth
+    round"). :func:`build_rllib_algorithm` logs this warning; the local runner
+    (``num_env_runners=0``) never merges and is not affected.
+
+    Args:
+        params: The agent's hyperparameters.
+        num_env_runners: Remote EnvRunners.
+
+    Returns:
+        The warning, or ``None`` when there is nothing to warn about.
+
+    Example:
+        >>> observation_filter_caveat(RllibPPOConfig(), num_env_runners=2) is None
+        True
+        >>> per_row = RllibPPOConfig(observation_filter="per_row")
+        >>> observation_filter_caveat(per_row, num_env_runners=0) is None
+        True
+        >>> observation_filter_caveat(per_row, num_env_runners=1)[:40]
+        "observation_filter='per_row' with 1 remo"
+    """
+    if num_env_runners < 1 or not params.normalize_observations:
+        return None
+    if params.observation_filter != "per_row":
+        return None
+    return (
+        f"observation_filter='per_row' with {num_env_runners} remote EnvRunner(s): RLlib's "
+        "per-row MeanStdFilter merges wrong statistics from the second synchronisation on "
+        "(docs/ray.md, 'Tenth round'); use 'vector_step' unless you compare with RLlib's "
+        "arithmetic on purpose"
+    )
 
 
 def _quiet_ray_loggers(level: int) -> None:
@@ -596,6 +637,9 @@ def build_rllib_algorithm(
     if num_envs_per_env_runner < 1:
         raise ValueError(f"num_envs_per_env_runner must be ≥ 1, got {num_envs_per_env_runner}")
     params = _agent_from_legacy(agent, algorithm, hyperparameters)
+    caveat = observation_filter_caveat(params, num_env_runners)
+    if caveat is not None:
+        _LOG.warning(caveat)
     if learner_class is None:
         get_learner = getattr(params, "rllib_learner_class", None)
         learner_class = get_learner() if callable(get_learner) else None
