@@ -234,6 +234,36 @@ class MeanStdFilter(rllib_mean_std_filter.MeanStdFilter):
                 **kwargs,
             )
         rows = np.stack([np.asarray(e.get_observations(indices=-1)) for e in episodes])
+        means, stds = self._row_statistics(obs_filter, rows)
+        normalized = rows
+        if obs_filter.demean:
+            normalized = normalized - means
+        if obs_filter.destd:
+            normalized = normalized / (stds + SMALL_NUMBER)
+        if obs_filter.clip:
+            normalized = np.clip(normalized, -obs_filter.clip, obs_filter.clip)
+        normalized = normalized.astype(rows.dtype)
+        space = self.observation_space
+        for episode, row in zip(episodes, normalized, strict=True):
+            episode.set_observations(at_indices=-1, new_data=row)
+            episode.observation_space = space
+        return batch
+
+    def _row_statistics(self, obs_filter: Any, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Update the statistics with ``rows`` (unless frozen); the mean and std per row.
+
+        RLlib's arithmetic: every row pushed in turn (statistics and sync buffer), and each
+        normalised with the statistics after its own push. Subclasses change how the rows
+        enter the statistics
+        (:class:`~pulsebms.agents.rllib_vector_filter.VectorStepMeanStdFilter`).
+
+        Args:
+            obs_filter: RLlib's numpy ``MeanStdFilter`` of the flat observation.
+            rows: ``[n_envs, *shape]`` newest observations.
+
+        Returns:
+            Means and stds that broadcast against ``rows``.
+        """
         stats: RunningStat = obs_filter.running_stats
         if self._update_stats:
             buffer = obs_filter.buffer
@@ -245,19 +275,7 @@ class MeanStdFilter(rllib_mean_std_filter.MeanStdFilter):
             means = stats.mean_array[None]
             sums_sq = stats.sum_sq_diff_array[None]
             counts = np.array([float(stats.num_pushes)])
-        normalized = rows
-        if obs_filter.demean:
-            normalized = normalized - means
-        if obs_filter.destd:
-            normalized = normalized / (running_stds(sums_sq, counts) + SMALL_NUMBER)
-        if obs_filter.clip:
-            normalized = np.clip(normalized, -obs_filter.clip, obs_filter.clip)
-        normalized = normalized.astype(rows.dtype)
-        space = self.observation_space
-        for episode, row in zip(episodes, normalized, strict=True):
-            episode.set_observations(at_indices=-1, new_data=row)
-            episode.observation_space = space
-        return batch
+        return means, running_stds(sums_sq, counts)
 
     def get_ctor_args_and_kwargs(self) -> tuple[tuple[Any, ...], dict[str, Any]]:
         """RLlib's filter's constructor arguments (checkpoints rebuild it from them)."""

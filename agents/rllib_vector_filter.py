@@ -55,9 +55,7 @@ from __future__ import annotations
 from typing import Any
 
 import numpy as np
-from ray.rllib.env.multi_agent_episode import MultiAgentEpisode
 from ray.rllib.utils.filter import RunningStat
-from ray.rllib.utils.numpy import SMALL_NUMBER
 
 from pulsebms.agents.rllib_connectors import MeanStdFilter
 
@@ -139,52 +137,20 @@ class VectorStepMeanStdFilter(MeanStdFilter):
     ``Box`` fall back to RLlib's per-episode loop.
     """
 
-    def __call__(
-        self,
-        *,
-        rl_module: Any,
-        batch: dict[str, Any],
-        episodes: list[Any],
-        explore: bool | None = None,
-        persistent_data: dict[str, Any] | None = None,
-        **kwargs: Any,
-    ) -> Any:
-        """Add every env's newest observation to the statistics, then normalise them all."""
-        if self._filters is None:
-            self._init_new_filters()  # type: ignore[no-untyped-call]  # RLlib is untyped
-        filters = self._filters or {}
-        obs_filter = None if self._multi_agent else filters.get(None)
-        if (
-            obs_filter is None
-            or obs_filter.no_preprocessor
-            or not episodes
-            or isinstance(episodes[0], MultiAgentEpisode)
-        ):
-            return super().__call__(
-                rl_module=rl_module,
-                batch=batch,
-                episodes=episodes,
-                explore=explore,
-                persistent_data=persistent_data,
-                **kwargs,
-            )
-        rows = np.stack([np.asarray(e.get_observations(indices=-1)) for e in episodes])
+    def _row_statistics(self, obs_filter: Any, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Add all ``rows`` to the statistics at once (unless frozen); the updated mean and std.
+
+        Args:
+            obs_filter: RLlib's numpy ``MeanStdFilter`` of the flat observation.
+            rows: ``[n_envs, *shape]`` newest observations.
+
+        Returns:
+            The mean and std every row is normalised with.
+        """
         stats: RunningStat = obs_filter.running_stats
         if self._update_stats:
             combine_rows(stats, rows)
-        normalized = rows
-        if obs_filter.demean:
-            normalized = normalized - stats.mean_array
-        if obs_filter.destd:
-            normalized = normalized / (_running_std(stats) + SMALL_NUMBER)
-        if obs_filter.clip:
-            normalized = np.clip(normalized, -obs_filter.clip, obs_filter.clip)
-        normalized = normalized.astype(rows.dtype)
-        space = self.observation_space
-        for episode, row in zip(episodes, normalized, strict=True):
-            episode.set_observations(at_indices=-1, new_data=row)
-            episode.observation_space = space
-        return batch
+        return stats.mean_array, _running_std(stats)
 
 
 # The pipeline's state key and checkpoint folder (see the module docstring); pickling finds
