@@ -256,7 +256,9 @@ def build_model(
         config: :class:`PPOConfig`, :class:`PPOLagrangianConfig` or :class:`SACConfig`.
         env: The training VecEnv.
         seed: Seeds Python, numpy, torch and the env (SB3's ``set_random_seed``).
-        logger: SB3 logger (stdout/CSV/TensorBoard/wandb writers); SB3's default if ``None``.
+        logger: SB3 logger (stdout/CSV/TensorBoard/wandb writers); ``None``: a silent one
+            that records values and writes nothing (SB3's default would leave an empty
+            ``SB3-<time>`` folder in the temp dir per ``learn``).
         device: Torch device (CPU here; SB3 MLP policies are faster on CPU anyway).
 
     Returns:
@@ -318,8 +320,9 @@ def build_model(
         )
     else:
         raise TypeError(f"unknown algorithm config {type(config).__name__}")
-    if logger is not None:
-        model.set_logger(logger)
+    # SB3's own default logger makes a folder under the temp dir on every ``learn`` call,
+    # even when it writes nothing: a silent in-memory logger instead (values still recorded).
+    model.set_logger(logger if logger is not None else Logger(folder=None, output_formats=[]))
     return model
 
 

@@ -89,3 +89,20 @@ def test_logger_writes_csv_and_forwards_scalars_to_wandb(tmp_path: Path) -> None
     logger.close()
     assert run.logged == [({"train/loss": 0.5}, 7)]
     assert "train/loss" in (tmp_path / "progress.csv").read_text()
+
+
+def test_a_model_built_without_a_logger_leaves_no_folder_and_still_records(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from lagrangian_fixtures import CountdownEnv
+    from stable_baselines3.common.vec_env import DummyVecEnv
+
+    default_dir = tmp_path / "sb3_default"  # where SB3's own default logger would go
+    monkeypatch.setenv("SB3_LOGDIR", str(default_dir))
+    config = PPOConfig(n_steps=16, batch_size=16, n_epochs=1, net_arch=(8,))
+    model = sb3.build_model(config, DummyVecEnv([CountdownEnv]), seed=0)
+    model.learn(total_timesteps=16)
+    model.learn(total_timesteps=16, reset_num_timesteps=False)
+    assert not default_dir.exists()  # nothing written per learn call
+    assert model.logger.output_formats == []
+    assert "train/loss" in model.logger.name_to_value  # values are still recorded
