@@ -271,6 +271,10 @@ def ecm_tables(chemistry: str) -> EcmTables:
     )
 
 
+_StateTerms = tuple[FloatArray, FloatArray, FloatArray, tuple[Any, FloatArray]]
+"""R0, R1, τ per pack and the SoC-grid weights (cell index, linear weight) at one state."""
+
+
 def _uniform_weights(grid: FloatArray, x: FloatArray) -> tuple[Any, FloatArray]:
     """Cell index and linear weight of ``x`` on a uniform ``grid`` (clamped to its ends)."""
     step = grid[1] - grid[0]
@@ -344,6 +348,7 @@ class EcmTwin(BatchedTwin):
         self._all_ok = np.ones(n, dtype=bool)
         self._rows = np.arange(n)
         self._v_rc = np.zeros(n)
+        self._terms_cache: tuple[FloatArray, FloatArray, _StateTerms] | None = None
         self.reset()
 
     @staticmethod
@@ -369,19 +374,39 @@ class EcmTwin(BatchedTwin):
         ocv = self._lookup(self._ocv, self._weights(self._soc_grid, soc))
         return np.where(mask, ocv, self._voltage_v)
 
+    def _state_terms(self) -> _StateTerms:
+        """R0, R1, τ and the SoC-grid weights at the present (SoC, temperature).
+
+        :meth:`_power_model` and :meth:`_propose` of one step read them at the same state:
+        computed once and reused while the state's values are unchanged (compared by value,
+        so a state array replaced or changed in place is never served stale).
+        """
+        soc, temperature_c = self._soc, self._temperature_c
+        cached = self._terms_cache
+        if (
+            cached is not None
+            and np.array_equal(cached[0], soc)
+            and np.array_equal(cached[1], temperature_c)
+        ):
+            return cached[2]
+        r0, r1, tau = self._circuit_at(soc, temperature_c)
+        terms = (r0, r1, tau, self._weights(self._soc_grid, soc))
+        self._terms_cache = (soc.copy(), temperature_c.copy(), terms)
+        return terms
+
     def _power_model(self, dt_s: float) -> tuple[FloatArray, FloatArray]:
-        r0, r1, tau = self._circuit_at(self._soc, self._temperature_c)
+        r0, r1, tau, at_soc = self._state_terms()
         # Mean over the step of the RC build-up/decay, and of the OCV drift with SoC.
         frac = tau / dt_s * (1.0 - np.exp(-dt_s / tau))
-        slope_v = self._lookup(self._ocv_slope, self._weights(self._soc_grid, self._soc))
-        e = self._lookup(self._ocv, self._weights(self._soc_grid, self._soc)) - self._v_rc * frac
+        slope_v = self._lookup(self._ocv_slope, at_soc)
+        e = self._lookup(self._ocv, at_soc) - self._v_rc * frac
         r = r0 + r1 * (1.0 - frac) + 0.5 * slope_v * dt_s / 3600.0 / self._capacity_ah
         return e, r
 
     def _propose(self, model_current_a: FloatArray, dt_s: float, ambient_c: FloatArray) -> Proposal:
         i = model_current_a
         soc_end = self._soc - i * dt_s / 3600.0 / self._capacity_ah
-        r0, r1, tau = self._circuit_at(self._soc, self._temperature_c)
+        r0, r1, tau, at_soc = self._state_terms()
         decay = np.exp(-dt_s / tau)
         v_rc = self._v_rc * decay + i * r1 * (1.0 - decay)
         ocv_end = self._lookup(self._ocv, self._weights(self._soc_grid, soc_end))
@@ -389,7 +414,7 @@ class EcmTwin(BatchedTwin):
         # Mean terminal voltage: RC relaxes exponentially, OCV taken linear over the step.
         frac = tau / dt_s * (1.0 - decay)
         v_rc_mean = i * r1 + (self._v_rc - i * r1) * frac
-        ocv_start = self._lookup(self._ocv, self._weights(self._soc_grid, self._soc))
+        ocv_start = self._lookup(self._ocv, at_soc)
         mean_voltage = 0.5 * (ocv_start + ocv_end) - v_rc_mean - r0 * i
         heat_w = i * (r0 * i + 0.5 * (self._v_rc + v_rc))
         cool = np.exp(-self._h_a * dt_s / self._heat_capacity)

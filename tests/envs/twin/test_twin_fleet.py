@@ -270,6 +270,24 @@ def test_set_state_round_trip(twin: FleetTwin) -> None:
     assert not after.faulted.any()
 
 
+def test_ecm_state_terms_cache_is_never_stale() -> None:
+    """The ECM reuses R0/R1/τ and SoC weights within a state: the same bits as recomputing."""
+    cached, fresh = make_twin(_fleet(), "ecm"), make_twin(_fleet(), "ecm")
+    rng = np.random.default_rng(7)
+    changes = {20: {"soc": np.array([0.3, 0.6, 0.5, 0.7])}, 30: {"temperature_c": 5.0}}
+    for k in range(40):
+        if k in changes:  # one state variable set from outside, the other one kept
+            cached._state_terms()  # type: ignore[attr-defined]  # terms cached at this state
+            for twin in (cached, fresh):
+                twin.set_state(**changes[k])
+        power = rng.uniform(-1.0, 1.0, 4) * cached.ratings.rated_power_w
+        fresh._terms_cache = None  # type: ignore[attr-defined]  # recompute every step
+        a = cached.step(power, 300.0, 20.0)
+        b = fresh.step(power, 300.0, 20.0)
+        for field in ("soc", "cell_voltage_v", "temperature_c", "power_w", "current_a"):
+            np.testing.assert_array_equal(getattr(a, field), getattr(b, field))
+
+
 @pytest.mark.parametrize("fidelity", FIDELITIES)
 def test_same_inputs_give_bit_identical_outputs(fidelity: str) -> None:
     runs = []
