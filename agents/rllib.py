@@ -120,7 +120,11 @@ from pulsebms.agents.rllib_env import (
 )
 from pulsebms.agents.rllib_env_runner import PulseEnvRunner
 from pulsebms.agents.rllib_learner import FUSED_ADAM_KEY, PulsePPOTorchLearner
-from pulsebms.agents.rllib_module import PulsePPOTorchRLModule, log_std_model_config
+from pulsebms.agents.rllib_module import (
+    PulsePPOTorchRLModule,
+    log_std_model_config,
+    runner_inference_model_config,
+)
 from pulsebms.agents.rllib_policy import DeployedRLlibPolicy, RLlibPolicy, rllib_torch_policy
 from pulsebms.agents.rllib_vector_filter import VectorStepMeanStdFilter
 
@@ -489,6 +493,7 @@ def _model_config(agent: RllibAgentConfig) -> dict[str, Any]:
         "fcnet_activation": "tanh",
         "vf_share_layers": False,
         **log_std_model_config(agent.log_std_init),
+        **runner_inference_model_config(agent.runner_inference),
     }
 
 

@@ -391,8 +391,10 @@ class FlatTensorToNumpy(TensorToNumpy):
     ``GaussianGetActions`` the batch is a flat dict of CPU tensors (action-distribution
     inputs, actions, log-probs); for such a batch this piece does what that mapping does per
     leaf (``detach().cpu().numpy()``, then float64 → float32 and int64 → int32, RLlib's
-    ``reduce_type``) in one dict comprehension: the same arrays, the same dtypes. Any other
-    batch (nested, 0-d tensors, non-tensors, other devices) is RLlib's.
+    ``reduce_type``) in one dict comprehension: the same arrays, the same dtypes. A flat
+    batch of numpy arrays (a numpy exploration pass's output) only gets that reduction,
+    without copying float32 arrays. Any other batch (nested, 0-d tensors, mixed, other
+    devices) is RLlib's.
 
     Example:
         >>> import torch
@@ -413,6 +415,9 @@ class FlatTensorToNumpy(TensorToNumpy):
         **kwargs: Any,
     ) -> Any:
         """Convert every column, one tensor → array each (see the class docstring)."""
+        if all(type(value) is np.ndarray and value.ndim > 0 for value in batch.values()):
+            # A numpy exploration pass's output: only RLlib's float64/int64 reduction.
+            return {key: _reduced_array(value, copy=False) for key, value in batch.items()}
         cpu = _CPU
         if not all(
             type(value) is torch.Tensor and value.ndim > 0 and value.device == cpu
@@ -432,12 +437,12 @@ class FlatTensorToNumpy(TensorToNumpy):
 _CPU = torch.device("cpu")
 
 
-def _reduced_array(array: np.ndarray) -> np.ndarray:
+def _reduced_array(array: np.ndarray, *, copy: bool = True) -> np.ndarray:
     """RLlib's ``convert_to_numpy(reduce_type=True)`` per array: 64-bit floats/ints to 32."""
     if np.issubdtype(array.dtype, np.floating):
-        return array.astype(np.float32)
+        return array.astype(np.float32, copy=copy)
     if np.issubdtype(array.dtype, int):
-        return array.astype(np.int32)
+        return array.astype(np.int32, copy=copy)
     return array
 
 
@@ -504,7 +509,13 @@ class BatchObservationsForModule(ConnectorV2):
         shared_data: dict[str, Any] | None = None,
         **kwargs: Any,
     ) -> Any:
-        """``{"obs": [n, obs] tensor}`` from the episodes' last observations."""
+        """``{"obs": [n, obs] tensor}`` from the episodes' last observations.
+
+        For an exploring module that runs its exploration pass in numpy
+        (``rl_module.numpy_exploration``:
+        :class:`~pulsebms.agents.rllib_module.PulsePPOTorchRLModule`) the batch holds the
+        same rows as a float32 numpy array instead.
+        """
         if batch or not episodes or isinstance(episodes[0], MultiAgentEpisode):
             for piece in self._fallback:
                 batch = piece(
@@ -516,11 +527,16 @@ class BatchObservationsForModule(ConnectorV2):
                     **kwargs,
                 )
             return batch
-        obs = torch.from_numpy(np.stack([e.get_observations(-1) for e in episodes]))
-        if obs.is_floating_point() and obs.dtype != torch.float16:
-            obs = obs.float()  # NumpyToTensor's cast (a no-op for float32)
+        rows = np.stack([e.get_observations(-1) for e in episodes])
         if shared_data is not None:
             shared_data["memorized_map_structure"] = [e.id_ for e in episodes]
+        if explore and getattr(rl_module, "numpy_exploration", False):
+            if rows.dtype.kind == "f" and rows.dtype != np.float16:
+                rows = rows.astype(np.float32, copy=False)  # NumpyToTensor's cast
+            return {Columns.OBS: rows}
+        obs = torch.from_numpy(rows)
+        if obs.is_floating_point() and obs.dtype != torch.float16:
+            obs = obs.float()  # NumpyToTensor's cast (a no-op for float32)
         return {Columns.OBS: obs}
 
     def get_ctor_args_and_kwargs(self) -> tuple[tuple[Any, ...], dict[str, Any]]:

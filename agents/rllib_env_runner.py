@@ -176,6 +176,9 @@ class PulseEnvRunner(SingleAgentEnvRunner):
         stateful = module is None or bool(module.is_stateful())
         batch_env_to_module(self._env_to_module, stateful=stateful, multi_agent=False)
         batch_module_to_env(self._module_to_env, stateful=stateful, multi_agent=False)
+        seed_exploration = getattr(module, "seed_exploration", None)
+        if callable(seed_exploration):  # a numpy exploration pass draws from its own Generator
+            seed_exploration(self._seed)
         self._step_callbacks_are_noops = not self.config.callbacks_on_episode_step and all(
             type(callback).on_episode_step is RLlibCallback.on_episode_step
             for callback in self._callbacks

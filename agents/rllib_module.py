@@ -19,6 +19,18 @@
   in training mode. (The policy MLPs have no dropout or batch norm: the mode changes no
   output.)
 
+* **The runners' exploration pass in numpy** (``model_config["runner_inference"] ==
+  "numpy"``, :data:`RUNNER_INFERENCE`): given a numpy observation batch (what PulseBMS's
+  batched env-to-module connector gives an exploring EnvRunner), the exploration pass runs
+  the actor on numpy views of the parameters and samples the Gaussian there
+  (:class:`~pulsebms.agents.rllib_numpy_actor.NumpyGaussianActor`, ~6× cheaper than
+  torch's dispatch for a 4–16-row batch), returning actions and log-probabilities with the
+  distribution inputs. The draws come from the module's own numpy ``Generator``
+  (:meth:`PulsePPOTorchRLModule.seed_exploration`; PulseBMS's EnvRunner seeds it with the
+  runner's seed). Torch batches, inference passes, training passes and modules of another
+  shape run torch as before; ``"torch"`` (and a ``model_config`` without the key, as in
+  older checkpoints) keeps torch everywhere.
+
 Checkpoints name this class, so :class:`~pulsebms.agents.rllib_policy.RLlibPolicy` and the
 exporter load it like the default module (the action-distribution inputs keep RLlib's
 layout: means, then log-stds).
@@ -39,15 +51,45 @@ from __future__ import annotations
 
 from typing import Any
 
+import numpy as np
 import torch
 from ray.rllib.algorithms.ppo.torch.default_ppo_torch_rl_module import DefaultPPOTorchRLModule
+from ray.rllib.core.columns import Columns
 from ray.rllib.core.models.torch.heads import TorchFreeLogStdMLPHead
 from ray.rllib.core.rl_module.rl_module import RLModule
 
-__all__ = ["LOG_STD_INIT", "PulsePPOTorchRLModule", "log_std_model_config"]
+from pulsebms.agents.rllib_config import RUNNER_INFERENCE_KINDS
+from pulsebms.agents.rllib_numpy_actor import NumpyGaussianActor
+
+__all__ = [
+    "FREE_LOG_STD_HEADS",
+    "LOG_STD_INIT",
+    "RUNNER_INFERENCE",
+    "PulsePPOTorchRLModule",
+    "log_std_model_config",
+    "runner_inference_model_config",
+]
 
 LOG_STD_INIT = "log_std_init"
 """``model_config`` key of the initial log standard deviation."""
+
+RUNNER_INFERENCE = "runner_inference"
+"""``model_config`` key: ``"numpy"`` or ``"torch"``, how EnvRunners run the exploration pass."""
+
+
+def runner_inference_model_config(kind: str) -> dict[str, Any]:
+    """The ``model_config`` entry for the runners' exploration pass (see the module docstring).
+
+    Raises:
+        ValueError: If ``kind`` is not one of :data:`RUNNER_INFERENCE_KINDS`.
+
+    Example:
+        >>> runner_inference_model_config("numpy")
+        {'runner_inference': 'numpy'}
+    """
+    if kind not in RUNNER_INFERENCE_KINDS:
+        raise ValueError(f"runner_inference must be one of {RUNNER_INFERENCE_KINDS}, got {kind!r}")
+    return {RUNNER_INFERENCE: kind}
 
 
 def log_std_model_config(log_std_init: float | None) -> dict[str, Any]:
@@ -74,18 +116,28 @@ class _BroadcastFreeLogStdHead(TorchFreeLogStdMLPHead):  # type: ignore[no-untyp
         return torch.cat([mean, log_std.expand_as(mean)], dim=-1)
 
 
+FREE_LOG_STD_HEADS: tuple[type, ...] = (TorchFreeLogStdMLPHead, _BroadcastFreeLogStdHead)
+"""The free-log-std policy heads whose forward is ``[net(x), clip(log_std)]``."""
+
+
+def _model_config_entry(config: Any, key: str) -> Any:
+    return config.get(key) if isinstance(config, dict) else getattr(config, key, None)
+
+
 class PulsePPOTorchRLModule(DefaultPPOTorchRLModule):
-    """RLlib's default PPO torch module, with ``log_std_init`` and a cheaper mode switch."""
+    """RLlib's default PPO torch module: ``log_std_init``, a cheaper mode switch, numpy runners."""
 
     def setup(self) -> None:
         """Build RLlib's PPO module, then set the free log-std to ``log_std_init``."""
         super().setup()  # type: ignore[no-untyped-call]  # RLlib is untyped
         config = self.model_config
-        init = (
-            config.get(LOG_STD_INIT)
-            if isinstance(config, dict)
-            else getattr(config, LOG_STD_INIT, None)
-        )
+        init = _model_config_entry(config, LOG_STD_INIT)
+        kind = _model_config_entry(config, RUNNER_INFERENCE)
+        if kind is not None:
+            runner_inference_model_config(str(kind))  # validates
+        self._numpy_runner = kind == "numpy"
+        self._numpy_actor: NumpyGaussianActor | None = None
+        self._exploration_rng = np.random.default_rng()
         if type(self.pi) is TorchFreeLogStdMLPHead:
             # Same attributes and parameters, only the forward differs (see the class).
             self.pi.__class__ = _BroadcastFreeLogStdHead
@@ -106,8 +158,48 @@ class PulsePPOTorchRLModule(DefaultPPOTorchRLModule):
             self.eval()
         return self._forward_inference(batch, **kwargs)
 
+    @property
+    def numpy_exploration(self) -> bool:
+        """Whether a numpy observation batch gets the numpy exploration pass."""
+        return self._numpy_exploration_actor() is not None
+
+    def _numpy_exploration_actor(self) -> NumpyGaussianActor | None:
+        """The numpy actor, read once per weight state (``None``: torch's pass)."""
+        if self._numpy_runner and self._numpy_actor is None:
+            self._numpy_actor = NumpyGaussianActor.from_module(self, FREE_LOG_STD_HEADS)
+            if self._numpy_actor is None:
+                self._numpy_runner = False  # another shape: torch from now on
+            elif self.training:
+                self.eval()  # as the torch pass leaves a runner's module
+        return self._numpy_actor
+
+    def seed_exploration(self, seed: int | None) -> None:
+        """Reseed the numpy exploration pass's ``Generator`` (``None``: fresh entropy)."""
+        self._exploration_rng = np.random.default_rng(seed)
+
+    def set_state(self, state: Any) -> None:
+        """RLlib's ``set_state``; the numpy actor re-reads the parameters afterwards."""
+        super().set_state(state)
+        self._numpy_actor = None
+
     def forward_exploration(self, batch: dict[str, Any], **kwargs: Any) -> dict[str, Any]:
-        """RLlib's exploration pass in eval mode; switches mode only if in training mode."""
+        """RLlib's exploration pass in eval mode; in numpy for a numpy observation batch.
+
+        A numpy ``obs`` batch (with ``runner_inference="numpy"`` and a readable actor) gets
+        the actions, their log-probabilities and the distribution inputs, as float32 numpy
+        arrays (RLlib's ``GetActions`` then keeps them); any other batch, RLlib's pass.
+        """
+        obs = batch.get(Columns.OBS)
+        actor = self._numpy_exploration_actor() if isinstance(obs, np.ndarray) else None
+        if actor is not None and isinstance(obs, np.ndarray):
+            actions, logp, dist_inputs = actor.explore(obs, self._exploration_rng)
+            return {
+                Columns.ACTION_DIST_INPUTS: dist_inputs,
+                Columns.ACTIONS: actions,
+                Columns.ACTION_LOGP: logp,
+            }
+        if isinstance(obs, np.ndarray):
+            batch = {**batch, Columns.OBS: torch.from_numpy(obs)}
         if self.training:
             self.eval()
         return self._forward_exploration(batch, **kwargs)

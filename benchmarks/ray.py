@@ -60,7 +60,9 @@ A second, labelled verdict block gives the **env-equalised** ratios of samplers 
 all their envs in one process (:func:`env_equalised_round_ratios`: each round's env CPU
 per step on both sides replaced by the pair's pooled one, the env's action-dependent cost
 taken out); the raw ratio stays the headline. ``--ab-filter`` adds RLlib 1 runner with
-RLlib's per-row observation filter (``observation_filter="per_row"``) to the same rounds.
+RLlib's per-row observation filter (``observation_filter="per_row"``) to the same rounds,
+``--ab-inference`` RLlib 1 runner with the runners' exploration pass in torch
+(``runner_inference="torch"``; the default is numpy).
 The last line is ``RESULT {json}``; its ``train_blocks`` let :func:`runs_from_blocks`
 pool several invocations into one verdict.
 
@@ -83,7 +85,7 @@ from typing import Any
 
 import gymnasium as gym
 
-from pulsebms.agents.rllib_config import OBSERVATION_FILTERS
+from pulsebms.agents.rllib_config import OBSERVATION_FILTERS, RUNNER_INFERENCE_KINDS
 
 __all__ = [
     "Block",
@@ -245,6 +247,7 @@ class _RLlib:
         compile_warmup_iterations: int = COMPILE_WARMUP_ITERATIONS,
         learner_class: type[Any] | None = None,
         observation_filter: str = "vector_step",
+        runner_inference: str = "numpy",
     ):
         from ray.tune.registry import register_env
 
@@ -262,6 +265,7 @@ class _RLlib:
             hidden_sizes=(64, 64),
             log_std_init=LOG_STD_INIT,
             observation_filter=observation_filter,
+            runner_inference=runner_inference,
             **dict(loss or {}),
         )
         self.algo: Any = build_rllib_algorithm(
@@ -523,6 +527,19 @@ def main(argv: list[str] | None = None) -> int:
         "A/B of the vector-step filter, interleaved in the same rounds)",
     )
     parser.add_argument(
+        "--runner-inference",
+        choices=RUNNER_INFERENCE_KINDS,
+        default="numpy",
+        help="RLlib rows' exploration pass on the runners (agent config runner_inference): "
+        "the actor and the Gaussian in numpy (default) or RLlib's torch pass",
+    )
+    parser.add_argument(
+        "--ab-inference",
+        action="store_true",
+        help="add a row: RLlib 1 runner with runner_inference=torch (A/B of the numpy "
+        "exploration pass, interleaved in the same rounds)",
+    )
+    parser.add_argument(
         "--account",
         action="store_true",
         help="instead of the rounds: CPU per env step of named pieces of a training "
@@ -597,6 +614,11 @@ def main(argv: list[str] | None = None) -> int:
         f"RLlib observation filter: {observation_filter} (SB3: VecNormalize, once per vector "
         "step)" + (f"; A/B row {AB_FILTER_ROW}: per_row" if args.ab_filter else "")
     )
+    runner_inference = str(args.runner_inference)
+    print(
+        f"RLlib runners' exploration pass: {runner_inference} (SB3: torch)"
+        + (f"; A/B row {AB_INFERENCE_ROW}: torch" if args.ab_inference else "")
+    )
     if args.account:
         return _account(
             args,
@@ -606,6 +628,7 @@ def main(argv: list[str] | None = None) -> int:
             compile_learner,
             _learner_class(args.rllib_update_loop),
             observation_filter=observation_filter,
+            runner_inference=runner_inference,
         )
     if args.long:
         return _long(args, work, loss, session)
@@ -629,6 +652,8 @@ def main(argv: list[str] | None = None) -> int:
                 ab_learner=bool(args.ab_learner),
                 ab_filter=bool(args.ab_filter),
                 observation_filter=observation_filter,
+                ab_inference=bool(args.ab_inference),
+                runner_inference=runner_inference,
                 rounds=(sample_rounds, train_rounds),
             )
         )
@@ -660,6 +685,7 @@ def main(argv: list[str] | None = None) -> int:
         "fused_adam": fused_adam,
         "learner_loop": "rllib" if args.rllib_update_loop else "own",
         "observation_filter": observation_filter,
+        "runner_inference": runner_inference,
         "repeat": repeats,
         **{name: {k: round(v, 3) for k, v in f.items()} for name, f in summary.items()},
         **{k: round(v, 3) for k, v in ratios.items()},
@@ -684,6 +710,8 @@ AB_ROW = "rllib_1_runner_rllib_loop"
 """``--ab-learner``'s row: RLlib 1 runner with :class:`RLlibLoopPPOTorchLearner`."""
 AB_FILTER_ROW = "rllib_1_runner_per_row_filter"
 """``--ab-filter``'s row: RLlib 1 runner with ``observation_filter="per_row"``."""
+AB_INFERENCE_ROW = "rllib_1_runner_torch_inference"
+"""``--ab-inference``'s row: RLlib 1 runner with ``runner_inference="torch"``."""
 
 
 def _one_run(
@@ -698,36 +726,41 @@ def _one_run(
     rounds: tuple[int, int],
     ab_filter: bool = False,
     observation_filter: str = "vector_step",
+    ab_inference: bool = False,
+    runner_inference: str = "numpy",
 ) -> dict[str, _Row]:
     """Build every sampler in a private Ray, run the interleaved rounds, close them."""
     names = ["sb3_ppo", "rllib_local_runner", "rllib_1_runner", "rllib_2_runners"]
-    specs: list[tuple[str, int, type[Any] | None, str]] = [
-        ("rllib_local_runner", 0, learner_class, observation_filter),
-        ("rllib_1_runner", 1, learner_class, observation_filter),
-        ("rllib_2_runners", 2, learner_class, observation_filter),
+    agent = {"observation_filter": observation_filter, "runner_inference": runner_inference}
+    specs: list[tuple[str, int, type[Any] | None, dict[str, str]]] = [
+        ("rllib_local_runner", 0, learner_class, agent),
+        ("rllib_1_runner", 1, learner_class, agent),
+        ("rllib_2_runners", 2, learner_class, agent),
     ]
     if ab_learner:
         from pulsebms.agents.rllib_learner import RLlibLoopPPOTorchLearner
 
-        names.append(AB_ROW)
-        specs.append((AB_ROW, 1, RLlibLoopPPOTorchLearner, observation_filter))
+        specs.append((AB_ROW, 1, RLlibLoopPPOTorchLearner, agent))
     if ab_filter:
-        names.append(AB_FILTER_ROW)
-        specs.append((AB_FILTER_ROW, 1, learner_class, "per_row"))
+        specs.append((AB_FILTER_ROW, 1, learner_class, {**agent, "observation_filter": "per_row"}))
+    if ab_inference:
+        specs.append((AB_INFERENCE_ROW, 1, learner_class, {**agent, "runner_inference": "torch"}))
+    names += [spec[0] for spec in specs[3:]]
     rows = {name: _Row() for name in names}
     samplers: dict[str, Any] = {}
     # Runner actors of one (logical) CPU each; idle ones cost no CPU.
-    with _bench_ray(session, min_cpus=3 + int(ab_learner) + int(ab_filter)):
+    with _bench_ray(session, min_cpus=len(specs)):
         try:
             samplers["sb3_ppo"] = _SB3(**work)
-            for name, runners, cls, obs_filter in specs:
+            for name, runners, cls, options in specs:
                 samplers[name] = _RLlib(
                     runners=runners,
                     loss=loss,
                     compile_learner=compile_learner,
                     fused_adam=fused_adam,
                     learner_class=cls,
-                    observation_filter=obs_filter,
+                    observation_filter=options["observation_filter"],
+                    runner_inference=options["runner_inference"],
                     **work,
                 )
             if compile_learner:
@@ -875,6 +908,7 @@ ENV_EQUALISED_PAIRS = frozenset(
         "train_1_runner_over_sb3",
         "train_own_loop_over_rllib_loop",
         "train_vector_over_per_row_filter",
+        "train_numpy_over_torch_inference",
     }
 )
 """Ratios whose two samplers step all their envs in one process each (SB3, one runner), so
@@ -889,6 +923,7 @@ VERDICT_PAIRS: dict[str, tuple[str, str, float | None]] = {
     "train_2_over_1_runner": ("rllib_2_runners", "rllib_1_runner", 1.6),
     "train_own_loop_over_rllib_loop": ("rllib_1_runner", AB_ROW, None),
     "train_vector_over_per_row_filter": ("rllib_1_runner", AB_FILTER_ROW, None),
+    "train_numpy_over_torch_inference": ("rllib_1_runner", AB_INFERENCE_ROW, None),
 }
 """Training ratios the verdict covers: (numerator, denominator, target or None)."""
 
@@ -998,6 +1033,7 @@ def _account(
     learner_class: type[Any] | None = None,
     *,
     observation_filter: str = "vector_step",
+    runner_inference: str = "numpy",
 ) -> int:
     """``--account``: :func:`pulsebms.benchmarks.ray_account.account`, printed."""
     from pulsebms.benchmarks.ray_account import account, print_account
@@ -1011,6 +1047,7 @@ def _account(
             compile_learner=compile_learner,
             learner_class=learner_class,
             observation_filter=observation_filter,
+            runner_inference=runner_inference,
         )
     print(f"CPU ms per env step, medians of {args.iterations} iterations each, interleaved")
     print_account(out)
@@ -1025,6 +1062,7 @@ def _account(
         "compile_learner": compile_learner,
         "learner_loop": "rllib" if learner_class is not None else "own",
         "observation_filter": observation_filter,
+        "runner_inference": runner_inference,
         "iterations": int(args.iterations),
         "sb3_ms_per_step": round(out["sb3_total_ms_per_step"], 4),
         "rllib_ms_per_step": round(out["rllib_total_ms_per_step"], 4),

@@ -394,12 +394,13 @@ def account(
     compile_learner: bool = False,
     learner_class: type[Any] | None = None,
     observation_filter: str = "vector_step",
+    runner_inference: str = "numpy",
 ) -> dict[str, Any]:
     """Build SB3 and RLlib (1 remote runner), alternate ``iterations`` training iterations.
 
     Call inside a :func:`~pulsebms.agents.rllib.ray_session`. ``work``: the bench's
     settings (``n_envs``, ``batch``, ``minibatch``, ``epochs``, ``seed``);
-    ``observation_filter``: the RLlib agent config's. Returns the
+    ``observation_filter``, ``runner_inference``: the RLlib agent config's. Returns the
     per-process span medians (ms per env step) and the exclusive items of
     :func:`account_table`.
     """
@@ -412,6 +413,7 @@ def account(
         compile_learner=compile_learner,
         learner_class=learner_class,
         observation_filter=observation_filter,
+        runner_inference=runner_inference,
         **work,
     )
     sb3_spans, driver_spans = Spans(), Spans()

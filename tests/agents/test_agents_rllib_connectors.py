@@ -316,6 +316,7 @@ def _sample(runner_cls: type | None, filter_cls: type, seed: int) -> tuple[Any, 
         num_epochs=1,
         hidden_sizes=(8, 8),
         log_std_init=-0.5,
+        runner_inference="torch",  # RLlib's pass and draws: the bit-for-bit reference
         num_envs_per_env_runner=3,
         seed=seed,
         config_hook=hook,

@@ -21,13 +21,14 @@ def test_ray_benchmark_prints_finite_throughput_for_each_sampler(
     capsys: pytest.CaptureFixture[str],
 ) -> None:
     argv = ["--quick", "--envs", "2", "--batch", "64", "--rounds", "1", "--ab-filter"]
+    argv.append("--ab-inference")
     assert bench.main(argv) == 0
     out = capsys.readouterr().out
     result_lines = [line for line in out.splitlines() if line.startswith("RESULT ")]
     assert result_lines, out[-2000:]
     result = json.loads(result_lines[-1][len("RESULT ") :])
     names = ("sb3_ppo", "rllib_local_runner", "rllib_1_runner", "rllib_2_runners")
-    for name in (*names, bench.AB_FILTER_ROW):
+    for name in (*names, bench.AB_FILTER_ROW, bench.AB_INFERENCE_ROW):
         row = result[name]
         for phase in ("sample", "train"):
             for kind in ("wall", "busy"):
@@ -61,6 +62,12 @@ def test_ray_benchmark_prints_finite_throughput_for_each_sampler(
     assert result["observation_filter"] == "vector_step"
     assert f"A/B row {bench.AB_FILTER_ROW}: per_row" in out
     ab = result["verdict"]["train_vector_over_per_row_filter_busy"]
+    assert ab["target"] is None
+    assert ab["low"] <= ab["median"] <= ab["high"]
+    # --ab-inference: the runners' torch exploration pass as a sixth; numpy is the default.
+    assert result["runner_inference"] == "numpy"
+    assert f"A/B row {bench.AB_INFERENCE_ROW}: torch" in out
+    ab = result["verdict"]["train_numpy_over_torch_inference_busy_env_equalised"]
     assert ab["target"] is None
     assert ab["low"] <= ab["median"] <= ab["high"]
     # The second verdict block: env-equalised, labelled, after the headline lines.
@@ -190,6 +197,7 @@ def test_ray_benchmark_accounts_an_iteration_on_both_sides(
     assert bench.main(argv) == 0
     out = capsys.readouterr().out
     result = json.loads(out.splitlines()[-1][len("RESULT ") :])
+    assert result["runner_inference"] == "numpy"  # the agent config's default
     items = {what: (sb3, rllib) for what, _, sb3, rllib in result["items"]}
     # The same env in both, timed in SB3's process and in the remote runner.
     assert all(v > 0 for v in items["env (shielded FleetEnv, same wrapper)"])

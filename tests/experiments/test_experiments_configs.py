@@ -89,6 +89,18 @@ def test_rllib_observation_filter_is_a_config_switch(agent: str) -> None:
 
 
 @pytest.mark.usefixtures("hydra_ctx")
+@pytest.mark.parametrize("agent", ["rllib_ppo", "rllib_ppo_lagrangian"])
+def test_rllib_runner_inference_is_a_config_switch(agent: str) -> None:
+    default = instantiate(compose_config(f"agent={agent}").agent, _convert_="object")
+    assert default.runner_inference == "numpy"
+    cfg = compose_config(f"agent={agent}", "agent.runner_inference=torch")
+    assert instantiate(cfg.agent, _convert_="object").runner_inference == "torch"
+    bad = compose_config(f"agent={agent}", "agent.runner_inference=jax")
+    with pytest.raises(InstantiationException, match="runner_inference must be one of"):
+        instantiate(bad.agent, _convert_="object")
+
+
+@pytest.mark.usefixtures("hydra_ctx")
 @pytest.mark.parametrize(
     ("group", "path"),
     [("fleet", "fleet"), ("scenario", "scenario"), ("env", "env"), ("shield", "shield"),
