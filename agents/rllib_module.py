@@ -128,7 +128,13 @@ class PulsePPOTorchRLModule(DefaultPPOTorchRLModule):
     """RLlib's default PPO torch module: ``log_std_init``, a cheaper mode switch, numpy runners."""
 
     def setup(self) -> None:
-        """Build RLlib's PPO module, then set the free log-std to ``log_std_init``."""
+        """Build RLlib's PPO module, set the free log-std to ``log_std_init``, read the pass.
+
+        Raises:
+            ValueError: If ``runner_inference`` is given and not one of
+                :data:`~pulsebms.agents.rllib_config.RUNNER_INFERENCE_KINDS`, or
+                ``log_std_init`` without a free log-std.
+        """
         super().setup()  # type: ignore[no-untyped-call]  # RLlib is untyped
         config = self.model_config
         init = _model_config_entry(config, LOG_STD_INIT)

@@ -76,27 +76,25 @@ def test_every_agent_option_instantiates(agent: str) -> None:
         env.close()
 
 
-@pytest.mark.usefixtures("hydra_ctx")
-@pytest.mark.parametrize("agent", ["rllib_ppo", "rllib_sac", "rllib_ppo_lagrangian"])
-def test_rllib_observation_filter_is_a_config_switch(agent: str) -> None:
-    default = instantiate(compose_config(f"agent={agent}").agent, _convert_="object")
-    assert default.observation_filter == "vector_step"
-    cfg = compose_config(f"agent={agent}", "agent.observation_filter=per_row")
-    assert instantiate(cfg.agent, _convert_="object").observation_filter == "per_row"
-    bad = compose_config(f"agent={agent}", "agent.observation_filter=welford")
-    with pytest.raises(InstantiationException, match="observation_filter must be one of"):
-        instantiate(bad.agent, _convert_="object")
+RLLIB_SWITCHES = [
+    (agent, "observation_filter", "vector_step", "per_row")
+    for agent in ("rllib_ppo", "rllib_sac", "rllib_ppo_lagrangian")
+] + [
+    (agent, "runner_inference", "numpy", "torch") for agent in ("rllib_ppo", "rllib_ppo_lagrangian")
+]
 
 
 @pytest.mark.usefixtures("hydra_ctx")
-@pytest.mark.parametrize("agent", ["rllib_ppo", "rllib_ppo_lagrangian"])
-def test_rllib_runner_inference_is_a_config_switch(agent: str) -> None:
-    default = instantiate(compose_config(f"agent={agent}").agent, _convert_="object")
-    assert default.runner_inference == "numpy"
-    cfg = compose_config(f"agent={agent}", "agent.runner_inference=torch")
-    assert instantiate(cfg.agent, _convert_="object").runner_inference == "torch"
-    bad = compose_config(f"agent={agent}", "agent.runner_inference=jax")
-    with pytest.raises(InstantiationException, match="runner_inference must be one of"):
+@pytest.mark.parametrize(("agent", "field", "default", "other"), RLLIB_SWITCHES)
+def test_rllib_agent_switches_compose_and_refuse_unknown_values(
+    agent: str, field: str, default: str, other: str
+) -> None:
+    made = instantiate(compose_config(f"agent={agent}").agent, _convert_="object")
+    assert getattr(made, field) == default
+    cfg = compose_config(f"agent={agent}", f"agent.{field}={other}")
+    assert getattr(instantiate(cfg.agent, _convert_="object"), field) == other
+    bad = compose_config(f"agent={agent}", f"agent.{field}=welford")
+    with pytest.raises(InstantiationException, match=f"{field} must be one of"):
         instantiate(bad.agent, _convert_="object")
 
 
