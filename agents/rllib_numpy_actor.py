@@ -25,14 +25,16 @@ own bit for bit under a seed.
 Example:
     >>> import gymnasium as gym
     >>> import numpy as np
-    >>> from pulsebms.agents.rllib_module import PulsePPOTorchRLModule, log_std_model_config
+    >>> from pulsebms.agents.rllib_module import (
+    ...     FREE_LOG_STD_HEADS, PulsePPOTorchRLModule, log_std_model_config)
     >>> module = PulsePPOTorchRLModule(
     ...     observation_space=gym.spaces.Box(-1.0, 1.0, (4,), np.float32),
     ...     action_space=gym.spaces.Box(-1.0, 1.0, (2,), np.float32),
-    ...     model_config={"fcnet_hiddens": [8], **log_std_model_config(-1.0)},
+    ...     model_config={"fcnet_hiddens": [8], "vf_share_layers": False,
+    ...                   **log_std_model_config(-1.0)},
     ...     inference_only=True,
     ... )
-    >>> actor = NumpyGaussianActor.from_module(module)
+    >>> actor = NumpyGaussianActor.from_module(module, FREE_LOG_STD_HEADS)
     >>> actions, logp, dist_inputs = actor.explore(
     ...     np.zeros((3, 4), np.float32), np.random.default_rng(0))
     >>> actions.shape, logp.shape, dist_inputs.shape, dist_inputs[0, 2:].tolist()
