@@ -25,8 +25,7 @@ own bit for bit under a seed.
 Example:
     >>> import gymnasium as gym
     >>> import numpy as np
-    >>> from pulsebms.agents.rllib_module import (
-    ...     FREE_LOG_STD_HEADS, PulsePPOTorchRLModule, log_std_model_config)
+    >>> from pulsebms.agents.rllib_module import PulsePPOTorchRLModule, log_std_model_config
     >>> module = PulsePPOTorchRLModule(
     ...     observation_space=gym.spaces.Box(-1.0, 1.0, (4,), np.float32),
     ...     action_space=gym.spaces.Box(-1.0, 1.0, (2,), np.float32),
@@ -34,7 +33,7 @@ Example:
     ...                   **log_std_model_config(-1.0)},
     ...     inference_only=True,
     ... )
-    >>> actor = NumpyGaussianActor.from_module(module, FREE_LOG_STD_HEADS)
+    >>> actor = NumpyGaussianActor.from_module(module)
     >>> actions, logp, dist_inputs = actor.explore(
     ...     np.zeros((3, 4), np.float32), np.random.default_rng(0))
     >>> actions.shape, logp.shape, dist_inputs.shape, dist_inputs[0, 2:].tolist()
@@ -52,7 +51,7 @@ import numpy as np
 import torch
 from ray.rllib.core.distribution.torch.torch_distribution import TorchDiagGaussian
 from ray.rllib.core.models.torch.encoder import TorchMLPEncoder
-from ray.rllib.core.models.torch.heads import TorchFreeLogStdMLPHead, TorchMLPHead
+from ray.rllib.core.models.torch.heads import TorchMLPHead
 from ray.rllib.core.models.torch.primitives import TorchMLP
 from torch import nn
 
@@ -124,7 +123,7 @@ class NumpyGaussianActor:
 
     @classmethod
     def from_module(
-        cls, module: Any, free_log_std_heads: tuple[type, ...] = (TorchFreeLogStdMLPHead,)
+        cls, module: Any, free_log_std_heads: tuple[type, ...] | None = None
     ) -> NumpyGaussianActor | None:
         """Read the actor of an RLlib PPO torch module, or ``None`` where it has another shape.
 
@@ -136,8 +135,14 @@ class NumpyGaussianActor:
         Args:
             module: The RLModule (an EnvRunner's inference-only copy or a full one).
             free_log_std_heads: Head classes whose forward is ``[net(x), clip(log_std)]``,
-                read as such (RLlib's, and PulseBMS's broadcasting one).
+                read as such; ``None``: RLlib's and PulseBMS's broadcasting one
+                (:data:`pulsebms.agents.rllib_module.FREE_LOG_STD_HEADS`).
         """
+        if free_log_std_heads is None:
+            # rllib_module imports this module: its head list is read at call time.
+            from pulsebms.agents.rllib_module import FREE_LOG_STD_HEADS
+
+            free_log_std_heads = FREE_LOG_STD_HEADS
         try:
             if module.is_stateful() or module.get_exploration_action_dist_cls() is not (
                 TorchDiagGaussian

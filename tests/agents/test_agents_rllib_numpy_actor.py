@@ -91,6 +91,16 @@ def test_the_numpy_pass_is_torchs_pass_on_the_same_weights(model: dict[str, Any]
     assert isinstance(torch_out[Columns.ACTION_DIST_INPUTS], torch.Tensor)
 
 
+def test_the_reader_takes_pulsebms_and_rllibs_heads_by_default() -> None:
+    module = _module(MODELS["free log-std, tanh"])  # PulseBMS's broadcasting head
+    actor = NumpyGaussianActor.from_module(module)
+    assert actor is not None
+    np.testing.assert_allclose(
+        actor.dist_inputs(_obs(4)), _torch_dist_inputs(module, _obs(4)), **TOL
+    )
+    assert NumpyGaussianActor.from_module(module, free_log_std_heads=()) is None
+
+
 def test_the_log_std_clip_is_applied_as_torchs_head_applies_it() -> None:
     module = _module(MODELS["network log-std, tanh"])
     with torch.no_grad():
