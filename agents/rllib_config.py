@@ -34,6 +34,7 @@ __all__ = [
     "RllibAgentConfig",
     "RllibPPOConfig",
     "RllibSACConfig",
+    "check_runner_inference",
 ]
 
 
@@ -58,7 +59,12 @@ RUNNER_INFERENCE_KINDS = ("numpy", "torch")
 """Values of ``runner_inference`` (see :class:`RllibPPOConfig`)."""
 
 
-def _runner_inference(owner: str, kind: str) -> None:
+def check_runner_inference(owner: str, kind: str) -> None:
+    """Refuse a ``runner_inference`` that is not one of :data:`RUNNER_INFERENCE_KINDS`.
+
+    Raises:
+        ValueError: Naming ``owner`` and the values allowed.
+    """
     if kind not in RUNNER_INFERENCE_KINDS:
         raise ValueError(
             f"{owner}.runner_inference must be one of {RUNNER_INFERENCE_KINDS}, got {kind!r}"
@@ -139,7 +145,7 @@ class RllibPPOConfig:
 
     def __post_init__(self) -> None:
         _filter_name("RllibPPOConfig", self.observation_filter)
-        _runner_inference("RllibPPOConfig", self.runner_inference)
+        check_runner_inference("RllibPPOConfig", self.runner_inference)
         if self.log_std_init is not None and not math.isfinite(self.log_std_init):
             raise ValueError(f"RllibPPOConfig.log_std_init must be finite, got {self.log_std_init}")
         if self.grad_clip is not None:

@@ -58,7 +58,7 @@ from ray.rllib.core.columns import Columns
 from ray.rllib.core.models.torch.heads import TorchFreeLogStdMLPHead
 from ray.rllib.core.rl_module.rl_module import RLModule
 
-from pulsebms.agents.rllib_config import RUNNER_INFERENCE_KINDS
+from pulsebms.agents.rllib_config import check_runner_inference
 from pulsebms.agents.rllib_numpy_actor import NumpyGaussianActor
 
 __all__ = [
@@ -81,14 +81,14 @@ def runner_inference_model_config(kind: str) -> dict[str, Any]:
     """The ``model_config`` entry for the runners' exploration pass (see the module docstring).
 
     Raises:
-        ValueError: If ``kind`` is not one of :data:`RUNNER_INFERENCE_KINDS`.
+        ValueError: If ``kind`` is not one of
+            :data:`~pulsebms.agents.rllib_config.RUNNER_INFERENCE_KINDS`.
 
     Example:
         >>> runner_inference_model_config("numpy")
         {'runner_inference': 'numpy'}
     """
-    if kind not in RUNNER_INFERENCE_KINDS:
-        raise ValueError(f"runner_inference must be one of {RUNNER_INFERENCE_KINDS}, got {kind!r}")
+    check_runner_inference("model_config", kind)
     return {RUNNER_INFERENCE: kind}
 
 
@@ -196,15 +196,15 @@ class PulsePPOTorchRLModule(DefaultPPOTorchRLModule):
         arrays (RLlib's ``GetActions`` then keeps them); any other batch, RLlib's pass.
         """
         obs = batch.get(Columns.OBS)
-        actor = self._numpy_exploration_actor() if isinstance(obs, np.ndarray) else None
-        if actor is not None and isinstance(obs, np.ndarray):
-            actions, logp, dist_inputs = actor.explore(obs, self._exploration_rng)
-            return {
-                Columns.ACTION_DIST_INPUTS: dist_inputs,
-                Columns.ACTIONS: actions,
-                Columns.ACTION_LOGP: logp,
-            }
         if isinstance(obs, np.ndarray):
+            actor = self._numpy_exploration_actor()
+            if actor is not None:
+                actions, logp, dist_inputs = actor.explore(obs, self._exploration_rng)
+                return {
+                    Columns.ACTION_DIST_INPUTS: dist_inputs,
+                    Columns.ACTIONS: actions,
+                    Columns.ACTION_LOGP: logp,
+                }
             batch = {**batch, Columns.OBS: torch.from_numpy(obs)}
         if self.training:
             self.eval()
