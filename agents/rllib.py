@@ -555,7 +555,7 @@ def build_rllib_algorithm(
     callbacks: type[RLlibCallback] | None = EpisodeCostCallback,
     info_keys: Sequence[str] | None = DEFAULT_INFO_KEYS,
     torch_compile_learner: bool = False,
-    fused_adam: bool = False,
+    fused_adam: bool | None = None,
     **hyperparameters: Any,
 ) -> Algorithm:
     """Build an RLlib algorithm (new API stack) training on a shielded PulseBMS env.
@@ -612,9 +612,12 @@ def build_rllib_algorithm(
             when a guarded counter changes). Seeded runs stay bit-for-bit repeatable, but
             the weights differ from eager ones in the last bits from the first compiled
             update on. PPO Learners only. See docs/ray.md, "Seventh round".
-        fused_adam: Adam with torch's fused kernel in the PPO Learner (instead of the
-            multi-tensor ``foreach`` step): cheaper, repeatable, other rounding. PPO
-            Learners only.
+        fused_adam: Adam's kernel in the PPO Learner. ``None`` (default): the Learner's
+            default, torch's fused kernel for PulseBMS's PPO Learners (RLlib's own Adam
+            for others, SAC). ``True``: fused (PPO Learners only). ``False``: the
+            multi-tensor ``foreach`` step, RLlib's arithmetic bit for bit (a no-op for
+            Learners that are not PulseBMS's PPO ones). Fused and foreach run the same
+            update formula, rounded differently in the last bits; each repeats run to run.
         **hyperparameters: Field overrides of ``agent`` (``train_batch_size=64``, ...): the
             keyword form of earlier versions.
 
@@ -625,7 +628,7 @@ def build_rllib_algorithm(
         RuntimeError: If ``torch_compile_learner`` is set and no C++ compiler is found.
         ValueError: If ``algorithm`` is unknown or contradicts ``agent``, or a size is not
             positive, or ``minibatch_size`` exceeds ``train_batch_size``, or
-            ``torch_compile_learner``/``fused_adam`` is asked of a Learner that is not a
+            ``torch_compile_learner``/``fused_adam=True`` is asked of a Learner that is not a
             :class:`~pulsebms.agents.rllib_learner.PulsePPOTorchLearner`.
         TypeError: If a hyperparameter override names no field of ``agent``.
 
@@ -695,27 +698,29 @@ def build_rllib_algorithm(
         config = config.callbacks(callbacks)
     if learner_class is not None:
         config = config.learners(learner_class=learner_class)
-    if torch_compile_learner or fused_adam:
-        if learner_class is None or not issubclass(learner_class, PulsePPOTorchLearner):
-            raise ValueError(
-                "torch_compile_learner and fused_adam are measured and tested for PPO "
-                f"Learners (PulsePPOTorchLearner) only, not {params.algorithm}"
+    pulse_ppo_learner = learner_class is not None and issubclass(
+        learner_class, PulsePPOTorchLearner
+    )
+    if (torch_compile_learner or fused_adam) and not pulse_ppo_learner:
+        raise ValueError(
+            "torch_compile_learner and fused_adam are measured and tested for PPO "
+            f"Learners (PulsePPOTorchLearner) only, not {params.algorithm}"
+        )
+    if fused_adam is not None and pulse_ppo_learner:
+        config = config.learners(learner_config_dict={FUSED_ADAM_KEY: bool(fused_adam)})
+    if torch_compile_learner:
+        if not cpp_compiler_available():
+            raise RuntimeError(
+                "torch_compile_learner needs a C++ compiler for torch's inductor "
+                "backend (g++ or clang++ on PATH, or CXX); none was found. Install "
+                "one, or train with the eager Learner: ray.torch_compile_learner=false "
+                "(other rounding, so other weights than a compiled run's)"
             )
-        if fused_adam:
-            config = config.learners(learner_config_dict={FUSED_ADAM_KEY: True})
-        if torch_compile_learner:
-            if not cpp_compiler_available():
-                raise RuntimeError(
-                    "torch_compile_learner needs a C++ compiler for torch's inductor "
-                    "backend (g++ or clang++ on PATH, or CXX); none was found. Install "
-                    "one, or train with the eager Learner: ray.torch_compile_learner=false "
-                    "(other rounding, so other weights than a compiled run's)"
-                )
-            config = config.framework(
-                torch_compile_learner=True,
-                torch_compile_learner_what_to_compile=TorchCompileWhatToCompile.COMPLETE_UPDATE,
-                torch_compile_learner_dynamo_backend="inductor",
-            )
+        config = config.framework(
+            torch_compile_learner=True,
+            torch_compile_learner_what_to_compile=TorchCompileWhatToCompile.COMPLETE_UPDATE,
+            torch_compile_learner_dynamo_backend="inductor",
+        )
     if config_hook is not None:
         config = config_hook(config)
     with warnings.catch_warnings():

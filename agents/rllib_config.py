@@ -297,9 +297,10 @@ class RaySettings:
             eager update. On: seconds of compiling in the first iterations, then a
             cheaper update; seeded runs repeat bit for bit, but not the eager run's
             weights. PPO agents only (``rllib_ppo``, ``rllib_ppo_lagrangian``).
-        fused_adam: Adam with torch's fused kernel in the PPO Learner (off: the
-            ``foreach`` multi-tensor step, RLlib's arithmetic). Repeatable, other rounding.
-            PPO agents only.
+        fused_adam: Adam with torch's fused kernel in the PPO Learner (on, the default:
+            one kernel per step, repeatable run to run, rounded differently from RLlib's
+            Adam in the last bits; off: the ``foreach`` multi-tensor step, RLlib's
+            arithmetic bit for bit). PPO agents only; SAC keeps RLlib's Adam.
 
     Raises:
         ValueError: If a count is negative or ``address`` is empty.
@@ -316,7 +317,7 @@ class RaySettings:
     metrics: bool = False
     task_events: bool = False
     torch_compile_learner: bool = False
-    fused_adam: bool = False
+    fused_adam: bool = True
 
     def __post_init__(self) -> None:
         if self.address is not None and not str(self.address).strip():

@@ -1,9 +1,9 @@
 """PulseBMS's PPO Learner for RLlib: RLlib's torch PPO Learner with cheaper per-minibatch work.
 
-:class:`PulsePPOTorchLearner` computes RLlib's PPO update (same loss, same optimizer, same
-metrics) with less per-minibatch overhead than RLlib's generic torch Learner pays on every
-SGD step, which a small MLP policy on a CPU feels (``pulsebms-bench ray`` measures it
-against SB3's PPO):
+:class:`PulsePPOTorchLearner` computes RLlib's PPO update (same loss, same optimizer
+formula, same metrics) with less per-minibatch overhead than RLlib's generic torch Learner
+pays on every SGD step, which a small MLP policy on a CPU feels (``pulsebms-bench ray``
+measures it against SB3's PPO):
 
 * **Minibatches by index.** RLlib's ``MiniBatchCyclicIterator`` slices the train batch
   (a ``SampleBatch`` of ~10 columns) and concatenates the slices for every minibatch, and
@@ -25,11 +25,14 @@ against SB3's PPO):
   all gradients with one reduction; only when some gradient is not finite (or when grad
   scalers or torch LR schedulers are configured) does it hand over to RLlib's own
   ``apply_gradients``, which then zeroes the NaNs and warns as usual.
-* **Multi-tensor optimizer and clip.** Adam runs with ``foreach=True`` (torch's CPU default
-  loops over the parameters in Python); the global-norm gradient clip runs as two
-  ``torch._foreach_*`` calls (:func:`clip_by_global_norm`), whose per-tensor norms also
-  establish that every gradient is finite. Same arithmetic, bit-identical weights.
-  Opt-in (``ray.fused_adam``): torch's fused Adam kernel, cheaper still, with other rounding.
+* **Fused optimizer, multi-tensor clip.** Adam runs torch's fused kernel, one kernel for
+  the whole step (torch's CPU default loops over the parameters in Python, about ten kernels
+  each): the same update formula, with other rounding in the last bits, repeatable run to
+  run. ``learner_config_dict["fused_adam"] = False`` (``ray.fused_adam=false``) runs the
+  ``foreach=True`` multi-tensor step instead, RLlib's arithmetic bit for bit. The
+  global-norm gradient clip runs as two ``torch._foreach_*`` calls
+  (:func:`clip_by_global_norm`), whose per-tensor norms also establish that every gradient
+  is finite: same arithmetic, bit-identical.
 * **Metrics once per update.** RLlib reduces and logs the PPO loss metrics and the
   gradient norm on every minibatch with a window of one, and eight steps-trained counters
   per minibatch; this Learner logs the same reported values (the last minibatch's terms,
@@ -468,7 +471,8 @@ class DiagGaussianTerms:
 
 
 FUSED_ADAM_KEY = "fused_adam"
-"""``learner_config_dict`` key: Adam with torch's fused kernel (see ``ray.fused_adam``)."""
+"""``learner_config_dict`` key: Adam with torch's fused kernel (default ``True``; ``False``:
+the ``foreach`` step, RLlib's arithmetic; see ``ray.fused_adam``)."""
 
 
 class PulsePPOTorchLearner(PPOTorchLearner):
@@ -511,8 +515,11 @@ class PulsePPOTorchLearner(PPOTorchLearner):
 
     @property
     def fused_adam(self) -> bool:
-        """Whether Adam runs torch's fused kernel (``learner_config_dict["fused_adam"]``)."""
-        return bool(self.config.learner_config_dict.get(FUSED_ADAM_KEY, False))
+        """Whether Adam runs torch's fused kernel (``learner_config_dict["fused_adam"]``).
+
+        On unless the key is ``False`` (then the ``foreach`` step, RLlib's arithmetic).
+        """
+        return bool(self.config.learner_config_dict.get(FUSED_ADAM_KEY, True))
 
     def _adam_kernel(self) -> dict[str, bool | None]:
         """Adam's kernel flags: fused, or the multi-tensor foreach step."""
@@ -521,14 +528,14 @@ class PulsePPOTorchLearner(PPOTorchLearner):
         return {"fused": None, "foreach": True}
 
     def configure_optimizers_for_module(self, module_id: Any, config: Any = None) -> None:
-        """RLlib's optimizer (Adam over the module's parameters) with ``foreach=True``.
+        """RLlib's optimizer (Adam over the module's parameters) with torch's fused kernel.
 
-        The multi-tensor Adam step runs one ``torch._foreach_*`` kernel per update term
-        for all parameters, where torch's CPU default loops over the parameters in Python
-        (about ten kernels per parameter): the same arithmetic, bit-identical weights.
-        With ``learner_config_dict["fused_adam"]`` (``ray.fused_adam``), torch's fused
-        Adam kernel instead (one kernel for the whole step; cheaper, repeatable run to run,
-        but its rounding differs from the foreach step in the last bits).
+        Torch's fused Adam runs the whole step as one kernel, where torch's CPU default
+        loops over the parameters in Python (about ten kernels per parameter): the same
+        update formula, repeatable run to run, its rounding differs from RLlib's in the last
+        bits. With ``learner_config_dict["fused_adam"] = False`` (``ray.fused_adam=false``),
+        the ``foreach=True`` multi-tensor step instead: one ``torch._foreach_*`` kernel per
+        update term for all parameters, RLlib's arithmetic and weights bit for bit.
         """
         modules: Any = self._module
         params = self.get_parameters(modules[module_id])

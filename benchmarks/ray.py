@@ -62,7 +62,9 @@ per step on both sides replaced by the pair's pooled one, the env's action-depen
 taken out); the raw ratio stays the headline. ``--ab-filter`` adds RLlib 1 runner with
 RLlib's per-row observation filter (``observation_filter="per_row"``) to the same rounds,
 ``--ab-inference`` RLlib 1 runner with the runners' exploration pass in torch
-(``runner_inference="torch"``; the default is numpy).
+(``runner_inference="torch"``; the default is numpy), ``--ab-adam`` RLlib 1 runner with
+the Learner's foreach Adam step (``ray.fused_adam=false``; the default is torch's fused
+kernel).
 The last line is ``RESULT {json}``; its ``train_blocks`` let :func:`runs_from_blocks`
 pool several invocations into one verdict.
 
@@ -243,7 +245,7 @@ class _RLlib:
         seed: int,
         loss: Mapping[str, Any] | None = None,
         compile_learner: bool = False,
-        fused_adam: bool = False,
+        fused_adam: bool = True,
         compile_warmup_iterations: int = COMPILE_WARMUP_ITERATIONS,
         learner_class: type[Any] | None = None,
         observation_filter: str = "vector_step",
@@ -488,9 +490,17 @@ def main(argv: list[str] | None = None) -> int:
         "ray.torch_compile_learner=true); compile time reported, not timed",
     )
     parser.add_argument(
-        "--fused-adam",
+        "--adam",
+        choices=ADAM_KERNELS,
+        default="fused",
+        help="RLlib rows' Adam kernel in the PPO Learner: torch's fused kernel (default, "
+        "ray.fused_adam=true) or the foreach multi-tensor step (RLlib's arithmetic)",
+    )
+    parser.add_argument(
+        "--ab-adam",
         action="store_true",
-        help="RLlib rows: torch's fused Adam in the PPO Learner (ray.fused_adam=true)",
+        help="add a row: RLlib 1 runner with the foreach Adam step (ray.fused_adam=false; A/B "
+        "of the fused kernel, interleaved in the same rounds)",
     )
     parser.add_argument(
         "--repeat",
@@ -604,10 +614,11 @@ def main(argv: list[str] | None = None) -> int:
         f"{'' if task_events else ', its default'})"
     )
     session = {"metrics": metrics, "task_events": task_events}
-    compile_learner, fused_adam = bool(args.compile_learner), bool(args.fused_adam)
+    compile_learner, fused_adam = bool(args.compile_learner), args.adam == "fused"
     print(
         f"RLlib Learner: torch.compile {'on' if compile_learner else 'off'}, Adam "
-        f"{'fused' if fused_adam else 'foreach'} (SB3: eager, Adam's default)"
+        f"{args.adam} (SB3: eager, Adam's default)"
+        + (f"; A/B row {AB_ADAM_ROW}: foreach" if args.ab_adam else "")
     )
     observation_filter = str(args.observation_filter)
     print(
@@ -629,6 +640,7 @@ def main(argv: list[str] | None = None) -> int:
             _learner_class(args.rllib_update_loop),
             observation_filter=observation_filter,
             runner_inference=runner_inference,
+            fused_adam=fused_adam,
         )
     if args.long:
         return _long(args, work, loss, session)
@@ -654,6 +666,7 @@ def main(argv: list[str] | None = None) -> int:
                 observation_filter=observation_filter,
                 ab_inference=bool(args.ab_inference),
                 runner_inference=runner_inference,
+                ab_adam=bool(args.ab_adam),
                 rounds=(sample_rounds, train_rounds),
             )
         )
@@ -712,6 +725,10 @@ AB_FILTER_ROW = "rllib_1_runner_per_row_filter"
 """``--ab-filter``'s row: RLlib 1 runner with ``observation_filter="per_row"``."""
 AB_INFERENCE_ROW = "rllib_1_runner_torch_inference"
 """``--ab-inference``'s row: RLlib 1 runner with ``runner_inference="torch"``."""
+AB_ADAM_ROW = "rllib_1_runner_foreach_adam"
+"""``--ab-adam``'s row: RLlib 1 runner with the foreach Adam step (``fused_adam=False``)."""
+ADAM_KERNELS = ("fused", "foreach")
+"""``--adam``'s choices: the PPO Learner's Adam kernel."""
 
 
 def _one_run(
@@ -728,11 +745,16 @@ def _one_run(
     observation_filter: str = "vector_step",
     ab_inference: bool = False,
     runner_inference: str = "numpy",
+    ab_adam: bool = False,
 ) -> dict[str, _Row]:
     """Build every sampler in a private Ray, run the interleaved rounds, close them."""
     names = ["sb3_ppo", "rllib_local_runner", "rllib_1_runner", "rllib_2_runners"]
-    agent = {"observation_filter": observation_filter, "runner_inference": runner_inference}
-    specs: list[tuple[str, int, type[Any] | None, dict[str, str]]] = [
+    agent: dict[str, Any] = {
+        "observation_filter": observation_filter,
+        "runner_inference": runner_inference,
+        "fused_adam": fused_adam,
+    }
+    specs: list[tuple[str, int, type[Any] | None, dict[str, Any]]] = [
         ("rllib_local_runner", 0, learner_class, agent),
         ("rllib_1_runner", 1, learner_class, agent),
         ("rllib_2_runners", 2, learner_class, agent),
@@ -745,6 +767,8 @@ def _one_run(
         specs.append((AB_FILTER_ROW, 1, learner_class, {**agent, "observation_filter": "per_row"}))
     if ab_inference:
         specs.append((AB_INFERENCE_ROW, 1, learner_class, {**agent, "runner_inference": "torch"}))
+    if ab_adam:
+        specs.append((AB_ADAM_ROW, 1, learner_class, {**agent, "fused_adam": False}))
     names += [spec[0] for spec in specs[3:]]
     rows = {name: _Row() for name in names}
     samplers: dict[str, Any] = {}
@@ -757,7 +781,7 @@ def _one_run(
                     runners=runners,
                     loss=loss,
                     compile_learner=compile_learner,
-                    fused_adam=fused_adam,
+                    fused_adam=options["fused_adam"],
                     learner_class=cls,
                     observation_filter=options["observation_filter"],
                     runner_inference=options["runner_inference"],
@@ -909,6 +933,7 @@ ENV_EQUALISED_PAIRS = frozenset(
         "train_own_loop_over_rllib_loop",
         "train_vector_over_per_row_filter",
         "train_numpy_over_torch_inference",
+        "train_fused_over_foreach_adam",
     }
 )
 """Ratios whose two samplers step all their envs in one process each (SB3, one runner), so
@@ -924,6 +949,7 @@ VERDICT_PAIRS: dict[str, tuple[str, str, float | None]] = {
     "train_own_loop_over_rllib_loop": ("rllib_1_runner", AB_ROW, None),
     "train_vector_over_per_row_filter": ("rllib_1_runner", AB_FILTER_ROW, None),
     "train_numpy_over_torch_inference": ("rllib_1_runner", AB_INFERENCE_ROW, None),
+    "train_fused_over_foreach_adam": ("rllib_1_runner", AB_ADAM_ROW, None),
 }
 """Training ratios the verdict covers: (numerator, denominator, target or None)."""
 
@@ -1034,6 +1060,7 @@ def _account(
     *,
     observation_filter: str = "vector_step",
     runner_inference: str = "numpy",
+    fused_adam: bool = True,
 ) -> int:
     """``--account``: :func:`pulsebms.benchmarks.ray_account.account`, printed."""
     from pulsebms.benchmarks.ray_account import account, print_account
@@ -1048,6 +1075,7 @@ def _account(
             learner_class=learner_class,
             observation_filter=observation_filter,
             runner_inference=runner_inference,
+            fused_adam=fused_adam,
         )
     print(f"CPU ms per env step, medians of {args.iterations} iterations each, interleaved")
     print_account(out)
@@ -1060,6 +1088,7 @@ def _account(
         "envs_per_sampler": work["n_envs"],
         "batch": work["batch"],
         "compile_learner": compile_learner,
+        "fused_adam": fused_adam,
         "learner_loop": "rllib" if learner_class is not None else "own",
         "observation_filter": observation_filter,
         "runner_inference": runner_inference,

@@ -395,12 +395,14 @@ def account(
     learner_class: type[Any] | None = None,
     observation_filter: str = "vector_step",
     runner_inference: str = "numpy",
+    fused_adam: bool = True,
 ) -> dict[str, Any]:
     """Build SB3 and RLlib (1 remote runner), alternate ``iterations`` training iterations.
 
     Call inside a :func:`~pulsebms.agents.rllib.ray_session`. ``work``: the bench's
     settings (``n_envs``, ``batch``, ``minibatch``, ``epochs``, ``seed``);
-    ``observation_filter``, ``runner_inference``: the RLlib agent config's. Returns the
+    ``observation_filter``, ``runner_inference``: the RLlib agent config's; ``fused_adam``:
+    the PPO Learner's Adam kernel (``ray.fused_adam``). Returns the
     per-process span medians (ms per env step) and the exclusive items of
     :func:`account_table`.
     """
@@ -414,6 +416,7 @@ def account(
         learner_class=learner_class,
         observation_filter=observation_filter,
         runner_inference=runner_inference,
+        fused_adam=fused_adam,
         **work,
     )
     sb3_spans, driver_spans = Spans(), Spans()

@@ -97,7 +97,8 @@ def learner_speed_options(settings: RaySettings, agent: RllibAgentConfig) -> dic
 
     Both were measured and are supported for the PPO Learners (``rllib_ppo``,
     ``rllib_ppo_lagrangian``); other agents (``rllib_sac``) train with RLlib's own eager
-    Learner whatever the ``ray`` group says, and the run's log says so. That lets a ``ray``
+    Learner and its Adam whatever the ``ray`` group says, and the run's log says so for a
+    compiled Learner (fused Adam is the default, so its line is at debug level). That lets a ``ray``
     preset turn the compiled Learner on for the long PPO runs it is made for
     (``ray=cluster``) and still serve SAC. Given the config, the choice is fixed: it never
     depends on the machine (without a C++ compiler a compiled PPO Learner is an error, see
@@ -107,7 +108,7 @@ def learner_speed_options(settings: RaySettings, agent: RllibAgentConfig) -> dic
         >>> learner_speed_options(RaySettings(torch_compile_learner=True), RllibSACConfig())
         {'torch_compile_learner': False, 'fused_adam': False}
         >>> learner_speed_options(RaySettings(torch_compile_learner=True), RllibPPOConfig())
-        {'torch_compile_learner': True, 'fused_adam': False}
+        {'torch_compile_learner': True, 'fused_adam': True}
     """
     wanted = {
         "torch_compile_learner": bool(settings.torch_compile_learner),
@@ -122,7 +123,8 @@ def learner_speed_options(settings: RaySettings, agent: RllibAgentConfig) -> dic
         return wanted
     for name, on in wanted.items():
         if on:
-            log.info(
+            log.log(
+                logging.DEBUG if name == "fused_adam" else logging.INFO,
                 "ray.%s applies to the PPO Learners only: %s trains with RLlib's eager Learner",
                 name,
                 agent.algorithm,

@@ -160,6 +160,9 @@ def test_all_finite() -> None:
 
 # SB3's PPO loss, as `pulsebms-bench ray` configures RLlib: no KL, global-norm clip, no vf clip.
 SB3_LOSS = {"use_kl_loss": False, "grad_clip": 0.5, "vf_clip_param": float("inf")}
+# The foreach Adam step: RLlib's arithmetic, which the bit-for-bit comparisons here need. The
+# Learner's default, torch's fused kernel, rounds differently (tested on its own below).
+FOREACH_ADAM = {FUSED_ADAM_KEY: False}
 
 
 def _learner(
@@ -178,7 +181,10 @@ def _learner(
             rl_module_spec=RLModuleSpec(module_class=PulsePPOTorchRLModule),
             model_config={"fcnet_hiddens": [8], **log_std_model_config(-0.5)},
         )
-        .learners(learner_class=cls, learner_config_dict=dict(learner_config or {}))
+        .learners(
+            learner_class=cls,
+            learner_config_dict=dict(FOREACH_ADAM if learner_config is None else learner_config),
+        )
     )
     if compile_update:  # as build_rllib_algorithm(torch_compile_learner=True) sets it
         config = config.framework(
@@ -470,6 +476,8 @@ def test_build_uses_the_pulse_runner_learner_and_module(
             assert type(runner._module_to_env) is PieceUntimedModuleToEnvPipeline
             learner = algo.learner_group._learner
             assert isinstance(learner, PulsePPOTorchLearner)
+            (optimizer,) = learner._named_optimizers.values()  # the default Adam kernel
+            assert optimizer.param_groups[0]["fused"] is True
             result = algo.train()
             assert result["env_runners"]["num_env_steps_sampled"] == 32
             assert np.isfinite(result["learners"][MODULE]["policy_loss"])
@@ -512,8 +520,8 @@ def test_clip_by_global_norm_is_rllibs_global_norm_clip(scale: float) -> None:
         assert torch.equal(a, b) or (a.isnan() == b.isnan()).all()
 
 
-def test_adam_is_foreach_also_after_restoring_an_older_checkpoint() -> None:
-    learner = _learner(PulsePPOTorchLearner)
+def test_foreach_adam_stays_foreach_after_restoring_an_older_checkpoint() -> None:
+    learner = _learner(PulsePPOTorchLearner)  # ray.fused_adam=false
     (optimizer,) = learner._named_optimizers.values()
     assert isinstance(optimizer, torch.optim.Adam)
     assert optimizer.param_groups[0]["foreach"] is True
@@ -530,6 +538,8 @@ def _assert_repeats_and_close_to_eager(
 ) -> tuple[tuple[Any, Any], tuple[Any, Any]]:
     """Nine Adam steps with a Learner ``option``: bit for bit run to run, close to eager.
 
+    Eager: the uncompiled Learner with the foreach Adam step (RLlib's arithmetic).
+
     Returns:
         ``(with the option, eager)``: each ``(metrics, weights)`` of :func:`_update`.
     """
@@ -542,24 +552,25 @@ def _assert_repeats_and_close_to_eager(
     return first, eager
 
 
-def test_fused_adam_is_an_opt_in_that_repeats_and_survives_restores() -> None:
-    fused = {FUSED_ADAM_KEY: True}
+@pytest.mark.parametrize("fused", [{}, {FUSED_ADAM_KEY: True}], ids=["default", "explicit"])
+def test_fused_adam_is_the_default_repeats_and_survives_restores(fused: dict[str, bool]) -> None:
     learner = _learner(PulsePPOTorchLearner, learner_config=fused)
     (optimizer,) = learner._named_optimizers.values()
     assert optimizer.param_groups[0]["fused"] is True
     assert not optimizer.param_groups[0]["foreach"]
-    # A checkpoint of the default (foreach) Learner restores into a fused one and back:
-    # the moments as saved, the kernel the restoring Learner's.
-    default = _learner(PulsePPOTorchLearner)
-    learner._set_optimizer_state(default._get_optimizer_state())
+    # A checkpoint of a foreach Learner (ray.fused_adam=false, or written before fused
+    # Adam was the default) restores into a fused one and back: the moments as saved,
+    # the kernel the restoring Learner's.
+    foreach = _learner(PulsePPOTorchLearner, learner_config=FOREACH_ADAM)
+    learner._set_optimizer_state(foreach._get_optimizer_state())
     assert optimizer.param_groups[0]["fused"] is True
     assert not optimizer.param_groups[0]["foreach"]
-    default._set_optimizer_state(learner._get_optimizer_state())
-    (default_optimizer,) = default._named_optimizers.values()
-    assert default_optimizer.param_groups[0]["foreach"] is True
-    assert not default_optimizer.param_groups[0]["fused"]
-    # Nine Adam steps: the same weights run to run; next to the foreach step's only
-    # rounding apart (the kernels order the same arithmetic differently).
+    foreach._set_optimizer_state(learner._get_optimizer_state())
+    (foreach_optimizer,) = foreach._named_optimizers.values()
+    assert foreach_optimizer.param_groups[0]["foreach"] is True
+    assert not foreach_optimizer.param_groups[0]["fused"]
+    # Nine Adam steps: the same weights run to run; next to the foreach step's at most
+    # rounding apart (the kernels may order the same arithmetic differently).
     _assert_repeats_and_close_to_eager({"learner_config": fused}, rtol=1e-5, atol=1e-6)
 
 

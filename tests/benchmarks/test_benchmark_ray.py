@@ -21,14 +21,14 @@ def test_ray_benchmark_prints_finite_throughput_for_each_sampler(
     capsys: pytest.CaptureFixture[str],
 ) -> None:
     argv = ["--quick", "--envs", "2", "--batch", "64", "--rounds", "1", "--ab-filter"]
-    argv.append("--ab-inference")
+    argv += ["--ab-inference", "--ab-adam"]
     assert bench.main(argv) == 0
     out = capsys.readouterr().out
     result_lines = [line for line in out.splitlines() if line.startswith("RESULT ")]
     assert result_lines, out[-2000:]
     result = json.loads(result_lines[-1][len("RESULT ") :])
     names = ("sb3_ppo", "rllib_local_runner", "rllib_1_runner", "rllib_2_runners")
-    for name in (*names, bench.AB_FILTER_ROW, bench.AB_INFERENCE_ROW):
+    for name in (*names, bench.AB_FILTER_ROW, bench.AB_INFERENCE_ROW, bench.AB_ADAM_ROW):
         row = result[name]
         for phase in ("sample", "train"):
             for kind in ("wall", "busy"):
@@ -44,10 +44,15 @@ def test_ray_benchmark_prints_finite_throughput_for_each_sampler(
     assert result["rllib_loss"] == "sb3"  # RLlib's PPO configured with SB3's loss
     assert result["ray_metrics"] is False  # as pulsebms-train's default ray.metrics=false
     assert result["ray_task_events"] is False  # as its default ray.task_events=false
-    # RLlib's eager update and foreach Adam unless --compile-learner / --fused-adam.
+    # RLlib's eager update and torch's fused Adam unless --compile-learner / --adam foreach.
     assert result["compile_learner"] is False
-    assert result["fused_adam"] is False
-    assert "RLlib Learner: torch.compile off, Adam foreach" in out
+    assert result["fused_adam"] is True
+    assert "RLlib Learner: torch.compile off, Adam fused" in out
+    # --ab-adam: the foreach Adam step as a seventh sampler, with its verdict line.
+    assert f"A/B row {bench.AB_ADAM_ROW}: foreach" in out
+    ab = result["verdict"]["train_fused_over_foreach_adam_busy_env_equalised"]
+    assert ab["target"] is None
+    assert ab["low"] <= ab["median"] <= ab["high"]
     assert "Ray metrics collection: off" in out
     assert "Ray task events: off" in out
     assert "RLlib PPO loss: as SB3's PPO" in out

@@ -88,10 +88,10 @@ def test_ray_group_selects_where_ray_runs(
     assert settings.include_dashboard is False
     assert settings.metrics is False  # Ray's own metrics collection off by default
     assert settings.task_events is False  # and its task events
-    # RLlib's eager update with the foreach Adam unless asked otherwise (other rounding);
+    # RLlib's eager update with torch's fused Adam unless asked otherwise (other rounding);
     # the cluster preset, made for long runs, compiles the PPO Learner's update.
     assert settings.torch_compile_learner is (overrides == ("ray=cluster",))
-    assert settings.fused_adam is False
+    assert settings.fused_adam is True
 
 
 @pytest.mark.usefixtures("hydra_ctx")
@@ -114,6 +114,7 @@ def test_ray_metrics_can_be_turned_back_on() -> None:
         # SAC's Learner is RLlib's own: the cluster preset serves it eagerly.
         (("agent=rllib_sac", "ray=cluster"), False),
         (("agent=rllib_sac", "ray.torch_compile_learner=true", "ray.fused_adam=true"), False),
+        (("agent=rllib_ppo", "ray.fused_adam=false"), False),
     ],
 )
 def test_learner_speed_options_reach_the_ppo_learners_only(
@@ -127,7 +128,10 @@ def test_learner_speed_options_reach_the_ppo_learners_only(
     agent = instantiate(cfg.agent, _convert_="object")  # as pulsebms-train does
     options = learner_speed_options(ray_settings(cfg), agent)
     assert options["torch_compile_learner"] is compiled
-    assert options["fused_adam"] is ("ray.fused_adam=true" in overrides and compiled)
+    # Fused Adam is the PPO Learners' default (ray.fused_adam=false: RLlib's foreach step);
+    # SAC keeps RLlib's Adam whatever the group says.
+    ppo = "agent=rllib_sac" not in overrides
+    assert options["fused_adam"] is (ppo and "ray.fused_adam=false" not in overrides)
 
 
 @pytest.mark.usefixtures("hydra_ctx")
@@ -135,10 +139,10 @@ def test_learner_speed_options_compose() -> None:
     from pulsebms.experiments.train import ray_settings
 
     settings = ray_settings(
-        compose_config("agent=rllib_ppo", "ray.torch_compile_learner=true", "ray.fused_adam=true")
+        compose_config("agent=rllib_ppo", "ray.torch_compile_learner=true", "ray.fused_adam=false")
     )
     assert settings.torch_compile_learner is True
-    assert settings.fused_adam is True
+    assert settings.fused_adam is False
 
 
 @pytest.mark.usefixtures("hydra_ctx")
