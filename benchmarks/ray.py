@@ -245,7 +245,7 @@ class _RLlib:
         seed: int,
         loss: Mapping[str, Any] | None = None,
         compile_learner: bool = False,
-        fused_adam: bool = True,
+        fused_adam: bool | None = None,
         compile_warmup_iterations: int = COMPILE_WARMUP_ITERATIONS,
         learner_class: type[Any] | None = None,
         observation_filter: str = "vector_step",
@@ -1060,7 +1060,7 @@ def _account(
     *,
     observation_filter: str = "vector_step",
     runner_inference: str = "numpy",
-    fused_adam: bool = True,
+    fused_adam: bool,
 ) -> int:
     """``--account``: :func:`pulsebms.benchmarks.ray_account.account`, printed."""
     from pulsebms.benchmarks.ray_account import account, print_account

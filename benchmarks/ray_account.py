@@ -395,15 +395,15 @@ def account(
     learner_class: type[Any] | None = None,
     observation_filter: str = "vector_step",
     runner_inference: str = "numpy",
-    fused_adam: bool = True,
+    fused_adam: bool | None = None,
 ) -> dict[str, Any]:
     """Build SB3 and RLlib (1 remote runner), alternate ``iterations`` training iterations.
 
     Call inside a :func:`~pulsebms.agents.rllib.ray_session`. ``work``: the bench's
     settings (``n_envs``, ``batch``, ``minibatch``, ``epochs``, ``seed``);
     ``observation_filter``, ``runner_inference``: the RLlib agent config's; ``fused_adam``:
-    the PPO Learner's Adam kernel (``ray.fused_adam``). Returns the
-    per-process span medians (ms per env step) and the exclusive items of
+    the PPO Learner's Adam kernel (``ray.fused_adam``; ``None``: the Learner's default).
+    Returns the per-process span medians (ms per env step) and the exclusive items of
     :func:`account_table`.
     """
     from pulsebms.benchmarks.ray import _SB3, _RLlib

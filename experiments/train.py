@@ -97,9 +97,9 @@ def learner_speed_options(settings: RaySettings, agent: RllibAgentConfig) -> dic
 
     Both were measured and are supported for the PPO Learners (``rllib_ppo``,
     ``rllib_ppo_lagrangian``); other agents (``rllib_sac``) train with RLlib's own eager
-    Learner and its Adam whatever the ``ray`` group says, and the run's log says so for a
-    compiled Learner (fused Adam is the default, so its line is at debug level). That lets a ``ray``
-    preset turn the compiled Learner on for the long PPO runs it is made for
+    Learner and its Adam whatever the ``ray`` group says, and the run's log names each option
+    set away from :class:`RaySettings`' default (fused Adam is on by default). That lets a
+    ``ray`` preset turn the compiled Learner on for the long PPO runs it is made for
     (``ray=cluster``) and still serve SAC. Given the config, the choice is fixed: it never
     depends on the machine (without a C++ compiler a compiled PPO Learner is an error, see
     :func:`pulsebms.agents.rllib.build_rllib_algorithm`).
@@ -121,10 +121,10 @@ def learner_speed_options(settings: RaySettings, agent: RllibAgentConfig) -> dic
                 "the first iterations take seconds longer"
             )
         return wanted
+    defaults = RaySettings()
     for name, on in wanted.items():
-        if on:
-            log.log(
-                logging.DEBUG if name == "fused_adam" else logging.INFO,
+        if on and on != getattr(defaults, name):
+            log.info(
                 "ray.%s applies to the PPO Learners only: %s trains with RLlib's eager Learner",
                 name,
                 agent.algorithm,
